@@ -1,0 +1,1 @@
+"""Vireo's Qt application (PyQt6). Only this package imports Qt."""

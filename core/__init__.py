@@ -1,0 +1,1 @@
+"""Vireo's engine: everything that runs without Qt (hypervisor backends, devices, boot, storage, hosts)."""

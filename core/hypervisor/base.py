@@ -1,0 +1,143 @@
+"""The interface every CPU backend implements (KVM in kvm.py, the unicorn software CPU in software.py).
+
+An Accelerator is one VM's CPU side: it maps the Machine's guest RAM (no copies), owns the interrupt controllers
+(KVM's in-kernel PIC/I-O APIC/LAPIC/PIT, or the user-space models for the software CPU), and creates vCPUs. A Vcpu
+runs guest code on the calling thread until something the Machine must see happens, dispatching port I/O and MMIO
+to the buses itself. Register state crosses the interface as CpuState, a backend-neutral mirror of the
+architectural state (Intel SDM vol. 3, ch. 2-3: segment registers with their hidden descriptor caches,
+descriptor-table registers, control registers, EFER).
+"""
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from core.bus import MmioBus, PortIoBus
+from core.memory import GuestMemory
+from core.timers import TimerQueue
+
+
+class AcceleratorUnavailable(Exception):
+    """The requested backend cannot run on this host (message says why and what to do)."""
+
+
+class ExitReason(enum.Enum):
+    KICKED = "kicked"          # kick() was called: the Machine has a request (pause, stop, reset, power-off)
+    SHUTDOWN = "shutdown"      # triple fault / shutdown condition: the VM resets or is marked crashed
+    HALTED = "halted"          # HLT with interrupts disabled and nothing can wake the CPU
+    ERROR = "error"            # the backend cannot continue (internal error, unsupported instruction); see detail
+
+
+@dataclass
+class VcpuExit:
+    reason: ExitReason
+    detail: str = ""
+
+
+@dataclass
+class Segment:
+    """A segment register with its hidden descriptor cache (SDM vol. 3, 3.4.3)."""
+
+    selector: int = 0
+    base: int = 0
+    limit: int = 0xFFFF
+    type: int = 3          # 4-bit type field: 3 = read/write accessed data, 0xB = exec/read accessed code
+    present: bool = True
+    dpl: int = 0
+    db: bool = False       # default operation size (32-bit) / big
+    s: bool = True         # code/data (True) or system segment (False)
+    l: bool = False        # 64-bit code segment  # noqa: E741
+    g: bool = False        # 4 KiB granularity
+    avl: bool = False
+    unusable: bool = False
+
+
+@dataclass
+class DescriptorTable:
+    base: int = 0
+    limit: int = 0xFFFF
+
+
+GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+
+
+@dataclass
+class CpuState:
+    """Architectural state of one x86 CPU; defaults are the state after RESET/INIT at the reset vector's
+    segment (SDM vol. 3, table 9-1), except CS:IP which loaders set."""
+
+    regs: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GPR_NAMES, 0))
+    rip: int = 0xFFF0
+    rflags: int = 0x2
+    cs: Segment = field(default_factory=lambda: Segment(selector=0xF000, base=0xFFFF0000, type=0xB))
+    ds: Segment = field(default_factory=Segment)
+    es: Segment = field(default_factory=Segment)
+    fs: Segment = field(default_factory=Segment)
+    gs: Segment = field(default_factory=Segment)
+    ss: Segment = field(default_factory=Segment)
+    tr: Segment = field(default_factory=lambda: Segment(type=0xB, s=False))
+    ldt: Segment = field(default_factory=lambda: Segment(type=0x2, s=False))
+    gdt: DescriptorTable = field(default_factory=DescriptorTable)
+    idt: DescriptorTable = field(default_factory=DescriptorTable)
+    cr0: int = 0x60000010
+    cr2: int = 0
+    cr3: int = 0
+    cr4: int = 0
+    cr8: int = 0
+    efer: int = 0
+    apic_base: int = 0xFEE00900   # enabled, BSP; backends clear BSP for APs
+    msrs: dict[int, int] = field(default_factory=dict)   # extra MSRs to load (e.g. IA32_MISC_ENABLE)
+
+
+class Vcpu(ABC):
+    """One virtual CPU. run() is called on that vCPU's own thread; kick() from any thread."""
+
+    index: int
+
+    @abstractmethod
+    def set_state(self, state: CpuState) -> None: ...
+
+    @abstractmethod
+    def get_state(self) -> CpuState: ...
+
+    @abstractmethod
+    def run(self) -> VcpuExit:
+        """Run guest code until the Machine must act. HLT with interrupts enabled waits inside run()
+        for the next interrupt (or a kick); port I/O and MMIO are dispatched to the buses inside run()."""
+
+    @abstractmethod
+    def kick(self) -> None:
+        """Make a concurrent or the next run() return KICKED soon. Thread-safe; cleared when run() returns."""
+
+    def reset_to_wait_for_sipi(self) -> None:
+        """Application processors start halted until the BSP sends INIT/SIPI (SDM vol. 3, 8.4)."""
+
+
+class Accelerator(ABC):
+    """One VM's CPU side. Construction maps RAM; set_irq is callable from any thread."""
+
+    name: str = "?"
+
+    def __init__(self, memory: GuestMemory, pio: PortIoBus, mmio: MmioBus, num_cpus: int,
+                 timers: TimerQueue) -> None:
+        self.memory = memory
+        self.pio = pio
+        self.mmio = mmio
+        self.num_cpus = num_cpus
+        self.timers = timers
+
+    @abstractmethod
+    def set_irq(self, gsi: int, level: bool) -> None:
+        """Drive an interrupt line: GSI 0-15 reach the PIC pair (ISA IRQs) and every GSI the I/O APIC."""
+
+    @abstractmethod
+    def create_vcpu(self, index: int) -> Vcpu:
+        """Create vCPU `index` (0 is the bootstrap processor)."""
+
+    def reset_platform(self) -> None:
+        """Bring the interrupt controllers and timers the accelerator owns back to their power-on state."""
+
+    def close(self) -> None:
+        """Release kernel objects / emulator instances."""
