@@ -1,0 +1,357 @@
+"""A virtual machine: guest RAM, buses, devices, the CPU backend, one thread per vCPU, and the lifecycle.
+
+States: defined → running ⇄ paused → shutoff, or crashed (with the reason kept). Requests that come from the
+guest itself (ACPI S5 power-off, a reset through port 0xCF9 or the i8042, a triple fault, a device-model
+exception) are posted to a supervisor thread, because a vCPU thread cannot wait for itself to stop. The same
+thread carries out pause/resume/reset/power-off asked by the user, so lifecycle changes never race.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from core import platform
+from core.boot.loader import load_kernel
+from core.bus import MmioBus, PortIoBus
+from core.devices.acpi_pm import AcpiPm
+from core.devices.i8042 import I8042
+from core.devices.post import PostPort
+from core.devices.reset_control import ResetControl
+from core.devices.rtc import CmosRtc
+from core.devices.serial import Uart16550
+from core.hypervisor.base import Accelerator, CpuState, ExitReason, Vcpu
+from core.hypervisor.select import AccelChoice, choose_accelerator, create_accelerator
+from core.irq import IrqLine
+from core.memory import GuestMemory
+from core.timers import TimerQueue
+
+log = logging.getLogger(__name__)
+
+MIN_MEMORY_MIB = 16
+MAX_CPUS = 64
+
+
+class MachineState(enum.Enum):
+    DEFINED = "defined"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+
+
+class ConfigError(ValueError):
+    """A machine configuration that cannot run (message is one line naming the field and the fix)."""
+
+
+@dataclass
+class MachineConfig:
+    kernel: str
+    initrd: str | None = None
+    cmdline: str = ""
+    memory_mib: int = 256
+    cpus: int = 1
+    accel: str = "auto"
+    decompress_on_host: bool = True
+    on_triple_fault: str = "crash"     # "crash" (keep the state for inspection) or "reset" (as a PC does)
+
+    def validate(self) -> None:
+        host_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+        if not MIN_MEMORY_MIB <= self.memory_mib <= host_mib:
+            raise ConfigError(f"memory {self.memory_mib} MiB is out of range: give {MIN_MEMORY_MIB}..{host_mib} MiB "
+                              f"(this host has {host_mib} MiB)")
+        if not 1 <= self.cpus <= MAX_CPUS:
+            raise ConfigError(f"cpus {self.cpus} is out of range: give 1..{MAX_CPUS}")
+        if self.on_triple_fault not in ("crash", "reset"):
+            raise ConfigError(f"on_triple_fault {self.on_triple_fault!r}: use crash or reset")
+
+
+StateListener = Callable[["Machine", MachineState, str], None]
+
+
+class Machine:
+    """One VM built from a MachineConfig. Construct, then start(); wait() blocks until it stops."""
+
+    def __init__(self, config: MachineConfig, serial_output: Callable[[bytes], None] | None = None,
+                 accel_choice: AccelChoice | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.state = MachineState.DEFINED
+        self.reason = ""
+        self.accel_choice = accel_choice or choose_accelerator(config.accel)
+        self._serial_output = serial_output or (lambda data: None)
+        self._listeners: list[StateListener] = []
+        self._state_cond = threading.Condition()
+        self._requests: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._gate = threading.Condition()
+        self._gate_open = False
+        self._parked = 0
+        self._exiting = False
+        self._threads: list[threading.Thread] = []
+        self._supervisor: threading.Thread | None = None
+        self.reset_count = 0
+        self.started_at = 0.0
+        self._build()
+
+    # -- construction -------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg = self.config
+        self.memory = GuestMemory(cfg.memory_mib * 1024 * 1024)
+        self.pio = PortIoBus()
+        self.mmio = MmioBus()
+        self.timers = TimerQueue(name="vireo-timers")
+        self.timers.on_error = lambda exc: self.post_crash(f"device timer failed: {exc!r}")
+        try:
+            self.accel: Accelerator = create_accelerator(self.accel_choice.name, self.memory, self.pio, self.mmio,
+                                                         cfg.cpus, self.timers)
+        except BaseException:
+            self.timers.stop()
+            self.memory.close()
+            raise
+        line = lambda gsi: IrqLine(self.accel, gsi)  # noqa: E731
+        self.serial = Uart16550(line(platform.COM1_IRQ), self._serial_output)
+        self.rtc = CmosRtc(line(platform.RTC_IRQ), self.timers, self.memory.size)
+        self.i8042 = I8042(self.request_reset, line(platform.I8042_KBD_IRQ), line(platform.I8042_MOUSE_IRQ))
+        self.post = PostPort()
+        self.acpi_pm = AcpiPm(line(platform.ACPI_SCI_IRQ), self._guest_poweroff)
+        self.reset_control = ResetControl(self.request_reset)
+        self.devices = [self.serial, self.rtc, self.i8042, self.post, self.acpi_pm, self.reset_control]
+        for dev in self.devices:
+            dev.attach(self.pio)
+        self.vcpus: list[Vcpu] = [self.accel.create_vcpu(i) for i in range(cfg.cpus)]
+        self._load()
+
+    def _load(self) -> None:
+        """Load the kernel (and initrd) and set every vCPU's power-on state: the BSP at the kernel's entry,
+        the APs waiting for INIT/SIPI."""
+        cfg = self.config
+        result = load_kernel(self.memory, cfg.kernel, cfg.initrd, cfg.cmdline, cfg.cpus,
+                             decompress_on_host=cfg.decompress_on_host)
+        self.boot_description = result.description
+        self.vcpus[0].set_state(result.cpu_state)
+        for vcpu in self.vcpus[1:]:
+            vcpu.reset_to_wait_for_sipi()
+
+    # -- observers ----------------------------------------------------------------------------------------
+    def add_state_listener(self, listener: StateListener) -> None:
+        self._listeners.append(listener)
+
+    def _set_state(self, state: MachineState, reason: str = "") -> None:
+        with self._state_cond:
+            self.state = state
+            self.reason = reason
+            self._state_cond.notify_all()
+        for listener in list(self._listeners):
+            try:
+                listener(self, state, reason)
+            except Exception:  # an observer's bug must not stop the VM
+                log.exception("state listener failed")
+
+    def wait(self, timeout: float | None = None) -> MachineState:
+        """Block until the machine is shut off or crashed (or the timeout passes); return the state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._state_cond:
+            while self.state not in (MachineState.SHUTOFF, MachineState.CRASHED):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._state_cond.wait(remaining)
+            return self.state
+
+    # -- user requests ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.state != MachineState.DEFINED:
+            raise RuntimeError(f"cannot start a machine that is {self.state.value}")
+        self.started_at = time.monotonic()
+        for i, vcpu in enumerate(self.vcpus):
+            t = threading.Thread(target=self._vcpu_loop, args=(vcpu,), name=f"vcpu{i}", daemon=True)
+            self._threads.append(t)
+        self._supervisor = threading.Thread(target=self._supervise, name="vireo-supervisor", daemon=True)
+        self._supervisor.start()
+        with self._gate:
+            self._gate_open = True
+        for t in self._threads:
+            t.start()
+        self._set_state(MachineState.RUNNING)
+
+    def pause(self) -> None:
+        self._call("pause")
+
+    def resume(self) -> None:
+        self._call("resume")
+
+    def reset(self) -> None:
+        self._call("reset")
+
+    def power_off(self) -> None:
+        """Forced power-off (pull the plug)."""
+        self._call("poweroff", "forced power-off")
+
+    def shutdown(self) -> None:
+        """Graceful shutdown request: press the ACPI power button; the guest decides what to do."""
+        if self.state == MachineState.RUNNING:
+            self.acpi_pm.press_power_button()
+
+    def serial_input(self, data: bytes) -> None:
+        self.serial.receive(data)
+
+    # -- requests from the guest side (any thread) -------------------------------------------------------
+    def request_reset(self) -> None:
+        self._requests.put(("reset", ""))
+
+    def _guest_poweroff(self) -> None:
+        self._requests.put(("poweroff", "guest powered off"))
+
+    def post_crash(self, reason: str) -> None:
+        self._requests.put(("crash", reason))
+
+    def _call(self, what: str, reason: str = "") -> None:
+        done = threading.Event()
+        self._requests.put((what, reason, done))  # type: ignore[arg-type]
+        if threading.current_thread() not in self._threads and threading.current_thread() is not self._supervisor:
+            done.wait(10)
+
+    # -- vCPU threads -------------------------------------------------------------------------------------
+    def _vcpu_loop(self, vcpu: Vcpu) -> None:
+        while True:
+            with self._gate:
+                while not self._gate_open and not self._exiting:
+                    self._parked += 1
+                    self._gate.notify_all()
+                    self._gate.wait()
+                    self._parked -= 1
+                if self._exiting:
+                    return
+            try:
+                ex = vcpu.run()
+            except Exception as exc:  # a backend or device-model bug stops this VM only
+                log.exception("vCPU %d failed", vcpu.index)
+                self.post_crash(f"vCPU {vcpu.index}: {type(exc).__name__}: {exc}")
+                self._park_until_released()
+                continue
+            if ex.reason == ExitReason.KICKED:
+                continue
+            if ex.reason == ExitReason.SHUTDOWN:
+                if self.config.on_triple_fault == "reset":
+                    self.request_reset()
+                else:
+                    self.post_crash(f"vCPU {vcpu.index}: triple fault (CPU shutdown){': ' + ex.detail if ex.detail else ''}")
+                self._park_until_released()
+            elif ex.reason == ExitReason.HALTED:
+                # HLT with interrupts off: a real CPU stays halted forever; so does this one, until the user acts.
+                self._park_until_released()
+            else:
+                self.post_crash(f"vCPU {vcpu.index}: {ex.detail or ex.reason.value}")
+                self._park_until_released()
+
+    def _park_until_released(self) -> None:
+        """Wait here until the supervisor has handled the request (closed and re-opened the gate or exited)."""
+        with self._gate:
+            self._parked += 1
+            self._gate.notify_all()
+            while self._gate_open and not self._exiting:
+                self._gate.wait(0.05)
+            self._parked -= 1
+
+    def _stop_vcpus(self) -> None:
+        with self._gate:
+            self._gate_open = False
+        deadline = time.monotonic() + 5
+        while True:
+            for vcpu in self.vcpus:
+                vcpu.kick()
+            with self._gate:
+                if self._parked >= len(self._threads) or time.monotonic() > deadline:
+                    return
+                self._gate.wait(0.01)
+
+    def _release_vcpus(self) -> None:
+        with self._gate:
+            self._gate_open = True
+            self._gate.notify_all()
+
+    # -- supervisor ---------------------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        while True:
+            item = self._requests.get()
+            what, reason = item[0], item[1]
+            done = item[2] if len(item) > 2 else None
+            try:
+                finished = self._handle(what, reason)
+            except Exception as exc:
+                log.exception("machine supervisor failed")
+                self._finish(MachineState.CRASHED, f"{what} failed: {exc}")
+                finished = True
+            if done is not None:
+                done.set()
+            if finished:
+                self._drain_waiters()
+                return
+
+    def _drain_waiters(self) -> None:
+        while True:
+            try:
+                item = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if len(item) > 2:
+                item[2].set()
+
+    def _handle(self, what: str, reason: str) -> bool:
+        """Carry out one lifecycle request; True when the machine has stopped for good."""
+        if self.state in (MachineState.SHUTOFF, MachineState.CRASHED):
+            return True
+        if what == "pause" and self.state == MachineState.RUNNING:
+            self._stop_vcpus()
+            self.timers.pause()
+            self._set_state(MachineState.PAUSED)
+        elif what == "resume" and self.state == MachineState.PAUSED:
+            self.timers.resume()
+            self._release_vcpus()
+            self._set_state(MachineState.RUNNING)
+        elif what == "reset":
+            self._stop_vcpus()
+            self._do_reset()
+            if self.state == MachineState.PAUSED:
+                return False
+            self._release_vcpus()
+        elif what == "poweroff":
+            self._finish(MachineState.SHUTOFF, reason)
+            return True
+        elif what == "crash":
+            self._finish(MachineState.CRASHED, reason)
+            return True
+        return False
+
+    def _do_reset(self) -> None:
+        self.reset_count += 1
+        self.accel.reset_platform()
+        for dev in self.devices:
+            dev.reset()
+        self._load()
+
+    def _finish(self, state: MachineState, reason: str) -> None:
+        self._stop_vcpus()
+        with self._gate:
+            self._exiting = True
+            self._gate.notify_all()
+        for vcpu in self.vcpus:
+            vcpu.kick()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=5)
+        self.timers.stop()
+        try:
+            self.accel.close()
+        except Exception:
+            log.exception("closing the accelerator failed")
+        self._set_state(state, reason)
+
+    # -- inspection ---------------------------------------------------------------------------------------
+    def vcpu_state(self, index: int = 0) -> CpuState:
+        return self.vcpus[index].get_state()

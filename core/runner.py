@@ -1,0 +1,179 @@
+"""The headless runner: `python main.py run --kernel PATH ...` boots one VM with its serial console on this
+terminal and exits with the guest's fate (0 powered off, 1 crashed or timed out, 2 bad input)."""
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import sys
+import termios
+import threading
+import time
+import tty
+from typing import Callable
+
+from core.boot.loader import BootError
+from core.hypervisor.base import AcceleratorUnavailable
+from core.hypervisor.select import ACCEL_NAMES, choose_accelerator
+from core.machine import ConfigError, Machine, MachineConfig, MachineState
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+ESCAPE_PREFIX = 0x01  # Ctrl-A, then 'x' quits — QEMU's -serial stdio habit
+
+
+class BadInput(Exception):
+    """Input the user must fix; the message is one line."""
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernel", required=True, help="Linux bzImage or Multiboot v1 kernel")
+    p.add_argument("--initrd", help="initial ramdisk")
+    p.add_argument("--append", default="", help="kernel command line")
+    p.add_argument("--memory", type=int, default=256, metavar="MIB", help="guest RAM in MiB (default 256)")
+    p.add_argument("--cpus", type=int, default=1, metavar="N", help="virtual CPUs (default 1)")
+    p.add_argument("--accel", default="auto", choices=ACCEL_NAMES, help="CPU backend (default auto)")
+    p.add_argument("--serial", default="stdio", metavar="stdio|none|file:PATH", help="where ttyS0 goes")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop the VM and exit 1 if it is still running after this long")
+    p.add_argument("--no-host-decompress", action="store_true",
+                   help="let the kernel decompress itself in the guest instead of unpacking it on the host")
+
+
+def _serial_sink(spec: str) -> tuple[Callable[[bytes], None], Callable[[], None], bool]:
+    """Return (write, close, interactive) for a --serial spec."""
+    if spec == "stdio":
+        out = sys.stdout.buffer
+
+        def write(data: bytes) -> None:
+            out.write(data)
+            out.flush()
+        return write, lambda: None, True
+    if spec == "none":
+        return (lambda data: None), (lambda: None), False
+    if spec.startswith("file:") and len(spec) > 5:
+        path = spec[5:]
+        try:
+            f = open(path, "ab", buffering=0)
+        except OSError as exc:
+            raise BadInput(f"--serial {spec}: cannot open {path}: {exc.strerror}") from exc
+        return f.write, f.close, False
+    raise BadInput(f"--serial {spec!r}: use stdio, none or file:PATH")
+
+
+def _check_file(option: str, path: str | None) -> None:
+    if path is None:
+        return
+    if not os.path.exists(path):
+        raise BadInput(f"{option} {path}: no such file")
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise BadInput(f"{option} {path}: not a readable file")
+
+
+class _StdinPump:
+    """Feeds the terminal's keystrokes to the guest's UART; raw mode when stdin is a TTY."""
+
+    def __init__(self, machine: Machine, on_quit: Callable[[], None]) -> None:
+        self.machine = machine
+        self.on_quit = on_quit
+        self.fd = sys.stdin.fileno()
+        self.saved = None
+        self._stop = threading.Event()
+        if os.isatty(self.fd):
+            self.saved = termios.tcgetattr(self.fd)
+            tty.setraw(self.fd)
+        self.thread = threading.Thread(target=self._loop, name="stdin-pump", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        escape = False
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self.fd], [], [], 0.2)
+                if not ready:
+                    continue
+                data = os.read(self.fd, 4096)
+            except (OSError, ValueError):
+                return
+            if not data:
+                return  # EOF on a pipe: the guest keeps running, as QEMU does
+            if self.saved is not None:
+                out = bytearray()
+                for b in data:
+                    if escape:
+                        escape = False
+                        if b in (ord("x"), ord("X")):
+                            self.on_quit()
+                            return
+                        if b != ESCAPE_PREFIX:
+                            out.append(ESCAPE_PREFIX)
+                        out.append(b)
+                    elif b == ESCAPE_PREFIX:
+                        escape = True
+                    else:
+                        out.append(b)
+                data = bytes(out)
+            if data:
+                self.machine.serial_input(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+
+def run(args: argparse.Namespace) -> int:
+    err = sys.stderr
+    try:
+        _check_file("--kernel", args.kernel)
+        _check_file("--initrd", args.initrd)
+        if args.timeout is not None and args.timeout <= 0:
+            raise BadInput(f"--timeout {args.timeout}: give a positive number of seconds")
+        write, close_sink, interactive = _serial_sink(args.serial)
+        config = MachineConfig(kernel=args.kernel, initrd=args.initrd, cmdline=args.append,
+                               memory_mib=args.memory, cpus=args.cpus, accel=args.accel,
+                               decompress_on_host=not args.no_host_decompress)
+        config.validate()
+        choice = choose_accelerator(args.accel)
+        if choice.warning:
+            print(f"vireo: {choice.warning}", file=err)
+        if args.accel == "auto":
+            print(f"vireo: accelerator {choice.name} ({choice.reason})", file=err)
+        machine = Machine(config, serial_output=write, accel_choice=choice)
+    except (BadInput, ConfigError, BootError, AcceleratorUnavailable) as exc:
+        print(f"vireo: {exc}", file=err)
+        return EXIT_BAD_INPUT
+
+    quit_requested = threading.Event()
+
+    def quit_now() -> None:
+        quit_requested.set()
+        machine.power_off()
+
+    pump = _StdinPump(machine, quit_now) if interactive else None
+    try:
+        machine.start()
+        state = machine.wait(args.timeout)
+        if state not in (MachineState.SHUTOFF, MachineState.CRASHED):
+            machine.power_off()
+            machine.wait(10)
+            print(f"\r\nvireo: timeout: the guest was still running after {args.timeout:g} s", file=err)
+            return EXIT_FAILED
+    except KeyboardInterrupt:
+        machine.power_off()
+        machine.wait(10)
+        print("\r\nvireo: interrupted", file=err)
+        return EXIT_FAILED
+    finally:
+        if pump is not None:
+            pump.close()
+        close_sink()
+    if state == MachineState.CRASHED:
+        print(f"\r\nvireo: the guest crashed: {machine.reason}", file=err)
+        return EXIT_FAILED
+    if quit_requested.is_set():
+        print("\r\nvireo: quit from the console", file=err)
+        return EXIT_FAILED
+    elapsed = time.monotonic() - machine.started_at
+    if os.environ.get("VIREO_VERBOSE"):
+        print(f"vireo: powered off after {elapsed:.2f} s", file=err)
+    return EXIT_OK
