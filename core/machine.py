@@ -13,8 +13,8 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from core import platform
 from core.boot.loader import load_kernel
@@ -240,7 +240,8 @@ class Machine:
                 if self.config.on_triple_fault == "reset":
                     self.request_reset()
                 else:
-                    self.post_crash(f"vCPU {vcpu.index}: triple fault (CPU shutdown){': ' + ex.detail if ex.detail else ''}")
+                    detail = f": {ex.detail}" if ex.detail else ""
+                    self.post_crash(f"vCPU {vcpu.index}: triple fault (CPU shutdown){detail}")
                 self._park_until_released()
             elif ex.reason == ExitReason.HALTED:
                 # HLT with interrupts off: a real CPU stays halted forever; so does this one, until the user acts.

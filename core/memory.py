@@ -13,8 +13,8 @@ import ctypes
 import mmap
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 PCI_HOLE_START = 0xC000_0000
 HIGH_MEMORY_START = 0x1_0000_0000

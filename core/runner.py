@@ -10,7 +10,7 @@ import termios
 import threading
 import time
 import tty
-from typing import Callable
+from collections.abc import Callable
 
 from core.boot.loader import BootError
 from core.hypervisor.base import AcceleratorUnavailable

@@ -10,7 +10,7 @@ import heapq
 import itertools
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def now_ns() -> int:
@@ -20,7 +20,7 @@ def now_ns() -> int:
 class Timer:
     """A one-shot timer; re-arm it from its own callback for periodic behaviour."""
 
-    def __init__(self, queue: "TimerQueue", callback: Callable[[], None]) -> None:
+    def __init__(self, queue: TimerQueue, callback: Callable[[], None]) -> None:
         self._queue = queue
         self.callback = callback
         self.deadline: int | None = None
