@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Vireo's entry point: no arguments opens the manager; `run …` is the headless runner."""
+"""Vireo's entry point: no arguments (or only GUI options such as --connect) opens the manager;
+`run …` is the headless runner and `img …` the disk-image tool."""
 from __future__ import annotations
 
 import argparse
@@ -8,19 +9,28 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0].startswith("--connect") and argv[0] != "run":
+    if not argv or argv[0].startswith("--") and argv[0] not in ("-h", "--help"):
         from app.main_window import launch  # Qt is imported only for the GUI
         return launch(argv)
-    parser = argparse.ArgumentParser(prog="vireo", description="Vireo virtual machine manager")
+    parser = argparse.ArgumentParser(prog="vireo", description="Vireo virtual machine manager. "
+                                     "Without arguments it opens the manager window.")
     sub = parser.add_subparsers(dest="command", required=True)
     from core.runner import add_run_arguments, run
     add_run_arguments(sub.add_parser("run", help="boot one VM headless, serial console on this terminal"))
+    img_main = None
+    try:
+        from core.storage.cli import add_img_arguments, img_main
+        add_img_arguments(sub.add_parser("img", help="create, inspect, check and resize disk images"))
+    except ImportError:
+        pass
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return 2 if exc.code else 0
     if args.command == "run":
         return run(args)
+    if args.command == "img" and img_main is not None:
+        return img_main(args)
     return 2
 
 
