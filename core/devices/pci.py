@@ -1,0 +1,324 @@
+"""PCI local bus, configuration mechanism #1 and base address registers.
+
+Models the PCI Local Bus Specification 3.0: the CONFIG_ADDRESS/CONFIG_DATA ports (0xCF8/0xCFC, section 3.2.2.3.2),
+the type-0 configuration header (section 6.1), BAR sizing by writing all ones (section 6.2.5.1), the command
+register's I/O and memory decode enables, and the capabilities list (section 6.7). A device's BARs appear on the
+machine's port-I/O or MMIO bus only while the guest has them decoding, at the address the guest programmed, as on
+real hardware. Bus 0 only; the host bridge is an i440FX-compatible 8086:1237 at 00:00.0.
+"""
+from __future__ import annotations
+
+import struct
+import threading
+from dataclasses import dataclass
+
+from core.bus import MmioBus, PortIoBus
+
+# Configuration header offsets (PCI 3.0, figure 6-1).
+VENDOR_ID, DEVICE_ID, COMMAND, STATUS = 0x00, 0x02, 0x04, 0x06
+REVISION_ID, CLASS_PROG, HEADER_TYPE = 0x08, 0x09, 0x0E
+BAR0, SUBSYSTEM_VENDOR_ID, SUBSYSTEM_ID = 0x10, 0x2C, 0x2E
+CAPABILITIES_PTR, INTERRUPT_LINE, INTERRUPT_PIN = 0x34, 0x3C, 0x3D
+
+CMD_IO, CMD_MEMORY, CMD_BUS_MASTER, CMD_INTX_DISABLE = 0x1, 0x2, 0x4, 0x400
+STATUS_CAP_LIST, STATUS_INTERRUPT = 0x10, 0x08
+
+NUM_BARS = 6
+
+
+@dataclass
+class Bar:
+    """One base address register: its size (a power of two), kind and the handler behind it."""
+
+    size: int
+    is_io: bool
+    handler: object                 # a PortIoDevice (io) or MmioDevice (memory); called with absolute addresses
+    is_64bit: bool = False
+    prefetchable: bool = False
+    address: int = 0
+    mapped_at: int | None = None
+
+
+class PciDevice:
+    """A PCI function: 256 bytes of configuration space, with per-byte writable masks so read-only fields stay so."""
+
+    def __init__(self, vendor_id: int, device_id: int, class_code: int, revision: int = 0,
+                 subsystem_vendor_id: int = 0, subsystem_id: int = 0, interrupt_pin: int = 0) -> None:
+        self.config = bytearray(256)
+        self.wmask = bytearray(256)
+        self.bars: dict[int, Bar] = {}
+        self.bus: PciBus | None = None
+        self.slot = -1
+        struct.pack_into("<HH", self.config, VENDOR_ID, vendor_id, device_id)
+        self.config[REVISION_ID] = revision
+        self.config[CLASS_PROG:CLASS_PROG + 3] = class_code.to_bytes(3, "little")
+        struct.pack_into("<HH", self.config, SUBSYSTEM_VENDOR_ID, subsystem_vendor_id, subsystem_id)
+        self.config[INTERRUPT_PIN] = interrupt_pin
+        self.wmask[INTERRUPT_LINE] = 0xFF
+        # Command: I/O, memory, bus master, INTx disable are guest-controlled.
+        struct.pack_into("<H", self.wmask, COMMAND, CMD_IO | CMD_MEMORY | CMD_BUS_MASTER | CMD_INTX_DISABLE)
+        self._last_cap = 0
+
+    # -- set-up by the device model -----------------------------------------------------------------------
+    def add_bar(self, index: int, bar: Bar) -> None:
+        if bar.size & (bar.size - 1) or bar.size < (4 if bar.is_io else 16):
+            raise ValueError(f"BAR size {bar.size:#x} must be a power of two (>= 4 for I/O, 16 for memory)")
+        self.bars[index] = bar
+        low = 0x1 if bar.is_io else (0x4 if bar.is_64bit else 0) | (0x8 if bar.prefetchable else 0)
+        struct.pack_into("<I", self.config, BAR0 + 4 * index, low)
+
+    def add_capability(self, cap_id: int, body: bytes, writable: bytes | None = None) -> int:
+        """Append a capability (id, next pointer, body) to the list; return its offset in config space."""
+        offset = self._next_cap_offset
+        if offset + 2 + len(body) > 256:
+            raise ValueError("configuration space full")
+        self.config[offset] = cap_id
+        self.config[offset + 1] = 0
+        self.config[offset + 2:offset + 2 + len(body)] = body
+        if writable:
+            self.wmask[offset + 2:offset + 2 + len(writable)] = writable
+        if self._last_cap:
+            self.config[self._last_cap + 1] = offset
+        else:
+            self.config[CAPABILITIES_PTR] = offset
+            struct.pack_into("<H", self.config, STATUS, self._u16(STATUS) | STATUS_CAP_LIST)
+        self._last_cap = offset
+        self._next_cap_offset = (offset + 2 + len(body) + 3) & ~3
+        return offset
+
+    _next_cap_offset = 0x40
+
+    # -- interrupts --------------------------------------------------------------------------------------
+    def set_intx(self, level: bool) -> None:
+        """Drive INTx (level-triggered, shared). Masked by the command register's INTx-disable bit."""
+        status = self._u16(STATUS)
+        status = status | STATUS_INTERRUPT if level else status & ~STATUS_INTERRUPT
+        struct.pack_into("<H", self.config, STATUS, status)
+        if self.bus is not None:
+            self.bus.route_intx(self, level and not self._u16(COMMAND) & CMD_INTX_DISABLE)
+
+    @property
+    def bus_master(self) -> bool:
+        return bool(self._u16(COMMAND) & CMD_BUS_MASTER)
+
+    # -- configuration space access (called by PciBus) ---------------------------------------------------
+    def _u16(self, off: int) -> int:
+        return struct.unpack_from("<H", self.config, off)[0]
+
+    def config_read(self, offset: int, size: int) -> int:
+        return int.from_bytes(self.config[offset:offset + size], "little")
+
+    def config_write(self, offset: int, size: int, value: int) -> None:
+        if BAR0 <= offset < BAR0 + 4 * NUM_BARS:
+            self._write_bar(offset, size, value)
+            return
+        old_cmd = self._u16(COMMAND)
+        data = value.to_bytes(size, "little")
+        for i, b in enumerate(data):
+            off = offset + i
+            if off == STATUS or off == STATUS + 1:
+                continue  # status bits are read-only or write-one-to-clear; we have none to clear
+            m = self.wmask[off]
+            self.config[off] = (self.config[off] & ~m) | (b & m)
+        if self._u16(COMMAND) != old_cmd:
+            self._update_mappings()
+            if (old_cmd ^ self._u16(COMMAND)) & CMD_INTX_DISABLE and self.bus is not None:
+                self.bus.route_intx(self, bool(self._u16(STATUS) & STATUS_INTERRUPT)
+                                    and not self._u16(COMMAND) & CMD_INTX_DISABLE)
+        self.config_written(offset, size)
+
+    def config_written(self, offset: int, size: int) -> None:
+        """Hook for device models with live registers in config space (e.g. MSI-X enable)."""
+
+    def _bar_for(self, offset: int) -> tuple[int, Bar | None, bool]:
+        """Which BAR a dword at `offset` belongs to; the flag says it is the high half of a 64-bit BAR."""
+        index = (offset - BAR0) // 4
+        if index in self.bars:
+            return index, self.bars[index], False
+        if index - 1 in self.bars and self.bars[index - 1].is_64bit:
+            return index - 1, self.bars[index - 1], True
+        return index, None, False
+
+    def _write_bar(self, offset: int, size: int, value: int) -> None:
+        dword_off = offset & ~3
+        index, bar, high = self._bar_for(dword_off)
+        if bar is None:
+            return
+        cur = int.from_bytes(self.config[dword_off:dword_off + 4], "little")
+        shift = (offset - dword_off) * 8
+        mask = ((1 << (size * 8)) - 1) << shift
+        new = (cur & ~mask) | ((value << shift) & mask)
+        if high:
+            addr = (bar.address & 0xFFFF_FFFF) | ((new & ((~(bar.size - 1) >> 32) & 0xFFFF_FFFF)) << 32)
+            struct.pack_into("<I", self.config, dword_off, (addr >> 32) & 0xFFFF_FFFF)
+        else:
+            flag_bits = 0x3 if bar.is_io else 0xF
+            base_mask = ~(bar.size - 1) & 0xFFFF_FFFF & ~flag_bits
+            low = (new & base_mask) | (cur & flag_bits)
+            struct.pack_into("<I", self.config, dword_off, low)
+            addr = (bar.address & ~0xFFFF_FFFF) | (low & ~flag_bits)
+        bar.address = addr
+        self._update_mappings()
+
+    def _update_mappings(self) -> None:
+        if self.bus is not None:
+            self.bus.update_bar_mappings(self)
+
+    def reset(self) -> None:
+        """Power-on state of the guest-writable registers (BAR addresses, command, interrupt line)."""
+        struct.pack_into("<H", self.config, COMMAND, 0)
+        self.config[INTERRUPT_LINE] = 0
+        for index, bar in self.bars.items():
+            bar.address = 0
+            low = int.from_bytes(self.config[BAR0 + 4 * index:BAR0 + 4 * index + 4], "little")
+            struct.pack_into("<I", self.config, BAR0 + 4 * index, low & (0x3 if bar.is_io else 0xF))
+            if bar.is_64bit:
+                struct.pack_into("<I", self.config, BAR0 + 4 * index + 4, 0)
+        self._update_mappings()
+
+
+class PciHostBridge(PciDevice):
+    """00:00.0, an i440FX-compatible host bridge, so guests recognise bus 0."""
+
+    def __init__(self) -> None:
+        super().__init__(0x8086, 0x1237, 0x060000, revision=0x02)
+
+
+class PciBus:
+    """Bus 0 behind configuration mechanism #1, and the INTx routing of its slots to GSIs.
+
+    INTx routing follows the PIIX convention QEMU and SeaBIOS use: slot s, pin p (INTA=0) reaches PIRQ
+    (s + p) mod 4, and PIRQ A-D are wired to GSIs 10, 10, 11, 11 — the interrupt line register is set to match.
+    """
+
+    PIRQ_GSIS = (10, 10, 11, 11)
+
+    def __init__(self, pio: PortIoBus, mmio: MmioBus, set_irq) -> None:
+        self.pio = pio
+        self.mmio = mmio
+        self._set_irq = set_irq
+        self.devices: dict[int, PciDevice] = {}
+        self._address = 0
+        self._lock = threading.RLock()
+        self._intx_levels: dict[int, set[int]] = {}
+        self.add(PciHostBridge(), slot=0)
+
+    def attach(self, pio: PortIoBus) -> None:
+        # Only 0xCF8 itself: CONFIG_ADDRESS is dword-accessed there, and 0xCF9 is the PIIX reset register.
+        pio.register(0xCF8, 1, _ConfigAddressPort(self))
+        pio.register(0xCFC, 4, _ConfigDataPort(self))
+
+    def add(self, device: PciDevice, slot: int | None = None) -> int:
+        with self._lock:
+            if slot is None:
+                slot = next(s for s in range(1, 32) if s not in self.devices)
+            if slot in self.devices:
+                raise ValueError(f"PCI slot {slot} is taken")
+            self.devices[slot] = device
+            device.bus = self
+            device.slot = slot
+            pin = device.config[INTERRUPT_PIN]
+            if pin:
+                device.config[INTERRUPT_LINE] = self.gsi_for(slot, pin)
+            return slot
+
+    def gsi_for(self, slot: int, pin: int) -> int:
+        return self.PIRQ_GSIS[(slot + pin - 1) % 4]
+
+    def route_intx(self, device: PciDevice, level: bool) -> None:
+        """PCI interrupts are level-triggered and shared: a GSI is asserted while any device on it asserts."""
+        gsi = self.gsi_for(device.slot, device.config[INTERRUPT_PIN] or 1)
+        with self._lock:
+            holders = self._intx_levels.setdefault(gsi, set())
+            was = bool(holders)
+            if level:
+                holders.add(device.slot)
+            else:
+                holders.discard(device.slot)
+            now = bool(holders)
+        if now != was:
+            self._set_irq(gsi, now)
+
+    # -- BAR decode --------------------------------------------------------------------------------------
+    def update_bar_mappings(self, device: PciDevice) -> None:
+        with self._lock:
+            cmd = device._u16(COMMAND)
+            for bar in device.bars.values():
+                enabled = cmd & (CMD_IO if bar.is_io else CMD_MEMORY)
+                want = bar.address if enabled and bar.address else None
+                if want == bar.mapped_at:
+                    continue
+                if bar.mapped_at is not None:
+                    if bar.is_io:
+                        self.pio.unregister(bar.mapped_at, bar.size)
+                    else:
+                        self.mmio.unregister(bar.mapped_at)
+                    bar.mapped_at = None
+                if want is None:
+                    continue
+                try:
+                    if bar.is_io:
+                        self.pio.register(want, bar.size, bar.handler)
+                    else:
+                        self.mmio.register(want, bar.size, bar.handler)
+                    bar.mapped_at = want
+                except Exception:
+                    # The guest placed a BAR over something else: real hardware would decode both and
+                    # misbehave; we leave this BAR unmapped so the other device keeps working.
+                    bar.mapped_at = None
+
+    # -- configuration mechanism #1 ----------------------------------------------------------------------
+    def _target(self) -> tuple[PciDevice | None, int]:
+        addr = self._address
+        if not addr & 0x8000_0000:
+            return None, 0
+        bus, slot, func = (addr >> 16) & 0xFF, (addr >> 11) & 0x1F, (addr >> 8) & 0x7
+        if bus != 0 or func != 0:
+            return None, 0
+        return self.devices.get(slot), addr & 0xFC
+
+    def config_data_read(self, port: int, size: int) -> int:
+        with self._lock:
+            dev, reg = self._target()
+            if dev is None:
+                return (1 << (size * 8)) - 1
+            return dev.config_read(reg + (port & 3), size)
+
+    def config_data_write(self, port: int, size: int, value: int) -> None:
+        with self._lock:
+            dev, reg = self._target()
+            if dev is not None:
+                dev.config_write(reg + (port & 3), size, value)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._address = 0
+            for dev in self.devices.values():
+                dev.reset()
+            self._intx_levels.clear()
+
+
+class _ConfigAddressPort:
+    def __init__(self, bus: PciBus) -> None:
+        self.bus = bus
+
+    def io_read(self, port: int, size: int) -> int:
+        if size == 4:
+            return self.bus._address
+        return (1 << (size * 8)) - 1
+
+    def io_write(self, port: int, size: int, value: int) -> None:
+        # Only dword accesses are CONFIG_ADDRESS (mechanism #1); narrower ones are other legacy registers.
+        if size == 4:
+            self.bus._address = value & 0x80FF_FFFC
+
+
+class _ConfigDataPort:
+    def __init__(self, bus: PciBus) -> None:
+        self.bus = bus
+
+    def io_read(self, port: int, size: int) -> int:
+        return self.bus.config_data_read(port, size)
+
+    def io_write(self, port: int, size: int, value: int) -> None:
+        self.bus.config_data_write(port, size, value)
