@@ -21,6 +21,7 @@ from core.boot.loader import load_kernel
 from core.bus import MmioBus, PortIoBus
 from core.devices.acpi_pm import AcpiPm
 from core.devices.i8042 import I8042
+from core.devices.pci import PciBus
 from core.devices.post import PostPort
 from core.devices.reset_control import ResetControl
 from core.devices.rtc import CmosRtc
@@ -120,7 +121,8 @@ class Machine:
         self.post = PostPort()
         self.acpi_pm = AcpiPm(line(platform.ACPI_SCI_IRQ), self._guest_poweroff)
         self.reset_control = ResetControl(self.request_reset)
-        self.devices = [self.serial, self.rtc, self.i8042, self.post, self.acpi_pm, self.reset_control]
+        self.pci = PciBus(self.pio, self.mmio, self.accel.set_irq)
+        self.devices = [self.serial, self.rtc, self.i8042, self.post, self.acpi_pm, self.reset_control, self.pci]
         for dev in self.devices:
             dev.attach(self.pio)
         self.vcpus: list[Vcpu] = [self.accel.create_vcpu(i) for i in range(cfg.cpus)]
