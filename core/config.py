@@ -1,0 +1,371 @@
+"""Saved virtual-machine definitions: the validated VmConfig and the store that keeps one JSON file per VM.
+
+Where things live follows the XDG Base Directory Specification 0.8: definitions in
+`$XDG_CONFIG_HOME/vireo/vms/<uuid>.json` (default ~/.config), disk images in `$XDG_DATA_HOME/vireo/images/`
+(default ~/.local/share). A definition is written atomically — a temporary file in the same directory, fsync,
+rename over the old one, fsync of the directory — so a crash leaves either the old or the new file, never half of
+one. A file that cannot be read or does not hold a valid definition is reported (which file, what is wrong) and
+left alone: the store never writes over a file it could not load, so the user can repair it.
+
+No Qt and no engine imports here: the GUI, the agent and the tests all use this module.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import tempfile
+import uuid as uuidlib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+ACCELERATORS = ("auto", "kvm", "software")
+DISK_FORMATS = ("raw", "qcow2")
+DISK_BUSES = ("virtio",)
+NETWORK_MODES = ("none", "user")
+DISPLAY_TYPES = ("vga", "none")
+SERIAL_MODES = ("console", "none")
+
+MIN_MEMORY_MIB = 16          # below this no Linux kernel we boot gets to userspace (same floor as the Machine)
+MAX_MEMORY_MIB = 1 << 20     # 1 TiB: a sanity bound; the host's own limit is checked when the VM is defined/run
+MAX_VCPUS = 64               # the Machine's limit (core.machine.MAX_CPUS)
+MAX_NAME = 64
+MAX_CMDLINE = 2048           # Linux boot protocol 2.06+: cmdline_size is 2047 bytes + NUL on x86
+MAX_NOTES = 16384
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]*$")
+_MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+
+
+class ConfigError(ValueError):
+    """A VM definition that is not valid; the message is one line naming the field and what to give instead."""
+
+
+@dataclass
+class BootConfig:
+    """Direct kernel boot (Linux boot protocol or Multiboot): kernel, optional initrd, command line."""
+
+    kernel: str = ""
+    initrd: str = ""
+    cmdline: str = ""
+
+
+@dataclass
+class DiskConfig:
+    path: str
+    format: str = "raw"
+    bus: str = "virtio"
+    readonly: bool = False
+
+
+@dataclass
+class NetworkConfig:
+    mode: str = "none"       # "user": NAT through the host once the network device exists
+    mac: str = ""            # empty: generated from the VM's uuid when the NIC is created
+
+
+@dataclass
+class DisplayConfig:
+    type: str = "vga"
+
+
+@dataclass
+class SerialConfig:
+    mode: str = "console"    # ttyS0 shown in the VM window's serial console
+    log_file: str = ""       # also append everything the guest prints here when set
+
+
+@dataclass
+class VmConfig:
+    name: str
+    uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
+    memory_mib: int = 512
+    vcpus: int = 1
+    accel: str = "auto"
+    boot: BootConfig = field(default_factory=BootConfig)
+    disks: list[DiskConfig] = field(default_factory=list)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
+    serial: SerialConfig = field(default_factory=SerialConfig)
+    autostart: bool = False
+    notes: str = ""
+
+    def validate(self) -> None:
+        """Raise ConfigError (one line) on the first field that is wrong. Host limits are checked elsewhere
+        (validate_for_host) because a definition may be written on one machine and run on another."""
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError("name is empty: give the VM a name")
+        if len(self.name) > MAX_NAME:
+            raise ConfigError(f"name is {len(self.name)} characters long: use at most {MAX_NAME}")
+        if not _NAME_RE.match(self.name):
+            raise ConfigError(f"name {self.name!r}: use letters, digits, space and . _ + - "
+                              "(starting with a letter or digit)")
+        try:
+            if str(uuidlib.UUID(self.uuid)) != self.uuid:
+                raise ValueError
+        except (ValueError, AttributeError, TypeError):
+            raise ConfigError(f"uuid {self.uuid!r} is not a lower-case RFC 4122 UUID") from None
+        _check_int("memory_mib", self.memory_mib, MIN_MEMORY_MIB, MAX_MEMORY_MIB, "MiB")
+        _check_int("vcpus", self.vcpus, 1, MAX_VCPUS)
+        _check_choice("accel", self.accel, ACCELERATORS)
+        if not self.boot.kernel:
+            # Firmware boot from a disk needs the BIOS, which the engine does not have yet.
+            raise ConfigError("boot.kernel is empty: direct kernel boot needs a kernel (BIOS boot from a disk "
+                              "is not implemented yet)")
+        for what, value in (("boot.kernel", self.boot.kernel), ("boot.initrd", self.boot.initrd)):
+            if value and not os.path.isabs(value):
+                raise ConfigError(f"{what} {value!r} is a relative path: give an absolute path")
+        if len(self.boot.cmdline.encode()) >= MAX_CMDLINE:
+            raise ConfigError(f"boot.cmdline is {len(self.boot.cmdline.encode())} bytes: "
+                              f"Linux takes at most {MAX_CMDLINE - 1}")
+        seen: set[str] = set()
+        for i, disk in enumerate(self.disks):
+            if not disk.path or not os.path.isabs(disk.path):
+                raise ConfigError(f"disks[{i}].path {disk.path!r}: give an absolute path")
+            if disk.path in seen:
+                raise ConfigError(f"disks[{i}].path {disk.path} is attached twice")
+            seen.add(disk.path)
+            _check_choice(f"disks[{i}].format", disk.format, DISK_FORMATS)
+            _check_choice(f"disks[{i}].bus", disk.bus, DISK_BUSES)
+        _check_choice("network.mode", self.network.mode, NETWORK_MODES)
+        if self.network.mac and not _MAC_RE.match(self.network.mac):
+            raise ConfigError(f"network.mac {self.network.mac!r}: use six lower-case hex pairs like 52:54:00:12:34:56")
+        if self.network.mac and int(self.network.mac[:2], 16) & 1:
+            raise ConfigError(f"network.mac {self.network.mac}: a multicast address cannot name a NIC")
+        _check_choice("display.type", self.display.type, DISPLAY_TYPES)
+        _check_choice("serial.mode", self.serial.mode, SERIAL_MODES)
+        if self.serial.log_file and not os.path.isabs(self.serial.log_file):
+            raise ConfigError(f"serial.log_file {self.serial.log_file!r}: give an absolute path")
+        if not isinstance(self.autostart, bool):
+            raise ConfigError("autostart: give true or false")
+        if not isinstance(self.notes, str) or len(self.notes) > MAX_NOTES:
+            raise ConfigError(f"notes: give text of at most {MAX_NOTES} characters")
+
+    def validate_for_host(self, host_memory_mib: int, host_cpus: int) -> None:
+        """The limits of the host that will run this VM (shown and enforced by the wizard too)."""
+        if self.memory_mib > host_memory_mib:
+            raise ConfigError(f"memory {self.memory_mib} MiB is more than this host has ({host_memory_mib} MiB)")
+        if self.vcpus > host_cpus:
+            raise ConfigError(f"vcpus {self.vcpus} is more than this host's {host_cpus} CPUs")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> VmConfig:
+        """Build and validate a VmConfig from parsed JSON; ConfigError says which key is wrong."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a JSON object, found {type(data).__name__}")
+        data = dict(data)
+        schema = data.pop("schema", SCHEMA_VERSION)
+        if schema != SCHEMA_VERSION:
+            raise ConfigError(f"schema {schema!r} is not one this version of Vireo reads ({SCHEMA_VERSION})")
+        try:
+            boot = _sub(BootConfig, data.pop("boot", {}), "boot")
+            disks_raw = data.pop("disks", [])
+            if not isinstance(disks_raw, list):
+                raise ConfigError("disks: expected a list")
+            disks = [_sub(DiskConfig, d, f"disks[{i}]") for i, d in enumerate(disks_raw)]
+            network = _sub(NetworkConfig, data.pop("network", {}), "network")
+            display = _sub(DisplayConfig, data.pop("display", {}), "display")
+            serial = _sub(SerialConfig, data.pop("serial", {}), "serial")
+            unknown = set(data) - {f for f in cls.__dataclass_fields__}
+            if unknown:
+                raise ConfigError(f"unknown key {sorted(unknown)[0]!r}")
+            if "name" not in data:
+                raise ConfigError("missing key 'name'")
+            cfg = cls(**data, boot=boot, disks=disks, network=network, display=display, serial=serial)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+        _check_types(cfg)
+        cfg.validate()
+        return cfg
+
+    def copy(self, **changes: Any) -> VmConfig:
+        """A deep copy (nested parts too), with top-level fields changed."""
+        return replace(copy.deepcopy(self), **changes)
+
+
+def _sub(kind: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object")
+    unknown = set(data) - set(kind.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    try:
+        return kind(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+_EXPECTED_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "uuid": (str,), "memory_mib": (int,), "vcpus": (int,), "accel": (str,),
+    "autostart": (bool,), "notes": (str,),
+}
+
+
+def _check_types(cfg: VmConfig) -> None:
+    for key, types in _EXPECTED_TYPES.items():
+        value = getattr(cfg, key)
+        # bool is an int in Python; 'memory_mib: true' is still a mistake.
+        if not isinstance(value, types) or (types == (int,) and isinstance(value, bool)):
+            raise ConfigError(f"{key}: expected {types[0].__name__}, found {type(value).__name__}")
+    for part, obj in (("boot", cfg.boot), ("network", cfg.network), ("display", cfg.display),
+                      ("serial", cfg.serial), *((f"disks[{i}]", d) for i, d in enumerate(cfg.disks))):
+        for name, f in obj.__dataclass_fields__.items():
+            value = getattr(obj, name)
+            want = bool if f.type in ("bool", bool) else str
+            if not isinstance(value, want):
+                raise ConfigError(f"{part}.{name}: expected {want.__name__}, found {type(value).__name__}")
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int, unit: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a whole number, found {value!r}")
+    if not lo <= value <= hi:
+        suffix = f" {unit}" if unit else ""
+        raise ConfigError(f"{name} {value}{suffix} is out of range: give {lo}..{hi}{suffix}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} {value!r}: use one of {', '.join(choices)}")
+
+
+# -- where things live ---------------------------------------------------------------------------------------
+
+def _xdg(var: str, default: str) -> Path:
+    value = os.environ.get(var, "")
+    # The spec says a relative path in these variables is invalid and must be ignored.
+    return Path(value) if value and os.path.isabs(value) else Path.home() / default
+
+
+def config_dir() -> Path:
+    """$XDG_CONFIG_HOME/vireo (default ~/.config/vireo)."""
+    return _xdg("XDG_CONFIG_HOME", ".config") / "vireo"
+
+
+def vms_dir() -> Path:
+    return config_dir() / "vms"
+
+
+def images_dir() -> Path:
+    """Where new disk images go: $XDG_DATA_HOME/vireo/images (default ~/.local/share/vireo/images)."""
+    return _xdg("XDG_DATA_HOME", ".local/share") / "vireo" / "images"
+
+
+# -- the store ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoadError:
+    """A definition file that could not be loaded: which file and what is wrong (one line)."""
+
+    path: Path
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new content, never a mix
+    (write a temp file in the same directory, fsync it, rename it over, fsync the directory)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class ConfigStore:
+    """One JSON file per VM under `directory` (default vms_dir()), named by the VM's uuid."""
+
+    def __init__(self, directory: Path | str | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else vms_dir()
+        self._broken: set[Path] = set()
+
+    def path_for(self, vm_uuid: str) -> Path:
+        return self.directory / f"{vm_uuid}.json"
+
+    def load_all(self) -> tuple[list[VmConfig], list[LoadError]]:
+        """Every valid definition (sorted by name) and one LoadError per file that is not."""
+        configs: list[VmConfig] = []
+        errors: list[LoadError] = []
+        self._broken = set()
+        try:
+            entries = sorted(p for p in self.directory.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+        except FileNotFoundError:
+            return [], []
+        except OSError as exc:
+            return [], [LoadError(self.directory, f"cannot list the directory: {exc.strerror}")]
+        names: dict[str, Path] = {}
+        for path in entries:
+            try:
+                cfg = self._load(path)
+            except ConfigError as exc:
+                errors.append(LoadError(path, str(exc)))
+                self._broken.add(path)
+                continue
+            other = names.get(cfg.name.casefold())
+            if other is not None:
+                errors.append(LoadError(path, f"name {cfg.name!r} is already used by {other.name}"))
+                self._broken.add(path)
+                continue
+            names[cfg.name.casefold()] = path
+            configs.append(cfg)
+        configs.sort(key=lambda c: c.name.casefold())
+        return configs, errors
+
+    def _load(self, path: Path) -> VmConfig:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}") from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"not UTF-8 text (byte {exc.start})") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        cfg = VmConfig.from_dict(data)
+        if path.stem != cfg.uuid:
+            raise ConfigError(f"file name does not match its uuid {cfg.uuid} (rename it to {cfg.uuid}.json)")
+        return cfg
+
+    def save(self, cfg: VmConfig) -> Path:
+        """Validate and write `cfg` atomically. Refuses to replace a file that failed to load."""
+        cfg.validate()
+        path = self.path_for(cfg.uuid)
+        if path in self._broken:
+            raise ConfigError(f"{path} could not be loaded earlier; fix or remove it by hand, Vireo will not "
+                              "overwrite it")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(cfg.to_dict(), indent=2, sort_keys=False) + "\n"
+        atomic_write(path, text.encode())
+        return path
+
+    def remove(self, vm_uuid: str) -> None:
+        path = self.path_for(vm_uuid)
+        path.unlink(missing_ok=True)
+        dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
