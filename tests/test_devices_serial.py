@@ -1,0 +1,212 @@
+"""16550A UART register behaviour: divisor latch, IIR priorities, THRE interrupt, FIFOs, loopback, host input."""
+from __future__ import annotations
+
+import threading
+
+from core.bus import PortIoBus
+from core.devices.serial import (
+    FIFO_SIZE,
+    IIR_CTI,
+    IIR_MSI,
+    IIR_NONE,
+    IIR_RDI,
+    IIR_RLSI,
+    IIR_THRI,
+    Uart16550,
+)
+from core.irq import IrqLine
+
+BASE = 0x3F8
+RBR, IER, IIR, LCR, MCR, LSR, MSR, SCR = BASE, BASE + 1, BASE + 2, BASE + 3, BASE + 4, BASE + 5, BASE + 6, BASE + 7
+FCR = IIR
+
+
+class FakeSink:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, bool]] = []
+        self.levels: dict[int, bool] = {}
+
+    def set_irq(self, gsi: int, level: bool) -> None:
+        self.calls.append((gsi, level))
+        self.levels[gsi] = level
+
+
+def make() -> tuple[Uart16550, PortIoBus, FakeSink, list[bytes]]:
+    sink = FakeSink()
+    out: list[bytes] = []
+    uart = Uart16550(IrqLine(sink, 4), out.append)
+    bus = PortIoBus()
+    uart.attach(bus)
+    return uart, bus, sink, out
+
+
+def test_power_on_state() -> None:
+    _, bus, sink, _ = make()
+    assert bus.read(LSR, 1) == 0x60          # THRE | TEMT
+    assert bus.read(IIR, 1) == IIR_NONE
+    assert bus.read(IER, 1) == 0
+    assert bus.read(MSR, 1) & 0xF0 == 0xB0   # CTS, DSR, DCD from the host side
+    assert not sink.levels.get(4, False)
+
+
+def test_divisor_latch_and_scratch() -> None:
+    uart, bus, _, out = make()
+    bus.write(LCR, 1, 0x83)                  # DLAB, 8N1
+    bus.write(RBR, 1, 0x01)
+    bus.write(IER, 1, 0x00)
+    assert bus.read(RBR, 1) == 0x01 and bus.read(IER, 1) == 0x00
+    assert uart.baud == 115200
+    bus.write(RBR, 1, 0x0C)
+    assert uart.baud == 9600
+    assert out == []                         # writes with DLAB set reach the divisor, not the transmitter
+    bus.write(LCR, 1, 0x03)
+    bus.write(IER, 1, 0xFF)
+    assert bus.read(IER, 1) == 0x0F          # upper IER bits do not exist on a 16550A
+    bus.write(SCR, 1, 0x5A)
+    assert bus.read(SCR, 1) == 0x5A
+
+
+def test_transmit_and_thre_interrupt() -> None:
+    _, bus, sink, out = make()
+    bus.write(MCR, 1, 0x0B)                  # DTR, RTS, OUT2
+    bus.write(IER, 1, 0x02)                  # ETBEI with THR empty: THRE interrupt at once
+    assert bus.read(IIR, 1) == IIR_THRI
+    assert sink.levels[4] is False           # reading IIR cleared it
+    bus.write(RBR, 1, ord("h"))
+    bus.write(RBR, 1, ord("i"))
+    assert out == [b"h", b"i"]
+    assert sink.levels[4] is True            # THR emptied again
+    assert bus.read(LSR, 1) & 0x60 == 0x60
+    bus.write(IER, 1, 0x00)
+    assert sink.levels[4] is False
+
+
+def test_linux_uart_bug_thre_probe() -> None:
+    """drivers/tty/serial/8250: IER=THRI, read IIR, IER=0, IER=THRI, read IIR must show THRE again."""
+    _, bus, _, _ = make()
+    bus.write(IER, 1, 0x02)
+    iir1 = bus.read(IIR, 1)
+    bus.write(IER, 1, 0x00)
+    bus.write(IER, 1, 0x02)
+    iir = bus.read(IIR, 1)
+    bus.write(IER, 1, 0x00)
+    assert not iir1 & 1 and not iir & 1
+
+
+def test_out2_gates_the_irq() -> None:
+    _, bus, sink, _ = make()
+    bus.write(IER, 1, 0x02)
+    assert not sink.levels.get(4, False)     # pending, but OUT2 is off
+    assert bus.read(IIR, 1) != IIR_NONE
+    bus.write(IER, 1, 0x00)
+    bus.write(IER, 1, 0x02)
+    bus.write(MCR, 1, 0x08)
+    assert sink.levels[4] is True
+
+
+def test_fifo_detection_and_trigger_levels() -> None:
+    uart, bus, sink, _ = make()
+    bus.write(FCR, 1, 0xE7)                  # what Linux's autoconfig writes
+    assert bus.read(IIR, 1) & 0xC0 == 0xC0   # 16550A: FIFOs enabled
+    bus.write(FCR, 1, 0x81)                  # trigger level 8
+    bus.write(MCR, 1, 0x08)
+    bus.write(IER, 1, 0x01)
+    uart.receive(b"abcd")
+    # Four bytes below the trigger of 8 and nothing more coming: character timeout.
+    assert bus.read(IIR, 1) == 0xC0 | IIR_CTI
+    assert sink.levels[4] is True
+    uart.receive(b"efghijklmnopqrstuvwxyz")
+    assert bus.read(IIR, 1) == 0xC0 | IIR_RDI
+    got = bytearray()
+    while bus.read(LSR, 1) & 1:
+        got.append(bus.read(RBR, 1))
+    assert bytes(got) == b"abcdefghijklmnopqrstuvwxyz"   # the FIFO was refilled from the host queue
+    assert bus.read(IIR, 1) == 0xC1
+    assert sink.levels[4] is False
+
+
+def test_host_queue_keeps_pasted_text() -> None:
+    uart, bus, _, _ = make()
+    bus.write(FCR, 1, 0x01)
+    text = bytes(range(256)) * 40
+    uart.receive(text)
+    assert uart.pending_input == len(text) - FIFO_SIZE
+    got = bytearray()
+    while bus.read(LSR, 1) & 1:
+        got.append(bus.read(RBR, 1))
+    assert bytes(got) == text
+    assert uart.dropped_input == 0
+
+
+def test_receive_is_thread_safe() -> None:
+    uart, bus, _, _ = make()
+    bus.write(FCR, 1, 0x01)
+    chunks = [bytes([65 + t]) * 500 for t in range(4)]
+    threads = [threading.Thread(target=uart.receive, args=(c,)) for c in chunks]
+    for t in threads:
+        t.start()
+    got = bytearray()
+    for t in threads:
+        t.join()
+    while bus.read(LSR, 1) & 1:
+        got.append(bus.read(RBR, 1))
+    assert sorted(got) == sorted(b"".join(chunks))
+
+
+def test_non_fifo_mode_single_byte_buffer() -> None:
+    uart, bus, _, _ = make()
+    uart.receive(b"xy")
+    assert bus.read(IIR, 1) & 0xC0 == 0
+    assert uart.pending_input == 1
+    assert bus.read(RBR, 1) == ord("x")
+    assert bus.read(RBR, 1) == ord("y")
+    assert not bus.read(LSR, 1) & 1
+
+
+def test_iir_priority_order() -> None:
+    uart, bus, _, _ = make()
+    bus.write(MCR, 1, 0x1B)                  # loopback with DTR/RTS/OUT2
+    bus.read(MSR, 1)                         # clear the deltas entering loopback produced
+    bus.write(IER, 1, 0x0F)
+    assert bus.read(IIR, 1) == IIR_THRI
+    bus.write(MCR, 1, 0x19)                  # drop RTS: CTS changes -> modem status
+    assert bus.read(IIR, 1) == IIR_MSI       # THRE was cleared by the IIR read above
+    bus.write(RBR, 1, 0x41)                  # loopback: byte arrives in RBR
+    assert bus.read(IIR, 1) == IIR_RDI       # received data outranks THRE and modem status
+    bus.write(RBR, 1, 0x42)                  # no FIFO: second byte overruns
+    assert bus.read(IIR, 1) == IIR_RLSI      # line status outranks everything
+    assert bus.read(LSR, 1) & 0x03 == 0x03   # DR | OE, and reading LSR clears OE
+    assert bus.read(IIR, 1) == IIR_RDI
+    assert bus.read(RBR, 1) == 0x41
+    assert bus.read(IIR, 1) == IIR_THRI
+    assert bus.read(IIR, 1) == IIR_MSI
+    bus.read(MSR, 1)
+    assert bus.read(IIR, 1) == IIR_NONE
+    assert uart.overruns == 1
+
+
+def test_loopback_linux_probe() -> None:
+    """8250 autoconfig: MCR = LOOP | 0x0A must read MSR & 0xF0 == 0x90; bytes loop back, none leave."""
+    uart, bus, sink, out = make()
+    bus.write(MCR, 1, 0x1A)
+    assert bus.read(MSR, 1) & 0xF0 == 0x90
+    bus.write(FCR, 1, 0x07)
+    bus.write(IER, 1, 0x01)
+    for b in b"loop":
+        bus.write(RBR, 1, b)
+    assert out == []
+    assert not sink.levels.get(4, False)     # OUT2's pin is forced inactive in loopback
+    assert bytes(bus.read(RBR, 1) for _ in range(4)) == b"loop"
+    uart.receive(b"z")                       # host input waits until loopback ends
+    assert not bus.read(LSR, 1) & 1
+    bus.write(MCR, 1, 0x0B)
+    assert bus.read(RBR, 1) == ord("z")
+
+
+def test_wide_access_and_reset() -> None:
+    uart, bus, _, _ = make()
+    bus.write(LCR, 2, 0x0B03)                # LCR then MCR in one 16-bit access
+    assert bus.read(LCR, 1) == 0x03 and bus.read(MCR, 1) == 0x0B
+    uart.receive(b"abc")
+    uart.reset()
+    assert bus.read(MCR, 1) == 0 and bus.read(LSR, 1) == 0x60 and uart.pending_input == 0
