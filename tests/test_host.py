@@ -1,0 +1,202 @@
+"""LocalHost (core/host.py): definitions, events, deletion with disks, host info, serial fan-out, errors that
+are one line, and — when the engine can boot the test guest — the whole lifecycle on a real Machine."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core.config import BootConfig, ConfigStore, DiskConfig, VmConfig
+from core.host import EventKind, HostError, LocalHost, VmState
+from core.hoststats import resident_bytes, thread_cpu_seconds
+
+
+def vm(name: str = "alpha", kernel: str = "/boot/vmlinuz", **kw) -> VmConfig:
+    return VmConfig(name=name, boot=BootConfig(kernel=kernel, cmdline="console=ttyS0"), **kw)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> LocalHost:
+    h = LocalHost(ConfigStore(tmp_path / "vms"))
+    yield h
+    h.close()
+
+
+def test_define_list_update_persist(host: LocalHost, tmp_path: Path) -> None:
+    events = []
+    host.add_listener(events.append)
+    info = host.define(vm("beta", memory_mib=256))
+    host.define(vm("alpha"))
+    assert [v.name for v in host.list_vms()] == ["alpha", "beta"]
+    assert info.state == VmState.SHUTOFF
+    updated = info.config.copy(memory_mib=384, notes="more RAM")
+    host.define(updated)
+    assert host.get(info.uuid).config.memory_mib == 384
+    assert [e.kind for e in events] == [EventKind.DEFINED, EventKind.DEFINED, EventKind.UPDATED]
+    again = LocalHost(ConfigStore(tmp_path / "vms"))
+    assert {v.name: v.config.memory_mib for v in again.list_vms()} == {"alpha": 512, "beta": 384}
+
+
+def test_define_rejects_bad_and_clashing_definitions(host: LocalHost) -> None:
+    host.define(vm("alpha"))
+    with pytest.raises(HostError, match="a VM named 'alpha' already exists"):
+        host.define(vm("ALPHA"))
+    with pytest.raises(HostError, match="vcpus 999 is out of range"):
+        host.define(vm("x", vcpus=999))
+    too_much = host.info().memory_mib + 1024
+    with pytest.raises(HostError, match="more than this host has"):
+        host.define(vm("y", memory_mib=too_much))
+
+
+def test_delete_keeps_or_removes_disks(host: LocalHost, tmp_path: Path) -> None:
+    disk = tmp_path / "images" / "a.img"
+    host.create_disk(str(disk), 1 << 20)
+    assert disk.stat().st_size == 1 << 20
+    a = host.define(vm("a", disks=[DiskConfig(path=str(disk))]))
+    b = host.define(vm("b", disks=[DiskConfig(path=str(disk))]))
+    removed = host.delete(a.uuid, delete_disks=False)
+    assert disk.exists() and removed == [str(host.store.path_for(a.uuid))]
+    removed = host.delete(b.uuid, delete_disks=True)
+    assert not disk.exists() and str(disk) in removed
+    assert host.list_vms() == []
+    with pytest.raises(HostError, match="no VM with uuid"):
+        host.get(a.uuid)
+
+
+def test_create_disk_progress_and_no_overwrite(host: LocalHost, tmp_path: Path) -> None:
+    seen = []
+    path = tmp_path / "d.img"
+    host.create_disk(str(path), 8 << 20, preallocate=True, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (8 << 20, 8 << 20)
+    assert path.stat().st_blocks * 512 >= 8 << 20      # preallocated, not sparse
+    with pytest.raises(HostError, match="already exists"):
+        host.create_disk(str(path), 1 << 20)
+    with pytest.raises(HostError, match="qcow2 images cannot be created yet"):
+        host.create_disk(str(tmp_path / "q.qcow2"), 1 << 20, fmt="qcow2")
+
+
+def test_corrupt_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    d = tmp_path / "vms"
+    d.mkdir()
+    (d / "55555555-5555-4555-8555-555555555555.json").write_text("{nope")
+    h = LocalHost(ConfigStore(d))
+    assert h.list_vms() == []
+    (err,) = h.load_errors()
+    assert "not valid JSON" in err.message
+
+
+def test_start_failure_is_one_line_and_leaves_the_vm_shut_off(host: LocalHost, tmp_path: Path) -> None:
+    info = host.define(vm("missing-kernel", kernel=str(tmp_path / "no-such-kernel")))
+    states = []
+    host.add_listener(lambda e: states.append((e.state, e.reason)))
+    with pytest.raises(HostError) as exc:
+        host.start(info.uuid)
+    assert "no such file" in str(exc.value) and "\n" not in str(exc.value)
+    assert states[0] == (VmState.STARTING, "")
+    assert states[-1][0] == VmState.SHUTOFF and "failed to start" in states[-1][1]
+    assert host.get(info.uuid).state == VmState.SHUTOFF
+    for op in (host.pause, host.resume, host.shutdown, host.force_off, host.force_reset):
+        with pytest.raises(HostError, match="is shut off"):
+            op(info.uuid)
+    assert host.stats(info.uuid) is None
+
+
+def test_serial_subscription_gets_history_then_live_output(host: LocalHost) -> None:
+    info = host.define(vm("serial"))
+    inner = host._vm(info.uuid)
+    host._on_serial(inner, b"early boot\r\n")
+    got = []
+    assert host.subscribe_serial(info.uuid, got.append) == b"early boot\r\n"
+    host._on_serial(inner, b"login: ")
+    host.unsubscribe_serial(info.uuid, got.append)
+    host._on_serial(inner, b"ignored")
+    assert got == [b"login: "]
+
+
+def test_host_info_is_plausible(host: LocalHost) -> None:
+    info = host.info()
+    assert info.cpus >= 1 and info.cores >= 1 and info.memory_mib > 64
+    assert info.cpu_model
+    assert isinstance(info.kvm_usable, bool) and info.kvm_reason
+
+
+def test_thread_cpu_time_and_resident_memory() -> None:
+    spent = {}
+
+    def spin() -> None:
+        t0 = thread_cpu_seconds(threading.get_native_id())
+        end = time.monotonic() + 0.2
+        while time.monotonic() < end:
+            pass
+        spent["cpu"] = thread_cpu_seconds(threading.get_native_id()) - t0
+
+    t = threading.Thread(target=spin)
+    t.start()
+    t.join()
+    assert 0.1 < spent["cpu"] < 0.5
+    assert thread_cpu_seconds(t.native_id) is None      # exited threads are gone from /proc
+    import ctypes
+    import mmap
+    m = mmap.mmap(-1, 1 << 20)
+    anchor = ctypes.c_char.from_buffer(m)
+    addr = ctypes.addressof(anchor)
+    assert resident_bytes(addr, 1 << 20) == 0
+    m[0:3 * 4096] = b"x" * (3 * 4096)
+    assert resident_bytes(addr, 1 << 20) == 3 * 4096
+    del anchor
+    m.close()
+
+
+# -- a real Machine ------------------------------------------------------------------------------------------
+
+def _engine_ready() -> bool:
+    return all(importlib.util.find_spec(m) is not None
+               for m in ("core.boot.loader", "core.devices.serial", "core.hypervisor.hostcaps"))
+
+
+@pytest.mark.skipif(not _engine_ready(), reason="the engine (boot loader, devices, hostcaps) is not in this tree yet")
+def test_lifecycle_on_a_real_machine(host: LocalHost, debian_kernel: Path, busybox_initramfs: Path) -> None:
+    cfg = VmConfig(name="debian", memory_mib=256,
+                   boot=BootConfig(kernel=str(debian_kernel), initrd=str(busybox_initramfs),
+                                   cmdline="console=ttyS0 vireo.action=shell"))
+    info = host.define(cfg)
+    out = bytearray()
+    lock = threading.Condition()
+
+    def on_serial(data: bytes) -> None:
+        with lock:
+            out.extend(data)
+            lock.notify_all()
+
+    def expect(pattern: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with lock:
+            while not re.search(pattern, out.decode(errors="replace")):
+                left = deadline - time.monotonic()
+                assert left > 0, f"{pattern!r} not seen; console:\n{out.decode(errors='replace')[-2000:]}"
+                lock.wait(left)
+
+    states = []
+    host.add_listener(lambda e: e.kind == EventKind.STATE and states.append(e.state))
+    host.subscribe_serial(info.uuid, on_serial)
+    host.start(info.uuid)
+    assert host.get(info.uuid).state == VmState.RUNNING
+    assert host.get(info.uuid).accel in ("kvm", "software")
+    host.stats(info.uuid)
+    expect(r"[#$] $", 240)
+    stats = host.stats(info.uuid)
+    assert stats is not None and stats.cpu_seconds > 0 and stats.memory_resident_mib > 1
+    host.send_serial(info.uuid, b"echo vireo-$((6*7))\n")
+    expect(r"vireo-42", 30)
+    host.pause(info.uuid)
+    assert host.get(info.uuid).state == VmState.PAUSED
+    host.resume(info.uuid)
+    host.force_off(info.uuid)
+    assert host.get(info.uuid).state == VmState.SHUTOFF
+    assert states == [VmState.STARTING, VmState.RUNNING, VmState.PAUSED, VmState.RUNNING, VmState.SHUTOFF]
+    assert os.path.exists(host.store.path_for(info.uuid))
