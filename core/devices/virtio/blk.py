@@ -1,0 +1,172 @@
+"""virtio-blk (virtio 1.2, section 5.2): a disk for the guest, backed by a raw or qcow2 image.
+
+Requests are a 16-byte header (type, reserved, sector), data buffers, and a status byte the device writes last
+(5.2.6). Reads, writes, flush (durable: the image's flush is an fsync unless the cache mode says otherwise),
+GET_ID (the serial string), discard and write-zeroes. A request outside the disk or with malformed buffers fails
+with VIRTIO_BLK_S_IOERR / UNSUPP for that request only; an image I/O error does the same.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Protocol
+
+from core.devices.virtio.pci import VirtioDevice
+from core.devices.virtio.queue import DescriptorChain, Virtqueue, gather, scatter
+from core.memory import GuestMemory
+
+log = logging.getLogger(__name__)
+
+SECTOR = 512
+T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
+S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
+
+F_SIZE_MAX, F_SEG_MAX, F_RO, F_BLK_SIZE, F_FLUSH = 1 << 1, 1 << 2, 1 << 5, 1 << 6, 1 << 9
+F_DISCARD, F_WRITE_ZEROES = 1 << 13, 1 << 14
+
+MAX_SEGMENTS = 126
+MAX_REQUEST_BYTES = 4 << 20
+ID_BYTES = 20
+
+
+class BlockBackend(Protocol):
+    """What virtio-blk needs from an image (core/storage implements it for raw and qcow2)."""
+
+    size: int
+    read_only: bool
+
+    def read(self, offset: int, length: int) -> bytes: ...
+    def write(self, offset: int, data: bytes) -> None: ...
+    def flush(self) -> None: ...
+    def discard(self, offset: int, length: int) -> None: ...
+    def write_zeroes(self, offset: int, length: int) -> None: ...
+
+
+class VirtioBlk(VirtioDevice):
+    device_id = 2
+    pci_class = 0x018000
+    num_queues = 1
+    queue_size = 256
+
+    def __init__(self, backend: BlockBackend, serial: str = "", cache: str = "writeback") -> None:
+        super().__init__()
+        if cache not in ("writeback", "none", "unsafe"):
+            raise ValueError(f"cache={cache}: use writeback, none or unsafe")
+        self.backend = backend
+        self.serial = serial.encode()[:ID_BYTES]
+        self.cache = cache
+        self.stats = {"read_bytes": 0, "write_bytes": 0, "reads": 0, "writes": 0, "flushes": 0, "errors": 0}
+
+    def features(self) -> int:
+        f = F_SEG_MAX | F_SIZE_MAX | F_BLK_SIZE | F_FLUSH | F_DISCARD | F_WRITE_ZEROES
+        return f | F_RO if self.backend.read_only else f
+
+    def config(self) -> bytes:
+        sectors = self.backend.size // SECTOR
+        max_sectors = MAX_REQUEST_BYTES // SECTOR
+        cfg = struct.pack("<QII", sectors, MAX_REQUEST_BYTES, MAX_SEGMENTS)
+        cfg += struct.pack("<HBB", 0, 0, 0)                  # geometry: none
+        cfg += struct.pack("<I", SECTOR)                      # blk_size
+        cfg += struct.pack("<BBHI", 0, 0, 0, 0)               # topology
+        cfg += struct.pack("<BBH", 1, 0, 1)                   # writeback, unused, num_queues
+        cfg += struct.pack("<III", max_sectors, 1, 1)         # discard: max sectors, max segments, alignment
+        cfg += struct.pack("<II", max_sectors, 1)             # write zeroes: max sectors, max segments
+        cfg += struct.pack("<B3x", 1)                         # write_zeroes_may_unmap
+        return cfg
+
+    def process(self, queue: Virtqueue, memory: GuestMemory) -> None:
+        transport = self.transport
+        assert transport is not None
+        old_used = queue.used_idx
+        while (chain := queue.pop()) is not None:
+            written = self._request(chain, memory)
+            queue.push(chain, written)
+        if queue.used_idx != old_used:
+            transport.used(queue, old_used)
+
+    def _request(self, chain: DescriptorChain, memory: GuestMemory) -> int:
+        """Serve one request; return the bytes written to the driver's buffers (data + status)."""
+        if chain.readable_len < 16 or not chain.writable or chain.writable[-1][1] < 1:
+            # No header or no status byte: nothing sensible can be reported back.
+            self.stats["errors"] += 1
+            return 0
+        header = gather(memory, chain.readable, 16)
+        rtype, _, sector = struct.unpack("<IIQ", header)
+        status_gpa = chain.writable[-1][0] + chain.writable[-1][1] - 1
+        data_in = list(chain.writable[:-1])
+        if chain.writable[-1][1] > 1:
+            data_in.append((chain.writable[-1][0], chain.writable[-1][1] - 1))
+        data_out = _skip(chain.readable, 16)
+        written = 0
+        try:
+            status, written = self._serve(rtype, sector, data_in, data_out, memory)
+        except OSError as exc:
+            log.warning("virtio-blk: I/O error: %s", exc)
+            status = S_IOERR
+        if status != S_OK:
+            self.stats["errors"] += 1
+        memory.write_u8(status_gpa, status)
+        return written + 1
+
+    def _serve(self, rtype: int, sector: int, data_in, data_out, memory: GuestMemory) -> tuple[int, int]:
+        backend = self.backend
+        if rtype == T_IN:
+            length = sum(n for _, n in data_in)
+            if not self._in_range(sector, length):
+                return S_IOERR, 0
+            data = backend.read(sector * SECTOR, length)
+            self.stats["reads"] += 1
+            self.stats["read_bytes"] += length
+            return S_OK, scatter(memory, data_in, data)
+        if rtype == T_OUT:
+            if backend.read_only:
+                return S_IOERR, 0
+            length = sum(n for _, n in data_out)
+            if not self._in_range(sector, length):
+                return S_IOERR, 0
+            backend.write(sector * SECTOR, gather(memory, data_out))
+            self.stats["writes"] += 1
+            self.stats["write_bytes"] += length
+            if self.cache == "none":
+                backend.flush()
+            return S_OK, 0
+        if rtype == T_FLUSH:
+            if self.cache != "unsafe":
+                backend.flush()
+            self.stats["flushes"] += 1
+            return S_OK, 0
+        if rtype == T_GET_ID:
+            return S_OK, scatter(memory, data_in, self.serial.ljust(ID_BYTES, b"\0"))
+        if rtype in (T_DISCARD, T_WRITE_ZEROES):
+            if backend.read_only:
+                return S_IOERR, 0
+            segs = gather(memory, data_out)
+            if not segs or len(segs) % 16:
+                return S_UNSUPP, 0
+            for i in range(0, len(segs), 16):
+                seg_sector, count, flags = struct.unpack_from("<QII", segs, i)
+                if flags & ~1 or (rtype == T_DISCARD and flags):
+                    return S_UNSUPP, 0
+                if not self._in_range(seg_sector, count * SECTOR):
+                    return S_IOERR, 0
+                if rtype == T_DISCARD:
+                    backend.discard(seg_sector * SECTOR, count * SECTOR)
+                else:
+                    backend.write_zeroes(seg_sector * SECTOR, count * SECTOR)
+            return S_OK, 0
+        return S_UNSUPP, 0
+
+    def _in_range(self, sector: int, length: int) -> bool:
+        return length % SECTOR == 0 and length <= MAX_REQUEST_BYTES and sector * SECTOR + length <= self.backend.size
+
+
+def _skip(buffers: list[tuple[int, int]], nbytes: int) -> list[tuple[int, int]]:
+    """The buffers after the first `nbytes` (the header)."""
+    out = []
+    for gpa, n in buffers:
+        if nbytes >= n:
+            nbytes -= n
+            continue
+        out.append((gpa + nbytes, n - nbytes))
+        nbytes = 0
+    return out
