@@ -47,11 +47,9 @@ class ElfImage:
         return max(s.end for s in self.segments)
 
     def physical_entry(self) -> int:
-        """e_entry as a physical address: kept if a segment's physical range holds it (vmlinux links its entry
-        as phys_startup_64), else translated through the segment whose virtual range holds it."""
-        for s in self.segments:
-            if s.paddr <= self.entry < s.paddr + s.memsz:
-                return self.entry
+        """e_entry as a physical address: translated through the segment whose virtual range holds it (a
+        higher-half kernel links its entry virtually, as GRUB's Multiboot loader assumes), else taken as physical
+        already (vmlinux links its entry as phys_startup_64, outside every segment's virtual range)."""
         for s in self.segments:
             if s.vaddr <= self.entry < s.vaddr + s.memsz:
                 return s.paddr + (self.entry - s.vaddr)

@@ -1,0 +1,218 @@
+"""The ACPI tables Vireo's direct boot gives the guest (ACPI 6.4, chapter 5.2 "ACPI System Description Tables"):
+
+  RSDP (5.2.5, revision 2) -> XSDT (5.2.8) and RSDT (5.2.7) -> FADT (5.2.9, revision 6) -> DSDT (5.2.11.1), FACS
+                                                             -> MADT (5.2.12), optionally HPET (IA-PC HPET spec)
+
+They describe what platform.py places: the PM1a event/control blocks, PM timer and GPE0 block (the SCI on IRQ 9,
+ACPI permanently enabled since SMI_CMD is 0), the reset register at I/O 0xCF9, the 8042 and legacy devices, one
+local APIC (or x2APIC above ID 254) per vCPU, the I/O APIC with the PC's interrupt overrides (IRQ0 -> GSI 2, the
+SCI level-triggered), and a DSDT whose \\_S5 package lets the guest power off by writing SLP_TYP|SLP_EN to
+PM1a_CNT. The power button is the fixed-feature one (FADT PWR_BUTTON clear), so the DSDT needs no button device.
+
+Everything goes at platform.ACPI_TABLES_ADDR (0xE0000), inside the reserved BIOS area of the e820 map, with the
+RSDP first on a 16-byte boundary so a guest that scans 0xE0000-0xFFFFF for "RSD PTR " finds it (5.2.5.1).
+"""
+from __future__ import annotations
+
+import struct
+
+from core import platform
+from core.boot import aml
+from core.boot.errors import BootError
+from core.memory import GuestMemory
+
+OEM_ID = b"VIREO "
+OEM_TABLE_ID = b"VIREOPC "
+OEM_REVISION = 1
+CREATOR_ID = b"VIRO"
+CREATOR_REVISION = 1
+
+ACPI_AREA_END = platform.MP_TABLE_ADDR    # 0xF0000 up is left for the MP table / firmware
+
+# FADT flags (ACPI 6.4, table 5.10).
+FADT_WBINVD = 1 << 0
+FADT_PROC_C1 = 1 << 2
+FADT_PWR_BUTTON = 1 << 4      # set = control-method power button; we use the fixed-feature one (clear)
+FADT_SLP_BUTTON = 1 << 5      # set = no fixed-feature sleep button
+FADT_FIX_RTC = 1 << 6         # set = RTC wake status not in the fixed register space
+FADT_RESET_REG_SUP = 1 << 10
+# IA-PC boot architecture flags (table 5.11).
+IAPC_LEGACY_DEVICES = 1 << 0
+IAPC_8042 = 1 << 1
+# MADT (5.2.12).
+MADT_PCAT_COMPAT = 1 << 0
+MADT_LOCAL_APIC, MADT_IO_APIC, MADT_INT_SRC_OVERRIDE, MADT_LAPIC_NMI = 0, 1, 2, 4
+MADT_LOCAL_X2APIC, MADT_LOCAL_X2APIC_NMI = 9, 10
+MADT_ENABLED = 1 << 0
+MPS_ACTIVE_HIGH, MPS_ACTIVE_LOW = 0b01, 0b11
+MPS_EDGE, MPS_LEVEL = 0b01 << 2, 0b11 << 2
+X2APIC_FIRST_ID = 255        # 0xFF is the xAPIC broadcast ID: from here on only an x2APIC entry can name a CPU
+
+# Generic Address Structure (5.2.3.2).
+GAS_SYSTEM_MEMORY, GAS_SYSTEM_IO = 0, 1
+ACCESS_BYTE, ACCESS_WORD, ACCESS_DWORD = 1, 2, 3
+
+PM1_EVT_LEN, PM1_CNT_LEN, PM_TMR_LEN, GPE0_BLK_LEN = 4, 2, 4, 8
+RTC_CENTURY_INDEX = 0x32     # the CMOS byte holding the century, as on PC/AT BIOSes
+FADT_REVISION, FADT_MINOR = 6, 4
+FADT_LENGTH = 276
+HEADER_LEN = 36
+
+
+def checksum(data: bytes | bytearray) -> int:
+    """The byte that makes `data` (with that byte zero) sum to 0 modulo 256."""
+    return (-sum(data)) & 0xFF
+
+
+def gas(space: int, bit_width: int, address: int, access_size: int = 0, bit_offset: int = 0) -> bytes:
+    return struct.pack("<BBBBQ", space, bit_width, bit_offset, access_size, address)
+
+
+def table(signature: bytes, revision: int, body: bytes) -> bytes:
+    """A System Description Table: the 36-byte header (5.2.6) over `body`, checksummed."""
+    length = HEADER_LEN + len(body)
+    header = bytearray(struct.pack("<4sIBB6s8sI4sI", signature, length, revision, 0, OEM_ID, OEM_TABLE_ID,
+                                   OEM_REVISION, CREATOR_ID, CREATOR_REVISION))
+    out = header + body
+    out[9] = checksum(out)
+    return bytes(out)
+
+
+def build_dsdt() -> bytes:
+    """The DSDT: \\_S5 = Package{SLP_TYP for PM1a, SLP_TYP for PM1b, reserved, reserved} (7.4.2 "\\_Sx")."""
+    s5 = aml.name("\\_S5", aml.package(aml.integer(platform.ACPI_S5_SLP_TYP), aml.integer(platform.ACPI_S5_SLP_TYP),
+                                       aml.integer(0), aml.integer(0)))
+    # Revision 2: integers in this definition block are 64 bits wide (5.2.11.1).
+    return table(b"DSDT", 2, s5)
+
+
+def build_facs() -> bytes:
+    """FACS (5.2.10): no checksum; waking vectors zero because Vireo has no S3 resume path."""
+    return struct.pack("<4sIIIIIQB3sI24s", b"FACS", 64, 0, 0, 0, 0, 0, 2, b"\0" * 3, 0, b"\0" * 24)
+
+
+def build_fadt(dsdt_addr: int, facs_addr: int) -> bytes:
+    """FADT revision 6 (table 5.9): fixed hardware blocks from platform.py, in both the 32-bit and X_ forms."""
+    pm1a_evt, pm1a_cnt, pm_tmr, gpe0 = (platform.ACPI_PM1A_EVT, platform.ACPI_PM1A_CNT, platform.ACPI_PM_TMR,
+                                        platform.ACPI_GPE0)
+    flags = FADT_WBINVD | FADT_PROC_C1 | FADT_SLP_BUTTON | FADT_FIX_RTC | FADT_RESET_REG_SUP
+    body = bytearray(FADT_LENGTH - HEADER_LEN)
+
+    def put(offset: int, fmt: str, *values: int | bytes) -> None:
+        struct.pack_into(fmt, body, offset - HEADER_LEN, *values)
+
+    put(36, "<II", facs_addr, dsdt_addr)                        # FIRMWARE_CTRL, DSDT
+    put(45, "<B", 0)                                            # Preferred_PM_Profile: unspecified
+    put(46, "<HI", platform.ACPI_SCI_IRQ, 0)                    # SCI_INT, SMI_CMD (0: ACPI mode is fixed)
+    put(56, "<IIIIIIII", pm1a_evt, 0, pm1a_cnt, 0, 0, pm_tmr, gpe0, 0)
+    put(88, "<BBBBBBB", PM1_EVT_LEN, PM1_CNT_LEN, 0, PM_TMR_LEN, GPE0_BLK_LEN, 0, 0)
+    put(96, "<HH", 101, 1001)                                   # P_LVL2/3_LAT beyond limits: no C2/C3
+    put(108, "<B", RTC_CENTURY_INDEX)
+    put(109, "<H", IAPC_LEGACY_DEVICES | IAPC_8042)
+    put(112, "<I", flags)
+    body[116 - HEADER_LEN:128 - HEADER_LEN] = gas(GAS_SYSTEM_IO, 8, platform.RESET_CONTROL_PORT, ACCESS_BYTE)
+    put(128, "<B", 0x06)                                        # RESET_VALUE: PIIX "hard reset" (SRST|RCPU)
+    put(131, "<B", FADT_MINOR)
+    put(132, "<QQ", facs_addr, dsdt_addr)                       # X_FIRMWARE_CTRL, X_DSDT
+    x_blocks = (
+        (148, gas(GAS_SYSTEM_IO, PM1_EVT_LEN * 8, pm1a_evt, ACCESS_WORD)),
+        (172, gas(GAS_SYSTEM_IO, PM1_CNT_LEN * 8, pm1a_cnt, ACCESS_WORD)),
+        (208, gas(GAS_SYSTEM_IO, PM_TMR_LEN * 8, pm_tmr, ACCESS_DWORD)),
+        (220, gas(GAS_SYSTEM_IO, GPE0_BLK_LEN * 8, gpe0, ACCESS_BYTE)),
+    )
+    for offset, g in x_blocks:
+        body[offset - HEADER_LEN:offset - HEADER_LEN + 12] = g
+    put(268, "<8s", b"Vireo\0\0\0")                              # Hypervisor Vendor Identity
+    return table(b"FACP", FADT_REVISION, bytes(body))
+
+
+def build_madt(num_cpus: int) -> bytes:
+    """MADT: one enabled Processor Local APIC / x2APIC per vCPU (APIC ID = ACPI UID = index), the I/O APIC,
+    the ISA overrides a PC has (PIT on pin 2; the SCI level-triggered, active high), and LINT1 as NMI."""
+    if num_cpus < 1:
+        raise ValueError("an MADT needs at least one CPU")
+    entries = bytearray()
+    for cpu in range(num_cpus):
+        if cpu < X2APIC_FIRST_ID:
+            entries += struct.pack("<BBBBI", MADT_LOCAL_APIC, 8, cpu, cpu, MADT_ENABLED)
+        else:
+            entries += struct.pack("<BBHIII", MADT_LOCAL_X2APIC, 16, 0, cpu, MADT_ENABLED, cpu)
+    ioapic_id = num_cpus & 0xFF
+    entries += struct.pack("<BBBBII", MADT_IO_APIC, 12, ioapic_id, 0, platform.IOAPIC_BASE, 0)
+    entries += struct.pack("<BBBBIH", MADT_INT_SRC_OVERRIDE, 10, 0, platform.PIT_IRQ, platform.PIT_GSI, 0)
+    entries += struct.pack("<BBBBIH", MADT_INT_SRC_OVERRIDE, 10, 0, platform.ACPI_SCI_IRQ, platform.ACPI_SCI_IRQ,
+                           MPS_ACTIVE_HIGH | MPS_LEVEL)
+    # LINT1 of every processor (UID 0xFF / 0xFFFFFFFF = all) is wired to NMI, edge, active high.
+    entries += struct.pack("<BBBHB", MADT_LAPIC_NMI, 6, 0xFF, MPS_ACTIVE_HIGH | MPS_EDGE, 1)
+    if num_cpus > X2APIC_FIRST_ID:
+        entries += struct.pack("<BBHIB3s", MADT_LOCAL_X2APIC_NMI, 12, MPS_ACTIVE_HIGH | MPS_EDGE, 0xFFFF_FFFF, 1,
+                               b"\0" * 3)
+    body = struct.pack("<II", platform.LAPIC_BASE, MADT_PCAT_COMPAT) + bytes(entries)
+    return table(b"APIC", 5, body)
+
+
+def build_hpet() -> bytes:
+    """HPET description table (IA-PC HPET 1.0a, 3.2.4) for the timer block at platform.HPET_BASE: three
+    64-bit comparators, legacy replacement routing capable, vendor 0x8086."""
+    block_id = (1 | ((3 - 1) << 8) | (1 << 13) | (1 << 15) | (0x8086 << 16))
+    body = struct.pack("<I", block_id) + gas(GAS_SYSTEM_MEMORY, 64, platform.HPET_BASE) + struct.pack(
+        "<BHB", 0, 0x80, 0)
+    return table(b"HPET", 1, body)
+
+
+def build_rsdp(rsdt_addr: int, xsdt_addr: int) -> bytes:
+    """RSDP revision 2 (5.2.5.3): the ACPI 1.0 checksum over the first 20 bytes, the extended one over all 36."""
+    rsdp = bytearray(struct.pack("<8sB6sBIIQB3s", b"RSD PTR ", 0, OEM_ID, 2, rsdt_addr, 36, xsdt_addr, 0,
+                                 b"\0" * 3))
+    rsdp[8] = checksum(rsdp[:20])
+    rsdp[32] = checksum(rsdp)
+    return bytes(rsdp)
+
+
+class _Allocator:
+    def __init__(self, start: int, end: int) -> None:
+        self.next, self.end = start, end
+
+    def take(self, size: int, align: int = 16) -> int:
+        addr = (self.next + align - 1) & ~(align - 1)
+        if addr + size > self.end:
+            raise BootError(f"the ACPI tables do not fit below {self.end:#x}; use fewer --cpus")
+        self.next = addr + size
+        return addr
+
+
+def build_acpi_tables(memory: GuestMemory, num_cpus: int, hpet: bool = False) -> int:
+    """Write the tables at platform.ACPI_TABLES_ADDR and return the RSDP's address.
+
+    `hpet` adds an HPET table; leave it off unless the machine emulates the HPET, since a guest that finds the
+    table uses the timer.
+    """
+    if not memory.contains(platform.ACPI_TABLES_ADDR, ACPI_AREA_END - platform.ACPI_TABLES_ADDR):
+        raise BootError(f"guest memory of {memory.size >> 10} KiB has no room for the ACPI tables at "
+                        f"{platform.ACPI_TABLES_ADDR:#x}; give more --memory")
+    alloc = _Allocator(platform.ACPI_TABLES_ADDR, ACPI_AREA_END)
+    rsdp_addr = alloc.take(36, 16)
+    dsdt = build_dsdt()
+    dsdt_addr = alloc.take(len(dsdt))
+    facs = build_facs()
+    facs_addr = alloc.take(len(facs), 64)       # the FACS must be 64-byte aligned (5.2.10)
+    fadt = build_fadt(dsdt_addr, facs_addr)
+    fadt_addr = alloc.take(len(fadt))
+    madt = build_madt(num_cpus)
+    madt_addr = alloc.take(len(madt))
+    pointed = [fadt_addr, madt_addr]
+    blobs = [(dsdt_addr, dsdt), (facs_addr, facs), (fadt_addr, fadt), (madt_addr, madt)]
+    if hpet:
+        hpet_table = build_hpet()
+        hpet_addr = alloc.take(len(hpet_table))
+        pointed.append(hpet_addr)
+        blobs.append((hpet_addr, hpet_table))
+    xsdt = table(b"XSDT", 1, b"".join(struct.pack("<Q", a) for a in pointed))
+    xsdt_addr = alloc.take(len(xsdt))
+    rsdt = table(b"RSDT", 1, b"".join(struct.pack("<I", a) for a in pointed))
+    rsdt_addr = alloc.take(len(rsdt))
+    blobs += [(xsdt_addr, xsdt), (rsdt_addr, rsdt), (rsdp_addr, build_rsdp(rsdt_addr, xsdt_addr))]
+    memory.fill(platform.ACPI_TABLES_ADDR, alloc.next - platform.ACPI_TABLES_ADDR, 0)
+    for addr, blob in blobs:
+        memory.write(addr, blob)
+    return rsdp_addr
