@@ -198,7 +198,8 @@ class VireoSession:
         self.close()
 
 
-SHELL_PROMPT = re.compile(r"[#$] $", re.MULTILINE)
+# The test initramfs's prompt (PS1 in tests/fixtures/init.sh). busybox may follow it with ESC[6n, a cursor query.
+SHELL_PROMPT = re.compile(r"vireo:[^\n#]*# ")
 
 
 def run_vireo_interactive(args: list[str], lines: list[str], timeout: float,
