@@ -1,0 +1,638 @@
+"""Direct access to the QEMU CPU state inside unicorn 2.1.4, for what its public API leaves out.
+
+unicorn is QEMU's TCG as a library. Its API gives registers, memory maps and a few hooks, but not the pieces a
+full PC needs: delivery of exceptions and external interrupts through the guest's IVT/IDT (Intel SDM vol. 3,
+ch. 6), the hidden segment-descriptor caches (SDM vol. 3, 3.4.3), RDMSR/WRMSR of MSRs it does not know
+(IA32_APIC_BASE, the x2APIC range, IA32_TSC_DEADLINE), SYSCALL/SYSENTER with their architectural effect
+(SDM vol. 2B, "SYSCALL"), and code-cache invalidation by guest-physical address. This module reaches them:
+
+* Struct offsets of `struct uc_struct`, `CPUState`, `X86CPU` and `CPUX86State`. They were derived from the
+  exact source of the pinned version (the PyPI sdist of unicorn 2.1.4: include/uc_priv.h,
+  qemu/include/hw/core/cpu.h, qemu/target/i386/cpu.h) by compiling a program that prints `offsetof(...)` with the
+  library's own build flags (cmake -DUNICORN_ARCH=x86, then the compile line of target/i386/seg_helper.c).
+  `verify()` checks them against the running library (pointer identities and register round trips through the
+  public API) and refuses to run with a clear message if they do not hold.
+* QEMU's own routines that the library exports (`x86_cpu_do_interrupt_x86_64`, `x86_update_hflags_x86_64`,
+  `cpu_x86_update_cr0_x86_64`, `tlb_flush_x86_64`, `tb_invalidate_phys_range_x86_64`, ...), called via ctypes.
+* Three pieces of native code (bytes below with their assembly), placed in an executable page:
+  - the UC_HOOK_INTR callback: `x86_cpu_do_interrupt(uc->cpu)`, i.e. QEMU's own delivery of the pending
+    exception or INT n through the IVT/IDT (gates, privilege changes, TSS stacks, IST, error codes) -- in native
+    code because a fault during delivery longjmps back into the CPU loop, which must never cross Python frames;
+  - the UC_HOOK_INSN_INVALID callback: the same for #UD (unicorn reports #UD there instead of UC_HOOK_INTR);
+  - a wrapper placed in front of the TCG helpers for RDMSR, WRMSR, CPUID, SYSCALL and SYSENTER: it calls a Python
+    callback and, by its return value, returns, runs the original helper, or raises an exception in the guest
+    (`raise_exception_err_ra`, with the return address into the translated block so the guest state is exact).
+  The wrappers are installed by rewriting the helper's two function pointers in the library: its GOT slot (used
+  by the translator to emit the call) and its entry in QEMU's `all_helpers` table (which the translator looks up
+  by that same pointer). This happens once per process, before any unicorn instance exists.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+import threading
+from collections.abc import Callable
+from ctypes import POINTER, c_int, c_uint32, c_uint64, c_void_p
+
+import unicorn
+from unicorn import x86_const as X
+
+try:
+    from unicorn.unicorn_py3.unicorn import uclib as _lib
+except ImportError:  # pragma: no cover - other binding layouts are not the pinned version
+    _lib = None
+
+PINNED_VERSION = "2.1.4"
+
+
+class UnicornInternalsError(RuntimeError):
+    """The installed unicorn is not the layout this module was derived from."""
+
+
+# -- offsets (bytes) derived from the unicorn 2.1.4 sdist; see the module docstring ----------------------------
+UC_CPU = 440                   # struct uc_struct: CPUState *cpu
+UC_STOP_REQUEST = 1389         # struct uc_struct: bool stop_request
+CPU_STOP = 17                  # CPUState: bool stop
+CPU_STOPPED = 18               # CPUState: bool stopped
+CPU_EXIT_REQUEST = 21          # CPUState: bool exit_request (volatile)
+CPU_INTERRUPT_REQUEST = 28     # CPUState: uint32_t interrupt_request
+CPU_ENV_PTR = 296              # CPUState: void *env_ptr
+CPU_ICOUNT_DECR_PTR = 304      # CPUState: IcountDecr *icount_decr_ptr
+CPU_HALTED = 33176             # CPUState: uint32_t halted
+CPU_EXCEPTION_INDEX = 33184    # CPUState: int32_t exception_index
+CPU_UC = 33192                 # CPUState: struct uc_struct *uc
+X86CPU_ENV = 35408             # X86CPU: CPUX86State env (CPUState parent_obj is at 0)
+
+ENV_REGS = 0                   # target_ulong regs[16]
+ENV_EIP = 128
+ENV_EFLAGS = 136
+ENV_CC_SRC = 152
+ENV_CC_OP = 168
+ENV_DF = 172
+ENV_HFLAGS = 176
+ENV_HFLAGS2 = 180
+ENV_SEGS = 184                 # SegmentCache segs[6]: ES CS SS DS FS GS
+ENV_LDT = 328
+ENV_TR = 352
+ENV_GDT = 376
+ENV_IDT = 400
+ENV_CR = 424                   # target_ulong cr[9]
+ENV_A20_MASK = 496
+ENV_EFER = 592
+ENV_SYSENTER_CS = 4800
+ENV_SYSENTER_ESP = 4808
+ENV_SYSENTER_EIP = 4816
+ENV_STAR = 4824
+ENV_LSTAR = 4840
+ENV_CSTAR = 4848
+ENV_FMASK = 4856
+ENV_KERNELGSBASE = 4864
+ENV_TSC_AUX = 4896
+ENV_MSR_IA32_MISC_ENABLE = 4920
+ENV_PAT = 5280
+ENV_ERROR_CODE = 5384
+ENV_EXCEPTION_IS_INT = 5388
+ENV_EXCEPTION_NEXT_EIP = 5392
+ENV_OLD_EXCEPTION = 5496
+ENV_VM_VMCB = 5504
+ENV_TSC_OFFSET = 5512
+ENV_END_RESET_FIELDS = 5568    # everything per-CPU lies before this (what uc_context_save copies)
+ENV_CPUID_LEVEL = 5604
+ENV_FEATURES = 5632            # FeatureWordArray features (uint64_t per word)
+ENV_UC = 7000                  # struct uc_struct *uc
+
+SEG_SIZE = 24                  # SegmentCache: uint32 selector @0, target_ulong base @8, uint32 limit @16, flags @20
+R_ES, R_CS, R_SS, R_DS, R_FS, R_GS = range(6)
+
+# CPUState.interrupt_request bits (qemu/include/hw/core/cpu.h, target/i386/cpu.h)
+CPU_INTERRUPT_HARD = 0x2
+CPU_INTERRUPT_EXITTB = 0x4
+CPU_INTERRUPT_VIRQ = 0x100
+CPU_INTERRUPT_NMI = 0x200
+# env->hflags / hflags2 bits (target/i386/cpu.h)
+HF_CPL_MASK = 0x3
+HF_INHIBIT_IRQ_MASK = 0x8
+HF_CS32_MASK = 0x10
+HF_SS32_MASK = 0x20
+HF_PE_MASK = 0x80
+HF_LMA_MASK = 0x4000
+HF_CS64_MASK = 0x8000
+HF2_GIF_MASK = 0x1
+HF2_NMI_MASK = 0x4
+VMCB_INT_VECTOR = 100          # offsetof(struct vmcb, control.int_vector): where CPU_INTERRUPT_VIRQ reads the vector
+# Feature words (FeatureWord enum)
+FEAT_1_EDX, FEAT_1_ECX, FEAT_7_0_EBX, FEAT_7_0_ECX, FEAT_7_0_EDX = 0, 1, 2, 3, 4
+FEAT_8000_0001_EDX, FEAT_8000_0001_ECX = 6, 7
+CC_OP_EFLAGS = 1               # CCOp enum: flags held in cc_src
+
+# Segment descriptor flag bits as QEMU keeps them (the descriptor's high dword; SDM vol. 3, 3.4.5)
+DESC_TYPE_SHIFT = 8
+DESC_S_MASK = 1 << 12
+DESC_DPL_SHIFT = 13
+DESC_P_MASK = 1 << 15
+DESC_AVL_MASK = 1 << 20
+DESC_L_MASK = 1 << 21
+DESC_B_MASK = 1 << 22
+DESC_G_MASK = 1 << 23
+
+EFLAGS_IF = 1 << 9
+
+
+def _require_lib() -> ctypes.CDLL:
+    if _lib is None or unicorn.__version__ != PINNED_VERSION:
+        raise UnicornInternalsError(
+            f"the software CPU needs unicorn {PINNED_VERSION} exactly (found "
+            f"{getattr(unicorn, '__version__', '?')}): its QEMU internals are addressed by offset; "
+            f"install it with `pip install unicorn=={PINNED_VERSION}`")
+    return _lib
+
+
+def _fn(name: str, restype, *argtypes):
+    lib = _require_lib()
+    try:
+        f = getattr(lib, name)
+    except AttributeError as exc:
+        raise UnicornInternalsError(f"libunicorn does not export {name}: not the unicorn {PINNED_VERSION} build "
+                                    "this backend was written for") from exc
+    f.restype = restype
+    f.argtypes = argtypes
+    return f
+
+
+class _Qemu:
+    """The exported QEMU routines, bound lazily (import must not fail on a host without unicorn)."""
+
+    def __init__(self) -> None:
+        self.do_interrupt = _fn("x86_cpu_do_interrupt_x86_64", None, c_void_p)
+        self.update_hflags = _fn("x86_update_hflags_x86_64", None, c_void_p)
+        self.update_cr0 = _fn("cpu_x86_update_cr0_x86_64", None, c_void_p, c_uint32)
+        self.update_cr3 = _fn("cpu_x86_update_cr3_x86_64", None, c_void_p, c_uint64)
+        self.update_cr4 = _fn("cpu_x86_update_cr4_x86_64", None, c_void_p, c_uint32)
+        self.read_eflags = _fn("helper_read_eflags_x86_64", c_uint64, c_void_p)
+        self.write_eflags = _fn("helper_write_eflags_x86_64", None, c_void_p, c_uint64, c_uint32)
+        self.tlb_flush = _fn("tlb_flush_x86_64", None, c_void_p)
+        self.cpuid = _fn("cpu_x86_cpuid_x86_64", None, c_void_p, c_uint32, c_uint32, POINTER(c_uint32),
+                         POINTER(c_uint32), POINTER(c_uint32), POINTER(c_uint32))
+        self.ram_addr_from_host = _fn("qemu_ram_addr_from_host_x86_64", c_uint64, c_void_p, c_void_p)
+        self.tb_invalidate_phys_range = _fn("tb_invalidate_phys_range_x86_64", None, c_void_p, c_uint64, c_uint64)
+        self.raise_exception_err_ra = _fn("raise_exception_err_ra_x86_64", None, c_void_p, c_int, c_int, c_uint64)
+        self.uc_hook_add = _lib.uc_hook_add
+        self.uc_emu_start = _lib.uc_emu_start
+        self.uc_emu_stop = _lib.uc_emu_stop
+        self.uc_mmio_map = _lib.uc_mmio_map
+
+
+_qemu: _Qemu | None = None
+
+
+def qemu() -> _Qemu:
+    global _qemu
+    if _qemu is None:
+        _qemu = _Qemu()
+    return _qemu
+
+
+def addr_of(fn) -> int:
+    return ctypes.cast(fn, c_void_p).value
+
+
+# -- native code ----------------------------------------------------------------------------------------------
+_PAGE = 4096
+
+
+class _NativePage:
+    """One page of machine code: written while writable, then made read+execute (never both)."""
+
+    def __init__(self) -> None:
+        self._mem = mmap.mmap(-1, _PAGE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self.base = ctypes.addressof(ctypes.c_char.from_buffer(self._mem))
+        self._used = 0
+
+    def add(self, code: bytes) -> int:
+        addr = self.base + self._used
+        self._mem[self._used:self._used + len(code)] = code
+        self._used += (len(code) + 15) & ~15
+        return addr
+
+    def seal(self) -> None:
+        _mprotect(self.base, _PAGE, mmap.PROT_READ | mmap.PROT_EXEC)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = (c_void_p, ctypes.c_size_t, c_int)
+_libc.mprotect.restype = c_int
+
+
+def _mprotect(addr: int, length: int, prot: int) -> None:
+    start = addr & ~(_PAGE - 1)
+    end = (addr + length + _PAGE - 1) & ~(_PAGE - 1)
+    if _libc.mprotect(start, end - start, prot) != 0:
+        raise UnicornInternalsError(f"mprotect failed: errno {ctypes.get_errno()}")
+
+
+def _imm64(value: int) -> bytes:
+    return struct.pack("<Q", value & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+def intr_hook_code(counters: int, do_interrupt: int) -> bytes:
+    """void hook(uc_engine *uc, uint32_t intno, void *ud):
+         mov eax, esi; movzx eax, al; movabs rcx, counters; inc qword [rcx+rax*8]   ; per-vector statistics
+         mov rdi, [rdi+UC_CPU]; movabs rax, do_interrupt; jmp rax                    ; deliver as QEMU does"""
+    return (b"\x89\xf0\x0f\xb6\xc0" + b"\x48\xb9" + _imm64(counters) + b"\x48\xff\x04\xc1"
+            + b"\x48\x8b\xbf" + struct.pack("<I", UC_CPU) + b"\x48\xb8" + _imm64(do_interrupt) + b"\xff\xe0")
+
+
+def invalid_hook_code(do_interrupt: int) -> bytes:
+    """bool hook(uc_engine *uc, void *ud):
+         sub rsp, 8; mov rdi, [rdi+UC_CPU]; movabs rax, do_interrupt; call rax   ; deliver #UD
+         mov eax, 1; add rsp, 8; ret                                                ; handled"""
+    return (b"\x48\x83\xec\x08" + b"\x48\x8b\xbf" + struct.pack("<I", UC_CPU) + b"\x48\xb8" + _imm64(do_interrupt)
+            + b"\xff\xd0" + b"\xb8\x01\x00\x00\x00" + b"\x48\x83\xc4\x08" + b"\xc3")
+
+
+def helper_wrapper_code(callback: int, raise_fn: int, original: int) -> bytes:
+    """void wrapper(CPUX86State *env, int arg)   -- [rsp] is the return address into the translated block
+         push rbx; push r12; push r13; mov rbx, rdi; mov r12d, esi
+         movabs rax, callback; call rax            ; r = callback(env, arg)
+         test rax, rax; jz done                    ; 0: handled
+         cmp rax, 1; je original                   ; 1: let the original helper do it
+         mov rdi, rbx; movzx esi, al; mov rdx, rax; shr rdx, 32; mov rcx, [rsp+24]
+         movabs rax, raise_exception_err_ra; call rax; ud2     ; else: raise vector al, error code r>>32
+       original: mov rdi, rbx; mov esi, r12d; pop r13; pop r12; pop rbx; movabs rax, original; jmp rax
+       done: pop r13; pop r12; pop rbx; ret"""
+    return (b"\x53\x41\x54\x41\x55\x48\x89\xfb\x41\x89\xf4"
+            + b"\x48\xb8" + _imm64(callback) + b"\xff\xd0"
+            + b"\x48\x85\xc0\x74\x3d\x48\x83\xf8\x01\x74\x20"
+            + b"\x48\x89\xdf\x0f\xb6\xf0\x48\x89\xc2\x48\xc1\xea\x20\x48\x8b\x4c\x24\x18"
+            + b"\x48\xb8" + _imm64(raise_fn) + b"\xff\xd0\x0f\x0b"
+            + b"\x48\x89\xdf\x44\x89\xe6\x41\x5d\x41\x5c\x5b" + b"\x48\xb8" + _imm64(original) + b"\xff\xe0"
+            + b"\x41\x5d\x41\x5c\x5b\xc3")
+
+
+RDTSC_CODE = b"\x0f\x31\x48\xc1\xe2\x20\x48\x09\xd0\xc3"   # rdtsc; shl rdx, 32; or rax, rdx; ret
+
+
+def raise_code(vector: int, error_code: int = 0) -> int:
+    """The value a helper callback returns to raise `vector` (with `error_code`) in the guest."""
+    return (error_code & 0xFFFF_FFFF) << 32 | 0x100 | vector
+
+
+HELPER_DONE = 0
+HELPER_ORIGINAL = 1
+HelperCallback = Callable[[int, int], int]
+_HELPER_CFUNC = ctypes.CFUNCTYPE(c_uint64, c_void_p, c_int)
+INTERPOSED_HELPERS = ("rdmsr", "wrmsr", "cpuid", "syscall", "sysenter")
+
+
+class _Natives:
+    """The process-wide native stubs and helper interposition (installed once)."""
+
+    def __init__(self) -> None:
+        q = qemu()
+        self.page = _NativePage()
+        self.intr_counters = (c_uint64 * 256)()
+        do_int = addr_of(q.do_interrupt)
+        self.intr_hook = self.page.add(intr_hook_code(ctypes.addressof(self.intr_counters), do_int))
+        self.invalid_hook = self.page.add(invalid_hook_code(do_int))
+        self.rdtsc = ctypes.CFUNCTYPE(c_uint64)(self.page.add(RDTSC_CODE))
+        # env address -> {helper name: python callback}
+        self.handlers: dict[int, dict[str, HelperCallback]] = {}
+        self._cfuncs = []
+        self.originals: dict[str, int] = {}
+        slots = _find_helper_slots([f"helper_{h}_x86_64" for h in INTERPOSED_HELPERS])
+        raise_fn = addr_of(q.raise_exception_err_ra)
+        for name in INTERPOSED_HELPERS:
+            original, pointer_slots = slots[f"helper_{name}_x86_64"]
+            self.originals[name] = original
+            cfunc = _HELPER_CFUNC(self._make_dispatch(name))
+            self._cfuncs.append(cfunc)
+            wrapper = self.page.add(helper_wrapper_code(addr_of(cfunc), raise_fn, original))
+            for slot in pointer_slots:
+                _poke_pointer(slot, original, wrapper)
+        self.page.seal()
+
+    def _make_dispatch(self, name: str) -> Callable[[int, int], int]:
+        handlers = self.handlers
+
+        def dispatch(env: int, arg: int) -> int:
+            table = handlers.get(env)
+            if table is None:
+                return HELPER_ORIGINAL
+            cb = table.get(name)
+            if cb is None:
+                return HELPER_ORIGINAL
+            return cb(env, arg)
+        return dispatch
+
+
+_natives: _Natives | None = None
+_natives_lock = threading.Lock()
+
+
+def natives() -> _Natives:
+    """Install (once) and return the native stubs. Must run before the first unicorn instance is created."""
+    global _natives
+    with _natives_lock:
+        if _natives is None:
+            _natives = _Natives()
+        return _natives
+
+
+def _poke_pointer(addr: int, expected: int, value: int) -> None:
+    cell = c_uint64.from_address(addr)
+    if cell.value == value:
+        return
+    if cell.value != expected:
+        raise UnicornInternalsError(f"libunicorn pointer at {addr:#x} is {cell.value:#x}, expected {expected:#x}")
+    _mprotect(addr, 8, mmap.PROT_READ | mmap.PROT_WRITE)
+    try:
+        cell.value = value
+    finally:
+        _mprotect(addr, 8, mmap.PROT_READ)
+
+
+def _find_helper_slots(symbols: list[str]) -> dict[str, tuple[int, list[int]]]:
+    """For each symbol: (its run-time address, the run-time addresses of every data word the dynamic linker
+    filled with it: GOT slots and absolute pointers in tables), read from the library's ELF dynamic relocations."""
+    path = _require_lib()._name
+    with open(path, "rb") as f:
+        elf = f.read()
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        raise UnicornInternalsError(f"{path}: not a little-endian ELF64 library")
+    e_shoff, = struct.unpack_from("<Q", elf, 0x28)
+    e_shentsize, e_shnum = struct.unpack_from("<HH", elf, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", elf, e_shoff + i * e_shentsize) for i in range(e_shnum)]
+    dynsym = next(s for s in sections if s[1] == 11)          # SHT_DYNSYM
+    dynstr = sections[dynsym[6]]
+    names: dict[int, str] = {}
+    values: dict[str, int] = {}
+    for i in range(dynsym[5] // 24):
+        st_name, _info, _other, _shndx, st_value, _size = struct.unpack_from("<IBBHQQ", elf, dynsym[4] + i * 24)
+        end = elf.index(b"\0", dynstr[4] + st_name)
+        name = elf[dynstr[4] + st_name:end].decode()
+        names[i] = name
+        values[name] = st_value
+    wanted = set(symbols)
+    found: dict[str, list[int]] = {s: [] for s in symbols}
+    for sec in sections:
+        if sec[1] != 4:                                        # SHT_RELA
+            continue
+        for off in range(sec[4], sec[4] + sec[5], 24):
+            r_offset, r_info, r_addend = struct.unpack_from("<QQq", elf, off)
+            rtype, sym = r_info & 0xFFFFFFFF, r_info >> 32
+            if rtype in (1, 6) and names.get(sym) in wanted and r_addend == 0:   # R_X86_64_64, GLOB_DAT
+                found[names[sym]].append(r_offset)
+    base = addr_of(_lib.uc_open) - values["uc_open"]
+    result = {}
+    for s in symbols:
+        if s not in values or not found[s]:
+            raise UnicornInternalsError(f"{path}: no relocations for {s}; cannot interpose it")
+        result[s] = (base + values[s], [base + r for r in found[s]])
+    return result
+
+
+# -- a view of one CPU inside a unicorn instance ---------------------------------------------------------------
+class CpuView:
+    """Typed accessors for the QEMU CPU state of one unicorn x86-64 instance."""
+
+    def __init__(self, uc: unicorn.Uc) -> None:
+        self.uc = uc
+        self.uch = uc._uch if isinstance(uc._uch, int) else ctypes.cast(uc._uch, c_void_p).value
+        self.cpu = c_uint64.from_address(self.uch + UC_CPU).value
+        if not self.cpu:
+            raise UnicornInternalsError("uc->cpu is NULL: the engine was not initialised")
+        self.env = self.cpu + X86CPU_ENV
+        e = self.env
+        self._eip = c_uint64.from_address(e + ENV_EIP)
+        self._eflags = c_uint64.from_address(e + ENV_EFLAGS)
+        self._hflags = c_uint32.from_address(e + ENV_HFLAGS)
+        self._hflags2 = c_uint32.from_address(e + ENV_HFLAGS2)
+        self._regs = (c_uint64 * 16).from_address(e + ENV_REGS)
+        self._cr = (c_uint64 * 9).from_address(e + ENV_CR)
+        self._efer = c_uint64.from_address(e + ENV_EFER)
+        self._old_exception = ctypes.c_int32.from_address(e + ENV_OLD_EXCEPTION)
+        self._error_code = ctypes.c_int32.from_address(e + ENV_ERROR_CODE)
+        self._vm_vmcb = c_uint64.from_address(e + ENV_VM_VMCB)
+        self._halted = c_uint32.from_address(self.cpu + CPU_HALTED)
+        self._stopped = ctypes.c_bool.from_address(self.cpu + CPU_STOPPED)
+        self._interrupt_request = c_uint32.from_address(self.cpu + CPU_INTERRUPT_REQUEST)
+        self._exception_index = ctypes.c_int32.from_address(self.cpu + CPU_EXCEPTION_INDEX)
+        self._tsc_offset = c_uint64.from_address(e + ENV_TSC_OFFSET)
+        self.q = qemu()
+
+    # -- plain fields --------------------------------------------------------------------------------------
+    @property
+    def rip(self) -> int:
+        return self._eip.value
+
+    @rip.setter
+    def rip(self, v: int) -> None:
+        self._eip.value = v
+
+    def reg(self, i: int) -> int:
+        return self._regs[i]
+
+    def set_reg(self, i: int, v: int) -> None:
+        self._regs[i] = v & 0xFFFF_FFFF_FFFF_FFFF
+
+    @property
+    def eflags_raw(self) -> int:
+        """env->eflags: IF/IOPL/VM/... are exact; the arithmetic flags and DF live elsewhere (use rflags)."""
+        return self._eflags.value
+
+    @property
+    def rflags(self) -> int:
+        return self.q.read_eflags(self.env)
+
+    @rflags.setter
+    def rflags(self, v: int) -> None:
+        # cpu_load_eflags with every writable bit: arithmetic flags to cc_src, DF to df, the rest to eflags.
+        self.q.write_eflags(self.env, v, 0xFFFF_FFFF)
+
+    @property
+    def hflags(self) -> int:
+        return self._hflags.value
+
+    @hflags.setter
+    def hflags(self, v: int) -> None:
+        self._hflags.value = v
+
+    @property
+    def hflags2(self) -> int:
+        return self._hflags2.value
+
+    @hflags2.setter
+    def hflags2(self, v: int) -> None:
+        self._hflags2.value = v
+
+    def cr(self, i: int) -> int:
+        return self._cr[i]
+
+    def set_cr_raw(self, i: int, v: int) -> None:
+        self._cr[i] = v
+
+    @property
+    def efer(self) -> int:
+        return self._efer.value
+
+    @efer.setter
+    def efer(self, v: int) -> None:
+        self._efer.value = v
+
+    @property
+    def halted(self) -> int:
+        return self._halted.value
+
+    @halted.setter
+    def halted(self, v: int) -> None:
+        self._halted.value = v
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.value
+
+    @property
+    def interrupt_request(self) -> int:
+        return self._interrupt_request.value
+
+    @interrupt_request.setter
+    def interrupt_request(self, v: int) -> None:
+        self._interrupt_request.value = v
+
+    @property
+    def old_exception(self) -> int:
+        return self._old_exception.value
+
+    @old_exception.setter
+    def old_exception(self, v: int) -> None:
+        self._old_exception.value = v
+
+    @property
+    def vm_vmcb(self) -> int:
+        return self._vm_vmcb.value
+
+    @vm_vmcb.setter
+    def vm_vmcb(self, v: int) -> None:
+        self._vm_vmcb.value = v
+
+    @property
+    def tsc_offset(self) -> int:
+        return self._tsc_offset.value
+
+    @tsc_offset.setter
+    def tsc_offset(self, v: int) -> None:
+        self._tsc_offset.value = v & 0xFFFF_FFFF_FFFF_FFFF
+
+    def u64(self, off: int) -> int:
+        return c_uint64.from_address(self.env + off).value
+
+    def set_u64(self, off: int, v: int) -> None:
+        c_uint64.from_address(self.env + off).value = v & 0xFFFF_FFFF_FFFF_FFFF
+
+    def u32(self, off: int) -> int:
+        return c_uint32.from_address(self.env + off).value
+
+    def set_u32(self, off: int, v: int) -> None:
+        c_uint32.from_address(self.env + off).value = v & 0xFFFF_FFFF
+
+    # -- segment caches --------------------------------------------------------------------------------------
+    def seg(self, off: int) -> tuple[int, int, int, int]:
+        """(selector, base, limit, flags) of the SegmentCache at env offset `off`."""
+        a = self.env + off
+        return (c_uint32.from_address(a).value, c_uint64.from_address(a + 8).value,
+                c_uint32.from_address(a + 16).value, c_uint32.from_address(a + 20).value)
+
+    def set_seg(self, off: int, selector: int, base: int, limit: int, flags: int) -> None:
+        a = self.env + off
+        c_uint32.from_address(a).value = selector & 0xFFFF
+        c_uint64.from_address(a + 8).value = base & 0xFFFF_FFFF_FFFF_FFFF
+        c_uint32.from_address(a + 16).value = limit & 0xFFFF_FFFF
+        c_uint32.from_address(a + 20).value = flags & 0xFFFF_FFFF
+
+    def load_seg_cache(self, seg: int, selector: int, base: int, limit: int, flags: int) -> None:
+        """cpu_x86_load_seg_cache (target/i386/cpu.h) for CS or SS: the cache plus the hflags derived from it."""
+        self.set_seg(ENV_SEGS + seg * SEG_SIZE, selector, base, limit, flags)
+        h = self.hflags
+        if seg == R_CS and h & HF_LMA_MASK and flags & DESC_L_MASK:
+            h |= HF_CS32_MASK | HF_SS32_MASK | HF_CS64_MASK
+        elif seg == R_CS:
+            h = (h & ~(HF_CS32_MASK | HF_CS64_MASK)) | ((flags >> 22 & 1) * HF_CS32_MASK)
+        elif seg == R_SS:
+            cpl = (flags >> DESC_DPL_SHIFT) & 3
+            h = (h & ~(HF_SS32_MASK | HF_CPL_MASK)) | ((flags >> 22 & 1) * HF_SS32_MASK) | cpl
+            if h & HF_CS64_MASK:
+                h |= HF_SS32_MASK
+        self.hflags = h
+
+    # -- QEMU routines -----------------------------------------------------------------------------------------
+    def update_hflags(self) -> None:
+        self.q.update_hflags(self.env)
+
+    def tlb_flush(self) -> None:
+        self.q.tlb_flush(self.cpu)
+
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        a, b, c, d = c_uint32(), c_uint32(), c_uint32(), c_uint32()
+        self.q.cpuid(self.env, leaf, subleaf, a, b, c, d)
+        return a.value, b.value, c.value, d.value
+
+    def invalidate_ram(self, host_ptr: int, length: int) -> None:
+        """Drop translated code for host RAM [host_ptr, +length) (a mapped guest RAM range)."""
+        ram = self.q.ram_addr_from_host(self.uch, host_ptr)
+        if ram != 0xFFFF_FFFF_FFFF_FFFF:
+            self.q.tb_invalidate_phys_range(self.uch, ram, ram + length)
+
+    def feature(self, word: int) -> int:
+        return self.u64(ENV_FEATURES + 8 * word)
+
+    def set_feature(self, word: int, value: int) -> None:
+        self.set_u64(ENV_FEATURES + 8 * word, value)
+
+
+def verify(view: CpuView) -> None:
+    """Check the offsets against the running library; raise UnicornInternalsError saying what differs."""
+    problems = []
+
+    def check(what: str, got: int, want: int) -> None:
+        if got != want:
+            problems.append(f"{what}: {got:#x} != {want:#x}")
+
+    check("CPUState.env_ptr", c_uint64.from_address(view.cpu + CPU_ENV_PTR).value, view.env)
+    check("CPUState.uc", c_uint64.from_address(view.cpu + CPU_UC).value, view.uch)
+    check("CPUX86State.uc", c_uint64.from_address(view.env + ENV_UC).value, view.uch)
+    uc = view.uc
+    saved = {r: uc.reg_read(r) for r in (X.UC_X86_REG_RAX, X.UC_X86_REG_R15, X.UC_X86_REG_RIP)}
+    uc.reg_write(X.UC_X86_REG_RAX, 0x1122334455667788)
+    uc.reg_write(X.UC_X86_REG_R15, 0x0F0E0D0C0B0A0908)
+    uc.reg_write(X.UC_X86_REG_RIP, 0xFFFF800012345678)
+    check("regs[RAX]", view.reg(0), 0x1122334455667788)
+    check("regs[R15]", view.reg(15), 0x0F0E0D0C0B0A0908)
+    check("eip", view.rip, 0xFFFF800012345678)
+    for r, v in saved.items():
+        uc.reg_write(r, v)
+    check("cr[0]", view.cr(0), uc.reg_read(X.UC_X86_REG_CR0))
+    check("cr[4]", view.cr(4), uc.reg_read(X.UC_X86_REG_CR4))
+    check("efer", view.efer, uc.reg_read(X.UC_X86_REG_MSR, 0xC0000080))
+    gdtr = uc.reg_read(X.UC_X86_REG_GDTR)
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x12345000, 0x7F, 0))
+    check("gdt.base", view.seg(ENV_GDT)[1], 0x12345000)
+    check("gdt.limit", view.seg(ENV_GDT)[2], 0x7F)
+    uc.reg_write(X.UC_X86_REG_GDTR, gdtr)
+    uc.reg_write(X.UC_X86_REG_MSR, (0xC0000100, 0xABCD000))      # IA32_FS_BASE
+    check("segs[FS].base", view.seg(ENV_SEGS + R_FS * SEG_SIZE)[1], 0xABCD000)
+    uc.reg_write(X.UC_X86_REG_MSR, (0xC0000082, 0xFFFFFFFF81000000))   # IA32_LSTAR
+    check("lstar", view.u64(ENV_LSTAR), 0xFFFFFFFF81000000)
+    uc.reg_write(X.UC_X86_REG_MSR, (0xC0000102, 0x5555000))     # IA32_KERNEL_GS_BASE
+    check("kernelgsbase", view.u64(ENV_KERNELGSBASE), 0x5555000)
+    uc.reg_write(X.UC_X86_REG_MSR, (0x174, 0x10))               # IA32_SYSENTER_CS
+    check("sysenter_cs", view.u32(ENV_SYSENTER_CS), 0x10)
+    for msr in (0xC0000100, 0xC0000082, 0xC0000102, 0x174):
+        uc.reg_write(X.UC_X86_REG_MSR, (msr, 0))
+    if not view.hflags2 & HF2_GIF_MASK:
+        problems.append("hflags2 lacks GIF (reset state unexpected)")
+    if view.old_exception != -1:
+        problems.append(f"old_exception is {view.old_exception} after reset, expected -1")
+    if problems:
+        raise UnicornInternalsError("unicorn internals do not match the layout of unicorn "
+                                    f"{PINNED_VERSION} this backend was derived from: " + "; ".join(problems))
