@@ -93,6 +93,15 @@ class VmStats:
     net_tx_bps: float | None = None
 
 
+@dataclass(frozen=True)
+class HostCapabilities:
+    """What the host's engine can do with a definition today (the GUI greys out the rest and says why)."""
+
+    disks: bool = False           # attaches the definition's disk images
+    network: bool = False         # gives the VM a network card
+    firmware_boot: bool = False   # boots an ISO or disk through BIOS/UEFI instead of a kernel given directly
+
+
 class EventKind(enum.Enum):
     STATE = "state"
     DEFINED = "defined"
@@ -159,6 +168,8 @@ class Host(ABC):
                     progress: Progress | None = None) -> None: ...
     @abstractmethod
     def accel_preview(self, requested: str) -> tuple[str, str]: ...
+    @abstractmethod
+    def capabilities(self) -> HostCapabilities: ...
     @abstractmethod
     def close(self) -> None: ...
 
@@ -285,6 +296,16 @@ class LocalHost(Host):
             return "", f"chosen when the VM starts ({exc.name or exc} missing)"
         result = self._accel_cache[requested] = (choice.name, choice.warning or choice.reason)
         return result
+
+    def capabilities(self) -> HostCapabilities:
+        """Read off the engine's MachineConfig: a feature exists once the Machine accepts its setting."""
+        try:
+            from core.machine import MachineConfig
+        except ImportError:
+            return HostCapabilities()
+        fields = {f.name for f in dataclasses.fields(MachineConfig)}
+        return HostCapabilities(disks="disks" in fields, network=bool(fields & {"network", "nics"}),
+                                firmware_boot=bool(fields & {"firmware", "bios"}))
 
     # -- definitions -----------------------------------------------------------------------------------------
     def define(self, config: VmConfig) -> VmInfo:

@@ -1,0 +1,379 @@
+"""The VM window's Details tab: the hardware list (Overview, CPU, Memory, Boot Options, Disks, Network, Display,
+Serial) with a form per item. Hardware is editable while the VM is shut off; name, notes and autostart at any
+time. Apply saves through the Host (validated there, written atomically); Revert goes back to the saved one."""
+from __future__ import annotations
+
+from PyQt6.QtCore import Qt, pyqtSignal
+from PyQt6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QStackedWidget,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.host_bridge import HostBridge
+from app.icons import resource_icon
+from core.config import ACCELERATORS, DISPLAY_TYPES, NETWORK_MODES, SERIAL_MODES, DiskConfig, VmConfig
+from core.host import VmInfo
+
+PAGES = ("Overview", "CPU", "Memory", "Boot Options", "Disks", "Network", "Display", "Serial")
+
+
+def _path_row(edit: QLineEdit, caption: str, parent: QWidget) -> QWidget:
+    row = QWidget(parent)
+    lay = QHBoxLayout(row)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(edit, 1)
+    button = QPushButton("Browse…", row)
+    button.clicked.connect(lambda: _browse(edit, caption, parent))
+    lay.addWidget(button)
+    row.button = button
+    return row
+
+
+def _browse(edit: QLineEdit, caption: str, parent: QWidget) -> None:
+    path, _ = QFileDialog.getOpenFileName(parent, caption, edit.text() or "")
+    if path:
+        edit.setText(path)
+
+
+def _note(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setStyleSheet("color: #666;")
+    return label
+
+
+class DetailsEditor(QWidget):
+    applied = pyqtSignal(str)   # uuid, after a successful save
+
+    def __init__(self, bridge: HostBridge, uuid: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bridge, self.uuid = bridge, uuid
+        self.saved: VmConfig | None = None
+        self._loading = False
+        self.host_info = bridge.host.info()
+        self.caps = bridge.host.capabilities()
+        self.pages = QListWidget(self)
+        self.pages.setObjectName("hardwareList")
+        self.pages.setMaximumWidth(190)
+        self.pages.setIconSize(self.pages.iconSize())
+        for name in PAGES:
+            QListWidgetItem(resource_icon("vm") if name == "Overview" else resource_icon("hw-" + name.lower()),
+                            name, self.pages)
+        self.stack = QStackedWidget(self)
+        for build in (self._overview, self._cpu, self._memory, self._boot, self._disks, self._network,
+                      self._display, self._serial):
+            page = QWidget(self.stack)
+            build(page)
+            self.stack.addWidget(page)
+        self.pages.currentRowChanged.connect(self.stack.setCurrentIndex)
+        self.pages.setCurrentRow(0)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Apply | QDialogButtonBox.StandardButton.Reset)
+        self.apply_button = self.buttons.button(QDialogButtonBox.StandardButton.Apply)
+        self.revert_button = self.buttons.button(QDialogButtonBox.StandardButton.Reset)
+        self.revert_button.setText("Revert")
+        self.apply_button.clicked.connect(self.apply)
+        self.revert_button.clicked.connect(self.revert)
+        self.lock_note = _note("")
+        split = QSplitter(self)
+        split.addWidget(self.pages)
+        split.addWidget(self.stack)
+        split.setStretchFactor(1, 1)
+        split.setChildrenCollapsible(False)
+        lay = QVBoxLayout(self)
+        lay.addWidget(split, 1)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.lock_note, 1)
+        bottom.addWidget(self.buttons)
+        lay.addLayout(bottom)
+        self._hardware = [self.vcpus, self.accel, self.memory, self.kernel_row, self.initrd_row, self.cmdline,
+                          self.disk_table, self.add_disk, self.remove_disk, self.net_mode, self.mac, self.display,
+                          self.serial_mode, self.serial_log]
+        for w in (self.name, self.kernel, self.initrd, self.cmdline, self.mac, self.serial_log):
+            w.textChanged.connect(self._changed)
+        for w in (self.vcpus, self.memory):
+            w.valueChanged.connect(self._changed)
+        for w in (self.accel, self.net_mode, self.display, self.serial_mode):
+            w.currentIndexChanged.connect(self._changed)
+        self.autostart.toggled.connect(self._changed)
+        self.notes.textChanged.connect(self._changed)
+        # Bound methods (not lambdas): PyQt disconnects them when this widget is destroyed.
+        bridge.vmStateChanged.connect(self._state_changed)
+        bridge.vmsChanged.connect(self._reload_if_clean)
+        self.revert()
+
+    # -- pages -----------------------------------------------------------------------------------------------
+    def _form(self, page: QWidget, title: str) -> QFormLayout:
+        outer = QVBoxLayout(page)
+        heading = QLabel(f"<h3>{title}</h3>")
+        outer.addWidget(heading)
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
+        outer.addLayout(form)
+        outer.addStretch(1)
+        page.outer = outer
+        return form
+
+    def _overview(self, page: QWidget) -> None:
+        form = self._form(page, "Overview")
+        self.name = QLineEdit(page)
+        self.name.setObjectName("nameEdit")
+        form.addRow("Name:", self.name)
+        self.uuid_label = QLabel(page)
+        self.uuid_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form.addRow("UUID:", self.uuid_label)
+        self.state_label = QLabel(page)
+        form.addRow("State:", self.state_label)
+        self.autostart = QCheckBox("Start this VM when Vireo starts", page)
+        form.addRow("Autostart:", self.autostart)
+        self.notes = QPlainTextEdit(page)
+        self.notes.setPlaceholderText("Notes about this VM")
+        self.notes.setMaximumHeight(110)
+        form.addRow("Notes:", self.notes)
+
+    def _cpu(self, page: QWidget) -> None:
+        form = self._form(page, "CPU")
+        self.vcpus = QSpinBox(page)
+        self.vcpus.setRange(1, self.host_info.cpus)
+        form.addRow("vCPUs:", self.vcpus)
+        form.addRow("", _note(f"This host has {self.host_info.cpus} logical CPUs ({self.host_info.cores} cores)."))
+        self.accel = QComboBox(page)
+        for name in ACCELERATORS:
+            self.accel.addItem({"auto": "Automatic", "kvm": "KVM (hardware)", "software": "Software CPU"}[name], name)
+        form.addRow("Accelerator:", self.accel)
+        self.accel_note = _note("")
+        form.addRow("", self.accel_note)
+        self.accel.currentIndexChanged.connect(self._accel_explain)
+
+    def _accel_explain(self) -> None:
+        requested = self.accel.currentData()
+        try:
+            name, why = self.bridge.host.accel_preview(requested)
+        except Exception as exc:
+            self.accel_note.setText(f"<span style='color:#b3261e'>{exc}</span>")
+            return
+        self.accel_note.setText(f"Uses <b>{ {'kvm': 'KVM', 'software': 'the software CPU'}.get(name, name)}</b>"
+                                f" here: {why}." if name else why)
+
+    def _memory(self, page: QWidget) -> None:
+        form = self._form(page, "Memory")
+        self.memory = QSpinBox(page)
+        self.memory.setRange(16, self.host_info.memory_mib)
+        self.memory.setSuffix(" MiB")
+        self.memory.setSingleStep(64)
+        form.addRow("Memory:", self.memory)
+        form.addRow("", _note(f"This host has {self.host_info.memory_mib} MiB."))
+
+    def _boot(self, page: QWidget) -> None:
+        form = self._form(page, "Boot Options")
+        form.addRow("", _note("Direct kernel boot: Vireo loads the kernel and initrd itself "
+                              "(Linux bzImage or Multiboot)."))
+        self.kernel = QLineEdit(page)
+        self.kernel_row = _path_row(self.kernel, "Choose a kernel", page)
+        form.addRow("Kernel:", self.kernel_row)
+        self.initrd = QLineEdit(page)
+        self.initrd.setPlaceholderText("none")
+        self.initrd_row = _path_row(self.initrd, "Choose an initrd", page)
+        form.addRow("Initrd:", self.initrd_row)
+        self.cmdline = QLineEdit(page)
+        self.cmdline.setPlaceholderText("console=ttyS0")
+        form.addRow("Command line:", self.cmdline)
+
+    def _disks(self, page: QWidget) -> None:
+        form = self._form(page, "Disks")
+        self.disk_table = QTableWidget(0, 3, page)
+        self.disk_table.setHorizontalHeaderLabels(["Image", "Format", "Read-only"])
+        self.disk_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.disk_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.disk_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.disk_table.verticalHeader().hide()
+        form.addRow(self.disk_table)
+        row = QHBoxLayout()
+        self.add_disk = QPushButton("Add Existing Image…", page)
+        self.add_disk.clicked.connect(self._add_disk)
+        self.remove_disk = QPushButton("Remove", page)
+        self.remove_disk.clicked.connect(self._remove_disk)
+        row.addWidget(self.add_disk)
+        row.addWidget(self.remove_disk)
+        row.addStretch(1)
+        form.addRow(row)
+        if not self.caps.disks:
+            form.addRow(_note("The engine does not attach disks yet (virtio-blk is not wired into the machine); "
+                              "they are kept in the definition and attached once it is."))
+
+    def _add_disk(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a disk image", "", "Disk images (*.img *.raw *.qcow2);;"
+                                              "All files (*)")
+        if path:
+            self._disk_rows(self._current_disks() + [DiskConfig(path=path, format="qcow2" if path.endswith(".qcow2")
+                                                                else "raw")])
+            self._changed()
+
+    def _remove_disk(self) -> None:
+        row = self.disk_table.currentRow()
+        if row >= 0:
+            disks = self._current_disks()
+            del disks[row]
+            self._disk_rows(disks)
+            self._changed()
+
+    def _disk_rows(self, disks: list[DiskConfig]) -> None:
+        self.disk_table.setRowCount(len(disks))
+        for i, d in enumerate(disks):
+            item = QTableWidgetItem(d.path)
+            item.setData(Qt.ItemDataRole.UserRole, d)
+            item.setToolTip(d.path)
+            self.disk_table.setItem(i, 0, item)
+            self.disk_table.setItem(i, 1, QTableWidgetItem(d.format))
+            self.disk_table.setItem(i, 2, QTableWidgetItem("yes" if d.readonly else "no"))
+
+    def _current_disks(self) -> list[DiskConfig]:
+        return [self.disk_table.item(i, 0).data(Qt.ItemDataRole.UserRole) for i in range(self.disk_table.rowCount())]
+
+    def _network(self, page: QWidget) -> None:
+        form = self._form(page, "Network")
+        self.net_mode = QComboBox(page)
+        for mode in NETWORK_MODES:
+            self.net_mode.addItem({"none": "No network", "user": "User-mode NAT"}[mode], mode)
+        form.addRow("Network:", self.net_mode)
+        self.mac = QLineEdit(page)
+        self.mac.setPlaceholderText("generated from the VM's UUID")
+        form.addRow("MAC address:", self.mac)
+        if not self.caps.network:
+            form.addRow(_note("The engine has no network card yet; the setting is kept for when it does."))
+
+    def _display(self, page: QWidget) -> None:
+        form = self._form(page, "Display")
+        self.display = QComboBox(page)
+        for kind in DISPLAY_TYPES:
+            self.display.addItem({"vga": "VGA", "none": "None (serial console only)"}[kind], kind)
+        form.addRow("Display:", self.display)
+
+    def _serial(self, page: QWidget) -> None:
+        form = self._form(page, "Serial")
+        self.serial_mode = QComboBox(page)
+        for mode in SERIAL_MODES:
+            self.serial_mode.addItem({"console": "Console in the VM window (ttyS0)", "none": "Disconnected"}[mode],
+                                     mode)
+        form.addRow("ttyS0:", self.serial_mode)
+        self.serial_log = QLineEdit(page)
+        self.serial_log.setPlaceholderText("no log file")
+        form.addRow("Also log to:", self.serial_log)
+
+    # -- state -----------------------------------------------------------------------------------------------
+    def info(self) -> VmInfo | None:
+        return self.bridge.info(self.uuid)
+
+    def edited(self) -> VmConfig:
+        """The definition as the form shows it (not yet validated)."""
+        base = self.saved.copy()
+        base.name = self.name.text().strip()
+        base.autostart = self.autostart.isChecked()
+        base.notes = self.notes.toPlainText()
+        base.vcpus = self.vcpus.value()
+        base.accel = self.accel.currentData()
+        base.memory_mib = self.memory.value()
+        base.boot.kernel = self.kernel.text().strip()
+        base.boot.initrd = self.initrd.text().strip()
+        base.boot.cmdline = self.cmdline.text()
+        base.disks = self._current_disks()
+        base.network.mode = self.net_mode.currentData()
+        base.network.mac = self.mac.text().strip().lower()
+        base.display.type = self.display.currentData()
+        base.serial.mode = self.serial_mode.currentData()
+        base.serial.log_file = self.serial_log.text().strip()
+        return base
+
+    def dirty(self) -> bool:
+        return self.saved is not None and self.edited() != self.saved
+
+    def _changed(self, *_: object) -> None:
+        if not self._loading:
+            dirty = self.dirty()
+            self.apply_button.setEnabled(dirty)
+            self.revert_button.setEnabled(dirty)
+
+    def _reload_if_clean(self) -> None:
+        info = self.info()
+        if info is not None and not self.dirty() and info.config != self.saved:
+            self.revert()
+
+    def revert(self) -> None:
+        info = self.info()
+        if info is None:
+            return
+        cfg = info.config
+        self.saved = cfg.copy()
+        self._loading = True
+        try:
+            self.name.setText(cfg.name)
+            self.uuid_label.setText(cfg.uuid)
+            self.autostart.setChecked(cfg.autostart)
+            self.notes.setPlainText(cfg.notes)
+            self.vcpus.setValue(cfg.vcpus)
+            self.accel.setCurrentIndex(max(0, self.accel.findData(cfg.accel)))
+            self.memory.setValue(cfg.memory_mib)
+            self.kernel.setText(cfg.boot.kernel)
+            self.initrd.setText(cfg.boot.initrd)
+            self.cmdline.setText(cfg.boot.cmdline)
+            self._disk_rows([DiskConfig(**vars(d)) for d in cfg.disks])
+            self.net_mode.setCurrentIndex(max(0, self.net_mode.findData(cfg.network.mode)))
+            self.mac.setText(cfg.network.mac)
+            self.display.setCurrentIndex(max(0, self.display.findData(cfg.display.type)))
+            self.serial_mode.setCurrentIndex(max(0, self.serial_mode.findData(cfg.serial.mode)))
+            self.serial_log.setText(cfg.serial.log_file)
+        finally:
+            self._loading = False
+        self._accel_explain()
+        self._lock_for_state()
+        self._changed()
+
+    def _state_changed(self, uuid: str, state: str, reason: str) -> None:
+        if uuid == self.uuid:
+            self._lock_for_state()
+
+    def _lock_for_state(self) -> None:
+        info = self.info()
+        if info is None:
+            return
+        active = info.state.active
+        for w in self._hardware:
+            w.setEnabled(not active)
+        self.state_label.setText(info.state.label + (f" — {info.reason}" if info.reason else ""))
+        self.lock_note.setText("Shut the VM down to change its hardware; name, notes and autostart can change now."
+                               if active else "")
+
+    def apply(self) -> None:
+        cfg = self.edited()
+        self.apply_button.setEnabled(False)
+
+        def done(info: VmInfo) -> None:
+            self.bridge.refresh_now()
+            self.revert()
+            self.applied.emit(self.uuid)
+
+        def failed(message: str) -> None:
+            from app.dialogs import show_error
+
+            show_error(self, "Saving the changes", message)
+            self._changed()
+
+        self.bridge.call("Saving the changes", lambda: self.bridge.host.define(cfg), done, failed, uuid=self.uuid)

@@ -1,0 +1,156 @@
+"""One VM's window: Serial Console (a terminal on ttyS0), Details (the hardware list) and Performance tabs, with
+the lifecycle toolbar. The framebuffer console from the VGA work is added as another tab with add_console_tab().
+"""
+from __future__ import annotations
+
+from PyQt6.QtCore import QSettings, Qt, pyqtSignal
+from PyQt6.QtWidgets import QHBoxLayout, QLabel, QMainWindow, QPushButton, QTabWidget, QToolBar, QVBoxLayout, QWidget
+
+from app.actions import VmActions
+from app.details import DetailsEditor
+from app.host_bridge import HostBridge
+from app.icons import app_icon, state_icon
+from app.widgets.terminal import SerialTerminal
+from core.host import VmInfo, VmState
+
+
+class SerialConsoleTab(QWidget):
+    """The terminal plus a banner saying why nothing can be typed when the VM is not running."""
+
+    def __init__(self, bridge: HostBridge, uuid: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bridge, self.uuid = bridge, uuid
+        self.terminal = SerialTerminal(self)
+        self.terminal.setObjectName("serialTerminal")
+        self.banner = QWidget(self)
+        self.banner.setObjectName("consoleBanner")
+        self.banner.setStyleSheet("#consoleBanner { background: #fff4ce; border-bottom: 1px solid #e0c060; }")
+        row = QHBoxLayout(self.banner)
+        row.setContentsMargins(10, 6, 10, 6)
+        self.banner_text = QLabel(self.banner)
+        row.addWidget(self.banner_text, 1)
+        self.run_button = QPushButton("Run", self.banner)
+        row.addWidget(self.run_button)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        lay.addWidget(self.banner)
+        lay.addWidget(self.terminal, 1)
+        self.terminal.inputData.connect(lambda data: self.bridge.send_serial(self.uuid, data))
+        bridge.serialReady.connect(self._drain)
+        self.terminal.feed(bridge.open_serial(uuid))
+
+    def _drain(self, uuid: str) -> None:
+        if uuid == self.uuid:
+            self.terminal.feed(self.bridge.take_serial(uuid))
+
+    def update_state(self, info: VmInfo) -> None:
+        running = info.state == VmState.RUNNING
+        self.terminal.read_only = not running
+        self.banner.setVisible(not running)
+        self.run_button.setVisible(info.state in (VmState.SHUTOFF, VmState.CRASHED, VmState.PAUSED))
+        self.run_button.setText("Resume" if info.state == VmState.PAUSED else "Run")
+        text = {
+            VmState.SHUTOFF: "The virtual machine is shut off.",
+            VmState.STARTING: "Starting…",
+            VmState.PAUSED: "The virtual machine is paused: it does not read its serial port.",
+            VmState.CRASHED: f"The virtual machine crashed: {info.reason}",
+        }.get(info.state, "")
+        if info.state == VmState.SHUTOFF and info.reason:
+            text = f"The virtual machine is shut off ({info.reason})."
+        self.banner_text.setText(text)
+
+    def close_serial(self) -> None:
+        self.bridge.close_serial(self.uuid)
+
+
+class VmWindow(QMainWindow):
+    closed = pyqtSignal()
+
+    def __init__(self, bridge: HostBridge, uuid: str, settings: QSettings | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bridge, self.uuid = bridge, uuid
+        self.settings = settings or QSettings()
+        self.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.setWindowIcon(app_icon())
+        self.actions_ = VmActions(self, lambda: bridge.info(uuid), lambda action, u: bridge.lifecycle(action, u))
+        bar = QToolBar("VM", self)
+        bar.setObjectName("vmToolbar")
+        bar.setMovable(False)
+        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.actions_.add_to_toolbar(bar)
+        self.addToolBar(bar)
+        self.tabs = QTabWidget(self)
+        self.tabs.setDocumentMode(True)
+        self.console = SerialConsoleTab(bridge, uuid, self)
+        self.console.run_button.clicked.connect(self.actions_.run.trigger)
+        self.tabs.addTab(self.console, "Serial Console")
+        self.details = DetailsEditor(bridge, uuid, self)
+        self.tabs.addTab(self.details, "Details")
+        self.performance = None
+        self.tabs.addTab(QWidget(self), "Performance")   # built when first shown: pyqtgraph loads then
+        self.tabs.currentChanged.connect(self._tab_changed)
+        self.setCentralWidget(self.tabs)
+        bridge.vmStateChanged.connect(self._state)
+        bridge.vmsChanged.connect(self._refresh)
+        bridge.busyChanged.connect(self._busy)
+        geometry = self.settings.value(f"vm/{uuid}/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(self.console.terminal.sizeHint().width() + 40, self.console.terminal.sizeHint().height() + 110)
+        self._refresh()
+
+    def add_console_tab(self, widget: QWidget, title: str = "Console") -> None:
+        """For the framebuffer console: placed first, as the VM's main view."""
+        self.tabs.insertTab(0, widget, title)
+        self.tabs.setCurrentIndex(0)
+
+    def show_tab(self, name: str) -> None:
+        index = {"console": self.tabs.indexOf(self.console), "details": self.tabs.indexOf(self.details),
+                 "performance": self.tabs.count() - 1}.get(name, 0)
+        self.tabs.setCurrentIndex(index)
+        if name == "console":
+            self.console.terminal.setFocus()
+
+    def _tab_changed(self, index: int) -> None:
+        if index == self.tabs.count() - 1 and self.performance is None:
+            from app.performance import PerformanceView
+
+            self.performance = PerformanceView(self.bridge, self.uuid, self)
+            self.tabs.blockSignals(True)
+            self.tabs.removeTab(index)
+            self.tabs.addTab(self.performance, "Performance")
+            self.tabs.setCurrentIndex(index)
+            self.tabs.blockSignals(False)
+
+    def _state(self, uuid: str, state: str, reason: str) -> None:
+        if uuid == self.uuid:
+            self._refresh()
+
+    def _busy(self, uuid: str, busy: bool) -> None:
+        if uuid == self.uuid:
+            self.actions_.update(busy)
+
+    def _refresh(self) -> None:
+        info = self.bridge.info(self.uuid)
+        if info is None:       # deleted
+            self.close()
+            return
+        self.setWindowTitle(f"{info.name} — {info.state.label} — Vireo")
+        self.setWindowIcon(state_icon(info.state.value))
+        self.console.update_state(info)
+        self.actions_.update(self.bridge.busy(self.uuid))
+
+    def closeEvent(self, event) -> None:
+        self.settings.setValue(f"vm/{self.uuid}/geometry", self.saveGeometry())
+        self.console.close_serial()
+        for signal, slot in ((self.bridge.vmStateChanged, self._state), (self.bridge.vmsChanged, self._refresh),
+                             (self.bridge.busyChanged, self._busy)):
+            try:
+                signal.disconnect(slot)
+            except TypeError:
+                pass
+        self.closed.emit()
+        super().closeEvent(event)

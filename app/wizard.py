@@ -1,0 +1,450 @@
+"""The New VM wizard: (1) how to install — a Linux kernel + initrd booted directly, an existing disk image, or an
+ISO/disk through firmware (greyed, with the reason, until the engine has BIOS boot); (2) the boot files;
+(3) memory and CPUs within the host's limits; (4) storage — a new disk image, with progress for long work, or
+none; (5) name, accelerator, network, "Customize before install". Finish creates the disk, defines the VM
+through the Host, then starts it and opens its console (or opens Details when customizing first)."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from PyQt6.QtCore import pyqtSignal
+from PyQt6.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+    QWizard,
+    QWizardPage,
+)
+
+from app.host_bridge import HostBridge
+from app.icons import app_icon
+from core.config import (
+    ACCELERATORS,
+    NETWORK_MODES,
+    BootConfig,
+    ConfigError,
+    DiskConfig,
+    NetworkConfig,
+    VmConfig,
+    images_dir,
+)
+
+SOURCE_KERNEL, SOURCE_DISK, SOURCE_FIRMWARE = 0, 1, 2
+NO_FIRMWARE = "needs BIOS boot, not implemented yet"
+
+
+def _path_field(page: QWizardPage, edit: QLineEdit, caption: str, name_filter: str = "") -> QWidget:
+    row = QWidget(page)
+    lay = QHBoxLayout(row)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(edit, 1)
+    button = QPushButton("Browse…", row)
+
+    def browse() -> None:
+        start = edit.text() or str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(page, caption, start, name_filter)
+        if path:
+            edit.setText(path)
+
+    button.clicked.connect(browse)
+    lay.addWidget(button)
+    return row
+
+
+def _note(text: str, parent: QWidget) -> QLabel:
+    label = QLabel(text, parent)
+    label.setWordWrap(True)
+    label.setStyleSheet("color: #666;")
+    return label
+
+
+class SourcePage(QWizardPage):
+    def __init__(self, wizard: NewVmWizard) -> None:
+        super().__init__(wizard)
+        self.setTitle("Create a new virtual machine")
+        self.setSubTitle("Step 1 of 5: choose how the operating system gets installed or booted.")
+        lay = QVBoxLayout(self)
+        self.group = QButtonGroup(self)
+        self.kernel = QRadioButton("Linux kernel and initrd (direct boot)", self)
+        self.disk = QRadioButton("Import an existing disk image", self)
+        self.firmware = QRadioButton("Boot an ISO image or disk through firmware", self)
+        for i, (button, note) in enumerate((
+                (self.kernel, "Vireo loads a kernel (bzImage or Multiboot) and an initrd itself — fastest start."),
+                (self.disk, "Use a disk image you already have; until BIOS boot exists a kernel you give boots it."),
+                (self.firmware, ""))):
+            self.group.addButton(button, i)
+            lay.addWidget(button)
+            if note:
+                n = _note(note, self)
+                n.setContentsMargins(24, 0, 0, 8)
+                lay.addWidget(n)
+        caps = wizard.bridge.host.capabilities()
+        self.firmware.setEnabled(caps.firmware_boot)
+        self.firmware_note = _note("" if caps.firmware_boot else f"Not available: {NO_FIRMWARE}.", self)
+        self.firmware_note.setObjectName("firmwareNote")
+        self.firmware_note.setContentsMargins(24, 0, 0, 8)
+        lay.addWidget(self.firmware_note)
+        if not caps.firmware_boot:
+            self.firmware.setToolTip(NO_FIRMWARE)
+        lay.addStretch(1)
+        self.kernel.setChecked(True)
+
+    def source(self) -> int:
+        return self.group.checkedId()
+
+    def nextId(self) -> int:
+        return 1
+
+
+class BootPage(QWizardPage):
+    def __init__(self, wizard: NewVmWizard) -> None:
+        super().__init__(wizard)
+        self.wiz = wizard
+        self.setTitle("Boot files")
+        self.setSubTitle("Step 2 of 5: the kernel Vireo boots, its initial ramdisk and command line.")
+        form = QFormLayout(self)
+        self.disk = QLineEdit(self)
+        self.disk.setObjectName("diskPath")
+        self.disk_row = _path_field(self, self.disk, "Choose a disk image",
+                                    "Disk images (*.img *.raw *.qcow2);;All files (*)")
+        form.addRow("Disk image:", self.disk_row)
+        self.kernel = QLineEdit(self)
+        self.kernel.setObjectName("kernelPath")
+        form.addRow("Kernel:", _path_field(self, self.kernel, "Choose a kernel"))
+        self.initrd = QLineEdit(self)
+        self.initrd.setObjectName("initrdPath")
+        self.initrd.setPlaceholderText("optional")
+        form.addRow("Initrd:", _path_field(self, self.initrd, "Choose an initrd"))
+        self.cmdline = QLineEdit("console=ttyS0", self)
+        self.cmdline.setObjectName("cmdline")
+        form.addRow("Command line:", self.cmdline)
+        self.error = QLabel(self)
+        self.error.setStyleSheet("color: #b3261e;")
+        self.error.setWordWrap(True)
+        form.addRow(self.error)
+        for edit in (self.kernel, self.initrd, self.disk, self.cmdline):
+            edit.textChanged.connect(self._check)
+
+    def initializePage(self) -> None:
+        importing = self.wiz.source_page.source() == SOURCE_DISK
+        self.disk_row.setVisible(importing)
+        self.layout().labelForField(self.disk_row).setVisible(importing)
+        if importing and "root=" not in self.cmdline.text():
+            self.cmdline.setText((self.cmdline.text() + " root=/dev/vda").strip())
+        self._check()
+
+    def problem(self) -> str:
+        checks = [("Kernel", self.kernel.text().strip(), True), ("Initrd", self.initrd.text().strip(), False)]
+        if self.wiz.source_page.source() == SOURCE_DISK:
+            checks.insert(0, ("Disk image", self.disk.text().strip(), True))
+        for what, path, required in checks:
+            if not path:
+                if required:
+                    return f"{what}: choose a file." if what != "Kernel" else ""
+                continue
+            if not os.path.isabs(path):
+                return f"{what} {path}: give an absolute path."
+            if not os.path.isfile(path):
+                return f"{what} {path}: no such file."
+            if not os.access(path, os.R_OK):
+                return f"{what} {path}: not readable."
+        if len(self.cmdline.text().encode()) >= 2048:
+            return "Command line: Linux takes at most 2047 bytes."
+        return ""
+
+    def _check(self) -> None:
+        self.error.setText(self.problem())
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:
+        return bool(self.kernel.text().strip()) and not self.problem()
+
+
+class ResourcesPage(QWizardPage):
+    def __init__(self, wizard: NewVmWizard) -> None:
+        super().__init__(wizard)
+        host = wizard.bridge.host.info()
+        self.setTitle("Memory and CPUs")
+        self.setSubTitle("Step 3 of 5: how much of this host the VM may use.")
+        form = QFormLayout(self)
+        self.memory = QSpinBox(self)
+        self.memory.setObjectName("memory")
+        self.memory.setRange(16, host.memory_mib)
+        self.memory.setSingleStep(128)
+        self.memory.setSuffix(" MiB")
+        self.memory.setValue(min(1024, host.memory_mib // 2))
+        form.addRow("Memory:", self.memory)
+        form.addRow("", _note(f"Up to {host.memory_mib} MiB on this host.", self))
+        self.cpus = QSpinBox(self)
+        self.cpus.setObjectName("cpus")
+        self.cpus.setRange(1, host.cpus)
+        form.addRow("CPUs:", self.cpus)
+        form.addRow("", _note(f"Up to {host.cpus} on this host ({host.cpu_model}).", self))
+
+
+class StoragePage(QWizardPage):
+    def __init__(self, wizard: NewVmWizard) -> None:
+        super().__init__(wizard)
+        self.wiz = wizard
+        self.setTitle("Storage")
+        self.setSubTitle("Step 4 of 5: a new disk for the VM, or none.")
+        lay = QVBoxLayout(self)
+        self.none = QRadioButton("No new disk", self)
+        self.create = QRadioButton("Create a disk image for this virtual machine", self)
+        self.create.setObjectName("createDisk")
+        self.none.setChecked(True)
+        lay.addWidget(self.none)
+        lay.addWidget(self.create)
+        form = QFormLayout()
+        form.setContentsMargins(24, 0, 0, 0)
+        self.size = QDoubleSpinBox(self)
+        self.size.setObjectName("diskSize")
+        self.size.setRange(0.1, 16384)
+        self.size.setDecimals(1)
+        self.size.setValue(20)
+        self.size.setSuffix(" GiB")
+        form.addRow("Size:", self.size)
+        self.format = QComboBox(self)
+        self.format.addItem("raw", "raw")
+        self.format.addItem("qcow2 (not available yet)", "qcow2")
+        self.format.model().item(1).setEnabled(False)
+        form.addRow("Format:", self.format)
+        self.preallocate = QCheckBox("Allocate the whole disk now (slower to create, no surprises later)", self)
+        form.addRow("", self.preallocate)
+        self.where = _note("", self)
+        form.addRow("", self.where)
+        lay.addLayout(form)
+        if not wizard.bridge.host.capabilities().disks:
+            lay.addWidget(_note("The engine does not attach disks to the machine yet; a disk made here is kept in "
+                                "the definition and attached once it does.", self))
+        lay.addStretch(1)
+        self.create.toggled.connect(self._toggle)
+        self._toggle(False)
+
+    def initializePage(self) -> None:
+        self.where.setText(f"Created in {images_dir()}")
+
+    def _toggle(self, on: bool) -> None:
+        for w in (self.size, self.format, self.preallocate):
+            w.setEnabled(on)
+
+
+class FinishPage(QWizardPage):
+    def __init__(self, wizard: NewVmWizard) -> None:
+        super().__init__(wizard)
+        self.wiz = wizard
+        self.setTitle("Ready to create the virtual machine")
+        self.setSubTitle("Step 5 of 5: name it and check the summary.")
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.name = QLineEdit(self)
+        self.name.setObjectName("vmName")
+        form.addRow("Name:", self.name)
+        self.accel = QComboBox(self)
+        self.accel.setObjectName("accel")
+        for name in ACCELERATORS:
+            self.accel.addItem({"auto": "Automatic", "kvm": "KVM (hardware)", "software": "Software CPU"}[name], name)
+        form.addRow("Accelerator:", self.accel)
+        self.accel_note = _note("", self)
+        form.addRow("", self.accel_note)
+        self.network = QComboBox(self)
+        for mode in NETWORK_MODES:
+            self.network.addItem({"none": "No network", "user": "User-mode NAT"}[mode], mode)
+        form.addRow("Network:", self.network)
+        lay.addLayout(form)
+        self.summary = QLabel(self)
+        self.summary.setObjectName("summary")
+        self.summary.setWordWrap(True)
+        self.summary.setStyleSheet("QLabel { background: palette(base); border: 1px solid palette(mid); "
+                                   "padding: 8px; }")
+        lay.addWidget(self.summary)
+        self.customize = QCheckBox("Customize configuration before install", self)
+        self.customize.setObjectName("customize")
+        lay.addWidget(self.customize)
+        self.progress = QProgressBar(self)
+        self.progress.setObjectName("progress")
+        self.progress.hide()
+        lay.addWidget(self.progress)
+        self.error = QLabel(self)
+        self.error.setObjectName("finishError")
+        self.error.setStyleSheet("color: #b3261e;")
+        self.error.setWordWrap(True)
+        lay.addWidget(self.error)
+        lay.addStretch(1)
+        self.name.textChanged.connect(self._update)
+        self.accel.currentIndexChanged.connect(self._update)
+        self.network.currentIndexChanged.connect(self._update)
+
+    def initializePage(self) -> None:
+        if not self.name.text():
+            self.name.setText(self.wiz.suggest_name())
+        self._update()
+
+    def _update(self) -> None:
+        try:
+            name, why = self.wiz.bridge.host.accel_preview(self.accel.currentData())
+            shown = {"kvm": "KVM", "software": "the software CPU"}.get(name, name)
+            self.accel_note.setText(f"Uses {shown} on this host: {why}." if name else why)
+        except Exception as exc:
+            self.accel_note.setText(f"<span style='color:#b3261e'>{exc}</span>")
+        cfg = self.wiz.config()
+        disk = ""
+        if self.wiz.storage_page.create.isChecked():
+            disk = f"new {self.wiz.storage_page.size.value():g} GiB raw disk"
+        elif cfg.disks:
+            disk = cfg.disks[0].path
+        rows = [("Boot", f"{Path(cfg.boot.kernel).name}" + (f" + {Path(cfg.boot.initrd).name}" if cfg.boot.initrd
+                                                              else "")),
+                ("Command line", cfg.boot.cmdline or "(empty)"),
+                ("Memory", f"{cfg.memory_mib} MiB"), ("CPUs", str(cfg.vcpus)),
+                ("Storage", disk or "none"), ("Network", self.network.currentText())]
+        self.summary.setText("<table>" + "".join(f"<tr><td style='color:#666;padding-right:12px'>{k}</td>"
+                                                 f"<td>{_html(v)}</td></tr>" for k, v in rows) + "</table>")
+        self.error.setText(self.problem())
+        self.completeChanged.emit()
+
+    def problem(self) -> str:
+        name = self.name.text().strip()
+        if not name:
+            return ""
+        if self.wiz.bridge.find(name) is not None:
+            return f"A VM named “{name}” already exists."
+        try:
+            self.wiz.config().validate()
+        except ConfigError as exc:
+            return str(exc)
+        return ""
+
+    def isComplete(self) -> bool:
+        return bool(self.name.text().strip()) and not self.problem() and not self.wiz.working
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class NewVmWizard(QWizard):
+    created = pyqtSignal(str, bool)    # uuid, start it now (False: "customize before install" was chosen)
+    _progress = pyqtSignal(int, int)
+
+    def __init__(self, bridge: HostBridge, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bridge = bridge
+        self.working = False
+        self.setWindowTitle("New Virtual Machine")
+        self.setWindowIcon(app_icon())
+        self.setWizardStyle(QWizard.WizardStyle.ModernStyle)
+        self.setOption(QWizard.WizardOption.NoBackButtonOnStartPage)
+        self.source_page = SourcePage(self)
+        self.boot_page = BootPage(self)
+        self.resources_page = ResourcesPage(self)
+        self.storage_page = StoragePage(self)
+        self.finish_page = FinishPage(self)
+        for page in (self.source_page, self.boot_page, self.resources_page, self.storage_page, self.finish_page):
+            self.addPage(page)
+        self._progress.connect(self._on_progress)
+        self.resize(640, 500)
+
+    def suggest_name(self) -> str:
+        boot = self.boot_page
+        source = boot.disk.text() if self.source_page.source() == SOURCE_DISK else boot.kernel.text()
+        stem = re.sub(r"[^A-Za-z0-9._+-]+", "-", Path(source).name.split(".")[0]).strip("-._+") or "vm"
+        name, n = stem, 1
+        while self.bridge.find(name) is not None:
+            n += 1
+            name = f"{stem}-{n}"
+        return name
+
+    def disk_path(self, name: str) -> str:
+        safe = re.sub(r"[^A-Za-z0-9._+-]+", "-", name)
+        path = images_dir() / f"{safe}.img"
+        n = 1
+        while path.exists():
+            n += 1
+            path = images_dir() / f"{safe}-{n}.img"
+        return str(path)
+
+    def config(self) -> VmConfig:
+        boot = self.boot_page
+        disks = []
+        if self.source_page.source() == SOURCE_DISK and boot.disk.text().strip():
+            path = boot.disk.text().strip()
+            disks.append(DiskConfig(path=path, format="qcow2" if path.endswith(".qcow2") else "raw"))
+        return VmConfig(
+            name=self.finish_page.name.text().strip(),
+            memory_mib=self.resources_page.memory.value(), vcpus=self.resources_page.cpus.value(),
+            accel=self.finish_page.accel.currentData(),
+            boot=BootConfig(kernel=boot.kernel.text().strip(), initrd=boot.initrd.text().strip(),
+                            cmdline=boot.cmdline.text().strip()),
+            disks=disks, network=NetworkConfig(mode=self.finish_page.network.currentData()),
+        )
+
+    def accept(self) -> None:
+        """Finish: create the disk (if asked) and define the VM on a worker; close when that succeeded."""
+        if self.working:
+            return
+        cfg = self.config()
+        storage = self.storage_page
+        new_disk = None
+        if storage.create.isChecked():
+            new_disk = (self.disk_path(cfg.name), int(storage.size.value() * 1024 ** 3) // 512 * 512,
+                        storage.format.currentData(), storage.preallocate.isChecked())
+            cfg.disks.append(DiskConfig(path=new_disk[0], format=new_disk[2]))
+        host = self.bridge.host
+        self.working = True
+        self.finish_page.error.setText("")
+        self.finish_page.completeChanged.emit()
+        self.button(QWizard.WizardButton.BackButton).setEnabled(False)
+        page = self.finish_page
+        if new_disk:
+            page.progress.setRange(0, 0)
+            page.progress.setFormat("Creating the disk image… %p%")
+            page.progress.show()
+
+        def work():
+            if new_disk:
+                host.create_disk(new_disk[0], new_disk[1], new_disk[2], new_disk[3],
+                                 progress=lambda done, total: self._progress.emit(done >> 20, total >> 20))
+            try:
+                return host.define(cfg)
+            except Exception:
+                if new_disk:   # do not leave an orphan image behind a definition that was refused
+                    try:
+                        os.unlink(new_disk[0])
+                    except OSError:
+                        pass
+                raise
+
+        def done(info) -> None:
+            self.working = False
+            self.bridge.refresh_now()
+            self.created.emit(info.uuid, not page.customize.isChecked())
+            super(NewVmWizard, self).accept()
+
+        def failed(message: str) -> None:
+            self.working = False
+            page.progress.hide()
+            page.error.setText(message)
+            self.button(QWizard.WizardButton.BackButton).setEnabled(True)
+            page.completeChanged.emit()
+
+        self.bridge.call(f"Creating {cfg.name}", work, done, failed)
+
+    def _on_progress(self, done_mib: int, total_mib: int) -> None:
+        bar = self.finish_page.progress
+        bar.setRange(0, max(total_mib, 1))
+        bar.setValue(done_mib)
