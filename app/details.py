@@ -3,7 +3,7 @@ Serial) with a form per item. Hardware is editable while the VM is shut off; nam
 time. Apply saves through the Host (validated there, written atomically); Revert goes back to the saved one."""
 from __future__ import annotations
 
-from PyQt6.QtCore import Qt, pyqtSignal
+from PyQt6.QtCore import QSize, Qt, pyqtSignal
 from PyQt6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -34,6 +34,7 @@ from core.config import ACCELERATORS, DISPLAY_TYPES, NETWORK_MODES, SERIAL_MODES
 from core.host import VmInfo
 
 PAGES = ("Overview", "CPU", "Memory", "Boot Options", "Disks", "Network", "Display", "Serial")
+_ICONS = ("vm", "hw-cpu", "hw-memory", "hw-boot", "hw-disks", "hw-network", "hw-display", "hw-serial")
 
 
 def _path_row(edit: QLineEdit, caption: str, parent: QWidget) -> QWidget:
@@ -73,11 +74,11 @@ class DetailsEditor(QWidget):
         self.caps = bridge.host.capabilities()
         self.pages = QListWidget(self)
         self.pages.setObjectName("hardwareList")
-        self.pages.setMaximumWidth(190)
-        self.pages.setIconSize(self.pages.iconSize())
-        for name in PAGES:
-            QListWidgetItem(resource_icon("vm") if name == "Overview" else resource_icon("hw-" + name.lower()),
-                            name, self.pages)
+        self.pages.setMaximumWidth(200)
+        self.pages.setIconSize(QSize(22, 22))
+        self.pages.setSpacing(2)
+        for name, icon in zip(PAGES, _ICONS, strict=True):
+            QListWidgetItem(resource_icon(icon), name, self.pages)
         self.stack = QStackedWidget(self)
         for build in (self._overview, self._cpu, self._memory, self._boot, self._disks, self._network,
                       self._display, self._serial):
@@ -97,6 +98,7 @@ class DetailsEditor(QWidget):
         split.addWidget(self.pages)
         split.addWidget(self.stack)
         split.setStretchFactor(1, 1)
+        split.setSizes([170, 520])
         split.setChildrenCollapsible(False)
         lay = QVBoxLayout(self)
         lay.addWidget(split, 1)

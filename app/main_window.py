@@ -67,7 +67,7 @@ class MainWindow(QMainWindow):
         self.tree.setUniformRowHeights(False)
         self.tree.setAlternatingRowColors(False)
         self.tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.tree.setIconSize(self.tree.iconSize().expandedTo(self.tree.iconSize()) * 1)
+        self.tree.setStyleSheet("QTreeView::item { padding: 3px 2px; }")
         header = self.tree.header()
         header.setSectionResizeMode(COL_NAME, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(COL_STATE, QHeaderView.ResizeMode.Interactive)
@@ -210,7 +210,8 @@ class MainWindow(QMainWindow):
             child = QTreeWidgetItem(item)
             child.setData(0, ROLE, ("error", index, str(err)))
             name = getattr(err, "path", None)
-            child.setText(0, f"{name.name if name else 'error'}: {getattr(err, 'message', str(err))}")
+            child.setText(0, f"Cannot load {name.name if name else 'a definition'}: "
+                             f"{getattr(err, 'message', str(err))}")
             child.setToolTip(0, f"{err}\nFix or remove the file; Vireo never overwrites it.")
             child.setIcon(0, action_icon("warning"))
             child.setForeground(0, QBrush(QColor("#b3261e")))

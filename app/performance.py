@@ -15,7 +15,7 @@ class PerformanceView(QWidget):
         info = bridge.info(uuid)
         memory = info.config.memory_mib if info else None
         self.cpu = time_plot("CPU usage", "%", "#2e9e48", 100, self)
-        self.mem = time_plot("Memory in use (guest RAM backed by host pages)", "MiB", "#1e78c8", memory, self)
+        self.mem = time_plot("Memory in use", "MiB", "#1e78c8", memory, self)
         self.disk = time_plot("Disk I/O (read + write)", "KiB/s", "#9a6700", None, self)
         self.net = time_plot("Network I/O (received + sent)", "KiB/s", "#75507b", None, self)
         self.summary = QLabel(self)

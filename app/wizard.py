@@ -349,6 +349,7 @@ class NewVmWizard(QWizard):
         self.setWindowIcon(app_icon())
         self.setWizardStyle(QWizard.WizardStyle.ModernStyle)
         self.setOption(QWizard.WizardOption.NoBackButtonOnStartPage)
+        self.setPixmap(QWizard.WizardPixmap.LogoPixmap, app_icon().pixmap(48, 48))
         self.source_page = SourcePage(self)
         self.boot_page = BootPage(self)
         self.resources_page = ResourcesPage(self)
