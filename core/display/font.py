@@ -13,6 +13,23 @@ GLYPH_WIDTH = 8
 GLYPH_HEIGHT = 16
 FONT_PATH = Path(__file__).resolve().parents[2] / "resources" / "fonts" / "cp437-8x16.bin"
 
+# CP437 0x00-0x1F and 0x7F are the IBM PC's graphic characters (Unicode's mapping of them); 0x20-0x7E is ASCII
+# and 0x80-0xFF is Python's cp437 codec.
+LOW_GLYPHS = " ☺☻♥♦♣♠•◘○◙♂♀♪♫☼►◄↕‼¶§▬↨↑↓→←∟↔▲▼"
+DEL_GLYPH = "⌂"
+
+
+def cp437_unicode(code: int) -> str:
+    """The Unicode character the IBM PC shows for CP437 code `code` (0x00 shows as a space)."""
+    if code < 0x20:
+        return LOW_GLYPHS[code]
+    if code == 0x7F:
+        return DEL_GLYPH
+    return bytes([code]).decode("cp437")
+
+
+CP437_TABLE = "".join(cp437_unicode(c) for c in range(256))
+
 
 @lru_cache(maxsize=1)
 def cp437_8x16() -> bytes:

@@ -20,26 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from core.display.font import FONT_PATH, GLYPH_HEIGHT, GLYPH_WIDTH
+from core.display.font import FONT_PATH, GLYPH_HEIGHT, GLYPH_WIDTH, cp437_unicode
 
 TTF_CANDIDATES = ("/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf",)
 FALLBACK_TTF = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",)
 FONT_SIZE = 13
 BASELINE_SHIFT = -1          # DejaVu's 13 px ascent is 13; the IBM font's baseline sits on row 12
-
-# CP437 0x00-0x1F and 0x7F are the IBM PC's graphic characters (Unicode's mapping of them); 0x20-0x7E is ASCII
-# and 0x80-0xFF is Python's cp437 codec.
-LOW_GLYPHS = " ☺☻♥♦♣♠•◘○◙♂♀♪♫☼►◄↕‼¶§▬↨↑↓→←∟↔▲▼"
-DEL_GLYPH = "⌂"
-
-
-def cp437_unicode(code: int) -> str:
-    if code < 0x20:
-        return LOW_GLYPHS[code]
-    if code == 0x7F:
-        return DEL_GLYPH
-    return bytes([code]).decode("cp437")
-
 
 # Line-drawing characters as arm weights (up, down, left, right): 0 none, 1 single, 2 double.
 BOX_ARMS: dict[int, tuple[int, int, int, int]] = {

@@ -1,0 +1,112 @@
+"""The emulated display adapter: QEMU's standard VGA (IBM VGA register set + Bochs VBE + PCI 1234:1111).
+
+Composes the register file (vga_registers), the planar memory behind 0xA0000-0xBFFFF (vga_memory) and the Bochs
+VBE interface with its linear framebuffer (vga_bochs). Power-on state is what a PC BIOS leaves before loading an
+OS: mode 03h (80x25 colour text, 9x16 cells, 720x400), the 8x16 CP437 font in character map 0 of plane 2, a
+cleared screen (spaces, light grey on black), the cursor at the top left with the BIOS's underline shape.
+
+Wiring (done by the Machine): `Vga(pci_bus)` adds the PCI function; `attach(pio, mmio)` claims ports
+0x3B0-0x3DF and 0x1CE-0x1CF and the legacy window 0xA0000-0xBFFFF on the MMIO bus.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from core.bus import MmioBus, PortIoBus
+from core.devices.pci import PciBus
+from core.devices.vga_bochs import (
+    DEFAULT_VRAM_SIZE,
+    VBE_DISPI_IOPORT_INDEX,
+    BochsVbe,
+    VgaPciFunction,
+)
+from core.devices.vga_memory import PLANE_SIZE, VGA_WINDOW_BASE, VGA_WINDOW_SIZE, VgaMemory
+from core.devices.vga_registers import (
+    CR_CURSOR_HI,
+    CR_CURSOR_LO,
+    CR_H_DISPLAY_END,
+    CR_MAX_SCAN_LINE,
+    GC_MISC,
+    GR06_GRAPHICS,
+    VgaRegisters,
+)
+from core.display.font import GLYPH_HEIGHT, cp437_8x16
+
+VGA_PORTS = (0x3B0, 0x30)            # 0x3B0-0x3DF
+TEXT_BLANK = (0x20, 0x07)            # space, light grey on black
+
+
+class Vga:
+    """One display adapter. Thread-safety: port and memory accesses come from vCPU threads; the renderer reads
+    the state from another thread without locking (a frame may show a half-finished update, as a real CRT
+    would)."""
+
+    def __init__(self, pci_bus: PciBus | None = None, vram_size: int = DEFAULT_VRAM_SIZE,
+                 pci_slot: int | None = None) -> None:
+        self.regs = VgaRegisters()
+        self.memory = VgaMemory(self.regs)
+        self.vbe = BochsVbe(self.regs, vram_size)
+        self.memory.banked = self.vbe
+        self.pci = VgaPciFunction(self.vbe, self.regs)
+        self.lfb_mapped_as_ram = False   # set by a backend that maps the LFB as guest RAM (writes are untracked)
+        if pci_bus is not None:
+            pci_bus.add(self.pci, pci_slot)
+        self.reset()
+
+    # -- wiring -------------------------------------------------------------------------------------------
+    def attach(self, pio: PortIoBus, mmio: MmioBus | None = None) -> None:
+        pio.register(VGA_PORTS[0], VGA_PORTS[1], self.regs)
+        pio.register(VBE_DISPI_IOPORT_INDEX, 2, self.vbe)
+        if mmio is not None:
+            mmio.register(VGA_WINDOW_BASE, VGA_WINDOW_SIZE, self.memory)
+
+    def reset(self) -> None:
+        """Power-on / system reset: the state a BIOS leaves after setting mode 03h."""
+        self.regs.reset()
+        self.memory.reset()
+        self.vbe.reset()
+        self._load_bios_text_mode()
+
+    def _load_bios_text_mode(self) -> None:
+        planes = self.memory.planes
+        font = cp437_8x16()
+        glyphs = planes[2, :256 * 32].reshape(256, 32)    # 32 bytes per character slot in map 0 (first 8 KiB)
+        glyphs[:, :GLYPH_HEIGHT] = np.frombuffer(font, np.uint8).reshape(256, GLYPH_HEIGHT)
+        # Odd/even text memory: character codes in plane 0, attributes in plane 1, at even offsets.
+        planes[0, 0:0x8000:2] = TEXT_BLANK[0]
+        planes[1, 0:0x8000:2] = TEXT_BLANK[1]
+        self.regs.generation += 1
+
+    # -- inspection -----------------------------------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        """Increases whenever a register or video memory changes (LFB writes made through RAM mappings excluded)."""
+        return self.regs.generation
+
+    def in_text_mode(self) -> bool:
+        return not self.vbe.enabled and not self.regs.gc[GC_MISC] & GR06_GRAPHICS
+
+    def text_geometry(self) -> tuple[int, int]:
+        """(columns, rows) of the current text mode as the CRTC is programmed."""
+        regs = self.regs
+        cols = regs.crtc[CR_H_DISPLAY_END] + 1
+        char_height = (regs.crtc[CR_MAX_SCAN_LINE] & 0x1F) + 1
+        lines = regs.vertical_display_end() + 1
+        if regs.crtc[CR_MAX_SCAN_LINE] & 0x80:
+            lines //= 2
+        return cols, max(1, lines // char_height)
+
+    def cursor_position(self) -> tuple[int, int]:
+        """(column, row) of the hardware cursor relative to the start address."""
+        regs = self.regs
+        cols, _ = self.text_geometry()
+        pos = ((regs.crtc[CR_CURSOR_HI] << 8) | regs.crtc[CR_CURSOR_LO]) - regs.start_address()
+        pos %= PLANE_SIZE
+        return pos % cols, pos // cols
+
+    def lfb_host_memory(self) -> tuple[int, int]:
+        """(host virtual address, size) of video memory, for a backend mapping BAR0 as guest RAM."""
+        return self.vbe.host_address, self.vbe.vram_size
+
+    def close(self) -> None:
+        self.vbe.close()
