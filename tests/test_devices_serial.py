@@ -210,3 +210,31 @@ def test_wide_access_and_reset() -> None:
     uart.receive(b"abc")
     uart.reset()
     assert bus.read(MCR, 1) == 0 and bus.read(LSR, 1) == 0x60 and uart.pending_input == 0
+
+
+def test_linux_autoconfig_identifies_16550a() -> None:
+    """The register dance of drivers/tty/serial/8250/8250_port.c autoconfig()/autoconfig_16550a()."""
+    _, bus, _, _ = make()
+    # IER probe: writes of 0 and 0x0F must read back in the low nibble.
+    bus.write(IER, 1, 0)
+    assert bus.read(IER, 1) & 0x0F == 0
+    bus.write(IER, 1, 0x0F)
+    assert bus.read(IER, 1) & 0x0F == 0x0F
+    bus.write(IER, 1, 0)
+    bus.write(FCR, 1, 0x01)
+    assert bus.read(IIR, 1) >> 6 == 3                    # "16550A"
+    # No EFR: with LCR 0xBF and 0x80, offset 2 still reads IIR (non-zero), so no ST16C650/XR16C850 path.
+    bus.write(LCR, 1, 0xBF)
+    assert bus.read(IIR, 1) != 0
+    bus.write(LCR, 1, 0x80)
+    assert bus.read(IIR, 1) != 0
+    # Not a 16750: bit 5 of IIR does not follow FCR bit 5, with or without DLAB.
+    bus.write(FCR, 1, 0x21)
+    assert bus.read(IIR, 1) & 0xE0 == 0xC0
+    bus.write(LCR, 1, 0x00)
+    bus.write(FCR, 1, 0x21)
+    assert bus.read(IIR, 1) & 0xE0 == 0xC0
+    # Not an XScale: IER bit 6 (UUE) does not stick.
+    bus.write(IER, 1, 0x40)
+    assert not bus.read(IER, 1) & 0x40
+    assert bus.read(LSR, 1) != 0xFF                      # the startup "LSR safety check"
