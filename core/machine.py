@@ -116,7 +116,7 @@ class Machine:
             raise
         line = lambda gsi: IrqLine(self.accel, gsi)  # noqa: E731
         self.serial = Uart16550(line(platform.COM1_IRQ), self._serial_output)
-        self.rtc = CmosRtc(line(platform.RTC_IRQ), self.timers, self.memory.size)
+        self.rtc = CmosRtc(line(platform.RTC_IRQ), self.timers, self.memory.size, cpus=cfg.cpus)
         self.i8042 = I8042(self.request_reset, line(platform.I8042_KBD_IRQ), line(platform.I8042_MOUSE_IRQ))
         self.post = PostPort()
         self.acpi_pm = AcpiPm(line(platform.ACPI_SCI_IRQ), self._guest_poweroff)
