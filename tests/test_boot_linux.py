@@ -219,7 +219,6 @@ def test_setup_sects_zero_means_four():
     (lambda b: b.__setitem__(slice(0x202, 0x206), b"XXXX"), "not a Linux bzImage"),
     (lambda b: struct.pack_into("<H", b, 0x206, 0x204), "protocol 2.04"),
     (lambda b: b.__setitem__(0x211, 0), "zImage"),
-    (lambda b: struct.pack_into("<H", b, 0x236, 0), "64-bit"),
     (lambda b: struct.pack_into("<I", b, 0x230, 0x30_0000), "kernel_alignment"),
     (lambda b: struct.pack_into("<I", b, 0x1F4, 0x10_0000), "truncated"),
     (lambda b: struct.pack_into("<I", b, 0x24C, 0x10_0000), "payload"),
@@ -449,3 +448,41 @@ def test_stdlib_payload_formats(fmt):
               "bzip2": bz2.compress}[fmt](elf)
     got_fmt, out = linux.decompress_payload(packed + struct.pack("<I", len(elf)), "k")
     assert got_fmt == fmt and out == elf
+
+
+# -- kernels without a 64-bit entry: the 32-bit boot protocol ------------------------------------------------
+
+def test_32bit_protocol_entry(mem512):
+    bz = synthetic_bzimage(xloadflags=0x04)
+    boot = boot_linux(mem512, bz, None, "console=ttyS0", 0xE0000, decompress_on_host=True)
+    st = boot.cpu_state
+    assert "32-bit entry" in boot.description
+    hdr = parse_bzimage(bz, "bz")
+    assert not hdr.has_64bit_entry
+    assert st.rip == 0x100_0000 and mem512.read(0x100_0000, 64) == bz[hdr.setup_size:hdr.setup_size + 64]
+    assert st.cr0 & 1 and not st.cr0 & (1 << 31) and st.efer == 0 and st.cr4 == 0
+    assert st.regs["rsi"] == ZP and st.regs["rbp"] == st.regs["rdi"] == st.regs["rbx"] == 0
+    assert (st.cs.selector, st.cs.db, st.cs.l, st.cs.type, st.cs.limit) == (0x10, True, False, 0xB, 0xFFFF_FFFF)
+    for seg in (st.ds, st.es, st.ss):
+        assert (seg.selector, seg.db, seg.type, seg.limit) == (0x18, True, 0x3, 0xFFFF_FFFF)
+    cs = _descriptor(mem512, st.gdt.base, 0x10)
+    ds = _descriptor(mem512, st.gdt.base, 0x18)
+    assert (cs["type"], cs["db"], cs["l"], cs["limit"]) == (0xB, 1, 0, 0xFFFF_FFFF)
+    assert (ds["type"], ds["db"], ds["limit"]) == (0x3, 1, 0xFFFF_FFFF)
+    tr = _descriptor(mem512, st.gdt.base, st.tr.selector)
+    assert tr["type"] == 0xB and tr["s"] == 0 and st.tr.selector > 0x18
+    assert mem512.read_u32(ZP + 0x228) == platform.CMDLINE_ADDR and mem512.read_u8(ZP + 0x210) == 0xFF
+
+
+def test_real_32bit_kernel_header(mem512):
+    path = FIXTURES_OUT / "vmlinuz-686"
+    if not path.is_file():
+        if in_ci():
+            pytest.fail(f"CI: Debian i386 kernel not found at {path}", pytrace=False)
+        pytest.skip(f"Debian i386 kernel not found at {path}")
+    data = path.read_bytes()
+    hdr = parse_bzimage(data, "vmlinuz-686")
+    assert not hdr.has_64bit_entry and hdr.relocatable
+    boot = boot_linux(mem512, data, b"x" * 4096, "console=ttyS0", 0xE0000, kernel_name="vmlinuz-686")
+    assert boot.cpu_state.rip == boot.kernel_range[0] == hdr.pref_address
+    assert boot.cpu_state.cs.selector == 0x10 and not boot.cpu_state.efer

@@ -113,7 +113,8 @@ def build_fadt(dsdt_addr: int, facs_addr: int) -> bytes:
     body[116 - HEADER_LEN:128 - HEADER_LEN] = gas(GAS_SYSTEM_IO, 8, platform.RESET_CONTROL_PORT, ACCESS_BYTE)
     put(128, "<B", 0x06)                                        # RESET_VALUE: PIIX "hard reset" (SRST|RCPU)
     put(131, "<B", FADT_MINOR)
-    put(132, "<QQ", facs_addr, dsdt_addr)                       # X_FIRMWARE_CTRL, X_DSDT
+    # X_FIRMWARE_CTRL must be zero when FIRMWARE_CTRL is set (5.2.9); X_DSDT merely takes precedence over DSDT.
+    put(132, "<QQ", 0, dsdt_addr)                               # X_FIRMWARE_CTRL, X_DSDT
     x_blocks = (
         (148, gas(GAS_SYSTEM_IO, PM1_EVT_LEN * 8, pm1a_evt, ACCESS_WORD)),
         (172, gas(GAS_SYSTEM_IO, PM1_CNT_LEN * 8, pm1a_cnt, ACCESS_WORD)),

@@ -4,7 +4,9 @@ kernel's 64-bit entry point with a filled-in zero page, as Firecracker and QEMU'
 Follows Documentation/arch/x86/boot.rst (the real-mode kernel header, "Details of header fields", "Loading the
 rest of the kernel", "64-bit Boot Protocol") and Documentation/arch/x86/zero-page.rst (struct boot_params).
 The real-mode setup code never runs: the loader does its job (e820 map, command line, initrd, ACPI RSDP pointer)
-and the CPU starts in long mode at load address + 0x200 with RSI = the zero page.
+and the CPU starts in long mode at load address + 0x200 with RSI = the zero page. A kernel without a 64-bit
+entry (XLF_KERNEL_64 clear: a 32-bit kernel) is entered per the "32-bit Boot Protocol" instead: flat protected
+mode, paging off, at the load address, ESI = the zero page.
 
 Host-side decompression: the bzImage's payload (payload_offset/payload_length, protocol 2.08) is the compressed
 ELF vmlinux. With decompress_on_host the loader unpacks it here (gzip, xz, lzma, bzip2 from the standard library;
@@ -25,7 +27,7 @@ from core import platform
 from core.boot.e820 import build_e820, extended_kib, low_ram_end
 from core.boot.elf import EM_X86_64, ElfImage, is_elf, load_segments, parse_elf
 from core.boot.errors import BootError, mib
-from core.boot.x86_setup import long_mode_state
+from core.boot.x86_setup import BOOT_CS, BOOT_DS, flat_protected_mode_state, long_mode_state
 from core.hypervisor.base import CpuState
 from core.memory import GuestMemory
 
@@ -115,6 +117,11 @@ class BzImageHeader:
         return self.syssize * 16
 
     @property
+    def has_64bit_entry(self) -> bool:
+        """XLF_KERNEL_64: entered in long mode at load address + 0x200; otherwise the 32-bit protocol applies."""
+        return bool(self.xloadflags & XLF_KERNEL_64)
+
+    @property
     def protocol(self) -> str:
         return f"{self.version >> 8}.{self.version & 0xFF:02d}"
 
@@ -155,9 +162,6 @@ def parse_bzimage(data: bytes, name: str) -> BzImageHeader:
         raise BootError(f"{name} is a zImage (loaded low at 0x10000); Vireo boots bzImages only — rebuild with "
                         f"'make bzImage'")
     xloadflags = _u16(data, HDR_XLOADFLAGS) if version >= 0x20C else 0
-    if not xloadflags & XLF_KERNEL_64:
-        raise BootError(f"{name} has no 64-bit entry point (XLF_KERNEL_64 is clear: a 32-bit kernel or boot "
-                        f"protocol before 2.12); use a 64-bit (x86_64) kernel")
     setup_sects = _u8(data, HDR_SETUP_SECTS) or 4    # 0 means 4 for compatibility (boot.rst)
     syssize = _u32(data, HDR_SYSSIZE)
     setup_size = (setup_sects + 1) * 512
@@ -339,7 +343,7 @@ def boot_linux(memory: GuestMemory, kernel: bytes, initrd: bytes | None, cmdline
     vmlinux: ElfImage | None = None
     vmlinux_data = b""
     fmt = ""
-    if decompress_on_host and hdr.payload_length:
+    if decompress_on_host and hdr.payload_length and hdr.has_64bit_entry:
         payload = bytes(pm_image[hdr.payload_offset:hdr.payload_offset + hdr.payload_length])
         fmt, unpacked = _decompress_cached(payload, kernel_name)
         if unpacked is not None:
@@ -375,7 +379,7 @@ def boot_linux(memory: GuestMemory, kernel: bytes, initrd: bytes | None, cmdline
         initrd_addr = place_initrd(len(initrd), platform.KERNEL_LOAD_ADDR, top, [kernel_range])
         if initrd_addr is None:
             raise BootError(f"initrd {initrd_name} ({mib(len(initrd))}) does not fit in {total} MiB of guest "
-                            f"memory next to the kernel; give more --memory")
+                            f"memory; give more --memory")
     if kernel_range[1] > low_end:
         raise BootError(f"kernel {kernel_name} needs {mib(kernel_range[1])} of guest memory (it runs at "
                         f"{run_start >> 20} MiB and takes {mib(kernel_range[1] - run_start)} from there), the VM "
@@ -389,8 +393,11 @@ def boot_linux(memory: GuestMemory, kernel: bytes, initrd: bytes | None, cmdline
                        f"{fmt} vmlinux unpacked on the host")
     else:
         memory.write(load_addr, pm_image)
-        entry = load_addr + ENTRY_64_OFFSET
-        how = "" if not decompress_on_host else f", {fmt or 'no'} payload left to the in-guest decompressor"
+        # The 32-bit entry is the start of the protected-mode code (code32_start's default: its load address).
+        entry = load_addr + ENTRY_64_OFFSET if hdr.has_64bit_entry else load_addr
+        how = "" if hdr.has_64bit_entry else ", 32-bit entry"
+        if decompress_on_host:
+            how += f", {fmt or 'its'} payload left to the in-guest decompressor"
         description = f"Linux {hdr.kernel_version.split(' ')[0] or '?'}, bzImage protocol {hdr.protocol}{how}"
 
     if initrd:
@@ -402,7 +409,12 @@ def boot_linux(memory: GuestMemory, kernel: bytes, initrd: bytes | None, cmdline
                                 initrd_addr=initrd_addr or 0, initrd_size=len(initrd) if initrd else 0,
                                 rsdp_addr=rsdp_addr)
     memory.write(platform.ZERO_PAGE_ADDR, zero_page)
-    state = long_mode_state(memory, entry, platform.ZERO_PAGE_ADDR)
+    if hdr.has_64bit_entry:
+        state = long_mode_state(memory, entry, platform.ZERO_PAGE_ADDR)
+    else:
+        # boot.rst, 32-bit protocol: paging off, flat __BOOT_CS/__BOOT_DS, ESI = boot_params, EBP/EDI/EBX zero.
+        state = flat_protected_mode_state(memory, entry, BOOT_CS, BOOT_DS)
+        state.regs["rsi"] = platform.ZERO_PAGE_ADDR
     return LinuxBoot(state, description, kernel_range, initrd_addr)
 
 
@@ -433,6 +445,7 @@ def build_zero_page(memory: GuestMemory, kernel: bytes, hdr: BzImageHeader, *, l
 def load_linux(memory: GuestMemory, kernel: bytes, initrd: bytes | None, cmdline: str, rsdp_addr: int | None,
                decompress_on_host: bool = False, kernel_name: str = "kernel",
                initrd_name: str = "initrd") -> CpuState:
-    """Load a bzImage (and initrd and command line) into `memory`; return the BSP's state at the 64-bit entry."""
+    """Load a bzImage (and initrd and command line) into `memory`; return the BSP's state at its entry: the
+    64-bit one when the kernel has it (XLF_KERNEL_64), else the 32-bit protocol's."""
     return boot_linux(memory, kernel, initrd, cmdline, rsdp_addr, decompress_on_host, kernel_name,
                       initrd_name).cpu_state

@@ -5,7 +5,9 @@ matching CpuState (segment caches, control registers, EFER) for
   a GDT with __BOOT_CS = 0x10 (64-bit code) and __BOOT_DS = 0x18, an identity map covering the kernel, the zero
   page and the command line, interrupts off;
 - Multiboot v1 (Multiboot 0.6.96, 3.2 "Machine state"): flat 32-bit protected mode, paging off, CS a 4 GiB
-  read/execute segment at 0, the data segments 4 GiB read/write at 0, EFLAGS.IF and VM clear.
+  read/execute segment at 0, the data segments 4 GiB read/write at 0, EFLAGS.IF and VM clear;
+- the Linux 32-bit boot protocol (boot.rst, "32-bit Boot Protocol"), for kernels without a 64-bit entry: the
+  same flat protected mode with __BOOT_CS = 0x10 and __BOOT_DS = 0x18.
 
 Descriptor formats are Intel SDM vol. 3, 3.4.5 (segment descriptors), 7.2.3 (64-bit TSS descriptor), and 4.5
 (4-level paging, 2 MiB pages). Both states carry a usable busy TSS in TR because VMX refuses to enter a guest
@@ -32,7 +34,7 @@ TYPE_CODE_XR_ACCESSED = 0xB
 TYPE_DATA_RW_ACCESSED = 0x3
 TYPE_TSS_BUSY = 0xB
 
-BOOT_CS_64, BOOT_DS_64, BOOT_TSS_64 = 0x10, 0x18, 0x20
+BOOT_CS, BOOT_DS, BOOT_TSS = 0x10, 0x18, 0x20     # Linux's __BOOT_CS and __BOOT_DS, both protocols
 FLAT_CS_32, FLAT_DS_32, FLAT_TSS_32 = 0x08, 0x10, 0x18
 
 TSS_ADDR = platform.BOOT_GDT_ADDR + 0x40
@@ -60,7 +62,7 @@ def system_descriptor_64(seg: Segment) -> bytes:
 
 
 def code64_segment() -> Segment:
-    return Segment(selector=BOOT_CS_64, base=0, limit=FLAT_LIMIT, type=TYPE_CODE_XR_ACCESSED, present=True,
+    return Segment(selector=BOOT_CS, base=0, limit=FLAT_LIMIT, type=TYPE_CODE_XR_ACCESSED, present=True,
                    dpl=0, db=False, s=True, l=True, g=True)
 
 
@@ -104,7 +106,7 @@ def write_identity_page_tables(memory: GuestMemory) -> int:
 
 def long_mode_state(memory: GuestMemory, entry: int, boot_params: int) -> CpuState:
     """Write the GDT, TSS and page tables and return the state for a Linux 64-bit entry point."""
-    cs, ds, tr = code64_segment(), flat_data_segment(BOOT_DS_64), tss_segment(BOOT_TSS_64)
+    cs, ds, tr = code64_segment(), flat_data_segment(BOOT_DS), tss_segment(BOOT_TSS)
     gdt = bytes(16) + descriptor(cs) + descriptor(ds) + system_descriptor_64(tr)
     memory.write(platform.BOOT_GDT_ADDR, gdt)
     _write_tss(memory)
@@ -115,8 +117,8 @@ def long_mode_state(memory: GuestMemory, entry: int, boot_params: int) -> CpuSta
     state.regs["rsi"] = boot_params
     state.regs["rsp"] = platform.BOOT_STACK_TOP
     state.cs = cs
-    state.ds, state.es, state.ss = (flat_data_segment(BOOT_DS_64) for _ in range(3))
-    state.fs, state.gs = flat_data_segment(BOOT_DS_64), flat_data_segment(BOOT_DS_64)
+    state.ds, state.es, state.ss = (flat_data_segment(BOOT_DS) for _ in range(3))
+    state.fs, state.gs = flat_data_segment(BOOT_DS), flat_data_segment(BOOT_DS)
     state.tr = tr
     state.gdt = DescriptorTable(platform.BOOT_GDT_ADDR, len(gdt) - 1)
     state.idt = DescriptorTable(0, 0)
@@ -127,10 +129,20 @@ def long_mode_state(memory: GuestMemory, entry: int, boot_params: int) -> CpuSta
     return state
 
 
-def flat_protected_mode_state(memory: GuestMemory, entry: int) -> CpuState:
-    """Write the GDT and TSS and return flat 32-bit protected mode with paging off (Multiboot's machine state)."""
-    cs, tr = code32_segment(), tss_segment(FLAT_TSS_32)
-    gdt = bytes(8) + descriptor(cs) + descriptor(flat_data_segment(FLAT_DS_32)) + descriptor(tr)
+def flat_protected_mode_state(memory: GuestMemory, entry: int, cs_selector: int = FLAT_CS_32,
+                              ds_selector: int = FLAT_DS_32) -> CpuState:
+    """Write the GDT and TSS and return flat 32-bit protected mode with paging off: Multiboot's machine state
+    with the default selectors, Linux's 32-bit boot protocol with __BOOT_CS 0x10 / __BOOT_DS 0x18."""
+    if cs_selector % 8 or ds_selector % 8 or cs_selector == ds_selector or 0 in (cs_selector, ds_selector):
+        raise ValueError("code and data need distinct non-null GDT selectors")
+    cs = code32_segment()
+    cs.selector = cs_selector
+    tss_selector = max(cs_selector, ds_selector) + 8
+    tr = tss_segment(tss_selector)
+    gdt = bytearray(tss_selector + 8)
+    gdt[cs_selector:cs_selector + 8] = descriptor(cs)
+    gdt[ds_selector:ds_selector + 8] = descriptor(flat_data_segment(ds_selector))
+    gdt[tss_selector:tss_selector + 8] = descriptor(tr)
     memory.write(platform.BOOT_GDT_ADDR, gdt)
     _write_tss(memory)
     state = CpuState()
@@ -138,8 +150,8 @@ def flat_protected_mode_state(memory: GuestMemory, entry: int) -> CpuState:
     state.rflags = 0x2
     state.regs["rsp"] = platform.BOOT_STACK_TOP
     state.cs = cs
-    state.ds, state.es, state.ss = (flat_data_segment(FLAT_DS_32) for _ in range(3))
-    state.fs, state.gs = flat_data_segment(FLAT_DS_32), flat_data_segment(FLAT_DS_32)
+    state.ds, state.es, state.ss = (flat_data_segment(ds_selector) for _ in range(3))
+    state.fs, state.gs = flat_data_segment(ds_selector), flat_data_segment(ds_selector)
     state.tr = tr
     state.gdt = DescriptorTable(platform.BOOT_GDT_ADDR, len(gdt) - 1)
     state.idt = DescriptorTable(0, 0)
