@@ -119,7 +119,7 @@ class Machine:
         self.rtc = CmosRtc(line(platform.RTC_IRQ), self.timers, self.memory.size, cpus=cfg.cpus)
         self.i8042 = I8042(self.request_reset, line(platform.I8042_KBD_IRQ), line(platform.I8042_MOUSE_IRQ))
         self.post = PostPort()
-        self.acpi_pm = AcpiPm(line(platform.ACPI_SCI_IRQ), self._guest_poweroff)
+        self.acpi_pm = AcpiPm(line(platform.ACPI_SCI_IRQ), self._guest_poweroff, timers=self.timers)
         self.reset_control = ResetControl(self.request_reset)
         self.pci = PciBus(self.pio, self.mmio, self.accel.set_irq)
         self.devices = [self.serial, self.rtc, self.i8042, self.post, self.acpi_pm, self.reset_control, self.pci]
