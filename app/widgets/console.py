@@ -1,0 +1,378 @@
+"""The VM console: shows the guest's screen and sends keyboard and mouse input to it.
+
+ConsoleView polls a frame source (core.display.renderer.Renderer locally, or anything with the same
+`render(force=False) -> Frame | None`) about 60 times a second and repaints only the dirty rectangles. The frame is
+scaled to fit keeping its aspect ratio, or shown 1:1 (the window then follows the guest's mode changes).
+
+While the view has focus, keys go to the guest as PS/2 set-2 make/break bytes (core/keymap.py); host auto-repeat
+is dropped because the guest keyboard repeats by itself (typematic). Mouse motion and buttons go to the guest
+as relative PS/2 movement while the pointer is over the view; Ctrl+Alt (pressed and released alone) toggles a
+grab that hides and confines the host pointer so the guest gets unbounded relative motion. Losing focus releases
+every held key and the grab, so no key stays stuck in the guest.
+
+ConsoleWindow wraps a view with a menu (View: fit / 1:1 / fullscreen; Send key: Ctrl+Alt+Del,
+Ctrl+Alt+Backspace, Ctrl+Alt+F1..F12; Save screenshot (PNG via Pillow); Type clipboard text) and a status line.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+from PyQt6.QtCore import QEvent, QPoint, QRect, QSize, Qt, QTimer, pyqtSignal
+from PyQt6.QtGui import QAction, QActionGroup, QCursor, QGuiApplication, QImage, QKeyEvent, QPainter
+from PyQt6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QSizePolicy, QWidget
+
+from app.widgets.console_keys import key_name
+from core.display.frame import Frame
+from core.keymap import InputSink, break_code, combo_events, make_code, text_events
+
+FRAME_INTERVAL_MS = 16
+TYPE_INTERVAL_MS = 8          # between typed key events: the guest's keyboard buffer stays short
+MOUSE_BUTTONS = {Qt.MouseButton.LeftButton: 1, Qt.MouseButton.RightButton: 2, Qt.MouseButton.MiddleButton: 4}
+
+
+class FrameSource(Protocol):
+    def render(self, force: bool = False) -> Frame | None: ...
+
+
+class ConsoleView(QWidget):
+    grabChanged = pyqtSignal(bool)
+    frameSizeChanged = pyqtSignal(int, int)
+    modeChanged = pyqtSignal(str)
+    fullscreenRequested = pyqtSignal()
+
+    def __init__(self, source: FrameSource, sink: InputSink | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.source = source
+        self.sink = sink
+        self.frame: Frame | None = None
+        self._image: QImage | None = None
+        self.scale_to_fit = True
+        self.grabbed = False
+        self._pressed: dict[str, bytes] = {}        # key name -> its make code, for releasing on focus loss
+        self._combo_clean = False                    # Ctrl+Alt pressed with no other key since
+        self._buttons = 0
+        self._last_pos: QPoint | None = None
+        self._typing: deque[bytes] = deque()
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setMouseTracking(True)
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setMinimumSize(160, 100)
+        self._timer = QTimer(self)
+        self._timer.timeout.connect(self.refresh)
+        self._timer.start(FRAME_INTERVAL_MS)
+        self._type_timer = QTimer(self)
+        self._type_timer.timeout.connect(self._type_next)
+
+    # -- frames ---------------------------------------------------------------------------------------------
+    def refresh(self, force: bool = False) -> bool:
+        """Fetch a frame from the source; repaint what changed. Returns True if a new frame arrived."""
+        frame = self.source.render(force=force)
+        if frame is None:
+            return False
+        old = self.frame
+        self.frame = frame
+        self._image = QImage(frame.pixels.data, frame.width, frame.height, frame.width * 4,
+                             QImage.Format.Format_RGB32)
+        if old is None or (old.width, old.height) != (frame.width, frame.height):
+            self.updateGeometry()
+            self.frameSizeChanged.emit(frame.width, frame.height)
+            self.update()
+        else:
+            for rect in frame.dirty:
+                self.update(self._to_widget(QRect(*rect)))
+        if old is None or old.mode != frame.mode:
+            self.modeChanged.emit(frame.mode)
+        return True
+
+    def target_rect(self) -> QRect:
+        """Where the frame is drawn inside the widget."""
+        if self.frame is None:
+            return QRect()
+        fw, fh = self.frame.width, self.frame.height
+        if self.scale_to_fit:
+            scale = min(self.width() / fw, self.height() / fh)
+        else:
+            scale = 1.0
+        w, h = max(1, round(fw * scale)), max(1, round(fh * scale))
+        return QRect((self.width() - w) // 2, (self.height() - h) // 2, w, h)
+
+    def _to_widget(self, rect: QRect) -> QRect:
+        target = self.target_rect()
+        sx, sy = target.width() / self.frame.width, target.height() / self.frame.height
+        return QRect(target.x() + int(rect.x() * sx), target.y() + int(rect.y() * sy),
+                     int(rect.width() * sx) + 2, int(rect.height() * sy) + 2)
+
+    def sizeHint(self) -> QSize:
+        if self.frame is None:
+            return QSize(720, 400)
+        return QSize(self.frame.width, self.frame.height)
+
+    def set_scale_to_fit(self, fit: bool) -> None:
+        self.scale_to_fit = fit
+        self.updateGeometry()
+        self.update()
+
+    def paintEvent(self, event) -> None:
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), Qt.GlobalColor.black)
+        if self._image is not None:
+            target = self.target_rect()
+            if target.width() != self.frame.width and target.width() % self.frame.width:
+                painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+            painter.drawImage(target, self._image)
+        painter.end()
+
+    def grab_png(self, path: str) -> None:
+        """Save the guest's frame (not the widget) as PNG, via Pillow."""
+        if self.frame is None:
+            self.refresh(force=True)
+        if self.frame is None:
+            raise RuntimeError("no frame to save yet")
+        self.frame.save_png(path)
+
+    # -- keyboard -------------------------------------------------------------------------------------------
+    def event(self, event: QEvent) -> bool:
+        # Tab / Backtab would move focus, and shortcuts would steal keys: the guest gets them instead.
+        if event.type() == QEvent.Type.ShortcutOverride:
+            event.accept()
+            return True
+        if event.type() == QEvent.Type.KeyPress and event.key() in (Qt.Key.Key_Tab, Qt.Key.Key_Backtab):
+            self.keyPressEvent(event)
+            return True
+        return super().event(event)
+
+    def _send(self, data: bytes) -> None:
+        if self.sink is not None and data:
+            self.sink.key_event(data)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        name = key_name(event)
+        if name is None or event.isAutoRepeat():
+            return
+        held = set(self._pressed) | {name}
+        ctrl_alt = any(n.startswith("ctrl") for n in held) and any(n.startswith("alt") for n in held)
+        if name in ("enter", "kp_enter") and ctrl_alt:
+            self._combo_clean = False
+            self.fullscreenRequested.emit()        # the host's own shortcut: not sent to the guest
+            return
+        if name.startswith(("ctrl", "alt")):
+            self._combo_clean = self._combo_clean or ctrl_alt
+        else:
+            self._combo_clean = False
+        self._pressed[name] = make_code(name)
+        self._send(make_code(name))
+
+    def keyReleaseEvent(self, event: QKeyEvent) -> None:
+        name = key_name(event)
+        if name is None or event.isAutoRepeat():
+            return
+        if self._pressed.pop(name, None) is not None:
+            self._send(break_code(name))
+        if name.startswith(("ctrl", "alt")) and self._combo_clean:
+            still_held = [n for n in self._pressed if n.startswith(("ctrl", "alt"))]
+            if not still_held:
+                self._combo_clean = False
+                self.set_grab(not self.grabbed)
+
+    def release_all_keys(self) -> None:
+        for name in list(self._pressed):
+            self._send(break_code(name))
+        self._pressed.clear()
+        self._combo_clean = False
+
+    def send_combo(self, *names: str) -> None:
+        for data in combo_events(*names):
+            self._send(data)
+
+    def type_text(self, text: str) -> tuple[int, int]:
+        """Queue `text` to be typed (US layout), one key event every few ms. Returns (queued chars, skipped)."""
+        events, skipped = text_events(text)
+        self._typing.extend(events)
+        if self._typing and not self._type_timer.isActive():
+            self._type_timer.start(TYPE_INTERVAL_MS)
+        return len(text) - skipped, skipped
+
+    def _type_next(self) -> None:
+        if not self._typing:
+            self._type_timer.stop()
+            return
+        self._send(self._typing.popleft())
+
+    @property
+    def typing_pending(self) -> int:
+        return len(self._typing)
+
+    def focusOutEvent(self, event) -> None:
+        self.release_all_keys()
+        if self.grabbed:
+            self.set_grab(False)
+        super().focusOutEvent(event)
+
+    # -- mouse ----------------------------------------------------------------------------------------------
+    def set_grab(self, grab: bool) -> None:
+        if grab == self.grabbed:
+            return
+        self.grabbed = grab
+        if grab:
+            self.setCursor(Qt.CursorShape.BlankCursor)
+            self.grabMouse()
+            self._last_pos = self._centre_global()
+            QCursor.setPos(self._last_pos)
+        else:
+            self.releaseMouse()
+            self.unsetCursor()
+            self._last_pos = None
+        self.grabChanged.emit(grab)
+
+    def _centre_global(self) -> QPoint:
+        return self.mapToGlobal(self.rect().center())
+
+    def _mouse(self, dx: int, dy: int) -> None:
+        if self.sink is not None:
+            self.sink.mouse_event(dx, dy, self._buttons)
+
+    def mouseMoveEvent(self, event) -> None:
+        pos = event.globalPosition().toPoint()
+        if self._last_pos is not None and self.hasFocus():
+            delta = pos - self._last_pos
+            if delta.x() or delta.y():
+                self._mouse(delta.x(), delta.y())
+        if self.grabbed:
+            # Keep the hidden host pointer in the middle so motion never stops at a screen edge.
+            centre = self._centre_global()
+            if (pos - centre).manhattanLength() > 50:
+                QCursor.setPos(centre)
+                pos = centre
+        self._last_pos = pos
+
+    def mousePressEvent(self, event) -> None:
+        self.setFocus()
+        self._buttons |= MOUSE_BUTTONS.get(event.button(), 0)
+        self._last_pos = event.globalPosition().toPoint()
+        self._mouse(0, 0)
+
+    def mouseReleaseEvent(self, event) -> None:
+        self._buttons &= ~MOUSE_BUTTONS.get(event.button(), 0)
+        self._mouse(0, 0)
+
+    def leaveEvent(self, event) -> None:
+        if not self.grabbed:
+            self._last_pos = None
+        super().leaveEvent(event)
+
+
+SEND_KEYS: list[tuple[str, tuple[str, ...]]] = [
+    ("Ctrl+Alt+Del", ("ctrl_l", "alt_l", "delete")),
+    ("Ctrl+Alt+Backspace", ("ctrl_l", "alt_l", "backspace")),
+] + [(f"Ctrl+Alt+F{i}", ("ctrl_l", "alt_l", f"f{i}")) for i in range(1, 13)]
+
+
+class ConsoleWindow(QMainWindow):
+    """A bare console window for one VM (the runner's `--display window`, and the VM window's console tab)."""
+
+    def __init__(self, source: FrameSource, sink: InputSink | None = None, title: str = "Vireo console",
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(title)
+        self.view = ConsoleView(source, sink, self)
+        self.setCentralWidget(self.view)
+        self.status = QLabel()
+        self.statusBar().addWidget(self.status, 1)
+        self._mode = ""
+        self._build_menus()
+        self.view.grabChanged.connect(lambda _grab: self._update_status())
+        self.view.modeChanged.connect(self._mode_changed)
+        self.view.frameSizeChanged.connect(self._frame_size_changed)
+        self.view.fullscreenRequested.connect(lambda: self.set_fullscreen(not self.isFullScreen()))
+        self._update_status()
+        self.view.setFocus()
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        view_menu = bar.addMenu("&View")
+        group = QActionGroup(self)
+        self.fit_action = QAction("Scale to &fit", self, checkable=True, checked=True)
+        self.one_to_one_action = QAction("&1:1", self, checkable=True)
+        for action in (self.fit_action, self.one_to_one_action):
+            group.addAction(action)
+            view_menu.addAction(action)
+        self.fit_action.triggered.connect(lambda: self.set_scale_to_fit(True))
+        self.one_to_one_action.triggered.connect(lambda: self.set_scale_to_fit(False))
+        view_menu.addSeparator()
+        self.fullscreen_action = QAction("F&ullscreen\tCtrl+Alt+Enter", self, checkable=True)
+        self.fullscreen_action.triggered.connect(self.set_fullscreen)
+        view_menu.addAction(self.fullscreen_action)
+        view_menu.addSeparator()
+        self.screenshot_action = QAction("&Save screenshot…", self)
+        self.screenshot_action.triggered.connect(self._save_screenshot_dialog)
+        view_menu.addAction(self.screenshot_action)
+
+        send_menu = bar.addMenu("&Send key")
+        self.send_key_actions: dict[str, QAction] = {}
+        for label, names in SEND_KEYS:
+            action = QAction(label, self)
+            action.triggered.connect(lambda _checked=False, n=names: self.view.send_combo(*n))
+            send_menu.addAction(action)
+            self.send_key_actions[label] = action
+        send_menu.addSeparator()
+        self.type_clipboard_action = QAction("&Type clipboard text", self)
+        self.type_clipboard_action.triggered.connect(self.type_clipboard)
+        send_menu.addAction(self.type_clipboard_action)
+
+    # -- actions --------------------------------------------------------------------------------------------
+    def set_scale_to_fit(self, fit: bool) -> None:
+        self.view.set_scale_to_fit(fit)
+        (self.fit_action if fit else self.one_to_one_action).setChecked(True)
+        if not fit and self.view.frame is not None and not self.isFullScreen():
+            self._resize_to_frame()
+
+    def _resize_to_frame(self) -> None:
+        extra = self.size() - self.view.size()
+        self.resize(self.view.sizeHint() + extra)
+
+    def set_fullscreen(self, on: bool) -> None:
+        self.menuBar().setVisible(not on)
+        self.statusBar().setVisible(not on)
+        if on:
+            self.showFullScreen()
+        else:
+            self.showNormal()
+        self.fullscreen_action.setChecked(on)
+        self.view.setFocus()
+
+    def save_screenshot(self, path: str) -> None:
+        self.view.grab_png(path)
+        self.status.setText(f"Saved {path}")
+
+    def _save_screenshot_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "screenshot.png", "PNG images (*.png)")
+        if path:
+            try:
+                self.save_screenshot(path)
+            except (OSError, RuntimeError) as exc:
+                QMessageBox.warning(self, "Save screenshot", str(exc))
+
+    def type_clipboard(self) -> None:
+        text = QGuiApplication.clipboard().text()
+        typed, skipped = self.view.type_text(text)
+        note = f"Typing {typed} characters"
+        if skipped:
+            note += f" ({skipped} not on a US keyboard skipped)"
+        self.status.setText(note)
+        self.view.setFocus()
+
+    # -- status ---------------------------------------------------------------------------------------------
+    def _mode_changed(self, mode: str) -> None:
+        self._mode = mode
+        self._update_status()
+
+    def _frame_size_changed(self, _w: int, _h: int) -> None:
+        if not self.view.scale_to_fit and not self.isFullScreen():
+            self._resize_to_frame()
+
+    def _update_status(self) -> None:
+        grab = ("Input grabbed: press Ctrl+Alt to release" if self.view.grabbed
+                else "Press Ctrl+Alt to grab the pointer")
+        self.status.setText(f"{self._mode}   ·   {grab}" if self._mode else grab)
