@@ -18,11 +18,27 @@ from typing import Protocol
 class InputSink(Protocol):
     """Where a console sends input. `key_event` gets one key's make or break bytes (scan code set 2);
     `mouse_event` a relative motion in screen pixels (dx right-positive, dy DOWN-positive, as screens count; a
-    PS/2 mouse model negates dy for its packet) and the button state: bit 0 left, bit 1 right, bit 2 middle."""
+    PS/2 mouse model negates dy for its packet), the button state (bit 0 left, bit 1 right, bit 2 middle) and
+    dz, wheel notches (+1 = away from the user)."""
 
     def key_event(self, set2_bytes: bytes) -> None: ...
 
-    def mouse_event(self, dx: int, dy: int, buttons: int) -> None: ...
+    def mouse_event(self, dx: int, dy: int, buttons: int, dz: int = 0) -> None: ...
+
+
+class Ps2InputSink:
+    """Adapts the console's InputSink calls to the i8042 model (core/devices/i8042.py): set-2 bytes go to
+    press_key(), motion to mouse_event() with dy flipped to PS/2's up-positive convention; the wheel is flipped
+    too, since an IntelliMouse reports a notch away from the user as -1 (Linux psmouse negates it back)."""
+
+    def __init__(self, controller) -> None:
+        self.controller = controller
+
+    def key_event(self, set2_bytes: bytes) -> None:
+        self.controller.press_key(set2_bytes)
+
+    def mouse_event(self, dx: int, dy: int, buttons: int, dz: int = 0) -> None:
+        self.controller.mouse_event(dx, -dy, buttons, -dz)
 
 
 _E0 = 0x100        # marks extended keys in the table below

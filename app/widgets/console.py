@@ -229,9 +229,12 @@ class ConsoleView(QWidget):
     def _centre_global(self) -> QPoint:
         return self.mapToGlobal(self.rect().center())
 
-    def _mouse(self, dx: int, dy: int) -> None:
+    def _mouse(self, dx: int, dy: int, dz: int = 0) -> None:
         if self.sink is not None:
-            self.sink.mouse_event(dx, dy, self._buttons)
+            if dz:
+                self.sink.mouse_event(dx, dy, self._buttons, dz)
+            else:
+                self.sink.mouse_event(dx, dy, self._buttons)
 
     def mouseMoveEvent(self, event) -> None:
         pos = event.globalPosition().toPoint()
@@ -256,6 +259,11 @@ class ConsoleView(QWidget):
     def mouseReleaseEvent(self, event) -> None:
         self._buttons &= ~MOUSE_BUTTONS.get(event.button(), 0)
         self._mouse(0, 0)
+
+    def wheelEvent(self, event) -> None:
+        notches = event.angleDelta().y() // 120        # +1 per notch away from the user
+        if notches and self.hasFocus():
+            self._mouse(0, 0, notches)
 
     def leaveEvent(self, event) -> None:
         if not self.grabbed:
