@@ -604,7 +604,7 @@ class KvmVcpu(Vcpu):
         exit_io, exit_mmio = abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO
         with self._kick_lock:
             if self._closed:
-                return VcpuExit(ExitReason.ERROR, f"vCPU {self.index} is closed")
+                return VcpuExit(ExitReason.ERROR, "the vCPU is closed")
             self._thread_id = threading.get_ident()
             self._in_run = True
         exits = 0
@@ -618,7 +618,7 @@ class KvmVcpu(Vcpu):
                         continue            # some other signal: carry on
                     if err == errno.EAGAIN:
                         continue            # an AP woken without a SIPI for it (api.rst 4.10)
-                    return VcpuExit(ExitReason.ERROR, f"vCPU {self.index}: KVM_RUN failed: {os.strerror(err)}")
+                    return VcpuExit(ExitReason.ERROR, f"KVM_RUN failed: {os.strerror(err)}{self._where()}")
                 exits += 1
                 reason = u32[2]
                 if reason == exit_io:
@@ -658,7 +658,7 @@ class KvmVcpu(Vcpu):
             self.exits += exits
 
     def _error(self, what: str) -> VcpuExit:
-        return VcpuExit(ExitReason.ERROR, f"vCPU {self.index}: {what}{self._where()}")
+        return VcpuExit(ExitReason.ERROR, f"{what}{self._where()}")
 
     def _where(self) -> str:
         try:
@@ -668,21 +668,21 @@ class KvmVcpu(Vcpu):
             abi.ioctl(self.fd, abi.KVM_GET_SREGS, sregs)
         except OSError:
             return ""
-        return f" at {sregs.cs.selector:04x}:{regs.rip:#x} (cr0={sregs.cr0:#x} efer={sregs.efer:#x})"
+        return f" at {sregs.cs.selector:04x}:{regs.rip:#x} (cr0={sregs.cr0:#x} cr4={sregs.cr4:#x} efer={sregs.efer:#x})"
 
     def _other_exit(self, reason: int) -> VcpuExit:
         run = abi.kvm_run.from_buffer_copy(self._mm)
         ex = run.exit
         if reason == abi.KVM_EXIT_SHUTDOWN:
-            return VcpuExit(ExitReason.SHUTDOWN, f"vCPU {self.index}: CPU shutdown (triple fault){self._where()}")
+            return VcpuExit(ExitReason.SHUTDOWN, self._where().strip())
         if reason == abi.KVM_EXIT_HLT:
             # Only without an in-kernel LAPIC, which this backend always creates.
-            return VcpuExit(ExitReason.HALTED, f"vCPU {self.index}: HLT{self._where()}")
+            return VcpuExit(ExitReason.HALTED, f"HLT{self._where()}")
         if reason == abi.KVM_EXIT_SYSTEM_EVENT:
             kind = _SYSTEM_EVENTS.get(ex.system_event.type, f"type {ex.system_event.type}")
             if ex.system_event.type == abi.KVM_SYSTEM_EVENT_RESET:
-                return VcpuExit(ExitReason.SHUTDOWN, f"vCPU {self.index}: system reset requested")
-            return VcpuExit(ExitReason.ERROR, f"vCPU {self.index}: KVM system event {kind}")
+                return VcpuExit(ExitReason.SHUTDOWN, "system reset requested (KVM system event)")
+            return VcpuExit(ExitReason.ERROR, f"KVM system event {kind}")
         if reason == abi.KVM_EXIT_INTERNAL_ERROR:
             sub = ex.internal.suberror
             data = " ".join(f"{ex.internal.data[i]:#x}" for i in range(min(ex.internal.ndata, 16)))

@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BUILD_DIR = HERE / "build"
 LINKER_SCRIPT = HERE / "multiboot.ld"
-INCLUDES = ("mbheader.inc", "common32.inc", "common64.inc")
+INCLUDES = ("mbheader.inc", "common32.inc", "common64.inc", "longmode.inc")
 
 
 @dataclass(frozen=True)
@@ -70,11 +70,11 @@ GUESTS: dict[str, Guest] = {g.name: g for g in (
           expected=("reboot: boot 1", "reboot: resetting through the keyboard controller",
                     "reboot: boot 2", "reboot: resetting through port 0xCF9",
                     "reboot: boot 3", "reboot: done, powering off")),
-    Guest("triplefault", "triplefault.s", "multiboot",
-          description="(g) empty IDT + int3: triple fault",
-          expected=("triplefault: loading an empty IDT, then int3",)),
-    Guest("apictimer", "apictimer.s", "multiboot",
-          description="(h) periodic local APIC timer, ten interrupts",
+    Guest("triplefault", "triplefault.s", "multiboot", bits=64,
+          description="(g) 64-bit mode, empty IDT + ud2: triple fault",
+          expected=("triplefault: loading an empty IDT, then ud2",)),
+    Guest("apictimer", "apictimer.s", "multiboot", bits=64,
+          description="(h) 64-bit mode, periodic local APIC timer, ten interrupts",
           expected=("apictimer: periodic LAPIC timer started", "apictimer: 10 LAPIC timer interrupts")),
     Guest("bench_exits", "bench_exits.s", "multiboot",
           description="bench/exits.py: N port writes/reads and MMIO reads/writes between marker lines"),

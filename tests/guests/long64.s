@@ -5,68 +5,18 @@
 # handler checks it runs on the IST stack and prints the error code and CR2.
 # SDM vol. 3: 9.8.5 (initializing IA-32e mode), 4.5 (4-level paging), 7.7 (64-bit TSS, IST), 6.14 (64-bit IDT
 # gates, IST), vol. 2B SYSCALL/SYSRET; AMD APM vol. 2, 6.1.1 (STAR layout).
-        .include "mbheader.inc"
-        .set KCODE, 0x08
-        .set KDATA, 0x10
-        .set UDATA, 0x18                # SYSRET: SS = STAR[63:48] + 8, CS = STAR[63:48] + 16
-        .set UCODE, 0x20
-        .set TSSSEL, 0x28
-        .set MSR_EFER, 0xC0000080
+        .include "longmode.inc"
+        .set KCODE, LM_KCODE
+        .set KDATA, LM_KDATA
+        .set UDATA, LM_UDATA            # SYSRET: SS = STAR[63:48] + 8, CS = STAR[63:48] + 16
+        .set UCODE, LM_UCODE
+        .set TSSSEL, LM_TSS
         .set MSR_STAR, 0xC0000081
         .set MSR_LSTAR, 0xC0000082
         .set MSR_FMASK, 0xC0000084
 
-        .text
-        .code32
-        .globl _start
-_start:
-        cli
-        cld
-        mov $kstack_top, %esp
-        # PML4[0] -> PDPT; PDPT[0..3] -> four page directories of 2 MiB pages covering 0-4 GiB.
-        mov $pdpt, %eax
-        or $7, %eax
-        mov %eax, pml4
-        mov $pds, %eax
-        or $7, %eax
-        xor %ecx, %ecx
-1:      mov %eax, pdpt(,%ecx,8)
-        add $4096, %eax
-        inc %ecx
-        cmp $4, %ecx
-        jb 1b
-        mov $0x87, %eax                 # present | writable | user | 2 MiB page
-        xor %ecx, %ecx
-1:      mov %eax, pds(,%ecx,8)
-        add $0x200000, %eax
-        inc %ecx
-        cmp $2048, %ecx
-        jb 1b
-        mov %cr4, %eax
-        or $0x20, %eax                  # PAE
-        mov %eax, %cr4
-        mov $pml4, %eax
-        mov %eax, %cr3
-        mov $MSR_EFER, %ecx
-        rdmsr
-        or $0x101, %eax                 # LME | SCE
-        wrmsr
-        mov %cr0, %eax
-        or $0x80000001, %eax            # PG | PE
-        mov %eax, %cr0
-        lgdt gdtr
-        ljmp $KCODE, $long_entry
-
         .code64
-long_entry:
-        mov $KDATA, %ax
-        mov %ax, %ds
-        mov %ax, %es
-        mov %ax, %ss
-        xor %eax, %eax
-        mov %ax, %fs
-        mov %ax, %gs
-        mov $kstack_top, %rsp
+main64:
         lea msg_long(%rip), %rsi
         call puts64
 
@@ -75,11 +25,11 @@ long_entry:
         movq $ist1_top, tss+36
         movw $104, tss+102
         mov $tss, %eax
-        mov %ax, gdt_tss+2
+        mov %ax, lm_gdt_tss+2
         shr $16, %eax
-        mov %al, gdt_tss+4
-        mov %ah, gdt_tss+7
-        movl $0, gdt_tss+8
+        mov %al, lm_gdt_tss+4
+        mov %ah, lm_gdt_tss+7
+        movl $0, lm_gdt_tss+8
         mov $TSSSEL, %ax
         ltr %ax
 
@@ -198,6 +148,14 @@ exc_common:                             # [rsp] = vector
         call puts64
         pop %rax
         call puthex64
+        lea msg_stack(%rip), %rsi       # error code and RIP, or RIP and CS, depending on the vector
+        call puts64
+        mov (%rsp), %rax
+        call puthex64
+        mov $0x20, %al
+        call putc64
+        mov 8(%rsp), %rax
+        call puthex64
         mov $10, %al
         call putc64
         call acpi_poweroff64
@@ -227,22 +185,10 @@ msg_from:   .asciz ", from ring "
 msg_ist_yes: .asciz ", on the IST1 stack\n"
 msg_ist_no: .asciz ", NOT on the IST1 stack\n"
 msg_exc:    .asciz "long64: unexpected exception "
+msg_stack:  .asciz ", stack: "
 
         .data
         .balign 8
-gdt:
-        .quad 0
-        .quad 0x00AF9B000000FFFF        # 0x08 kernel code, 64-bit
-        .quad 0x00CF93000000FFFF        # 0x10 kernel data
-        .quad 0x00CFF3000000FFFF        # 0x18 user data (DPL 3)
-        .quad 0x00AFFB000000FFFF        # 0x20 user code, 64-bit (DPL 3)
-gdt_tss:
-        .quad 0x0000890000000067        # 0x28 64-bit TSS (16 bytes), base patched in
-        .quad 0
-gdt_end:
-gdtr:
-        .word gdt_end - gdt - 1
-        .quad gdt
 idtr:
         .word 256 * 16 - 1
         .quad idt
@@ -250,15 +196,13 @@ user_rsp:
         .quad 0
 
         .bss
-        .balign 4096
-pml4:   .skip 4096
-pdpt:   .skip 4096
-pds:    .skip 4 * 4096
+        .balign 16
 idt:    .skip 256 * 16
 tss:    .skip 104
         .balign 16
 kstack: .skip 8192
 kstack_top:
+stack_top:
 ist1_stack: .skip 4096
 ist1_top:
 ustack: .skip 4096

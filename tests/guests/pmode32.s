@@ -161,6 +161,14 @@ exc_common:                             # [esp] = vector
         call puts
         pop %eax
         call putdec
+        mov $msg_stack, %esi            # error code and EIP, or EIP and CS, depending on the vector
+        call puts
+        mov (%esp), %eax
+        call puthex
+        mov $0x20, %al
+        call putc
+        mov 4(%esp), %eax
+        call puthex
         mov $10, %al
         call putc
         mov %cr0, %eax
@@ -191,6 +199,7 @@ msg_pf:     .asciz "pmode32: page fault, error code "
 msg_cr2:    .asciz ", cr2 "
 msg_from:   .asciz ", from ring "
 msg_exc:    .asciz "pmode32: unexpected exception "
+msg_stack:  .asciz ", stack: "
 
         .data
         .balign 8
