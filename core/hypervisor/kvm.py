@@ -568,7 +568,7 @@ class KvmVcpu(Vcpu):
         """The local APIC's 1 KiB register page as KVM holds it (api.rst 4.57)."""
         st = abi.kvm_lapic_state()
         abi.ioctl(self.fd, abi.KVM_GET_LAPIC, st)
-        return bytes(st.regs)
+        return ctypes.string_at(ctypes.addressof(st), ctypes.sizeof(st))   # .regs would stop at a NUL
 
     # -- running ------------------------------------------------------------------------------------------------
     def kick(self) -> None:
@@ -593,6 +593,11 @@ class KvmVcpu(Vcpu):
     def run(self) -> VcpuExit:
         """KVM_RUN until an exit the Machine must see. Port I/O and MMIO are handled here; HLT waits in the
         kernel (in-kernel LAPIC) until an interrupt or a kick."""
+        with self._kick_lock:
+            if self._closed:
+                return VcpuExit(ExitReason.ERROR, "the vCPU is closed")
+            self._thread_id = threading.get_ident()
+            self._in_run = True
         ioctl = abi.raw_ioctl()
         get_errno = ctypes.get_errno
         fd, run_request = self.fd, abi.KVM_RUN
@@ -602,11 +607,6 @@ class KvmVcpu(Vcpu):
         mmio_read, mmio_write = self.mmio.read, self.mmio.write
         unpack_io, unpack_mmio = _IO_LAYOUT.unpack_from, _MMIO_LAYOUT.unpack_from
         exit_io, exit_mmio = abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO
-        with self._kick_lock:
-            if self._closed:
-                return VcpuExit(ExitReason.ERROR, "the vCPU is closed")
-            self._thread_id = threading.get_ident()
-            self._in_run = True
         exits = 0
         try:
             while True:
