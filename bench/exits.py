@@ -2,8 +2,9 @@
 
 The guest (tests/guests/bench_exits.s, a Multiboot kernel) does N port writes, N port reads, N MMIO reads and N
 MMIO writes to an unused port (0x3E0) and an unused address in the PCI hole (0xD0000000), printing a marker line
-on COM1 between the loops. The host timestamps the first byte of each marker as it arrives, so a phase's time is
-the gap between two markers and covers only that phase's N exits (plus a handful of serial exits, < 0.1 %).
+on COM1 between the loops. The host timestamps the first and the last byte of each marker line as they arrive;
+a phase runs from the end of one marker to the start of the next, so it covers that phase's N exits and the one
+LSR poll before the next marker's first byte.
 
 Vireo runs the guest in-process (core.machine.Machine, --accel kvm) with a device on that port and that MMIO
 page. QEMU runs the same kernel (-kernel, its own firmware) with `-accel kvm` when that works here, else
@@ -38,10 +39,10 @@ START = "bench: start"
 
 
 class MarkerClock:
-    """Collects serial output and the arrival time of each line's first byte."""
+    """Collects serial output lines with the arrival times of their first and last bytes."""
 
     def __init__(self) -> None:
-        self.lines: list[tuple[float, str]] = []
+        self.lines: list[tuple[float, float, str]] = []
         self._partial = b""
         self._partial_t = 0.0
         self.done = threading.Event()
@@ -53,7 +54,7 @@ class MarkerClock:
                 self._partial_t = now
             if byte == 0x0A:
                 line = self._partial.decode(errors="replace").strip()
-                self.lines.append((self._partial_t, line))
+                self.lines.append((self._partial_t, now, line))
                 if line == PHASES[-1][1]:
                     self.done.set()
                 self._partial = b""
@@ -61,14 +62,15 @@ class MarkerClock:
                 self._partial += bytes((byte,))
 
     def phase_seconds(self) -> dict[str, float]:
-        at = {text: t for t, text in self.lines}
+        at = {text: (first, last) for first, last, text in self.lines}
         missing = [m for m in (START, *(marker for _, marker in PHASES)) if m not in at]
         if missing:
-            raise RuntimeError(f"the guest did not print {missing}; output: {[t for _, t in self.lines]}")
-        out, prev = {}, at[START]
+            raise RuntimeError(f"the guest did not print {missing}; output: {[t for _, _, t in self.lines]}")
+        out, prev_end = {}, at[START][1]
         for name, marker in PHASES:
-            out[name] = at[marker] - prev
-            prev = at[marker]
+            first, last = at[marker]
+            out[name] = first - prev_end
+            prev_end = last
         return out
 
 
