@@ -39,6 +39,7 @@ STRUCTS = {
     "kvm_irq_routing_entry": abi.kvm_irq_routing_entry,
     "kvm_irq_routing": abi.kvm_irq_routing,
     "kvm_mp_state": abi.kvm_mp_state,
+    "kvm_msi": abi.kvm_msi,
     "kvm_vcpu_events": abi.kvm_vcpu_events,
     "kvm_debugregs": abi.kvm_debugregs,
     "kvm_xcr": abi.kvm_xcr,

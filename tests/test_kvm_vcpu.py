@@ -455,3 +455,52 @@ def test_close_releases_the_vcpu_and_vm(vm) -> None:
             os.fstat(fd)
     m.vcpus[0].kick()                       # harmless after close
     assert m.vcpus[0].run().reason == ExitReason.ERROR
+
+
+@needs_kvm
+def test_msi_reaches_the_local_apic(vm) -> None:
+    """An MSI (address 0xFEE00000 = APIC ID 0, data = fixed delivery, vector 0x40; SDM vol. 3, 10.11) arrives
+    as interrupt 0x40, here through the real-mode IVT with the LAPIC enabled through its x2APIC MSRs."""
+    m = vm()
+    m.load("""
+        cli
+        xor %ax, %ax
+        mov %ax, %ds
+        mov %ax, %ss
+        mov $0x7000, %sp
+        mov $0xFF, %al         # 8259As masked: only the MSI can interrupt
+        out %al, $0x21
+        out %al, $0xA1
+        movw $handler, 0x40 * 4
+        movw $0, 0x40 * 4 + 2
+        mov $0x1B, %ecx
+        rdmsr
+        or $0xC00, %eax        # x2APIC mode
+        wrmsr
+        mov $0x80F, %ecx       # SVR: software-enable, spurious vector 0xFF
+        mov $0x1FF, %eax
+        xor %edx, %edx
+        wrmsr
+        mov $0x3E0, %dx
+        out %al, %dx           # "ready"
+        sti
+1:      hlt
+        cmpw $1, count
+        jb 1b
+        mov $0x510, %dx
+        out %al, %dx
+        jmp .
+handler:
+        incw count
+        mov $0x80B, %ecx       # x2APIC EOI
+        xor %eax, %eax
+        xor %edx, %edx
+        wrmsr
+        iret
+count:  .word 0
+    """)
+    if not m.accel.has_signal_msi:
+        pytest.skip("no KVM_CAP_SIGNAL_MSI")
+    m.ports.on_write = lambda port, size, value: port == DATA_PORT and m.accel.send_msi(0xFEE0_0000, 0x40)
+    ex = m.vcpus[0].run()
+    assert ex.reason == ExitReason.KICKED, ex.detail

@@ -245,6 +245,11 @@ def routing_buffer(n: int) -> Structure:
     return buf
 
 
+class kvm_msi(Structure):
+    _fields_ = [("address_lo", c_uint32), ("address_hi", c_uint32), ("data", c_uint32), ("flags", c_uint32),
+                ("devid", c_uint32), ("pad", c_uint8 * 12)]
+
+
 class kvm_mp_state(Structure):
     _fields_ = [("mp_state", c_uint32)]
 
@@ -401,6 +406,7 @@ KVM_CAP_VCPU_EVENTS = 41
 KVM_CAP_DEBUGREGS = 50
 KVM_CAP_XCRS = 56
 KVM_CAP_MAX_VCPUS = 66
+KVM_CAP_SIGNAL_MSI = 77
 KVM_CAP_IMMEDIATE_EXIT = 136
 
 # --- ioctl numbers ----------------------------------------------------------------------------------------------
@@ -422,6 +428,7 @@ KVM_GET_IRQCHIP = _IOWR(KVMIO, 0x62, kvm_irqchip)
 KVM_SET_IRQCHIP = _IOR(KVMIO, 0x63, kvm_irqchip)      # (sic) _IOR in the header
 KVM_SET_GSI_ROUTING = _IOW(KVMIO, 0x6A, kvm_irq_routing)
 KVM_CREATE_PIT2 = _IOW(KVMIO, 0x77, kvm_pit_config)
+KVM_SIGNAL_MSI = _IOW(KVMIO, 0xA5, kvm_msi)
 KVM_GET_PIT2 = _IOR(KVMIO, 0x9F, kvm_pit_state2)
 KVM_SET_PIT2 = _IOW(KVMIO, 0xA0, kvm_pit_state2)
 # vCPU ioctls
