@@ -65,8 +65,9 @@ RUN_EXIT_FIELDS = {
 
 IOCTLS = [n for n in dir(abi) if n.startswith("KVM_") and isinstance(getattr(abi, n), int)
           and getattr(abi, n) >= 0xAE00]
-CONSTANTS = [n for n in dir(abi) if n.startswith(("KVM_EXIT_", "KVM_CAP_", "KVM_MP_STATE_", "KVM_SYSTEM_EVENT_",
-                                                     "KVM_INTERNAL_ERROR_", "KVM_IRQCHIP_", "KVM_VCPUEVENT_"))
+CONSTANT_PREFIXES = ("KVM_EXIT_", "KVM_CAP_", "KVM_MP_STATE_", "KVM_SYSTEM_EVENT_", "KVM_INTERNAL_ERROR_",
+                     "KVM_IRQCHIP_", "KVM_VCPUEVENT_", "KVM_PIT_")
+CONSTANTS = [n for n in dir(abi) if n.startswith(CONSTANT_PREFIXES)
              and n not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT") and isinstance(getattr(abi, n), int)]
 
 

@@ -134,3 +134,35 @@ def test_guest_build_is_cached() -> None:
     before = os.stat(path).st_mtime_ns
     assert guest_path("mbinfo") == path
     assert os.stat(path).st_mtime_ns == before
+
+
+def test_a_vcpu_runs_again_after_a_triple_fault_and_a_platform_reset() -> None:
+    """KVM leaves a vCPU in shutdown after a triple fault; reset_platform() and a new entry state must bring it
+    back, as a PC's reset does. Driven by hand (no Machine threads): the backend's part of a reboot."""
+    from core.boot.loader import load_kernel
+    from core.bus import MmioBus, PortIoBus
+    from core.devices.serial import Uart16550
+    from core.hypervisor.base import ExitReason
+    from core.hypervisor.kvm import KvmAccelerator
+    from core.irq import IrqLine
+    from core.memory import GuestMemory
+    from core.timers import TimerQueue
+
+    kernel = str(guest_path("triplefault"))
+    memory, pio, timers = GuestMemory(32 << 20), PortIoBus(), TimerQueue()
+    accel = KvmAccelerator(memory, pio, MmioBus(), 2, timers)
+    out = bytearray()
+    Uart16550(IrqLine(accel, 4), out.extend).attach(pio)
+    bsp, ap = accel.create_vcpu(0), accel.create_vcpu(1)
+    try:
+        for boot in range(1, 4):
+            bsp.set_state(load_kernel(memory, kernel, None, "", 2).cpu_state)
+            ap.reset_to_wait_for_sipi()
+            ex = bsp.run()
+            assert ex.reason == ExitReason.SHUTDOWN, ex.detail
+            assert out.count(b"triplefault: loading an empty IDT") == boot
+            accel.reset_platform()
+    finally:
+        accel.close()
+        timers.stop()
+        memory.close()

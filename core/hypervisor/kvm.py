@@ -224,6 +224,12 @@ _INTERNAL_ERRORS = {abi.KVM_INTERNAL_ERROR_EMULATION: "instruction emulation fai
                     abi.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON: "unexpected hardware exit reason"}
 
 
+class _MsrRefused(ValueError):
+    def __init__(self, index: int, value: int) -> None:
+        super().__init__(f"KVM refused MSR {index:#x} = {value:#x}")
+        self.index = index
+
+
 def _retry_eintr(fd: int, request: int, arg: object = None) -> int:
     while True:
         try:
@@ -372,6 +378,17 @@ class KvmAccelerator(Accelerator):
         msi.data = data & 0xFFFF_FFFF
         abi.ioctl(self.vm_fd, abi.KVM_SIGNAL_MSI, msi)
 
+    def set_hpet_legacy(self, enabled: bool) -> None:
+        """An HPET in legacy replacement mode takes over IRQ 0 (and 8): stop the in-kernel PIT from raising it
+        while that lasts, keeping the PIT's state (api.rst 4.73, KVM_PIT_FLAGS_HPET_LEGACY)."""
+        state = abi.kvm_pit_state2()
+        abi.ioctl(self.vm_fd, abi.KVM_GET_PIT2, state)
+        if enabled:
+            state.flags |= abi.KVM_PIT_FLAGS_HPET_LEGACY
+        else:
+            state.flags &= ~abi.KVM_PIT_FLAGS_HPET_LEGACY
+        abi.ioctl(self.vm_fd, abi.KVM_SET_PIT2, state)
+
     def create_vcpu(self, index: int) -> KvmVcpu:
         if not 0 <= index < self.num_cpus:
             raise ValueError(f"vCPU index {index} out of range for {self.num_cpus} vCPUs")
@@ -429,8 +446,8 @@ class KvmVcpu(Vcpu):
             # Port data lives in the kvm_run mapping at data_offset; index it with the view of the access size.
             self._pio_views = {1: (self._u8, 0), 2: (self._u16, 1), 4: (self._u32, 2)}
             self._setup_cpuid()
-            self._msr_baseline = {i: v for i, v in POWER_ON_MSRS.items() if i in accel.msr_indices}
-            self._set_msrs(self._msr_baseline)
+            self._msr_baseline = self._set_baseline_msrs(
+                {i: v for i, v in POWER_ON_MSRS.items() if i in accel.msr_indices})
             self._capture_power_on()
         except BaseException:
             self.close()
@@ -498,7 +515,19 @@ class KvmVcpu(Vcpu):
         done = abi.ioctl(self.fd, abi.KVM_SET_MSRS, buf)
         if done != len(msrs):   # KVM stops at the first MSR it refuses and returns how many it set
             bad = list(msrs)[done]
-            raise ValueError(f"KVM refused MSR {bad:#x} = {msrs[bad]:#x}")
+            raise _MsrRefused(bad, msrs[bad])
+
+    def _set_baseline_msrs(self, msrs: dict[int, int]) -> dict[int, int]:
+        """Set what this KVM accepts of the power-on MSR values; return that subset (a KVM that lists an MSR but
+        refuses a value for it, e.g. one whose CPUID bit is off, must not make the whole backend unusable)."""
+        accepted = dict(msrs)
+        while accepted:
+            try:
+                self._set_msrs(accepted)
+                break
+            except _MsrRefused as exc:
+                del accepted[exc.index]
+        return accepted
 
     def get_msrs(self, indices: tuple[int, ...] | list[int]) -> dict[int, int]:
         wanted = [i for i in indices if i in self.accel.msr_indices]
