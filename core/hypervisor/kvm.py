@@ -444,7 +444,8 @@ class KvmVcpu(Vcpu):
             self._u32 = self._u8.cast("I")
             self._u64 = self._u8.cast("Q")
             # Port data lives in the kvm_run mapping at data_offset; index it with the view of the access size.
-            self._pio_views = {1: (self._u8, 0), 2: (self._u16, 1), 4: (self._u32, 2)}
+            # indexed by access size: (view, log2 size)
+            self._pio_views = (None, (self._u8, 0), (self._u16, 1), None, (self._u32, 2))
             self._setup_cpuid()
             self._msr_baseline = self._set_baseline_msrs(
                 {i: v for i, v in POWER_ON_MSRS.items() if i in accel.msr_indices})
@@ -647,7 +648,8 @@ class KvmVcpu(Vcpu):
         pio_read, pio_write = self.pio.read, self.pio.write
         mmio_read, mmio_write = self.mmio.read, self.mmio.write
         unpack_io, unpack_mmio = _IO_LAYOUT.unpack_from, _MMIO_LAYOUT.unpack_from
-        exit_io, exit_mmio = abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO
+        exit_io, exit_mmio, io_out = abi.KVM_EXIT_IO, abi.KVM_EXIT_MMIO, abi.KVM_EXIT_IO_OUT
+        masks, mm_len = _MASK, len(mm)
         exits = 0
         try:
             while True:
@@ -664,11 +666,12 @@ class KvmVcpu(Vcpu):
                 reason = u32[2]
                 if reason == exit_io:
                     direction, size, port, count, offset = unpack_io(mm, _EXIT)
-                    view, shift = pio_views.get(size, (None, 0))
-                    if view is None or offset & (size - 1) or offset + size * count > len(mm):
+                    entry = pio_views[size] if size < 5 else None
+                    if entry is None or offset & (size - 1) or offset + size * count > mm_len:
                         return self._error(f"port I/O exit with size {size}, count {count}, offset {offset}")
-                    i = offset >> shift
-                    if direction == abi.KVM_EXIT_IO_OUT:
+                    view = entry[0]
+                    i = offset >> entry[1]
+                    if direction == io_out:
                         if count == 1:
                             pio_write(port, size, view[i])
                         else:
@@ -681,7 +684,7 @@ class KvmVcpu(Vcpu):
                             view[j] = pio_read(port, size)
                 elif reason == exit_mmio:
                     addr, data, length, is_write = unpack_mmio(mm, _EXIT)
-                    mask = _MASK.get(length)
+                    mask = masks.get(length)
                     if mask is None:
                         return self._error(f"MMIO exit of {length} bytes at {addr:#x}")
                     if is_write:
@@ -747,7 +750,7 @@ class KvmVcpu(Vcpu):
             view = self.__dict__.pop(attr, None)
             if view is not None:
                 view.release()
-        self._pio_views = {}
+        self._pio_views = ()
         mm = self.__dict__.pop("_mm", None)
         if mm is not None:
             mm.close()
