@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from PyQt6.QtCore import QSettings, Qt, QTimer
+from PyQt6.QtCore import QSettings, QSize, Qt, QTimer
 from PyQt6.QtGui import QAction, QBrush, QColor, QFont, QKeySequence
 from PyQt6.QtWidgets import (
     QAbstractItemView,
@@ -246,7 +246,7 @@ class MainWindow(QMainWindow):
         label.setContentsMargins(2, 3, 2, 3)
         label.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         item.setToolTip(0, label.toolTip())
-        item.setSizeHint(0, label.sizeHint())
+        item.setSizeHint(0, label.sizeHint() + QSize(0, 8))   # room for the item padding of the style sheet
         self.tree.setItemWidget(item, 0, label)
         self._host_text = label.text()
 

@@ -16,6 +16,7 @@ if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
 
 pytest.importorskip("pytestqt")
 
+import test_host  # noqa: E402,F401  (turns faulthandler off before the engine loads: see there)
 from PyQt6.QtCore import QSettings, Qt, QTimer  # noqa: E402
 from PyQt6.QtWidgets import QApplication, QMessageBox, QWizard  # noqa: E402
 
@@ -282,9 +283,7 @@ def test_a_failed_start_shows_one_line_and_the_vm_stays_shut_off(qtbot, app_part
 # -- with the engine ----------------------------------------------------------------------------------------
 
 def _engine_ready() -> bool:
-    from test_host import engine_ready
-
-    return engine_ready()
+    return test_host.engine_ready()
 
 
 @pytest.mark.skipif(not _engine_ready(), reason="the engine cannot build a Machine in this tree yet")
