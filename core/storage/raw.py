@@ -1,0 +1,92 @@
+"""Raw disk images: the file's bytes are the disk's bytes, byte for byte.
+
+A raw file has no header, so it is what remains when no format signature matches. When the format was probed
+rather than stated, a guest must not be able to turn its disk into something the next probe reads as another
+format (a qcow2 header naming a host file as its backing file would expose that file to the guest), so writes
+that would put a known signature at offset 0 are refused, as QEMU does for probed raw images.
+"""
+from __future__ import annotations
+
+from core.storage.device import BlockDevice
+from core.storage.errors import ImageIOError
+from core.storage.hostfile import HostFile
+
+_ZERO_CHUNK = 1 << 20
+_SIGNATURES = (b"QFI\xfb",)
+
+
+class RawImage(BlockDevice):
+    """A raw image file: size is the file size."""
+
+    format_name = "raw"
+
+    def __init__(self, path: str, read_only: bool = False, cache: str = "writeback", lock: bool = True,
+                 probed: bool = False) -> None:
+        self.path = path
+        self.read_only = read_only
+        self.probed = probed
+        self.file = HostFile(path, read_only, cache, lock)
+        self._size = self.file.size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check_range(offset, length)
+        buf = bytearray(length)
+        self.readinto(offset, buf)
+        return bytes(buf)
+
+    def readinto(self, offset: int, buf: memoryview | bytearray) -> None:
+        view = memoryview(buf).cast("B")
+        self._check_range(offset, len(view))
+        got = self.file.preadinto(offset, view)
+        if got < len(view):
+            view[got:] = bytes(len(view) - got)   # the file shrank under us: what is gone reads as zeros
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self._check_writable()
+        data = memoryview(data).cast("B")
+        self._check_range(offset, len(data))
+        if self.probed and offset < 4 and len(data):
+            head = bytearray(self.file.pread(0, 4)) if self.file.size >= 4 else bytearray(4)
+            head[offset:offset + len(data)] = data[:4 - offset]
+            if bytes(head).startswith(_SIGNATURES):
+                raise ImageIOError(f"{self.path}: refused a write that would make this raw image look like a "
+                                   "qcow2 image; open it with format=raw to allow it")
+        self.file.pwrite(offset, data)
+
+    def flush(self) -> None:
+        self.file.fsync()
+
+    def discard(self, offset: int, length: int) -> None:
+        self._check_writable()
+        self._check_range(offset, length)
+        self.file.punch_hole(offset, length)    # advisory: a filesystem without holes keeps the data
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        self._check_writable()
+        self._check_range(offset, length)
+        if self.probed and offset < 4:
+            self.write(offset, bytes(min(length, 4 - offset)))
+        if self.file.zero_range(offset, length):
+            return
+        zeros = bytes(min(length, _ZERO_CHUNK))
+        end = offset + length
+        while offset < end:
+            n = min(len(zeros), end - offset)
+            self.file.pwrite(offset, zeros[:n])
+            offset += n
+
+    def resize(self, new_size: int) -> None:
+        """Grow or shrink the file (shrinking loses the data past `new_size`)."""
+        self._check_writable()
+        self.file.truncate(new_size)
+        self._size = new_size
+
+    def allocated_bytes(self) -> int:
+        return self.file.allocated_bytes()
+
+    def close(self) -> None:
+        self.file.close()
