@@ -264,6 +264,9 @@ class FinishPage(QWizardPage):
         self.network = QComboBox(self)
         for mode in NETWORK_MODES:
             self.network.addItem({"none": "No network", "user": "User-mode NAT"}[mode], mode)
+        if not wizard.bridge.host.capabilities().network:
+            self.network.model().item(self.network.findData("user")).setEnabled(False)
+            self.network.setToolTip("The engine has no network card yet")
         form.addRow("Network:", self.network)
         lay.addLayout(form)
         self.summary = QLabel(self)

@@ -34,6 +34,8 @@ def sparkline(parent: QWidget | None = None, color: str = "#2e9e48") -> QWidget:
             self.setYRange(0, 100, padding=0.05)
             self.getPlotItem().setContentsMargins(0, 1, 0, 1)
             self.setFrameShape(self.Shape.NoFrame)
+            self.setBackground(None)                 # the row's own (selection) colour shows through
+            self.setStyleSheet("background: transparent;")
             self.curve = self.plot([], pen=pg.mkPen(color, width=1.4), fillLevel=0,
                                    brush=pg.mkBrush(color + "40"))
             self.setToolTip("CPU usage, last 60 s")
