@@ -91,3 +91,23 @@ def test_intx_routing_is_shared_and_level_triggered():
     cfg_write(pio, sa, 0x04, CMD_INTX_DISABLE, size=2)
     a.set_intx(True)
     assert irqs[-1][1] is False
+
+
+def test_firmware_assignment_places_bars_aligned_without_overlap_and_survives_reset():
+    pio, mmio, bus, _ = make()
+    a, b = PciDevice(1, 1, 0), PciDevice(1, 2, 0)
+    a.add_bar(0, Bar(0x100_0000, False, Regs()))
+    a.add_bar(2, Bar(0x1000, False, Regs()))
+    b.add_bar(0, Bar(0x20, True, Regs()))
+    b.add_bar(4, Bar(0x4000, False, Regs(), is_64bit=True))
+    bus.add(a)
+    bus.add(b)
+    bus.assign_resources()
+    spans = sorted((bar.mapped_at, bar.mapped_at + bar.size) for d in (a, b) for bar in d.bars.values()
+                   if not bar.is_io)
+    assert all(s % (e - s) == 0 for s, e in spans)
+    assert all(e1 <= s2 for (_, e1), (s2, _) in zip(spans, spans[1:], strict=False))
+    assert b.bars[0].mapped_at is not None and pio.read(b.bars[0].mapped_at, 1) == 0xAB
+    before = [bar.mapped_at for d in (a, b) for bar in d.bars.values()]
+    bus.reset()
+    assert [bar.mapped_at for d in (a, b) for bar in d.bars.values()] == before

@@ -296,6 +296,40 @@ class PciBus:
             for dev in self.devices.values():
                 dev.reset()
             self._intx_levels.clear()
+            if self._firmware_windows is not None:
+                self.assign_resources(*self._firmware_windows)
+
+    _firmware_windows: tuple[int, int, int, int] | None = None
+
+    def assign_resources(self, mem_base: int = 0xE000_0000, mem_limit: int = 0xFEC0_0000,
+                         io_base: int = 0xC000, io_limit: int = 0x1_0000) -> None:
+        """Do what PC firmware does before the OS starts: give every BAR an address inside the windows (largest
+        first, each aligned to its size) and enable decoding, so a directly booted kernel finds its devices
+        usable. Done again after every reset."""
+        with self._lock:
+            self._firmware_windows = (mem_base, mem_limit, io_base, io_limit)
+            bars = [(dev, index, bar) for slot, dev in sorted(self.devices.items()) for index, bar in dev.bars.items()]
+            next_mem, next_io = mem_base, io_base
+            for dev, index, bar in sorted(bars, key=lambda t: -t[2].size):
+                if bar.is_io:
+                    addr = (next_io + bar.size - 1) & ~(bar.size - 1)
+                    if addr + bar.size > io_limit:
+                        raise ValueError(f"PCI I/O window exhausted placing a {bar.size:#x}-byte BAR")
+                    next_io = addr + bar.size
+                else:
+                    addr = (next_mem + bar.size - 1) & ~(bar.size - 1)
+                    if addr + bar.size > mem_limit:
+                        raise ValueError(f"PCI memory window exhausted placing a {bar.size:#x}-byte BAR")
+                    next_mem = addr + bar.size
+                dev.config_write(BAR0 + 4 * index, 4, addr & 0xFFFF_FFFF)
+                if bar.is_64bit:
+                    dev.config_write(BAR0 + 4 * index + 4, 4, addr >> 32)
+            for dev in self.devices.values():
+                if dev.bars:
+                    cmd = dev._u16(COMMAND)
+                    want = cmd | (CMD_IO if any(b.is_io for b in dev.bars.values()) else 0) \
+                        | (CMD_MEMORY if any(not b.is_io for b in dev.bars.values()) else 0)
+                    dev.config_write(COMMAND, 2, want)
 
 
 class _ConfigAddressPort:
