@@ -196,6 +196,7 @@ class SoftwareAccelerator(Accelerator):
             ui.verify(v)
         except ui.UnicornInternalsError as exc:
             raise AcceleratorUnavailable(str(exc)) from exc
+        ui.disable_mid_instruction_exits(v)
         self.q = ui.qemu()
         self.uch = v.uch
         self.tsc_hz = host_tsc_hz()

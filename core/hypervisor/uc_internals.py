@@ -53,6 +53,7 @@ class UnicornInternalsError(RuntimeError):
 # -- offsets (bytes) derived from the unicorn 2.1.4 sdist; see the module docstring ----------------------------
 UC_CPU = 440                   # struct uc_struct: CPUState *cpu
 UC_STOP_REQUEST = 1389         # struct uc_struct: bool stop_request
+UC_NO_EXIT_REQUEST = 2034      # struct uc_struct: bool no_exit_request (see disable_mid_instruction_exits)
 CPU_STOP = 17                  # CPUState: bool stop
 CPU_STOPPED = 18               # CPUState: bool stopped
 CPU_EXIT_REQUEST = 21          # CPUState: bool exit_request (volatile)
@@ -590,6 +591,20 @@ class CpuView:
         self.set_u64(ENV_FEATURES + 8 * word, value)
 
 
+def disable_mid_instruction_exits(view: CpuView) -> None:
+    """Translate without unicorn's exit check after every guest memory access.
+
+    unicorn 2.1.4 emits, after each guest load and store, a call that leaves the CPU loop at once when an exit was
+    requested (uc_emu_stop from another thread), restoring EIP to the start of the *current* instruction. If that
+    happens after the store of a read-modify-write (LOCK CMPXCHG taking a spinlock, CALL, PUSH ...), the
+    instruction runs again on the next slice with its first effect already done: a guest spinlock is then taken
+    twice and the kernel deadlocks (found booting Linux; it is also how a #PF gets "recorded without reaching the
+    hook"). `no_exit_request` (used by unicorn for ARM IT blocks) suppresses those checks at translation time;
+    the exit check at the start of every translation block stays, so a stop takes effect at the next block
+    boundary, where the guest state is exact. Must be set before any code is translated."""
+    ctypes.c_bool.from_address(view.uch + UC_NO_EXIT_REQUEST).value = True
+
+
 def verify(view: CpuView) -> None:
     """Check the offsets against the running library; raise UnicornInternalsError saying what differs."""
     problems = []
@@ -633,6 +648,15 @@ def verify(view: CpuView) -> None:
         problems.append("hflags2 lacks GIF (reset state unexpected)")
     if view.old_exception != -1:
         problems.append(f"old_exception is {view.old_exception} after reset, expected -1")
+    stop = ctypes.c_bool.from_address(view.uch + UC_STOP_REQUEST)
+    if stop.value:
+        problems.append("uc->stop_request set before any emulation")
+    view.q.uc_emu_stop(view.uch)            # outside emulation it only records the request
+    if not stop.value:
+        problems.append("uc_emu_stop did not set uc->stop_request at the expected offset")
+    stop.value = False
+    if ctypes.c_bool.from_address(view.uch + UC_NO_EXIT_REQUEST).value:
+        problems.append("uc->no_exit_request set on a fresh engine")
     if problems:
         raise UnicornInternalsError("unicorn internals do not match the layout of unicorn "
                                     f"{PINNED_VERSION} this backend was derived from: " + "; ".join(problems))
