@@ -320,8 +320,9 @@ class LinuxBoot:
 
 def boot_linux(memory: GuestMemory, kernel: bytes, initrd: bytes | None, cmdline: str, rsdp_addr: int | None,
                decompress_on_host: bool = False, kernel_name: str = "kernel",
-               initrd_name: str = "initrd") -> LinuxBoot:
-    """load_linux, returning also how the kernel was loaded (see LinuxBoot)."""
+               initrd_name: str = "initrd", screen_info: bytes | None = None) -> LinuxBoot:
+    """load_linux, returning also how the kernel was loaded (see LinuxBoot). `screen_info` (0x40 bytes, struct
+    screen_info) describes the display the firmware left, e.g. VGA text mode; None means no video."""
     hdr = parse_bzimage(kernel, kernel_name)
     low_end = low_ram_end(memory)
     total = memory.size >> 20
@@ -407,7 +408,7 @@ def boot_linux(memory: GuestMemory, kernel: bytes, initrd: bytes | None, cmdline
 
     zero_page = build_zero_page(memory, kernel, hdr, load_addr=load_addr, cmdline_addr=platform.CMDLINE_ADDR,
                                 initrd_addr=initrd_addr or 0, initrd_size=len(initrd) if initrd else 0,
-                                rsdp_addr=rsdp_addr)
+                                rsdp_addr=rsdp_addr, screen_info=screen_info)
     memory.write(platform.ZERO_PAGE_ADDR, zero_page)
     if hdr.has_64bit_entry:
         state = long_mode_state(memory, entry, platform.ZERO_PAGE_ADDR)
@@ -419,12 +420,18 @@ def boot_linux(memory: GuestMemory, kernel: bytes, initrd: bytes | None, cmdline
 
 
 def build_zero_page(memory: GuestMemory, kernel: bytes, hdr: BzImageHeader, *, load_addr: int,
-                    cmdline_addr: int, initrd_addr: int, initrd_size: int, rsdp_addr: int | None) -> bytes:
+                    cmdline_addr: int, initrd_addr: int, initrd_size: int, rsdp_addr: int | None,
+                    screen_info: bytes | None = None) -> bytes:
     """struct boot_params for the 64-bit entry: the kernel's own setup header with the loader's fields filled in,
-    the e820 map, and no video (screen_info all zero: orig_video_isVGA 0, no lines or columns)."""
+    the e820 map, and screen_info (all zero, i.e. no video, unless the machine has a display)."""
     bp = bytearray(ZERO_PAGE_SIZE)
+    if screen_info is not None:
+        if len(screen_info) != 0x40:
+            raise ValueError("screen_info must be the 64-byte struct screen_info")
+        bp[0:0x40] = screen_info
     bp[HDR_START:hdr.header_end] = kernel[HDR_START:hdr.header_end]
-    bp[BP_ORIG_VIDEO_ISVGA] = 0
+    if screen_info is None:
+        bp[BP_ORIG_VIDEO_ISVGA] = 0
     bp[HDR_TYPE_OF_LOADER] = LOADER_TYPE_UNDEFINED
     struct.pack_into("<I", bp, HDR_CODE32_START, load_addr)
     struct.pack_into("<II", bp, HDR_RAMDISK_IMAGE, initrd_addr, initrd_size)
@@ -444,8 +451,8 @@ def build_zero_page(memory: GuestMemory, kernel: bytes, hdr: BzImageHeader, *, l
 
 def load_linux(memory: GuestMemory, kernel: bytes, initrd: bytes | None, cmdline: str, rsdp_addr: int | None,
                decompress_on_host: bool = False, kernel_name: str = "kernel",
-               initrd_name: str = "initrd") -> CpuState:
+               initrd_name: str = "initrd", screen_info: bytes | None = None) -> CpuState:
     """Load a bzImage (and initrd and command line) into `memory`; return the BSP's state at its entry: the
     64-bit one when the kernel has it (XLF_KERNEL_64), else the 32-bit protocol's."""
     return boot_linux(memory, kernel, initrd, cmdline, rsdp_addr, decompress_on_host, kernel_name,
-                      initrd_name).cpu_state
+                      initrd_name, screen_info).cpu_state

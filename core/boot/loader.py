@@ -37,7 +37,7 @@ def _read(path: str, what: str) -> bytes:
 
 
 def load_kernel(memory: GuestMemory, kernel_path: str, initrd_path: str | None, cmdline: str, num_cpus: int,
-                decompress_on_host: bool = False) -> BootResult:
+                decompress_on_host: bool = False, screen_info: bytes | None = None) -> BootResult:
     """Put the kernel, initrd, command line and ACPI tables in guest memory; return the BSP's entry state."""
     kernel = _read(kernel_path, "kernel")
     initrd = _read(initrd_path, "initrd") if initrd_path else None
@@ -49,7 +49,7 @@ def load_kernel(memory: GuestMemory, kernel_path: str, initrd_path: str | None, 
         rsdp = build_acpi_tables(memory, num_cpus)
         if is_bzimage(kernel):
             linux = boot_linux(memory, kernel, initrd, cmdline, rsdp, decompress_on_host=decompress_on_host,
-                               kernel_name=kernel_name, initrd_name=initrd_name)
+                               kernel_name=kernel_name, initrd_name=initrd_name, screen_info=screen_info)
             return BootResult(linux.cpu_state, linux.description, rsdp)
         if is_multiboot(kernel):
             mb = boot_multiboot(memory, kernel, cmdline, initrd, kernel_name, initrd_name)
