@@ -26,6 +26,8 @@ from core.devices.post import PostPort
 from core.devices.reset_control import ResetControl
 from core.devices.rtc import CmosRtc
 from core.devices.serial import Uart16550
+from core.devices.vga import Vga
+from core.devices.vga_screen_info import screen_info_for_text_mode
 from core.hypervisor.base import Accelerator, CpuState, ExitReason, Vcpu
 from core.hypervisor.select import AccelChoice, choose_accelerator, create_accelerator
 from core.irq import IrqLine
@@ -122,9 +124,13 @@ class Machine:
         self.acpi_pm = AcpiPm(line(platform.ACPI_SCI_IRQ), self._guest_poweroff, timers=self.timers)
         self.reset_control = ResetControl(self.request_reset)
         self.pci = PciBus(self.pio, self.mmio, self.accel.set_irq)
-        self.devices = [self.serial, self.rtc, self.i8042, self.post, self.acpi_pm, self.reset_control, self.pci]
-        for dev in self.devices:
+        port_devices = [self.serial, self.rtc, self.i8042, self.post, self.acpi_pm, self.reset_control, self.pci]
+        for dev in port_devices:
             dev.attach(self.pio)
+        self.vga = Vga(self.pci)
+        self.vga.attach(self.pio, self.mmio)
+        self.devices = [*port_devices, self.vga]
+        self.pci.assign_resources()
         self.vcpus: list[Vcpu] = [self.accel.create_vcpu(i) for i in range(cfg.cpus)]
         self._load()
 
@@ -133,7 +139,8 @@ class Machine:
         the APs waiting for INIT/SIPI."""
         cfg = self.config
         result = load_kernel(self.memory, cfg.kernel, cfg.initrd, cfg.cmdline, cfg.cpus,
-                             decompress_on_host=cfg.decompress_on_host)
+                             decompress_on_host=cfg.decompress_on_host,
+                             screen_info=screen_info_for_text_mode(self.vga).to_bytes())
         self.boot_description = result.description
         self.vcpus[0].set_state(result.cpu_state)
         for vcpu in self.vcpus[1:]:
@@ -349,6 +356,7 @@ class Machine:
             if t is not threading.current_thread():
                 t.join(timeout=5)
         self.timers.stop()
+        self.vga.close()
         try:
             self.accel.close()
         except Exception:
@@ -356,5 +364,10 @@ class Machine:
         self._set_state(state, reason)
 
     # -- inspection ---------------------------------------------------------------------------------------
+    @property
+    def vcpu_threads(self) -> list[threading.Thread]:
+        """The vCPU threads (for per-VM CPU accounting); empty before start()."""
+        return list(self._threads)
+
     def vcpu_state(self, index: int = 0) -> CpuState:
         return self.vcpus[index].get_state()

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 PCI_HOLE_START = 0xC000_0000
 HIGH_MEMORY_START = 0x1_0000_0000
 PAGE_SIZE = 4096
+# The legacy VGA window: RAM backs it in the mmap, but CPU backends leave it unmapped so the guest's accesses
+# reach the VGA device model on the MMIO bus (e820 marks 0x9FC00-0xFFFFF reserved, so the OS never uses it).
+VGA_HOLE = (0xA_0000, 0x2_0000)
 
 
 class GuestMemoryError(Exception):
@@ -61,6 +64,21 @@ class GuestMemory:
         self._listener_lock = threading.Lock()
 
     # -- layout ---------------------------------------------------------------------------------------------
+    def cpu_mappings(self) -> list[MemoryRegion]:
+        """The pieces of RAM a CPU backend maps for direct guest access: `regions` minus the VGA window."""
+        hole_start, hole_len = VGA_HOLE
+        hole_end = hole_start + hole_len
+        out: list[MemoryRegion] = []
+        for r in self.regions:
+            if r.gpa < hole_end and hole_start < r.end:
+                if r.gpa < hole_start:
+                    out.append(MemoryRegion(r.gpa, hole_start - r.gpa, r.offset))
+                if hole_end < r.end:
+                    out.append(MemoryRegion(hole_end, r.end - hole_end, r.offset + (hole_end - r.gpa)))
+            else:
+                out.append(r)
+        return out
+
     def host_address(self, region: MemoryRegion) -> int:
         """Host virtual address of a region's first byte (for KVM memory slots and unicorn mem_map_ptr)."""
         return self.host_base + region.offset

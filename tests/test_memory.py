@@ -66,3 +66,9 @@ def test_view_is_zero_copy_and_bounded():
 def test_size_must_be_page_multiple():
     with pytest.raises(ValueError):
         GuestMemory(1000)
+
+
+def test_cpu_mappings_leave_the_vga_window_to_the_device():
+    mem = GuestMemory(64 << 20)
+    maps = [(r.gpa, r.size, r.offset) for r in mem.cpu_mappings()]
+    assert maps == [(0, 0xA0000, 0), (0xC0000, (64 << 20) - 0xC0000, 0xC0000)]
