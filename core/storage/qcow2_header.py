@@ -75,7 +75,7 @@ class Qcow2Header:
     backing_format: str | None = None
     feature_names: dict[tuple[int, int], str] = field(default_factory=dict)
     unknown_extensions: list[tuple[int, bytes]] = field(default_factory=list)
-    has_bitmaps_extension: bool = False
+    bitmaps_extension: bytes | None = None
 
     @property
     def cluster_size(self) -> int:
@@ -232,7 +232,7 @@ def _parse_extensions(hdr: Qcow2Header, cluster0: bytes, bad: Callable[[str], Ex
                 kind, bit = data[i], data[i + 1]
                 hdr.feature_names[(kind, bit)] = data[i + 2:i + 48].split(b"\0")[0].decode("ascii", "replace")
         elif ext_type == EXT_BITMAPS:
-            hdr.has_bitmaps_extension = True
+            hdr.bitmaps_extension = data
         elif ext_type == EXT_CRYPTO:
             raise UnsupportedImageError(f"{path}: encrypted qcow2 images are not supported")
         elif ext_type == EXT_DATA_FILE:
