@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return 2 if exc.code else 0
     if args.command == "run":
+        if args.display == "window":
+            from app.run_window import run_with_window  # Qt only when a window is asked for
+            return run_with_window(args)
         return run(args)
     if args.command == "img" and img_main is not None:
         return img_main(args)

@@ -37,6 +37,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop the VM and exit 1 if it is still running after this long")
     p.add_argument("--no-host-decompress", action="store_true",
                    help="let the kernel decompress itself in the guest instead of unpacking it on the host")
+    p.add_argument("--display", default="none", choices=("none", "window"),
+                   help="window: show the VM's screen in a console window (default none)")
+    p.add_argument("--screendump", metavar="FILE.png",
+                   help="when the VM stops, save its last frame here (and in text mode the text as FILE.txt)")
 
 
 def _serial_sink(spec: str) -> tuple[Callable[[bytes], None], Callable[[], None], bool]:
@@ -121,13 +125,80 @@ class _StdinPump:
             termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
 
 
-def run(args: argparse.Namespace) -> int:
+class RunSession:
+    """One headless run: the machine built from the command line, its console plumbing and its fate."""
+
+    def __init__(self, args: argparse.Namespace, machine: Machine, close_sink: Callable[[], None],
+                 interactive: bool) -> None:
+        self.args = args
+        self.machine = machine
+        self.close_sink = close_sink
+        self.interactive = interactive
+        self.quit_requested = threading.Event()
+
+    def quit(self) -> None:
+        """Stop the VM at the user's request (console escape, closed window): exit status 1."""
+        self.quit_requested.set()
+        self.machine.power_off()
+
+    def run(self) -> int:
+        """Start the machine, wait for its end (or the timeout), report, and return the exit status."""
+        err = sys.stderr
+        machine = self.machine
+        pump = _StdinPump(machine, self.quit) if self.interactive else None
+        timed_out = False
+        try:
+            machine.start()
+            state = machine.wait(self.args.timeout)
+            if state not in (MachineState.SHUTOFF, MachineState.CRASHED):
+                timed_out = True
+                machine.power_off()
+                machine.wait(10)
+        except KeyboardInterrupt:
+            self.quit_requested.set()
+            machine.power_off()
+            machine.wait(10)
+            state = machine.state
+        finally:
+            if pump is not None:
+                pump.close()
+            self.close_sink()
+            self._screendump()
+        if timed_out:
+            print(f"\r\nvireo: timeout: the guest was still running after {self.args.timeout:g} s", file=err)
+            return EXIT_FAILED
+        if state == MachineState.CRASHED:
+            print(f"\r\nvireo: the guest crashed: {machine.reason}", file=err)
+            return EXIT_FAILED
+        if self.quit_requested.is_set():
+            print("\r\nvireo: stopped by the user", file=err)
+            return EXIT_FAILED
+        if os.environ.get("VIREO_VERBOSE"):
+            print(f"vireo: powered off after {time.monotonic() - machine.started_at:.2f} s", file=err)
+        return EXIT_OK
+
+    def _screendump(self) -> None:
+        if not self.args.screendump:
+            return
+        from core.display.screendump import write_screendump
+        try:
+            write_screendump(self.machine.vga, self.args.screendump)
+        except OSError as exc:
+            print(f"vireo: --screendump {self.args.screendump}: {exc.strerror or exc}", file=sys.stderr)
+
+
+def prepare(args: argparse.Namespace) -> RunSession | int:
+    """Validate the command line and build the machine; an int is the exit status of bad input."""
     err = sys.stderr
     try:
         _check_file("--kernel", args.kernel)
         _check_file("--initrd", args.initrd)
         if args.timeout is not None and args.timeout <= 0:
             raise BadInput(f"--timeout {args.timeout}: give a positive number of seconds")
+        if args.screendump:
+            folder = os.path.dirname(os.path.abspath(args.screendump))
+            if not os.path.isdir(folder):
+                raise BadInput(f"--screendump {args.screendump}: folder {folder} does not exist")
         write, close_sink, interactive = _serial_sink(args.serial)
         config = MachineConfig(kernel=args.kernel, initrd=args.initrd, cmdline=args.append,
                                memory_mib=args.memory, cpus=args.cpus, accel=args.accel,
@@ -142,38 +213,12 @@ def run(args: argparse.Namespace) -> int:
     except (BadInput, ConfigError, BootError, AcceleratorUnavailable) as exc:
         print(f"vireo: {exc}", file=err)
         return EXIT_BAD_INPUT
+    return RunSession(args, machine, close_sink, interactive)
 
-    quit_requested = threading.Event()
 
-    def quit_now() -> None:
-        quit_requested.set()
-        machine.power_off()
-
-    pump = _StdinPump(machine, quit_now) if interactive else None
-    try:
-        machine.start()
-        state = machine.wait(args.timeout)
-        if state not in (MachineState.SHUTOFF, MachineState.CRASHED):
-            machine.power_off()
-            machine.wait(10)
-            print(f"\r\nvireo: timeout: the guest was still running after {args.timeout:g} s", file=err)
-            return EXIT_FAILED
-    except KeyboardInterrupt:
-        machine.power_off()
-        machine.wait(10)
-        print("\r\nvireo: interrupted", file=err)
-        return EXIT_FAILED
-    finally:
-        if pump is not None:
-            pump.close()
-        close_sink()
-    if state == MachineState.CRASHED:
-        print(f"\r\nvireo: the guest crashed: {machine.reason}", file=err)
-        return EXIT_FAILED
-    if quit_requested.is_set():
-        print("\r\nvireo: quit from the console", file=err)
-        return EXIT_FAILED
-    elapsed = time.monotonic() - machine.started_at
-    if os.environ.get("VIREO_VERBOSE"):
-        print(f"vireo: powered off after {elapsed:.2f} s", file=err)
-    return EXIT_OK
+def run(args: argparse.Namespace) -> int:
+    """`main.py run` without a window: the serial console on this terminal."""
+    session = prepare(args)
+    if isinstance(session, int):
+        return session
+    return session.run()
