@@ -211,10 +211,26 @@ class Machine:
 
     # -- requests from the guest side (any thread) -------------------------------------------------------
     def request_reset(self) -> None:
+        """A reset from the guest (port 0xCF9, the i8042) or a triple fault. As on hardware it takes effect at
+        once: every vCPU is kicked so none runs past the instruction that asked, and repeated requests before
+        the reset happens are one reset."""
+        with self._gate:
+            if self._reset_pending:
+                return
+            self._reset_pending = True
+            self._gate_open = False      # a kicked vCPU parks instead of re-entering the guest
         self._requests.put(("reset", ""))
+        for vcpu in self.vcpus:
+            vcpu.kick()
+
+    _reset_pending = False
 
     def _guest_poweroff(self) -> None:
+        with self._gate:
+            self._gate_open = False
         self._requests.put(("poweroff", "guest powered off"))
+        for vcpu in self.vcpus:
+            vcpu.kick()
 
     def post_crash(self, reason: str) -> None:
         self._requests.put(("crash", reason))
@@ -326,6 +342,8 @@ class Machine:
             self._set_state(MachineState.RUNNING)
         elif what == "reset":
             self._stop_vcpus()
+            with self._gate:
+                self._reset_pending = False
             self._do_reset()
             if self.state == MachineState.PAUSED:
                 return False
