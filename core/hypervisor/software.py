@@ -85,6 +85,8 @@ CR4_OSXSAVE = 1 << 18
 MSR_IA32_TSC = 0x10
 MSR_APIC_BASE = 0x1B
 MSR_FEATURE_CONTROL = 0x3A
+MSR_BIOS_SIGN_ID = 0x8B
+MISC_ENABLE_FAST_STRING = 1
 MSR_TSC_DEADLINE = 0x6E0
 MSR_EFER = 0xC000_0080
 # MSRs QEMU's own rdmsr/wrmsr helpers implement (target/i386/misc_helper.c); everything else not handled here #GPs.
@@ -197,6 +199,7 @@ class SoftwareAccelerator(Accelerator):
         except ui.UnicornInternalsError as exc:
             raise AcceleratorUnavailable(str(exc)) from exc
         ui.disable_mid_instruction_exits(v)
+        v.set_u64(ui.ENV_MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING)   # what firmware leaves enabled
         self.q = ui.qemu()
         self.uch = v.uch
         self.tsc_hz = host_tsc_hz()
@@ -396,6 +399,9 @@ class SoftwareAccelerator(Accelerator):
             if msr == MSR_IA32_TSC:
                 v.tsc_offset = value - self.rdtsc()
                 return ui.HELPER_DONE
+            if msr == MSR_BIOS_SIGN_ID:
+                return ui.HELPER_DONE                # the OS writes 0 before CPUID to read the microcode revision
+
             if msr in _QEMU_MSRS and msr not in _READ_ONLY_MSRS:
                 if msr in (0xC000_0100, 0xC000_0101, 0xC000_0102) and not _canonical(value):
                     return ui.raise_code(13)

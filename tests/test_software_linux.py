@@ -1,0 +1,32 @@
+"""Debian's amd64 kernel with the busybox initramfs on the software CPU (issue 4's done-means): boots to the
+marker and powers off with 1 and 2 CPUs, `nproc` and /proc/meminfo agree with --cpus/--memory, and the sha256
+workload's checksum is right."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from conftest import run_vireo
+
+
+def _run(kernel, initrd, action: str, *extra: str, timeout: float = 120) -> tuple[int, str, str]:
+    return run_vireo(["--kernel", str(kernel), "--initrd", str(initrd), "--append",
+                      f"console=ttyS0 vireo.action={action}", "--accel", "software", "--serial", "stdio",
+                      "--timeout", str(int(timeout - 10)), *extra], timeout=timeout)
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_boots_to_marker_and_powers_off(debian_kernel, busybox_initramfs, cpus):
+    status, out, err = _run(debian_kernel, busybox_initramfs, "info", "--cpus", str(cpus), "--memory", "512")
+    assert status == 0, err + out[-3000:]
+    assert "VIREO-BOOT-OK" in out and "VIREO-POWEROFF" in out
+    assert f"VIREO-NPROC={cpus}" in out
+    memtotal = int(out.split("VIREO-MEMTOTAL=")[1].split()[0])
+    assert 400_000 < memtotal <= 512 * 1024
+
+
+def test_sha256_workload(debian_kernel, busybox_initramfs):
+    status, out, err = _run(debian_kernel, busybox_initramfs, "sha256", timeout=240)
+    assert status == 0, err + out[-3000:]
+    expected = hashlib.sha256(bytes(256 << 20)).hexdigest()
+    assert f"VIREO-SHA256={expected}" in out
