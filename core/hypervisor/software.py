@@ -86,6 +86,10 @@ MSR_IA32_TSC = 0x10
 MSR_APIC_BASE = 0x1B
 MSR_FEATURE_CONTROL = 0x3A
 MSR_BIOS_SIGN_ID = 0x8B
+MSR_ARCH_CAPABILITIES = 0x10A
+# A translated CPU does not speculate: not affected by Meltdown (RDCL_NO), SSB, MDS, page-size-change MCE, TAA.
+# Telling the guest so spares it KPTI's page-table switch (a full soft-TLB flush) on every kernel entry and exit.
+ARCH_CAPABILITIES = 1 << 0 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 8
 MISC_ENABLE_FAST_STRING = 1
 MSR_TSC_DEADLINE = 0x6E0
 MSR_EFER = 0xC000_0080
@@ -373,6 +377,8 @@ class SoftwareAccelerator(Accelerator):
                     return ui.raise_code(13)
             elif msr == MSR_IA32_TSC:
                 value = (self.rdtsc() + v.tsc_offset) & 0xFFFF_FFFF_FFFF_FFFF
+            elif msr == MSR_ARCH_CAPABILITIES:
+                value = ARCH_CAPABILITIES
             elif msr == MSR_FEATURE_CONTROL:
                 value = 1                             # locked, VMX off (no VMX in CPUID either)
             elif msr in _QEMU_MSRS:

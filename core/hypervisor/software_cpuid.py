@@ -14,6 +14,8 @@ CPUID describe the machine the backend really provides, and nothing it does not:
   timer counts at that crystal clock, as on the Intel parts whose leaf 0x15 Linux trusts;
 * hidden: VMX, SMX, MONITOR/MWAIT, the thermal/power-management and performance-monitoring leaves (no PMU, no
   MSRs behind them), SVM, and the AVX state components in leaf 0xD;
+* IA32_ARCH_CAPABILITIES (leaf 7 EDX bit 29) saying the CPU is not affected by Meltdown/MDS/TAA/SSB -- true of a
+  translated CPU, and it spares the guest KPTI;
 * the hypervisor bit and a 0x4000_0000 leaf with Vireo's signature.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ ECX_PDCM, ECX_PCID, ECX_DCA, ECX_X2APIC, ECX_TSC_DEADLINE = 1 << 15, 1 << 17, 1 
 ECX_OSXSAVE, ECX_AVX, ECX_F16C, ECX_HYPERVISOR, ECX_FMA = 1 << 27, 1 << 28, 1 << 29, 1 << 31, 1 << 12
 # Leaf 1 EDX
 EDX_ACPI, EDX_HTT, EDX_TM, EDX_PBE, EDX_DS = 1 << 22, 1 << 28, 1 << 29, 1 << 31, 1 << 21
+EDX7_ARCH_CAPABILITIES = 1 << 29
 # Leaf 0x8000_0001 ECX
 ECX_SVM = 1 << 2
 
@@ -90,7 +93,7 @@ class CpuidPolicy:
             if subleaf != 0:
                 return 0, 0, 0, 0
             a, b, c, d = self._model(7, 0)
-            return 0, b, c & ~(1 << 4), d            # no OSPKE (no PKU)
+            return 0, b, c & ~(1 << 4), d | EDX7_ARCH_CAPABILITIES   # no OSPKE; IA32_ARCH_CAPABILITIES exists
         if leaf == 0xB:
             if subleaf == 0:
                 return 0, 1, 0x100 | subleaf, apic_id
