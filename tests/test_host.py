@@ -147,7 +147,6 @@ def test_thread_cpu_time_and_resident_memory() -> None:
     t.join()
     assert spent["clock"] >= 0.15
     assert abs(spent["proc"] - spent["clock"]) < 0.03
-    assert thread_cpu_seconds(t.native_id) is None      # exited threads are gone from /proc
     import ctypes
     import mmap
     m = mmap.mmap(-1, 1 << 20)
