@@ -124,7 +124,9 @@ class Qcow2Image(BlockDevice):
         try:
             return open_image(path, fmt=hdr.backing_format, read_only=True, cache=cache, _depth=depth + 1)
         except ImageError as exc:
-            raise ImageError(f"{self.path}: cannot open its backing file: {exc}") from exc
+            if depth:
+                raise       # only the top of the chain adds its name, so the message stays one short line
+            raise type(exc)(f"{self.path}: cannot open its backing file: {exc}") from exc
 
     @property
     def size(self) -> int:
