@@ -79,11 +79,36 @@ def table(signature: bytes, revision: int, body: bytes) -> bytes:
 
 
 def build_dsdt() -> bytes:
-    """The DSDT: \\_S5 = Package{SLP_TYP for PM1a, SLP_TYP for PM1b, reserved, reserved} (7.4.2 "\\_Sx")."""
+    """The DSDT: \\_S5 = Package{SLP_TYP for PM1a, SLP_TYP for PM1b, reserved, reserved} (7.4.2 "\\_Sx"), and the
+    PCI root bridge \\_SB.PCI0 (PNP0A03) with the windows it decodes (_CRS) and its INTx routing (_PRT)."""
     s5 = aml.name("\\_S5", aml.package(aml.integer(platform.ACPI_S5_SLP_TYP), aml.integer(platform.ACPI_S5_SLP_TYP),
                                        aml.integer(0), aml.integer(0)))
     # Revision 2: integers in this definition block are 64 bits wide (5.2.11.1).
-    return table(b"DSDT", 2, s5)
+    return table(b"DSDT", 2, s5 + aml.scope("\\_SB", build_pci_root()))
+
+
+def build_pci_root() -> bytes:
+    """Device(PCI0): bus 0, its I/O and memory windows, and a _PRT mapping every slot's INTA-D straight to the
+    I/O APIC GSIs core/devices/pci.py drives (6.2.13: Source 0 means SourceIndex is a GSI, level, active low)."""
+    mem_lo, mem_hi = platform.PCI_MMIO_WINDOW
+    crs = aml.resource_template(
+        aml.word_bus_number(0, 0xFF),
+        aml.io_port(platform.PCI_CONFIG_ADDRESS_PORT, 8),
+        aml.word_io(0x0000, 0x0CF7),
+        aml.word_io(0x0D00, 0xFFFF),
+        aml.dword_memory(platform.VGA_WINDOW, 0xBFFFF),
+        aml.dword_memory(mem_lo, mem_hi - 1),
+    )
+    routes = [aml.package(aml.integer(slot << 16 | 0xFFFF), aml.integer(pin), aml.integer(0),
+                          aml.integer(platform.PCI_INTX_GSIS[(slot + pin) % 4]))
+              for slot in range(1, 32) for pin in range(4)]
+    return aml.device("PCI0",
+                      aml.name("_HID", aml.eisa_id("PNP0A03")),
+                      aml.name("_ADR", aml.integer(0)),
+                      aml.name("_UID", aml.integer(0)),
+                      aml.name("_BBN", aml.integer(0)),
+                      aml.name("_CRS", crs),
+                      aml.name("_PRT", aml.package(*routes)))
 
 
 def build_facs() -> bytes:

@@ -151,3 +151,18 @@ def irq_no_flags(irq: int) -> bytes:
 def resource_template(*descriptors: bytes) -> bytes:
     """ResourceTemplate(){...}: the descriptors and an End Tag whose checksum 0 means "treat as valid"."""
     return buffer(b"".join(descriptors) + bytes((0x79, 0x00)))
+
+
+def word_bus_number(first: int, last: int) -> bytes:
+    """WordBusNumber(ResourceProducer, MinFixed, MaxFixed, PosDecode, 0, first, last, 0, count) (6.4.3.5.3)."""
+    return struct.pack("<BHBBBHHHHH", 0x88, 13, 2, 0x0C, 0, 0, first, last, 0, last - first + 1)
+
+
+def word_io(first: int, last: int) -> bytes:
+    """WordIO(ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, ...): an I/O window a bridge decodes."""
+    return struct.pack("<BHBBBHHHHH", 0x88, 13, 1, 0x0C, 0x03, 0, first, last, 0, last - first + 1)
+
+
+def dword_memory(first: int, last: int) -> bytes:
+    """DWordMemory(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite, ...) (6.4.3.5.2)."""
+    return struct.pack("<BHBBBIIIII", 0x87, 23, 0, 0x0C, 0x01, 0, first, last, 0, last - first + 1)

@@ -12,6 +12,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
+from core import platform
 from core.bus import MmioBus, PortIoBus
 
 # Configuration header offsets (PCI 3.0, figure 6-1).
@@ -187,11 +188,12 @@ class PciHostBridge(PciDevice):
 class PciBus:
     """Bus 0 behind configuration mechanism #1, and the INTx routing of its slots to GSIs.
 
-    INTx routing follows the PIIX convention QEMU and SeaBIOS use: slot s, pin p (INTA=0) reaches PIRQ
-    (s + p) mod 4, and PIRQ A-D are wired to GSIs 10, 10, 11, 11 — the interrupt line register is set to match.
+    INTx routing follows the PIIX swizzle QEMU and SeaBIOS use: slot s, pin p (INTA=0) reaches PIRQ (s + p) mod 4,
+    and PIRQ A-D are wired to I/O APIC pins 16-19 (platform.PCI_INTX_GSIS), away from the ISA IRQs; the DSDT's
+    _PRT tells the guest the same, and the interrupt line register holds the GSI.
     """
 
-    PIRQ_GSIS = (10, 10, 11, 11)
+    PIRQ_GSIS = platform.PCI_INTX_GSIS
 
     def __init__(self, pio: PortIoBus, mmio: MmioBus, set_irq) -> None:
         self.pio = pio
@@ -301,7 +303,8 @@ class PciBus:
 
     _firmware_windows: tuple[int, int, int, int] | None = None
 
-    def assign_resources(self, mem_base: int = 0xE000_0000, mem_limit: int = 0xFEC0_0000,
+    def assign_resources(self, mem_base: int = platform.PCI_MMIO_WINDOW[0],
+                         mem_limit: int = platform.PCI_MMIO_WINDOW[1],
                          io_base: int = 0xC000, io_limit: int = 0x1_0000) -> None:
         """Do what PC firmware does before the OS starts: give every BAR an address inside the windows (largest
         first, each aligned to its size) and enable decoding, so a directly booted kernel finds its devices
