@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from storage_helpers import need_qemu_img, qemu_img  # noqa: E402
 
 from core.storage import ImageLockedError, create_image, open_image  # noqa: E402
+from core.storage.locking import find_lock_holder  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,14 +82,16 @@ def test_qemu_and_vireo_exclude_each_other(tmp_path: Path) -> None:
     qio = subprocess.Popen(["qemu-io", "-f", "qcow2", str(img)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                            text=True)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                open_image(str(img)).close()
-            except ImageLockedError as exc:
-                assert "qemu-io" in str(exc)
-                break
-            assert time.monotonic() < deadline, "qemu-io never locked the image"
-            time.sleep(0.05)
+        # Wait for qemu-io's locks without taking ours (opening in a loop could make qemu-io fail instead).
+        fd = os.open(img, os.O_RDONLY)
+        try:
+            deadline = time.monotonic() + 10
+            while find_lock_holder(fd, 201) is None:
+                assert time.monotonic() < deadline, "qemu-io never locked the image"
+                time.sleep(0.02)
+        finally:
+            os.close(fd)
+        with pytest.raises(ImageLockedError, match="qemu-io"):
+            open_image(str(img))
     finally:
         qio.communicate("quit\n", timeout=10)

@@ -90,6 +90,7 @@ class _Checker:
         self.refs = np.zeros(self.nclusters + 1, dtype=np.uint32)
         self.copied_l2: list[tuple[int, int, bool]] = []     # (l1 index, l2 cluster, copied flag)
         self.copied_data: list[np.ndarray] = []               # arrays of active data entries (with flags)
+        self.beyond_eof: list[tuple[int, int]] = []           # (cluster, refcount) of counted clusters past EOF
 
     # --- counting references -------------------------------------------------------------------------------
 
@@ -241,21 +242,11 @@ class _Checker:
             if not off or off % self.cs or off + self.cs > self.file.size:
                 continue
             base = bidx * rc.per_block
-            if base >= self.nclusters:
-                values = rc.block_entries(self.file.pread(off, self.cs))
-                for i in np.flatnonzero(values).tolist():
-                    self.res.leaks += 1
-                    self.res.note(f"Leaked cluster {base + i} (beyond the end of the file) "
-                                  f"refcount={int(values[i])} reference=0")
-                continue
             values = rc.block_entries(self.file.pread(off, self.cs))
-            n = min(rc.per_block, self.nclusters - base)
+            n = max(0, min(rc.per_block, self.nclusters - base))
             stored[base:base + n] = values[:n]
-            tail = np.flatnonzero(values[n:])
-            for i in tail.tolist():
-                self.res.leaks += 1
-                self.res.note(f"Leaked cluster {base + n + i} (beyond the end of the file) "
-                              f"refcount={int(values[n + i])} reference=0")
+            for i in np.flatnonzero(values[n:]).tolist():
+                self.beyond_eof.append((base + n + i, int(values[n + i])))
         return stored
 
     def _compare(self, rc: Refcounts, stored: np.ndarray) -> None:
@@ -279,6 +270,14 @@ class _Checker:
             else:
                 self.res.leaks += 1
                 self.res.note(f"Leaked cluster {i} refcount={s} reference={r}")
+        for cluster, value in self.beyond_eof:
+            if self.repair:
+                rc.set(cluster, 0)
+                self.res.leaks_fixed += 1
+                self.res.note(f"Repairing cluster {cluster} (beyond the end of the file) refcount={value} reference=0")
+            else:
+                self.res.leaks += 1
+                self.res.note(f"Leaked cluster {cluster} (beyond the end of the file) refcount={value} reference=0")
         if self.repair:
             self.file.fsync()
 
