@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core import platform
 from core.boot.loader import load_kernel
@@ -28,6 +28,8 @@ from core.devices.rtc import CmosRtc
 from core.devices.serial import Uart16550
 from core.devices.vga import Vga
 from core.devices.vga_screen_info import screen_info_for_text_mode
+from core.devices.virtio.blk import VirtioBlk
+from core.devices.virtio.pci import VirtioPciDevice
 from core.hypervisor.base import Accelerator, CpuState, ExitReason, Vcpu
 from core.hypervisor.select import AccelChoice, choose_accelerator, create_accelerator
 from core.irq import IrqLine
@@ -53,6 +55,16 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class DiskSpec:
+    """One virtio-blk disk: an image file, its format (None: detect from the header), and how to use it."""
+
+    path: str
+    format: str | None = None
+    readonly: bool = False
+    cache: str = "writeback"
+
+
+@dataclass
 class MachineConfig:
     kernel: str
     initrd: str | None = None
@@ -62,6 +74,7 @@ class MachineConfig:
     accel: str = "auto"
     decompress_on_host: bool = True
     on_triple_fault: str = "crash"     # "crash" (keep the state for inspection) or "reset" (as a PC does)
+    disks: list[DiskSpec] = field(default_factory=list)
 
     def validate(self) -> None:
         host_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
@@ -109,13 +122,34 @@ class Machine:
         self.mmio = MmioBus()
         self.timers = TimerQueue(name="vireo-timers")
         self.timers.on_error = lambda exc: self.post_crash(f"device timer failed: {exc!r}")
+        self.images: list = []
+        self.accel: Accelerator | None = None
         try:
-            self.accel: Accelerator = create_accelerator(self.accel_choice.name, self.memory, self.pio, self.mmio,
-                                                         cfg.cpus, self.timers)
+            self.accel = create_accelerator(self.accel_choice.name, self.memory, self.pio, self.mmio,
+                                            cfg.cpus, self.timers)
+            self._build_devices()
         except BaseException:
-            self.timers.stop()
-            self.memory.close()
+            self._release_resources()
             raise
+
+    def _release_resources(self) -> None:
+        """Give back what a machine holds on the host: images (and their locks), the emulator, the timer thread."""
+        for image in self.images:
+            try:
+                image.close()
+            except Exception:
+                log.exception("closing a disk image failed")
+        self.images = []
+        self.timers.stop()
+        if self.accel is not None:
+            try:
+                self.accel.close()
+            except Exception:
+                log.exception("closing the accelerator failed")
+
+    def _build_devices(self) -> None:
+        cfg = self.config
+        assert self.accel is not None
         line = lambda gsi: IrqLine(self.accel, gsi)  # noqa: E731
         self.serial = Uart16550(line(platform.COM1_IRQ), self._serial_output)
         self.rtc = CmosRtc(line(platform.RTC_IRQ), self.timers, self.memory.size, cpus=cfg.cpus)
@@ -130,9 +164,19 @@ class Machine:
         self.vga = Vga(self.pci)
         self.vga.attach(self.pio, self.mmio)
         self.devices = [*port_devices, self.vga]
+        self.disks = [self._add_disk(i, spec) for i, spec in enumerate(cfg.disks)]
         self.pci.assign_resources()
         self.vcpus: list[Vcpu] = [self.accel.create_vcpu(i) for i in range(cfg.cpus)]
         self._load()
+
+    def _add_disk(self, index: int, spec: DiskSpec) -> VirtioBlk:
+        from core.storage import open_image
+        image = open_image(spec.path, spec.format, read_only=spec.readonly, cache=spec.cache)
+        self.images.append(image)
+        blk = VirtioBlk(image, serial=f"vireo-disk{index}")
+        send_msi = getattr(self.accel, "send_msi", None)
+        self.pci.add(VirtioPciDevice(blk, self.memory, msi_sink=send_msi))
+        return blk
 
     def _load(self) -> None:
         """Load the kernel (and initrd) and set every vCPU's power-on state: the BSP at the kernel's entry,
@@ -373,12 +417,8 @@ class Machine:
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=5)
-        self.timers.stop()
         self.vga.close()
-        try:
-            self.accel.close()
-        except Exception:
-            log.exception("closing the accelerator failed")
+        self._release_resources()
         self._set_state(state, reason)
 
     # -- inspection ---------------------------------------------------------------------------------------

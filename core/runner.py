@@ -15,7 +15,8 @@ from collections.abc import Callable
 from core.boot.loader import BootError
 from core.hypervisor.base import AcceleratorUnavailable
 from core.hypervisor.select import ACCEL_NAMES, choose_accelerator
-from core.machine import ConfigError, Machine, MachineConfig, MachineState
+from core.machine import ConfigError, DiskSpec, Machine, MachineConfig, MachineState
+from core.storage import CACHE_MODES, ImageError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 ESCAPE_PREFIX = 0x01  # Ctrl-A, then 'x' quits — QEMU's -serial stdio habit
@@ -37,6 +38,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop the VM and exit 1 if it is still running after this long")
     p.add_argument("--no-host-decompress", action="store_true",
                    help="let the kernel decompress itself in the guest instead of unpacking it on the host")
+    p.add_argument("--disk", action="append", default=[], metavar="PATH[,format=raw|qcow2][,readonly=on][,cache=MODE]",
+                   help="attach a virtio disk (repeatable); cache: writeback (default), writethrough or unsafe")
     p.add_argument("--display", default="none", choices=("none", "window"),
                    help="window: show the VM's screen in a console window (default none)")
     p.add_argument("--screendump", metavar="FILE.png",
@@ -62,6 +65,31 @@ def _serial_sink(spec: str) -> tuple[Callable[[bytes], None], Callable[[], None]
             raise BadInput(f"--serial {spec}: cannot open {path}: {exc.strerror}") from exc
         return f.write, f.close, False
     raise BadInput(f"--serial {spec!r}: use stdio, none or file:PATH")
+
+
+def parse_disk(spec: str) -> DiskSpec:
+    """--disk PATH[,format=raw|qcow2][,readonly=on|off][,cache=writeback|writethrough|unsafe], as QEMU spells
+    -drive options; a comma inside PATH is written twice (",,"), as QEMU does."""
+    parts = spec.replace(",,", "\0").split(",")
+    path = parts[0].replace("\0", ",")
+    if not path:
+        raise BadInput(f"--disk {spec!r}: give the image path first")
+    disk = DiskSpec(path)
+    for opt in parts[1:]:
+        key, _, value = opt.partition("=")
+        if key == "format" and value in ("raw", "qcow2"):
+            disk.format = value
+        elif key == "readonly" and value in ("on", "off"):
+            disk.readonly = value == "on"
+        elif key == "cache" and value in CACHE_MODES:
+            disk.cache = value
+        else:
+            raise BadInput(f"--disk {spec}: bad option {opt!r}; use format=raw|qcow2, readonly=on|off, "
+                           f"cache={'|'.join(CACHE_MODES)}")
+    if not os.path.exists(disk.path):
+        raise BadInput(f"--disk {disk.path}: no such file; create one with: vireo img create -f qcow2 "
+                       f"{disk.path} 10G")
+    return disk
 
 
 def _check_file(option: str, path: str | None) -> None:
@@ -200,9 +228,10 @@ def prepare(args: argparse.Namespace) -> RunSession | int:
             if not os.path.isdir(folder):
                 raise BadInput(f"--screendump {args.screendump}: folder {folder} does not exist")
         write, close_sink, interactive = _serial_sink(args.serial)
+        disks = [parse_disk(d) for d in args.disk]
         config = MachineConfig(kernel=args.kernel, initrd=args.initrd, cmdline=args.append,
                                memory_mib=args.memory, cpus=args.cpus, accel=args.accel,
-                               decompress_on_host=not args.no_host_decompress)
+                               decompress_on_host=not args.no_host_decompress, disks=disks)
         config.validate()
         choice = choose_accelerator(args.accel)
         if choice.warning:
@@ -210,7 +239,7 @@ def prepare(args: argparse.Namespace) -> RunSession | int:
         if args.accel == "auto":
             print(f"vireo: accelerator {choice.name} ({choice.reason})", file=err)
         machine = Machine(config, serial_output=write, accel_choice=choice)
-    except (BadInput, ConfigError, BootError, AcceleratorUnavailable) as exc:
+    except (BadInput, ConfigError, BootError, AcceleratorUnavailable, ImageError) as exc:
         print(f"vireo: {exc}", file=err)
         return EXIT_BAD_INPUT
     return RunSession(args, machine, close_sink, interactive)

@@ -1,7 +1,7 @@
 """virtio-blk (virtio 1.2, section 5.2): a disk for the guest, backed by a raw or qcow2 image.
 
 Requests are a 16-byte header (type, reserved, sector), data buffers, and a status byte the device writes last
-(5.2.6). Reads, writes, flush (durable: the image's flush is an fsync unless the cache mode says otherwise),
+(5.2.6). Reads, writes, flush (durable: the image's flush is an fsync unless its cache mode is unsafe),
 GET_ID (the serial string), discard and write-zeroes. A request outside the disk or with malformed buffers fails
 with VIRTIO_BLK_S_IOERR / UNSUPP for that request only; an image I/O error does the same.
 """
@@ -14,6 +14,7 @@ from typing import Protocol
 from core.devices.virtio.pci import VirtioDevice
 from core.devices.virtio.queue import DescriptorChain, Virtqueue, gather, scatter
 from core.memory import GuestMemory
+from core.storage.errors import ImageError
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,10 @@ class VirtioBlk(VirtioDevice):
     num_queues = 1
     queue_size = 256
 
-    def __init__(self, backend: BlockBackend, serial: str = "", cache: str = "writeback") -> None:
+    def __init__(self, backend: BlockBackend, serial: str = "") -> None:
         super().__init__()
-        if cache not in ("writeback", "none", "unsafe"):
-            raise ValueError(f"cache={cache}: use writeback, none or unsafe")
         self.backend = backend
         self.serial = serial.encode()[:ID_BYTES]
-        self.cache = cache
         self.stats = {"read_bytes": 0, "write_bytes": 0, "reads": 0, "writes": 0, "flushes": 0, "errors": 0}
 
     def features(self) -> int:
@@ -100,7 +98,7 @@ class VirtioBlk(VirtioDevice):
         written = 0
         try:
             status, written = self._serve(rtype, sector, data_in, data_out, memory)
-        except OSError as exc:
+        except (OSError, ImageError) as exc:
             log.warning("virtio-blk: I/O error: %s", exc)
             status = S_IOERR
         if status != S_OK:
@@ -127,12 +125,9 @@ class VirtioBlk(VirtioDevice):
             backend.write(sector * SECTOR, gather(memory, data_out))
             self.stats["writes"] += 1
             self.stats["write_bytes"] += length
-            if self.cache == "none":
-                backend.flush()
             return S_OK, 0
         if rtype == T_FLUSH:
-            if self.cache != "unsafe":
-                backend.flush()
+            backend.flush()   # the image's cache mode decides what a flush costs (fsync, or nothing if unsafe)
             self.stats["flushes"] += 1
             return S_OK, 0
         if rtype == T_GET_ID:
