@@ -49,6 +49,7 @@ class Vga:
         self.memory.banked = self.vbe
         self.pci = VgaPciFunction(self.vbe, self.regs)
         self.lfb_mapped_as_ram = False   # set by a backend that maps the LFB as guest RAM (writes are untracked)
+        self.closed = False
         if pci_bus is not None:
             pci_bus.add(self.pci, pci_slot)
         self.reset()
@@ -109,4 +110,6 @@ class Vga:
         return self.vbe.host_address, self.vbe.vram_size
 
     def close(self) -> None:
-        self.vbe.close()
+        """The machine has stopped. Video memory stays readable, so the last picture can still be shown and
+        screendumped after power-off; its pages go back to the host when this object is dropped."""
+        self.closed = True

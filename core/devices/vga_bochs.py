@@ -186,15 +186,6 @@ class BochsVbe:
         self.vram[offset:offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         self.regs.generation += 1
 
-    def close(self) -> None:
-        del self.array
-        del self._anchor
-        try:
-            self.vram.close()
-        except BufferError:
-            pass     # a backend still maps it; the pages go with the process
-
-
 class _FramebufferBar:
     """BAR0 handler: the MMIO bus calls it with absolute addresses."""
 
