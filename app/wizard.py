@@ -220,8 +220,7 @@ class StoragePage(QWizardPage):
         form.addRow("Size:", self.size)
         self.format = QComboBox(self)
         self.format.addItem("raw", "raw")
-        self.format.addItem("qcow2 (not available yet)", "qcow2")
-        self.format.model().item(1).setEnabled(False)
+        self.format.addItem("qcow2 (thin: grows as the guest writes)", "qcow2")
         form.addRow("Format:", self.format)
         self.preallocate = QCheckBox("Allocate the whole disk now (slower to create, no surprises later)", self)
         form.addRow("", self.preallocate)
@@ -233,14 +232,23 @@ class StoragePage(QWizardPage):
                                 "the definition and attached once it does.", self))
         lay.addStretch(1)
         self.create.toggled.connect(self._toggle)
+        self.format.currentIndexChanged.connect(self._format_changed)
         self._toggle(False)
 
     def initializePage(self) -> None:
         self.where.setText(f"Created in {images_dir()}")
 
     def _toggle(self, on: bool) -> None:
-        for w in (self.size, self.format, self.preallocate):
+        for w in (self.size, self.format):
             w.setEnabled(on)
+        self._format_changed()
+
+    def _format_changed(self) -> None:
+        # Preallocation is a raw-image choice; a qcow2 image allocates clusters as the guest writes.
+        raw = self.format.currentData() == "raw"
+        if not raw:
+            self.preallocate.setChecked(False)
+        self.preallocate.setEnabled(self.create.isChecked() and raw)
 
 
 class FinishPage(QWizardPage):
@@ -373,13 +381,14 @@ class NewVmWizard(QWizard):
             name = f"{stem}-{n}"
         return name
 
-    def disk_path(self, name: str) -> str:
+    def disk_path(self, name: str, fmt: str = "raw") -> str:
         safe = re.sub(r"[^A-Za-z0-9._+-]+", "-", name)
-        path = images_dir() / f"{safe}.img"
+        ext = "qcow2" if fmt == "qcow2" else "img"
+        path = images_dir() / f"{safe}.{ext}"
         n = 1
         while path.exists():
             n += 1
-            path = images_dir() / f"{safe}-{n}.img"
+            path = images_dir() / f"{safe}-{n}.{ext}"
         return str(path)
 
     def config(self) -> VmConfig:
@@ -405,8 +414,9 @@ class NewVmWizard(QWizard):
         storage = self.storage_page
         new_disk = None
         if storage.create.isChecked():
-            new_disk = (self.disk_path(cfg.name), int(storage.size.value() * 1024 ** 3) // 512 * 512,
-                        storage.format.currentData(), storage.preallocate.isChecked())
+            fmt = storage.format.currentData()
+            new_disk = (self.disk_path(cfg.name, fmt), int(storage.size.value() * 1024 ** 3) // 512 * 512,
+                        fmt, storage.preallocate.isChecked())
             cfg.disks.append(DiskConfig(path=new_disk[0], format=new_disk[2]))
         host = self.bridge.host
         self.working = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -81,8 +82,20 @@ def test_create_disk_progress_and_no_overwrite(host: LocalHost, tmp_path: Path) 
     assert path.stat().st_blocks * 512 >= 8 << 20      # preallocated, not sparse
     with pytest.raises(HostError, match="already exists"):
         host.create_disk(str(path), 1 << 20)
-    with pytest.raises(HostError, match="qcow2 images cannot be created yet"):
-        host.create_disk(str(tmp_path / "q.qcow2"), 1 << 20, fmt="qcow2")
+    seen.clear()
+    qcow = tmp_path / "q.qcow2"
+    host.create_disk(str(qcow), 1 << 30, fmt="qcow2", progress=lambda done, total: seen.append((done, total)))
+    assert seen[0] == (0, 1 << 30) and seen[-1] == (1 << 30, 1 << 30)
+    from core.storage import open_image
+    with open_image(str(qcow)) as dev:
+        assert (dev.format_name, dev.size) == ("qcow2", 1 << 30)
+    assert qcow.stat().st_size < 1 << 20                   # thin: metadata only
+    check = subprocess.run(["qemu-img", "check", str(qcow)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    with pytest.raises(HostError, match="already exists"):
+        host.create_disk(str(qcow), 1 << 20, fmt="qcow2")
+    with pytest.raises(HostError, match="preallocation applies to raw"):
+        host.create_disk(str(tmp_path / "p.qcow2"), 1 << 20, fmt="qcow2", preallocate=True)
 
 
 def test_corrupt_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
