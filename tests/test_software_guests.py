@@ -442,3 +442,50 @@ def test_hlt_with_interrupts_off_halts_for_good(rig):
     code = assemble(".code64\n cli\n hlt\n", 64, 0x100000)
     ex = rig.run(long_mode_setup(rig, code))
     assert ex.reason == ExitReason.HALTED
+
+
+class _WindowRecorder:
+    """An MMIO device over the legacy VGA window that records writes and answers reads with a pattern."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, int, int]] = []
+
+    def mmio_read(self, addr: int, size: int) -> int:
+        return 0x5A5A5A5A & ((1 << (8 * size)) - 1)
+
+    def mmio_write(self, addr: int, size: int, value: int) -> None:
+        self.writes.append((addr, size, value))
+
+
+def test_vga_window_reaches_the_mmio_bus_and_ram_around_it_stays_ram(rig):
+    recorder = _WindowRecorder()
+    rig.mmio.register(0xA0000, 0x20000, recorder)
+    code = assemble(r"""
+        .code32
+        movw $0x0741, 0xB8000           # 'A', light grey: a text-mode cell
+        movl $0x11223344, 0x9FFFC       # the last RAM dword below the window
+        movl $0x55667788, 0xC0000       # the first RAM dword above it
+        mov 0xB8000, %eax
+        mov $0xE9, %dx
+        out %eax, %dx
+        mov 0x9FFFC, %eax
+        out %eax, %dx
+        mov 0xC0000, %eax
+        out %eax, %dx
+        cli
+        hlt
+    """, 32, 0x10000)
+    rig.memory.write(0x10000, code)
+    s = CpuState()
+    flat = dict(base=0, limit=0xFFFF_FFFF, db=True, g=True)
+    s.cs = Segment(selector=0x08, type=0xB, **flat)
+    for name in ("ds", "es", "ss", "fs", "gs"):
+        setattr(s, name, Segment(selector=0x10, type=3, **flat))
+    s.cr0 = 0x11
+    s.rip = 0x10000
+    ex = rig.run(s)
+    assert ex.reason == ExitReason.HALTED
+    assert recorder.writes == [(0xB8000, 2, 0x0741)]
+    assert rig.debug.words == [0x5A5A5A5A, 0x11223344, 0x55667788]
+    assert rig.memory.read_u32(0x9FFFC) == 0x11223344 and rig.memory.read_u32(0xC0000) == 0x55667788
+    assert rig.memory.read_u16(0xB8000) == 0                 # the RAM under the window is not touched

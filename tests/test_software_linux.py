@@ -9,20 +9,33 @@ import pytest
 from conftest import run_vireo
 
 
-def _run(kernel, initrd, action: str, *extra: str, timeout: float = 120) -> tuple[int, str, str]:
+def _run(kernel, initrd, action: str, *extra: str, timeout: float = 120,
+         console: str = "console=ttyS0") -> tuple[int, str, str]:
     return run_vireo(["--kernel", str(kernel), "--initrd", str(initrd), "--append",
-                      f"console=ttyS0 vireo.action={action}", "--accel", "software", "--serial", "stdio",
+                      f"{console} vireo.action={action}", "--accel", "software", "--serial", "stdio",
                       "--timeout", str(int(timeout - 10)), *extra], timeout=timeout)
 
 
 @pytest.mark.parametrize("cpus", [1, 2])
-def test_boots_to_marker_and_powers_off(debian_kernel, busybox_initramfs, cpus):
-    status, out, err = _run(debian_kernel, busybox_initramfs, "info", "--cpus", str(cpus), "--memory", "512")
+def test_boots_to_marker_and_powers_off(debian_kernel, busybox_initramfs, cpus, tmp_path):
+    extra = ["--cpus", str(cpus), "--memory", "512"]
+    console = "console=ttyS0"
+    if cpus == 1:
+        # The kernel's log also goes to the VGA text console: its writes to 0xB8000 must reach the VGA model
+        # (the CPU maps RAM around the 0xA0000-0xBFFFF window), so the screendump's text shows them.
+        extra += ["--screendump", str(tmp_path / "screen.png")]
+        console = "console=tty0 console=ttyS0"
+    status, out, err = _run(debian_kernel, busybox_initramfs, "info", *extra, console=console)
     assert status == 0, err + out[-3000:]
     assert "VIREO-BOOT-OK" in out and "VIREO-POWEROFF" in out
     assert f"VIREO-NPROC={cpus}" in out
     memtotal = int(out.split("VIREO-MEMTOTAL=")[1].split()[0])
     assert 400_000 < memtotal <= 512 * 1024
+    if cpus == 1:
+        assert (tmp_path / "screen.png").stat().st_size > 0
+        screen = (tmp_path / "screen.txt").read_text()
+        assert "Run /init as init process" in screen, screen
+        assert "reboot: Power down" in screen, screen
 
 
 def test_sha256_workload(debian_kernel, busybox_initramfs):

@@ -71,7 +71,7 @@ from core.hypervisor.base import (
 )
 from core.hypervisor.software_cpuid import CRYSTAL_HZ, CpuidPolicy
 from core.irq import IrqLine
-from core.memory import HIGH_MEMORY_START, PCI_HOLE_START, GuestMemory
+from core.memory import GuestMemory
 from core.timers import TimerQueue
 
 log = logging.getLogger(__name__)
@@ -235,15 +235,19 @@ class SoftwareAccelerator(Accelerator):
     # -- memory ---------------------------------------------------------------------------------------------
     def _map_memory(self) -> None:
         uc, mem = self.uc, self.memory
-        for region in mem.regions:
+        # RAM minus the legacy VGA window (cpu_mappings): guest accesses to 0xA0000-0xBFFFF reach the VGA model.
+        self.ram_mappings = mem.cpu_mappings()
+        for region in self.ram_mappings:
             uc.mem_map_ptr(region.gpa, region.size, unicorn.UC_PROT_ALL, mem.host_address(region))
-        low_end = mem.regions[0].end
-        high_end = mem.regions[1].end if len(mem.regions) > 1 else HIGH_MEMORY_START
         # Everything that is not RAM is MMIO: the bus may gain devices (VGA, PCI BARs) at any time, and an
         # access nobody claims reads as all ones, as on a PC.
-        holes = [(low_end, HIGH_MEMORY_START - low_end), (high_end, INTA_PAGE - high_end)]
-        if low_end < PCI_HOLE_START and len(mem.regions) > 1:
-            raise AcceleratorUnavailable("unexpected guest memory layout")
+        holes = []
+        cursor = 0
+        for region in sorted(self.ram_mappings, key=lambda r: r.gpa):
+            if region.gpa > cursor:
+                holes.append((cursor, region.gpa - cursor))
+            cursor = region.end
+        holes.append((cursor, INTA_PAGE - cursor))
         read_cb = _MMIO_READ_CFUNC(self._mmio_read)
         write_cb = _MMIO_WRITE_CFUNC(self._mmio_write)
         self._callbacks += [read_cb, write_cb]
@@ -275,7 +279,7 @@ class SoftwareAccelerator(Accelerator):
 
     def _invalidate(self, gpa: int, length: int) -> None:
         mem = self.memory
-        for r in mem.regions:
+        for r in self.ram_mappings:
             lo, hi = max(gpa, r.gpa), min(gpa + length, r.end)
             if lo < hi:
                 self.view.invalidate_ram(mem.host_base + r.offset + (lo - r.gpa), hi - lo)
@@ -547,7 +551,7 @@ class SoftwareAccelerator(Accelerator):
             vcpu.closed = True
             vcpu.kick()
         self.natives.handlers.pop(self.view.env, None)
-        for region in self.memory.regions:
+        for region in self.ram_mappings:
             try:
                 self.uc.mem_unmap(region.gpa, region.size)
             except unicorn.UcError:
