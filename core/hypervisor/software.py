@@ -54,7 +54,7 @@ from unicorn import x86_const as X
 from core import platform
 from core.bus import MmioBus, PortIoBus
 from core.devices.ioapic import IoApic
-from core.devices.lapic import ApicBus, ApicCpu, LocalApic
+from core.devices.lapic import ApicBus, ApicCpu, LocalApic, decode_msi
 from core.devices.pic import Pic8259Pair
 from core.devices.pit import Pit8254
 from core.hypervisor import uc_internals as ui
@@ -222,6 +222,7 @@ class SoftwareAccelerator(Accelerator):
         self._install_hooks()
         # Interrupt controllers of the platform (the software CPU's own; KVM uses in-kernel ones).
         self.apic_bus = ApicBus()
+        self.dropped_msis = 0
         self.pic = Pic8259Pair(self._pic_changed)
         self.pic.attach(pio)
         self.ioapic = IoApic(self.apic_bus.deliver)
@@ -498,6 +499,16 @@ class SoftwareAccelerator(Accelerator):
         if gsi < 16 and isa != 2:
             self.pic.set_irq(isa, level)
         self.ioapic.set_irq(gsi, level)
+
+    def send_msi(self, address: int, data: int) -> None:
+        """Deliver a message-signalled interrupt (PCI 3.0, 6.8; address/data as in SDM vol. 3, 10.11) to the local
+        APICs, as KVM_SIGNAL_MSI does for the KVM backend. Callable from any thread; a PCI device's MSI sink.
+        A message no APIC accepts (outside 0xFEExxxxx, reserved delivery mode) is counted and dropped."""
+        msg = decode_msi(address, data)
+        if msg is None:
+            self.dropped_msis += 1
+            return
+        self.apic_bus.deliver_msi(msg)
 
     def _pic_changed(self) -> None:
         for vcpu in self.vcpus.values():
