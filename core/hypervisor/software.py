@@ -46,6 +46,7 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from ctypes import c_int, c_uint32, c_uint64, c_void_p
 
 import unicorn
@@ -142,10 +143,16 @@ class _FairLock:
         self._next = 0
         self._serving = 0
 
-    def acquire(self) -> None:
+    def acquire(self, on_contention: Callable[[], None] | None = None) -> None:
+        """Wait for the lock; `on_contention` runs once (outside the lock) if someone else holds it."""
         with self._cond:
             ticket = self._next
             self._next += 1
+            if ticket == self._serving:
+                return
+        if on_contention is not None:
+            on_contention()
+        with self._cond:
             while ticket != self._serving:
                 self._cond.wait()
 
@@ -522,7 +529,7 @@ class SoftwareAccelerator(Accelerator):
 
     def acquire(self, vcpu: SoftwareVcpu) -> None:
         """Take the emulator for `vcpu` (its state loaded)."""
-        self.lock.acquire()
+        self.lock.acquire(self._contended)
         self.owner = threading.current_thread()
         if self.current is not vcpu:
             self._switch_to(vcpu)
@@ -531,6 +538,15 @@ class SoftwareAccelerator(Accelerator):
     def release(self) -> None:
         self.owner = None
         self.lock.release()
+
+    def _contended(self) -> None:
+        """Another vCPU thread now waits for the emulator: the running slice gets a quantum, not forever (a
+        guest spinning with its timer masked would otherwise starve a CPU it just woke with an IPI). The
+        waiter is counted before `running` is read here, and a slice sets `running` before it counts the
+        waiters, so one of the two arms the quantum."""
+        running = self.running
+        if running is not None:
+            running._quantum.arm_after(QUANTUM_NS)
 
     def _switch_to(self, vcpu: SoftwareVcpu) -> None:
         v = self.view
@@ -761,8 +777,12 @@ class SoftwareVcpu(Vcpu, ApicCpu):
             self._rekick.arm_after(REKICK_NS)
 
     def _quantum_expired(self) -> None:
-        if self.accel.lock.waiting() > 0:
-            self._stop_slice()
+        acc = self.accel
+        if acc.lock.waiting() > 0 and acc.running is self:
+            if self._in_slice:
+                self._stop_slice()
+            else:                                  # between `running` and emu_start: look again shortly
+                self._quantum.arm_after(REKICK_NS // 4)
 
     # -- running --------------------------------------------------------------------------------------------
     def run(self) -> VcpuExit:
@@ -843,10 +863,10 @@ class SoftwareVcpu(Vcpu, ApicCpu):
                 req |= ui.CPU_INTERRUPT_NMI
             v.interrupt_request = req
             v.old_exception = -1
-            if acc.lock.waiting() > 0:
-                self._quantum.arm_after(QUANTUM_NS)
             self._slice_seq += 1
             acc.running = self
+            if acc.lock.waiting() > 0:
+                self._quantum.arm_after(QUANTUM_NS)
             self._in_slice = True
             with self._cond:
                 pending = self._kicked or self._wake
