@@ -123,6 +123,7 @@ class Machine:
         self.timers = TimerQueue(name="vireo-timers")
         self.timers.on_error = lambda exc: self.post_crash(f"device timer failed: {exc!r}")
         self.images: list = []
+        self.disk_transports: list[VirtioPciDevice] = []
         self.accel: Accelerator | None = None
         try:
             self.accel = create_accelerator(self.accel_choice.name, self.memory, self.pio, self.mmio,
@@ -134,6 +135,8 @@ class Machine:
 
     def _release_resources(self) -> None:
         """Give back what a machine holds on the host: images (and their locks), the emulator, the timer thread."""
+        for transport in self.disk_transports:
+            transport.close()         # the disk's worker thread finishes its request before the image closes
         for image in self.images:
             try:
                 image.close()
@@ -175,7 +178,9 @@ class Machine:
         self.images.append(image)
         blk = VirtioBlk(image, serial=f"vireo-disk{index}")
         send_msi = getattr(self.accel, "send_msi", None)
-        self.pci.add(VirtioPciDevice(blk, self.memory, msi_sink=send_msi))
+        transport = VirtioPciDevice(blk, self.memory, msi_sink=send_msi)
+        self.disk_transports.append(transport)
+        self.pci.add(transport)
         return blk
 
     def _load(self) -> None:

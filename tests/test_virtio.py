@@ -24,8 +24,18 @@ class MemDisk:
     def read(self, off, n):
         return bytes(self.data[off:off + n])
 
+    def readv(self, off, bufs):
+        for b in bufs:
+            b[:] = self.data[off:off + len(b)]
+            off += len(b)
+
     def write(self, off, data):
         self.data[off:off + len(data)] = data
+
+    def writev(self, off, bufs):
+        for b in bufs:
+            self.write(off, b)
+            off += len(b)
 
     def flush(self):
         self.flushes += 1
@@ -113,6 +123,7 @@ class Driver:
 
     def kick(self):
         self.mmio.write(self.notify, 2, 0)
+        assert self.dev.wait_idle(10)         # requests are served on the device's worker thread
 
     def request(self, rtype, sector, data=None, read_len=0):
         hdr = self.buf(struct.pack("<IIQ", rtype, 0, sector))

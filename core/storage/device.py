@@ -40,9 +40,23 @@ class BlockDevice(abc.ABC):
         data = self.read(offset, len(buf))
         memoryview(buf)[:] = data
 
+    def readv(self, offset: int, bufs: list[memoryview]) -> None:
+        """Fill the buffers in order with disk contents from `offset` (a scatter list, e.g. guest pages)."""
+        for buf in bufs:
+            self.readinto(offset, buf)
+            offset += len(buf)
+
     @abc.abstractmethod
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write `data` at `offset`; when it returns, reads see the new data (durable only after flush)."""
+
+    def writev(self, offset: int, bufs: list[memoryview]) -> None:
+        """Write the buffers in order from `offset` as one request (a gather list)."""
+        if len(bufs) == 1:
+            self.write(offset, bufs[0])
+        elif bufs:
+            # One request, not one per piece: a format that allocates whole clusters copies less this way.
+            self.write(offset, b"".join(bufs))
 
     @abc.abstractmethod
     def flush(self) -> None:
@@ -105,6 +119,53 @@ def preadinto(fd: int, path: str, offset: int, buf: memoryview) -> int:
     except OSError as exc:
         raise ImageIOError(f"{path}: read of {len(buf)} bytes at offset {offset} failed: {exc.strerror}") from exc
     return done
+
+
+def preadv_exact(fd: int, path: str, offset: int, bufs: list[memoryview]) -> int:
+    """Fill a scatter list from `offset` with as few syscalls as the kernel allows; return the bytes the file
+    had (short at EOF: the rest of the buffers is left untouched)."""
+    total = sum(len(b) for b in bufs)
+    done = 0
+    pending = list(bufs)
+    try:
+        while pending:
+            n = os.preadv(fd, pending[:_IOV_MAX], offset + done)
+            if n == 0:
+                break
+            done += n
+            pending = _advance(pending, n)
+    except OSError as exc:
+        raise ImageIOError(f"{path}: read of {total} bytes at offset {offset} failed: {exc.strerror}") from exc
+    return done
+
+
+def pwritev_all(fd: int, path: str, offset: int, bufs: list[memoryview]) -> None:
+    """Write a gather list at `offset` (os.pwritev may write less than asked)."""
+    total = sum(len(b) for b in bufs)
+    done = 0
+    pending = list(bufs)
+    try:
+        while pending:
+            n = os.pwritev(fd, pending[:_IOV_MAX], offset + done)
+            done += n
+            pending = _advance(pending, n)
+    except OSError as exc:
+        raise ImageIOError(f"{path}: write of {total} bytes at offset {offset} failed: {exc.strerror}") from exc
+
+
+_IOV_MAX = 1024
+
+
+def _advance(bufs: list[memoryview], n: int) -> list[memoryview]:
+    """The part of a scatter/gather list after its first `n` bytes."""
+    i = 0
+    while i < len(bufs) and n >= len(bufs[i]):
+        n -= len(bufs[i])
+        i += 1
+    rest = bufs[i:]
+    if rest and n:
+        rest[0] = rest[0][n:]
+    return rest
 
 
 def pwrite_all(fd: int, path: str, offset: int, data: bytes | bytearray | memoryview) -> None:

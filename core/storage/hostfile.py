@@ -11,7 +11,7 @@ import ctypes.util
 import errno
 import os
 
-from core.storage.device import CACHE_MODES, pread_exact, preadinto, pwrite_all
+from core.storage.device import CACHE_MODES, pread_exact, preadinto, preadv_exact, pwrite_all, pwritev_all
 from core.storage.errors import ImageError, ImageIOError
 from core.storage.locking import ImageLock
 
@@ -62,6 +62,15 @@ class HostFile:
 
     def preadinto(self, offset: int, buf: memoryview) -> int:
         return preadinto(self.fd, self.path, offset, buf)
+
+    def preadv(self, offset: int, bufs: list[memoryview]) -> int:
+        return preadv_exact(self.fd, self.path, offset, bufs)
+
+    def pwritev(self, offset: int, bufs: list[memoryview]) -> None:
+        pwritev_all(self.fd, self.path, offset, bufs)
+        end = offset + sum(len(b) for b in bufs)
+        if end > self.size:
+            self.size = end
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         pwrite_all(self.fd, self.path, offset, data)

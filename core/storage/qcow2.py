@@ -196,12 +196,19 @@ class Qcow2Image(BlockDevice):
         view = memoryview(buf).cast("B")
         self._check_range(offset, len(view))
         with self._lock:
-            self._read_locked(offset, view)
+            self._read_locked(offset, [view])
 
-    def _read_locked(self, offset: int, view: memoryview) -> None:
-        end = offset + len(view)
+    def readv(self, offset: int, bufs: list[memoryview]) -> None:
+        self._check_range(offset, sum(len(b) for b in bufs))
+        with self._lock:
+            self._read_locked(offset, bufs)
+
+    def _read_locked(self, offset: int, bufs: list[memoryview]) -> None:
+        """Read into a scatter list: runs of clusters of one kind (and, for data, contiguous on the host) are
+        one request each, e.g. one preadv for a sequential read of freshly written clusters."""
+        end = offset + sum(len(b) for b in bufs)
         pos = offset
-        run: list = []      # [kind, guest start, host start, length] of the pending contiguous run
+        run: list = []      # [kind, guest start, host start, length, entry] of the pending contiguous run
         while pos < end:
             ci = pos >> self.cluster_bits
             in_off = pos & (self.cs - 1)
@@ -215,34 +222,37 @@ class Qcow2Image(BlockDevice):
                 run[3] += n
             else:
                 if run:
-                    self._read_run(run, offset, view)
+                    self._read_run(run, offset, bufs)
                 run = [kind, pos, host + in_off, n, entry]
             pos += n
         if run:
-            self._read_run(run, offset, view)
+            self._read_run(run, offset, bufs)
 
-    def _read_run(self, run: list, base: int, view: memoryview) -> None:
+    def _read_run(self, run: list, base: int, bufs: list[memoryview]) -> None:
         kind, guest, host, length, entry = run
-        dst = view[guest - base:guest - base + length]
+        dst = _slice(bufs, guest - base, length)
         if kind == NORMAL:
-            got = self.file.preadinto(host, dst)
-            dst[got:] = bytes(length - got)   # a last cluster cut short by EOF reads as zeros past it
+            got = self.file.preadv(host, dst)
+            if got < length:
+                _zero(_slice(dst, got, length - got))   # a last cluster cut short by EOF reads as zeros past it
         elif kind == UNALLOCATED and self.backing is not None:
-            self._read_backing(guest, dst)
+            self._read_backing(guest, dst, length)
         elif kind == COMPRESSED_KIND:
             data = self._decompress(entry, guest >> self.cluster_bits)
-            in_off = guest & (self.cs - 1)
-            dst[:] = data[in_off:in_off + length]
+            pos = guest & (self.cs - 1)
+            for d in dst:
+                d[:] = data[pos:pos + len(d)]
+                pos += len(d)
         else:
-            dst[:] = bytes(length)
+            _zero(dst)
 
-    def _read_backing(self, guest: int, dst: memoryview) -> None:
+    def _read_backing(self, guest: int, dst: list[memoryview], length: int) -> None:
         assert self.backing is not None
-        inside = max(0, min(len(dst), self.backing.size - guest))
+        inside = max(0, min(length, self.backing.size - guest))
         if inside:
-            self.backing.readinto(guest, dst[:inside])
-        if inside < len(dst):
-            dst[inside:] = bytes(len(dst) - inside)
+            self.backing.readv(guest, _slice(dst, 0, inside))
+        if inside < length:
+            _zero(_slice(dst, inside, length - inside))
 
     def _compressed_range(self, entry: int) -> tuple[int, int]:
         """Host offset and byte length of a compressed cluster's data (its sector span, per the spec)."""
@@ -287,7 +297,8 @@ class Qcow2Image(BlockDevice):
         if kind == UNALLOCATED and self.backing is not None:
             data = bytearray(self.cs)
             guest = ci * self.cs
-            self._read_backing(guest, memoryview(data)[:min(self.cs, self._size - guest)])
+            n = min(self.cs, self._size - guest)
+            self._read_backing(guest, [memoryview(data)[:n]], n)
             return bytes(data)
         return bytes(self.cs)
 
@@ -536,6 +547,28 @@ class Qcow2Image(BlockDevice):
                 except ImageIOError:
                     pass
             file.close()
+
+
+def _slice(bufs: list[memoryview], start: int, length: int) -> list[memoryview]:
+    """The views covering bytes [start, start+length) of a scatter list, as if it were one buffer."""
+    out = []
+    for b in bufs:
+        n = len(b)
+        if start >= n:
+            start -= n
+            continue
+        piece = b[start:start + length]
+        out.append(piece)
+        length -= len(piece)
+        start = 0
+        if length <= 0:
+            break
+    return out
+
+
+def _zero(bufs: list[memoryview]) -> None:
+    for b in bufs:
+        b[:] = bytes(len(b))
 
 
 def resolve_backing_path(image_path: str, backing_name: str) -> str:

@@ -45,6 +45,26 @@ class RawImage(BlockDevice):
         if got < len(view):
             view[got:] = bytes(len(view) - got)   # the file shrank under us: what is gone reads as zeros
 
+    def readv(self, offset: int, bufs: list[memoryview]) -> None:
+        total = sum(len(b) for b in bufs)
+        self._check_range(offset, total)
+        got = self.file.preadv(offset, bufs)
+        if got < total:
+            pos = 0
+            for b in bufs:                       # the file shrank under us: what is gone reads as zeros
+                if pos + len(b) > got:
+                    start = max(0, got - pos)
+                    b[start:] = bytes(len(b) - start)
+                pos += len(b)
+
+    def writev(self, offset: int, bufs: list[memoryview]) -> None:
+        if self.probed and offset < 4:
+            super().writev(offset, bufs)          # the signature check wants the data in one piece
+            return
+        self._check_writable()
+        self._check_range(offset, sum(len(b) for b in bufs))
+        self.file.pwritev(offset, bufs)
+
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self._check_writable()
         data = memoryview(data).cast("B")

@@ -4,6 +4,10 @@ Requests are a 16-byte header (type, reserved, sector), data buffers, and a stat
 (5.2.6). Reads, writes, flush (durable: the image's flush is an fsync unless its cache mode is unsafe),
 GET_ID (the serial string), discard and write-zeroes. A request outside the disk or with malformed buffers fails
 with VIRTIO_BLK_S_IOERR / UNSUPP for that request only; an image I/O error does the same.
+
+Requests are served one at a time, in ring order, on the transport's worker thread: a flush therefore covers
+every write completed before it (5.2.6.2), and data moves between the image and guest RAM without copies
+(readv/writev on views of GuestMemory; the software CPU is told which RAM changed, as it may hold code).
 """
 from __future__ import annotations
 
@@ -37,10 +41,18 @@ class BlockBackend(Protocol):
     read_only: bool
 
     def read(self, offset: int, length: int) -> bytes: ...
+    def readv(self, offset: int, bufs: list[memoryview]) -> None: ...
     def write(self, offset: int, data: bytes) -> None: ...
+    def writev(self, offset: int, bufs: list[memoryview]) -> None: ...
     def flush(self) -> None: ...
     def discard(self, offset: int, length: int) -> None: ...
     def write_zeroes(self, offset: int, length: int) -> None: ...
+
+
+# Completions are signalled when the queue runs dry, and at least every this many, so a long burst of
+# requests does not hold back the first ones.
+INTERRUPT_BATCH = 32
+MAX_DISCARD_SEGMENTS = 1
 
 
 class VirtioBlk(VirtioDevice):
@@ -48,6 +60,7 @@ class VirtioBlk(VirtioDevice):
     pci_class = 0x018000
     num_queues = 1
     queue_size = 256
+    threaded = True
 
     def __init__(self, backend: BlockBackend, serial: str = "") -> None:
         super().__init__()
@@ -75,12 +88,26 @@ class VirtioBlk(VirtioDevice):
     def process(self, queue: Virtqueue, memory: GuestMemory) -> None:
         transport = self.transport
         assert transport is not None
-        old_used = queue.used_idx
-        while (chain := queue.pop()) is not None:
-            written = self._request(chain, memory)
-            queue.push(chain, written)
-        if queue.used_idx != old_used:
-            transport.used(queue, old_used)
+        batch: tuple[int, int] | None = None      # (generation, used index) since the last signal
+        count = 0
+        while (item := transport.pop_request(queue)) is not None:
+            chain, generation, used_before = item
+            if batch is None or batch[0] != generation:
+                batch, count = (generation, used_before), 0
+            try:
+                written = self._request(chain, memory)
+            except BaseException:
+                transport.abandon()
+                raise
+            if transport.complete(queue, chain, written, generation) is None:
+                batch = None                       # reset meanwhile: nothing to signal
+                continue
+            count += 1
+            if count >= INTERRUPT_BATCH:
+                transport.used(queue, batch[1], generation)
+                batch = None
+        if batch is not None:
+            transport.used(queue, batch[1], batch[0])
 
     def _request(self, chain: DescriptorChain, memory: GuestMemory) -> int:
         """Serve one request; return the bytes written to the driver's buffers (data + status)."""
@@ -112,17 +139,23 @@ class VirtioBlk(VirtioDevice):
             length = sum(n for _, n in data_in)
             if not self._in_range(sector, length):
                 return S_IOERR, 0
-            data = backend.read(sector * SECTOR, length)
+            views = [memory.view(gpa, n) for gpa, n in data_in if n]
+            try:
+                backend.readv(sector * SECTOR, views)
+            finally:
+                for gpa, n in data_in:               # translated code in those pages is stale now
+                    if n:
+                        memory.notify_written(gpa, n)
             self.stats["reads"] += 1
             self.stats["read_bytes"] += length
-            return S_OK, scatter(memory, data_in, data)
+            return S_OK, length
         if rtype == T_OUT:
             if backend.read_only:
                 return S_IOERR, 0
             length = sum(n for _, n in data_out)
             if not self._in_range(sector, length):
                 return S_IOERR, 0
-            backend.write(sector * SECTOR, gather(memory, data_out))
+            backend.writev(sector * SECTOR, [memory.view(gpa, n) for gpa, n in data_out if n])
             self.stats["writes"] += 1
             self.stats["write_bytes"] += length
             return S_OK, 0
@@ -135,6 +168,9 @@ class VirtioBlk(VirtioDevice):
         if rtype in (T_DISCARD, T_WRITE_ZEROES):
             if backend.read_only:
                 return S_IOERR, 0
+            # Bounded before gathering: a chain may name the same RAM many times over.
+            if sum(n for _, n in data_out) > 16 * MAX_DISCARD_SEGMENTS:
+                return S_UNSUPP, 0
             segs = gather(memory, data_out)
             if not segs or len(segs) % 16:
                 return S_UNSUPP, 0

@@ -5,6 +5,12 @@ One 64-bit memory BAR carries the four structures the vendor capabilities point 
 Interrupts are MSI-X (4.1.5.1.2, table and PBA in a second BAR) when the accelerator can deliver MSIs, and INTx
 through the ISR byte otherwise or when the driver does not enable MSI-X. A driver that breaks the ring protocol
 gets DEVICE_NEEDS_RESET (2.1.2), never a host error.
+
+A device that declares `threaded` (virtio-blk) is served by a worker thread: the driver's notification only
+wakes the worker, so the vCPU runs on while the host does the I/O, and the worker completes each request with
+the used ring and an interrupt. The ring itself is only touched under the device lock (pop_request/complete);
+the I/O runs outside it. A reset (by the driver or the machine) first stops new requests, then waits for the
+one in flight to finish, so nothing touches the rings or the image after the reset has returned.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from core.devices.pci import Bar, PciDevice
-from core.devices.virtio.queue import Virtqueue, VirtqueueError
+from core.devices.virtio.queue import DescriptorChain, Virtqueue, VirtqueueError
 from core.memory import GuestMemory, GuestMemoryError
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,7 @@ class VirtioDevice(ABC):
     pci_class: int = 0xFF0000
     num_queues: int = 1
     queue_size: int = 256
+    threaded: bool = False        # True: requests are served on a worker thread, not in the notify MMIO exit
 
     def __init__(self) -> None:
         self.transport: VirtioPciDevice | None = None
@@ -87,6 +94,10 @@ class VirtioPciDevice(PciDevice):
         self.memory = memory
         self.msi_sink = msi_sink
         self.lock = threading.RLock()
+        self._idle = threading.Condition(self.lock)
+        self._inflight = 0            # requests popped and not yet completed (served outside the lock)
+        self._generation = 0          # bumped at every reset: a completion from before it is dropped
+        self._worker: _QueueWorker | None = None
         self.queues = [Virtqueue(memory, i, device.queue_size) for i in range(device.num_queues)]
         self.add_bar(VIRTIO_BAR, Bar(VIRTIO_BAR_SIZE, False, _BarWindow(self, self._bar_read, self._bar_write),
                                      is_64bit=True))
@@ -111,6 +122,7 @@ class VirtioPciDevice(PciDevice):
         self.add_capability(PCI_CAP_VENDOR, body)
 
     def _reset_state(self) -> None:
+        self._quiesce()
         self.status = 0
         self.device_feature_select = 0
         self.driver_feature_select = 0
@@ -165,10 +177,69 @@ class VirtioPciDevice(PciDevice):
                 self.isr |= isr_bit
                 self.set_intx(True)
 
-    def used(self, queue: Virtqueue, old_used: int) -> None:
-        """The device published used entries on `queue` since `old_used`: interrupt the driver if it wants."""
-        if queue.needs_interrupt(old_used):
-            self.interrupt(queue.msix_vector, 1)
+    def used(self, queue: Virtqueue, old_used: int, generation: int | None = None) -> None:
+        """The device published used entries on `queue` since `old_used`: interrupt the driver if it wants.
+        With `generation`, nothing happens if the device was reset since."""
+        with self.lock:
+            if generation is not None and generation != self._generation:
+                return
+            if queue.ready and queue.needs_interrupt(old_used):
+                self.interrupt(queue.msix_vector, 1)
+
+    # -- request flow (any thread) ------------------------------------------------------------------------
+    def pop_request(self, queue: Virtqueue) -> tuple[DescriptorChain, int, int] | None:
+        """The next available chain of `queue`, the reset generation it belongs to and the used index before
+        it; None when there is none or the device may not run. A broken ring raises VirtqueueError or
+        GuestMemoryError."""
+        with self.lock:
+            if not self.status & STATUS_DRIVER_OK or self.status & STATUS_NEEDS_RESET or not queue.ready:
+                return None
+            chain = queue.pop()
+            if chain is None:
+                return None
+            self._inflight += 1
+            return chain, self._generation, queue.used_idx
+
+    def complete(self, queue: Virtqueue, chain: DescriptorChain, written: int, generation: int) -> int | None:
+        """Publish a served request in the used ring; return the new used index, or None if a reset came in
+        between (the request is dropped). The caller signals the driver with used() once a batch is done."""
+        with self.lock:
+            self._inflight -= 1
+            published = generation == self._generation and queue.ready
+            if published:
+                queue.push(chain, written)
+            if not self._inflight:
+                self._idle.notify_all()
+            return queue.used_idx if published else None
+
+    def abandon(self) -> None:
+        """A popped request will not be completed (the ring broke while serving it)."""
+        with self.lock:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.notify_all()
+
+    def _quiesce(self) -> None:
+        """Stop taking requests and wait for the one in flight (lock held; the wait releases it)."""
+        for q in self.queues:
+            q.ready = False
+        while self._inflight:
+            if not self._idle.wait(30):
+                log.error("virtio %s: a request is still in flight after 30 s; resetting anyway",
+                          type(self.device).__name__)
+                break
+        self._generation += 1
+
+    def wait_idle(self, timeout: float = 30) -> bool:
+        """Wait until every notification so far has been served (tests, and before closing the image)."""
+        worker = self._worker
+        return worker.wait_idle(timeout) if worker is not None else True
+
+    def close(self) -> None:
+        """Stop the worker thread (after the request in flight); call before closing the device's backend."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
 
     def _device_error(self, why: str) -> None:
         log.warning("virtio %s: %s; device needs reset", type(self.device).__name__, why)
@@ -205,10 +276,25 @@ class VirtioPciDevice(PciDevice):
         queue = self.queues[index]
         if not queue.ready:
             return
+        if self.device.threaded:
+            if self._worker is None:
+                self._worker = _QueueWorker(self)
+            self._worker.kick(index)
+        else:
+            self.run_queue(queue)
+
+    def run_queue(self, queue: Virtqueue) -> None:
+        """Let the device consume `queue`; a broken ring or a device-model failure marks the device as needing
+        reset (the VM's disk stops, the host process does not)."""
         try:
             self.device.process(queue, self.memory)
         except (VirtqueueError, GuestMemoryError) as exc:
-            self._device_error(str(exc))
+            with self.lock:
+                self._device_error(str(exc))
+        except Exception as exc:
+            log.exception("virtio %s: device model failed", type(self.device).__name__)
+            with self.lock:
+                self._device_error(f"device model failed: {type(exc).__name__}: {exc}")
 
     def _queue(self) -> Virtqueue | None:
         return self.queues[self.queue_select] if self.queue_select < len(self.queues) else None
@@ -317,6 +403,51 @@ class VirtioPciDevice(PciDevice):
                 for i, pending in enumerate(self.msix_pending):
                     if pending:
                         self._send_msix(i)
+
+
+class _QueueWorker:
+    """The thread that serves a threaded device's queues after notifications."""
+
+    def __init__(self, dev: VirtioPciDevice) -> None:
+        self.dev = dev
+        self._cond = threading.Condition()
+        self._kicked: set[int] = set()
+        self._busy = False
+        self._stopping = False
+        self.thread = threading.Thread(target=self._loop, name=f"virtio-{type(dev.device).__name__.lower()}",
+                                       daemon=True)
+        self.thread.start()
+
+    def kick(self, index: int) -> None:
+        with self._cond:
+            self._kicked.add(index)
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                while not self._kicked and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                # Taking the kicks before serving: a kick that arrives while serving is another round.
+                kicked, self._kicked = sorted(self._kicked), set()
+                self._busy = True
+            for index in kicked:
+                self.dev.run_queue(self.dev.queues[index])
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._busy and not self._kicked or self._stopping, timeout)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self.thread is not threading.current_thread():
+            self.thread.join(30)
 
 
 class _BarWindow:
