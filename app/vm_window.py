@@ -1,5 +1,6 @@
 """One VM's window: Serial Console (a terminal on ttyS0), Details (the hardware list) and Performance tabs, with
-the lifecycle toolbar. The framebuffer console from the VGA work is added as another tab with add_console_tab().
+the lifecycle toolbar. The graphical console (app/ui/console_tab.py, the guest's VGA screen) joins as the first
+tab, "Console", once the VM runs (unless its display is none) and stays, showing the last picture, after it stops.
 """
 from __future__ import annotations
 
@@ -89,6 +90,7 @@ class VmWindow(QMainWindow):
         self.details = DetailsEditor(bridge, uuid, self)
         self.tabs.addTab(self.details, "Details")
         self.performance = None
+        self.display = None                                # the graphical console tab, once the VM has run
         self.tabs.addTab(QWidget(self), "Performance")   # built when first shown: pyqtgraph loads then
         self.tabs.currentChanged.connect(self._tab_changed)
         self.setCentralWidget(self.tabs)
@@ -102,17 +104,39 @@ class VmWindow(QMainWindow):
             self.resize(self.console.terminal.sizeHint().width() + 40, self.console.terminal.sizeHint().height() + 110)
         self._refresh()
 
-    def add_console_tab(self, widget: QWidget, title: str = "Console") -> None:
+    def add_console_tab(self, widget: QWidget, title: str = "Console", select: bool = True) -> None:
         """For the framebuffer console: placed first, as the VM's main view."""
         self.tabs.insertTab(0, widget, title)
-        self.tabs.setCurrentIndex(0)
+        if select:
+            self.tabs.setCurrentIndex(0)
 
     def show_tab(self, name: str) -> None:
-        index = {"console": self.tabs.indexOf(self.console), "details": self.tabs.indexOf(self.details),
-                 "performance": self.tabs.count() - 1}.get(name, 0)
+        """"console": the graphical console when there is one, else the serial console; "serial", "details",
+        "performance"."""
+        if name == "console" and self.display is not None:
+            self.tabs.setCurrentWidget(self.display)
+            self.display.view.setFocus()
+            return
+        index = {"console": self.tabs.indexOf(self.console), "serial": self.tabs.indexOf(self.console),
+                 "details": self.tabs.indexOf(self.details), "performance": self.tabs.count() - 1}.get(name, 0)
         self.tabs.setCurrentIndex(index)
-        if name == "console":
+        if name in ("console", "serial"):
             self.console.terminal.setFocus()
+
+    def _follow_display(self, info: VmInfo) -> None:
+        if self.display is None:
+            if not info.state.active or info.state == VmState.STARTING or info.config.display.type == "none":
+                return
+            from app.ui.console_tab import VmConsoleTab
+
+            self.display = VmConsoleTab(self.bridge, self.uuid, self)
+            self.display.run_button.clicked.connect(self.actions_.run.trigger)
+            # Take the front only from the serial console (where a started VM's window opens), not from a tab
+            # the user chose.
+            self.add_console_tab(self.display, "Console", select=self.tabs.currentWidget() is self.console)
+            if self.tabs.currentWidget() is self.display:
+                self.display.view.setFocus()
+        self.display.update_state(info)
 
     def _tab_changed(self, index: int) -> None:
         if index == self.tabs.count() - 1 and self.performance is None:
@@ -141,11 +165,14 @@ class VmWindow(QMainWindow):
         self.setWindowTitle(f"{info.name} — {info.state.label} — Vireo")
         self.setWindowIcon(state_icon(info.state.value))
         self.console.update_state(info)
+        self._follow_display(info)
         self.actions_.update(self.bridge.busy(self.uuid))
 
     def closeEvent(self, event) -> None:
         self.settings.setValue(f"vm/{self.uuid}/geometry", self.saveGeometry())
         self.console.close_serial()
+        if self.display is not None:
+            self.display.close_console()
         for signal, slot in ((self.bridge.vmStateChanged, self._state), (self.bridge.vmsChanged, self._refresh),
                              (self.bridge.busyChanged, self._busy)):
             try:

@@ -12,6 +12,8 @@ The contract, whichever implementation (LocalHost here; RemoteHost over SSH in t
     thread-safe (the GUI re-emits them as queued Qt signals).
   * subscribe_serial(uuid, cb) returns what ttyS0 printed so far this boot and then calls cb(bytes) with each
     new piece; send_serial types into it.
+  * console(uuid) gives a started VM's graphical console: a frame source polled for pictures of its display and
+    an input sink for its keyboard and mouse (VmConsole; Qt-free, so a remote agent can serve the same thing).
   * stats(uuid) samples CPU usage (vCPU threads' CPU time over wall time since the previous sample), memory,
     and disk/network I/O where the VM has such devices (None where it has not).
 
@@ -31,9 +33,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import ConfigError, ConfigStore, LoadError, VmConfig
 from core.hoststats import HostInfo, local_host_info, resident_bytes, thread_cpu_seconds
+
+if TYPE_CHECKING:
+    from core.display.frame import FrameSource
+    from core.keymap import InputSink
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +107,18 @@ class HostCapabilities:
     disks: bool = False           # attaches the definition's disk images
     network: bool = False         # gives the VM a network card
     firmware_boot: bool = False   # boots an ISO or disk through BIOS/UEFI instead of a kernel given directly
+
+
+@dataclass(frozen=True)
+class VmConsole:
+    """A started VM's graphical console. `frames.render(force=False)` returns a Frame when the picture changed
+    (else None) and is cheap enough to poll at 60 Hz on a GUI thread; `input` takes PS/2 set-2 key events and
+    relative mouse motion (core.keymap.InputSink). `session` differs for every start of the VM: a viewer holding
+    an older session is showing a machine that has gone (whose last picture stays readable)."""
+
+    session: int
+    frames: FrameSource
+    input: InputSink
 
 
 class EventKind(enum.Enum):
@@ -173,6 +192,11 @@ class Host(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def console(self, vm_uuid: str) -> VmConsole:
+        """The graphical console of a running or paused VM; HostError when it has none (shut off, display none,
+        or a host that cannot serve consoles)."""
+        raise HostError(f"{self.name} cannot show virtual machine consoles")
+
     def add_listener(self, listener: HostListener) -> None:
         self._host_listeners().append(listener)
 
@@ -211,6 +235,7 @@ class _LocalVm:
         self.serial_log = None
         self.reboot_pending = False
         self.last_sample: tuple[float, float] | None = None   # (monotonic, cpu seconds)
+        self.session = 0                        # counts starts: names the machine a VmConsole belongs to
 
 
 class LocalHost(Host):
@@ -439,6 +464,7 @@ class LocalHost(Host):
                 self._set(vm, VmState.SHUTOFF, f"failed to start: {exc}")
                 raise
             vm.machine = machine
+            vm.session += 1
             vm.last_sample = None
             machine.add_state_listener(lambda m, state, reason: self._on_machine_state(vm, m, state, reason))
             try:
@@ -622,6 +648,24 @@ class LocalHost(Host):
         if machine is None or vm.state != VmState.RUNNING:
             raise HostError(f"{vm.config.name} is {vm.state.label.lower()}: nothing reads the serial port")
         machine.serial_input(data)
+
+    # -- graphical console -----------------------------------------------------------------------------------
+    def console(self, vm_uuid: str) -> VmConsole:
+        """Frames straight from the VM's VGA model (a Renderer of its own for each caller, so several viewers
+        each get their own dirty rectangles) and input into its i8042."""
+        vm = self._vm(vm_uuid)
+        # No op_lock: a pause in progress holds it for up to seconds, and a viewer only reads.
+        session, machine, state = vm.session, vm.machine, vm.state
+        if vm.config.display.type == "none":
+            raise HostError(f"{vm.config.name} has no display (its display is set to none)")
+        if machine is None or state not in (VmState.RUNNING, VmState.PAUSED):
+            raise HostError(f"{vm.config.name} is {state.label.lower()}: it shows no screen")
+        vga, kbc = getattr(machine, "vga", None), getattr(machine, "i8042", None)
+        if vga is None or kbc is None:
+            raise HostError("the engine's machine has no display adapter or keyboard controller")
+        from core.display.renderer import Renderer
+        from core.keymap import Ps2InputSink
+        return VmConsole(session=session, frames=Renderer(vga), input=Ps2InputSink(kbc))
 
     # -- statistics ------------------------------------------------------------------------------------------
     def stats(self, vm_uuid: str) -> VmStats | None:

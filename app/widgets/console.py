@@ -16,23 +16,18 @@ Ctrl+Alt+Backspace, Ctrl+Alt+F1..F12; Save screenshot (PNG via Pillow); Type cli
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol
 
 from PyQt6.QtCore import QEvent, QPoint, QRect, QSize, Qt, QTimer, pyqtSignal
 from PyQt6.QtGui import QAction, QActionGroup, QCursor, QGuiApplication, QImage, QKeyEvent, QPainter
 from PyQt6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QSizePolicy, QWidget
 
 from app.widgets.console_keys import key_name
-from core.display.frame import Frame
+from core.display.frame import Frame, FrameSource
 from core.keymap import InputSink, break_code, combo_events, make_code, text_events
 
 FRAME_INTERVAL_MS = 16
 TYPE_INTERVAL_MS = 8          # between typed key events: the guest's keyboard buffer stays short
 MOUSE_BUTTONS = {Qt.MouseButton.LeftButton: 1, Qt.MouseButton.RightButton: 2, Qt.MouseButton.MiddleButton: 4}
-
-
-class FrameSource(Protocol):
-    def render(self, force: bool = False) -> Frame | None: ...
 
 
 class ConsoleView(QWidget):
@@ -41,7 +36,8 @@ class ConsoleView(QWidget):
     modeChanged = pyqtSignal(str)
     fullscreenRequested = pyqtSignal()
 
-    def __init__(self, source: FrameSource, sink: InputSink | None = None, parent: QWidget | None = None) -> None:
+    def __init__(self, source: FrameSource | None, sink: InputSink | None = None,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.source = source
         self.sink = sink
@@ -60,14 +56,45 @@ class ConsoleView(QWidget):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMinimumSize(160, 100)
         self._timer = QTimer(self)
-        self._timer.timeout.connect(self.refresh)
+        self._timer.timeout.connect(self._tick)
         self._timer.start(FRAME_INTERVAL_MS)
         self._type_timer = QTimer(self)
         self._type_timer.timeout.connect(self._type_next)
 
     # -- frames ---------------------------------------------------------------------------------------------
+    def set_source(self, source: FrameSource | None, sink: InputSink | None = None) -> None:
+        """Show another display (e.g. the new machine after a VM restarted); its first frame is drawn whole."""
+        self.set_input(sink)
+        self.source = source
+        if source is not None:
+            self.refresh(force=True)
+
+    def set_input(self, sink: InputSink | None) -> None:
+        """Send input somewhere else, or nowhere (None: the view only shows). Held keys are released first."""
+        if sink is not self.sink:
+            self.release_all_keys()
+            self.sink = sink
+
+    @property
+    def polling(self) -> bool:
+        return self._timer.isActive()
+
+    def set_polling(self, on: bool) -> None:
+        """Stop asking the source for frames (a stopped VM's picture cannot change) or start again."""
+        if on and not self._timer.isActive():
+            self._timer.start(FRAME_INTERVAL_MS)
+        elif not on:
+            self._timer.stop()
+
+    def _tick(self) -> None:
+        # A console in a hidden tab or a minimised window costs nothing; it catches up when shown.
+        if self.isVisible():
+            self.refresh()
+
     def refresh(self, force: bool = False) -> bool:
         """Fetch a frame from the source; repaint what changed. Returns True if a new frame arrived."""
+        if self.source is None:
+            return False
         frame = self.source.render(force=force)
         if frame is None:
             return False

@@ -8,6 +8,7 @@ wrote the guest's video memory (port I/O, MMIO, or a CPU writing a RAM-mapped fr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -37,6 +38,14 @@ class Frame:
 
     def save_png(self, path: str) -> None:
         self.to_image().save(path, "PNG")
+
+
+class FrameSource(Protocol):
+    """Anything a console can poll for pictures: core.display.renderer.Renderer for a local VM, or a client of a
+    remote display. `render()` returns a new Frame when the picture changed since the previous call (or when
+    `force`), else None; it must be cheap when nothing changed, because viewers poll it about 60 times a second."""
+
+    def render(self, force: bool = False) -> Frame | None: ...
 
 
 def dirty_rects(previous: np.ndarray | None, current: np.ndarray) -> list[Rect]:
