@@ -227,6 +227,7 @@ class SoftwareAccelerator(Accelerator):
         self._tsc_offset = (-self.rdtsc()) & 0xFFFF_FFFF_FFFF_FFFF
         self._map_memory()
         self._install_hooks()
+        self._track_code_pages()
         # Interrupt controllers of the platform (the software CPU's own; KVM uses in-kernel ones).
         self.apic_bus = ApicBus()
         self.dropped_msis = 0
@@ -267,6 +268,15 @@ class SoftwareAccelerator(Accelerator):
         self._callbacks += [inta_read, inta_write]
         self._mmio_map(INTA_PAGE, 0x1000, inta_read, inta_write, 0)
         self.view.vm_vmcb = INTA_PAGE + 0x100 - ui.VMCB_INT_VECTOR
+
+    def _track_code_pages(self) -> None:
+        """Give this instance a code bitmap over its RAM's ram_addr space (uc_internals.CodeDirtyTracking)."""
+        top = 0
+        for region in self.ram_mappings:
+            last = self.q.ram_addr_from_host(self.uch, self.memory.host_address(region) + region.size - 1)
+            if last != 0xFFFF_FFFF_FFFF_FFFF:
+                top = max(top, last + 1)
+        self.natives.code_tracking.register(self.uch, top + (64 << 20))   # headroom for RAM mapped later
 
     def _mmio_map(self, start: int, size: int, read_cb, write_cb, user: int) -> None:
         err = self.q.uc_mmio_map(self.uch, start, size, ctypes.cast(read_cb, c_void_p), c_void_p(user),
@@ -578,6 +588,7 @@ class SoftwareAccelerator(Accelerator):
             vcpu.closed = True
             vcpu.kick()
         self.natives.handlers.pop(self.view.env, None)
+        self.natives.code_tracking.unregister(self.uch)
         for region in self.ram_mappings:
             try:
                 self.uc.mem_unmap(region.gpa, region.size)
@@ -754,7 +765,15 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         self.kick_for_interrupt()
 
     def init(self) -> None:
-        self.init_pending = True
+        """INIT (SDM vol. 3, 9.1.1 / 10.6.1): the processor resets and, as an AP, waits for a SIPI. The wait
+        state starts at delivery, not when this vCPU's thread next looks, so a SIPI sent right after the INIT
+        is never lost."""
+        self.lapic.reset_for_init()
+        with self._cond:
+            self.wait_for_sipi = True
+            self.halted = False
+            self.sipi_vector = None
+            self.init_pending = True
         self.kick_for_interrupt()
 
     def sipi(self, vector: int) -> None:
@@ -798,8 +817,7 @@ class SoftwareVcpu(Vcpu, ApicCpu):
                 detail, self.error = self.error, None
                 return VcpuExit(ExitReason.ERROR, detail)
             if self.init_pending:
-                self.init_pending = False
-                self._do_init()
+                self.init_pending = False       # a slice interrupted by INIT: its state is discarded by SIPI
             if self.wait_for_sipi:
                 if self.sipi_vector is None:
                     self._sleep()
@@ -823,14 +841,6 @@ class SoftwareVcpu(Vcpu, ApicCpu):
             while not (self._kicked or self._wake or self.closed):
                 self._cond.wait()
             self._wake = False
-
-    def _do_init(self) -> None:
-        """INIT (SDM vol. 3, 9.1.1 / 10.6.1): the processor resets and, as an AP, waits for a SIPI."""
-        self.lapic.reset_for_init()
-        with self._cond:
-            self.wait_for_sipi = True
-            self.halted = False
-            self.sipi_vector = None
 
     def _start_from_sipi(self, vector: int) -> None:
         """SIPI: real mode at vector * 0x1000 (CS = vector << 8, IP = 0)."""

@@ -205,14 +205,18 @@ _PAGE = 4096
 class _NativePage:
     """One page of machine code: written while writable, then made read+execute (never both)."""
 
-    def __init__(self) -> None:
-        self._mem = mmap.mmap(-1, _PAGE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        self.base = ctypes.addressof(ctypes.c_char.from_buffer(self._mem))
+    def __init__(self, near: int | None = None) -> None:
+        self.base = _mmap_near(near) if near is not None else 0
+        if not self.base:
+            self._mem = mmap.mmap(-1, _PAGE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            self.base = ctypes.addressof(ctypes.c_char.from_buffer(self._mem))
         self._used = 0
 
     def add(self, code: bytes) -> int:
+        if self._used + len(code) > _PAGE:
+            raise UnicornInternalsError("native code page full")
         addr = self.base + self._used
-        self._mem[self._used:self._used + len(code)] = code
+        ctypes.memmove(addr, code, len(code))
         self._used += (len(code) + 15) & ~15
         return addr
 
@@ -223,6 +227,30 @@ class _NativePage:
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = (c_void_p, ctypes.c_size_t, c_int)
 _libc.mprotect.restype = c_int
+
+
+_libc.mmap.argtypes = (c_void_p, ctypes.c_size_t, c_int, c_int, c_int, ctypes.c_long)
+_libc.mmap.restype = c_void_p
+_MAP_PRIVATE_ANONYMOUS = 0x22
+_MAP_FIXED_NOREPLACE = 0x100000
+
+
+def _mmap_near(addr: int) -> int:
+    """A read/write page within +-1 GiB of `addr` (so rel32 jumps reach it from there), or 0 if none is free.
+    Never unmapped: native code lives as long as the process."""
+    for delta in range(1, 64):
+        for sign in (-1, 1):
+            hint = (addr + sign * delta * (16 << 20)) & ~(_PAGE - 1)
+            if hint <= 0:
+                continue
+            got = _libc.mmap(hint, _PAGE, mmap.PROT_READ | mmap.PROT_WRITE,
+                             _MAP_PRIVATE_ANONYMOUS | _MAP_FIXED_NOREPLACE, -1, 0)
+            if got in (None, ctypes.c_void_p(-1).value):
+                continue
+            if abs(got - addr) < 1 << 30:
+                return got
+            _libc.munmap(c_void_p(got), ctypes.c_size_t(_PAGE))     # a kernel that took it as a mere hint
+    return 0
 
 
 def _mprotect(addr: int, length: int, prot: int) -> None:
@@ -291,7 +319,7 @@ class _Natives:
 
     def __init__(self) -> None:
         q = qemu()
-        self.page = _NativePage()
+        self.page = _NativePage(near=addr_of(q.do_interrupt))
         self.intr_counters = (c_uint64 * 256)()
         do_int = addr_of(q.do_interrupt)
         self.intr_hook = self.page.add(intr_hook_code(ctypes.addressof(self.intr_counters), do_int))
@@ -311,6 +339,7 @@ class _Natives:
             wrapper = self.page.add(helper_wrapper_code(addr_of(cfunc), raise_fn, original))
             for slot in pointer_slots:
                 _poke_pointer(slot, original, wrapper)
+        self.code_tracking = CodeDirtyTracking(self.page)
         self.page.seal()
 
     def _make_dispatch(self, name: str) -> Callable[[int, int], int]:
@@ -382,7 +411,7 @@ def _find_helper_slots(symbols: list[str]) -> dict[str, tuple[int, list[int]]]:
         for off in range(sec[4], sec[4] + sec[5], 24):
             r_offset, r_info, r_addend = struct.unpack_from("<QQq", elf, off)
             rtype, sym = r_info & 0xFFFFFFFF, r_info >> 32
-            if rtype in (1, 6) and names.get(sym) in wanted and r_addend == 0:   # R_X86_64_64, GLOB_DAT
+            if rtype in (1, 6, 7) and names.get(sym) in wanted and r_addend == 0:  # R_X86_64_64/GLOB_DAT/JUMP_SLOT
                 found[names[sym]].append(r_offset)
     base = addr_of(_lib.uc_open) - values["uc_open"]
     result = {}
@@ -391,6 +420,194 @@ def _find_helper_slots(symbols: list[str]) -> dict[str, tuple[int, list[int]]]:
             raise UnicornInternalsError(f"{path}: no relocations for {s}; cannot interpose it")
         result[s] = (base + values[s], [base + r for r in found[s]])
     return result
+
+
+def _local_symbols(name: str) -> list[int]:
+    """Run-time addresses of every local (static) function called `name` in the library's .symtab (empty if the
+    library is stripped)."""
+    elf, sections, base = _elf()
+    symtab = next((sec for sec in sections if sec[1] == 2), None)     # SHT_SYMTAB
+    if symtab is None:
+        return []
+    strtab = sections[symtab[6]]
+    want = name.encode() + b"\0"
+    out = []
+    for i in range(symtab[5] // 24):
+        st_name, _info, _other, _shndx, st_value, _size = struct.unpack_from("<IBBHQQ", elf, symtab[4] + i * 24)
+        start = strtab[4] + st_name
+        if st_value and elf[start:start + len(want)] == want:
+            out.append(base + st_value)
+    return out
+
+
+def _elf() -> tuple[bytes, list[tuple], int]:
+    """The library file, its section headers and its load address (from an exported symbol)."""
+    path = _require_lib()._name
+    with open(path, "rb") as f:
+        elf = f.read()
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        raise UnicornInternalsError(f"{path}: not a little-endian ELF64 library")
+    e_shoff, = struct.unpack_from("<Q", elf, 0x28)
+    e_shentsize, e_shnum = struct.unpack_from("<HH", elf, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", elf, e_shoff + i * e_shentsize) for i in range(e_shnum)]
+    dynsym = next(sec for sec in sections if sec[1] == 11)
+    dynstr = sections[dynsym[6]]
+    for i in range(dynsym[5] // 24):
+        st_name, _info, _other, _shndx, st_value, _size = struct.unpack_from("<IBBHQQ", elf, dynsym[4] + i * 24)
+        if elf[dynstr[4] + st_name:dynstr[4] + st_name + 8] == b"uc_open\0":
+            return elf, sections, addr_of(_lib.uc_open) - st_value
+    raise UnicornInternalsError(f"{path}: uc_open not in the dynamic symbol table")
+
+
+# -- translated-code write protection, as QEMU tracks it (see CodeDirtyTracking) --------------------------------
+# notdirty_write (accel/tcg/cputlb.c) of unicorn 2.1.4 for x86-64, from its entry up to and including the check
+# this module replaces: `if (... && !(tlbe->addr_code != -1) && ...) tlb_set_dirty(...)`. Verified byte for byte
+# before patching (the call displacements are relative, so the bytes do not depend on the load address).
+NOTDIRTY_PROLOGUE = bytes.fromhex(
+    "41574989ff41564189d641554989cd41544989f4554c89cd534889f381e3ff0f00004883ec28488b87a8810000498b7118"
+    "4c894424084809de4889c7ff90200100004885c0742d4989c1f6808800000004753548837d08ff7413498b87a8810000"
+    "8b80203a00004139415c7c0748837d10ff747c")
+NOTDIRTY_GATE = 0x6D            # offset of `cmpq $-1, 0x10(%rbp); je set_dirty` (7 bytes)
+NOTDIRTY_SET_DIRTY = 0xF0       # the hook-list check, then the tail call to tlb_set_dirty
+NOTDIRTY_RETURN = 0x74          # epilogue: leave the TLB entry in the slow path
+CODE_TABLE_ENTRIES = 64         # unicorn instances per process with a code bitmap (uc, bitmap, pages)
+
+
+def notdirty_stub_code(table: int, set_dirty: int, keep_slow: int) -> bytes:
+    """Jumped to from the gate inside notdirty_write (its frame: r9 = the MemoryRegion, r15 = the CPUState,
+    0x10(%rsp) = the ram_addr written, rbp = the TLB entry):
+         testb $UC_PROT_EXEC, 0x88(%r9); jz original   ; not an executable region: unicorn's own rule
+         mov 0x10(%rsp), %rax; mov CPU_UC(%r15), %rcx    ; ram_addr, uc
+         movabs table, %rdx
+       find: mov (%rdx), %r8; test %r8, %r8; jz slow; cmp %r8, %rcx; je found; add $24, %rdx; jmp find
+       found: shr $12, %rax; cmp 16(%rdx), %rax; jae slow; mov 8(%rdx), %rcx; bt %rax, (%rcx); jc slow
+       dirty: movabs set_dirty, %rax; jmp *%rax         ; no translated code in the page: fast writes from now
+       original: cmpq $-1, 0x10(%rbp); je dirty
+       slow: movabs keep_slow, %rax; jmp *%rax"""
+    return (bytes.fromhex("41f6818800000004 7449 488b442410 498b8f") + struct.pack("<I", CPU_UC)
+            + b"\x48\xba" + _imm64(table)
+            + bytes.fromhex("4c8b02 4d85c0 7432 4c39c1 7406 4883c218 ebed 48c1e80c 483b4210 731d 488b4a08"
+                            "480fa301 7213")
+            + b"\x48\xb8" + _imm64(set_dirty) + b"\xff\xe0"
+            + bytes.fromhex("48837d10ff 74ed") + b"\x48\xb8" + _imm64(keep_slow) + b"\xff\xe0")
+
+
+def _code_bitmap_lookup(table: int) -> bytes:
+    """rdi = uc, rsi = ram_addr -> rax = page number, rcx = bitmap, or to the end label (+offset) if untracked:
+         movabs table, %rdx
+       find: mov (%rdx), %r8; test %r8, %r8; jz end; cmp %r8, %rdi; je found; add $24, %rdx; jmp find
+       found: mov %rsi, %rax; shr $12, %rax; cmp 16(%rdx), %rax; jae end; mov 8(%rdx), %rcx"""
+    return (b"\x48\xba" + _imm64(table)
+            + bytes.fromhex("4c8b02 4d85c0 7420 4c39c7 7406 4883c218 ebed 4889f0 48c1e80c 483b4210 7308 488b4a08"))
+
+
+def protect_stub_code(table: int, map_ram_ptr: int, reset_dirty: int) -> bytes:
+    """void tlb_protect_code(uc, ram_addr) -- the page now holds translated code:
+         <lookup>; bts %rax, (%rcx)                       ; mark it in this instance's code bitmap
+       end: push %rbx; push %r12; sub $8, %rsp; mov %rdi, %rbx
+         mov %rsi, %rdx; xor %esi, %esi; movabs qemu_map_ram_ptr, %rax; call *%rax     ; host = ptr(uc, 0, ram)
+         mov UC_CPU(%rbx), %rdi; mov %rax, %rsi; mov $4096, %edx
+         movabs tlb_reset_dirty, %rax; call *%rax        ; every TLB entry writing the page: slow path again
+         add $8, %rsp; pop %r12; pop %rbx; ret"""
+    return (_code_bitmap_lookup(table) + bytes.fromhex("480fab01")
+            + bytes.fromhex("53 4154 4883ec08 4889fb 4889f2 31f6") + b"\x48\xb8" + _imm64(map_ram_ptr)
+            + b"\xff\xd0" + b"\x48\x8b\xbb" + struct.pack("<I", UC_CPU) + bytes.fromhex("4889c6 ba00100000")
+            + b"\x48\xb8" + _imm64(reset_dirty) + bytes.fromhex("ffd0 4883c408 415c 5b c3"))
+
+
+def unprotect_stub_code(table: int) -> bytes:
+    """void tlb_unprotect_code(uc, ram_addr) -- the page's last translated block is gone:
+         <lookup>; btr %rax, (%rcx)
+       end: ret"""
+    return _code_bitmap_lookup(table) + bytes.fromhex("480fb301 c3")
+
+
+class CodeDirtyTracking:
+    """Fast guest writes to RAM that holds no translated code, also where the guest's page tables allow
+    execution (no NX: a non-PAE 32-bit kernel, real mode, paging off).
+
+    QEMU sends a store through its slow path (notdirty_write: invalidate translated code in the range) only while
+    the physical page holds translated code -- its DIRTY_MEMORY_CODE bitmap, set by tlb_protect_code when a page
+    gets its first translated block, cleared by tlb_unprotect_code when the last one goes. unicorn 2.1.4 removed
+    that bitmap and approximates it by "the TLB entry is not executable", so without NX every store to every page
+    takes the slow path for good (measured: the 32-bit kernel's in-guest decompression ran 20 s, mostly in
+    notdirty_write). This restores QEMU's rule: tlb_protect_code / tlb_unprotect_code (called through the PLT)
+    are redirected to stubs keeping one bitmap per unicorn instance (indexed by ram_addr page), and the gate in
+    notdirty_write consults it. tlb_protect_code also puts every TLB entry writing that page back on the slow
+    path (tlb_reset_dirty by host address), as QEMU does, so a write through another virtual alias is seen too.
+
+    Installed once per process; if the library's bytes are not the expected ones nothing is patched (the
+    backend stays correct, only slower) and `reason` says why."""
+
+    def __init__(self, page: _NativePage) -> None:
+        self.active = False
+        self.reason = ""
+        self.table = (c_uint64 * (3 * CODE_TABLE_ENTRIES + 3))()
+        self._bitmaps: dict[int, object] = {}
+        try:
+            self._install(page)
+            self.active = True
+        except UnicornInternalsError as exc:
+            self.reason = str(exc)
+
+    def _install(self, page: _NativePage) -> None:
+        funcs = _local_symbols("notdirty_write.isra.0")
+        anchor = addr_of(_fn("tlb_set_dirty_x86_64", None))
+        after = [f for f in funcs if f > anchor]
+        if not after:
+            raise UnicornInternalsError("notdirty_write not found in the library's symbol table")
+        fn = min(after)
+        if ctypes.string_at(fn, len(NOTDIRTY_PROLOGUE)) != NOTDIRTY_PROLOGUE:
+            raise UnicornInternalsError("notdirty_write is not the unicorn 2.1.4 build this was derived from")
+        slots = _find_helper_slots(["tlb_protect_code_x86_64", "tlb_unprotect_code_x86_64"])
+        table = ctypes.addressof(self.table)
+        gate = fn + NOTDIRTY_GATE
+        stub = page.add(notdirty_stub_code(table, fn + NOTDIRTY_SET_DIRTY, fn + NOTDIRTY_RETURN))
+        if abs(stub - (gate + 5)) >= 1 << 31:
+            raise UnicornInternalsError("no native page within reach of the library for the notdirty gate")
+        protect = page.add(protect_stub_code(table, addr_of(_fn("qemu_map_ram_ptr_x86_64", c_void_p)),
+                                             addr_of(_fn("tlb_reset_dirty_x86_64", None))))
+        unprotect = page.add(unprotect_stub_code(table))
+        for name, wrapper in (("tlb_protect_code_x86_64", protect), ("tlb_unprotect_code_x86_64", unprotect)):
+            original, pointer_slots = slots[name]
+            for slot in pointer_slots:
+                _poke_pointer(slot, original, wrapper)
+        # The gate last: from here on notdirty_write consults bitmaps the redirected helpers keep.
+        _patch_text(gate, b"\xe9" + struct.pack("<i", stub - (gate + 5)) + b"\x90\x90")
+
+    def register(self, uch: int, ram_bytes: int) -> None:
+        """Give unicorn instance `uch` a code bitmap for ram_addr space [0, ram_bytes). Before it first runs."""
+        if not self.active:
+            return
+        pages = (ram_bytes + _PAGE - 1) // _PAGE
+        bitmap = mmap.mmap(-1, max(_PAGE, (pages + 7) // 8 + 8))
+        t = self.table
+        for i in range(CODE_TABLE_ENTRIES):
+            if t[3 * i] in (0, 1):                 # free, or the tombstone of an unregistered instance
+                self._bitmaps[uch] = bitmap
+                t[3 * i + 1] = ctypes.addressof(ctypes.c_char.from_buffer(bitmap))
+                t[3 * i + 2] = pages
+                t[3 * i] = uch
+                return
+        # Table full: that instance keeps unicorn's rule (slow stores to executable pages), still correct.
+
+    def unregister(self, uch: int) -> None:
+        t = self.table
+        for i in range(CODE_TABLE_ENTRIES):
+            if t[3 * i] == uch:
+                t[3 * i] = 1                       # tombstone: the lookup walks past it, never matches
+                t[3 * i + 1] = t[3 * i + 2] = 0
+        self._bitmaps.pop(uch, None)
+
+
+def _patch_text(addr: int, code: bytes) -> None:
+    """Overwrite library code (made writable for the moment; still executable, for other threads)."""
+    rwx = mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC
+    _mprotect(addr, len(code), rwx)
+    try:
+        ctypes.memmove(addr, code, len(code))
+    finally:
+        _mprotect(addr, len(code), mmap.PROT_READ | mmap.PROT_EXEC)
 
 
 # -- a view of one CPU inside a unicorn instance ---------------------------------------------------------------
