@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Vireo's entry point: no arguments (or only GUI options such as --connect) opens the manager;
-`run …` is the headless runner and `img …` the disk-image tool."""
+`run …` is the headless runner (`run --connect ssh://…` on a remote host), `list --connect ssh://…` lists a remote
+host's VMs and `img …` is the disk-image tool."""
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vireo", description="Vireo virtual machine manager. "
                                      "Without arguments it opens the manager window.")
     sub = parser.add_subparsers(dest="command", required=True)
+    from core.remote.cli import add_connect_arguments
     from core.runner import add_run_arguments, run
-    add_run_arguments(sub.add_parser("run", help="boot one VM headless, serial console on this terminal"))
+    run_parser = sub.add_parser("run", help="boot one VM headless, serial console on this terminal")
+    add_run_arguments(run_parser)
+    add_connect_arguments(run_parser)
+    add_connect_arguments(sub.add_parser("list", help="list a remote host's VMs and their states"), required=True)
     img_main = None
     try:
         from core.storage.cli import add_img_arguments, img_main
@@ -27,7 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return 2 if exc.code else 0
+    if args.command == "list":
+        from core.remote.cli import list_main
+        return list_main(args)
     if args.command == "run":
+        if args.connect:
+            from core.remote.cli import run_remote
+            return run_remote(args)
         if args.display == "window":
             from app.run_window import run_with_window  # Qt only when a window is asked for
             return run_with_window(args)

@@ -515,10 +515,12 @@ class Agent:
         self.listener = sock
 
     def serve_forever(self) -> None:
-        assert self.listener is not None
         while not self._stopping.is_set():
+            listener = self.listener
+            if listener is None:
+                break
             try:
-                client, _ = self.listener.accept()
+                client, _ = listener.accept()
             except TimeoutError:
                 self._maybe_exit_idle()
                 continue
@@ -549,19 +551,22 @@ class Agent:
             self._stopping.set()
 
     def stop(self) -> None:
+        """Stop accepting at once (a replacement daemon may bind the path right away), then wind down."""
         self._stopping.set()
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            try:
+                os.unlink(self.socket_path)
+            except OSError:
+                pass
+            listener.close()
 
     def _shutdown(self) -> None:
         with self._lock:
             conns = list(self._connections)
         for conn in conns:
             conn.close()
-        try:
-            if self.listener is not None:
-                self.listener.close()
-            os.unlink(self.socket_path)
-        except OSError:
-            pass
+        self.stop()
         self.host.close()
 
 
@@ -576,18 +581,37 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     lock_fd = os.open(os.path.join(runtime, paths.LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log.info("another agent holds %s: leaving it to serve", paths.LOCK_NAME)
-        return 0
+    socket_file = os.path.join(runtime, paths.SOCKET_NAME)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            pass
+        # Another daemon holds the lock: it serves (leave it), or it is exiting to make way for this one.
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(socket_file)
+            log.info("another agent serves %s: leaving it to serve", socket_file)
+            return 0
+        except OSError:
+            pass
+        finally:
+            probe.close()
+        if time.monotonic() > deadline:
+            log.error("another agent holds %s but does not serve", paths.LOCK_NAME)
+            return 1
+        time.sleep(0.05)
+    os.ftruncate(lock_fd, 0)
+    os.write(lock_fd, f"{os.getpid()}\n".encode())     # who serves, for an administrator (or a test) to signal
     try:
         import numpy  # noqa: F401  (the display and devices need it; say so here rather than at the first VM)
     except ImportError:
         log.error("the engine needs numpy, which %s lacks", sys.executable)
         return 1
     host = AgentHost(ConfigStore(), name=socket.gethostname())
-    agent = Agent(host, os.path.join(runtime, paths.SOCKET_NAME), args.idle_exit)
+    agent = Agent(host, socket_file, args.idle_exit)
     agent.bind()
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

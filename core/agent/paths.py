@@ -24,7 +24,7 @@ class UnsafeDirectory(Exception):
 
 def runtime_dir(create: bool = True) -> str:
     base = os.environ.get("XDG_RUNTIME_DIR", "")
-    if base and os.path.isabs(base) and os.path.isdir(base):
+    if base and os.path.isabs(base) and _owned_dir(base):
         path = os.path.join(base, "vireo")
     else:
         path = os.path.join(tempfile.gettempdir(), f"vireo-{os.getuid()}")
@@ -35,6 +35,15 @@ def runtime_dir(create: bool = True) -> str:
             pass
     check_private(path)
     return path
+
+
+def _owned_dir(path: str) -> bool:
+    # A runtime directory that is not ours (a variable inherited across su, say) is not used, as the spec asks.
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
 
 
 def check_private(path: str) -> None:

@@ -12,8 +12,10 @@ from functools import lru_cache
 
 PROTOCOL_VERSION = 1
 RELEASE = "0.1.0"
-# What the engine package ships to a remote host: core/ minus the client-only SSH side (paramiko lives there).
+# What the engine package ships to a remote host: core/ minus the client-only SSH side (paramiko lives there),
+# and the data files the engine reads (the VGA font, core/display/font.py).
 EXCLUDED_PACKAGES = ("remote",)
+ENGINE_DATA = ("resources/fonts",)
 
 
 def engine_root() -> str:
@@ -22,7 +24,7 @@ def engine_root() -> str:
 
 
 def engine_files(root: str | None = None) -> list[str]:
-    """Paths (relative to the parent of core/, with '/' separators) of every engine source file, sorted."""
+    """Paths (relative to the parent of core/, with '/' separators) of every engine source and data file, sorted."""
     root = root or engine_root()
     parent = os.path.dirname(root)
     out: list[str] = []
@@ -33,6 +35,10 @@ def engine_files(root: str | None = None) -> list[str]:
         for name in sorted(filenames):
             if name.endswith(".py"):
                 out.append(os.path.relpath(os.path.join(dirpath, name), parent).replace(os.sep, "/"))
+    for data in ENGINE_DATA:
+        folder = os.path.join(parent, *data.split("/"))
+        if os.path.isdir(folder):
+            out += [f"{data}/{name}" for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name))]
     return sorted(out)
 
 

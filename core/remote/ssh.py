@@ -202,38 +202,54 @@ def _authenticate(transport, target: SshTarget, prompter: Prompter) -> None:
             if not transport.is_active():
                 raise SshError(f"{target.label} closed the connection during authentication")
     if wants in ("auto", "password"):
-        if "keyboard-interactive" in allowed:
-            tried.append("keyboard-interactive")
-            cancelled = False
-
-            def handler(title: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str]:
-                nonlocal cancelled
-                answers = []
-                for text, echo in prompts:
-                    answer = prompter.secret(target, f"({target.label}) {text}", echo)
-                    if answer is None:
-                        cancelled = True
-                        raise paramiko.AuthenticationException("cancelled")
-                    answers.append(answer)
-                return answers
-
-            for _ in range(SECRET_TRIES):
-                if _try(lambda: transport.auth_interactive(user, handler), paramiko):
-                    return
-                if cancelled or not transport.is_active():
-                    break
-        elif "password" in allowed:
-            tried.append("password")
-            for _ in range(SECRET_TRIES):
-                password = prompter.secret(target, f"{target.label}'s password: ")
-                if password is None:
-                    break
-                if _try(lambda p=password: transport.auth_password(user, p, fallback=False), paramiko):
-                    return
-                if not transport.is_active():
-                    break
+        # "password" asks for the password method first; "auto" follows ssh's default order
+        # (keyboard-interactive, then password).
+        methods = ["password", "keyboard-interactive"] if wants == "password" else ["keyboard-interactive",
+                                                                                    "password"]
+        for method in methods:
+            if method not in allowed or not transport.is_active():
+                continue
+            tried.append(method)
+            if method == "password" and _password(transport, target, prompter, paramiko):
+                return
+            if method == "keyboard-interactive" and _interactive(transport, target, prompter, paramiko):
+                return
     what = ", ".join(tried) if tried else "nothing this client can offer"
     raise SshError(f"{target.label}: permission denied (the server allows {', '.join(allowed)}; tried {what})")
+
+
+def _interactive(transport, target: SshTarget, prompter: Prompter, paramiko) -> bool:
+    cancelled = False
+
+    def handler(title: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str]:
+        nonlocal cancelled
+        answers = []
+        for text, echo in prompts:
+            answer = prompter.secret(target, f"({target.label}) {text}", echo)
+            if answer is None:
+                cancelled = True
+                raise paramiko.AuthenticationException("cancelled")
+            answers.append(answer)
+        return answers
+
+    for _ in range(SECRET_TRIES):
+        if _try(lambda: transport.auth_interactive(target.user, handler), paramiko):
+            return True
+        if cancelled or not transport.is_active():
+            break
+    return False
+
+
+def _password(transport, target: SshTarget, prompter: Prompter, paramiko) -> bool:
+    for _ in range(SECRET_TRIES):
+        password = prompter.secret(target, f"{target.label}'s password: ")
+        if password is None:
+            break
+        if _try(lambda p=password: transport.auth_password(target.user, p, fallback=False), paramiko):
+            return True
+        if not transport.is_active():
+            break
+    return False
 
 
 def _try(attempt, paramiko) -> bool:
@@ -273,18 +289,19 @@ def _load_key(target: SshTarget, path: Path, prompter: Prompter, explicit: bool)
     passphrase = None
     for _ in range(SECRET_TRIES + 1):
         try:
-            return paramiko.PKey.from_path(path, passphrase)
+            return paramiko.PKey.from_path(path, passphrase.encode() if passphrase is not None else None)
         except FileNotFoundError:
             raise SshError(f"identity {path}: no such file") from None
         except PermissionError:
             raise SshError(f"identity {path}: not readable") from None
-        except paramiko.PasswordRequiredException:
-            pass
+        except (paramiko.PasswordRequiredException, TypeError):
+            pass        # encrypted (cryptography says so with a TypeError): ask
         except (paramiko.SSHException, ValueError) as exc:
-            if passphrase is None or "passphrase" not in str(exc).lower() and "decrypt" not in str(exc).lower():
+            if passphrase is None:      # not a key we can read at all
                 if explicit:
                     raise SshError(f"identity {path}: {exc}") from None
                 return None
+            # a wrong passphrase decrypts to garbage (a checksum error): ask again
         passphrase = prompter.secret(target, f"Enter passphrase for key '{path}': ")
         if passphrase is None:
             if explicit:

@@ -1,0 +1,234 @@
+"""The command line on a remote host: `main.py list --connect URI` and `main.py run --connect URI ...`.
+
+`run --connect` defines a transient VM on the host from the runner's options (paths name files on that host),
+shows its serial console on this terminal (keys typed go to it; Ctrl-A x stops it), and exits as the local runner
+does: 0 when the guest powers off, 1 when it crashes, times out or is stopped by the user, 2 when it cannot be
+started (bad options, a refused host key, failed authentication, an agent that cannot run there). If the
+connection drops while the guest runs, the VM keeps running on the host (exit 1; `list --connect` shows it).
+The transient definition is removed once the VM has stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import threading
+import time
+
+from core.config import BootConfig, SerialConfig, VmConfig
+from core.host import TERMINAL_RESET, EventKind, HostError, HostEvent, VmState
+from core.runner import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, _serial_sink, _StdinPump
+
+
+def add_connect_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--connect", metavar="ssh://USER@HOST[:PORT]", required=required,
+                   help="run on this host through its Vireo agent (installed over SSH when missing)")
+    p.add_argument("--identity", "-i", metavar="KEY", default="", help="SSH private key file (default: ssh-agent "
+                   "keys, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa)")
+    p.add_argument("--accept-new-host-key", action="store_true",
+                   help="trust a host key not yet in ~/.ssh/known_hosts (and record it); a changed key is always "
+                        "refused")
+    p.add_argument("--remote-python", metavar="PATH", default="",
+                   help="the interpreter the agent runs on, on the host (default python3)")
+    p.add_argument("--copy-unicorn", action="store_true",
+                   help="copy this computer's unicorn to the host if it lacks one (enables the software CPU there)")
+
+
+def _host(args: argparse.Namespace):
+    from core.remote.host import RemoteHost
+    from core.remote.ssh import TerminalPrompter, parse_uri
+
+    target = parse_uri(args.connect)
+    target.identity = args.identity or ""
+    if args.remote_python:
+        target.python = args.remote_python
+    return RemoteHost(target, TerminalPrompter(args.accept_new_host_key), copy_unicorn=args.copy_unicorn)
+
+
+def _connect(args: argparse.Namespace):
+    host = _host(args)
+    host.connect(progress=_upload_progress())
+    report = host.report
+    if report is not None and report.uploaded and os.environ.get("VIREO_VERBOSE"):
+        print(f"vireo: installed {', '.join(report.uploaded)} on {host.name} "
+              f"({report.upload_bytes / 1e6:.1f} MB in {report.upload_seconds:.1f} s)", file=sys.stderr)
+    return host
+
+
+def _upload_progress():
+    shown: dict[str, int] = {}
+
+    def progress(what: str, done: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            return
+        percent = done * 100 // max(1, total)
+        if shown.get(what) != percent:
+            shown[what] = percent
+            print(f"\rvireo: uploading {what}: {percent}%", end="\n" if done >= total else "", file=sys.stderr)
+    return progress
+
+
+def list_main(args: argparse.Namespace) -> int:
+    try:
+        host = _connect(args)
+    except HostError as exc:
+        print(f"vireo: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        info = host.info()
+        print(f"# {host.name}: {info.hostname}, {info.summary}")
+        if host.report is not None and not host.report.software_cpu:
+            print(f"# {host.report.software_cpu_reason}")
+        vms = host.list_vms()
+        width = max([len(v.name) for v in vms] + [4])
+        print(f"{'NAME':<{width}}  {'STATE':<9}  ACCEL")
+        for vm in vms:
+            print(f"{vm.name:<{width}}  {vm.state.value:<9}  {vm.accel or vm.config.accel}")
+        for err in host.load_errors():
+            print(f"# cannot load {err}")
+    finally:
+        host.close()
+    return EXIT_OK
+
+
+def _check_remote_args(args: argparse.Namespace) -> None:
+    unsupported = [("--disk", bool(args.disk)), ("--no-host-decompress", args.no_host_decompress),
+                   ("--screendump", bool(args.screendump)), ("--display window", args.display == "window")]
+    for option, given in unsupported:
+        if given:
+            raise ValueError(f"{option} is not available with --connect yet")
+    if args.timeout is not None and args.timeout <= 0:
+        raise ValueError(f"--timeout {args.timeout}: give a positive number of seconds")
+    for option, path in (("--kernel", args.kernel), ("--initrd", args.initrd)):
+        if path and not os.path.isabs(path):
+            raise ValueError(f"{option} {path}: give an absolute path on the remote host")
+
+
+def run_remote(args: argparse.Namespace) -> int:
+    err = sys.stderr
+    try:
+        _check_remote_args(args)
+    except ValueError as exc:
+        print(f"vireo: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    try:
+        write, close_sink, interactive = _serial_sink(args.serial)
+    except BadInput as exc:
+        print(f"vireo: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    try:
+        host = _connect(args)
+    except HostError as exc:
+        print(f"vireo: {exc}", file=err)
+        close_sink()
+        return EXIT_BAD_INPUT
+    try:
+        return _RemoteRun(args, host, write, interactive).run()
+    finally:
+        close_sink()
+        host.close()
+
+
+class _RemoteRun:
+    def __init__(self, args: argparse.Namespace, host, write, interactive: bool) -> None:
+        self.args, self.host, self.write, self.interactive = args, host, write, interactive
+        self.done = threading.Event()
+        self.final: tuple[VmState, str] | None = None
+        self.quit_requested = threading.Event()
+        self.uuid = ""
+
+    def _on_event(self, event: HostEvent) -> None:
+        if event.uuid == self.uuid and event.kind == EventKind.STATE and event.state in (VmState.SHUTOFF,
+                                                                                       VmState.CRASHED):
+            self.final = (event.state, event.reason)
+            self.done.set()
+
+    def _on_connection(self, state: str, message: str) -> None:
+        if state in ("disconnected", "failed"):
+            self.done.set()
+
+    def _on_serial(self, data: bytes) -> None:
+        if data == TERMINAL_RESET:
+            return      # the start of a boot; this terminal is not cleared for it, as the local runner does not
+        self.write(data)
+
+    def run(self) -> int:
+        args, host, err = self.args, self.host, sys.stderr
+        config = VmConfig(name=f"run-{secrets.token_hex(4)}", memory_mib=args.memory, vcpus=args.cpus,
+                          accel=args.accel, boot=BootConfig(args.kernel, args.initrd or "", args.append),
+                          serial=SerialConfig("console"), notes=f"transient: main.py run --connect from "
+                                                                 f"{os.uname().nodename}")
+        try:
+            info = host.define(config)
+        except HostError as exc:
+            print(f"vireo: {exc}", file=err)
+            return EXIT_BAD_INPUT
+        self.uuid = info.uuid
+        host.add_listener(self._on_event)
+        host.add_connection_listener(self._on_connection)
+        pump = None
+        try:
+            host.subscribe_serial(self.uuid, self._on_serial)
+            try:
+                host.start(self.uuid)
+            except HostError as exc:
+                print(f"vireo: {exc}", file=err)
+                return EXIT_BAD_INPUT
+            started = host.get(self.uuid)
+            if args.accel == "auto" and started.accel:
+                print(f"vireo: accelerator {started.accel} on {host.name} ({started.accel_reason})", file=err)
+            pump = _StdinPump(self, self._quit) if self.interactive else None
+            finished = self.done.wait(args.timeout)
+            if not finished:
+                print(f"\r\nvireo: timeout: the guest was still running after {args.timeout:g} s", file=err)
+                self._force_off()
+                return EXIT_FAILED
+            if self.final is None:
+                print(f"\r\nvireo: {host.error}; the VM {config.name} keeps running on {host.name} "
+                      f"(main.py list --connect {args.connect})", file=err)
+                self.uuid = ""     # keep its definition: it is still running
+                return EXIT_FAILED
+            state, reason = self.final
+            if state == VmState.CRASHED:
+                print(f"\r\nvireo: the guest crashed: {reason}", file=err)
+                return EXIT_FAILED
+            if self.quit_requested.is_set():
+                print("\r\nvireo: stopped by the user", file=err)
+                return EXIT_FAILED
+            return EXIT_OK
+        except KeyboardInterrupt:
+            self._force_off()
+            return EXIT_FAILED
+        finally:
+            if pump is not None:
+                pump.close()
+            host.remove_listener(self._on_event)
+            if self.uuid and host.connected:
+                try:
+                    self._wait_stopped(10)
+                    host.delete(self.uuid)
+                except HostError as exc:
+                    print(f"vireo: removing the transient VM: {exc}", file=err)
+
+    def serial_input(self, data: bytes) -> None:
+        """What the runner's stdin pump calls with the keys typed."""
+        try:
+            self.host.send_serial(self.uuid, data)
+        except HostError:
+            pass
+
+    def _quit(self) -> None:
+        self.quit_requested.set()
+        self._force_off()
+
+    def _force_off(self) -> None:
+        try:
+            self.host.force_off(self.uuid)
+        except HostError:
+            pass
+
+    def _wait_stopped(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.host.get(self.uuid).state.active and time.monotonic() < deadline:
+            time.sleep(0.05)
