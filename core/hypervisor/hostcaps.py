@@ -1,7 +1,7 @@
 """What this host can offer a VM's CPU: is /dev/kvm usable, and is it hardware virtualization?
 
-/dev/kvm is probed as the KVM API document prescribes (Documentation/virt/kvm/api.rst, 4.1 KVM_GET_API_VERSION must
-return 12; 4.4 KVM_CHECK_EXTENSION for each capability the KVM backend relies on). A KVM API that is not backed by
+/dev/kvm is probed as the KVM API document prescribes (Documentation/virt/kvm/api.rst: KVM_GET_API_VERSION must
+return 12; KVM_CHECK_EXTENSION for each capability the KVM backend relies on). A KVM API that is not backed by
 VT-x/AMD-V is recognised too: `kvm_pvm` (a software implementation of the KVM API running inside a VM, visible as
 /sys/module/kvm_pvm) runs small guests correctly but cannot run a stock Linux kernel at a usable speed, so
 `accel auto` prefers the software CPU there and says why.

@@ -1,8 +1,8 @@
 """The KVM backend: guest code runs on the host CPU through /dev/kvm (Documentation/virt/kvm/api.rst).
 
 A KvmAccelerator is one KVM VM: guest RAM registered as memory slots (no copies), KVM's in-kernel interrupt
-controllers (8259A pair, I/O APIC, one local APIC per vCPU; api.rst 4.24 KVM_CREATE_IRQCHIP) and PIT (4.71
-KVM_CREATE_PIT2, with port 0x61 too), and the GSI routing a PC has: ISA IRQ n reaches PIC pin n and I/O APIC pin n,
+controllers (8259A pair, I/O APIC, one local APIC per vCPU; api.rst KVM_CREATE_IRQCHIP) and PIT (KVM_CREATE_PIT2,
+with port 0x61 too), and the GSI routing a PC has: ISA IRQ n reaches PIC pin n and I/O APIC pin n,
 except IRQ 0 which reaches I/O APIC pin 2 (the interrupt source override the MADT announces, ACPI 6.4 5.2.12.5).
 Because those devices live in the kernel, guest accesses to ports 0x20-0x21, 0x40-0x43, 0x61, 0xA0-0xA1,
 0x4D0-0x4D1 and to the LAPIC/I/O APIC pages never reach the Python buses (see IN_KERNEL_PORTS).
@@ -49,9 +49,9 @@ from core.hypervisor.hostcaps import KVM_DEVICE, REQUIRED_CAPS
 from core.memory import GuestMemory
 from core.timers import TimerQueue
 
-# Where KVM keeps the pages it needs for real mode without unrestricted guest (Intel VT-x, api.rst 4.48/4.49):
-# 4 pages just below 16 MiB under 4 GiB, clear of RAM (which ends at the 3 GiB PCI hole below 4 GiB), of the
-# I/O APIC/HPET/LAPIC pages and of a firmware image of up to 16 MiB at the top of the address space.
+# Where KVM keeps the pages it needs for real mode without unrestricted guest (Intel VT-x; api.rst
+# KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR): four pages ending at 0xFF000000, clear of RAM (which stops at the
+# 3 GiB PCI hole), of the I/O APIC/HPET/LAPIC pages and of a firmware image of up to 16 MiB below 4 GiB.
 IDENTITY_MAP_ADDR = 0xFEFF_C000
 TSS_ADDR = 0xFEFF_D000     # three pages
 
@@ -194,7 +194,7 @@ _kick_installed = False
 
 def _install_kick_signal() -> None:
     """Give KICK_SIGNAL a handler that returns at once, without SA_RESTART: delivering it to a thread inside
-    KVM_RUN makes the ioctl fail with EINTR (api.rst 4.10: KVM_RUN exits with -EINTR on a pending signal)."""
+    KVM_RUN makes the ioctl fail with EINTR (api.rst KVM_RUN: it returns -EINTR when a signal is pending)."""
     global _kick_installed
     with _kick_lock:
         if _kick_installed:
@@ -369,7 +369,7 @@ class KvmAccelerator(Accelerator):
 
     def send_msi(self, address: int, data: int) -> None:
         """Deliver a message-signalled interrupt (PCI 3.0, 6.8; the address/data format of SDM vol. 3, 10.11)
-        to the in-kernel local APICs (api.rst 4.71 KVM_SIGNAL_MSI). Callable from any thread; usable as a PCI
+        to the in-kernel local APICs (api.rst KVM_SIGNAL_MSI). Callable from any thread; usable as a PCI
         device's MSI sink."""
         if not self.has_signal_msi:
             raise AcceleratorUnavailable("this KVM cannot inject MSIs (no KVM_CAP_SIGNAL_MSI)")
@@ -380,7 +380,7 @@ class KvmAccelerator(Accelerator):
 
     def set_hpet_legacy(self, enabled: bool) -> None:
         """An HPET in legacy replacement mode takes over IRQ 0 (and 8): stop the in-kernel PIT from raising it
-        while that lasts, keeping the PIT's state (api.rst 4.73, KVM_PIT_FLAGS_HPET_LEGACY)."""
+        while that lasts, keeping the PIT's state (api.rst KVM_SET_PIT2, KVM_PIT_FLAGS_HPET_LEGACY)."""
         state = abi.kvm_pit_state2()
         abi.ioctl(self.vm_fd, abi.KVM_GET_PIT2, state)
         if enabled:
@@ -607,7 +607,7 @@ class KvmVcpu(Vcpu):
         return st
 
     def get_lapic(self) -> bytes:
-        """The local APIC's 1 KiB register page as KVM holds it (api.rst 4.57)."""
+        """The local APIC's 1 KiB register page as KVM holds it (api.rst KVM_GET_LAPIC)."""
         st = abi.kvm_lapic_state()
         abi.ioctl(self.fd, abi.KVM_GET_LAPIC, st)
         return ctypes.string_at(ctypes.addressof(st), ctypes.sizeof(st))   # .regs would stop at a NUL
@@ -660,7 +660,7 @@ class KvmVcpu(Vcpu):
                             return VcpuExit(ExitReason.KICKED)
                         continue            # some other signal: carry on
                     if err == errno.EAGAIN:
-                        continue            # an AP woken without a SIPI for it (api.rst 4.10)
+                        continue            # an AP woken without a SIPI for it (KVM_RUN)
                     return VcpuExit(ExitReason.ERROR, f"KVM_RUN failed: {os.strerror(err)}{self._where()}")
                 exits += 1
                 reason = u32[2]
