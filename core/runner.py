@@ -39,7 +39,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-host-decompress", action="store_true",
                    help="let the kernel decompress itself in the guest instead of unpacking it on the host")
     p.add_argument("--disk", action="append", default=[], metavar="PATH[,format=raw|qcow2][,readonly=on][,cache=MODE]",
-                   help="attach a virtio disk (repeatable); cache: writeback (default), writethrough or unsafe")
+                   help="attach a virtio disk (repeatable); cache: writeback (default), writethrough, none "
+                        "(O_DIRECT) or unsafe")
     p.add_argument("--display", default="none", choices=("none", "window"),
                    help="window: show the VM's screen in a console window (default none)")
     p.add_argument("--screendump", metavar="FILE.png",
@@ -68,7 +69,7 @@ def _serial_sink(spec: str) -> tuple[Callable[[bytes], None], Callable[[], None]
 
 
 def parse_disk(spec: str) -> DiskSpec:
-    """--disk PATH[,format=raw|qcow2][,readonly=on|off][,cache=writeback|writethrough|unsafe], as QEMU spells
+    """--disk PATH[,format=raw|qcow2][,readonly=on|off][,cache=writeback|writethrough|none|unsafe], as QEMU spells
     -drive options; a comma inside PATH is written twice (",,"), as QEMU does."""
     parts = spec.replace(",,", "\0").split(",")
     path = parts[0].replace("\0", ",")

@@ -15,8 +15,9 @@ import os
 from core.storage.errors import ImageIOError, ImageRangeError, ReadOnlyImageError
 
 # Cache modes as QEMU names them: writeback (host page cache, durable at flush), writethrough (every write is
-# durable when it completes: O_DSYNC), unsafe (flush is ignored: fast scratch disks).
-CACHE_MODES = ("writeback", "writethrough", "unsafe")
+# durable when it completes: O_DSYNC), none (O_DIRECT: data bypasses the host page cache, durable at flush),
+# unsafe (flush is ignored: fast scratch disks).
+CACHE_MODES = ("writeback", "writethrough", "none", "unsafe")
 
 
 class BlockDevice(abc.ABC):
@@ -25,6 +26,12 @@ class BlockDevice(abc.ABC):
     path: str
     format_name: str
     read_only: bool
+
+    @property
+    def cache(self) -> str:
+        """The cache mode the image was opened with (one of CACHE_MODES)."""
+        file = getattr(self, "file", None)
+        return file.cache if file is not None else "writeback"
 
     @property
     @abc.abstractmethod

@@ -15,7 +15,7 @@ import logging
 import struct
 from typing import Protocol
 
-from core.devices.virtio.pci import VirtioDevice
+from core.devices.virtio.pci import Handoff, VirtioDevice
 from core.devices.virtio.queue import DescriptorChain, Virtqueue, gather, scatter
 from core.memory import GuestMemory
 from core.storage.errors import ImageError
@@ -30,7 +30,9 @@ F_SIZE_MAX, F_SEG_MAX, F_RO, F_BLK_SIZE, F_FLUSH = 1 << 1, 1 << 2, 1 << 5, 1 << 
 F_DISCARD, F_WRITE_ZEROES = 1 << 13, 1 << 14
 
 MAX_SEGMENTS = 126
-MAX_REQUEST_BYTES = 4 << 20
+MAX_SEGMENT_BYTES = 1 << 20
+# Linux bounds a request by seg_max x size_max only (max_hw_sectors is unlimited), so that is the limit here too.
+MAX_REQUEST_BYTES = MAX_SEGMENTS * MAX_SEGMENT_BYTES
 ID_BYTES = 20
 
 
@@ -75,7 +77,7 @@ class VirtioBlk(VirtioDevice):
     def config(self) -> bytes:
         sectors = self.backend.size // SECTOR
         max_sectors = MAX_REQUEST_BYTES // SECTOR
-        cfg = struct.pack("<QII", sectors, MAX_REQUEST_BYTES, MAX_SEGMENTS)
+        cfg = struct.pack("<QII", sectors, MAX_SEGMENT_BYTES, MAX_SEGMENTS)
         cfg += struct.pack("<HBB", 0, 0, 0)                  # geometry: none
         cfg += struct.pack("<I", SECTOR)                      # blk_size
         cfg += struct.pack("<BBHI", 0, 0, 0, 0)               # topology
@@ -85,21 +87,21 @@ class VirtioBlk(VirtioDevice):
         cfg += struct.pack("<B3x", 1)                         # write_zeroes_may_unmap
         return cfg
 
-    def process(self, queue: Virtqueue, memory: GuestMemory) -> None:
+    def process(self, queue: Virtqueue, memory: GuestMemory, handoff: Handoff | None = None) -> None:
         transport = self.transport
         assert transport is not None
         batch: tuple[int, int] | None = None      # (generation, used index) since the last signal
         count = 0
         while (item := transport.pop_request(queue)) is not None:
             chain, generation, used_before = item
+            if handoff is not None and self._may_block(chain, memory):
+                if batch is not None:
+                    transport.used(queue, batch[1], batch[0])
+                handoff(queue, chain, generation, used_before)
+                return
             if batch is None or batch[0] != generation:
                 batch, count = (generation, used_before), 0
-            try:
-                written = self._request(chain, memory)
-            except BaseException:
-                transport.abandon()
-                raise
-            if transport.complete(queue, chain, written, generation) is None:
+            if not self._serve_one(queue, memory, chain, generation):
                 batch = None                       # reset meanwhile: nothing to signal
                 continue
             count += 1
@@ -108,6 +110,34 @@ class VirtioBlk(VirtioDevice):
                 batch = None
         if batch is not None:
             transport.used(queue, batch[1], batch[0])
+
+    def serve(self, queue: Virtqueue, memory: GuestMemory, chain: DescriptorChain, generation: int,
+              used_before: int) -> None:
+        if self._serve_one(queue, memory, chain, generation):
+            assert self.transport is not None
+            self.transport.used(queue, used_before, generation)
+
+    def _serve_one(self, queue: Virtqueue, memory: GuestMemory, chain: DescriptorChain, generation: int) -> bool:
+        transport = self.transport
+        assert transport is not None
+        try:
+            written = self._request(chain, memory)
+        except BaseException:
+            transport.abandon()
+            raise
+        return transport.complete(queue, chain, written, generation) is not None
+
+    def _may_block(self, chain: DescriptorChain, memory: GuestMemory) -> bool:
+        """Whether serving this request may wait for the host's disk (so it belongs on the worker): a flush,
+        discard or write-zeroes always, reads and writes when the cache mode bypasses the page cache or
+        syncs every write."""
+        if chain.readable_len < 16:
+            return False                           # malformed: fails at once
+        rtype = memory.read_u32(chain.readable[0][0]) if chain.readable[0][1] >= 4 else \
+            struct.unpack_from("<I", gather(memory, chain.readable, 4))[0]
+        if rtype in (T_IN, T_OUT):
+            return getattr(self.backend, "cache", "writeback") in ("writethrough", "none")
+        return rtype in (T_FLUSH, T_DISCARD, T_WRITE_ZEROES)
 
     def _request(self, chain: DescriptorChain, memory: GuestMemory) -> int:
         """Serve one request; return the bytes written to the driver's buffers (data + status)."""

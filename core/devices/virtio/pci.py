@@ -6,11 +6,14 @@ Interrupts are MSI-X (4.1.5.1.2, table and PBA in a second BAR) when the acceler
 through the ISR byte otherwise or when the driver does not enable MSI-X. A driver that breaks the ring protocol
 gets DEVICE_NEEDS_RESET (2.1.2), never a host error.
 
-A device that declares `threaded` (virtio-blk) is served by a worker thread: the driver's notification only
-wakes the worker, so the vCPU runs on while the host does the I/O, and the worker completes each request with
-the used ring and an interrupt. The ring itself is only touched under the device lock (pop_request/complete);
-the I/O runs outside it. A reset (by the driver or the machine) first stops new requests, then waits for the
-one in flight to finish, so nothing touches the rings or the image after the reset has returned.
+A device that declares `threaded` (virtio-blk) has a worker thread for requests that may block: the device
+serves quick requests right in the notification (a thread hand-off costs more than a read from the host's page
+cache), and hands the first slow one (a flush: fsync) and everything after it to the worker, so the vCPU runs on
+while the host waits for its disk; the worker completes each request with the used ring and an interrupt.
+While the worker has work, notifications go to it, so requests are still taken in ring order. The ring itself
+is only touched under the device lock (pop_request/complete); the worker's I/O runs outside it. A reset (by
+the driver or the machine) first stops new requests, then waits for the one in flight to finish, so nothing
+touches the rings or the image after the reset has returned.
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ MSIX_BAR, MSIX_BAR_SIZE, MSIX_PBA_OFF = 1, 0x1000, 0x800
 NO_VECTOR = 0xFFFF
 
 MsiSink = Callable[[int, int], None]
+Handoff = Callable[["Virtqueue", "DescriptorChain", int, int], None]
 
 
 class VirtioDevice(ABC):
@@ -73,8 +77,14 @@ class VirtioDevice(ABC):
         """Most device configuration fields are read-only; override for writable ones."""
 
     @abstractmethod
-    def process(self, queue: Virtqueue, memory: GuestMemory) -> None:
-        """The driver notified `queue`: consume its available chains."""
+    def process(self, queue: Virtqueue, memory: GuestMemory, handoff: Handoff | None = None) -> None:
+        """The driver notified `queue`: consume its available chains. With `handoff` (a threaded device served
+        in the notification), a request that may block is passed to it, and processing stops there."""
+
+    def serve(self, queue: Virtqueue, memory: GuestMemory, chain: DescriptorChain, generation: int,
+              used_before: int) -> None:
+        """Serve one chain handed to the worker, complete and signal it (threaded devices)."""
+        raise NotImplementedError
 
     def activate(self, driver_features: int) -> None:
         """The driver set DRIVER_OK with these features."""
@@ -276,18 +286,24 @@ class VirtioPciDevice(PciDevice):
         queue = self.queues[index]
         if not queue.ready:
             return
-        if self.device.threaded:
-            if self._worker is None:
-                self._worker = _QueueWorker(self)
-            self._worker.kick(index)
-        else:
+        if not self.device.threaded:
             self.run_queue(queue)
+            return
+        if self._worker is None:
+            self._worker = _QueueWorker(self)
+        if self._worker.idle():
+            self.run_queue(queue, self._worker.handoff)
+        else:
+            self._worker.kick(index)
 
-    def run_queue(self, queue: Virtqueue) -> None:
-        """Let the device consume `queue`; a broken ring or a device-model failure marks the device as needing
-        reset (the VM's disk stops, the host process does not)."""
+    def run_queue(self, queue: Virtqueue, handoff: Handoff | None = None, first: tuple | None = None) -> None:
+        """Let the device consume `queue` (after serving `first`, a chain handed off with its generation and used
+        index); a broken ring or a device-model failure marks the device as needing reset (the VM's disk stops,
+        the host process does not)."""
         try:
-            self.device.process(queue, self.memory)
+            if first is not None:
+                self.device.serve(queue, self.memory, *first)
+            self.device.process(queue, self.memory, handoff)
         except (VirtqueueError, GuestMemoryError) as exc:
             with self.lock:
                 self._device_error(str(exc))
@@ -412,6 +428,7 @@ class _QueueWorker:
         self.dev = dev
         self._cond = threading.Condition()
         self._kicked: set[int] = set()
+        self._handed: list[tuple[Virtqueue, tuple]] = []
         self._busy = False
         self._stopping = False
         self.thread = threading.Thread(target=self._loop, name=f"virtio-{type(dev.device).__name__.lower()}",
@@ -423,24 +440,38 @@ class _QueueWorker:
             self._kicked.add(index)
             self._cond.notify_all()
 
+    def handoff(self, queue: Virtqueue, chain: DescriptorChain, generation: int, used_before: int) -> None:
+        """Serve this popped chain, then the rest of its queue, on the worker."""
+        with self._cond:
+            self._handed.append((queue, (chain, generation, used_before)))
+            self._cond.notify_all()
+
+    def idle(self) -> bool:
+        with self._cond:
+            return not self._busy and not self._kicked and not self._handed
+
     def _loop(self) -> None:
         while True:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
-                while not self._kicked and not self._stopping:
+                while not self._kicked and not self._handed and not self._stopping:
                     self._cond.wait()
                 if self._stopping:
                     return
-                # Taking the kicks before serving: a kick that arrives while serving is another round.
+                # Taking the work before serving it: a kick that arrives while serving is another round.
                 kicked, self._kicked = sorted(self._kicked), set()
+                handed, self._handed = self._handed, []
                 self._busy = True
+            for queue, first in handed:
+                self.dev.run_queue(queue, first=first)
             for index in kicked:
                 self.dev.run_queue(self.dev.queues[index])
 
     def wait_idle(self, timeout: float) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: not self._busy and not self._kicked or self._stopping, timeout)
+            return self._cond.wait_for(lambda: not self._busy and not self._kicked and not self._handed
+                                       or self._stopping, timeout)
 
     def stop(self) -> None:
         with self._cond:
