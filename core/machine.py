@@ -325,13 +325,18 @@ class Machine:
                 self._park_until_released()
 
     def _park_until_released(self) -> None:
-        """Wait here until the supervisor has handled the request (closed and re-opened the gate or exited)."""
+        """Wait here until the supervisor has handled the request: it releases the vCPUs (a new release
+        generation) or the machine exits. Waiting on the generation, not the gate, means a quick
+        close-and-reopen by the supervisor cannot be missed."""
         with self._gate:
             self._parked += 1
             self._gate.notify_all()
-            while self._gate_open and not self._exiting:
-                self._gate.wait(0.05)
+            generation = self._release_generation
+            while self._release_generation == generation and not self._exiting:
+                self._gate.wait()
             self._parked -= 1
+
+    _release_generation = 0
 
     def _stop_vcpus(self) -> None:
         with self._gate:
@@ -348,6 +353,7 @@ class Machine:
     def _release_vcpus(self) -> None:
         with self._gate:
             self._gate_open = True
+            self._release_generation += 1
             self._gate.notify_all()
 
     # -- supervisor ---------------------------------------------------------------------------------------

@@ -286,9 +286,11 @@ class KvmAccelerator(Accelerator):
         pit.flags = abi.KVM_PIT_SPEAKER_DUMMY
         abi.ioctl(self.vm_fd, abi.KVM_CREATE_PIT2, pit)
         max_slots = self._check(abi.KVM_CAP_NR_MEMSLOTS) or 32
-        if len(self.memory.regions) > max_slots:
+        # RAM minus the legacy VGA window, so accesses there exit to the VGA model as MMIO.
+        mappings = self.memory.cpu_mappings()
+        if len(mappings) > max_slots:
             raise AcceleratorUnavailable(f"KVM here offers {max_slots} memory slots")
-        for slot, region in enumerate(self.memory.regions):
+        for slot, region in enumerate(mappings):
             r = abi.kvm_userspace_memory_region()
             r.slot, r.flags = slot, 0
             r.guest_phys_addr, r.memory_size = region.gpa, region.size
