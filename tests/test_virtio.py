@@ -222,3 +222,30 @@ def test_msix_delivery_when_enabled():
     d.cfg_write(cap + 2, 0x8000 | d.cfg_read(cap + 2, 2), 2)
     assert d.request(T_IN, 0, read_len=512)[0] == S_OK
     assert sent == [(0xFEE0_0000, 0x41)]
+
+
+def test_flush_runs_on_the_worker_and_a_reset_waits_for_it():
+    import threading
+    import time
+
+    class SlowFlushDisk(MemDisk):
+        def flush(self):
+            self.flush_thread = threading.current_thread()
+            time.sleep(0.3)
+            self.flushes += 1
+
+    disk = SlowFlushDisk(64 * 512)
+    d = Driver(disk)
+    d.setup()
+    hdr = d.buf(struct.pack("<IIQ", T_FLUSH, 0, 0))
+    status = d.buf(1)
+    d.mem.write_u8(status[0], 0xFF)
+    d.submit([(*hdr, False), (*status, True)])
+    start = time.monotonic()
+    d.mmio.write(d.notify, 2, 0)
+    assert time.monotonic() - start < 0.2                      # the notify exit does not wait for the fsync
+    d.mmio.write(d.common + 0x14, 1, 0)                        # driver reset while the flush is in flight
+    assert disk.flushes == 1                                   # ...returns only after it finished
+    assert disk.flush_thread is not threading.current_thread()
+    assert d.mmio.read(d.common + 0x14, 1) == 0
+    assert d.mem.read_u16(USED + 2) == 0                       # dropped: nothing touches the rings after a reset
