@@ -61,3 +61,18 @@ def test_initrd_larger_than_memory(debian_kernel, tmp_path):
     assert code == 2
     line = _one_line_error(err)
     assert "big.img" in line and "memory" in line
+
+
+def test_accel_kvm_without_a_usable_kvm_device(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"\0" * 4096)
+    proc = subprocess.run([sys.executable, "main.py", "run", "--kernel", str(kernel), "--accel", "kvm"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "VIREO_KVM_DEVICE": str(tmp_path / "no-kvm")})
+    assert proc.returncode == 2
+    line = _one_line_error(proc.stderr)
+    assert "--accel kvm" in line and "no-kvm" in line

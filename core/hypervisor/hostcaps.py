@@ -15,7 +15,9 @@ from pathlib import Path
 
 from core.hypervisor import kvm_abi as abi
 
-KVM_DEVICE = "/dev/kvm"
+# VIREO_KVM_DEVICE points the engine at another KVM device node (a container's bind mount, or a test that needs
+# a host without a usable KVM).
+KVM_DEVICE = os.environ.get("VIREO_KVM_DEVICE", "/dev/kvm")
 PVM_MODULE = "/sys/module/kvm_pvm"
 HARDWARE_MODULES = ("/sys/module/kvm_intel", "/sys/module/kvm_amd")
 
