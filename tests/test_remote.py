@@ -279,6 +279,15 @@ def test_debian_vm_keeps_running_across_a_disconnect(server, debian_kernel, busy
             out.clear()
         history = host.subscribe_serial(info.uuid, on_serial)
         assert b"vireo:" in history                    # what it printed while we were away is kept
+        # Its screen comes over the same connection: a complete first frame of the VGA's picture.
+        console = host.console(info.uuid)
+        frames = []
+        _wait(lambda: frames.append(console.frames.render()) or frames[-1] is not None, 10, "a console frame")
+        frame = frames[-1]
+        assert (frame.width, frame.height) in ((720, 400), (640, 400), (640, 480)) and frame.pixels.any()
+        assert frame.dirty == [(0, 0, frame.width, frame.height)]
+        console.input.key_event(b"\x1c")                       # 'a' pressed: delivered without an answer
+        console.input.key_event(b"\xf0\x1c")
         host.send_serial(info.uuid, b"echo $((6*7))\n")
         _wait(lambda: "\n42" in text().replace("\r", ""), 30, "the guest's answer")
         stopped = threading.Event()

@@ -3,10 +3,11 @@
 Sender (agent side): `encode_frame` turns a core.display Frame into messages — each dirty rectangle is cut into
 horizontal strips of at most STRIP_BYTES raw pixels (so any message stays far below protocol.MAX_FRAME whatever
 the screen size), each strip's 0xFFRRGGBB pixels compressed with zlib (RFC 1950) — then one "fb_end" that closes
-the frame. Strips of a frame go out back to back; the receiver acknowledges each finished frame ("fb_ack"), and
-the sender keeps at most MAX_IN_FLIGHT frames unacknowledged, so a slow link drops intermediate pictures instead
-of queueing them (the next frame's dirty rectangles are computed against what the renderer produced last, and
-everything between is covered because unsent changes accumulate in `pending` until they are sent).
+the frame. Strips of a frame go out back to back; the receiver acknowledges finished frames ("fb_ack" with a
+count) as its viewer takes them, and the sender keeps at most MAX_IN_FLIGHT frames unacknowledged, so a slow link
+or a slow viewer skips intermediate pictures instead of queueing them, and a console nobody looks at costs nothing.
+Nothing is lost by skipping: the renderer compares each new picture with the last one it produced, so the next
+frame's dirty rectangles cover every change since the last frame sent.
 
 Receiver (client side): `FrameAssembler` keeps the screen as a numpy array, checks every strip (inside the
 screen, decompressing to exactly its size, with a bound on the output so a compression bomb cannot grow memory)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -72,7 +74,10 @@ class FrameAssembler:
     """The client's copy of a remote screen. apply() runs on the connection's reader thread; render() on the
     GUI's; a lock keeps them apart."""
 
-    def __init__(self) -> None:
+    def __init__(self, session: int = 0, ack: Callable[[int], None] | None = None) -> None:
+        self.session = session
+        self.ack = ack              # tells the sender how many frames render() consumed (its flow control)
+        self._unacked = 0
         self._lock = threading.Lock()
         self._pixels: np.ndarray | None = None
         self._dirty: list[Rect] = []
@@ -83,7 +88,6 @@ class FrameAssembler:
         self.frames = 0             # frames completed (for statistics and the benchmark)
         self.bytes = 0              # compressed bytes received
         self.last_frame: Frame | None = None
-        self.on_frame = None        # optional callback(seq) after each completed frame (reader thread)
 
     def apply(self, header: dict[str, Any], payload: bytes) -> int | None:
         """Take one "fb" or "fb_end" message; returns the sequence number when a frame is complete."""
@@ -100,6 +104,7 @@ class FrameAssembler:
                 self._mode = mode if isinstance(mode, str) else ""
                 self._complete = True
                 self.frames += 1
+                self._unacked += 1
                 return seq
             x = _int(header, "x", 0, width - 1)
             y = _int(header, "y", 0, height - 1)
@@ -114,12 +119,25 @@ class FrameAssembler:
             if len(raw) != expected or inflater.unconsumed_tail or not inflater.eof:
                 raise ProtocolError(f"console strip decompresses to {len(raw)} bytes, not {rw}x{rh}x4")
             self._pixels[y:y + rh, x:x + rw] = np.frombuffer(raw, dtype=np.uint32).reshape(rh, rw)
-            self._dirty = merge_rects(self._dirty, [(x, y, rw, rh)])
+            last = self._dirty[-1] if self._dirty else None
+            if last is not None and last[0] == x and last[2] == rw and last[1] + last[3] == y:
+                self._dirty[-1] = (x, last[1], rw, last[3] + rh)     # the next strip of the same rectangle
+            else:
+                self._dirty = merge_rects(self._dirty, [(x, y, rw, rh)])
             self.bytes += len(payload)
         return None
 
     def render(self, force: bool = False) -> Frame | None:
-        """A new Frame when one completed since the last call (or `force` and a picture exists), else None."""
+        """A new Frame when one completed since the last call (or `force` and a picture exists), else None.
+        Acknowledges the frames it consumed, so the sender runs at the pace the viewer paints (and stops when
+        nobody looks)."""
+        with self._lock:
+            consumed, self._unacked = self._unacked, 0
+        if consumed and self.ack is not None:
+            try:
+                self.ack(consumed)
+            except Exception:   # the connection is gone: the picture stays as it was
+                pass
         with self._lock:
             if self._pixels is None or not (self._complete or force):
                 return None

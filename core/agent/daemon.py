@@ -116,17 +116,16 @@ class AgentHost(LocalHost):
                 raise HostError(reason)
         return accel, why
 
-    def machine_of(self, vm_uuid: str):
-        """The running Machine of a VM (None when it has none): the console streams read its VGA."""
-        return self._vm(vm_uuid).machine
-
 
 class _ConsoleStream:
-    """One connection's view of one VM's screen: renders at up to 60 Hz, sends only what changed, and never has
-    more than MAX_IN_FLIGHT frames unacknowledged."""
+    """One connection's view of one VM's screen (a VmConsole session): renders at up to 60 Hz, sends only what
+    changed, and never has more than MAX_IN_FLIGHT frames unacknowledged. It ends with the session (the VM
+    stopped: its last picture was sent) or when the client closes it."""
 
-    def __init__(self, conn: Connection, uuid: str) -> None:
-        self.conn, self.uuid = conn, uuid
+    CHECK_INTERVAL = 0.5      # how often to ask whether the VM still runs this session
+
+    def __init__(self, conn: Connection, uuid: str, console) -> None:
+        self.conn, self.uuid, self.console = conn, uuid, console
         self.cond = threading.Condition()
         self.in_flight = 0
         self.stopped = False
@@ -134,9 +133,13 @@ class _ConsoleStream:
         self.thread = threading.Thread(target=self._loop, name=f"console-{uuid[:8]}", daemon=True)
         self.thread.start()
 
-    def ack(self) -> None:
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive() and not self.stopped
+
+    def ack(self, count: int) -> None:
         with self.cond:
-            self.in_flight = max(0, self.in_flight - 1)
+            self.in_flight = max(0, self.in_flight - count)
             self.cond.notify_all()
 
     def stop(self) -> None:
@@ -144,11 +147,16 @@ class _ConsoleStream:
             self.stopped = True
             self.cond.notify_all()
 
-    def _loop(self) -> None:
-        from core.display.renderer import Renderer
+    def _session_over(self) -> bool:
+        try:
+            return self.conn.host.console(self.uuid).session != self.console.session
+        except HostError:
+            return True
 
-        machine = renderer = None
+    def _loop(self) -> None:
         pending: list = []
+        force = True
+        last_check = time.monotonic()
         try:
             while True:
                 with self.cond:
@@ -156,25 +164,26 @@ class _ConsoleStream:
                         self.cond.wait(1.0)
                     if self.stopped:
                         return
-                try:
-                    current = self.conn.agent.host.machine_of(self.uuid)
-                except HostError:
-                    return
+                over = False
+                now = time.monotonic()
+                if now - last_check > self.CHECK_INTERVAL:
+                    last_check = now
+                    over = self._session_over()
+                frame = self.console.frames.render(force=force)
                 force = False
-                if current is not machine:
-                    machine = current
-                    renderer = Renderer(machine.vga) if machine is not None else None
-                    force = True
-                if renderer is not None:
-                    frame = renderer.render(force=force)
-                    if frame is not None:
-                        pending = [(0, 0, frame.width, frame.height)] if force else merge_rects(pending, frame.dirty)
-                        if pending:
-                            self.seq += 1
-                            with self.cond:
-                                self.in_flight += 1
-                            self.conn.send_many(encode_frame(self.uuid, self.seq, frame.pixels, pending, frame.mode))
-                            pending = []
+                if frame is not None:
+                    pending = merge_rects(pending, frame.dirty)
+                    if pending:
+                        self.seq += 1
+                        with self.cond:
+                            self.in_flight += 1
+                        messages = encode_frame(self.uuid, self.seq, frame.pixels, pending, frame.mode)
+                        for header, _ in messages:
+                            header["session"] = self.console.session
+                        self.conn.send_many(messages)
+                        pending = []
+                if over:
+                    return
                 time.sleep(CONSOLE_INTERVAL)
         except Exception:
             log.exception("console stream for %s failed", self.uuid)
@@ -258,8 +267,11 @@ class Connection:
             self._input(header, payload)
         elif kind == "fb_ack":
             stream = self.consoles.get(str(header.get("uuid")))
+            count = header.get("n", 1)
+            if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 1 << 20:
+                raise ProtocolError("fb_ack count must be a small non-negative integer")
             if stream is not None:
-                stream.ack()
+                stream.ack(count)
         else:
             raise ProtocolError(f"unknown message type {kind[:40]!r}")
 
@@ -291,25 +303,29 @@ class Connection:
         uuid = header.get("uuid")
         if not isinstance(uuid, str):
             raise ProtocolError("input without a VM uuid")
-        try:
-            machine = self.agent.host.machine_of(uuid)
-        except HostError:
-            return
-        if machine is None:
-            return
-        from core.keymap import Ps2InputSink
-        sink = Ps2InputSink(machine.i8042)
-        if header.get("kind") == "key":
+        kind = header.get("kind")
+        if kind == "key":
             if not 1 <= len(payload) <= 16:
                 raise ProtocolError("a key event carries 1..16 scan code bytes")
-            sink.key_event(payload)
-        elif header.get("kind") == "mouse":
+            values: list[int] = []
+        elif kind == "mouse":
             values = [header.get(k, 0) for k in ("dx", "dy", "buttons", "dz")]
             if any(isinstance(v, bool) or not isinstance(v, int) or abs(v) > 65535 for v in values):
                 raise ProtocolError("a mouse event carries integer dx, dy, buttons, dz")
-            sink.mouse_event(*values)
         else:
             raise ProtocolError("input kind must be key or mouse")
+        stream = self.consoles.get(uuid)
+        if stream is not None and stream.alive:
+            sink = stream.console.input
+        else:
+            try:
+                sink = self.host.console(uuid).input
+            except HostError:
+                return      # not running any more: the event has nowhere to go
+        if kind == "key":
+            sink.key_event(payload)
+        else:
+            sink.mouse_event(*values)
 
     # -- events ----------------------------------------------------------------------------------------------
     def _on_event(self, event: HostEvent) -> None:
@@ -428,10 +444,14 @@ class Connection:
     def m_serial_send(self, uuid: str, payload: bytes = b"", **_: Any) -> None:
         self.host.send_serial(uuid, payload)
 
-    def m_console_open(self, uuid: str, **_: Any) -> None:
-        self.host.get(uuid)
-        if uuid not in self.consoles:
-            self.consoles[uuid] = _ConsoleStream(self, uuid)
+    def m_console_open(self, uuid: str, **_: Any) -> dict[str, Any]:
+        console = self.host.console(uuid)
+        stream = self.consoles.get(uuid)
+        if stream is None or not stream.alive or stream.console.session != console.session:
+            if stream is not None:
+                stream.stop()
+            self.consoles[uuid] = _ConsoleStream(self, uuid, console)
+        return {"session": console.session}
 
     def m_console_close(self, uuid: str, **_: Any) -> None:
         stream = self.consoles.pop(uuid, None)

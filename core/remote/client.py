@@ -2,8 +2,8 @@
 the bridge in practice, a socket in tests.
 
 One reader thread takes every message off the stream: replies complete the call waiting for them (matched by
-id), events and serial output go to callbacks, console strips to the VM's FrameAssembler (acknowledged once a
-frame is complete, which is the agent's flow control). Writes are serialised by a lock. Whatever ends the
+id), events and serial output go to callbacks, console strips to the VM's FrameAssembler (which acknowledges
+frames as its viewer takes them: the agent's flow control). Writes are serialised by a lock. Whatever ends the
 stream — the peer closing, a network error, a malformed or oversized message from the agent — fails the calls
 in flight with the reason and calls on_closed(reason) once; nothing is retried here (RemoteHost decides).
 """
@@ -200,13 +200,9 @@ class AgentClient:
         elif kind in ("fb", "fb_end"):
             uuid = header.get("uuid")
             assembler = self.consoles.get(uuid) if isinstance(uuid, str) else None
-            if assembler is None:
-                return      # a strip still in flight after the console was closed
-            seq = assembler.apply(header, payload)
-            if seq is not None:
-                self.notify({"t": "fb_ack", "uuid": uuid, "seq": seq})
-                if assembler.on_frame is not None:
-                    assembler.on_frame(seq)
+            if assembler is None or header.get("session") != assembler.session:
+                return      # a strip still in flight for a console closed or replaced since
+            assembler.apply(header, payload)
         elif kind == "fatal":
             raise _Fatal(str(header.get("e", "no reason given"))[:500])
         else:

@@ -35,6 +35,7 @@ from core.host import (
     HostEvent,
     Progress,
     SerialListener,
+    VmConsole,
     VmInfo,
     VmStats,
 )
@@ -226,11 +227,13 @@ class RemoteHost(Host):
                 except HostError as exc:
                     log.warning("resubscribing to %s: %s", uuid, exc)
         for uuid, assembler in list(self._consoles.items()):
+            # A console of the same session resumes; one of an older session keeps its last picture.
             try:
+                value, _ = self._client.call("console_open", uuid=uuid)
+            except HostError:
+                continue
+            if isinstance(value, dict) and value.get("session") == assembler.session:
                 self._client.consoles[uuid] = assembler
-                self._client.call("console_open", uuid=uuid)
-            except HostError as exc:
-                log.warning("reopening the console of %s: %s", uuid, exc)
 
     def _on_closed(self, client: AgentClient, reason: str) -> None:
         if client is not self._client:
@@ -459,19 +462,26 @@ class RemoteHost(Host):
         self._call("serial_send", bytes(data), uuid=vm_uuid)
 
     # -- console ---------------------------------------------------------------------------------------------
-    def open_console(self, vm_uuid: str) -> tuple[FrameAssembler, RemoteInputSink]:
-        """The VM's screen as a frame source (render(force) -> Frame | None, like core.display.renderer.Renderer)
-        and an input sink (core.keymap.InputSink) for its keyboard and mouse."""
-        client = self._agent()
+    def console(self, vm_uuid: str) -> VmConsole:
+        """The VM's screen streamed by the agent (a FrameAssembler answers render(force) like a local Renderer)
+        and an input sink sending its keys and mouse motion; a new session after each start of the VM."""
+        value, _ = self._call("console_open", uuid=vm_uuid)
+        session = value.get("session") if isinstance(value, dict) else None
+        if not isinstance(session, int):
+            raise HostError("the agent sent a malformed console answer")
+        client = self._agent(reconnect=False)
         with self._lock:
             assembler = self._consoles.get(vm_uuid)
-            if assembler is None:
-                assembler = self._consoles[vm_uuid] = FrameAssembler()
-        client.consoles[vm_uuid] = assembler
-        self._call("console_open", uuid=vm_uuid)
-        return assembler, RemoteInputSink(self, vm_uuid)
+            if assembler is None or assembler.session != session:
+                assembler = self._consoles[vm_uuid] = FrameAssembler(session, self._acker(vm_uuid))
+            client.consoles[vm_uuid] = assembler
+        return VmConsole(session=session, frames=assembler, input=RemoteInputSink(self, vm_uuid))
+
+    def _acker(self, vm_uuid: str) -> Callable[[int], None]:
+        return lambda count: self._notify({"t": "fb_ack", "uuid": vm_uuid, "n": count})
 
     def close_console(self, vm_uuid: str) -> None:
+        """Stop streaming a VM's screen (the viewer is gone)."""
         with self._lock:
             self._consoles.pop(vm_uuid, None)
         client = self._client
