@@ -173,9 +173,8 @@ class VirtioBlk(VirtioDevice):
             try:
                 backend.readv(sector * SECTOR, views)
             finally:
-                for gpa, n in data_in:               # translated code in those pages is stale now
-                    if n:
-                        memory.notify_written(gpa, n)
+                for gpa, n in _coalesce(data_in):    # translated code in those pages is stale now
+                    memory.notify_written(gpa, n)
             self.stats["reads"] += 1
             self.stats["read_bytes"] += length
             return S_OK, length
@@ -219,6 +218,17 @@ class VirtioBlk(VirtioDevice):
 
     def _in_range(self, sector: int, length: int) -> bool:
         return length % SECTOR == 0 and length <= MAX_REQUEST_BYTES and sector * SECTOR + length <= self.backend.size
+
+
+def _coalesce(buffers: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent guest ranges merged (one change notification each: the software CPU pays per call)."""
+    out: list[tuple[int, int]] = []
+    for gpa, n in sorted(b for b in buffers if b[1]):
+        if out and out[-1][0] + out[-1][1] == gpa:
+            out[-1] = (out[-1][0], out[-1][1] + n)
+        else:
+            out.append((gpa, n))
+    return out
 
 
 def _skip(buffers: list[tuple[int, int]], nbytes: int) -> list[tuple[int, int]]:
