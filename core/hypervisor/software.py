@@ -41,11 +41,13 @@ stops that VM, never the host process.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import logging
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from ctypes import c_int, c_uint32, c_uint64, c_void_p
 
@@ -133,6 +135,22 @@ def host_tsc_hz() -> int:
         hz = (t1 - t0) * 1_000_000_000 // (n1 - n0)
         _tsc_hz = (hz + 500_000) // 1_000_000 * 1_000_000 if hz > 100_000_000 else hz
     return _tsc_hz
+
+
+QUIESCE_TIMEOUT_S = 2.0
+
+# Every live accelerator: at interpreter exit their vCPU threads (daemons, possibly inside emulation) are stopped
+# before Python frees what translated code and hooks use -- above all before unicorn's own weakref.finalize
+# calls uc_close at exit (that crashed the process when a VM was still running). atexit runs handlers last-in
+# first-out and weakref registers its exit hook with the first finalizer, so ours is registered after the
+# first Uc exists.
+_live: weakref.WeakSet = weakref.WeakSet()
+_exit_hook_registered = False
+
+
+def _quiesce_all() -> None:
+    for acc in list(_live):
+        acc.quiesce()
 
 
 class _FairLock:
@@ -240,6 +258,12 @@ class SoftwareAccelerator(Accelerator):
         self.pit.attach(pio)
         memory.add_write_listener(self._ram_written)
         self._closed = False
+        self._frozen = False
+        _live.add(self)
+        global _exit_hook_registered
+        if not _exit_hook_registered:
+            atexit.register(_quiesce_all)
+            _exit_hook_registered = True
 
     # -- memory ---------------------------------------------------------------------------------------------
     def _map_memory(self) -> None:
@@ -578,6 +602,21 @@ class SoftwareAccelerator(Accelerator):
             vcpu.lapic.power_on(vcpu.index == 0)
         self._tsc_offset = (-self.rdtsc()) & 0xFFFF_FFFF_FFFF_FFFF
 
+    def quiesce(self, timeout: float = QUIESCE_TIMEOUT_S) -> bool:
+        """Stop emulation for good: no slice runs after this returns True (vCPU threads that try park forever).
+        False if a slice did not end within `timeout` (a device call blocked inside it)."""
+        self._frozen = True
+        deadline = time.monotonic() + timeout
+        while True:
+            # A slice sets `running` before it looks at `_frozen`; we set `_frozen` before looking at `running`.
+            running = self.running
+            if running is None:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            self.q.uc_emu_stop(self.uch)
+            time.sleep(0.001)
+
     def close(self) -> None:
         if self._closed:
             return
@@ -587,8 +626,13 @@ class SoftwareAccelerator(Accelerator):
             vcpu.lapic.reset_for_init()
             vcpu.closed = True
             vcpu.kick()
+        stopped = self.quiesce()
+        _live.discard(self)
         self.natives.handlers.pop(self.view.env, None)
         self.natives.code_tracking.unregister(self.uch)
+        if not stopped:
+            log.error("software CPU: a vCPU is still inside emulation; its guest RAM stays mapped")
+            return
         for region in self.ram_mappings:
             try:
                 self.uc.mem_unmap(region.gpa, region.size)
@@ -806,6 +850,8 @@ class SoftwareVcpu(Vcpu, ApicCpu):
     # -- running --------------------------------------------------------------------------------------------
     def run(self) -> VcpuExit:
         while True:
+            if self.accel._frozen:
+                _park_forever()
             with self._cond:
                 if self._kicked:
                     self._kicked = False
@@ -880,7 +926,7 @@ class SoftwareVcpu(Vcpu, ApicCpu):
             self._in_slice = True
             with self._cond:
                 pending = self._kicked or self._wake
-            if pending:
+            if pending or acc._frozen:
                 # Something arrived since the checks above: do not start a slice that could miss its kick.
                 err = 0
             else:
@@ -913,6 +959,11 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         """HLT with IF=0 ends for good only if nothing can send an NMI, INIT or SIPI: nothing on this platform
         drives LINT1, so that is the case with a single CPU."""
         return self.accel.num_cpus == 1            # this platform has no NMI source but IPIs
+
+
+def _park_forever() -> None:
+    """A vCPU thread of an accelerator stopped for good (process exit): never touch the emulator again."""
+    threading.Event().wait()
 
 
 def _exit_tb(v: ui.CpuView) -> None:
