@@ -161,7 +161,9 @@ def guest_latency(keys: int) -> None:
     app = QApplication.instance()
     t0 = time.perf_counter()
     machine.start()
-    while not any(line.endswith("#") for line in text_snapshot(machine.vga) or []):
+    # Wait for the prompt itself: keys typed before Linux's i8042 driver starts (a bare "#" can end a wrapped
+    # kernel banner line) fill the buffer it flushes, and it then gives up on the controller.
+    while not any(line.endswith("vireo:~#") for line in text_snapshot(machine.vga) or []):
         app.processEvents()
         time.sleep(0.01)
         if time.perf_counter() - t0 > 120:

@@ -1,0 +1,129 @@
+"""Screenshots of the graphical console for the docs: the VM window's Console tab on Debian's VGA text console,
+and the bochs DRM framebuffer console (1024x768) saved through the tab's "Save screenshot" path.
+
+Boots the tests' Debian kernel and busybox initramfs (tests/fixtures/build.py) on the software CPU through the
+real manager pieces (LocalHost, HostBridge, VmWindow), types commands into the console view as key events, and
+writes docs/screenshots/vm-vga-console.png and docs/screenshots/vga-drm-console.png.
+
+Run: QT_QPA_PLATFORM=offscreen .venv/bin/python -m app.ui.console_screenshots [OUT_DIR]
+"""
+from __future__ import annotations
+
+import faulthandler
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures" / "out"
+
+
+def _wait(app, predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"console screenshots: timed out waiting for {what}")
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def _settle(app, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[0]) if argv else REPO / "docs" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    kernel, initrd = FIXTURES / "vmlinuz-amd64", FIXTURES / "initramfs-amd64.cpio.gz"
+    if not kernel.exists() or not initrd.exists():
+        print("console screenshots: build the guest first: .venv/bin/python tests/fixtures/build.py", file=sys.stderr)
+        return 1
+    faulthandler.disable()
+    tmp = tempfile.mkdtemp(prefix="vireo-shots-")
+    os.environ["XDG_CONFIG_HOME"] = f"{tmp}/config"
+    os.environ["XDG_DATA_HOME"] = f"{tmp}/data"
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+    from PyQt6.QtCore import QSettings
+    from PyQt6.QtWidgets import QApplication
+
+    from app.host_bridge import HostBridge
+    from app.vm_window import VmWindow
+    from core.config import BootConfig, ConfigStore, VmConfig
+    from core.display.renderer import text_snapshot
+    from core.host import LocalHost, VmState
+
+    app = QApplication.instance() or QApplication(["vireo"])
+    app.setApplicationName("vireo")
+    host = LocalHost()
+    bridge = HostBridge(host)
+    settings = QSettings(f"{tmp}/settings.ini", QSettings.Format.IniFormat)
+
+    def boot(name: str, cmdline: str) -> tuple[VmWindow, object, str]:
+        cfg = VmConfig(name=name, memory_mib=256, accel="software",
+                       boot=BootConfig(kernel=str(kernel), initrd=str(initrd), cmdline=cmdline))
+        ConfigStore().save(cfg)
+        host.reload()
+        bridge.refresh_now()
+        window = VmWindow(bridge, cfg.uuid, settings)
+        window.show()
+        bridge.lifecycle("start", cfg.uuid)
+        _wait(app, lambda: window.display is not None and window.display.view.sink is not None, 60, "the console")
+        return window, window.display, cfg.uuid
+
+    def shell_ready(tab) -> bool:
+        # The prompt itself: a bare "#" can end a wrapped kernel line (the "Linux version ... #1 SMP" banner), and
+        # keys typed before Linux's i8042 driver starts make it give up on the controller.
+        return any(line.endswith("vireo:~#") for line in text_snapshot(tab.vm_console.frames.vga) or [])
+
+    def screen_text(tab) -> str:
+        return "\n".join(text_snapshot(tab.vm_console.frames.vga) or [])
+
+    def type_commands(tab, commands: list[str], text_mode: bool) -> None:
+        for command in commands:
+            tab.view.type_text(command + "\n")
+            _wait(app, lambda: tab.view.typing_pending == 0, 30, "typing")
+            if text_mode:
+                _wait(app, lambda c=command: f"# {c}\n" in screen_text(tab), 30, f"the echo of {command!r}")
+            _settle(app, 1.0)
+
+    try:
+        # 1. The VGA text console (vgacon): boot messages, then a shell on tty1.
+        window, tab, uuid = boot("debian-vga", "console=ttyS0 console=tty0 vireo.action=shell vireo.console=tty1")
+        _wait(app, lambda: shell_ready(tab), 120, "the shell prompt on tty1")
+        type_commands(tab, ["uname -a", "cat /proc/cmdline", "ls /sys/class/graphics /dev/dri 2>&1 | head -3"],
+                      text_mode=True)
+        window.resize(940, 640)
+        _settle(app, 0.5)
+        window.grab().save(str(out / "vm-vga-console.png"))
+        bridge.lifecycle("force_off", uuid)
+        _wait(app, lambda: host.get(uuid).state == VmState.SHUTOFF, 30, "power-off")
+        window.close()
+
+        # 2. The bochs DRM driver's framebuffer console (fbcon on fb0), a shell on it.
+        window, tab, uuid = boot("debian-drm", "console=tty0 console=ttyS0 vireo.action=display vireo.then=shell "
+                                               "vireo.console=tty1")
+        _wait(app, lambda: tab.view.frame is not None and tab.view.frame.mode.startswith("vbe"), 120,
+              "the DRM framebuffer")
+        _settle(app, 4.0)       # fbcon's first full redraw and the shell's prompt
+        type_commands(tab, ["cat /sys/class/graphics/fb0/name /sys/class/graphics/fb0/modes", "uname -r"],
+                      text_mode=False)
+        _settle(app, 1.0)
+        tab.save_screenshot(str(out / "vga-drm-console.png"))
+        bridge.lifecycle("force_off", uuid)
+        _wait(app, lambda: host.get(uuid).state == VmState.SHUTOFF, 30, "power-off")
+        window.close()
+    finally:
+        bridge.shutdown()
+        host.close()
+    print(f"wrote {out / 'vm-vga-console.png'} and {out / 'vga-drm-console.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
