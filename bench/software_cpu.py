@@ -1,11 +1,18 @@
-"""Software CPU vs QEMU's TCG on Debian's amd64 kernel and the tests' busybox initramfs (issue 4's benchmark).
+"""Software CPU vs QEMU's TCG on Debian's kernels and the tests' busybox initramfs (issues 3 and 4's benchmark).
 
-Alternating runs of `main.py run --accel software` and `qemu-system-x86_64 -accel tcg -M pc` (bzImage via
--kernel, i.e. SeaBIOS + in-guest decompression, QEMU's usual path): time to the VIREO-BOOT-OK marker, time to
-exit after power-off, and the in-guest sha256-of-256-MiB workload time the guest itself reports. Prints medians
-and the ratio QEMU-time / Vireo-time (1.0 = as fast as QEMU).
+Guests and contenders, each run alternately (`--runs` times each, default 3):
 
-    .venv/bin/python bench/software_cpu.py [--runs 3] [--no-workload]
+  i386   Vireo `--accel software` with vmlinuz-686      vs  qemu-system-i386 -accel tcg (bzImage via -kernel)
+  amd64  Vireo `--accel software` with vmlinuz-amd64    vs  qemu-system-x86_64 -accel tcg -M pc, twice:
+         the bzImage via -kernel (SeaBIOS, real-mode setup, in-guest decompression: QEMU's usual path), and
+         the uncompressed vmlinux via -kernel, which QEMU boots through its Xen PVH entry note (its fastest
+         path); the vmlinux is unpacked from the bzImage the way core/boot/linux.py does it.
+
+Measured: time to the VIREO-BOOT-OK marker, time to exit after power-off (vireo.action=poweroff), and the
+in-guest sha256-of-256-MiB workload time the guest itself reports (vireo.action=sha256). Prints every run,
+then medians and the ratio QEMU-time / Vireo-time (1.0 = as fast as QEMU; above 1, faster).
+
+    .venv/bin/python bench/software_cpu.py [--runs 3] [--guest i386|amd64|all] [--no-workload]
 """
 from __future__ import annotations
 
@@ -15,12 +22,16 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "out"
 MARKER = b"VIREO-BOOT-OK"
+MEMORY_MIB = 256
+sys.path.insert(0, str(ROOT))
 
 
 def timed(cmd: list[str], timeout: float) -> tuple[float | None, float, bytes]:
@@ -45,14 +56,33 @@ def timed(cmd: list[str], timeout: float) -> tuple[float | None, float, bytes]:
     return marker_at, time.monotonic() - start, bytes(out)
 
 
-def vireo(kernel: Path, initrd: Path, action: str) -> list[str]:
-    return [sys.executable, "main.py", "run", "--kernel", str(kernel), "--initrd", str(initrd), "--append",
-            f"console=ttyS0 vireo.action={action}", "--accel", "software", "--serial", "stdio", "--timeout", "300"]
+def vireo(kernel: Path, initrd: Path) -> Callable[[str], list[str]]:
+    def cmd(action: str) -> list[str]:
+        return [sys.executable, "main.py", "run", "--kernel", str(kernel), "--initrd", str(initrd), "--append",
+                f"console=ttyS0 vireo.action={action}", "--accel", "software", "--serial", "stdio",
+                "--memory", str(MEMORY_MIB), "--timeout", "300"]
+    return cmd
 
 
-def qemu(kernel: Path, initrd: Path, action: str) -> list[str]:
-    return ["qemu-system-x86_64", "-accel", "tcg", "-M", "pc", "-m", "256", "-nographic", "-no-reboot",
-            "-kernel", str(kernel), "-initrd", str(initrd), "-append", f"console=ttyS0 vireo.action={action}"]
+def qemu(binary: str, kernel: Path, initrd: Path, machine: list[str]) -> Callable[[str], list[str]]:
+    def cmd(action: str) -> list[str]:
+        return [binary, "-accel", "tcg", *machine, "-m", str(MEMORY_MIB), "-nographic", "-no-reboot",
+                "-kernel", str(kernel), "-initrd", str(initrd), "-append", f"console=ttyS0 vireo.action={action}"]
+    return cmd
+
+
+def unpack_vmlinux(bzimage: Path, into: Path) -> Path:
+    """The bzImage's payload, decompressed on the host (core/boot/linux.py): an ELF vmlinux with a PVH note."""
+    from core.boot.linux import decompress_payload, parse_bzimage
+    data = bzimage.read_bytes()
+    hdr = parse_bzimage(data, bzimage.name)
+    pm = data[hdr.setup_size:hdr.setup_size + hdr.protected_mode_size]
+    fmt, vmlinux = decompress_payload(pm[hdr.payload_offset:hdr.payload_offset + hdr.payload_length], bzimage.name)
+    if vmlinux is None:
+        raise SystemExit(f"{bzimage}: cannot unpack its {fmt} payload on this host")
+    path = into / "vmlinux"
+    path.write_bytes(vmlinux)
+    return path
 
 
 def workload_seconds(out: bytes) -> float | None:
@@ -60,44 +90,68 @@ def workload_seconds(out: bytes) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--no-workload", action="store_true")
-    args = ap.parse_args()
-    kernel, initrd = OUT / "vmlinuz-amd64", OUT / "initramfs-amd64.cpio.gz"
-    if not kernel.exists() or not initrd.exists():
-        print(f"fixtures missing in {OUT}: build them with .venv/bin/python tests/fixtures/build.py")
-        return 2
-    have_qemu = shutil.which("qemu-system-x86_64") is not None
-    results: dict[str, dict[str, list[float]]] = {"vireo": {}, "qemu": {}}
-    for run in range(args.runs):
-        for name, make in (("vireo", vireo), ("qemu", qemu)):
-            if name == "qemu" and not have_qemu:
-                continue
-            marker, total, out = timed(make(kernel, initrd, "poweroff"), 300)
+def bench(title: str, contenders: dict[str, Callable[[str], list[str]]], runs: int, workload: bool) -> None:
+    print(f"== {title}", flush=True)
+    results: dict[str, dict[str, list[float]]] = {name: {} for name in contenders}
+    for run in range(runs):
+        for name, make in contenders.items():
+            marker, total, out = timed(make("poweroff"), 300)
             r = results[name]
+            if marker is None or b"VIREO-POWEROFF" not in out:
+                tail = out[-1500:].decode(errors="replace")
+                print(f"run {run + 1} {name}: no marker/power-off; last output:\n{tail}")
             if marker is not None:
                 r.setdefault("marker", []).append(marker)
             r.setdefault("exit", []).append(total)
-            if not args.no_workload:
-                _, _, out = timed(make(kernel, initrd, "sha256"), 600)
+            line = f"run {run + 1} {name:<14} marker {marker and round(marker, 2)} s, exit {total:.2f} s"
+            if workload:
+                _, _, out = timed(make("sha256"), 600)
                 w = workload_seconds(out)
                 if w is not None:
                     r.setdefault("sha256", []).append(w)
-            print(f"run {run + 1} {name}: marker {marker and round(marker, 2)} s, exit {total:.2f} s"
-                  + (f", sha256 {r['sha256'][-1]:.2f} s" if r.get("sha256") else ""), flush=True)
-    print()
-    print(f"{'metric':<10}{'vireo (median s)':>18}{'qemu tcg (median s)':>22}{'qemu/vireo':>12}")
+                line += f", sha256 {w} s"
+            print(line, flush=True)
+    names = list(contenders)
+    base = names[0]
+    print(f"\n{'metric':<8}" + "".join(f"{n + ' (s)':>18}" for n in names)
+          + "".join(f"{n + '/' + base:>24}" for n in names[1:]))
     for metric in ("marker", "exit", "sha256"):
-        v = results["vireo"].get(metric)
-        q = results["qemu"].get(metric)
-        if not v:
+        medians = {n: statistics.median(results[n][metric]) if results[n].get(metric) else None for n in names}
+        if medians[base] is None:
             continue
-        vm = statistics.median(v)
-        qm = statistics.median(q) if q else None
-        ratio = f"{qm / vm:.2f}" if qm else "-"
-        print(f"{metric:<10}{vm:>18.2f}{(qm or float('nan')):>22.2f}{ratio:>12}")
+        row = f"{metric:<8}" + "".join(f"{(medians[n] or float('nan')):>18.2f}" for n in names)
+        row += "".join(f"{(medians[n] / medians[base] if medians[n] else float('nan')):>24.2f}" for n in names[1:])
+        print(row)
+    print(flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--guest", choices=("i386", "amd64", "all"), default="all")
+    ap.add_argument("--no-workload", action="store_true")
+    args = ap.parse_args()
+    needed = {"i386": ("vmlinuz-686", "initramfs-i386.cpio.gz"), "amd64": ("vmlinuz-amd64", "initramfs-amd64.cpio.gz")}
+    guests = ["i386", "amd64"] if args.guest == "all" else [args.guest]
+    for g in guests:
+        for f in needed[g]:
+            if not (OUT / f).exists():
+                print(f"fixture {OUT / f} missing: build it with .venv/bin/python tests/fixtures/build.py")
+                return 2
+    with tempfile.TemporaryDirectory(prefix="vireo-bench-") as tmp:
+        for g in guests:
+            kernel, initrd = (OUT / f for f in needed[g])
+            contenders = {"vireo": vireo(kernel, initrd)}
+            if g == "i386" and shutil.which("qemu-system-i386"):
+                contenders["qemu-tcg"] = qemu("qemu-system-i386", kernel, initrd, [])
+            if g == "amd64" and shutil.which("qemu-system-x86_64"):
+                contenders["qemu-tcg"] = qemu("qemu-system-x86_64", kernel, initrd, ["-M", "pc"])
+                contenders["qemu-tcg-pvh"] = qemu("qemu-system-x86_64", unpack_vmlinux(kernel, Path(tmp)), initrd,
+                                                  ["-M", "pc"])
+            if len(contenders) == 1:
+                print("(QEMU not installed: Vireo alone)")
+            bench(f"{g}: Debian {kernel.name} + {initrd.name}, {MEMORY_MIB} MiB, 1 CPU", contenders, args.runs,
+                  not args.no_workload)
     return 0
 
 
