@@ -65,3 +65,15 @@ def test_bochs_drm_framebuffer_mode_and_frame_size(debian_kernel, busybox_initra
     found = {tuple(c): n for c, n in zip(colours.tolist(), counts.tolist(), strict=True)}
     assert set(found) <= {(0, 0, 0), (170, 170, 170), (255, 255, 255), (85, 85, 85)}, found
     assert found.get((170, 170, 170), 0) > 20_000, found        # dozens of lines of text
+
+
+def test_display_window_runs_the_guest_and_dumps_its_screen(debian_kernel, busybox_initramfs, tmp_path):
+    # --display window: the same run with the console window open (offscreen without a display); the window
+    # closes by itself when the guest powers off, and the exit status is the guest's.
+    dump = tmp_path / "window.png"
+    status, out, err = run_vireo(["--kernel", debian_kernel, "--initrd", busybox_initramfs, "--append",
+                                  "console=ttyS0 console=tty0 vireo.action=poweroff", "--accel", "software",
+                                  "--serial", "stdio", "--timeout", "100", "--display", "window",
+                                  "--screendump", dump], timeout=130)
+    assert status == 0, err + out[-3000:]
+    assert "VIREO-POWEROFF" in (tmp_path / "window.txt").read_text(encoding="utf-8")
