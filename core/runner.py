@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import select
+import signal
 import sys
 import termios
 import threading
@@ -176,6 +177,7 @@ class RunSession:
         machine = self.machine
         pump = _StdinPump(machine, self.quit) if self.interactive else None
         timed_out = False
+        self._install_sigterm()
         try:
             machine.start()
             state = machine.wait(self.args.timeout)
@@ -205,6 +207,24 @@ class RunSession:
         if os.environ.get("VIREO_VERBOSE"):
             print(f"vireo: powered off after {time.monotonic() - machine.started_at:.2f} s", file=err)
         return EXIT_OK
+
+    def _install_sigterm(self) -> None:
+        """SIGTERM asks the guest to shut down (the ACPI power button, as `virsh shutdown` does); a second
+        SIGTERM forces the power off. Only the main thread may set signal handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        asked = threading.Event()
+
+        def on_term(signum: int, frame: object) -> None:
+            if asked.is_set():
+                self.quit()
+                return
+            asked.set()
+            print("\r\nvireo: SIGTERM: pressing the guest's power button; send SIGTERM again to force it off",
+                  file=sys.stderr)
+            self.machine.shutdown()
+
+        signal.signal(signal.SIGTERM, on_term)
 
     def _screendump(self) -> None:
         if not self.args.screendump:
