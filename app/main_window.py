@@ -88,15 +88,27 @@ class MainWindow(QMainWindow):
         self._make_actions()
         self._make_menus()
         for index, bridge in enumerate(bridges):
-            bridge.vmsChanged.connect(lambda i=index: self._rebuild_host(i))
-            bridge.vmStateChanged.connect(lambda uuid, state, reason, i=index: self._state_changed(i, uuid, state,
-                                                                                                 reason))
-            bridge.statsUpdated.connect(self._stats)
-            bridge.failed.connect(lambda what, msg: show_error(self, what, msg))
-            bridge.busyChanged.connect(lambda uuid, busy: self._update_actions())
-            self._rebuild_host(index)
+            self._wire_bridge(index, bridge)
+        from app.ui.connections import RemoteHosts  # remembered SSH hosts join as further rows
+        self.remote_hosts = RemoteHosts(self)
+        self.file_menu.insertAction(self.file_menu.actions()[1], self.remote_hosts.add_action)
         self.statusBar().showMessage("Ready", 3000)
         self._restore()
+
+    def _wire_bridge(self, index: int, bridge: HostBridge) -> None:
+        bridge.vmsChanged.connect(lambda i=index: self._rebuild_host(i))
+        bridge.vmStateChanged.connect(lambda uuid, state, reason, i=index: self._state_changed(i, uuid, state,
+                                                                                             reason))
+        bridge.statsUpdated.connect(self._stats)
+        bridge.failed.connect(lambda what, msg: show_error(self, what, msg))
+        bridge.busyChanged.connect(lambda uuid, busy: self._update_actions())
+        self._rebuild_host(index)
+
+    def add_bridge(self, bridge: HostBridge) -> int:
+        """Show another host (a remote one) below the others; returns its index."""
+        self.bridges.append(bridge)
+        self._wire_bridge(len(self.bridges) - 1, bridge)
+        return len(self.bridges) - 1
 
     # -- actions and menus -----------------------------------------------------------------------------------
     def _make_actions(self) -> None:
@@ -127,6 +139,7 @@ class MainWindow(QMainWindow):
         file_menu = self.menuBar().addMenu("&File")
         file_menu.addAction(self.new_action)
         file_menu.addSeparator()
+        self.file_menu = file_menu
         file_menu.addAction(self.quit_action)
         vm_menu = self.menuBar().addMenu("&Virtual Machine")
         vm_menu.addAction(self.open_action)
@@ -148,6 +161,15 @@ class MainWindow(QMainWindow):
     def _context_menu(self, pos) -> None:
         if self.selected() is not None:
             self.vm_menu.exec(self.tree.viewport().mapToGlobal(pos))
+            return
+        item = self.tree.itemAt(pos)
+        data = item.data(0, ROLE) if item else None
+        if data and data[0] == "host":
+            from PyQt6.QtWidgets import QMenu
+            menu = QMenu(self)
+            self.remote_hosts.context_menu(data[1], menu)
+            if menu.actions():
+                menu.exec(self.tree.viewport().mapToGlobal(pos))
 
     def _about(self) -> None:
         QMessageBox.about(self, "About Vireo",
@@ -399,7 +421,7 @@ class MainWindow(QMainWindow):
         if self._quitting:
             event.accept()
             return
-        running = [i for b in self.bridges for i in b.running()]
+        running = [i for b in self._local_bridges() for i in b.running()]
         if running:
             choice = ask_quit(self, running)
             if choice == QuitChoice.CANCEL:
@@ -413,7 +435,7 @@ class MainWindow(QMainWindow):
 
     def _stop_all_then_quit(self, choice: QuitChoice) -> None:
         self.setEnabled(False)
-        for bridge in self.bridges:
+        for bridge in self._local_bridges():
             for info in bridge.running():
                 action = "shutdown" if choice == QuitChoice.SHUT_DOWN and info.state == VmState.RUNNING else \
                     "force_off"
@@ -427,13 +449,17 @@ class MainWindow(QMainWindow):
 
     def _poll_quit(self) -> None:
         self._quit_deadline -= 1
-        running = [(b, i) for b in self.bridges for i in b.running()]
+        running = [(b, i) for b in self._local_bridges() for i in b.running()]
         if running and self._quit_deadline > 0:
             return
         self._quit_timer.stop()
         self._finish_quit()
         self._quitting = True
         self.close()
+
+    def _local_bridges(self) -> list[HostBridge]:
+        # VMs of remote hosts live in their agents: quitting the manager leaves them running.
+        return [b for b in self.bridges if not getattr(b.host, "remote", False)]
 
     def _finish_quit(self) -> None:
         self._save()
@@ -474,8 +500,7 @@ def launch(argv: list[str]) -> int:
     window = MainWindow([bridge])
     window.show()
     if args.connect:
-        show_error(window, f"Connecting to {args.connect}",
-                   "remote hosts over SSH are not implemented yet; showing the local host")
+        window.remote_hosts.add_uri(args.connect)
     for info in bridge.vms():
         if info.config.autostart and info.state == VmState.SHUTOFF:
             bridge.lifecycle("start", info.uuid)

@@ -1,0 +1,172 @@
+"""The Add Connection dialog (host, port, user, how to authenticate) and QtPrompter, which asks the SSH layer's
+questions — an unknown host key, a key's passphrase, a password or keyboard-interactive prompt — in dialogs.
+
+The SSH connection is made on a worker thread (the GUI never waits on the network), so QtPrompter hands each
+question to the GUI thread through a blocking queued signal and returns the answer to the worker. Answers are
+used for that one attempt and never stored; what the dialog remembers (QSettings) is only host, port, user, key
+file path, authentication kind and the remote interpreter.
+"""
+from __future__ import annotations
+
+import getpass
+
+from PyQt6.QtCore import QObject, Qt, QThread, pyqtSignal, pyqtSlot
+from PyQt6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.remote.known_hosts import Check
+from core.remote.ssh import SshTarget
+
+AUTH_CHOICES = (("auto", "Automatic (SSH agent, keys, then password)"), ("agent", "SSH agent"),
+                ("key", "Key file"), ("password", "Password"))
+
+
+class AddConnectionDialog(QDialog):
+    def __init__(self, parent: QWidget | None = None, target: SshTarget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Add Connection")
+        self.setObjectName("addConnectionDialog")
+        self.host_edit = QLineEdit(self)
+        self.host_edit.setObjectName("hostEdit")
+        self.host_edit.setPlaceholderText("host name or address")
+        self.port_spin = QSpinBox(self)
+        self.port_spin.setObjectName("portSpin")
+        self.port_spin.setRange(1, 65535)
+        self.port_spin.setValue(22)
+        self.user_edit = QLineEdit(getpass.getuser(), self)
+        self.user_edit.setObjectName("userEdit")
+        self.auth_combo = QComboBox(self)
+        self.auth_combo.setObjectName("authCombo")
+        for value, text in AUTH_CHOICES:
+            self.auth_combo.addItem(text, value)
+        self.key_edit = QLineEdit(self)
+        self.key_edit.setObjectName("keyEdit")
+        self.key_edit.setPlaceholderText("~/.ssh/id_ed25519 (empty: the agent's and the default keys)")
+        browse = QPushButton("Browse…", self)
+        browse.clicked.connect(self._browse)
+        key_row = QHBoxLayout()
+        key_row.addWidget(self.key_edit, 1)
+        key_row.addWidget(browse)
+        self.python_edit = QLineEdit("python3", self)
+        self.python_edit.setObjectName("pythonEdit")
+        self.python_edit.setToolTip("The interpreter the Vireo agent runs on, on the remote host")
+        self.unicorn_check = QCheckBox("Copy the software CPU (unicorn) there if the host lacks it", self)
+        self.unicorn_check.setObjectName("unicornCheck")
+        self.unicorn_check.setToolTip("Without it, a host without unicorn runs VMs with KVM only")
+        form = QFormLayout()
+        form.addRow("&Host:", self.host_edit)
+        form.addRow("&Port:", self.port_spin)
+        form.addRow("&User:", self.user_edit)
+        form.addRow("&Authentication:", self.auth_combo)
+        form.addRow("&Key file:", key_row)
+        form.addRow("P&ython:", self.python_edit)
+        form.addRow("", self.unicorn_check)
+        note = QLabel("The host needs only sshd and Python 3: Vireo installs its agent there on first connect. "
+                      "Passwords and passphrases are asked for when needed and never stored.", self)
+        note.setWordWrap(True)
+        note.setStyleSheet("color: #666;")
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel,
+                                        self)
+        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Connect")
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(note)
+        lay.addWidget(self.buttons)
+        self.host_edit.textChanged.connect(self._validate)
+        self.auth_combo.currentIndexChanged.connect(self._validate)
+        if target is not None:
+            self.set_target(target)
+        self._validate()
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "SSH private key", self.key_edit.text() or "~/.ssh")
+        if path:
+            self.key_edit.setText(path)
+
+    def _validate(self) -> None:
+        ok = bool(self.host_edit.text().strip()) and not any(c.isspace() for c in self.host_edit.text().strip())
+        self.key_edit.setEnabled(self.auth_combo.currentData() in ("auto", "key"))
+        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setEnabled(ok)
+
+    def set_target(self, target: SshTarget) -> None:
+        self.host_edit.setText(target.host)
+        self.port_spin.setValue(target.port)
+        self.user_edit.setText(target.user)
+        self.auth_combo.setCurrentIndex(max(0, self.auth_combo.findData(target.auth)))
+        self.key_edit.setText(target.identity)
+        self.python_edit.setText(target.python)
+
+    def target(self) -> SshTarget:
+        return SshTarget(host=self.host_edit.text().strip(), port=self.port_spin.value(),
+                         user=self.user_edit.text().strip() or getpass.getuser(),
+                         identity=self.key_edit.text().strip(), auth=self.auth_combo.currentData(),
+                         python=self.python_edit.text().strip() or "python3")
+
+    @property
+    def copy_unicorn(self) -> bool:
+        return self.unicorn_check.isChecked()
+
+
+class _Question:
+    def __init__(self, kind: str, target: SshTarget, text: str, detail: str = "", echo: bool = False) -> None:
+        self.kind, self.target, self.text, self.detail, self.echo = kind, target, text, detail, echo
+        self.answer: object = None
+
+
+class QtPrompter(QObject):
+    """core.remote.ssh.Prompter answered with dialogs on the GUI thread (callable from any thread)."""
+
+    _ask = pyqtSignal(object)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__()
+        self.parent_widget = parent
+        self._ask.connect(self._answer, Qt.ConnectionType.BlockingQueuedConnection)
+
+    def _question(self, question: _Question) -> object:
+        if QThread.currentThread() is self.thread():
+            self._answer(question)
+        else:
+            self._ask.emit(question)     # blocks this worker until the GUI thread has the answer
+        return question.answer
+
+    @pyqtSlot(object)
+    def _answer(self, q: _Question) -> None:
+        if q.kind == "hostkey":
+            box = QMessageBox(QMessageBox.Icon.Question, "Unknown host key", q.text, parent=self.parent_widget)
+            box.setInformativeText("Trust this host and record its key in your known_hosts file? Compare the "
+                                   "fingerprint with the one the host's administrator gives (ssh-keygen -lf "
+                                   "/etc/ssh/ssh_host_ed25519_key.pub on the host).")
+            box.setObjectName("hostKeyQuestion")
+            box.setStandardButtons(QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
+            box.setDefaultButton(QMessageBox.StandardButton.No)
+            q.answer = box.exec() == QMessageBox.StandardButton.Yes
+            return
+        mode = QLineEdit.EchoMode.Normal if q.echo else QLineEdit.EchoMode.Password
+        text, ok = QInputDialog.getText(self.parent_widget, f"Connecting to {q.target.label}", q.text, mode)
+        q.answer = text if ok else None
+
+    def confirm_host_key(self, target: SshTarget, check: Check, key_type: str, key_fingerprint: str) -> bool:
+        text = check.describe(target.host, target.port, key_type, key_fingerprint)
+        return bool(self._question(_Question("hostkey", target, text)))
+
+    def secret(self, target: SshTarget, prompt: str, echo: bool = False) -> str | None:
+        answer = self._question(_Question("secret", target, prompt, echo=echo))
+        return answer if isinstance(answer, str) else None
