@@ -93,7 +93,10 @@ MSR_ARCH_CAPABILITIES = 0x10A
 # A translated CPU does not speculate: not affected by Meltdown (RDCL_NO), SSB, MDS, page-size-change MCE, TAA.
 # Telling the guest so spares it KPTI's page-table switch (a full soft-TLB flush) on every kernel entry and exit.
 ARCH_CAPABILITIES = 1 << 0 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 8
-MISC_ENABLE_FAST_STRING = 1
+# IA32_MISC_ENABLE as firmware leaves it, except fast strings (bit 0) off: the bit tells the OS that REP MOVS/STOS
+# are the fast way to copy (Linux then picks `rep movsq` for memcpy/clear_page/copy_user); translated, every
+# iteration is a pass through a block, so the unrolled loops Linux uses without it are about twice as fast.
+MISC_ENABLE_DEFAULT = 0
 MSR_TSC_DEADLINE = 0x6E0
 MSR_EFER = 0xC000_0080
 # MSRs QEMU's own rdmsr/wrmsr helpers implement (target/i386/misc_helper.c); everything else not handled here #GPs.
@@ -228,7 +231,7 @@ class SoftwareAccelerator(Accelerator):
         except ui.UnicornInternalsError as exc:
             raise AcceleratorUnavailable(str(exc)) from exc
         ui.disable_mid_instruction_exits(v)
-        v.set_u64(ui.ENV_MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING)   # what firmware leaves enabled
+        v.set_u64(ui.ENV_MSR_IA32_MISC_ENABLE, MISC_ENABLE_DEFAULT)
         self.q = ui.qemu()
         self.uch = v.uch
         self.tsc_hz = host_tsc_hz()

@@ -16,6 +16,11 @@ CPUID describe the machine the backend really provides, and nothing it does not:
   MSRs behind them), SVM, and the AVX state components in leaf 0xD;
 * IA32_ARCH_CAPABILITIES (leaf 7 EDX bit 29) saying the CPU is not affected by Meltdown/MDS/TAA/SSB -- true of a
   translated CPU, and it spares the guest KPTI;
+* not claimed: enhanced/fast-short REP MOVSB/STOSB (leaf 7 EBX bit 9 ERMS, EDX bit 4 FSRM). They tell software
+  that byte-wise string instructions are the fastest way to copy; under a translator each iteration of a REP
+  string instruction is a pass through a translated block, so a guest picking `rep movsb` copies a byte per
+  block. Without them (and with IA32_MISC_ENABLE fast strings off, see software.py) Linux and glibc pick their
+  unrolled loops, 64 bytes per block;
 * the hypervisor bit and a 0x4000_0000 leaf with Vireo's signature.
 """
 from __future__ import annotations
@@ -34,6 +39,7 @@ ECX_OSXSAVE, ECX_AVX, ECX_F16C, ECX_HYPERVISOR, ECX_FMA = 1 << 27, 1 << 28, 1 <<
 # Leaf 1 EDX
 EDX_ACPI, EDX_HTT, EDX_TM, EDX_PBE, EDX_DS = 1 << 22, 1 << 28, 1 << 29, 1 << 31, 1 << 21
 EDX7_ARCH_CAPABILITIES = 1 << 29
+EBX7_ERMS, EDX7_FSRM = 1 << 9, 1 << 4
 # Leaf 0x8000_0001 ECX
 ECX_SVM = 1 << 2
 
@@ -93,7 +99,8 @@ class CpuidPolicy:
             if subleaf != 0:
                 return 0, 0, 0, 0
             a, b, c, d = self._model(7, 0)
-            return 0, b, c & ~(1 << 4), d | EDX7_ARCH_CAPABILITIES   # no OSPKE; IA32_ARCH_CAPABILITIES exists
+            # No OSPKE; IA32_ARCH_CAPABILITIES exists; no ERMS/FSRM (see the module docstring).
+            return 0, b & ~EBX7_ERMS, c & ~(1 << 4), (d & ~EDX7_FSRM) | EDX7_ARCH_CAPABILITIES
         if leaf == 0xB:
             if subleaf == 0:
                 return 0, 1, 0x100 | subleaf, apic_id

@@ -559,7 +559,8 @@ class CodeDirtyTracking:
         fn = min(after)
         if ctypes.string_at(fn, len(NOTDIRTY_PROLOGUE)) != NOTDIRTY_PROLOGUE:
             raise UnicornInternalsError("notdirty_write is not the unicorn 2.1.4 build this was derived from")
-        slots = _find_helper_slots(["tlb_protect_code_x86_64", "tlb_unprotect_code_x86_64"])
+        slots = _find_helper_slots(["tlb_protect_code_x86_64", "tlb_unprotect_code_x86_64",
+                                    "tlb_reset_dirty_by_vaddr_x86_64"])
         table = ctypes.addressof(self.table)
         gate = fn + NOTDIRTY_GATE
         stub = page.add(notdirty_stub_code(table, fn + NOTDIRTY_SET_DIRTY, fn + NOTDIRTY_RETURN))
@@ -568,7 +569,12 @@ class CodeDirtyTracking:
         protect = page.add(protect_stub_code(table, addr_of(_fn("qemu_map_ram_ptr_x86_64", c_void_p)),
                                              addr_of(_fn("tlb_reset_dirty_x86_64", None))))
         unprotect = page.add(unprotect_stub_code(table))
-        for name, wrapper in (("tlb_protect_code_x86_64", protect), ("tlb_unprotect_code_x86_64", unprotect)):
+        # unicorn's stand-in for the bitmap: after every translation, walk the whole TLB to put the block's page
+        # back on the slow path. With the bitmap, tlb_protect_code does that once, when a page gets its first
+        # block, and an entry is only made fast while its page has none -- so this becomes a no-op (`ret`).
+        no_op = page.add(b"\xc3")
+        for name, wrapper in (("tlb_protect_code_x86_64", protect), ("tlb_unprotect_code_x86_64", unprotect),
+                              ("tlb_reset_dirty_by_vaddr_x86_64", no_op)):
             original, pointer_slots = slots[name]
             for slot in pointer_slots:
                 _poke_pointer(slot, original, wrapper)
