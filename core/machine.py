@@ -156,7 +156,8 @@ class Machine:
         line = lambda gsi: IrqLine(self.accel, gsi)  # noqa: E731
         self.serial = Uart16550(line(platform.COM1_IRQ), self._serial_output)
         self.rtc = CmosRtc(line(platform.RTC_IRQ), self.timers, self.memory.size, cpus=cfg.cpus)
-        self.i8042 = I8042(self.request_reset, line(platform.I8042_KBD_IRQ), line(platform.I8042_MOUSE_IRQ))
+        self.i8042 = I8042(self.request_reset, line(platform.I8042_KBD_IRQ), line(platform.I8042_MOUSE_IRQ),
+                           timers=self.timers)
         self.post = PostPort()
         self.acpi_pm = AcpiPm(line(platform.ACPI_SCI_IRQ), self._guest_poweroff, timers=self.timers)
         self.reset_control = ResetControl(self.request_reset)

@@ -4,8 +4,6 @@ through the PS/2 path (set-2 codes -> i8042 -> translation to set 1 -> atkbd -> 
 the command's output appears on the VGA text screen and in the widget's frame."""
 from __future__ import annotations
 
-import faulthandler
-
 import numpy as np
 import pytest
 
@@ -18,9 +16,6 @@ from app.widgets.console import ConsoleWindow  # noqa: E402
 from core.display.font import glyph_bitmap  # noqa: E402
 from core.display.renderer import Renderer, text_snapshot  # noqa: E402
 from core.keymap import Ps2InputSink, char_to_key  # noqa: E402
-
-# As in test_host: the engine runs far slower when faulthandler is on while it loads (collection time).
-faulthandler.disable()
 
 CMDLINE = "console=ttyS0 console=tty0 vireo.action=shell vireo.console=tty1"
 PROMPT = "vireo:~#"

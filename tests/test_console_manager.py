@@ -4,7 +4,6 @@ keeps the last picture when it stops, and follows a new start to the new machine
 software CPU and a busybox shell on tty1, driven through the real widgets (pytest-qt)."""
 from __future__ import annotations
 
-import faulthandler
 import os
 import time
 from pathlib import Path
@@ -21,8 +20,6 @@ from PyQt6.QtTest import QTest  # noqa: E402
 
 from core.config import BootConfig, ConfigStore, DisplayConfig, VmConfig  # noqa: E402
 from core.host import HostError, LocalHost, VmState  # noqa: E402
-
-faulthandler.disable()          # see test_host: the engine is far slower if it is on while the engine loads
 
 CMDLINE = "console=ttyS0 console=tty0 vireo.action=shell vireo.console=tty1"
 

@@ -223,3 +223,35 @@ def test_reset_restores_power_on_state() -> None:
     assert not sink.levels[1]
     command(bus, 0x20)
     assert drain(bus) == [0x03]
+
+
+def test_typing_ahead_never_fills_linux_probe_flush_and_loses_nothing() -> None:
+    """Linux's i8042 probe flushes at most 16 bytes and calls a full 16 'no controller': a burst of host keys
+    must leave fewer pending; the rest arrives, in order, at the PS/2 link's pace, as the guest drains."""
+    import time
+
+    from core.timers import TimerQueue
+    timers = TimerQueue()
+    sink = FakeSink()
+    dev = I8042(lambda: None, IrqLine(sink, 1), IrqLine(sink, 12), timers=timers)
+    bus = PortIoBus()
+    dev.attach(bus)
+    command(bus, 0x60, 0x45 & ~0x40)          # translation off: the raw set-2 bytes come through
+    drain(bus)
+    keys = [bytes((code,)) for code in (0x1C, 0x32, 0x21, 0x23, 0x24, 0x2B)] * 10   # 60 make codes
+    for k in keys:
+        dev.press_key(k)
+        dev.press_key(b"\xf0" + k)
+    flushed = []
+    while bus.read(0x64, 1) & 0x01 and len(flushed) < 16:
+        flushed.append(bus.read(0x60, 1))
+    assert len(flushed) < 16
+    rest: list[int] = []
+    expected = b"".join(k + b"\xf0" + k for k in keys)
+    deadline = time.monotonic() + 10
+    while len(flushed) + len(rest) < len(expected) and time.monotonic() < deadline:
+        rest += drain(bus)
+        time.sleep(0.001)
+    timers.stop()
+    assert bytes(flushed + rest) == expected
+    assert dev.dropped_keys == 0

@@ -16,7 +16,7 @@ if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
 
 pytest.importorskip("pytestqt")
 
-import test_host  # noqa: E402,F401  (turns faulthandler off before the engine loads: see there)
+import test_host  # noqa: E402  (engine_ready: whether this tree can build a Machine)
 from PyQt6.QtCore import QSettings, Qt, QTimer  # noqa: E402
 from PyQt6.QtWidgets import QApplication, QMessageBox, QWizard  # noqa: E402
 

@@ -2,7 +2,6 @@
 are one line, and — when the engine can boot the test guest — the whole lifecycle on a real Machine."""
 from __future__ import annotations
 
-import faulthandler
 import os
 import re
 import subprocess
@@ -15,11 +14,6 @@ import pytest
 from core.config import BootConfig, ConfigStore, DiskConfig, VmConfig
 from core.host import EventKind, HostError, LocalHost, VmState
 from core.hoststats import resident_bytes, thread_cpu_seconds
-
-# With Python's faulthandler enabled when the engine loads (pytest's faulthandler plugin does that), the software
-# CPU boots Debian about 8x slower and the guest reports soft lockups; disabling it later, inside a test, is not
-# enough. Until the engine finds the cause, turn it off before anything imports the engine (collection time).
-faulthandler.disable()
 
 
 def vm(name: str = "alpha", kernel: str = "/boot/vmlinuz", **kw) -> VmConfig:

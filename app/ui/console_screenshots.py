@@ -9,7 +9,6 @@ Run: QT_QPA_PLATFORM=offscreen .venv/bin/python -m app.ui.console_screenshots [O
 """
 from __future__ import annotations
 
-import faulthandler
 import os
 import sys
 import tempfile
@@ -43,7 +42,6 @@ def main(argv: list[str]) -> int:
     if not kernel.exists() or not initrd.exists():
         print("console screenshots: build the guest first: .venv/bin/python tests/fixtures/build.py", file=sys.stderr)
         return 1
-    faulthandler.disable()
     tmp = tempfile.mkdtemp(prefix="vireo-shots-")
     os.environ["XDG_CONFIG_HOME"] = f"{tmp}/config"
     os.environ["XDG_DATA_HOME"] = f"{tmp}/data"

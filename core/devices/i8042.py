@@ -28,6 +28,7 @@ from collections.abc import Callable
 from core.bus import PortIoBus
 from core.irq import IrqLine
 from core.platform import I8042_CMD_PORT, I8042_DATA_PORT
+from core.timers import TimerQueue, now_ns
 
 # Status register bits.
 ST_OBF, ST_IBF, ST_SYS, ST_CMD, ST_UNLOCKED, ST_AUX = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -40,6 +41,16 @@ OUT_RESET, OUT_A20, OUT_KBD_OBF, OUT_AUX_OBF, OUT_KBD_CLOCK, OUT_KBD_DATA = 0x01
 
 ACK, RESEND, BAT_OK, ECHO = 0xFA, 0xFE, 0xAA, 0xEE
 DEVICE_QUEUE_LIMIT = 1024
+# A keyboard buffers only a few keystrokes (16 bytes on the original AT keyboard). Here its scan-code buffer holds
+# at most 14 bytes, so with the controller's own output byte fewer than 16 are ever pending: Linux's i8042 probe
+# reads up to 16 to flush the controller and takes a full 16 to mean "no controller", which keys typed during early
+# boot must not trigger. What the host types beyond that waits in a host-side type-ahead queue (as a person's
+# fingers would) and enters the buffer as the guest drains it, so pasted text is not lost.
+KEYBOARD_BUFFER = 14
+TYPEAHEAD_LIMIT = 4096         # key events
+# Key events leave the type-ahead queue no faster than a PS/2 link carries a scan code (11 bits at 10-16.7 kHz:
+# about 1 ms a byte), so a guest draining the controller in a tight loop, as Linux's probe does, finds it empty.
+KEY_INTERVAL_NS = 1_000_000
 
 # The 8042's set 2 -> set 1 translation table for codes below 0x80 (codes from 0x80 up pass unchanged except
 # 0x83 (F7) and 0x84 (Alt+SysRq)). This is fixed in the controller's firmware; an 0xF0 break prefix is absorbed and
@@ -78,10 +89,12 @@ def set2_to_set1(data: bytes) -> bytes:
 class _Ps2Keyboard:
     def __init__(self) -> None:
         self.queue: deque[int] = deque()
+        self.typeahead: deque[bytes] = deque()
         self.reset()
 
     def reset(self) -> None:
         self.queue.clear()
+        self.typeahead.clear()
         self.scanning = True
         self.scan_set = 2
         self.leds = 0
@@ -143,9 +156,20 @@ class _Ps2Keyboard:
     def key(self, set2: bytes) -> bool:
         if not self.scanning:
             return False
-        data = set2 if self.scan_set == 2 else set2_to_set1(set2)
-        if len(self.queue) + len(data) > DEVICE_QUEUE_LIMIT:
+        if len(self.typeahead) >= TYPEAHEAD_LIMIT:
             return False
+        self.typeahead.append(set2)
+        return True
+
+    def refill_one(self) -> bool:
+        """Move the next key event from the type-ahead queue into the keyboard's buffer if it fits."""
+        if not self.typeahead or not self.scanning:
+            return False
+        set2 = self.typeahead[0]
+        data = set2 if self.scan_set == 2 else set2_to_set1(set2)
+        if len(self.queue) + len(data) > KEYBOARD_BUFFER:
+            return False
+        self.typeahead.popleft()
         self.queue.extend(data)
         return True
 
@@ -283,8 +307,11 @@ class I8042:
     """
 
     def __init__(self, on_reset: Callable[[], None], kbd_irq: IrqLine, mouse_irq: IrqLine,
-                 on_a20: Callable[[bool], None] | None = None) -> None:
+                 on_a20: Callable[[bool], None] | None = None, timers: TimerQueue | None = None) -> None:
         self.on_reset = on_reset
+        # Without a timer queue (unit tests of the register interface) typed keys enter the keyboard at once.
+        self._typeahead_timer = timers.timer(self._on_typeahead_timer) if timers is not None else None
+        self._next_key_ns = 0
         self.on_a20 = on_a20
         self.kbd_irq = kbd_irq
         self.mouse_irq = mouse_irq
@@ -336,6 +363,29 @@ class I8042:
         with self._lock:
             if not self.keyboard.key(bytes(set2_scancode_bytes)):
                 self.dropped_keys += 1
+            self._feed_typeahead()
+            self._pump()
+
+    def _feed_typeahead(self) -> None:
+        """Move typed keys into the keyboard at the link's pace (called with the lock held)."""
+        if self._typeahead_timer is None:
+            while self.keyboard.refill_one():
+                pass
+            return
+        if not self.keyboard.typeahead or self._typeahead_timer.armed:
+            return
+        now = now_ns()
+        retry = now + 4 * KEY_INTERVAL_NS          # the buffer is full: the guest is not reading yet
+        if now >= self._next_key_ns and self.keyboard.refill_one():
+            self._next_key_ns = retry = now + KEY_INTERVAL_NS
+        elif now < self._next_key_ns:
+            retry = self._next_key_ns
+        if self.keyboard.typeahead:
+            self._typeahead_timer.arm(retry)
+
+    def _on_typeahead_timer(self) -> None:
+        with self._lock:
+            self._feed_typeahead()
             self._pump()
 
     def mouse_event(self, dx: int, dy: int, buttons: int, dz: int = 0) -> None:
