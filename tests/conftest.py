@@ -25,6 +25,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES_OUT = REPO_ROOT / "tests" / "fixtures" / "out"
 
+# Kernels the engine unpacks on the host are cached per user; the tests keep theirs beside the fixtures, out of the
+# user's own cache (and shared by every runner subprocess, so each test kernel is unpacked once).
+os.environ.setdefault("VIREO_CACHE_DIR", str(FIXTURES_OUT / "engine-cache"))
+
 # Qt needs a platform; without a display the GUI tests render offscreen (./run-tests sets the same).
 if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
