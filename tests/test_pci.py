@@ -111,3 +111,107 @@ def test_firmware_assignment_places_bars_aligned_without_overlap_and_survives_re
     before = [bar.mapped_at for d in (a, b) for bar in d.bars.values()]
     bus.reset()
     assert [bar.mapped_at for d in (a, b) for bar in d.bars.values()] == before
+
+
+class RamMapper:
+    """Records what the bus asks of a CPU backend; refuses ranges listed in `refuse` as a backend would."""
+
+    def __init__(self, refuse=()):
+        self.mapped = {}
+        self.calls = []
+        self.refuse = set(refuse)
+
+    def map_ram(self, gpa, host_addr, size):
+        if gpa in self.refuse:
+            raise ValueError("overlaps something")
+        assert gpa not in self.mapped
+        self.mapped[gpa] = (host_addr, size)
+        self.calls.append(("map", gpa))
+
+    def unmap_ram(self, gpa):
+        del self.mapped[gpa]
+        self.calls.append(("unmap", gpa))
+
+
+class Framebuffer(Regs):
+    ram_backing = (0x7F00_0000_0000, 0x10000)
+
+    def __init__(self):
+        super().__init__()
+        self.changes = []
+
+    def ram_mapping_changed(self, mapped):
+        self.changes.append(mapped)
+
+
+def make_fb(mapper):
+    pio, mmio = PortIoBus(), MmioBus()
+    bus = PciBus(pio, mmio, lambda gsi, level: None, ram_mapper=mapper)
+    bus.attach(pio)
+    fb, regs = Framebuffer(), Regs()
+    dev = PciDevice(0x1234, 0x1111, 0x030000)
+    dev.add_bar(0, Bar(size=0x10000, is_io=False, handler=fb, prefetchable=True))
+    dev.add_bar(2, Bar(size=0x1000, is_io=False, handler=regs))
+    slot = bus.add(dev)
+    return pio, mmio, slot, fb, regs
+
+
+def test_ram_backed_bar_is_mapped_moved_and_unmapped_with_decode():
+    mapper = RamMapper()
+    pio, mmio, slot, fb, regs = make_fb(mapper)
+    cfg_write(pio, slot, 0x10, 0xE000_0000)
+    cfg_write(pio, slot, 0x18, 0xE100_0000)
+    assert mapper.mapped == {} and fb.changes == []            # memory decode still off
+    cfg_write(pio, slot, 0x04, CMD_MEMORY, 2)
+    # Only the BAR with RAM behind it becomes RAM; the register block stays MMIO.
+    assert mapper.mapped == {0xE000_0000: fb.ram_backing}
+    assert fb.changes == [True]
+    # The MMIO registration stays as the fallback a lazily-applying backend needs, at the same address.
+    assert mmio.read(0xE000_0010, 4) == 0xE000_0010
+    # The guest moves the BAR: unmapped at the old address before it is mapped at the new one.
+    cfg_write(pio, slot, 0x10, 0xE200_0000)
+    assert mapper.calls == [("map", 0xE000_0000), ("unmap", 0xE000_0000), ("map", 0xE200_0000)]
+    assert mapper.mapped == {0xE200_0000: fb.ram_backing}
+    assert fb.changes == [True, False, True]
+    assert mmio.read(0xE000_0010, 4) == 0xFFFF_FFFF          # nothing decodes the old range any more
+    # Memory decode off: the RAM goes away with the MMIO registration.
+    cfg_write(pio, slot, 0x04, 0, 2)
+    assert mapper.mapped == {} and fb.changes[-1] is False
+    assert mmio.read(0xE200_0010, 4) == 0xFFFF_FFFF
+
+
+def test_refused_ram_mapping_falls_back_to_mmio():
+    mapper = RamMapper(refuse={0xE000_0000})
+    pio, mmio, slot, fb, _ = make_fb(mapper)
+    cfg_write(pio, slot, 0x10, 0xE000_0000)
+    cfg_write(pio, slot, 0x04, CMD_MEMORY, 2)
+    assert mapper.mapped == {} and fb.changes == []
+    mmio.write(0xE000_0020, 4, 7)
+    assert fb.writes == [(0xE000_0020, 7)]
+    cfg_write(pio, slot, 0x10, 0xE001_0000)                  # somewhere the mapper accepts
+    assert mapper.mapped == {0xE001_0000: fb.ram_backing} and fb.changes == [True]
+
+
+def test_without_a_mapper_bars_stay_mmio():
+    pio, mmio, slot, fb, _ = make_fb(None)
+    cfg_write(pio, slot, 0x10, 0xE000_0000)
+    cfg_write(pio, slot, 0x04, CMD_MEMORY, 2)
+    assert fb.changes == []
+    assert mmio.read(0xE000_0004, 4) == 0xE000_0004
+
+
+def test_vga_framebuffer_bar_reports_its_ram_mapping():
+    from core.devices.vga import Vga
+    mapper = RamMapper()
+    pio, mmio = PortIoBus(), MmioBus()
+    bus = PciBus(pio, mmio, lambda gsi, level: None, ram_mapper=mapper)
+    vga = Vga(bus)
+    assert not vga.lfb_mapped_as_ram
+    bus.assign_resources()
+    (gpa, (host, size)), = mapper.mapped.items()
+    assert (host, size) == vga.lfb_host_memory() and gpa == vga.pci.fb_bar.address
+    assert vga.lfb_mapped_as_ram
+    bus.reset()                       # BARs cleared, then the firmware assignment again
+    assert vga.lfb_mapped_as_ram and list(mapper.mapped) == [gpa]
+    vga.pci.config_write(0x04, 2, 0)
+    assert not vga.lfb_mapped_as_ram and mapper.mapped == {}

@@ -5,15 +5,24 @@ the type-0 configuration header (section 6.1), BAR sizing by writing all ones (s
 register's I/O and memory decode enables, and the capabilities list (section 6.7). A device's BARs appear on the
 machine's port-I/O or MMIO bus only while the guest has them decoding, at the address the guest programmed, as on
 real hardware. Bus 0 only; the host bridge is an i440FX-compatible 8086:1237 at 00:00.0.
+
+A memory BAR whose handler has `ram_backing` (host address, size) -- a framebuffer -- is in addition mapped as
+guest RAM through the bus's `ram_mapper` (the CPU backend: Accelerator.map_ram), so guest accesses to it do not
+exit; the MMIO registration stays as the fallback (a backend may apply the mapping at its next safe point) and is
+the only path without a mapper or when the mapper refuses. The handler's optional `ram_mapping_changed(bool)`
+hears when the RAM mapping comes and goes (a display must then re-read the memory: writes are untracked).
 """
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 from dataclasses import dataclass
 
 from core import platform
 from core.bus import MmioBus, PortIoBus
+
+log = logging.getLogger(__name__)
 
 # Configuration header offsets (PCI 3.0, figure 6-1).
 VENDOR_ID, DEVICE_ID, COMMAND, STATUS = 0x00, 0x02, 0x04, 0x06
@@ -38,6 +47,7 @@ class Bar:
     prefetchable: bool = False
     address: int = 0
     mapped_at: int | None = None
+    ram_mapped: bool = False        # also mapped as guest RAM at mapped_at (see the module docstring)
 
 
 class PciDevice:
@@ -195,9 +205,10 @@ class PciBus:
 
     PIRQ_GSIS = platform.PCI_INTX_GSIS
 
-    def __init__(self, pio: PortIoBus, mmio: MmioBus, set_irq) -> None:
+    def __init__(self, pio: PortIoBus, mmio: MmioBus, set_irq, ram_mapper=None) -> None:
         self.pio = pio
         self.mmio = mmio
+        self.ram_mapper = ram_mapper    # an Accelerator with map_ram/unmap_ram, or None: BARs are MMIO only
         self._set_irq = set_irq
         self.devices: dict[int, PciDevice] = {}
         self._address = 0
@@ -254,6 +265,8 @@ class PciBus:
                     if bar.is_io:
                         self.pio.unregister(bar.mapped_at, bar.size)
                     else:
+                        if bar.ram_mapped:
+                            self._unmap_ram(bar)
                         self.mmio.unregister(bar.mapped_at)
                     bar.mapped_at = None
                 if want is None:
@@ -268,6 +281,39 @@ class PciBus:
                     # The guest placed a BAR over something else: real hardware would decode both and
                     # misbehave; we leave this BAR unmapped so the other device keeps working.
                     bar.mapped_at = None
+                    continue
+                if not bar.is_io:
+                    self._map_ram(bar)
+
+    def _map_ram(self, bar: Bar) -> None:
+        backing = getattr(bar.handler, "ram_backing", None)
+        if self.ram_mapper is None or backing is None or bar.mapped_at is None:
+            return
+        host, size = backing
+        if size != bar.size:
+            return
+        try:
+            self.ram_mapper.map_ram(bar.mapped_at, host, size)
+        except Exception as exc:
+            # Refused (overlap, outside what the backend maps, unsupported): the MMIO path serves the BAR.
+            log.info("BAR at %#x stays MMIO: %s", bar.mapped_at, exc)
+            return
+        bar.ram_mapped = True
+        self._notify_ram_mapping(bar, True)
+
+    def _unmap_ram(self, bar: Bar) -> None:
+        bar.ram_mapped = False
+        try:
+            self.ram_mapper.unmap_ram(bar.mapped_at)
+        except Exception:
+            log.exception("unmapping the RAM behind the BAR at %#x failed", bar.mapped_at)
+        self._notify_ram_mapping(bar, False)
+
+    @staticmethod
+    def _notify_ram_mapping(bar: Bar, mapped: bool) -> None:
+        changed = getattr(bar.handler, "ram_mapping_changed", None)
+        if changed is not None:
+            changed(mapped)
 
     # -- configuration mechanism #1 ----------------------------------------------------------------------
     def _target(self) -> tuple[PciDevice | None, int]:

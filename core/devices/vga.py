@@ -48,7 +48,8 @@ class Vga:
         self.vbe = BochsVbe(self.regs, vram_size)
         self.memory.banked = self.vbe
         self.pci = VgaPciFunction(self.vbe, self.regs)
-        self.lfb_mapped_as_ram = False   # set by a backend that maps the LFB as guest RAM (writes are untracked)
+        self.lfb_mapped_as_ram = False   # BAR0 is mapped as guest RAM by the CPU backend (writes are untracked)
+        self.pci.fb_handler.on_ram_mapping = self._lfb_ram_mapping_changed
         self.closed = False
         if pci_bus is not None:
             pci_bus.add(self.pci, pci_slot)
@@ -108,6 +109,10 @@ class Vga:
     def lfb_host_memory(self) -> tuple[int, int]:
         """(host virtual address, size) of video memory, for a backend mapping BAR0 as guest RAM."""
         return self.vbe.host_address, self.vbe.vram_size
+
+    def _lfb_ram_mapping_changed(self, mapped: bool) -> None:
+        self.lfb_mapped_as_ram = mapped
+        self.regs.generation += 1      # the picture may have changed behind the counter's back
 
     def close(self) -> None:
         """The machine has stopped. Video memory stays readable, so the last picture can still be shown and

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+from collections.abc import Callable
 
 import numpy as np
 
@@ -187,11 +188,17 @@ class BochsVbe:
         self.regs.generation += 1
 
 class _FramebufferBar:
-    """BAR0 handler: the MMIO bus calls it with absolute addresses."""
+    """BAR0 handler: the MMIO bus calls it with absolute addresses, unless the PCI bus mapped the BAR as guest
+    RAM (then `on_ram_mapping` hears of it: writes through RAM do not bump the change counter)."""
 
     def __init__(self, vbe: BochsVbe) -> None:
         self.vbe = vbe
         self.bar: Bar | None = None
+        self.on_ram_mapping: Callable[[bool], None] | None = None
+
+    def ram_mapping_changed(self, mapped: bool) -> None:
+        if self.on_ram_mapping is not None:
+            self.on_ram_mapping(mapped)
 
     @property
     def ram_backing(self) -> tuple[int, int]:

@@ -136,6 +136,21 @@ class Accelerator(ABC):
     def create_vcpu(self, index: int) -> Vcpu:
         """Create vCPU `index` (0 is the bootstrap processor)."""
 
+    # Whether map_ram/unmap_ram work. Callers (PciBus) check it and otherwise trap the range as MMIO.
+    supports_ram_mapping: bool = False
+
+    def map_ram(self, gpa: int, host_addr: int, size: int) -> None:
+        """Make guest-physical [gpa, gpa + size) plain memory backed by host [host_addr, + size) (a device's
+        memory, e.g. a framebuffer BAR): guest accesses there no longer exit. Callable from any thread,
+        including a device callback on a vCPU thread; a backend may apply it at its next safe point, so the
+        caller keeps an MMIO handler for the range that reaches the same memory. Page-aligned; raises
+        ValueError if the range overlaps RAM or another mapping, NotImplementedError if unsupported."""
+        raise NotImplementedError(f"the {self.name} backend cannot map device memory as RAM")
+
+    def unmap_ram(self, gpa: int) -> None:
+        """Undo map_ram at `gpa`: the range is MMIO again. ValueError if nothing is mapped there."""
+        raise NotImplementedError(f"the {self.name} backend cannot map device memory as RAM")
+
     def reset_platform(self) -> None:
         """Bring the interrupt controllers and timers the accelerator owns back to their power-on state."""
 
