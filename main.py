@@ -22,12 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(run_parser)
     add_connect_arguments(run_parser)
     add_connect_arguments(sub.add_parser("list", help="list a remote host's VMs and their states"), required=True)
-    img_main = None
-    try:
-        from core.storage.cli import add_img_arguments, img_main
-        add_img_arguments(sub.add_parser("img", help="create, inspect, check and resize disk images"))
-    except ImportError:
-        pass
+    from core.storage.cli import add_img_arguments, img_main
+    add_img_arguments(sub.add_parser("img", help="create, inspect, check and resize disk images"))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -43,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             from app.run_window import run_with_window  # Qt only when a window is asked for
             return run_with_window(args)
         return run(args)
-    if args.command == "img" and img_main is not None:
+    if args.command == "img":
         return img_main(args)
     return 2
 
