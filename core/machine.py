@@ -161,7 +161,9 @@ class Machine:
         self.post = PostPort()
         self.acpi_pm = AcpiPm(line(platform.ACPI_SCI_IRQ), self._guest_poweroff, timers=self.timers)
         self.reset_control = ResetControl(self.request_reset)
-        self.pci = PciBus(self.pio, self.mmio, self.accel.set_irq)
+        # A backend that maps device memory as RAM takes the framebuffer BAR off the MMIO exit path.
+        self.pci = PciBus(self.pio, self.mmio, self.accel.set_irq,
+                          ram_mapper=self.accel if self.accel.supports_ram_mapping else None)
         port_devices = [self.serial, self.rtc, self.i8042, self.post, self.acpi_pm, self.reset_control, self.pci]
         for dev in port_devices:
             dev.attach(self.pio)

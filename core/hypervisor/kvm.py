@@ -250,6 +250,9 @@ class KvmAccelerator(Accelerator):
         self._closed = False
         self._irq_lock = threading.Lock()
         self._irq_level = abi.kvm_irq_level()
+        self._slot_lock = threading.Lock()
+        self._free_slots: list[int] = []
+        self._device_slots: dict[int, tuple[int, int]] = {}     # gpa -> (slot, size) of map_ram mappings
         self.kvm_fd = -1
         self.vm_fd = -1
         try:
@@ -296,6 +299,7 @@ class KvmAccelerator(Accelerator):
             r.guest_phys_addr, r.memory_size = region.gpa, region.size
             r.userspace_addr = self.memory.host_address(region)
             abi.ioctl(self.vm_fd, abi.KVM_SET_USER_MEMORY_REGION, r)
+        self._next_slot, self._max_slots = len(mappings), max_slots
         # The state KVM gives a new VM's PIC pair, I/O APIC and PIT is their power-on state.
         self._irqchip_power_on = []
         for chip_id in (abi.KVM_IRQCHIP_PIC_MASTER, abi.KVM_IRQCHIP_PIC_SLAVE, abi.KVM_IRQCHIP_IOAPIC):
@@ -399,6 +403,45 @@ class KvmAccelerator(Accelerator):
         vcpu = KvmVcpu(self, index)
         self.vcpus[index] = vcpu
         return vcpu
+
+    # -- device memory as RAM (a framebuffer BAR) ------------------------------------------------------------
+    supports_ram_mapping = True
+
+    def map_ram(self, gpa: int, host_addr: int, size: int) -> None:
+        """A memory slot of its own (KVM API doc 4.35, KVM_SET_USER_MEMORY_REGION). KVM updates slots while vCPUs
+        run, so this takes effect at once from any thread; KVM refuses overlaps with other slots (EEXIST)."""
+        if size <= 0 or (gpa | host_addr | size) & 0xFFF:
+            raise ValueError(f"device RAM {gpa:#x}+{size:#x} must be page-aligned")
+        with self._slot_lock:
+            if gpa in self._device_slots:
+                raise ValueError(f"device RAM is already mapped at {gpa:#x}")
+            if self._free_slots:
+                slot = self._free_slots.pop()
+            elif self._next_slot < self._max_slots:
+                slot, self._next_slot = self._next_slot, self._next_slot + 1
+            else:
+                raise ValueError("no free KVM memory slot")
+            try:
+                self._set_slot(slot, gpa, size, host_addr)
+            except OSError as exc:
+                self._free_slots.append(slot)
+                raise ValueError(f"KVM refused device RAM at {gpa:#x}+{size:#x}: {exc.strerror}") from exc
+            self._device_slots[gpa] = (slot, size)
+
+    def unmap_ram(self, gpa: int) -> None:
+        """Deleting a slot is setting its size to 0; the range exits as MMIO again."""
+        with self._slot_lock:
+            if gpa not in self._device_slots:
+                raise ValueError(f"no device RAM mapped at {gpa:#x}")
+            slot, _ = self._device_slots.pop(gpa)
+            self._set_slot(slot, gpa, 0, 0)
+            self._free_slots.append(slot)
+
+    def _set_slot(self, slot: int, gpa: int, size: int, host_addr: int) -> None:
+        r = abi.kvm_userspace_memory_region()
+        r.slot, r.flags = slot, 0
+        r.guest_phys_addr, r.memory_size, r.userspace_addr = gpa, size, host_addr
+        abi.ioctl(self.vm_fd, abi.KVM_SET_USER_MEMORY_REGION, r)
 
     def reset_platform(self) -> None:
         """Power-on state for the PIC pair, I/O APIC, PIT and every vCPU's hidden state (LAPIC, FPU, XCR0, debug

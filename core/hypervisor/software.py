@@ -36,6 +36,19 @@ restores the per-CPU part of CPUX86State (everything before `end_reset_fields`) 
 Host writes into guest RAM (loader, device DMA) drop translated code for the range (GuestMemory write listener),
 at once on the thread that owns the CPU, otherwise queued and applied before the next slice.
 
+Device memory as RAM (map_ram: the VGA framebuffer BAR): unicorn 2.1.4 has no guard against changing the memory
+map from a hook -- uc_mem_map_ptr/uc_mem_unmap only wrap QEMU's memory API (`nested_level` counts nested
+emu_start calls, nothing more) -- but doing it there is unsafe: uc_mem_unmap frees the MemoryRegion (and, for
+MMIO, its callback block) that a hook may be running from, and memory_unmap's uc_invalidate_tb translates the
+*guest-physical* range through the current MMU as if it were virtual (get_page_addr_code), so with paging on it
+invalidates the wrong code or takes a page fault that leaves CR2 and exception_index set. Mapping requests are
+therefore queued and the running slice stopped; the owner applies them before its next emu_start, with the
+power-on (real-mode, paging off) context loaded so that translation is the identity, then restores the vCPU's
+context and flushes the TLB. Until then the PCI bus's MMIO handler for the BAR serves the same memory. The MMIO
+holes below 4 GiB are mapped in aligned 16 MiB pieces: unmapping a region costs a TLB-flush call per page, so a
+BAR replaces one small piece rather than splitting the hole (unicorn's own split would also hand the right part
+the left part's user data, which is our base address). Ranges above 4 GiB are refused (the caller keeps MMIO).
+
 Every Python exception in a hook stops emulation and run() returns VcpuExit(ERROR, detail): a device-model bug
 stops that VM, never the host process.
 """
@@ -82,6 +95,9 @@ log = logging.getLogger(__name__)
 PHYS_ADDR_LIMIT = 1 << 40                 # QEMU's TCG_PHYS_ADDR_BITS for x86-64
 INTA_PAGE = PHYS_ADDR_LIMIT - 0x1000      # the interrupt-acknowledge cell (see the module docstring)
 QUANTUM_NS = 2_000_000
+MMIO_PIECE = 16 << 20                     # MMIO holes below 4 GiB are mapped in aligned pieces of this size
+MAX_SPLIT = 256 << 20                     # map_ram refuses a range whose MMIO pieces exceed this (flush cost)
+LOW_4G = 1 << 32
 REKICK_NS = 2_000_000
 CR4_OSXSAVE = 1 << 18
 
@@ -243,6 +259,11 @@ class SoftwareAccelerator(Accelerator):
         self.running: SoftwareVcpu | None = None      # inside emu_start right now
         self._pending_invalidations: list[tuple[int, int]] = []
         self._inval_lock = threading.Lock()
+        self._map_lock = threading.Lock()
+        self._mmio_pieces: dict[int, int] = {}          # start -> size of the MMIO regions over the holes
+        self._device_ram: dict[int, tuple[int, int]] = {}  # gpa -> (host address, size) of map_ram mappings
+        self._pending_map_ops: list[tuple] = []
+        self._flat_context = (ctypes.c_char * ui.ENV_END_RESET_FIELDS)()
         self._callbacks: list = []
         self.vcpus: dict[int, SoftwareVcpu] = {}
         self._tsc_offset = (-self.rdtsc()) & 0xFFFF_FFFF_FFFF_FFFF
@@ -284,17 +305,103 @@ class SoftwareAccelerator(Accelerator):
                 holes.append((cursor, region.gpa - cursor))
             cursor = region.end
         holes.append((cursor, INTA_PAGE - cursor))
-        read_cb = _MMIO_READ_CFUNC(self._mmio_read)
-        write_cb = _MMIO_WRITE_CFUNC(self._mmio_write)
+        self._hole_read = read_cb = _MMIO_READ_CFUNC(self._mmio_read)
+        self._hole_write = write_cb = _MMIO_WRITE_CFUNC(self._mmio_write)
         self._callbacks += [read_cb, write_cb]
         for start, size in holes:
-            if size > 0:
-                self._mmio_map(start, size, read_cb, write_cb, start)
+            for piece, piece_size in _pieces(start, start + size):
+                self._mmio_map(piece, piece_size, read_cb, write_cb, piece)
+                self._mmio_pieces[piece] = piece_size
+        # The power-on CPU state: real mode, no paging, so QEMU's virtual->physical translation is the identity
+        # while the memory map changes (see the module docstring).
+        ctypes.memmove(self._flat_context, self.view.env, ui.ENV_END_RESET_FIELDS)
         inta_read = _MMIO_READ_CFUNC(self._inta_read)
         inta_write = _MMIO_WRITE_CFUNC(lambda *a: None)
         self._callbacks += [inta_read, inta_write]
         self._mmio_map(INTA_PAGE, 0x1000, inta_read, inta_write, 0)
         self.view.vm_vmcb = INTA_PAGE + 0x100 - ui.VMCB_INT_VECTOR
+
+    # -- device memory as RAM ---------------------------------------------------------------------------------
+    supports_ram_mapping = True
+
+    def map_ram(self, gpa: int, host_addr: int, size: int) -> None:
+        """Replace the MMIO pieces over [gpa, gpa + size) by RAM at host_addr; applied before the next slice."""
+        end = gpa + size
+        if size <= 0 or (gpa | host_addr | size) & 0xFFF:
+            raise ValueError(f"device RAM {gpa:#x}+{size:#x} must be page-aligned")
+        if end > LOW_4G:
+            raise ValueError(f"device RAM at {gpa:#x}+{size:#x} is above 4 GiB")
+        with self._map_lock:
+            hit = sorted((s, n) for s, n in self._mmio_pieces.items() if s < end and gpa < s + n)
+            covered = sum(min(s + n, end) - max(s, gpa) for s, n in hit)
+            if covered != size:
+                raise ValueError(f"device RAM at {gpa:#x}+{size:#x} overlaps RAM or other device RAM")
+            if sum(n for _, n in hit) > MAX_SPLIT:
+                raise ValueError(f"device RAM at {gpa:#x}+{size:#x} would split a large MMIO region")
+            ops: list[tuple] = []
+            for s, n in hit:
+                del self._mmio_pieces[s]
+                ops.append(("unmap", s, n))
+                for lo, hi in ((s, gpa), (end, s + n)):
+                    if lo < hi:
+                        self._mmio_pieces[lo] = hi - lo
+                        ops.append(("mmio", lo, hi - lo))
+            ops.append(("ram", gpa, size, host_addr))
+            self._device_ram[gpa] = (host_addr, size)
+            self._pending_map_ops += ops
+        self._request_map_apply()
+
+    def unmap_ram(self, gpa: int) -> None:
+        """The range becomes MMIO again (one piece of its size); applied before the next slice."""
+        with self._map_lock:
+            if gpa not in self._device_ram:
+                raise ValueError(f"no device RAM mapped at {gpa:#x}")
+            host_addr, size = self._device_ram.pop(gpa)
+            self._mmio_pieces[gpa] = size
+            self._pending_map_ops += [("unmap_ram", gpa, size, host_addr), ("mmio", gpa, size)]
+        self._request_map_apply()
+
+    def _request_map_apply(self) -> None:
+        running = self.running
+        if running is None:
+            return                                   # the next acquire() applies it
+        if self.owner is threading.current_thread():
+            self.q.uc_emu_stop(self.uch)             # from a hook of this slice: it ends at the next block
+        else:
+            running.kick_for_interrupt()
+
+    def _apply_map_ops(self) -> None:
+        """On the owner thread, outside emu_start: carry out queued map_ram/unmap_ram requests."""
+        with self._map_lock:
+            ops, self._pending_map_ops = self._pending_map_ops, []
+        v, uc = self.view, self.uc
+        saved = (ctypes.c_char * ui.ENV_END_RESET_FIELDS)()
+        ctypes.memmove(saved, v.env, ui.ENV_END_RESET_FIELDS)
+        exception_index = v._exception_index.value
+        ctypes.memmove(v.env, self._flat_context, ui.ENV_END_RESET_FIELDS)
+        v.tlb_flush()
+        try:
+            for op in ops:
+                kind, start, size = op[:3]
+                if kind == "unmap":
+                    uc.mem_unmap(start, size)
+                elif kind == "mmio":
+                    self._mmio_map(start, size, self._hole_read, self._hole_write, start)
+                elif kind == "ram":
+                    uc.mem_map_ptr(start, size, unicorn.UC_PROT_ALL, op[3])
+                else:                                # "unmap_ram": its translated code goes with it
+                    v.invalidate_ram(op[3], size)
+                    uc.mem_unmap(start, size)
+        except Exception:
+            detail = f"changing the memory map failed: {traceback.format_exc(limit=4)}"
+            log.error("software CPU: %s", detail)
+            vcpu = self.current
+            if vcpu is not None and vcpu.error is None:
+                vcpu.error = detail
+        finally:
+            ctypes.memmove(v.env, saved, ui.ENV_END_RESET_FIELDS)
+            v._exception_index.value = exception_index
+            v.tlb_flush()
 
     def _track_code_pages(self) -> None:
         """Give this instance a code bitmap over its RAM's ram_addr space (uc_internals.CodeDirtyTracking)."""
@@ -571,6 +678,8 @@ class SoftwareAccelerator(Accelerator):
         if self.current is not vcpu:
             self._switch_to(vcpu)
         self._drain_invalidations()
+        if self._pending_map_ops:
+            self._apply_map_ops()
 
     def release(self) -> None:
         self.owner = None
@@ -636,9 +745,10 @@ class SoftwareAccelerator(Accelerator):
         if not stopped:
             log.error("software CPU: a vCPU is still inside emulation; its guest RAM stays mapped")
             return
-        for region in self.ram_mappings:
+        for gpa, size in [(r.gpa, r.size) for r in self.ram_mappings] + \
+                [(gpa, size) for gpa, (_, size) in self._device_ram.items()]:
             try:
-                self.uc.mem_unmap(region.gpa, region.size)
+                self.uc.mem_unmap(gpa, size)
             except unicorn.UcError:
                 pass
 
@@ -646,6 +756,19 @@ class SoftwareAccelerator(Accelerator):
         """Exceptions and INT n delivered so far (all VMs of this process), by vector."""
         c = self.natives.intr_counters
         return {i: c[i] for i in range(256) if c[i]}
+
+
+def _pieces(start: int, end: int) -> list[tuple[int, int]]:
+    """[start, end) cut at MMIO_PIECE boundaries below 4 GiB; one piece above."""
+    out = []
+    while start < end:
+        if start >= LOW_4G:
+            out.append((start, end - start))
+            break
+        stop = min(end, (start // MMIO_PIECE + 1) * MMIO_PIECE)
+        out.append((start, stop - start))
+        start = stop
+    return out
 
 
 def addr_of_cfunc(cfunc) -> int:
