@@ -5,12 +5,13 @@ tab, "Console", once the VM runs (unless its display is none) and stays, showing
 from __future__ import annotations
 
 from PyQt6.QtCore import QSettings, Qt, pyqtSignal
-from PyQt6.QtWidgets import QHBoxLayout, QLabel, QMainWindow, QPushButton, QTabWidget, QToolBar, QVBoxLayout, QWidget
+from PyQt6.QtWidgets import QMainWindow, QTabWidget, QToolBar, QVBoxLayout, QWidget
 
 from app.actions import VmActions
 from app.details import DetailsEditor
 from app.host_bridge import HostBridge
 from app.icons import app_icon, state_icon
+from app.widgets.banner import NoticeBanner
 from app.widgets.terminal import SerialTerminal
 from core.host import VmInfo, VmState
 
@@ -23,15 +24,8 @@ class SerialConsoleTab(QWidget):
         self.bridge, self.uuid = bridge, uuid
         self.terminal = SerialTerminal(self)
         self.terminal.setObjectName("serialTerminal")
-        self.banner = QWidget(self)
-        self.banner.setObjectName("consoleBanner")
-        self.banner.setStyleSheet("#consoleBanner { background: #fff4ce; border-bottom: 1px solid #e0c060; }")
-        row = QHBoxLayout(self.banner)
-        row.setContentsMargins(10, 6, 10, 6)
-        self.banner_text = QLabel(self.banner)
-        row.addWidget(self.banner_text, 1)
-        self.run_button = QPushButton("Run", self.banner)
-        row.addWidget(self.run_button)
+        self.banner = NoticeBanner(self)
+        self.banner_text, self.run_button = self.banner.text, self.banner.button
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(0)

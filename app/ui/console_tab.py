@@ -13,12 +13,8 @@ from __future__ import annotations
 from PyQt6.QtCore import Qt
 from PyQt6.QtGui import QAction, QGuiApplication
 from PyQt6.QtWidgets import (
-    QFileDialog,
-    QHBoxLayout,
     QLabel,
     QMenu,
-    QMessageBox,
-    QPushButton,
     QToolBar,
     QToolButton,
     QVBoxLayout,
@@ -26,7 +22,8 @@ from PyQt6.QtWidgets import (
 )
 
 from app.host_bridge import HostBridge
-from app.widgets.console import SEND_KEYS, ConsoleView
+from app.widgets.banner import NoticeBanner
+from app.widgets.console import SEND_KEYS, ConsoleView, ask_and_save_screenshot
 from core.host import VmConsole, VmInfo, VmState
 
 
@@ -42,15 +39,8 @@ class VmConsoleTab(QWidget):
         self._mode = ""
         self._fullscreen: QWidget | None = None
 
-        self.banner = QWidget(self)
-        self.banner.setObjectName("displayBanner")
-        self.banner.setStyleSheet("#displayBanner { background: #fff4ce; border-bottom: 1px solid #e0c060; }")
-        row = QHBoxLayout(self.banner)
-        row.setContentsMargins(10, 6, 10, 6)
-        self.banner_text = QLabel(self.banner)
-        row.addWidget(self.banner_text, 1)
-        self.run_button = QPushButton("Run", self.banner)
-        row.addWidget(self.run_button)
+        self.banner = NoticeBanner(self)
+        self.banner_text, self.run_button = self.banner.text, self.banner.button
 
         self.view = ConsoleView(None, None, self)
         self.view.setObjectName("displayConsole")
@@ -178,12 +168,7 @@ class VmConsoleTab(QWidget):
         self.status.setText(f"Saved {path}")
 
     def _save_screenshot_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "screenshot.png", "PNG images (*.png)")
-        if path:
-            try:
-                self.save_screenshot(path)
-            except (OSError, RuntimeError) as exc:
-                QMessageBox.warning(self, "Save screenshot", str(exc))
+        ask_and_save_screenshot(self, self.save_screenshot)
 
     def set_fullscreen(self, on: bool) -> None:
         """Move the view into a window of its own covering the screen, and back."""

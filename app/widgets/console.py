@@ -382,12 +382,7 @@ class ConsoleWindow(QMainWindow):
         self.status.setText(f"Saved {path}")
 
     def _save_screenshot_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "screenshot.png", "PNG images (*.png)")
-        if path:
-            try:
-                self.save_screenshot(path)
-            except (OSError, RuntimeError) as exc:
-                QMessageBox.warning(self, "Save screenshot", str(exc))
+        ask_and_save_screenshot(self, self.save_screenshot)
 
     def type_clipboard(self) -> None:
         text = QGuiApplication.clipboard().text()
@@ -411,3 +406,13 @@ class ConsoleWindow(QMainWindow):
         grab = ("Input grabbed: press Ctrl+Alt to release" if self.view.grabbed
                 else "Press Ctrl+Alt to grab the pointer")
         self.status.setText(f"{self._mode}   ·   {grab}" if self._mode else grab)
+
+
+def ask_and_save_screenshot(parent: QWidget, save) -> None:
+    """Ask where to save a PNG of the console and call save(path); a failure is shown as one line."""
+    path, _ = QFileDialog.getSaveFileName(parent, "Save screenshot", "screenshot.png", "PNG images (*.png)")
+    if path:
+        try:
+            save(path)
+        except (OSError, RuntimeError) as exc:
+            QMessageBox.warning(parent, "Save screenshot", str(exc))
