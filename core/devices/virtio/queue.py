@@ -108,11 +108,12 @@ class Virtqueue:
         table, table_size, i = self.desc_addr, self.size, head
         seen = 0
         in_indirect = False
+        indirect: list[tuple[int, int, int, int]] = []
         while True:
             seen += 1
             if seen > table_size:
                 raise VirtqueueError(f"queue {self.index}: descriptor chain from {head} loops")
-            addr, length, flags, nxt = self._read_desc(table, i)
+            addr, length, flags, nxt = indirect[i] if in_indirect else self._read_desc(table, i)
             if flags & VIRTQ_DESC_F_INDIRECT:
                 if in_indirect:
                     raise VirtqueueError(f"queue {self.index}: nested indirect descriptor table")
@@ -120,6 +121,9 @@ class Virtqueue:
                     raise VirtqueueError(f"queue {self.index}: indirect table length {length} is invalid")
                 if not self.memory.contains(addr, length):
                     raise VirtqueueError(f"queue {self.index}: indirect table at {addr:#x} outside RAM")
+                # One read of the whole table (a multi-segment request's table holds ~100 descriptors); the
+                # driver may not change it while the request is ours (2.7.5.3), so a snapshot is what it means.
+                indirect = list(struct.iter_unpack("<QIHH", self.memory.read(addr, length)))
                 table, table_size, i, in_indirect, seen = addr, length // DESC_SIZE, 0, True, 0
                 continue
             if length and not self.memory.contains(addr, length):
