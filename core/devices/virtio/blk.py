@@ -29,7 +29,7 @@ S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
 F_SIZE_MAX, F_SEG_MAX, F_RO, F_BLK_SIZE, F_FLUSH = 1 << 1, 1 << 2, 1 << 5, 1 << 6, 1 << 9
 F_DISCARD, F_WRITE_ZEROES = 1 << 13, 1 << 14
 
-MAX_SEGMENTS = 126
+MAX_SEGMENTS = 254          # queue size - 2, as QEMU advertises: a 1 MiB request fits in one chain
 MAX_SEGMENT_BYTES = 1 << 20
 # Linux bounds a request by seg_max x size_max only (max_hw_sectors is unlimited), so that is the limit here too.
 MAX_REQUEST_BYTES = MAX_SEGMENTS * MAX_SEGMENT_BYTES
