@@ -169,12 +169,19 @@ def test_wizard_to_delete_with_a_debian_guest(qtbot, start_app, debian_kernel, b
     vm_window.show_tab("serial")
     click(qtbot, toolbar_button(window, window.vm_actions.run))
     qtbot.waitUntil(lambda: vm_rows(window)["journey"] == "Running", timeout=STATE_TIMEOUT_MS)
-    assert window.vm_items[uuid].text(2) == "Software CPU"
+    assert window.vm_items[uuid].text(2) == "Software CPU" and host.get(uuid).accel == "software"
     term = vm_window.console.terminal
     wait_serial(qtbot, term, "VIREO-BOOT-OK", BOOT_TIMEOUT_MS)
     # The prompt comes after the shell action started acpid, which the graceful shutdown below relies on.
     wait_serial(qtbot, term, "vireo:~#", BOOT_TIMEOUT_MS)
     booted = time.monotonic() - t0
+    # acpid is started in the background just before the shell: type into the serial tab, as a user would, to
+    # wait until it holds the power button's event device (an event sent before it opens the device is lost).
+    term.setFocus()
+    qtbot.keyClicks(term, "until ls -l /proc/$(pidof acpid)/fd 2>/dev/null | grep -q input/event; do sleep 0.1; "
+                          "done; echo ACPID-READ''Y")
+    qtbot.keyClick(term, Qt.Key.Key_Return)
+    wait_serial(qtbot, term, "ACPID-READY", STATE_TIMEOUT_MS)
 
     click(qtbot, toolbar_button(window, window.vm_actions.pause))
     qtbot.waitUntil(lambda: vm_rows(window)["journey"] == "Paused", timeout=STATE_TIMEOUT_MS)
