@@ -22,7 +22,7 @@ from test_gui import vm_rows, xdg  # noqa: E402,F401  (xdg: the fixture, reused)
 from core.config import ConfigStore  # noqa: E402
 from core.host import VmState  # noqa: E402
 
-BOOT_TIMEOUT_MS = 120_000     # the software CPU boots this kernel in ~10 s here; slow CI machines get headroom
+BOOT_TIMEOUT_MS = 120_000     # ~2.2 s to the prompt on the software CPU here; slow CI machines get headroom
 STATE_TIMEOUT_MS = 15_000
 CMDLINE = "console=ttyS0 vireo.action=shell"
 CORRUPT = "77777777-7777-4777-8777-777777777777.json"
