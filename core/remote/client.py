@@ -103,17 +103,19 @@ class AgentClient:
             self._closed_reason = reason
             pending = list(self._pending.values())
             self._pending.clear()
-        for p in pending:
-            p.error = reason
-            p.event.set()
         try:
             self._close_stream()
         except Exception:
             log.debug("closing the stream failed", exc_info=True)
+        # Listeners hear of the loss before any waiting caller wakes with AgentGone, so whoever handles that
+        # error already sees the connection as closed, with its reason.
         try:
             self.on_closed(reason)
         except Exception:
             log.exception("on_closed failed")
+        for p in pending:
+            p.error = reason
+            p.event.set()
 
     # -- sending ---------------------------------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
