@@ -617,6 +617,26 @@ def _patch_text(addr: int, code: bytes) -> None:
 
 
 # -- a view of one CPU inside a unicorn instance ---------------------------------------------------------------
+class _Field:
+    """A CpuView attribute backed by the ctypes scalar stored under `slot`: reads and writes its value."""
+
+    def __init__(self, slot: str, mask: int | None = None, read_only: bool = False) -> None:
+        self.slot, self.mask, self.read_only = slot, mask, read_only
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: CpuView | None, owner: type) -> int:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        return getattr(obj, self.slot).value
+
+    def __set__(self, obj: CpuView, v: int) -> None:
+        if self.read_only:
+            raise AttributeError(f"CpuView.{self.name} is read-only")
+        getattr(obj, self.slot).value = v & self.mask if self.mask is not None else v
+
+
 class CpuView:
     """Typed accessors for the QEMU CPU state of one unicorn x86-64 instance."""
 
@@ -646,13 +666,17 @@ class CpuView:
         self.q = qemu()
 
     # -- plain fields --------------------------------------------------------------------------------------
-    @property
-    def rip(self) -> int:
-        return self._eip.value
-
-    @rip.setter
-    def rip(self, v: int) -> None:
-        self._eip.value = v
+    # QEMU fields read and written as they are (the ctypes object named by each _Field lives in __init__).
+    rip = _Field("_eip")
+    hflags = _Field("_hflags")
+    hflags2 = _Field("_hflags2")
+    efer = _Field("_efer")
+    halted = _Field("_halted")
+    interrupt_request = _Field("_interrupt_request")
+    old_exception = _Field("_old_exception")
+    vm_vmcb = _Field("_vm_vmcb")
+    tsc_offset = _Field("_tsc_offset", mask=0xFFFF_FFFF_FFFF_FFFF)
+    stopped = _Field("_stopped", read_only=True)
 
     def reg(self, i: int) -> int:
         return self._regs[i]
@@ -674,79 +698,11 @@ class CpuView:
         # cpu_load_eflags with every writable bit: arithmetic flags to cc_src, DF to df, the rest to eflags.
         self.q.write_eflags(self.env, v, 0xFFFF_FFFF)
 
-    @property
-    def hflags(self) -> int:
-        return self._hflags.value
-
-    @hflags.setter
-    def hflags(self, v: int) -> None:
-        self._hflags.value = v
-
-    @property
-    def hflags2(self) -> int:
-        return self._hflags2.value
-
-    @hflags2.setter
-    def hflags2(self, v: int) -> None:
-        self._hflags2.value = v
-
     def cr(self, i: int) -> int:
         return self._cr[i]
 
     def set_cr_raw(self, i: int, v: int) -> None:
         self._cr[i] = v
-
-    @property
-    def efer(self) -> int:
-        return self._efer.value
-
-    @efer.setter
-    def efer(self, v: int) -> None:
-        self._efer.value = v
-
-    @property
-    def halted(self) -> int:
-        return self._halted.value
-
-    @halted.setter
-    def halted(self, v: int) -> None:
-        self._halted.value = v
-
-    @property
-    def stopped(self) -> bool:
-        return self._stopped.value
-
-    @property
-    def interrupt_request(self) -> int:
-        return self._interrupt_request.value
-
-    @interrupt_request.setter
-    def interrupt_request(self, v: int) -> None:
-        self._interrupt_request.value = v
-
-    @property
-    def old_exception(self) -> int:
-        return self._old_exception.value
-
-    @old_exception.setter
-    def old_exception(self, v: int) -> None:
-        self._old_exception.value = v
-
-    @property
-    def vm_vmcb(self) -> int:
-        return self._vm_vmcb.value
-
-    @vm_vmcb.setter
-    def vm_vmcb(self, v: int) -> None:
-        self._vm_vmcb.value = v
-
-    @property
-    def tsc_offset(self) -> int:
-        return self._tsc_offset.value
-
-    @tsc_offset.setter
-    def tsc_offset(self, v: int) -> None:
-        self._tsc_offset.value = v & 0xFFFF_FFFF_FFFF_FFFF
 
     def u64(self, off: int) -> int:
         return c_uint64.from_address(self.env + off).value
