@@ -138,7 +138,7 @@ def guest_latency(keys: int) -> None:
     if not kernel.exists() or not initrd.exists():
         print(f"real guest: skipped ({kernel.name} / {initrd.name} missing: run tests/fixtures/build.py)")
         return
-    faulthandler.disable()          # it slows the software CPU down (see tests/test_host.py)
+    faulthandler.disable()          # it slows the software CPU down (see tests/host/test_host.py)
     from core.display.renderer import text_snapshot
     from core.machine import Machine, MachineConfig
 

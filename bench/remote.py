@@ -1,4 +1,4 @@
-"""Remote-host benchmark (issue 7), over a loopback SSH connection to a real sshd (tests/remote_helpers.py):
+"""Remote-host benchmark (issue 7), over a loopback SSH connection to a real sshd (tests/helpers/remote.py):
 
   * connect time: first connection to a host that never saw Vireo (engine upload), then a reconnect;
   * control-call round trip through the agent (median, p99), next to the same call on a LocalHost in-process;
@@ -28,7 +28,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
 
@@ -149,12 +148,12 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=2000, help="control calls timed")
     args = ap.parse_args()
     import pytest
-    from remote_helpers import REPO_PYTHON, SshServer
 
     from core.config import ConfigStore
     from core.host import LocalHost
     from core.remote.host import RemoteHost
     from core.remote.ssh import parse_uri
+    from tests.helpers.remote import REPO_PYTHON, SshServer
 
     class Trust:
         def confirm_host_key(self, *a) -> bool:

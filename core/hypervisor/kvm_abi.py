@@ -2,7 +2,7 @@
 
 Transcribed from the KVM API documentation (Documentation/virt/kvm/api.rst, sections 4.x for the ioctls and 5
 "The kvm_run structure") and the uapi headers it describes (include/uapi/linux/kvm.h,
-arch/x86/include/uapi/asm/kvm.h). tests/test_kvm_abi.py checks every size, offset and ioctl number here against
+arch/x86/include/uapi/asm/kvm.h). tests/kvm/test_kvm_abi.py checks every size, offset and ioctl number here against
 the system's <linux/kvm.h> when a C compiler is available.
 
 ioctls go through libc's ioctl() via ctypes rather than fcntl.ioctl: fcntl passes the request as a signed C int

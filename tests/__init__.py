@@ -1,0 +1,3 @@
+"""Vireo's tests, one package per subsystem (engine, devices, boot, software_cpu, kvm, storage, display, gui, remote,
+runner, host, ...). Being packages, test modules are imported by their dotted path (tests.kvm.test_kvm_guests), so
+two folders may hold files of the same name, and shared code is imported as `tests.helpers.*`."""

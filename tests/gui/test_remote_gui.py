@@ -1,0 +1,128 @@
+"""The manager with a remote host (pytest-qt, offscreen, against a real sshd from tests/helpers/remote.py): the Add
+Connection dialog connects in the background, the host row shows the remote host's facts and its VMs, the
+connection is remembered (host, port, user, key path — no secret), an unreachable host shows its error in its row,
+and quitting leaves the remote VMs alone."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PyQt6.QtWidgets")
+
+from PyQt6.QtCore import QSettings  # noqa: E402
+
+from core.config import BootConfig, VmConfig  # noqa: E402
+from core.host import LocalHost  # noqa: E402
+from core.remote.host import RemoteHost  # noqa: E402
+from core.remote.known_hosts import KnownHosts  # noqa: E402
+from core.remote.ssh import parse_uri  # noqa: E402
+from tests.helpers.remote import REPO_PYTHON, SshServer  # noqa: E402
+
+
+class _Trusting:
+    def confirm_host_key(self, *args) -> bool:
+        return True
+
+    def secret(self, *args, **kw):
+        return None
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    srv = SshServer(tmp_path / "ssh").start()
+    monkeypatch.setenv("HOME", str(srv.client_home))              # ~/.ssh/known_hosts of the client
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "local-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "local-data"))
+    # The host is known already: the dialog test is about connecting, not about the host-key question.
+    KnownHosts().add("127.0.0.1", srv.port, "ssh-ed25519", base64.b64decode(srv.host_public_key()))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def remote_vm(server):
+    """A VM defined on the remote host beforehand, through the agent."""
+    target = parse_uri(server.uri(python=REPO_PYTHON))
+    target.identity = str(server.user_key)
+    host = RemoteHost(target, _Trusting())
+    host.connect()
+    info = host.define(VmConfig(name="remote-box", memory_mib=64, boot=BootConfig("/boot/remote-kernel")))
+    host.close()
+    return info
+
+
+def make_window(qtbot, tmp_path: Path):
+    from app.host_bridge import HostBridge
+    from app.main_window import MainWindow
+
+    local = LocalHost()
+    bridge = HostBridge(local)
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    window = MainWindow([bridge], settings)
+    qtbot.addWidget(window)
+    window.show()
+    return window
+
+
+def children(window, index: int) -> list[str]:
+    item = window.host_items[index]
+    return [item.child(i).text(0) for i in range(item.childCount())]
+
+
+def test_add_connection_dialog_shows_the_remote_host_and_its_vms(qtbot, tmp_path, server, remote_vm):
+    window = make_window(qtbot, tmp_path)
+    dialog = window.remote_hosts.add_dialog()
+    dialog.host_edit.setText("127.0.0.1")
+    dialog.port_spin.setValue(server.port)
+    dialog.user_edit.setText(server.user)
+    dialog.auth_combo.setCurrentIndex(dialog.auth_combo.findData("key"))
+    dialog.key_edit.setText(str(server.user_key))
+    dialog.python_edit.setText(REPO_PYTHON)
+    dialog.accept()
+    index = len(window.bridges) - 1
+    assert index == 1
+    host = window.bridges[index].host
+    qtbot.waitUntil(lambda: host.connected and "remote-box" in children(window, index), timeout=30000)
+    label = window.tree.itemWidget(window.host_items[index], 0)
+    assert label is not None and f"{server.user}@127.0.0.1:{server.port}" in label.text()
+    assert "CPUs" in label.text()
+    # Remembered without secrets, and quitting leaves the remote VM alone (its agent keeps it).
+    saved = json.loads(window.settings.value("connections/list"))
+    assert saved == [{"host": "127.0.0.1", "port": server.port, "user": server.user,
+                      "identity": str(server.user_key), "auth": "key", "python": REPO_PYTHON,
+                      "copy_unicorn": False}]
+    assert window._local_bridges() == [window.bridges[0]]
+    window.close()
+    assert not host.connected
+    # A new window finds it remembered, not yet connected; a double-click connects.
+    window2 = make_window(qtbot, tmp_path)
+    assert len(window2.bridges) == 2
+    row = window2.host_items[1]
+    assert "not connected" in row.text(0)
+    window2.tree.itemDoubleClicked.emit(row, 0)
+    host2 = window2.bridges[1].host
+    qtbot.waitUntil(lambda: host2.connected and "remote-box" in children(window2, 1), timeout=30000)
+    window2.close()
+
+
+def test_an_unreachable_host_shows_its_error_in_its_row(qtbot, tmp_path, server):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]           # nothing listens there once the socket is closed
+    window = make_window(qtbot, tmp_path)
+    target = parse_uri(f"ssh://{server.user}@127.0.0.1:{closed_port}")
+    index = window.remote_hosts.add(target, remember=False)
+    row = window.host_items[index]
+    qtbot.waitUntil(lambda: "cannot connect" in row.text(0), timeout=20000)
+    assert "refused" in row.text(0).lower()
+    # The window answered all along (the connection ran on a worker): it still does.
+    assert window.isEnabled()
+    window.close()
+    assert os.environ["HOME"] == str(server.client_home)

@@ -1,0 +1,148 @@
+"""Self-modifying code on the software CPU with QEMU's code-page write tracking restored
+(uc_internals.CodeDirtyTracking): stores to pages without translated code take the fast path even where the
+page tables allow execution, and every store that changes translated code is still seen -- in the same page as
+running code, after data writes made the page's TLB entry fast, and through a second virtual alias."""
+from __future__ import annotations
+
+import pytest
+
+from core.hypervisor.base import CpuState, ExitReason, Segment
+from tests.helpers.software_guest import Rig, assemble
+
+pytest.importorskip("unicorn")
+
+
+@pytest.fixture
+def rig():
+    r = Rig()
+    yield r
+    r.close()
+
+
+def flat32(entry: int, cr0: int = 0x11, cr3: int = 0) -> CpuState:
+    s = CpuState()
+    flat = dict(base=0, limit=0xFFFF_FFFF, db=True, g=True)
+    s.cs = Segment(selector=0x08, type=0xB, **flat)
+    for name in ("ds", "es", "ss", "fs", "gs"):
+        setattr(s, name, Segment(selector=0x10, type=3, **flat))
+    s.cr0, s.cr3 = cr0, cr3
+    s.rip = entry
+    s.regs["rsp"] = 0x9000
+    return s
+
+
+def test_tracking_is_installed_on_the_pinned_unicorn():
+    from core.hypervisor import uc_internals as ui
+    tracking = ui.natives().code_tracking
+    assert tracking.active, tracking.reason
+
+
+# Paging off: every page is executable. `f` returns the immediate of its `mov`. Each round first writes data
+# into the page (64 stores that touch no code: the TLB entry must stay on the slow path, the page still holds
+# translated code), then rewrites that immediate and calls f, which must return the new value.
+SAME_PAGE = r"""
+        .code32
+start:  xor %esi, %esi                  # sum of what f returned
+        mov $1, %ebx
+1:      mov $64, %ecx
+2:      mov %ecx, data(,%ecx,4)         # data stores next to the code
+        loop 2b
+        mov %ebx, f + 1                 # f: mov $imm32, %eax -- patch the immediate
+        call f
+        add %eax, %esi
+        inc %ebx
+        cmp $200, %ebx
+        jbe 1b
+        mov %esi, %eax
+        mov $0xE9, %dx
+        out %eax, %dx
+        cli
+        hlt
+        .align 16
+f:      mov $0, %eax
+        ret
+data:   .fill 65 * 4, 1, 0
+"""
+
+
+def test_code_patched_in_a_page_that_also_takes_data_writes(rig):
+    rig.memory.write(0x10000, assemble(SAME_PAGE, 32, 0x10000))
+    ex = rig.run(flat32(0x10000))
+    assert ex.reason == ExitReason.HALTED
+    assert rig.debug.words == [sum(range(1, 201))]
+
+
+# Paging on, no NX (32-bit paging): physical page 0x30000 is mapped at 0x400000 (executed) and at 0x800000
+# (written). The alias is written first while the page holds no code (its TLB entry goes fast), then the code
+# runs through 0x400000, then is changed through the alias: the change must be seen.
+ALIAS = r"""
+        .code32
+start:  mov $0x20000, %edi              # page directory at 0x20000, page tables at 0x21000 and 0x22000
+        movl $0x21003, (%edi)           # 0-4 MiB: identity
+        movl $0x22003, 4(%edi)          # 4-8 MiB: 0x400000 -> 0x30000
+        movl $0x23003, 8(%edi)          # 8-12 MiB: 0x800000 -> 0x30000
+        xor %ecx, %ecx
+1:      mov %ecx, %eax
+        shl $12, %eax
+        or $3, %eax
+        mov %eax, 0x21000(,%ecx,4)
+        inc %ecx
+        cmp $1024, %ecx
+        jb 1b
+        movl $0x30003, 0x22000
+        movl $0x30003, 0x23000
+        mov $0x20000, %eax
+        mov %eax, %cr3
+        mov %cr0, %eax
+        or $0x80000000, %eax
+        mov %eax, %cr0
+        mov $0x800000, %edi             # write `mov $1, %eax; ret` through the alias: no code there yet
+        movl $0x000001B8, (%edi)
+        movl $0x0000C300, 4(%edi)
+        mov $0x400000, %eax
+        call *%eax                      # translate and run it: 1
+        mov $0xE9, %dx
+        out %eax, %dx
+        movl $0x000002B8, 0x800000      # now `mov $2, %eax` through the same alias TLB entry
+        mov $0x400000, %eax
+        call *%eax
+        out %eax, %dx
+        cli
+        hlt
+"""
+
+
+def test_code_changed_through_a_virtual_alias(rig):
+    rig.memory.write(0x10000, assemble(ALIAS, 32, 0x10000))
+    ex = rig.run(flat32(0x10000))
+    assert ex.reason == ExitReason.HALTED
+    assert rig.debug.words == [1, 2]
+
+
+def test_host_writes_to_code_are_seen(rig):
+    """A device (DMA) or the loader rewriting code the guest already ran: translations are dropped."""
+    code = assemble(r"""
+        .code32
+1:      call f
+        mov $0xE9, %dx
+        out %eax, %dx
+        cmp $2, %eax
+        jne 1b
+        cli
+        hlt
+        .align 16
+f:      mov $1, %eax
+        ret
+    """, 32, 0x10000)
+    f = 0x10000 + code.index(bytes.fromhex("b8 01 00 00 00 c3"))
+    rig.memory.write(0x10000, code)
+    seen = []
+
+    def on_port(value: int) -> None:
+        seen.append(value)
+        if len(seen) == 3:
+            rig.memory.write(f + 1, (2).to_bytes(4, "little"))
+    rig.debug.io_write = lambda port, size, value: on_port(value)
+    ex = rig.run(flat32(0x10000))
+    assert ex.reason == ExitReason.HALTED
+    assert seen == [1, 1, 1, 2]
