@@ -13,7 +13,7 @@ from functools import lru_cache
 PROTOCOL_VERSION = 1
 RELEASE = "0.1.0"
 # What the engine package ships to a remote host: core/ minus the client-only SSH side (paramiko lives there),
-# and the data files the engine reads (the VGA font, core/display/font.py).
+# and the data files the engine reads (the VGA font, core/devices/vga_font.py).
 EXCLUDED_PACKAGES = ("remote",)
 ENGINE_DATA = ("resources/fonts",)
 

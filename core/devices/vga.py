@@ -20,6 +20,7 @@ from core.devices.vga_bochs import (
     BochsVbe,
     VgaPciFunction,
 )
+from core.devices.vga_font import GLYPH_HEIGHT, cp437_8x16
 from core.devices.vga_memory import PLANE_SIZE, VGA_WINDOW_BASE, VGA_WINDOW_SIZE, VgaMemory
 from core.devices.vga_registers import (
     CR_CURSOR_HI,
@@ -30,7 +31,6 @@ from core.devices.vga_registers import (
     GR06_GRAPHICS,
     VgaRegisters,
 )
-from core.display.font import GLYPH_HEIGHT, cp437_8x16
 
 VGA_PORTS = (0x3B0, 0x30)            # 0x3B0-0x3DF
 TEXT_BLANK = (0x20, 0x07)            # space, light grey on black

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from core.devices.vga import Vga
-from core.display.font import CP437_TABLE
+from core.devices.vga_font import CP437_TABLE
 from core.display.frame import Frame, dirty_rects
 from core.display.vga_raster import blink_enabled, memory_addresses, rasterise, scan_plan
 

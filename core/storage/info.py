@@ -75,7 +75,7 @@ def image_info(path: str, fmt: str | None = None, force_share: bool = False) -> 
     if fmt == "raw":
         with RawImage(path, read_only=True, lock=not force_share) as raw:
             return ImageInfo(path, "raw", raw.size, raw.allocated_bytes())
-    img = Qcow2Image(path, read_only=True, lock=not force_share, open_backing=False)
+    img = Qcow2Image(path, read_only=True, lock=not force_share)     # the backing file is named, not opened
     try:
         hdr = img.header
         info = ImageInfo(path, "qcow2", hdr.size, img.allocated_bytes(), cluster_size=hdr.cluster_size,

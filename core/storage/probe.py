@@ -51,5 +51,11 @@ def open_image(path: str, fmt: str | None = None, read_only: bool = False, cache
         if not probed and detect_format(path) != "qcow2":
             raise ImageFormatError(f"{path}: not a qcow2 image (no qcow2 signature); open it as raw or check "
                                    "the format option")
-        return Qcow2Image(path, read_only=read_only, cache=cache, lock=lock, _depth=_depth)
+        return Qcow2Image(path, read_only=read_only, cache=cache, lock=lock, open_backing=_open_backing,
+                          _depth=_depth)
     raise ImageError(f"{path}: unknown image format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _open_backing(path: str, fmt: str | None, cache: str, depth: int) -> BlockDevice:
+    """A qcow2 image's backing file (any format, detected when the header names none), always read-only."""
+    return open_image(path, fmt=fmt, read_only=True, cache=cache, _depth=depth)

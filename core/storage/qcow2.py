@@ -22,6 +22,7 @@ import struct
 import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 
 from core.storage.device import BlockDevice
 from core.storage.errors import (
@@ -50,6 +51,11 @@ L2_OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00
 _L2_CACHE = 64
 MAX_BACKING_DEPTH = 32
 
+# Opens a backing file read-only: (path, format named in the header or None to detect it, cache mode, depth in the
+# chain). core.storage.probe passes its open_image, so a backing file may be of any format without this module
+# importing the prober (which imports this module).
+BackingOpener = Callable[[str, "str | None", str, int], BlockDevice]
+
 # Cluster kinds
 UNALLOCATED, ZERO_PLAIN, ZERO_ALLOC, NORMAL, COMPRESSED_KIND = range(5)
 
@@ -60,7 +66,12 @@ class Qcow2Image(BlockDevice):
     format_name = "qcow2"
 
     def __init__(self, path: str, read_only: bool = False, cache: str = "writeback", lock: bool = True,
-                 open_backing: bool = True, _depth: int = 0) -> None:
+                 open_backing: BackingOpener | None = None, _depth: int = 0) -> None:
+        """Open the image at `path`; `open_backing` opens the backing file its header names (see BackingOpener).
+
+        Without `open_backing` the backing file is named but not opened (`img info` reads only the header), which
+        is allowed read-only only: a write would fill a new cluster with zeros instead of the backing data.
+        """
         self.path = path
         self.read_only = read_only
         self.file = HostFile(path, read_only, cache, lock)
@@ -72,7 +83,7 @@ class Qcow2Image(BlockDevice):
             self.close()
             raise
 
-    def _open(self, open_backing: bool, cache: str, depth: int) -> None:
+    def _open(self, open_backing: BackingOpener | None, cache: str, depth: int) -> None:
         head = self.file.pread(0, min(self.file.size, 512)) if self.file.size else b""
         if len(head) < 24:
             raise ImageFormatError(f"{self.path}: not a valid qcow2 image: the file is truncated "
@@ -94,6 +105,8 @@ class Qcow2Image(BlockDevice):
             elif hdr.nb_snapshots:
                 why = (f"it has {hdr.nb_snapshots} internal snapshot(s), which this implementation does not "
                        "update; open it read-only or remove them with qemu-img snapshot -d")
+            elif hdr.backing_file and open_backing is None:
+                why = "its backing file is not opened here; open it with core.storage.open_image"
             if why:
                 raise UnsupportedImageError(f"{self.path}: cannot open for writing: {why}")
         l1_raw = self.file.pread(hdr.l1_table_offset, hdr.l1_size * 8) if hdr.l1_size else b""
@@ -107,12 +120,10 @@ class Qcow2Image(BlockDevice):
             hdr.autoclear_features = 0
             self.file.pwrite(88, struct.pack(">Q", 0))
             self.file.barrier()
-        if hdr.backing_file and open_backing:
-            self.backing = self._open_backing(hdr, cache, depth)
+        if hdr.backing_file and open_backing is not None:
+            self.backing = self._open_backing(hdr, open_backing, cache, depth)
 
-    def _open_backing(self, hdr: Qcow2Header, cache: str, depth: int) -> BlockDevice:
-        from core.storage.probe import open_image  # probe imports this module
-
+    def _open_backing(self, hdr: Qcow2Header, opener: BackingOpener, cache: str, depth: int) -> BlockDevice:
         if depth >= MAX_BACKING_DEPTH:
             raise ImageFormatError(f"{self.path}: backing file chain longer than {MAX_BACKING_DEPTH} "
                                    "(a loop?)")
@@ -122,7 +133,7 @@ class Qcow2Image(BlockDevice):
                                         "only local files are supported")
         path = resolve_backing_path(self.path, name)
         try:
-            return open_image(path, fmt=hdr.backing_format, read_only=True, cache=cache, _depth=depth + 1)
+            return opener(path, hdr.backing_format, cache, depth + 1)
         except ImageError as exc:
             if depth:
                 raise       # only the top of the chain adds its name, so the message stays one short line

@@ -13,7 +13,7 @@ from PyQt6.QtCore import Qt  # noqa: E402
 from PyQt6.QtTest import QTest  # noqa: E402
 
 from app.widgets.console import ConsoleWindow  # noqa: E402
-from core.display.font import glyph_bitmap  # noqa: E402
+from core.devices.vga_font import glyph_bitmap  # noqa: E402
 from core.display.renderer import Renderer, text_snapshot  # noqa: E402
 from core.keymap import Ps2InputSink, char_to_key  # noqa: E402
 

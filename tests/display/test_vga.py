@@ -9,9 +9,9 @@ import pytest
 from core.bus import MmioBus, PortIoBus
 from core.devices.pci import PciBus
 from core.devices.vga import Vga
+from core.devices.vga_font import glyph_bitmap
 from core.devices.vga_registers import MODE_03H, MODE_12H, MODE_13H, ModeRegisters, ega_palette_64
 from core.devices.vga_screen_info import screen_info_for_text_mode
-from core.display.font import glyph_bitmap
 from core.display.renderer import Renderer, text_snapshot
 from core.display.vga_raster import rasterise
 

@@ -18,6 +18,7 @@ from core.storage import (  # noqa: E402
     create_image,
     open_image,
 )
+from core.storage.qcow2 import Qcow2Image  # noqa: E402
 from tests.helpers.storage import need_qemu_img, qemu_img, qemu_io  # noqa: E402
 
 
@@ -168,6 +169,20 @@ def test_backing_file_loop_and_missing_backing(tmp_path: Path) -> None:
     assert "chain" in message or "in use" in message or "loop" in message
     (tmp_path / "b.qcow2").unlink()
     assert "backing file" in _open_error(a, ImageError, read_only=True)
+
+
+def test_qcow2_image_alone_refuses_to_write_over_an_unopened_backing_file(tmp_path: Path) -> None:
+    """Qcow2Image opens a backing file only through the opener core.storage.open_image gives it; without one a
+    write would copy zeros where the backing data belongs, so it opens read-only only (as `img info` does)."""
+    base, clone = tmp_path / "base.raw", tmp_path / "clone.qcow2"
+    base.write_bytes(b"\x5a" * (1 << 20))
+    create_image(str(clone), "qcow2", 1 << 20, backing_file=base.name)
+    with pytest.raises(UnsupportedImageError, match="clone.qcow2: cannot open for writing: .*open_image"):
+        Qcow2Image(str(clone))
+    with Qcow2Image(str(clone), read_only=True) as dev:
+        assert dev.backing is None and dev.header.backing_file == base.name
+    with open_image(str(clone)) as dev:
+        assert dev.read(0, 4) == b"\x5a" * 4
 
 
 def test_zstd_compressed_cluster_is_a_clear_error(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ A VGA BIOS copies its 8x16 ROM font into character map 0 when it sets mode 3 (IB
   they meet their neighbours at the cell edges (the 9th column of 0xC0-0xDF is replicated by the attribute
   controller's line-graphics mode, which only works when the strokes reach column 7).
 
-Run `python -m core.display.fontgen` to regenerate resources/fonts/cp437-8x16.bin (4096 bytes: 256 glyphs of 16
-rows, bit 7 = leftmost pixel). The result is committed; the engine never needs Pillow or the TTF at run time.
+Run `python -m core.devices.vga_fontgen` to regenerate resources/fonts/cp437-8x16.bin (4096 bytes: 256 glyphs
+of 16 rows, bit 7 = leftmost pixel). The result is committed; the engine never needs Pillow or the TTF at run time.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.display.font import FONT_PATH, GLYPH_HEIGHT, GLYPH_WIDTH, cp437_unicode
+from core.devices.vga_font import FONT_PATH, GLYPH_HEIGHT, GLYPH_WIDTH, cp437_unicode
 
 TTF_CANDIDATES = ("/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf",)
 FALLBACK_TTF = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",)
