@@ -34,7 +34,6 @@ PM_TIMER_HZ = 3_579_545
 LAPIC_BASE = 0xFEE0_0000
 IOAPIC_BASE = 0xFEC0_0000
 IOAPIC_PINS = 24
-HPET_BASE = 0xFED0_0000
 PCI_MMIO_WINDOW = (0xE000_0000, 0xFEC0_0000)   # where firmware places 32-bit PCI BARs (DSDT _CRS says the same)
 PCI_INTX_GSIS = (16, 17, 18, 19)              # PIRQ A-D: I/O APIC pins of PCI INTx, level-triggered (DSDT _PRT)
 BIOS_AREA_START = 0xE_0000            # ACPI tables and the RSDP live here (ACPI 6.4, 5.2.5.1)

@@ -1,7 +1,7 @@
 """The ACPI tables Vireo's direct boot gives the guest (ACPI 6.4, chapter 5.2 "ACPI System Description Tables"):
 
   RSDP (5.2.5, revision 2) -> XSDT (5.2.8) and RSDT (5.2.7) -> FADT (5.2.9, revision 6) -> DSDT (5.2.11.1), FACS
-                                                             -> MADT (5.2.12), optionally HPET (IA-PC HPET spec)
+                                                             -> MADT (5.2.12)
 
 They describe what platform.py places: the PM1a event/control blocks, PM timer and GPE0 block (the SCI on IRQ 9,
 ACPI permanently enabled since SMI_CMD is 0), the reset register at I/O 0xCF9, the 8042 and legacy devices, one
@@ -177,15 +177,6 @@ def build_madt(num_cpus: int) -> bytes:
     return table(b"APIC", 5, body)
 
 
-def build_hpet() -> bytes:
-    """HPET description table (IA-PC HPET 1.0a, 3.2.4) for the timer block at platform.HPET_BASE: three
-    64-bit comparators, legacy replacement routing capable, vendor 0x8086."""
-    block_id = (1 | ((3 - 1) << 8) | (1 << 13) | (1 << 15) | (0x8086 << 16))
-    body = struct.pack("<I", block_id) + gas(GAS_SYSTEM_MEMORY, 64, platform.HPET_BASE) + struct.pack(
-        "<BHB", 0, 0x80, 0)
-    return table(b"HPET", 1, body)
-
-
 def build_rsdp(rsdt_addr: int, xsdt_addr: int) -> bytes:
     """RSDP revision 2 (5.2.5.3): the ACPI 1.0 checksum over the first 20 bytes, the extended one over all 36."""
     rsdp = bytearray(struct.pack("<8sB6sBIIQB3s", b"RSD PTR ", 0, OEM_ID, 2, rsdt_addr, 36, xsdt_addr, 0,
@@ -207,12 +198,8 @@ class _Allocator:
         return addr
 
 
-def build_acpi_tables(memory: GuestMemory, num_cpus: int, hpet: bool = False) -> int:
-    """Write the tables at platform.ACPI_TABLES_ADDR and return the RSDP's address.
-
-    `hpet` adds an HPET table; leave it off unless the machine emulates the HPET, since a guest that finds the
-    table uses the timer.
-    """
+def build_acpi_tables(memory: GuestMemory, num_cpus: int) -> int:
+    """Write the tables at platform.ACPI_TABLES_ADDR and return the RSDP's address."""
     if not memory.contains(platform.ACPI_TABLES_ADDR, ACPI_AREA_END - platform.ACPI_TABLES_ADDR):
         raise BootError(f"guest memory of {memory.size >> 10} KiB has no room for the ACPI tables at "
                         f"{platform.ACPI_TABLES_ADDR:#x}; give more --memory")
@@ -228,11 +215,6 @@ def build_acpi_tables(memory: GuestMemory, num_cpus: int, hpet: bool = False) ->
     madt_addr = alloc.take(len(madt))
     pointed = [fadt_addr, madt_addr]
     blobs = [(dsdt_addr, dsdt), (facs_addr, facs), (fadt_addr, fadt), (madt_addr, madt)]
-    if hpet:
-        hpet_table = build_hpet()
-        hpet_addr = alloc.take(len(hpet_table))
-        pointed.append(hpet_addr)
-        blobs.append((hpet_addr, hpet_table))
     xsdt = table(b"XSDT", 1, b"".join(struct.pack("<Q", a) for a in pointed))
     xsdt_addr = alloc.take(len(xsdt))
     rsdt = table(b"RSDT", 1, b"".join(struct.pack("<I", a) for a in pointed))

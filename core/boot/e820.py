@@ -4,7 +4,7 @@ Multiboot information structure (Multiboot 0.6.96, 3.3 "mmap_*").
 
 Derived from GuestMemory.regions so it always matches the RAM that exists: conventional memory below the EBDA,
 the legacy hole 0x9FC00-0xFFFFF reserved (the ACPI tables live there), RAM from 1 MiB to the 32-bit PCI hole,
-the interrupt controllers' and HPET's MMIO windows reserved, and RAM above 4 GiB when the VM has it.
+the interrupt controllers' MMIO windows reserved, and RAM above 4 GiB when the VM has it.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ E820_NVS = 4
 # The fixed MMIO windows the chipset decodes below 4 GiB; a guest must not treat them as free PCI space.
 _MMIO_RESERVED = (
     (platform.IOAPIC_BASE, 0x1000),
-    (platform.HPET_BASE, 0x1000),
     (platform.LAPIC_BASE, 0x1000),
 )
 

@@ -68,9 +68,9 @@ def test_rsdp_found_by_a_scan(mem):
 
 @pytest.mark.parametrize("cpus", [1, 4, 300])
 def test_every_table_sums_to_zero(mem, cpus):
-    rsdp = build_acpi_tables(mem, cpus, hpet=True)
+    rsdp = build_acpi_tables(mem, cpus)
     tables = tables_by_signature(mem, rsdp)
-    assert set(tables) == {b"XSDT", b"RSDT", b"FACP", b"APIC", b"HPET", b"DSDT"}
+    assert set(tables) == {b"XSDT", b"RSDT", b"FACP", b"APIC", b"DSDT"}     # no HPET: the machine has none
     for sig, (addr, t) in tables.items():
         assert sum(t) % 256 == 0, f"{sig} checksum"
         assert t[10:16] == b"VIREO "
@@ -80,11 +80,6 @@ def test_every_table_sums_to_zero(mem, cpus):
     x = struct.unpack_from(f"<{(len(xsdt) - 36) // 8}Q", xsdt, 36)
     r = struct.unpack_from(f"<{(len(rsdt) - 36) // 4}I", rsdt, 36)
     assert list(x) == list(r)
-
-
-def test_no_hpet_table_unless_asked(mem):
-    tables = tables_by_signature(mem, build_acpi_tables(mem, 1))
-    assert b"HPET" not in tables
 
 
 def test_fadt_fixed_hardware(mem):
