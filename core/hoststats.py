@@ -1,9 +1,7 @@
 """Facts and counters about the machine Vireo runs on, read from Linux's /proc (proc(5)) and psutil.
 
 Host info for the main window's host rows: CPU model, logical CPUs and physical cores, memory, and whether KVM
-with hardware virtualization is usable (core.hypervisor.hostcaps.kvm_status when that module is present,
-otherwise the same facts read directly: /dev/kvm openable, and the vmx/svm CPU flag — Intel SDM vol. 3 ch. 23,
-AMD APM vol. 2 ch. 15).
+with hardware virtualization is usable (core.hypervisor.hostcaps.kvm_status).
 
 Per-thread CPU time, which is how a VM's CPU usage is measured: every vCPU is one host thread, and the kernel
 counts the time each thread ran — guest time included for KVM — in /proc/self/task/<tid>/schedstat
@@ -54,39 +52,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return set()
-
-
 def kvm_facts() -> tuple[bool, bool, str]:
-    """(usable, hardware, reason) — from core.hypervisor.hostcaps when it exists, else read here."""
-    try:
-        from core.hypervisor.hostcaps import kvm_status
-    except ImportError:
-        kvm_status = None
-    if kvm_status is not None:
-        status = kvm_status()
-        return bool(status.usable), bool(status.hardware), str(status.reason)
-    hardware = bool(_cpu_flags() & {"vmx", "svm"})
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False, hardware, "no /dev/kvm (kvm module not loaded or no hardware virtualization)"
-    except PermissionError:
-        return False, hardware, "no permission to open /dev/kvm (join the kvm group)"
-    except OSError as exc:
-        return False, hardware, f"cannot open /dev/kvm: {exc.strerror}"
-    os.close(fd)
-    if hardware:
-        return True, True, "/dev/kvm with VT-x/AMD-V"
-    return True, False, "/dev/kvm present but the CPU shows no vmx/svm flag"
+    """(usable, hardware, reason), as core.hypervisor.hostcaps probes /dev/kvm."""
+    # Imported here: hostcaps loads the KVM ABI's ctypes structures, which clients that only need HostInfo's
+    # fields (core.agent.wire) do not.
+    from core.hypervisor.hostcaps import kvm_status
+
+    status = kvm_status()
+    return bool(status.usable), bool(status.hardware), str(status.reason)
 
 
 def local_host_info() -> HostInfo:
@@ -103,12 +76,6 @@ def local_host_info() -> HostInfo:
         kvm_usable=usable, kvm_hardware=hardware, kvm_reason=reason,
         system=f"{platform.system()} {platform.release()}",
     )
-
-
-def available_memory_mib() -> int:
-    import psutil
-
-    return psutil.virtual_memory().available // (1024 * 1024)
 
 
 def thread_cpu_seconds(native_id: int) -> float | None:

@@ -150,6 +150,3 @@ class FrameAssembler:
             self._resized = False
             self.last_frame = frame
             return frame
-
-    def current_frame(self) -> Frame | None:
-        return self.render(force=True) if self.last_frame is None else (self.render() or self.last_frame)

@@ -85,10 +85,6 @@ def integer(value: int) -> bytes:
     return bytes((QWORD_PREFIX,)) + struct.pack("<Q", value)
 
 
-def string(text: str) -> bytes:
-    return bytes((STRING_PREFIX,)) + text.encode("ascii") + b"\x00"
-
-
 def package(*elements: bytes) -> bytes:
     """Package(){...}; elements are already-encoded data objects."""
     if len(elements) > 255:

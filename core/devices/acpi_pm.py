@@ -87,11 +87,6 @@ class AcpiPm:
             self.pm1_sts |= PWRBTN_STS
             self._update_sci()
 
-    def press_sleep_button(self) -> None:
-        with self._lock:
-            self.pm1_sts |= SLPBTN_STS
-            self._update_sci()
-
     def raise_gpe(self, bit: int) -> None:
         """Set a general-purpose event status bit (0-31), e.g. for hot-plug notifications."""
         if not 0 <= bit < 8 * GPE0_BYTES:

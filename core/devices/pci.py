@@ -108,10 +108,6 @@ class PciDevice:
         if self.bus is not None:
             self.bus.route_intx(self, level and not self._u16(COMMAND) & CMD_INTX_DISABLE)
 
-    @property
-    def bus_master(self) -> bool:
-        return bool(self._u16(COMMAND) & CMD_BUS_MASTER)
-
     # -- configuration space access (called by PciBus) ---------------------------------------------------
     def _u16(self, off: int) -> int:
         return struct.unpack_from("<H", self.config, off)[0]

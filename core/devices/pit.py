@@ -407,8 +407,3 @@ class Pit8254:
     def out(self, index: int) -> bool:
         with self._lock:
             return self.counters[index].out(self._clock())
-
-    def read_counter(self, index: int) -> int:
-        """The current count of a counter, without disturbing latches or flip-flops (for debugging and tests)."""
-        with self._lock:
-            return self.counters[index].count(self._clock())

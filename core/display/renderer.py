@@ -58,16 +58,6 @@ class Renderer:
             self.last_frame = frame
             return frame
 
-    def current_frame(self) -> Frame:
-        """The latest picture, rendering one if none exists or the device changed."""
-        frame = self.render()
-        if frame is not None:
-            return frame
-        if self.last_frame is None:
-            return self.render(force=True)
-        return self.last_frame
-
-
 def text_snapshot(vga: Vga) -> list[str] | None:
     """The characters on a text-mode screen as Unicode lines (CP437 decoded, trailing spaces stripped), read
     through the CRTC addressing the guest programmed; None in graphics modes."""

@@ -36,9 +36,6 @@ class DescriptorChain:
     def readable_len(self) -> int:
         return sum(n for _, n in self.readable)
 
-    @property
-    def writable_len(self) -> int:
-        return sum(n for _, n in self.writable)
 
 
 class Virtqueue:
@@ -76,9 +73,6 @@ class Virtqueue:
     # -- available ring -----------------------------------------------------------------------------------
     def _avail_idx(self) -> int:
         return self.memory.read_u16(self.avail_addr + 2)
-
-    def has_work(self) -> bool:
-        return self.ready and self._avail_idx() != self.last_avail
 
     def pop(self) -> DescriptorChain | None:
         """Take the next available chain, or None when the ring is empty."""
