@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from core import platform
 from core.boot.loader import load_kernel
@@ -36,10 +37,15 @@ from core.irq import IrqLine
 from core.memory import GuestMemory
 from core.timers import TimerQueue
 
+if TYPE_CHECKING:
+    from core.config import VmConfig
+
 log = logging.getLogger(__name__)
 
 MIN_MEMORY_MIB = 16
 MAX_CPUS = 64
+ENGINE_FEATURES = frozenset({"disks"})
+DISPLAYS = ("vga", "none")
 
 
 class MachineState(enum.Enum):
@@ -75,6 +81,30 @@ class MachineConfig:
     decompress_on_host: bool = True
     on_triple_fault: str = "crash"     # "crash" (keep the state for inspection) or "reset" (as a PC does)
     disks: list[DiskSpec] = field(default_factory=list)
+    display: str = "vga"               # "vga": the standard VGA with Bochs VBE; "none": no display adapter
+
+    @classmethod
+    def from_vm(cls, cfg: VmConfig, accel: str) -> MachineConfig:
+        """The machine a saved VM definition describes, run on `accel` (auto/kvm/software; usually the
+        accelerator already chosen for this host). Every field of the definition the engine honours is carried
+        over; one it cannot honour raises ConfigError (one line) instead of being dropped. Host-side settings
+        (name, uuid, autostart, notes, the serial log file and whether the serial console is shown) are not
+        the machine's business and are left to the caller."""
+        if cfg.network.mode != "none":
+            raise ConfigError(f"network.mode {cfg.network.mode!r}: the engine has no network device yet; "
+                              "set the network mode to none")
+        if not cfg.boot.kernel:
+            raise ConfigError("boot.kernel is empty: the engine boots a kernel directly (no firmware boot yet)")
+        disks = []
+        for i, disk in enumerate(cfg.disks):
+            if disk.bus != "virtio":
+                raise ConfigError(f"disks[{i}].bus {disk.bus!r}: the engine attaches disks on virtio only")
+            disks.append(DiskSpec(disk.path, format=disk.format, readonly=disk.readonly))
+        if cfg.display.type not in DISPLAYS:
+            raise ConfigError(f"display.type {cfg.display.type!r}: use one of {', '.join(DISPLAYS)}")
+        return cls(kernel=cfg.boot.kernel, initrd=cfg.boot.initrd or None, cmdline=cfg.boot.cmdline,
+                   memory_mib=cfg.memory_mib, cpus=cfg.vcpus, accel=accel, disks=disks,
+                   display=cfg.display.type)
 
     def validate(self) -> None:
         host_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
@@ -85,6 +115,8 @@ class MachineConfig:
             raise ConfigError(f"cpus {self.cpus} is out of range: give 1..{MAX_CPUS}")
         if self.on_triple_fault not in ("crash", "reset"):
             raise ConfigError(f"on_triple_fault {self.on_triple_fault!r}: use crash or reset")
+        if self.display not in DISPLAYS:
+            raise ConfigError(f"display {self.display!r}: use one of {', '.join(DISPLAYS)}")
 
 
 StateListener = Callable[["Machine", MachineState, str], None]
@@ -167,9 +199,13 @@ class Machine:
         port_devices = [self.serial, self.rtc, self.i8042, self.post, self.acpi_pm, self.reset_control, self.pci]
         for dev in port_devices:
             dev.attach(self.pio)
-        self.vga = Vga(self.pci)
-        self.vga.attach(self.pio, self.mmio)
-        self.devices = [*port_devices, self.vga]
+        self.devices = list(port_devices)
+        # Without a display adapter the guest finds no VGA at all: no legacy ports or window, no PCI function.
+        self.vga: Vga | None = None
+        if cfg.display == "vga":
+            self.vga = Vga(self.pci)
+            self.vga.attach(self.pio, self.mmio)
+            self.devices.append(self.vga)
         self.disks = [self._add_disk(i, spec) for i, spec in enumerate(cfg.disks)]
         self.pci.assign_resources()
         self.vcpus: list[Vcpu] = [self.accel.create_vcpu(i) for i in range(cfg.cpus)]
@@ -192,7 +228,8 @@ class Machine:
         cfg = self.config
         result = load_kernel(self.memory, cfg.kernel, cfg.initrd, cfg.cmdline, cfg.cpus,
                              decompress_on_host=cfg.decompress_on_host,
-                             screen_info=screen_info_for_text_mode(self.vga).to_bytes())
+                             screen_info=None if self.vga is None else
+                             screen_info_for_text_mode(self.vga).to_bytes())
         self.boot_description = result.description
         self.vcpus[0].set_state(result.cpu_state)
         for vcpu in self.vcpus[1:]:
@@ -431,7 +468,8 @@ class Machine:
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=5)
-        self.vga.close()
+        if self.vga is not None:
+            self.vga.close()
         self._release_resources()
         self._set_state(state, reason)
 

@@ -1,0 +1,92 @@
+"""MachineConfig.from_vm: the saved VM definition (core.config.VmConfig) reaches the Machine without a lossy hand
+translation, and a setting the engine cannot honour is refused with one line instead of being dropped."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from core.config import BootConfig, DiskConfig, DisplayConfig, NetworkConfig, SerialConfig, VmConfig
+from core.machine import ENGINE_FEATURES, ConfigError, DiskSpec, Machine, MachineConfig
+
+# Every field of a definition is either carried into the MachineConfig or belongs to the host side (the service
+# keeps it). A field added to VmConfig fails test_every_definition_field_is_accounted_for until from_vm decides.
+CARRIED = {"memory_mib", "vcpus", "accel", "boot.kernel", "boot.initrd", "boot.cmdline", "disks.path",
+           "disks.format", "disks.bus", "disks.readonly", "network.mode", "network.mac", "display.type"}
+HOST_SIDE = {"name", "uuid", "autostart", "notes", "serial.mode", "serial.log_file"}
+
+
+def _field_names(kind: type, prefix: str = "") -> set[str]:
+    nested = {"boot": BootConfig, "disks": DiskConfig, "network": NetworkConfig, "display": DisplayConfig,
+              "serial": SerialConfig}
+    names: set[str] = set()
+    for f in dataclasses.fields(kind):
+        if not prefix and f.name in nested:
+            names |= _field_names(nested[f.name], f"{f.name}.")
+        else:
+            names.add(prefix + f.name)
+    return names
+
+
+def _vm(**changes) -> VmConfig:
+    cfg = VmConfig(name="web", memory_mib=384, vcpus=2, accel="software",
+                   boot=BootConfig(kernel="/boot/vmlinuz", initrd="/boot/initrd.img", cmdline="console=ttyS0 quiet"),
+                   disks=[DiskConfig("/var/lib/a.qcow2", format="qcow2"),
+                          DiskConfig("/var/lib/b.raw", format="raw", readonly=True)])
+    return cfg.copy(**changes)
+
+
+def test_every_definition_field_is_accounted_for():
+    assert _field_names(VmConfig) == CARRIED | HOST_SIDE
+
+
+def test_every_engine_field_comes_from_the_definition():
+    mc = MachineConfig.from_vm(_vm(), "software")
+    assert mc == MachineConfig(
+        kernel="/boot/vmlinuz", initrd="/boot/initrd.img", cmdline="console=ttyS0 quiet", memory_mib=384, cpus=2,
+        accel="software", display="vga",
+        disks=[DiskSpec("/var/lib/a.qcow2", format="qcow2"), DiskSpec("/var/lib/b.raw", format="raw", readonly=True)])
+
+
+def test_an_empty_initrd_means_none_and_display_none_is_carried():
+    cfg = _vm(display=DisplayConfig("none"), boot=BootConfig(kernel="/k", cmdline=""))
+    mc = MachineConfig.from_vm(cfg, "kvm")
+    assert (mc.initrd, mc.display, mc.accel, mc.kernel) == (None, "none", "kvm", "/k")
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"network": NetworkConfig(mode="user")}, ["network.mode", "'user'", "none"]),
+    ({"disks": [DiskConfig("/x.img", bus="ide")]}, ["disks[0].bus", "'ide'", "virtio"]),
+    ({"boot": BootConfig(kernel="")}, ["boot.kernel"]),
+    ({"display": DisplayConfig("spice")}, ["display.type", "'spice'"]),
+])
+def test_what_the_engine_cannot_honour_is_refused_in_one_line(change, words):
+    with pytest.raises(ConfigError) as info:
+        MachineConfig.from_vm(_vm(**change), "software")
+    message = str(info.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_capabilities_are_declared():
+    assert ENGINE_FEATURES == frozenset({"disks"})
+
+
+def test_display_none_builds_a_machine_without_a_display_adapter(debian_kernel):
+    with_vga = Machine(MachineConfig(kernel=str(debian_kernel), memory_mib=128, accel="software"))
+    without = Machine(MachineConfig.from_vm(
+        _vm(boot=BootConfig(kernel=str(debian_kernel)), disks=[], display=DisplayConfig("none"), memory_mib=128,
+            vcpus=1), "software"))
+    try:
+        def pci_ids(m):
+            return {(d.config_read(0, 2), d.config_read(2, 2)) for d in m.pci.devices.values()}
+        assert (0x1234, 0x1111) in pci_ids(with_vga)
+        assert without.vga is None
+        assert (0x1234, 0x1111) not in pci_ids(without)
+        before = without.pio.unhandled_reads
+        without.pio.read(0x3CC, 1)                   # the VGA's miscellaneous output register: nobody answers
+        assert without.pio.unhandled_reads == before + 1
+    finally:
+        for m in (with_vga, without):
+            m._release_resources()
