@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MIN_MEMORY_MIB = 16
 MAX_CPUS = 64
+ENGINE_FEATURES = frozenset({"disks"})
 
 
 class MachineState(enum.Enum):
