@@ -45,7 +45,8 @@ from core.agent.protocol import (
 )
 from core.agent.version import engine_version
 from core.config import ConfigStore
-from core.host import EventKind, HostError, HostEvent, LocalHost
+from core.host.api import EventKind, HostError, HostEvent
+from core.host.local import LocalHost
 from core.hoststats import HostInfo
 
 log = logging.getLogger("vireo.agent")

@@ -1,4 +1,4 @@
-"""RemoteHost: the Host API (core/host.py) for a machine reached over SSH, through the Vireo agent running there.
+"""RemoteHost: the Host API (core/host/api.py) for a machine reached over SSH, through the Vireo agent running there.
 
 connect() does the slow part — SSH handshake and host-key check, authentication, probing and (first time, or
 after an engine change) installing the agent, then one channel running the stdio bridge — and every later call,
@@ -26,7 +26,7 @@ from core.agent.install import InstallReport, bridge_command, ensure_agent
 from core.agent.protocol import ProtocolError
 from core.agent.version import engine_version
 from core.config import LoadError, VmConfig
-from core.host import (
+from core.host.api import (
     TERMINAL_RESET,
     EventKind,
     Host,
