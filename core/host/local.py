@@ -469,6 +469,12 @@ class LocalHost(Host):
         from core.keymap import Ps2InputSink
         return VmConsole(session=session, frames=Renderer(vga), input=Ps2InputSink(kbc))
 
+    def shared_console(self, vm_uuid: str) -> tuple[int, str] | None:
+        """(session, path) of the VM's console in shared memory, for a client on this machine to map itself;
+        None when the machine draws it in this process."""
+        self.console(vm_uuid)       # the same refusals as console(): shut off, no display
+        return None
+
     # -- statistics ------------------------------------------------------------------------------------------
     def stats(self, vm_uuid: str) -> VmStats | None:
         """A sample for a started VM (None when it is not running or paused)."""
