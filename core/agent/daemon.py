@@ -45,7 +45,8 @@ from core.agent.protocol import (
 )
 from core.agent.version import engine_version
 from core.config import ConfigStore
-from core.host import EventKind, HostError, HostEvent, LocalHost
+from core.host.api import EventKind, HostError, HostEvent
+from core.host.local import LocalHost
 from core.hoststats import HostInfo
 
 log = logging.getLogger("vireo.agent")
@@ -444,7 +445,14 @@ class Connection:
     def m_serial_send(self, uuid: str, payload: bytes = b"", **_: Any) -> None:
         self.host.send_serial(uuid, payload)
 
-    def m_console_open(self, uuid: str, **_: Any) -> dict[str, Any]:
+    def m_console_open(self, uuid: str, shared: bool = False, **_: Any) -> dict[str, Any]:
+        """A client on this machine may map the VM process's shared console itself (`shared`: the answer holds
+        its path and nothing is streamed); to any other the screen is streamed."""
+        if shared:
+            found = self.host.shared_console(uuid)
+            if found is not None:
+                session, path = found
+                return {"session": session, "path": path}
         console = self.host.console(uuid)
         stream = self.consoles.get(uuid)
         if stream is None or not stream.alive or stream.console.session != console.session:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from core.agent import bundle
 from core.agent.version import engine_version
-from core.host import HostError
+from core.host.api import HostError
 
 COMMAND_TIMEOUT = 120.0
 Progress = Callable[[str, int, int], None]      # (what, bytes done, bytes total)

@@ -16,6 +16,7 @@ import tempfile
 SOCKET_NAME = "agent.sock"
 LOCK_NAME = "agent.lock"
 LOG_NAME = "agent.log"
+START_LOCK_NAME = "start.lock"    # held by the client that is starting the daemon (bridge.py)
 
 
 class UnsafeDirectory(Exception):
@@ -67,6 +68,10 @@ def socket_path() -> str:
 
 def lock_path() -> str:
     return os.path.join(runtime_dir(), LOCK_NAME)
+
+
+def start_lock_path() -> str:
+    return os.path.join(runtime_dir(), START_LOCK_NAME)
 
 
 def log_path() -> str:

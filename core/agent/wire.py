@@ -1,4 +1,4 @@
-"""Host API values (core/host.py) as JSON objects and back, for the agent protocol.
+"""Host API values (core/host/api.py) as JSON objects and back, for the agent protocol.
 
 Decoding never trusts the peer: a VM definition goes through VmConfig.from_dict (which validates every field),
 numbers are checked for type, and any mismatch raises WireError — which the receiver treats as a malformed
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import ConfigError, LoadError, VmConfig
-from core.host import EventKind, HostCapabilities, HostEvent, VmInfo, VmState, VmStats
+from core.host.api import EventKind, HostCapabilities, HostEvent, VmInfo, VmState, VmStats
 from core.hoststats import HostInfo
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 
 from core.config import BootConfig, SerialConfig, VmConfig
-from core.host import TERMINAL_RESET, EventKind, HostError, HostEvent, VmState
+from core.host.api import TERMINAL_RESET, EventKind, HostError, HostEvent, VmState
 from core.runner import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, _serial_sink, _StdinPump
 
 

@@ -25,7 +25,7 @@ from core.agent.protocol import (
     hello,
     read_message,
 )
-from core.host import HostError
+from core.host.api import HostError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from core.host import HostError
+from core.host.api import HostError
 from core.remote.known_hosts import Check, KnownHosts, Verdict, fingerprint, host_name
 
 AUTH_KINDS = ("auto", "agent", "key", "password")

@@ -1,4 +1,4 @@
-"""LocalHost (core/host.py): definitions, events, deletion with disks, host info, serial fan-out, errors that
+"""LocalHost (core/host/local.py): definitions, events, deletion with disks, host info, serial fan-out, errors that
 are one line, and — when the engine can boot the test guest — the whole lifecycle on a real Machine."""
 from __future__ import annotations
 

@@ -1,221 +1,36 @@
-"""The Host API: what the GUI (and later the SSH agent) asks of a machine that runs VMs, and LocalHost, which
-runs them in this process on the Vireo engine (core.machine).
+"""LocalHost: the Host API (core/host/api.py) over this machine's engine, with VM definitions in a ConfigStore.
 
-The contract, whichever implementation (LocalHost here; RemoteHost over SSH in the remote-host issue):
-  * list_vms()/get() return VmInfo snapshots (definition, state, reason, accelerator and why); load_errors()
-    the definition files that could not be loaded.
-  * define/start/pause/resume/shutdown/reboot/force_reset/force_off/delete carry out one request and return
-    when it is done; they may block for seconds (a pause waits for every vCPU to park), so a GUI calls them off
-    its event loop. A request that cannot be carried out raises HostError with a one-line message.
-  * add_listener(cb) delivers HostEvents (state changes, definitions added/changed/removed) on whatever thread
-    the change happened — a vCPU, the Machine's supervisor or the caller's; listeners must be quick and
-    thread-safe (the GUI re-emits them as queued Qt signals).
-  * subscribe_serial(uuid, cb) returns what ttyS0 printed so far this boot and then calls cb(bytes) with each
-    new piece; send_serial types into it.
-  * console(uuid) gives a started VM's graphical console: a frame source polled for pictures of its display and
-    an input sink for its keyboard and mouse (VmConsole; Qt-free, so a remote agent can serve the same thing).
-  * stats(uuid) samples CPU usage (vCPU threads' CPU time over wall time since the previous sample), memory,
-    and disk/network I/O where the VM has such devices (None where it has not).
-
-Lifecycle as libvirt presents it: shut off → (start) → running ⇄ paused → shut off or crashed. A Machine
-runs once; each start builds a new one from the saved definition. "Reboot" is the ACPI power button followed by
-a fresh start when the guest has powered off, as libvirt does for guests without an agent.
+The service (core/agent/daemon.py) runs one LocalHost for its user; every client reaches it through the service
+(core/host/service.py locally, core/remote/host.py over SSH).
 """
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import os
 import threading
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from core.config import ConfigError, ConfigStore, LoadError, VmConfig
+from core.host.api import (
+    SERIAL_HISTORY,
+    TERMINAL_RESET,
+    EventKind,
+    Host,
+    HostCapabilities,
+    HostError,
+    HostEvent,
+    Progress,
+    SerialListener,
+    VmConsole,
+    VmInfo,
+    VmState,
+    VmStats,
+)
 from core.hoststats import HostInfo, local_host_info, resident_bytes, thread_cpu_seconds
 
-if TYPE_CHECKING:
-    from core.display.frame import FrameSource
-    from core.keymap import InputSink
-
 log = logging.getLogger(__name__)
-
-SERIAL_HISTORY = 256 * 1024     # bytes of console output kept for a console window opened later
-TERMINAL_RESET = b"\x1bc"       # ECMA-48 RIS: tells a subscribed terminal a new boot starts on a clean screen
-
-
-class HostError(Exception):
-    """A request the host cannot carry out; the message is one line for an error dialog."""
-
-
-class VmState(enum.Enum):
-    SHUTOFF = "shutoff"
-    STARTING = "starting"
-    RUNNING = "running"
-    PAUSED = "paused"
-    CRASHED = "crashed"
-
-    @property
-    def label(self) -> str:
-        return {"shutoff": "Shut off", "starting": "Starting", "running": "Running", "paused": "Paused",
-                "crashed": "Crashed"}[self.value]
-
-    @property
-    def active(self) -> bool:
-        """The VM holds resources: it must be stopped before it is edited or deleted."""
-        return self in (VmState.STARTING, VmState.RUNNING, VmState.PAUSED)
-
-
-@dataclass(frozen=True)
-class VmInfo:
-    config: VmConfig
-    state: VmState
-    reason: str = ""          # why it stopped or crashed, or why start failed
-    accel: str = ""           # "kvm" / "software" once chosen (running, or as auto would choose now)
-    accel_reason: str = ""
-
-    @property
-    def uuid(self) -> str:
-        return self.config.uuid
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-
-@dataclass(frozen=True)
-class VmStats:
-    timestamp: float                  # time.monotonic() of the sample
-    cpu_percent: float                # 0..100 of the VM's vCPUs together (100 = every vCPU busy)
-    cpu_seconds: float                # total vCPU time since start
-    memory_mib: int                   # configured guest RAM
-    memory_resident_mib: float | None  # guest RAM actually backed by host pages
-    disk_read_bps: float | None = None
-    disk_write_bps: float | None = None
-    net_rx_bps: float | None = None
-    net_tx_bps: float | None = None
-
-
-@dataclass(frozen=True)
-class HostCapabilities:
-    """What the host's engine can do with a definition today (the GUI greys out the rest and says why)."""
-
-    disks: bool = False           # attaches the definition's disk images
-    network: bool = False         # gives the VM a network card
-    firmware_boot: bool = False   # boots an ISO or disk through BIOS/UEFI instead of a kernel given directly
-
-
-@dataclass(frozen=True)
-class VmConsole:
-    """A started VM's graphical console. `frames.render(force=False)` returns a Frame when the picture changed
-    (else None) and is cheap enough to poll at 60 Hz on a GUI thread; `input` takes PS/2 set-2 key events and
-    relative mouse motion (core.keymap.InputSink). `session` differs for every start of the VM: a viewer holding
-    an older session is showing a machine that has gone (whose last picture stays readable)."""
-
-    session: int
-    frames: FrameSource
-    input: InputSink
-
-
-class EventKind(enum.Enum):
-    STATE = "state"
-    DEFINED = "defined"
-    UPDATED = "updated"
-    DELETED = "deleted"
-
-
-@dataclass(frozen=True)
-class HostEvent:
-    kind: EventKind
-    uuid: str
-    state: VmState | None = None
-    reason: str = ""
-
-
-HostListener = Callable[[HostEvent], None]
-SerialListener = Callable[[bytes], None]
-Progress = Callable[[int, int], None]
-
-
-class Host(ABC):
-    """One machine that runs VMs. Every method is thread-safe."""
-
-    name: str
-
-    @abstractmethod
-    def info(self) -> HostInfo: ...
-    @abstractmethod
-    def list_vms(self) -> list[VmInfo]: ...
-    @abstractmethod
-    def get(self, vm_uuid: str) -> VmInfo: ...
-    @abstractmethod
-    def load_errors(self) -> list[LoadError]: ...
-    @abstractmethod
-    def reload(self) -> None: ...
-    @abstractmethod
-    def define(self, config: VmConfig) -> VmInfo: ...
-    @abstractmethod
-    def start(self, vm_uuid: str) -> None: ...
-    @abstractmethod
-    def pause(self, vm_uuid: str) -> None: ...
-    @abstractmethod
-    def resume(self, vm_uuid: str) -> None: ...
-    @abstractmethod
-    def shutdown(self, vm_uuid: str) -> None: ...
-    @abstractmethod
-    def reboot(self, vm_uuid: str) -> None: ...
-    @abstractmethod
-    def force_reset(self, vm_uuid: str) -> None: ...
-    @abstractmethod
-    def force_off(self, vm_uuid: str) -> None: ...
-    @abstractmethod
-    def delete(self, vm_uuid: str, delete_disks: bool = False) -> list[str]: ...
-    @abstractmethod
-    def stats(self, vm_uuid: str) -> VmStats | None: ...
-    @abstractmethod
-    def subscribe_serial(self, vm_uuid: str, listener: SerialListener) -> bytes: ...
-    @abstractmethod
-    def unsubscribe_serial(self, vm_uuid: str, listener: SerialListener) -> None: ...
-    @abstractmethod
-    def send_serial(self, vm_uuid: str, data: bytes) -> None: ...
-    @abstractmethod
-    def create_disk(self, path: str, size_bytes: int, fmt: str = "raw", preallocate: bool = False,
-                    progress: Progress | None = None) -> None: ...
-    @abstractmethod
-    def accel_preview(self, requested: str) -> tuple[str, str]: ...
-    @abstractmethod
-    def capabilities(self) -> HostCapabilities: ...
-    @abstractmethod
-    def close(self) -> None: ...
-
-    def console(self, vm_uuid: str) -> VmConsole:
-        """The graphical console of a running or paused VM; HostError when it has none (shut off, display none,
-        or a host that cannot serve consoles)."""
-        raise HostError(f"{self.name} cannot show virtual machine consoles")
-
-    def add_listener(self, listener: HostListener) -> None:
-        self._host_listeners().append(listener)
-
-    def remove_listener(self, listener: HostListener) -> None:
-        listeners = self._host_listeners()
-        if listener in listeners:
-            listeners.remove(listener)
-
-    def _host_listeners(self) -> list[HostListener]:
-        if not hasattr(self, "_listeners"):
-            self._listeners: list[HostListener] = []
-        return self._listeners
-
-    def _emit(self, event: HostEvent) -> None:
-        for listener in list(self._host_listeners()):
-            try:
-                listener(event)
-            except Exception:  # a broken observer must not break the VM or the request
-                log.exception("host listener failed")
 
 
 class _LocalVm:
@@ -307,30 +122,21 @@ class LocalHost(Host):
         cached = self._accel_cache.get(requested)
         if cached is not None:
             return cached
-        try:
-            from core.hypervisor.base import AcceleratorUnavailable
-            from core.hypervisor.select import choose_accelerator
-        except ImportError as exc:
-            raise HostError(f"the engine is not available: {exc}") from None
+        from core.hypervisor.base import AcceleratorUnavailable
+        from core.hypervisor.select import choose_accelerator
+
         try:
             choice = choose_accelerator(requested)
         except AcceleratorUnavailable as exc:
             raise HostError(str(exc)) from None
-        except ImportError as exc:
-            # Until core.hypervisor.hostcaps exists the choice is made (and explained) when the VM starts.
-            return "", f"chosen when the VM starts ({exc.name or exc} missing)"
         result = self._accel_cache[requested] = (choice.name, choice.warning or choice.reason)
         return result
 
     def capabilities(self) -> HostCapabilities:
-        """Read off the engine's MachineConfig: a feature exists once the Machine accepts its setting."""
-        try:
-            from core.machine import MachineConfig
-        except ImportError:
-            return HostCapabilities()
-        fields = {f.name for f in dataclasses.fields(MachineConfig)}
-        return HostCapabilities(disks="disks" in fields, network=bool(fields & {"network", "nics"}),
-                                firmware_boot=bool(fields & {"firmware", "bios"}))
+        """What the engine declares it supports (core.machine.ENGINE_FEATURES)."""
+        from core.machine import ENGINE_FEATURES
+
+        return HostCapabilities(**{name: True for name in ENGINE_FEATURES})
 
     # -- definitions -----------------------------------------------------------------------------------------
     def define(self, config: VmConfig) -> VmInfo:
@@ -487,19 +293,15 @@ class LocalHost(Host):
                 raise HostError(f"{what} {path}: no such file")
             if path and not os.access(path, os.R_OK):
                 raise HostError(f"{what} {path}: not readable")
-        try:
-            from core.hypervisor.base import AcceleratorUnavailable
-            from core.hypervisor.select import choose_accelerator
-            from core.machine import ConfigError as MachineConfigError
-            from core.machine import Machine, MachineConfig
-        except ImportError as exc:
-            raise HostError(f"the engine cannot run VMs in this build: {exc}") from None
+        from core.hypervisor.base import AcceleratorUnavailable
+        from core.hypervisor.select import choose_accelerator
+        from core.machine import ConfigError as MachineConfigError
+        from core.machine import Machine, MachineConfig
+
         try:
             choice = choose_accelerator(cfg.accel)
         except AcceleratorUnavailable as exc:
             raise HostError(str(exc)) from None
-        except ImportError as exc:
-            raise HostError(f"the engine cannot choose an accelerator: {exc}") from None
         vm.accel, vm.accel_reason = choice.name, choice.warning or choice.reason
         with vm.serial_lock:
             vm.serial = bytearray()
@@ -666,6 +468,12 @@ class LocalHost(Host):
         from core.display.renderer import Renderer
         from core.keymap import Ps2InputSink
         return VmConsole(session=session, frames=Renderer(vga), input=Ps2InputSink(kbc))
+
+    def shared_console(self, vm_uuid: str) -> tuple[int, str] | None:
+        """(session, path) of the VM's console in shared memory, for a client on this machine to map itself;
+        None when the machine draws it in this process."""
+        self.console(vm_uuid)       # the same refusals as console(): shut off, no display
+        return None
 
     # -- statistics ------------------------------------------------------------------------------------------
     def stats(self, vm_uuid: str) -> VmStats | None:

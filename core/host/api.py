@@ -1,0 +1,218 @@
+"""The Host API: what a client (the GUI, the CLI) asks of a machine that runs VMs, declared once for every
+implementation — LocalHost (core/host/local.py, the engine side the service runs), RemoteHost (core/remote/host.py,
+a service reached over SSH) and the local service's client (core/host/service.py) — and the values it answers with.
+
+The contract:
+  * list_vms()/get() return VmInfo snapshots (definition, state, reason, accelerator and why); load_errors()
+    the definition files that could not be loaded.
+  * define/start/pause/resume/shutdown/reboot/force_reset/force_off/delete carry out one request and return
+    when it is done; they may block for seconds (a pause waits for every vCPU to park), so a GUI calls them off
+    its event loop. A request that cannot be carried out raises HostError with a one-line message.
+  * add_listener(cb) delivers HostEvents (state changes, definitions added/changed/removed) on whatever thread
+    the change happened; listeners must be quick and thread-safe (the GUI re-emits them as queued Qt signals).
+  * subscribe_serial(uuid, cb) returns what ttyS0 printed so far this boot and then calls cb(bytes) with each
+    new piece; send_serial types into it.
+  * console(uuid) gives a started VM's graphical console: a frame source polled for pictures of its display and
+    an input sink for its keyboard and mouse (VmConsole; Qt-free).
+  * stats(uuid) samples CPU usage (vCPU time over wall time since the previous sample), memory, and disk/network
+    I/O where the VM has such devices (None where it has not).
+  * `remote` is True when the VMs live outside this process (a service): close() then only disconnects, and the
+    VMs keep running.
+
+Lifecycle as libvirt presents it: shut off -> (start) -> running <-> paused -> shut off or crashed. Each start
+builds a new machine from the saved definition. "Reboot" is the ACPI power button followed by a fresh start when
+the guest has powered off, as libvirt does for guests without an agent.
+
+Engine-free (core.config and core.hoststats only), so every process — GUI, CLI, service, remote agent — imports it.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from core.config import LoadError, VmConfig
+from core.hoststats import HostInfo
+
+if TYPE_CHECKING:
+    from core.display.frame import FrameSource
+    from core.keymap import InputSink
+
+log = logging.getLogger("core.host")
+
+SERIAL_HISTORY = 256 * 1024     # bytes of console output kept for a console window opened later
+TERMINAL_RESET = b"\x1bc"       # ECMA-48 RIS: tells a subscribed terminal a new boot starts on a clean screen
+
+
+class HostError(Exception):
+    """A request the host cannot carry out; the message is one line for an error dialog."""
+
+
+class VmState(enum.Enum):
+    SHUTOFF = "shutoff"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    CRASHED = "crashed"
+
+    @property
+    def label(self) -> str:
+        return {"shutoff": "Shut off", "starting": "Starting", "running": "Running", "paused": "Paused",
+                "crashed": "Crashed"}[self.value]
+
+    @property
+    def active(self) -> bool:
+        """The VM holds resources: it must be stopped before it is edited or deleted."""
+        return self in (VmState.STARTING, VmState.RUNNING, VmState.PAUSED)
+
+
+@dataclass(frozen=True)
+class VmInfo:
+    config: VmConfig
+    state: VmState
+    reason: str = ""          # why it stopped or crashed, or why start failed
+    accel: str = ""           # "kvm" / "software" once chosen (running, or as auto would choose now)
+    accel_reason: str = ""
+
+    @property
+    def uuid(self) -> str:
+        return self.config.uuid
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True)
+class VmStats:
+    timestamp: float                  # time.monotonic() of the sample
+    cpu_percent: float                # 0..100 of the VM's vCPUs together (100 = every vCPU busy)
+    cpu_seconds: float                # total vCPU time since start
+    memory_mib: int                   # configured guest RAM
+    memory_resident_mib: float | None  # guest RAM actually backed by host pages
+    disk_read_bps: float | None = None
+    disk_write_bps: float | None = None
+    net_rx_bps: float | None = None
+    net_tx_bps: float | None = None
+
+
+@dataclass(frozen=True)
+class HostCapabilities:
+    """What the host's engine can do with a definition today (the GUI greys out the rest and says why)."""
+
+    disks: bool = False           # attaches the definition's disk images
+    network: bool = False         # gives the VM a network card
+    firmware_boot: bool = False   # boots an ISO or disk through BIOS/UEFI instead of a kernel given directly
+
+
+@dataclass(frozen=True)
+class VmConsole:
+    """A started VM's graphical console. `frames.render(force=False)` returns a Frame when the picture changed
+    (else None) and is cheap enough to poll at 60 Hz on a GUI thread; `input` takes PS/2 set-2 key events and
+    relative mouse motion (core.keymap.InputSink). `session` differs for every start of the VM: a viewer holding
+    an older session is showing a machine that has gone (whose last picture stays readable)."""
+
+    session: int
+    frames: FrameSource
+    input: InputSink
+
+
+class EventKind(enum.Enum):
+    STATE = "state"
+    DEFINED = "defined"
+    UPDATED = "updated"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class HostEvent:
+    kind: EventKind
+    uuid: str
+    state: VmState | None = None
+    reason: str = ""
+
+
+HostListener = Callable[[HostEvent], None]
+SerialListener = Callable[[bytes], None]
+Progress = Callable[[int, int], None]
+
+
+class Host(ABC):
+    """One machine that runs VMs. Every method is thread-safe."""
+
+    name: str
+    remote: bool = False      # the VMs live outside this process: closing the Host leaves them running
+
+    @abstractmethod
+    def info(self) -> HostInfo: ...
+    @abstractmethod
+    def list_vms(self) -> list[VmInfo]: ...
+    @abstractmethod
+    def get(self, vm_uuid: str) -> VmInfo: ...
+    @abstractmethod
+    def load_errors(self) -> list[LoadError]: ...
+    @abstractmethod
+    def reload(self) -> None: ...
+    @abstractmethod
+    def define(self, config: VmConfig) -> VmInfo: ...
+    @abstractmethod
+    def start(self, vm_uuid: str) -> None: ...
+    @abstractmethod
+    def pause(self, vm_uuid: str) -> None: ...
+    @abstractmethod
+    def resume(self, vm_uuid: str) -> None: ...
+    @abstractmethod
+    def shutdown(self, vm_uuid: str) -> None: ...
+    @abstractmethod
+    def reboot(self, vm_uuid: str) -> None: ...
+    @abstractmethod
+    def force_reset(self, vm_uuid: str) -> None: ...
+    @abstractmethod
+    def force_off(self, vm_uuid: str) -> None: ...
+    @abstractmethod
+    def delete(self, vm_uuid: str, delete_disks: bool = False) -> list[str]: ...
+    @abstractmethod
+    def stats(self, vm_uuid: str) -> VmStats | None: ...
+    @abstractmethod
+    def subscribe_serial(self, vm_uuid: str, listener: SerialListener) -> bytes: ...
+    @abstractmethod
+    def unsubscribe_serial(self, vm_uuid: str, listener: SerialListener) -> None: ...
+    @abstractmethod
+    def send_serial(self, vm_uuid: str, data: bytes) -> None: ...
+    @abstractmethod
+    def create_disk(self, path: str, size_bytes: int, fmt: str = "raw", preallocate: bool = False,
+                    progress: Progress | None = None) -> None: ...
+    @abstractmethod
+    def accel_preview(self, requested: str) -> tuple[str, str]: ...
+    @abstractmethod
+    def capabilities(self) -> HostCapabilities: ...
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def console(self, vm_uuid: str) -> VmConsole:
+        """The graphical console of a running or paused VM; HostError when it has none (shut off, display none,
+        or a host that cannot serve consoles)."""
+        raise HostError(f"{self.name} cannot show virtual machine consoles")
+
+    def add_listener(self, listener: HostListener) -> None:
+        self._host_listeners().append(listener)
+
+    def remove_listener(self, listener: HostListener) -> None:
+        listeners = self._host_listeners()
+        if listener in listeners:
+            listeners.remove(listener)
+
+    def _host_listeners(self) -> list[HostListener]:
+        if not hasattr(self, "_listeners"):
+            self._listeners: list[HostListener] = []
+        return self._listeners
+
+    def _emit(self, event: HostEvent) -> None:
+        for listener in list(self._host_listeners()):
+            try:
+                listener(event)
+            except Exception:  # a broken observer must not break the VM or the request
+                log.exception("host listener failed")

@@ -1,0 +1,77 @@
+"""The client of this user's local Vireo service: the Host the GUI and the CLI use for "this computer".
+
+connect_local() reaches the service's UNIX socket ($XDG_RUNTIME_DIR/vireo/agent.sock, core/agent/paths.py)
+directly — no SSH, no bridge process — and starts the service on demand when none listens, exactly once even when
+several clients race (core/agent/bridge.py's reach_agent holds a start lock). The service started so runs this
+checkout's engine: the same interpreter as the client, with PYTHONPATH at the directory holding `core`.
+
+Everything past the socket is ServiceClient's (core/remote/service.py), as for an SSH host: the mirror, reconnect
+on demand, serial subscriptions. Two things differ from SSH: the console is mapped from the VM process's shared
+memory (the service answers its path; the client and the VM process share this machine and this user), and the
+service is started here rather than by a bridge. Closing the client leaves the VMs running in the service.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+from core.agent import bridge, paths
+from core.host.api import HostError
+from core.remote.client import AgentClient, AgentGone
+from core.remote.service import ServiceClient
+
+log = logging.getLogger(__name__)
+
+LocalProgress = Callable[[str, int, int], None]     # (what, done, total), as RemoteHost.connect reports
+
+
+class LocalServiceHost(ServiceClient):
+    """This user's service on this computer, over its UNIX socket."""
+
+    shared_console = True
+
+    def __init__(self, name: str = "Local", daemon_args: tuple[str, ...] = ()) -> None:
+        super().__init__(name)
+        self.daemon_args = daemon_args      # for a service this client starts (tests pass --idle-exit)
+        self.socket_path = ""
+
+    def _connect(self, progress: LocalProgress | None) -> None:
+        if progress is not None:
+            progress("the Vireo service", 0, 1)
+        self._attach()
+        if progress is not None:
+            progress("the Vireo service", 1, 1)
+
+    def _open_agent(self) -> AgentClient:
+        try:
+            self.socket_path = paths.socket_path()
+            sock = bridge.reach_agent(self.daemon_args)
+        except (RuntimeError, paths.UnsafeDirectory) as exc:
+            raise HostError(f"the Vireo service is not available: {exc}") from None
+        except OSError as exc:
+            raise HostError(f"cannot reach the Vireo service: {exc.strerror or exc}") from None
+
+        def close() -> None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+        client = self._new_client(sock.recv, sock.sendall, close)
+        try:
+            client.start()
+        except AgentGone as exc:
+            raise HostError(f"the Vireo service did not answer: {exc}") from None
+        return client
+
+
+def connect_local(progress: LocalProgress | None = None, name: str = "Local",
+                  daemon_args: tuple[str, ...] = ()) -> LocalServiceHost:
+    """A connected client of this user's local service, starting the service when none runs. HostError (one
+    line) when it cannot be reached or started. May take seconds (a new service imports the engine): call it off
+    a GUI's event loop."""
+    host = LocalServiceHost(name, daemon_args)
+    host.connect(progress)
+    return host
