@@ -1,0 +1,295 @@
+"""The software CPU's physical memory map: guest RAM, the MMIO holes, device memory mapped as RAM, and keeping
+translated code coherent with writes from the host.
+
+The map is QEMU's memory API as unicorn 2.1.4 wraps it (uc_mem_map_ptr, uc_mmio_map, uc_mem_unmap over
+memory_region_add_subregion / memory_region_del_subregion, qemu/softmmu/memory.c and unicorn's uc.c):
+
+* Guest RAM is mapped in place (the Machine's GuestMemory; no copies), minus the legacy VGA window, which stays
+  MMIO so that accesses reach the VGA model.
+* Everything else below the physical-address limit (QEMU's TCG_PHYS_ADDR_BITS, 40 for x86-64) is MMIO: the bus
+  may gain devices (VGA, PCI BARs) at any time, and an access nobody claims reads as all ones, as on a PC. An
+  access inside the xAPIC page of the CPU that makes it goes to that CPU's local APIC (Intel SDM vol. 3, 10.4.1:
+  each processor sees its own APIC at the IA32_APIC_BASE address).
+* The last page below that limit is the interrupt-acknowledge cell: QEMU's CPU loop reads the vector of a VIRQ
+  request from `env->vm_vmcb + 100` (target/i386/seg_helper.c, x86_cpu_exec_interrupt), pointed here, so that
+  read is the acknowledge cycle of the vCPU's local APIC (see software.py).
+
+Host writes into guest RAM (loader, device DMA) drop translated code for the range (GuestMemory write listener),
+at once on the thread that owns the CPU, otherwise queued and applied before the next slice.
+
+Device memory as RAM (map_ram: the VGA framebuffer BAR): unicorn 2.1.4 has no guard against changing the memory
+map from a hook -- uc_mem_map_ptr/uc_mem_unmap only wrap QEMU's memory API (`nested_level` counts nested
+emu_start calls, nothing more) -- but doing it there is unsafe: uc_mem_unmap frees the MemoryRegion (and, for
+MMIO, its callback block) that a hook may be running from, and memory_unmap's uc_invalidate_tb translates the
+*guest-physical* range through the current MMU as if it were virtual (get_page_addr_code), so with paging on it
+invalidates the wrong code or takes a page fault that leaves CR2 and exception_index set. Mapping requests are
+therefore queued and the running slice stopped; the owner applies them before its next emu_start, with the
+power-on (real-mode, paging off) context loaded so that translation is the identity, then restores the vCPU's
+context and flushes the TLB. Until then the PCI bus's MMIO handler for the BAR serves the same memory. The MMIO
+holes below 4 GiB are mapped in aligned 16 MiB pieces: unmapping a region costs a TLB-flush call per page, so a
+BAR replaces one small piece rather than splitting the hole (unicorn's own split would also hand the right part
+the left part's user data, which is our base address). Ranges above 4 GiB are refused (the caller keeps MMIO).
+
+SoftwareMemoryMap is a part of SoftwareAccelerator (a mixin): the annotations below name what it uses of the rest.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from ctypes import c_uint32, c_uint64, c_void_p
+from typing import TYPE_CHECKING
+
+import unicorn
+
+from core.bus import MmioBus
+from core.hypervisor import uc_internals as ui
+from core.hypervisor.base import AcceleratorUnavailable
+from core.memory import GuestMemory, MemoryRegion
+
+if TYPE_CHECKING:
+    from core.hypervisor.software_vcpu import SoftwareVcpu
+
+log = logging.getLogger(__name__)
+
+PHYS_ADDR_LIMIT = 1 << 40                 # QEMU's TCG_PHYS_ADDR_BITS for x86-64
+INTA_PAGE = PHYS_ADDR_LIMIT - 0x1000      # the interrupt-acknowledge cell (see the module docstring)
+MMIO_PIECE = 16 << 20                     # MMIO holes below 4 GiB are mapped in aligned pieces of this size
+MAX_SPLIT = 256 << 20                     # map_ram refuses a range whose MMIO pieces exceed this (flush cost)
+LOW_4G = 1 << 32
+
+_MMIO_READ_CFUNC = ctypes.CFUNCTYPE(c_uint64, c_void_p, c_uint64, c_uint32, c_void_p)
+_MMIO_WRITE_CFUNC = ctypes.CFUNCTYPE(None, c_void_p, c_uint64, c_uint32, c_uint64, c_void_p)
+
+
+class SoftwareMemoryMap:
+    """The memory-map part of SoftwareAccelerator (see the module docstring)."""
+
+    uc: unicorn.Uc
+    uch: int
+    q: ui._Qemu
+    view: ui.CpuView
+    natives: ui._Natives
+    memory: GuestMemory
+    mmio: MmioBus
+    owner: threading.Thread | None
+    current: SoftwareVcpu | None
+    running: SoftwareVcpu | None
+    ram_mappings: list[MemoryRegion]
+    _callbacks: list
+    _fail: Callable[[str], None]
+
+    def _init_memory_map(self) -> None:
+        self._pending_invalidations: list[tuple[int, int]] = []
+        self._inval_lock = threading.Lock()
+        self._map_lock = threading.Lock()
+        self._mmio_pieces: dict[int, int] = {}          # start -> size of the MMIO regions over the holes
+        self._device_ram: dict[int, tuple[int, int]] = {}  # gpa -> (host address, size) of map_ram mappings
+        self._pending_map_ops: list[tuple] = []
+        self._flat_context = (ctypes.c_char * ui.ENV_END_RESET_FIELDS)()
+
+    def _map_memory(self) -> None:
+        uc, mem = self.uc, self.memory
+        # RAM minus the legacy VGA window (cpu_mappings): guest accesses to 0xA0000-0xBFFFF reach the VGA model.
+        self.ram_mappings = mem.cpu_mappings()
+        for region in self.ram_mappings:
+            uc.mem_map_ptr(region.gpa, region.size, unicorn.UC_PROT_ALL, mem.host_address(region))
+        # Everything that is not RAM is MMIO: the bus may gain devices (VGA, PCI BARs) at any time, and an
+        # access nobody claims reads as all ones, as on a PC.
+        holes = []
+        cursor = 0
+        for region in sorted(self.ram_mappings, key=lambda r: r.gpa):
+            if region.gpa > cursor:
+                holes.append((cursor, region.gpa - cursor))
+            cursor = region.end
+        holes.append((cursor, INTA_PAGE - cursor))
+        self._hole_read = read_cb = _MMIO_READ_CFUNC(self._mmio_read)
+        self._hole_write = write_cb = _MMIO_WRITE_CFUNC(self._mmio_write)
+        self._callbacks += [read_cb, write_cb]
+        for start, size in holes:
+            for piece, piece_size in _pieces(start, start + size):
+                self._mmio_map(piece, piece_size, read_cb, write_cb, piece)
+                self._mmio_pieces[piece] = piece_size
+        # The power-on CPU state: real mode, no paging, so QEMU's virtual->physical translation is the identity
+        # while the memory map changes (see the module docstring).
+        ctypes.memmove(self._flat_context, self.view.env, ui.ENV_END_RESET_FIELDS)
+        inta_read = _MMIO_READ_CFUNC(self._inta_read)
+        inta_write = _MMIO_WRITE_CFUNC(lambda *a: None)
+        self._callbacks += [inta_read, inta_write]
+        self._mmio_map(INTA_PAGE, 0x1000, inta_read, inta_write, 0)
+        self.view.vm_vmcb = INTA_PAGE + 0x100 - ui.VMCB_INT_VECTOR
+
+    # -- device memory as RAM ---------------------------------------------------------------------------------
+    supports_ram_mapping = True
+
+    def map_ram(self, gpa: int, host_addr: int, size: int) -> None:
+        """Replace the MMIO pieces over [gpa, gpa + size) by RAM at host_addr; applied before the next slice."""
+        end = gpa + size
+        if size <= 0 or (gpa | host_addr | size) & 0xFFF:
+            raise ValueError(f"device RAM {gpa:#x}+{size:#x} must be page-aligned")
+        if end > LOW_4G:
+            raise ValueError(f"device RAM at {gpa:#x}+{size:#x} is above 4 GiB")
+        with self._map_lock:
+            hit = sorted((s, n) for s, n in self._mmio_pieces.items() if s < end and gpa < s + n)
+            covered = sum(min(s + n, end) - max(s, gpa) for s, n in hit)
+            if covered != size:
+                raise ValueError(f"device RAM at {gpa:#x}+{size:#x} overlaps RAM or other device RAM")
+            if sum(n for _, n in hit) > MAX_SPLIT:
+                raise ValueError(f"device RAM at {gpa:#x}+{size:#x} would split a large MMIO region")
+            ops: list[tuple] = []
+            for s, n in hit:
+                del self._mmio_pieces[s]
+                ops.append(("unmap", s, n))
+                for lo, hi in ((s, gpa), (end, s + n)):
+                    if lo < hi:
+                        self._mmio_pieces[lo] = hi - lo
+                        ops.append(("mmio", lo, hi - lo))
+            ops.append(("ram", gpa, size, host_addr))
+            self._device_ram[gpa] = (host_addr, size)
+            self._pending_map_ops += ops
+        self._request_map_apply()
+
+    def unmap_ram(self, gpa: int) -> None:
+        """The range becomes MMIO again (one piece of its size); applied before the next slice."""
+        with self._map_lock:
+            if gpa not in self._device_ram:
+                raise ValueError(f"no device RAM mapped at {gpa:#x}")
+            host_addr, size = self._device_ram.pop(gpa)
+            self._mmio_pieces[gpa] = size
+            self._pending_map_ops += [("unmap_ram", gpa, size, host_addr), ("mmio", gpa, size)]
+        self._request_map_apply()
+
+    def _request_map_apply(self) -> None:
+        running = self.running
+        if running is None:
+            return                                   # the next acquire() applies it
+        if self.owner is threading.current_thread():
+            self.q.uc_emu_stop(self.uch)             # from a hook of this slice: it ends at the next block
+        else:
+            running.kick_for_interrupt()
+
+    def _apply_map_ops(self) -> None:
+        """On the owner thread, outside emu_start: carry out queued map_ram/unmap_ram requests."""
+        with self._map_lock:
+            ops, self._pending_map_ops = self._pending_map_ops, []
+        v, uc = self.view, self.uc
+        saved = (ctypes.c_char * ui.ENV_END_RESET_FIELDS)()
+        ctypes.memmove(saved, v.env, ui.ENV_END_RESET_FIELDS)
+        exception_index = v._exception_index.value
+        ctypes.memmove(v.env, self._flat_context, ui.ENV_END_RESET_FIELDS)
+        v.tlb_flush()
+        try:
+            for op in ops:
+                kind, start, size = op[:3]
+                if kind == "unmap":
+                    uc.mem_unmap(start, size)
+                elif kind == "mmio":
+                    self._mmio_map(start, size, self._hole_read, self._hole_write, start)
+                elif kind == "ram":
+                    uc.mem_map_ptr(start, size, unicorn.UC_PROT_ALL, op[3])
+                else:                                # "unmap_ram": its translated code goes with it
+                    v.invalidate_ram(op[3], size)
+                    uc.mem_unmap(start, size)
+        except Exception:
+            detail = f"changing the memory map failed: {traceback.format_exc(limit=4)}"
+            log.error("software CPU: %s", detail)
+            vcpu = self.current
+            if vcpu is not None and vcpu.error is None:
+                vcpu.error = detail
+        finally:
+            ctypes.memmove(v.env, saved, ui.ENV_END_RESET_FIELDS)
+            v._exception_index.value = exception_index
+            v.tlb_flush()
+
+    def _track_code_pages(self) -> None:
+        """Give this instance a code bitmap over its RAM's ram_addr space (uc_internals.CodeDirtyTracking)."""
+        top = 0
+        for region in self.ram_mappings:
+            last = self.q.ram_addr_from_host(self.uch, self.memory.host_address(region) + region.size - 1)
+            if last != 0xFFFF_FFFF_FFFF_FFFF:
+                top = max(top, last + 1)
+        self.natives.code_tracking.register(self.uch, top + (64 << 20))   # headroom for RAM mapped later
+
+    def _mmio_map(self, start: int, size: int, read_cb, write_cb, user: int) -> None:
+        err = self.q.uc_mmio_map(self.uch, start, size, ctypes.cast(read_cb, c_void_p), c_void_p(user),
+                                 ctypes.cast(write_cb, c_void_p), c_void_p(user))
+        if err:
+            raise AcceleratorUnavailable(f"unicorn cannot map MMIO at {start:#x}+{size:#x}: error {err}")
+
+    def _ram_written(self, gpa: int, length: int) -> None:
+        """GuestMemory write listener: translated code in the range is stale."""
+        if self.owner is threading.current_thread():
+            self._invalidate(gpa, length)
+        else:
+            with self._inval_lock:
+                self._pending_invalidations.append((gpa, length))
+            running = self.running
+            if running is not None:
+                running.kick_for_interrupt()
+
+    def _invalidate(self, gpa: int, length: int) -> None:
+        mem = self.memory
+        for r in self.ram_mappings:
+            lo, hi = max(gpa, r.gpa), min(gpa + length, r.end)
+            if lo < hi:
+                self.view.invalidate_ram(mem.host_base + r.offset + (lo - r.gpa), hi - lo)
+
+    def _drain_invalidations(self) -> None:
+        if self._pending_invalidations:
+            with self._inval_lock:
+                pending, self._pending_invalidations = self._pending_invalidations, []
+            for gpa, length in pending:
+                self._invalidate(gpa, length)
+
+    def _mmio_read(self, _uc, offset: int, size: int, base: int) -> int:
+        addr = (base or 0) + offset
+        try:
+            vcpu = self.current
+            if vcpu is not None:
+                apic_base = vcpu.lapic.mmio_base
+                if apic_base is not None and apic_base <= addr < apic_base + 0x1000:
+                    return vcpu.lapic.mmio_read(addr - apic_base, size)
+            return self.mmio.read(addr, size)
+        except Exception:
+            self._fail(f"MMIO read {addr:#x}/{size}")
+            return 0
+
+    def _mmio_write(self, _uc, offset: int, size: int, value: int, base: int) -> None:
+        addr = (base or 0) + offset
+        try:
+            vcpu = self.current
+            if vcpu is not None:
+                apic_base = vcpu.lapic.mmio_base
+                if apic_base is not None and apic_base <= addr < apic_base + 0x1000:
+                    vcpu.lapic.mmio_write(addr - apic_base, size, value)
+                    return
+            self.mmio.write(addr, size, value)
+        except Exception:
+            self._fail(f"MMIO write {addr:#x}/{size} <- {value:#x}")
+
+    def _inta_read(self, _uc, offset: int, size: int, _ud) -> int:
+        """QEMU's CPU loop takes the VIRQ request: this read is the interrupt-acknowledge cycle."""
+        try:
+            vcpu = self.current
+            vector = vcpu.lapic.acknowledge()
+            vcpu.stats_interrupts += 1
+            return vector
+        except Exception:
+            self._fail("interrupt acknowledge")
+            return 0xFF
+
+
+def _pieces(start: int, end: int) -> list[tuple[int, int]]:
+    """[start, end) cut at MMIO_PIECE boundaries below 4 GiB; one piece above."""
+    out = []
+    while start < end:
+        if start >= LOW_4G:
+            out.append((start, end - start))
+            break
+        stop = min(end, (start // MMIO_PIECE + 1) * MMIO_PIECE)
+        out.append((start, stop - start))
+        start = stop
+    return out
+
