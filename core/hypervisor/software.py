@@ -3,7 +3,7 @@
 What unicorn leaves out is supplied here and in its helpers, per the Intel SDM:
 
 * Exceptions and INT n (vol. 3, ch. 6) are delivered by QEMU's own `x86_cpu_do_interrupt` from native hooks
-  (uc_internals): real-mode IVT, protected- and long-mode IDT, privilege changes with TSS stacks, IST, error codes,
+  (uc_native): real-mode IVT, protected- and long-mode IDT, privilege changes with TSS stacks, IST, error codes,
   CR2, double and triple faults.
 * External interrupts, NMI, INIT/SIPI and HLT are the vCPU's (software_vcpu): delivered inside QEMU's CPU loop at
   an instruction boundary, through CPUState.interrupt_request, with the vector read from the local APIC at the
@@ -46,6 +46,7 @@ from core.hypervisor.software_helpers import X86HelperInterposition
 from core.hypervisor.software_memory import SoftwareMemoryMap
 from core.hypervisor.software_sched import VcpuScheduler, _live, _register_live
 from core.hypervisor.software_vcpu import SoftwareVcpu
+from core.hypervisor.uc_native import natives
 from core.irq import IrqLine
 from core.memory import GuestMemory
 from core.timers import TimerQueue
@@ -65,7 +66,7 @@ def host_tsc_hz() -> int:
     the kernel says so with constant_tsc/nonstop_tsc)."""
     global _tsc_hz
     if _tsc_hz is None:
-        rdtsc = ui.natives().rdtsc
+        rdtsc = natives().rdtsc
 
         def sample() -> tuple[int, int]:
             best = None
@@ -92,7 +93,7 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
                  timers: TimerQueue) -> None:
         super().__init__(memory, pio, mmio, num_cpus, timers)
         try:
-            self.natives = ui.natives()
+            self.natives = natives()
         except ui.UnicornInternalsError as exc:
             raise AcceleratorUnavailable(f"the software CPU cannot start: {exc}") from exc
         self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64, cpu=X.UC_CPU_X86_HASWELL)

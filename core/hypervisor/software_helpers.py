@@ -3,8 +3,8 @@ interposes on (RDMSR, WRMSR, CPUID, SYSCALL, SYSENTER).
 
 unicorn 2.1.4 translates IN/OUT into calls of UC_HOOK_INSN callbacks, reports exceptions and INT n through
 UC_HOOK_INTR and #UD through UC_HOOK_INSN_INVALID; both of those are answered by native stubs that run QEMU's own
-`x86_cpu_do_interrupt` (uc_internals). The instructions QEMU implements in C helpers (target/i386/tcg/
-misc_helper.c, seg_helper.c) reach Python through the wrapper uc_internals installs in front of each helper;
+`x86_cpu_do_interrupt` (uc_native). The instructions QEMU implements in C helpers (target/i386/tcg/
+misc_helper.c, seg_helper.c) reach Python through the wrapper uc_native installs in front of each helper;
 a callback here returns HELPER_DONE (emulated), HELPER_ORIGINAL (QEMU's own helper does it) or raise_code(...)
 (the guest takes that exception, with the exact state of the faulting instruction).
 
@@ -35,6 +35,7 @@ from core.bus import PortIoBus
 from core.hypervisor import uc_internals as ui
 from core.hypervisor.base import AcceleratorUnavailable
 from core.hypervisor.software_cpuid import CpuidPolicy
+from core.hypervisor.uc_native import HELPER_DONE, HELPER_ORIGINAL, _Natives, raise_code
 
 if TYPE_CHECKING:
     from core.hypervisor.software_vcpu import SoftwareVcpu
@@ -69,7 +70,7 @@ class X86HelperInterposition:
     uch: int
     q: ui._Qemu
     view: ui.CpuView
-    natives: ui._Natives
+    natives: _Natives
     pio: PortIoBus
     current: SoftwareVcpu | None
     cpuid_policy: CpuidPolicy
@@ -109,7 +110,7 @@ class X86HelperInterposition:
         except Exception:
             self._fail(f"port write {port:#x}/{size} <- {value:#x}")
 
-    # -- interposed helpers (called from translated code with env; see uc_internals) --------------------------
+    # -- interposed helpers (called from translated code with env; see uc_native) ------------------------------
     def _rdmsr(self, env: int, _arg: int) -> int:
         try:
             v = self.view
@@ -118,7 +119,7 @@ class X86HelperInterposition:
             if msr == MSR_APIC_BASE or msr == MSR_TSC_DEADLINE or 0x800 <= msr <= 0x8FF:
                 value = vcpu.lapic.msr_read(msr)
                 if value is None:
-                    return ui.raise_code(13)
+                    return raise_code(13)
             elif msr == MSR_IA32_TSC:
                 value = (self.rdtsc() + v.tsc_offset) & 0xFFFF_FFFF_FFFF_FFFF
             elif msr == MSR_ARCH_CAPABILITIES:
@@ -126,15 +127,15 @@ class X86HelperInterposition:
             elif msr == MSR_FEATURE_CONTROL:
                 value = 1                             # locked, VMX off (no VMX in CPUID either)
             elif msr in _QEMU_MSRS:
-                return ui.HELPER_ORIGINAL
+                return HELPER_ORIGINAL
             else:
-                return ui.raise_code(13)
+                return raise_code(13)
             v.set_reg(0, value & 0xFFFF_FFFF)
             v.set_reg(2, value >> 32)
-            return ui.HELPER_DONE
+            return HELPER_DONE
         except Exception:
             self._fail("rdmsr")
-            return ui.HELPER_DONE
+            return HELPER_DONE
 
     def _wrmsr(self, env: int, _arg: int) -> int:
         try:
@@ -144,22 +145,22 @@ class X86HelperInterposition:
             vcpu = self.current
             if msr == MSR_APIC_BASE or msr == MSR_TSC_DEADLINE or 0x800 <= msr <= 0x8FF:
                 if not vcpu.lapic.msr_write(msr, value):
-                    return ui.raise_code(13)
-                return ui.HELPER_DONE
+                    return raise_code(13)
+                return HELPER_DONE
             if msr == MSR_IA32_TSC:
                 v.tsc_offset = value - self.rdtsc()
-                return ui.HELPER_DONE
+                return HELPER_DONE
             if msr == MSR_BIOS_SIGN_ID:
-                return ui.HELPER_DONE                # the OS writes 0 before CPUID to read the microcode revision
+                return HELPER_DONE                # the OS writes 0 before CPUID to read the microcode revision
 
             if msr in _QEMU_MSRS and msr not in _READ_ONLY_MSRS:
                 if msr in (0xC000_0100, 0xC000_0101, 0xC000_0102) and not _canonical(value):
-                    return ui.raise_code(13)
-                return ui.HELPER_ORIGINAL
-            return ui.raise_code(13)
+                    return raise_code(13)
+                return HELPER_ORIGINAL
+            return raise_code(13)
         except Exception:
             self._fail("wrmsr")
-            return ui.HELPER_DONE
+            return HELPER_DONE
 
     def _cpuid(self, env: int, _arg: int) -> int:
         try:
@@ -170,17 +171,17 @@ class X86HelperInterposition:
             v.set_reg(3, b)
             v.set_reg(1, c)
             v.set_reg(2, d)
-            return ui.HELPER_DONE
+            return HELPER_DONE
         except Exception:
             self._fail("cpuid")
-            return ui.HELPER_DONE
+            return HELPER_DONE
 
     def _syscall(self, env: int, next_eip_addend: int) -> int:
         """SYSCALL (SDM vol. 2B): RCX/R11 saved, CS/SS from IA32_STAR, RIP from LSTAR (64-bit) or CSTAR."""
         try:
             v = self.view
             if not v.efer & 1:                       # EFER.SCE
-                return ui.raise_code(6)
+                return raise_code(6)
             star = v.u64(ui.ENV_STAR)
             selector = (star >> 32) & 0xFFFF
             next_rip = v.rip + next_eip_addend
@@ -203,10 +204,10 @@ class X86HelperInterposition:
                 v.set_seg(ui.ENV_SEGS + ui.R_SS * ui.SEG_SIZE, (selector + 8) & 0xFFFC, 0, 0xFFFF_FFFF, data)
                 v.rip = star & 0xFFFF_FFFF
             v.update_hflags()
-            return ui.HELPER_DONE
+            return HELPER_DONE
         except Exception:
             self._fail("syscall")
-            return ui.HELPER_DONE
+            return HELPER_DONE
 
     def _sysenter(self, env: int, next_eip_addend: int) -> int:
         """SYSENTER (SDM vol. 2B): CS/SS from IA32_SYSENTER_CS, RSP/RIP from IA32_SYSENTER_ESP/EIP."""
@@ -214,7 +215,7 @@ class X86HelperInterposition:
             v = self.view
             cs = v.u32(ui.ENV_SYSENTER_CS) & 0xFFFF
             if not v.hflags & ui.HF_PE_MASK or cs & 0xFFFC == 0:
-                return ui.raise_code(13)
+                return raise_code(13)
             v.rflags = v.rflags & ~(ui.EFLAGS_IF | 1 << 16 | 1 << 17)
             code = ui.DESC_G_MASK | ui.DESC_P_MASK | ui.DESC_S_MASK | 0xB << ui.DESC_TYPE_SHIFT
             data = ui.DESC_G_MASK | ui.DESC_B_MASK | ui.DESC_P_MASK | ui.DESC_S_MASK | 0x3 << ui.DESC_TYPE_SHIFT
@@ -226,10 +227,10 @@ class X86HelperInterposition:
             v.set_reg(4, esp if lma else esp & 0xFFFF_FFFF)
             v.rip = eip if lma else eip & 0xFFFF_FFFF
             v.update_hflags()
-            return ui.HELPER_DONE
+            return HELPER_DONE
         except Exception:
             self._fail("sysenter")
-            return ui.HELPER_DONE
+            return HELPER_DONE
 
 
 def addr_of_cfunc(cfunc) -> int:

@@ -47,6 +47,7 @@ import unicorn
 from core.bus import MmioBus
 from core.hypervisor import uc_internals as ui
 from core.hypervisor.base import AcceleratorUnavailable
+from core.hypervisor.uc_native import _Natives
 from core.memory import GuestMemory, MemoryRegion
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class SoftwareMemoryMap:
     uch: int
     q: ui._Qemu
     view: ui.CpuView
-    natives: ui._Natives
+    natives: _Natives
     memory: GuestMemory
     mmio: MmioBus
     owner: threading.Thread | None
@@ -204,7 +205,7 @@ class SoftwareMemoryMap:
             v.tlb_flush()
 
     def _track_code_pages(self) -> None:
-        """Give this instance a code bitmap over its RAM's ram_addr space (uc_internals.CodeDirtyTracking)."""
+        """Give this instance a code bitmap over its RAM's ram_addr space (uc_codetrack.CodeDirtyTracking)."""
         top = 0
         for region in self.ram_mappings:
             last = self.q.ram_addr_from_host(self.uch, self.memory.host_address(region) + region.size - 1)

@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("unicorn")
 
 from core.hypervisor import uc_internals as ui  # noqa: E402
+from core.hypervisor import uc_native  # noqa: E402
 from core.hypervisor.software_cpuid import CpuidPolicy  # noqa: E402
 from tests.helpers.software_guest import Rig, assemble  # noqa: E402
 
@@ -18,7 +19,7 @@ from tests.helpers.software_guest import Rig, assemble  # noqa: E402
 def test_offsets_verified_on_a_fresh_engine():
     import unicorn
     from unicorn import x86_const as X
-    ui.natives()
+    uc_native.natives()
     uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
     uc.reg_read(X.UC_X86_REG_RAX)
     ui.verify(ui.CpuView(uc))
@@ -46,12 +47,12 @@ def test_native_stub_bytes_match_their_assembly(tmp_path):
         subprocess.run(["objcopy", "-O", "binary", "-j", ".text", str(obj), str(out)], check=True)
         return out.read_bytes()
     a, b, c = 0x1111111111111111, 0x2222222222222222, 0x3333333333333333
-    assert ui.intr_hook_code(a, b) == gas(f"""
+    assert uc_native.intr_hook_code(a, b) == gas(f"""
         mov eax, esi; movzx eax, al; movabs rcx, {a}; inc qword ptr [rcx + rax*8]
         mov rdi, [rdi + {ui.UC_CPU}]; movabs rax, {b}; jmp rax""")
-    assert ui.invalid_hook_code(b) == gas(f"""
+    assert uc_native.invalid_hook_code(b) == gas(f"""
         sub rsp, 8; mov rdi, [rdi + {ui.UC_CPU}]; movabs rax, {b}; call rax; mov eax, 1; add rsp, 8; ret""")
-    assert ui.helper_wrapper_code(a, b, c) == gas(f"""
+    assert uc_native.helper_wrapper_code(a, b, c) == gas(f"""
         push rbx; push r12; push r13; mov rbx, rdi; mov r12d, esi; movabs rax, {a}; call rax
         test rax, rax; jz 1f; cmp rax, 1; je 2f
         mov rdi, rbx; movzx esi, al; mov rdx, rax; shr rdx, 32; mov rcx, [rsp + 24]; movabs rax, {b}; call rax; ud2

@@ -32,8 +32,8 @@ def flat32(entry: int, cr0: int = 0x11, cr3: int = 0) -> CpuState:
 
 
 def test_tracking_is_installed_on_the_pinned_unicorn():
-    from core.hypervisor import uc_internals as ui
-    tracking = ui.natives().code_tracking
+    from core.hypervisor import uc_native
+    tracking = uc_native.natives().code_tracking
     assert tracking.active, tracking.reason
 
 

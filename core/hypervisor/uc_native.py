@@ -1,0 +1,135 @@
+"""The native code the software CPU installs in libunicorn once per process: exception delivery hooks, the
+wrappers interposed in front of QEMU's x86 helpers, and RDTSC.
+
+* Three pieces of native code (bytes below with their assembly), placed in an executable page (uc_patch):
+  - the UC_HOOK_INTR callback: `x86_cpu_do_interrupt(uc->cpu)`, i.e. QEMU's own delivery of the pending
+    exception or INT n through the IVT/IDT (Intel SDM vol. 3, ch. 6: gates, privilege changes, TSS stacks, IST,
+    error codes) -- in native code because a fault during delivery longjmps back into the CPU loop, which must
+    never cross Python frames;
+  - the UC_HOOK_INSN_INVALID callback: the same for #UD (unicorn reports #UD there instead of UC_HOOK_INTR);
+  - a wrapper placed in front of the TCG helpers for RDMSR, WRMSR, CPUID, SYSCALL and SYSENTER: it calls a Python
+    callback and, by its return value, returns, runs the original helper, or raises an exception in the guest
+    (`raise_exception_err_ra`, with the return address into the translated block so the guest state is exact).
+  The wrappers are installed by rewriting the helper's two function pointers in the library: its GOT slot (used
+  by the translator to emit the call) and its entry in QEMU's `all_helpers` table (which the translator looks up
+  by that same pointer). This happens once per process, before any unicorn instance exists.
+* RDTSC as a native function (the host's invariant TSC, read without a system call).
+* The write protection of translated code (uc_codetrack), installed in the same page.
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+import threading
+from collections.abc import Callable
+from ctypes import c_int, c_uint64, c_void_p
+
+from core.hypervisor.uc_codetrack import CodeDirtyTracking
+from core.hypervisor.uc_internals import UC_CPU, addr_of, qemu
+from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _poke_pointer
+
+
+def intr_hook_code(counters: int, do_interrupt: int) -> bytes:
+    """void hook(uc_engine *uc, uint32_t intno, void *ud):
+         mov eax, esi; movzx eax, al; movabs rcx, counters; inc qword [rcx+rax*8]   ; per-vector statistics
+         mov rdi, [rdi+UC_CPU]; movabs rax, do_interrupt; jmp rax                    ; deliver as QEMU does"""
+    return (b"\x89\xf0\x0f\xb6\xc0" + b"\x48\xb9" + _imm64(counters) + b"\x48\xff\x04\xc1"
+            + b"\x48\x8b\xbf" + struct.pack("<I", UC_CPU) + b"\x48\xb8" + _imm64(do_interrupt) + b"\xff\xe0")
+
+
+def invalid_hook_code(do_interrupt: int) -> bytes:
+    """bool hook(uc_engine *uc, void *ud):
+         sub rsp, 8; mov rdi, [rdi+UC_CPU]; movabs rax, do_interrupt; call rax   ; deliver #UD
+         mov eax, 1; add rsp, 8; ret                                                ; handled"""
+    return (b"\x48\x83\xec\x08" + b"\x48\x8b\xbf" + struct.pack("<I", UC_CPU) + b"\x48\xb8" + _imm64(do_interrupt)
+            + b"\xff\xd0" + b"\xb8\x01\x00\x00\x00" + b"\x48\x83\xc4\x08" + b"\xc3")
+
+
+def helper_wrapper_code(callback: int, raise_fn: int, original: int) -> bytes:
+    """void wrapper(CPUX86State *env, int arg)   -- [rsp] is the return address into the translated block
+         push rbx; push r12; push r13; mov rbx, rdi; mov r12d, esi
+         movabs rax, callback; call rax            ; r = callback(env, arg)
+         test rax, rax; jz done                    ; 0: handled
+         cmp rax, 1; je original                   ; 1: let the original helper do it
+         mov rdi, rbx; movzx esi, al; mov rdx, rax; shr rdx, 32; mov rcx, [rsp+24]
+         movabs rax, raise_exception_err_ra; call rax; ud2     ; else: raise vector al, error code r>>32
+       original: mov rdi, rbx; mov esi, r12d; pop r13; pop r12; pop rbx; movabs rax, original; jmp rax
+       done: pop r13; pop r12; pop rbx; ret"""
+    return (b"\x53\x41\x54\x41\x55\x48\x89\xfb\x41\x89\xf4"
+            + b"\x48\xb8" + _imm64(callback) + b"\xff\xd0"
+            + b"\x48\x85\xc0\x74\x3d\x48\x83\xf8\x01\x74\x20"
+            + b"\x48\x89\xdf\x0f\xb6\xf0\x48\x89\xc2\x48\xc1\xea\x20\x48\x8b\x4c\x24\x18"
+            + b"\x48\xb8" + _imm64(raise_fn) + b"\xff\xd0\x0f\x0b"
+            + b"\x48\x89\xdf\x44\x89\xe6\x41\x5d\x41\x5c\x5b" + b"\x48\xb8" + _imm64(original) + b"\xff\xe0"
+            + b"\x41\x5d\x41\x5c\x5b\xc3")
+
+
+RDTSC_CODE = b"\x0f\x31\x48\xc1\xe2\x20\x48\x09\xd0\xc3"   # rdtsc; shl rdx, 32; or rax, rdx; ret
+
+
+def raise_code(vector: int, error_code: int = 0) -> int:
+    """The value a helper callback returns to raise `vector` (with `error_code`) in the guest."""
+    return (error_code & 0xFFFF_FFFF) << 32 | 0x100 | vector
+
+
+HELPER_DONE = 0
+HELPER_ORIGINAL = 1
+HelperCallback = Callable[[int, int], int]
+_HELPER_CFUNC = ctypes.CFUNCTYPE(c_uint64, c_void_p, c_int)
+INTERPOSED_HELPERS = ("rdmsr", "wrmsr", "cpuid", "syscall", "sysenter")
+
+
+class _Natives:
+    """The process-wide native stubs and helper interposition (installed once)."""
+
+    def __init__(self) -> None:
+        q = qemu()
+        self.page = _NativePage(near=addr_of(q.do_interrupt))
+        self.intr_counters = (c_uint64 * 256)()
+        do_int = addr_of(q.do_interrupt)
+        self.intr_hook = self.page.add(intr_hook_code(ctypes.addressof(self.intr_counters), do_int))
+        self.invalid_hook = self.page.add(invalid_hook_code(do_int))
+        self.rdtsc = ctypes.CFUNCTYPE(c_uint64)(self.page.add(RDTSC_CODE))
+        # env address -> {helper name: python callback}
+        self.handlers: dict[int, dict[str, HelperCallback]] = {}
+        self._cfuncs = []
+        self.originals: dict[str, int] = {}
+        slots = _find_helper_slots([f"helper_{h}_x86_64" for h in INTERPOSED_HELPERS])
+        raise_fn = addr_of(q.raise_exception_err_ra)
+        for name in INTERPOSED_HELPERS:
+            original, pointer_slots = slots[f"helper_{name}_x86_64"]
+            self.originals[name] = original
+            cfunc = _HELPER_CFUNC(self._make_dispatch(name))
+            self._cfuncs.append(cfunc)
+            wrapper = self.page.add(helper_wrapper_code(addr_of(cfunc), raise_fn, original))
+            for slot in pointer_slots:
+                _poke_pointer(slot, original, wrapper)
+        self.code_tracking = CodeDirtyTracking(self.page)
+        self.page.seal()
+
+    def _make_dispatch(self, name: str) -> Callable[[int, int], int]:
+        handlers = self.handlers
+
+        def dispatch(env: int, arg: int) -> int:
+            table = handlers.get(env)
+            if table is None:
+                return HELPER_ORIGINAL
+            cb = table.get(name)
+            if cb is None:
+                return HELPER_ORIGINAL
+            return cb(env, arg)
+        return dispatch
+
+
+_natives: _Natives | None = None
+_natives_lock = threading.Lock()
+
+
+def natives() -> _Natives:
+    """Install (once) and return the native stubs. Must run before the first unicorn instance is created."""
+    global _natives
+    with _natives_lock:
+        if _natives is None:
+            _natives = _Natives()
+        return _natives
+
