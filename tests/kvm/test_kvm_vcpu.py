@@ -17,15 +17,9 @@ from core.bus import MmioBus, PortIoBus
 from core.hypervisor import kvm_abi as abi
 from core.hypervisor.base import CpuState, DescriptorTable, ExitReason, Segment
 from core.hypervisor.hostcaps import kvm_status
-from core.hypervisor.kvm import (
-    KVM_FEATURE_MSI_EXT_DEST_ID,
-    MSR_IA32_MISC_ENABLE,
-    MSR_IA32_PAT,
-    PAT_POWER_ON,
-    CpuidEntry,
-    KvmAccelerator,
-    build_cpuid,
-)
+from core.hypervisor.kvm import KvmAccelerator
+from core.hypervisor.kvm_cpuid import KVM_FEATURE_MSI_EXT_DEST_ID, CpuidEntry, build_cpuid
+from core.hypervisor.kvm_vcpu import MSR_IA32_MISC_ENABLE, MSR_IA32_PAT, PAT_POWER_ON
 from core.memory import GuestMemory
 from core.timers import TimerQueue
 
