@@ -1,5 +1,6 @@
 """The local APIC of one software-emulated CPU (Intel SDM vol. 3, ch. 10 "Advanced Programmable Interrupt
-Controller (APIC)") and the APIC bus joining every vCPU's local APIC with the I/O APIC.
+Controller (APIC)"). The bus joining every vCPU's local APIC with the I/O APIC and the MSIs of PCI devices is
+apic_bus's ApicBus.
 
 Modelled: the xAPIC register page (memory-mapped at the IA32_APIC_BASE address) and the x2APIC MSR interface
 (0x800-0x8FF, SDM 10.12); ID, version, TPR/PPR/APR, EOI with the broadcast to the I/O APIC for level-triggered
@@ -21,9 +22,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from core.timers import TimerQueue, now_ns
+
+if TYPE_CHECKING:
+    from core.devices.apic_bus import ApicBus
 
 APIC_BASE_BSP = 1 << 8
 APIC_BASE_EXTD = 1 << 10        # x2APIC mode
@@ -543,92 +547,3 @@ class LocalApic:
                 self.svr = 0xFF
         self.bus.changed()
         return True
-
-
-# Message-signalled interrupts (SDM vol. 3, 10.11): the address/data pair a PCI device writes.
-MSI_ADDRESS_BASE, MSI_ADDRESS_MASK = 0xFEE0_0000, 0xFFF0_0000
-MSI_ADDR_DEST_SHIFT = 12                # bits 19:12 destination ID
-MSI_ADDR_REDIRECTION_HINT = 1 << 3
-MSI_ADDR_DEST_LOGICAL = 1 << 2
-MSI_DATA_LEVEL_TRIGGER = 1 << 15        # trigger mode; bit 14 (assert) only matters for level-triggered
-MSI_DATA_LEVEL_ASSERT = 1 << 14
-
-
-@dataclass(frozen=True)
-class MsiMessage:
-    """A decoded MSI: where it goes (8-bit destination, logical or physical), how (delivery mode, lowest-priority
-    arbitration), what (vector) and its trigger mode."""
-
-    dest: int
-    logical: bool
-    lowest_priority: bool
-    mode: int
-    vector: int
-    level_triggered: bool
-
-
-def decode_msi(address: int, data: int) -> MsiMessage | None:
-    """Decode an MSI address/data pair (SDM vol. 3, 10.11.1 and 10.11.2); None for a message no APIC accepts:
-    an address outside the 0xFEExxxxx interrupt window, a reserved delivery mode (SIPI, 011b), or the
-    de-assert half of a level-triggered message (it has no effect on an APIC)."""
-    if address & MSI_ADDRESS_MASK != MSI_ADDRESS_BASE or address >> 32:
-        return None
-    mode = (data >> 8) & 7
-    if mode in (3, DM_SIPI):
-        return None
-    level = bool(data & MSI_DATA_LEVEL_TRIGGER)
-    if level and not data & MSI_DATA_LEVEL_ASSERT:
-        return None
-    # The redirection hint asks for lowest-priority arbitration among the addressed CPUs (10.11.1); the
-    # destination mode bit says how the destination ID is read either way, as KVM and QEMU interpret it.
-    hint = bool(address & MSI_ADDR_REDIRECTION_HINT)
-    return MsiMessage(dest=(address >> MSI_ADDR_DEST_SHIFT) & 0xFF, logical=bool(address & MSI_ADDR_DEST_LOGICAL),
-                      lowest_priority=hint or mode == DM_LOWEST, mode=DM_FIXED if mode == DM_LOWEST else mode,
-                      vector=data & 0xFF, level_triggered=level)
-
-
-class ApicBus:
-    """Every local APIC of one machine, for IPIs and I/O APIC messages; `eoi` forwards EOIs of level-triggered
-    vectors to the I/O APIC."""
-
-    def __init__(self) -> None:
-        self.apics: list[LocalApic] = []
-        self.on_eoi: Callable[[int], None] | None = None
-        self.on_change: Callable[[], None] | None = None
-
-    def add(self, apic: LocalApic) -> None:
-        self.apics.append(apic)
-
-    def all(self) -> list[LocalApic]:
-        return list(self.apics)
-
-    def match(self, dest: int, logical: bool, x2apic: bool = False) -> list[LocalApic]:
-        return [a for a in self.apics if a.matches(dest, logical, x2apic or a.x2apic)]
-
-    def deliver(self, dest: int, logical: bool, mode: int, vector: int, level: bool) -> None:
-        """A message from the I/O APIC (redirection entry), as the IoApic `deliver` callback."""
-        self._deliver_8bit(dest, logical, mode, vector, level, mode == DM_LOWEST)
-
-    def deliver_msi(self, msg: MsiMessage) -> None:
-        """A decoded message-signalled interrupt (see decode_msi)."""
-        self._deliver_8bit(msg.dest, msg.logical, msg.mode, msg.vector, msg.level_triggered, msg.lowest_priority)
-
-    def _deliver_8bit(self, dest: int, logical: bool, mode: int, vector: int, level: bool, lowest: bool) -> None:
-        # I/O APIC and MSI messages carry an 8-bit destination: physical 0xFF is the broadcast, also to APICs in
-        # x2APIC mode (whose own broadcast ID is 0xFFFFFFFF).
-        if not logical and dest == 0xFF:
-            targets = [a for a in self.apics if a.hw_enabled]
-        else:
-            targets = self.match(dest, logical)
-        if lowest and targets:
-            targets = [min(targets, key=lambda a: (a._ppr(), a.apic_id))]
-        for apic in targets:
-            apic.accept(DM_FIXED if mode == DM_LOWEST else mode, vector, level)
-
-    def eoi(self, vector: int) -> None:
-        if self.on_eoi is not None:
-            self.on_eoi(vector)
-
-    def changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()

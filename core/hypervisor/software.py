@@ -35,8 +35,8 @@ from unicorn import x86_const as X
 
 from core import platform
 from core.bus import MmioBus, PortIoBus
+from core.devices.apic_bus import ApicBus, decode_msi
 from core.devices.ioapic import IoApic
-from core.devices.lapic import ApicBus, decode_msi
 from core.devices.pic import Pic8259Pair
 from core.devices.pit import Pit8254
 from core.hypervisor import uc_internals as ui

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from core.devices.lapic import DM_FIXED, DM_NMI, REG_LDR, REG_TPR, decode_msi
+from core.devices.apic_bus import decode_msi
+from core.devices.lapic import DM_FIXED, DM_NMI, REG_LDR, REG_TPR
 from core.hypervisor.base import ExitReason
 from tests.helpers.software_guest import Rig, assemble
 
