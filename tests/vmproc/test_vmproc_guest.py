@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from vmproc_util import PROMPT, Recorder, Spawner, guest_config, screen_lines
@@ -172,3 +175,51 @@ def test_a_restarted_service_adopts_the_running_vm_process(spawn, debian_kernel,
     reason = adopter.state("crashed")
     assert f"(pid {again.pid}) ended without reporting its state" in reason
     assert vm.wait(10) and again.wait(10)
+
+
+SPAWNER = """
+import sys, time
+from core.config import VmConfig
+from core.vmproc.handle import VmProcess
+cfg = VmConfig.from_dict(__import__("json").loads(sys.argv[1]))
+vm = VmProcess.spawn(cfg, sys.argv[2], lambda *a: None, lambda data: None)
+print(vm.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_vm_process_outlives_its_spawner_and_a_hangup(tmp_path, debian_kernel, busybox_initramfs):
+    """The service (here a stand-in script in a session of its own, like a terminal's) gets SIGHUP and SIGKILL
+    with its whole process group: the VM process, in a session of its own, runs on and can be adopted."""
+    import json
+    cfg = guest_config(debian_kernel, busybox_initramfs, "console=ttyS0 quiet vireo.action=shell")
+    runtime_dir = str(tmp_path / "run")
+    service = subprocess.Popen([sys.executable, "-c", SPAWNER, json.dumps(cfg.to_dict()), runtime_dir],
+                               stdout=subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[2]),
+                               start_new_session=True)
+    pid = int(service.stdout.readline() or 0)
+    assert pid > 0, "the stand-in service did not start its VM"
+    os.killpg(service.pid, signal.SIGHUP)
+    os.killpg(service.pid, signal.SIGKILL)
+    service.wait(10)
+    rec = Recorder()
+    vm = VmProcess.adopt(cfg.uuid, runtime_dir, rec.on_state, rec.on_serial)
+    try:
+        assert vm.pid == pid and vm.state == "running"
+        rec.expect(PROMPT, timeout=120)
+        vm.serial_input(b"echo $((6*7))\n")
+        rec.expect(re.compile(rb"\n42\r?\n"), timeout=30)
+        vm.power_off()
+        assert rec.states == [("shutoff", "forced power-off")]
+    finally:
+        if not vm.wait(0):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_powers_the_machine_off(spawn, debian_kernel, busybox_initramfs):
+    vm, rec = spawn(guest_config(debian_kernel, busybox_initramfs, "console=ttyS0 quiet vireo.action=shell",
+                                 display=DisplayConfig("none")))
+    rec.expect(b"VIREO-BOOT-OK")
+    os.kill(vm.pid, signal.SIGTERM)
+    assert rec.state("shutoff") == "forced power-off"
+    assert vm.wait(10) and "exiting with 0" in open(vm.paths.log).read()
