@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-from vmproc_util import screen_lines
 
 from core.bus import MmioBus, PortIoBus
 from core.devices.vga import Vga
@@ -22,6 +21,7 @@ from core.vmproc.shared_console import (
     SharedConsoleWriter,
     capacity_for,
 )
+from tests.helpers.vmproc import screen_lines
 
 W, H = 1024, 768
 
@@ -119,13 +119,13 @@ def test_the_writer_renders_only_while_a_reader_watches(tmp_path):
                                  clock=lambda: now[0])
     try:
         for i, ch in enumerate(b"HELLO"):
-            mmio.write(0xB8000 + 2 * i, 2, 0x0700 | ch)
+            mmio.write(0xB8000 + 2 * (2 * 80 + i), 2, 0x0700 | ch)      # row 2: away from the cursor at 0,0
         assert not writer.poll()                             # nobody watches: nothing rendered
         reader = SharedConsoleReader(writer.path, clock=lambda: now[0])
         assert reader.render() is None                       # its heartbeat wakes the writer ...
         assert writer.poll()
         frame = reader.render()                              # ... and the next poll shows the screen
-        assert frame.mode == "text 80x25" and screen_lines(frame)[0] == "HELLO"
+        assert frame.mode == "text 80x25" and screen_lines(frame)[2] == "HELLO"
         now[0] += 5                                          # the reader went away
         assert not writer.poll()
         reader.close()

@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from vmproc_util import PROMPT, Recorder, Spawner, guest_config, screen_lines
 
 from core.config import DiskConfig, DisplayConfig
 from core.keymap import text_events
 from core.storage import create_image
 from core.vmproc.handle import VmProcess, VmProcessError
 from core.vmproc.shared_console import SharedConsoleReader
+from tests.helpers.vmproc import PROMPT, Recorder, Spawner, guest_config, screen_lines
 
 DISK_SIZE = 64 << 20
 

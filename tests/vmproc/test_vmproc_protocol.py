@@ -9,9 +9,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from vmproc_util import Recorder
 
 from core.vmproc.handle import VmProcess, VmProcessError
+from tests.helpers.vmproc import Recorder
 
 HOSTILE = Path(__file__).with_name("hostile_vmproc.py")
 

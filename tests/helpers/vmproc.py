@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from core.config import BootConfig, VmConfig
-from core.display.font import glyph_bitmap
+from core.devices.vga_font import glyph_bitmap
 from core.vmproc.handle import VmProcess
 
 PROMPT = re.compile(rb"vireo:[^\n#]*# ")
