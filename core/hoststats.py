@@ -78,15 +78,17 @@ def local_host_info() -> HostInfo:
     )
 
 
-def thread_cpu_seconds(native_id: int) -> float | None:
-    """CPU time (user + system, guest time included) of one thread of this process; None once it has exited."""
+def thread_cpu_seconds(native_id: int, pid: int | None = None) -> float | None:
+    """CPU time (user + system, guest time included) of one thread of this process (or of process `pid`); None
+    once it has exited."""
+    task = f"/proc/{'self' if pid is None else pid}/task/{native_id}"
     try:
-        with open(f"/proc/self/task/{native_id}/schedstat", "rb") as f:
+        with open(f"{task}/schedstat", "rb") as f:
             return int(f.read().split()[0]) / 1e9
     except (OSError, ValueError, IndexError):
         pass
     try:
-        with open(f"/proc/self/task/{native_id}/stat", "rb") as f:
+        with open(f"{task}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None

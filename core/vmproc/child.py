@@ -1,0 +1,324 @@
+"""The VM process: one Machine in a process of its own, serving its controller over the VM's UNIX socket.
+
+Started by VmProcess.spawn (core/vmproc/handle.py) as `python -m core.vmproc --listen-fd N --uuid U --runtime-dir D`
+in a new session (setsid), so a terminal hangup or the death of the GUI or the service does not reach it, with
+stdout and stderr appended to `<runtime_dir>/vms/<uuid>.log`. The spawner binds the listening socket
+`<uuid>.sock` and hands it over as fd N, then connects: the connection is waiting before this process even runs.
+The first controller sends the VM definition (a core.config.VmConfig as JSON); this process chooses the
+accelerator, builds `Machine(MachineConfig.from_vm(...))`, starts it and answers `started` (or `error` with one
+line, and exits 2). A later controller (a restarted service, VmProcess.adopt) may connect at any time and replaces
+the previous one; the VM runs on with no controller at all.
+
+The guest's serial output goes to the controller through an Outbox (core/vmproc/outbox.py): never does a vCPU
+thread wait on the socket. The screen goes into a shared mapping (core/vmproc/shared_console.py) while someone
+watches. When the guest powers off the process reports `shutoff` and exits 0; when the machine crashes it reports
+`crashed` with the reason and exits 1. SIGTERM powers the machine off. The message set is in core/vmproc/wire.py.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from core.agent.protocol import ConnectionClosed, ProtocolError, check_hello
+from core.agent.version import PROTOCOL_VERSION
+from core.vmproc.outbox import Outbox
+from core.vmproc.wire import (
+    CALLS,
+    FINAL_STATES,
+    ROLE_CONTROLLER,
+    ROLE_VM,
+    VmPaths,
+    integer,
+    one_line,
+    receive,
+    vm_paths,
+)
+
+log = logging.getLogger("vireo.vmproc")
+
+EXIT_SHUTOFF, EXIT_CRASHED, EXIT_START_FAILED, EXIT_NO_CONTROLLER = 0, 1, 2, 3
+START_TIMEOUT = 120.0            # seconds to wait for the definition before giving up (the spawner died)
+HELLO_TIMEOUT = 10.0
+SERIAL_HISTORY = 64 * 1024       # what a controller that connects later (adopt) gets to see of the past
+FINAL_FLUSH = 5.0
+MOUSE_RANGE = 4096
+
+
+class VmServer:
+    def __init__(self, listener: socket.socket, paths: VmPaths, vm_uuid: str) -> None:
+        self.listener = listener
+        self.paths = paths
+        self.uuid = vm_uuid
+        self.outbox = Outbox()
+        self.machine = None
+        self.console = None
+        self.input = None
+        self.state, self.reason = "starting", ""
+        self.accel = self.accel_reason = ""
+        self.console_path: str | None = None
+        self.vcpu_tids: list[int] = []
+        self.history = bytearray()
+        # _emit orders what the controller sees: a state change, serial bytes, and the snapshot (hello plus
+        # history) a new controller starts from; it is held only briefly and never while calling the machine.
+        self._emit = threading.Lock()
+        self._ops = threading.Lock()           # one start or lifecycle call at a time, from any connection
+        self._done = threading.Event()
+        self.exit_code = EXIT_NO_CONTROLLER
+        self._terminate = threading.Event()
+
+    # -- the process's life ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        started = time.monotonic()
+        poller = select.poll()
+        poller.register(self.listener.fileno(), select.POLLIN)
+        while not self._done.is_set():
+            if poller.poll(200):
+                try:
+                    conn, _ = self.listener.accept()
+                except OSError:
+                    continue
+                threading.Thread(target=self._serve, args=(conn,), name="vireo-control", daemon=True).start()
+            if self._terminate.is_set():
+                self._terminate.clear()
+                self._power_off_on_signal()
+            if self.machine is None and time.monotonic() - started > START_TIMEOUT and not self._ops.locked():
+                log.error("no VM definition arrived within %.0f s; exiting", START_TIMEOUT)
+                self._done.set()
+        # A lifecycle call that ended the machine (power_off) still owes its reply: let it finish first.
+        if self._ops.acquire(timeout=15):
+            self._ops.release()
+        self.outbox.flush(FINAL_FLUSH)
+        self._cleanup()
+        return self.exit_code
+
+    def _power_off_on_signal(self) -> None:
+        log.info("SIGTERM: powering the machine off")
+        if self.machine is None:
+            self._done.set()
+        else:
+            threading.Thread(target=self.machine.power_off, name="vireo-sigterm", daemon=True).start()
+
+    def _cleanup(self) -> None:
+        if self.console is not None:
+            self.console.close()
+        for path in (self.paths.socket,):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.listener.close()
+        self.outbox.close()
+
+    # -- one controller connection ---------------------------------------------------------------------------
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(HELLO_TIMEOUT)
+            header, _ = receive(conn)
+            check_hello(header)
+            if header.get("role") != ROLE_CONTROLLER:
+                raise ProtocolError(f"a {str(header.get('role'))[:40]!r} is not a VM process controller")
+            conn.settimeout(None)
+        except (OSError, ProtocolError, ConnectionClosed) as exc:
+            log.warning("refused a connection: %s", exc)
+            conn.close()
+            return
+        with self._emit:
+            first: list[tuple[dict[str, Any], bytes]] = [(self._hello(), b"")]
+            if header.get("adopt") and self.history:
+                first.append(({"t": "serial"}, bytes(self.history)))
+            if self.outbox.attach(conn, first):
+                log.info("a new controller connected; the previous one is dropped")
+        try:
+            while True:            # until the controller leaves, or this process exits
+                header, payload = receive(conn)
+                if self.outbox.is_current(conn):      # a replaced controller's late requests are not obeyed
+                    self._handle(header, payload)
+        except ConnectionClosed:
+            pass
+        except (ProtocolError, OSError) as exc:
+            log.warning("controller connection ended: %s", exc)
+        finally:
+            self.outbox.detach(conn)
+            conn.close()
+
+    def _hello(self) -> dict[str, Any]:
+        return {"t": "hello", "proto": PROTOCOL_VERSION, "role": ROLE_VM, "pid": os.getpid(), "uuid": self.uuid,
+                "state": self.state, "reason": self.reason, "accel": self.accel, "accel_reason": self.accel_reason,
+                "console": self.console_path, "vcpu_tids": self.vcpu_tids}
+
+    def _handle(self, header: dict[str, Any], payload: bytes) -> None:
+        kind = header["t"]
+        if kind == "start":
+            with self._ops:
+                self._start(header.get("config"))
+        elif kind == "call":
+            call_id = integer(header, "id", 0, 2**53)
+            op = header.get("op")
+            if op not in CALLS:
+                raise ProtocolError(f"unknown call {str(op)[:40]!r}")
+            with self._ops:
+                error = self._call(op)
+            self.outbox.put({"t": "reply", "id": call_id, **({"e": error} if error else {})})
+        elif kind == "serial":
+            # Paused too: the UART holds the bytes and the guest reads them once it runs again.
+            if self.machine is not None and self.state not in FINAL_STATES:
+                self.machine.serial_input(payload)
+        elif kind == "key":
+            if not 1 <= len(payload) <= 16:
+                raise ProtocolError(f"a key event of {len(payload)} bytes")
+            if self.input is not None:
+                self.input.key_event(payload)
+        elif kind == "mouse":
+            dx, dy = integer(header, "dx", -MOUSE_RANGE, MOUSE_RANGE), integer(header, "dy", -MOUSE_RANGE, MOUSE_RANGE)
+            buttons, dz = integer(header, "buttons", 0, 7), integer(header, "dz", -16, 16)
+            if self.input is not None:
+                self.input.mouse_event(dx, dy, buttons, dz)
+        else:
+            raise ProtocolError(f"unknown message {kind[:40]!r}")
+
+    def _call(self, op: str) -> str:
+        machine = self.machine
+        if machine is None:
+            return "the machine has not started"
+        if self.state in FINAL_STATES:
+            return f"the machine is {self.state}"
+        if op == "pause":
+            machine.pause()
+        elif op == "resume":
+            machine.resume()
+        elif op == "shutdown":
+            machine.shutdown()
+        elif op == "reset":
+            machine.reset()
+        elif op == "power_off":
+            machine.power_off()
+            machine.wait(10)
+        return ""
+
+    # -- building and starting the machine -------------------------------------------------------------------
+    def _start(self, config: Any) -> None:
+        if self.machine is not None or self._done.is_set():
+            raise ProtocolError("the machine was already started")
+        try:
+            machine, choice = _build(config, self._on_serial)
+        except Exception as exc:
+            self._fail(one_line(exc) if isinstance(exc, _EXPECTED) else f"{type(exc).__name__}: {one_line(exc)}",
+                       exc)
+            return
+        from core.display.renderer import Renderer
+        from core.keymap import Ps2InputSink
+        from core.vmproc.shared_console import SharedConsoleWriter, capacity_for
+        self.machine = machine
+        self.accel, self.accel_reason = choice.name, choice.warning or choice.reason
+        self.input = Ps2InputSink(machine.i8042)
+        if machine.vga is not None:
+            self.console = SharedConsoleWriter(self.paths.console, Renderer(machine.vga),
+                                               capacity_for(machine.vga.vbe.vram_size))
+            self.console_path = self.paths.console
+        machine.add_state_listener(self._on_machine_state)
+        try:
+            machine.start()
+        except Exception as exc:
+            self._fail(f"the machine did not start: {one_line(exc)}", exc)
+            return
+        if self.console is not None:
+            self.console.start()
+        self.vcpu_tids = [t.native_id for t in machine.vcpu_threads if t.native_id is not None]
+        log.info("running on %s (%s), vCPU threads %s", self.accel, self.accel_reason, self.vcpu_tids)
+        self.outbox.put({"t": "started", "accel": self.accel, "accel_reason": self.accel_reason,
+                         "console": self.console_path, "vcpu_tids": self.vcpu_tids})
+
+    def _fail(self, message: str, exc: BaseException) -> None:
+        if isinstance(exc, _EXPECTED):
+            log.error("cannot start: %s", message)
+        else:
+            log.exception("cannot start: %s", message)
+        self.exit_code = EXIT_START_FAILED
+        self.outbox.put({"t": "error", "e": message})
+        self._done.set()
+
+    # -- engine callbacks ------------------------------------------------------------------------------------
+    def _on_serial(self, data: bytes) -> None:
+        # On a vCPU thread: only append and queue.
+        with self._emit:
+            history = self.history
+            history += data
+            if len(history) > SERIAL_HISTORY:
+                del history[:len(history) - SERIAL_HISTORY]
+            self.outbox.serial(data)
+
+    def _on_machine_state(self, machine, state, reason: str) -> None:
+        with self._emit:
+            self.state, self.reason = state.value, reason
+            self.outbox.put({"t": "state", "state": state.value, "reason": reason})
+        log.info("state %s%s", state.value, f": {reason}" if reason else "")
+        if state.value in FINAL_STATES:
+            self.exit_code = EXIT_SHUTOFF if state.value == "shutoff" else EXIT_CRASHED
+            self._done.set()
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from core.boot.loader import BootError
+    from core.config import ConfigError as DefinitionError
+    from core.hypervisor.base import AcceleratorUnavailable
+    from core.machine import ConfigError
+    from core.storage import ImageError
+    return (BootError, DefinitionError, AcceleratorUnavailable, ConfigError, ImageError, OSError, ValueError)
+
+
+_EXPECTED = _expected_errors()
+
+
+def _build(config: Any, serial_output):
+    """The Machine a VM definition describes, on the accelerator this host offers for it (not yet started)."""
+    from core.config import ConfigError, VmConfig
+    from core.hypervisor.select import choose_accelerator
+    from core.machine import Machine, MachineConfig
+
+    cfg = VmConfig.from_dict(config)
+    for what, path in (("kernel", cfg.boot.kernel), ("initrd", cfg.boot.initrd)):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{what} {path}: no such file")
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"{what} {path}: not readable")
+    choice = choose_accelerator(cfg.accel)
+    machine = Machine(MachineConfig.from_vm(cfg, choice.name), serial_output=serial_output, accel_choice=choice)
+    return machine, choice
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.vmproc", description="Run one VM (started by Vireo's "
+                                     "service; see core/vmproc/child.py).")
+    parser.add_argument("--listen-fd", type=int, required=True, help="the listening socket, already bound")
+    parser.add_argument("--uuid", required=True)
+    parser.add_argument("--runtime-dir", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s vmproc[%(process)d] %(levelname)s %(name)s: %(message)s")
+    try:
+        paths = vm_paths(args.runtime_dir, args.uuid)
+        listener = socket.socket(fileno=args.listen_fd)
+        # listen() again so the socket's credentials are this process's: what a later controller reads with
+        # SO_PEERCRED to know the pid it watches (unix(7); Linux sets them on every listen()).
+        listener.listen(8)
+    except (ValueError, OSError) as exc:
+        log.error("%s", exc)
+        return EXIT_START_FAILED
+    server = VmServer(listener, paths, args.uuid)
+    signal.signal(signal.SIGTERM, lambda *_: server._terminate.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # a stray Ctrl-C of a terminal it came from: not ours
+    log.info("VM process for %s", args.uuid)
+    code = server.run()
+    log.info("exiting with %d", code)
+    logging.shutdown()
+    sys.stderr.flush()
+    # Not a normal interpreter exit: parked vCPU threads of a native backend must not be torn down under it.
+    os._exit(code)
