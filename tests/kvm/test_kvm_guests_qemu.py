@@ -1,5 +1,5 @@
 """The test guests under QEMU (TCG): their expected output is what a reference PC emulator prints, including for
-the guests this build host's kvm_pvm cannot run (tests/kvm/test_kvm_guests.py skips those here). QEMU's own firmware
+the guests this build host's kvm_pvm cannot run (tests/accel/test_guests.py skips those here). QEMU's own firmware
 and ACPI tables are used, so this also checks the guests' RSDP/FADT/\\_S5 walk against tables we did not write.
 """
 from __future__ import annotations

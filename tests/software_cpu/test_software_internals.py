@@ -13,7 +13,7 @@ pytest.importorskip("unicorn")
 from core.hypervisor import uc_internals as ui  # noqa: E402
 from core.hypervisor import uc_native  # noqa: E402
 from core.hypervisor.software_cpuid import CpuidPolicy  # noqa: E402
-from tests.helpers.software_guest import Rig, assemble  # noqa: E402
+from tests.helpers.software_guest import Rig, assemble, long_mode_setup  # noqa: E402
 
 
 def test_offsets_verified_on_a_fresh_engine():
@@ -95,7 +95,6 @@ gp:     pop %rax                        # error code
 
 
 def test_interposed_rdmsr_reaches_the_apic_and_raises_gp():
-    from tests.software_cpu.test_software_guests import long_mode_setup
     rig = Rig()
     try:
         code = assemble(GP_ON_UNKNOWN_MSR, 64, 0x100000)
