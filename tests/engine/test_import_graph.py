@@ -26,12 +26,14 @@ ROOTS = ("core", "app")
 # Modules over MAX_LINES today, being split (issue 11, "Shape the code for what comes next").
 TOO_LONG_ALLOWED = {
     "core.agent.daemon",
-    "core.host",
 }
 
 # Package-level cycles (first two name components, e.g. app.ui) that are being reorganised.
 PACKAGE_CYCLES_ALLOWED = {
     frozenset({"app.ui", "app.vm_window"}),
+    # core/host/service.py (connect_local, a ServiceClient like core/remote/host.py's RemoteHost) sits above
+    # core.remote and core.agent, which use core.host.api below: it belongs beside RemoteHost in core/remote/.
+    frozenset({"core.agent", "core.host", "core.remote"}),
 }
 
 # What app/ may import from core/; anything else from core/ is allowed only as one of the listed (app module, core
