@@ -28,12 +28,13 @@ TOO_LONG_ALLOWED = {
     "core.agent.daemon",
 }
 
-# Package-level cycles (first two name components, e.g. app.ui) that are being reorganised.
-PACKAGE_CYCLES_ALLOWED = {
-    frozenset({"app.ui", "app.vm_window"}),
-    # core/host/service.py (connect_local, a ServiceClient like core/remote/host.py's RemoteHost) sits above
-    # core.remote and core.agent, which use core.host.api below: it belongs beside RemoteHost in core/remote/.
-    frozenset({"core.agent", "core.host", "core.remote"}),
+# Modules that make a package-level cycle (packages are the first two name components, e.g. app.ui) because they
+# sit in the wrong package, and the package each is being moved to; the package graph counts them there.
+MISPLACED_ALLOWED = {
+    # connect_local's client, a ServiceClient like RemoteHost: core.remote and core.agent use core.host.api below it.
+    "core.host.service": "core.remote",
+    # a screenshot tool that opens a VmWindow, whose tabs are in app.ui.
+    "app.ui.console_screenshots": "app.screenshots",
 }
 
 # What app/ may import from core/; anything else from core/ is allowed only as one of the listed (app module, core
@@ -168,16 +169,20 @@ def module_graph() -> dict[str, set[str]]:
     return {m: set(dependencies(m)) for m in modules()}
 
 
-def package_of(module: str) -> str:
-    """core.devices.vga -> core.devices; a top-level module (core.machine) is its own unit."""
+def package_of(module: str, misplaced: dict[str, str] | None = None) -> str:
+    """core.devices.vga -> core.devices; a top-level module (core.machine) is its own unit. A module listed in
+    `misplaced` counts in the package it is being moved to."""
+    if misplaced and module in misplaced:
+        return misplaced[module]
     return ".".join(module.split(".")[:2])
 
 
-def package_graph() -> dict[str, set[str]]:
+def package_graph(misplaced: dict[str, str] | None = None) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for module, deps in module_graph().items():
-        unit = package_of(module)
-        graph.setdefault(unit, set()).update(package_of(d) for d in deps if package_of(d) != unit)
+        unit = package_of(module, misplaced)
+        graph.setdefault(unit, set()).update(
+            package_of(d, misplaced) for d in deps if package_of(d, misplaced) != unit)
     return graph
 
 
@@ -198,8 +203,8 @@ def test_no_import_cycle_between_modules() -> None:
 
 
 def test_no_import_cycle_between_packages() -> None:
-    graph = package_graph()
-    cycles = [c for c in strongly_connected(graph) if frozenset(c) not in PACKAGE_CYCLES_ALLOWED]
+    graph = package_graph(MISPLACED_ALLOWED)
+    cycles = strongly_connected(graph)
     assert not cycles, "package cycles: " + " | ".join(_describe(c, graph) for c in cycles)
 
 
@@ -229,8 +234,9 @@ def test_allow_lists_name_only_current_exceptions() -> None:
     """A split module, a broken package cycle or a replaced import leaves its entry behind: take it out."""
     lengths = {m: len(p.read_text().splitlines()) for m, p in modules().items()}
     stale = [f"TOO_LONG_ALLOWED: {m}" for m in sorted(TOO_LONG_ALLOWED) if lengths.get(m, 0) <= MAX_LINES]
-    cycles = {frozenset(c) for c in strongly_connected(package_graph())}
-    stale += [f"PACKAGE_CYCLES_ALLOWED: {sorted(c)}" for c in PACKAGE_CYCLES_ALLOWED if c not in cycles]
+    in_cycles = {unit for c in strongly_connected(package_graph()) for unit in c}
+    stale += [f"MISPLACED_ALLOWED: {m}" for m in sorted(MISPLACED_ALLOWED)
+              if m not in modules() or package_of(m) not in in_cycles]
     stale += [f"APP_IMPORTS_ALLOWED: {m} -> {d}" for m, d in sorted(APP_IMPORTS_ALLOWED)
               if m not in modules() or d not in dependencies(m)]
     assert not stale, "allow-list entries that no longer apply (remove them): " + "; ".join(stale)
