@@ -11,7 +11,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0].startswith("--") and argv[0] not in ("-h", "--help"):
-        from app.main_window import launch  # Qt is imported only for the GUI
+        from app.ui.main_window import launch  # Qt is imported only for the GUI
         return launch(argv)
     parser = argparse.ArgumentParser(prog="vireo", description="Vireo virtual machine manager. "
                                      "Without arguments it opens the manager window.")
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             from core.remote.cli import run_remote
             return run_remote(args)
         if args.display == "window":
-            from app.run_window import run_with_window  # Qt only when a window is asked for
+            from app.ui.run_window import run_with_window  # Qt only when a window is asked for
             return run_with_window(args)
         return run(args)
     if args.command == "img":

@@ -80,7 +80,7 @@ class RemoteHosts:
         try:
             target = parse_uri(uri)
         except HostError as exc:
-            from app.dialogs import show_error
+            from app.ui.dialogs import show_error
             show_error(self.window, f"Connecting to {uri}", str(exc))
             return None
         return self.add(target, connect=True, remember=False)

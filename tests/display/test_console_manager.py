@@ -66,7 +66,7 @@ def _type(view, text: str) -> None:
 
 def test_vm_window_console_tab_follows_the_vm(qtbot, xdg, debian_kernel, busybox_initramfs) -> None:
     from app.host_bridge import HostBridge
-    from app.main_window import MainWindow
+    from app.ui.main_window import MainWindow
 
     host = LocalHost()
     bridge = HostBridge(host)

@@ -41,7 +41,7 @@ def kernel(tmp_path: Path) -> Path:
 
 def make_app(qtbot, xdg: Path):
     from app.host_bridge import HostBridge
-    from app.main_window import MainWindow
+    from app.ui.main_window import MainWindow
 
     host = LocalHost()
     bridge = HostBridge(host)
@@ -249,7 +249,7 @@ def test_delete_removes_definition_and_disk_when_asked(qtbot, app_parts, xdg, mo
     host.reload()
     bridge.refresh_now()
     window._rebuild_host(0)
-    import app.main_window as mw
+    import app.ui.main_window as mw
 
     monkeypatch.setattr(mw, "confirm_delete", lambda parent, info: (True, False))
     window.select_vm(keep.uuid)

@@ -3,7 +3,7 @@ widgets (offscreen unless a display is set) from demo definitions in a throw-awa
 
 When the engine can boot and the test fixtures exist (tests/fixtures/out), one demo VM really boots the Debian
 kernel and busybox initramfs so the console, the sparkline and the Performance graphs show live data.
-Usage: .venv/bin/python -m app.screenshots [OUTDIR]   (default docs/screenshots)
+Usage: .venv/bin/python -m app.tools.screenshots [OUTDIR]   (default docs/screenshots)
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
 
     from app.host_bridge import HostBridge
     from app.icons import app_icon
-    from app.main_window import MainWindow
+    from app.ui.main_window import MainWindow
     from core.config import BootConfig, ConfigStore, DiskConfig, VmConfig
     from core.host import LocalHost, VmState
 

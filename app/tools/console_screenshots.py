@@ -5,7 +5,7 @@ Boots the tests' Debian kernel and busybox initramfs (tests/fixtures/build.py) o
 real manager pieces (LocalHost, HostBridge, VmWindow), types commands into the console view as key events, and
 writes docs/screenshots/vm-vga-console.png and docs/screenshots/vga-drm-console.png.
 
-Run: QT_QPA_PLATFORM=offscreen .venv/bin/python -m app.ui.console_screenshots [OUT_DIR]
+Run: QT_QPA_PLATFORM=offscreen .venv/bin/python -m app.tools.console_screenshots [OUT_DIR]
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     from PyQt6.QtWidgets import QApplication
 
     from app.host_bridge import HostBridge
-    from app.vm_window import VmWindow
+    from app.ui.vm_window import VmWindow
     from core.config import BootConfig, ConfigStore, VmConfig
     from core.display.renderer import text_snapshot
     from core.host import LocalHost, VmState

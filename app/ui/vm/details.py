@@ -373,7 +373,7 @@ class DetailsEditor(QWidget):
             self.applied.emit(self.uuid)
 
         def failed(message: str) -> None:
-            from app.dialogs import show_error
+            from app.ui.dialogs import show_error
 
             show_error(self, "Saving the changes", message)
             self._changed()

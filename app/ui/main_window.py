@@ -25,10 +25,10 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from app.actions import VmActions
-from app.dialogs import QuitChoice, ask_quit, confirm_delete, show_error
 from app.host_bridge import HostBridge
 from app.icons import action_icon, app_icon, resource_icon, state_icon
+from app.ui.actions import VmActions
+from app.ui.dialogs import QuitChoice, ask_quit, confirm_delete, show_error
 from core.host import Host, HostError, LocalHost, VmInfo, VmState
 
 log = logging.getLogger(__name__)
@@ -353,7 +353,7 @@ class MainWindow(QMainWindow):
         bridge, uuid = sel
         window = self.vm_windows.get(uuid)
         if window is None:
-            from app.vm_window import VmWindow
+            from app.ui.vm_window import VmWindow
 
             window = VmWindow(bridge, uuid, self.settings)
             window.closed.connect(lambda u=uuid: self.vm_windows.pop(u, None))
@@ -365,7 +365,7 @@ class MainWindow(QMainWindow):
         return window
 
     def new_vm(self) -> None:
-        from app.wizard import NewVmWizard
+        from app.ui.wizard import NewVmWizard
 
         wizard = NewVmWizard(self.bridges[0], self)
         wizard.created.connect(self._created)
