@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "Without arguments it opens the manager window.")
     sub = parser.add_subparsers(dest="command", required=True)
     from core.remote.cli import add_connect_arguments
-    from core.runner import add_run_arguments, run
+    from core.runner import add_run_arguments, prepare, run
     run_parser = sub.add_parser("run", help="boot one VM headless, serial console on this terminal")
     add_run_arguments(run_parser)
     add_connect_arguments(run_parser)
@@ -36,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
             from core.remote.cli import run_remote
             return run_remote(args)
         if args.display == "window":
+            session = prepare(args)
+            if isinstance(session, int):
+                return session
             from app.ui.run_window import run_with_window  # Qt only when a window is asked for
-            return run_with_window(args)
+            return run_with_window(session, f"Vireo — {args.kernel}")
         return run(args)
     if args.command == "img":
         return img_main(args)

@@ -1,22 +1,34 @@
-"""`main.py run --display window`: the headless runner's VM shown in a bare console window (no manager).
+"""`vireo run --display window`: the headless runner's VM shown in a bare console window (no manager).
 
 The VM runs exactly as without a window (serial console on the terminal, same exit statuses); the window shows
-its VGA screen and sends keyboard and mouse input to its i8042. Closing the window powers the VM off (exit 1, as
-quitting from the console does); when the guest stops on its own, the window closes.
+its VGA screen and sends keyboard and mouse input to its i8042, both through the VmConsole the runner gives
+(core/runner.py, RunSession.console()). Closing the window powers the VM off (exit 1, as quitting from the
+console does); when the guest stops on its own, the window closes.
+
+main.py builds the run (core.runner.prepare) and hands it here: this module sees only the session's three
+controls (RunControls), never the machine.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
+from typing import Protocol
 
 from PyQt6.QtCore import QObject, pyqtSignal
 from PyQt6.QtWidgets import QApplication
 
 from app.widgets.console import ConsoleWindow
-from core.display.renderer import Renderer
-from core.keymap import Ps2InputSink
-from core.runner import RunSession, prepare
+from core.host import VmConsole
+
+
+class RunControls(Protocol):
+    """What the window needs of a run (core.runner.RunSession has these)."""
+
+    def console(self) -> VmConsole: ...
+
+    def run(self) -> int: ...        # blocks until the VM stops; the exit status
+
+    def quit(self) -> None: ...      # the user closed the window: power the VM off
 
 
 class _Finished(QObject):
@@ -24,8 +36,9 @@ class _Finished(QObject):
 
 
 class _RunnerWindow(ConsoleWindow):
-    def __init__(self, session: RunSession, title: str) -> None:
-        super().__init__(Renderer(session.machine.vga), Ps2InputSink(session.machine.i8042), title)
+    def __init__(self, session: RunControls, title: str) -> None:
+        console = session.console()
+        super().__init__(console.frames, console.input, title)
         self.session = session
         self.finished = False
 
@@ -35,12 +48,10 @@ class _RunnerWindow(ConsoleWindow):
         super().closeEvent(event)
 
 
-def run_with_window(args: argparse.Namespace) -> int:
-    session = prepare(args)
-    if isinstance(session, int):
-        return session
+def run_with_window(session: RunControls, title: str) -> int:
+    """Run the VM on a worker thread while the window shows it; returns the run's exit status."""
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    window = _RunnerWindow(session, f"Vireo — {args.kernel}")
+    window = _RunnerWindow(session, title)
     window.resize(800, 600)
     result: dict[str, int] = {}
     finished = _Finished()

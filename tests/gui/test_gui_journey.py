@@ -101,6 +101,9 @@ def start_app(qtbot, xdg):  # noqa: F811
         window = MainWindow([bridge], QSettings(str(xdg / "settings.ini"), QSettings.Format.IniFormat))
         window.show()
         apps.append((host, bridge, window))
+        ready = []
+        bridge.when_ready(lambda: ready.append(True))   # the host's first read, on a bridge worker
+        qtbot.waitUntil(lambda: bool(ready), timeout=10_000)
         return host, bridge, window
 
     yield start

@@ -27,7 +27,7 @@ class SerialConsoleTab(QWidget):
         lay.addWidget(self.terminal, 1)
         self.terminal.inputData.connect(lambda data: self.bridge.send_serial(self.uuid, data))
         bridge.serialReady.connect(self._drain)
-        self.terminal.feed(bridge.open_serial(uuid))
+        bridge.open_serial(uuid)             # the output so far, then each new piece, through _drain
 
     def _drain(self, uuid: str) -> None:
         if uuid == self.uuid:
