@@ -81,8 +81,15 @@ def main(argv: list[str]) -> int:
         text is pixels here). Typing starts after init said VIREO-BOOT-OK: keys typed before Linux's i8042 driver
         starts make it give up on the controller."""
         _wait(app, lambda: serial_shows(window, "VIREO-BOOT-OK"), 120, "init on the serial console")
-        tab.view.type_text("echo VIREO-SHELL''-READY > /dev/ttyS0; clear\n")
-        _wait(app, lambda: serial_shows(window, "VIREO-SHELL-READY"), 60, "the shell on tty1")
+        deadline = time.monotonic() + 90
+        while not serial_shows(window, "VIREO-SHELL-READY"):
+            if time.monotonic() > deadline:
+                raise SystemExit("console screenshots: timed out waiting for the shell on tty1")
+            # Again every few seconds: keys that reach the VT before the shell starts may be flushed.
+            tab.view.type_text("echo VIREO-SHELL''-READY > /dev/ttyS0; clear\n")
+            end = time.monotonic() + 5
+            while time.monotonic() < end and not serial_shows(window, "VIREO-SHELL-READY"):
+                _settle(app, 0.1)
 
     def type_commands(tab, commands: list[str]) -> None:
         for command in commands:

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str]) -> int:
@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
     window.select_vm(demo.uuid)
     pump(0.3)
     window.grab().save(str(out / "main-window.png"))
-    vm_window.show_tab("console")
+    vm_window.show_tab("serial")      # the commands typed above (the VGA screen: app.tools.console_screenshots)
     pump(0.2)
     vm_window.grab().save(str(out / "vm-console.png"))
     vm_window.show_tab("details")
