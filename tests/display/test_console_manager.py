@@ -17,10 +17,10 @@ pytest.importorskip("pytestqt")
 
 from PyQt6.QtCore import QSettings, Qt, QTimer  # noqa: E402
 from PyQt6.QtTest import QTest  # noqa: E402
-from test_gui import reload  # noqa: E402
 
 from core.config import BootConfig, ConfigStore, DisplayConfig, VmConfig  # noqa: E402
 from core.host import HostError, LocalHost, VmState  # noqa: E402
+from tests.gui.test_gui import reload  # noqa: E402
 
 CMDLINE = "console=ttyS0 console=tty0 vireo.action=shell vireo.console=tty1"
 

@@ -6,20 +6,24 @@ round trip, the local service's socket, a pause waiting for every vCPU to park.
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 import pytest
 
+if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
 pytest.importorskip("pytestqt")
 
-import test_host  # noqa: E402  (engine_ready: whether this tree can build a Machine)
 from PyQt6.QtCore import QSettings, Qt  # noqa: E402
 from PyQt6.QtWidgets import QWizard  # noqa: E402
-from test_gui import vm_rows, xdg  # noqa: E402,F401  (xdg: the fixture, reused)
-from test_gui_journey import click, toolbar_button, type_into, wait_serial  # noqa: E402
 
 from core.host import LocalHost  # noqa: E402
+from tests.gui.test_gui import vm_rows, xdg  # noqa: E402,F401  (xdg: the fixture, reused)
+from tests.gui.test_gui_journey import click, toolbar_button, type_into, wait_serial  # noqa: E402
+from tests.host import test_host  # noqa: E402  (engine_ready: whether this tree can build a Machine)
 
 pytestmark = pytest.mark.skipif(not test_host.engine_ready(), reason="the engine cannot build a Machine here")
 
