@@ -11,13 +11,13 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0].startswith("--") and argv[0] not in ("-h", "--help"):
-        from app.main_window import launch  # Qt is imported only for the GUI
+        from app.ui.main_window import launch  # Qt is imported only for the GUI
         return launch(argv)
     parser = argparse.ArgumentParser(prog="vireo", description="Vireo virtual machine manager. "
                                      "Without arguments it opens the manager window.")
     sub = parser.add_subparsers(dest="command", required=True)
     from core.remote.cli import add_connect_arguments
-    from core.runner import add_run_arguments, run
+    from core.runner import add_run_arguments, prepare, run
     run_parser = sub.add_parser("run", help="boot one VM headless, serial console on this terminal")
     add_run_arguments(run_parser)
     add_connect_arguments(run_parser)
@@ -36,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
             from core.remote.cli import run_remote
             return run_remote(args)
         if args.display == "window":
-            from app.run_window import run_with_window  # Qt only when a window is asked for
-            return run_with_window(args)
+            session = prepare(args)
+            if isinstance(session, int):
+                return session
+            from app.ui.run_window import run_with_window  # Qt only when a window is asked for
+            return run_with_window(session, f"Vireo — {args.kernel}")
         return run(args)
     if args.command == "img":
         return img_main(args)

@@ -2,7 +2,7 @@
 """GUI benchmark (issue 6): cold start of the manager to its main window shown (median of 5 runs), and the
 resident memory of the idle app with 10 defined VMs. Targets: < 1.0 s and < 150 MiB.
 
-Each run is a fresh `python` process that calls app.main_window.launch([]) — the same path as `python main.py`
+Each run is a fresh `python` process that calls app.ui.main_window.launch([]) — the same path as `python main.py`
 — with a zero-delay timer queued before the event loop starts: it fires once the window has been shown and
 reports the process's RSS. Time is measured by this script from spawning the process to that report, so it
 includes the interpreter, PyQt6 and Vireo imports. Runs offscreen unless a display is set.
@@ -30,14 +30,14 @@ app = QApplication(sys.argv[:1])
 
 def report():
     import psutil
-    from app.main_window import MainWindow
+    from app.ui.main_window import MainWindow
     wins = [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
     rows = sum(item.childCount() for item in wins[0].host_items.values()) if wins else -1
     print(f"SHOWN rss={psutil.Process().memory_info().rss} rows={rows}", flush=True)
     app.quit()
 
 QTimer.singleShot(0, report)
-from app.main_window import launch
+from app.ui.main_window import launch
 sys.exit(launch([]))
 """
 

@@ -1,5 +1,9 @@
 """The headless runner: `python main.py run --kernel PATH ...` boots one VM with its serial console on this
-terminal and exits with the guest's fate (0 powered off, 1 crashed or timed out, 2 bad input)."""
+terminal and exits with the guest's fate (0 powered off, 1 crashed or timed out, 2 bad input).
+
+With `--display window` the same run is shown in a console window (app/ui/run_window.py): the window gets the
+machine's screen and keyboard/mouse as the Host API's VmConsole (RunSession.console()) and the session controls
+run() and quit(), so the GUI never reaches into the machine's devices."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +18,7 @@ import tty
 from collections.abc import Callable
 
 from core.boot.loader import BootError
+from core.host import VmConsole
 from core.hypervisor.base import AcceleratorUnavailable
 from core.hypervisor.select import ACCEL_NAMES, choose_accelerator
 from core.machine import ConfigError, DiskSpec, Machine, MachineConfig, MachineState
@@ -165,6 +170,14 @@ class RunSession:
         self.close_sink = close_sink
         self.interactive = interactive
         self.quit_requested = threading.Event()
+
+    def console(self) -> VmConsole:
+        """The machine's VGA screen (a Renderer polled for frames) and its i8042 keyboard and mouse, as the
+        VmConsole a Host gives for a managed VM; one session, since a run builds one machine."""
+        from core.display.renderer import Renderer
+        from core.keymap import Ps2InputSink
+
+        return VmConsole(session=1, frames=Renderer(self.machine.vga), input=Ps2InputSink(self.machine.i8042))
 
     def quit(self) -> None:
         """Stop the VM at the user's request (console escape, closed window): exit status 1."""

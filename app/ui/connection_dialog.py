@@ -29,8 +29,7 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from core.remote.known_hosts import Check
-from core.remote.ssh import SshTarget
+from core.host import Check, SshTarget
 
 AUTH_CHOICES = (("auto", "Automatic (SSH agent, keys, then password)"), ("agent", "SSH agent"),
                 ("key", "Key file"), ("password", "Password"))

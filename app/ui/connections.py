@@ -20,9 +20,7 @@ from PyQt6.QtWidgets import QMenu, QTreeWidgetItem
 
 from app.host_bridge import HostBridge
 from app.ui.connection_dialog import AddConnectionDialog, QtPrompter
-from core.host import HostError
-from core.remote.host import RemoteHost
-from core.remote.ssh import SshTarget, parse_uri
+from core.host import HostError, RemoteHost, SshTarget, parse_uri
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +78,7 @@ class RemoteHosts:
         try:
             target = parse_uri(uri)
         except HostError as exc:
-            from app.dialogs import show_error
+            from app.ui.dialogs import show_error
             show_error(self.window, f"Connecting to {uri}", str(exc))
             return None
         return self.add(target, connect=True, remember=False)
@@ -99,8 +97,11 @@ class RemoteHosts:
             host = RemoteHost(target, self.prompter, copy_unicorn=copy_unicorn)
             signal = _ConnectionSignal()
             host.add_connection_listener(lambda state, message, s=signal: s.changed.emit(state, message))
-            index = self.window.add_bridge(HostBridge(host))
+            bridge = HostBridge(host)
+            index = self.window.add_bridge(bridge)
+            self.window.remote_rows.add(index)
             signal.changed.connect(lambda state, message, i=index: self._connection_changed(i, state, message))
+            bridge.factsChanged.connect(lambda i=index: self._show_state(i))
             self.signals[index] = signal
             self._show_state(index)
         if remember:
@@ -121,9 +122,9 @@ class RemoteHosts:
 
     def forget(self, index: int) -> None:
         """Disconnect and drop from the remembered list (the row stays greyed until the window closes)."""
-        host = self.window.bridges[index].host
-        if isinstance(host, RemoteHost):
-            host.close()
+        bridge = self.window.bridges[index]
+        if isinstance(bridge.host, RemoteHost):
+            self.disconnect(index)
             self._remember_without(index)
 
     def _remember_without(self, index: int) -> None:
@@ -142,6 +143,10 @@ class RemoteHosts:
             return
         bridge.call(f"Connecting to {host.name}", host.connect, failed=lambda message: None)
 
+    def disconnect(self, index: int) -> None:
+        bridge = self.window.bridges[index]
+        bridge.call(f"Disconnecting from {bridge.host.name}", bridge.host.close, failed=lambda message: None)
+
     def _double_clicked(self, item: QTreeWidgetItem, column: int) -> None:
         data = item.data(0, Qt.ItemDataRole.UserRole)
         if data and data[0] == "host":
@@ -152,7 +157,7 @@ class RemoteHosts:
         if not isinstance(host, RemoteHost):
             return
         if host.connected:
-            menu.addAction("Disconnect", host.close)
+            menu.addAction("Disconnect", lambda: self.disconnect(index))
         else:
             menu.addAction("Connect", lambda: self.connect(index))
         menu.addAction("Forget this connection", lambda: self.forget(index))
@@ -160,8 +165,7 @@ class RemoteHosts:
     def _connection_changed(self, index: int, state: str, message: str) -> None:
         bridge = self.window.bridges[index]
         if state == "connected":
-            bridge.refresh_now()
-            self.window._rebuild_host(index)
+            bridge.refresh(facts=True)       # the rows follow when the read is in (factsChanged, vmsChanged)
         self._show_state(index)
         self.window.statusBar().showMessage(message, 6000)
 

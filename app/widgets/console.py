@@ -22,8 +22,7 @@ from PyQt6.QtGui import QAction, QActionGroup, QCursor, QGuiApplication, QImage,
 from PyQt6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QSizePolicy, QWidget
 
 from app.widgets.console_keys import key_name
-from core.display.frame import Frame, FrameSource
-from core.keymap import InputSink, break_code, combo_events, make_code, text_events
+from core.host import Frame, FrameSource, InputSink, break_code, combo_events, make_code, text_events
 
 FRAME_INTERVAL_MS = 16
 TYPE_INTERVAL_MS = 8          # between typed key events: the guest's keyboard buffer stays short

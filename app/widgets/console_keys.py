@@ -9,7 +9,7 @@ from __future__ import annotations
 from PyQt6.QtCore import Qt
 from PyQt6.QtGui import QGuiApplication, QKeyEvent
 
-from core.keymap import EVDEV_KEYS
+from core.host import EVDEV_KEYS
 
 K = Qt.Key
 _QT_KEYS: dict[int, str] = {

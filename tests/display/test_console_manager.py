@@ -20,6 +20,7 @@ from PyQt6.QtTest import QTest  # noqa: E402
 
 from core.config import BootConfig, ConfigStore, DisplayConfig, VmConfig  # noqa: E402
 from core.host import HostError, LocalHost, VmState  # noqa: E402
+from tests.gui.test_gui import reload  # noqa: E402
 
 CMDLINE = "console=ttyS0 console=tty0 vireo.action=shell vireo.console=tty1"
 
@@ -66,7 +67,7 @@ def _type(view, text: str) -> None:
 
 def test_vm_window_console_tab_follows_the_vm(qtbot, xdg, debian_kernel, busybox_initramfs) -> None:
     from app.host_bridge import HostBridge
-    from app.main_window import MainWindow
+    from app.ui.main_window import MainWindow
 
     host = LocalHost()
     bridge = HostBridge(host)
@@ -76,10 +77,8 @@ def test_vm_window_console_tab_follows_the_vm(qtbot, xdg, debian_kernel, busybox
         cfg = VmConfig(name="debian", memory_mib=256, accel="software",
                        boot=BootConfig(kernel=str(debian_kernel), initrd=str(busybox_initramfs), cmdline=CMDLINE))
         ConfigStore().save(cfg)
-        host.reload()
-        bridge.refresh_now()
-        window._rebuild_host(0)
         window.show()
+        reload(qtbot, bridge)
         vm_window = window.open_vm((bridge, cfg.uuid))
         qtbot.waitExposed(vm_window)
         tabs = lambda: [vm_window.tabs.tabText(i) for i in range(vm_window.tabs.count())]  # noqa: E731

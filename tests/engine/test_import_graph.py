@@ -33,28 +33,11 @@ TOO_LONG_ALLOWED = {
 MISPLACED_ALLOWED = {
     # connect_local's client, a ServiceClient like RemoteHost: core.remote and core.agent use core.host.api below it.
     "core.host.service": "core.remote",
-    # a screenshot tool that opens a VmWindow, whose tabs are in app.ui.
-    "app.ui.console_screenshots": "app.screenshots",
 }
 
-# What app/ may import from core/; anything else from core/ is allowed only as one of the listed (app module, core
-# module) pairs, which the service and GUI work packages are replacing with Host API calls.
+# All app/ may import from core/: the Host API's one import and the VM definition. Not their submodules either
+# (core.host.api, core.host.local): which module of the package defines a name is the package's business.
 APP_MAY_IMPORT = ("core.host", "core.config")
-APP_IMPORTS_ALLOWED = {
-    ("app.run_window", "core.display.renderer"),
-    ("app.run_window", "core.keymap"),
-    ("app.run_window", "core.runner"),
-    ("app.screenshots", "core.hypervisor.select"),
-    ("app.screenshots", "core.machine"),
-    ("app.ui.connection_dialog", "core.remote.known_hosts"),
-    ("app.ui.connection_dialog", "core.remote.ssh"),
-    ("app.ui.connections", "core.remote.host"),
-    ("app.ui.connections", "core.remote.ssh"),
-    ("app.ui.console_screenshots", "core.display.renderer"),
-    ("app.widgets.console", "core.display.frame"),
-    ("app.widgets.console", "core.keymap"),
-    ("app.widgets.console_keys", "core.keymap"),
-}
 
 
 @cache
@@ -222,10 +205,8 @@ def test_core_imports_neither_app_nor_qt(forbidden: str) -> None:
 
 
 def test_app_reaches_core_only_through_the_host_api() -> None:
-    offenders = sorted(
-        (m, d) for m in modules() if m.split(".")[0] == "app" for d in dependencies(m)
-        if d.split(".")[0] == "core" and not any(d == ok or d.startswith(ok + ".") for ok in APP_MAY_IMPORT)
-        and (m, d) not in APP_IMPORTS_ALLOWED)
+    offenders = sorted((m, d) for m in modules() if m.split(".")[0] == "app" for d in dependencies(m)
+                       if d.split(".")[0] == "core" and d not in APP_MAY_IMPORT)
     assert not offenders, ("app/ importing core/ beyond " + " and ".join(APP_MAY_IMPORT) + ": "
                            + ", ".join(f"{m} -> {d}" for m, d in offenders))
 
@@ -237,6 +218,4 @@ def test_allow_lists_name_only_current_exceptions() -> None:
     in_cycles = {unit for c in strongly_connected(package_graph()) for unit in c}
     stale += [f"MISPLACED_ALLOWED: {m}" for m in sorted(MISPLACED_ALLOWED)
               if m not in modules() or package_of(m) not in in_cycles]
-    stale += [f"APP_IMPORTS_ALLOWED: {m} -> {d}" for m, d in sorted(APP_IMPORTS_ALLOWED)
-              if m not in modules() or d not in dependencies(m)]
     assert not stale, "allow-list entries that no longer apply (remove them): " + "; ".join(stale)

@@ -41,14 +41,24 @@ def kernel(tmp_path: Path) -> Path:
 
 def make_app(qtbot, xdg: Path):
     from app.host_bridge import HostBridge
-    from app.main_window import MainWindow
+    from app.ui.main_window import MainWindow
 
     host = LocalHost()
     bridge = HostBridge(host)
     window = MainWindow([bridge], QSettings(str(xdg / "settings.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(window)
     window.show()
+    ready = []
+    bridge.when_ready(lambda: ready.append(True))       # the host's first read, on a bridge worker
+    qtbot.waitUntil(lambda: bool(ready), timeout=10_000)
     return host, bridge, window
+
+
+def reload(qtbot, bridge) -> None:
+    """The host re-reads the definition files the test wrote, and the bridge's cache (so the window) follows."""
+    done = []
+    bridge.reload(then=lambda: done.append(True))
+    qtbot.waitUntil(lambda: bool(done), timeout=10_000)
 
 
 @pytest.fixture
@@ -151,8 +161,7 @@ def test_wizard_defines_a_vm_with_a_new_disk(qtbot, app_parts, kernel, xdg) -> N
 def test_wizard_refuses_a_duplicate_name(qtbot, app_parts, kernel) -> None:
     define("taken")
     host, bridge, window = app_parts
-    host.reload()
-    bridge.refresh_now()
+    reload(qtbot, bridge)
     window.new_vm()
     wizard = window.wizard
     wizard.next()
@@ -168,9 +177,7 @@ def test_wizard_refuses_a_duplicate_name(qtbot, app_parts, kernel) -> None:
 def test_vm_window_tabs_details_apply_and_revert(qtbot, app_parts) -> None:
     host, bridge, window = app_parts
     cfg = define("editme", memory_mib=256)
-    host.reload()
-    bridge.refresh_now()
-    window._rebuild_host(0)
+    reload(qtbot, bridge)
     window.select_vm(cfg.uuid)
     window.open_action.trigger()
     vm_window = window.vm_windows[cfg.uuid]
@@ -207,14 +214,12 @@ def test_vm_window_tabs_details_apply_and_revert(qtbot, app_parts) -> None:
 def test_serial_console_renders_guest_output_and_sends_keys(qtbot, app_parts) -> None:
     host, bridge, window = app_parts
     cfg = define("console")
-    host.reload()
-    bridge.refresh_now()
-    window._rebuild_host(0)
+    reload(qtbot, bridge)
     inner = host._vm(cfg.uuid)
     host._on_serial(inner, b"Linux version 6.1\r\n")       # printed before the window opened: history
     vm_window = window.open_vm((bridge, cfg.uuid))
     term = vm_window.console.terminal
-    assert "Linux version 6.1" in term.text()
+    qtbot.waitUntil(lambda: "Linux version 6.1" in term.text())    # subscribed on a bridge worker
     # Output arriving on an engine thread reaches the widget through the bridge's queued signal.
     import threading
     t = threading.Thread(target=host._on_serial,
@@ -246,10 +251,8 @@ def test_delete_removes_definition_and_disk_when_asked(qtbot, app_parts, xdg, mo
     disk.write_bytes(b"\0" * 512)
     keep = define("keep-disk", disks=[DiskConfig(path=str(disk))])
     drop = define("drop-disk", disks=[DiskConfig(path=str(disk))])
-    host.reload()
-    bridge.refresh_now()
-    window._rebuild_host(0)
-    import app.main_window as mw
+    reload(qtbot, bridge)
+    import app.ui.main_window as mw
 
     monkeypatch.setattr(mw, "confirm_delete", lambda parent, info: (True, False))
     window.select_vm(keep.uuid)
@@ -267,9 +270,7 @@ def test_delete_removes_definition_and_disk_when_asked(qtbot, app_parts, xdg, mo
 def test_a_failed_start_shows_one_line_and_the_vm_stays_shut_off(qtbot, app_parts, xdg) -> None:
     host, bridge, window = app_parts
     cfg = define("nokernel", kernel=xdg / "gone")
-    host.reload()
-    bridge.refresh_now()
-    window._rebuild_host(0)
+    reload(qtbot, bridge)
     window.select_vm(cfg.uuid)
     window.vm_actions.run.trigger()
     qtbot.waitUntil(lambda: bool(error_dialogs()))
@@ -308,9 +309,7 @@ def _debian_journey(qtbot, host, bridge, window, debian_kernel, busybox_initramf
     cfg.boot.initrd = str(busybox_initramfs)
     cfg.boot.cmdline = "console=ttyS0 quiet vireo.action=shell"
     ConfigStore().save(cfg)
-    host.reload()
-    bridge.refresh_now()
-    window._rebuild_host(0)
+    reload(qtbot, bridge)
     window.select_vm(cfg.uuid)
     vm_window = window.open_vm((bridge, cfg.uuid))
     window.vm_actions.run.trigger()

@@ -90,7 +90,7 @@ def start_app(qtbot, xdg):  # noqa: F811
     qtbot.addWidget, whose teardown runs first): whatever still runs is forced off before the window closes, so a
     failing step cannot leave the quit question waiting for an answer forever."""
     from app.host_bridge import HostBridge
-    from app.main_window import MainWindow
+    from app.ui.main_window import MainWindow
     from core.host import LocalHost
 
     apps = []
@@ -101,6 +101,9 @@ def start_app(qtbot, xdg):  # noqa: F811
         window = MainWindow([bridge], QSettings(str(xdg / "settings.ini"), QSettings.Format.IniFormat))
         window.show()
         apps.append((host, bridge, window))
+        ready = []
+        bridge.when_ready(lambda: ready.append(True))   # the host's first read, on a bridge worker
+        qtbot.waitUntil(lambda: bool(ready), timeout=10_000)
         return host, bridge, window
 
     yield start

@@ -59,7 +59,7 @@ def remote_vm(server):
 
 def make_window(qtbot, tmp_path: Path):
     from app.host_bridge import HostBridge
-    from app.main_window import MainWindow
+    from app.ui.main_window import MainWindow
 
     local = LocalHost()
     bridge = HostBridge(local)

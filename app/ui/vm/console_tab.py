@@ -204,3 +204,5 @@ class VmConsoleTab(QWidget):
         self.set_fullscreen(False)
         self.view.set_polling(False)
         self.view.set_input(None)
+        if self.vm_console is not None:
+            self.bridge.close_console(self.uuid)

@@ -42,6 +42,7 @@ from core.config import (
     VmConfig,
     images_dir,
 )
+from core.host import HostError
 
 SOURCE_KERNEL, SOURCE_DISK, SOURCE_FIRMWARE = 0, 1, 2
 NO_FIRMWARE = "needs BIOS boot, not implemented yet"
@@ -92,7 +93,7 @@ class SourcePage(QWizardPage):
                 n = _note(note, self)
                 n.setContentsMargins(24, 0, 0, 8)
                 lay.addWidget(n)
-        caps = wizard.bridge.host.capabilities()
+        caps = wizard.bridge.capabilities
         self.firmware.setEnabled(caps.firmware_boot)
         self.firmware_note = _note("" if caps.firmware_boot else f"Not available: {NO_FIRMWARE}.", self)
         self.firmware_note.setObjectName("firmwareNote")
@@ -177,7 +178,7 @@ class BootPage(QWizardPage):
 class ResourcesPage(QWizardPage):
     def __init__(self, wizard: NewVmWizard) -> None:
         super().__init__(wizard)
-        host = wizard.bridge.host.info()
+        host = wizard.bridge.host_info     # the wizard opens once the facts are read
         self.setTitle("Memory and CPUs")
         self.setSubTitle("Step 3 of 5: how much of this host the VM may use.")
         form = QFormLayout(self)
@@ -227,7 +228,7 @@ class StoragePage(QWizardPage):
         self.where = _note("", self)
         form.addRow("", self.where)
         lay.addLayout(form)
-        if not wizard.bridge.host.capabilities().disks:
+        if not wizard.bridge.capabilities.disks:
             lay.addWidget(_note("The engine does not attach disks to the machine yet; a disk made here is kept in "
                                 "the definition and attached once it does.", self))
         lay.addStretch(1)
@@ -272,7 +273,7 @@ class FinishPage(QWizardPage):
         self.network = QComboBox(self)
         for mode in NETWORK_MODES:
             self.network.addItem({"none": "No network", "user": "User-mode NAT"}[mode], mode)
-        if not wizard.bridge.host.capabilities().network:
+        if not wizard.bridge.capabilities.network:
             self.network.model().item(self.network.findData("user")).setEnabled(False)
             self.network.setToolTip("The engine has no network card yet")
         form.addRow("Network:", self.network)
@@ -307,15 +308,15 @@ class FinishPage(QWizardPage):
 
     def _update(self) -> None:
         try:
-            name, why = self.wiz.bridge.host.accel_preview(self.accel.currentData())
+            name, why = self.wiz.bridge.accel_preview(self.accel.currentData())
             shown = {"kvm": "KVM", "software": "the software CPU"}.get(name, name)
             self.accel_note.setText(f"Uses {shown} on this host: {why}." if name else why)
-        except Exception as exc:
+        except HostError as exc:
             self.accel_note.setText(f"<span style='color:#b3261e'>{exc}</span>")
         cfg = self.wiz.config()
         disk = ""
         if self.wiz.storage_page.create.isChecked():
-            disk = f"new {self.wiz.storage_page.size.value():g} GiB raw disk"
+            disk = f"new {self.wiz.storage_page.size.value():g} GiB {self.wiz.storage_page.format.currentData()} disk"
         elif cfg.disks:
             disk = cfg.disks[0].path
         rows = [("Boot", f"{Path(cfg.boot.kernel).name}" + (f" + {Path(cfg.boot.initrd).name}" if cfg.boot.initrd
@@ -444,10 +445,12 @@ class NewVmWizard(QWizard):
                 raise
 
         def done(info) -> None:
-            self.working = False
-            self.bridge.refresh_now()
-            self.created.emit(info.uuid, not page.customize.isChecked())
-            super(NewVmWizard, self).accept()
+            def listed() -> None:   # the new VM is in the bridge's cache: the windows can show it
+                self.working = False
+                self.created.emit(info.uuid, not page.customize.isChecked())
+                super(NewVmWizard, self).accept()
+
+            self.bridge.refresh(then=listed)
 
         def failed(message: str) -> None:
             self.working = False

@@ -5,7 +5,7 @@ Boots the tests' Debian kernel and busybox initramfs (tests/fixtures/build.py) o
 real manager pieces (LocalHost, HostBridge, VmWindow), types commands into the console view as key events, and
 writes docs/screenshots/vm-vga-console.png and docs/screenshots/vga-drm-console.png.
 
-Run: QT_QPA_PLATFORM=offscreen .venv/bin/python -m app.ui.console_screenshots [OUT_DIR]
+Run: QT_QPA_PLATFORM=offscreen .venv/bin/python -m app.tools.console_screenshots [OUT_DIR]
 """
 from __future__ import annotations
 
@@ -51,9 +51,8 @@ def main(argv: list[str]) -> int:
     from PyQt6.QtWidgets import QApplication
 
     from app.host_bridge import HostBridge
-    from app.vm_window import VmWindow
+    from app.ui.vm_window import VmWindow
     from core.config import BootConfig, ConfigStore, VmConfig
-    from core.display.renderer import text_snapshot
     from core.host import LocalHost, VmState
 
     app = QApplication.instance() or QApplication(["vireo"])
@@ -66,41 +65,48 @@ def main(argv: list[str]) -> int:
         cfg = VmConfig(name=name, memory_mib=256, accel="software",
                        boot=BootConfig(kernel=str(kernel), initrd=str(initrd), cmdline=cmdline))
         ConfigStore().save(cfg)
-        host.reload()
-        bridge.refresh_now()
+        bridge.reload()
+        _wait(app, lambda: bridge.info(cfg.uuid) is not None, 30, "the new definition")
         window = VmWindow(bridge, cfg.uuid, settings)
         window.show()
         bridge.lifecycle("start", cfg.uuid)
         _wait(app, lambda: window.display is not None and window.display.view.sink is not None, 60, "the console")
         return window, window.display, cfg.uuid
 
-    def shell_ready(tab) -> bool:
-        # The prompt itself: a bare "#" can end a wrapped kernel line (the "Linux version ... #1 SMP" banner), and
-        # keys typed before Linux's i8042 driver starts make it give up on the controller.
-        return any(line.endswith("vireo:~#") for line in text_snapshot(tab.vm_console.frames.vga) or [])
+    def serial_shows(window: VmWindow, marker: str) -> bool:
+        return marker in window.console.terminal.text()
 
-    def screen_text(tab) -> str:
-        return "\n".join(text_snapshot(tab.vm_console.frames.vga) or [])
+    def wait_for_shell(window: VmWindow, tab) -> None:
+        """The shell on tty1 reads keys once it answers one typed through the console, on ttyS0 (the screen's
+        text is pixels here). Typing starts after init said VIREO-BOOT-OK: keys typed before Linux's i8042 driver
+        starts make it give up on the controller."""
+        _wait(app, lambda: serial_shows(window, "VIREO-BOOT-OK"), 120, "init on the serial console")
+        deadline = time.monotonic() + 90
+        while not serial_shows(window, "VIREO-SHELL-READY"):
+            if time.monotonic() > deadline:
+                raise SystemExit("console screenshots: timed out waiting for the shell on tty1")
+            # Again every few seconds: keys that reach the VT before the shell starts may be flushed.
+            tab.view.type_text("echo VIREO-SHELL''-READY > /dev/ttyS0; clear\n")
+            end = time.monotonic() + 5
+            while time.monotonic() < end and not serial_shows(window, "VIREO-SHELL-READY"):
+                _settle(app, 0.1)
 
-    def type_commands(tab, commands: list[str], text_mode: bool) -> None:
+    def type_commands(tab, commands: list[str]) -> None:
         for command in commands:
             tab.view.type_text(command + "\n")
             _wait(app, lambda: tab.view.typing_pending == 0, 30, "typing")
-            if text_mode:
-                _wait(app, lambda c=command: f"# {c}\n" in screen_text(tab), 30, f"the echo of {command!r}")
             _settle(app, 1.0)
 
     try:
         # 1. The VGA text console (vgacon): boot messages, then a shell on tty1.
-        window, tab, uuid = boot("debian-vga", "console=ttyS0 console=tty0 vireo.action=shell vireo.console=tty1")
-        _wait(app, lambda: shell_ready(tab), 120, "the shell prompt on tty1")
-        type_commands(tab, ["uname -a", "cat /proc/cmdline", "ls /sys/class/graphics /dev/dri 2>&1 | head -3"],
-                      text_mode=True)
+        window, tab, uuid = boot("debian-vga", "console=tty0 console=ttyS0 vireo.action=shell vireo.console=tty1")
+        wait_for_shell(window, tab)
+        type_commands(tab, ["uname -a", "cat /proc/cmdline", "ls /sys/class/graphics /dev/dri 2>&1 | head -3"])
         window.resize(940, 640)
         _settle(app, 0.5)
         window.grab().save(str(out / "vm-vga-console.png"))
         bridge.lifecycle("force_off", uuid)
-        _wait(app, lambda: host.get(uuid).state == VmState.SHUTOFF, 30, "power-off")
+        _wait(app, lambda: bridge.info(uuid).state == VmState.SHUTOFF, 30, "power-off")
         window.close()
 
         # 2. The bochs DRM driver's framebuffer console (fbcon on fb0), a shell on it.
@@ -108,17 +114,15 @@ def main(argv: list[str]) -> int:
                                                "vireo.console=tty1")
         _wait(app, lambda: tab.view.frame is not None and tab.view.frame.mode.startswith("vbe"), 120,
               "the DRM framebuffer")
-        _settle(app, 4.0)       # fbcon's first full redraw and the shell's prompt
-        type_commands(tab, ["cat /sys/class/graphics/fb0/name /sys/class/graphics/fb0/modes", "uname -r"],
-                      text_mode=False)
+        wait_for_shell(window, tab)
+        type_commands(tab, ["cat /sys/class/graphics/fb0/name /sys/class/graphics/fb0/modes", "uname -r"])
         _settle(app, 1.0)
         tab.save_screenshot(str(out / "vga-drm-console.png"))
         bridge.lifecycle("force_off", uuid)
-        _wait(app, lambda: host.get(uuid).state == VmState.SHUTOFF, 30, "power-off")
+        _wait(app, lambda: bridge.info(uuid).state == VmState.SHUTOFF, 30, "power-off")
         window.close()
     finally:
-        bridge.shutdown()
-        host.close()
+        bridge.shutdown(close_host=True)
     print(f"wrote {out / 'vm-vga-console.png'} and {out / 'vga-drm-console.png'}")
     return 0
 

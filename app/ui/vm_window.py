@@ -1,62 +1,19 @@
-"""One VM's window: Serial Console (a terminal on ttyS0), Details (the hardware list) and Performance tabs, with
-the lifecycle toolbar. The graphical console (app/ui/console_tab.py, the guest's VGA screen) joins as the first
-tab, "Console", once the VM runs (unless its display is none) and stays, showing the last picture, after it stops.
+"""One VM's window: the Serial Console (app/ui/vm/serial_tab.py, a terminal on ttyS0), Details
+(app/ui/vm/details.py, the hardware list) and Performance (app/ui/vm/performance.py) tabs, with the lifecycle
+toolbar. The graphical console (app/ui/vm/console_tab.py, the guest's VGA screen) joins as the first tab,
+"Console", once the VM runs (unless its display is none) and stays, showing the last picture, after it stops.
 """
 from __future__ import annotations
 
 from PyQt6.QtCore import QSettings, Qt, pyqtSignal
-from PyQt6.QtWidgets import QMainWindow, QTabWidget, QToolBar, QVBoxLayout, QWidget
+from PyQt6.QtWidgets import QMainWindow, QTabWidget, QToolBar, QWidget
 
-from app.actions import VmActions
-from app.details import DetailsEditor
 from app.host_bridge import HostBridge
 from app.icons import app_icon, state_icon
-from app.widgets.banner import NoticeBanner
-from app.widgets.terminal import SerialTerminal
+from app.ui.actions import VmActions
+from app.ui.vm.details import DetailsEditor
+from app.ui.vm.serial_tab import SerialConsoleTab
 from core.host import VmInfo, VmState
-
-
-class SerialConsoleTab(QWidget):
-    """The terminal plus a banner saying why nothing can be typed when the VM is not running."""
-
-    def __init__(self, bridge: HostBridge, uuid: str, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.bridge, self.uuid = bridge, uuid
-        self.terminal = SerialTerminal(self)
-        self.terminal.setObjectName("serialTerminal")
-        self.banner = NoticeBanner(self)
-        self.banner_text, self.run_button = self.banner.text, self.banner.button
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.setSpacing(0)
-        lay.addWidget(self.banner)
-        lay.addWidget(self.terminal, 1)
-        self.terminal.inputData.connect(lambda data: self.bridge.send_serial(self.uuid, data))
-        bridge.serialReady.connect(self._drain)
-        self.terminal.feed(bridge.open_serial(uuid))
-
-    def _drain(self, uuid: str) -> None:
-        if uuid == self.uuid:
-            self.terminal.feed(self.bridge.take_serial(uuid))
-
-    def update_state(self, info: VmInfo) -> None:
-        running = info.state == VmState.RUNNING
-        self.terminal.read_only = not running
-        self.banner.setVisible(not running)
-        self.run_button.setVisible(info.state in (VmState.SHUTOFF, VmState.CRASHED, VmState.PAUSED))
-        self.run_button.setText("Resume" if info.state == VmState.PAUSED else "Run")
-        text = {
-            VmState.SHUTOFF: "The virtual machine is shut off.",
-            VmState.STARTING: "Starting…",
-            VmState.PAUSED: "The virtual machine is paused: it does not read its serial port.",
-            VmState.CRASHED: f"The virtual machine crashed: {info.reason}",
-        }.get(info.state, "")
-        if info.state == VmState.SHUTOFF and info.reason:
-            text = f"The virtual machine is shut off ({info.reason})."
-        self.banner_text.setText(text)
-
-    def close_serial(self) -> None:
-        self.bridge.close_serial(self.uuid)
 
 
 class VmWindow(QMainWindow):
@@ -121,7 +78,7 @@ class VmWindow(QMainWindow):
         if self.display is None:
             if not info.state.active or info.state == VmState.STARTING or info.config.display.type == "none":
                 return
-            from app.ui.console_tab import VmConsoleTab
+            from app.ui.vm.console_tab import VmConsoleTab
 
             self.display = VmConsoleTab(self.bridge, self.uuid, self)
             self.display.run_button.clicked.connect(self.actions_.run.trigger)
@@ -134,7 +91,7 @@ class VmWindow(QMainWindow):
 
     def _tab_changed(self, index: int) -> None:
         if index == self.tabs.count() - 1 and self.performance is None:
-            from app.performance import PerformanceView
+            from app.ui.vm.performance import PerformanceView
 
             self.performance = PerformanceView(self.bridge, self.uuid, self)
             self.tabs.blockSignals(True)

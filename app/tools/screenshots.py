@@ -3,7 +3,7 @@ widgets (offscreen unless a display is set) from demo definitions in a throw-awa
 
 When the engine can boot and the test fixtures exist (tests/fixtures/out), one demo VM really boots the Debian
 kernel and busybox initramfs so the console, the sparkline and the Performance graphs show live data.
-Usage: .venv/bin/python -m app.screenshots [OUTDIR]   (default docs/screenshots)
+Usage: .venv/bin/python -m app.tools.screenshots [OUTDIR]   (default docs/screenshots)
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str]) -> int:
@@ -29,16 +29,35 @@ def main(argv: list[str]) -> int:
 
     from app.host_bridge import HostBridge
     from app.icons import app_icon
-    from app.main_window import MainWindow
+    from app.ui.main_window import MainWindow
     from core.config import BootConfig, ConfigStore, DiskConfig, VmConfig
-    from core.host import LocalHost, VmState
+    from core.host import HostError, LocalHost, VmState
 
     app = QApplication(["vireo"])
     app.setWindowIcon(app_icon())
+
+    def pump(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            app.processEvents()
+            time.sleep(0.02)
+
+    def wait(predicate, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not predicate() and time.monotonic() < deadline:
+            pump(0.1)
+
+    host = LocalHost()
+    bridge = HostBridge(host)
+    wait(lambda: bridge.facts is not None, 30)
+    try:
+        engine = bridge.accel_preview("auto")[0]     # the backend `auto` picks here, "" when none can run
+    except HostError:
+        engine = ""
     store = ConfigStore()
     fixtures = REPO / "tests" / "fixtures" / "out"
     kernel, initrd = fixtures / "vmlinuz-amd64", fixtures / "initramfs-amd64.cpio.gz"
-    live = kernel.exists() and initrd.exists() and _engine_ready()
+    live = kernel.exists() and initrd.exists() and bool(engine)
     demo = VmConfig(name="debian-busybox", memory_mib=256,
                     boot=BootConfig(kernel=str(kernel if live else "/boot/vmlinuz"),
                                     initrd=str(initrd if live else "/boot/initrd.img"),
@@ -50,19 +69,11 @@ def main(argv: list[str]) -> int:
                         boot=BootConfig(kernel="/boot/vmlinuz", cmdline="root=/dev/vda console=ttyS0"),
                         disks=[DiskConfig(path=f"{tmp}/data/vireo/images/ubuntu-server.img")]))
     (store.directory / "0badf11e-0000-4000-8000-000000000000.json").write_text('{"name": "old", "memory_mib": "1G"}')
-
-    host = LocalHost()
-    bridge = HostBridge(host)
+    bridge.reload()
+    wait(lambda: bridge.info(demo.uuid) is not None, 30)
     window = MainWindow([bridge], QSettings(f"{tmp}/settings.ini", QSettings.Format.IniFormat))
     window.resize(900, 460)
     window.show()
-
-    def pump(seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            app.processEvents()
-            time.sleep(0.02)
-
     pump(0.3)
     vm_window = window.open_vm((bridge, demo.uuid))
     vm_window.resize(760, 520)
@@ -82,7 +93,7 @@ def main(argv: list[str]) -> int:
     window.select_vm(demo.uuid)
     pump(0.3)
     window.grab().save(str(out / "main-window.png"))
-    vm_window.show_tab("console")
+    vm_window.show_tab("serial")      # the commands typed above (the VGA screen: app.tools.console_screenshots)
     pump(0.2)
     vm_window.grab().save(str(out / "vm-console.png"))
     vm_window.show_tab("details")
@@ -106,27 +117,13 @@ def main(argv: list[str]) -> int:
     pump(0.2)
     wizard.grab().save(str(out / "wizard-5-finish.png"))
     wizard.reject()
-    if live and host.get(demo.uuid).state.active:
-        host.force_off(demo.uuid)
-    print(f"screenshots in {out} ({'live VM' if live else 'defined VMs only'}); "
-          f"demo VM state {host.get(demo.uuid).state.value}")
-    bridge.shutdown()
-    host.close()
-    return 0 if not live or host.get(demo.uuid).state == VmState.SHUTOFF else 1
-
-
-def _engine_ready() -> bool:
-    """The Machine imports and the backend `auto` picks on this host exists, so a VM can really boot."""
-    import importlib.util
-
-    try:
-        import core.machine  # noqa: F401
-        from core.hypervisor.select import choose_accelerator
-
-        choice = choose_accelerator("auto")
-    except Exception:
-        return False
-    return importlib.util.find_spec(f"core.hypervisor.{choice.name}") is not None
+    if live and bridge.info(demo.uuid).state.active:
+        bridge.lifecycle("force_off", demo.uuid)
+        wait(lambda: not bridge.info(demo.uuid).state.active, 30)
+    state = bridge.info(demo.uuid).state
+    print(f"screenshots in {out} ({'live VM' if live else 'defined VMs only'}); demo VM state {state.value}")
+    bridge.shutdown(close_host=True)
+    return 0 if not live or state == VmState.SHUTOFF else 1
 
 
 if __name__ == "__main__":

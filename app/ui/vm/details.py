@@ -30,8 +30,18 @@ from PyQt6.QtWidgets import (
 
 from app.host_bridge import HostBridge
 from app.icons import resource_icon
-from core.config import ACCELERATORS, DISPLAY_TYPES, NETWORK_MODES, SERIAL_MODES, DiskConfig, VmConfig
-from core.host import VmInfo
+from core.config import (
+    ACCELERATORS,
+    DISPLAY_TYPES,
+    MAX_MEMORY_MIB,
+    MAX_VCPUS,
+    MIN_MEMORY_MIB,
+    NETWORK_MODES,
+    SERIAL_MODES,
+    DiskConfig,
+    VmConfig,
+)
+from core.host import HostError, VmInfo
 
 PAGES = ("Overview", "CPU", "Memory", "Boot Options", "Disks", "Network", "Display", "Serial")
 _ICONS = ("vm", "hw-cpu", "hw-memory", "hw-boot", "hw-disks", "hw-network", "hw-display", "hw-serial")
@@ -70,8 +80,6 @@ class DetailsEditor(QWidget):
         self.bridge, self.uuid = bridge, uuid
         self.saved: VmConfig | None = None
         self._loading = False
-        self.host_info = bridge.host.info()
-        self.caps = bridge.host.capabilities()
         self.pages = QListWidget(self)
         self.pages.setObjectName("hardwareList")
         self.pages.setMaximumWidth(200)
@@ -120,6 +128,8 @@ class DetailsEditor(QWidget):
         # Bound methods (not lambdas): PyQt disconnects them when this widget is destroyed.
         bridge.vmStateChanged.connect(self._state_changed)
         bridge.vmsChanged.connect(self._reload_if_clean)
+        bridge.factsChanged.connect(self._show_facts)
+        self._show_facts()
         self.revert()
 
     # -- pages -----------------------------------------------------------------------------------------------
@@ -154,9 +164,9 @@ class DetailsEditor(QWidget):
     def _cpu(self, page: QWidget) -> None:
         form = self._form(page, "CPU")
         self.vcpus = QSpinBox(page)
-        self.vcpus.setRange(1, self.host_info.cpus)
         form.addRow("vCPUs:", self.vcpus)
-        form.addRow("", _note(f"This host has {self.host_info.cpus} logical CPUs ({self.host_info.cores} cores)."))
+        self.cpu_note = _note("")
+        form.addRow("", self.cpu_note)
         self.accel = QComboBox(page)
         for name in ACCELERATORS:
             self.accel.addItem({"auto": "Automatic", "kvm": "KVM (hardware)", "software": "Software CPU"}[name], name)
@@ -168,8 +178,8 @@ class DetailsEditor(QWidget):
     def _accel_explain(self) -> None:
         requested = self.accel.currentData()
         try:
-            name, why = self.bridge.host.accel_preview(requested)
-        except Exception as exc:
+            name, why = self.bridge.accel_preview(requested)
+        except HostError as exc:
             self.accel_note.setText(f"<span style='color:#b3261e'>{exc}</span>")
             return
         self.accel_note.setText(f"Uses <b>{ {'kvm': 'KVM', 'software': 'the software CPU'}.get(name, name)}</b>"
@@ -178,11 +188,11 @@ class DetailsEditor(QWidget):
     def _memory(self, page: QWidget) -> None:
         form = self._form(page, "Memory")
         self.memory = QSpinBox(page)
-        self.memory.setRange(16, self.host_info.memory_mib)
         self.memory.setSuffix(" MiB")
         self.memory.setSingleStep(64)
         form.addRow("Memory:", self.memory)
-        form.addRow("", _note(f"This host has {self.host_info.memory_mib} MiB."))
+        self.memory_note = _note("")
+        form.addRow("", self.memory_note)
 
     def _boot(self, page: QWidget) -> None:
         form = self._form(page, "Boot Options")
@@ -217,9 +227,9 @@ class DetailsEditor(QWidget):
         row.addWidget(self.remove_disk)
         row.addStretch(1)
         form.addRow(row)
-        if not self.caps.disks:
-            form.addRow(_note("The engine does not attach disks yet (virtio-blk is not wired into the machine); "
-                              "they are kept in the definition and attached once it is."))
+        self.disk_note = _note("The engine does not attach disks yet (virtio-blk is not wired into the machine); "
+                               "they are kept in the definition and attached once it is.")
+        form.addRow(self.disk_note)
 
     def _add_disk(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a disk image", "", "Disk images (*.img *.raw *.qcow2);;"
@@ -259,8 +269,26 @@ class DetailsEditor(QWidget):
         self.mac = QLineEdit(page)
         self.mac.setPlaceholderText("generated from the VM's UUID")
         form.addRow("MAC address:", self.mac)
-        if not self.caps.network:
-            form.addRow(_note("The engine has no network card yet; the setting is kept for when it does."))
+        self.network_note = _note("The engine has no network card yet; the setting is kept for when it does.")
+        form.addRow(self.network_note)
+
+    def _show_facts(self) -> None:
+        """The host's limits and the engine's capabilities, from the bridge's cache (read on a worker); until they
+        are known the fields allow what the engine does."""
+        host, caps = self.bridge.host_info, self.bridge.capabilities
+        loading = self._loading
+        self._loading = True              # a range that clamps a value is the host's limit, not an edit
+        try:
+            self.vcpus.setRange(1, host.cpus if host else MAX_VCPUS)
+            self.memory.setRange(MIN_MEMORY_MIB, host.memory_mib if host else MAX_MEMORY_MIB)
+        finally:
+            self._loading = loading
+        self.cpu_note.setText(f"This host has {host.cpus} logical CPUs ({host.cores} cores)." if host
+                              else "Reading the host's limits…")
+        self.memory_note.setText(f"This host has {host.memory_mib} MiB." if host else "")
+        self.disk_note.setVisible(not caps.disks)
+        self.network_note.setVisible(not caps.network)
+        self._accel_explain()
 
     def _display(self, page: QWidget) -> None:
         form = self._form(page, "Display")
@@ -368,14 +396,17 @@ class DetailsEditor(QWidget):
         self.apply_button.setEnabled(False)
 
         def done(info: VmInfo) -> None:
-            self.bridge.refresh_now()
-            self.revert()
-            self.applied.emit(self.uuid)
+            def listed() -> None:     # the bridge's cache holds the saved definition
+                self.revert()
+                self.applied.emit(self.uuid)
+
+            self.bridge.refresh(then=listed)
 
         def failed(message: str) -> None:
-            from app.dialogs import show_error
+            from app.ui.dialogs import show_error
 
             show_error(self, "Saving the changes", message)
             self._changed()
 
-        self.bridge.call("Saving the changes", lambda: self.bridge.host.define(cfg), done, failed, uuid=self.uuid)
+        host = self.bridge.host
+        self.bridge.call("Saving the changes", lambda: host.define(cfg), done, failed, uuid=self.uuid)

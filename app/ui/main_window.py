@@ -2,7 +2,8 @@
 beneath (state, accelerator and why, a CPU sparkline), definition files that failed to load as error rows, the
 toolbar and menus acting on the selected VM, and launch(), the Qt application's entry point.
 
-Everything here runs on the GUI thread; every Host call goes through a HostBridge worker.
+Everything here runs on the GUI thread; every Host call goes through a HostBridge worker, and what the window
+shows comes from the bridge's cache.
 """
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from app.actions import VmActions
-from app.dialogs import QuitChoice, ask_quit, confirm_delete, show_error
 from app.host_bridge import HostBridge
 from app.icons import action_icon, app_icon, resource_icon, state_icon
-from core.host import Host, HostError, LocalHost, VmInfo, VmState
+from app.ui.actions import VmActions
+from app.ui.dialogs import QuitChoice, ask_quit, confirm_delete, show_error
+from core.host import Host, LocalHost, VmInfo, VmState
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class MainWindow(QMainWindow):
         self.host_items: dict[int, QTreeWidgetItem] = {}
         self.vm_items: dict[str, QTreeWidgetItem] = {}
         self.sparklines: dict[str, QWidget] = {}
+        self.remote_rows: set[int] = set()
         self._make_actions()
         self._make_menus()
         for index, bridge in enumerate(bridges):
@@ -97,6 +99,7 @@ class MainWindow(QMainWindow):
 
     def _wire_bridge(self, index: int, bridge: HostBridge) -> None:
         bridge.vmsChanged.connect(lambda i=index: self._rebuild_host(i))
+        bridge.factsChanged.connect(lambda i=index: self._rebuild_host(i))
         bridge.vmStateChanged.connect(lambda uuid, state, reason, i=index: self._state_changed(i, uuid, state,
                                                                                              reason))
         bridge.statsUpdated.connect(self._stats)
@@ -201,7 +204,6 @@ class MainWindow(QMainWindow):
     # -- the tree --------------------------------------------------------------------------------------------
     def _rebuild_host(self, index: int) -> None:
         bridge = self.bridges[index]
-        bridge.refresh_now()
         selected = self.selected()
         item = self.host_items.get(index)
         if item is None:
@@ -211,6 +213,7 @@ class MainWindow(QMainWindow):
             item.setIcon(0, resource_icon("host"))
             item.setFlags(Qt.ItemFlag.ItemIsEnabled)
             self.host_items[index] = item
+        if index not in self.remote_rows:     # a remote host's row shows its connection (app/ui/connections.py)
             self._host_label(item, bridge)
         for i in reversed(range(item.childCount())):
             child = item.child(i)
@@ -224,11 +227,7 @@ class MainWindow(QMainWindow):
             child.setData(0, ROLE, ("vm", index, info.uuid))
             self.vm_items[info.uuid] = child
             self._fill_vm(child, info)
-        try:
-            errors = bridge.host.load_errors()
-        except HostError as exc:
-            errors = [exc]
-        for err in errors:
+        for err in bridge.load_errors():
             child = QTreeWidgetItem(item)
             child.setData(0, ROLE, ("error", index, str(err)))
             name = getattr(err, "path", None)
@@ -253,11 +252,12 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _host_label(self, item: QTreeWidgetItem, bridge: HostBridge) -> None:
-        try:
-            hi = bridge.host.info()
-        except HostError as exc:
-            item.setText(0, f"{bridge.host.name} — {exc}")
+        hi = bridge.host_info
+        if hi is None:
+            self.tree.removeItemWidget(item, 0)
+            item.setText(0, f"{bridge.host.name} — {bridge.facts.error if bridge.facts else 'reading…'}")
             return
+        item.setText(0, "")
         kvm = ("<span style='color:#2e7d32'>hardware KVM</span>" if hi.kvm_usable and hi.kvm_hardware
                else "<span style='color:#9a6700'>no hardware KVM — VMs use the software CPU</span>")
         label = QLabel(f"<b>{bridge.host.name}</b> <span style='color:#666'>({hi.hostname})</span><br>"
@@ -353,7 +353,7 @@ class MainWindow(QMainWindow):
         bridge, uuid = sel
         window = self.vm_windows.get(uuid)
         if window is None:
-            from app.vm_window import VmWindow
+            from app.ui.vm_window import VmWindow
 
             window = VmWindow(bridge, uuid, self.settings)
             window.closed.connect(lambda u=uuid: self.vm_windows.pop(u, None))
@@ -365,16 +365,23 @@ class MainWindow(QMainWindow):
         return window
 
     def new_vm(self) -> None:
-        from app.wizard import NewVmWizard
+        """Open the New VM wizard once the host's facts (its limits, capabilities) are known."""
+        self.bridges[0].when_ready(self._open_wizard)
 
-        wizard = NewVmWizard(self.bridges[0], self)
+    def _open_wizard(self) -> None:
+        from app.ui.wizard import NewVmWizard
+
+        bridge = self.bridges[0]
+        if bridge.host_info is None:
+            show_error(self, "Creating a virtual machine", bridge.facts.error if bridge.facts else "no host")
+            return
+        wizard = NewVmWizard(bridge, self)
         wizard.created.connect(self._created)
         wizard.open()
         self.wizard = wizard
 
     def _created(self, uuid: str, start: bool) -> None:
         bridge = self.bridges[0]
-        self._rebuild_host(0)
         self.select_vm(uuid)
         if start:
             bridge.lifecycle("start", uuid)
@@ -399,7 +406,8 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Deleted {info.name} ({len(removed)} file{'s' if len(removed) > 1 else ''}"
                                          " removed)", 6000)
 
-        bridge.call(f"Deleting {info.name}", lambda: bridge.host.delete(uuid, disks), done, uuid=uuid)
+        host = bridge.host
+        bridge.call(f"Deleting {info.name}", lambda: host.delete(uuid, disks), done, uuid=uuid)
 
     # -- window state ----------------------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -439,7 +447,7 @@ class MainWindow(QMainWindow):
             for info in bridge.running():
                 action = "shutdown" if choice == QuitChoice.SHUT_DOWN and info.state == VmState.RUNNING else \
                     "force_off"
-                bridge.call(f"Stopping {info.name}", lambda b=bridge, a=action, u=info.uuid: getattr(b.host, a)(u),
+                bridge.call(f"Stopping {info.name}", lambda h=bridge.host, a=action, u=info.uuid: getattr(h, a)(u),
                             failed=lambda msg: None)
         self.statusBar().showMessage("Waiting for the virtual machines to stop…")
         self._quit_deadline = SHUTDOWN_GRACE_S * 10
@@ -466,8 +474,7 @@ class MainWindow(QMainWindow):
         for window in list(self.vm_windows.values()):
             window.close()
         for bridge in self.bridges:
-            bridge.shutdown()
-            bridge.host.close()     # forces off whatever is still running (e.g. a guest that ignored ACPI)
+            bridge.shutdown(close_host=True)   # forces off whatever still runs (e.g. a guest that ignored ACPI)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -501,14 +508,18 @@ def launch(argv: list[str]) -> int:
     window.show()
     if args.connect:
         window.remote_hosts.add_uri(args.connect)
-    for info in bridge.vms():
-        if info.config.autostart and info.state == VmState.SHUTOFF:
-            bridge.lifecycle("start", info.uuid)
-    if args.show_vm:
-        info = bridge.find(args.show_vm)
-        if info is None:
-            show_error(window, f"Opening {args.show_vm}", f"there is no VM named {args.show_vm!r}")
-        else:
-            window.select_vm(info.uuid)
-            window.open_vm((bridge, info.uuid), "console")
+
+    def listed() -> None:   # the host's first read (facts and VM list) is in the bridge's cache
+        for info in bridge.vms():
+            if info.config.autostart and info.state == VmState.SHUTOFF:
+                bridge.lifecycle("start", info.uuid)
+        if args.show_vm:
+            info = bridge.find(args.show_vm)
+            if info is None:
+                show_error(window, f"Opening {args.show_vm}", f"there is no VM named {args.show_vm!r}")
+            else:
+                window.select_vm(info.uuid)
+                window.open_vm((bridge, info.uuid), "console")
+
+    bridge.when_ready(listed)
     return app.exec()
