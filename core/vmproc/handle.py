@@ -71,7 +71,11 @@ class VmProcessError(Exception):
 
 
 class VmProcess:
-    """One running VM process. Create it with spawn() or adopt(), never directly."""
+    """One running VM process. Create it with spawn() or adopt(), never directly.
+
+    Attributes: pid; accel and accel_reason (the accelerator the process chose and why); console_path (its shared
+    console, None without a display); vcpu_tids; state and reason (the last reported; "running" or "paused" right
+    after adopt()); paths (its files)."""
 
     def __init__(self, paths: VmPaths, sock: socket.socket, pid: int, popen: subprocess.Popen | None,
                  pidfd: int | None, info: dict[str, Any], on_state: StateCallback, on_serial: SerialCallback,
