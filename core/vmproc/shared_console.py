@@ -246,6 +246,10 @@ class SharedConsoleReader:
         except OSError as exc:
             log.warning("shared console %s: %s", self.path, exc)
             return None
+        except Exception:               # a case the checks above missed: still no crash for the viewer
+            self._frame_no = -1
+            log.exception("shared console %s: unreadable", self.path)
+            return None
 
     def _heartbeat(self) -> None:
         now = self.clock()
