@@ -59,6 +59,7 @@ SEND_TIMEOUT = 10.0
 EXIT_GRACE = 10.0                # after the socket closes, how long the process may take to exit before a SIGKILL
 LOG_ROTATE_BYTES = 4 * 1024 * 1024
 MAX_VCPU_TIDS = 64
+MAX_EARLY = 256                  # messages a VM process may send between its start and `started` (a state, serial)
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -71,7 +72,11 @@ class VmProcessError(Exception):
 
 
 class VmProcess:
-    """One running VM process. Create it with spawn() or adopt(), never directly."""
+    """One running VM process. Create it with spawn() or adopt(), never directly.
+
+    Attributes: pid; accel and accel_reason (the accelerator the process chose and why); console_path (its shared
+    console, None without a display); vcpu_tids; state and reason (the last reported; "running" or "paused" right
+    after adopt()); paths (its files)."""
 
     def __init__(self, paths: VmPaths, sock: socket.socket, pid: int, popen: subprocess.Popen | None,
                  pidfd: int | None, info: dict[str, Any], on_state: StateCallback, on_serial: SerialCallback,
@@ -121,15 +126,18 @@ class VmProcess:
             raise VmProcessError(f"cannot prepare {runtime_dir}/vms: {one_line(exc)}") from None
         _claim_socket_path(paths, config.name)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        bound = False
         try:
             with unix_address(paths.socket) as address:
-                listener.bind(address)
+                listener.bind(address)          # EADDRINUSE when another spawn of this VM got there first
+            bound = True
             os.chmod(paths.socket, 0o600)
             listener.listen(8)
             popen = _launch(paths, config.uuid, runtime_dir, listener)
         except OSError as exc:
             listener.close()
-            _unlink(paths.socket)
+            if bound:
+                _unlink(paths.socket)
             raise VmProcessError(f"cannot start a VM process for {config.name}: {one_line(exc)}") from None
         listener.close()                      # the VM process owns it now
         deadline = time.monotonic() + timeout
@@ -151,6 +159,8 @@ class VmProcess:
                     raise VmProcessError(text(header, "e") or "the VM process gave no reason")
                 if header["t"] == "state" and header.get("state") == "running" and not early:
                     continue                  # the start itself: spawn returning says that
+                if len(early) >= MAX_EARLY:
+                    raise ProtocolError(f"more than {MAX_EARLY} messages before the machine started")
                 early.append((header, payload))
             sock.settimeout(None)
             return cls(paths, sock, popen.pid, popen, None, info, on_state, on_serial, early)

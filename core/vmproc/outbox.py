@@ -145,11 +145,14 @@ class Outbox:
                         self._serial_bytes -= len(payload)
                         if not payload:
                             continue
-                    batch.append(encode(header, bytes(payload)))
+                    try:
+                        batch.append(encode(header, bytes(payload)))
+                    except ValueError:      # over the frame limits: a bug on this side, not worth the VM
+                        log.exception("dropping a message that cannot be sent")
                 self._sending = True
             try:
                 send_all(sock, b"".join(batch), SEND_TIMEOUT)
-            except (OSError, TimeoutError) as exc:
+            except Exception as exc:        # OSError (also: its reader thread closed it), TimeoutError
                 log.warning("the controller's connection failed (%s); waiting for another", exc)
                 self.detach(sock)
                 _shutdown(sock)             # its reader thread sees the end and closes it

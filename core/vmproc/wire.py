@@ -23,6 +23,7 @@ Files, all under `<runtime_dir>/vms/` (a 0700 directory): `<uuid>.sock` the VM p
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import socket
@@ -130,6 +131,8 @@ def send_all(sock: socket.socket, data: bytes, timeout: float) -> None:
     blocking socket that another thread is reading from (MSG_DONTWAIT plus poll, no socket timeout)."""
     view = memoryview(data)
     deadline = time.monotonic() + timeout
+    if sock.fileno() < 0:
+        raise OSError(errno.EBADF, "the connection is closed")
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLOUT)
     while view:

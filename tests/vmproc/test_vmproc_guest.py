@@ -223,3 +223,16 @@ def test_sigterm_powers_the_machine_off(spawn, debian_kernel, busybox_initramfs)
     os.kill(vm.pid, signal.SIGTERM)
     assert rec.state("shutoff") == "forced power-off"
     assert vm.wait(10) and "exiting with 0" in open(vm.paths.log).read()
+
+
+def test_a_machine_crash_is_reported_as_crashed_and_the_process_exits(spawn):
+    from core.config import BootConfig, VmConfig
+    from tests.guests.build import guest_path
+
+    cfg = VmConfig(name="triple", memory_mib=32, accel="software", display=DisplayConfig("none"),
+                   boot=BootConfig(kernel=str(guest_path("triplefault"))))
+    vm, rec = spawn(cfg)
+    reason = rec.state("crashed", timeout=60)
+    assert "triple fault" in reason and "\n" not in reason
+    assert b"triplefault: loading an empty IDT" in rec.serial
+    assert vm.wait(10) and "exiting with 1" in open(vm.paths.log).read()
