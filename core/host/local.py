@@ -1,7 +1,13 @@
-"""LocalHost: the Host API (core/host/api.py) over this machine's engine, with VM definitions in a ConfigStore.
-
-The service (core/agent/daemon.py) runs one LocalHost for its user; every client reaches it through the service
+"""LocalHost: the Host API (core/host/api.py) over this machine's engine, with VM definitions in a ConfigStore;
+the Vireo service (core/agent/daemon.py) runs one for its user, and every client reaches it through the service
 (core/host/service.py locally, core/remote/host.py over SSH).
+
+Each start runs the VM in a process of its own (core.vmproc.handle.VmProcess: `python -m core.vmproc`, one Machine),
+as libvirt runs one QEMU per guest, so a VM that dies — a signal, an exception in native code — takes nothing else
+with it: it shows as crashed with the reason the process handle gives (the signal and the last lines of its log),
+and the service and the other VMs carry on. The VM process's state reports drive the VM's state here; its serial
+output is kept (SERIAL_HISTORY bytes) and fanned out to subscribers; its console is a shared-memory mapping
+(core.vmproc.shared_console) that any local reader maps itself; statistics are the process's own (VmProcess.stats).
 """
 from __future__ import annotations
 
@@ -10,7 +16,6 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
 
 from core.config import ConfigError, ConfigStore, LoadError, VmConfig
 from core.host.api import (
@@ -28,9 +33,12 @@ from core.host.api import (
     VmState,
     VmStats,
 )
-from core.hoststats import HostInfo, local_host_info, resident_bytes, thread_cpu_seconds
+from core.host.disks import create_disk_image
+from core.hoststats import HostInfo, local_host_info
 
 log = logging.getLogger(__name__)
+
+FORCE_OFF_WAIT = 10.0      # seconds for a VM process to power off before it is killed
 
 
 class _LocalVm:
@@ -38,7 +46,7 @@ class _LocalVm:
 
     def __init__(self, config: VmConfig) -> None:
         self.config = config
-        self.machine = None                     # core.machine.Machine while started
+        self.proc = None                        # core.vmproc.handle.VmProcess while started
         self.state = VmState.SHUTOFF
         self.reason = ""
         self.accel = ""
@@ -49,16 +57,18 @@ class _LocalVm:
         self.serial_listeners: list[SerialListener] = []
         self.serial_log = None
         self.reboot_pending = False
-        self.last_sample: tuple[float, float] | None = None   # (monotonic, cpu seconds)
+        self.forcing = False                    # force_off in progress: the process's end is "forced off"
+        self.last_sample: tuple | None = None   # (monotonic, cpu seconds, (disk bytes read, written))
         self.session = 0                        # counts starts: names the machine a VmConsole belongs to
 
 
 class LocalHost(Host):
     """The engine in this process. VM definitions come from (and go to) a ConfigStore."""
 
-    def __init__(self, store: ConfigStore | None = None, name: str = "Local") -> None:
+    def __init__(self, store: ConfigStore | None = None, name: str = "Local", runtime_dir: str | None = None) -> None:
         self.name = name
         self.store = store or ConfigStore()
+        self._runtime_dir = runtime_dir         # where VM processes keep sockets, logs, consoles; default paths'
         self._lock = threading.RLock()
         self._vms: dict[str, _LocalVm] = {}
         self._errors: list[LoadError] = []
@@ -205,146 +215,101 @@ class LocalHost(Host):
 
     def create_disk(self, path: str, size_bytes: int, fmt: str = "raw", preallocate: bool = False,
                     progress: Progress | None = None) -> None:
-        """Create a new disk image: raw (sparse unless `preallocate`) or qcow2 (thin, through core/storage, the
-        same layout qemu-img makes); never replaces an existing file."""
-        from core.storage import ImageError, create_image
-
-        if fmt not in ("raw", "qcow2"):
-            raise HostError(f"unknown disk format {fmt!r}: use raw or qcow2")
-        if fmt == "qcow2" and preallocate:
-            raise HostError("preallocation applies to raw images; a qcow2 image grows as the guest writes")
-        if size_bytes <= 0 or size_bytes % 512:
-            raise HostError(f"disk size {size_bytes} bytes: give a positive multiple of 512")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # O_EXCL claims the name, so an existing file (maybe another VM's disk) is never replaced.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            raise HostError(f"{path} already exists: choose another name") from None
-        except OSError as exc:
-            raise HostError(f"cannot create {path}: {exc.strerror}") from None
-        if progress:
-            progress(0, size_bytes)
-        if fmt == "qcow2":
-            os.close(fd)
-            try:
-                create_image(path, "qcow2", size_bytes)
-            except ImageError as exc:
-                os.unlink(path)
-                raise HostError(str(exc)) from None
-            if progress:
-                progress(size_bytes, size_bytes)
-            return
-        try:
-            os.ftruncate(fd, size_bytes)
-            if preallocate:
-                chunk = 64 * 1024 * 1024
-                for offset in range(0, size_bytes, chunk):
-                    os.posix_fallocate(fd, offset, min(chunk, size_bytes - offset))
-                    if progress:
-                        progress(min(offset + chunk, size_bytes), size_bytes)
-            os.fsync(fd)
-            if progress:
-                progress(size_bytes, size_bytes)
-        except OSError as exc:
-            os.close(fd)
-            os.unlink(path)
-            raise HostError(f"cannot create {path}: {exc.strerror}") from None
-        os.close(fd)
+        create_disk_image(path, size_bytes, fmt, preallocate, progress)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
+    @property
+    def runtime_dir(self) -> str:
+        if self._runtime_dir is None:
+            from core.agent.paths import UnsafeDirectory, runtime_dir
+            try:
+                self._runtime_dir = runtime_dir()
+            except UnsafeDirectory as exc:
+                raise HostError(str(exc)) from None
+        return self._runtime_dir
+
     def _set(self, vm: _LocalVm, state: VmState, reason: str = "") -> None:
         vm.state, vm.reason = state, reason
         self._emit(HostEvent(EventKind.STATE, vm.config.uuid, state, reason))
 
+    def autostart(self) -> list[str]:
+        """Start every shut-off VM whose definition says autostart (the service does at its start); returns the
+        one-line reasons of those that failed (each also logged and shown as the VM's reason)."""
+        failed = []
+        for info in self.list_vms():
+            if info.config.autostart and not info.state.active:
+                try:
+                    self.start(info.uuid)
+                except HostError as exc:
+                    log.warning("autostart %s: %s", info.name, exc)
+                    failed.append(f"{info.name}: {exc}")
+        return failed
+
     def start(self, vm_uuid: str) -> None:
+        from core.vmproc.handle import VmProcess, VmProcessError
+
         vm = self._vm(vm_uuid)
         with vm.op_lock:
             if vm.state.active:
                 raise HostError(f"{vm.config.name} is already {vm.state.label.lower()}")
-            vm.reboot_pending = False
+            vm.reboot_pending = vm.forcing = False
+            vm.session += 1
+            session = vm.session
             self._set(vm, VmState.STARTING)
             try:
-                machine = self._build_machine(vm)
-            except HostError as exc:
-                self._set(vm, VmState.SHUTOFF, f"failed to start: {exc}")
-                raise
-            vm.machine = machine
-            vm.session += 1
-            vm.last_sample = None
-            machine.add_state_listener(lambda m, state, reason: self._on_machine_state(vm, m, state, reason))
-            try:
-                machine.start()
-            except Exception as exc:
-                vm.machine = None
+                self._check_startable(vm.config)
+                self._open_serial(vm)
+                proc = VmProcess.spawn(vm.config, self.runtime_dir,
+                                       on_state=lambda state, reason: self._on_proc_state(vm, session, state, reason),
+                                       on_serial=lambda data: self._on_serial(vm, data))
+            except (HostError, VmProcessError) as exc:
+                self._close_serial(vm)
                 self._set(vm, VmState.SHUTOFF, f"failed to start: {exc}")
                 raise HostError(f"{vm.config.name} failed to start: {exc}") from None
+            vm.proc, vm.last_sample = proc, None
+            vm.accel, vm.accel_reason = proc.accel, proc.accel_reason
+            if vm.state == VmState.STARTING:    # unless the process already said otherwise
+                self._set(vm, VmState.RUNNING)
 
-    def _build_machine(self, vm: _LocalVm):
-        cfg = vm.config
+    def _check_startable(self, cfg: VmConfig) -> None:
+        """What can be refused with one clear line before a process is spawned for it."""
+        from core.machine import ConfigError as MachineConfigError
+        from core.machine import MachineConfig
+
         try:
             info = self.info()
             cfg.validate()
             cfg.validate_for_host(info.memory_mib, info.cpus)
-        except ConfigError as exc:
+            MachineConfig.from_vm(cfg, cfg.accel)
+        except (ConfigError, MachineConfigError) as exc:
             raise HostError(str(exc)) from None
-        for what, path in (("kernel", cfg.boot.kernel), ("initrd", cfg.boot.initrd)):
+        for what, path in [("kernel", cfg.boot.kernel), ("initrd", cfg.boot.initrd)] + \
+                [(f"disk {i}", d.path) for i, d in enumerate(cfg.disks)]:
             if path and not os.path.isfile(path):
                 raise HostError(f"{what} {path}: no such file")
             if path and not os.access(path, os.R_OK):
                 raise HostError(f"{what} {path}: not readable")
-        from core.hypervisor.base import AcceleratorUnavailable
-        from core.hypervisor.select import choose_accelerator
-        from core.machine import ConfigError as MachineConfigError
-        from core.machine import Machine, MachineConfig
 
-        try:
-            choice = choose_accelerator(cfg.accel)
-        except AcceleratorUnavailable as exc:
-            raise HostError(str(exc)) from None
-        vm.accel, vm.accel_reason = choice.name, choice.warning or choice.reason
-        with vm.serial_lock:
-            vm.serial = bytearray()
-            listeners = list(vm.serial_listeners)
-            if vm.serial_log is not None:
-                vm.serial_log.close()
-                vm.serial_log = None
-            if cfg.serial.log_file:
-                try:
-                    vm.serial_log = open(cfg.serial.log_file, "ab", buffering=0)
-                except OSError as exc:
-                    raise HostError(f"serial log {cfg.serial.log_file}: {exc.strerror}") from None
-        for listener in listeners:
-            self._call_serial(listener, TERMINAL_RESET)
-        mc = MachineConfig(kernel=cfg.boot.kernel, initrd=cfg.boot.initrd or None, cmdline=cfg.boot.cmdline,
-                           memory_mib=cfg.memory_mib, cpus=cfg.vcpus, accel=choice.name)
-        try:
-            return Machine(mc, serial_output=lambda data: self._on_serial(vm, data), accel_choice=choice)
-        except (MachineConfigError, AcceleratorUnavailable, OSError, ValueError) as exc:
-            raise HostError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-        except Exception as exc:  # BootError and friends: one line for the dialog, the rest in the log
-            log.exception("building %s failed", cfg.name)
-            raise HostError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-
-    def _on_machine_state(self, vm: _LocalVm, machine, state, reason: str) -> None:
-        if vm.machine is not machine:
+    def _on_proc_state(self, vm: _LocalVm, session: int, state: str, reason: str) -> None:
+        # Runs on the VM process handle's thread. A report of an earlier start (a late one) is ignored.
+        if vm.session != session:
             return
         mapped = {"running": VmState.RUNNING, "paused": VmState.PAUSED, "shutoff": VmState.SHUTOFF,
-                  "crashed": VmState.CRASHED}.get(state.value)
+                  "crashed": VmState.CRASHED}.get(state)
         if mapped is None:
+            log.warning("%s: unknown state %r from its process", vm.config.name, state)
             return
         restart = False
         if mapped in (VmState.SHUTOFF, VmState.CRASHED):
-            vm.machine = None
-            restart = vm.reboot_pending and mapped == VmState.SHUTOFF and reason == "guest powered off"
+            if vm.forcing:
+                mapped, reason = VmState.SHUTOFF, "forced off"
+            vm.proc = None
+            restart = vm.reboot_pending and mapped == VmState.SHUTOFF
             vm.reboot_pending = False
-            with vm.serial_lock:
-                if vm.serial_log is not None:
-                    vm.serial_log.close()
-                    vm.serial_log = None
+            self._close_serial(vm)
         self._set(vm, mapped, reason)
         if restart:
-            # This runs on the old Machine's supervisor thread; the new Machine starts on a fresh thread.
+            # A reboot is a power-off seen through to a fresh start, on a thread of its own (this is the handle's).
             threading.Thread(target=self._restart, args=(vm.config.uuid,), name="vireo-reboot", daemon=True).start()
 
     def _restart(self, vm_uuid: str) -> None:
@@ -353,60 +318,101 @@ class LocalHost(Host):
         except HostError as exc:
             log.warning("reboot: %s", exc)
 
-    def _machine(self, vm: _LocalVm, *allowed: VmState):
-        machine = vm.machine
-        if machine is None or vm.state not in allowed:
+    def _proc(self, vm: _LocalVm, *allowed: VmState):
+        proc = vm.proc
+        if proc is None or vm.state not in allowed:
             raise HostError(f"{vm.config.name} is {vm.state.label.lower()}")
-        return machine
+        return proc
+
+    def _request(self, vm_uuid: str, action: str, *allowed: VmState) -> None:
+        from core.vmproc.handle import VmProcessError
+
+        vm = self._vm(vm_uuid)
+        with vm.op_lock:
+            proc = self._proc(vm, *allowed)
+            try:
+                getattr(proc, action)()
+            except VmProcessError as exc:
+                raise HostError(f"{vm.config.name}: {exc}") from None
 
     def pause(self, vm_uuid: str) -> None:
-        vm = self._vm(vm_uuid)
-        with vm.op_lock:
-            self._machine(vm, VmState.RUNNING).pause()
+        self._request(vm_uuid, "pause", VmState.RUNNING)
 
     def resume(self, vm_uuid: str) -> None:
-        vm = self._vm(vm_uuid)
-        with vm.op_lock:
-            self._machine(vm, VmState.PAUSED).resume()
+        self._request(vm_uuid, "resume", VmState.PAUSED)
 
     def shutdown(self, vm_uuid: str) -> None:
         """Press the ACPI power button; the guest decides (the state changes when it powers off)."""
-        vm = self._vm(vm_uuid)
-        with vm.op_lock:
-            self._machine(vm, VmState.RUNNING).shutdown()
+        self._request(vm_uuid, "shutdown", VmState.RUNNING)
 
     def reboot(self, vm_uuid: str) -> None:
+        """The ACPI power button, then a fresh start once the guest has powered off."""
         vm = self._vm(vm_uuid)
         with vm.op_lock:
-            machine = self._machine(vm, VmState.RUNNING)
+            self._proc(vm, VmState.RUNNING)
             vm.reboot_pending = True
-            machine.shutdown()
+            try:
+                self._request(vm_uuid, "shutdown", VmState.RUNNING)
+            except HostError:
+                vm.reboot_pending = False
+                raise
 
     def force_reset(self, vm_uuid: str) -> None:
-        vm = self._vm(vm_uuid)
-        with vm.op_lock:
-            self._machine(vm, VmState.RUNNING, VmState.PAUSED).reset()
+        self._request(vm_uuid, "reset", VmState.RUNNING, VmState.PAUSED)
 
     def force_off(self, vm_uuid: str) -> None:
+        """Pull the plug, running or paused: the process is asked to power off and, if it does not within
+        FORCE_OFF_WAIT seconds, killed. Returns once the VM is shut off."""
+        from core.vmproc.handle import VmProcessError
+
         vm = self._vm(vm_uuid)
         with vm.op_lock:
-            machine = self._machine(vm, VmState.RUNNING, VmState.PAUSED)
-            vm.reboot_pending = False
-            machine.power_off()
-            machine.wait(10)
+            proc = self._proc(vm, VmState.RUNNING, VmState.PAUSED)
+            vm.reboot_pending, vm.forcing = False, True
+            try:
+                proc.power_off()
+            except VmProcessError as exc:
+                log.warning("%s: power off failed (%s); killing its process", vm.config.name, exc)
+            if not proc.wait(FORCE_OFF_WAIT):
+                proc.kill()
+                proc.wait(FORCE_OFF_WAIT)
+            deadline = time.monotonic() + FORCE_OFF_WAIT
+            while vm.state.active and time.monotonic() < deadline:    # the handle's report is on its way
+                time.sleep(0.01)
 
     def close(self) -> None:
-        """Power off every VM still running (they live in this process)."""
+        """The service is stopping: power off every VM still running (their processes are this service's
+        children, and nothing would supervise them after it)."""
         for vm in list(self._vms.values()):
-            machine = vm.machine
-            if machine is not None:
-                vm.reboot_pending = False
-                machine.power_off()
-                machine.wait(10)
+            if vm.proc is not None:
+                try:
+                    self.force_off(vm.config.uuid)
+                except HostError as exc:
+                    log.warning("stopping %s: %s", vm.config.name, exc)
 
     # -- serial console --------------------------------------------------------------------------------------
+    def _open_serial(self, vm: _LocalVm) -> None:
+        """A new boot: empty history, a fresh screen for subscribers, the log file (if any) opened."""
+        cfg = vm.config
+        with vm.serial_lock:
+            vm.serial = bytearray()
+            listeners = list(vm.serial_listeners)
+            if cfg.serial.log_file:
+                try:
+                    vm.serial_log = open(cfg.serial.log_file, "ab", buffering=0)
+                except OSError as exc:
+                    raise HostError(f"serial log {cfg.serial.log_file}: {exc.strerror}") from None
+        for listener in listeners:
+            self._call_serial(listener, TERMINAL_RESET)
+
+    def _close_serial(self, vm: _LocalVm) -> None:
+        with vm.serial_lock:
+            if vm.serial_log is not None:
+                vm.serial_log.close()
+                vm.serial_log = None
+
     def _on_serial(self, vm: _LocalVm, data: bytes) -> None:
-        # Runs on a vCPU thread: keep it short.
+        # Runs on the VM process handle's reader thread: keep it short.
         with vm.serial_lock:
             vm.serial += data
             if len(vm.serial) > SERIAL_HISTORY:
@@ -445,66 +451,79 @@ class LocalHost(Host):
                 vm.serial_listeners.remove(listener)
 
     def send_serial(self, vm_uuid: str, data: bytes) -> None:
+        from core.vmproc.handle import VmProcessError
+
         vm = self._vm(vm_uuid)
-        machine = vm.machine
-        if machine is None or vm.state != VmState.RUNNING:
+        proc = vm.proc
+        if proc is None or vm.state != VmState.RUNNING:
             raise HostError(f"{vm.config.name} is {vm.state.label.lower()}: nothing reads the serial port")
-        machine.serial_input(data)
+        try:
+            proc.serial_input(data)
+        except VmProcessError as exc:
+            raise HostError(f"{vm.config.name}: {exc}") from None
 
     # -- graphical console -----------------------------------------------------------------------------------
-    def console(self, vm_uuid: str) -> VmConsole:
-        """Frames straight from the VM's VGA model (a Renderer of its own for each caller, so several viewers
-        each get their own dirty rectangles) and input into its i8042."""
+    def shared_console(self, vm_uuid: str) -> tuple[int, str]:
+        """(session, path) of a started VM's console in shared memory, for a reader on this machine to map
+        itself (core.vmproc.shared_console.SharedConsoleReader); HostError when it has none."""
         vm = self._vm(vm_uuid)
         # No op_lock: a pause in progress holds it for up to seconds, and a viewer only reads.
-        session, machine, state = vm.session, vm.machine, vm.state
+        session, proc, state = vm.session, vm.proc, vm.state
         if vm.config.display.type == "none":
             raise HostError(f"{vm.config.name} has no display (its display is set to none)")
-        if machine is None or state not in (VmState.RUNNING, VmState.PAUSED):
+        if proc is None or state not in (VmState.RUNNING, VmState.PAUSED):
             raise HostError(f"{vm.config.name} is {state.label.lower()}: it shows no screen")
-        vga, kbc = getattr(machine, "vga", None), getattr(machine, "i8042", None)
-        if vga is None or kbc is None:
-            raise HostError("the engine's machine has no display adapter or keyboard controller")
-        from core.display.renderer import Renderer
-        from core.keymap import Ps2InputSink
-        return VmConsole(session=session, frames=Renderer(vga), input=Ps2InputSink(kbc))
+        if not proc.console_path:
+            raise HostError(f"{vm.config.name}'s process offers no console")
+        return session, proc.console_path
 
-    def shared_console(self, vm_uuid: str) -> tuple[int, str] | None:
-        """(session, path) of the VM's console in shared memory, for a client on this machine to map itself;
-        None when the machine draws it in this process."""
-        self.console(vm_uuid)       # the same refusals as console(): shut off, no display
-        return None
+    def console(self, vm_uuid: str) -> VmConsole:
+        """A reader of the VM process's shared console of its own (so several viewers each get their own dirty
+        rectangles); input goes to the VM process."""
+        from core.vmproc.shared_console import SharedConsoleReader
+
+        session, path = self.shared_console(vm_uuid)
+        try:
+            frames = SharedConsoleReader(path)
+        except (OSError, ValueError) as exc:
+            raise HostError(f"cannot map the console of {self._vm(vm_uuid).config.name}: {exc}") from None
+        return VmConsole(session=session, frames=frames, input=self.input_sink(vm_uuid))
+
+    def input_sink(self, vm_uuid: str):
+        """Where a started VM's keys and mouse motion go (core.keymap.InputSink: its process)."""
+        vm = self._vm(vm_uuid)
+        proc = vm.proc
+        if proc is None or vm.state not in (VmState.RUNNING, VmState.PAUSED):
+            raise HostError(f"{vm.config.name} is {vm.state.label.lower()}: it takes no input")
+        return proc
 
     # -- statistics ------------------------------------------------------------------------------------------
     def stats(self, vm_uuid: str) -> VmStats | None:
-        """A sample for a started VM (None when it is not running or paused)."""
+        """A sample for a started VM (None when it is not running or paused): the process's vCPU time over the
+        wall time since the previous sample, its resident guest memory, and disk rates when it counts them."""
+        from core.vmproc.handle import VmProcessError
+
         vm = self._vm(vm_uuid)
-        machine = vm.machine
-        if machine is None or vm.state not in (VmState.RUNNING, VmState.PAUSED):
+        proc = vm.proc
+        if proc is None or vm.state not in (VmState.RUNNING, VmState.PAUSED):
             vm.last_sample = None
             return None
+        try:
+            sample = proc.stats()
+        except VmProcessError:
+            return None         # it is going away: the state report follows
         now = time.monotonic()
-        cpu = 0.0
-        for tid in _vcpu_native_ids(machine):
-            seconds = thread_cpu_seconds(tid)
-            if seconds is not None:
-                cpu += seconds
-        percent = 0.0
+        cpu = float(sample.get("cpu_seconds") or 0.0)
+        counters = (sample.get("disk_read_bytes"), sample.get("disk_write_bytes"))
+        percent, rates = 0.0, (None, None)
         previous = vm.last_sample
         if previous is not None and now > previous[0]:
-            percent = max(0.0, min(100.0, (cpu - previous[1]) / (now - previous[0]) / vm.config.vcpus * 100))
-        vm.last_sample = (now, cpu)
-        resident = None
-        memory = getattr(machine, "memory", None)
-        if memory is not None:
-            used = resident_bytes(memory.host_base, memory.size)
-            resident = None if used is None else used / (1024 * 1024)
-        # Disk and network rates stay None until the engine has virtio-blk/net devices that count bytes.
+            elapsed = now - previous[0]
+            percent = max(0.0, min(100.0, (cpu - previous[1]) / elapsed / vm.config.vcpus * 100))
+            rates = tuple(None if c is None or p is None else max(0.0, (c - p) / elapsed)
+                          for c, p in zip(counters, previous[2], strict=True))
+        vm.last_sample = (now, cpu, counters)
+        resident = sample.get("resident_bytes")
         return VmStats(timestamp=now, cpu_percent=percent, cpu_seconds=cpu, memory_mib=vm.config.memory_mib,
-                       memory_resident_mib=resident)
-
-
-def _vcpu_native_ids(machine) -> list[int]:
-    # The vCPU threads are the Machine's own; their kernel thread ids name their /proc/self/task entries.
-    threads = getattr(machine, "vcpu_threads", None) or getattr(machine, "_threads", [])
-    return [t.native_id for t in threads if t.native_id is not None]
+                       memory_resident_mib=None if resident is None else resident / (1024 * 1024),
+                       disk_read_bps=rates[0], disk_write_bps=rates[1])
