@@ -1,7 +1,7 @@
 """The stdio bridge an SSH channel runs: `python3 -m core.agent.bridge` relays bytes between its stdin/stdout
 (the SSH channel) and this user's agent socket, starting the daemon first when none is listening.
 
-reach_agent() is also how a local client (core/host/service.py) reaches the service. Starting is serialised by a
+reach_agent() is also how a local client (core/remote/local.py) reaches the service. Starting is serialised by a
 lock file beside the socket (flock(2)): the first client to find no service starts one and waits until it listens;
 a client racing it waits for the lock and then finds the service listening, so one daemon is started, not two.
 

@@ -1,5 +1,5 @@
 """The Vireo service (the agent daemon): this user's VMs on this host, served over a UNIX socket to any number of
-connections — the GUI and the CLI on this machine (core/host/service.py), SSH clients through the bridge.
+connections — the GUI and the CLI on this machine (core/remote/local.py), SSH clients through the bridge.
 
 `python3 -m core.agent.daemon` (started on demand by the first client, or at login by the systemd user unit
 resources/vireo.service) takes the lock file in the private runtime directory (paths.py) so only one daemon runs

@@ -1,6 +1,6 @@
 """The Host API: what a client (the GUI, the CLI) asks of a machine that runs VMs, declared once for every
 implementation — LocalHost (core/host/local.py, the engine side the service runs), RemoteHost (core/remote/host.py,
-a service reached over SSH) and the local service's client (core/host/service.py) — and the values it answers with.
+a service reached over SSH) and the local service's client (core/remote/local.py) — and the values it answers with.
 
 The contract:
   * list_vms()/get() return VmInfo snapshots (definition, state, reason, accelerator and why); load_errors()

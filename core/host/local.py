@@ -1,6 +1,6 @@
 """LocalHost: the Host API (core/host/api.py) over this machine's engine, with VM definitions in a ConfigStore;
 the Vireo service (core/agent/daemon.py) runs one for its user, and every client reaches it through the service
-(core/host/service.py locally, core/remote/host.py over SSH).
+(core/remote/local.py on this machine, core/remote/host.py over SSH).
 
 Each start runs the VM in a process of its own (core.vmproc.handle.VmProcess: `python -m core.vmproc`, one Machine),
 as libvirt runs one QEMU per guest, so a VM that dies — a signal, an exception in native code — takes nothing else
@@ -65,10 +65,12 @@ class _LocalVm:
 class LocalHost(Host):
     """The engine in this process. VM definitions come from (and go to) a ConfigStore."""
 
-    def __init__(self, store: ConfigStore | None = None, name: str = "Local", runtime_dir: str | None = None) -> None:
+    def __init__(self, store: ConfigStore | None = None, name: str = "Local", *, runtime_dir: str) -> None:
+        """`runtime_dir`: the service's private runtime directory (core/agent/paths.py), where the VM processes
+        keep their control sockets, logs and shared consoles."""
         self.name = name
         self.store = store or ConfigStore()
-        self._runtime_dir = runtime_dir         # where VM processes keep sockets, logs, consoles; default paths'
+        self.runtime_dir = runtime_dir
         self._lock = threading.RLock()
         self._vms: dict[str, _LocalVm] = {}
         self._errors: list[LoadError] = []
@@ -218,16 +220,6 @@ class LocalHost(Host):
         create_disk_image(path, size_bytes, fmt, preallocate, progress)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
-    @property
-    def runtime_dir(self) -> str:
-        if self._runtime_dir is None:
-            from core.agent.paths import UnsafeDirectory, runtime_dir
-            try:
-                self._runtime_dir = runtime_dir()
-            except UnsafeDirectory as exc:
-                raise HostError(str(exc)) from None
-        return self._runtime_dir
-
     def _set(self, vm: _LocalVm, state: VmState, reason: str = "") -> None:
         vm.state, vm.reason = state, reason
         self._emit(HostEvent(EventKind.STATE, vm.config.uuid, state, reason))

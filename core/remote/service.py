@@ -1,6 +1,6 @@
 """ServiceClient: the Host API (core/host/api.py) for a Vireo service reached through a byte stream — the base of
 RemoteHost (an SSH channel running the bridge, core/remote/host.py) and LocalServiceHost (this user's UNIX socket,
-core/host/service.py). A subclass only opens the stream (`_open_agent`); everything else is here.
+core/remote/local.py). A subclass only opens the stream (`_open_agent`); everything else is here.
 
 Every call, event, serial stream and console of the host travels over that one stream (core/remote/client.py).
 The service keeps the VMs; this object keeps a mirror of what it last heard (VM list, host facts, load errors),

@@ -1,4 +1,4 @@
-"""The local Vireo service and its client (core/host/service.py, core/agent/daemon.py), each test in a sandbox of
+"""The local Vireo service and its client (core/remote/local.py, core/agent/daemon.py), each test in a sandbox of
 its own (tests/helpers/service.py): started on demand once however many clients race, VMs that outlive their
 client, serial through the client, and the Host API's refusals arriving as one line."""
 from __future__ import annotations
