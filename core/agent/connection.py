@@ -284,10 +284,7 @@ class Connection:
                 "active": [i.uuid for i in self.host.list_vms() if i.state.active]}
 
     def m_exit(self, **_: Any) -> bool:
-        """Stop this daemon so a newer one can start; refused while VMs run (it supervises their processes)."""
-        active = [i.name for i in self.host.list_vms() if i.state.active]
-        if active:
-            raise HostError(f"the agent runs {', '.join(active)}: stop them before the agent can be replaced")
+        """Stop this daemon so a newer one can start; its VM processes run on and the newer one adopts them."""
         threading.Thread(target=self.agent.stop, name="agent-exit", daemon=True).start()
         return True
 

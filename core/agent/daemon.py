@@ -5,9 +5,10 @@ connections — the GUI and the CLI on this machine (core/remote/local.py), SSH 
 resources/vireo.service) takes the lock file in the private runtime directory (paths.py) so only one daemon runs
 per user, listens on agent.sock (mode 0600, and every accepted peer's SO_PEERCRED uid must be ours: unix(7)), and
 supervises the user's VMs — a LocalHost over the user's XDG config directory, which runs each VM in a process of
-its own — so VMs keep running when connections come and go. At start it starts the VMs marked autostart. Started
-on demand it exits by itself after IDLE_EXIT seconds with no connection and no VM running; `--no-idle-exit` (the
-unit's) keeps it up.
+its own — so VMs keep running when connections come and go. At start it adopts the VM processes a previous service
+left running (they run on when a service stops or dies) and starts the VMs marked autostart. Started on demand it
+exits by itself after IDLE_EXIT seconds with no connection and no VM running; `--no-idle-exit` (the unit's) keeps
+it up.
 
 What one connection speaks is connection.py's.
 """
@@ -137,6 +138,15 @@ class Agent:
         self.host.close()
 
 
+def _take_over_and_autostart(host: AgentHost) -> None:
+    """VM processes an earlier service left running are this one's now; then the autostart VMs not running
+    start."""
+    adopted = host.adopt_running()
+    if adopted:
+        log.info("adopted the running VMs %s", ", ".join(adopted))
+    host.autostart()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m core.agent.daemon", description="the Vireo service")
     parser.add_argument("--idle-exit", type=float, default=IDLE_EXIT, metavar="SECONDS",
@@ -187,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     log.info("agent %s serving %s", engine_version(), agent.socket_path)
-    # After bind: a client that started this service is answered while the autostart VMs boot.
-    threading.Thread(target=host.autostart, name="autostart", daemon=True).start()
+    # After bind, so a client that started this service is answered while VMs are adopted and autostarted.
+    threading.Thread(target=_take_over_and_autostart, args=(host,), name="autostart", daemon=True).start()
     try:
         agent.serve_forever()
     finally:

@@ -52,6 +52,8 @@ class _LocalVm:
         self.accel = ""
         self.accel_reason = ""
         self.op_lock = threading.RLock()        # one lifecycle request at a time
+        self.state_lock = threading.Lock()      # orders the process's reports against start() taking its handle
+        self.ended = 0                          # the last session whose process reported its end
         self.serial = bytearray()
         self.serial_lock = threading.Lock()
         self.serial_listeners: list[SerialListener] = []
@@ -251,17 +253,63 @@ class LocalHost(Host):
             try:
                 self._check_startable(vm.config)
                 self._open_serial(vm)
-                proc = VmProcess.spawn(vm.config, self.runtime_dir,
-                                       on_state=lambda state, reason: self._on_proc_state(vm, session, state, reason),
+                proc = VmProcess.spawn(vm.config, self.runtime_dir, on_state=self._state_callback(vm, session),
                                        on_serial=lambda data: self._on_serial(vm, data))
             except (HostError, VmProcessError) as exc:
                 self._close_serial(vm)
                 self._set(vm, VmState.SHUTOFF, f"failed to start: {exc}")
                 raise HostError(f"{vm.config.name} failed to start: {exc}") from None
+            self._take(vm, session, proc)
+
+    def _state_callback(self, vm: _LocalVm, session: int):
+        return lambda state, reason: self._on_proc_state(vm, session, state, reason)
+
+    def _take(self, vm: _LocalVm, session: int, proc) -> None:
+        """Hold a started or adopted process's handle, unless it already reported its end (its reports run on
+        the handle's thread from the moment spawn/adopt returns)."""
+        with vm.state_lock:
+            if vm.ended == session:
+                return
             vm.proc, vm.last_sample = proc, None
             vm.accel, vm.accel_reason = proc.accel, proc.accel_reason
-            if vm.state == VmState.STARTING:    # unless the process already said otherwise
-                self._set(vm, VmState.RUNNING)
+            starting = vm.state == VmState.STARTING
+        if starting:
+            self._set(vm, VmState.PAUSED if proc.state == "paused" else VmState.RUNNING, proc.reason)
+
+    def adopt_running(self) -> list[str]:
+        """Take over the VM processes an earlier service left running (their sockets in <runtime>/vms/): the
+        service does at its start, before autostart. Returns the names of the VMs adopted."""
+        from core.vmproc.handle import VmProcess, VmProcessError
+
+        adopted = []
+        try:
+            sockets = sorted(f for f in os.listdir(os.path.join(self.runtime_dir, "vms")) if f.endswith(".sock"))
+        except FileNotFoundError:
+            return adopted
+        for name in sockets:
+            with self._lock:
+                vm = self._vms.get(name[:-len(".sock")])
+            if vm is None:
+                log.warning("a VM process socket %s belongs to no defined VM: left alone", name)
+                continue
+            with vm.op_lock:
+                if vm.state.active:
+                    continue
+                vm.session += 1
+                session = vm.session
+                with vm.serial_lock:
+                    vm.serial = bytearray()     # the process replays what it kept of the serial output
+                vm.state = VmState.STARTING
+                try:
+                    proc = VmProcess.adopt(vm.config.uuid, self.runtime_dir, self._state_callback(vm, session),
+                                           lambda data, vm=vm: self._on_serial(vm, data))
+                except VmProcessError as exc:
+                    vm.state = VmState.SHUTOFF
+                    log.warning("%s: %s", vm.config.name, exc)
+                    continue
+                self._take(vm, session, proc)
+                adopted.append(vm.config.name)
+        return adopted
 
     def _check_startable(self, cfg: VmConfig) -> None:
         """What can be refused with one clear line before a process is spawned for it."""
@@ -284,20 +332,22 @@ class LocalHost(Host):
 
     def _on_proc_state(self, vm: _LocalVm, session: int, state: str, reason: str) -> None:
         # Runs on the VM process handle's thread. A report of an earlier start (a late one) is ignored.
-        if vm.session != session:
-            return
         mapped = {"running": VmState.RUNNING, "paused": VmState.PAUSED, "shutoff": VmState.SHUTOFF,
                   "crashed": VmState.CRASHED}.get(state)
         if mapped is None:
             log.warning("%s: unknown state %r from its process", vm.config.name, state)
             return
         restart = False
+        with vm.state_lock:
+            if vm.session != session:
+                return
+            if mapped in (VmState.SHUTOFF, VmState.CRASHED):
+                if vm.forcing:
+                    mapped, reason = VmState.SHUTOFF, "forced off"
+                vm.proc, vm.ended = None, session
+                restart = vm.reboot_pending and mapped == VmState.SHUTOFF
+                vm.reboot_pending = False
         if mapped in (VmState.SHUTOFF, VmState.CRASHED):
-            if vm.forcing:
-                mapped, reason = VmState.SHUTOFF, "forced off"
-            vm.proc = None
-            restart = vm.reboot_pending and mapped == VmState.SHUTOFF
-            vm.reboot_pending = False
             self._close_serial(vm)
         self._set(vm, mapped, reason)
         if restart:
@@ -373,14 +423,8 @@ class LocalHost(Host):
                 time.sleep(0.01)
 
     def close(self) -> None:
-        """The service is stopping: power off every VM still running (their processes are this service's
-        children, and nothing would supervise them after it)."""
-        for vm in list(self._vms.values()):
-            if vm.proc is not None:
-                try:
-                    self.force_off(vm.config.uuid)
-                except HostError as exc:
-                    log.warning("stopping %s: %s", vm.config.name, exc)
+        """The service is stopping: its VM processes run on without it (each serves whoever connects next), and
+        the next service adopts them (adopt_running)."""
 
     # -- serial console --------------------------------------------------------------------------------------
     def _open_serial(self, vm: _LocalVm) -> None:
