@@ -138,15 +138,6 @@ class Agent:
         self.host.close()
 
 
-def _take_over_and_autostart(host: AgentHost) -> None:
-    """VM processes an earlier service left running are this one's now; then the autostart VMs not running
-    start."""
-    adopted = host.adopt_running()
-    if adopted:
-        log.info("adopted the running VMs %s", ", ".join(adopted))
-    host.autostart()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m core.agent.daemon", description="the Vireo service")
     parser.add_argument("--idle-exit", type=float, default=IDLE_EXIT, metavar="SECONDS",
@@ -192,13 +183,17 @@ def main(argv: list[str] | None = None) -> int:
         log.error("the engine needs numpy, which %s lacks", sys.executable)
         return 1
     host = AgentHost(ConfigStore(), name=socket.gethostname(), runtime_dir=runtime)
+    # The VM processes an earlier service left running are this one's before any client can ask about them.
+    adopted = host.adopt_running()
+    if adopted:
+        log.info("adopted the running VMs %s", ", ".join(adopted))
     agent = Agent(host, socket_file, idle_exit)
     agent.bind()
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     log.info("agent %s serving %s", engine_version(), agent.socket_path)
-    # After bind, so a client that started this service is answered while VMs are adopted and autostarted.
-    threading.Thread(target=_take_over_and_autostart, args=(host,), name="autostart", daemon=True).start()
+    # After bind, so a client that started this service is answered while the autostart VMs start.
+    threading.Thread(target=host.autostart, name="autostart", daemon=True).start()
     try:
         agent.serve_forever()
     finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 from core.agent import bridge, paths
@@ -23,6 +24,7 @@ from core.remote.service import ServiceClient
 
 log = logging.getLogger(__name__)
 
+HANDSHAKE_ATTEMPTS = 3
 LocalProgress = Callable[[str, int, int], None]     # (what, done, total), as RemoteHost.connect reports
 
 
@@ -44,6 +46,18 @@ class LocalServiceHost(ServiceClient):
             progress("the Vireo service", 1, 1)
 
     def _open_agent(self) -> AgentClient:
+        # A service that is exiting (idle, replaced, killed) may take the connection into its backlog and close
+        # it unanswered; the next attempt reaches the next service, started on demand.
+        for attempt in range(HANDSHAKE_ATTEMPTS):
+            try:
+                return self._handshake()
+            except AgentGone as exc:
+                if attempt == HANDSHAKE_ATTEMPTS - 1:
+                    raise HostError(f"the Vireo service did not answer: {exc}") from None
+                time.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _handshake(self) -> AgentClient:
         try:
             self.socket_path = paths.socket_path()
             sock = bridge.reach_agent(self.daemon_args)
@@ -60,10 +74,7 @@ class LocalServiceHost(ServiceClient):
             sock.close()
 
         client = self._new_client(sock.recv, sock.sendall, close)
-        try:
-            client.start()
-        except AgentGone as exc:
-            raise HostError(f"the Vireo service did not answer: {exc}") from None
+        client.start()
         return client
 
 

@@ -85,6 +85,29 @@ class ServiceSandbox:
         except OSError:
             return ""
 
+    def vm_pid(self, vm_uuid: str) -> int | None:
+        """The pid of the live VM process running `vm_uuid` (its command line names the uuid), if any."""
+        for pid in self.processes():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"core.vmproc" in argv and vm_uuid.encode() in argv:
+                return pid
+        return None
+
+    def stop_daemon(self) -> None:
+        """SIGTERM the service and wait for it to exit (its VM processes run on)."""
+        pid = self.daemon_pid()
+        if pid is None or not _alive(pid):
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        assert not _alive(pid), f"the service {pid} did not exit on SIGTERM"
+
     def processes(self) -> list[int]:
         """Every live process of this user whose environment has this sandbox's runtime directory."""
         marker = f"XDG_RUNTIME_DIR={self.runtime}".encode()
@@ -105,15 +128,10 @@ class ServiceSandbox:
         for host in self.clients:
             host.close()
         self.clients.clear()
-        pid = self.daemon_pid()
-        if pid is not None and _alive(pid):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + STOP_GRACE
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.05)
+        try:
+            self.stop_daemon()
+        except (ProcessLookupError, AssertionError):
+            pass        # killed below with the rest
         for pid in self.processes():
             try:
                 os.kill(pid, signal.SIGKILL)

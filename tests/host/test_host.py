@@ -1,10 +1,13 @@
-"""LocalHost (core/host/local.py): definitions, events, deletion with disks, host info, serial fan-out, errors that
-are one line, and — when the engine can boot the test guest — the whole lifecycle on a real Machine."""
+"""LocalHost (core/host/local.py), the engine side the service runs, used in-process here: definitions, events,
+deletion with disks, host info, serial fan-out, errors that are one line, and the whole lifecycle of a VM, which
+runs in a process of its own (core.vmproc)."""
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,13 +24,25 @@ def vm(name: str = "alpha", kernel: str = "/boot/vmlinuz", **kw) -> VmConfig:
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> LocalHost:
-    h = LocalHost(ConfigStore(tmp_path / "vms"))
+def runtime_dir() -> str:
+    # Short: the VM processes' sockets live here, and a UNIX socket path must fit in 108 bytes (unix(7)).
+    path = tempfile.mkdtemp(prefix="vireo-host-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def host(tmp_path: Path, runtime_dir: str) -> LocalHost:
+    h = LocalHost(ConfigStore(tmp_path / "vms"), runtime_dir=runtime_dir)
     yield h
+    # VM processes outlive a LocalHost that closes (the next service adopts them): end them here.
+    for info in h.list_vms():
+        if info.state.active:
+            h.force_off(info.uuid)
     h.close()
 
 
-def test_define_list_update_persist(host: LocalHost, tmp_path: Path) -> None:
+def test_define_list_update_persist(host: LocalHost, tmp_path: Path, runtime_dir: str) -> None:
     events = []
     host.add_listener(events.append)
     info = host.define(vm("beta", memory_mib=256))
@@ -38,7 +53,7 @@ def test_define_list_update_persist(host: LocalHost, tmp_path: Path) -> None:
     host.define(updated)
     assert host.get(info.uuid).config.memory_mib == 384
     assert [e.kind for e in events] == [EventKind.DEFINED, EventKind.DEFINED, EventKind.UPDATED]
-    again = LocalHost(ConfigStore(tmp_path / "vms"))
+    again = LocalHost(ConfigStore(tmp_path / "vms"), runtime_dir=runtime_dir)
     assert {v.name: v.config.memory_mib for v in again.list_vms()} == {"alpha": 512, "beta": 384}
 
 
@@ -92,11 +107,11 @@ def test_create_disk_progress_and_no_overwrite(host: LocalHost, tmp_path: Path) 
         host.create_disk(str(tmp_path / "p.qcow2"), 1 << 20, fmt="qcow2", preallocate=True)
 
 
-def test_corrupt_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
+def test_corrupt_file_is_an_error_not_a_crash(tmp_path: Path, runtime_dir: str) -> None:
     d = tmp_path / "vms"
     d.mkdir()
     (d / "55555555-5555-4555-8555-555555555555.json").write_text("{nope")
-    h = LocalHost(ConfigStore(d))
+    h = LocalHost(ConfigStore(d), runtime_dir=runtime_dir)
     assert h.list_vms() == []
     (err,) = h.load_errors()
     assert "not valid JSON" in err.message
@@ -166,23 +181,8 @@ def test_thread_cpu_time_and_resident_memory() -> None:
     m.close()
 
 
-# -- a real Machine ------------------------------------------------------------------------------------------
+# -- a real VM process ------------------------------------------------------------------------------------------
 
-def engine_ready() -> bool:
-    """The Machine imports and the backend `auto` picks on this host exists, so a VM can really boot."""
-    import importlib.util
-
-    try:
-        import core.machine  # noqa: F401
-        from core.hypervisor.select import choose_accelerator
-
-        choice = choose_accelerator("auto")
-    except Exception:
-        return False
-    return importlib.util.find_spec(f"core.hypervisor.{choice.name}") is not None
-
-
-@pytest.mark.skipif(not engine_ready(), reason="the engine cannot build a Machine in this tree yet")
 def test_lifecycle_on_a_real_machine(host: LocalHost, debian_kernel: Path, busybox_initramfs: Path) -> None:
     cfg = VmConfig(name="debian", memory_mib=256,
                    boot=BootConfig(kernel=str(debian_kernel), initrd=str(busybox_initramfs),
