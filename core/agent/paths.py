@@ -66,10 +66,6 @@ def socket_path() -> str:
     return os.path.join(runtime_dir(), SOCKET_NAME)
 
 
-def lock_path() -> str:
-    return os.path.join(runtime_dir(), LOCK_NAME)
-
-
 def start_lock_path() -> str:
     return os.path.join(runtime_dir(), START_LOCK_NAME)
 

@@ -89,10 +89,6 @@ class AgentClient:
     def closed(self) -> bool:
         return self._closed_reason is not None
 
-    @property
-    def closed_reason(self) -> str | None:
-        return self._closed_reason
-
     def close(self, reason: str = "disconnected") -> None:
         self._finish(reason)
 

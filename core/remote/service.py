@@ -93,6 +93,7 @@ class ServiceClient(Host):
         self._accel_cache: dict[str, tuple[str, str]] = {}
         self._serial: dict[str, _SerialSub] = {}
         self._consoles: dict[str, FrameAssembler] = {}
+        self._shared: dict[str, list] = {}     # uuid -> [(SharedConsoleReader, session)] handed out (fds)
         self._conn_listeners: list[ConnectionListener] = []
 
     # -- what a subclass provides ----------------------------------------------------------------------------
@@ -235,6 +236,11 @@ class ServiceClient(Host):
     def close(self) -> None:
         """Disconnect; the VMs keep running in the service."""
         self.disconnect("closed")
+        with self._lock:
+            shared, self._shared = self._shared, {}
+        for readers in shared.values():
+            for reader, _ in readers:
+                reader.close()
 
     def _agent(self, reconnect: bool = True) -> AgentClient:
         client = self._client
@@ -460,6 +466,13 @@ class ServiceClient(Host):
                 frames = SharedConsoleReader(path)
             except (OSError, ValueError) as exc:
                 raise HostError(f"cannot map the console of {self.get(vm_uuid).name}: {exc}") from None
+            with self._lock:
+                readers = self._shared.setdefault(vm_uuid, [])
+                # Readers of an earlier session of this VM read nothing more (their last picture stays).
+                for old, old_session in readers:
+                    if old_session != session:
+                        old.close()
+                readers[:] = [(r, n) for r, n in readers if n == session] + [(frames, session)]
             return VmConsole(session=session, frames=frames, input=ServiceInputSink(self, vm_uuid))
         client = self._agent(reconnect=False)
         with self._lock:
@@ -473,9 +486,12 @@ class ServiceClient(Host):
         return lambda count: self._notify({"t": "fb_ack", "uuid": vm_uuid, "n": count})
 
     def close_console(self, vm_uuid: str) -> None:
-        """Stop streaming a VM's screen (the viewer is gone); nothing to stop for a shared console."""
+        """The viewers of a VM's screen are gone: stop its stream, or close the shared console's readers."""
         with self._lock:
             assembler = self._consoles.pop(vm_uuid, None)
+            readers = self._shared.pop(vm_uuid, [])
+        for reader, _ in readers:
+            reader.close()
         client = self._client
         if client is not None:
             client.consoles.pop(vm_uuid, None)
