@@ -525,13 +525,13 @@ class LocalHost(Host):
             raise HostError(f"cannot map the console of {self._vm(vm_uuid).config.name}: {exc}") from None
         return VmConsole(session=session, frames=frames, input=self.input_sink(vm_uuid))
 
-    def input_sink(self, vm_uuid: str):
-        """Where a started VM's keys and mouse motion go (core.keymap.InputSink: its process)."""
+    def input_sink(self, vm_uuid: str) -> _ProcessInput:
+        """Where a started VM's keys and mouse motion go (a core.keymap.InputSink into its process)."""
         vm = self._vm(vm_uuid)
         proc = vm.proc
         if proc is None or vm.state not in (VmState.RUNNING, VmState.PAUSED):
             raise HostError(f"{vm.config.name} is {vm.state.label.lower()}: it takes no input")
-        return proc
+        return _ProcessInput(proc)
 
     # -- statistics ------------------------------------------------------------------------------------------
     def stats(self, vm_uuid: str) -> VmStats | None:
@@ -563,3 +563,25 @@ class LocalHost(Host):
         return VmStats(timestamp=now, cpu_percent=percent, cpu_seconds=cpu, memory_mib=vm.config.memory_mib,
                        memory_resident_mib=None if resident is None else resident / (1024 * 1024),
                        disk_read_bps=rates[0], disk_write_bps=rates[1])
+
+
+class _ProcessInput:
+    """core.keymap.InputSink into a VM process: input for a process that has ended has nowhere to go and is
+    dropped (its end is reported as a state change), as a key pressed on a powered-off machine."""
+
+    def __init__(self, proc) -> None:
+        self.proc = proc
+
+    def key_event(self, set2_bytes: bytes) -> None:
+        from core.vmproc.handle import VmProcessError
+        try:
+            self.proc.key_event(set2_bytes)
+        except VmProcessError as exc:
+            log.debug("key event dropped: %s", exc)
+
+    def mouse_event(self, dx: int, dy: int, buttons: int, dz: int = 0) -> None:
+        from core.vmproc.handle import VmProcessError
+        try:
+            self.proc.mouse_event(dx, dy, buttons, dz)
+        except VmProcessError as exc:
+            log.debug("mouse event dropped: %s", exc)
