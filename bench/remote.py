@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from core.agent.console import FrameAssembler, encode_frame  # noqa: E402
-from core.agent.protocol import exact_reader, read_message  # noqa: E402
+from core.protocol import exact_reader, read_message  # noqa: E402
 
 # Runs on the remote side: a Vga in 1024x768x32 whose framebuffer changes every frame, rendered by the engine's
 # Renderer and sent with the agent's console encoding; at most 2 frames unacknowledged (as the agent).
@@ -40,7 +40,7 @@ STREAMER = r'''
 import os, select, sys, time
 import numpy as np
 from core.agent.console import MAX_IN_FLIGHT, encode_frame
-from core.agent.protocol import encode
+from core.protocol import encode
 from core.devices.vga import Vga
 from core.display.renderer import Renderer
 kind, seconds = sys.argv[1], float(sys.argv[2])

@@ -22,8 +22,8 @@ import sys
 import time
 
 from core.agent import paths
-from core.agent.protocol import encode
 from core.agent.version import engine_root
+from core.protocol import encode
 
 START_TIMEOUT = 30.0      # seconds for a new daemon to listen (it imports numpy and, maybe, unicorn first)
 CHUNK = 256 * 1024

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 from core.agent import wire
 from core.agent.agenthost import AgentHost, software_cpu_available
 from core.agent.console import MAX_IN_FLIGHT, encode_frame, merge_rects
-from core.agent.protocol import (
+from core.agent.version import engine_version
+from core.host.api import EventKind, HostError, HostEvent
+from core.protocol import (
     MAX_FRAME,
     ConnectionClosed,
     Message,
@@ -36,8 +38,6 @@ from core.agent.protocol import (
     hello,
     read_message,
 )
-from core.agent.version import engine_version
-from core.host.api import EventKind, HostError, HostEvent
 
 if TYPE_CHECKING:
     from core.agent.daemon import Agent

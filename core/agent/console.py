@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from core.agent.protocol import Message, ProtocolError
 from core.display.frame import Frame, Rect
+from core.protocol import Message, ProtocolError
 
 STRIP_BYTES = 256 * 1024
 MAX_IN_FLIGHT = 2

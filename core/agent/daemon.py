@@ -28,9 +28,9 @@ import time
 from core.agent import paths
 from core.agent.agenthost import AgentHost
 from core.agent.connection import Connection
-from core.agent.protocol import encode
 from core.agent.version import engine_version
 from core.config import ConfigStore
+from core.protocol import encode
 
 log = logging.getLogger("vireo.agent")
 

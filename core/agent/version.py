@@ -1,4 +1,4 @@
-"""Which engine a host runs: the agent protocol number and a content hash of the engine's source.
+"""Which engine a host runs: a content hash of the engine's source (the protocol number is core/protocol.py's).
 
 The version is derived from the code rather than typed by hand, so a client can tell whether the agent on a host
 is the very engine it carries (same hash), and any change to core/ makes it upload a fresh copy. Standard library
@@ -10,7 +10,6 @@ import hashlib
 import os
 from functools import lru_cache
 
-PROTOCOL_VERSION = 1
 RELEASE = "0.1.0"
 # What the engine package ships to a remote host: core/ minus the client-only SSH side (paramiko lives there),
 # and the data files the engine reads (the VGA font, core/devices/vga_font.py).

@@ -1,4 +1,4 @@
-"""The client end of the agent protocol (core/agent/protocol.py) over any byte stream — an SSH channel running
+"""The client end of the agent protocol (core/protocol.py) over any byte stream — an SSH channel running
 the bridge in practice, a socket in tests.
 
 One reader thread takes every message off the stream: replies complete the call waiting for them (matched by
@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from core.agent.console import FrameAssembler
-from core.agent.protocol import (
+from core.host.api import HostError
+from core.protocol import (
     ConnectionClosed,
     ProtocolError,
     check_hello,
@@ -25,7 +26,6 @@ from core.agent.protocol import (
     hello,
     read_message,
 )
-from core.host.api import HostError
 
 log = logging.getLogger(__name__)
 

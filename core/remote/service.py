@@ -27,7 +27,6 @@ from typing import Any
 
 from core.agent import wire
 from core.agent.console import FrameAssembler
-from core.agent.protocol import ProtocolError
 from core.agent.version import engine_version
 from core.config import LoadError, VmConfig
 from core.host.api import (
@@ -45,6 +44,7 @@ from core.host.api import (
     VmStats,
 )
 from core.hoststats import HostInfo
+from core.protocol import ProtocolError
 from core.remote.client import AgentClient, AgentGone
 
 log = logging.getLogger(__name__)

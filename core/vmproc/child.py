@@ -27,8 +27,7 @@ import threading
 import time
 from typing import Any
 
-from core.agent.protocol import ConnectionClosed, ProtocolError, check_hello
-from core.agent.version import PROTOCOL_VERSION
+from core.protocol import PROTOCOL_VERSION, ConnectionClosed, ProtocolError, check_hello
 from core.vmproc.outbox import Outbox
 from core.vmproc.wire import (
     CALLS,

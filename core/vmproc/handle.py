@@ -27,9 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.agent.protocol import ConnectionClosed, ProtocolError, check_hello, encode, hello
 from core.config import VmConfig
 from core.hoststats import thread_cpu_seconds
+from core.protocol import ConnectionClosed, ProtocolError, check_hello, encode, hello
 from core.vmproc.wire import (
     FINAL_STATES,
     MAX_REASON,

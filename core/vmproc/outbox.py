@@ -16,7 +16,7 @@ import time
 from collections import deque
 from typing import Any
 
-from core.agent.protocol import encode
+from core.protocol import encode
 from core.vmproc.wire import SERIAL_BATCH, send_all
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """What a VM process and its controller say to each other, where the VM's files live, and the socket plumbing both
 sides share.
 
-Framing is the agent's (core/agent/protocol.py: length-prefixed JSON header plus binary payload), with a much lower
+Framing is the agent's (core/protocol.py: length-prefixed JSON header plus binary payload), with a much lower
 limit per message (MAX_MESSAGE): nothing on this channel is large, and a controller treats the VM process as
 untrusted. The messages:
 
@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from core.agent.protocol import Message, ProtocolError, exact_reader, read_message
+from core.protocol import Message, ProtocolError, exact_reader, read_message
 
 MAX_MESSAGE = 1024 * 1024        # bytes per frame; serial batches are at most SERIAL_BATCH
 SERIAL_BATCH = 64 * 1024

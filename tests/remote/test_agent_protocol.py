@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from core.agent.console import STRIP_BYTES, FrameAssembler, encode_frame
-from core.agent.protocol import (
+from core.host import HostError
+from core.protocol import (
     MAX_FRAME,
     FrameDecoder,
     ProtocolError,
@@ -23,7 +24,6 @@ from core.agent.protocol import (
     hello,
     read_message,
 )
-from core.host import HostError
 from core.remote.client import AgentClient, AgentGone
 from core.remote.known_hosts import KnownHosts, Verdict, fingerprint, hosts_match
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from core.agent.install import bridge_command, run_command
-from core.agent.protocol import MAX_FRAME, encode, exact_reader, hello, read_message
 from core.agent.version import engine_version
 from core.config import BootConfig, VmConfig
 from core.host import EventKind, HostError, VmState
+from core.protocol import MAX_FRAME, encode, exact_reader, hello, read_message
 from core.remote.host import RemoteHost
 from core.remote.ssh import SshError, SshTarget, open_transport, parse_uri
 from tests.guests.build import GUESTS, guest_path

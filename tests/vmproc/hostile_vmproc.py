@@ -12,7 +12,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from core.agent.protocol import encode, hello  # noqa: E402
+from core.protocol import encode, hello  # noqa: E402
 from core.vmproc.wire import ROLE_VM, receive, unix_address, vm_paths  # noqa: E402
 
 BAD = {

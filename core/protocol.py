@@ -1,5 +1,6 @@
-"""The agent's wire format: one framed, versioned message stream carries everything between a client and the
-agent (calls and replies, events, statistics, serial bytes, console updates, input).
+"""Vireo's wire format: one framed, versioned message stream carries everything between a client and the service
+(calls and replies, events, statistics, serial bytes, console updates, input: core/agent/), and between the service
+and each VM process (core/vmproc/wire.py, with a lower size limit). Neither package owns it, so both import it.
 
 A frame is a 4-byte big-endian body length L (at most MAX_FRAME) and a body of L bytes: a 4-byte big-endian
 header length J, J bytes of UTF-8 JSON holding one object with a string "t" (the message type), and L-4-J bytes
@@ -20,9 +21,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from core.agent.version import PROTOCOL_VERSION
-
-MAX_FRAME = 8 * 1024 * 1024      # body bytes; console strips and serial chunks are far smaller (see console.py)
+PROTOCOL_VERSION = 1
+MAX_FRAME = 8 * 1024 * 1024      # body bytes; console strips and serial chunks are far smaller (core/agent/console.py)
 MAX_HEADER = 256 * 1024          # the JSON part; a VM list of hundreds of definitions fits easily
 _LEN = struct.Struct(">I")
 
