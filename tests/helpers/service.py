@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from core.remote.local import LocalServiceHost, connect_local
+from core.connect import LocalServiceHost, connect_local
 
 STOP_GRACE = 10.0
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from core.config import BootConfig, DiskConfig, VmConfig
-from core.host import HostError, LocalServiceHost, VmState
+from core.connect import LocalServiceHost
+from core.host import HostError, VmState
 from tests.helpers.service import ServiceSandbox
 
 SHELL_CMDLINE = "console=ttyS0 vireo.action=shell"
