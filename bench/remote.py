@@ -193,7 +193,7 @@ def main() -> int:
             t0 = time.perf_counter()
             host._call("list")
             listing.append(time.perf_counter() - t0)
-        local = LocalHost(ConfigStore(workdir / "local-vms"))
+        local = LocalHost(ConfigStore(workdir / "local-vms"), runtime_dir=str(workdir / "local-runtime"))
         local_rtts = []
         for _ in range(args.calls):
             t0 = time.perf_counter()
