@@ -124,10 +124,6 @@ class ServiceClient(Host):
     def add_connection_listener(self, listener: ConnectionListener) -> None:
         self._conn_listeners.append(listener)
 
-    def remove_connection_listener(self, listener: ConnectionListener) -> None:
-        if listener in self._conn_listeners:
-            self._conn_listeners.remove(listener)
-
     def _set_connection(self, state: str, message: str) -> None:
         self.state = state
         for listener in list(self._conn_listeners):
