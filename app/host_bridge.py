@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 HISTORY = 120           # samples (seconds) of statistics kept per VM
 STATS_INTERVAL_MS = 1000
 SHUTDOWN_WAIT_MS = 15000
+RECONNECT_DELAY_MS = 500   # after the service's connection drops: let a replacing service start listening
 
 
 class _Job(QRunnable):
@@ -78,10 +79,17 @@ class HostBridge(QObject):
 
     _finished = pyqtSignal(object, object, object)
     _event = pyqtSignal(object)
+    _dropped = pyqtSignal(str)
 
-    def __init__(self, host: Host, parent: QObject | None = None) -> None:
+    def __init__(self, host: Host, parent: QObject | None = None,
+                 connect: Callable[[], None] | None = None) -> None:
+        """`connect`, for a host reached through a service (this computer's Vireo service), is called on the
+        worker before every full read: the first read starts or reaches the service, and after the connection
+        drops (the service was killed or replaced) the next read reconnects, and the service adopts the VMs."""
         super().__init__(parent)
         self.host = host
+        self._connect = connect
+        self._closing = False
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(4)
         self._jobs: set[_Job] = set()
@@ -102,6 +110,7 @@ class HostBridge(QObject):
         self._finished.connect(self._on_finished, Qt.ConnectionType.QueuedConnection)
         self._event.connect(self._on_event, Qt.ConnectionType.QueuedConnection)
         self._listener = lambda event: self._event.emit(event)   # engine threads → queued into the GUI thread
+        self._dropped.connect(self._on_dropped, Qt.ConnectionType.QueuedConnection)
         self._typing: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self._typist = threading.Thread(target=self._type_loop, name="vireo-serial-input", daemon=True)
         self._typist.start()
@@ -202,6 +211,11 @@ class HostBridge(QObject):
         def read() -> tuple[HostFacts | None, list[VmInfo], list[Exception]]:
             if listen:
                 host.add_listener(self._listener)
+                if self._connect is not None:
+                    host.add_connection_listener(lambda state, message: self._dropped.emit(message)
+                                                 if state == "disconnected" else None)
+            if facts and self._connect is not None:
+                self._connect()
             read_facts = self._read_facts() if facts else None
             try:
                 errors: list[Exception] = list(host.load_errors())
@@ -225,6 +239,17 @@ class HostBridge(QObject):
                 then()
 
         self.call(f"Reading {host.name}", read, done, failed)
+
+    def _on_dropped(self, message: str) -> None:
+        """The service's connection dropped: say so on the host row, then reconnect with a full read."""
+        if self._closing:
+            return
+        self._set_facts(HostFacts(error=f"{message}; reconnecting…"))
+        QTimer.singleShot(RECONNECT_DELAY_MS, self._reconnect)
+
+    def _reconnect(self) -> None:
+        if not self._closing:
+            self.refresh(facts=True)
 
     def reload(self, then: Callable[[], None] | None = None) -> None:
         """Have the host re-read its definition files (edited behind its back), then refresh the cache."""
@@ -405,6 +430,7 @@ class HostBridge(QObject):
     # -- the end ---------------------------------------------------------------------------------------------
     def shutdown(self, close_host: bool = False) -> None:
         """Stop sampling and listening (and close the host when asked), on the workers; waits for them."""
+        self._closing = True
         self.stats_timer.stop()
         for uuid in list(self._serial_subs):
             self.close_serial(uuid)

@@ -45,20 +45,20 @@ def main(argv: list[str]) -> int:
     tmp = tempfile.mkdtemp(prefix="vireo-shots-")
     os.environ["XDG_CONFIG_HOME"] = f"{tmp}/config"
     os.environ["XDG_DATA_HOME"] = f"{tmp}/data"
+    os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="vireo-rt-")  # a throw-away service, exits when idle
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
     from PyQt6.QtCore import QSettings
     from PyQt6.QtWidgets import QApplication
 
-    from app.host_bridge import HostBridge
+    from app.ui.main_window import local_bridge
     from app.ui.vm_window import VmWindow
     from core.config import BootConfig, ConfigStore, VmConfig
-    from core.host import LocalHost, VmState
+    from core.host import VmState
 
     app = QApplication.instance() or QApplication(["vireo"])
     app.setApplicationName("vireo")
-    host = LocalHost()
-    bridge = HostBridge(host)
+    bridge = local_bridge()
     settings = QSettings(f"{tmp}/settings.ini", QSettings.Format.IniFormat)
 
     def boot(name: str, cmdline: str) -> tuple[VmWindow, object, str]:

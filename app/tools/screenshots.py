@@ -22,16 +22,16 @@ def main(argv: list[str]) -> int:
     tmp = tempfile.mkdtemp(prefix="vireo-shots-")
     os.environ["XDG_CONFIG_HOME"] = f"{tmp}/config"
     os.environ["XDG_DATA_HOME"] = f"{tmp}/data"
+    os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="vireo-rt-")  # a throw-away service, exits when idle
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PyQt6.QtCore import QSettings
     from PyQt6.QtWidgets import QApplication
 
-    from app.host_bridge import HostBridge
     from app.icons import app_icon
-    from app.ui.main_window import MainWindow
+    from app.ui.main_window import MainWindow, local_bridge
     from core.config import BootConfig, ConfigStore, DiskConfig, VmConfig
-    from core.host import HostError, LocalHost, VmState
+    from core.host import HostError, VmState
 
     app = QApplication(["vireo"])
     app.setWindowIcon(app_icon())
@@ -47,8 +47,7 @@ def main(argv: list[str]) -> int:
         while not predicate() and time.monotonic() < deadline:
             pump(0.1)
 
-    host = LocalHost()
-    bridge = HostBridge(host)
+    bridge = local_bridge()
     wait(lambda: bridge.facts is not None, 30)
     try:
         engine = bridge.accel_preview("auto")[0]     # the backend `auto` picks here, "" when none can run

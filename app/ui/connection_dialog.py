@@ -29,7 +29,7 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
-from core.host import Check, SshTarget
+from core.connect import Check, SshTarget
 
 AUTH_CHOICES = (("auto", "Automatic (SSH agent, keys, then password)"), ("agent", "SSH agent"),
                 ("key", "Key file"), ("password", "Password"))

@@ -20,7 +20,8 @@ from PyQt6.QtWidgets import QMenu, QTreeWidgetItem
 
 from app.host_bridge import HostBridge
 from app.ui.connection_dialog import AddConnectionDialog, QtPrompter
-from core.host import HostError, RemoteHost, SshTarget, parse_uri
+from core.connect import RemoteHost, SshTarget, parse_uri
+from core.host import HostError
 
 log = logging.getLogger(__name__)
 

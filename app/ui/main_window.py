@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from PyQt6.QtCore import QSettings, QSize, Qt, QTimer
+from PyQt6.QtCore import QSettings, QSize, Qt
 from PyQt6.QtGui import QAction, QBrush, QColor, QFont, QKeySequence
 from PyQt6.QtWidgets import (
     QAbstractItemView,
@@ -29,14 +29,14 @@ from PyQt6.QtWidgets import (
 from app.host_bridge import HostBridge
 from app.icons import action_icon, app_icon, resource_icon, state_icon
 from app.ui.actions import VmActions
-from app.ui.dialogs import QuitChoice, ask_quit, confirm_delete, show_error
-from core.host import Host, LocalHost, VmInfo, VmState
+from app.ui.dialogs import confirm_delete, show_error
+from core.connect import LocalServiceHost
+from core.host import Host, VmInfo, VmState
 
 log = logging.getLogger(__name__)
 
 COL_NAME, COL_STATE, COL_ACCEL, COL_CPU = range(4)
 ROLE = Qt.ItemDataRole.UserRole
-SHUTDOWN_GRACE_S = 30
 
 
 def accel_text(info: VmInfo) -> tuple[str, str]:
@@ -57,7 +57,6 @@ class MainWindow(QMainWindow):
         self.bridges = bridges
         self.settings = settings or QSettings()
         self.vm_windows: dict[str, QWidget] = {}
-        self._quitting = False
         self.setWindowTitle("Vireo Virtual Machine Manager")
         self.setWindowIcon(app_icon())
         self.tree = QTreeWidget(self)
@@ -426,48 +425,9 @@ class MainWindow(QMainWindow):
         self.settings.sync()
 
     def closeEvent(self, event) -> None:
-        if self._quitting:
-            event.accept()
-            return
-        running = [i for b in self._local_bridges() for i in b.running()]
-        if running:
-            choice = ask_quit(self, running)
-            if choice == QuitChoice.CANCEL:
-                event.ignore()
-                return
-            event.ignore()
-            self._stop_all_then_quit(choice)
-            return
+        # The VMs live in the Vireo service, not in this window: they keep running, as under virt-manager.
         self._finish_quit()
         event.accept()
-
-    def _stop_all_then_quit(self, choice: QuitChoice) -> None:
-        self.setEnabled(False)
-        for bridge in self._local_bridges():
-            for info in bridge.running():
-                action = "shutdown" if choice == QuitChoice.SHUT_DOWN and info.state == VmState.RUNNING else \
-                    "force_off"
-                bridge.call(f"Stopping {info.name}", lambda h=bridge.host, a=action, u=info.uuid: getattr(h, a)(u),
-                            failed=lambda msg: None)
-        self.statusBar().showMessage("Waiting for the virtual machines to stop…")
-        self._quit_deadline = SHUTDOWN_GRACE_S * 10
-        self._quit_timer = QTimer(self)
-        self._quit_timer.timeout.connect(self._poll_quit)
-        self._quit_timer.start(100)
-
-    def _poll_quit(self) -> None:
-        self._quit_deadline -= 1
-        running = [(b, i) for b in self._local_bridges() for i in b.running()]
-        if running and self._quit_deadline > 0:
-            return
-        self._quit_timer.stop()
-        self._finish_quit()
-        self._quitting = True
-        self.close()
-
-    def _local_bridges(self) -> list[HostBridge]:
-        # VMs of remote hosts live in their agents: quitting the manager leaves them running.
-        return [b for b in self.bridges if not getattr(b.host, "remote", False)]
 
     def _finish_quit(self) -> None:
         self._save()
@@ -475,6 +435,15 @@ class MainWindow(QMainWindow):
             window.close()
         for bridge in self.bridges:
             bridge.shutdown(close_host=True)   # forces off whatever still runs (e.g. a guest that ignored ACPI)
+
+
+def local_bridge(host: Host | None = None) -> HostBridge:
+    """This computer, as the first host row: a client of this user's Vireo service (`host`, a new
+    LocalServiceHost unless given), which the bridge's first read (on a worker) reaches or starts; a service that
+    cannot start shows as the host row's error. A manager that opens re-reads the definition files, as it did when
+    VMs lived in it: files edited or added by hand since the service read them show up (or as error rows)."""
+    host = host if host is not None else LocalServiceHost("Local", reread=True)
+    return HostBridge(host, connect=host.connect)  # type: ignore[attr-defined]  (a service client's)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -498,12 +467,7 @@ def launch(argv: list[str]) -> int:
     app.setApplicationDisplayName("Vireo")
     app.setDesktopFileName("vireo")
     app.setWindowIcon(app_icon())
-    try:
-        host: Host = LocalHost()
-    except Exception as exc:  # e.g. an unreadable config directory: say so instead of a traceback
-        QMessageBox.critical(None, "Vireo", f"Cannot open the local host: {exc}")
-        return 1
-    bridge = HostBridge(host)
+    bridge = local_bridge()
     window = MainWindow([bridge])
     window.show()
     if args.connect:

@@ -33,15 +33,23 @@ class LocalServiceHost(ServiceClient):
 
     shared_console = True
 
-    def __init__(self, name: str = "Local", daemon_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, name: str = "Local", daemon_args: tuple[str, ...] = (), reread: bool = False) -> None:
+        """`reread`: on every (re)connection, have the service re-read the definition files first, so files
+        added or edited by hand since it read them show (the manager's choice: it opens on what is on disk)."""
         super().__init__(name)
         self.daemon_args = daemon_args      # for a service this client starts (tests pass --idle-exit)
+        self.reread = reread
         self.socket_path = ""
 
     def _connect(self, progress: LocalProgress | None) -> None:
         if progress is not None:
             progress("the Vireo service", 0, 1)
         self._attach()
+        client = self._client
+        if self.reread and client is not None:
+            # Before connect() returns and announces the VMs, so no reader sees the mirror from before.
+            client.call("reload")
+            self._fetch_state(client)
         if progress is not None:
             progress("the Vireo service", 1, 1)
 

@@ -20,15 +20,14 @@ from PyQt6.QtCore import QSettings, Qt, QTimer  # noqa: E402
 from PyQt6.QtWidgets import QApplication, QMessageBox, QWizard  # noqa: E402
 
 from core.config import BootConfig, ConfigStore, DiskConfig, VmConfig  # noqa: E402
-from core.host import LocalHost, VmState  # noqa: E402
-from tests.host import test_host  # noqa: E402  (engine_ready: whether this tree can build a Machine)
+from core.host import VmState  # noqa: E402
 
 
 @pytest.fixture
-def xdg(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    return tmp_path
+def xdg(local_service) -> Path:
+    """The sandbox's root: config/ and data/ are XDG_CONFIG_HOME and XDG_DATA_HOME of this process and of the
+    private Vireo service the manager starts (tests/helpers/service.py)."""
+    return local_service.root
 
 
 @pytest.fixture
@@ -40,11 +39,10 @@ def kernel(tmp_path: Path) -> Path:
 
 
 def make_app(qtbot, xdg: Path):
-    from app.host_bridge import HostBridge
-    from app.ui.main_window import MainWindow
+    from app.ui.main_window import MainWindow, local_bridge
 
-    host = LocalHost()
-    bridge = HostBridge(host)
+    bridge = local_bridge()       # as launch() makes it: a client of the service, connected on a worker
+    host = bridge.host
     window = MainWindow([bridge], QSettings(str(xdg / "settings.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(window)
     window.show()
@@ -154,8 +152,14 @@ def test_wizard_defines_a_vm_with_a_new_disk(qtbot, app_parts, kernel, xdg) -> N
     # "Customize before install" opened the VM window on Details.
     vm_window = window.vm_windows[uuid]
     assert vm_window.tabs.currentWidget() is vm_window.details
-    # The definition survives a restart of the app.
-    assert [v.name for v in LocalHost().list_vms()] == ["lab"]
+    # The definition is the service's: another client (a restarted app) sees it.
+    from app.ui.main_window import local_bridge
+    other = local_bridge()
+    qtbot.waitUntil(lambda: other.facts is not None, timeout=10_000)
+    try:
+        assert [v.name for v in other.vms()] == ["lab"]
+    finally:
+        other.shutdown(close_host=True)
 
 
 def test_wizard_refuses_a_duplicate_name(qtbot, app_parts, kernel) -> None:
@@ -215,15 +219,15 @@ def test_serial_console_renders_guest_output_and_sends_keys(qtbot, app_parts) ->
     host, bridge, window = app_parts
     cfg = define("console")
     reload(qtbot, bridge)
-    inner = host._vm(cfg.uuid)
-    host._on_serial(inner, b"Linux version 6.1\r\n")       # printed before the window opened: history
     vm_window = window.open_vm((bridge, cfg.uuid))
     term = vm_window.console.terminal
-    qtbot.waitUntil(lambda: "Linux version 6.1" in term.text())    # subscribed on a bridge worker
-    # Output arriving on an engine thread reaches the widget through the bridge's queued signal.
+    qtbot.waitUntil(lambda: cfg.uuid in bridge._serial_open)    # subscribed on a bridge worker
+    # Output arriving on the service connection's reader thread reaches the widget through the bridge's queued
+    # signal (a guest really printing is the journey tests'; this is the terminal's rendering).
     import threading
     t = threading.Thread(target=host._on_serial,
-                         args=(inner, b"\x1b[1;32mVIREO-BOOT-OK\x1b[0m\r\nvireo:~# \x1b[2Jcleared\r\n$ "))
+                         args=(cfg.uuid, b"Linux version 6.1\r\n\x1b[1;32mVIREO-BOOT-OK\x1b[0m\r\nvireo:~# "
+                                         b"\x1b[2Jcleared\r\n$ "))
     t.start()
     t.join()
     qtbot.waitUntil(lambda: "cleared" in term.text())
@@ -247,7 +251,6 @@ def test_serial_console_renders_guest_output_and_sends_keys(qtbot, app_parts) ->
 def test_delete_removes_definition_and_disk_when_asked(qtbot, app_parts, xdg, monkeypatch) -> None:
     host, bridge, window = app_parts
     disk = xdg / "data" / "disk.img"
-    disk.parent.mkdir(parents=True)
     disk.write_bytes(b"\0" * 512)
     keep = define("keep-disk", disks=[DiskConfig(path=str(disk))])
     drop = define("drop-disk", disks=[DiskConfig(path=str(disk))])
@@ -283,19 +286,13 @@ def test_a_failed_start_shows_one_line_and_the_vm_stays_shut_off(qtbot, app_part
 
 # -- with the engine ----------------------------------------------------------------------------------------
 
-def _engine_ready() -> bool:
-    return test_host.engine_ready()
-
-
-@pytest.mark.skipif(not _engine_ready(), reason="the engine cannot build a Machine in this tree yet")
 def test_debian_vm_runs_pauses_resumes_and_powers_off_from_the_gui(qtbot, app_parts, debian_kernel,
                                                                    busybox_initramfs) -> None:
     host, bridge, window = app_parts
     try:
         _debian_journey(qtbot, host, bridge, window, debian_kernel, busybox_initramfs)
     finally:
-        # A VM still running when pytest-qt closes the window would raise the modal "quit with VMs running?"
-        # question and hang the run instead of failing it.
+        # The VM runs in the service, which outlives the window: stop it before the sandbox goes.
         for vm in host.list_vms():
             if vm.state in (VmState.RUNNING, VmState.PAUSED):
                 host.force_off(vm.uuid)

@@ -1,13 +1,18 @@
-"""Issue 6's "done means", literally, as one user journey through the real widgets (pytest-qt, offscreen): the New VM
-wizard defines a direct-boot VM from the tests' Debian kernel and busybox initramfs on the software CPU; the main
-window lists it shut off; Run boots it (the serial tab shows the marker), Pause and Resume follow in the row; Shut
-Down presses the ACPI power button and the guest's acpid powers off by itself; the definition survives a restart of
-the app, next to a corrupt definition file shown as an error row; Delete, answered through its dialog, removes the
-row and the file. One Linux boot.
+"""Issues 6 and 11's "done means", literally, as one user journey through the real widgets (pytest-qt, offscreen):
+the New VM wizard defines a direct-boot VM from the tests' Debian kernel and busybox initramfs on the software CPU,
+with a new 1 GiB qcow2 disk; the main window lists it shut off; Run boots it in its own process under the private
+Vireo service (the serial tab shows the marker); typed into the serial tab, the guest finds /dev/vda of 1 GiB, makes
+a file system on it and writes a file; Pause and Resume follow in the row; Shut Down presses the ACPI power button
+and the guest's acpid powers off by itself; Run again, and the guest reads the file back; qemu-img reads the image
+as a clean 1 GiB qcow2; the definition survives a restart of the app, next to a corrupt definition file shown as
+an error row; Delete, answered through its dialog, removes the row, the definition and the disk. Two Linux boots.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import time
 
 import pytest
@@ -20,14 +25,20 @@ from PyQt6.QtWidgets import QApplication, QCheckBox, QMessageBox, QRadioButton, 
 from core.config import ConfigStore  # noqa: E402
 from core.host import VmState  # noqa: E402
 from tests.gui.test_gui import vm_rows, xdg  # noqa: E402,F401  (xdg: the fixture, reused)
-from tests.host import test_host  # noqa: E402  (engine_ready: whether this tree can build a Machine)
 
 BOOT_TIMEOUT_MS = 120_000     # ~2.2 s to the prompt on the software CPU here; slow CI machines get headroom
 STATE_TIMEOUT_MS = 15_000
 CMDLINE = "console=ttyS0 vireo.action=shell"
 CORRUPT = "77777777-7777-4777-8777-777777777777.json"
-
-pytestmark = pytest.mark.skipif(not test_host.engine_ready(), reason="the engine cannot build a Machine here")
+GIB = 1024 ** 3
+# Typed into the serial tab: the disk drivers (the initramfs loads none by itself in the shell action), then the
+# disk's size as the guest's block layer reports it, in 512-byte sectors.
+LOAD_DISK = ("for m in virtio_pci virtio_blk crc32c_generic ext4; do modprobe $m; done; "
+             "until [ -e /dev/vda ]; do sleep 0.1; done; echo VIREO-VDA-SECTORS=$(cat /sys/block/vda/size)")
+WRITE_FILE = ("mke2fs -q /dev/vda && mkdir -p /mnt && mount -t ext2 /dev/vda /mnt && "
+              "echo journey-was-here > /mnt/proof && umount /mnt && sync && echo VIREO-WROTE''-OK")
+READ_FILE = ("mkdir -p /mnt && mount -t ext2 -o ro /dev/vda /mnt && echo VIREO-READ=$(cat /mnt/proof) && "
+             "umount /mnt")
 
 
 def click(qtbot, widget) -> None:
@@ -76,28 +87,33 @@ def answer_delete_dialog(qtbot, answered: list[str]) -> None:
             QTimer.singleShot(20, answer)
             return
         answered.append(box.text())
-        # No disk was made for this VM, so there is no "also delete its disk images" box to tick.
+        # The VM has the wizard's disk: tick "also delete its disk images".
         answered.append("checkbox" if box.checkBox() is not None else "no checkbox")
+        if box.checkBox() is not None:
+            box.checkBox().setChecked(True)
         delete = next(b for b in box.buttons() if b.text() == "Delete")
         qtbot.mouseClick(delete, Qt.MouseButton.LeftButton)
 
     QTimer.singleShot(0, answer)
 
 
+def type_line(qtbot, term, line: str) -> None:
+    term.setFocus()
+    qtbot.keyClicks(term, line)
+    qtbot.keyClick(term, Qt.Key.Key_Return)
+
+
 @pytest.fixture
 def start_app(qtbot, xdg):  # noqa: F811
-    """Builds the app as test_gui.make_app does, over the test's XDG dirs, but closes it itself (not through
-    qtbot.addWidget, whose teardown runs first): whatever still runs is forced off before the window closes, so a
-    failing step cannot leave the quit question waiting for an answer forever."""
-    from app.host_bridge import HostBridge
-    from app.ui.main_window import MainWindow
-    from core.host import LocalHost
+    """Builds the app as launch() does (a client of the sandbox's Vireo service, tests/helpers/service.py), but
+    closes it itself rather than through qtbot.addWidget, whose teardown runs first."""
+    from app.ui.main_window import MainWindow, local_bridge
 
     apps = []
 
     def start():
-        host = LocalHost()
-        bridge = HostBridge(host)
+        bridge = local_bridge()
+        host = bridge.host
         window = MainWindow([bridge], QSettings(str(xdg / "settings.ini"), QSettings.Format.IniFormat))
         window.show()
         apps.append((host, bridge, window))
@@ -107,12 +123,10 @@ def start_app(qtbot, xdg):  # noqa: F811
         return host, bridge, window
 
     yield start
-    for host, bridge, window in apps:
-        host.close()
-        window._quitting = True     # nothing runs any more: close without asking
+    for _host, bridge, window in apps:
         for w in list(window.vm_windows.values()):
             w.close()
-        window.close()
+        window.close()          # leaves the VMs running in the service; the sandbox ends them
         bridge.shutdown()
 
 
@@ -140,10 +154,13 @@ def test_wizard_to_delete_with_a_debian_guest(qtbot, start_app, debian_kernel, b
     type_into(qtbot, wizard.resources_page.cpus.lineEdit(), "1")
     click(qtbot, next_button)
     assert wizard.currentPage() is wizard.storage_page
-    click(qtbot, wizard.storage_page.create)
-    assert wizard.storage_page.size.isEnabled()
-    click(qtbot, wizard.storage_page.none)                  # changed our mind: no disk
-    assert not wizard.storage_page.size.isEnabled()
+    storage = wizard.storage_page
+    click(qtbot, storage.none)
+    assert not storage.size.isEnabled()
+    click(qtbot, storage.create)                            # changed our mind: a new disk
+    assert storage.size.isEnabled()
+    type_into(qtbot, storage.size.lineEdit(), "1")
+    storage.format.setCurrentIndex(storage.format.findData("qcow2"))
     click(qtbot, next_button)
     assert wizard.currentPage() is wizard.finish_page
     finish = wizard.finish_page
@@ -160,7 +177,10 @@ def test_wizard_to_delete_with_a_debian_guest(qtbot, start_app, debian_kernel, b
     assert start is False
     qtbot.waitUntil(lambda: vm_rows(window).get("journey") == "Shut off")
     cfg = host.get(uuid).config
-    assert (cfg.memory_mib, cfg.vcpus, cfg.accel, cfg.disks) == (256, 1, "software", [])
+    assert (cfg.memory_mib, cfg.vcpus, cfg.accel) == (256, 1, "software")
+    assert [(d.format, d.bus) for d in cfg.disks] == [("qcow2", "virtio")], cfg.disks
+    disk = cfg.disks[0].path
+    assert os.path.isfile(disk)
     assert (cfg.boot.kernel, cfg.boot.initrd, cfg.boot.cmdline) == (str(debian_kernel), str(busybox_initramfs),
                                                                     CMDLINE)
     assert ConfigStore().path_for(uuid).is_file()
@@ -185,6 +205,11 @@ def test_wizard_to_delete_with_a_debian_guest(qtbot, start_app, debian_kernel, b
                           "done; echo ACPID-READ''Y")
     qtbot.keyClick(term, Qt.Key.Key_Return)
     wait_serial(qtbot, term, "ACPID-READY", STATE_TIMEOUT_MS)
+    # The wizard's disk, as the guest sees it: /dev/vda of 1 GiB; a file system and a file go on it.
+    type_line(qtbot, term, LOAD_DISK)
+    wait_serial(qtbot, term, f"VIREO-VDA-SECTORS={GIB // 512}", STATE_TIMEOUT_MS)
+    type_line(qtbot, term, WRITE_FILE)
+    wait_serial(qtbot, term, "VIREO-WROTE-OK", 60_000)
 
     click(qtbot, toolbar_button(window, window.vm_actions.pause))
     qtbot.waitUntil(lambda: vm_rows(window)["journey"] == "Paused", timeout=STATE_TIMEOUT_MS)
@@ -204,6 +229,26 @@ def test_wizard_to_delete_with_a_debian_guest(qtbot, start_app, debian_kernel, b
     assert info.state == VmState.SHUTOFF and info.reason == "guest powered off", info.reason
     wait_serial(qtbot, term, "VIREO-POWER-BUTTON", 5000)
 
+    # The VM again, from the same definition: the file written before is on the disk.
+    term.clear()        # the prompt to wait for is the new boot's
+    click(qtbot, toolbar_button(window, window.vm_actions.run))
+    qtbot.waitUntil(lambda: vm_rows(window)["journey"] == "Running", timeout=STATE_TIMEOUT_MS)
+    wait_serial(qtbot, term, "vireo:~#", BOOT_TIMEOUT_MS)
+    type_line(qtbot, term, LOAD_DISK + "; " + READ_FILE)
+    wait_serial(qtbot, term, "VIREO-READ=journey-was-here", 60_000)
+    qtbot.waitUntil(lambda: window.vm_actions.off.isEnabled())
+    window.vm_actions.off.trigger()                         # Force Off, from the Shut Down button's menu
+    qtbot.waitUntil(lambda: vm_rows(window)["journey"] == "Shut off", timeout=STATE_TIMEOUT_MS)
+    # The image, as qemu-img reads it: a consistent qcow2 of 1 GiB.
+    qemu_img = shutil.which("qemu-img")
+    if qemu_img is None:
+        assert not os.environ.get("CI"), "qemu-img is missing (Debian's qemu-utils)"
+    else:
+        info = json.loads(subprocess.run([qemu_img, "info", "--output=json", disk], check=True,
+                                         capture_output=True, text=True).stdout)
+        assert (info["format"], info["virtual-size"]) == ("qcow2", GIB), info
+        subprocess.run([qemu_img, "check", disk], check=True, capture_output=True)
+
     # 4. Restart the app over the same XDG directories, with a corrupt definition beside ours.
     (ConfigStore().directory / CORRUPT).write_text('{"name": "broken", "memory_mib": ')
     window.close()
@@ -213,7 +258,7 @@ def test_wizard_to_delete_with_a_debian_guest(qtbot, start_app, debian_kernel, b
     assert rows["journey"] == "Shut off"
     # 6. The corrupt file is an error row naming it, not a crash; the file stays as it was.
     errors = [name for name in rows if name.startswith("Cannot load " + CORRUPT)]
-    assert len(errors) == 1, rows
+    assert len(errors) == 1, (rows, host.load_errors(), bridge.load_errors(), os.listdir(ConfigStore().directory))
     assert (ConfigStore().directory / CORRUPT).read_text() == '{"name": "broken", "memory_mib": '
 
     # 5. Delete, answering the question in its dialog.
@@ -221,9 +266,10 @@ def test_wizard_to_delete_with_a_debian_guest(qtbot, start_app, debian_kernel, b
     answered: list[str] = []
     answer_delete_dialog(qtbot, answered)
     click(qtbot, toolbar_button(window, window.vm_actions.delete))
-    assert answered == ["Delete the virtual machine “journey”?", "no checkbox"]
+    assert answered == ["Delete the virtual machine “journey”?", "checkbox"]
     qtbot.waitUntil(lambda: "journey" not in vm_rows(window), timeout=STATE_TIMEOUT_MS)
     assert not ConfigStore().path_for(uuid).exists()
+    qtbot.waitUntil(lambda: not os.path.exists(disk), timeout=STATE_TIMEOUT_MS)
     assert [n for n in vm_rows(window) if n.startswith("Cannot load")] == errors
     assert os.listdir(ConfigStore().directory) == [CORRUPT]
     elapsed = time.monotonic() - t0

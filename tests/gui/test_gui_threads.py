@@ -20,12 +20,10 @@ pytest.importorskip("pytestqt")
 from PyQt6.QtCore import QSettings, Qt  # noqa: E402
 from PyQt6.QtWidgets import QWizard  # noqa: E402
 
+from core.connect import LocalServiceHost  # noqa: E402
 from core.host import LocalHost  # noqa: E402
 from tests.gui.test_gui import vm_rows, xdg  # noqa: E402,F401  (xdg: the fixture, reused)
 from tests.gui.test_gui_journey import click, toolbar_button, type_into, wait_serial  # noqa: E402
-from tests.host import test_host  # noqa: E402  (engine_ready: whether this tree can build a Machine)
-
-pytestmark = pytest.mark.skipif(not test_host.engine_ready(), reason="the engine cannot build a Machine here")
 
 TIMEOUT_MS = 120_000
 CMDLINE = "console=tty0 console=ttyS0 vireo.action=shell"   # the shell on ttyS0, messages on the screen too
@@ -63,13 +61,12 @@ class ThreadRecordingHost:
 
 def test_no_host_call_runs_on_the_gui_thread(qtbot, xdg, debian_kernel, busybox_initramfs,  # noqa: F811
                                              monkeypatch) -> None:
-    from app.host_bridge import HostBridge
-    from app.ui.main_window import MainWindow
+    from app.ui.main_window import MainWindow, local_bridge
 
     assert threading.current_thread() is threading.main_thread()      # the thread Qt's event loop runs on
-    inner = LocalHost()
+    inner = LocalServiceHost("Local", reread=True)          # the manager's client of the (sandboxed) Vireo service
     host = ThreadRecordingHost(inner)
-    bridge = HostBridge(host)
+    bridge = local_bridge(host)
     window = MainWindow([bridge], QSettings(str(xdg / "settings.ini"), QSettings.Format.IniFormat))
     closed = False
     try:
@@ -141,20 +138,17 @@ def test_no_host_call_runs_on_the_gui_thread(qtbot, xdg, debian_kernel, busybox_
         click(qtbot, toolbar_button(window, window.vm_actions.delete))
         qtbot.waitUntil(lambda: "threads-renamed" not in vm_rows(window), timeout=TIMEOUT_MS)
 
-        window.close()               # nothing runs: the bridge unsubscribes and closes the host on a worker
+        window.close()               # the bridge unsubscribes and closes its client on a worker
         closed = True
         assert not window.isVisible()
     finally:
         if not closed:
-            for vm in inner.list_vms():
-                if vm.state.active:
-                    inner.force_off(vm.uuid)
-            window._quitting = True
             window.close()
         inner.close()
 
     used = host.methods()
-    expected = {"add_listener", "info", "capabilities", "accel_preview", "list_vms", "load_errors", "create_disk",
+    expected = {"add_listener", "add_connection_listener", "connect",
+                "info", "capabilities", "accel_preview", "list_vms", "load_errors", "create_disk",
                 "define", "start", "get", "console", "subscribe_serial", "send_serial", "stats", "pause",
                 "resume", "force_off", "unsubscribe_serial", "delete", "remove_listener", "close"}
     assert expected <= used, f"the journey did not reach {sorted(expected - used)}"
@@ -164,7 +158,7 @@ def test_no_host_call_runs_on_the_gui_thread(qtbot, xdg, debian_kernel, busybox_
 def test_the_recorder_tells_the_gui_thread_from_a_worker(tmp_path, monkeypatch) -> None:
     """The check above can fail: a call from this (the GUI's) thread is reported, one from a worker is not."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    inner = LocalHost()
+    inner = LocalHost(runtime_dir=str(tmp_path / "runtime"))
     host = ThreadRecordingHost(inner)
     try:
         worker = threading.Thread(target=host.info)

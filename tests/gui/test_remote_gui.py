@@ -16,7 +16,6 @@ pytest.importorskip("PyQt6.QtWidgets")
 from PyQt6.QtCore import QSettings  # noqa: E402
 
 from core.config import BootConfig, VmConfig  # noqa: E402
-from core.host import LocalHost  # noqa: E402
 from core.remote.host import RemoteHost  # noqa: E402
 from core.remote.known_hosts import KnownHosts  # noqa: E402
 from core.remote.ssh import parse_uri  # noqa: E402
@@ -57,12 +56,10 @@ def remote_vm(server):
     return info
 
 
-def make_window(qtbot, tmp_path: Path):
-    from app.host_bridge import HostBridge
-    from app.ui.main_window import MainWindow
+def make_window(qtbot, tmp_path: Path, local_service):
+    from app.ui.main_window import MainWindow, local_bridge
 
-    local = LocalHost()
-    bridge = HostBridge(local)
+    bridge = local_bridge()
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
     window = MainWindow([bridge], settings)
     qtbot.addWidget(window)
@@ -75,8 +72,8 @@ def children(window, index: int) -> list[str]:
     return [item.child(i).text(0) for i in range(item.childCount())]
 
 
-def test_add_connection_dialog_shows_the_remote_host_and_its_vms(qtbot, tmp_path, server, remote_vm):
-    window = make_window(qtbot, tmp_path)
+def test_add_connection_dialog_shows_the_remote_host_and_its_vms(qtbot, tmp_path, server, remote_vm, local_service):
+    window = make_window(qtbot, tmp_path, local_service)
     dialog = window.remote_hosts.add_dialog()
     dialog.host_edit.setText("127.0.0.1")
     dialog.port_spin.setValue(server.port)
@@ -97,11 +94,10 @@ def test_add_connection_dialog_shows_the_remote_host_and_its_vms(qtbot, tmp_path
     assert saved == [{"host": "127.0.0.1", "port": server.port, "user": server.user,
                       "identity": str(server.user_key), "auth": "key", "python": REPO_PYTHON,
                       "copy_unicorn": False}]
-    assert window._local_bridges() == [window.bridges[0]]
     window.close()
     assert not host.connected
     # A new window finds it remembered, not yet connected; a double-click connects.
-    window2 = make_window(qtbot, tmp_path)
+    window2 = make_window(qtbot, tmp_path, local_service)
     assert len(window2.bridges) == 2
     row = window2.host_items[1]
     assert "not connected" in row.text(0)
@@ -111,12 +107,12 @@ def test_add_connection_dialog_shows_the_remote_host_and_its_vms(qtbot, tmp_path
     window2.close()
 
 
-def test_an_unreachable_host_shows_its_error_in_its_row(qtbot, tmp_path, server):
+def test_an_unreachable_host_shows_its_error_in_its_row(qtbot, tmp_path, server, local_service):
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]           # nothing listens there once the socket is closed
-    window = make_window(qtbot, tmp_path)
+    window = make_window(qtbot, tmp_path, local_service)
     target = parse_uri(f"ssh://{server.user}@127.0.0.1:{closed_port}")
     index = window.remote_hosts.add(target, remember=False)
     row = window.host_items[index]
