@@ -474,9 +474,7 @@ def launch(argv: list[str]) -> int:
         window.remote_hosts.add_uri(args.connect)
 
     def listed() -> None:   # the host's first read (facts and VM list) is in the bridge's cache
-        for info in bridge.vms():
-            if info.config.autostart and info.state == VmState.SHUTOFF:
-                bridge.lifecycle("start", info.uuid)
+        # (VMs marked autostart are the service's to start, when it starts: core/agent/daemon.py.)
         if args.show_vm:
             info = bridge.find(args.show_vm)
             if info is None:

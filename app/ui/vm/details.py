@@ -154,7 +154,7 @@ class DetailsEditor(QWidget):
         form.addRow("UUID:", self.uuid_label)
         self.state_label = QLabel(page)
         form.addRow("State:", self.state_label)
-        self.autostart = QCheckBox("Start this VM when Vireo starts", page)
+        self.autostart = QCheckBox("Start this VM when the Vireo service starts (at login, with its unit)", page)
         form.addRow("Autostart:", self.autostart)
         self.notes = QPlainTextEdit(page)
         self.notes.setPlaceholderText("Notes about this VM")
