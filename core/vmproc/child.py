@@ -265,8 +265,9 @@ class VmServer:
     def _on_serial(self, data: bytes) -> None:
         # On a vCPU thread: only append and queue.
         with self._emit:
-            if self.serial_log is not None:
-                self.serial_log.write(data)
+            serial_log = self.serial_log        # read once: the final cleanup may take it away meanwhile
+            if serial_log is not None:
+                serial_log.write(data)
             history = self.history
             history += data
             if len(history) > SERIAL_HISTORY:
