@@ -6,8 +6,10 @@ Each start runs the VM in a process of its own (core.vmproc.handle.VmProcess: `p
 as libvirt runs one QEMU per guest, so a VM that dies — a signal, an exception in native code — takes nothing else
 with it: it shows as crashed with the reason the process handle gives (the signal and the last lines of its log),
 and the service and the other VMs carry on. The VM process's state reports drive the VM's state here; its serial
-output is kept (SERIAL_HISTORY bytes) and fanned out to subscribers; its console is a shared-memory mapping
-(core.vmproc.shared_console) that any local reader maps itself; statistics are the process's own (VmProcess.stats).
+output is kept (SERIAL_HISTORY bytes) and fanned out to subscribers (the definition's serial log file is the VM
+process's to write, core/vmproc/serial_log.py, so it misses nothing while no service runs); its console is a
+shared-memory mapping (core.vmproc.shared_console) that any local reader maps itself; statistics are the process's
+own (VmProcess.stats).
 """
 from __future__ import annotations
 
@@ -57,7 +59,6 @@ class _LocalVm:
         self.serial = bytearray()
         self.serial_lock = threading.Lock()
         self.serial_listeners: list[SerialListener] = []
-        self.serial_log = None
         self.reboot_pending = False
         self.forcing = False                    # force_off in progress: the process's end is "forced off"
         self.last_sample: tuple | None = None   # (monotonic, cpu seconds, (disk bytes read, written))
@@ -252,11 +253,12 @@ class LocalHost(Host):
             self._set(vm, VmState.STARTING)
             try:
                 self._check_startable(vm.config)
-                self._open_serial(vm)
+                self._new_boot(vm)
+                # The VM process opens the serial log itself: a path it cannot open comes back as its one-line
+                # start error, "serial log PATH: reason".
                 proc = VmProcess.spawn(vm.config, self.runtime_dir, on_state=self._state_callback(vm, session),
                                        on_serial=lambda data: self._on_serial(vm, data))
             except (HostError, VmProcessError) as exc:
-                self._close_serial(vm)
                 self._set(vm, VmState.SHUTOFF, f"failed to start: {exc}")
                 raise HostError(f"{vm.config.name} failed to start: {exc}") from None
             self._take(vm, session, proc)
@@ -347,8 +349,6 @@ class LocalHost(Host):
                 vm.proc, vm.ended = None, session
                 restart = vm.reboot_pending and mapped == VmState.SHUTOFF
                 vm.reboot_pending = False
-        if mapped in (VmState.SHUTOFF, VmState.CRASHED):
-            self._close_serial(vm)
         self._set(vm, mapped, reason)
         if restart:
             # A reboot is a power-off seen through to a fresh start, on a thread of its own (this is the handle's).
@@ -427,25 +427,13 @@ class LocalHost(Host):
         the next service adopts them (adopt_running)."""
 
     # -- serial console --------------------------------------------------------------------------------------
-    def _open_serial(self, vm: _LocalVm) -> None:
-        """A new boot: empty history, a fresh screen for subscribers, the log file (if any) opened."""
-        cfg = vm.config
+    def _new_boot(self, vm: _LocalVm) -> None:
+        """A new boot: empty history, a fresh screen for subscribers."""
         with vm.serial_lock:
             vm.serial = bytearray()
             listeners = list(vm.serial_listeners)
-            if cfg.serial.log_file:
-                try:
-                    vm.serial_log = open(cfg.serial.log_file, "ab", buffering=0)
-                except OSError as exc:
-                    raise HostError(f"serial log {cfg.serial.log_file}: {exc.strerror}") from None
         for listener in listeners:
             self._call_serial(listener, TERMINAL_RESET)
-
-    def _close_serial(self, vm: _LocalVm) -> None:
-        with vm.serial_lock:
-            if vm.serial_log is not None:
-                vm.serial_log.close()
-                vm.serial_log = None
 
     def _on_serial(self, vm: _LocalVm, data: bytes) -> None:
         # Runs on the VM process handle's reader thread: keep it short.
@@ -454,13 +442,6 @@ class LocalHost(Host):
             if len(vm.serial) > SERIAL_HISTORY:
                 del vm.serial[: len(vm.serial) - SERIAL_HISTORY]
             listeners = list(vm.serial_listeners)
-            if vm.serial_log is not None:
-                try:
-                    vm.serial_log.write(data)
-                except OSError:
-                    log.warning("serial log for %s failed; not logging any more", vm.config.name)
-                    vm.serial_log.close()
-                    vm.serial_log = None
         for listener in listeners:
             self._call_serial(listener, data)
 

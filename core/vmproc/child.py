@@ -13,6 +13,10 @@ The guest's serial output goes to the controller through an Outbox (core/vmproc/
 thread wait on the socket. The screen goes into a shared mapping (core/vmproc/shared_console.py) while someone
 watches. When the guest powers off the process reports `shutoff` and exits 0; when the machine crashes it reports
 `crashed` with the reason and exits 1. SIGTERM powers the machine off. The message set is in core/vmproc/wire.py.
+
+When the definition names a serial log file (serial.log_file), this process opens it before building the machine
+(an unopenable path fails the start: "serial log PATH: reason") and appends every byte the guest prints to it
+(core/vmproc/serial_log.py), whether or not a controller is connected.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from typing import Any
 
 from core.protocol import PROTOCOL_VERSION, ConnectionClosed, ProtocolError, check_hello
 from core.vmproc.outbox import Outbox
+from core.vmproc.serial_log import SerialLog, SerialLogError
 from core.vmproc.wire import (
     CALLS,
     FINAL_STATES,
@@ -57,6 +62,7 @@ class VmServer:
         self.paths = paths
         self.uuid = vm_uuid
         self.outbox = Outbox()
+        self.serial_log: SerialLog | None = None
         self.machine = None
         self.console = None
         self.input = None
@@ -106,6 +112,7 @@ class VmServer:
             threading.Thread(target=self.machine.power_off, name="vireo-sigterm", daemon=True).start()
 
     def _cleanup(self) -> None:
+        self._close_serial_log()
         if self.console is not None:
             self.console.close()
         for path in (self.paths.socket,):
@@ -207,7 +214,10 @@ class VmServer:
         if self.machine is not None or self._done.is_set():
             raise ProtocolError("the machine was already started")
         try:
-            machine, choice = _build(config, self._on_serial)
+            cfg = _definition(config)
+            if cfg.serial.log_file:
+                self.serial_log = SerialLog.open(cfg.serial.log_file)
+            machine, choice = _build(cfg, self._on_serial)
         except Exception as exc:
             self._fail(one_line(exc) if isinstance(exc, _EXPECTED) else f"{type(exc).__name__}: {one_line(exc)}",
                        exc)
@@ -236,6 +246,7 @@ class VmServer:
                          "console": self.console_path, "vcpu_tids": self.vcpu_tids})
 
     def _fail(self, message: str, exc: BaseException) -> None:
+        self._close_serial_log()
         if isinstance(exc, _EXPECTED):
             log.error("cannot start: %s", message)
         else:
@@ -244,10 +255,19 @@ class VmServer:
         self.outbox.put({"t": "error", "e": message})
         self._done.set()
 
+    def _close_serial_log(self) -> None:
+        serial_log, self.serial_log = self.serial_log, None
+        if serial_log is not None and not serial_log.close(FINAL_FLUSH):
+            log.warning("serial log %s: the last output may be missing (the file did not take it in time)",
+                        serial_log.path)
+
     # -- engine callbacks ------------------------------------------------------------------------------------
     def _on_serial(self, data: bytes) -> None:
         # On a vCPU thread: only append and queue.
         with self._emit:
+            serial_log = self.serial_log        # read once: the final cleanup may take it away meanwhile
+            if serial_log is not None:
+                serial_log.write(data)
             history = self.history
             history += data
             if len(history) > SERIAL_HISTORY:
@@ -270,19 +290,25 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from core.hypervisor.base import AcceleratorUnavailable
     from core.machine import ConfigError
     from core.storage import ImageError
-    return (BootError, DefinitionError, AcceleratorUnavailable, ConfigError, ImageError, OSError, ValueError)
+    return (BootError, DefinitionError, AcceleratorUnavailable, ConfigError, ImageError, SerialLogError, OSError,
+            ValueError)
 
 
 _EXPECTED = _expected_errors()
 
 
-def _build(config: Any, serial_output):
+def _definition(config: Any):
+    """The VM definition a controller sent (a core.config.VmConfig as a dict); ConfigError when it is not one."""
+    from core.config import VmConfig
+    return VmConfig.from_dict(config)
+
+
+def _build(cfg, serial_output):
     """The Machine a VM definition describes, on the accelerator this host offers for it (not yet started)."""
-    from core.config import ConfigError, VmConfig
+    from core.config import ConfigError
     from core.hypervisor.select import choose_accelerator
     from core.machine import Machine, MachineConfig
 
-    cfg = VmConfig.from_dict(config)
     for what, path in (("kernel", cfg.boot.kernel), ("initrd", cfg.boot.initrd)):
         if path and not os.path.isfile(path):
             raise ConfigError(f"{what} {path}: no such file")
