@@ -106,7 +106,7 @@ def test_vm_window_console_tab_follows_the_vm(qtbot, xdg, debian_kernel, busybox
         assert worst < 0.1, f"event loop stalled {worst * 1000:.0f} ms"
 
         _type(tab.view, "uname -s\n")
-        qtbot.waitUntil(lambda: any("Linux" in line for line in _screen(tab)), timeout=30_000)
+        qtbot.waitUntil(lambda: "Linux" in _screen(tab), timeout=30_000)
 
         bridge.lifecycle("pause", cfg.uuid)
         qtbot.waitUntil(lambda: host.get(cfg.uuid).state == VmState.PAUSED and tab.view.sink is None,
@@ -121,14 +121,14 @@ def test_vm_window_console_tab_follows_the_vm(qtbot, xdg, debian_kernel, busybox
                         timeout=15_000)
         assert "last picture" in tab.banner_text.text()
         assert not tab.view.polling and tab.view.frame is not None
-        assert any("Linux" in line for line in _screen(tab))   # the stopped machine's screen is still readable
+        assert "Linux" in _screen(tab)   # the stopped machine's screen is still readable
 
         # A new start is a new machine: the tab switches to its console.
         tab.run_button.click()
         qtbot.waitUntil(lambda: tab.vm_console.session != first_session and tab.view.sink is not None,
                         timeout=30_000)
         qtbot.waitUntil(lambda: _prompt_shown(tab), timeout=120_000)
-        assert not any("Linux" in line for line in _screen(tab))
+        assert "Linux" not in _screen(tab)
         vm_window.show_tab("details")
         vm_window.show_tab("console")
         assert vm_window.tabs.currentWidget() is tab
