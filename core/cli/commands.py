@@ -160,6 +160,8 @@ def _active(host: ServiceClient, name: str, doing: str, *allowed: VmState) -> Vm
     info = find_vm(host, name)
     allowed = allowed or (VmState.RUNNING,)
     if info.state not in allowed:
+        if info.state == VmState.PAUSED and doing == "suspend":
+            raise CommandFailed(f"{info.name} is already paused: continue it with `vireo resume {info.name}`")
         if info.state.active:
             hint = f"resume it first with `vireo resume {info.name}`" if info.state == VmState.PAUSED else \
                 "wait until it runs"

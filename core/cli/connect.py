@@ -125,4 +125,4 @@ def find_vm(host: ServiceClient, name: str) -> VmInfo:
 
 
 def _connect_hint(host: ServiceClient) -> str:
-    return f" --connect {host.target.uri()}" if isinstance(host, RemoteHost) else ""
+    return f" --connect {host.target.uri}" if isinstance(host, RemoteHost) else ""

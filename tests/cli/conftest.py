@@ -184,11 +184,16 @@ def _ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def local_vireo(_local_sandbox: ServiceSandbox) -> Vireo:
+    """The local host alone, for the finer cases (over SSH each call costs a connection)."""
+    return Vireo("local", dict(os.environ, **_local_sandbox.env), [])
+
+
 @pytest.fixture(scope="session", params=["local", "remote"])
 def vireo(request: pytest.FixtureRequest) -> Vireo:
     if request.param == "local":
-        sandbox: ServiceSandbox = request.getfixturevalue("_local_sandbox")
-        return Vireo("local", dict(os.environ, **sandbox.env), [])
+        return request.getfixturevalue("local_vireo")
     server: SshServer = request.getfixturevalue("_ssh_server")
     vireo = Vireo("remote", server.client_env(), ["--connect", server.uri(python=REPO_PYTHON), "--identity",
                                                   str(server.user_key)])
