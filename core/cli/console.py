@@ -3,7 +3,8 @@
 console attaches this terminal to the VM's serial port ttyS0, as `virsh console` does: what the guest prints goes
 to stdout, the keys typed (the terminal in raw mode, so Ctrl-C and the arrows reach the guest) go to it, and Ctrl-]
 detaches, leaving the VM running. It replays the last lines the guest printed so the prompt is on screen (all of
-this boot's output after `start --console`), and ends by itself when the VM stops or the host goes away.
+this boot's output after `start --console`), stays attached through a reboot, and ends by itself when the VM
+stops or the host goes away.
 
 screendump saves the VM's graphical console (the VGA display, through the Host API's console(): the VM process's
 shared console locally, a stream of dirty rectangles over SSH) as a PNG via Pillow, written atomically.
@@ -31,6 +32,7 @@ from core.runner import EXIT_FAILED, EXIT_OK, BadInput
 ESCAPE = 0x1D             # Ctrl-]: virsh console's escape character
 REPLAY_LINES = 24         # a screenful of what the guest printed before the console was attached
 FRAME_WAIT = 15.0         # seconds to wait for a first picture of the screen
+REBOOT_GRACE = 2.0        # seconds a VM that powered off may take to start again (a reboot) before detaching
 
 
 class _Terminal:
@@ -76,11 +78,21 @@ class _Attachment:
             return
         if event.kind == EventKind.DELETED:
             self.end("lost", f"{self.info.name} was undefined")
-        elif event.kind == EventKind.STATE and event.state == VmState.SHUTOFF and not self.host.get(
-                self.info.uuid).state.active:
-            self.end("shutoff", event.reason)
+        elif event.kind == EventKind.STATE and event.state == VmState.SHUTOFF:
+            # A reboot passes through shut off to a fresh start within moments; the console stays attached
+            # through it, as virsh's does, and ends only when the VM stays off.
+            timer = threading.Timer(REBOOT_GRACE, self._ended_if_off, args=(event.reason,))
+            timer.daemon = True
+            timer.start()
         elif event.kind == EventKind.STATE and event.state == VmState.CRASHED:
             self.end("crashed", event.reason)
+
+    def _ended_if_off(self, reason: str) -> None:
+        try:
+            if not self.host.get(self.info.uuid).state.active:
+                self.end("shutoff", reason)
+        except HostError:
+            self.end("lost", f"{self.info.name} was undefined")
 
     def on_connection(self, state: str, message: str) -> None:
         if state in ("disconnected", "failed"):

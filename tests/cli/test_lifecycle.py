@@ -106,11 +106,21 @@ def test_suspend_and_resume(vireo: Vireo, running: str) -> None:
         one_error_line(vireo.cli("resume", running), 1, "not paused")
 
 
-def test_reboot_boots_the_guest_afresh(vireo: Vireo, running: str) -> None:
-    assert vireo.ok("reboot", running) == f"Domain '{running}' is being rebooted\n"
-    # The guest powers off by the ACPI button and starts again: its tmpfs no longer has the file made before.
-    vireo.wait_state(running, "running")
-    shell(vireo, running, b"[ -e /tmp/before-reboot ] && echo kept || echo fresh-$((1+1))", b"fresh-2")
+def test_reboot_boots_the_guest_afresh_under_an_attached_console(vireo: Vireo, running: str) -> None:
+    with vireo.terminal("console", running) as term:
+        term.expect(b"Escape character is ^] (Ctrl + ])")
+        assert vireo.ok("reboot", running) == f"Domain '{running}' is being rebooted\n"
+        # The guest powers off by the ACPI button and starts again; the console stays attached through it ...
+        term.expect(b"VIREO-POWER-BUTTON")
+        term.expect(b"VIREO-BOOT-OK", 60)
+        term.expect(PROMPT, 60)
+        # ... to a fresh boot: its tmpfs no longer has the file made before.
+        term.send(b"[ -e /tmp/before-reboot ] && echo kept || echo fresh-$((1+1))\r")
+        term.expect(b"fresh-2")
+        term.send(DETACH)
+        assert term.wait() == 0, term.text()
+        assert b"shut off" not in term.data
+    assert vireo.states()[running] == "running"
 
 
 def test_shutdown_powers_the_guest_off(vireo: Vireo, running: str) -> None:
