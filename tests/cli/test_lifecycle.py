@@ -126,7 +126,13 @@ def test_reboot_boots_the_guest_afresh_under_an_attached_console(vireo: Vireo, r
 def test_shutdown_powers_the_guest_off(vireo: Vireo, running: str) -> None:
     if vireo.kind == "local":
         one_error_line(vireo.cli("undefine", running), 1, "running", f"vireo shutdown {running}")
-    assert vireo.ok("shutdown", running) == f"Domain '{running}' is being shutdown\n"
+    with vireo.terminal("console", running) as term:
+        term.expect(b"Escape character is ^] (Ctrl + ])")
+        assert vireo.ok("shutdown", running) == f"Domain '{running}' is being shutdown\n"
+        # The attached console sees the guest power off and ends by itself, status 0.
+        term.expect(b"VIREO-POWER-BUTTON")
+        assert term.wait() == 0, term.text()
+        assert f"Domain '{running}' shut off" in term.text()
     vireo.wait_state(running, "shut off")
     assert running not in vireo.states(all_vms=False)
     one_error_line(vireo.cli("shutdown", running), 1, "shut off", f"vireo start {running}")
