@@ -1,11 +1,50 @@
 #!/usr/bin/env python3
-"""Vireo's entry point: no arguments (or only GUI options such as --connect) opens the manager;
-`run …` is the headless runner (`run --connect ssh://…` on a remote host), `list --connect ssh://…` lists a remote
-host's VMs and `img …` is the disk-image tool."""
+"""Vireo's entry point: no arguments (or only GUI options such as --connect) opens the manager; otherwise a
+subcommand: `run …` the headless runner (`run --connect ssh://…` on a remote host), `img …` the disk-image tool,
+and the virsh-like commands over a host's saved VMs (`list`, `define`, `start`, `console`, … — core/cli/table.py),
+on this computer's Vireo service or, with `--connect ssh://USER@HOST`, a remote one."""
 from __future__ import annotations
 
 import argparse
 import sys
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    from core.cli.connect import add_connect_arguments
+    from core.runner import add_run_arguments
+    add_run_arguments(p)
+    add_connect_arguments(p)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.connect:
+        from core.cli.run_remote import run_remote
+        return run_remote(args)
+    from core.runner import prepare, run
+    if args.display == "window":
+        session = prepare(args)
+        if isinstance(session, int):
+            return session
+        from app.ui.run_window import run_with_window  # Qt is imported only when a window is asked for
+        return run_with_window(session, f"Vireo — {args.kernel}")
+    return run(args)
+
+
+def _add_img(p: argparse.ArgumentParser) -> None:
+    from core.storage.cli import add_img_arguments
+    add_img_arguments(p)
+
+
+def _img(args: argparse.Namespace) -> int:
+    from core.storage.cli import img_main
+    return img_main(args)
+
+
+# (name, help, add its arguments, run it) for the subcommands that are not host commands.
+SUBCOMMANDS = (
+    ("run", "boot one VM headless, serial console on this terminal", _add_run, _run),
+    ("img", "create, inspect, check and resize disk images", _add_img, _img),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,35 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vireo", description="Vireo virtual machine manager. "
                                      "Without arguments it opens the manager window.")
     sub = parser.add_subparsers(dest="command", required=True)
-    from core.remote.cli import add_connect_arguments
-    from core.runner import add_run_arguments, prepare, run
-    run_parser = sub.add_parser("run", help="boot one VM headless, serial console on this terminal")
-    add_run_arguments(run_parser)
-    add_connect_arguments(run_parser)
-    add_connect_arguments(sub.add_parser("list", help="list a remote host's VMs and their states"), required=True)
-    from core.storage.cli import add_img_arguments, img_main
-    add_img_arguments(sub.add_parser("img", help="create, inspect, check and resize disk images"))
+    for name, help_text, add_arguments, handler in SUBCOMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        p.set_defaults(handler=handler)
+    from core.cli.table import HOST_COMMANDS
+    for command in HOST_COMMANDS:
+        command.add_to(sub)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return 2 if exc.code else 0
-    if args.command == "list":
-        from core.remote.cli import list_main
-        return list_main(args)
-    if args.command == "run":
-        if args.connect:
-            from core.remote.cli import run_remote
-            return run_remote(args)
-        if args.display == "window":
-            session = prepare(args)
-            if isinstance(session, int):
-                return session
-            from app.ui.run_window import run_with_window  # Qt only when a window is asked for
-            return run_with_window(session, f"Vireo — {args.kernel}")
-        return run(args)
-    if args.command == "img":
-        return img_main(args)
-    return 2
+    return args.handler(args)
 
 
 if __name__ == "__main__":

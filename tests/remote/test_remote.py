@@ -104,7 +104,7 @@ def test_accepted_host_key_is_recorded_in_openssh_format_and_list_works(server):
     result = cli(server, "list", "--connect", server.uri(python=REPO_PYTHON), "--identity", str(server.user_key),
                  "--accept-new-host-key")
     assert result.returncode == 0, result.stderr
-    assert "NAME" in result.stdout and "STATE" in result.stdout
+    assert result.stdout.split()[:4] == ["Id", "Name", "State", "Accel"]      # virsh's columns
     name = f"[127.0.0.1]:{server.port}"
     # OpenSSH itself finds the line we wrote.
     found = subprocess.run(["ssh-keygen", "-F", name, "-f", str(server.known_hosts)], capture_output=True, text=True)
@@ -234,8 +234,9 @@ def test_run_connect_boots_a_guest_and_exits_with_its_status(server):
     lines = [line for line in result.stdout.replace("\r\n", "\n").split("\n") if line]
     assert lines == list(guest.expected)
     # The transient definition is gone, and bad input is refused with status 2.
-    listing = cli(server, "list", "--connect", server.uri(python=REPO_PYTHON), "--identity", str(server.user_key))
-    assert "run-" not in listing.stdout
+    listing = cli(server, "list", "--all", "--connect", server.uri(python=REPO_PYTHON), "--identity",
+                  str(server.user_key))
+    assert listing.returncode == 0 and "run-" not in listing.stdout
     bad = cli(server, "run", "--connect", server.uri(python=REPO_PYTHON), "--identity", str(server.user_key),
               "--kernel", "/no/such/kernel", "--serial", "none")
     assert bad.returncode == 2 and "/no/such/kernel" in bad.stderr

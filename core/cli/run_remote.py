@@ -1,10 +1,10 @@
-"""The command line on a remote host: `main.py list --connect URI` and `main.py run --connect URI ...`.
+"""`main.py run --connect URI ...`: the headless runner's options, run on a remote host.
 
-`run --connect` defines a transient VM on the host from the runner's options (paths name files on that host),
+It defines a transient VM on the host from the runner's options (paths name files on that host),
 shows its serial console on this terminal (keys typed go to it; Ctrl-A x stops it), and exits as the local runner
 does: 0 when the guest powers off, 1 when it crashes, times out or is stopped by the user, 2 when it cannot be
 started (bad options, a refused host key, failed authentication, an agent that cannot run there). If the
-connection drops while the guest runs, the VM keeps running on the host (exit 1; `list --connect` shows it).
+connection drops while the guest runs, the VM keeps running on the host (exit 1; `vireo list --connect URI` shows it).
 The transient definition is removed once the VM has stopped.
 """
 from __future__ import annotations
@@ -16,80 +16,10 @@ import sys
 import threading
 import time
 
+from core.cli.connect import connect_remote
 from core.config import BootConfig, SerialConfig, VmConfig
 from core.host.api import TERMINAL_RESET, EventKind, HostError, HostEvent, VmState
 from core.runner import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, _serial_sink, _StdinPump
-
-
-def add_connect_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--connect", metavar="ssh://USER@HOST[:PORT]", required=required,
-                   help="run on this host through its Vireo agent (installed over SSH when missing)")
-    p.add_argument("--identity", "-i", metavar="KEY", default="", help="SSH private key file (default: ssh-agent "
-                   "keys, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa)")
-    p.add_argument("--accept-new-host-key", action="store_true",
-                   help="trust a host key not yet in ~/.ssh/known_hosts (and record it); a changed key is always "
-                        "refused")
-    p.add_argument("--remote-python", metavar="PATH", default="",
-                   help="the interpreter the agent runs on, on the host (default python3)")
-    p.add_argument("--copy-unicorn", action="store_true",
-                   help="copy this computer's unicorn to the host if it lacks one (enables the software CPU there)")
-
-
-def _host(args: argparse.Namespace):
-    from core.remote.host import RemoteHost
-    from core.remote.ssh import TerminalPrompter, parse_uri
-
-    target = parse_uri(args.connect)
-    target.identity = args.identity or ""
-    if args.remote_python:
-        target.python = args.remote_python
-    return RemoteHost(target, TerminalPrompter(args.accept_new_host_key), copy_unicorn=args.copy_unicorn)
-
-
-def _connect(args: argparse.Namespace):
-    host = _host(args)
-    host.connect(progress=_upload_progress())
-    report = host.report
-    if report is not None and report.uploaded and os.environ.get("VIREO_VERBOSE"):
-        print(f"vireo: installed {', '.join(report.uploaded)} on {host.name} "
-              f"({report.upload_bytes / 1e6:.1f} MB in {report.upload_seconds:.1f} s)", file=sys.stderr)
-    return host
-
-
-def _upload_progress():
-    shown: dict[str, int] = {}
-
-    def progress(what: str, done: int, total: int) -> None:
-        if not sys.stderr.isatty():
-            return
-        percent = done * 100 // max(1, total)
-        if shown.get(what) != percent:
-            shown[what] = percent
-            print(f"\rvireo: uploading {what}: {percent}%", end="\n" if done >= total else "", file=sys.stderr)
-    return progress
-
-
-def list_main(args: argparse.Namespace) -> int:
-    try:
-        host = _connect(args)
-    except HostError as exc:
-        print(f"vireo: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        info = host.info()
-        print(f"# {host.name}: {info.hostname}, {info.summary}")
-        if host.report is not None and not host.report.software_cpu:
-            print(f"# {host.report.software_cpu_reason}")
-        vms = host.list_vms()
-        width = max([len(v.name) for v in vms] + [4])
-        print(f"{'NAME':<{width}}  {'STATE':<9}  ACCEL")
-        for vm in vms:
-            print(f"{vm.name:<{width}}  {vm.state.value:<9}  {vm.accel or vm.config.accel}")
-        for err in host.load_errors():
-            print(f"# cannot load {err}")
-    finally:
-        host.close()
-    return EXIT_OK
 
 
 def _check_remote_args(args: argparse.Namespace) -> None:
@@ -118,7 +48,7 @@ def run_remote(args: argparse.Namespace) -> int:
         print(f"vireo: {exc}", file=err)
         return EXIT_BAD_INPUT
     try:
-        host = _connect(args)
+        host = connect_remote(args)
     except HostError as exc:
         print(f"vireo: {exc}", file=err)
         close_sink()
@@ -186,7 +116,7 @@ class _RemoteRun:
                 return EXIT_FAILED
             if self.final is None:
                 print(f"\r\nvireo: {host.error}; the VM {config.name} keeps running on {host.name} "
-                      f"(main.py list --connect {args.connect})", file=err)
+                      f"(vireo list --connect {args.connect})", file=err)
                 self.uuid = ""     # keep its definition: it is still running
                 return EXIT_FAILED
             state, reason = self.final

@@ -1,0 +1,231 @@
+"""The definition and lifecycle commands, named and behaving as virsh's domain commands do (libvirt's virsh(1):
+list, define, dumpxml, undefine, start, shutdown, destroy, suspend, resume, reboot, autostart), over any Host API
+host (core/host/api.py). `dumpconfig` is virsh's dumpxml for Vireo's definition format, the VmConfig JSON of
+core/config.py, which `define` reads back.
+
+Each command function takes the connected host and the parsed options and returns the exit status; a refusal
+raises BadInput (exit 2: an unknown VM, an unreadable or invalid file) or HostError/CommandFailed (exit 1: the
+request could not be carried out, e.g. starting a VM that runs, which virsh reports as "Domain is already
+active"). What a command did is printed on stdout in virsh's words ("Domain 'web' started").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from core.cli.connect import CommandFailed, add_vm_argument, find_vm, vm_id
+from core.config import ConfigError, VmConfig
+from core.host.api import VmInfo, VmState
+from core.remote.service import ServiceClient
+from core.runner import EXIT_OK, BadInput
+
+STATE_WAIT = 30.0     # seconds a command waits for the state its request leads to (start, suspend, resume)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+# -- listing and definitions ---------------------------------------------------------------------------------
+
+def add_list_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--all", "-a", action="store_true", help="include the shut-off VMs (default: the active ones)")
+
+
+def cmd_list(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo list [--all]`: virsh's table of Id, Name and State, with the accelerator each runs on."""
+    vms = [v for v in host.list_vms() if args.all or v.state.active]
+    width = max([len(v.name) for v in vms] + [4])
+    rows = [(vm_id(v), v.name, _state_word(v.state), v.accel or v.config.accel) for v in vms]
+    _say(f" {'Id':<8}   {'Name':<{width}}   {'State':<9}   Accel")
+    _say("-" * (8 + width + 9 + 16))
+    for row in rows:
+        _say(f" {row[0]:<8}   {row[1]:<{width}}   {row[2]:<9}   {row[3]}")
+    for err in host.load_errors():
+        print(f"vireo: warning: cannot load {err}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _state_word(state: VmState) -> str:
+    """virsh's words for the states: running, paused, shut off, crashed (and starting, which virsh lacks)."""
+    return "shut off" if state == VmState.SHUTOFF else state.value
+
+
+def add_define_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE.json", help="a VM definition as `vireo dumpconfig` prints it")
+
+
+def read_definition(path: str) -> tuple[VmConfig, bool]:
+    """The definition in `path` and whether it names its uuid; BadInput saying what is wrong with the file."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode()
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not UTF-8 text: give a JSON file as `vireo dumpconfig NAME` writes") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path}: not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg}): give a "
+                       "definition as `vireo dumpconfig NAME` writes") from None
+    try:
+        config = VmConfig.from_dict(data)
+    except ConfigError as exc:
+        raise BadInput(f"{path}: {exc}") from None
+    return config, isinstance(data, dict) and "uuid" in data
+
+
+def cmd_define(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo define FILE.json`: add the VM, or update the one with the same uuid — or, when the file names no
+    uuid, the one with the same name (as virsh define updates a domain by name)."""
+    config, has_uuid = read_definition(args.file)
+    existing = {v.uuid: v for v in host.list_vms()}
+    if not has_uuid:
+        same_name = [v for v in existing.values() if v.name.casefold() == config.name.casefold()]
+        if same_name:
+            config = config.copy(uuid=same_name[0].uuid)
+    updated = config.uuid in existing
+    info = host.define(config)
+    _say(f"Domain '{info.name}' {'updated' if updated else 'defined'} from {args.file}")
+    return EXIT_OK
+
+
+def cmd_dumpconfig(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo dumpconfig NAME`: the definition as JSON on stdout, in the form `define` reads."""
+    info = find_vm(host, args.name)
+    sys.stdout.write(json.dumps(info.config.to_dict(), indent=2) + "\n")
+    return EXIT_OK
+
+
+def add_undefine_arguments(p: argparse.ArgumentParser) -> None:
+    add_vm_argument(p)
+    p.add_argument("--remove-storage", action="store_true", help="also delete the VM's disk image files")
+
+
+def cmd_undefine(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo undefine NAME [--remove-storage]`: forget a shut-off VM (and delete its disk images)."""
+    info = find_vm(host, args.name)
+    if info.state.active:
+        raise CommandFailed(f"{info.name} is {_state_word(info.state)}: stop it first with `vireo shutdown "
+                            f"{info.name}` (or `vireo destroy {info.name}`)")
+    removed = host.delete(info.uuid, delete_disks=args.remove_storage)
+    for path in removed[1:]:
+        _say(f"Removed {path}")
+    _say(f"Domain '{info.name}' has been undefined")
+    return EXIT_OK
+
+
+def add_autostart_arguments(p: argparse.ArgumentParser) -> None:
+    add_vm_argument(p)
+    p.add_argument("--disable", action="store_true", help="no longer start it with the service")
+
+
+def cmd_autostart(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo autostart NAME [--disable]`: start the VM whenever its host's Vireo service starts."""
+    info = find_vm(host, args.name)
+    host.define(info.config.copy(autostart=not args.disable))
+    _say(f"Domain '{info.name}' {'unmarked' if args.disable else 'marked'} as autostarted")
+    return EXIT_OK
+
+
+# -- lifecycle -----------------------------------------------------------------------------------------------
+
+def add_start_arguments(p: argparse.ArgumentParser) -> None:
+    add_vm_argument(p)
+    p.add_argument("--console", action="store_true", help="attach to its serial console once started "
+                                                          "(Ctrl-] detaches)")
+
+
+def cmd_start(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo start NAME [--console]`: boot a shut-off (or crashed) VM."""
+    info = find_vm(host, args.name)
+    if info.state.active:
+        raise CommandFailed(f"{info.name} is already active ({_state_word(info.state)}): attach to it with "
+                            f"`vireo console {info.name}` or stop it with `vireo shutdown {info.name}`")
+    host.start(info.uuid)
+    # A guest may power off as soon as it has started: shut off again is a start that worked.
+    _wait_state(host, info, (VmState.RUNNING, VmState.PAUSED, VmState.SHUTOFF))
+    _say(f"Domain '{info.name}' started")
+    if args.console:
+        from core.cli.console import attach
+        return attach(host, find_vm(host, info.uuid), replay="boot")
+    return EXIT_OK
+
+
+def _active(host: ServiceClient, name: str, doing: str, *allowed: VmState) -> VmInfo:
+    """The VM, which must be in one of `allowed` (default running) for `doing`; CommandFailed saying what to do."""
+    info = find_vm(host, name)
+    allowed = allowed or (VmState.RUNNING,)
+    if info.state not in allowed:
+        if info.state == VmState.PAUSED and doing == "suspend":
+            raise CommandFailed(f"{info.name} is already paused: continue it with `vireo resume {info.name}`")
+        if info.state.active:
+            hint = f"resume it first with `vireo resume {info.name}`" if info.state == VmState.PAUSED else \
+                "wait until it runs"
+        else:
+            hint = f"start it with `vireo start {info.name}`"
+        raise CommandFailed(f"cannot {doing} {info.name}: it is {_state_word(info.state)}; {hint}")
+    return info
+
+
+def cmd_shutdown(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo shutdown NAME`: press the ACPI power button; the guest powers itself off (or ignores it)."""
+    info = _active(host, args.name, "shut down")
+    host.shutdown(info.uuid)
+    _say(f"Domain '{info.name}' is being shutdown")
+    return EXIT_OK
+
+
+def cmd_destroy(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo destroy NAME`: pull the plug (running or paused); returns once the VM is off."""
+    info = _active(host, args.name, "destroy", VmState.RUNNING, VmState.PAUSED)
+    host.force_off(info.uuid)
+    _wait_state(host, info, (VmState.SHUTOFF, VmState.CRASHED))
+    _say(f"Domain '{info.name}' destroyed")
+    return EXIT_OK
+
+
+def cmd_suspend(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo suspend NAME`: pause every vCPU (the VM keeps its memory)."""
+    info = _active(host, args.name, "suspend")
+    host.pause(info.uuid)
+    _wait_state(host, info, (VmState.PAUSED,))
+    _say(f"Domain '{info.name}' suspended")
+    return EXIT_OK
+
+
+def cmd_resume(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo resume NAME`: continue a suspended VM."""
+    info = find_vm(host, args.name)
+    if info.state != VmState.PAUSED:
+        raise CommandFailed(f"cannot resume {info.name}: it is {_state_word(info.state)}, not paused")
+    host.resume(info.uuid)
+    _wait_state(host, info, (VmState.RUNNING,))
+    _say(f"Domain '{info.name}' resumed")
+    return EXIT_OK
+
+
+def cmd_reboot(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo reboot NAME`: the ACPI power button, then a fresh start once the guest has powered off."""
+    info = _active(host, args.name, "reboot")
+    host.reboot(info.uuid)
+    _say(f"Domain '{info.name}' is being rebooted")
+    return EXIT_OK
+
+
+def _wait_state(host: ServiceClient, info: VmInfo, states: tuple[VmState, ...]) -> None:
+    """Wait until the host's mirror shows one of `states` (its event may trail the request's answer), so the
+    next command sees the change; CommandFailed with the VM's reason when it ends up elsewhere."""
+    deadline = time.monotonic() + STATE_WAIT
+    while True:
+        now = host.get(info.uuid)
+        if now.state in states:
+            return
+        if now.state == VmState.CRASHED or time.monotonic() > deadline:
+            reason = f": {now.reason}" if now.reason else ""
+            raise CommandFailed(f"{info.name} is {_state_word(now.state)}{reason}; see `vireo console "
+                                f"{info.name}` or the service's log")
+        time.sleep(0.02)
