@@ -31,7 +31,7 @@ from core.devices.vga import Vga
 from core.devices.vga_screen_info import screen_info_for_text_mode
 from core.devices.virtio.blk import VirtioBlk
 from core.devices.virtio.pci import VirtioPciDevice
-from core.hypervisor.base import Accelerator, CpuState, ExitReason, Vcpu
+from core.hypervisor.base import Accelerator, ExitReason, Vcpu
 from core.hypervisor.select import AccelChoice, choose_accelerator, create_accelerator
 from core.irq import IrqLine
 from core.memory import GuestMemory
@@ -478,6 +478,3 @@ class Machine:
     def vcpu_threads(self) -> list[threading.Thread]:
         """The vCPU threads (for per-VM CPU accounting); empty before start()."""
         return list(self._threads)
-
-    def vcpu_state(self, index: int = 0) -> CpuState:
-        return self.vcpus[index].get_state()

@@ -67,7 +67,6 @@ class ApicBus:
     def __init__(self) -> None:
         self.apics: list[LocalApic] = []
         self.on_eoi: Callable[[int], None] | None = None
-        self.on_change: Callable[[], None] | None = None
 
     def add(self, apic: LocalApic) -> None:
         self.apics.append(apic)
@@ -101,7 +100,3 @@ class ApicBus:
     def eoi(self, vector: int) -> None:
         if self.on_eoi is not None:
             self.on_eoi(vector)
-
-    def changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()

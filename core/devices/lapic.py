@@ -12,6 +12,7 @@ modes (IA32_TSC_DEADLINE, SDM 10.5.4.1) with the divide configuration.
 LINT0 in ExtINT mode connects the 8259A PIC (virtual wire mode, MP spec 1.4, 3.6.2.2): its vector comes from the
 PIC's interrupt-acknowledge cycle, not from IRR. At power-on the firmware's virtual-wire set-up is assumed
 (LINT0 ExtINT and LINT1 NMI on the bootstrap processor), as a BIOS leaves it and as KVM-based monitors program it.
+Nothing on this platform drives LINT1.
 
 Time: the timer counts at `bus_hz` (the "core crystal clock" the CPU reports in CPUID leaf 0x15); the TSC-deadline
 comparison uses the guest TSC, whose frequency is `tsc_hz` and whose value `read_tsc()` gives. Timers run on the
@@ -238,10 +239,6 @@ class LocalApic:
         """The PIC's INT output rose: with LINT0 in ExtINT mode that is an interrupt for this CPU."""
         if self._extint_pending():
             self.cpu.wake()
-
-    def lint1(self) -> None:
-        """The LINT1 pin (NMI in virtual wire mode)."""
-        self._local(REG_LVT_LINT1)
 
     # -- EOI --------------------------------------------------------------------------------------------------
     def _eoi(self) -> None:
@@ -545,5 +542,4 @@ class LocalApic:
             if was_enabled and not enable:
                 self._reset_registers()             # a globally disabled APIC keeps only its ID
                 self.svr = 0xFF
-        self.bus.changed()
         return True

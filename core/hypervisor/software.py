@@ -199,9 +199,3 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
                 self.uc.mem_unmap(gpa, size)
             except unicorn.UcError:
                 pass
-
-    def exception_counts(self) -> dict[int, int]:
-        """Exceptions and INT n delivered so far (all VMs of this process), by vector."""
-        c = self.natives.intr_counters
-        return {i: c[i] for i in range(256) if c[i]}
-
