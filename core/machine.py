@@ -1,9 +1,9 @@
 """A virtual machine: guest RAM, buses, devices, the CPU backend, one thread per vCPU, and the lifecycle.
 
-States: defined → running ⇄ paused → shutoff, or crashed (with the reason kept). Requests that come from the
-guest itself (ACPI S5 power-off, a reset through port 0xCF9 or the i8042, a triple fault, a device-model
-exception) are posted to a supervisor thread, because a vCPU thread cannot wait for itself to stop. The same
-thread carries out pause/resume/reset/power-off asked by the user, so lifecycle changes never race.
+States: defined → running ⇄ paused → shutoff, or crashed (with the reason kept). Lifecycle changes are Requests
+carried out by one supervisor thread, so they never race: those from the guest itself (ACPI S5 power-off, a reset
+through port 0xCF9 or the i8042, a triple fault, a device-model exception) are posted there because a vCPU thread
+cannot wait for itself to stop, and pause/resume/reset/power-off asked by the user go the same way.
 """
 from __future__ import annotations
 
@@ -122,6 +122,24 @@ class MachineConfig:
 StateListener = Callable[["Machine", MachineState, str], None]
 
 
+class RequestKind(enum.Enum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    RESET = "reset"
+    POWER_OFF = "poweroff"
+    CRASH = "crash"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One lifecycle change for the supervisor: what, why (the reason a power-off or crash is recorded with), and
+    `done`, set once it has been handled (or the machine has stopped), for a caller that waits."""
+
+    kind: RequestKind
+    reason: str = ""
+    done: threading.Event | None = None
+
+
 class Machine:
     """One VM built from a MachineConfig. Construct, then start(); wait() blocks until it stops."""
 
@@ -135,11 +153,13 @@ class Machine:
         self._serial_output = serial_output or (lambda data: None)
         self._listeners: list[StateListener] = []
         self._state_cond = threading.Condition()
-        self._requests: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._requests: queue.Queue[Request] = queue.Queue()
         self._gate = threading.Condition()
         self._gate_open = False
         self._parked = 0
         self._exiting = False
+        self._reset_pending = False
+        self._release_generation = 0
         self._threads: list[threading.Thread] = []
         self._supervisor: threading.Thread | None = None
         self.reset_count = 0
@@ -278,17 +298,17 @@ class Machine:
         self._set_state(MachineState.RUNNING)
 
     def pause(self) -> None:
-        self._call("pause")
+        self._call(RequestKind.PAUSE)
 
     def resume(self) -> None:
-        self._call("resume")
+        self._call(RequestKind.RESUME)
 
     def reset(self) -> None:
-        self._call("reset")
+        self._call(RequestKind.RESET)
 
     def power_off(self) -> None:
         """Forced power-off (pull the plug)."""
-        self._call("poweroff", "forced power-off")
+        self._call(RequestKind.POWER_OFF, "forced power-off")
 
     def shutdown(self) -> None:
         """Graceful shutdown request: press the ACPI power button; the guest decides what to do."""
@@ -308,25 +328,25 @@ class Machine:
                 return
             self._reset_pending = True
             self._gate_open = False      # a kicked vCPU parks instead of re-entering the guest
-        self._requests.put(("reset", ""))
+        self._requests.put(Request(RequestKind.RESET))
         for vcpu in self.vcpus:
             vcpu.kick()
-
-    _reset_pending = False
 
     def _guest_poweroff(self) -> None:
         with self._gate:
             self._gate_open = False
-        self._requests.put(("poweroff", "guest powered off"))
+        self._requests.put(Request(RequestKind.POWER_OFF, "guest powered off"))
         for vcpu in self.vcpus:
             vcpu.kick()
 
     def post_crash(self, reason: str) -> None:
-        self._requests.put(("crash", reason))
+        self._requests.put(Request(RequestKind.CRASH, reason))
 
-    def _call(self, what: str, reason: str = "") -> None:
+    def _call(self, kind: RequestKind, reason: str = "") -> None:
+        """Post a user's request and, unless called from the machine's own threads (which the supervisor may be
+        waiting for), wait until it has been carried out."""
         done = threading.Event()
-        self._requests.put((what, reason, done))  # type: ignore[arg-type]
+        self._requests.put(Request(kind, reason, done))
         if threading.current_thread() not in self._threads and threading.current_thread() is not self._supervisor:
             done.wait(10)
 
@@ -376,8 +396,6 @@ class Machine:
                 self._gate.wait()
             self._parked -= 1
 
-    _release_generation = 0
-
     def _stop_vcpus(self) -> None:
         with self._gate:
             self._gate_open = False
@@ -399,43 +417,43 @@ class Machine:
     # -- supervisor ---------------------------------------------------------------------------------------
     def _supervise(self) -> None:
         while True:
-            item = self._requests.get()
-            what, reason = item[0], item[1]
-            done = item[2] if len(item) > 2 else None
+            request = self._requests.get()
             try:
-                finished = self._handle(what, reason)
+                finished = self._handle(request)
             except Exception as exc:
                 log.exception("machine supervisor failed")
-                self._finish(MachineState.CRASHED, f"{what} failed: {exc}")
+                self._finish(MachineState.CRASHED, f"{request.kind.value} failed: {exc}")
                 finished = True
-            if done is not None:
-                done.set()
+            if request.done is not None:
+                request.done.set()
             if finished:
                 self._drain_waiters()
                 return
 
     def _drain_waiters(self) -> None:
+        """The machine has stopped: release every caller still waiting on a request nobody will carry out."""
         while True:
             try:
-                item = self._requests.get_nowait()
+                request = self._requests.get_nowait()
             except queue.Empty:
                 return
-            if len(item) > 2:
-                item[2].set()
+            if request.done is not None:
+                request.done.set()
 
-    def _handle(self, what: str, reason: str) -> bool:
+    def _handle(self, request: Request) -> bool:
         """Carry out one lifecycle request; True when the machine has stopped for good."""
         if self.state in (MachineState.SHUTOFF, MachineState.CRASHED):
             return True
-        if what == "pause" and self.state == MachineState.RUNNING:
+        kind = request.kind
+        if kind == RequestKind.PAUSE and self.state == MachineState.RUNNING:
             self._stop_vcpus()
             self.timers.pause()
             self._set_state(MachineState.PAUSED)
-        elif what == "resume" and self.state == MachineState.PAUSED:
+        elif kind == RequestKind.RESUME and self.state == MachineState.PAUSED:
             self.timers.resume()
             self._release_vcpus()
             self._set_state(MachineState.RUNNING)
-        elif what == "reset":
+        elif kind == RequestKind.RESET:
             self._stop_vcpus()
             with self._gate:
                 self._reset_pending = False
@@ -443,11 +461,11 @@ class Machine:
             if self.state == MachineState.PAUSED:
                 return False
             self._release_vcpus()
-        elif what == "poweroff":
-            self._finish(MachineState.SHUTOFF, reason)
+        elif kind == RequestKind.POWER_OFF:
+            self._finish(MachineState.SHUTOFF, request.reason)
             return True
-        elif what == "crash":
-            self._finish(MachineState.CRASHED, reason)
+        elif kind == RequestKind.CRASH:
+            self._finish(MachineState.CRASHED, request.reason)
             return True
         return False
 
