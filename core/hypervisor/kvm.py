@@ -53,6 +53,7 @@ class KvmAccelerator(Accelerator):
     """One KVM virtual machine. See the module docstring for what lives in the kernel."""
 
     name = "kvm"
+    provides_interrupt_controllers = True
 
     def __init__(self, memory: GuestMemory, pio: PortIoBus, mmio: MmioBus, num_cpus: int,
                  timers: TimerQueue, device: str = KVM_DEVICE) -> None:
