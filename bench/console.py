@@ -144,10 +144,10 @@ def guest_latency(keys: int) -> None:
 
     machine = Machine(MachineConfig(kernel=str(kernel), initrd=str(initrd), memory_mib=256, accel="software",
                                     cmdline="console=ttyS0 quiet vireo.action=shell vireo.console=tty1"))
-    kbc = machine.i8042
+    kbc = machine.board.i8042
     read_at: dict[int, float] = {}
     echo_at: dict[int, float] = {}
-    kbc_read, vga_write = kbc.io_read, machine.vga.memory.write
+    kbc_read, vga_write = kbc.io_read, machine.board.vga.memory.write
 
     def timed_read(port: int, size: int) -> int:
         value = kbc_read(port, size)
@@ -160,8 +160,8 @@ def guest_latency(keys: int) -> None:
         echo_at.setdefault(value, time.perf_counter())
 
     kbc.io_read = timed_read
-    machine.vga.memory.write = timed_write
-    view = ConsoleView(Renderer(machine.vga), Ps2InputSink(kbc))
+    machine.board.vga.memory.write = timed_write
+    view = ConsoleView(Renderer(machine.board.vga), Ps2InputSink(kbc))
     view.show()
     view.setFocus()
     app = QApplication.instance()
@@ -169,7 +169,7 @@ def guest_latency(keys: int) -> None:
     machine.start()
     # Wait for the prompt itself: keys typed before Linux's i8042 driver starts (a bare "#" can end a wrapped
     # kernel banner line) fill the buffer it flushes, and it then gives up on the controller.
-    while not any(line.endswith("vireo:~#") for line in text_snapshot(machine.vga) or []):
+    while not any(line.endswith("vireo:~#") for line in text_snapshot(machine.board.vga) or []):
         app.processEvents()
         time.sleep(0.01)
         if time.perf_counter() - t0 > 120:

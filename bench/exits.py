@@ -95,8 +95,8 @@ def run_vireo(kernel: Path, n: int, memory: int) -> dict[str, float]:
     m = Machine(MachineConfig(kernel=str(kernel), cmdline=f"n={n}", memory_mib=memory, accel="kvm"),
                 serial_output=clock.feed)
     dev = BenchDevice()
-    m.pio.register(BENCH_PORT, 1, dev)
-    m.mmio.register(BENCH_MMIO, 0x1000, dev)
+    m.board.pio.register(BENCH_PORT, 1, dev)
+    m.board.mmio.register(BENCH_MMIO, 0x1000, dev)
     m.start()
     state = m.wait(timeout=max(60.0, n * 4 * 200e-6))
     if state != MachineState.SHUTOFF:

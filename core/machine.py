@@ -1,9 +1,10 @@
-"""A virtual machine: guest RAM, buses, devices, the CPU backend, one thread per vCPU, and the lifecycle.
+"""A virtual machine: its board (core/board.py: RAM, buses, devices, interrupt controllers, the CPU backend and its
+vCPUs), one thread per vCPU, and the lifecycle.
 
-States: defined → running ⇄ paused → shutoff, or crashed (with the reason kept). Requests that come from the
-guest itself (ACPI S5 power-off, a reset through port 0xCF9 or the i8042, a triple fault, a device-model
-exception) are posted to a supervisor thread, because a vCPU thread cannot wait for itself to stop. The same
-thread carries out pause/resume/reset/power-off asked by the user, so lifecycle changes never race.
+States: defined → running ⇄ paused → shutoff, or crashed (with the reason kept). Lifecycle changes are Requests
+carried out by one supervisor thread, so they never race: those from the guest itself (ACPI S5 power-off, a reset
+through port 0xCF9 or the i8042, a triple fault, a device-model exception) are posted there because a vCPU thread
+cannot wait for itself to stop, and pause/resume/reset/power-off asked by the user go the same way.
 """
 from __future__ import annotations
 
@@ -17,25 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from core import platform
+from core.board import Board
 from core.boot.loader import load_kernel
-from core.bus import MmioBus, PortIoBus
-from core.devices.acpi_pm import AcpiPm
-from core.devices.i8042 import I8042
-from core.devices.pci import PciBus
-from core.devices.post import PostPort
-from core.devices.reset_control import ResetControl
-from core.devices.rtc import CmosRtc
-from core.devices.serial import Uart16550
-from core.devices.vga import Vga
 from core.devices.vga_screen_info import screen_info_for_text_mode
-from core.devices.virtio.blk import VirtioBlk
-from core.devices.virtio.pci import VirtioPciDevice
-from core.hypervisor.base import Accelerator, CpuState, ExitReason, Vcpu
-from core.hypervisor.select import AccelChoice, choose_accelerator, create_accelerator
-from core.irq import IrqLine
-from core.memory import GuestMemory
-from core.timers import TimerQueue
+from core.hypervisor.base import ExitReason, Vcpu
+from core.hypervisor.select import AccelChoice, choose_accelerator
 
 if TYPE_CHECKING:
     from core.config import VmConfig
@@ -122,6 +109,24 @@ class MachineConfig:
 StateListener = Callable[["Machine", MachineState, str], None]
 
 
+class RequestKind(enum.Enum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    RESET = "reset"
+    POWER_OFF = "poweroff"
+    CRASH = "crash"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One lifecycle change for the supervisor: what, why (the reason a power-off or crash is recorded with), and
+    `done`, set once it has been handled (or the machine has stopped), for a caller that waits."""
+
+    kind: RequestKind
+    reason: str = ""
+    done: threading.Event | None = None
+
+
 class Machine:
     """One VM built from a MachineConfig. Construct, then start(); wait() blocks until it stops."""
 
@@ -132,107 +137,39 @@ class Machine:
         self.state = MachineState.DEFINED
         self.reason = ""
         self.accel_choice = accel_choice or choose_accelerator(config.accel)
-        self._serial_output = serial_output or (lambda data: None)
         self._listeners: list[StateListener] = []
         self._state_cond = threading.Condition()
-        self._requests: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._requests: queue.Queue[Request] = queue.Queue()
         self._gate = threading.Condition()
         self._gate_open = False
         self._parked = 0
         self._exiting = False
+        self._reset_pending = False
+        self._release_generation = 0
         self._threads: list[threading.Thread] = []
         self._supervisor: threading.Thread | None = None
         self.reset_count = 0
         self.started_at = 0.0
-        self._build()
-
-    # -- construction -------------------------------------------------------------------------------------
-    def _build(self) -> None:
-        cfg = self.config
-        self.memory = GuestMemory(cfg.memory_mib * 1024 * 1024)
-        self.pio = PortIoBus()
-        self.mmio = MmioBus()
-        self.timers = TimerQueue(name="vireo-timers")
-        self.timers.on_error = lambda exc: self.post_crash(f"device timer failed: {exc!r}")
-        self.images: list = []
-        self.disk_transports: list[VirtioPciDevice] = []
-        self.accel: Accelerator | None = None
+        self.board = Board(config, self.accel_choice.name, serial_output=serial_output or (lambda data: None),
+                           request_reset=self.request_reset, request_poweroff=self._guest_poweroff,
+                           report_fault=self.post_crash)
         try:
-            self.accel = create_accelerator(self.accel_choice.name, self.memory, self.pio, self.mmio,
-                                            cfg.cpus, self.timers)
-            self._build_devices()
+            self._load()
         except BaseException:
-            self._release_resources()
+            self.board.close()
             raise
-
-    def _release_resources(self) -> None:
-        """Give back what a machine holds on the host: images (and their locks), the emulator, the timer thread."""
-        for transport in self.disk_transports:
-            transport.close()         # the disk's worker thread finishes its request before the image closes
-        for image in self.images:
-            try:
-                image.close()
-            except Exception:
-                log.exception("closing a disk image failed")
-        self.images = []
-        self.timers.stop()
-        if self.accel is not None:
-            try:
-                self.accel.close()
-            except Exception:
-                log.exception("closing the accelerator failed")
-
-    def _build_devices(self) -> None:
-        cfg = self.config
-        assert self.accel is not None
-        line = lambda gsi: IrqLine(self.accel, gsi)  # noqa: E731
-        self.serial = Uart16550(line(platform.COM1_IRQ), self._serial_output)
-        self.rtc = CmosRtc(line(platform.RTC_IRQ), self.timers, self.memory.size, cpus=cfg.cpus)
-        self.i8042 = I8042(self.request_reset, line(platform.I8042_KBD_IRQ), line(platform.I8042_MOUSE_IRQ),
-                           timers=self.timers)
-        self.post = PostPort()
-        self.acpi_pm = AcpiPm(line(platform.ACPI_SCI_IRQ), self._guest_poweroff, timers=self.timers)
-        self.reset_control = ResetControl(self.request_reset)
-        # A backend that maps device memory as RAM takes the framebuffer BAR off the MMIO exit path.
-        self.pci = PciBus(self.pio, self.mmio, self.accel.set_irq,
-                          ram_mapper=self.accel if self.accel.supports_ram_mapping else None)
-        port_devices = [self.serial, self.rtc, self.i8042, self.post, self.acpi_pm, self.reset_control, self.pci]
-        for dev in port_devices:
-            dev.attach(self.pio)
-        self.devices = list(port_devices)
-        # Without a display adapter the guest finds no VGA at all: no legacy ports or window, no PCI function.
-        self.vga: Vga | None = None
-        if cfg.display == "vga":
-            self.vga = Vga(self.pci)
-            self.vga.attach(self.pio, self.mmio)
-            self.devices.append(self.vga)
-        self.disks = [self._add_disk(i, spec) for i, spec in enumerate(cfg.disks)]
-        self.pci.assign_resources()
-        self.vcpus: list[Vcpu] = [self.accel.create_vcpu(i) for i in range(cfg.cpus)]
-        self._load()
-
-    def _add_disk(self, index: int, spec: DiskSpec) -> VirtioBlk:
-        from core.storage import open_image
-        image = open_image(spec.path, spec.format, read_only=spec.readonly, cache=spec.cache)
-        self.images.append(image)
-        blk = VirtioBlk(image, serial=f"vireo-disk{index}")
-        send_msi = getattr(self.accel, "send_msi", None)
-        transport = VirtioPciDevice(blk, self.memory, msi_sink=send_msi)
-        self.disk_transports.append(transport)
-        self.pci.add(transport)
-        return blk
 
     def _load(self) -> None:
         """Load the kernel (and initrd) and set every vCPU's power-on state: the BSP at the kernel's entry,
         the APs waiting for INIT/SIPI."""
-        cfg = self.config
-        result = load_kernel(self.memory, cfg.kernel, cfg.initrd, cfg.cmdline, cfg.cpus,
+        cfg, board = self.config, self.board
+        result = load_kernel(board.memory, cfg.kernel, cfg.initrd, cfg.cmdline, cfg.cpus,
                              decompress_on_host=cfg.decompress_on_host,
-                             screen_info=None if self.vga is None else
-                             screen_info_for_text_mode(self.vga).to_bytes())
+                             screen_info=None if board.vga is None else
+                             screen_info_for_text_mode(board.vga).to_bytes())
         self.boot_description = result.description
-        self.vcpus[0].set_state(result.cpu_state)
-        for vcpu in self.vcpus[1:]:
+        board.vcpus[0].set_state(result.cpu_state)
+        for vcpu in board.vcpus[1:]:
             vcpu.reset_to_wait_for_sipi()
 
     # -- observers ----------------------------------------------------------------------------------------
@@ -266,7 +203,7 @@ class Machine:
         if self.state != MachineState.DEFINED:
             raise RuntimeError(f"cannot start a machine that is {self.state.value}")
         self.started_at = time.monotonic()
-        for i, vcpu in enumerate(self.vcpus):
+        for i, vcpu in enumerate(self.board.vcpus):
             t = threading.Thread(target=self._vcpu_loop, args=(vcpu,), name=f"vcpu{i}", daemon=True)
             self._threads.append(t)
         self._supervisor = threading.Thread(target=self._supervise, name="vireo-supervisor", daemon=True)
@@ -278,25 +215,25 @@ class Machine:
         self._set_state(MachineState.RUNNING)
 
     def pause(self) -> None:
-        self._call("pause")
+        self._call(RequestKind.PAUSE)
 
     def resume(self) -> None:
-        self._call("resume")
+        self._call(RequestKind.RESUME)
 
     def reset(self) -> None:
-        self._call("reset")
+        self._call(RequestKind.RESET)
 
     def power_off(self) -> None:
         """Forced power-off (pull the plug)."""
-        self._call("poweroff", "forced power-off")
+        self._call(RequestKind.POWER_OFF, "forced power-off")
 
     def shutdown(self) -> None:
         """Graceful shutdown request: press the ACPI power button; the guest decides what to do."""
         if self.state == MachineState.RUNNING:
-            self.acpi_pm.press_power_button()
+            self.board.acpi_pm.press_power_button()
 
     def serial_input(self, data: bytes) -> None:
-        self.serial.receive(data)
+        self.board.serial.receive(data)
 
     # -- requests from the guest side (any thread) -------------------------------------------------------
     def request_reset(self) -> None:
@@ -308,25 +245,25 @@ class Machine:
                 return
             self._reset_pending = True
             self._gate_open = False      # a kicked vCPU parks instead of re-entering the guest
-        self._requests.put(("reset", ""))
-        for vcpu in self.vcpus:
+        self._requests.put(Request(RequestKind.RESET))
+        for vcpu in self.board.vcpus:
             vcpu.kick()
-
-    _reset_pending = False
 
     def _guest_poweroff(self) -> None:
         with self._gate:
             self._gate_open = False
-        self._requests.put(("poweroff", "guest powered off"))
-        for vcpu in self.vcpus:
+        self._requests.put(Request(RequestKind.POWER_OFF, "guest powered off"))
+        for vcpu in self.board.vcpus:
             vcpu.kick()
 
     def post_crash(self, reason: str) -> None:
-        self._requests.put(("crash", reason))
+        self._requests.put(Request(RequestKind.CRASH, reason))
 
-    def _call(self, what: str, reason: str = "") -> None:
+    def _call(self, kind: RequestKind, reason: str = "") -> None:
+        """Post a user's request and, unless called from the machine's own threads (which the supervisor may be
+        waiting for), wait until it has been carried out."""
         done = threading.Event()
-        self._requests.put((what, reason, done))  # type: ignore[arg-type]
+        self._requests.put(Request(kind, reason, done))
         if threading.current_thread() not in self._threads and threading.current_thread() is not self._supervisor:
             done.wait(10)
 
@@ -376,14 +313,12 @@ class Machine:
                 self._gate.wait()
             self._parked -= 1
 
-    _release_generation = 0
-
     def _stop_vcpus(self) -> None:
         with self._gate:
             self._gate_open = False
         deadline = time.monotonic() + 5
         while True:
-            for vcpu in self.vcpus:
+            for vcpu in self.board.vcpus:
                 vcpu.kick()
             with self._gate:
                 if self._parked >= len(self._threads) or time.monotonic() > deadline:
@@ -399,43 +334,43 @@ class Machine:
     # -- supervisor ---------------------------------------------------------------------------------------
     def _supervise(self) -> None:
         while True:
-            item = self._requests.get()
-            what, reason = item[0], item[1]
-            done = item[2] if len(item) > 2 else None
+            request = self._requests.get()
             try:
-                finished = self._handle(what, reason)
+                finished = self._handle(request)
             except Exception as exc:
                 log.exception("machine supervisor failed")
-                self._finish(MachineState.CRASHED, f"{what} failed: {exc}")
+                self._finish(MachineState.CRASHED, f"{request.kind.value} failed: {exc}")
                 finished = True
-            if done is not None:
-                done.set()
+            if request.done is not None:
+                request.done.set()
             if finished:
                 self._drain_waiters()
                 return
 
     def _drain_waiters(self) -> None:
+        """The machine has stopped: release every caller still waiting on a request nobody will carry out."""
         while True:
             try:
-                item = self._requests.get_nowait()
+                request = self._requests.get_nowait()
             except queue.Empty:
                 return
-            if len(item) > 2:
-                item[2].set()
+            if request.done is not None:
+                request.done.set()
 
-    def _handle(self, what: str, reason: str) -> bool:
+    def _handle(self, request: Request) -> bool:
         """Carry out one lifecycle request; True when the machine has stopped for good."""
         if self.state in (MachineState.SHUTOFF, MachineState.CRASHED):
             return True
-        if what == "pause" and self.state == MachineState.RUNNING:
+        kind = request.kind
+        if kind == RequestKind.PAUSE and self.state == MachineState.RUNNING:
             self._stop_vcpus()
-            self.timers.pause()
+            self.board.timers.pause()
             self._set_state(MachineState.PAUSED)
-        elif what == "resume" and self.state == MachineState.PAUSED:
-            self.timers.resume()
+        elif kind == RequestKind.RESUME and self.state == MachineState.PAUSED:
+            self.board.timers.resume()
             self._release_vcpus()
             self._set_state(MachineState.RUNNING)
-        elif what == "reset":
+        elif kind == RequestKind.RESET:
             self._stop_vcpus()
             with self._gate:
                 self._reset_pending = False
@@ -443,19 +378,17 @@ class Machine:
             if self.state == MachineState.PAUSED:
                 return False
             self._release_vcpus()
-        elif what == "poweroff":
-            self._finish(MachineState.SHUTOFF, reason)
+        elif kind == RequestKind.POWER_OFF:
+            self._finish(MachineState.SHUTOFF, request.reason)
             return True
-        elif what == "crash":
-            self._finish(MachineState.CRASHED, reason)
+        elif kind == RequestKind.CRASH:
+            self._finish(MachineState.CRASHED, request.reason)
             return True
         return False
 
     def _do_reset(self) -> None:
         self.reset_count += 1
-        self.accel.reset_platform()
-        for dev in self.devices:
-            dev.reset()
+        self.board.reset()
         self._load()
 
     def _finish(self, state: MachineState, reason: str) -> None:
@@ -463,14 +396,12 @@ class Machine:
         with self._gate:
             self._exiting = True
             self._gate.notify_all()
-        for vcpu in self.vcpus:
+        for vcpu in self.board.vcpus:
             vcpu.kick()
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout=5)
-        if self.vga is not None:
-            self.vga.close()
-        self._release_resources()
+        self.board.close()
         self._set_state(state, reason)
 
     # -- inspection ---------------------------------------------------------------------------------------
@@ -478,6 +409,3 @@ class Machine:
     def vcpu_threads(self) -> list[threading.Thread]:
         """The vCPU threads (for per-VM CPU accounting); empty before start()."""
         return list(self._threads)
-
-    def vcpu_state(self, index: int = 0) -> CpuState:
-        return self.vcpus[index].get_state()

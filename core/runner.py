@@ -177,7 +177,8 @@ class RunSession:
         from core.display.renderer import Renderer
         from core.keymap import Ps2InputSink
 
-        return VmConsole(session=1, frames=Renderer(self.machine.vga), input=Ps2InputSink(self.machine.i8042))
+        return VmConsole(session=1, frames=Renderer(self.machine.board.vga),
+                         input=Ps2InputSink(self.machine.board.i8042))
 
     def quit(self) -> None:
         """Stop the VM at the user's request (console escape, closed window): exit status 1."""
@@ -244,7 +245,7 @@ class RunSession:
             return
         from core.display.screendump import write_screendump
         try:
-            write_screendump(self.machine.vga, self.args.screendump)
+            write_screendump(self.machine.board.vga, self.args.screendump)
         except OSError as exc:
             print(f"vireo: --screendump {self.args.screendump}: {exc.strerror or exc}", file=sys.stderr)
 

@@ -8,6 +8,8 @@ SDM vol. 3, ch. 10), and the message-signalled interrupts PCI devices send over 
 * An MSI is the address/data pair a PCI device writes (PCI 3.0, 6.8; format in SDM 10.11.1 and 10.11.2):
   decode_msi turns it into a message, or refuses one no APIC accepts.
 * EOIs of level-triggered vectors go back to the I/O APIC (SDM 10.8.5), through `on_eoi`.
+* The 8259A pair's INTR output reaches every local APIC's LINT0 pin, and its interrupt-acknowledge cycle answers
+  an ExtINT delivery (virtual wire mode, MP spec 1.4, 3.6.2.2): `extint`, with `extint_changed` when INTR rises.
 
 IPIs between local APICs use the same bus (LocalApic._send_ipi, with x2APIC's 32-bit destinations).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from core.devices.lapic import DM_FIXED, DM_LOWEST, DM_SIPI, LocalApic
 
@@ -60,14 +63,22 @@ def decode_msi(address: int, data: int) -> MsiMessage | None:
                       vector=data & 0xFF, level_triggered=level)
 
 
+class ExtIntSource(Protocol):
+    """The interrupt controller wired to LINT0 (the 8259A pair): its INTR output and its acknowledge cycle."""
+
+    def has_interrupt(self) -> bool: ...
+
+    def acknowledge(self) -> int: ...
+
+
 class ApicBus:
     """Every local APIC of one machine, for IPIs and I/O APIC messages; `eoi` forwards EOIs of level-triggered
-    vectors to the I/O APIC."""
+    vectors to the I/O APIC; `extint` is the PIC on every LINT0 (None: nothing drives the pin)."""
 
     def __init__(self) -> None:
         self.apics: list[LocalApic] = []
         self.on_eoi: Callable[[int], None] | None = None
-        self.on_change: Callable[[], None] | None = None
+        self.extint: ExtIntSource | None = None
 
     def add(self, apic: LocalApic) -> None:
         self.apics.append(apic)
@@ -102,6 +113,7 @@ class ApicBus:
         if self.on_eoi is not None:
             self.on_eoi(vector)
 
-    def changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
+    def extint_changed(self) -> None:
+        """The PIC's INTR output rose: an interrupt for every APIC whose LINT0 is in ExtINT mode."""
+        for apic in self.apics:
+            apic.pic_changed()

@@ -9,9 +9,10 @@ ESR, the ICR with every destination mode and shorthand (fixed, lowest priority, 
 (timer, thermal, performance counters, LINT0, LINT1, error), and the timer in one-shot, periodic and TSC-deadline
 modes (IA32_TSC_DEADLINE, SDM 10.5.4.1) with the divide configuration.
 
-LINT0 in ExtINT mode connects the 8259A PIC (virtual wire mode, MP spec 1.4, 3.6.2.2): its vector comes from the
-PIC's interrupt-acknowledge cycle, not from IRR. At power-on the firmware's virtual-wire set-up is assumed
-(LINT0 ExtINT and LINT1 NMI on the bootstrap processor), as a BIOS leaves it and as KVM-based monitors program it.
+LINT0 in ExtINT mode connects the 8259A PIC, the APIC bus's `extint` (virtual wire mode, MP spec 1.4, 3.6.2.2):
+its vector comes from the PIC's interrupt-acknowledge cycle, not from IRR. At power-on the firmware's virtual-wire
+set-up is assumed (LINT0 ExtINT and LINT1 NMI on the bootstrap processor), as a BIOS leaves it and as KVM-based
+monitors program it. Nothing on this platform drives LINT1.
 
 Time: the timer counts at `bus_hz` (the "core crystal clock" the CPU reports in CPUID leaf 0x15); the TSC-deadline
 comparison uses the guest TSC, whose frequency is `tsc_hz` and whose value `read_tsc()` gives. Timers run on the
@@ -93,8 +94,6 @@ class LocalApic:
         self.read_tsc = read_tsc
         self._lock = threading.RLock()
         self._timer = timers.timer(self._timer_fired)
-        self.pic: Callable[[], int] | None = None          # ExtINT acknowledge (the PIC), set by the platform
-        self.pic_pending: Callable[[], bool] | None = None
         self.power_on(bsp)
 
     # -- state ------------------------------------------------------------------------------------------------
@@ -168,7 +167,8 @@ class LocalApic:
         lint0 = self.lvt[REG_LVT_LINT0]
         if self.hw_enabled and (lint0 & LVT_MASKED or (lint0 >> 8) & 7 != DM_EXTINT):
             return False
-        return self.pic_pending is not None and self.pic_pending()
+        pic = self.bus.extint
+        return pic is not None and pic.has_interrupt()
 
     def has_interrupt(self) -> bool:
         """INTR as the CPU sees it: a maskable interrupt is waiting (EFLAGS.IF decides whether it is taken)."""
@@ -178,8 +178,9 @@ class LocalApic:
     def acknowledge(self) -> int:
         """The CPU takes the interrupt: returns its vector (IRR -> ISR, or the PIC's INTA for ExtINT)."""
         with self._lock:
-            if self._extint_pending():
-                return self.pic()  # type: ignore[misc]
+            pic = self.bus.extint
+            if pic is not None and self._extint_pending():
+                return pic.acknowledge()
             v = self._deliverable_vector()
             if v is None:
                 return self.svr & 0xFF            # spurious interrupt (SDM 10.9)
@@ -238,10 +239,6 @@ class LocalApic:
         """The PIC's INT output rose: with LINT0 in ExtINT mode that is an interrupt for this CPU."""
         if self._extint_pending():
             self.cpu.wake()
-
-    def lint1(self) -> None:
-        """The LINT1 pin (NMI in virtual wire mode)."""
-        self._local(REG_LVT_LINT1)
 
     # -- EOI --------------------------------------------------------------------------------------------------
     def _eoi(self) -> None:
@@ -545,5 +542,4 @@ class LocalApic:
             if was_enabled and not enable:
                 self._reset_registers()             # a globally disabled APIC keeps only its ID
                 self.svr = 0xFF
-        self.bus.changed()
         return True

@@ -1,21 +1,29 @@
 """The interface every CPU backend implements (KVM in kvm.py, the unicorn software CPU in software.py).
 
-An Accelerator is one VM's CPU side: it maps the Machine's guest RAM (no copies), owns the interrupt controllers
-(KVM's in-kernel PIC/I-O APIC/LAPIC/PIT, or the user-space models for the software CPU), and creates vCPUs. A Vcpu
-runs guest code on the calling thread until something the Machine must see happens, dispatching port I/O and MMIO
-to the buses itself. Register state crosses the interface as CpuState, a backend-neutral mirror of the
-architectural state (Intel SDM vol. 3, ch. 2-3: segment registers with their hidden descriptor caches,
-descriptor-table registers, control registers, EFER).
+An Accelerator is one VM's CPU side: it maps the board's guest RAM (no copies) and creates vCPUs. A Vcpu runs
+guest code on the calling thread until something the Machine must see happens, dispatching port I/O and MMIO to
+the board's buses itself. Interrupt controllers are the board's (core/board.py), except where the accelerator has
+its own (`provides_interrupt_controllers`: KVM's in-kernel PIC pair, I/O APIC, local APICs and PIT); then the
+board's interrupt lines and MSIs go to it, otherwise the board connects the accelerator's local APICs to its own
+controllers through the APIC bus (connect_apic_bus).
+
+Register state crosses the interface as CpuState, a backend-neutral mirror of the architectural state (Intel SDM
+vol. 3, ch. 2-3: segment registers with their hidden descriptor caches, descriptor-table registers, control
+registers, EFER).
 """
 from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from core.bus import MmioBus, PortIoBus
 from core.memory import GuestMemory
 from core.timers import TimerQueue
+
+if TYPE_CHECKING:
+    from core.devices.apic_bus import ApicBus
 
 
 class AcceleratorUnavailable(Exception):
@@ -116,9 +124,14 @@ class Vcpu(ABC):
 
 
 class Accelerator(ABC):
-    """One VM's CPU side. Construction maps RAM; set_irq is callable from any thread."""
+    """One VM's CPU side. Construction maps RAM."""
 
     name: str = "?"
+
+    # Whether the PC's interrupt controllers are the accelerator's own (KVM's in-kernel irqchip and PIT). Then the
+    # board sends interrupt lines and MSIs here (set_irq, send_msi); otherwise it builds them and calls
+    # connect_apic_bus before the first create_vcpu.
+    provides_interrupt_controllers: bool = False
 
     def __init__(self, memory: GuestMemory, pio: PortIoBus, mmio: MmioBus, num_cpus: int,
                  timers: TimerQueue) -> None:
@@ -128,9 +141,19 @@ class Accelerator(ABC):
         self.num_cpus = num_cpus
         self.timers = timers
 
-    @abstractmethod
     def set_irq(self, gsi: int, level: bool) -> None:
-        """Drive an interrupt line: GSI 0-15 reach the PIC pair (ISA IRQs) and every GSI the I/O APIC."""
+        """Drive an interrupt line of the accelerator's own controllers: GSI 0-15 reach the PIC pair (ISA IRQs)
+        and every GSI the I/O APIC. Callable from any thread."""
+        raise NotImplementedError(f"the {self.name} backend has no interrupt controllers of its own")
+
+    def send_msi(self, address: int, data: int) -> None:
+        """Deliver a message-signalled interrupt to the accelerator's own local APICs. Callable from any thread."""
+        raise NotImplementedError(f"the {self.name} backend has no interrupt controllers of its own")
+
+    def connect_apic_bus(self, bus: ApicBus) -> None:
+        """Join the local APICs of the vCPUs created from now on to the board's APIC bus (IPIs, I/O APIC messages,
+        MSIs, the PIC on LINT0). Only for a backend without interrupt controllers of its own."""
+        raise NotImplementedError(f"the {self.name} backend has its own interrupt controllers")
 
     @abstractmethod
     def create_vcpu(self, index: int) -> Vcpu:
@@ -152,7 +175,8 @@ class Accelerator(ABC):
         raise NotImplementedError(f"the {self.name} backend cannot map device memory as RAM")
 
     def reset_platform(self) -> None:
-        """Bring the interrupt controllers and timers the accelerator owns back to their power-on state."""
+        """Bring what the accelerator owns back to its power-on state (the vCPUs' hidden state, local APICs, TSC;
+        its own interrupt controllers and PIT if it has them). Call with every vCPU stopped."""
 
     def close(self) -> None:
         """Release kernel objects / emulator instances."""

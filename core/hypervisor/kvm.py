@@ -34,7 +34,7 @@ from core.timers import TimerQueue
 
 # Where KVM keeps the pages it needs for real mode without unrestricted guest (Intel VT-x; api.rst
 # KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR): four pages ending at 0xFF000000, clear of RAM (which stops at the
-# 3 GiB PCI hole), of the I/O APIC/HPET/LAPIC pages and of a firmware image of up to 16 MiB below 4 GiB.
+# 3 GiB PCI hole), of the I/O APIC and LAPIC pages and of a firmware image of up to 16 MiB below 4 GiB.
 IDENTITY_MAP_ADDR = 0xFEFF_C000
 TSS_ADDR = 0xFEFF_D000     # three pages
 
@@ -53,6 +53,7 @@ class KvmAccelerator(Accelerator):
     """One KVM virtual machine. See the module docstring for what lives in the kernel."""
 
     name = "kvm"
+    provides_interrupt_controllers = True
 
     def __init__(self, memory: GuestMemory, pio: PortIoBus, mmio: MmioBus, num_cpus: int,
                  timers: TimerQueue, device: str = KVM_DEVICE) -> None:
@@ -194,17 +195,6 @@ class KvmAccelerator(Accelerator):
         msi.address_lo, msi.address_hi = address & 0xFFFF_FFFF, address >> 32
         msi.data = data & 0xFFFF_FFFF
         abi.ioctl(self.vm_fd, abi.KVM_SIGNAL_MSI, msi)
-
-    def set_hpet_legacy(self, enabled: bool) -> None:
-        """An HPET in legacy replacement mode takes over IRQ 0 (and 8): stop the in-kernel PIT from raising it
-        while that lasts, keeping the PIT's state (api.rst KVM_SET_PIT2, KVM_PIT_FLAGS_HPET_LEGACY)."""
-        state = abi.kvm_pit_state2()
-        abi.ioctl(self.vm_fd, abi.KVM_GET_PIT2, state)
-        if enabled:
-            state.flags |= abi.KVM_PIT_FLAGS_HPET_LEGACY
-        else:
-            state.flags &= ~abi.KVM_PIT_FLAGS_HPET_LEGACY
-        abi.ioctl(self.vm_fd, abi.KVM_SET_PIT2, state)
 
     def create_vcpu(self, index: int) -> KvmVcpu:
         if not 0 <= index < self.num_cpus:

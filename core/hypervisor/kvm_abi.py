@@ -188,9 +188,6 @@ class kvm_pit_state2(Structure):
     _fields_ = [("channels", kvm_pit_channel_state * 3), ("flags", c_uint32), ("reserved", c_uint32 * 9)]
 
 
-KVM_PIT_FLAGS_HPET_LEGACY = 0x1
-
-
 class kvm_pic_state(Structure):
     _fields_ = [(name, c_uint8) for name in (
         "last_irr", "irr", "imr", "isr", "priority_add", "irq_base", "read_reg_select", "poll", "special_mask",

@@ -47,7 +47,10 @@ def create_accelerator(name: str, memory: GuestMemory, pio: PortIoBus, mmio: Mmi
     if name == "software":
         try:
             from core.hypervisor.software import SoftwareAccelerator
-        except ImportError as exc:
-            raise AcceleratorUnavailable(f"the software CPU is not available: {exc}") from exc
+        except ModuleNotFoundError as exc:
+            if exc.name != "unicorn":
+                raise                  # a broken Vireo install is a bug to see, not an accelerator to do without
+            raise AcceleratorUnavailable("the software CPU needs the Python module unicorn 2.1.4 "
+                                         "(pip install unicorn==2.1.4), or use the kvm accelerator") from exc
         return SoftwareAccelerator(memory, pio, mmio, num_cpus, timers)
     raise AcceleratorUnavailable(f"unknown accelerator {name!r}")

@@ -18,8 +18,9 @@ What unicorn leaves out is supplied here and in its helpers, per the Intel SDM:
 * SMP: one unicorn instance per VM, time-shared by the vCPU threads (software_sched).
 
 A SoftwareAccelerator is those parts together (one class made of the mixins of those modules, sharing the one
-emulator's state), plus the interrupt controllers of the platform: the software CPU has no in-kernel ones, so the
-8259A pair, the I/O APIC, the PIT and the APIC bus are the Python models.
+emulator's state). It has no interrupt controllers of its own beyond each vCPU's local APIC: the 8259A pair, the
+I/O APIC, the PIT and the APIC bus are the board's (core/board.py), which joins the local APICs to its APIC bus
+(connect_apic_bus).
 
 Every Python exception in a hook stops emulation and run() returns VcpuExit(ERROR, detail): a device-model bug
 stops that VM, never the host process.
@@ -33,12 +34,8 @@ import traceback
 import unicorn
 from unicorn import x86_const as X
 
-from core import platform
 from core.bus import MmioBus, PortIoBus
-from core.devices.apic_bus import ApicBus, decode_msi
-from core.devices.ioapic import IoApic
-from core.devices.pic import Pic8259Pair
-from core.devices.pit import Pit8254
+from core.devices.apic_bus import ApicBus
 from core.hypervisor import uc_internals as ui
 from core.hypervisor.base import Accelerator, AcceleratorUnavailable, Vcpu
 from core.hypervisor.software_cpuid import CpuidPolicy
@@ -47,7 +44,6 @@ from core.hypervisor.software_memory import SoftwareMemoryMap
 from core.hypervisor.software_sched import VcpuScheduler, _live, _register_live
 from core.hypervisor.software_vcpu import SoftwareVcpu
 from core.hypervisor.uc_native import natives
-from core.irq import IrqLine
 from core.memory import GuestMemory
 from core.timers import TimerQueue
 
@@ -119,16 +115,7 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
         self._map_memory()
         self._install_hooks()
         self._track_code_pages()
-        # Interrupt controllers of the platform (the software CPU's own; KVM uses in-kernel ones).
-        self.apic_bus = ApicBus()
-        self.dropped_msis = 0
-        self.pic = Pic8259Pair(self._pic_changed)
-        self.pic.attach(pio)
-        self.ioapic = IoApic(self.apic_bus.deliver)
-        self.ioapic.attach(mmio)
-        self.apic_bus.on_eoi = self.ioapic.eoi
-        self.pit = Pit8254(timers, IrqLine(self, platform.PIT_GSI))
-        self.pit.attach(pio)
+        self.apic_bus: ApicBus | None = None          # the board's, once connect_apic_bus has joined it
         memory.add_write_listener(self._ram_written)
         self._closed = False
         _register_live(self)
@@ -141,38 +128,19 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
             vcpu.error = detail
         self.q.uc_emu_stop(self.uch)
 
-    # -- interrupt lines ------------------------------------------------------------------------------------
-    def set_irq(self, gsi: int, level: bool) -> None:
-        # The MADT's interrupt source override: ISA IRQ0 (the PIT) is GSI 2 on the I/O APIC.
-        isa = 0 if gsi == platform.PIT_GSI else gsi
-        if gsi < 16 and isa != 2:
-            self.pic.set_irq(isa, level)
-        self.ioapic.set_irq(gsi, level)
-
-    def send_msi(self, address: int, data: int) -> None:
-        """Deliver a message-signalled interrupt (PCI 3.0, 6.8; address/data as in SDM vol. 3, 10.11) to the local
-        APICs, as KVM_SIGNAL_MSI does for the KVM backend. Callable from any thread; a PCI device's MSI sink.
-        A message no APIC accepts (outside 0xFEExxxxx, reserved delivery mode) is counted and dropped."""
-        msg = decode_msi(address, data)
-        if msg is None:
-            self.dropped_msis += 1
-            return
-        self.apic_bus.deliver_msi(msg)
-
-    def _pic_changed(self) -> None:
-        for vcpu in self.vcpus.values():
-            vcpu.lapic.pic_changed()
+    def connect_apic_bus(self, bus: ApicBus) -> None:
+        self.apic_bus = bus
 
     # -- vCPUs ----------------------------------------------------------------------------------------------
     def create_vcpu(self, index: int) -> Vcpu:
-        vcpu = SoftwareVcpu(self, index)
+        if self.apic_bus is None:
+            raise RuntimeError("the software CPU's local APICs need the board's APIC bus: call connect_apic_bus "
+                               "before create_vcpu")
+        vcpu = SoftwareVcpu(self, index, self.apic_bus)
         self.vcpus[index] = vcpu
         return vcpu
 
     def reset_platform(self) -> None:
-        self.pic.reset()
-        self.pit.reset()
-        self.ioapic.reset()
         for vcpu in self.vcpus.values():
             vcpu.lapic.power_on(vcpu.index == 0)
         self._tsc_offset = (-self.rdtsc()) & 0xFFFF_FFFF_FFFF_FFFF
@@ -199,9 +167,3 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
                 self.uc.mem_unmap(gpa, size)
             except unicorn.UcError:
                 pass
-
-    def exception_counts(self) -> dict[int, int]:
-        """Exceptions and INT n delivered so far (all VMs of this process), by vector."""
-        c = self.natives.intr_counters
-        return {i: c[i] for i in range(256) if c[i]}
-

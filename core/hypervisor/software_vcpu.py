@@ -48,6 +48,7 @@ from core.hypervisor.software_memory import INTA_PAGE
 from core.hypervisor.software_sched import QUANTUM_NS, REKICK_NS, _park_forever
 
 if TYPE_CHECKING:
+    from core.devices.apic_bus import ApicBus
     from core.hypervisor.software import SoftwareAccelerator
 
 
@@ -78,7 +79,7 @@ _SEG_ORDER = (("es", ui.R_ES), ("cs", ui.R_CS), ("ss", ui.R_SS), ("ds", ui.R_DS)
 
 
 class SoftwareVcpu(Vcpu, ApicCpu):
-    def __init__(self, accel: SoftwareAccelerator, index: int) -> None:
+    def __init__(self, accel: SoftwareAccelerator, index: int, apic_bus: ApicBus) -> None:
         self.accel = accel
         self.index = index
         self.context = (ctypes.c_char * ui.ENV_END_RESET_FIELDS)()
@@ -86,11 +87,9 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         if not hasattr(accel, "_initial_context"):
             accel._initial_context = (ctypes.c_char * ui.ENV_END_RESET_FIELDS)()
             ctypes.memmove(accel._initial_context, accel.view.env, ui.ENV_END_RESET_FIELDS)
-        self.lapic = LocalApic(index, accel.timers, accel.apic_bus, self, bus_hz=CRYSTAL_HZ,
+        self.lapic = LocalApic(index, accel.timers, apic_bus, self, bus_hz=CRYSTAL_HZ,
                                tsc_hz=accel.tsc_hz, read_tsc=self._read_tsc, bsp=index == 0)
-        self.lapic.pic = accel.pic.acknowledge
-        self.lapic.pic_pending = accel.pic.has_interrupt
-        accel.apic_bus.add(self.lapic)
+        apic_bus.add(self.lapic)
         self._cond = threading.Condition()
         self._kicked = False
         self._wake = False

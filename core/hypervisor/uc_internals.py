@@ -90,7 +90,6 @@ ENV_VM_VMCB = 5504
 ENV_TSC_OFFSET = 5512
 ENV_END_RESET_FIELDS = 5568    # everything per-CPU lies before this (what uc_context_save copies)
 ENV_CPUID_LEVEL = 5604
-ENV_FEATURES = 5632            # FeatureWordArray features (uint64_t per word)
 ENV_UC = 7000                  # struct uc_struct *uc
 
 SEG_SIZE = 24                  # SegmentCache: uint32 selector @0, target_ulong base @8, uint32 limit @16, flags @20
@@ -285,9 +284,6 @@ class CpuView:
     def u32(self, off: int) -> int:
         return c_uint32.from_address(self.env + off).value
 
-    def set_u32(self, off: int, v: int) -> None:
-        c_uint32.from_address(self.env + off).value = v & 0xFFFF_FFFF
-
     # -- segment caches --------------------------------------------------------------------------------------
     def seg(self, off: int) -> tuple[int, int, int, int]:
         """(selector, base, limit, flags) of the SegmentCache at env offset `off`."""
@@ -301,21 +297,6 @@ class CpuView:
         c_uint64.from_address(a + 8).value = base & 0xFFFF_FFFF_FFFF_FFFF
         c_uint32.from_address(a + 16).value = limit & 0xFFFF_FFFF
         c_uint32.from_address(a + 20).value = flags & 0xFFFF_FFFF
-
-    def load_seg_cache(self, seg: int, selector: int, base: int, limit: int, flags: int) -> None:
-        """cpu_x86_load_seg_cache (target/i386/cpu.h) for CS or SS: the cache plus the hflags derived from it."""
-        self.set_seg(ENV_SEGS + seg * SEG_SIZE, selector, base, limit, flags)
-        h = self.hflags
-        if seg == R_CS and h & HF_LMA_MASK and flags & DESC_L_MASK:
-            h |= HF_CS32_MASK | HF_SS32_MASK | HF_CS64_MASK
-        elif seg == R_CS:
-            h = (h & ~(HF_CS32_MASK | HF_CS64_MASK)) | ((flags >> 22 & 1) * HF_CS32_MASK)
-        elif seg == R_SS:
-            cpl = (flags >> DESC_DPL_SHIFT) & 3
-            h = (h & ~(HF_SS32_MASK | HF_CPL_MASK)) | ((flags >> 22 & 1) * HF_SS32_MASK) | cpl
-            if h & HF_CS64_MASK:
-                h |= HF_SS32_MASK
-        self.hflags = h
 
     # -- QEMU routines -----------------------------------------------------------------------------------------
     def update_hflags(self) -> None:
@@ -334,12 +315,6 @@ class CpuView:
         ram = self.q.ram_addr_from_host(self.uch, host_ptr)
         if ram != 0xFFFF_FFFF_FFFF_FFFF:
             self.q.tb_invalidate_phys_range(self.uch, ram, ram + length)
-
-    def feature(self, word: int) -> int:
-        return self.u64(ENV_FEATURES + 8 * word)
-
-    def set_feature(self, word: int, value: int) -> None:
-        self.set_u64(ENV_FEATURES + 8 * word, value)
 
 
 def disable_mid_instruction_exits(view: CpuView) -> None:

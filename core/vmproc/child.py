@@ -227,10 +227,10 @@ class VmServer:
         from core.vmproc.shared_console import SharedConsoleWriter, capacity_for
         self.machine = machine
         self.accel, self.accel_reason = choice.name, choice.warning or choice.reason
-        self.input = Ps2InputSink(machine.i8042)
-        if machine.vga is not None:
-            self.console = SharedConsoleWriter(self.paths.console, Renderer(machine.vga),
-                                               capacity_for(machine.vga.vbe.vram_size))
+        self.input = Ps2InputSink(machine.board.i8042)
+        if machine.board.vga is not None:
+            self.console = SharedConsoleWriter(self.paths.console, Renderer(machine.board.vga),
+                                               capacity_for(machine.board.vga.vbe.vram_size))
             self.console_path = self.paths.console
         machine.add_state_listener(self._on_machine_state)
         try:

@@ -43,12 +43,12 @@ def test_realmode_image_entered_at_0x7c00_with_a_real_mode_cpu_state(accel: str)
     # The Multiboot wrapper gives the machine its ACPI tables and devices; the CPU state below replaces its entry.
     m = Machine(MachineConfig(kernel=str(guest_path("realmode")), accel=accel, memory_mib=32),
                 serial_output=lambda data: (out.extend(data), done.set()))
-    m.memory.write(GUESTS["realmode16"].load_addr, raw)
+    m.board.memory.write(GUESTS["realmode16"].load_addr, raw)
     state = CpuState()
     state.cs = Segment(selector=0, base=0, limit=0xFFFF, type=0xB)
     state.rip = GUESTS["realmode16"].load_addr
     state.idt.base, state.idt.limit = 0, 0x3FF
-    m.vcpus[0].set_state(state)
+    m.board.vcpus[0].set_state(state)
     m.start()
     assert m.wait(30) == MachineState.SHUTOFF, (m.state, m.reason, out)
     assert lines(out.decode()) == list(GUESTS["realmode16"].expected)
@@ -122,8 +122,9 @@ def test_triple_fault_leaves_the_process_able_to_run_another_vm(accel: str) -> N
 def test_a_vcpu_runs_again_after_a_triple_fault_and_a_platform_reset(accel: str) -> None:
     """A vCPU is left in shutdown after a triple fault (KVM's, or the software CPU's); reset_platform() and a new
     entry state must bring it back, as a PC's reset does. Driven by hand (no Machine threads): the backend's part
-    of a reboot."""
+    of a reboot, with the interrupt controllers a board gives it."""
     require_guest(accel, "triplefault")
+    from core.board import wire_interrupt_controllers
     from core.boot.loader import load_kernel
     from core.bus import MmioBus, PortIoBus
     from core.devices.serial import Uart16550
@@ -134,10 +135,11 @@ def test_a_vcpu_runs_again_after_a_triple_fault_and_a_platform_reset(accel: str)
     from core.timers import TimerQueue
 
     kernel = str(guest_path("triplefault"))
-    memory, pio, timers = GuestMemory(32 << 20), PortIoBus(), TimerQueue()
-    backend = create_accelerator(accel, memory, pio, MmioBus(), 2, timers)
+    memory, pio, mmio, timers = GuestMemory(32 << 20), PortIoBus(), MmioBus(), TimerQueue()
+    backend = create_accelerator(accel, memory, pio, mmio, 2, timers)
+    controllers = wire_interrupt_controllers(backend, pio, mmio, timers)
     out = bytearray()
-    Uart16550(IrqLine(backend, 4), out.extend).attach(pio)
+    Uart16550(IrqLine(controllers or backend, 4), out.extend).attach(pio)
     bsp, ap = backend.create_vcpu(0), backend.create_vcpu(1)
     try:
         for boot in range(1, 4):
@@ -146,6 +148,8 @@ def test_a_vcpu_runs_again_after_a_triple_fault_and_a_platform_reset(accel: str)
             ex = bsp.run()
             assert ex.reason == ExitReason.SHUTDOWN, ex.detail
             assert out.count(b"triplefault: loading an empty IDT") == boot
+            if controllers is not None:
+                controllers.reset()
             backend.reset_platform()
     finally:
         backend.close()

@@ -53,7 +53,7 @@ def guest(debian_kernel, busybox_initramfs):
 
 
 def screen(machine) -> list[str]:
-    return text_snapshot(machine.vga) or []
+    return text_snapshot(machine.board.vga) or []
 
 
 def shows_text(frame, row: int, col: int, text: str) -> bool:
@@ -69,7 +69,7 @@ def shows_text(frame, row: int, col: int, text: str) -> bool:
 
 def test_keys_typed_into_the_console_reach_a_shell_on_tty1(qtbot, guest):
     machine, serial = guest
-    window = ConsoleWindow(Renderer(machine.vga), Ps2InputSink(machine.i8042), "Debian on Vireo")
+    window = ConsoleWindow(Renderer(machine.board.vga), Ps2InputSink(machine.board.i8042), "Debian on Vireo")
     qtbot.addWidget(window)
     window.resize(800, 520)
     window.show()
@@ -91,7 +91,7 @@ def test_keys_typed_into_the_console_reach_a_shell_on_tty1(qtbot, guest):
     # "Type clipboard text" path: the widget types a string as key events on a timer.
     view.type_text("uname -m\n")
     qtbot.waitUntil(lambda: "x86_64" in screen(machine), timeout=30_000)
-    assert machine.i8042.dropped_keys == 0
+    assert machine.board.i8042.dropped_keys == 0
 
     type_keys(view, "poweroff")
     assert machine.wait(30).value == "shutoff", machine.reason

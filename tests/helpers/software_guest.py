@@ -72,10 +72,13 @@ class DonePort:
 
 class Rig:
     """One VM without a Machine: memory, buses, timers, the debug and done ports, the accelerator `accel`
-    ("software" or "kvm"; the test skips itself first when the host cannot run it, see tests.helpers.accel)."""
+    ("software" or "kvm"; the test skips itself first when the host cannot run it, see tests.helpers.accel) and the
+    interrupt controllers a board gives it: `interrupts` takes interrupt lines and MSIs, `controllers` are the
+    board's models (None on KVM, whose controllers are in the kernel)."""
 
     def __init__(self, mem_mib: int = 16, cpus: int = 1, accel: str = "software",
                  memory_bytes: int | None = None) -> None:
+        from core.board import wire_interrupt_controllers
         from core.hypervisor.select import create_accelerator
         self.memory = GuestMemory(memory_bytes if memory_bytes is not None else mem_mib << 20)
         self.pio = PortIoBus()
@@ -86,6 +89,8 @@ class Rig:
         self._done = DonePort()
         self.pio.register(DONE_PORT, 1, self._done)
         self.accel = create_accelerator(accel, self.memory, self.pio, self.mmio, cpus, self.timers)
+        self.controllers = wire_interrupt_controllers(self.accel, self.pio, self.mmio, self.timers)
+        self.interrupts = self.controllers or self.accel
         self.vcpus = [self.accel.create_vcpu(i) for i in range(cpus)]
 
     @property

@@ -498,15 +498,3 @@ count:  .word 0
     m.ports.on_write = lambda port, size, value: port == DATA_PORT and m.accel.send_msi(0xFEE0_0000, 0x40)
     ex = m.vcpus[0].run()
     assert ex.reason == ExitReason.KICKED, ex.detail
-
-
-@needs_kvm
-def test_hpet_legacy_mode_silences_the_in_kernel_pit(vm) -> None:
-    m = vm()
-    state = abi.kvm_pit_state2()
-    m.accel.set_hpet_legacy(True)
-    abi.ioctl(m.accel.vm_fd, abi.KVM_GET_PIT2, state)
-    assert state.flags & abi.KVM_PIT_FLAGS_HPET_LEGACY
-    m.accel.set_hpet_legacy(False)
-    abi.ioctl(m.accel.vm_fd, abi.KVM_GET_PIT2, state)
-    assert not state.flags & abi.KVM_PIT_FLAGS_HPET_LEGACY

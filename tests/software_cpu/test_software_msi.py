@@ -1,6 +1,6 @@
 """Message-signalled interrupts on the software CPU: decoding the address/data pair (SDM vol. 3, 10.11), routing
 through the APIC bus (physical, logical, broadcast, lowest priority, NMI), and a guest taking an MSI's vector
-through its IDT -- `SoftwareAccelerator.send_msi`, the sink PCI devices use for MSI-X."""
+through its IDT -- `PcInterruptControllers.send_msi`, the sink PCI devices use for MSI-X on the software CPU."""
 from __future__ import annotations
 
 import threading
@@ -53,30 +53,30 @@ def irr(rig: Rig, cpu: int) -> int:
 
 
 def test_physical_logical_broadcast_and_lowest_priority_routing(rig2):
-    acc = rig2.accel
+    pc = rig2.controllers
     a0, a1 = rig2.vcpus[0].lapic, rig2.vcpus[1].lapic
-    acc.send_msi(msi_address(1), 0x41)
+    pc.send_msi(msi_address(1), 0x41)
     assert (irr(rig2, 0), irr(rig2, 1)) == (0, 1 << 0x41)
-    acc.send_msi(msi_address(0xFF), 0x42)                          # physical broadcast
+    pc.send_msi(msi_address(0xFF), 0x42)                           # physical broadcast
     assert irr(rig2, 0) == 1 << 0x42 and irr(rig2, 1) == 1 << 0x41 | 1 << 0x42
     a0.mmio_write(REG_LDR, 4, 0x01 << 24)                          # flat logical IDs 1 and 2
     a1.mmio_write(REG_LDR, 4, 0x02 << 24)
-    acc.send_msi(msi_address(0x02, logical=True), 0x43)
+    pc.send_msi(msi_address(0x02, logical=True), 0x43)
     assert not irr(rig2, 0) & 1 << 0x43 and irr(rig2, 1) & 1 << 0x43
-    acc.send_msi(msi_address(0x03, logical=True), 0x44)            # both in the logical group
+    pc.send_msi(msi_address(0x03, logical=True), 0x44)             # both in the logical group
     assert irr(rig2, 0) & 1 << 0x44 and irr(rig2, 1) & 1 << 0x44
     a0.mmio_write(REG_TPR, 4, 0x20)                                # CPU 0 busier: lowest priority picks CPU 1
-    acc.send_msi(msi_address(0x03, logical=True, hint=True), 0x50)
+    pc.send_msi(msi_address(0x03, logical=True, hint=True), 0x50)
     assert not irr(rig2, 0) & 1 << 0x50 and irr(rig2, 1) & 1 << 0x50
-    acc.send_msi(msi_address(0x03, logical=True), 1 << 8 | 0x51)  # delivery mode lowest priority
+    pc.send_msi(msi_address(0x03, logical=True), 1 << 8 | 0x51)   # delivery mode lowest priority
     assert not irr(rig2, 0) & 1 << 0x51 and irr(rig2, 1) & 1 << 0x51
     before = (irr(rig2, 0), irr(rig2, 1))
-    acc.send_msi(0xFEC0_0000, 0x52)
-    assert (irr(rig2, 0), irr(rig2, 1)) == before and acc.dropped_msis == 1
+    pc.send_msi(0xFEC0_0000, 0x52)
+    assert (irr(rig2, 0), irr(rig2, 1)) == before and pc.dropped_msis == 1
 
 
 def test_nmi_message_reaches_the_vcpu(rig2):
-    rig2.accel.send_msi(msi_address(1), DM_NMI << 8)
+    rig2.interrupts.send_msi(msi_address(1), DM_NMI << 8)
     assert rig2.vcpus[1].nmi_pending and not rig2.vcpus[0].nmi_pending
 
 
@@ -132,7 +132,7 @@ def test_guest_takes_an_msi_through_its_idt():
             while b"R" not in rig.debug.out and time.monotonic() < deadline:
                 time.sleep(0.001)
             time.sleep(0.01)                    # the guest is (very likely) in HLT by now
-            rig.accel.send_msi(msi_address(0), 0x61)
+            rig.interrupts.send_msi(msi_address(0), 0x61)
         t = threading.Thread(target=send_when_ready)
         t.start()
         ex = rig.run(s)

@@ -82,13 +82,13 @@ def test_display_none_builds_a_machine_without_a_display_adapter(debian_kernel):
             vcpus=1), "software"))
     try:
         def pci_ids(m):
-            return {(d.config_read(0, 2), d.config_read(2, 2)) for d in m.pci.devices.values()}
+            return {(d.config_read(0, 2), d.config_read(2, 2)) for d in m.board.pci.devices.values()}
         assert (0x1234, 0x1111) in pci_ids(with_vga)
-        assert without.vga is None
+        assert without.board.vga is None
         assert (0x1234, 0x1111) not in pci_ids(without)
-        before = without.pio.unhandled_reads
-        without.pio.read(0x3CC, 1)                   # the VGA's miscellaneous output register: nobody answers
-        assert without.pio.unhandled_reads == before + 1
+        before = without.board.pio.unhandled_reads
+        without.board.pio.read(0x3CC, 1)                   # the VGA's miscellaneous output register: nobody answers
+        assert without.board.pio.unhandled_reads == before + 1
     finally:
         for m in (with_vga, without):
-            m._release_resources()
+            m.board.close()

@@ -1,0 +1,201 @@
+"""The board of a Vireo machine: the PC around the CPUs (the platform of core/platform.py, modelled on QEMU's
+i440FX/PIIX4 where Linux has expectations).
+
+A Board owns guest RAM, the port-I/O and MMIO buses, the device timer thread, the CPU backend with its vCPUs, the
+interrupt controllers and the devices: the 16550 UART (COM1), the MC146818 RTC/CMOS, the i8042 keyboard
+controller, the POST port, the ACPI PM block, the PIIX reset-control register, the PCI host bridge with its
+functions (the VGA with Bochs VBE, virtio-blk disks). It routes every device's interrupt line by GSI (ISA IRQ n is
+GSI n; PCI INTx are GSIs 16-19) and every MSI to the interrupt controllers.
+
+The interrupt controllers are the accelerator's when it has its own (KVM's in-kernel 8259A pair, I/O APIC, local
+APICs and PIT; `Accelerator.provides_interrupt_controllers`). Otherwise -- the software CPU -- the board builds
+them as models (PcInterruptControllers: 8259A pair, I/O APIC, 8254 PIT and the APIC bus) and joins the
+accelerator's local APICs to their APIC bus (wire_interrupt_controllers). Either way the PC's routing holds: ISA
+IRQ n reaches PIC pin n and I/O APIC pin n, except IRQ 0 (the PIT) which reaches I/O APIC pin 2, the interrupt
+source override the MADT announces (ACPI 6.4, 5.2.12.5).
+
+The Machine (core/machine.py) builds one Board, loads the kernel into it and runs its vCPUs; what the guest asks
+of the machine as a whole (a reset through 0xCF9 or the i8042, an ACPI power-off, a failing device timer) goes to
+the callbacks it gives.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from core import platform
+from core.bus import MmioBus, PortIoBus
+from core.devices.acpi_pm import AcpiPm
+from core.devices.apic_bus import ApicBus, decode_msi
+from core.devices.i8042 import I8042
+from core.devices.ioapic import IoApic
+from core.devices.pci import PciBus
+from core.devices.pic import Pic8259Pair
+from core.devices.pit import Pit8254
+from core.devices.post import PostPort
+from core.devices.reset_control import ResetControl
+from core.devices.rtc import CmosRtc
+from core.devices.serial import Uart16550
+from core.devices.vga import Vga
+from core.devices.virtio.blk import VirtioBlk
+from core.devices.virtio.pci import VirtioPciDevice
+from core.hypervisor.base import Accelerator, Vcpu
+from core.hypervisor.select import create_accelerator
+from core.irq import InterruptSink, IrqLine
+from core.memory import GuestMemory
+from core.timers import TimerQueue
+
+if TYPE_CHECKING:
+    from core.machine import DiskSpec, MachineConfig
+
+log = logging.getLogger(__name__)
+
+
+class PcInterruptControllers:
+    """A PC's interrupt controllers outside its CPUs, as models: the cascaded 8259A pair (with the PIIX ELCR), the
+    I/O APIC, the 8254 PIT, and the APIC bus joining them to the CPUs' local APICs (the PIC's INTR on every LINT0,
+    I/O APIC messages, MSIs). Devices drive it as their InterruptSink."""
+
+    def __init__(self, pio: PortIoBus, mmio: MmioBus, timers: TimerQueue) -> None:
+        self.apic_bus = ApicBus()
+        self.pic = Pic8259Pair(self.apic_bus.extint_changed)
+        self.apic_bus.extint = self.pic
+        self.ioapic = IoApic(self.apic_bus.deliver)
+        self.apic_bus.on_eoi = self.ioapic.eoi        # EOIs of level-triggered vectors (SDM vol. 3, 10.8.5)
+        self.pit = Pit8254(timers, IrqLine(self, platform.PIT_GSI))
+        self.dropped_msis = 0
+        self.pic.attach(pio)
+        self.ioapic.attach(mmio)
+        self.pit.attach(pio)
+
+    def set_irq(self, gsi: int, level: bool) -> None:
+        """GSI 0-15 (except the cascade, and the PIT's GSI 2 which is ISA IRQ 0) reach the PIC pair; every GSI
+        reaches the I/O APIC pin of that number."""
+        isa = 0 if gsi == platform.PIT_GSI else gsi
+        if gsi < 16 and isa != 2:
+            self.pic.set_irq(isa, level)
+        self.ioapic.set_irq(gsi, level)
+
+    def send_msi(self, address: int, data: int) -> None:
+        """Deliver a message-signalled interrupt (PCI 3.0, 6.8; address/data as in SDM vol. 3, 10.11) to the local
+        APICs. A message no APIC accepts (outside 0xFEExxxxx, a reserved delivery mode) is counted and dropped."""
+        msg = decode_msi(address, data)
+        if msg is None:
+            self.dropped_msis += 1
+            return
+        self.apic_bus.deliver_msi(msg)
+
+    def reset(self) -> None:
+        self.pic.reset()
+        self.pit.reset()
+        self.ioapic.reset()
+
+
+def wire_interrupt_controllers(accel: Accelerator, pio: PortIoBus, mmio: MmioBus,
+                               timers: TimerQueue) -> PcInterruptControllers | None:
+    """Give a machine on `accel` its interrupt controllers, before its first vCPU is created: None when the
+    accelerator has its own (interrupt lines and MSIs then go to it), else new PcInterruptControllers on the buses
+    with the accelerator's local APICs joined to their APIC bus."""
+    if accel.provides_interrupt_controllers:
+        return None
+    controllers = PcInterruptControllers(pio, mmio, timers)
+    accel.connect_apic_bus(controllers.apic_bus)
+    return controllers
+
+
+class Board:
+    """The hardware of one machine built from a MachineConfig, on the CPU backend `accel_name` (kvm/software).
+    `request_reset` and `request_poweroff` are the guest's reset and ACPI power-off; `report_fault` is told
+    (one line) when a device timer fails. Construction failing releases what was taken."""
+
+    def __init__(self, config: MachineConfig, accel_name: str, *, serial_output: Callable[[bytes], None],
+                 request_reset: Callable[[], None], request_poweroff: Callable[[], None],
+                 report_fault: Callable[[str], None]) -> None:
+        self.memory = GuestMemory(config.memory_mib * 1024 * 1024)
+        self.pio = PortIoBus()
+        self.mmio = MmioBus()
+        self.timers = TimerQueue(name="vireo-timers")
+        self.timers.on_error = lambda exc: report_fault(f"device timer failed: {exc!r}")
+        self.images: list = []
+        self.disk_transports: list[VirtioPciDevice] = []
+        self.accel: Accelerator | None = None
+        self.vga: Vga | None = None
+        try:
+            self.accel = accel = create_accelerator(accel_name, self.memory, self.pio, self.mmio, config.cpus,
+                                                    self.timers)
+            self.interrupt_controllers = wire_interrupt_controllers(accel, self.pio, self.mmio, self.timers)
+            # Where device interrupt lines and MSIs go: the board's controllers, or the accelerator's own.
+            self.interrupts: InterruptSink = self.interrupt_controllers or accel
+            self._build_devices(config, serial_output, request_reset, request_poweroff)
+            self.vcpus: list[Vcpu] = [accel.create_vcpu(i) for i in range(config.cpus)]
+        except BaseException:
+            self.close()
+            raise
+
+    def _build_devices(self, config: MachineConfig, serial_output: Callable[[bytes], None],
+                       request_reset: Callable[[], None], request_poweroff: Callable[[], None]) -> None:
+        assert self.accel is not None
+        line = lambda gsi: IrqLine(self.interrupts, gsi)  # noqa: E731
+        self.serial = Uart16550(line(platform.COM1_IRQ), serial_output)
+        self.rtc = CmosRtc(line(platform.RTC_IRQ), self.timers, self.memory.size, cpus=config.cpus)
+        self.i8042 = I8042(request_reset, line(platform.I8042_KBD_IRQ), line(platform.I8042_MOUSE_IRQ),
+                           timers=self.timers)
+        self.post = PostPort()
+        self.acpi_pm = AcpiPm(line(platform.ACPI_SCI_IRQ), request_poweroff, timers=self.timers)
+        self.reset_control = ResetControl(request_reset)
+        # A backend that maps device memory as RAM takes the framebuffer BAR off the MMIO exit path.
+        self.pci = PciBus(self.pio, self.mmio, self.interrupts.set_irq,
+                          ram_mapper=self.accel if self.accel.supports_ram_mapping else None)
+        port_devices = [self.serial, self.rtc, self.i8042, self.post, self.acpi_pm, self.reset_control, self.pci]
+        for dev in port_devices:
+            dev.attach(self.pio)
+        self.devices = list(port_devices)
+        # Without a display adapter the guest finds no VGA at all: no legacy ports or window, no PCI function.
+        if config.display == "vga":
+            self.vga = Vga(self.pci)
+            self.vga.attach(self.pio, self.mmio)
+            self.devices.append(self.vga)
+        self.disks = [self._add_disk(i, spec) for i, spec in enumerate(config.disks)]
+        self.pci.assign_resources()
+
+    def _add_disk(self, index: int, spec: DiskSpec) -> VirtioBlk:
+        from core.storage import open_image
+        image = open_image(spec.path, spec.format, read_only=spec.readonly, cache=spec.cache)
+        self.images.append(image)
+        blk = VirtioBlk(image, serial=f"vireo-disk{index}")
+        transport = VirtioPciDevice(blk, self.memory, msi_sink=self.interrupts.send_msi)
+        self.disk_transports.append(transport)
+        self.pci.add(transport)
+        return blk
+
+    def reset(self) -> None:
+        """A machine reset: the interrupt controllers, what the accelerator owns (vCPUs' hidden state, local
+        APICs) and every device back to power-on state; RAM keeps its contents. Call with every vCPU stopped."""
+        assert self.accel is not None
+        if self.interrupt_controllers is not None:
+            self.interrupt_controllers.reset()
+        self.accel.reset_platform()
+        for dev in self.devices:
+            dev.reset()
+
+    def close(self) -> None:
+        """The machine has stopped for good (or never got built): give back what it holds on the host -- disk
+        images (and their locks), the emulator or KVM objects, the timer thread. Video memory stays readable for
+        a last screendump."""
+        if self.vga is not None:
+            self.vga.close()
+        for transport in self.disk_transports:
+            transport.close()         # the disk's worker thread finishes its request before the image closes
+        for image in self.images:
+            try:
+                image.close()
+            except Exception:
+                log.exception("closing a disk image failed")
+        self.images = []
+        self.timers.stop()
+        if self.accel is not None:
+            try:
+                self.accel.close()
+            except Exception:
+                log.exception("closing the accelerator failed")
