@@ -17,10 +17,13 @@ What it does, inside the manager's own process (the tree's real launch(), so its
    ConsoleView received (its refresh() returned a new frame) and painted (paint events), and the CPU time of the
    whole GUI process (os.times) and of the GUI thread alone (/proc/self/task/<tid>/stat); the latency timer
    keeps running, so the console phase has its own p50/p99 too.
+With --stalls MS (by hand, for finding causes), a watchdog thread prints to stderr the GUI thread's Python stack
+whenever its timer is more than MS ms late (a stack ending in app.exec() means Qt's C++ code or no CPU at all:
+the watchdog itself then also reports late).
 It prints one line `RESULT <json>` and exits; the parent (bench/gui.py) owns the sandbox (XDG_* directories)
 and kills whatever service or VM process is left.
 
-    python bench/gui_driver.py --tree DIR --kernel K --initrd I [--vms 4] [--seconds 10]
+    python bench/gui_driver.py --tree DIR --kernel K --initrd I --logs DIR [--vms 4] [--seconds 10] [--stalls MS]
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import statistics
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 TICK_MS = 10
@@ -61,6 +65,22 @@ def percentiles(samples: list[float]) -> dict[str, float]:
             "max": ordered[-1] * 1000}
 
 
+def watch_stalls(state: dict, limit: float) -> None:
+    """Print the GUI thread's stack once per tick that is `limit` s overdue (state["last"]: the last tick)."""
+    gui = threading.main_thread().ident
+    reported = None
+    while True:
+        time.sleep(limit / 2)
+        last = state["last"]
+        late = time.perf_counter() - last
+        if last and late > limit and reported != last:
+            reported = last
+            frame = sys._current_frames().get(gui)
+            stack = [line for line in traceback.format_stack(frame) if "<frozen" not in line]
+            sys.stderr.write(f"STALL in {state['phase']}: {late * 1000:.0f} ms since the last tick\n"
+                             + "".join(stack) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tree", required=True, type=Path, help="the Vireo checkout whose manager to run")
@@ -71,6 +91,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--timeout", type=float, default=900.0, help="give up on the boot after this many seconds")
+    ap.add_argument("--stalls", type=float, metavar="MS", help="print the GUI thread's stack on stalls over MS")
     ap.add_argument("--logs", required=True, type=Path, help="a directory for the VMs' serial logs")
     args = ap.parse_args()
     tree = args.tree.resolve()
@@ -113,6 +134,8 @@ def main() -> int:
             samples[state["phase"]].append(max(0.0, now - state["last"] - TICK_MS / 1000))
         state["last"] = now
 
+    if args.stalls:
+        threading.Thread(target=watch_stalls, args=(state, args.stalls / 1000), daemon=True).start()
     probe = QTimer()
     probe.setTimerType(Qt.TimerType.PreciseTimer)
     probe.timeout.connect(tick)
