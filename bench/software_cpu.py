@@ -8,6 +8,14 @@ Guests and contenders, each run alternately (`--runs` times each, default 3):
          the uncompressed vmlinux via -kernel, which QEMU boots through its Xen PVH entry note (its fastest
          path); the vmlinux is unpacked from the bzImage the way core/boot/linux.py does it.
 
+Vireo runs twice per guest: `vireo` is `main.py run` (the VM inside that process), `vireo-service` is the same
+definition (accel software, same kernel, initrd, command line, memory) started through a throw-away Vireo service
+in a sandbox (its own XDG_RUNTIME_DIR/XDG_CONFIG_HOME/XDG_DATA_HOME): a client process connects (starting the
+service), defines the VM, starts it — so it runs in a VM process of its own (core/vmproc/) — and copies its
+serial output to stdout until the VM is off; the service and anything left are killed by pid afterwards. Its
+times therefore include starting the service and the VM process, from a cold start each run; its run line also
+says how much of that was the service starting and the VM's definition, and the rest, from the start request.
+
 Measured: time to the VIREO-BOOT-OK marker, time to exit after power-off (vireo.action=poweroff), and the
 in-guest sha256-of-256-MiB workload time the guest itself reports (vireo.action=sha256). Prints every run,
 then medians and the ratio QEMU-time / Vireo-time (1.0 = as fast as QEMU; above 1, faster).
@@ -17,8 +25,10 @@ then medians and the ratio QEMU-time / Vireo-time (1.0 = as fast as QEMU; above 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,26 +44,29 @@ MEMORY_MIB = 256
 sys.path.insert(0, str(ROOT))
 
 
-def timed(cmd: list[str], timeout: float) -> tuple[float | None, float, bytes]:
-    """Run cmd; return (seconds to the marker, seconds to exit, output)."""
+def timed(cmd: list[str], timeout: float) -> tuple[float | None, float, bytes, float | None]:
+    """Run cmd; return (seconds to the marker, seconds to exit, output, seconds to VIREO-BENCH-START-REQUESTED
+    (vireo-service: the service is up and the VM defined) or None)."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     out = bytearray()
-    marker_at = None
+    marker_at = requested_at = None
     assert proc.stdout is not None
     while True:
         chunk = proc.stdout.read1(4096)
         if not chunk:
             break
         out += chunk
+        if requested_at is None and b"VIREO-BENCH-START-REQUESTED" in out:
+            requested_at = time.monotonic() - start
         if marker_at is None and MARKER in out:
             marker_at = time.monotonic() - start
         if time.monotonic() - start > timeout:
             proc.kill()
             break
     proc.wait()
-    return marker_at, time.monotonic() - start, bytes(out)
+    return marker_at, time.monotonic() - start, bytes(out), requested_at
 
 
 def vireo(kernel: Path, initrd: Path) -> Callable[[str], list[str]]:
@@ -62,6 +75,56 @@ def vireo(kernel: Path, initrd: Path) -> Callable[[str], list[str]]:
                 f"console=ttyS0 vireo.action={action}", "--accel", "software", "--serial", "stdio",
                 "--memory", str(MEMORY_MIB), "--timeout", "300"]
     return cmd
+
+
+SERVICE_CLIENT = r"""
+import sys, threading, time
+from core.config import BootConfig, VmConfig
+from core.connect import connect_local
+from core.host import VmState
+kernel, initrd, append, memory = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+host = connect_local()
+info = host.define(VmConfig(name="bench", memory_mib=memory, accel="software",
+                            boot=BootConfig(kernel=kernel, initrd=initrd, cmdline=append)))
+out = sys.stdout.buffer
+lock = threading.Lock()
+def copy(data):
+    with lock:
+        out.write(data)
+        out.flush()
+copy(b"VIREO-BENCH-START-REQUESTED\n")   # bench(): what starting the service and defining took
+host.start(info.uuid)
+copy(host.subscribe_serial(info.uuid, copy))
+deadline = time.monotonic() + 300
+while host.get(info.uuid).state.active and time.monotonic() < deadline:
+    time.sleep(0.05)
+host.close()
+"""
+
+
+def vireo_service(kernel: Path, initrd: Path, sandbox: Path) -> Callable[[str], list[str]]:
+    """The client above in `sandbox`'s environment (run_sandboxed() sets it and kills what it leaves)."""
+    def cmd(action: str) -> list[str]:
+        return ["env", f"XDG_RUNTIME_DIR={sandbox / 'rt'}", f"XDG_CONFIG_HOME={sandbox / 'config'}",
+                f"XDG_DATA_HOME={sandbox / 'data'}", sys.executable, "-c", SERVICE_CLIENT, str(kernel), str(initrd),
+                f"console=ttyS0 vireo.action={action}", str(MEMORY_MIB)]
+    return cmd
+
+
+def reset_sandbox(sandbox: Path) -> None:
+    """Kill every process started with the sandbox's runtime directory (service, VM processes) and empty it."""
+    marker = f"XDG_RUNTIME_DIR={sandbox / 'rt'}".encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if marker in f.read().split(b"\0"):
+                        os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                continue
+    shutil.rmtree(sandbox, ignore_errors=True)
+    for sub in ("rt", "config", "data"):
+        (sandbox / sub).mkdir(parents=True, mode=0o700)
 
 
 def qemu(binary: str, kernel: Path, initrd: Path, machine: list[str]) -> Callable[[str], list[str]]:
@@ -90,12 +153,14 @@ def workload_seconds(out: bytes) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def bench(title: str, contenders: dict[str, Callable[[str], list[str]]], runs: int, workload: bool) -> None:
+def bench(title: str, contenders: dict[str, Callable[[str], list[str]]], runs: int, workload: bool,
+          sandbox: Path) -> None:
     print(f"== {title}", flush=True)
     results: dict[str, dict[str, list[float]]] = {name: {} for name in contenders}
     for run in range(runs):
         for name, make in contenders.items():
-            marker, total, out = timed(make("poweroff"), 300)
+            reset_sandbox(sandbox)     # a cold service for vireo-service, nothing left over for the others
+            marker, total, out, requested = timed(make("poweroff"), 300)
             r = results[name]
             if marker is None or b"VIREO-POWEROFF" not in out:
                 tail = out[-1500:].decode(errors="replace")
@@ -104,8 +169,12 @@ def bench(title: str, contenders: dict[str, Callable[[str], list[str]]], runs: i
                 r.setdefault("marker", []).append(marker)
             r.setdefault("exit", []).append(total)
             line = f"run {run + 1} {name:<14} marker {marker and round(marker, 2)} s, exit {total:.2f} s"
+            if requested is not None and marker is not None:
+                line += (f" (service start + define {requested:.2f} s, start request to marker "
+                         f"{marker - requested:.2f} s)")
             if workload:
-                _, _, out = timed(make("sha256"), 600)
+                reset_sandbox(sandbox)
+                _, _, out, _ = timed(make("sha256"), 600)
                 w = workload_seconds(out)
                 if w is not None:
                     r.setdefault("sha256", []).append(w)
@@ -141,17 +210,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vireo-bench-") as tmp:
         for g in guests:
             kernel, initrd = (OUT / f for f in needed[g])
-            contenders = {"vireo": vireo(kernel, initrd)}
+            sandbox = Path(tempfile.mkdtemp(prefix="vireo-sb-"))   # short: the service's socket path
+            contenders = {"vireo": vireo(kernel, initrd), "vireo-service": vireo_service(kernel, initrd, sandbox)}
             if g == "i386" and shutil.which("qemu-system-i386"):
                 contenders["qemu-tcg"] = qemu("qemu-system-i386", kernel, initrd, [])
             if g == "amd64" and shutil.which("qemu-system-x86_64"):
                 contenders["qemu-tcg"] = qemu("qemu-system-x86_64", kernel, initrd, ["-M", "pc"])
                 contenders["qemu-tcg-pvh"] = qemu("qemu-system-x86_64", unpack_vmlinux(kernel, Path(tmp)), initrd,
                                                   ["-M", "pc"])
-            if len(contenders) == 1:
+            if len(contenders) == 2:
                 print("(QEMU not installed: Vireo alone)")
-            bench(f"{g}: Debian {kernel.name} + {initrd.name}, {MEMORY_MIB} MiB, 1 CPU", contenders, args.runs,
-                  not args.no_workload)
+            try:
+                bench(f"{g}: Debian {kernel.name} + {initrd.name}, {MEMORY_MIB} MiB, 1 CPU", contenders,
+                      args.runs, not args.no_workload, sandbox)
+            finally:
+                reset_sandbox(sandbox)
+                shutil.rmtree(sandbox, ignore_errors=True)
     return 0
 
 
