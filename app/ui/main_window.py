@@ -30,6 +30,7 @@ from app.host_bridge import HostBridge
 from app.icons import action_icon, app_icon, resource_icon, state_icon
 from app.ui.actions import VmActions
 from app.ui.dialogs import confirm_delete, show_error
+from app.widgets.graphs import preload as preload_graphs
 from core.connect import LocalServiceHost
 from core.host import Host, VmInfo, VmState
 
@@ -468,6 +469,7 @@ def launch(argv: list[str]) -> int:
     app.setDesktopFileName("vireo")
     app.setWindowIcon(app_icon())
     bridge = local_bridge()
+    preload_graphs()
     window = MainWindow([bridge])
     window.show()
     if args.connect:
