@@ -6,6 +6,7 @@
   on that screen) and statistics for their graphs;
 - one VM's process is killed with SIGKILL: that VM shows as crashed, with the signal in its reason, while the
   other VM's console keeps answering and the manager's event loop keeps turning.
+`vireo list --all` (the CLI, another client of the same service) agrees at each step.
 """
 from __future__ import annotations
 
@@ -68,6 +69,19 @@ def _define(name: str, kernel: Path, initrd: Path) -> VmConfig:
                    boot=BootConfig(kernel=str(kernel), initrd=str(initrd), cmdline=CMDLINE))
     ConfigStore().save(cfg)
     return cfg
+
+
+def _cli_states(env: dict[str, str]) -> dict[str, str]:
+    """Name -> state, as `vireo list --all` prints them."""
+    out = subprocess.run([sys.executable, "main.py", "list", "--all"], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr
+    states = {}
+    for line in out.stdout.splitlines()[2:]:
+        fields = line.split(None, 2)
+        if len(fields) == 3:
+            states[fields[1]] = fields[2].rsplit(None, 1)[0]
+    return states
 
 
 def _alive(pid: int) -> bool:
@@ -138,6 +152,7 @@ def test_vms_outlive_a_killed_manager_and_a_killed_vm_crashes_alone(qtbot, local
             manager.wait(10)
     time.sleep(0.5)
     assert all(_alive(pid) for pid in pids.values()), "a VM process died with the manager"
+    assert _cli_states(local_service.env) == {"alpha": "running", "beta": "running"}
 
     # 2. A new manager finds both running; each console answers what is typed into it; statistics come in.
     bridge = local_bridge()
@@ -159,6 +174,7 @@ def test_vms_outlive_a_killed_manager_and_a_killed_vm_crashes_alone(qtbot, local
         reason = window.vm_items[alpha.uuid].toolTip(1)
         assert "SIGKILL" in reason, reason
         assert vm_rows(window)["beta"] == "Running" and _alive(pids["beta"])
+        assert _cli_states(local_service.env) == {"alpha": "crashed", "beta": "running"}
         _answers(qtbot, windows["beta"], "beta-carries-on")
         worst = _event_loop_worst(qtbot)
         assert worst < 0.25, f"the manager's event loop stalled {worst * 1000:.0f} ms"
