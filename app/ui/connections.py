@@ -161,7 +161,7 @@ class RemoteHosts:
             menu.addAction("Disconnect", lambda: self.disconnect(index))
         else:
             menu.addAction("Connect", lambda: self.connect(index))
-        menu.addAction("Forget this connection", lambda: self.forget(index))
+        menu.addAction("Remove Connection", lambda: self.forget(index))
 
     def _connection_changed(self, index: int, state: str, message: str) -> None:
         bridge = self.window.bridges[index]

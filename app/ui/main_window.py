@@ -162,17 +162,10 @@ class MainWindow(QMainWindow):
         about.triggered.connect(self._about)
 
     def _context_menu(self, pos) -> None:
-        if self.selected() is not None:
-            self.vm_menu.exec(self.tree.viewport().mapToGlobal(pos))
-            return
-        item = self.tree.itemAt(pos)
-        data = item.data(0, ROLE) if item else None
-        if data and data[0] == "host":
-            from PyQt6.QtWidgets import QMenu
-            menu = QMenu(self)
-            self.remote_hosts.context_menu(data[1], menu)
-            if menu.actions():
-                menu.exec(self.tree.viewport().mapToGlobal(pos))
+        from app.ui.context_menus import menu_for
+        menu = menu_for(self, self.tree.itemAt(pos))
+        if menu is not None:
+            menu.exec(self.tree.viewport().mapToGlobal(pos))
 
     def _about(self) -> None:
         QMessageBox.about(self, "About Vireo",
@@ -229,8 +222,8 @@ class MainWindow(QMainWindow):
             self._fill_vm(child, info)
         for err in bridge.load_errors():
             child = QTreeWidgetItem(item)
-            child.setData(0, ROLE, ("error", index, str(err)))
             name = getattr(err, "path", None)
+            child.setData(0, ROLE, ("error", index, str(err), str(name) if name else ""))
             child.setText(0, f"Cannot load {name.name if name else 'a definition'}: "
                              f"{getattr(err, 'message', str(err))}")
             child.setToolTip(0, f"{err}\nFix or remove the file; Vireo never overwrites it.")
