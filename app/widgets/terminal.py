@@ -4,11 +4,15 @@ a VT100-style terminal sends (xterm's ctlseqs for cursor and function keys).
 
 The guest cannot learn the window size over a plain serial line, so the grid follows the widget but never drops
 below 80x24, the size serial getty and the kernel assume.
+
+Text is selected by dragging with the left button (a stream selection, from the press to the release cell, as
+xterm's); Copy (Ctrl+Shift+C, the context menu) copies the selection, or the whole screen when there is none.
+Output from the guest ends the selection, since the text under it moves.
 """
 from __future__ import annotations
 
 import pyte
-from PyQt6.QtCore import QEvent, QRect, QSize, Qt, pyqtSignal
+from PyQt6.QtCore import QEvent, QPoint, QRect, QSize, Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QFont, QFontDatabase, QFontMetrics, QGuiApplication, QKeyEvent, QPainter, QPalette
 from PyQt6.QtWidgets import QMenu, QWidget
 
@@ -26,6 +30,7 @@ _COLORS = {
 FOREGROUND = QColor("#e6e6e6")
 BACKGROUND = QColor("#1c1f22")
 CURSOR = QColor("#9fd356")
+SELECTION = QColor("#3d5a80")
 
 _KEYS = {
     Qt.Key.Key_Return: b"\r", Qt.Key.Key_Enter: b"\r", Qt.Key.Key_Backspace: b"\x7f", Qt.Key.Key_Tab: b"\t",
@@ -84,6 +89,8 @@ class SerialTerminal(QWidget):
         self.setAutoFillBackground(True)
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.customContextMenuRequested.connect(self._menu)
+        self._anchor: tuple[int, int] | None = None     # (row, column) where the drag began
+        self._selection: tuple[tuple[int, int], tuple[int, int]] | None = None   # first, last cell (inclusive)
 
     def _metrics(self) -> None:
         fm = QFontMetrics(self.font())
@@ -95,6 +102,7 @@ class SerialTerminal(QWidget):
     def feed(self, data: bytes) -> None:
         if not data:
             return
+        self._selection = self._anchor = None
         if self.screen.history.position < self.screen.history.size:
             # Scrolled back: new output snaps the view to the bottom again, as terminals do.
             while self.screen.history.position < self.screen.history.size and self.screen.history.bottom:
@@ -103,6 +111,7 @@ class SerialTerminal(QWidget):
         self.update()
 
     def clear(self) -> None:
+        self._selection = self._anchor = None
         self.screen.reset()
         self.update()
 
@@ -172,6 +181,12 @@ class SerialTerminal(QWidget):
                             p.drawText(rect.left() + i * self.cell_w, top + self.ascent, c)
                 if ch.underscore:
                     p.fillRect(rect.left(), top + self.cell_h - 2, rect.width(), 1, fg)
+        if self._selection is not None:
+            p.setCompositionMode(QPainter.CompositionMode.CompositionMode_Screen)
+            for row, first, last in self._selected_spans():
+                p.fillRect(QRect(x0 + first * self.cell_w, y0 + row * self.cell_h,
+                                 (last - first + 1) * self.cell_w, self.cell_h), SELECTION)
+            p.setCompositionMode(QPainter.CompositionMode.CompositionMode_SourceOver)
         cursor = screen.cursor
         at_bottom = screen.history.position >= screen.history.size or not screen.history.bottom
         if not cursor.hidden and at_bottom:
@@ -252,9 +267,50 @@ class SerialTerminal(QWidget):
         self.update()
         super().focusOutEvent(event)
 
+    # -- selection -------------------------------------------------------------------------------------------
+    def cell_at(self, pos: QPoint) -> tuple[int, int]:
+        """The (row, column) of the grid cell under a widget position, clamped to the grid."""
+        row = min(max((pos.y() - 4) // self.cell_h, 0), self.screen.lines - 1)
+        col = min(max((pos.x() - 4) // self.cell_w, 0), self.screen.columns - 1)
+        return row, col
+
+    def mousePressEvent(self, event) -> None:
+        if event.button() == Qt.MouseButton.LeftButton:
+            self._anchor = self.cell_at(event.position().toPoint())
+            self._selection = None
+            self.update()
+        super().mousePressEvent(event)
+
+    def mouseMoveEvent(self, event) -> None:
+        if self._anchor is not None and event.buttons() & Qt.MouseButton.LeftButton:
+            self._selection = tuple(sorted((self._anchor, self.cell_at(event.position().toPoint()))))
+            self.update()
+        super().mouseMoveEvent(event)
+
+    def mouseReleaseEvent(self, event) -> None:
+        if event.button() == Qt.MouseButton.LeftButton:
+            self._anchor = None
+        super().mouseReleaseEvent(event)
+
+    def _selected_spans(self) -> list[tuple[int, int, int]]:
+        """(row, first column, last column) of each row the selection covers."""
+        if self._selection is None:
+            return []
+        (r0, c0), (r1, c1) = self._selection
+        last = self.screen.columns - 1
+        return [(r, c0 if r == r0 else 0, c1 if r == r1 else last) for r in range(r0, r1 + 1)]
+
+    def selected_text(self) -> str:
+        """The selected characters, rows joined by newlines, each row's trailing blanks trimmed."""
+        rows = []
+        for row, first, last in self._selected_spans():
+            line = self.screen.buffer[row]
+            rows.append("".join(line[x].data for x in range(first, last + 1)).rstrip())
+        return "\n".join(rows)
+
     # -- clipboard -------------------------------------------------------------------------------------------
     def copy(self) -> None:
-        QGuiApplication.clipboard().setText(self.text())
+        QGuiApplication.clipboard().setText(self.selected_text() if self._selection is not None else self.text())
 
     def paste(self) -> None:
         text = QGuiApplication.clipboard().text()
@@ -263,7 +319,7 @@ class SerialTerminal(QWidget):
 
     def _menu(self, pos) -> None:
         menu = QMenu(self)
-        menu.addAction("Copy Screen Text", self.copy)
+        menu.addAction("Copy" if self._selection is not None else "Copy Screen Text", self.copy)
         paste = menu.addAction("Paste", self.paste)
         paste.setEnabled(not self.read_only)
         menu.addSeparator()
