@@ -1,15 +1,36 @@
 """The VM actions shared by the main window and each VM window: Run, Pause, Shut Down ▾ (Shut Down, Reboot,
-Force Reset, Force Off), Delete — and which of them make sense in each state."""
+Force Reset, Force Off), Delete — and which of them make sense in each state. Force Off asks first
+(app/ui/dialogs.py confirm_force_off): it loses whatever the guest had not written out."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from PyQt6.QtCore import QObject
+from PyQt6.QtCore import QEvent, QObject
 from PyQt6.QtGui import QAction
 from PyQt6.QtWidgets import QMenu, QToolBar, QToolButton, QWidget
 
 from app.icons import action_icon
+from app.ui.dialogs import confirm_force_off
 from core.host import VmInfo, VmState
+
+
+class ShutdownButton(QToolButton):
+    """The toolbar's "Shut Down ▾": its default action is the graceful Shut Down, its menu holds Reboot, Force
+    Reset and Force Off. A QToolButton takes its enabled state from its default action, which is off for a
+    paused VM — and that locked Force Reset and Force Off away in the VM window, whose toolbar is its only way
+    to them. So the button follows its menu instead; while the default action is off a click opens the menu."""
+
+    def sync(self) -> None:
+        menu, default = self.menu(), self.defaultAction()
+        if menu is None or default is None:       # still being put together
+            return
+        self.setEnabled(menu.isEnabled())
+        self.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup if default.isEnabled()
+                          else QToolButton.ToolButtonPopupMode.InstantPopup)
+
+    def actionEvent(self, event: QEvent) -> None:
+        super().actionEvent(event)      # re-applies the default action's state (enabled among it)…
+        self.sync()                     # …which the menu's state overrides
 
 
 class VmActions(QObject):
@@ -19,6 +40,8 @@ class VmActions(QObject):
                  run: Callable[[str, str], None], delete: Callable[[], None] | None = None) -> None:
         super().__init__(parent)
         self.current = current
+        self._parent, self._run = parent, run
+        self._buttons: list[ShutdownButton] = []
 
         def act(text: str, icon: str, tip: str, action: str | None = None, handler=None) -> QAction:
             a = QAction(action_icon(icon), text, parent)
@@ -37,7 +60,8 @@ class VmActions(QObject):
         self.reboot = act("Re&boot", "reboot", "Shut the guest down gracefully, then start it again", "reboot")
         self.reset = act("Force &Reset", "reset", "Reset the virtual machine at once, as the reset button does",
                          "force_reset")
-        self.off = act("Force &Off", "off", "Pull the plug: stop the virtual machine at once", "force_off")
+        self.off = act("Force &Off", "off", "Pull the plug: stop the virtual machine at once (asks first)",
+                       handler=self._force_off)
         self.delete = act("&Delete…", "delete", "Delete the virtual machine (asks about its disk images)",
                           handler=delete) if delete else None
         self.shutdown_menu = QMenu("Shut &Down", parent)
@@ -54,17 +78,27 @@ class VmActions(QObject):
             action = "resume"
         run(action, info.uuid)
 
+    def _force_off(self) -> None:
+        info = self.current()
+        if info is None or not confirm_force_off(self._parent, info):
+            return
+        # The question was modal, the VM was not: it may have stopped by itself meanwhile.
+        info = self.current()
+        if info is not None and info.state in (VmState.RUNNING, VmState.PAUSED):
+            self._run("force_off", info.uuid)
+
     def add_to_toolbar(self, bar: QToolBar) -> None:
         bar.addAction(self.run)
         bar.addAction(self.pause)
-        button = QToolButton(bar)
+        button = ShutdownButton(bar)
         button.setDefaultAction(self.shutdown)
         button.setMenu(self.shutdown_menu)
-        button.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
+        button.sync()
         button.setToolButtonStyle(bar.toolButtonStyle())
         bar.toolButtonStyleChanged.connect(button.setToolButtonStyle)
         button.setObjectName("shutdownButton")
         bar.addWidget(button)
+        self._buttons.append(button)
         if self.delete:
             bar.addAction(self.delete)
 
@@ -80,5 +114,7 @@ class VmActions(QObject):
         self.reset.setEnabled(state in (VmState.RUNNING, VmState.PAUSED))
         self.off.setEnabled(state in (VmState.RUNNING, VmState.PAUSED))
         self.shutdown_menu.setEnabled(state in (VmState.RUNNING, VmState.PAUSED))
+        for button in self._buttons:
+            button.sync()
         if self.delete:
             self.delete.setEnabled(not busy and state in (VmState.SHUTOFF, VmState.CRASHED))

@@ -35,3 +35,16 @@ def confirm_delete(parent: QWidget | None, info: VmInfo) -> tuple[bool, bool]:
     return box.clickedButton() is delete, bool(check and check.isChecked())
 
 
+
+
+def confirm_force_off(parent: QWidget | None, info: VmInfo) -> bool:
+    """Ask before pulling the plug on `info`; True when the user chose Force Off (Cancel is the default, so a
+    stray Enter does not cost the guest its unsaved data)."""
+    box = QMessageBox(QMessageBox.Icon.Warning, "Force Off", f"Force off {info.name}? The guest loses unsaved data.",
+                      parent=parent)
+    box.setObjectName("forceOffDialog")
+    off = box.addButton("Force Off", QMessageBox.ButtonRole.DestructiveRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+    box.exec()
+    return box.clickedButton() is off

@@ -25,6 +25,7 @@ from app.widgets.console_keys import key_name
 from core.host import Frame, FrameSource, InputSink, break_code, combo_events, make_code, text_events
 
 FRAME_INTERVAL_MS = 16
+NOTE_MS = 4000               # how long a passing status note ("Typed N characters") stays
 TYPE_INTERVAL_MS = 8          # between typed key events: the guest's keyboard buffer stays short
 MOUSE_BUTTONS = {Qt.MouseButton.LeftButton: 1, Qt.MouseButton.RightButton: 2, Qt.MouseButton.MiddleButton: 4}
 
@@ -34,6 +35,7 @@ class ConsoleView(QWidget):
     frameSizeChanged = pyqtSignal(int, int)
     modeChanged = pyqtSignal(str)
     fullscreenRequested = pyqtSignal()
+    typingFinished = pyqtSignal()        # the last queued typed key event has gone to the guest
 
     def __init__(self, source: FrameSource | None, sink: InputSink | None = None,
                  parent: QWidget | None = None) -> None:
@@ -221,10 +223,11 @@ class ConsoleView(QWidget):
         return len(text) - skipped, skipped
 
     def _type_next(self) -> None:
+        if self._typing:
+            self._send(self._typing.popleft())
         if not self._typing:
             self._type_timer.stop()
-            return
-        self._send(self._typing.popleft())
+            self.typingFinished.emit()
 
     @property
     def typing_pending(self) -> int:
@@ -320,6 +323,11 @@ class ConsoleWindow(QMainWindow):
         self.view.modeChanged.connect(self._mode_changed)
         self.view.frameSizeChanged.connect(self._frame_size_changed)
         self.view.fullscreenRequested.connect(lambda: self.set_fullscreen(not self.isFullScreen()))
+        self.view.typingFinished.connect(self._typing_finished)
+        self._typed = self._skipped = 0     # since the typing queue was last empty
+        self._note_timer = QTimer(self)         # a passing note ("Typed N characters") gives way to the hint
+        self._note_timer.setSingleShot(True)
+        self._note_timer.timeout.connect(self._update_status)
         self._update_status()
         self.view.setFocus()
 
@@ -386,11 +394,18 @@ class ConsoleWindow(QMainWindow):
     def type_clipboard(self) -> None:
         text = QGuiApplication.clipboard().text()
         typed, skipped = self.view.type_text(text)
-        note = f"Typing {typed} characters"
-        if skipped:
-            note += f" ({skipped} not on a US keyboard skipped)"
-        self.status.setText(note)
+        self._typed += typed
+        self._skipped += skipped
+        self._note_timer.stop()
+        self.status.setText(typing_note("Typing", self._typed, self._skipped))
         self.view.setFocus()
+        if not self.view.typing_pending:        # nothing to type: no typingFinished will come
+            self._typing_finished()
+
+    def _typing_finished(self) -> None:
+        self.status.setText(typing_note("Typed", self._typed, self._skipped))
+        self._typed = self._skipped = 0
+        self._note_timer.start(NOTE_MS)
 
     # -- status ---------------------------------------------------------------------------------------------
     def _mode_changed(self, mode: str) -> None:
@@ -405,6 +420,13 @@ class ConsoleWindow(QMainWindow):
         grab = ("Input grabbed: press Ctrl+Alt to release" if self.view.grabbed
                 else "Press Ctrl+Alt to grab the pointer")
         self.status.setText(f"{self._mode}   ·   {grab}" if self._mode else grab)
+
+
+def typing_note(verb: str, typed: int, skipped: int) -> str:
+    """The status line's word on "Type clipboard text": "Typing 12 characters", "Typed 12 characters (1 not on a
+    US keyboard skipped)"."""
+    note = f"{verb} {typed} characters"
+    return note + f" ({skipped} not on a US keyboard skipped)" if skipped else note
 
 
 def ask_and_save_screenshot(parent: QWidget, save) -> None:

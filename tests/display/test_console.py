@@ -121,6 +121,9 @@ def test_type_clipboard_text(console, qtbot):
     qtbot.waitUntil(lambda: window.view.typing_pending == 0, timeout=3000)
     assert sink.keys == text_events("ls -l /\n")[0]
     assert sink.keys[:2] == [b"\x4b", b"\xf0\x4b"]                   # 'l'
+    # Done typing, the status line says so (not "Typing 8 characters" for ever), then gives way to the hint.
+    qtbot.waitUntil(lambda: window.status.text() == "Typed 8 characters", timeout=1000)
+    qtbot.waitUntil(lambda: "Typ" not in window.status.text(), timeout=10_000)
 
 
 def test_follows_mode_change_and_one_to_one(console, qtbot):

@@ -21,6 +21,7 @@ from PyQt6.QtWidgets import QApplication, QMessageBox, QWizard  # noqa: E402
 
 from core.config import BootConfig, ConfigStore, DiskConfig, VmConfig  # noqa: E402
 from core.host import VmState  # noqa: E402
+from tests.helpers.dialogs import answer_question  # noqa: E402
 
 
 @pytest.fixture
@@ -327,6 +328,9 @@ def _debian_journey(qtbot, host, bridge, window, debian_kernel, busybox_initramf
     qtbot.waitUntil(lambda: vm_rows(window)["debian"] == "Paused", timeout=15000)
     window.vm_actions.run.trigger()   # Resume
     qtbot.waitUntil(lambda: vm_rows(window)["debian"] == "Running", timeout=15000)
+    asked: list[str] = []
+    answer_question(qtbot, "Force Off", asked)
     window.vm_actions.off.trigger()
+    assert asked == ["Force off debian? The guest loses unsaved data."]
     qtbot.waitUntil(lambda: vm_rows(window)["debian"] == "Shut off", timeout=15000)
     assert host.get(cfg.uuid).state == VmState.SHUTOFF

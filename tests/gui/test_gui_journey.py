@@ -25,6 +25,7 @@ from PyQt6.QtWidgets import QApplication, QCheckBox, QMessageBox, QRadioButton, 
 from core.config import ConfigStore  # noqa: E402
 from core.host import VmState  # noqa: E402
 from tests.gui.test_gui import vm_rows, xdg  # noqa: E402,F401  (xdg: the fixture, reused)
+from tests.helpers.dialogs import answer_question  # noqa: E402
 
 BOOT_TIMEOUT_MS = 120_000     # ~2.2 s to the prompt on the software CPU here; slow CI machines get headroom
 STATE_TIMEOUT_MS = 15_000
@@ -237,7 +238,10 @@ def test_wizard_to_delete_with_a_debian_guest(qtbot, start_app, debian_kernel, b
     type_line(qtbot, term, LOAD_DISK + "; " + READ_FILE)
     wait_serial(qtbot, term, "VIREO-READ=journey-was-here", 60_000)
     qtbot.waitUntil(lambda: window.vm_actions.off.isEnabled())
+    asked: list[str] = []
+    answer_question(qtbot, "Force Off", asked)              # Force Off asks first; the answer is Force Off
     window.vm_actions.off.trigger()                         # Force Off, from the Shut Down button's menu
+    assert asked == ["Force off journey? The guest loses unsaved data."]
     qtbot.waitUntil(lambda: vm_rows(window)["journey"] == "Shut off", timeout=STATE_TIMEOUT_MS)
     # The image, as qemu-img reads it: a consistent qcow2 of 1 GiB.
     qemu_img = shutil.which("qemu-img")

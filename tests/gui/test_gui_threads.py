@@ -129,6 +129,8 @@ def test_no_host_call_runs_on_the_gui_thread(qtbot, xdg, debian_kernel, busybox_
         qtbot.waitUntil(lambda: window.vm_actions.run.isEnabled())
         click(qtbot, toolbar_button(window, window.vm_actions.run))
         qtbot.waitUntil(lambda: vm_rows(window)["threads-renamed"] == "Running", timeout=TIMEOUT_MS)
+        import app.ui.actions as actions
+        monkeypatch.setattr(actions, "confirm_force_off", lambda parent, info: True)   # answered: Force Off
         window.vm_actions.off.trigger()
         qtbot.waitUntil(lambda: vm_rows(window)["threads-renamed"] == "Shut off", timeout=TIMEOUT_MS)
         vm_window.close()

@@ -10,7 +10,7 @@ costs ~1 ms per changed text frame and ~0.6 ms per 1024x768 frame (bench/console
 """
 from __future__ import annotations
 
-from PyQt6.QtCore import Qt
+from PyQt6.QtCore import Qt, QTimer
 from PyQt6.QtGui import QAction, QGuiApplication
 from PyQt6.QtWidgets import (
     QLabel,
@@ -23,7 +23,7 @@ from PyQt6.QtWidgets import (
 
 from app.host_bridge import HostBridge
 from app.widgets.banner import NoticeBanner
-from app.widgets.console import SEND_KEYS, ConsoleView, ask_and_save_screenshot
+from app.widgets.console import NOTE_MS, SEND_KEYS, ConsoleView, ask_and_save_screenshot, typing_note
 from core.host import VmConsole, VmInfo, VmState
 
 
@@ -58,6 +58,11 @@ class VmConsoleTab(QWidget):
         self.view.grabChanged.connect(lambda _grab: self._update_status())
         self.view.modeChanged.connect(self._mode_changed)
         self.view.fullscreenRequested.connect(lambda: self.set_fullscreen(self._fullscreen is None))
+        self.view.typingFinished.connect(self._typing_finished)
+        self._typed = self._skipped = 0     # since the typing queue was last empty
+        self._note_timer = QTimer(self)         # a passing note ("Typed N characters") gives way to the hint
+        self._note_timer.setSingleShot(True)
+        self._note_timer.timeout.connect(self._update_status)
         self.view.set_polling(False)
         self._update_status()
 
@@ -157,11 +162,18 @@ class VmConsoleTab(QWidget):
 
     def type_clipboard(self) -> None:
         typed, skipped = self.view.type_text(QGuiApplication.clipboard().text())
-        note = f"Typing {typed} characters"
-        if skipped:
-            note += f" ({skipped} not on a US keyboard skipped)"
-        self.status.setText(note)
+        self._typed += typed
+        self._skipped += skipped
+        self._note_timer.stop()
+        self.status.setText(typing_note("Typing", self._typed, self._skipped))
         self.view.setFocus()
+        if not self.view.typing_pending:        # nothing to type: no typingFinished will come
+            self._typing_finished()
+
+    def _typing_finished(self) -> None:
+        self.status.setText(typing_note("Typed", self._typed, self._skipped))
+        self._typed = self._skipped = 0
+        self._note_timer.start(NOTE_MS)
 
     def save_screenshot(self, path: str) -> None:
         self.view.grab_png(path)
