@@ -1,8 +1,13 @@
-"""Small dialogs shared by the windows: one-line error messages, the delete confirmation (with the choice to
-remove disk images too)."""
+"""Small dialogs shared by the windows: one-line error messages, the question before Force Off, and the delete
+confirmation, which offers each disk image with a checkbox of its own, as virt-manager's delete dialog does; a disk
+another VM on the host lists is shown unticked and disabled with its user's name (the host checks again, and keeps
+such a disk whatever a client asks: core/host/local.py delete)."""
 from __future__ import annotations
 
-from PyQt6.QtWidgets import QCheckBox, QMessageBox, QWidget
+import posixpath
+from collections.abc import Iterable
+
+from PyQt6.QtWidgets import QCheckBox, QDialogButtonBox, QGridLayout, QMessageBox, QVBoxLayout, QWidget
 
 from core.host import VmInfo
 
@@ -16,25 +21,78 @@ def show_error(parent: QWidget | None, what: str, message: str) -> None:
     box.show()
 
 
-def confirm_delete(parent: QWidget | None, info: VmInfo) -> tuple[bool, bool]:
-    """Ask whether to delete `info`; returns (delete, also delete its disk images)."""
+def disk_users(info: VmInfo, vms: Iterable[VmInfo]) -> dict[str, str]:
+    """Each disk path of `info` that another of `vms` lists too -> that VM's name. Paths are compared as the host
+    spells them, normalised but not resolved: they may name files on another machine."""
+    mine = {posixpath.normpath(d.path): d.path for d in info.config.disks}
+    users: dict[str, str] = {}
+    for other in vms:
+        if other.uuid == info.uuid:
+            continue
+        for disk in other.config.disks:
+            path = mine.get(posixpath.normpath(disk.path))
+            if path is not None:
+                users.setdefault(path, other.name)
+    return users
+
+
+def confirm_delete(parent: QWidget | None, info: VmInfo,
+                   used_by: dict[str, str] | None = None) -> tuple[bool, list[str]]:
+    """Ask whether to delete `info` and which of its disk images with it; returns (delete, the paths to delete).
+    `used_by` (disk_users) names the disks another VM uses: those are offered unticked and cannot be ticked."""
+    used_by = used_by or {}
     box = QMessageBox(QMessageBox.Icon.Warning, "Delete Virtual Machine",
                       f"Delete the virtual machine “{info.name}”?", parent=parent)
+    box.setObjectName("deleteDialog")
     box.setInformativeText("Its definition is removed. This cannot be undone.")
-    check = None
+    disks: list[QCheckBox] = []
+    master = None
     if info.config.disks:
-        paths = "\n".join(d.path for d in info.config.disks)
-        check = QCheckBox(f"Also delete its disk image{'s' if len(info.config.disks) > 1 else ''}", box)
-        check.setToolTip(paths)
-        box.setCheckBox(check)
-        box.setDetailedText(paths)
+        # The overall switch stays QMessageBox's own checkbox; under it, one box per disk.
+        many = len(info.config.disks) > 1
+        master = QCheckBox(f"Also delete {'these disk images' if many else 'its disk image'}:", box)
+        box.setCheckBox(master)
+        panel = QWidget(box)
+        panel.setObjectName("deleteDisks")
+        column = QVBoxLayout(panel)
+        column.setContentsMargins(20, 0, 0, 0)
+        for disk in info.config.disks:
+            user = used_by.get(disk.path)
+            check = QCheckBox(disk.path if user is None else f"{disk.path} (used by {user})", panel)
+            check.setObjectName("deleteDisk")
+            check.setProperty("path", disk.path)
+            check.setChecked(user is None)
+            check.setEnabled(user is None)
+            if user is not None:
+                check.setToolTip(f"{user} uses this disk image too: it is kept")
+            column.addWidget(check)
+            disks.append(check)
+        deletable = [c for c in disks if c.isEnabled()]
+        master.setChecked(bool(deletable))
+        master.setEnabled(bool(deletable))
+        master.toggled.connect(lambda on: [c.setEnabled(on) for c in deletable])
     delete = box.addButton("Delete", QMessageBox.ButtonRole.DestructiveRole)
     box.addButton(QMessageBox.StandardButton.Cancel)
     box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+    if disks:
+        _add_above_buttons(box, panel)
     box.exec()
-    return box.clickedButton() is delete, bool(check and check.isChecked())
+    chosen = [str(c.property("path")) for c in disks
+              if master is not None and master.isChecked() and c.isEnabled() and c.isChecked()]
+    return box.clickedButton() is delete, chosen
 
 
+def _add_above_buttons(box: QMessageBox, widget: QWidget) -> None:
+    """Put `widget` in the message box's grid, between its checkbox and its buttons. Done last: QMessageBox
+    rebuilds its layout when its text or checkbox is set."""
+    grid = box.layout()
+    buttons = box.findChild(QDialogButtonBox)
+    if not isinstance(grid, QGridLayout) or buttons is None:
+        raise RuntimeError("QMessageBox no longer lays itself out in a grid with a button box")
+    row, _, _, span = grid.getItemPosition(grid.indexOf(buttons))
+    grid.removeWidget(buttons)
+    grid.addWidget(widget, row, 1, 1, max(1, span - 1))
+    grid.addWidget(buttons, row + 1, 0, 1, span)
 
 
 def confirm_force_off(parent: QWidget | None, info: VmInfo) -> bool:

@@ -29,10 +29,10 @@ from PyQt6.QtWidgets import (
 from app.host_bridge import HostBridge
 from app.icons import action_icon, app_icon, resource_icon, state_icon
 from app.ui.actions import VmActions
-from app.ui.dialogs import confirm_delete, show_error
+from app.ui.dialogs import confirm_delete, disk_users, show_error
 from app.widgets.graphs import preload as preload_graphs
 from core.connect import LocalServiceHost
-from core.host import Host, VmInfo, VmState
+from core.host import DeleteResult, Host, VmInfo, VmState
 
 log = logging.getLogger(__name__)
 
@@ -387,17 +387,24 @@ class MainWindow(QMainWindow):
         info = self.selected_info()
         if sel is None or info is None:
             return
-        ok, disks = confirm_delete(self, info)
+        bridge, uuid = sel
+        # Which disks another VM lists, from the bridge's cache; the host checks again (and backing files too).
+        ok, disks = confirm_delete(self, info, disk_users(info, bridge.vms()))
         if not ok:
             return
-        bridge, uuid = sel
         window = self.vm_windows.pop(uuid, None)
         if window is not None:
             window.close()
 
-        def done(removed: list[str]) -> None:
-            self.statusBar().showMessage(f"Deleted {info.name} ({len(removed)} file{'s' if len(removed) > 1 else ''}"
-                                         " removed)", 6000)
+        def done(result: DeleteResult) -> None:
+            removed = f"{len(result)} file{'s' if len(result) > 1 else ''} removed"
+            kept = result.kept
+            if not kept:
+                self.statusBar().showMessage(f"Deleted {info.name} ({removed})", 6000)
+                return
+            # A disk kept is news the user must not miss: it stays in the status bar until the next message.
+            why = "; ".join(f"{k.path}: {k.reason}" for k in kept)
+            self.statusBar().showMessage(f"Deleted {info.name} ({removed}); kept {why}")
 
         host = bridge.host
         bridge.call(f"Deleting {info.name}", lambda: host.delete(uuid, disks), done, uuid=uuid)

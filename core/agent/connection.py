@@ -333,8 +333,16 @@ class Connection:
     def m_force_off(self, uuid: str, **_: Any) -> None:
         self._lifecycle("force_off", uuid)
 
-    def m_delete(self, uuid: str, delete_disks: bool = False, **_: Any) -> list[str]:
-        return self.host.delete(uuid, bool(delete_disks))
+    def m_delete(self, uuid: str, delete_disks: bool = False, disks: list[str] | None = None, report: bool = False,
+                 **_: Any) -> list[str] | dict[str, Any]:
+        # `disks` (a list of paths) and `report` came after `delete_disks`: a client that sends neither gets the
+        # plain list it always got. A chosen list travels as `disks`, never as `delete_disks`, so an older service
+        # ignores it and removes no disk rather than all of them.
+        choice = [str(p) for p in disks] if isinstance(disks, list) else bool(delete_disks)
+        result = self.host.delete(uuid, choice)
+        if not report:
+            return list(result)
+        return {"removed": list(result), "kept": [{"path": k.path, "reason": k.reason} for k in result.kept]}
 
     def m_stats(self, uuid: str, **_: Any) -> dict[str, Any] | None:
         return wire.stats_to(self.host.stats(uuid))

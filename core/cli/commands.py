@@ -102,7 +102,8 @@ def cmd_dumpconfig(host: ServiceClient, args: argparse.Namespace) -> int:
 
 def add_undefine_arguments(p: argparse.ArgumentParser) -> None:
     add_vm_argument(p)
-    p.add_argument("--remove-storage", action="store_true", help="also delete the VM's disk image files")
+    p.add_argument("--remove-storage", action="store_true",
+                   help="also delete the VM's disk image files (not one another VM uses: that one is kept)")
 
 
 def cmd_undefine(host: ServiceClient, args: argparse.Namespace) -> int:
@@ -111,9 +112,12 @@ def cmd_undefine(host: ServiceClient, args: argparse.Namespace) -> int:
     if info.state.active:
         raise CommandFailed(f"{info.name} is {_state_word(info.state)}: stop it first with `vireo shutdown "
                             f"{info.name}` (or `vireo destroy {info.name}`)")
-    removed = host.delete(info.uuid, delete_disks=args.remove_storage)
-    for path in removed[1:]:
+    result = host.delete(info.uuid, delete_disks=args.remove_storage)
+    for path in result[1:]:
         _say(f"Removed {path}")
+    # A disk another VM still uses is the service's to keep (it checks, not this client): say so, it is no error.
+    for kept in result.kept:
+        _say(f"Kept {kept.path}: {kept.reason}")
     _say(f"Domain '{info.name}' has been undefined")
     return EXIT_OK
 

@@ -13,12 +13,15 @@ from typing import TYPE_CHECKING, Any
 from core.host.api import (
     SERIAL_HISTORY,
     TERMINAL_RESET,
+    DeleteResult,
+    DiskChoice,
     EventKind,
     Host,
     HostCapabilities,
     HostError,
     HostEvent,
     HostListener,
+    KeptDisk,
     Progress,
     SerialListener,
     VmConsole,
@@ -33,10 +36,10 @@ if TYPE_CHECKING:
     from core.display.frame import Frame, FrameSource
 
 __all__ = [
-    "EVDEV_KEYS", "SERIAL_HISTORY", "TERMINAL_RESET", "EventKind", "Frame", "FrameSource", "Host",
-    "HostCapabilities", "HostError", "HostEvent", "HostListener", "InputSink", "LocalHost", "Progress",
-    "SerialListener", "VmConsole", "VmInfo", "VmState", "VmStats", "break_code", "combo_events", "make_code",
-    "text_events",
+    "EVDEV_KEYS", "SERIAL_HISTORY", "TERMINAL_RESET", "DeleteResult", "DiskChoice", "EventKind", "Frame",
+    "FrameSource", "Host", "HostCapabilities", "HostError", "HostEvent", "HostListener", "InputSink", "KeptDisk",
+    "LocalHost", "Progress", "SerialListener", "VmConsole", "VmInfo", "VmState", "VmStats", "break_code",
+    "combo_events", "make_code", "text_events",
 ]
 
 

@@ -8,6 +8,9 @@ The contract:
   * define/start/pause/resume/shutdown/reboot/force_reset/force_off/delete carry out one request and return
     when it is done; they may block for seconds (a pause waits for every vCPU to park), so a GUI calls them off
     its event loop. A request that cannot be carried out raises HostError with a one-line message.
+  * delete(uuid, delete_disks) removes the definition and the chosen disk images (all, none, or the listed
+    paths), except one that another VM on the host lists or reads as a backing file (a qcow2 overlay's base):
+    that one is kept and named in the DeleteResult with why, so sharing a disk never loses it.
   * add_listener(cb) delivers HostEvents (state changes, definitions added/changed/removed) on whatever thread
     the change happened; listeners must be quick and thread-safe (the GUI re-emits them as queued Qt signals).
   * subscribe_serial(uuid, cb) returns what ttyS0 printed so far this boot and then calls cb(bytes) with each
@@ -30,7 +33,7 @@ from __future__ import annotations
 import enum
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -120,6 +123,28 @@ class VmConsole:
     input: InputSink
 
 
+@dataclass(frozen=True)
+class KeptDisk:
+    """A disk image delete() was asked to remove but left in place: `reason` is one line, e.g. "used by VM 'web'"."""
+
+    path: str
+    reason: str
+
+
+class DeleteResult(list[str]):
+    """What delete() did. As a list, the files it removed, the definition first (what delete() returned before
+    disks could be kept, so older callers read it unchanged); `kept`, the disk images asked for but left in place
+    because another VM on the host still lists them or reads them as a backing file."""
+
+    def __init__(self, removed: Iterable[str] = (), kept: Iterable[KeptDisk] = ()) -> None:
+        super().__init__(removed)
+        self.kept: list[KeptDisk] = list(kept)
+
+
+# delete()'s choice of disks: False none, True all the definition lists, or the paths of those to remove.
+DiskChoice = bool | Sequence[str]
+
+
 class EventKind(enum.Enum):
     STATE = "state"
     DEFINED = "defined"
@@ -173,7 +198,7 @@ class Host(ABC):
     @abstractmethod
     def force_off(self, vm_uuid: str) -> None: ...
     @abstractmethod
-    def delete(self, vm_uuid: str, delete_disks: bool = False) -> list[str]: ...
+    def delete(self, vm_uuid: str, delete_disks: DiskChoice = False) -> DeleteResult: ...
     @abstractmethod
     def stats(self, vm_uuid: str) -> VmStats | None: ...
     @abstractmethod

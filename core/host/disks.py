@@ -1,13 +1,19 @@
 """New disk images for VM definitions, as the Host API's create_disk makes them on the host that will use them:
 raw (sparse, or preallocated with posix_fallocate(3)) or qcow2 (thin, through core/storage, the layout qemu-img
-makes). An existing file is never replaced (O_EXCL claims the name).
+makes). An existing file is never replaced (O_EXCL claims the name). And which VM still needs a disk image —
+lists it, or reads it as the backing file of a qcow2 overlay (QEMU docs/interop/qcow2.txt, "backing file") — so
+deleting one VM never removes a file another one uses (issue 17).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
-from core.host.api import HostError, Progress
+from core.config import VmConfig
+from core.host.api import DiskChoice, HostError, Progress
+
+MAX_CHAIN = 32      # backing files followed per disk, as core.storage.qcow2.MAX_BACKING_DEPTH opens at most
 
 
 def create_disk_image(path: str, size_bytes: int, fmt: str = "raw", preallocate: bool = False,
@@ -58,3 +64,66 @@ def create_disk_image(path: str, size_bytes: int, fmt: str = "raw", preallocate:
         os.unlink(path)
         raise HostError(f"cannot create {path}: {exc.strerror}") from None
     os.close(fd)
+
+
+def file_key(path: str) -> tuple[int, int] | str:
+    """What identifies a file: device and inode when it exists (a symlink, a hard link or another spelling of the
+    path is the same file), else the absolute, symlink-resolved path."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (st.st_dev, st.st_ino)
+
+
+def backing_chain(path: str) -> list[str]:
+    """The backing files under the image at `path`, nearest first, resolved as QEMU resolves them. Only the
+    header is read, without taking the image's lock (its VM may be running); the chain ends at a raw image, a
+    file that cannot be read, a loop or MAX_CHAIN files."""
+    from core.storage import ImageError
+    from core.storage.info import image_info
+
+    chain: list[str] = []
+    seen = {file_key(path)}
+    while len(chain) < MAX_CHAIN:
+        try:
+            info = image_info(path, force_share=True)
+        except (ImageError, OSError):
+            break
+        if not info.full_backing_path:
+            break
+        path = info.full_backing_path
+        key = file_key(path)
+        if key in seen:
+            break
+        seen.add(key)
+        chain.append(path)
+    return chain
+
+
+def disk_users(vms: Iterable[tuple[str, list[str]]]) -> dict[tuple[int, int] | str, str]:
+    """For (VM name, its disk paths) of every other VM: each file those VMs need, mapped to one line saying why
+    ("used by VM 'web'", or "backing file of /img/web.qcow2 (VM 'web')")."""
+    users: dict[tuple[int, int] | str, str] = {}
+    for name, paths in vms:
+        for path in paths:
+            users.setdefault(file_key(path), f"used by VM {name!r}")
+        for path in paths:
+            for base in backing_chain(path):
+                users.setdefault(file_key(base), f"backing file of {path} (VM {name!r})")
+    return users
+
+
+def chosen_disks(config: VmConfig, delete_disks: DiskChoice) -> list[str]:
+    """The disk paths delete()'s `delete_disks` names (True: all, False: none, or a list of paths), checked
+    against the definition before anything is removed."""
+    listed = [d.path for d in config.disks]
+    if isinstance(delete_disks, bool):
+        return listed if delete_disks else []
+    if isinstance(delete_disks, str):
+        raise HostError("delete_disks: give True, False or a list of disk paths, not one string")
+    chosen = [str(p) for p in delete_disks]
+    for path in chosen:
+        if path not in listed:
+            raise HostError(f"{path} is not a disk of {config.name}: choose among {', '.join(listed) or 'none'}")
+    return list(dict.fromkeys(chosen))

@@ -23,11 +23,14 @@ from core.config import ConfigError, ConfigStore, LoadError, VmConfig
 from core.host.api import (
     SERIAL_HISTORY,
     TERMINAL_RESET,
+    DeleteResult,
+    DiskChoice,
     EventKind,
     Host,
     HostCapabilities,
     HostError,
     HostEvent,
+    KeptDisk,
     Progress,
     SerialListener,
     VmConsole,
@@ -35,7 +38,7 @@ from core.host.api import (
     VmState,
     VmStats,
 )
-from core.host.disks import create_disk_image
+from core.host.disks import backing_chain, chosen_disks, create_disk_image, disk_users, file_key
 from core.hoststats import HostInfo, local_host_info
 
 log = logging.getLogger(__name__)
@@ -190,22 +193,38 @@ class LocalHost(Host):
         self._emit(HostEvent(kind, config.uuid, vm.state))
         return self._snapshot(vm)
 
-    def delete(self, vm_uuid: str, delete_disks: bool = False) -> list[str]:
-        """Remove the definition (and, when asked, its disk image files). Returns the files removed."""
+    def delete(self, vm_uuid: str, delete_disks: DiskChoice = False) -> DeleteResult:
+        """Remove the definition and the chosen disk image files (all, none, or the listed paths of its disks).
+        A chosen disk that another VM here lists, or reads as a backing file, is kept and named in the result
+        with why: the caller's choice is checked here, whatever the client showed."""
         vm = self._vm(vm_uuid)
         with vm.op_lock:
             if vm.state.active:
                 raise HostError(f"{vm.config.name} is {vm.state.label.lower()}: shut it down before deleting it")
+            chosen = chosen_disks(vm.config, delete_disks)
+            with self._lock:
+                others = [(o.config.name, [d.path for d in o.config.disks])
+                          for o in self._vms.values() if o.config.uuid != vm_uuid]
+            # The VM's own disks left in place count too: a kept overlay still needs its base.
+            left = [d.path for d in vm.config.disks if d.path not in chosen]
+            users = disk_users(others)
+            for overlay in left:
+                for base in backing_chain(overlay):
+                    users.setdefault(file_key(base), f"backing file of {overlay}, which is kept")
             removed: list[str] = []
+            kept: list[KeptDisk] = []
             failed: list[str] = []
-            if delete_disks:
-                for disk in vm.config.disks:
-                    try:
-                        if os.path.isfile(disk.path):
-                            os.unlink(disk.path)
-                            removed.append(disk.path)
-                    except OSError as exc:
-                        failed.append(f"{disk.path}: {exc.strerror}")
+            for path in chosen:
+                why = users.get(file_key(path))
+                if why is not None:
+                    kept.append(KeptDisk(path, why))
+                    continue
+                try:
+                    if os.path.isfile(path):
+                        os.unlink(path)
+                        removed.append(path)
+                except OSError as exc:
+                    failed.append(f"{path}: {exc.strerror}")
             try:
                 self.store.remove(vm_uuid)
             except OSError as exc:
@@ -216,7 +235,7 @@ class LocalHost(Host):
         self._emit(HostEvent(EventKind.DELETED, vm_uuid))
         if failed:
             raise HostError(f"{vm.config.name} deleted, but a disk image could not be removed: {failed[0]}")
-        return removed
+        return DeleteResult(removed, kept)
 
     def create_disk(self, path: str, size_bytes: int, fmt: str = "raw", preallocate: bool = False,
                     progress: Progress | None = None) -> None:

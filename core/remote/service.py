@@ -32,11 +32,14 @@ from core.config import LoadError, VmConfig
 from core.host.api import (
     SERIAL_HISTORY,
     TERMINAL_RESET,
+    DeleteResult,
+    DiskChoice,
     EventKind,
     Host,
     HostCapabilities,
     HostError,
     HostEvent,
+    KeptDisk,
     Progress,
     SerialListener,
     VmConsole,
@@ -355,11 +358,22 @@ class ServiceClient(Host):
     def force_off(self, vm_uuid: str) -> None:
         self._call("force_off", uuid=vm_uuid)
 
-    def delete(self, vm_uuid: str, delete_disks: bool = False) -> list[str]:
-        value, _ = self._call("delete", uuid=vm_uuid, delete_disks=bool(delete_disks))
+    def delete(self, vm_uuid: str, delete_disks: DiskChoice = False) -> DeleteResult:
+        # See core/agent/connection.py m_delete: a list of paths goes as `disks`, and `report` asks for the kept
+        # disks too; a service from before both answers with the list of removed files alone.
+        if isinstance(delete_disks, bool):
+            value, _ = self._call("delete", uuid=vm_uuid, delete_disks=delete_disks, report=True)
+        else:
+            value, _ = self._call("delete", uuid=vm_uuid, disks=[str(p) for p in delete_disks], report=True)
         with self._lock:
             self._vms.pop(vm_uuid, None)
-        return [str(v) for v in value] if isinstance(value, list) else []
+        if isinstance(value, list):
+            return DeleteResult(str(v) for v in value)
+        if not isinstance(value, dict):
+            return DeleteResult()
+        kept = [KeptDisk(str(k.get("path", "")), str(k.get("reason", ""))) for k in value.get("kept") or []
+                if isinstance(k, dict)]
+        return DeleteResult((str(v) for v in value.get("removed") or []), kept)
 
     def stats(self, vm_uuid: str) -> VmStats | None:
         value, _ = self._call("stats", reconnect=False, uuid=vm_uuid)

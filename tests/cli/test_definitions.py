@@ -34,6 +34,28 @@ def test_define_dumpconfig_autostart_undefine(vireo: Vireo, tmp_path: Path, debi
     assert not disk.exists() and name not in vireo.states()
 
 
+def test_undefine_remove_storage_keeps_a_disk_another_vm_uses(local_vireo: Vireo, tmp_path: Path,
+                                                               debian_kernel: Path,
+                                                               busybox_initramfs: Path) -> None:
+    shared, own = tmp_path / "shared.img", tmp_path / "own.img"
+    shared.write_bytes(b"\0" * 4096)
+    own.write_bytes(b"\0" * 4096)
+    raw = {"format": "raw"}
+    for name, disks in (("share-web", [shared]), ("share-imp", [shared, own])):
+        path = local_vireo.write_definition(tmp_path, name, debian_kernel, busybox_initramfs,
+                                            disks=[dict(raw, path=str(d)) for d in disks])
+        local_vireo.ok("define", str(path))
+    assert local_vireo.ok("undefine", "share-imp", "--remove-storage") == (
+        f"Removed {own}\n"
+        f"Kept {shared}: used by VM 'share-web'\n"
+        "Domain 'share-imp' has been undefined\n")
+    assert shared.exists() and not own.exists()
+    # Once no other VM lists it, the shared disk goes with the last one.
+    assert local_vireo.ok("undefine", "share-web", "--remove-storage") == (f"Removed {shared}\n"
+                                                                             "Domain 'share-web' has been undefined\n")
+    assert not shared.exists()
+
+
 def test_unknown_vm_and_malformed_file_are_bad_input(vireo: Vireo, tmp_path: Path) -> None:
     line = one_error_line(vireo.cli("start", "nosuchvm"), 2, "'nosuchvm'", "vireo list --all")
     if vireo.kind == "remote":

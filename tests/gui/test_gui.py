@@ -17,7 +17,7 @@ if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
 pytest.importorskip("pytestqt")
 
 from PyQt6.QtCore import QSettings, Qt, QTimer  # noqa: E402
-from PyQt6.QtWidgets import QApplication, QMessageBox, QWizard  # noqa: E402
+from PyQt6.QtWidgets import QApplication, QCheckBox, QMessageBox, QWizard  # noqa: E402
 
 from core.config import BootConfig, ConfigStore, DiskConfig, VmConfig  # noqa: E402
 from core.host import VmState  # noqa: E402
@@ -258,17 +258,71 @@ def test_delete_removes_definition_and_disk_when_asked(qtbot, app_parts, xdg, mo
     reload(qtbot, bridge)
     import app.ui.main_window as mw
 
-    monkeypatch.setattr(mw, "confirm_delete", lambda parent, info: (True, False))
+    monkeypatch.setattr(mw, "confirm_delete", lambda parent, info, used_by: (True, False))
     window.select_vm(keep.uuid)
     window.vm_actions.delete.trigger()
     qtbot.waitUntil(lambda: "keep-disk" not in vm_rows(window))
     assert disk.exists()
-    monkeypatch.setattr(mw, "confirm_delete", lambda parent, info: (True, True))
+    monkeypatch.setattr(mw, "confirm_delete", lambda parent, info, used_by: (True, True))
     window.select_vm(drop.uuid)
     window.vm_actions.delete.trigger()
     qtbot.waitUntil(lambda: "drop-disk" not in vm_rows(window))
     assert not disk.exists()
     assert ConfigStore().load_all() == ([], [])
+
+
+def test_delete_dialog_offers_each_disk_and_keeps_the_one_another_vm_uses(qtbot, app_parts, xdg) -> None:
+    host, bridge, window = app_parts
+    shared, own, spare = (xdg / "data" / n for n in ("shared.img", "own.img", "spare.img"))
+    for disk in (shared, own, spare):
+        disk.write_bytes(b"\0" * 512)
+    define("web", disks=[DiskConfig(path=str(shared))])
+    imported = define("imported", disks=[DiskConfig(path=str(shared)), DiskConfig(path=str(own)),
+                                         DiskConfig(path=str(spare))])
+    reload(qtbot, bridge)
+    seen: list[tuple[str, bool, bool, bool]] = []
+
+    def answer() -> None:
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(20, answer)
+            return
+        for check in box.findChildren(QCheckBox, "deleteDisk"):
+            seen.append((check.text(), check.isEnabled(), check.isChecked(), check.isVisible()))
+            if check.property("path") == str(spare):
+                qtbot.mouseClick(check, Qt.MouseButton.LeftButton)        # the user keeps this one
+        delete = next(b for b in box.buttons() if b.text() == "Delete")
+        qtbot.mouseClick(delete, Qt.MouseButton.LeftButton)
+
+    QTimer.singleShot(0, answer)
+    window.select_vm(imported.uuid)
+    window.vm_actions.delete.trigger()
+    qtbot.waitUntil(lambda: "imported" not in vm_rows(window), timeout=10_000)
+    assert seen == [(f"{shared} (used by web)", False, False, True), (str(own), True, True, True),
+                    (str(spare), True, True, True)]
+    assert shared.exists() and spare.exists() and not own.exists()
+    qtbot.waitUntil(lambda: window.statusBar().currentMessage().startswith("Deleted imported"))
+    assert window.statusBar().currentMessage() == "Deleted imported (2 files removed)"
+
+
+def test_delete_reports_a_disk_the_host_kept(qtbot, app_parts, xdg, monkeypatch) -> None:
+    """The dialog sees only what the bridge lists; the host keeps a disk another VM uses whatever it is asked,
+    and the window says so."""
+    host, bridge, window = app_parts
+    shared = xdg / "data" / "shared.img"
+    shared.write_bytes(b"\0" * 512)
+    define("web", disks=[DiskConfig(path=str(shared))])
+    stale = define("stale", disks=[DiskConfig(path=str(shared))])
+    reload(qtbot, bridge)
+    import app.ui.main_window as mw
+
+    monkeypatch.setattr(mw, "confirm_delete", lambda parent, info, used_by: (True, [str(shared)]))
+    window.select_vm(stale.uuid)
+    window.vm_actions.delete.trigger()
+    qtbot.waitUntil(lambda: "stale" not in vm_rows(window), timeout=10_000)
+    qtbot.waitUntil(lambda: "kept" in window.statusBar().currentMessage())
+    assert window.statusBar().currentMessage() == f"Deleted stale (1 file removed); kept {shared}: used by VM 'web'"
+    assert shared.exists()
 
 
 def test_a_failed_start_shows_one_line_and_the_vm_stays_shut_off(qtbot, app_parts, xdg) -> None:

@@ -135,7 +135,7 @@ def test_no_host_call_runs_on_the_gui_thread(qtbot, xdg, debian_kernel, busybox_
         qtbot.waitUntil(lambda: vm_rows(window)["threads-renamed"] == "Shut off", timeout=TIMEOUT_MS)
         vm_window.close()
         import app.ui.main_window as main_window
-        monkeypatch.setattr(main_window, "confirm_delete", lambda parent, info: (True, True))
+        monkeypatch.setattr(main_window, "confirm_delete", lambda parent, info, used_by: (True, True))
         qtbot.waitUntil(lambda: window.vm_actions.delete.isEnabled())
         click(qtbot, toolbar_button(window, window.vm_actions.delete))
         qtbot.waitUntil(lambda: "threads-renamed" not in vm_rows(window), timeout=TIMEOUT_MS)

@@ -83,6 +83,50 @@ def test_delete_keeps_or_removes_disks(host: LocalHost, tmp_path: Path) -> None:
         host.get(a.uuid)
 
 
+def test_delete_keeps_a_disk_another_vm_lists_and_says_why(host: LocalHost, tmp_path: Path) -> None:
+    shared, own = tmp_path / "shared.img", tmp_path / "own.img"
+    host.create_disk(str(shared), 1 << 20)
+    host.create_disk(str(own), 1 << 20)
+    host.define(vm("web", disks=[DiskConfig(path=str(shared))]))
+    # The importer names the same file by another spelling: still the same file.
+    alias = str(tmp_path / "sub" / ".." / "shared.img")
+    (tmp_path / "sub").mkdir()
+    imported = host.define(vm("imported", disks=[DiskConfig(path=alias), DiskConfig(path=str(own))]))
+    result = host.delete(imported.uuid, delete_disks=True)
+    assert shared.exists() and not own.exists()
+    assert list(result) == [str(host.store.path_for(imported.uuid)), str(own)]
+    assert [(k.path, k.reason) for k in result.kept] == [(alias, "used by VM 'web'")]
+
+
+def test_delete_keeps_the_backing_file_of_another_vms_overlay(host: LocalHost, tmp_path: Path) -> None:
+    from core.storage import create_image
+
+    base, overlay = tmp_path / "base.qcow2", tmp_path / "snap" / "overlay.qcow2"
+    host.create_disk(str(base), 1 << 20, fmt="qcow2")
+    overlay.parent.mkdir()
+    create_image(str(overlay), "qcow2", None, backing_file="../base.qcow2", backing_format="qcow2")
+    old = host.define(vm("old", disks=[DiskConfig(path=str(base), format="qcow2")]))
+    host.define(vm("snapshot", disks=[DiskConfig(path=str(overlay), format="qcow2")]))
+    result = host.delete(old.uuid, delete_disks=[str(base)])
+    assert base.exists() and overlay.exists()
+    assert [(k.path, k.reason) for k in result.kept] == [
+        (str(base), f"backing file of {overlay} (VM 'snapshot')")]
+    assert list(result) == [str(host.store.path_for(old.uuid))]
+
+
+def test_delete_removes_only_the_chosen_disks(host: LocalHost, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    host.create_disk(str(a), 1 << 20)
+    host.create_disk(str(b), 1 << 20)
+    info = host.define(vm("two", disks=[DiskConfig(path=str(a)), DiskConfig(path=str(b))]))
+    with pytest.raises(HostError, match=r"/elsewhere.img is not a disk of two: choose among"):
+        host.delete(info.uuid, delete_disks=["/elsewhere.img"])
+    assert host.get(info.uuid) is not None and a.exists()
+    result = host.delete(info.uuid, delete_disks=[str(b)])
+    assert a.exists() and not b.exists() and result.kept == []
+    assert list(result) == [str(host.store.path_for(info.uuid)), str(b)]
+
+
 def test_create_disk_progress_and_no_overwrite(host: LocalHost, tmp_path: Path) -> None:
     seen = []
     path = tmp_path / "d.img"

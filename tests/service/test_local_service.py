@@ -113,6 +113,28 @@ def test_refusals_are_one_line(local_service: ServiceSandbox, tmp_path: Path) ->
     assert (local_service.vms_dir / f"{info.uuid}.json").is_file()
 
 
+def test_delete_over_the_service_keeps_shared_disks_for_new_and_old_clients(local_service: ServiceSandbox,
+                                                                           tmp_path: Path) -> None:
+    host = local_service.connect()
+    shared, own = tmp_path / "shared.img", tmp_path / "own.img"
+    for disk in (shared, own):
+        disk.write_bytes(b"\0" * 4096)
+
+    def define(name: str, *disks: Path) -> str:
+        cfg = VmConfig(name=name, boot=BootConfig(kernel="/k"), disks=[DiskConfig(path=str(d)) for d in disks])
+        return host.define(cfg).uuid
+
+    define("web", shared)
+    result = host.delete(define("new-client", shared, own), [str(shared), str(own)])
+    assert list(result)[1:] == [str(own)] and not own.exists()
+    assert [(k.path, k.reason) for k in result.kept] == [(str(shared), "used by VM 'web'")]
+    # A client from before `disks`/`report` sends delete_disks alone and reads back the plain list of removed
+    # files; the service keeps the shared disk for it too.
+    old = define("old-client", shared)
+    value, _ = host._agent().call("delete", uuid=old, delete_disks=True)
+    assert value == [str(local_service.vms_dir / f"{old}.json")] and shared.exists()
+
+
 def test_vm_outlives_its_client_and_serial_works_through_it(local_service: ServiceSandbox, debian_kernel: Path,
                                                             busybox_initramfs: Path) -> None:
     first = local_service.connect()
