@@ -318,7 +318,8 @@ class FinishPage(QWizardPage):
         if self.wiz.storage_page.create.isChecked():
             disk = f"new {self.wiz.storage_page.size.value():g} GiB {self.wiz.storage_page.format.currentData()} disk"
         elif cfg.disks:
-            disk = cfg.disks[0].path
+            # Name the format the definition will use (it follows the file's extension), not just the path.
+            disk = f"existing {cfg.disks[0].format} image {cfg.disks[0].path}"
         rows = [("Boot", f"{Path(cfg.boot.kernel).name}" + (f" + {Path(cfg.boot.initrd).name}" if cfg.boot.initrd
                                                               else "")),
                 ("Command line", cfg.boot.cmdline or "(empty)"),
