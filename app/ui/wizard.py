@@ -46,6 +46,7 @@ from core.host import HostError
 
 SOURCE_KERNEL, SOURCE_DISK, SOURCE_FIRMWARE = 0, 1, 2
 NO_FIRMWARE = "needs BIOS boot, not implemented yet"
+DEFAULT_CMDLINE = "console=tty0 console=ttyS0"
 
 
 def _path_field(page: QWizardPage, edit: QLineEdit, caption: str, name_filter: str = "") -> QWidget:
@@ -130,7 +131,9 @@ class BootPage(QWizardPage):
         self.initrd.setObjectName("initrdPath")
         self.initrd.setPlaceholderText("optional")
         form.addRow("Initrd:", _path_field(self, self.initrd, "Choose an initrd"))
-        self.cmdline = QLineEdit("console=ttyS0", self)
+        # Kernel messages on the screen (tty0) and on the serial port; the last console= is /dev/console, so the
+        # initramfs's shell stays on ttyS0, where the Serial Console tab reads it.
+        self.cmdline = QLineEdit(DEFAULT_CMDLINE, self)
         self.cmdline.setObjectName("cmdline")
         form.addRow("Command line:", self.cmdline)
         self.error = QLabel(self)

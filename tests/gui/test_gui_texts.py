@@ -65,3 +65,19 @@ def test_wizard_summary_names_the_format_of_an_imported_disk(qtbot, app_parts, k
     summary = wizard.finish_page.summary.text()
     assert f"existing qcow2 image {image}" in summary, summary
     wizard.button(QWizard.WizardButton.CancelButton).click()
+
+
+def test_wizard_default_command_line_has_the_screen_and_the_serial_console(qtbot, app_parts, kernel) -> None:  # noqa: F811
+    host, bridge, window = app_parts
+    window.new_vm()
+    wizard = window.wizard
+    qtbot.waitExposed(wizard)
+    wizard.next()
+    # ttyS0 last: /dev/console (the initramfs's shell) stays on the serial port; tty0 shows the messages.
+    assert wizard.boot_page.cmdline.text() == "console=tty0 console=ttyS0"
+    wizard.boot_page.kernel.setText(str(kernel))
+    for _ in range(3):
+        wizard.next()
+    assert "console=tty0 console=ttyS0" in wizard.finish_page.summary.text()
+    assert wizard.config().boot.cmdline == "console=tty0 console=ttyS0"
+    wizard.button(QWizard.WizardButton.CancelButton).click()
