@@ -22,6 +22,7 @@ from PyQt6.QtGui import QAction, QActionGroup, QCursor, QGuiApplication, QImage,
 from PyQt6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QSizePolicy, QWidget
 
 from app.widgets.console_keys import key_name
+from app.widgets.text import as_sentence
 from core.host import Frame, FrameSource, InputSink, break_code, combo_events, make_code, text_events
 
 FRAME_INTERVAL_MS = 16
@@ -414,4 +415,4 @@ def ask_and_save_screenshot(parent: QWidget, save) -> None:
         try:
             save(path)
         except (OSError, RuntimeError) as exc:
-            QMessageBox.warning(parent, "Save screenshot", str(exc))
+            QMessageBox.warning(parent, "Save screenshot", as_sentence(str(exc)))

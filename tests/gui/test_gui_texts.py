@@ -5,6 +5,7 @@ reason starts with a capital letter."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -13,9 +14,9 @@ if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
 
 pytest.importorskip("pytestqt")
 
-from PyQt6.QtWidgets import QWizard  # noqa: E402
+from PyQt6.QtWidgets import QAbstractButton, QLabel, QWizard  # noqa: E402
 
-from tests.gui.test_gui import app_parts, error_dialogs, kernel, xdg  # noqa: E402,F401
+from tests.gui.test_gui import app_parts, define, error_dialogs, kernel, reload, xdg  # noqa: E402,F401
 
 
 def _to_finish(qtbot, window, kernel_path) -> object:
@@ -81,3 +82,62 @@ def test_wizard_default_command_line_has_the_screen_and_the_serial_console(qtbot
     assert "console=tty0 console=ttyS0" in wizard.finish_page.summary.text()
     assert wizard.config().boot.cmdline == "console=tty0 console=ttyS0"
     wizard.button(QWizard.WizardButton.CancelButton).click()
+
+
+def _visible(text: str) -> str:
+    """What a mnemonic-aware widget shows: '&x' is x underlined, '&&' is one ampersand."""
+    return re.sub(r"&(.)", r"\1", text)
+
+
+def test_add_connection_dialog_shows_no_literal_ampersand(qtbot) -> None:
+    from app.ui.connection_dialog import AddConnectionDialog
+
+    dialog = AddConnectionDialog()
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    labels = dialog.findChildren(QLabel)
+    assert any(label.text() == "&Key file:" for label in labels)
+    for label in labels:
+        if "&" not in label.text():
+            continue
+        # A label draws '&x' as an underlined x only when it has a buddy; without one the '&' is painted. Compare
+        # its size with a plain label of the text the user should see.
+        probe = QLabel(_visible(label.text()))
+        probe.setFont(label.font())
+        assert label.sizeHint().width() == probe.sizeHint().width(), f"{label.text()!r} shows its '&'"
+        assert label.buddy() is not None
+        assert "&" not in _visible(label.text())
+    for button in dialog.findChildren(QAbstractButton):
+        assert "&" not in _visible(button.text()), button.text()
+    # The mnemonic reaches the field: Key file's buddy is the key path edit.
+    key_label = next(label for label in labels if label.text() == "&Key file:")
+    assert key_label.buddy() is dialog.key_edit
+
+
+def test_error_dialog_reason_starts_with_a_capital_letter(qtbot, app_parts, xdg) -> None:  # noqa: F811
+    host, bridge, window = app_parts
+    define("one")
+    two = define("two")
+    reload(qtbot, bridge)
+    vm_window = window.open_vm((bridge, two.uuid))
+    qtbot.waitExposed(vm_window)
+    vm_window.show_tab("details")
+    details = vm_window.details
+    details.name.setText("one")          # the host refuses it: "a VM named 'one' already exists on …"
+    details.apply_button.click()
+    qtbot.waitUntil(lambda: bool(error_dialogs()))
+    dialog = error_dialogs()[-1]
+    reason = dialog.informativeText()
+    assert reason.startswith("A VM named 'one' already exists"), reason
+    assert "\n" not in reason
+    dialog.close()
+    # A reason that starts with the VM's name keeps the name as the user spelled it.
+    cfg = define("nokernel", kernel=xdg / "gone")
+    reload(qtbot, bridge)
+    window.select_vm(cfg.uuid)
+    window.vm_actions.run.trigger()
+    qtbot.waitUntil(lambda: bool(error_dialogs()))
+    dialog = error_dialogs()[-1]
+    assert dialog.informativeText().startswith("nokernel failed to start: kernel "), dialog.informativeText()
+    dialog.close()
