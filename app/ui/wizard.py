@@ -32,6 +32,7 @@ from PyQt6.QtWidgets import (
 
 from app.host_bridge import HostBridge
 from app.icons import app_icon
+from app.widgets.text import as_sentence
 from core.config import (
     ACCELERATORS,
     NETWORK_MODES,
@@ -315,7 +316,7 @@ class FinishPage(QWizardPage):
             shown = {"kvm": "KVM", "software": "the software CPU"}.get(name, name)
             self.accel_note.setText(f"Uses {shown} on this host: {why}." if name else why)
         except HostError as exc:
-            self.accel_note.setText(f"<span style='color:#b3261e'>{exc}</span>")
+            self.accel_note.setText(f"<span style='color:#b3261e'>{_html(as_sentence(str(exc)))}</span>")
         cfg = self.wiz.config()
         disk = ""
         if self.wiz.storage_page.create.isChecked():
@@ -342,7 +343,7 @@ class FinishPage(QWizardPage):
         try:
             self.wiz.config().validate()
         except ConfigError as exc:
-            return str(exc)
+            return as_sentence(str(exc))
         return ""
 
     def isComplete(self) -> bool:
@@ -459,7 +460,7 @@ class NewVmWizard(QWizard):
         def failed(message: str) -> None:
             self.working = False
             page.progress.hide()
-            page.error.setText(message)
+            page.error.setText(as_sentence(message, f"Creating {cfg.name}"))
             self.button(QWizard.WizardButton.BackButton).setEnabled(True)
             page.completeChanged.emit()
 

@@ -141,3 +141,17 @@ def test_error_dialog_reason_starts_with_a_capital_letter(qtbot, app_parts, xdg)
     dialog = error_dialogs()[-1]
     assert dialog.informativeText().startswith("nokernel failed to start: kernel "), dialog.informativeText()
     dialog.close()
+
+
+def test_reasons_become_sentences_but_names_and_keys_keep_their_case() -> None:
+    from app.widgets.text import as_sentence
+
+    assert as_sentence("cannot create /x/lab.img: Not a directory", "Creating lab") == \
+        "Cannot create /x/lab.img: Not a directory"
+    assert as_sentence("the host key of h has changed", "Connecting to h") == "The host key of h has changed"
+    assert as_sentence("lab failed to start: kernel /k: no such file", "Starting lab") == \
+        "lab failed to start: kernel /k: no such file"
+    assert as_sentence("network.mac: expected six hex pairs", "Saving the changes") == \
+        "network.mac: expected six hex pairs"
+    assert as_sentence("/dev/kvm: permission denied") == "/dev/kvm: permission denied"
+    assert as_sentence("") == ""
