@@ -318,12 +318,13 @@ class FinishPage(QWizardPage):
         except HostError as exc:
             self.accel_note.setText(f"<span style='color:#b3261e'>{_html(as_sentence(str(exc)))}</span>")
         cfg = self.wiz.config()
-        disk = ""
+        # Every disk the VM gets, each with its format: an imported image (its format follows the file's extension,
+        # as the definition will say) and the new one the storage page creates.
+        disks = [f"existing {d.format} image {d.path}" for d in cfg.disks]
         if self.wiz.storage_page.create.isChecked():
-            disk = f"new {self.wiz.storage_page.size.value():g} GiB {self.wiz.storage_page.format.currentData()} disk"
-        elif cfg.disks:
-            # Name the format the definition will use (it follows the file's extension), not just the path.
-            disk = f"existing {cfg.disks[0].format} image {cfg.disks[0].path}"
+            storage = self.wiz.storage_page
+            disks.append(f"new {storage.size.value():g} GiB {storage.format.currentData()} disk")
+        disk = "; ".join(disks)
         rows = [("Boot", f"{Path(cfg.boot.kernel).name}" + (f" + {Path(cfg.boot.initrd).name}" if cfg.boot.initrd
                                                               else "")),
                 ("Command line", cfg.boot.cmdline or "(empty)"),

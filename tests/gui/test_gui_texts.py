@@ -65,6 +65,13 @@ def test_wizard_summary_names_the_format_of_an_imported_disk(qtbot, app_parts, k
         wizard.next()
     summary = wizard.finish_page.summary.text()
     assert f"existing qcow2 image {image}" in summary, summary
+    # A new disk as well: the summary lists both.
+    wizard.back()
+    wizard.storage_page.create.click()
+    wizard.storage_page.size.setValue(2)
+    wizard.next()
+    summary = wizard.finish_page.summary.text()
+    assert f"existing qcow2 image {image}; new 2 GiB raw disk" in summary, summary
     wizard.button(QWizard.WizardButton.CancelButton).click()
 
 
