@@ -5,8 +5,10 @@ and a banner saying why nothing can be typed when the VM is not running.
 It follows the VM's lifecycle: each time the VM runs (a start builds a new machine, with a new VmConsole
 session) the tab asks the host for the console on a bridge worker, never on the event loop, and switches the view
 to it; while paused the picture stays and input is off; once shut off or crashed the last picture stays (useful
-after a panic) and polling stops. Frames are read on the GUI thread: the Renderer only reads device state, and
-costs ~1 ms per changed text frame and ~0.6 ms per 1024x768 frame (bench/console.py).
+after a panic) and polling stops. A text screen still blank (at most the cursor) BLANK_HINT_MS after the VM runs,
+as with a kernel booted with only console=ttyS0, gets a banner pointing at the Serial Console tab. Frames are
+read on the GUI thread: the Renderer only reads device state, and costs ~1 ms per changed text frame and ~0.6 ms
+per 1024x768 frame (bench/console.py).
 """
 from __future__ import annotations
 
