@@ -29,6 +29,7 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
+from app.widgets.text import as_sentence
 from core.connect import Check, SshTarget
 
 AUTH_CHOICES = (("auto", "Automatic (SSH agent, keys, then password)"), ("agent", "SSH agent"),
@@ -58,9 +59,13 @@ class AddConnectionDialog(QDialog):
         self.key_edit.setPlaceholderText("~/.ssh/id_ed25519 (empty: the agent's and the default keys)")
         browse = QPushButton("Browse…", self)
         browse.clicked.connect(self._browse)
-        key_row = QHBoxLayout()
-        key_row.addWidget(self.key_edit, 1)
-        key_row.addWidget(browse)
+        # The row is a widget, not a bare layout: QFormLayout gives a label a buddy only for a widget field, and a
+        # label without a buddy paints "&Key file:" with its ampersand.
+        key_row = QWidget(self)
+        key_lay = QHBoxLayout(key_row)
+        key_lay.setContentsMargins(0, 0, 0, 0)
+        key_lay.addWidget(self.key_edit, 1)
+        key_lay.addWidget(browse)
         self.python_edit = QLineEdit("python3", self)
         self.python_edit.setObjectName("pythonEdit")
         self.python_edit.setToolTip("The interpreter the Vireo agent runs on, on the remote host")
@@ -73,6 +78,7 @@ class AddConnectionDialog(QDialog):
         form.addRow("&User:", self.user_edit)
         form.addRow("&Authentication:", self.auth_combo)
         form.addRow("&Key file:", key_row)
+        form.labelForField(key_row).setBuddy(self.key_edit)    # Alt+K goes to the path, not the row
         form.addRow("P&ython:", self.python_edit)
         form.addRow("", self.unicorn_check)
         note = QLabel("The host needs only sshd and Python 3: Vireo installs its agent there on first connect. "
@@ -149,7 +155,8 @@ class QtPrompter(QObject):
     @pyqtSlot(object)
     def _answer(self, q: _Question) -> None:
         if q.kind == "hostkey":
-            box = QMessageBox(QMessageBox.Icon.Question, "Unknown host key", q.text, parent=self.parent_widget)
+            box = QMessageBox(QMessageBox.Icon.Question, "Unknown host key",
+                              as_sentence(q.text, f"Connecting to {q.target.host}"), parent=self.parent_widget)
             box.setInformativeText("Trust this host and record its key in your known_hosts file? Compare the "
                                    "fingerprint with the one the host's administrator gives (ssh-keygen -lf "
                                    "/etc/ssh/ssh_host_ed25519_key.pub on the host).")

@@ -9,13 +9,14 @@ from collections.abc import Iterable
 
 from PyQt6.QtWidgets import QCheckBox, QDialogButtonBox, QGridLayout, QMessageBox, QVBoxLayout, QWidget
 
+from app.widgets.text import as_sentence
 from core.host import VmInfo
 
 
 def show_error(parent: QWidget | None, what: str, message: str) -> None:
     """`what` failed: `message` (one line). Non-modal so a burst of failures cannot stack event loops."""
     box = QMessageBox(QMessageBox.Icon.Critical, "Vireo", f"{what} failed", QMessageBox.StandardButton.Ok, parent)
-    box.setInformativeText(message)
+    box.setInformativeText(as_sentence(message, what))
     box.setObjectName("errorDialog")
     box.setModal(False)
     box.show()

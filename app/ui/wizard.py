@@ -32,6 +32,7 @@ from PyQt6.QtWidgets import (
 
 from app.host_bridge import HostBridge
 from app.icons import app_icon
+from app.widgets.text import as_sentence
 from core.config import (
     ACCELERATORS,
     NETWORK_MODES,
@@ -46,6 +47,7 @@ from core.host import HostError
 
 SOURCE_KERNEL, SOURCE_DISK, SOURCE_FIRMWARE = 0, 1, 2
 NO_FIRMWARE = "needs BIOS boot, not implemented yet"
+DEFAULT_CMDLINE = "console=tty0 console=ttyS0"
 
 
 def _path_field(page: QWizardPage, edit: QLineEdit, caption: str, name_filter: str = "") -> QWidget:
@@ -130,7 +132,9 @@ class BootPage(QWizardPage):
         self.initrd.setObjectName("initrdPath")
         self.initrd.setPlaceholderText("optional")
         form.addRow("Initrd:", _path_field(self, self.initrd, "Choose an initrd"))
-        self.cmdline = QLineEdit("console=ttyS0", self)
+        # Kernel messages on the screen (tty0) and on the serial port; the last console= is /dev/console, so the
+        # initramfs's shell stays on ttyS0, where the Serial Console tab reads it.
+        self.cmdline = QLineEdit(DEFAULT_CMDLINE, self)
         self.cmdline.setObjectName("cmdline")
         form.addRow("Command line:", self.cmdline)
         self.error = QLabel(self)
@@ -312,13 +316,15 @@ class FinishPage(QWizardPage):
             shown = {"kvm": "KVM", "software": "the software CPU"}.get(name, name)
             self.accel_note.setText(f"Uses {shown} on this host: {why}." if name else why)
         except HostError as exc:
-            self.accel_note.setText(f"<span style='color:#b3261e'>{exc}</span>")
+            self.accel_note.setText(f"<span style='color:#b3261e'>{_html(as_sentence(str(exc)))}</span>")
         cfg = self.wiz.config()
-        disk = ""
+        # Every disk the VM gets, each with its format: an imported image (its format follows the file's extension,
+        # as the definition will say) and the new one the storage page creates.
+        disks = [f"existing {d.format} image {d.path}" for d in cfg.disks]
         if self.wiz.storage_page.create.isChecked():
-            disk = f"new {self.wiz.storage_page.size.value():g} GiB {self.wiz.storage_page.format.currentData()} disk"
-        elif cfg.disks:
-            disk = cfg.disks[0].path
+            storage = self.wiz.storage_page
+            disks.append(f"new {storage.size.value():g} GiB {storage.format.currentData()} disk")
+        disk = "; ".join(disks)
         rows = [("Boot", f"{Path(cfg.boot.kernel).name}" + (f" + {Path(cfg.boot.initrd).name}" if cfg.boot.initrd
                                                               else "")),
                 ("Command line", cfg.boot.cmdline or "(empty)"),
@@ -338,7 +344,7 @@ class FinishPage(QWizardPage):
         try:
             self.wiz.config().validate()
         except ConfigError as exc:
-            return str(exc)
+            return as_sentence(str(exc))
         return ""
 
     def isComplete(self) -> bool:
@@ -455,7 +461,7 @@ class NewVmWizard(QWizard):
         def failed(message: str) -> None:
             self.working = False
             page.progress.hide()
-            page.error.setText(message)
+            page.error.setText(as_sentence(message, f"Creating {cfg.name}"))
             self.button(QWizard.WizardButton.BackButton).setEnabled(True)
             page.completeChanged.emit()
 

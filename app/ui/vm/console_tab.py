@@ -5,8 +5,10 @@ and a banner saying why nothing can be typed when the VM is not running.
 It follows the VM's lifecycle: each time the VM runs (a start builds a new machine, with a new VmConsole
 session) the tab asks the host for the console on a bridge worker, never on the event loop, and switches the view
 to it; while paused the picture stays and input is off; once shut off or crashed the last picture stays (useful
-after a panic) and polling stops. Frames are read on the GUI thread: the Renderer only reads device state, and
-costs ~1 ms per changed text frame and ~0.6 ms per 1024x768 frame (bench/console.py).
+after a panic) and polling stops. A text screen still blank (at most the cursor) BLANK_HINT_MS after the VM runs,
+as with a kernel booted with only console=ttyS0, gets a banner pointing at the Serial Console tab. Frames are
+read on the GUI thread: the Renderer only reads device state, and costs ~1 ms per changed text frame and ~0.6 ms
+per 1024x768 frame (bench/console.py).
 """
 from __future__ import annotations
 
@@ -23,8 +25,21 @@ from PyQt6.QtWidgets import (
 
 from app.host_bridge import HostBridge
 from app.widgets.banner import NoticeBanner
-from app.widgets.console import NOTE_MS, SEND_KEYS, ConsoleView, ask_and_save_screenshot, typing_note
-from core.host import VmConsole, VmInfo, VmState
+from app.widgets.console import (
+    NOTE_MS,
+    SEND_KEYS,
+    ConsoleView,
+    ask_and_save_screenshot,
+    blank_text_screen,
+    typing_note,
+)
+from core.host import Frame, VmConsole, VmInfo, VmState
+
+# A kernel booted with only console=ttyS0 never draws on the screen: after this long with a blank text screen the
+# banner says where the output went (a booting kernel's first line takes well under a second on the software CPU).
+BLANK_HINT_MS = 5000
+BLANK_HINT = ("Nothing on the screen yet: the guest may be writing to its serial console "
+              "(see the Serial Console tab).")
 
 
 class VmConsoleTab(QWidget):
@@ -38,6 +53,11 @@ class VmConsoleTab(QWidget):
         self._epoch = 0                 # counts the VM's stops, to drop a console reply that arrives too late
         self._mode = ""
         self._fullscreen: QWidget | None = None
+        self.blank_hint = False         # the banner says the screen stayed blank while the VM ran
+        self._blank_timer = QTimer(self)
+        self._blank_timer.setSingleShot(True)
+        self._blank_timer.setInterval(BLANK_HINT_MS)
+        self._blank_timer.timeout.connect(lambda: self._set_blank_hint(True))
 
         self.banner = NoticeBanner(self)
         self.banner_text, self.run_button = self.banner.text, self.banner.button
@@ -57,6 +77,7 @@ class VmConsoleTab(QWidget):
         lay.addWidget(self.status)
         self.view.grabChanged.connect(lambda _grab: self._update_status())
         self.view.modeChanged.connect(self._mode_changed)
+        self.view.frameArrived.connect(self._frame_arrived)
         self.view.fullscreenRequested.connect(lambda: self.set_fullscreen(self._fullscreen is None))
         self.view.typingFinished.connect(self._typing_finished)
         self._typed = self._skipped = 0     # since the typing queue was last empty
@@ -115,7 +136,10 @@ class VmConsoleTab(QWidget):
         for action in (*self.send_key_actions.values(), self.type_clipboard_action):
             action.setEnabled(running and current)
         self.send_key_button.setEnabled(running and current)
-        self.banner.setVisible(not running)
+        if not running:
+            self._blank_timer.stop()
+            self.blank_hint = False
+        self.banner.setVisible(not running or self.blank_hint)
         self.run_button.setVisible(info.state in (VmState.SHUTOFF, VmState.CRASHED, VmState.PAUSED))
         self.run_button.setText("Resume" if info.state == VmState.PAUSED else "Run")
         kept = " The last picture it showed is kept." if self.view.frame is not None else ""
@@ -124,10 +148,28 @@ class VmConsoleTab(QWidget):
             VmState.STARTING: "Starting…",
             VmState.PAUSED: "The virtual machine is paused: it does not read keys or the mouse.",
             VmState.CRASHED: f"The virtual machine crashed: {info.reason}.{kept}",
-        }.get(info.state, "")
+        }.get(info.state, BLANK_HINT if self.blank_hint else "")
         if info.state == VmState.SHUTOFF and info.reason:
             text = f"The virtual machine is shut off ({info.reason}).{kept}"
         self.banner_text.setText(text)
+
+    def _frame_arrived(self, frame: Frame) -> None:
+        # Checked only when a new frame arrives and only in text mode: a graphics screen counts as drawn.
+        if self.state != VmState.RUNNING:
+            return
+        if not frame.mode.startswith("text") or not blank_text_screen(frame):
+            self._blank_timer.stop()
+            self._set_blank_hint(False)
+        elif not self.blank_hint and not self._blank_timer.isActive():
+            self._blank_timer.start()
+
+    def _set_blank_hint(self, on: bool) -> None:
+        if on == self.blank_hint or (on and self.state != VmState.RUNNING):
+            return
+        self.blank_hint = on
+        self.banner.setVisible(on)
+        self.run_button.setVisible(False)
+        self.banner_text.setText(BLANK_HINT if on else "")
 
     def _request_console(self) -> None:
         self._requesting = True
