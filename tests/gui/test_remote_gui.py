@@ -86,8 +86,10 @@ def test_add_connection_dialog_shows_the_remote_host_and_its_vms(qtbot, tmp_path
     assert index == 1
     host = window.bridges[index].host
     qtbot.waitUntil(lambda: host.connected and "remote-box" in children(window, index), timeout=30000)
+    # The row's label is made once the host's facts are read, which may come after its VM rows.
+    qtbot.waitUntil(lambda: window.tree.itemWidget(window.host_items[index], 0) is not None, timeout=30000)
     label = window.tree.itemWidget(window.host_items[index], 0)
-    assert label is not None and f"{server.user}@127.0.0.1:{server.port}" in label.text()
+    assert f"{server.user}@127.0.0.1:{server.port}" in label.text()
     assert "CPUs" in label.text()
     # Remembered without secrets, and quitting leaves the remote VM alone (its agent keeps it).
     saved = json.loads(window.settings.value("connections/list"))
