@@ -2,8 +2,8 @@
 
 Modelled on virt-manager's fullscreen toolbar: a small bar at the top centre of the screen, raised over the console
 view as a child of the fullscreen window (no extra top-level window, so no window manager placement or stacking to
-fight). It shows for REVEAL_MS when fullscreen starts and again whenever the pointer reaches the top edge, and
-stays while the pointer is on it. It holds:
+fight). It shows for REVEAL_MS when fullscreen starts and again whenever the pointer reaches the top edge (not while the
+pointer is grabbed: Ctrl+Alt releases it first), and stays while the pointer or one of its menus is on it. It holds:
 
 - "Send key": the very menu of the normal toolbar (or menu bar), handed in, so the key list lives in one place;
 - "Scale": scale_menu(), the view's scale modes (keep aspect ratio, stretch to fill, 1:1), kept in step with the view;
@@ -28,21 +28,31 @@ EDGE_PX = 2             # the pointer this close to the screen's top edge brings
 EXIT_SHORTCUT = "Ctrl+Alt+Enter"
 
 
-def scale_menu(view: ConsoleView, parent: QWidget) -> QMenu:
+class ScaleMenu(QMenu):
     """A menu of the view's scale modes, one checked: choosing one sets the view's mode, and the checks follow a
-    mode set elsewhere (another Scale menu, the Scale to fit toggle)."""
-    menu = QMenu("Scale", parent)
-    group = QActionGroup(menu)
-    actions: dict[str, QAction] = {}
-    for mode, label in SCALE_MODES:
-        action = QAction(label, menu, checkable=True, checked=mode == view.scale_mode)
-        action.setData(mode)
-        action.triggered.connect(lambda _checked=False, m=mode: view.set_scale_mode(m))
-        group.addAction(action)
-        menu.addAction(action)
-        actions[mode] = action
-    view.scaleModeChanged.connect(lambda mode: actions[mode].setChecked(True))
-    return menu
+    mode set elsewhere (another Scale menu, the window's View menu)."""
+
+    def __init__(self, view: ConsoleView, parent: QWidget) -> None:
+        super().__init__("Scale", parent)
+        group = QActionGroup(self)
+        self.mode_actions: dict[str, QAction] = {}
+        for mode, label in SCALE_MODES:
+            action = QAction(label, self, checkable=True, checked=mode == view.scale_mode)
+            action.triggered.connect(lambda _checked=False, m=mode: view.set_scale_mode(m))
+            group.addAction(action)
+            self.addAction(action)
+            self.mode_actions[mode] = action
+        # A bound method, not a lambda: the connection goes with this menu (the fullscreen bar's is deleted with
+        # its window, while the view lives on).
+        view.scaleModeChanged.connect(self._follow)
+
+    def _follow(self, mode: str) -> None:
+        self.mode_actions[mode].setChecked(True)
+
+
+def scale_menu(view: ConsoleView, parent: QWidget) -> ScaleMenu:
+    """The Scale menu for `view` (keep aspect ratio / stretch to fill / 1:1), owned by `parent`."""
+    return ScaleMenu(view, parent)
 
 
 class FullscreenBar(QFrame):

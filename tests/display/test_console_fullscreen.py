@@ -130,6 +130,13 @@ def test_console_tab_fullscreen_has_a_floating_bar_with_a_way_out(qtbot, tab) ->
     assert tab._fullscreen is None and tab.fullscreen_bar is None
     assert tab.view.parentWidget() is tab
     qtbot.waitUntil(tab.view.isVisible, timeout=1000)     # the layout shows it back on the next event loop turn
+    # The bar's Scale menu went with it; the toolbar's still follows the view.
+    one_to_one = next(a for a in tab.scale_menu.actions() if a.text() == "1:1")
+    choose_from_popup(qtbot, one_to_one, [])
+    qtbot.mouseClick(tab.scale_button, Qt.MouseButton.LeftButton)
+    assert tab.view.scale_mode == "1:1" and one_to_one.isChecked()
+    tab.view.set_scale_mode("keep")
+    assert [a.text() for a in tab.scale_menu.actions() if a.isChecked()] == ["Keep aspect ratio"]
 
 
 def test_console_window_fullscreen_bar_leaves_fullscreen(qtbot, vga) -> None:
