@@ -155,6 +155,10 @@ def test_console_window_fullscreen_bar_leaves_fullscreen(qtbot, vga) -> None:
     qtbot.mouseClick(bar.exit_button, Qt.MouseButton.LeftButton)
     assert not window.isFullScreen() and not bar.isVisible()
     assert window.menuBar().isVisible() and not window.fullscreen_action.isChecked()
-    # Out of fullscreen the top edge brings no bar.
+    # Out of fullscreen the top edge brings no bar; back in, it shows again.
+    assert not bar.active
     QTest.mouseMove(window.view, QPoint(100, 0))
     assert not bar.isVisible()
+    QTest.keyClick(window.view, Qt.Key.Key_Return,
+                   Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier)
+    qtbot.waitUntil(lambda: window.isFullScreen() and bar.isVisible(), timeout=1000)
