@@ -42,6 +42,13 @@ def _bar_texts(bar) -> list[str]:
     return [b.text() for b in (bar.send_key_button, bar.scale_button, bar.exit_button) if b.isVisible()]
 
 
+def _black_share(widget, rect: QRect) -> float:
+    """The share of `rect` (in widget coordinates) that the widget draws pure black."""
+    image = widget.grab().toImage()
+    points = [(x, y) for x in range(rect.left(), rect.right() + 1) for y in range(rect.top(), rect.bottom() + 1)]
+    return sum(image.pixelColor(x, y).rgb() & 0xFFFFFF == 0 for x, y in points) / len(points)
+
+
 def test_scale_modes_place_a_720x400_frame_in_1280x720() -> None:
     # Keep aspect ratio: scaled by 16/9 to 1280x711, centred, a black band of 4 and 5 pixels above and below.
     assert frame_target_rect(720, 400, 1280, 720, "keep") == QRect(0, 4, 1280, 711)
@@ -106,6 +113,8 @@ def test_console_tab_fullscreen_has_a_floating_bar_with_a_way_out(qtbot, tab) ->
     assert _bar_texts(bar) == ["Send key", "Scale", "Exit fullscreen"]
     assert "Ctrl+Alt+Enter" in bar.exit_button.toolTip()
     assert bar.y() == 0 and abs(bar.geometry().center().x() - full.width() // 2) <= 1
+    # The fullscreen window's black background stays behind the view: the bar's buttons are not black on black.
+    assert _black_share(bar, bar.exit_button.geometry()) < 0.5
     # Send key is the toolbar's own menu, not a copy of the key list.
     assert bar.send_key_button.menu() is tab.send_key_button.menu()
     offered: list[tuple[str, bool]] = []

@@ -238,7 +238,9 @@ class VmConsoleTab(QWidget):
         if on and self._fullscreen is None:
             full = QWidget(None, Qt.WindowType.Window)
             full.setWindowTitle(self.window().windowTitle())
-            full.setStyleSheet("background: black;")
+            # Scoped to the window itself: a bare "background: black" would cascade to the floating bar's buttons.
+            full.setObjectName("consoleFullscreen")
+            full.setStyleSheet("#consoleFullscreen { background: black; }")
             inner = QVBoxLayout(full)
             inner.setContentsMargins(0, 0, 0, 0)
             inner.addWidget(self.view)
