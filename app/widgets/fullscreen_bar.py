@@ -3,7 +3,8 @@
 Modelled on virt-manager's fullscreen toolbar: a small bar at the top centre of the screen, raised over the console
 view as a child of the fullscreen window (no extra top-level window, so no window manager placement or stacking to
 fight). It shows for REVEAL_MS when fullscreen starts and again whenever the pointer reaches the top edge (not while the
-pointer is grabbed: Ctrl+Alt releases it first), and stays while the pointer or one of its menus is on it. It holds:
+pointer is grabbed: Ctrl+Alt releases it first), stays while the pointer or one of its menus is on it, then slides
+up out of sight. It holds:
 
 - "Send key": the very menu of the normal toolbar (or menu bar), handed in, so the key list lives in one place;
 - "Scale": scale_menu(), the view's scale modes (keep aspect ratio, stretch to fill, 1:1), kept in step with the view;
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from PyQt6.QtCore import QEvent, QObject, Qt, QTimer, pyqtSignal
+from PyQt6.QtCore import QAbstractAnimation, QEvent, QObject, QPoint, QPropertyAnimation, Qt, QTimer, pyqtSignal
 from PyQt6.QtGui import QAction, QActionGroup
 from PyQt6.QtWidgets import QFrame, QHBoxLayout, QMenu, QToolButton, QWidget
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:       # console.py's ConsoleWindow builds this bar: importing 
     from app.widgets.console import ConsoleView
 
 REVEAL_MS = 2000        # how long the bar stays after fullscreen starts or the pointer leaves it
+SLIDE_MS = 150          # the bar slides up out of sight rather than vanishing
 EDGE_PX = 2             # the pointer this close to the screen's top edge brings the bar back
 EXIT_SHORTCUT = "Ctrl+Alt+Enter"
 
@@ -88,6 +90,9 @@ class FullscreenBar(QFrame):
         self._hide_timer.setSingleShot(True)
         self._hide_timer.setInterval(REVEAL_MS)
         self._hide_timer.timeout.connect(self._hide_unless_used)
+        self._slide = QPropertyAnimation(self, b"pos", self)
+        self._slide.setDuration(SLIDE_MS)
+        self._slide.finished.connect(self.hide)
         # The view tracks the pointer (for the guest's mouse); its moves, and the window's resizes, reach us here.
         view.installEventFilter(self)
         window.installEventFilter(self)
@@ -110,10 +115,12 @@ class FullscreenBar(QFrame):
         """Fullscreen has ended: hide the bar and ignore the top edge."""
         self.active = False
         self._hide_timer.stop()
+        self._slide.stop()
         self.hide()
 
     def reveal(self) -> None:
         """Show the bar at the top centre, raised over the view, for REVEAL_MS (longer while the pointer is on it)."""
+        self._slide.stop()
         self.adjustSize()
         self._place()
         self.show()
@@ -129,15 +136,19 @@ class FullscreenBar(QFrame):
         if self.underMouse() or any(menu.isVisible() for menu in menus):
             self._hide_timer.start()
         else:
-            self.hide()
+            self._slide.setStartValue(self.pos())
+            self._slide.setEndValue(QPoint(self.x(), -self.height()))
+            self._slide.start()
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if not self.active:
             return False
         if watched is self.view and event.type() == QEvent.Type.MouseMove and not self.view.grabbed:
             top = self.view.mapTo(self.parentWidget(), event.position().toPoint()).y()
-            if top <= EDGE_PX and not self.isVisible():
+            sliding = self._slide.state() == QAbstractAnimation.State.Running
+            if top <= EDGE_PX and (sliding or not self.isVisible()):
                 self.reveal()
-        elif watched is self.parentWidget() and event.type() == QEvent.Type.Resize and self.isVisible():
+        elif (watched is self.parentWidget() and event.type() == QEvent.Type.Resize and self.isVisible()
+              and self._slide.state() != QAbstractAnimation.State.Running):
             self._place()
         return False

@@ -133,8 +133,10 @@ def test_console_tab_fullscreen_has_a_floating_bar_with_a_way_out(qtbot, tab) ->
     # The bar goes after a moment, and comes back when the pointer reaches the top edge.
     QTest.mouseMove(tab.view, QPoint(full.width() // 2, full.height() // 2))
     qtbot.waitUntil(lambda: not bar.isVisible(), timeout=3000)
+    assert bar.y() == -bar.height()                    # it slid up out of sight
     QTest.mouseMove(tab.view, QPoint(full.width() // 2, 0))
     qtbot.waitUntil(bar.isVisible, timeout=1000)
+    assert bar.y() == 0
     qtbot.mouseClick(bar.exit_button, Qt.MouseButton.LeftButton)
     assert tab._fullscreen is None and tab.fullscreen_bar is None
     assert tab.view.parentWidget() is tab
