@@ -2,7 +2,8 @@
 
 ConsoleView polls a frame source (core.display.renderer.Renderer locally, or anything with the same
 `render(force=False) -> Frame | None`) about 60 times a second and repaints only the dirty rectangles. The frame is
-scaled to fit keeping its aspect ratio, or shown 1:1 (the window then follows the guest's mode changes).
+drawn by ConsoleView.scale_mode (SCALE_MODES): scaled to fit keeping its aspect ratio, letterboxed in black (the
+default), stretched to fill the whole view, or shown 1:1 (the window then follows the guest's mode changes).
 
 While the view has focus, keys go to the guest as PS/2 set-2 make/break bytes (core/keymap.py); host auto-repeat
 is dropped because the guest keyboard repeats by itself (typematic). Mouse motion and buttons go to the guest
@@ -10,7 +11,8 @@ as relative PS/2 movement while the pointer is over the view; Ctrl+Alt (pressed 
 grab that hides and confines the host pointer so the guest gets unbounded relative motion. Losing focus releases
 every held key and the grab, so no key stays stuck in the guest.
 
-ConsoleWindow wraps a view with a menu (View: fit / 1:1 / fullscreen; Send key: Ctrl+Alt+Del,
+ConsoleWindow wraps a view with a menu (View: keep aspect ratio / stretch / 1:1 / fullscreen, where a floating
+app.widgets.fullscreen_bar.FullscreenBar gives the way back; Send key: Ctrl+Alt+Del,
 Ctrl+Alt+Backspace, Ctrl+Alt+F1..F12; Save screenshot (PNG via Pillow); Type clipboard text) and a status line.
 """
 from __future__ import annotations
@@ -24,6 +26,8 @@ from PyQt6.QtGui import QAction, QActionGroup, QCursor, QGuiApplication, QImage,
 from PyQt6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QSizePolicy, QWidget
 
 from app.widgets.console_keys import key_name
+from app.widgets.console_scale import KEEP, ONE_TO_ONE, SCALE_MODES, frame_target_rect
+from app.widgets.fullscreen_bar import FullscreenBar
 from app.widgets.text import as_sentence
 from core.host import Frame, FrameSource, InputSink, break_code, combo_events, make_code, text_events
 
@@ -54,6 +58,7 @@ class ConsoleView(QWidget):
     frameSizeChanged = pyqtSignal(int, int)
     modeChanged = pyqtSignal(str)
     fullscreenRequested = pyqtSignal()
+    scaleModeChanged = pyqtSignal(str)      # one of SCALE_MODES' modes
     typingFinished = pyqtSignal()        # the last queued typed key event has gone to the guest
 
     def __init__(self, source: FrameSource | None, sink: InputSink | None = None,
@@ -63,7 +68,7 @@ class ConsoleView(QWidget):
         self.sink = sink
         self.frame: Frame | None = None
         self._image: QImage | None = None
-        self.scale_to_fit = True
+        self.scale_mode = KEEP
         self.grabbed = False
         self._pressed: dict[str, bytes] = {}        # key name -> its make code, for releasing on focus loss
         self._combo_clean = False                    # Ctrl+Alt pressed with no other key since
@@ -138,13 +143,7 @@ class ConsoleView(QWidget):
         """Where the frame is drawn inside the widget."""
         if self.frame is None:
             return QRect()
-        fw, fh = self.frame.width, self.frame.height
-        if self.scale_to_fit:
-            scale = min(self.width() / fw, self.height() / fh)
-        else:
-            scale = 1.0
-        w, h = max(1, round(fw * scale)), max(1, round(fh * scale))
-        return QRect((self.width() - w) // 2, (self.height() - h) // 2, w, h)
+        return frame_target_rect(self.frame.width, self.frame.height, self.width(), self.height(), self.scale_mode)
 
     def _to_widget(self, rect: QRect) -> QRect:
         target = self.target_rect()
@@ -157,17 +156,32 @@ class ConsoleView(QWidget):
             return QSize(720, 400)
         return QSize(self.frame.width, self.frame.height)
 
+    @property
+    def scale_to_fit(self) -> bool:
+        """Whether the frame follows the view's size (keep aspect ratio or stretch), not 1:1."""
+        return self.scale_mode != ONE_TO_ONE
+
     def set_scale_to_fit(self, fit: bool) -> None:
-        self.scale_to_fit = fit
+        self.set_scale_mode(KEEP if fit else ONE_TO_ONE)
+
+    def set_scale_mode(self, mode: str) -> None:
+        """Draw the frame by `mode`, one of SCALE_MODES' modes; every Scale menu showing it follows."""
+        if mode not in dict(SCALE_MODES):
+            raise ValueError(f"unknown scale mode {mode!r}: use one of {', '.join(dict(SCALE_MODES))}")
+        if mode == self.scale_mode:
+            return
+        self.scale_mode = mode
         self.updateGeometry()
         self.update()
+        self.scaleModeChanged.emit(mode)
 
     def paintEvent(self, event) -> None:
         painter = QPainter(self)
         painter.fillRect(self.rect(), Qt.GlobalColor.black)
         if self._image is not None:
             target = self.target_rect()
-            if target.width() != self.frame.width and target.width() % self.frame.width:
+            if target.size() != QSize(self.frame.width, self.frame.height) and (
+                    target.width() % self.frame.width or target.height() % self.frame.height):
                 painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
             painter.drawImage(target, self._image)
         painter.end()
@@ -339,6 +353,9 @@ class ConsoleWindow(QMainWindow):
         self.statusBar().addWidget(self.status, 1)
         self._mode = ""
         self._build_menus()
+        self.fullscreen_bar = FullscreenBar(self, self.view, self.send_menu)
+        self.fullscreen_bar.exitRequested.connect(lambda: self.set_fullscreen(False))
+        self.view.scaleModeChanged.connect(self._scale_mode_changed)
         self.view.grabChanged.connect(lambda _grab: self._update_status())
         self.view.modeChanged.connect(self._mode_changed)
         self.view.frameSizeChanged.connect(self._frame_size_changed)
@@ -355,13 +372,14 @@ class ConsoleWindow(QMainWindow):
         bar = self.menuBar()
         view_menu = bar.addMenu("&View")
         group = QActionGroup(self)
-        self.fit_action = QAction("Scale to &fit", self, checkable=True, checked=True)
-        self.one_to_one_action = QAction("&1:1", self, checkable=True)
-        for action in (self.fit_action, self.one_to_one_action):
+        self.scale_actions: dict[str, QAction] = {}
+        for mode, label in SCALE_MODES:
+            action = QAction(label, self, checkable=True, checked=mode == self.view.scale_mode)
+            action.triggered.connect(lambda _checked=False, m=mode: self.view.set_scale_mode(m))
             group.addAction(action)
             view_menu.addAction(action)
-        self.fit_action.triggered.connect(lambda: self.set_scale_to_fit(True))
-        self.one_to_one_action.triggered.connect(lambda: self.set_scale_to_fit(False))
+            self.scale_actions[mode] = action
+        self.fit_action, self.one_to_one_action = self.scale_actions[KEEP], self.scale_actions[ONE_TO_ONE]
         view_menu.addSeparator()
         self.fullscreen_action = QAction("F&ullscreen\tCtrl+Alt+Enter", self, checkable=True)
         self.fullscreen_action.triggered.connect(self.set_fullscreen)
@@ -372,6 +390,7 @@ class ConsoleWindow(QMainWindow):
         view_menu.addAction(self.screenshot_action)
 
         send_menu = bar.addMenu("&Send key")
+        self.send_menu = send_menu
         self.send_key_actions: dict[str, QAction] = {}
         for label, names in SEND_KEYS:
             action = QAction(label, self)
@@ -386,8 +405,11 @@ class ConsoleWindow(QMainWindow):
     # -- actions --------------------------------------------------------------------------------------------
     def set_scale_to_fit(self, fit: bool) -> None:
         self.view.set_scale_to_fit(fit)
-        (self.fit_action if fit else self.one_to_one_action).setChecked(True)
-        if not fit and self.view.frame is not None and not self.isFullScreen():
+
+    def _scale_mode_changed(self, mode: str) -> None:
+        # From the View menu or the fullscreen bar's Scale menu alike.
+        self.scale_actions[mode].setChecked(True)
+        if mode == ONE_TO_ONE and self.view.frame is not None and not self.isFullScreen():
             self._resize_to_frame()
 
     def _resize_to_frame(self) -> None:
@@ -395,11 +417,15 @@ class ConsoleWindow(QMainWindow):
         self.resize(self.view.sizeHint() + extra)
 
     def set_fullscreen(self, on: bool) -> None:
+        """Show the view alone on the whole screen, with the floating bar (Send key, Scale, Exit fullscreen) as the
+        way back, or return to the window with its menus."""
         self.menuBar().setVisible(not on)
         self.statusBar().setVisible(not on)
         if on:
             self.showFullScreen()
+            self.fullscreen_bar.start()
         else:
+            self.fullscreen_bar.stop()
             self.showNormal()
         self.fullscreen_action.setChecked(on)
         self.view.setFocus()
@@ -433,7 +459,7 @@ class ConsoleWindow(QMainWindow):
         self._update_status()
 
     def _frame_size_changed(self, _w: int, _h: int) -> None:
-        if not self.view.scale_to_fit and not self.isFullScreen():
+        if self.view.scale_mode == ONE_TO_ONE and not self.isFullScreen():
             self._resize_to_frame()
 
     def _update_status(self) -> None:

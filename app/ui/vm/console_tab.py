@@ -1,6 +1,8 @@
 """The VM window's graphical console tab: the guest's VGA screen (app.widgets.console.ConsoleView) fed by
-Host.console(), with a toolbar (scale to fit / 1:1, fullscreen, Send key, Type clipboard text, Save screenshot)
-and a banner saying why nothing can be typed when the VM is not running.
+Host.console(), with a toolbar (Scale: keep aspect ratio / stretch to fill / 1:1, fullscreen, Send key, Type
+clipboard text, Save screenshot) and a banner saying why nothing can be typed when the VM is not running. In
+fullscreen a floating bar (app.widgets.fullscreen_bar) offers Send key (the toolbar's own menu), Scale and Exit
+fullscreen at the top of the screen.
 
 It follows the VM's lifecycle: each time the VM runs (a start builds a new machine, with a new VmConsole
 session) the tab asks the host for the console on a bridge worker, never on the event loop, and switches the view
@@ -33,6 +35,7 @@ from app.widgets.console import (
     blank_text_screen,
     typing_note,
 )
+from app.widgets.fullscreen_bar import EXIT_SHORTCUT, FullscreenBar, scale_menu
 from core.host import Frame, VmConsole, VmInfo, VmState
 
 # A kernel booted with only console=ttyS0 never draws on the screen: after this long with a blank text screen the
@@ -53,6 +56,7 @@ class VmConsoleTab(QWidget):
         self._epoch = 0                 # counts the VM's stops, to drop a console reply that arrives too late
         self._mode = ""
         self._fullscreen: QWidget | None = None
+        self.fullscreen_bar: FullscreenBar | None = None      # while fullscreen
         self.blank_hint = False         # the banner says the screen stayed blank while the VM ran
         self._blank_timer = QTimer(self)
         self._blank_timer.setSingleShot(True)
@@ -91,12 +95,16 @@ class VmConsoleTab(QWidget):
         bar = QToolBar("Console", self)
         bar.setObjectName("displayToolbar")
         bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
-        self.fit_action = QAction("Scale to fit", self, checkable=True, checked=True)
-        self.fit_action.setToolTip("Scale the screen to the window, keeping its shape (off: 1:1 pixels)")
-        self.fit_action.toggled.connect(self.view.set_scale_to_fit)
-        bar.addAction(self.fit_action)
+        scale = QToolButton(self)
+        scale.setText("Scale")
+        scale.setToolTip("How the screen fills the window: keep its aspect ratio (default), stretch, or 1:1 pixels")
+        scale.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.scale_menu = scale_menu(self.view, scale)
+        scale.setMenu(self.scale_menu)
+        self.scale_button = scale
+        bar.addWidget(scale)
         self.fullscreen_action = QAction("Fullscreen", self)
-        self.fullscreen_action.setToolTip("Show the screen alone on the whole display (Ctrl+Alt+Enter to leave)")
+        self.fullscreen_action.setToolTip(f"Show the screen alone on the whole display ({EXIT_SHORTCUT} to leave)")
         self.fullscreen_action.triggered.connect(lambda: self.set_fullscreen(True))
         bar.addAction(self.fullscreen_action)
         send = QToolButton(self)
@@ -230,14 +238,23 @@ class VmConsoleTab(QWidget):
         if on and self._fullscreen is None:
             full = QWidget(None, Qt.WindowType.Window)
             full.setWindowTitle(self.window().windowTitle())
-            full.setStyleSheet("background: black;")
+            # Scoped to the window itself: a bare "background: black" would cascade to the floating bar's buttons.
+            full.setObjectName("consoleFullscreen")
+            full.setStyleSheet("#consoleFullscreen { background: black; }")
             inner = QVBoxLayout(full)
             inner.setContentsMargins(0, 0, 0, 0)
             inner.addWidget(self.view)
             self._fullscreen = full
+            # The way back on screen; Send key is the toolbar's own menu, so the key list stays in one place.
+            self.fullscreen_bar = FullscreenBar(full, self.view, self.send_key_button.menu())
+            self.fullscreen_bar.exitRequested.connect(lambda: self.set_fullscreen(False))
             full.showFullScreen()
+            self.fullscreen_bar.start()
             self.view.setFocus()
         elif not on and self._fullscreen is not None:
+            self.fullscreen_bar.stop()
+            self.view.removeEventFilter(self.fullscreen_bar)
+            self.fullscreen_bar = None
             lay.insertWidget(lay.indexOf(self.toolbar) + 1, self.view, 1)
             self._fullscreen.close()
             self._fullscreen.deleteLater()
