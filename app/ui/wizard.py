@@ -30,10 +30,10 @@ from PyQt6.QtWidgets import (
 
 from app.host_bridge import HostBridge
 from app.icons import app_icon
+from app.ui.accel_choice import fill_accel_combo
 from app.widgets.range_spin import RangeDoubleSpinBox, RangeSpinBox
 from app.widgets.text import as_sentence
 from core.config import (
-    ACCELERATORS,
     NETWORK_MODES,
     BootConfig,
     ConfigError,
@@ -284,8 +284,7 @@ class FinishPage(QWizardPage):
         form.addRow("Name:", self.name)
         self.accel = QComboBox(self)
         self.accel.setObjectName("accel")
-        for name in ACCELERATORS:
-            self.accel.addItem({"auto": "Automatic", "kvm": "KVM (hardware)", "software": "Software CPU"}[name], name)
+        fill_accel_combo(self.accel, wizard.bridge)
         form.addRow("Accelerator:", self.accel)
         self.accel_note = _note("", self)
         form.addRow("", self.accel_note)

@@ -29,9 +29,9 @@ from PyQt6.QtWidgets import (
 
 from app.host_bridge import HostBridge
 from app.icons import resource_icon
+from app.ui.accel_choice import fill_accel_combo, label_accel_combo
 from app.widgets.range_spin import RangeSpinBox
 from core.config import (
-    ACCELERATORS,
     DISPLAY_TYPES,
     MAX_MEMORY_MIB,
     MAX_VCPUS,
@@ -172,8 +172,8 @@ class DetailsEditor(QWidget):
         self.cpu_note = _note("")
         form.addRow("", self.cpu_note)
         self.accel = QComboBox(page)
-        for name in ACCELERATORS:
-            self.accel.addItem({"auto": "Automatic", "kvm": "KVM (hardware)", "software": "Software CPU"}[name], name)
+        self.accel.setObjectName("accel")
+        fill_accel_combo(self.accel, self.bridge)
         form.addRow("Accelerator:", self.accel)
         self.accel_note = _note("")
         form.addRow("", self.accel_note)
@@ -287,6 +287,7 @@ class DetailsEditor(QWidget):
                                    f"this host's {host.cpus} logical CPUs" if host else "")
         self.memory.setAllowedRange(MIN_MEMORY_MIB, host.memory_mib if host else MAX_MEMORY_MIB,
                                     f"this host's {host.memory_mib / 1024:.1f} GiB" if host else "")
+        label_accel_combo(self.accel, self.bridge)
         self.cpu_note.setText(f"This host has {host.cpus} logical CPUs ({host.cores} cores)." if host
                               else "Reading the host's limits…")
         self.memory_note.setText(f"This host has {host.memory_mib} MiB." if host else "")
