@@ -1,7 +1,7 @@
 """Issue 17, defects 10 and 11, through the real widgets with pytest-qt (offscreen): out-of-range input in the
-wizard's memory / CPUs / disk size and in Details' memory / vCPUs is kept and shown as an error naming the range,
-with Next / Apply disabled until it is fixed; the accelerator lists of the wizard and of Details say what KVM is on
-this host (kvm_pvm, hardware, or not available) in the entry itself."""
+wizard's memory / CPUs / disk size, in Details' memory / vCPUs and in Add Connection's port is kept and shown as an
+error naming the range, with Next / Apply / Connect disabled until it is fixed; the accelerator lists of the wizard
+and of Details say what KVM is on this host (kvm_pvm, hardware, or not available) in the entry itself."""
 from __future__ import annotations
 
 import os
@@ -164,3 +164,24 @@ def test_absent_kvm_is_marked_not_available(qtbot, xdg, monkeypatch) -> None:  #
             w.close()
         bridge.shutdown()
         host.close()
+
+
+def test_add_connection_port_out_of_range_disables_connect(qtbot) -> None:
+    from PyQt6.QtWidgets import QDialogButtonBox
+
+    from app.ui.connection_dialog import AddConnectionDialog
+
+    dialog = AddConnectionDialog()
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    connect = dialog.buttons.button(QDialogButtonBox.StandardButton.Ok)
+    qtbot.keyClicks(dialog.host_edit, "example.org")
+    assert connect.isEnabled()
+    _type(qtbot, dialog.port_spin, "70000")
+    assert dialog.port_spin.text() == "70000"
+    assert dialog.port_spin.error.text() == "Port: 70000 is more than 65535." and dialog.port_spin.error.isVisible()
+    assert not connect.isEnabled()
+    _type(qtbot, dialog.port_spin, "2222")
+    assert dialog.port_spin.error.text() == "" and connect.isEnabled()
+    assert dialog.port_spin.value() == 2222
