@@ -24,11 +24,11 @@ from PyQt6.QtWidgets import (
     QLineEdit,
     QMessageBox,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from app.widgets.range_spin import RangeSpinBox
 from app.widgets.text import as_sentence
 from core.connect import Check, SshTarget
 
@@ -44,9 +44,10 @@ class AddConnectionDialog(QDialog):
         self.host_edit = QLineEdit(self)
         self.host_edit.setObjectName("hostEdit")
         self.host_edit.setPlaceholderText("host name or address")
-        self.port_spin = QSpinBox(self)
+        # An out-of-range port stays as typed, with the range, and Connect stays disabled (issue 17, defect 10).
+        self.port_spin = RangeSpinBox("Port", self)
         self.port_spin.setObjectName("portSpin")
-        self.port_spin.setRange(1, 65535)
+        self.port_spin.setAllowedRange(1, 65535)
         self.port_spin.setValue(22)
         self.user_edit = QLineEdit(getpass.getuser(), self)
         self.user_edit.setObjectName("userEdit")
@@ -75,6 +76,7 @@ class AddConnectionDialog(QDialog):
         form = QFormLayout()
         form.addRow("&Host:", self.host_edit)
         form.addRow("&Port:", self.port_spin)
+        form.addRow("", self.port_spin.error)
         form.addRow("&User:", self.user_edit)
         form.addRow("&Authentication:", self.auth_combo)
         form.addRow("&Key file:", key_row)
@@ -96,6 +98,7 @@ class AddConnectionDialog(QDialog):
         lay.addWidget(self.buttons)
         self.host_edit.textChanged.connect(self._validate)
         self.auth_combo.currentIndexChanged.connect(self._validate)
+        self.port_spin.problemChanged.connect(self._validate)
         if target is not None:
             self.set_target(target)
         self._validate()
@@ -106,7 +109,8 @@ class AddConnectionDialog(QDialog):
             self.key_edit.setText(path)
 
     def _validate(self) -> None:
-        ok = bool(self.host_edit.text().strip()) and not any(c.isspace() for c in self.host_edit.text().strip())
+        ok = bool(self.host_edit.text().strip()) and not any(c.isspace() for c in self.host_edit.text().strip()) \
+            and not self.port_spin.problem()
         self.key_edit.setEnabled(self.auth_combo.currentData() in ("auto", "key"))
         self.buttons.button(QDialogButtonBox.StandardButton.Ok).setEnabled(ok)
 

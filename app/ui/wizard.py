@@ -14,7 +14,6 @@ from PyQt6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -23,7 +22,6 @@ from PyQt6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QRadioButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
     QWizard,
@@ -32,9 +30,10 @@ from PyQt6.QtWidgets import (
 
 from app.host_bridge import HostBridge
 from app.icons import app_icon
+from app.ui.accel_choice import fill_accel_combo
+from app.widgets.range_spin import RangeDoubleSpinBox, RangeSpinBox
 from app.widgets.text import as_sentence
 from core.config import (
-    ACCELERATORS,
     NETWORK_MODES,
     BootConfig,
     ConfigError,
@@ -186,19 +185,28 @@ class ResourcesPage(QWizardPage):
         self.setTitle("Memory and CPUs")
         self.setSubTitle("Step 3 of 5: how much of this host the VM may use.")
         form = QFormLayout(self)
-        self.memory = QSpinBox(self)
+        # Out-of-range input stays visible, with the range, and keeps Next disabled (issue 17, defect 10).
+        self.memory = RangeSpinBox("Memory", self)
         self.memory.setObjectName("memory")
-        self.memory.setRange(16, host.memory_mib)
         self.memory.setSingleStep(128)
         self.memory.setSuffix(" MiB")
+        self.memory.setAllowedRange(16, host.memory_mib, f"this host's {host.memory_mib / 1024:.1f} GiB")
         self.memory.setValue(min(1024, host.memory_mib // 2))
         form.addRow("Memory:", self.memory)
+        form.addRow("", self.memory.error)
         form.addRow("", _note(f"Up to {host.memory_mib} MiB on this host.", self))
-        self.cpus = QSpinBox(self)
+        self.cpus = RangeSpinBox("CPUs", self, countable=True)
         self.cpus.setObjectName("cpus")
-        self.cpus.setRange(1, host.cpus)
+        self.cpus.setAllowedRange(1, host.cpus, f"this host's {host.cpus} logical CPUs")
+        self.cpus.setValue(1)
         form.addRow("CPUs:", self.cpus)
+        form.addRow("", self.cpus.error)
         form.addRow("", _note(f"Up to {host.cpus} on this host ({host.cpu_model}).", self))
+        for spin in (self.memory, self.cpus):
+            spin.problemChanged.connect(self.completeChanged)
+
+    def isComplete(self) -> bool:
+        return not self.memory.problem() and not self.cpus.problem()
 
 
 class StoragePage(QWizardPage):
@@ -216,13 +224,15 @@ class StoragePage(QWizardPage):
         lay.addWidget(self.create)
         form = QFormLayout()
         form.setContentsMargins(24, 0, 0, 0)
-        self.size = QDoubleSpinBox(self)
+        self.size = RangeDoubleSpinBox("Disk size", self)
         self.size.setObjectName("diskSize")
-        self.size.setRange(0.1, 16384)
         self.size.setDecimals(1)
-        self.size.setValue(20)
         self.size.setSuffix(" GiB")
+        self.size.setAllowedRange(0.1, 16384)
+        self.size.setValue(20)
         form.addRow("Size:", self.size)
+        form.addRow("", self.size.error)
+        self.size.problemChanged.connect(self.completeChanged)
         self.format = QComboBox(self)
         self.format.addItem("raw", "raw")
         self.format.addItem("qcow2 (thin: grows as the guest writes)", "qcow2")
@@ -247,6 +257,11 @@ class StoragePage(QWizardPage):
         for w in (self.size, self.format):
             w.setEnabled(on)
         self._format_changed()
+        self.completeChanged.emit()
+
+    def isComplete(self) -> bool:
+        # The size only matters when a disk is made; out of range it keeps Next disabled.
+        return not (self.create.isChecked() and self.size.problem())
 
     def _format_changed(self) -> None:
         # Preallocation is a raw-image choice; a qcow2 image allocates clusters as the guest writes.
@@ -269,8 +284,7 @@ class FinishPage(QWizardPage):
         form.addRow("Name:", self.name)
         self.accel = QComboBox(self)
         self.accel.setObjectName("accel")
-        for name in ACCELERATORS:
-            self.accel.addItem({"auto": "Automatic", "kvm": "KVM (hardware)", "software": "Software CPU"}[name], name)
+        fill_accel_combo(self.accel, wizard.bridge)
         form.addRow("Accelerator:", self.accel)
         self.accel_note = _note("", self)
         form.addRow("", self.accel_note)

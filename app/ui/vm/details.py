@@ -19,7 +19,6 @@ from PyQt6.QtWidgets import (
     QListWidgetItem,
     QPlainTextEdit,
     QPushButton,
-    QSpinBox,
     QSplitter,
     QStackedWidget,
     QTableWidget,
@@ -30,8 +29,9 @@ from PyQt6.QtWidgets import (
 
 from app.host_bridge import HostBridge
 from app.icons import resource_icon
+from app.ui.accel_choice import fill_accel_combo, label_accel_combo
+from app.widgets.range_spin import RangeSpinBox
 from core.config import (
-    ACCELERATORS,
     DISPLAY_TYPES,
     MAX_MEMORY_MIB,
     MAX_VCPUS,
@@ -121,6 +121,7 @@ class DetailsEditor(QWidget):
             w.textChanged.connect(self._changed)
         for w in (self.vcpus, self.memory):
             w.valueChanged.connect(self._changed)
+            w.problemChanged.connect(self._changed)
         for w in (self.accel, self.net_mode, self.display, self.serial_mode):
             w.currentIndexChanged.connect(self._changed)
         self.autostart.toggled.connect(self._changed)
@@ -163,13 +164,16 @@ class DetailsEditor(QWidget):
 
     def _cpu(self, page: QWidget) -> None:
         form = self._form(page, "CPU")
-        self.vcpus = QSpinBox(page)
+        # Out-of-range input stays visible, with the range, and keeps Apply disabled (issue 17, defect 10).
+        self.vcpus = RangeSpinBox("vCPUs", page, countable=True)
+        self.vcpus.setObjectName("vcpus")
         form.addRow("vCPUs:", self.vcpus)
+        form.addRow("", self.vcpus.error)
         self.cpu_note = _note("")
         form.addRow("", self.cpu_note)
         self.accel = QComboBox(page)
-        for name in ACCELERATORS:
-            self.accel.addItem({"auto": "Automatic", "kvm": "KVM (hardware)", "software": "Software CPU"}[name], name)
+        self.accel.setObjectName("accel")
+        fill_accel_combo(self.accel, self.bridge)
         form.addRow("Accelerator:", self.accel)
         self.accel_note = _note("")
         form.addRow("", self.accel_note)
@@ -187,10 +191,12 @@ class DetailsEditor(QWidget):
 
     def _memory(self, page: QWidget) -> None:
         form = self._form(page, "Memory")
-        self.memory = QSpinBox(page)
+        self.memory = RangeSpinBox("Memory", page)
+        self.memory.setObjectName("memory")
         self.memory.setSuffix(" MiB")
         self.memory.setSingleStep(64)
         form.addRow("Memory:", self.memory)
+        form.addRow("", self.memory.error)
         self.memory_note = _note("")
         form.addRow("", self.memory_note)
 
@@ -276,13 +282,12 @@ class DetailsEditor(QWidget):
         """The host's limits and the engine's capabilities, from the bridge's cache (read on a worker); until they
         are known the fields allow what the engine does."""
         host, caps = self.bridge.host_info, self.bridge.capabilities
-        loading = self._loading
-        self._loading = True              # a range that clamps a value is the host's limit, not an edit
-        try:
-            self.vcpus.setRange(1, host.cpus if host else MAX_VCPUS)
-            self.memory.setRange(MIN_MEMORY_MIB, host.memory_mib if host else MAX_MEMORY_MIB)
-        finally:
-            self._loading = loading
+        # A saved value above a host's limit is not clamped: it shows as an error until it is changed.
+        self.vcpus.setAllowedRange(1, host.cpus if host else MAX_VCPUS,
+                                   f"this host's {host.cpus} logical CPUs" if host else "")
+        self.memory.setAllowedRange(MIN_MEMORY_MIB, host.memory_mib if host else MAX_MEMORY_MIB,
+                                    f"this host's {host.memory_mib / 1024:.1f} GiB" if host else "")
+        label_accel_combo(self.accel, self.bridge)
         self.cpu_note.setText(f"This host has {host.cpus} logical CPUs ({host.cores} cores)." if host
                               else "Reading the host's limits…")
         self.memory_note.setText(f"This host has {host.memory_mib} MiB." if host else "")
@@ -335,10 +340,16 @@ class DetailsEditor(QWidget):
     def dirty(self) -> bool:
         return self.saved is not None and self.edited() != self.saved
 
+    def problem(self) -> str:
+        """The first field whose input cannot be applied (its own error line says the same), or ""."""
+        return self.vcpus.problem() or self.memory.problem()
+
     def _changed(self, *_: object) -> None:
         if not self._loading:
             dirty = self.dirty()
-            self.apply_button.setEnabled(dirty)
+            problem = self.problem()
+            self.apply_button.setEnabled(dirty and not problem)
+            self.apply_button.setToolTip(problem)
             self.revert_button.setEnabled(dirty)
 
     def _reload_if_clean(self) -> None:
