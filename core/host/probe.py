@@ -24,7 +24,7 @@ import struct
 
 from core.boot.errors import BootError
 from core.boot.linux import is_bzimage, parse_bzimage
-from core.boot.multiboot import SEARCH_LIMIT, find_header
+from core.boot.multiboot import MB_AOUT_KLUDGE, SEARCH_LIMIT, find_header
 from core.host.api import PROBE_ROLES, FileProbe, HostError
 from core.storage.qcow2_header import is_qcow2
 from core.storage.sizes import format_size
@@ -123,8 +123,11 @@ def _probe_kernel(path: str, head: bytes, size: int) -> FileProbe:
             return FileProbe(False, "Linux kernel bzImage (unusable)", str(exc))
         version = hdr.kernel_version.split(" ", 1)[0]
         return FileProbe(True, f"Linux kernel bzImage {version} (boot protocol {hdr.protocol})".replace("  ", " "))
-    if find_header(head[:SEARCH_LIMIT]) is not None:
-        return FileProbe(True, "Multiboot kernel")
+    multiboot = find_header(head[:SEARCH_LIMIT])
+    if multiboot is not None:
+        # The loader follows the a.out kludge's addresses when flag 16 is set, else the ELF program headers.
+        layout = "a.out kludge" if multiboot.flags & MB_AOUT_KLUDGE else "ELF"
+        return FileProbe(True, f"Multiboot kernel ({layout})")
     return _refuse(path, head, size, "kernel", "a Linux bzImage or Multiboot kernel")
 
 

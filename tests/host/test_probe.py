@@ -69,6 +69,17 @@ def test_debian_kernels_are_named_with_version_and_protocol(host: LocalHost, deb
     assert host.probe_file(str(debian_kernel_686), "kernel").kind.split(" ")[3].endswith("-686")
 
 
+def test_multiboot_kernels_by_layout(host: LocalHost, tmp_path: Path) -> None:
+    from tests.boot.test_boot_multiboot import aout_kernel, elf32_kernel
+
+    elf = tmp_path / "kernel-elf.mb"
+    elf.write_bytes(elf32_kernel())
+    assert host.probe_file(str(elf), "kernel") == FileProbe(True, "Multiboot kernel (ELF)")
+    aout = tmp_path / "kernel-aout.mb"
+    aout.write_bytes(aout_kernel()[0])
+    assert host.probe_file(str(aout), "kernel") == FileProbe(True, "Multiboot kernel (a.out kludge)")
+
+
 def test_text_file_is_refused_for_every_role_naming_it(host: LocalHost, readme: Path) -> None:
     for role, noun in (("kernel", "not a kernel"), ("initrd", "not an initrd"), ("disk", "not a disk image"),
                        ("iso", "not an ISO image")):
