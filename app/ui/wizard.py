@@ -31,6 +31,7 @@ from PyQt6.QtWidgets import (
 from app.host_bridge import HostBridge
 from app.icons import app_icon
 from app.ui.accel_choice import fill_accel_combo
+from app.ui.file_check import FileCheck
 from app.widgets.range_spin import RangeDoubleSpinBox, RangeSpinBox
 from app.widgets.text import as_sentence
 from core.config import (
@@ -131,6 +132,13 @@ class BootPage(QWizardPage):
         self.initrd.setObjectName("initrdPath")
         self.initrd.setPlaceholderText("optional")
         form.addRow("Initrd:", _path_field(self, self.initrd, "Choose an initrd"))
+        # What each chosen file is, as the host reads it (grey), or why it cannot serve (red, and Next waits).
+        self.disk_check = FileCheck(wizard.bridge, self.disk, "disk", self._check, self)
+        self.kernel_check = FileCheck(wizard.bridge, self.kernel, "kernel", self._check, self)
+        self.initrd_check = FileCheck(wizard.bridge, self.initrd, "initrd", self._check, self)
+        form.insertRow(form.getWidgetPosition(self.disk_row)[0] + 1, "", self.disk_check.note)
+        form.insertRow(form.getWidgetPosition(self.kernel)[0] + 1, "", self.kernel_check.note)
+        form.insertRow(form.getWidgetPosition(self.initrd)[0] + 1, "", self.initrd_check.note)
         # Kernel messages on the screen (tty0) and on the serial port; the last console= is /dev/console, so the
         # initramfs's shell stays on ttyS0, where the Serial Console tab reads it.
         self.cmdline = QLineEdit(DEFAULT_CMDLINE, self)
@@ -147,6 +155,7 @@ class BootPage(QWizardPage):
         importing = self.wiz.source_page.source() == SOURCE_DISK
         self.disk_row.setVisible(importing)
         self.layout().labelForField(self.disk_row).setVisible(importing)
+        self.disk_check.note.setVisible(importing)
         if importing and "root=" not in self.cmdline.text():
             self.cmdline.setText((self.cmdline.text() + " root=/dev/vda").strip())
         self._check()
@@ -174,8 +183,16 @@ class BootPage(QWizardPage):
         self.error.setText(self.problem())
         self.completeChanged.emit()
 
+    def file_checks(self) -> list[FileCheck]:
+        """The host-side checks of the fields this page shows."""
+        checks = [self.kernel_check, self.initrd_check]
+        if self.wiz.source_page.source() == SOURCE_DISK:
+            checks.insert(0, self.disk_check)
+        return checks
+
     def isComplete(self) -> bool:
-        return bool(self.kernel.text().strip()) and not self.problem()
+        return (bool(self.kernel.text().strip()) and not self.problem()
+                and not any(check.problem for check in self.file_checks()))
 
 
 class ResourcesPage(QWizardPage):

@@ -350,6 +350,9 @@ class Connection:
     def m_accel_preview(self, requested: str, **_: Any) -> list[str]:
         return list(self.host.accel_preview(requested))
 
+    def m_probe_file(self, path: str, role: str, **_: Any) -> dict[str, Any]:
+        return wire.probe_to(self.host.probe_file(str(path), str(role)))
+
     def m_capabilities(self, **_: Any) -> dict[str, Any]:
         return wire.caps_to(self.host.capabilities())
 

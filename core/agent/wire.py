@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import ConfigError, LoadError, VmConfig
-from core.host.api import EventKind, HostCapabilities, HostEvent, VmInfo, VmState, VmStats
+from core.host.api import EventKind, FileProbe, HostCapabilities, HostEvent, VmInfo, VmState, VmStats
 from core.hoststats import HostInfo
 
 
@@ -124,6 +124,18 @@ def caps_from(value: Any) -> HostCapabilities:
     d = _obj(value, "capabilities")
     return HostCapabilities(disks=bool(d.get("disks")), network=bool(d.get("network")),
                             firmware_boot=bool(d.get("firmware_boot")))
+
+
+def probe_to(probe: FileProbe) -> dict[str, Any]:
+    return dataclasses.asdict(probe)
+
+
+def probe_from(value: Any) -> FileProbe:
+    d = _obj(value, "file probe")
+    ok = d.get("ok")
+    if not isinstance(ok, bool):
+        raise WireError("file probe: 'ok' is not true or false")
+    return FileProbe(ok=ok, kind=_str(d, "kind"), message=_str(d, "message", ""))
 
 
 def event_to(event: HostEvent, info: VmInfo | None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from core.host.api import (
     DeleteResult,
     DiskChoice,
     EventKind,
+    FileProbe,
     Host,
     HostCapabilities,
     HostError,
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from core.display.frame import Frame, FrameSource
 
 __all__ = [
-    "EVDEV_KEYS", "SERIAL_HISTORY", "TERMINAL_RESET", "DeleteResult", "DiskChoice", "EventKind", "Frame",
+    "EVDEV_KEYS", "SERIAL_HISTORY", "TERMINAL_RESET", "DeleteResult", "DiskChoice", "EventKind", "FileProbe", "Frame",
     "FrameSource", "Host", "HostCapabilities", "HostError", "HostEvent", "HostListener", "InputSink", "KeptDisk",
     "LocalHost", "Progress", "SerialListener", "VmConsole", "VmInfo", "VmState", "VmStats", "break_code",
     "combo_events", "make_code", "text_events",

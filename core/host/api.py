@@ -19,6 +19,9 @@ The contract:
     an input sink for its keyboard and mouse (VmConsole; Qt-free).
   * stats(uuid) samples CPU usage (vCPU time over wall time since the previous sample), memory, and disk/network
     I/O where the VM has such devices (None where it has not).
+  * probe_file(path, role) reads a few KiB of a file on the host and says what it is (FileProbe), so a kernel,
+    initrd, disk image or ISO is checked when it is chosen, not when the VM starts; a missing or unreadable file
+    raises HostError naming it.
   * `remote` is True when the VMs live outside this process (a service): close() then only disconnects, and the
     VMs keep running.
 
@@ -141,6 +144,20 @@ class DeleteResult(list[str]):
         self.kept: list[KeptDisk] = list(kept)
 
 
+@dataclass(frozen=True)
+class FileProbe:
+    """What probe_file() found in a file chosen for a role ("kernel", "initrd", "disk", "iso"): `kind` says what
+    the file is in words ("Linux kernel bzImage 6.1.0 (boot protocol 2.15)", "text file (not a kernel)"); when
+    it cannot serve the role, `ok` is False and `message` is one line saying what it is and what is expected."""
+
+    ok: bool
+    kind: str
+    message: str = ""
+
+
+PROBE_ROLES = ("kernel", "initrd", "disk", "iso")
+
+
 # delete()'s choice of disks: False none, True all the definition lists, or the paths of those to remove.
 DiskChoice = bool | Sequence[str]
 
@@ -212,6 +229,8 @@ class Host(ABC):
                     progress: Progress | None = None) -> None: ...
     @abstractmethod
     def accel_preview(self, requested: str) -> tuple[str, str]: ...
+    @abstractmethod
+    def probe_file(self, path: str, role: str) -> FileProbe: ...
     @abstractmethod
     def capabilities(self) -> HostCapabilities: ...
     @abstractmethod

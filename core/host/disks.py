@@ -28,7 +28,15 @@ def create_disk_image(path: str, size_bytes: int, fmt: str = "raw", preallocate:
         raise HostError("preallocation applies to raw images; a qcow2 image grows as the guest writes")
     if size_bytes <= 0 or size_bytes % 512:
         raise HostError(f"disk size {size_bytes} bytes: give a positive multiple of 512")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        # mkdir(exist_ok=True) still raises when the name (or one above it) is a file, not a folder.
+        raise HostError(f"cannot create {path}: {_blocking_file(folder)} is a file, not a folder; move it "
+                        "away or choose another place") from None
+    except OSError as exc:
+        raise HostError(f"cannot create the folder {folder} for {path}: {exc.strerror}") from None
     try:
         # O_EXCL claims the name, so an existing file (maybe another VM's disk) is never replaced.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -64,6 +72,14 @@ def create_disk_image(path: str, size_bytes: int, fmt: str = "raw", preallocate:
         os.unlink(path)
         raise HostError(f"cannot create {path}: {exc.strerror}") from None
     os.close(fd)
+
+
+def _blocking_file(folder: Path) -> Path:
+    """The first existing non-folder on the way to `folder` (what stopped mkdir -p)."""
+    for part in reversed([folder, *folder.parents]):
+        if part.exists() and not part.is_dir():
+            return part
+    return folder
 
 
 def file_key(path: str) -> tuple[int, int] | str:

@@ -26,6 +26,7 @@ from core.host.api import (
     DeleteResult,
     DiskChoice,
     EventKind,
+    FileProbe,
     Host,
     HostCapabilities,
     HostError,
@@ -240,6 +241,12 @@ class LocalHost(Host):
     def create_disk(self, path: str, size_bytes: int, fmt: str = "raw", preallocate: bool = False,
                     progress: Progress | None = None) -> None:
         create_disk_image(path, size_bytes, fmt, preallocate, progress)
+
+    def probe_file(self, path: str, role: str) -> FileProbe:
+        """What a file chosen as a kernel, initrd, disk or ISO is (core/host/probe.py); a few KiB are read."""
+        from core.host.probe import probe_file
+
+        return probe_file(path, role)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def _set(self, vm: _LocalVm, state: VmState, reason: str = "") -> None:

@@ -35,6 +35,7 @@ from core.host.api import (
     DeleteResult,
     DiskChoice,
     EventKind,
+    FileProbe,
     Host,
     HostCapabilities,
     HostError,
@@ -400,6 +401,13 @@ class ServiceClient(Host):
             raise HostError("the service sent a malformed accelerator answer")
         result = self._accel_cache[requested] = (value[0], value[1])
         return result
+
+    def probe_file(self, path: str, role: str) -> FileProbe:
+        value, _ = self._call("probe_file", path=path, role=role)
+        try:
+            return wire.probe_from(value)
+        except wire.WireError as exc:
+            raise HostError(f"the service sent a malformed file probe: {exc}") from None
 
     def ping(self) -> float:
         """One control-call round trip in seconds."""
