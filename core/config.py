@@ -362,7 +362,23 @@ class ConfigStore:
         return path
 
     def remove(self, vm_uuid: str) -> None:
-        path = self.path_for(vm_uuid)
+        self._unlink(self.path_for(vm_uuid))
+
+    def remove_broken(self, path: Path | str) -> None:
+        """Delete a definition file the last load_all() could not load, at the user's request (it is never
+        rewritten). `path` must be exactly one of those files, in this directory: anything else — a loaded
+        definition, a file elsewhere, the same file spelled with '..' — is refused with ConfigError."""
+        path = Path(path)
+        if path not in self._broken or path.parent != self.directory:
+            raise ConfigError(f"{path} is not a definition file that failed to load in {self.directory}: "
+                              "nothing was deleted")
+        try:
+            self._unlink(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot delete {path}: {exc.strerror or exc}") from None
+        self._broken.discard(path)
+
+    def _unlink(self, path: Path) -> None:
         path.unlink(missing_ok=True)
         dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         try:

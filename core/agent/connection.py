@@ -306,6 +306,10 @@ class Connection:
     def m_reload(self, **_: Any) -> None:
         self.host.reload()
 
+    def m_delete_broken_definition(self, path: str, **_: Any) -> None:
+        # LocalHost checks the path against its load errors: a client cannot name any other file.
+        self.host.delete_broken_definition(str(path))
+
     def m_define(self, config: dict[str, Any], **_: Any) -> dict[str, Any]:
         return wire.vminfo_to(self.host.define(wire.config_from(config)))
 

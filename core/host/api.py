@@ -4,7 +4,9 @@ a service reached over SSH) and the local service's client (core/remote/local.py
 
 The contract:
   * list_vms()/get() return VmInfo snapshots (definition, state, reason, accelerator and why); load_errors()
-    the definition files that could not be loaded.
+    the definition files that could not be loaded; delete_broken_definition(path) removes one of those files and
+    nothing else (any other path is refused with HostError), then tells listeners with an UPDATED event whose uuid
+    is the file's name without ".json".
   * define/start/pause/resume/shutdown/reboot/force_reset/force_off/delete carry out one request and return
     when it is done; they may block for seconds (a pause waits for every vCPU to park), so a GUI calls them off
     its event loop. A request that cannot be carried out raises HostError with a one-line message.
@@ -198,6 +200,8 @@ class Host(ABC):
     def load_errors(self) -> list[LoadError]: ...
     @abstractmethod
     def reload(self) -> None: ...
+    @abstractmethod
+    def delete_broken_definition(self, path: str) -> None: ...
     @abstractmethod
     def define(self, config: VmConfig) -> VmInfo: ...
     @abstractmethod

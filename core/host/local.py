@@ -40,6 +40,7 @@ from core.host.api import (
     VmStats,
 )
 from core.host.disks import backing_chain, chosen_disks, create_disk_image, disk_users, file_key
+from core.host.process_input import ProcessInput
 from core.hoststats import HostInfo, local_host_info
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,15 @@ class LocalHost(Host):
         if failed:
             raise HostError(f"{vm.config.name} deleted, but a disk image could not be removed: {failed[0]}")
         return DeleteResult(removed, kept)
+
+    def delete_broken_definition(self, path: str) -> None:
+        """Delete a file that failed to load and nothing else (ConfigStore.remove_broken checks), then say so."""
+        try:
+            self.store.remove_broken(path)
+        except ConfigError as exc:
+            raise HostError(str(exc)) from None
+        self.reload()   # UPDATED, as for an edited definition: listeners re-read the list and the load errors
+        self._emit(HostEvent(EventKind.UPDATED, os.path.splitext(os.path.basename(path))[0]))
 
     def create_disk(self, path: str, size_bytes: int, fmt: str = "raw", preallocate: bool = False,
                     progress: Progress | None = None) -> None:
@@ -532,13 +542,13 @@ class LocalHost(Host):
             raise HostError(f"cannot map the console of {self._vm(vm_uuid).config.name}: {exc}") from None
         return VmConsole(session=session, frames=frames, input=self.input_sink(vm_uuid))
 
-    def input_sink(self, vm_uuid: str) -> _ProcessInput:
+    def input_sink(self, vm_uuid: str) -> ProcessInput:
         """Where a started VM's keys and mouse motion go (a core.keymap.InputSink into its process)."""
         vm = self._vm(vm_uuid)
         proc = vm.proc
         if proc is None or vm.state not in (VmState.RUNNING, VmState.PAUSED):
             raise HostError(f"{vm.config.name} is {vm.state.label.lower()}: it takes no input")
-        return _ProcessInput(proc)
+        return ProcessInput(proc)
 
     # -- statistics ------------------------------------------------------------------------------------------
     def stats(self, vm_uuid: str) -> VmStats | None:
@@ -571,24 +581,3 @@ class LocalHost(Host):
                        memory_resident_mib=None if resident is None else resident / (1024 * 1024),
                        disk_read_bps=rates[0], disk_write_bps=rates[1])
 
-
-class _ProcessInput:
-    """core.keymap.InputSink into a VM process: input for a process that has ended has nowhere to go and is
-    dropped (its end is reported as a state change), as a key pressed on a powered-off machine."""
-
-    def __init__(self, proc) -> None:
-        self.proc = proc
-
-    def key_event(self, set2_bytes: bytes) -> None:
-        from core.vmproc.handle import VmProcessError
-        try:
-            self.proc.key_event(set2_bytes)
-        except VmProcessError as exc:
-            log.debug("key event dropped: %s", exc)
-
-    def mouse_event(self, dx: int, dy: int, buttons: int, dz: int = 0) -> None:
-        from core.vmproc.handle import VmProcessError
-        try:
-            self.proc.mouse_event(dx, dy, buttons, dz)
-        except VmProcessError as exc:
-            log.debug("mouse event dropped: %s", exc)

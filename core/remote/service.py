@@ -279,6 +279,11 @@ class ServiceClient(Host):
                 self._vms.pop(event.uuid, None)
             elif info is not None:
                 self._vms[event.uuid] = info
+            if event.kind == EventKind.UPDATED:
+                # A broken definition file deleted (delete_broken_definition), perhaps by another client: its
+                # load error goes from the mirror before listeners re-read it. A file that failed to load is
+                # never rewritten, so an UPDATED for its name means it is gone.
+                self._errors = [e for e in self._errors if e.path.stem != event.uuid]
         self._emit(event)
 
     def _on_serial(self, uuid: str, data: bytes) -> None:
@@ -327,6 +332,16 @@ class ServiceClient(Host):
         client = self._agent()
         self._call("reload")
         self._fetch_state(client)
+
+    def delete_broken_definition(self, path: str) -> None:
+        self._call("delete_broken_definition", path=str(path))
+        errors, _ = self._call("load_errors")
+        try:
+            fresh = [wire.load_error_from(e) for e in errors]
+        except wire.WireError as exc:
+            raise HostError(f"the service on {self.name} sent a malformed answer: {exc}") from None
+        with self._lock:
+            self._errors = fresh
 
     def define(self, config: VmConfig) -> VmInfo:
         value, _ = self._call("define", config=wire.config_to(config))

@@ -161,6 +161,33 @@ def test_corrupt_file_is_an_error_not_a_crash(tmp_path: Path, runtime_dir: str) 
     assert "not valid JSON" in err.message
 
 
+def test_delete_broken_definition_removes_only_a_load_error(host: LocalHost, tmp_path: Path) -> None:
+    good = host.define(vm("good"))
+    directory = tmp_path / "vms"
+    broken = directory / "66666666-6666-4666-8666-666666666666.json"
+    broken.write_text('{"name": ')
+    outside = tmp_path / "precious.json"
+    outside.write_text("{nope")
+    host.reload()
+    assert [e.path for e in host.load_errors()] == [broken]
+    events = []
+    host.add_listener(events.append)
+    # Anything but the load error's own path is refused, with one line naming it: a loaded definition, a file
+    # outside the directory, the broken file spelled another way, the directory itself.
+    for path in (directory / f"{good.uuid}.json", outside, directory / ".." / "vms" / broken.name, directory):
+        with pytest.raises(HostError, match="is not a definition file that failed to load") as exc:
+            host.delete_broken_definition(str(path))
+        assert str(path) in str(exc.value) and "\n" not in str(exc.value)
+    assert outside.exists() and broken.exists() and (directory / f"{good.uuid}.json").exists() and not events
+
+    host.delete_broken_definition(str(broken))
+    assert not broken.exists() and host.load_errors() == []
+    assert [(e.kind, e.uuid) for e in events] == [(EventKind.UPDATED, broken.stem)]
+    assert [i.name for i in host.list_vms()] == ["good"]
+    with pytest.raises(HostError, match="is not a definition file that failed to load"):
+        host.delete_broken_definition(str(broken))      # once gone, it is no longer a load error
+
+
 def test_start_failure_is_one_line_and_leaves_the_vm_shut_off(host: LocalHost, tmp_path: Path) -> None:
     info = host.define(vm("missing-kernel", kernel=str(tmp_path / "no-such-kernel")))
     states = []

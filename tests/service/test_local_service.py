@@ -135,6 +135,29 @@ def test_delete_over_the_service_keeps_shared_disks_for_new_and_old_clients(loca
     assert value == [str(local_service.vms_dir / f"{old}.json")] and shared.exists()
 
 
+def test_delete_broken_definition_over_the_service(local_service: ServiceSandbox, tmp_path: Path) -> None:
+    host, other = local_service.connect(), local_service.connect()
+    local_service.vms_dir.mkdir(parents=True, exist_ok=True)
+    broken = local_service.vms_dir / "77777777-7777-4777-8777-777777777777.json"
+    broken.write_text("{nope")
+    victim = tmp_path / "victim.json"
+    victim.write_text("{nope")
+    host.reload()
+    other.reload()
+    assert [e.path for e in other.load_errors()] == [broken]
+    # A client naming any other file gets a one-line refusal from the service, and the file stays.
+    with pytest.raises(HostError, match="is not a definition file that failed to load") as exc:
+        host._agent().call("delete_broken_definition", path=str(victim))
+    assert str(victim) in str(exc.value) and victim.exists()
+    host.delete_broken_definition(str(broken))
+    assert not broken.exists() and host.load_errors() == []
+    # The other client hears of it (an UPDATED event) and its mirror drops the load error too.
+    deadline = time.monotonic() + 10
+    while other.load_errors() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert other.load_errors() == []
+
+
 def test_vm_outlives_its_client_and_serial_works_through_it(local_service: ServiceSandbox, debian_kernel: Path,
                                                             busybox_initramfs: Path) -> None:
     first = local_service.connect()
