@@ -1,7 +1,8 @@
 """Small dialogs shared by the windows: one-line error messages, the question before Force Off, and the delete
 confirmation, which offers each disk image with a checkbox of its own, as virt-manager's delete dialog does; a disk
 another VM on the host lists is shown unticked and disabled with its user's name (the host checks again, and keeps
-such a disk whatever a client asks: core/host/local.py delete)."""
+such a disk whatever a client asks: core/host/local.py delete); and the question before a definition file that
+failed to load is deleted."""
 from __future__ import annotations
 
 import posixpath
@@ -107,3 +108,19 @@ def confirm_force_off(parent: QWidget | None, info: VmInfo) -> bool:
     box.setDefaultButton(QMessageBox.StandardButton.Cancel)
     box.exec()
     return box.clickedButton() is off
+
+
+def confirm_delete_definition(parent: QWidget | None, path: str) -> bool:
+    """Ask before deleting a definition file that failed to load; True when the user chose Delete (Cancel is the
+    default: the file may hold a definition the user means to repair)."""
+    name = posixpath.basename(path) or path
+    box = QMessageBox(QMessageBox.Icon.Warning, "Delete Definition",
+                      f"Delete the definition file {name}? It cannot be loaded; Vireo never rewrites it.",
+                      parent=parent)
+    box.setObjectName("deleteDefinitionDialog")
+    box.setInformativeText(path)
+    delete = box.addButton("Delete", QMessageBox.ButtonRole.DestructiveRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+    box.exec()
+    return box.clickedButton() is delete
