@@ -22,6 +22,7 @@ from core.host import FileProbe
 PROBE_DEBOUNCE_MS = 300
 GREY = "color: #666;"
 RED = "color: #b3261e;"
+ORANGE = "color: #b45309;"   # a warning that blocks nothing (an image another VM lists)
 
 
 class FileCheck(QObject):
