@@ -4,8 +4,10 @@ ISO/disk through firmware (greyed, with the reason, until the engine has BIOS bo
 none; (5) name, accelerator, network, "Customize before install". Finish creates the disk, defines the VM
 through the Host, then starts it and opens its console (or opens Details when customizing first).
 
-An imported image another VM on the host lists is allowed but warned about in orange, on its page and in the
-summary, as virt-manager warns: two running VMs writing one image corrupt it (issue 17)."""
+Each boot file is checked by the host as it is chosen (app/ui/file_check.py); Next may outrun that debounced
+answer, so Finish asks again and refuses, with the host's line, a file that cannot serve. An imported image another
+VM on the host lists is allowed but warned about in orange, on its page and in the summary, as virt-manager warns:
+two running VMs writing one image corrupt it (issue 17)."""
 from __future__ import annotations
 
 import os
@@ -393,6 +395,10 @@ class FinishPage(QWizardPage):
 
     def problem(self) -> str:
         name = self.name.text().strip()
+        # A boot file the host refused (answered after Next was clicked, or at Finish's own check).
+        refused = next((check.problem for check in self.wiz.boot_page.file_checks() if check.problem), "")
+        if refused:
+            return refused
         if not name:
             return ""
         if self.wiz.bridge.find(name) is not None:
@@ -432,6 +438,8 @@ class NewVmWizard(QWizard):
         for page in (self.source_page, self.boot_page, self.resources_page, self.storage_page, self.finish_page):
             self.addPage(page)
         self._progress.connect(self._on_progress)
+        # A file check answering while the finish page shows updates its error and the Finish button.
+        self.boot_page.completeChanged.connect(self.finish_page._update)
         self.resize(640, 500)
 
     def suggest_name(self) -> str:
@@ -470,9 +478,38 @@ class NewVmWizard(QWizard):
         )
 
     def accept(self) -> None:
-        """Finish: create the disk (if asked) and define the VM on a worker; close when that succeeded."""
+        """Finish: when a boot file's check has not answered for the path shown (Next outran the debounce) or
+        answered a refusal, ask the host again first; then create the disk (if asked) and define the VM on a
+        worker; close when that succeeded."""
         if self.working:
             return
+        stale = [check for check in self.boot_page.file_checks() if check.pending or check.problem]
+        if not stale:
+            self._define()
+            return
+        self.working = True
+        page = self.finish_page
+        page.error.setText("Checking the boot files…")
+        page.completeChanged.emit()
+        self.button(QWizard.WizardButton.BackButton).setEnabled(False)
+        waiting = len(stale)
+
+        def answered() -> None:
+            nonlocal waiting
+            waiting -= 1
+            if waiting:
+                return
+            self.working = False
+            self.button(QWizard.WizardButton.BackButton).setEnabled(True)
+            page._update()        # shows the refusal, if any, and keeps Finish disabled
+            if not page.problem():
+                self._define()
+
+        for check in stale:
+            check.verify(answered)
+
+    def _define(self) -> None:
+        """Create the disk (if asked) and define the VM on a worker; close when that succeeded."""
         cfg = self.config()
         storage = self.storage_page
         new_disk = None
