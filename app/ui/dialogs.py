@@ -38,6 +38,13 @@ def disk_users(info: VmInfo, vms: Iterable[VmInfo]) -> dict[str, str]:
     return users
 
 
+def image_users(path: str, vms: Iterable[VmInfo]) -> list[str]:
+    """The names of the VMs among `vms` that list the disk image `path`, compared as disk_users compares them
+    (the New VM wizard warns before a second VM writes the same image)."""
+    wanted = posixpath.normpath(path)
+    return [vm.name for vm in vms if any(posixpath.normpath(d.path) == wanted for d in vm.config.disks)]
+
+
 def confirm_delete(parent: QWidget | None, info: VmInfo,
                    used_by: dict[str, str] | None = None) -> tuple[bool, list[str]]:
     """Ask whether to delete `info` and which of its disk images with it; returns (delete, the paths to delete).

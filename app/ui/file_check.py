@@ -4,6 +4,9 @@ probe_file(path, role) runs on a worker (HostBridge.call — the GUI thread neve
 under the field says what the file is, in grey, or why it cannot serve, in red; a page asks `problem` before
 enabling Next.
 
+Next may be clicked before the debounced answer (typing then clicking at once), so the wizard's Finish asks again
+through `verify`, which probes at once and reports when the host has answered for the path shown.
+
 Answers for a path the field no longer shows are dropped (each probe carries a sequence number), so a slow answer
 never describes another file. A host whose service predates probe_file answers "no method": that is said in grey
 and blocks nothing, as before the check existed.
@@ -22,6 +25,7 @@ from core.host import FileProbe
 PROBE_DEBOUNCE_MS = 300
 GREY = "color: #666;"
 RED = "color: #b3261e;"
+ORANGE = "color: #b45309;"   # a warning that blocks nothing (an image another VM lists)
 
 
 class FileCheck(QObject):
@@ -39,6 +43,7 @@ class FileCheck(QObject):
         self.problem = ""          # the host's one line when the file cannot serve as `role`, else ""
         self.pending = False       # a probe is waiting for the typing to pause or for the host's answer
         self._seq = 0
+        self._waiting: list[Callable[[], None]] = []   # verify() callers, told once the path shown is answered
         self.timer = QTimer(self)
         self.timer.setSingleShot(True)
         self.timer.setInterval(PROBE_DEBOUNCE_MS)
@@ -51,6 +56,22 @@ class FileCheck(QObject):
         self.problem = problem
         self.changed()
 
+    def verify(self, then: Callable[[], None]) -> None:
+        """Probe the path shown now, not after the pause, and run then() once the host has answered for it (or
+        at once when there is nothing to ask); `problem` then holds the answer."""
+        self._waiting.append(then)
+        if not os.path.isabs(self.edit.text().strip()):
+            self._answered()
+            return
+        self.pending = True
+        self.timer.stop()
+        self._probe()
+
+    def _answered(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for then in waiting:
+            then()
+
     def _edited(self) -> None:
         self._seq += 1           # any answer still on its way describes the old text
         path = self.edit.text().strip()
@@ -61,6 +82,7 @@ class FileCheck(QObject):
             self.timer.start()
         else:
             self.timer.stop()
+            self._answered()      # nothing to ask the host about this text: a verify() waiting is done
 
     def _probe(self) -> None:
         path, seq, role = self.edit.text().strip(), self._seq, self.role
@@ -70,6 +92,7 @@ class FileCheck(QObject):
             if seq == self._seq:
                 self.pending = False
                 self._show(probe.kind if probe.ok else probe.message, "" if probe.ok else probe.message)
+                self._answered()
 
         def failed(message: str) -> None:
             if seq != self._seq:
@@ -81,5 +104,6 @@ class FileCheck(QObject):
                 self._show(message, message)
             else:
                 self._show(f"Not checked by the host: {message}")
+            self._answered()
 
         self.bridge.call(f"check {path}", lambda: host.probe_file(path, role), done, failed)

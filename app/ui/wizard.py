@@ -2,7 +2,12 @@
 ISO/disk through firmware (greyed, with the reason, until the engine has BIOS boot); (2) the boot files;
 (3) memory and CPUs within the host's limits; (4) storage — a new disk image, with progress for long work, or
 none; (5) name, accelerator, network, "Customize before install". Finish creates the disk, defines the VM
-through the Host, then starts it and opens its console (or opens Details when customizing first)."""
+through the Host, then starts it and opens its console (or opens Details when customizing first).
+
+Each boot file is checked by the host as it is chosen (app/ui/file_check.py); Next may outrun that debounced
+answer, so Finish asks again and refuses, with the host's line, a file that cannot serve. An imported image another
+VM on the host lists is allowed but warned about in orange, on its page and in the summary, as virt-manager warns:
+two running VMs writing one image corrupt it (issue 17)."""
 from __future__ import annotations
 
 import os
@@ -31,7 +36,8 @@ from PyQt6.QtWidgets import (
 from app.host_bridge import HostBridge
 from app.icons import app_icon
 from app.ui.accel_choice import fill_accel_combo
-from app.ui.file_check import FileCheck
+from app.ui.dialogs import image_users
+from app.ui.file_check import ORANGE, FileCheck
 from app.widgets.range_spin import RangeDoubleSpinBox, RangeSpinBox
 from app.widgets.text import as_sentence
 from core.config import (
@@ -139,6 +145,11 @@ class BootPage(QWizardPage):
         form.insertRow(form.getWidgetPosition(self.disk_row)[0] + 1, "", self.disk_check.note)
         form.insertRow(form.getWidgetPosition(self.kernel)[0] + 1, "", self.kernel_check.note)
         form.insertRow(form.getWidgetPosition(self.initrd)[0] + 1, "", self.initrd_check.note)
+        self.shared = QLabel(self)
+        self.shared.setObjectName("diskShared")
+        self.shared.setWordWrap(True)
+        self.shared.setStyleSheet(ORANGE)
+        form.insertRow(form.getWidgetPosition(self.disk_check.note)[0] + 1, "", self.shared)
         # Kernel messages on the screen (tty0) and on the serial port; the last console= is /dev/console, so the
         # initramfs's shell stays on ttyS0, where the Serial Console tab reads it.
         self.cmdline = QLineEdit(DEFAULT_CMDLINE, self)
@@ -156,6 +167,7 @@ class BootPage(QWizardPage):
         self.disk_row.setVisible(importing)
         self.layout().labelForField(self.disk_row).setVisible(importing)
         self.disk_check.note.setVisible(importing)
+        self.shared.setVisible(importing)
         if importing and "root=" not in self.cmdline.text():
             self.cmdline.setText((self.cmdline.text() + " root=/dev/vda").strip())
         self._check()
@@ -179,8 +191,21 @@ class BootPage(QWizardPage):
             return "Command line: Linux takes at most 2047 bytes."
         return ""
 
+    def shared_warning(self) -> str:
+        """The orange line when the imported image is one another VM on this host lists (from the bridge's cached
+        list: no host call on the GUI thread). A warning only: that VM may never run at the same time."""
+        path = self.disk.text().strip()
+        if self.wiz.source_page.source() != SOURCE_DISK or not os.path.isabs(path):
+            return ""
+        users = image_users(path, self.wiz.bridge.vms())
+        if not users:
+            return ""
+        names = ", ".join(f"'{name}'" for name in users)
+        return f"Also used by VM{'s' if len(users) > 1 else ''} {names}: two running VMs writing one image corrupt it"
+
     def _check(self) -> None:
         self.error.setText(self.problem())
+        self.shared.setText(self.shared_warning())
         self.completeChanged.emit()
 
     def file_checks(self) -> list[FileCheck]:
@@ -361,13 +386,19 @@ class FinishPage(QWizardPage):
                 ("Command line", cfg.boot.cmdline or "(empty)"),
                 ("Memory", f"{cfg.memory_mib} MiB"), ("CPUs", str(cfg.vcpus)),
                 ("Storage", disk or "none"), ("Network", self.network.currentText())]
+        shared = self.wiz.boot_page.shared_warning()
         self.summary.setText("<table>" + "".join(f"<tr><td style='color:#666;padding-right:12px'>{k}</td>"
-                                                 f"<td>{_html(v)}</td></tr>" for k, v in rows) + "</table>")
+                                                 f"<td>{_html(v)}</td></tr>" for k, v in rows) + "</table>"
+                             + (f"<p style='{ORANGE}'>{_html(shared)}</p>" if shared else ""))
         self.error.setText(self.problem())
         self.completeChanged.emit()
 
     def problem(self) -> str:
         name = self.name.text().strip()
+        # A boot file the host refused (answered after Next was clicked, or at Finish's own check).
+        refused = next((check.problem for check in self.wiz.boot_page.file_checks() if check.problem), "")
+        if refused:
+            return refused
         if not name:
             return ""
         if self.wiz.bridge.find(name) is not None:
@@ -407,6 +438,8 @@ class NewVmWizard(QWizard):
         for page in (self.source_page, self.boot_page, self.resources_page, self.storage_page, self.finish_page):
             self.addPage(page)
         self._progress.connect(self._on_progress)
+        # A file check answering while the finish page shows updates its error and the Finish button.
+        self.boot_page.completeChanged.connect(self.finish_page._update)
         self.resize(640, 500)
 
     def suggest_name(self) -> str:
@@ -445,9 +478,38 @@ class NewVmWizard(QWizard):
         )
 
     def accept(self) -> None:
-        """Finish: create the disk (if asked) and define the VM on a worker; close when that succeeded."""
+        """Finish: when a boot file's check has not answered for the path shown (Next outran the debounce) or
+        answered a refusal, ask the host again first; then create the disk (if asked) and define the VM on a
+        worker; close when that succeeded."""
         if self.working:
             return
+        stale = [check for check in self.boot_page.file_checks() if check.pending or check.problem]
+        if not stale:
+            self._define()
+            return
+        self.working = True
+        page = self.finish_page
+        page.error.setText("Checking the boot files…")
+        page.completeChanged.emit()
+        self.button(QWizard.WizardButton.BackButton).setEnabled(False)
+        waiting = len(stale)
+
+        def answered() -> None:
+            nonlocal waiting
+            waiting -= 1
+            if waiting:
+                return
+            self.working = False
+            self.button(QWizard.WizardButton.BackButton).setEnabled(True)
+            page._update()        # shows the refusal, if any, and keeps Finish disabled
+            if not page.problem():
+                self._define()
+
+        for check in stale:
+            check.verify(answered)
+
+    def _define(self) -> None:
+        """Create the disk (if asked) and define the VM on a worker; close when that succeeded."""
         cfg = self.config()
         storage = self.storage_page
         new_disk = None

@@ -1,7 +1,8 @@
 """The wizard asks the host what each chosen boot file is (app/ui/file_check.py over the Host API's probe_file,
 issue 17): a README chosen as the kernel (or imported as the disk) is named in red under its field and Next stays
-disabled; Debian's kernel, the busybox initramfs and a qcow2 image are named in grey and Next is enabled. Driven
-through the real widgets (pytest-qt, offscreen) against the sandboxed local service."""
+disabled; Debian's kernel, the busybox initramfs and a qcow2 image are named in grey and Next is enabled. Next
+clicked before the debounced answer does not carry the README through: Finish asks the host again and refuses
+with its line. Driven through the real widgets (pytest-qt, offscreen) against the sandboxed local service."""
 from __future__ import annotations
 
 import os
@@ -18,6 +19,7 @@ from PyQt6.QtWidgets import QWizard  # noqa: E402
 
 from app.ui.file_check import GREY, RED  # noqa: E402
 from tests.gui.test_gui import app_parts, xdg  # noqa: E402,F401
+from tests.gui.test_gui_journey import click, type_into  # noqa: E402
 
 TIMEOUT_MS = 10_000
 
@@ -93,3 +95,45 @@ def test_imported_disk_field_is_checked_too(qtbot, app_parts, readme, debian_ker
     page.disk.setText(str(image))
     qtbot.waitUntil(lambda: _settled(page.disk_check, "qcow2 disk image, 2 GiB virtual"), timeout=TIMEOUT_MS)
     assert next_button.isEnabled()
+
+
+def test_finish_checks_again_when_next_outran_the_probe(qtbot, app_parts, readme, debian_kernel,  # noqa: F811
+                                                        monkeypatch) -> None:
+    """Next clicked before the debounced answer used to carry a README through to the definition. The debounce is
+    lengthened so the clicks certainly land before it, however loaded the machine: Finish must ask the host itself."""
+    import app.ui.file_check as file_check
+
+    monkeypatch.setattr(file_check, "PROBE_DEBOUNCE_MS", 60_000)
+    host, bridge, window = app_parts
+    window.new_vm()
+    wizard = window.wizard
+    qtbot.waitExposed(wizard)
+    next_button = wizard.button(QWizard.WizardButton.NextButton)
+    finish_button = wizard.button(QWizard.WizardButton.FinishButton)
+    click(qtbot, next_button)
+    page = wizard.boot_page
+    type_into(qtbot, page.kernel, str(readme))
+    for _ in range(3):
+        click(qtbot, next_button)
+    assert wizard.currentPage() is wizard.finish_page and page.kernel_check.pending
+    click(qtbot, finish_button)
+    message = f"{readme} is a text file, not a Linux bzImage or Multiboot kernel: choose another file"
+    qtbot.waitUntil(lambda: wizard.finish_page.error.text() == message, timeout=TIMEOUT_MS)
+    assert not finish_button.isEnabled() and wizard.isVisible()
+    assert page.kernel_check.note.text() == message
+    bridge.wait_idle()
+    assert host.list_vms() == []
+
+    # Back to the kernel, a real one this time, and straight on again: the check at Finish lets it through.
+    for _ in range(3):
+        wizard.back()
+    assert wizard.currentPage() is page
+    type_into(qtbot, page.kernel, str(debian_kernel))
+    for _ in range(3):
+        click(qtbot, next_button)
+    assert page.kernel_check.pending and finish_button.isEnabled()
+    wizard.finish_page.customize.setChecked(True)        # define it, do not start it
+    with qtbot.waitSignal(wizard.created, timeout=TIMEOUT_MS) as created:
+        click(qtbot, finish_button)
+    uuid, _ = created.args
+    assert host.get(uuid).config.boot.kernel == str(debian_kernel)
