@@ -6,7 +6,6 @@ machine — with Debian's kernel on the software CPU and a busybox shell on tty1
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,12 @@ if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
 
 pytest.importorskip("pytestqt")
 
-from PyQt6.QtCore import QSettings, Qt, QTimer  # noqa: E402
-from PyQt6.QtTest import QTest  # noqa: E402
+from PyQt6.QtCore import QSettings  # noqa: E402
 
 from core.config import BootConfig, ConfigStore, DisplayConfig, VmConfig  # noqa: E402
 from core.host import HostError, LocalHost, VmState  # noqa: E402
 from tests.gui.test_gui import reload  # noqa: E402
-from tests.helpers.vmproc import screen_lines  # noqa: E402
+from tests.helpers.console_view import event_loop_worst, type_keys, view_lines  # noqa: E402
 
 CMDLINE = "console=ttyS0 console=tty0 vireo.action=shell vireo.console=tty1"
 
@@ -49,20 +47,11 @@ def test_console_of_a_vm_that_is_not_running_is_a_one_line_error(tmp_path: Path)
 
 
 def _screen(tab) -> list[str]:
-    """The text the view shows, read back from its pixels (a text-mode frame), else nothing."""
-    frame = tab.view.frame
-    return screen_lines(frame) if frame is not None and frame.mode == "text 80x25" else []
+    return view_lines(tab.view)
 
 
 def _prompt_shown(tab) -> bool:
     return any(line.endswith("vireo:~#") for line in _screen(tab))
-
-
-def _type(view, text: str) -> None:
-    keys = {**{c: getattr(Qt.Key, f"Key_{c.upper()}") for c in "abcdefghijklmnopqrstuvwxyz0123456789"},
-            " ": Qt.Key.Key_Space, "-": Qt.Key.Key_Minus, "\n": Qt.Key.Key_Return}
-    for ch in text:
-        QTest.keyClick(view, keys[ch])
 
 
 def test_vm_window_console_tab_follows_the_vm(qtbot, xdg, debian_kernel, busybox_initramfs) -> None:
@@ -95,17 +84,10 @@ def test_vm_window_console_tab_follows_the_vm(qtbot, xdg, debian_kernel, busybox
         assert not tab.banner.isVisible()
 
         # The event loop keeps answering while the view polls frames and the vCPU runs.
-        worst = 0.0
-        for _ in range(20):
-            stamps: list[float] = []
-            t0 = time.monotonic()
-            QTimer.singleShot(0, lambda s=stamps: s.append(time.monotonic()))
-            qtbot.waitUntil(lambda s=stamps: bool(s), timeout=1000)
-            worst = max(worst, stamps[0] - t0)
-            qtbot.wait(20)
+        worst = event_loop_worst(qtbot)
         assert worst < 0.1, f"event loop stalled {worst * 1000:.0f} ms"
 
-        _type(tab.view, "uname -s\n")
+        type_keys(tab.view, "uname -s\n")
         qtbot.waitUntil(lambda: "Linux" in _screen(tab), timeout=30_000)
 
         bridge.lifecycle("pause", cfg.uuid)

@@ -24,13 +24,12 @@ if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
 
 pytest.importorskip("pytestqt")
 
-from PyQt6.QtCore import QSettings, Qt, QTimer  # noqa: E402
-from PyQt6.QtTest import QTest  # noqa: E402
+from PyQt6.QtCore import QSettings  # noqa: E402
 
 from core.config import BootConfig, ConfigStore, VmConfig  # noqa: E402
 from tests.gui.test_gui import vm_rows  # noqa: E402
+from tests.helpers.console_view import event_loop_worst, type_keys, view_lines  # noqa: E402
 from tests.helpers.runner import REPO_ROOT  # noqa: E402
-from tests.helpers.vmproc import screen_lines  # noqa: E402
 
 TIMEOUT_S = 120
 # The shell on the first virtual terminal (the VGA screen), kernel messages on the serial port.
@@ -93,34 +92,14 @@ def _alive(pid: int) -> bool:
 
 
 def _screen(vm_window) -> list[str]:
-    frame = vm_window.display.view.frame if vm_window.display is not None else None
-    return screen_lines(frame) if frame is not None and frame.mode == "text 80x25" else []
-
-
-def _type(view, text: str) -> None:
-    keys = {**{c: getattr(Qt.Key, f"Key_{c.upper()}") for c in "abcdefghijklmnopqrstuvwxyz0123456789"},
-            " ": Qt.Key.Key_Space, "-": Qt.Key.Key_Minus, "\n": Qt.Key.Key_Return}
-    for ch in text:
-        QTest.keyClick(view, keys[ch])
+    return view_lines(vm_window.display.view if vm_window.display is not None else None)
 
 
 def _answers(qtbot, vm_window, word: str) -> None:
     """Type `echo <word>` into the VM's VGA console and wait for the shell's answer on that screen."""
     qtbot.waitUntil(lambda: any(line.endswith("#") for line in _screen(vm_window)), timeout=TIMEOUT_S * 1000)
-    _type(vm_window.display.view, f"echo {word}\n")
+    type_keys(vm_window.display.view, f"echo {word}\n")
     qtbot.waitUntil(lambda: word in _screen(vm_window), timeout=30_000)
-
-
-def _event_loop_worst(qtbot, rounds: int = 10) -> float:
-    worst = 0.0
-    for _ in range(rounds):
-        stamps: list[float] = []
-        t0 = time.monotonic()
-        QTimer.singleShot(0, lambda s=stamps: s.append(time.monotonic()))
-        qtbot.waitUntil(lambda s=stamps: bool(s), timeout=2000)
-        worst = max(worst, stamps[0] - t0)
-        qtbot.wait(20)
-    return worst
 
 
 def test_vms_outlive_a_killed_manager_and_a_killed_vm_crashes_alone(qtbot, local_service, debian_kernel,
@@ -176,7 +155,7 @@ def test_vms_outlive_a_killed_manager_and_a_killed_vm_crashes_alone(qtbot, local
         assert vm_rows(window)["beta"] == "Running" and _alive(pids["beta"])
         assert _cli_states(local_service.env) == {"alpha": "crashed", "beta": "running"}
         _answers(qtbot, windows["beta"], "beta-carries-on")
-        worst = _event_loop_worst(qtbot)
+        worst = event_loop_worst(qtbot, rounds=10)
         assert worst < 0.25, f"the manager's event loop stalled {worst * 1000:.0f} ms"
     finally:
         for w in list(window.vm_windows.values()):
