@@ -116,3 +116,15 @@ def screen_lines(frame) -> list[str]:
             chars.append(" " if not cell.any() else _GLYPHS.get(cell.tobytes(), "?"))
         lines.append("".join(chars).rstrip())
     return lines
+
+
+def holds_open(pid: int, path) -> bool:
+    """Whether process `pid` has `path` open (one of its /proc/<pid>/fd links names it)."""
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(f"{fd_dir}/{fd}") == str(path):
+                return True
+        except OSError:
+            pass
+    return False

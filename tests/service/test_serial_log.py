@@ -6,7 +6,6 @@ The guest is serialecho (tests/guests/serialecho.s): it boots at once on the sof
 and echoes what it is sent."""
 from __future__ import annotations
 
-import os
 import re
 import stat
 import time
@@ -19,6 +18,7 @@ from core.connect import LocalServiceHost
 from core.host import HostError, VmState
 from tests.guests.build import guest_path
 from tests.helpers.service import ServiceSandbox
+from tests.helpers.vmproc import holds_open
 
 
 def echo_vm(name: str, log_file: Path) -> VmConfig:
@@ -39,18 +39,6 @@ def wait_for_text(path: Path, needle: str, timeout: float = 30) -> str:
 
 def ticks(text: str) -> list[int]:
     return [int(n) for n in re.findall(r"serialecho: tick (\d+)\r\n", text)]
-
-
-def holds_open(pid: int, path: Path) -> bool:
-    """Whether process `pid` has `path` open (one of its /proc/<pid>/fd links names it)."""
-    fd_dir = f"/proc/{pid}/fd"
-    for fd in os.listdir(fd_dir):
-        try:
-            if os.readlink(f"{fd_dir}/{fd}") == str(path):
-                return True
-        except OSError:
-            pass
-    return False
 
 
 def wait_running(host: LocalServiceHost, uuid: str, timeout: float = 30) -> None:

@@ -21,7 +21,7 @@ from core.vmproc import serial_log
 from core.vmproc.handle import VmProcessError
 from core.vmproc.serial_log import SerialLog, SerialLogError
 from tests.guests.build import guest_path
-from tests.helpers.vmproc import Spawner
+from tests.helpers.vmproc import Spawner, holds_open
 
 
 def wait_for_text(path: Path, needle: str, timeout: float = 30) -> str:
@@ -162,7 +162,7 @@ def test_the_vm_process_writes_the_log_itself(spawn, tmp_path: Path) -> None:
     rec.expect(b"serialecho: ready")
     wait_for_text(path, "serialecho: ready")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert _has_open(vm.pid, path)             # the VM process's own file
+    assert holds_open(vm.pid, path)             # the VM process's own file
     vm.serial_input(b"typed-in\n")
     rec.expect(b"typed-in")
     wait_for_text(path, "typed-in\r\n")
@@ -186,14 +186,3 @@ def test_an_unopenable_log_fails_the_start_and_leaves_no_process(spawn, tmp_path
 
 def _ticks(data: bytes) -> list[int]:
     return [int(n) for n in re.findall(rb"serialecho: tick (\d+)\r\n", data)]
-
-
-def _has_open(pid: int, path: Path) -> bool:
-    fd_dir = f"/proc/{pid}/fd"
-    for fd in os.listdir(fd_dir):
-        try:
-            if os.readlink(f"{fd_dir}/{fd}") == str(path):
-                return True
-        except OSError:
-            pass
-    return False
