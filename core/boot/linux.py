@@ -147,8 +147,11 @@ def is_bzimage(data: bytes) -> bool:
     return len(data) >= HDR_HEADER + 4 and data[HDR_HEADER:HDR_HEADER + 4] == HDRS_MAGIC
 
 
-def parse_bzimage(data: bytes, name: str) -> BzImageHeader:
-    """Read and validate the setup header; BootError (one line naming `name`) for anything Vireo cannot boot."""
+def parse_bzimage(data: bytes, name: str, file_size: int | None = None) -> BzImageHeader:
+    """Read and validate the setup header; BootError (one line naming `name`) for anything Vireo cannot boot.
+    `file_size`: the whole file's size when `data` holds only its start (a probe reads the header, not the
+    kernel); the sizes the header promises are checked against it."""
+    size = len(data) if file_size is None else file_size
     if not is_bzimage(data):
         raise BootError(f"{name} is not a Linux bzImage (no 'HdrS' signature at offset 0x202)")
     version = _u16(data, HDR_VERSION)
@@ -168,9 +171,9 @@ def parse_bzimage(data: bytes, name: str) -> BzImageHeader:
     setup_size = (setup_sects + 1) * 512
     pm_size = syssize * 16
     # syssize is rounded up to a paragraph; more trailing bytes (e.g. an appended signature) are harmless.
-    if syssize == 0 or setup_size + pm_size > len(data) + 15:
+    if syssize == 0 or setup_size + pm_size > size + 15:
         raise BootError(f"{name} is truncated: the header promises {setup_size + pm_size} bytes, the file has "
-                        f"{len(data)}")
+                        f"{size}")
     kernel_alignment = _u32(data, HDR_KERNEL_ALIGNMENT)
     if kernel_alignment == 0 or kernel_alignment & (kernel_alignment - 1):
         raise BootError(f"{name} has an invalid kernel_alignment {kernel_alignment:#x} (not a power of two)")

@@ -116,9 +116,8 @@ def _probe_kernel(path: str, head: bytes, size: int) -> FileProbe:
         if size > MAX_KERNEL_BYTES:
             return FileProbe(False, "oversized bzImage", f"{path} is {format_size(size)}: too big for a kernel")
         try:
-            # parse_bzimage checks the header's sizes against the whole file; past the setup code only the
-            # length matters, so the unread rest is given as zeros.
-            hdr = parse_bzimage(head + bytes(size - len(head)), path)
+            # The header's sizes are checked against the whole file's size; only its start was read.
+            hdr = parse_bzimage(head, path, file_size=size)
         except BootError as exc:
             return FileProbe(False, "Linux kernel bzImage (unusable)", str(exc))
         version = hdr.kernel_version.split(" ", 1)[0]
