@@ -33,6 +33,9 @@ MIN_MEMORY_MIB = 16
 MAX_CPUS = 64
 ENGINE_FEATURES = frozenset({"disks"})
 DISPLAYS = ("vga", "none")
+DISK_BUSES = ("virtio", "ide")
+BOOT_DEVICES = ("kernel", "cd", "disk")   # "kernel": the Linux/Multiboot kernel given, loaded directly
+IDE_POSITIONS = 4                           # two channels, master and slave each: IDE disks and CD-ROMs share them
 
 
 class MachineState(enum.Enum):
@@ -49,17 +52,24 @@ class ConfigError(ValueError):
 
 @dataclass
 class DiskSpec:
-    """One virtio-blk disk: an image file, its format (None: detect from the header), and how to use it."""
+    """One disk: an image file, its format (None: detect from the header), how to use it, and the bus it sits on
+    (virtio-blk, or an ATA disk on the PIIX IDE controller)."""
 
     path: str
     format: str | None = None
     readonly: bool = False
     cache: str = "writeback"
+    bus: str = "virtio"
 
 
 @dataclass
 class MachineConfig:
-    kernel: str
+    """What one machine is made of. It boots either a kernel directly (`kernel`, with `boot` empty or starting
+    with "kernel" and no `firmware` asked for), or through PC firmware (SeaBIOS: `firmware`, None meaning
+    Debian's), which tries the devices of `boot` in order ("cd", "disk"; empty means CD then disk). `cdroms`
+    are ISO images on IDE ATAPI drives, read-only."""
+
+    kernel: str | None = None
     initrd: str | None = None
     cmdline: str = ""
     memory_mib: int = 256
@@ -69,6 +79,20 @@ class MachineConfig:
     on_triple_fault: str = "crash"     # "crash" (keep the state for inspection) or "reset" (as a PC does)
     disks: list[DiskSpec] = field(default_factory=list)
     display: str = "vga"               # "vga": the standard VGA with Bochs VBE; "none": no display adapter
+    cdroms: list[str] = field(default_factory=list)
+    boot: list[str] = field(default_factory=list)
+    firmware: str | None = None
+
+    @property
+    def direct_kernel_boot(self) -> bool:
+        """Whether the kernel is loaded by Vireo itself (no firmware runs)."""
+        return bool(self.kernel) and self.firmware is None and (not self.boot or self.boot[0] == "kernel")
+
+    @property
+    def firmware_boot_order(self) -> list[str]:
+        """The devices the firmware tries, in order."""
+        order = [b for b in self.boot if b != "kernel"]
+        return order or ["cd", "disk"]
 
     @classmethod
     def from_vm(cls, cfg: VmConfig, accel: str) -> MachineConfig:
@@ -104,6 +128,18 @@ class MachineConfig:
             raise ConfigError(f"on_triple_fault {self.on_triple_fault!r}: use crash or reset")
         if self.display not in DISPLAYS:
             raise ConfigError(f"display {self.display!r}: use one of {', '.join(DISPLAYS)}")
+        for i, disk in enumerate(self.disks):
+            if disk.bus not in DISK_BUSES:
+                raise ConfigError(f"disk {i + 1} bus {disk.bus!r}: use one of {', '.join(DISK_BUSES)}")
+        ide = sum(d.bus == "ide" for d in self.disks) + len(self.cdroms)
+        if ide > IDE_POSITIONS:
+            raise ConfigError(f"{ide} IDE drives (disks on bus=ide plus CD-ROMs): the IDE controller holds "
+                              f"{IDE_POSITIONS}; put disks on bus=virtio")
+        for entry in self.boot:
+            if entry not in BOOT_DEVICES:
+                raise ConfigError(f"boot device {entry!r}: use {', '.join(BOOT_DEVICES)}")
+        if "kernel" in self.boot and not self.kernel:
+            raise ConfigError("boot from kernel asked, but no kernel is given: give a kernel file or boot cd/disk")
 
 
 StateListener = Callable[["Machine", MachineState, str], None]

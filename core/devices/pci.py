@@ -4,7 +4,9 @@ Models the PCI Local Bus Specification 3.0: the CONFIG_ADDRESS/CONFIG_DATA ports
 the type-0 configuration header (section 6.1), BAR sizing by writing all ones (section 6.2.5.1), the command
 register's I/O and memory decode enables, and the capabilities list (section 6.7). A device's BARs appear on the
 machine's port-I/O or MMIO bus only while the guest has them decoding, at the address the guest programmed, as on
-real hardware. Bus 0 only; the host bridge is an i440FX-compatible 8086:1237 at 00:00.0.
+real hardware. Bus 0 only; the host bridge is an i440FX-compatible 8086:1237 at 00:00.0. A slot may hold up to eight
+functions (a PIIX3 is ISA bridge, IDE and more in one slot): function 0 then reports a multi-function header type
+(section 6.2.1), and a function that is absent reads as all ones, so enumeration moves on.
 
 A memory BAR whose handler has `ram_backing` (host address, size) -- a framebuffer -- is in addition mapped as
 guest RAM through the bus's `ram_mapper` (the CPU backend: Accelerator.map_ram), so guest accesses to it do not
@@ -60,6 +62,7 @@ class PciDevice:
         self.bars: dict[int, Bar] = {}
         self.bus: PciBus | None = None
         self.slot = -1
+        self.function = 0
         struct.pack_into("<HH", self.config, VENDOR_ID, vendor_id, device_id)
         self.config[REVISION_ID] = revision
         self.config[CLASS_PROG:CLASS_PROG + 3] = class_code.to_bytes(3, "little")
@@ -206,7 +209,7 @@ class PciBus:
         self.mmio = mmio
         self.ram_mapper = ram_mapper    # an Accelerator with map_ram/unmap_ram, or None: BARs are MMIO only
         self._set_irq = set_irq
-        self.devices: dict[int, PciDevice] = {}
+        self.devices: dict[int, PciDevice] = {}      # by devfn: slot << 3 | function
         self._address = 0
         self._lock = threading.RLock()
         self._intx_levels: dict[int, set[int]] = {}
@@ -217,19 +220,30 @@ class PciBus:
         pio.register(0xCF8, 1, _ConfigAddressPort(self))
         pio.register(0xCFC, 4, _ConfigDataPort(self))
 
-    def add(self, device: PciDevice, slot: int | None = None) -> int:
+    def add(self, device: PciDevice, slot: int | None = None, function: int = 0) -> int:
+        """Put `device` at slot:function (the first free slot when `slot` is None); return the slot."""
+        if not 0 <= function < 8:
+            raise ValueError(f"PCI function {function} is out of range 0-7")
         with self._lock:
             if slot is None:
-                slot = next(s for s in range(1, 32) if s not in self.devices)
-            if slot in self.devices:
-                raise ValueError(f"PCI slot {slot} is taken")
-            self.devices[slot] = device
+                slot = next(s for s in range(1, 32) if not self.slot_in_use(s))
+            devfn = slot << 3 | function
+            if devfn in self.devices:
+                raise ValueError(f"PCI slot {slot} function {function} is taken")
+            self.devices[devfn] = device
             device.bus = self
             device.slot = slot
+            device.function = function
             pin = device.config[INTERRUPT_PIN]
             if pin:
                 device.config[INTERRUPT_LINE] = self.gsi_for(slot, pin)
+            functions = [d for df, d in self.devices.items() if df >> 3 == slot]
+            if len(functions) > 1 and slot << 3 in self.devices:
+                self.devices[slot << 3].config[HEADER_TYPE] |= 0x80
             return slot
+
+    def slot_in_use(self, slot: int) -> bool:
+        return any(devfn >> 3 == slot for devfn in self.devices)
 
     def gsi_for(self, slot: int, pin: int) -> int:
         return self.PIRQ_GSIS[(slot + pin - 1) % 4]
@@ -240,10 +254,11 @@ class PciBus:
         with self._lock:
             holders = self._intx_levels.setdefault(gsi, set())
             was = bool(holders)
+            devfn = device.slot << 3 | device.function
             if level:
-                holders.add(device.slot)
+                holders.add(devfn)
             else:
-                holders.discard(device.slot)
+                holders.discard(devfn)
             now = bool(holders)
         if now != was:
             self._set_irq(gsi, now)
@@ -317,9 +332,9 @@ class PciBus:
         if not addr & 0x8000_0000:
             return None, 0
         bus, slot, func = (addr >> 16) & 0xFF, (addr >> 11) & 0x1F, (addr >> 8) & 0x7
-        if bus != 0 or func != 0:
+        if bus != 0:
             return None, 0
-        return self.devices.get(slot), addr & 0xFC
+        return self.devices.get(slot << 3 | func), addr & 0xFC
 
     def config_data_read(self, port: int, size: int) -> int:
         with self._lock:
@@ -353,7 +368,7 @@ class PciBus:
         usable. Done again after every reset."""
         with self._lock:
             self._firmware_windows = (mem_base, mem_limit, io_base, io_limit)
-            bars = [(dev, index, bar) for slot, dev in sorted(self.devices.items()) for index, bar in dev.bars.items()]
+            bars = [(dev, index, bar) for devfn, dev in sorted(self.devices.items()) for index, bar in dev.bars.items()]
             next_mem, next_io = mem_base, io_base
             for dev, index, bar in sorted(bars, key=lambda t: -t[2].size):
                 if bar.is_io:
