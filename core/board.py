@@ -4,8 +4,9 @@ i440FX/PIIX4 where Linux has expectations).
 A Board owns guest RAM, the port-I/O and MMIO buses, the device timer thread, the CPU backend with its vCPUs, the
 interrupt controllers and the devices: the 16550 UART (COM1), the MC146818 RTC/CMOS, the i8042 keyboard
 controller, the POST port, the ACPI PM block, the PIIX reset-control register, the PCI host bridge with its
-functions (the VGA with Bochs VBE, virtio-blk disks). It routes every device's interrupt line by GSI (ISA IRQ n is
-GSI n; PCI INTx are GSIs 16-19) and every MSI to the interrupt controllers.
+functions (the PIIX3 ISA bridge, the VGA with Bochs VBE, virtio-blk disks). It routes every device's interrupt
+line by GSI (ISA IRQ n is GSI n; PCI INTx are GSIs 16-19, and ISA IRQs too where the PIIX3 steers them) and every
+MSI to the interrupt controllers.
 
 The interrupt controllers are the accelerator's when it has its own (KVM's in-kernel 8259A pair, I/O APIC, local
 APICs and PIT; `Accelerator.provides_interrupt_controllers`). Otherwise -- the software CPU -- the board builds
@@ -32,6 +33,7 @@ from core.devices.i8042 import I8042
 from core.devices.ioapic import IoApic
 from core.devices.pci import PciBus
 from core.devices.pic import Pic8259Pair
+from core.devices.piix3 import Piix3IsaBridge
 from core.devices.pit import Pit8254
 from core.devices.post import PostPort
 from core.devices.reset_control import ResetControl
@@ -147,6 +149,11 @@ class Board:
         # A backend that maps device memory as RAM takes the framebuffer BAR off the MMIO exit path.
         self.pci = PciBus(self.pio, self.mmio, self.interrupts.set_irq,
                           ram_mapper=self.accel if self.accel.supports_ram_mapping else None)
+        # The southbridge's slot, as on QEMU's i440FX machine: the ISA bridge at 00:01.0 (its PIRQ router steers
+        # PCI interrupts to ISA IRQs for PIC-mode guests); the IDE controller joins it as function 1.
+        self.isa_bridge = Piix3IsaBridge(self.interrupts.set_irq)
+        self.pci.add(self.isa_bridge, slot=platform.PIIX_SLOT, function=0)
+        self.pci.pirq_router = self.isa_bridge
         port_devices = [self.serial, self.rtc, self.i8042, self.post, self.acpi_pm, self.reset_control, self.pci]
         for dev in port_devices:
             dev.attach(self.pio)

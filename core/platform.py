@@ -35,6 +35,7 @@ LAPIC_BASE = 0xFEE0_0000
 IOAPIC_BASE = 0xFEC0_0000
 IOAPIC_PINS = 24
 PCI_MMIO_WINDOW = (0xE000_0000, 0xFEC0_0000)   # where firmware places 32-bit PCI BARs (DSDT _CRS says the same)
+PIIX_SLOT = 1                                 # 00:01.0 ISA bridge, 00:01.1 IDE (as on QEMU's i440FX machine)
 PCI_INTX_GSIS = (16, 17, 18, 19)              # PIRQ A-D: I/O APIC pins of PCI INTx, level-triggered (DSDT _PRT)
 BIOS_AREA_START = 0xE_0000            # ACPI tables and the RSDP live here (ACPI 6.4, 5.2.5.1)
 BIOS_AREA_END = 0x10_0000

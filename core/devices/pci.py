@@ -213,6 +213,7 @@ class PciBus:
         self._address = 0
         self._lock = threading.RLock()
         self._intx_levels: dict[int, set[int]] = {}
+        self.pirq_router = None         # a Piix3IsaBridge also steering PIRQ A-D to ISA IRQs, or None
         self.add(PciHostBridge(), slot=0)
 
     def attach(self, pio: PortIoBus) -> None:
@@ -246,7 +247,12 @@ class PciBus:
         return any(devfn >> 3 == slot for devfn in self.devices)
 
     def gsi_for(self, slot: int, pin: int) -> int:
-        return self.PIRQ_GSIS[(slot + pin - 1) % 4]
+        return self.PIRQ_GSIS[self.pirq_for(slot, pin)]
+
+    @staticmethod
+    def pirq_for(slot: int, pin: int) -> int:
+        """PIRQ A-D (0-3) that INTx pin `pin` (INTA = 1) of `slot` is wired to."""
+        return (slot + pin - 1) % 4
 
     def route_intx(self, device: PciDevice, level: bool) -> None:
         """PCI interrupts are level-triggered and shared: a GSI is asserted while any device on it asserts."""
@@ -262,6 +268,8 @@ class PciBus:
             now = bool(holders)
         if now != was:
             self._set_irq(gsi, now)
+            if self.pirq_router is not None:
+                self.pirq_router.set_pirq(self.PIRQ_GSIS.index(gsi), now)
 
     # -- BAR decode --------------------------------------------------------------------------------------
     def update_bar_mappings(self, device: PciDevice) -> None:
