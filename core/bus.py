@@ -9,6 +9,8 @@ import bisect
 import threading
 from typing import Protocol
 
+from core.pio_lanes import PioLaneTable
+
 
 class PortIoDevice(Protocol):
     def io_read(self, port: int, size: int) -> int: ...
@@ -32,6 +34,7 @@ class PortIoBus:
 
     def __init__(self) -> None:
         self._ports: dict[int, PortIoDevice] = {}
+        self.lanes = PioLaneTable()     # data ports served without a Python call per access (core/pio_lanes.py)
         self.unhandled_reads = 0
         self.unhandled_writes = 0
 
@@ -60,6 +63,34 @@ class PortIoBus:
             self.unhandled_writes += 1
             return
         dev.io_write(port, size, value & _ONES[size])
+
+    def read_string(self, port: int, size: int, count: int) -> bytes:
+        """A string IN (REP INS) of `count` items: what the port's data lane serves in one copy, each item the
+        lane leaves to the device (the one ending a block) through the device, and so on."""
+        lane = self.lanes.get(port)
+        if lane is None:
+            return b"".join(self.read(port, size).to_bytes(size, "little") for _ in range(count))
+        out = bytearray()
+        while count:
+            head = lane.take_bulk(size, count)
+            out += head
+            count -= len(head) // size
+            if count:
+                out += self.read(port, size).to_bytes(size, "little")
+                count -= 1
+        return bytes(out)
+
+    def write_string(self, port: int, size: int, data: bytes | memoryview) -> None:
+        """A string OUT (REP OUTS) of len(data) // size items, the data lane first (as read_string)."""
+        lane = self.lanes.get(port)
+        i, end = 0, len(data) - len(data) % size
+        while i < end:
+            if lane is not None:
+                i += lane.put_bulk(data[i:end], size) * size
+                if i >= end:
+                    break
+            self.write(port, size, int.from_bytes(data[i:i + size], "little"))
+            i += size
 
 
 class MmioBus:

@@ -389,13 +389,11 @@ class KvmVcpu(Vcpu):
                         if count == 1:
                             pio_write(port, size, view[i])
                         else:
-                            for j in range(i, i + count):
-                                pio_write(port, size, view[j])
+                            self.pio.write_string(port, size, mm[offset:offset + size * count])
                     elif count == 1:
                         view[i] = pio_read(port, size)
                     else:
-                        for j in range(i, i + count):
-                            view[j] = pio_read(port, size)
+                        mm[offset:offset + size * count] = self.pio.read_string(port, size, count)
                 elif reason == exit_mmio:
                     addr, data, length, is_write = unpack_mmio(mm, _EXIT)
                     mask = masks.get(length)

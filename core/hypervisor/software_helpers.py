@@ -1,7 +1,8 @@
 """The software CPU's hooks into QEMU's translated code: port I/O, exception delivery, and the x86 helpers it
 interposes on (RDMSR, WRMSR, CPUID, SYSCALL, SYSENTER).
 
-unicorn 2.1.4 translates IN/OUT into calls of UC_HOOK_INSN callbacks, reports exceptions and INT n through
+unicorn 2.1.4 translates IN/OUT into calls of UC_HOOK_INSN callbacks (native ones that serve data lanes, then
+Python), reports exceptions and INT n through
 UC_HOOK_INTR and #UD through UC_HOOK_INSN_INVALID; both of those are answered by native stubs that run QEMU's own
 `x86_cpu_do_interrupt` (uc_native). The instructions QEMU implements in C helpers (target/i386/tcg/
 misc_helper.c, seg_helper.c) reach Python through the wrapper uc_native installs in front of each helper;
@@ -78,9 +79,9 @@ class X86HelperInterposition:
     _callbacks: list
     _fail: Callable[[str], None]
 
-    def _hook_add(self, htype: int, callback: int, *extra) -> None:
+    def _hook_add(self, htype: int, callback: int, *extra, user_data: int | None = None) -> None:
         handle = ctypes.c_size_t()
-        err = self.q.uc_hook_add(self.uch, ctypes.byref(handle), htype, c_void_p(callback), None,
+        err = self.q.uc_hook_add(self.uch, ctypes.byref(handle), htype, c_void_p(callback), c_void_p(user_data),
                                  c_uint64(1), c_uint64(0), *extra)
         if err:
             raise AcceleratorUnavailable(f"unicorn refused a hook (type {htype}): error {err}")
@@ -92,8 +93,11 @@ class X86HelperInterposition:
         io_in = _IN_CFUNC(self._io_in)
         io_out = _OUT_CFUNC(self._io_out)
         self._callbacks += [io_in, io_out]
-        self._hook_add(unicorn.UC_HOOK_INSN, addr_of_cfunc(io_in), c_int(X.UC_X86_INS_IN))
-        self._hook_add(unicorn.UC_HOOK_INSN, addr_of_cfunc(io_out), c_int(X.UC_X86_INS_OUT))
+        # The native hooks serve the devices' data lanes (core/pio_lanes.py) and pass every other access on.
+        lanes = self.pio.lanes
+        lanes.set_fallbacks(addr_of_cfunc(io_in), addr_of_cfunc(io_out))
+        self._hook_add(unicorn.UC_HOOK_INSN, n.pio_in_hook, c_int(X.UC_X86_INS_IN), user_data=lanes.address)
+        self._hook_add(unicorn.UC_HOOK_INSN, n.pio_out_hook, c_int(X.UC_X86_INS_OUT), user_data=lanes.address)
         n.handlers[self.view.env] = {"rdmsr": self._rdmsr, "wrmsr": self._wrmsr, "cpuid": self._cpuid,
                                      "syscall": self._syscall, "sysenter": self._sysenter}
 

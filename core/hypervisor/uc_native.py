@@ -14,6 +14,8 @@ wrappers interposed in front of QEMU's x86 helpers, and RDTSC.
   by the translator to emit the call) and its entry in QEMU's `all_helpers` table (which the translator looks up
   by that same pointer). This happens once per process, before any unicorn instance exists.
 * RDTSC as a native function (the host's invariant TSC, read without a system call).
+* The port I/O hooks: UC_HOOK_INSN callbacks for IN and OUT that serve a device's data lane (core/pio_lanes.py)
+  from its buffer and hand every other access to the accelerator's Python callback.
 * The write protection of translated code (uc_codetrack), installed in the same page.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ctypes import c_int, c_uint64, c_void_p
 from core.hypervisor.uc_codetrack import CodeDirtyTracking
 from core.hypervisor.uc_internals import UC_CPU, addr_of, qemu
 from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _poke_pointer
+from core.pio_lanes import LANES, WRITE_KEY
 
 
 def intr_hook_code(counters: int, do_interrupt: int) -> bytes:
@@ -64,6 +67,39 @@ def helper_wrapper_code(callback: int, raise_fn: int, original: int) -> bytes:
             + b"\x41\x5d\x41\x5c\x5b\xc3")
 
 
+def pio_in_hook_code() -> bytes:
+    """uint32_t hook(uc_engine *uc, uint32_t port, int size, struct table *t)   -- layout in core/pio_lanes.py
+         lea r8, [rcx+16]; mov r9d, LANES
+       next: cmp esi, [r8]; je found; add r8, 24; dec r9d; jnz next
+         jmp [rcx]                                  ; no read lane for this port: t->fallback_in(same args)
+       found: mov eax, [r8+4]; lea r10d, [rax+rdx]; cmp r10d, [r8+8]; jae last   ; pos + size < end?
+         mov [r8+4], r10d; add rax, [r8+16]        ; pos += size; rax = buffer + old pos
+         cmp edx, 2; je w; cmp edx, 4; je d; movzx eax, byte [rax]; ret
+       w: movzx eax, word [rax]; ret
+       d: mov eax, [rax]; ret
+       last: jmp [rcx]                              ; the block's last access is the device's"""
+    return bytes.fromhex("4c8d4110" "41b9" + struct.pack("<I", LANES).hex() + "413b30740b4983c01841ffc975f2ff21"
+                         "418b4004448d1410453b5008731d45895004490340 10".replace(" ", "")
+                         + "83fa02740983fa0474080fb600c30fb700c38b00c3ff21")
+
+
+def pio_out_hook_code() -> bytes:
+    """void hook(uc_engine *uc, uint32_t port, int size, uint32_t value, struct table *t)
+         mov r11d, esi; or r11d, WRITE_KEY; lea r9, [r8+16]; mov r10d, LANES
+       next: cmp r11d, [r9]; je found; add r9, 24; dec r10d; jnz next
+         jmp [r8+8]                                 ; no write lane: t->fallback_out(same args)
+       found: mov eax, [r9+4]; lea r11d, [rax+rdx]; cmp r11d, [r9+8]; jae last
+         mov [r9+4], r11d; add rax, [r9+16]
+         cmp edx, 2; je w; cmp edx, 4; je d; mov [rax], cl; ret
+       w: mov [rax], cx; ret
+       d: mov [rax], ecx; ret
+       last: jmp [r8+8]"""
+    return bytes.fromhex("4189f34181cb" + struct.pack("<I", WRITE_KEY).hex() + "4d8d4810" "41ba"
+                         + struct.pack("<I", LANES).hex() + "453b19740d4983c11841ffca75f241ff6008"
+                         "418b4104448d1c10453b5908731c45895904490341 10".replace(" ", "")
+                         + "83fa02740883fa0474078808c3668908c38908c341ff6008")
+
+
 RDTSC_CODE = b"\x0f\x31\x48\xc1\xe2\x20\x48\x09\xd0\xc3"   # rdtsc; shl rdx, 32; or rax, rdx; ret
 
 
@@ -90,6 +126,8 @@ class _Natives:
         self.intr_hook = self.page.add(intr_hook_code(ctypes.addressof(self.intr_counters), do_int))
         self.invalid_hook = self.page.add(invalid_hook_code(do_int))
         self.rdtsc = ctypes.CFUNCTYPE(c_uint64)(self.page.add(RDTSC_CODE))
+        self.pio_in_hook = self.page.add(pio_in_hook_code())
+        self.pio_out_hook = self.page.add(pio_out_hook_code())
         # env address -> {helper name: python callback}
         self.handlers: dict[int, dict[str, HelperCallback]] = {}
         self._cfuncs = []
