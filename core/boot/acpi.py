@@ -101,7 +101,8 @@ def build_facs() -> bytes:
 
 
 def build_fadt(dsdt_addr: int, facs_addr: int) -> bytes:
-    """FADT revision 6 (table 5.9): fixed hardware blocks from platform.py, in both the 32-bit and X_ forms."""
+    """FADT revision 6 (table 5.9): fixed hardware blocks from platform.py, in both the 32-bit and X_ forms.
+    The DSDT and FACS "addresses" are their offsets in the layout's blob until the blob is placed."""
     pm1a_evt, pm1a_cnt, pm_tmr, gpe0 = (platform.ACPI_PM1A_EVT, platform.ACPI_PM1A_CNT, platform.ACPI_PM_TMR,
                                         platform.ACPI_GPE0)
     flags = FADT_WBINVD | FADT_PROC_C1 | FADT_SLP_BUTTON | FADT_FIX_RTC | FADT_RESET_REG_SUP
@@ -162,7 +163,8 @@ def build_madt(num_cpus: int) -> bytes:
 
 
 def build_rsdp(rsdt_addr: int, xsdt_addr: int) -> bytes:
-    """RSDP revision 2 (5.2.5.3): the ACPI 1.0 checksum over the first 20 bytes, the extended one over all 36."""
+    """RSDP revision 2 (5.2.5.3): the ACPI 1.0 checksum over the first 20 bytes, the extended one over all 36.
+    The RSDT and XSDT "addresses" are offsets in the layout's blob until it is placed."""
     rsdp = bytearray(struct.pack("<8sB6sBIIQB3s", b"RSD PTR ", 0, OEM_ID, 2, rsdt_addr, RSDP_LEN, xsdt_addr, 0,
                                  b"\0" * 3))
     rsdp[RSDP_CHECKSUM] = checksum(rsdp[:RSDP_V1_LEN])
