@@ -34,7 +34,12 @@ PM_TIMER_HZ = 3_579_545
 LAPIC_BASE = 0xFEE0_0000
 IOAPIC_BASE = 0xFEC0_0000
 IOAPIC_PINS = 24
-PCI_MMIO_WINDOW = (0xE000_0000, 0xFEC0_0000)   # where firmware places 32-bit PCI BARs (DSDT _CRS says the same)
+# Where direct boot places 32-bit PCI BARs (core/devices/pci.py assign_resources). The DSDT's window (SeaBIOS's
+# rule, core/boot/acpi_dsdt.py) starts lower and ends at the same place, so it holds this for every RAM size.
+PCI_MMIO_WINDOW = (0xE000_0000, 0xFEC0_0000)
+PCI_MMIO32_END = IOAPIC_BASE                  # SeaBIOS's BUILD_PCIMEM_END: 32-bit BARs go below the I/O APIC
+PCI_MMIO64_ALIGN = 1 << 30                    # SeaBIOS aligns its 64-bit BAR regions to 1 GiB
+PCI_MMIO64_SIZE = 32 << 30                    # the DSDT's window above RAM for 64-bit BARs
 PIIX_SLOT = 1                                 # 00:01.0 ISA bridge, 00:01.1 IDE (as on QEMU's i440FX machine)
 PCI_INTX_GSIS = (16, 17, 18, 19)              # PIRQ A-D: I/O APIC pins of PCI INTx, level-triggered (DSDT _PRT)
 BIOS_AREA_START = 0xE_0000            # ACPI tables and the RSDP live here (ACPI 6.4, 5.2.5.1)

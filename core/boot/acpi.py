@@ -1,4 +1,4 @@
-"""The ACPI tables Vireo's direct boot gives the guest (ACPI 6.4, chapter 5.2 "ACPI System Description Tables"):
+"""The ACPI tables Vireo gives the guest (ACPI 6.4, chapter 5.2 "ACPI System Description Tables"):
 
   RSDP (5.2.5, revision 2) -> XSDT (5.2.8) and RSDT (5.2.7) -> FADT (5.2.9, revision 6) -> DSDT (5.2.11.1), FACS
                                                              -> MADT (5.2.12)
@@ -6,18 +6,25 @@
 They describe what platform.py places: the PM1a event/control blocks, PM timer and GPE0 block (the SCI on IRQ 9,
 ACPI permanently enabled since SMI_CMD is 0), the reset register at I/O 0xCF9, the 8042 and legacy devices, one
 local APIC (or x2APIC above ID 254) per vCPU, the I/O APIC with the PC's interrupt overrides (IRQ0 -> GSI 2, the
-SCI level-triggered), and a DSDT whose \\_S5 package lets the guest power off by writing SLP_TYP|SLP_EN to
-PM1a_CNT. The power button is the fixed-feature one (FADT PWR_BUTTON clear), so the DSDT needs no button device.
+SCI level-triggered), and a DSDT (core/boot/acpi_dsdt.py) whose \\_S5 package lets the guest power off by writing
+SLP_TYP|SLP_EN to PM1a_CNT. The power button is the fixed-feature one (FADT PWR_BUTTON clear), so the DSDT needs no
+button device.
 
-Everything goes at platform.ACPI_TABLES_ADDR (0xE0000), inside the reserved BIOS area of the e820 map, with the
-RSDP first on a 16-byte boundary so a guest that scans 0xE0000-0xFFFFF for "RSD PTR " finds it (5.2.5.1).
+One builder, two placements. layout_acpi_tables builds every table once into a position-independent layout: a
+blob of tables whose pointers hold offsets into it, an RSDP likewise, and the list of pointer fields and checksums
+that placing them must fix. Direct boot (build_acpi_tables) places it itself at platform.ACPI_TABLES_ADDR
+(0xE0000), inside the reserved BIOS area of the e820 map, with the RSDP first on a 16-byte boundary so a guest
+that scans 0xE0000-0xFFFFF for "RSD PTR " finds it (5.2.5.1). Firmware boot hands the same layout to the firmware
+as fw_cfg files and a table-loader script (core/boot/acpi_fw_cfg.py), and the firmware places it.
 """
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from core import platform
-from core.boot import aml
+from core.boot.acpi_dsdt import FOUR_GIB, PciWindows, dsdt_aml, pci_windows
+from core.boot.e820 import low_ram_end
 from core.boot.errors import BootError
 from core.memory import GuestMemory
 
@@ -56,7 +63,12 @@ PM1_EVT_LEN, PM1_CNT_LEN, PM_TMR_LEN, GPE0_BLK_LEN = 4, 2, 4, 8
 RTC_CENTURY_INDEX = 0x32     # the CMOS byte holding the century, as on PC/AT BIOSes
 FADT_REVISION, FADT_MINOR = 6, 4
 FADT_LENGTH = 276
+FADT_FIRMWARE_CTRL, FADT_DSDT, FADT_X_DSDT = 36, 40, 140    # the FADT's pointers to the FACS and DSDT
 HEADER_LEN = 36
+HEADER_CHECKSUM = 9
+# RSDP (5.2.5.3): the 20-byte ACPI 1.0 part with its checksum, then the extended part.
+RSDP_CHECKSUM, RSDP_RSDT, RSDP_XSDT, RSDP_EXT_CHECKSUM = 8, 16, 24, 32
+RSDP_V1_LEN, RSDP_LEN = 20, 36
 
 
 def checksum(data: bytes | bytearray) -> int:
@@ -74,41 +86,13 @@ def table(signature: bytes, revision: int, body: bytes) -> bytes:
     header = bytearray(struct.pack("<4sIBB6s8sI4sI", signature, length, revision, 0, OEM_ID, OEM_TABLE_ID,
                                    OEM_REVISION, CREATOR_ID, CREATOR_REVISION))
     out = header + body
-    out[9] = checksum(out)
+    out[HEADER_CHECKSUM] = checksum(out)
     return bytes(out)
 
 
-def build_dsdt() -> bytes:
-    """The DSDT: \\_S5 = Package{SLP_TYP for PM1a, SLP_TYP for PM1b, reserved, reserved} (7.4.2 "\\_Sx"), and the
-    PCI root bridge \\_SB.PCI0 (PNP0A03) with the windows it decodes (_CRS) and its INTx routing (_PRT)."""
-    s5 = aml.name("\\_S5", aml.package(aml.integer(platform.ACPI_S5_SLP_TYP), aml.integer(platform.ACPI_S5_SLP_TYP),
-                                       aml.integer(0), aml.integer(0)))
-    # Revision 2: integers in this definition block are 64 bits wide (5.2.11.1).
-    return table(b"DSDT", 2, s5 + aml.scope("\\_SB", build_pci_root()))
-
-
-def build_pci_root() -> bytes:
-    """Device(PCI0): bus 0, its I/O and memory windows, and a _PRT mapping every slot's INTA-D straight to the
-    I/O APIC GSIs core/devices/pci.py drives (6.2.13: Source 0 means SourceIndex is a GSI, level, active low)."""
-    mem_lo, mem_hi = platform.PCI_MMIO_WINDOW
-    crs = aml.resource_template(
-        aml.word_bus_number(0, 0xFF),
-        aml.io_port(platform.PCI_CONFIG_ADDRESS_PORT, 8),
-        aml.word_io(0x0000, 0x0CF7),
-        aml.word_io(0x0D00, 0xFFFF),
-        aml.dword_memory(platform.VGA_WINDOW, 0xBFFFF),
-        aml.dword_memory(mem_lo, mem_hi - 1),
-    )
-    routes = [aml.package(aml.integer(slot << 16 | 0xFFFF), aml.integer(pin), aml.integer(0),
-                          aml.integer(platform.PCI_INTX_GSIS[(slot + pin) % 4]))
-              for slot in range(1, 32) for pin in range(4)]
-    return aml.device("PCI0",
-                      aml.name("_HID", aml.eisa_id("PNP0A03")),
-                      aml.name("_ADR", aml.integer(0)),
-                      aml.name("_UID", aml.integer(0)),
-                      aml.name("_BBN", aml.integer(0)),
-                      aml.name("_CRS", crs),
-                      aml.name("_PRT", aml.package(*routes)))
+def build_dsdt(windows: PciWindows) -> bytes:
+    """The DSDT, revision 2: integers in this definition block are 64 bits wide (5.2.11.1)."""
+    return table(b"DSDT", 2, dsdt_aml(windows))
 
 
 def build_facs() -> bytes:
@@ -117,7 +101,8 @@ def build_facs() -> bytes:
 
 
 def build_fadt(dsdt_addr: int, facs_addr: int) -> bytes:
-    """FADT revision 6 (table 5.9): fixed hardware blocks from platform.py, in both the 32-bit and X_ forms."""
+    """FADT revision 6 (table 5.9): fixed hardware blocks from platform.py, in both the 32-bit and X_ forms.
+    The DSDT and FACS "addresses" are their offsets in the layout's blob until the blob is placed."""
     pm1a_evt, pm1a_cnt, pm_tmr, gpe0 = (platform.ACPI_PM1A_EVT, platform.ACPI_PM1A_CNT, platform.ACPI_PM_TMR,
                                         platform.ACPI_GPE0)
     flags = FADT_WBINVD | FADT_PROC_C1 | FADT_SLP_BUTTON | FADT_FIX_RTC | FADT_RESET_REG_SUP
@@ -126,7 +111,7 @@ def build_fadt(dsdt_addr: int, facs_addr: int) -> bytes:
     def put(offset: int, fmt: str, *values: int | bytes) -> None:
         struct.pack_into(fmt, body, offset - HEADER_LEN, *values)
 
-    put(36, "<II", facs_addr, dsdt_addr)                        # FIRMWARE_CTRL, DSDT
+    put(FADT_FIRMWARE_CTRL, "<II", facs_addr, dsdt_addr)        # FIRMWARE_CTRL, DSDT
     put(45, "<B", 0)                                            # Preferred_PM_Profile: unspecified
     put(46, "<HI", platform.ACPI_SCI_IRQ, 0)                    # SCI_INT, SMI_CMD (0: ACPI mode is fixed)
     put(56, "<IIIIIIII", pm1a_evt, 0, pm1a_cnt, 0, 0, pm_tmr, gpe0, 0)
@@ -139,7 +124,7 @@ def build_fadt(dsdt_addr: int, facs_addr: int) -> bytes:
     put(128, "<B", 0x06)                                        # RESET_VALUE: PIIX "hard reset" (SRST|RCPU)
     put(131, "<B", FADT_MINOR)
     # X_FIRMWARE_CTRL must be zero when FIRMWARE_CTRL is set (5.2.9); X_DSDT merely takes precedence over DSDT.
-    put(132, "<QQ", 0, dsdt_addr)                               # X_FIRMWARE_CTRL, X_DSDT
+    put(FADT_X_DSDT - 8, "<QQ", 0, dsdt_addr)                   # X_FIRMWARE_CTRL, X_DSDT
     x_blocks = (
         (148, gas(GAS_SYSTEM_IO, PM1_EVT_LEN * 8, pm1a_evt, ACCESS_WORD)),
         (172, gas(GAS_SYSTEM_IO, PM1_CNT_LEN * 8, pm1a_cnt, ACCESS_WORD)),
@@ -178,49 +163,123 @@ def build_madt(num_cpus: int) -> bytes:
 
 
 def build_rsdp(rsdt_addr: int, xsdt_addr: int) -> bytes:
-    """RSDP revision 2 (5.2.5.3): the ACPI 1.0 checksum over the first 20 bytes, the extended one over all 36."""
-    rsdp = bytearray(struct.pack("<8sB6sBIIQB3s", b"RSD PTR ", 0, OEM_ID, 2, rsdt_addr, 36, xsdt_addr, 0,
+    """RSDP revision 2 (5.2.5.3): the ACPI 1.0 checksum over the first 20 bytes, the extended one over all 36.
+    The RSDT and XSDT "addresses" are offsets in the layout's blob until it is placed."""
+    rsdp = bytearray(struct.pack("<8sB6sBIIQB3s", b"RSD PTR ", 0, OEM_ID, 2, rsdt_addr, RSDP_LEN, xsdt_addr, 0,
                                  b"\0" * 3))
-    rsdp[8] = checksum(rsdp[:20])
-    rsdp[32] = checksum(rsdp)
+    rsdp[RSDP_CHECKSUM] = checksum(rsdp[:RSDP_V1_LEN])
+    rsdp[RSDP_EXT_CHECKSUM] = checksum(rsdp)
     return bytes(rsdp)
 
 
-class _Allocator:
-    def __init__(self, start: int, end: int) -> None:
-        self.next, self.end = start, end
+# -- one layout, two placements ------------------------------------------------------------------------------------
 
-    def take(self, size: int, align: int = 16) -> int:
-        addr = (self.next + align - 1) & ~(align - 1)
-        if addr + size > self.end:
-            raise BootError(f"the ACPI tables do not fit below {self.end:#x}; use fewer --cpus")
-        self.next = addr + size
-        return addr
+TABLES, RSDP = "tables", "rsdp"     # the two blobs: every table, and the RSDP (which must sit where a scan finds it)
+TABLES_ALIGN = 64                   # the FACS, first in the blob, must be 64-byte aligned (5.2.10)
+TABLE_ALIGN = 16
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """A little-endian field of `size` bytes at `offset` in blob `blob` that holds an offset into the TABLES blob;
+    placing the blob at an address adds that address to it."""
+
+    blob: str
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """The byte at `offset` in blob `blob` that makes bytes [start, start + length) sum to 0 modulo 256."""
+
+    blob: str
+    offset: int
+    start: int
+    length: int
+
+
+@dataclass(frozen=True)
+class AcpiLayout:
+    """The tables as two position-independent blobs: `pointers` still hold offsets into `tables`, and
+    `checksums` (in the order they must be redone: the RSDP's 20-byte one before its extended one) are right
+    only for tables placed at address 0. `offsets` gives each table's offset in `tables` by signature."""
+
+    tables: bytes
+    rsdp: bytes
+    pointers: tuple[Pointer, ...]
+    checksums: tuple[Checksum, ...]
+    offsets: dict[bytes, int]
+
+
+def layout_acpi_tables(num_cpus: int, windows: PciWindows) -> AcpiLayout:
+    """Build every table once, laid out in one blob at offsets from its start: FACS, DSDT, FADT, MADT, XSDT,
+    RSDT; and the RSDP on its own."""
+    blob = bytearray()
+    offsets: dict[bytes, int] = {}
+
+    def put(data: bytes, align: int = TABLE_ALIGN) -> int:
+        offset = -len(blob) % align + len(blob)
+        blob.extend(bytes(offset - len(blob)) + data)
+        offsets[data[:4]] = offset
+        return offset
+
+    facs = put(build_facs(), TABLES_ALIGN)
+    dsdt = put(build_dsdt(windows))
+    fadt = put(build_fadt(dsdt, facs))
+    madt = put(build_madt(num_cpus))
+    listed = (fadt, madt)
+    xsdt = put(table(b"XSDT", 1, b"".join(struct.pack("<Q", a) for a in listed)))
+    rsdt = put(table(b"RSDT", 1, b"".join(struct.pack("<I", a) for a in listed)))
+    pointers = [Pointer(TABLES, fadt + FADT_FIRMWARE_CTRL, 4), Pointer(TABLES, fadt + FADT_DSDT, 4),
+                Pointer(TABLES, fadt + FADT_X_DSDT, 8)]
+    pointers += [Pointer(TABLES, xsdt + HEADER_LEN + 8 * i, 8) for i in range(len(listed))]
+    pointers += [Pointer(TABLES, rsdt + HEADER_LEN + 4 * i, 4) for i in range(len(listed))]
+    pointers += [Pointer(RSDP, RSDP_RSDT, 4), Pointer(RSDP, RSDP_XSDT, 8)]
+    checksums = [Checksum(TABLES, offsets[sig] + HEADER_CHECKSUM, offsets[sig],
+                          struct.unpack_from("<I", blob, offsets[sig] + 4)[0])
+                 for sig in (b"DSDT", b"FACP", b"APIC", b"XSDT", b"RSDT")]
+    checksums += [Checksum(RSDP, RSDP_CHECKSUM, 0, RSDP_V1_LEN), Checksum(RSDP, RSDP_EXT_CHECKSUM, 0, RSDP_LEN)]
+    return AcpiLayout(bytes(blob), build_rsdp(rsdt, xsdt), tuple(pointers), tuple(checksums), offsets)
+
+
+def place(layout: AcpiLayout, tables_addr: int, rsdp_addr: int) -> tuple[bytes, bytes]:
+    """The tables and RSDP blobs as they must read at `tables_addr` and `rsdp_addr`: the same steps as the
+    firmware's table loader (pointers, then checksums), done here for direct boot."""
+    if tables_addr % TABLES_ALIGN or rsdp_addr % TABLE_ALIGN:
+        raise ValueError(f"ACPI tables at {tables_addr:#x} / RSDP at {rsdp_addr:#x} are not 64/16-byte aligned")
+    blobs = {TABLES: bytearray(layout.tables), RSDP: bytearray(layout.rsdp)}
+    for p in layout.pointers:
+        data = blobs[p.blob]
+        value = int.from_bytes(data[p.offset:p.offset + p.size], "little") + tables_addr
+        if value >> (8 * p.size):
+            raise ValueError(f"ACPI tables at {tables_addr:#x} do not fit a {p.size}-byte pointer")
+        data[p.offset:p.offset + p.size] = value.to_bytes(p.size, "little")
+    for c in layout.checksums:
+        data = blobs[c.blob]
+        data[c.offset] = (data[c.offset] - sum(data[c.start:c.start + c.length])) & 0xFF
+    return bytes(blobs[TABLES]), bytes(blobs[RSDP])
+
+
+def guest_ram_split(memory: GuestMemory) -> tuple[int, int]:
+    """(end of the RAM below 4 GiB, bytes of RAM from 4 GiB up): what pci_windows and the firmware's e820 see."""
+    high_end = max((r.end for r in memory.regions if r.gpa >= FOUR_GIB), default=FOUR_GIB)
+    return low_ram_end(memory), high_end - FOUR_GIB
 
 
 def build_acpi_tables(memory: GuestMemory, num_cpus: int) -> int:
-    """Write the tables at platform.ACPI_TABLES_ADDR and return the RSDP's address."""
+    """Direct boot: write the RSDP at platform.ACPI_TABLES_ADDR, the tables after it, and return the RSDP's
+    address."""
     if not memory.contains(platform.ACPI_TABLES_ADDR, ACPI_AREA_END - platform.ACPI_TABLES_ADDR):
         raise BootError(f"guest memory of {memory.size >> 10} KiB has no room for the ACPI tables at "
                         f"{platform.ACPI_TABLES_ADDR:#x}; give more --memory")
-    alloc = _Allocator(platform.ACPI_TABLES_ADDR, ACPI_AREA_END)
-    rsdp_addr = alloc.take(36, 16)
-    dsdt = build_dsdt()
-    dsdt_addr = alloc.take(len(dsdt))
-    facs = build_facs()
-    facs_addr = alloc.take(len(facs), 64)       # the FACS must be 64-byte aligned (5.2.10)
-    fadt = build_fadt(dsdt_addr, facs_addr)
-    fadt_addr = alloc.take(len(fadt))
-    madt = build_madt(num_cpus)
-    madt_addr = alloc.take(len(madt))
-    pointed = [fadt_addr, madt_addr]
-    blobs = [(dsdt_addr, dsdt), (facs_addr, facs), (fadt_addr, fadt), (madt_addr, madt)]
-    xsdt = table(b"XSDT", 1, b"".join(struct.pack("<Q", a) for a in pointed))
-    xsdt_addr = alloc.take(len(xsdt))
-    rsdt = table(b"RSDT", 1, b"".join(struct.pack("<I", a) for a in pointed))
-    rsdt_addr = alloc.take(len(rsdt))
-    blobs += [(xsdt_addr, xsdt), (rsdt_addr, rsdt), (rsdp_addr, build_rsdp(rsdt_addr, xsdt_addr))]
-    memory.fill(platform.ACPI_TABLES_ADDR, alloc.next - platform.ACPI_TABLES_ADDR, 0)
-    for addr, blob in blobs:
-        memory.write(addr, blob)
+    layout = layout_acpi_tables(num_cpus, pci_windows(*guest_ram_split(memory)))
+    rsdp_addr = platform.ACPI_TABLES_ADDR
+    tables_addr = -(rsdp_addr + RSDP_LEN) % TABLES_ALIGN + rsdp_addr + RSDP_LEN
+    if tables_addr + len(layout.tables) > ACPI_AREA_END:
+        raise BootError(f"the ACPI tables do not fit below {ACPI_AREA_END:#x}; use fewer --cpus")
+    tables, rsdp = place(layout, tables_addr, rsdp_addr)
+    memory.fill(platform.ACPI_TABLES_ADDR, tables_addr + len(tables) - platform.ACPI_TABLES_ADDR, 0)
+    memory.write(rsdp_addr, rsdp)
+    memory.write(tables_addr, tables)
     return rsdp_addr

@@ -162,3 +162,9 @@ def word_io(first: int, last: int) -> bytes:
 def dword_memory(first: int, last: int) -> bytes:
     """DWordMemory(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite, ...) (6.4.3.5.2)."""
     return struct.pack("<BHBBBIIIII", 0x87, 23, 0, 0x0C, 0x01, 0, first, last, 0, last - first + 1)
+
+
+def qword_memory(first: int, last: int) -> bytes:
+    """QWordMemory(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite, ...) (6.4.3.5.1):
+    a memory window that may lie above 4 GiB."""
+    return struct.pack("<BHBBBQQQQQ", 0x8A, 43, 0, 0x0C, 0x01, 0, first, last, 0, last - first + 1)

@@ -268,4 +268,7 @@ def test_dsdt_disassembles_with_iasl(mem):
     assert "Name (_PRT, Package (0x7C)" in dsl                       # 31 slots x 4 pins
     # slot 1 INTA -> PIRQ (1+0)%4 = B -> GSI 17, the same swizzle core/devices/pci.py drives
     assert re.search(r"0x0001FFFF,\s*Zero,\s*Zero,\s*0x11\b", dsl)
-    assert "WordBusNumber" in dsl and "0xE0000000" in dsl and "0xFEBFFFFF" in dsl
+    # 64 MiB of RAM: SeaBIOS's 32-bit window starts at 2 GiB, and 64-bit BARs may go from 4 GiB up.
+    assert "WordBusNumber" in dsl and "0x80000000," in dsl and "0xFEBFFFFF," in dsl
+    assert "0x0000000100000000," in dsl
+    assert 'EisaId ("PNP0303")' in dsl and 'EisaId ("PNP0F13")' in dsl       # the 8042's ports, which SeaBIOS needs
