@@ -12,7 +12,8 @@ steps (and QEMU TCG timings) are the reference for the same tests on Vireo's eng
   debian_installer_iso()  GRUB shows DI_TITLES and boots the first after DI_TIMEOUT s (or on Enter): Debian's
                    installer draws DI_FIRST_SCREEN on the serial port; Down, Enter instead draws it on the Bochs
                    framebuffer (installer_screen_drawn() on a screen dump). Needs DI_MEMORY_MIB of RAM, else it
-                   stops at a "Low memory" screen.
+                   stops at a "Low memory" screen. From Enter to DI_KERNEL_STARTED on the serial port, GRUB loads
+                   the kernel and the 40 MB initrd from the CD through the BIOS.
   memtest_iso()    Debian's memtest86+ (El Torito floppy emulation) draws MEMTEST_TITLE on the VGA text screen, then
                    MEMTEST_RUNNING once its first test runs. It writes nothing on the serial port.
   installer_iso()  boots at once into the installer: with a blank disk (blank_disk()) attached on IDE or virtio it
@@ -47,6 +48,8 @@ INSTALL_OK = "VIREO-INSTALL-OK"
 INSTALL_FAILED = "VIREO-INSTALL-FAILED="
 INSTALL_DISK = re.compile(r"VIREO-INSTALL-DISK=(\w+):(\d+)")
 DI_FIRST_SCREEN = "Select a language"       # the title of the installer's first dialog, "[!!] Select a language"
+DI_KERNEL_STARTED = "Linux version"         # the installer's kernel is not quiet: its first line, once GRUB has
+                                            # read it and the 40 MB initrd.gz from the CD
 DI_MEMORY_MIB = 1024
 MEMTEST_TITLE = "Memtest86+ v"               # top left of memtest86+'s screen, e.g. "Memtest86+ v6.10"
 MEMTEST_RUNNING = re.compile(r"Test #\d+ +\[")   # e.g. "Test #3  [Moving inversions, 1s & 0s]"
