@@ -94,7 +94,7 @@ class IdeRig:
         self.outb(ch, 4, lba >> 8 & 0xFF)
         self.outb(ch, 5, lba >> 16 & 0xFF)
         if not lba48:
-            self.outb(ch, 6, (device & ~0x1F) | unit << 4 | (lba >> 24 & 0x0F))
+            self.outb(ch, 6, (device & ~0x10) | unit << 4 | (lba >> 24 & 0x0F))
         self.outb(ch, 7, cmd)
 
     def read_data(self, ch: int, nbytes: int, width: int = 2) -> bytes:

@@ -28,6 +28,7 @@ class Worker:
         self._busy = False
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self.failures = 0           # jobs that raised (a model bug; logged)
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._cond:
@@ -53,6 +54,7 @@ class Worker:
             try:
                 job()
             except Exception:       # a model bug must not kill the thread: later jobs (and resets) still run
+                self.failures += 1
                 log.exception("IDE worker %s: a job failed", self.name)
 
     def idle(self) -> bool:
