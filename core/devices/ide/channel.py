@@ -21,6 +21,11 @@ but the last of a block with one index into a 16-bit view of it and two integer 
 allocation. The last access of a block (and anything unusual) takes the slow path under the channel lock, which
 tells the drive the block is done. Accesses never cross a DRQ block: a 32-bit access with two bytes left moves
 two (as the PIIX splits it), and an 8-bit access moves a word.
+
+Where the port bus has data lanes (core/pio_lanes.py: `PortIoBus.lanes`), the channel offers each DRQ block on
+its data port's lane instead, and the CPU backend moves the block's words without calling the model at all; only
+the access that ends a block (and single accesses on KVM) reach the data port handler, which then takes it from
+the lane under the lock and ends the block.
 """
 from __future__ import annotations
 
@@ -116,6 +121,7 @@ class IdeChannel:
         self.w16 = memoryview(self.buf).cast("H")
         self.pos = self.rd_end = self.wr_end = 0
         self._block_done: Callable[[], None] | None = None
+        self.lane = None             # a PioLane of the port bus serving the data port, when it has lanes
         self.data_port = DataPort(self)
         self.command_port = CommandBlockPort(self)
         self.control_port = ControlPort(self)
@@ -186,12 +192,20 @@ class IdeChannel:
         self.irq.set(level)
 
     # -- PIO data transfer (drives call these with the lock held) -----------------------------------------------
+    def use_lane(self, lane) -> None:
+        """Serve the data port's blocks through `lane` (a PioLane of the port bus), or again without one (None)."""
+        with self.lock:
+            self.pio_stop()
+            self.lane = lane
+
     def pio_in(self, start: int, length: int, done: Callable[[], None]) -> None:
         """Offer buf[start:start+length] to the host; `done` runs once it has all been read."""
         self.wr_end = 0
         self.pos = start
         self._block_done = done
         self.rd_end = start + length
+        if self.lane is not None:
+            self.lane.offer_read(memoryview(self.buf)[start:start + length])
 
     def pio_out(self, start: int, length: int, done: Callable[[], None]) -> None:
         """Take `length` bytes from the host into buf[start:]; `done` runs once they have all been written."""
@@ -199,16 +213,44 @@ class IdeChannel:
         self.pos = start
         self._block_done = done
         self.wr_end = start + length
+        if self.lane is not None:
+            self.lane.expect_write(length)
 
     def pio_stop(self) -> None:
+        if self.lane is not None:
+            self.lane.close()
         self.rd_end = self.wr_end = self.pos = 0
         self._block_done = None
 
     def _end_block(self) -> None:
         done, self._block_done = self._block_done, None
+        if self.lane is not None:
+            self.lane.close()
         self.rd_end = self.wr_end = self.pos = 0
         if done is not None:
             done()
+
+    def lane_read(self, size: int) -> int:
+        """An access the lane left to the model: the one ending a block, or one outside the CPU's string path."""
+        with self.lock:
+            lane = self.lane
+            if lane is None or not self.rd_end:
+                return 0xFFFF_FFFF if size == 4 else 0xFFFF
+            value = lane.take(size)
+            if lane.remaining == 0:
+                self._end_block()
+            return value
+
+    def lane_write(self, size: int, value: int) -> None:
+        with self.lock:
+            lane = self.lane
+            if lane is None or not self.wr_end:
+                return
+            lane.put(size, value)
+            if lane.remaining == 0:
+                written = lane.written()
+                self.buf[self.pos:self.pos + len(written)] = written
+                self._end_block()
 
     def data_read_slow(self, size: int) -> int:
         with self.lock:
@@ -362,6 +404,8 @@ class DataPort:
 
     def io_read(self, port: int, size: int) -> int:
         ch = self.ch
+        if ch.lane is not None:
+            return ch.lane_read(size)
         pos = ch.pos
         if size == 2:
             if pos + 2 < ch.rd_end:
@@ -375,6 +419,9 @@ class DataPort:
 
     def io_write(self, port: int, size: int, value: int) -> None:
         ch = self.ch
+        if ch.lane is not None:
+            ch.lane_write(size, value)
+            return
         pos = ch.pos
         if size == 2:
             if pos + 2 < ch.wr_end:

@@ -63,8 +63,16 @@ class PiixIde(PciDevice):
         self._decoding = [False, False]
 
     def attach(self, pio: PortIoBus) -> None:
-        """Give the controller the port bus its legacy ports appear on (while decoding is enabled)."""
+        """Give the controller the port bus its legacy ports appear on (while decoding is enabled), and take the
+        bus's data lanes for the two data ports where it has them (core/pio_lanes.py)."""
         self._pio = pio
+        lanes = getattr(pio, "lanes", None)
+        if lanes is not None:
+            for channel, (base, _, _) in zip(self.channels, LEGACY_CHANNELS, strict=True):
+                try:
+                    channel.use_lane(lanes.lane(base))
+                except ValueError as exc:      # every lane taken: this channel's data port stays plain
+                    log.info("IDE channel %d without a data lane: %s", channel.index, exc)
         self._update_decode()
 
     def attach_drive(self, position: int, drive: IdeDrive) -> None:
@@ -121,6 +129,8 @@ class PiixIde(PciDevice):
                 channel.command_port.base = base
             else:
                 self._unregister(pio, i)
+                with channel.lock:
+                    channel.pio_stop()      # a lane must not answer for ports nobody decodes
             self._decoding[i] = want
 
     @staticmethod
