@@ -1,8 +1,11 @@
 """How fast the IDE data port moves a CD's data by PIO, the way SeaBIOS's ATAPI driver reads boot loaders, kernels
 and initrds: READ(10) packets with a byte count limit of 2048, then `rep insw` of 1024 words per DRQ block.
 
-Two measurements, printed as accesses per second and MB/s:
-  handler   the port bus's read() of the data port called from Python in a loop (the device model alone);
+Measurements, printed as accesses per second and MB/s:
+  handler   the port bus's read() of the data port called from Python, one access at a time (the device model's
+            own path for every access; with data lanes, the path of single accesses only);
+  string    the port bus's read_string() of a whole block, where the bus has data lanes (core/pio_lanes.py):
+            what a KVM string exit costs;
   guest     a 16-bit real-mode guest on the software CPU issuing the packets and `rep insw` itself (the model
             plus the CPU's port-I/O path), reading the same 64 KiB of the disc over and over.
 
@@ -47,7 +50,7 @@ def _controller(memory, pio, sink, iso: str) -> tuple[PiixIde, AtapiCdrom]:
     return ide, cd
 
 
-def bench_handler(iso: str, mib: int) -> tuple[float, float]:
+def bench_handler(iso: str, mib: int, string: bool = False) -> tuple[float, float]:
     from core.bus import PortIoBus
     from core.memory import GuestMemory
 
@@ -72,8 +75,11 @@ def bench_handler(iso: str, mib: int) -> tuple[float, float]:
             write(DATA, 2, cdb[i] | cdb[i + 1] << 8)
         for _ in range(BLOCKS_PER_COMMAND):
             read(STATUS, 1)
-            for _ in range(1024):
-                read(DATA, 2)
+            if string:
+                pio.read_string(DATA, 2, 1024)
+            else:
+                for _ in range(1024):
+                    read(DATA, 2)
             accesses += 1024
         read(STATUS, 1)
     elapsed = time.perf_counter() - start
@@ -153,7 +159,11 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         iso = _iso(d)
-        for name, bench in (("handler", bench_handler), ("guest", bench_guest)):
+        from core.bus import PortIoBus
+        benches = [("handler", bench_handler), ("guest", bench_guest)]
+        if hasattr(PortIoBus, "read_string"):
+            benches.insert(1, ("string", lambda iso, mib: bench_handler(iso, mib, string=True)))
+        for name, bench in benches:
             rate, mbs = bench(iso, args.mib)
             print(f"{name:8} {rate / 1e6:6.2f} M data-port accesses/s   {mbs:6.1f} MB/s")
     return 0
