@@ -15,15 +15,13 @@ import os
 import tempfile
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from core.devices.ide import AtaDisk, AtapiCdrom  # noqa: E402
-from core.devices.ide.channel import BUF_SIZE  # noqa: E402
-from core.storage import open_image  # noqa: E402
-from tests.helpers.ide import BM_BASE, CMD_BASE, IdeRig, make_image  # noqa: E402
+from core.devices.ide import AtaDisk, AtapiCdrom
+from core.devices.ide.channel import BUF_SIZE
+from core.storage import open_image
+from tests.helpers.ide import BM_BASE, CMD_BASE, IdeRig, make_image
 
 RAM = 1 << 20
 TABLE = 0x8000
