@@ -30,6 +30,7 @@ from core.bus import MmioBus, PortIoBus
 from core.devices.acpi_pm import AcpiPm
 from core.devices.apic_bus import ApicBus, decode_msi
 from core.devices.i8042 import I8042
+from core.devices.ide import AtaDisk, AtapiCdrom, PiixIde, drive_positions
 from core.devices.ioapic import IoApic
 from core.devices.pci import PciBus
 from core.devices.pic import Pic8259Pair
@@ -121,6 +122,8 @@ class Board:
         self.timers.on_error = lambda exc: report_fault(f"device timer failed: {exc!r}")
         self.images: list = []
         self.disk_transports: list[VirtioPciDevice] = []
+        self.ide: PiixIde | None = None
+        self.cdroms: list[AtapiCdrom] = []
         self.accel: Accelerator | None = None
         self.vga: Vga | None = None
         try:
@@ -154,6 +157,7 @@ class Board:
         self.isa_bridge = Piix3IsaBridge(self.interrupts.set_irq)
         self.pci.add(self.isa_bridge, slot=platform.PIIX_SLOT, function=0)
         self.pci.pirq_router = self.isa_bridge
+        self.ide = self._build_ide(config)
         port_devices = [self.serial, self.rtc, self.i8042, self.post, self.acpi_pm, self.reset_control, self.pci]
         for dev in port_devices:
             dev.attach(self.pio)
@@ -163,8 +167,47 @@ class Board:
             self.vga = Vga(self.pci)
             self.vga.attach(self.pio, self.mmio)
             self.devices.append(self.vga)
-        self.disks = [self._add_disk(i, spec) for i, spec in enumerate(config.disks)]
+        self.disks = [self._add_disk(i, spec) for i, spec in enumerate(config.disks) if spec.bus == "virtio"]
         self.pci.assign_resources()
+
+    def _build_ide(self, config: MachineConfig) -> PiixIde:
+        """The PIIX3's IDE function (00:01.1), there whether or not it has drives, as on QEMU's PC. Disks on
+        bus "ide" and then the CD-ROMs take the positions drive_positions() gives (the disks from the primary
+        master on, the first CD-ROM on the secondary master); a CD-ROM path of "" is an empty drive. With no
+        firmware to run, the function is set up as firmware would leave it (IDETIM decode on)."""
+        from core.storage import open_image
+        ide = PiixIde(self.memory, self.interrupts)
+        self.pci.add(ide, slot=platform.PIIX_SLOT, function=1)
+        ide.attach(self.pio)
+        ide_disks = [(i, spec) for i, spec in enumerate(config.disks) if spec.bus == "ide"]
+        disk_positions, cd_positions = drive_positions(len(ide_disks), len(config.cdroms))
+        for position, (index, spec) in zip(disk_positions, ide_disks, strict=True):
+            image = open_image(spec.path, spec.format, read_only=spec.readonly, cache=spec.cache)
+            self.images.append(image)
+            ide.attach_drive(position, AtaDisk(image, serial=f"vireo-disk{index}"))
+        for number, (position, path) in enumerate(zip(cd_positions, config.cdroms, strict=True)):
+            image = open_image(path, "raw", read_only=True) if path else None
+            if image is not None:
+                self.images.append(image)
+            cdrom = AtapiCdrom(image, serial=f"vireo-cd{number}")
+            ide.attach_drive(position, cdrom)
+            self.cdroms.append(cdrom)
+        if config.direct_kernel_boot:
+            ide.configure_as_firmware()
+        return ide
+
+    def change_cdrom(self, number: int, path: str | None) -> None:
+        """Put the ISO at `path` into CD-ROM drive `number` (None: take the disc out) while the machine runs;
+        the guest sees a medium change. The image it had is closed."""
+        from core.storage import open_image
+        drive = self.cdroms[number]
+        image = open_image(path, "raw", read_only=True) if path else None
+        old = drive.change_medium(image)
+        if image is not None:
+            self.images.append(image)
+        if old is not None:
+            self.images.remove(old)
+            old.close()
 
     def _add_disk(self, index: int, spec: DiskSpec) -> VirtioBlk:
         from core.storage import open_image
@@ -194,6 +237,8 @@ class Board:
             self.vga.close()
         for transport in self.disk_transports:
             transport.close()         # the disk's worker thread finishes its request before the image closes
+        if self.ide is not None:
+            self.ide.close()          # likewise the IDE channels' workers
         for image in self.images:
             try:
                 image.close()
