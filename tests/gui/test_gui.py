@@ -198,7 +198,7 @@ def test_vm_window_tabs_details_apply_and_revert(qtbot, app_parts) -> None:
     assert "shut off" in vm_window.console.banner_text.text()
     details = vm_window.details
     assert [details.pages.item(i).text() for i in range(details.pages.count())] == \
-        ["Overview", "CPU", "Memory", "Boot Options", "Disks", "Network", "Display", "Serial"]
+        ["Overview", "CPU", "Memory", "Boot Options", "Disks", "CD-ROM", "Network", "Display", "Serial"]
     assert not details.apply_button.isEnabled()
     details.memory.setValue(512)
     details.cmdline.setText("console=ttyS0 loglevel=4")
