@@ -248,3 +248,23 @@ def test_a_running_vm_takes_a_disc_and_boot_order_for_its_next_start(qtbot, app_
         deadline = time.monotonic() + 15
         while bridge.running() and time.monotonic() < deadline:
             qtbot.wait(50)
+
+
+def test_boot_once_cleared_by_the_host_under_unapplied_edits_stays_cleared(qtbot, app_parts,  # noqa: F811
+                                                                          tmp_path: Path) -> None:
+    """The host clears boot-once as the VM starts (LocalHost._boot_once_done: a definition rewritten with only that
+    changed). Details with edits not yet applied takes that change, so Apply does not put the flag back; here the
+    host is given the same rewrite directly, as starting a firmware VM needs the engine's firmware boot."""
+    host, bridge, window = app_parts
+    iso = write_iso(tmp_path / "debian.iso")
+    cfg = VmConfig(name="once", cdroms=[CdromConfig(str(iso))], boot=BootConfig(order=["disk", "cd"], cd_once=True))
+    details = _details(qtbot, window, bridge, cfg, 0)
+    type_into(qtbot, details.notes, "installing")
+    assert details.apply_button.isEnabled() and details.boot_page.cd_once.isChecked()
+    cleared = host.get(cfg.uuid).config.copy()
+    cleared.boot.cd_once = False
+    host.define(cleared)
+    qtbot.waitUntil(lambda: not details.boot_page.cd_once.isChecked(), timeout=TIMEOUT_MS)
+    assert details.notes.toPlainText() == "installing" and details.apply_button.isEnabled()
+    saved = _apply(qtbot, details, host, cfg.uuid)
+    assert saved["notes"] == "installing" and saved["boot"]["cd_once"] is False
