@@ -154,6 +154,7 @@ class StoragePage(QWizardPage):
         super().__init__(wizard)
         self.wiz = wizard
         self._source_seen: int | None = None
+        self._offered = False          # "create" was checked by the page for an ISO install, not by the user
         self.setTitle("Storage")
         self.setSubTitle("Step 4 of 5: a new disk for the VM, or none.")
         lay = QVBoxLayout(self)
@@ -190,17 +191,27 @@ class StoragePage(QWizardPage):
                                "the definition and attached once it does.", self))
         lay.addStretch(1)
         self.create.toggled.connect(self._toggle)
+        self.none.clicked.connect(self._chosen)
+        self.create.clicked.connect(self._chosen)
         self.format.currentIndexChanged.connect(self._format_changed)
         self._toggle(False)
 
     def initializePage(self) -> None:
         self.where.setText(f"Created in {images_dir()}")
-        # An install needs a disk to install to: offered checked the first time this page shows for an ISO.
+        # An install needs a disk to install to: offered checked when this page first shows for an ISO, and taken
+        # back if the user goes back to another way without having touched it.
         source = self.wiz.source_page.source()
         if source != self._source_seen:
             self._source_seen = source
-            if source == SOURCE_ISO:
+            if source == SOURCE_ISO and not self.create.isChecked():
                 self.create.setChecked(True)
+                self._offered = True
+            elif source != SOURCE_ISO and self._offered:
+                self.none.setChecked(True)
+                self._offered = False
+
+    def _chosen(self) -> None:
+        self._offered = False          # the user's own choice (clicked, not set by the page) stays
 
     def _toggle(self, on: bool) -> None:
         for w in (self.size, self.format, self.bus):
@@ -224,6 +235,7 @@ class FinishPage(QWizardPage):
     def __init__(self, wizard: NewVmWizard) -> None:
         super().__init__(wizard)
         self.wiz = wizard
+        self._suggested = ""
         self.setTitle("Ready to create the virtual machine")
         self.setSubTitle("Step 5 of 5: name it and check the summary.")
         lay = QVBoxLayout(self)
@@ -269,8 +281,10 @@ class FinishPage(QWizardPage):
         self.network.currentIndexChanged.connect(self._update)
 
     def initializePage(self) -> None:
-        if not self.name.text():
-            self.name.setText(self.wiz.suggest_name())
+        # A name the wizard suggested follows the file chosen (back, another ISO or way); one typed stays.
+        if not self.name.text() or self.name.text() == self._suggested:
+            self._suggested = self.wiz.suggest_name()
+            self.name.setText(self._suggested)
         self._update()
 
     def _boot_rows(self) -> list[tuple[str, str]]:

@@ -199,3 +199,39 @@ def test_import_with_a_kernel_given_directly(qtbot, app_parts, tmp_path: Path, d
     assert saved["boot"]["kernel"] == str(debian_kernel) and saved["boot"]["order"] == []
     assert saved["boot"]["cmdline"] == "console=tty0 console=ttyS0 root=/dev/sda"
     assert [(d["path"], d["bus"]) for d in saved["disks"]] == [(str(image), "ide")]
+
+
+def test_going_back_to_another_way_takes_back_what_the_wizard_chose(qtbot, app_parts,  # noqa: F811
+                                                                    tmp_path: Path) -> None:
+    """The new disk offered for an ISO install and the name suggested from the ISO follow the user back to another
+    way (an import); a name typed and a disk choice clicked stay."""
+    host, bridge, window = app_parts
+    iso = write_iso(tmp_path / "alpine-3.20.iso", "ALPINE")
+    image = tmp_path / "old-server.img"
+    image.write_bytes(bytes(1 << 20))
+    wizard, next_button = _open(qtbot, window)
+    click(qtbot, next_button)
+    type_into(qtbot, wizard.boot_page.iso, str(iso))
+    qtbot.waitUntil(lambda: _settled(wizard.boot_page.iso_check, "bootable"), timeout=TIMEOUT_MS)
+    for _ in range(3):
+        click(qtbot, next_button)
+    assert wizard.storage_page.create.isChecked() and wizard.finish_page.name.text() == "alpine-3.20"
+    for _ in range(4):
+        wizard.back()
+    click(qtbot, wizard.source_page.disk)
+    click(qtbot, next_button)
+    type_into(qtbot, wizard.boot_page.disk, str(image))
+    qtbot.waitUntil(lambda: not wizard.boot_page.disk_check.pending, timeout=TIMEOUT_MS)
+    click(qtbot, next_button)
+    click(qtbot, next_button)
+    assert wizard.storage_page.none.isChecked()                     # the offer is taken back
+    click(qtbot, wizard.storage_page.create)                        # the user's own choice stays
+    click(qtbot, next_button)
+    finish = wizard.finish_page
+    assert finish.name.text() == "old-server"
+    summary = finish.summary.text()
+    assert "own boot loader" in summary and "new 20 GiB raw disk" in summary and "alpine" not in summary
+    type_into(qtbot, finish.name, "kept-name")
+    wizard.back()
+    click(qtbot, next_button)
+    assert finish.name.text() == "kept-name" and wizard.storage_page.create.isChecked()
