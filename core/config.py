@@ -1,5 +1,10 @@
 """Saved virtual-machine definitions: the validated VmConfig and the store that keeps one JSON file per VM.
 
+A VM boots either a kernel Vireo loads itself (boot.kernel: the Linux boot protocol or Multiboot) or through PC
+firmware (SeaBIOS; boot.firmware names another image) from its CD-ROM drives (ISO images, IDE ATAPI) and disks, in
+boot.order. boot.cd_once is QEMU's `-boot once=d` (virt-manager's install boot): the next start boots the CD first
+and the host that starts the VM clears the flag, so the start after it follows boot.order.
+
 Where things live follows the XDG Base Directory Specification 0.8: definitions in
 `$XDG_CONFIG_HOME/vireo/vms/<uuid>.json` (default ~/.config), disk images in `$XDG_DATA_HOME/vireo/images/`
 (default ~/.local/share). A definition is written atomically — a temporary file in the same directory, fsync,
@@ -24,7 +29,9 @@ from typing import Any
 SCHEMA_VERSION = 1
 ACCELERATORS = ("auto", "kvm", "software")
 DISK_FORMATS = ("raw", "qcow2")
-DISK_BUSES = ("virtio",)
+DISK_BUSES = ("virtio", "ide")
+BOOT_DEVICES = ("cd", "disk", "kernel")   # what boot.order lists: CD-ROM drives, disks, the kernel given directly
+IDE_POSITIONS = 4            # PIIX IDE: two channels with a master and a slave each, shared by IDE disks and CD-ROMs
 NETWORK_MODES = ("none", "user")
 DISPLAY_TYPES = ("vga", "none")
 SERIAL_MODES = ("console", "none")
@@ -45,11 +52,21 @@ class ConfigError(ValueError):
 
 @dataclass
 class BootConfig:
-    """Direct kernel boot (Linux boot protocol or Multiboot): kernel, optional initrd, command line."""
+    """How the VM boots. Direct kernel boot (Linux boot protocol or Multiboot): kernel, optional initrd, command
+    line. Firmware boot: `order` of BOOT_DEVICES (empty: the kernel when one is given, else CD then disk, as
+    core.machine.MachineConfig reads an empty order), `firmware` (empty: Debian's SeaBIOS), and `cd_once`, which
+    puts the CD first for the next start only."""
 
     kernel: str = ""
     initrd: str = ""
     cmdline: str = ""
+    order: list[str] = field(default_factory=list)
+    firmware: str = ""
+    cd_once: bool = False
+
+    def effective_order(self) -> list[str]:
+        """The order the devices are tried in, ignoring cd_once: `order`, or what an empty one means."""
+        return list(self.order) or (["kernel"] if self.kernel else ["cd", "disk"])
 
 
 @dataclass
@@ -58,6 +75,13 @@ class DiskConfig:
     format: str = "raw"
     bus: str = "virtio"
     readonly: bool = False
+
+
+@dataclass
+class CdromConfig:
+    """A CD-ROM drive (IDE ATAPI, read-only) and the ISO image in it; an empty path is a drive with no disc."""
+
+    path: str = ""
 
 
 @dataclass
@@ -86,6 +110,7 @@ class VmConfig:
     accel: str = "auto"
     boot: BootConfig = field(default_factory=BootConfig)
     disks: list[DiskConfig] = field(default_factory=list)
+    cdroms: list[CdromConfig] = field(default_factory=list)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
     serial: SerialConfig = field(default_factory=SerialConfig)
@@ -110,16 +135,7 @@ class VmConfig:
         _check_int("memory_mib", self.memory_mib, MIN_MEMORY_MIB, MAX_MEMORY_MIB, "MiB")
         _check_int("vcpus", self.vcpus, 1, MAX_VCPUS)
         _check_choice("accel", self.accel, ACCELERATORS)
-        if not self.boot.kernel:
-            # Firmware boot from a disk needs the BIOS, which the engine does not have yet.
-            raise ConfigError("boot.kernel is empty: direct kernel boot needs a kernel (BIOS boot from a disk "
-                              "is not implemented yet)")
-        for what, value in (("boot.kernel", self.boot.kernel), ("boot.initrd", self.boot.initrd)):
-            if value and not os.path.isabs(value):
-                raise ConfigError(f"{what} {value!r} is a relative path: give an absolute path")
-        if len(self.boot.cmdline.encode()) >= MAX_CMDLINE:
-            raise ConfigError(f"boot.cmdline is {len(self.boot.cmdline.encode())} bytes: "
-                              f"Linux takes at most {MAX_CMDLINE - 1}")
+        self._validate_boot()
         seen: set[str] = set()
         for i, disk in enumerate(self.disks):
             if not disk.path or not os.path.isabs(disk.path):
@@ -129,6 +145,18 @@ class VmConfig:
             seen.add(disk.path)
             _check_choice(f"disks[{i}].format", disk.format, DISK_FORMATS)
             _check_choice(f"disks[{i}].bus", disk.bus, DISK_BUSES)
+        for i, cd in enumerate(self.cdroms):
+            if cd.path and not os.path.isabs(cd.path):
+                raise ConfigError(f"cdroms[{i}].path {cd.path!r} is a relative path: give an absolute path")
+            if cd.path in seen:
+                # A disk is written to; the same file as a read-only disc would change under the guest.
+                raise ConfigError(f"cdroms[{i}].path {cd.path} is also attached as a disk: use it as one or the "
+                                  "other")
+        ide_disks = sum(d.bus == "ide" for d in self.disks)
+        if ide_disks + len(self.cdroms) > IDE_POSITIONS:
+            raise ConfigError(f"{ide_disks} IDE disks and {len(self.cdroms)} CD-ROM drives make "
+                              f"{ide_disks + len(self.cdroms)} IDE drives: the IDE controller holds "
+                              f"{IDE_POSITIONS}; put disks on virtio or remove a CD-ROM drive")
         _check_choice("network.mode", self.network.mode, NETWORK_MODES)
         if self.network.mac and not _MAC_RE.match(self.network.mac):
             raise ConfigError(f"network.mac {self.network.mac!r}: use six lower-case hex pairs like 52:54:00:12:34:56")
@@ -142,6 +170,32 @@ class VmConfig:
             raise ConfigError("autostart: give true or false")
         if not isinstance(self.notes, str) or len(self.notes) > MAX_NOTES:
             raise ConfigError(f"notes: give text of at most {MAX_NOTES} characters")
+
+    def _validate_boot(self) -> None:
+        boot = self.boot
+        for what, value in (("boot.kernel", boot.kernel), ("boot.initrd", boot.initrd),
+                            ("boot.firmware", boot.firmware)):
+            if value and not os.path.isabs(value):
+                raise ConfigError(f"{what} {value!r} is a relative path: give an absolute path")
+        if boot.initrd and not boot.kernel:
+            raise ConfigError("boot.initrd is set but boot.kernel is empty: give the kernel it goes with, or "
+                              "clear the initrd")
+        if len(boot.cmdline.encode()) >= MAX_CMDLINE:
+            raise ConfigError(f"boot.cmdline is {len(boot.cmdline.encode())} bytes: "
+                              f"Linux takes at most {MAX_CMDLINE - 1}")
+        for entry in boot.order:
+            if entry not in BOOT_DEVICES:
+                raise ConfigError(f"boot.order {entry!r} is not a boot device: use {', '.join(BOOT_DEVICES)}")
+        if len(set(boot.order)) != len(boot.order):
+            raise ConfigError(f"boot.order {boot.order} lists a device twice: give each once")
+        if "kernel" in boot.order and not boot.kernel:
+            raise ConfigError("boot.order lists kernel but boot.kernel is empty: give a kernel or remove kernel "
+                              "from the order")
+
+    def boot_devices(self) -> list[str]:
+        """The devices the next start tries, in order: the effective order, with the CD first when cd_once."""
+        order = self.boot.effective_order()
+        return ["cd"] + [d for d in order if d != "cd"] if self.boot.cd_once else order
 
     def validate_for_host(self, host_memory_mib: int, host_cpus: int) -> None:
         """The limits of the host that will run this VM (shown and enforced by the wizard too)."""
@@ -168,6 +222,11 @@ class VmConfig:
             if not isinstance(disks_raw, list):
                 raise ConfigError("disks: expected a list")
             disks = [_sub(DiskConfig, d, f"disks[{i}]") for i, d in enumerate(disks_raw)]
+            # Absent in definitions written before CD-ROM drives existed: none.
+            cdroms_raw = data.pop("cdroms", [])
+            if not isinstance(cdroms_raw, list):
+                raise ConfigError("cdroms: expected a list")
+            cdroms = [_sub(CdromConfig, c, f"cdroms[{i}]") for i, c in enumerate(cdroms_raw)]
             network = _sub(NetworkConfig, data.pop("network", {}), "network")
             display = _sub(DisplayConfig, data.pop("display", {}), "display")
             serial = _sub(SerialConfig, data.pop("serial", {}), "serial")
@@ -176,7 +235,7 @@ class VmConfig:
                 raise ConfigError(f"unknown key {sorted(unknown)[0]!r}")
             if "name" not in data:
                 raise ConfigError("missing key 'name'")
-            cfg = cls(**data, boot=boot, disks=disks, network=network, display=display, serial=serial)
+            cfg = cls(**data, boot=boot, disks=disks, cdroms=cdroms, network=network, display=display, serial=serial)
         except TypeError as exc:
             raise ConfigError(str(exc)) from None
         _check_types(cfg)
@@ -186,6 +245,19 @@ class VmConfig:
     def copy(self, **changes: Any) -> VmConfig:
         """A deep copy (nested parts too), with top-level fields changed."""
         return replace(copy.deepcopy(self), **changes)
+
+
+def running_vm_takes(old: VmConfig, new: VmConfig) -> bool:
+    """Whether `new` differs from a running VM's definition `old` only in what it can take while it runs: its name,
+    notes and autostart at once, and, for its next start, the discs in its CD-ROM drives (not the drives) and the
+    boot order (as `virsh change-media --config` and virt-manager's boot order change a running guest's
+    persistent definition)."""
+    if len(new.cdroms) != len(old.cdroms):
+        return False
+    light = replace(old, name=new.name, notes=new.notes, autostart=new.autostart,
+                    cdroms=copy.deepcopy(new.cdroms),
+                    boot=replace(old.boot, order=list(new.boot.order), cd_once=new.boot.cd_once))
+    return light == new
 
 
 def _sub(kind: type, data: Any, where: str) -> Any:
@@ -213,9 +285,14 @@ def _check_types(cfg: VmConfig) -> None:
         if not isinstance(value, types) or (types == (int,) and isinstance(value, bool)):
             raise ConfigError(f"{key}: expected {types[0].__name__}, found {type(value).__name__}")
     for part, obj in (("boot", cfg.boot), ("network", cfg.network), ("display", cfg.display),
-                      ("serial", cfg.serial), *((f"disks[{i}]", d) for i, d in enumerate(cfg.disks))):
+                      ("serial", cfg.serial), *((f"disks[{i}]", d) for i, d in enumerate(cfg.disks)),
+                      *((f"cdroms[{i}]", c) for i, c in enumerate(cfg.cdroms))):
         for name, f in obj.__dataclass_fields__.items():
             value = getattr(obj, name)
+            if f.type in ("list[str]", list[str]):
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ConfigError(f"{part}.{name}: expected a list of words like [\"cd\", \"disk\"]")
+                continue
             want = bool if f.type in ("bool", bool) else str
             if not isinstance(value, want):
                 raise ConfigError(f"{part}.{name}: expected {want.__name__}, found {type(value).__name__}")

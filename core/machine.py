@@ -100,22 +100,27 @@ class MachineConfig:
         accelerator already chosen for this host). Every field of the definition the engine honours is carried
         over; one it cannot honour raises ConfigError (one line) instead of being dropped. Host-side settings
         (name, uuid, autostart, notes, the serial log file and whether the serial console is shown) are not
-        the machine's business and are left to the caller."""
+        the machine's business and are left to the caller.
+
+        Boot: the definition's order as it is (an empty one means the same here: the kernel when given, else CD
+        then disk), or, when boot.cd_once is set, the CD first and then that order — the host clears the flag
+        once it has started the VM. A CD-ROM drive with no disc is left out: nothing can be inserted into a
+        running machine, so the guest would only ever see it empty."""
         if cfg.network.mode != "none":
             raise ConfigError(f"network.mode {cfg.network.mode!r}: the engine has no network device yet; "
                               "set the network mode to none")
-        if not cfg.boot.kernel:
-            raise ConfigError("boot.kernel is empty: the engine boots a kernel directly (no firmware boot yet)")
-        disks = []
-        for i, disk in enumerate(cfg.disks):
-            if disk.bus != "virtio":
-                raise ConfigError(f"disks[{i}].bus {disk.bus!r}: the engine attaches disks on virtio only")
-            disks.append(DiskSpec(disk.path, format=disk.format, readonly=disk.readonly))
         if cfg.display.type not in DISPLAYS:
             raise ConfigError(f"display.type {cfg.display.type!r}: use one of {', '.join(DISPLAYS)}")
-        return cls(kernel=cfg.boot.kernel, initrd=cfg.boot.initrd or None, cmdline=cfg.boot.cmdline,
+        disks = []
+        for i, disk in enumerate(cfg.disks):
+            if disk.bus not in DISK_BUSES:
+                raise ConfigError(f"disks[{i}].bus {disk.bus!r}: use one of {', '.join(DISK_BUSES)}")
+            disks.append(DiskSpec(disk.path, format=disk.format, readonly=disk.readonly, bus=disk.bus))
+        boot = cfg.boot_devices() if cfg.boot.cd_once else list(cfg.boot.order)
+        return cls(kernel=cfg.boot.kernel or None, initrd=cfg.boot.initrd or None, cmdline=cfg.boot.cmdline,
                    memory_mib=cfg.memory_mib, cpus=cfg.vcpus, accel=accel, disks=disks,
-                   display=cfg.display.type)
+                   display=cfg.display.type, cdroms=[cd.path for cd in cfg.cdroms if cd.path], boot=boot,
+                   firmware=cfg.boot.firmware or None)
 
     def validate(self) -> None:
         host_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)

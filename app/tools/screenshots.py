@@ -106,6 +106,7 @@ def main(argv: list[str]) -> int:
     wizard = window.wizard
     pump(0.2)
     wizard.grab().save(str(out / "wizard-1-source.png"))
+    wizard.source_page.kernel.setChecked(True)       # the demo's kernel, booted directly
     wizard.next()
     wizard.boot_page.kernel.setText(str(kernel if live else "/boot/vmlinuz"))
     wizard.next()

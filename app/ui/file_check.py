@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from PyQt6.QtCore import QObject, QTimer
+from PyQt6.QtCore import QObject, Qt, QTimer
 from PyQt6.QtWidgets import QLabel, QLineEdit, QWidget
 
 from app.host_bridge import HostBridge
@@ -39,6 +39,8 @@ class FileCheck(QObject):
         self.note = QLabel(parent)
         self.note.setObjectName(f"{role}Probe")
         self.note.setWordWrap(True)
+        # A wrapping label in a form may be given more height than its lines take: keep the text under the field.
+        self.note.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         self.note.setStyleSheet(GREY)
         self.problem = ""          # the host's one line when the file cannot serve as `role`, else ""
         self.pending = False       # a probe is waiting for the typing to pause or for the host's answer

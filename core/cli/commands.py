@@ -1,7 +1,7 @@
 """The definition and lifecycle commands, named and behaving as virsh's domain commands do (libvirt's virsh(1):
-list, define, dumpxml, undefine, start, shutdown, destroy, suspend, resume, reboot, autostart), over any Host API
-host (core/host/api.py). `dumpconfig` is virsh's dumpxml for Vireo's definition format, the VmConfig JSON of
-core/config.py, which `define` reads back.
+list, define, dumpxml, undefine, start, shutdown, destroy, suspend, resume, reboot, autostart, change-media), over
+any Host API host (core/host/api.py). `dumpconfig` is virsh's dumpxml for Vireo's definition format, the VmConfig
+JSON of core/config.py, which `define` reads back.
 
 Each command function takes the connected host and the parsed options and returns the exit status; a refusal
 raises BadInput (exit 2: an unknown VM, an unreadable or invalid file) or HostError/CommandFailed (exit 1: the
@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
 from core.cli.connect import CommandFailed, add_vm_argument, find_vm, vm_id
 from core.config import ConfigError, VmConfig
-from core.host.api import VmInfo, VmState
+from core.connect import RemoteHost
+from core.host.api import HostError, VmInfo, VmState
 from core.remote.service import ServiceClient
 from core.runner import EXIT_OK, BadInput
 
@@ -133,6 +135,64 @@ def cmd_autostart(host: ServiceClient, args: argparse.Namespace) -> int:
     host.define(info.config.copy(autostart=not args.disable))
     _say(f"Domain '{info.name}' {'unmarked' if args.disable else 'marked'} as autostarted")
     return EXIT_OK
+
+
+def add_change_media_arguments(p: argparse.ArgumentParser) -> None:
+    add_vm_argument(p)
+    p.add_argument("iso", nargs="?", metavar="ISO", help="the ISO image to put in the drive (a path on the VM's host)")
+    p.add_argument("--eject", action="store_true", help="take the disc out; the drive stays, empty")
+    p.add_argument("--drive", type=int, default=1, metavar="N", help="which CD-ROM drive, from 1 (default 1)")
+
+
+def cmd_change_media(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo change-media NAME ISO | --eject [--drive N]`: put an ISO image in a CD-ROM drive of the VM's
+    definition, or take it out (virsh change-media --config). A running VM keeps the disc it started with: the
+    engine cannot swap a disc under a running guest yet, so the change is for its next start, and that is said."""
+    if bool(args.iso) == args.eject:
+        raise BadInput("give the ISO image to insert, or --eject (not both)")
+    info = find_vm(host, args.name)
+    drives = info.config.cdroms
+    if not drives:
+        raise CommandFailed(f"{info.name} has no CD-ROM drive: add one in the VM window (Details, CD-ROM, Add "
+                            f"CD-ROM Drive), or add \"cdroms\": [{{\"path\": \"\"}}] to `vireo dumpconfig "
+                            f"{info.name}` and `vireo define` it")
+    if not 1 <= args.drive <= len(drives):
+        raise BadInput(f"--drive {args.drive}: {info.name} has {len(drives)} CD-ROM "
+                       f"drive{'s' if len(drives) > 1 else ''}; give 1..{len(drives)}")
+    config = info.config.copy()
+    drive = config.cdroms[args.drive - 1]
+    where = f"CD-ROM {args.drive} of '{info.name}'"
+    if args.eject:
+        if not drive.path:
+            _say(f"{where} is already empty")
+            return EXIT_OK
+        done = f"Ejected {drive.path} from {where}"
+        drive.path = ""
+    else:
+        drive.path = _host_path(host, args.iso)
+        try:
+            probe = host.probe_file(drive.path, "iso")
+        except HostError as exc:
+            raise BadInput(str(exc)) from None
+        if not probe.ok:
+            raise BadInput(probe.message)
+        done = f"Inserted {drive.path} into {where}: {probe.kind}"
+    host.define(config)
+    _say(done)
+    if info.state.active:
+        _say(f"'{info.name}' is {_state_word(info.state)}: the change takes effect at its next start (the running "
+             "VM keeps the disc it started with)")
+    return EXIT_OK
+
+
+def _host_path(host: ServiceClient, path: str) -> str:
+    """A file on the VM's host: a relative path is this shell's directory's for the local host, and means nothing
+    on a remote one."""
+    if os.path.isabs(path):
+        return path
+    if isinstance(host, RemoteHost):
+        raise BadInput(f"{path} is a relative path: give the absolute path of the file on {host.name}")
+    return os.path.abspath(path)
 
 
 # -- lifecycle -----------------------------------------------------------------------------------------------

@@ -74,6 +74,8 @@ HOST_COMMANDS = (
                 add_vm_argument, console.cmd_console),
     HostCommand("screendump", "save a VM's screen as a PNG", console.add_screendump_arguments,
                 console.cmd_screendump),
+    HostCommand("change-media", "put an ISO image in a VM's CD-ROM drive, or --eject it (takes effect at the next "
+                "start of a running VM)", commands.add_change_media_arguments, commands.cmd_change_media),
     HostCommand("autostart", "start a VM with its host's Vireo service (--disable: no longer)",
                 commands.add_autostart_arguments, commands.cmd_autostart),
 )

@@ -148,7 +148,7 @@ class DeleteResult(list[str]):
 
 @dataclass(frozen=True)
 class FileProbe:
-    """What probe_file() found in a file chosen for a role ("kernel", "initrd", "disk", "iso"): `kind` says what
+    """What probe_file() found in a file chosen for a role (PROBE_ROLES): `kind` says what
     the file is in words ("Linux kernel bzImage 6.1.0 (boot protocol 2.15)", "text file (not a kernel)"); when
     it cannot serve the role, `ok` is False and `message` is one line saying what it is and what is expected."""
 
@@ -157,7 +157,8 @@ class FileProbe:
     message: str = ""
 
 
-PROBE_ROLES = ("kernel", "initrd", "disk", "iso")
+# "iso": any ISO 9660 image (a CD-ROM drive takes data discs too); "boot-iso": one the firmware can boot (El Torito).
+PROBE_ROLES = ("kernel", "initrd", "disk", "iso", "boot-iso")
 
 
 # delete()'s choice of disks: False none, True all the definition lists, or the paths of those to remove.

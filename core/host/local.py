@@ -13,13 +13,12 @@ own (VmProcess.stats).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
 import time
 
-from core.config import ConfigError, ConfigStore, LoadError, VmConfig
+from core.config import ConfigError, ConfigStore, LoadError, VmConfig, running_vm_takes
 from core.host.api import (
     SERIAL_HISTORY,
     TERMINAL_RESET,
@@ -41,6 +40,7 @@ from core.host.api import (
 )
 from core.host.disks import backing_chain, chosen_disks, create_disk_image, disk_users, file_key
 from core.host.process_input import ProcessInput
+from core.host.startcheck import check_startable
 from core.hoststats import HostInfo, local_host_info
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,8 @@ class LocalHost(Host):
     # -- definitions -----------------------------------------------------------------------------------------
     def define(self, config: VmConfig) -> VmInfo:
         """Add a new VM or replace the definition of a shut-off one (saved atomically before it takes effect).
-        A running VM only takes changes to its name, notes and autostart."""
+        A running VM only takes changes to its name, notes and autostart, and, for its next start, to the discs in
+        its CD-ROM drives and its boot order (core.config.running_vm_takes)."""
         config = config.copy()
         try:
             config.validate()
@@ -174,12 +175,10 @@ class LocalHost(Host):
                 if other.config.uuid != config.uuid and other.config.name.casefold() == config.name.casefold():
                     raise HostError(f"a VM named {other.config.name!r} already exists on {self.name}")
             vm = self._vms.get(config.uuid)
-            if vm is not None and vm.state.active:
-                light = dataclasses.replace(vm.config, name=config.name, notes=config.notes,
-                                            autostart=config.autostart)
-                if light != config:
-                    raise HostError(f"{vm.config.name} is {vm.state.label.lower()}: shut it down before changing "
-                                    "its hardware")
+            if vm is not None and vm.state.active and not running_vm_takes(vm.config, config):
+                raise HostError(f"{vm.config.name} is {vm.state.label.lower()}: shut it down before changing "
+                                "its hardware (a running VM takes its name, notes, autostart, CD-ROM discs and "
+                                "boot order)")
             try:
                 self.store.save(config)
             except ConfigError as exc:
@@ -288,7 +287,7 @@ class LocalHost(Host):
             session = vm.session
             self._set(vm, VmState.STARTING)
             try:
-                self._check_startable(vm.config)
+                check_startable(vm.config, self.info(), self.capabilities().firmware_boot)
                 self._new_boot(vm)
                 # The VM process opens the serial log itself: a path it cannot open comes back as its one-line
                 # start error, "serial log PATH: reason".
@@ -298,6 +297,24 @@ class LocalHost(Host):
                 self._set(vm, VmState.SHUTOFF, f"failed to start: {exc}")
                 raise HostError(f"{vm.config.name} failed to start: {exc}") from None
             self._take(vm, session, proc)
+            self._boot_once_done(vm)
+
+    def _boot_once_done(self, vm: _LocalVm) -> None:
+        """The start that boots the CD once has been made: clear boot.cd_once (saved atomically) so the next
+        start follows the boot order, as QEMU's -boot once=d. A definition that cannot be saved keeps the flag
+        (the next start boots the CD again): logged, the VM runs on."""
+        if not vm.config.boot.cd_once:
+            return
+        cleared = vm.config.copy()
+        cleared.boot.cd_once = False
+        with self._lock:
+            try:
+                self.store.save(cleared)
+            except (ConfigError, OSError) as exc:
+                log.warning("%s: cannot clear boot-once in its definition: %s", cleared.name, exc)
+                return
+            vm.config = cleared
+        self._emit(HostEvent(EventKind.UPDATED, cleared.uuid, vm.state))
 
     def _state_callback(self, vm: _LocalVm, session: int):
         return lambda state, reason: self._on_proc_state(vm, session, state, reason)
@@ -348,25 +365,6 @@ class LocalHost(Host):
                 self._take(vm, session, proc)
                 adopted.append(vm.config.name)
         return adopted
-
-    def _check_startable(self, cfg: VmConfig) -> None:
-        """What can be refused with one clear line before a process is spawned for it."""
-        from core.machine import ConfigError as MachineConfigError
-        from core.machine import MachineConfig
-
-        try:
-            info = self.info()
-            cfg.validate()
-            cfg.validate_for_host(info.memory_mib, info.cpus)
-            MachineConfig.from_vm(cfg, cfg.accel)
-        except (ConfigError, MachineConfigError) as exc:
-            raise HostError(str(exc)) from None
-        for what, path in [("kernel", cfg.boot.kernel), ("initrd", cfg.boot.initrd)] + \
-                [(f"disk {i}", d.path) for i, d in enumerate(cfg.disks)]:
-            if path and not os.path.isfile(path):
-                raise HostError(f"{what} {path}: no such file")
-            if path and not os.access(path, os.R_OK):
-                raise HostError(f"{what} {path}: not readable")
 
     def _on_proc_state(self, vm: _LocalVm, session: int, state: str, reason: str) -> None:
         # Runs on the VM process handle's thread. A report of an earlier start (a late one) is ignored.

@@ -11,7 +11,9 @@ Each role is checked against the format the engine will read it as:
   * disk: qcow2 by its signature (core/storage's is_qcow2, the header's virtual size at offset 24), else raw —
     any bytes are a valid raw disk, but a text file is almost certainly the wrong file and is refused.
   * iso: ISO 9660 (ECMA-119 8.4): the primary volume descriptor at sector 16 (0x8000) with "CD001" at 0x8001
-    and the volume identifier at 0x8028; El Torito's boot record volume descriptor at sector 17 makes it bootable.
+    and the volume identifier at 0x8028; El Torito's boot record volume descriptor, which El Torito 1.0 puts at
+    sector 17, makes it bootable. Any ISO serves a CD-ROM drive (a data disc too); boot-iso, what an install
+    boots from, must be bootable.
 
 At most PROBE_BYTES are read, from the start of the file, so probing a 20 GiB
 image or a FIFO costs nothing.
@@ -106,7 +108,8 @@ def _other(head: bytes, size: int) -> str:
 
 def _refuse(path: str, head: bytes, size: int, role: str, expected: str) -> FileProbe:
     what = _other(head, size)
-    noun = {"kernel": "a kernel", "initrd": "an initrd", "disk": "a disk image", "iso": "an ISO image"}[role]
+    noun = {"kernel": "a kernel", "initrd": "an initrd", "disk": "a disk image", "iso": "an ISO image",
+            "boot-iso": "an ISO image"}[role]
     article = "an" if what[0] in "aeiouAEIOU" else "a"
     return FileProbe(False, f"{what} (not {noun})", f"{path} is {article} {what}, not {expected}: choose another file")
 
@@ -149,15 +152,20 @@ def _probe_disk(path: str, head: bytes, size: int) -> FileProbe:
     return FileProbe(True, f"raw disk image, {format_size(size)}")
 
 
-def _probe_iso(path: str, head: bytes, size: int) -> FileProbe:
+def _probe_iso(path: str, head: bytes, size: int, role: str) -> FileProbe:
     pvd = head[ISO_PVD:ISO_PVD + 2048]
     if len(pvd) < 0x48 or pvd[1:6] != b"CD001" or pvd[0] != 1:
-        return _refuse(path, head, size, "iso", "an ISO 9660 CD/DVD image")
+        return _refuse(path, head, size, role, "an ISO 9660 CD/DVD image")
     volume = pvd[0x28:0x48].decode("ascii", "replace").strip()
     boot = head[ISO_BOOT_RECORD:ISO_BOOT_RECORD + 0x27]
     bootable = boot[:1] == b"\x00" and boot[1:6] == b"CD001" and boot[7:7 + len(EL_TORITO_ID)] == EL_TORITO_ID
-    name = f" {volume!r}" if volume else ""
-    return FileProbe(True, f"ISO 9660 image{name}" + (" (El Torito bootable)" if bootable else " (not bootable)"))
+    name = f"ISO 9660 image {volume!r}" if volume else "ISO 9660 image"
+    if bootable:
+        return FileProbe(True, f"{name}, bootable (El Torito), {format_size(size)}")
+    if role == "boot-iso":
+        return FileProbe(False, "not a bootable ISO", f"{path} is an ISO 9660 image but not a bootable ISO (no El "
+                                                      "Torito boot record): choose an installer or live ISO")
+    return FileProbe(True, f"{name}, {format_size(size)}, not bootable (a data disc: no El Torito boot record)")
 
 
 def probe_file(path: str, role: str) -> FileProbe:
@@ -168,5 +176,6 @@ def probe_file(path: str, role: str) -> FileProbe:
         raise HostError(f"no {role} file given: choose one")
     # One bounded read serves every role: an ISO's sectors 16 and 17 end at 0x9000, inside PROBE_BYTES.
     head, size = _read(path, 0, PROBE_BYTES)
-    return {"kernel": _probe_kernel, "initrd": _probe_initrd, "disk": _probe_disk, "iso": _probe_iso}[role](
-        path, head, size)
+    if role in ("iso", "boot-iso"):
+        return _probe_iso(path, head, size, role)
+    return {"kernel": _probe_kernel, "initrd": _probe_initrd, "disk": _probe_disk}[role](path, head, size)

@@ -122,8 +122,8 @@ def test_wizard_defines_a_vm_with_a_new_disk(qtbot, app_parts, debian_kernel, xd
     window.new_vm()
     wizard = window.wizard
     qtbot.waitExposed(wizard)
-    assert not wizard.source_page.firmware.isEnabled()
-    assert "needs BIOS boot, not implemented yet" in wizard.source_page.firmware_note.text()
+    assert wizard.source_page.iso.isChecked()                 # installing from an ISO is the usual way
+    wizard.source_page.kernel.setChecked(True)
     wizard.next()
     assert not wizard.button(QWizard.WizardButton.NextButton).isEnabled()   # no kernel yet
     wizard.boot_page.kernel.setText(str(xdg / "missing"))
@@ -149,7 +149,9 @@ def test_wizard_defines_a_vm_with_a_new_disk(qtbot, app_parts, debian_kernel, xd
     assert start is False
     saved = json.loads((ConfigStore().directory / f"{uuid}.json").read_text())
     assert saved["name"] == "lab" and saved["memory_mib"] == 300
-    assert saved["boot"] == {"kernel": str(kernel), "initrd": "", "cmdline": "console=ttyS0 quiet"}
+    assert saved["boot"] == {"kernel": str(kernel), "initrd": "", "cmdline": "console=ttyS0 quiet", "order": [],
+                             "firmware": "", "cd_once": False}
+    assert saved["cdroms"] == []
     disk = Path(saved["disks"][0]["path"])
     assert disk.parent == xdg / "data" / "vireo" / "images" and disk.stat().st_size == int(0.1 * 1024 ** 3) // 512 * 512
     qtbot.waitUntil(lambda: "lab" in vm_rows(window))
@@ -172,6 +174,7 @@ def test_wizard_refuses_a_duplicate_name(qtbot, app_parts, kernel) -> None:
     reload(qtbot, bridge)
     window.new_vm()
     wizard = window.wizard
+    wizard.source_page.kernel.setChecked(True)
     wizard.next()
     wizard.boot_page.kernel.setText(str(kernel))
     wizard.next()
@@ -195,7 +198,7 @@ def test_vm_window_tabs_details_apply_and_revert(qtbot, app_parts) -> None:
     assert "shut off" in vm_window.console.banner_text.text()
     details = vm_window.details
     assert [details.pages.item(i).text() for i in range(details.pages.count())] == \
-        ["Overview", "CPU", "Memory", "Boot Options", "Disks", "Network", "Display", "Serial"]
+        ["Overview", "CPU", "Memory", "Boot Options", "Disks", "CD-ROM", "Network", "Display", "Serial"]
     assert not details.apply_button.isEnabled()
     details.memory.setValue(512)
     details.cmdline.setText("console=ttyS0 loglevel=4")

@@ -41,6 +41,7 @@ def test_kernel_field_names_the_file_and_blocks_next_on_a_readme(qtbot, app_part
     window.new_vm()
     wizard = window.wizard
     qtbot.waitExposed(wizard)
+    wizard.source_page.kernel.setChecked(True)
     wizard.next()
     page = wizard.boot_page
     next_button = wizard.button(QWizard.WizardButton.NextButton)
@@ -110,6 +111,7 @@ def test_finish_checks_again_when_next_outran_the_probe(qtbot, app_parts, readme
     qtbot.waitExposed(wizard)
     next_button = wizard.button(QWizard.WizardButton.NextButton)
     finish_button = wizard.button(QWizard.WizardButton.FinishButton)
+    click(qtbot, wizard.source_page.kernel)
     click(qtbot, next_button)
     page = wizard.boot_page
     type_into(qtbot, page.kernel, str(readme))

@@ -30,9 +30,11 @@ def _type(qtbot, spin, text: str) -> None:
 
 
 def _open_wizard(qtbot, window):
+    """The wizard, set for a direct kernel boot."""
     window.new_vm()
     wizard = window.wizard
     qtbot.waitExposed(wizard)
+    wizard.source_page.kernel.setChecked(True)
     return wizard
 
 

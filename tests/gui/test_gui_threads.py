@@ -78,6 +78,7 @@ def test_no_host_call_runs_on_the_gui_thread(qtbot, xdg, debian_kernel, busybox_
         qtbot.waitUntil(lambda: getattr(window, "wizard", None) is not None and window.wizard.isVisible())
         wizard = window.wizard
         next_button = wizard.button(QWizard.WizardButton.NextButton)
+        click(qtbot, wizard.source_page.kernel)
         click(qtbot, next_button)
         type_into(qtbot, wizard.boot_page.kernel, str(debian_kernel))
         type_into(qtbot, wizard.boot_page.initrd, str(busybox_initramfs))

@@ -10,6 +10,7 @@ import pytest
 
 from core.config import (
     BootConfig,
+    CdromConfig,
     ConfigError,
     ConfigStore,
     DiskConfig,
@@ -17,6 +18,7 @@ from core.config import (
     VmConfig,
     atomic_write,
     images_dir,
+    running_vm_takes,
     vms_dir,
 )
 
@@ -48,12 +50,23 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     (dict(vcpus=0), "vcpus 0 is out of range"),
     (dict(accel="qemu"), "accel 'qemu': use one of auto, kvm, software"),
     (dict(uuid="nope"), "uuid 'nope'"),
-    (dict(boot=BootConfig(kernel="")), "boot.kernel is empty"),
+    (dict(boot=BootConfig(kernel="", initrd="/boot/initrd.img")), "boot.initrd is set but boot.kernel is empty"),
     (dict(boot=BootConfig(kernel="vmlinuz")), "relative path"),
     (dict(boot=BootConfig(kernel="/k", cmdline="x" * 3000)), "boot.cmdline is 3000 bytes"),
     (dict(disks=[DiskConfig(path="/a.img", format="vmdk")]), "disks[0].format 'vmdk'"),
     (dict(disks=[DiskConfig(path="/a.img"), DiskConfig(path="/a.img")]), "attached twice"),
     (dict(network=NetworkConfig(mode="user", mac="53:54:00:12:34:56")), "multicast"),
+    (dict(disks=[DiskConfig(path="/a.img", bus="scsi")]), "disks[0].bus 'scsi': use one of virtio, ide"),
+    (dict(cdroms=[CdromConfig("isos/debian.iso")]), "cdroms[0].path 'isos/debian.iso' is a relative path"),
+    (dict(cdroms=[CdromConfig("/a.img")], disks=[DiskConfig(path="/a.img")]), "cdroms[0].path /a.img is also "
+                                                                               "attached as a disk"),
+    (dict(cdroms=[CdromConfig(), CdromConfig()], disks=[DiskConfig(path=f"/{n}.img", bus="ide") for n in "abc"]),
+     "3 IDE disks and 2 CD-ROM drives make 5 IDE drives: the IDE controller holds 4"),
+    (dict(boot=BootConfig(kernel="/k", order=["cd", "floppy"])), "boot.order 'floppy' is not a boot device: use "
+                                                                 "cd, disk, kernel"),
+    (dict(boot=BootConfig(order=["disk", "disk"])), "lists a device twice"),
+    (dict(boot=BootConfig(order=["kernel", "cd"])), "boot.order lists kernel but boot.kernel is empty"),
+    (dict(boot=BootConfig(firmware="bios.bin")), "boot.firmware 'bios.bin' is a relative path"),
 ])
 def test_validation_messages_are_one_clear_line(change: dict, words: str) -> None:
     cfg = make().copy(**change)
@@ -61,6 +74,57 @@ def test_validation_messages_are_one_clear_line(change: dict, words: str) -> Non
         cfg.validate()
     assert words in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_firmware_boot_definition_round_trips_and_old_files_still_load(tmp_path: Path) -> None:
+    """No kernel is valid now (the firmware boots the CD or the disk); CD-ROM drives, the IDE bus, the boot order,
+    the firmware file and the boot-once flag survive the JSON; a file written before they existed loads with
+    none of them (no drives, the automatic order: its kernel)."""
+    cfg = VmConfig(name="installer", disks=[DiskConfig(path="/img/new.img", bus="ide")],
+                   cdroms=[CdromConfig("/isos/debian.iso"), CdromConfig("")],
+                   boot=BootConfig(order=["disk", "cd"], cd_once=True, firmware="/opt/bios.bin"))
+    cfg.validate()
+    store = ConfigStore(tmp_path)
+    data = json.loads(store.save(cfg).read_text())
+    assert data["cdroms"] == [{"path": "/isos/debian.iso"}, {"path": ""}]
+    assert data["boot"] == {"kernel": "", "initrd": "", "cmdline": "", "order": ["disk", "cd"],
+                            "firmware": "/opt/bios.bin", "cd_once": True}
+    assert store.load_all() == ([cfg], [])
+    assert cfg.boot_devices() == ["cd", "disk"] and cfg.copy(boot=BootConfig(order=["disk", "cd"])).boot_devices() \
+        == ["disk", "cd"]
+    old = {"schema": 1, "name": "old", "uuid": "44444444-4444-4444-8444-444444444444", "memory_mib": 256,
+           "boot": {"kernel": "/boot/vmlinuz", "initrd": "", "cmdline": "console=ttyS0"},
+           "disks": [{"path": "/img/old.img", "format": "raw", "bus": "virtio", "readonly": False}]}
+    loaded = VmConfig.from_dict(old)
+    assert loaded.cdroms == [] and loaded.boot.order == [] and not loaded.boot.cd_once
+    assert loaded.boot_devices() == ["kernel"] and VmConfig(name="bare").boot_devices() == ["cd", "disk"]
+
+
+@pytest.mark.parametrize("boot, words", [
+    ({"order": "cd"}, "boot.order: expected a list of words"),
+    ({"order": ["cd", 3]}, "boot.order: expected a list of words"),
+    ({"cd_once": "yes"}, "boot.cd_once: expected bool, found str"),
+])
+def test_malformed_boot_fields_are_named(boot: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        VmConfig.from_dict({"name": "x", "boot": boot})
+
+
+def test_malformed_cdroms_are_named() -> None:
+    with pytest.raises(ConfigError, match="cdroms: expected a list"):
+        VmConfig.from_dict({"name": "x", "cdroms": "/a.iso"})
+    with pytest.raises(ConfigError, match=r"cdroms\[0\]: unknown key 'iso'"):
+        VmConfig.from_dict({"name": "x", "cdroms": [{"iso": "/a.iso"}]})
+
+
+def test_what_a_running_vm_takes() -> None:
+    running = VmConfig(name="web", cdroms=[CdromConfig("/a.iso")], boot=BootConfig(order=["cd", "disk"]))
+    assert running_vm_takes(running, running.copy(name="web2", notes="n", autostart=True))
+    assert running_vm_takes(running, running.copy(cdroms=[CdromConfig("")]))                  # eject
+    assert running_vm_takes(running, running.copy(boot=BootConfig(order=["disk"], cd_once=True)))
+    assert not running_vm_takes(running, running.copy(cdroms=[]))                               # a drive removed
+    assert not running_vm_takes(running, running.copy(memory_mib=1024))
+    assert not running_vm_takes(running, running.copy(boot=BootConfig(order=["cd", "disk"], firmware="/b.bin")))
 
 
 def test_host_limits() -> None:

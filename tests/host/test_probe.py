@@ -1,9 +1,9 @@
 """LocalHost.probe_file (core/host/probe.py): what a file chosen as a kernel, initrd, disk or ISO is, read from its
 first bytes (issue 17: a README was accepted as the kernel, and the failure only came at start). Real fixtures where
 there are some — Debian's bzImages, the busybox initramfs, qcow2 images made by the project's own image code and
-by qemu-img — and, for ISO images, volume descriptors built here: xorriso/genisoimage are not installed on the
-test machines, so the bytes are laid out as ECMA-119 8.4 (primary volume descriptor) and El Torito 1.0 2.0 (boot
-record volume descriptor) describe them.
+by qemu-img — and, for ISO images, volume descriptors laid out by tests/helpers/iso.py as ECMA-119 8.4 (primary
+volume descriptor) and El Torito 1.0 2.0 (boot record volume descriptor) describe them: xorriso/genisoimage are
+not installed on the test machines.
 
 Also: a disk asked for under a "folder" that is a file is a one-line error naming that file.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import subprocess
 from pathlib import Path
 
@@ -19,31 +18,8 @@ import pytest
 
 from core.config import ConfigStore
 from core.host import FileProbe, HostError, LocalHost
+from tests.helpers.iso import write_iso
 from tests.helpers.runner import in_ci
-
-SECTOR = 2048
-
-
-def iso_bytes(volume_id: str, el_torito: bool) -> bytes:
-    """An ISO 9660 image's first sectors: 16 system-area sectors, the primary volume descriptor (sector 16), an
-    El Torito boot record (sector 17) when asked, and the set terminator (ECMA-119 8.3)."""
-    pvd = bytearray(SECTOR)
-    pvd[0:7] = b"\x01CD001\x01"                                 # type 1, standard identifier, version 1
-    pvd[8:40] = b"LINUX".ljust(32)                              # system identifier
-    pvd[40:72] = volume_id.encode("ascii").ljust(32)            # volume identifier, a-characters padded with spaces
-    pvd[80:88] = struct.pack("<I", 64) + struct.pack(">I", 64)  # volume space size, both-endian
-    descriptors = [bytes(pvd)]
-    if el_torito:
-        boot = bytearray(SECTOR)
-        boot[0:7] = b"\x00CD001\x01"                            # type 0: boot record
-        boot[7:39] = b"EL TORITO SPECIFICATION".ljust(32, b"\0")
-        boot[0x47:0x4B] = struct.pack("<I", 19)                 # the boot catalog's sector
-        descriptors.append(bytes(boot))
-    terminator = bytearray(SECTOR)
-    terminator[0:7] = b"\xffCD001\x01"
-    descriptors.append(bytes(terminator))
-    image = bytes(16 * SECTOR) + b"".join(descriptors)
-    return image.ljust(64 * SECTOR, b"\0")
 
 
 @pytest.fixture
@@ -132,14 +108,20 @@ def test_disks_qcow2_by_both_makers_raw_and_text(host: LocalHost, readme: Path, 
     assert host.probe_file(str(ours), "kernel").kind == "qcow2 disk image (not a kernel)"
 
 
-def test_iso_volume_id_and_el_torito(host: LocalHost, tmp_path: Path) -> None:
-    bootable = tmp_path / "debian.iso"
-    bootable.write_bytes(iso_bytes("Debian 12.8.0 amd64 n", el_torito=True))
+def test_iso_volume_id_el_torito_and_size(host: LocalHost, tmp_path: Path, readme: Path) -> None:
+    bootable = write_iso(tmp_path / "debian.iso", "Debian 12.8.0 amd64 n", el_torito=True, size=612 << 20)
     assert host.probe_file(str(bootable), "iso") == FileProbe(
-        True, "ISO 9660 image 'Debian 12.8.0 amd64 n' (El Torito bootable)")
-    data = tmp_path / "data.iso"
-    data.write_bytes(iso_bytes("BACKUP", el_torito=False))
-    assert host.probe_file(str(data), "iso").kind == "ISO 9660 image 'BACKUP' (not bootable)"
+        True, "ISO 9660 image 'Debian 12.8.0 amd64 n', bootable (El Torito), 612 MiB")
+    assert host.probe_file(str(bootable), "boot-iso") == host.probe_file(str(bootable), "iso")
+    data = write_iso(tmp_path / "data.iso", "BACKUP", el_torito=False)
+    # A data disc serves a CD-ROM drive, not an install: the firmware has nothing to boot on it.
+    assert host.probe_file(str(data), "iso") == FileProbe(
+        True, "ISO 9660 image 'BACKUP', 128 KiB, not bootable (a data disc: no El Torito boot record)")
+    assert host.probe_file(str(data), "boot-iso") == FileProbe(
+        False, "not a bootable ISO", f"{data} is an ISO 9660 image but not a bootable ISO (no El Torito boot "
+                                     "record): choose an installer or live ISO")
+    assert host.probe_file(str(readme), "boot-iso").message == (f"{readme} is a text file, not an ISO 9660 CD/DVD "
+                                                                "image: choose another file")
     assert host.probe_file(str(bootable), "kernel").kind == "ISO 9660 image (not a kernel)"
 
 

@@ -6,21 +6,22 @@ import dataclasses
 
 import pytest
 
-from core.config import BootConfig, DiskConfig, DisplayConfig, NetworkConfig, SerialConfig, VmConfig
+from core.config import BootConfig, CdromConfig, DiskConfig, DisplayConfig, NetworkConfig, SerialConfig, VmConfig
 from core.machine import ENGINE_FEATURES, ConfigError, DiskSpec, Machine, MachineConfig
 
 # Every field of a definition is either carried into the MachineConfig, or used by the VM process around its
 # Machine (the serial log, core/vmproc/serial_log.py), or belongs to the host side (the service keeps it). A field
 # added to VmConfig fails test_every_definition_field_is_accounted_for until from_vm decides.
-CARRIED = {"memory_mib", "vcpus", "accel", "boot.kernel", "boot.initrd", "boot.cmdline", "disks.path",
-           "disks.format", "disks.bus", "disks.readonly", "network.mode", "network.mac", "display.type"}
+CARRIED = {"memory_mib", "vcpus", "accel", "boot.kernel", "boot.initrd", "boot.cmdline", "boot.order",
+           "boot.firmware", "boot.cd_once", "disks.path", "disks.format", "disks.bus", "disks.readonly",
+           "cdroms.path", "network.mode", "network.mac", "display.type"}
 VM_PROCESS_SIDE = {"serial.log_file"}
 HOST_SIDE = {"name", "uuid", "autostart", "notes", "serial.mode"}
 
 
 def _field_names(kind: type, prefix: str = "") -> set[str]:
-    nested = {"boot": BootConfig, "disks": DiskConfig, "network": NetworkConfig, "display": DisplayConfig,
-              "serial": SerialConfig}
+    nested = {"boot": BootConfig, "disks": DiskConfig, "cdroms": CdromConfig, "network": NetworkConfig,
+              "display": DisplayConfig, "serial": SerialConfig}
     names: set[str] = set()
     for f in dataclasses.fields(kind):
         if not prefix and f.name in nested:
@@ -58,8 +59,7 @@ def test_an_empty_initrd_means_none_and_display_none_is_carried():
 
 @pytest.mark.parametrize("change, words", [
     ({"network": NetworkConfig(mode="user")}, ["network.mode", "'user'", "none"]),
-    ({"disks": [DiskConfig("/x.img", bus="ide")]}, ["disks[0].bus", "'ide'", "virtio"]),
-    ({"boot": BootConfig(kernel="")}, ["boot.kernel"]),
+    ({"disks": [DiskConfig("/x.img", bus="scsi")]}, ["disks[0].bus", "'scsi'", "virtio, ide"]),
     ({"display": DisplayConfig("spice")}, ["display.type", "'spice'"]),
 ])
 def test_what_the_engine_cannot_honour_is_refused_in_one_line(change, words):
@@ -69,6 +69,37 @@ def test_what_the_engine_cannot_honour_is_refused_in_one_line(change, words):
     assert "\n" not in message
     for word in words:
         assert word in message
+
+
+def test_firmware_boot_from_an_iso_and_an_ide_disk_is_carried():
+    """The wizard's install definition: no kernel, the ISO in a drive, the new disk on IDE, disk before CD with
+    the CD once: the machine boots the CD first, then the definition's order; no kernel, Debian's SeaBIOS."""
+    cfg = _vm(boot=BootConfig(order=["disk", "cd"], cd_once=True),
+              disks=[DiskConfig("/var/lib/new.img", bus="ide")],
+              cdroms=[CdromConfig("/isos/debian-12.iso"), CdromConfig("")])
+    mc = MachineConfig.from_vm(cfg, "software")
+    assert mc == MachineConfig(
+        kernel=None, initrd=None, cmdline="", memory_mib=384, cpus=2, accel="software", display="vga",
+        disks=[DiskSpec("/var/lib/new.img", format="raw", bus="ide")],
+        cdroms=["/isos/debian-12.iso"],      # the empty drive is left out: nothing could be inserted into it
+        boot=["cd", "disk"], firmware=None)
+    assert not mc.direct_kernel_boot and mc.firmware_boot_order == ["cd", "disk"]
+    mc.validate()
+    # Once the host has cleared the flag, the disk comes first.
+    after = MachineConfig.from_vm(cfg.copy(boot=BootConfig(order=["disk", "cd"])), "software")
+    assert after.boot == ["disk", "cd"] and after.firmware_boot_order == ["disk", "cd"]
+
+
+def test_boot_order_and_firmware_file_are_carried_as_given():
+    auto = MachineConfig.from_vm(_vm(), "kvm")
+    assert auto.boot == [] and auto.firmware is None and auto.direct_kernel_boot   # old definitions: as before
+    cfg = _vm(boot=BootConfig(kernel="/k", order=["kernel", "disk"], firmware="/opt/bios.bin"))
+    mc = MachineConfig.from_vm(cfg, "kvm")
+    assert (mc.boot, mc.firmware, mc.kernel) == (["kernel", "disk"], "/opt/bios.bin", "/k")
+    assert not mc.direct_kernel_boot           # a firmware file asked for: the kernel goes through it
+    once = MachineConfig.from_vm(_vm(boot=BootConfig(kernel="/k", cd_once=True), cdroms=[CdromConfig("/a.iso")]),
+                                 "kvm")
+    assert once.boot == ["cd", "kernel"] and not once.direct_kernel_boot
 
 
 def test_capabilities_are_declared():

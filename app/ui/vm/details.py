@@ -1,7 +1,11 @@
-"""The VM window's Details tab: the hardware list (Overview, CPU, Memory, Boot Options, Disks, Network, Display,
-Serial) with a form per item. Hardware is editable while the VM is shut off; name, notes and autostart at any
-time. Apply saves through the Host (validated there, written atomically); Revert goes back to the saved one."""
+"""The VM window's Details tab: the hardware list (Overview, CPU, Memory, Boot Options, Disks, CD-ROM, Network,
+Display, Serial) with a form per item (Boot Options and CD-ROM are app/ui/vm/boot_pages.py's). Hardware is editable
+while the VM is shut off; name, notes and autostart at any time, and the CD-ROM discs and the boot order too, for
+the next start (the host keeps them: core.config.running_vm_takes). Apply saves through the Host (validated there,
+written atomically); Revert goes back to the saved one."""
 from __future__ import annotations
+
+import dataclasses
 
 from PyQt6.QtCore import QSize, Qt, pyqtSignal
 from PyQt6.QtWidgets import (
@@ -30,8 +34,10 @@ from PyQt6.QtWidgets import (
 from app.host_bridge import HostBridge
 from app.icons import resource_icon
 from app.ui.accel_choice import fill_accel_combo, label_accel_combo
+from app.ui.vm.boot_pages import BootOptionsPage, CdromPage
 from app.widgets.range_spin import RangeSpinBox
 from core.config import (
+    DISK_BUSES,
     DISPLAY_TYPES,
     MAX_MEMORY_MIB,
     MAX_VCPUS,
@@ -43,26 +49,9 @@ from core.config import (
 )
 from core.host import HostError, VmInfo
 
-PAGES = ("Overview", "CPU", "Memory", "Boot Options", "Disks", "Network", "Display", "Serial")
-_ICONS = ("vm", "hw-cpu", "hw-memory", "hw-boot", "hw-disks", "hw-network", "hw-display", "hw-serial")
-
-
-def _path_row(edit: QLineEdit, caption: str, parent: QWidget) -> QWidget:
-    row = QWidget(parent)
-    lay = QHBoxLayout(row)
-    lay.setContentsMargins(0, 0, 0, 0)
-    lay.addWidget(edit, 1)
-    button = QPushButton("Browse…", row)
-    button.clicked.connect(lambda: _browse(edit, caption, parent))
-    lay.addWidget(button)
-    row.button = button
-    return row
-
-
-def _browse(edit: QLineEdit, caption: str, parent: QWidget) -> None:
-    path, _ = QFileDialog.getOpenFileName(parent, caption, edit.text() or "")
-    if path:
-        edit.setText(path)
+PAGES = ("Overview", "CPU", "Memory", "Boot Options", "Disks", "CD-ROM", "Network", "Display", "Serial")
+_ICONS = ("vm", "hw-cpu", "hw-memory", "hw-boot", "hw-disks", "hw-cdrom", "hw-network", "hw-display", "hw-serial")
+BUS_LABELS = {"virtio": "VirtIO", "ide": "IDE"}
 
 
 def _note(text: str) -> QLabel:
@@ -88,8 +77,15 @@ class DetailsEditor(QWidget):
         for name, icon in zip(PAGES, _ICONS, strict=True):
             QListWidgetItem(resource_icon(icon), name, self.pages)
         self.stack = QStackedWidget(self)
-        for build in (self._overview, self._cpu, self._memory, self._boot, self._disks, self._network,
-                      self._display, self._serial):
+        self.boot_page = BootOptionsPage(self.stack)
+        self.cdrom_page = CdromPage(bridge, self.stack)
+        # The boot page's fields under the names the other pages' fields have here.
+        self.kernel, self.initrd, self.cmdline = self.boot_page.kernel, self.boot_page.initrd, self.boot_page.cmdline
+        for build in (self._overview, self._cpu, self._memory, self.boot_page, self._disks, self.cdrom_page,
+                      self._network, self._display, self._serial):
+            if isinstance(build, QWidget):
+                self.stack.addWidget(build)
+                continue
             page = QWidget(self.stack)
             build(page)
             self.stack.addWidget(page)
@@ -114,11 +110,12 @@ class DetailsEditor(QWidget):
         bottom.addWidget(self.lock_note, 1)
         bottom.addWidget(self.buttons)
         lay.addLayout(bottom)
-        self._hardware = [self.vcpus, self.accel, self.memory, self.kernel_row, self.initrd_row, self.cmdline,
-                          self.disk_table, self.add_disk, self.remove_disk, self.net_mode, self.mac, self.display,
-                          self.serial_mode, self.serial_log]
-        for w in (self.name, self.kernel, self.initrd, self.cmdline, self.mac, self.serial_log):
+        self._hardware = [self.vcpus, self.accel, self.memory, self.disk_table, self.add_disk, self.remove_disk,
+                          self.net_mode, self.mac, self.display, self.serial_mode, self.serial_log]
+        for w in (self.name, self.mac, self.serial_log):
             w.textChanged.connect(self._changed)
+        self.boot_page.changed.connect(self._changed)
+        self.cdrom_page.changed.connect(self._changed)
         for w in (self.vcpus, self.memory):
             w.valueChanged.connect(self._changed)
             w.problemChanged.connect(self._changed)
@@ -200,25 +197,11 @@ class DetailsEditor(QWidget):
         self.memory_note = _note("")
         form.addRow("", self.memory_note)
 
-    def _boot(self, page: QWidget) -> None:
-        form = self._form(page, "Boot Options")
-        form.addRow("", _note("Direct kernel boot: Vireo loads the kernel and initrd itself "
-                              "(Linux bzImage or Multiboot)."))
-        self.kernel = QLineEdit(page)
-        self.kernel_row = _path_row(self.kernel, "Choose a kernel", page)
-        form.addRow("Kernel:", self.kernel_row)
-        self.initrd = QLineEdit(page)
-        self.initrd.setPlaceholderText("none")
-        self.initrd_row = _path_row(self.initrd, "Choose an initrd", page)
-        form.addRow("Initrd:", self.initrd_row)
-        self.cmdline = QLineEdit(page)
-        self.cmdline.setPlaceholderText("console=ttyS0")
-        form.addRow("Command line:", self.cmdline)
-
     def _disks(self, page: QWidget) -> None:
         form = self._form(page, "Disks")
-        self.disk_table = QTableWidget(0, 3, page)
-        self.disk_table.setHorizontalHeaderLabels(["Image", "Format", "Read-only"])
+        self.disk_table = QTableWidget(0, 4, page)
+        self.disk_table.setObjectName("diskTable")
+        self.disk_table.setHorizontalHeaderLabels(["Image", "Format", "Bus", "Read-only"])
         self.disk_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.disk_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.disk_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -233,6 +216,8 @@ class DetailsEditor(QWidget):
         row.addWidget(self.remove_disk)
         row.addStretch(1)
         form.addRow(row)
+        form.addRow(_note("Bus: VirtIO is the fastest; IDE serves a guest that has no virtio drivers. The CD-ROM "
+                          "drives are on IDE too, which holds four drives in all."))
         self.disk_note = _note("The engine does not attach disks yet (virtio-blk is not wired into the machine); "
                                "they are kept in the definition and attached once it is.")
         form.addRow(self.disk_note)
@@ -261,10 +246,25 @@ class DetailsEditor(QWidget):
             item.setToolTip(d.path)
             self.disk_table.setItem(i, 0, item)
             self.disk_table.setItem(i, 1, QTableWidgetItem(d.format))
-            self.disk_table.setItem(i, 2, QTableWidgetItem("yes" if d.readonly else "no"))
+            # The bus is chosen per disk: VirtIO is fastest, IDE serves guests without virtio drivers.
+            bus = QComboBox(self.disk_table)
+            bus.setObjectName("diskBus")
+            for name in DISK_BUSES:
+                bus.addItem(BUS_LABELS[name], name)
+            bus.setCurrentIndex(max(0, bus.findData(d.bus)))
+            bus.setToolTip("VirtIO is the fastest; IDE serves guests without virtio drivers")
+            bus.currentIndexChanged.connect(self._changed)
+            self.disk_table.setCellWidget(i, 2, bus)
+            self.disk_table.setItem(i, 3, QTableWidgetItem("yes" if d.readonly else "no"))
+        self.disk_table.resizeColumnToContents(2)
 
     def _current_disks(self) -> list[DiskConfig]:
-        return [self.disk_table.item(i, 0).data(Qt.ItemDataRole.UserRole) for i in range(self.disk_table.rowCount())]
+        disks = []
+        for i in range(self.disk_table.rowCount()):
+            disk = DiskConfig(**vars(self.disk_table.item(i, 0).data(Qt.ItemDataRole.UserRole)))
+            disk.bus = self.disk_table.cellWidget(i, 2).currentData()
+            disks.append(disk)
+        return disks
 
     def _network(self, page: QWidget) -> None:
         form = self._form(page, "Network")
@@ -326,10 +326,9 @@ class DetailsEditor(QWidget):
         base.vcpus = self.vcpus.value()
         base.accel = self.accel.currentData()
         base.memory_mib = self.memory.value()
-        base.boot.kernel = self.kernel.text().strip()
-        base.boot.initrd = self.initrd.text().strip()
-        base.boot.cmdline = self.cmdline.text()
+        self.boot_page.apply_to(base, self.saved)
         base.disks = self._current_disks()
+        base.cdroms = self.cdrom_page.cdroms()
         base.network.mode = self.net_mode.currentData()
         base.network.mac = self.mac.text().strip().lower()
         base.display.type = self.display.currentData()
@@ -342,10 +341,14 @@ class DetailsEditor(QWidget):
 
     def problem(self) -> str:
         """The first field whose input cannot be applied (its own error line says the same), or ""."""
-        return self.vcpus.problem() or self.memory.problem()
+        return (self.vcpus.problem() or self.memory.problem() or self.boot_page.problem()
+                or self.cdrom_page.problem())
 
     def _changed(self, *_: object) -> None:
         if not self._loading:
+            disks = self._current_disks()
+            self.cdrom_page.set_ide_disks(sum(d.bus == "ide" for d in disks))
+            self.boot_page.describe(self.cdrom_page.cdroms(), [d.path for d in disks])
             dirty = self.dirty()
             problem = self.problem()
             self.apply_button.setEnabled(dirty and not problem)
@@ -354,8 +357,18 @@ class DetailsEditor(QWidget):
 
     def _reload_if_clean(self) -> None:
         info = self.info()
-        if info is not None and not self.dirty() and info.config != self.saved:
+        if info is None or info.config == self.saved:
+            return
+        if not self.dirty():
             self.revert()
+        elif info.config == self.saved.copy(boot=dataclasses.replace(self.saved.boot, cd_once=False)):
+            # The host cleared boot-once as the VM started, under edits not applied yet: take that change alone
+            # (unless the box was changed by hand), so Apply does not put the flag back.
+            shown = self.boot_page.cd_once.isChecked()
+            self.saved = info.config.copy()
+            if shown:
+                self.boot_page.cd_once.setChecked(False)
+            self._changed()
 
     def revert(self) -> None:
         info = self.info()
@@ -372,10 +385,9 @@ class DetailsEditor(QWidget):
             self.vcpus.setValue(cfg.vcpus)
             self.accel.setCurrentIndex(max(0, self.accel.findData(cfg.accel)))
             self.memory.setValue(cfg.memory_mib)
-            self.kernel.setText(cfg.boot.kernel)
-            self.initrd.setText(cfg.boot.initrd)
-            self.cmdline.setText(cfg.boot.cmdline)
+            self.boot_page.load(cfg.boot)
             self._disk_rows([DiskConfig(**vars(d)) for d in cfg.disks])
+            self.cdrom_page.load(cfg.cdroms)
             self.net_mode.setCurrentIndex(max(0, self.net_mode.findData(cfg.network.mode)))
             self.mac.setText(cfg.network.mac)
             self.display.setCurrentIndex(max(0, self.display.findData(cfg.display.type)))
@@ -398,9 +410,11 @@ class DetailsEditor(QWidget):
         active = info.state.active
         for w in self._hardware:
             w.setEnabled(not active)
+        self.boot_page.set_active(active)
+        self.cdrom_page.set_active(active)
         self.state_label.setText(info.state.label + (f" — {info.reason}" if info.reason else ""))
-        self.lock_note.setText("Shut the VM down to change its hardware; name, notes and autostart can change now."
-                               if active else "")
+        self.lock_note.setText("Shut the VM down to change its hardware. Name, notes and autostart change now; "
+                               "CD-ROM discs and the boot order at the next start." if active else "")
 
     def apply(self) -> None:
         cfg = self.edited()
