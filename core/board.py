@@ -22,12 +22,19 @@ the callbacks it gives.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from core import platform
 from core.boot.firmware import FirmwareError, FirmwareMemory, load_firmware_image
-from core.boot.firmware_config import BootDevices, configure_fw_cfg, pci_boot_path
+from core.boot.firmware_config import (
+    BootDevices,
+    add_linux_kernel,
+    configure_fw_cfg,
+    pci_boot_path,
+    read_boot_file,
+)
 from core.bus import MmioBus, PortIoBus
 from core.devices.acpi_pm import AcpiPm
 from core.devices.apic_bus import ApicBus, decode_msi
@@ -207,9 +214,21 @@ class Board:
         self.disks = [self._add_disk(i, spec) for i, spec in enumerate(config.disks) if spec.bus == "virtio"]
         if self.firmware_boot:
             assert self.fw_cfg is not None
-            configure_fw_cfg(self.fw_cfg, config, self.memory, self.boot_devices)
+            if config.kernel:
+                add_linux_kernel(self.fw_cfg, self.memory, self.boot_devices,
+                                 read_boot_file(config.kernel, "kernel"),
+                                 read_boot_file(config.initrd, "initrd") if config.initrd else None,
+                                 config.cmdline, kernel_name=os.path.basename(config.kernel))
+            configure_fw_cfg(self.fw_cfg, config, self.memory, self.boot_devices, self.acpi_fw_cfg_files(config))
         else:
             self.pci.assign_resources()
+
+    def acpi_fw_cfg_files(self, config: MachineConfig) -> dict[str, bytes]:
+        """THE place Vireo's own ACPI tables join firmware boot: the fw_cfg files "etc/acpi/tables",
+        "etc/acpi/rsdp" and "etc/table-loader" (core/boot/firmware_config.add_acpi_files installs them). The
+        table-loader piece (core/boot/acpi_fw_cfg.py) plugs in here; until it does, nothing is offered and
+        SeaBIOS builds its own tables."""
+        return {}
 
     def _add_disk(self, index: int, spec: DiskSpec) -> VirtioBlk:
         from core.storage import open_image
