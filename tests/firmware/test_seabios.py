@@ -11,7 +11,7 @@ import pytest
 from core.devices.i440fx import PAM0
 from core.keymap import Ps2InputSink, break_code, make_code
 from core.machine import DiskSpec, MachineState
-from tests.firmware.bootsector import MARKER, ROM_LOCKED, ROM_WRITABLE, write_disk
+from tests.firmware.bootsector import AGAIN, MARKER, ROM_LOCKED, ROM_WRITABLE, write_disk, write_reset_disk
 from tests.firmware.conftest import screen, wait_for_screen
 from tests.helpers.accel import ACCELS
 
@@ -80,7 +80,29 @@ def test_reset_restores_the_power_on_firmware(firmware_machine):
     while board.debugcon.output.count(NO_BOOT) < 2 and time.monotonic() < deadline:
         assert machine.state == MachineState.RUNNING, machine.reason
         time.sleep(0.05)
-    assert board.debugcon.output.count(BANNER) >= 2, board.debugcon.output[-2000:]
+    assert board.debugcon.output.count("Running on QEMU (i440fx)") == 2, board.debugcon.output[-2000:]
     wait_for_screen(machine, NO_BOOT, timeout=30)
     assert machine.reset_count == 1 and machine.state == MachineState.RUNNING
     assert any(line.startswith(BANNER) for line in screen(machine))
+
+
+@pytest.mark.parametrize("accel,method", [("software", "cf9"), ("software", "i8042"), ("software", "port92"),
+                                          ("software", "triple"), ("kvm", "cf9")])
+def test_guest_reset_reruns_the_firmware(firmware_machine, tmp_path, accel, method):
+    """A reset the guest asks for -- port 0xCF9, the i8042, port 0x92, a triple fault with on_triple_fault=reset
+    -- starts SeaBIOS afresh from the ROM (its shadow copy was locked read-only), which boots the disk again."""
+    disk = tmp_path / "reset.img"
+    write_reset_disk(disk, method)
+    machine = firmware_machine(accel, disks=[DiskSpec(str(disk), format="raw")], boot=["disk"],
+                               on_triple_fault="reset")
+    machine.start()
+    deadline = time.monotonic() + 120
+    log = machine.board.debugcon
+    while AGAIN not in log.output and time.monotonic() < deadline:
+        assert machine.state == MachineState.RUNNING, machine.reason
+        time.sleep(0.05)
+    out = log.output
+    assert AGAIN in out, out[-3000:]
+    posts = out.count("Running on QEMU (i440fx)")             # once per power-on self test
+    assert posts == 2 and out.count(MARKER) == 2 and f"resetting: {method}" in out
+    assert machine.reset_count == 1 and machine.state == MachineState.RUNNING
