@@ -49,7 +49,8 @@ def wait_for_screen(machine: Machine, text: str, timeout: float, poke=None) -> l
 
 @pytest.fixture
 def firmware_machine():
-    """Factory: firmware_machine(accel, **MachineConfig fields) -> a built (not started) Machine on SeaBIOS;
+    """Factory: firmware_machine(accel, **MachineConfig fields, serial_output=None) -> a built (not started)
+    Machine on SeaBIOS;
     every machine is powered off after the test."""
     machines: list[Machine] = []
 
@@ -57,7 +58,9 @@ def firmware_machine():
         require_accel(accel)
         require_seabios()
         fields.setdefault("boot_menu_wait_ms", 0)
-        machine = Machine(MachineConfig(accel=accel, memory_mib=fields.pop("memory_mib", 64), **fields))
+        serial_output = fields.pop("serial_output", None)
+        machine = Machine(MachineConfig(accel=accel, memory_mib=fields.pop("memory_mib", 64), **fields),
+                          serial_output=serial_output)
         machines.append(machine)
         return machine
 

@@ -106,3 +106,32 @@ def test_guest_reset_reruns_the_firmware(firmware_machine, tmp_path, accel, meth
     posts = out.count("Running on QEMU (i440fx)")             # once per power-on self test
     assert posts == 2 and out.count(MARKER) == 2 and f"resetting: {method}" in out
     assert machine.reset_count == 1 and machine.state == MachineState.RUNNING
+
+
+class PortRecorder:
+    def __init__(self) -> None:
+        self.accesses: list[tuple[str, int]] = []
+
+    def io_read(self, port: int, size: int) -> int:
+        self.accesses.append(("in", port))
+        return 0
+
+    def io_write(self, port: int, size: int, value: int) -> None:
+        self.accesses.append(("out", port))
+
+
+def test_without_a_display_seabios_talks_on_com1_and_never_touches_smm(firmware_machine):
+    """NOGRAPHIC: SeaBIOS's serial console on COM1. Without a PIIX4 power-management function it sets up no SMM,
+    so the APM/SMI ports 0xB2-0xB3 (which nothing here serves) are never used."""
+    serial = bytearray()
+    machine = firmware_machine("software", display="none", serial_output=serial.extend)
+    smi = PortRecorder()
+    machine.board.pio.register(0xB2, 2, smi)
+    machine.start()
+    deadline = time.monotonic() + 60
+    while NO_BOOT.encode() not in serial and time.monotonic() < deadline:
+        time.sleep(0.05)
+    text = serial.decode(errors="replace")
+    assert BANNER in text and NO_BOOT in text, text[-2000:]
+    assert machine.board.vga is None and smi.accesses == []
+    assert machine.state == MachineState.RUNNING
