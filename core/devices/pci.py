@@ -18,7 +18,9 @@ hears when the RAM mapping comes and goes (a display must then re-read the memor
 """
 from __future__ import annotations
 
+import ctypes
 import logging
+import mmap
 import struct
 import threading
 from dataclasses import dataclass
@@ -60,11 +62,22 @@ class Bar:
 
 class ExpansionRom:
     """The contents behind an expansion ROM BAR (PCI 3.0, 6.3.1: a PC-compatible image, 0x55AA...), read-only;
-    the MMIO bus calls it with absolute addresses."""
+    the MMIO bus calls it with absolute addresses. Its memory is also offered for a read-only RAM mapping
+    (`ram_backing`, `ram_readonly`), so firmware copying the ROM does not exit per access."""
+
+    ram_readonly = True
 
     def __init__(self, data: bytes, size: int) -> None:
         self.data = bytes(data).ljust(size, b"\xff")
+        self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                              prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self._map[:] = self.data
+        self._anchor = ctypes.c_char.from_buffer(self._map)
         self.bar: Bar | None = None
+
+    @property
+    def ram_backing(self) -> tuple[int, int]:
+        return ctypes.addressof(self._anchor), len(self.data)
 
     def mmio_read(self, addr: int, size: int) -> int:
         off = addr - (self.bar.mapped_at or 0) if self.bar is not None else 0
@@ -354,7 +367,10 @@ class PciBus:
         if size != bar.size:
             return
         try:
-            self.ram_mapper.map_ram(bar.mapped_at, host, size)
+            if getattr(bar.handler, "ram_readonly", False):
+                self.ram_mapper.map_ram(bar.mapped_at, host, size, readonly=True)   # writes reach the handler
+            else:
+                self.ram_mapper.map_ram(bar.mapped_at, host, size)
         except Exception as exc:
             # Refused (overlap, outside what the backend maps, unsupported): the MMIO path serves the BAR.
             log.info("BAR at %#x stays MMIO: %s", bar.mapped_at, exc)
