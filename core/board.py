@@ -15,9 +15,15 @@ accelerator's local APICs to their APIC bus (wire_interrupt_controllers). Either
 IRQ n reaches PIC pin n and I/O APIC pin n, except IRQ 0 (the PIT) which reaches I/O APIC pin 2, the interrupt
 source override the MADT announces (ACPI 6.4, 5.2.12.5).
 
-The Machine (core/machine.py) builds one Board, loads the kernel into it and runs its vCPUs; what the guest asks
-of the machine as a whole (a reset through 0xCF9 or the i8042, an ACPI power-off, a failing device timer) goes to
-the callbacks it gives.
+With firmware boot (MachineConfig.direct_kernel_boot false; docs/firmware.md) the board also holds the BIOS image
+and the PAM-controlled shadow RAM (core/boot/firmware.py), fw_cfg with what SeaBIOS reads (boot order, memory
+map, CPUs, the ACPI files from acpi_fw_cfg_files, a kernel), the VGA BIOS behind the VGA's expansion ROM BAR,
+QEMU's debug console at 0x402 and port 0x92; the firmware assigns PCI resources, and the BSP starts at the reset
+vector. Direct kernel boot has none of those and gets its PCI resources from PciBus.assign_resources.
+
+The Machine (core/machine.py) builds one Board, loads the kernel into it (or starts the firmware) and runs its
+vCPUs; what the guest asks of the machine as a whole (a reset through 0xCF9 or the i8042, an ACPI power-off, a
+failing device timer) goes to the callbacks it gives.
 """
 from __future__ import annotations
 
@@ -55,7 +61,7 @@ from core.devices.serial import Uart16550
 from core.devices.vga import Vga
 from core.devices.virtio.blk import VirtioBlk
 from core.devices.virtio.pci import VirtioPciDevice
-from core.hypervisor.base import Accelerator, CpuState, Vcpu
+from core.hypervisor.base import Accelerator, AcceleratorUnavailable, CpuState, Vcpu
 from core.hypervisor.select import create_accelerator
 from core.irq import InterruptSink, IrqLine
 from core.memory import FIRMWARE_HOLE, GuestMemory
@@ -194,6 +200,10 @@ class Board:
         self.pci.pirq_router = self.isa_bridge
         port_devices = [self.serial, self.rtc, self.i8042, self.post, self.acpi_pm, self.reset_control, self.pci]
         if self.firmware_boot:
+            if not self.accel.supports_readonly_mapping:
+                raise AcceleratorUnavailable(f"the {self.accel.name} backend here cannot map memory read-only "
+                                             f"(KVM_CAP_READONLY_MEM), which firmware boot needs: use --accel "
+                                             f"software, or boot a kernel directly")
             # The BIOS image and shadow RAM, remapped whenever the PAM registers change (and at reset, which
             # resets them); fw_cfg; QEMU's debug console, where SeaBIOS logs; port 0x92 for fast A20/reset.
             self.firmware = FirmwareMemory(firmware_image, self.memory, self.mmio, mapper)

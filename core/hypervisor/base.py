@@ -161,6 +161,8 @@ class Accelerator(ABC):
 
     # Whether map_ram/unmap_ram work. Callers (PciBus) check it and otherwise trap the range as MMIO.
     supports_ram_mapping: bool = False
+    # Whether map_ram takes readonly=True (firmware ROM and shadow RAM need it: code runs from there).
+    supports_readonly_mapping: bool = False
 
     def map_ram(self, gpa: int, host_addr: int, size: int, readonly: bool = False) -> None:
         """Make guest-physical [gpa, gpa + size) plain memory backed by host [host_addr, + size) (a device's

@@ -129,6 +129,7 @@ class KvmAccelerator(Accelerator):
         self.has_vcpu_events = self._check(abi.KVM_CAP_VCPU_EVENTS) > 0
         self.has_signal_msi = self._check(abi.KVM_CAP_SIGNAL_MSI) > 0
         self.has_readonly_mem = self._check(abi.KVM_CAP_READONLY_MEM) > 0
+        self.supports_readonly_mapping = self.has_readonly_mem
         _install_kick_signal()
 
     def _set_gsi_routing(self) -> None:

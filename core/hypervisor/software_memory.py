@@ -138,6 +138,7 @@ class SoftwareMemoryMap:
 
     # -- device memory as RAM ---------------------------------------------------------------------------------
     supports_ram_mapping = True
+    supports_readonly_mapping = True
 
     def map_ram(self, gpa: int, host_addr: int, size: int, readonly: bool = False) -> None:
         """Replace the MMIO pieces over [gpa, gpa + size) by RAM at host_addr (without write permission when
