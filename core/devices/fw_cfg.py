@@ -125,6 +125,11 @@ class FwCfg:
                 return bytes(self._writable[key])
             return self._items[key]
 
+    def item(self, key: int) -> bytes:
+        """The contents of item `key` as the guest reads it (b"" for a key nobody provides)."""
+        with self._lock:
+            return bytes(self._writable.get(key, self._items.get(key, b"")))
+
     def file_names(self) -> list[str]:
         return sorted(self._files)
 
