@@ -64,6 +64,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boot", metavar="cd|disk|kernel[,...]",
                    help="boot order, e.g. cd,disk; kernel loads --kernel directly, cd and disk boot through the "
                         "firmware (default: kernel when --kernel is given, else cd,disk)")
+    p.add_argument("--boot-menu-wait", type=int, default=2500, metavar="MS",
+                   help="firmware boot: how long SeaBIOS offers its boot menu (Esc) at power-on; 0 = no menu, as "
+                        "QEMU without -boot menu=on (default 2500)")
     p.add_argument("--firmware", metavar="PATH",
                    help="BIOS image for firmware boot (default: Debian's SeaBIOS, "
                         "/usr/share/seabios/bios-256k.bin)")
@@ -309,7 +312,8 @@ def prepare(args: argparse.Namespace) -> RunSession | int:
         config = MachineConfig(kernel=args.kernel, initrd=args.initrd, cmdline=args.append,
                                memory_mib=args.memory, cpus=args.cpus, accel=args.accel,
                                decompress_on_host=not args.no_host_decompress, disks=disks,
-                               cdroms=list(args.cdrom), boot=boot, firmware=args.firmware)
+                               cdroms=list(args.cdrom), boot=boot, firmware=args.firmware,
+                               boot_menu_wait_ms=args.boot_menu_wait)
         config.validate()
         choice = choose_accelerator(args.accel)
         if choice.warning:

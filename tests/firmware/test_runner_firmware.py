@@ -23,6 +23,7 @@ def one_line_error(err: str) -> str:
     (["--cdrom", "/nonexistent/x.iso"], ("--cdrom", "no such file")),
     (["--firmware", "/nonexistent/bios.bin"], ("--firmware", "no such file")),
     (["--initrd", "/etc/hostname"], ("--initrd", "needs --kernel")),
+    (["--boot-menu-wait", "70000"], ("boot menu wait 70000 ms", "0..65535")),
 ])
 def test_bad_firmware_boot_options_are_one_line_errors(args, needles):
     code, _, err = run_vireo([*args, "--accel", "software", "--timeout", "5"], timeout=60)
@@ -58,7 +59,8 @@ def test_runner_boots_a_disk_through_seabios(tmp_path):
     write_disk(disk)
     dump = tmp_path / "screen.png"
     code, _, err = run_vireo(["--disk", f"{disk},format=raw,bus=virtio", "--boot", "disk", "--accel", "software",
-                              "--serial", "none", "--timeout", "15", "--screendump", dump], timeout=90)
+                              "--serial", "none", "--boot-menu-wait", "0", "--timeout", "15", "--screendump", dump],
+                             timeout=90)
     assert code == 1 and "timeout" in err          # the boot sector halts; the run ends at its --timeout
     text = (tmp_path / "screen.txt").read_text()
     assert "SeaBIOS (version" in text and MARKER in text, text
