@@ -59,7 +59,7 @@ def test_runner_boots_a_disk_through_seabios(tmp_path):
     write_disk(disk)
     dump = tmp_path / "screen.png"
     code, _, err = run_vireo(["--disk", f"{disk},format=raw,bus=virtio", "--boot", "disk", "--accel", "software",
-                              "--serial", "none", "--boot-menu-wait", "0", "--timeout", "15", "--screendump", dump],
+                              "--serial", "none", "--boot-menu-wait", "0", "--timeout", "6", "--screendump", dump],
                              timeout=90)
     assert code == 1 and "timeout" in err          # the boot sector halts; the run ends at its --timeout
     text = (tmp_path / "screen.txt").read_text()
