@@ -15,20 +15,39 @@ accelerator's local APICs to their APIC bus (wire_interrupt_controllers). Either
 IRQ n reaches PIC pin n and I/O APIC pin n, except IRQ 0 (the PIT) which reaches I/O APIC pin 2, the interrupt
 source override the MADT announces (ACPI 6.4, 5.2.12.5).
 
-The Machine (core/machine.py) builds one Board, loads the kernel into it and runs its vCPUs; what the guest asks
-of the machine as a whole (a reset through 0xCF9 or the i8042, an ACPI power-off, a failing device timer) goes to
-the callbacks it gives.
+With firmware boot (MachineConfig.direct_kernel_boot false; docs/firmware.md) the board also holds the BIOS image
+and the PAM-controlled shadow RAM (core/boot/firmware.py), fw_cfg with what SeaBIOS reads (boot order, memory
+map, CPUs, the ACPI files from acpi_fw_cfg_files, a kernel), the VGA BIOS behind the VGA's expansion ROM BAR,
+QEMU's debug console at 0x402 and port 0x92; the firmware assigns PCI resources, and the BSP starts at the reset
+vector. Direct kernel boot has none of those and gets its PCI resources from PciBus.assign_resources.
+
+The Machine (core/machine.py) builds one Board, loads the kernel into it (or starts the firmware) and runs its
+vCPUs; what the guest asks of the machine as a whole (a reset through 0xCF9 or the i8042, an ACPI power-off, a
+failing device timer) goes to the callbacks it gives.
 """
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from core import platform
+from core.boot.firmware import FirmwareError, FirmwareMemory, load_firmware_image
+from core.boot.firmware_config import (
+    BootDevices,
+    add_linux_kernel,
+    configure_fw_cfg,
+    ide_boot_path,
+    pci_boot_path,
+    read_boot_file,
+)
 from core.bus import MmioBus, PortIoBus
 from core.devices.acpi_pm import AcpiPm
 from core.devices.apic_bus import ApicBus, decode_msi
+from core.devices.debugcon import DebugConsole
+from core.devices.fw_cfg import FwCfg
+from core.devices.i440fx import I440fxHostBridge
 from core.devices.i8042 import I8042
 from core.devices.ide import AtaDisk, AtapiCdrom, PiixIde, drive_positions
 from core.devices.ioapic import IoApic
@@ -36,6 +55,7 @@ from core.devices.pci import PciBus
 from core.devices.pic import Pic8259Pair
 from core.devices.piix3 import Piix3IsaBridge
 from core.devices.pit import Pit8254
+from core.devices.port92 import SystemControlPortA
 from core.devices.post import PostPort
 from core.devices.reset_control import ResetControl
 from core.devices.rtc import CmosRtc
@@ -43,16 +63,27 @@ from core.devices.serial import Uart16550
 from core.devices.vga import Vga
 from core.devices.virtio.blk import VirtioBlk
 from core.devices.virtio.pci import VirtioPciDevice
-from core.hypervisor.base import Accelerator, Vcpu
+from core.hypervisor.base import Accelerator, AcceleratorUnavailable, CpuState, Vcpu
 from core.hypervisor.select import create_accelerator
 from core.irq import InterruptSink, IrqLine
-from core.memory import GuestMemory
+from core.memory import FIRMWARE_HOLE, GuestMemory
 from core.timers import TimerQueue
 
 if TYPE_CHECKING:
     from core.machine import DiskSpec, MachineConfig
 
 log = logging.getLogger(__name__)
+
+VGA_BIOS = "/usr/share/seabios/vgabios-stdvga.bin"    # SeaVGABIOS for QEMU's stdvga (Debian's seabios package)
+
+
+def _read_vga_bios(path: str = VGA_BIOS) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise FirmwareError(f"VGA BIOS {path}: {exc.strerror or exc}; install Debian's seabios package "
+                            f"(apt-get install seabios) or run without a display (--display none)") from None
 
 
 class PcInterruptControllers:
@@ -115,7 +146,14 @@ class Board:
     def __init__(self, config: MachineConfig, accel_name: str, *, serial_output: Callable[[bytes], None],
                  request_reset: Callable[[], None], request_poweroff: Callable[[], None],
                  report_fault: Callable[[str], None]) -> None:
+        # With firmware (not config.direct_kernel_boot) the PC's own boot path runs: the BIOS image in memory,
+        # fw_cfg, the option ROMs; the firmware assigns PCI resources. Direct kernel boot keeps none of that.
+        self.firmware_boot = not config.direct_kernel_boot
+        self.firmware_path, firmware_image = load_firmware_image(config.firmware) if self.firmware_boot \
+            else (None, b"")
         self.memory = GuestMemory(config.memory_mib * 1024 * 1024)
+        if self.firmware_boot:
+            self.memory.cpu_hole = FIRMWARE_HOLE      # 0xC0000-0xFFFFF is FirmwareMemory's (PAM)
         self.pio = PortIoBus()
         self.mmio = MmioBus()
         self.timers = TimerQueue(name="vireo-timers")
@@ -126,20 +164,25 @@ class Board:
         self.cdroms: list[AtapiCdrom] = []
         self.accel: Accelerator | None = None
         self.vga: Vga | None = None
+        self.firmware: FirmwareMemory | None = None
+        self.fw_cfg: FwCfg | None = None
+        self.debugcon: DebugConsole | None = None
+        self.boot_devices = BootDevices()
         try:
             self.accel = accel = create_accelerator(accel_name, self.memory, self.pio, self.mmio, config.cpus,
                                                     self.timers)
             self.interrupt_controllers = wire_interrupt_controllers(accel, self.pio, self.mmio, self.timers)
             # Where device interrupt lines and MSIs go: the board's controllers, or the accelerator's own.
             self.interrupts: InterruptSink = self.interrupt_controllers or accel
-            self._build_devices(config, serial_output, request_reset, request_poweroff)
+            self._build_devices(config, serial_output, request_reset, request_poweroff, firmware_image)
             self.vcpus: list[Vcpu] = [accel.create_vcpu(i) for i in range(config.cpus)]
         except BaseException:
             self.close()
             raise
 
     def _build_devices(self, config: MachineConfig, serial_output: Callable[[bytes], None],
-                       request_reset: Callable[[], None], request_poweroff: Callable[[], None]) -> None:
+                       request_reset: Callable[[], None], request_poweroff: Callable[[], None],
+                       firmware_image: bytes) -> None:
         assert self.accel is not None
         line = lambda gsi: IrqLine(self.interrupts, gsi)  # noqa: E731
         self.serial = Uart16550(line(platform.COM1_IRQ), serial_output)
@@ -150,8 +193,10 @@ class Board:
         self.acpi_pm = AcpiPm(line(platform.ACPI_SCI_IRQ), request_poweroff, timers=self.timers)
         self.reset_control = ResetControl(request_reset)
         # A backend that maps device memory as RAM takes the framebuffer BAR off the MMIO exit path.
-        self.pci = PciBus(self.pio, self.mmio, self.interrupts.set_irq,
-                          ram_mapper=self.accel if self.accel.supports_ram_mapping else None)
+        mapper = self.accel if self.accel.supports_ram_mapping else None
+        self.host_bridge = I440fxHostBridge()
+        self.pci = PciBus(self.pio, self.mmio, self.interrupts.set_irq, ram_mapper=mapper,
+                          host_bridge=self.host_bridge)
         # The southbridge's slot, as on QEMU's i440FX machine: the ISA bridge at 00:01.0 (its PIRQ router steers
         # PCI interrupts to ISA IRQs for PIC-mode guests); the IDE controller joins it as function 1.
         self.isa_bridge = Piix3IsaBridge(self.interrupts.set_irq)
@@ -159,6 +204,18 @@ class Board:
         self.pci.pirq_router = self.isa_bridge
         self.ide = self._build_ide(config)
         port_devices = [self.serial, self.rtc, self.i8042, self.post, self.acpi_pm, self.reset_control, self.pci]
+        if self.firmware_boot:
+            if not self.accel.supports_readonly_mapping:
+                raise AcceleratorUnavailable(f"the {self.accel.name} backend here cannot map memory read-only "
+                                             f"(KVM_CAP_READONLY_MEM), which firmware boot needs: use --accel "
+                                             f"software, or boot a kernel directly")
+            # The BIOS image and shadow RAM, remapped whenever the PAM registers change (and at reset, which
+            # resets them); fw_cfg; QEMU's debug console, where SeaBIOS logs; port 0x92 for fast A20/reset.
+            self.firmware = FirmwareMemory(firmware_image, self.memory, self.mmio, mapper)
+            self.host_bridge.on_pam_change = self.firmware.set_pam
+            self.fw_cfg = FwCfg(self.memory)
+            self.debugcon = DebugConsole()
+            port_devices += [self.fw_cfg, self.debugcon, SystemControlPortA(request_reset)]
         for dev in port_devices:
             dev.attach(self.pio)
         self.devices = list(port_devices)
@@ -167,8 +224,27 @@ class Board:
             self.vga = Vga(self.pci)
             self.vga.attach(self.pio, self.mmio)
             self.devices.append(self.vga)
+            if self.firmware_boot:
+                self.vga.pci.set_expansion_rom(_read_vga_bios())
         self.disks = [self._add_disk(i, spec) for i, spec in enumerate(config.disks) if spec.bus == "virtio"]
-        self.pci.assign_resources()
+        if self.firmware_boot:
+            assert self.fw_cfg is not None
+            if config.kernel:
+                add_linux_kernel(self.fw_cfg, self.memory, self.boot_devices,
+                                 read_boot_file(config.kernel, "kernel"),
+                                 read_boot_file(config.initrd, "initrd") if config.initrd else None,
+                                 config.cmdline, kernel_name=os.path.basename(config.kernel))
+            configure_fw_cfg(self.fw_cfg, config, self.memory, self.boot_devices, self.acpi_fw_cfg_files(config))
+        else:
+            self.pci.assign_resources()
+
+    def acpi_fw_cfg_files(self, config: MachineConfig) -> dict[str, bytes]:
+        """THE place Vireo's own ACPI tables join firmware boot: the fw_cfg files "etc/acpi/tables",
+        "etc/acpi/rsdp" and "etc/table-loader" (core/boot/firmware_config.add_acpi_files installs them): the
+        same tables direct boot writes, placed by SeaBIOS through the table loader (core/boot/acpi_fw_cfg.py)."""
+        from core.boot.acpi_fw_cfg import firmware_acpi_files
+        low = self.memory.regions[0].end
+        return firmware_acpi_files(config.cpus, low, self.memory.size - low)
 
     def _build_ide(self, config: MachineConfig) -> PiixIde:
         """The PIIX3's IDE function (00:01.1), there whether or not it has drives, as on QEMU's PC. Disks on
@@ -185,12 +261,14 @@ class Board:
             image = open_image(spec.path, spec.format, read_only=spec.readonly, cache=spec.cache)
             self.images.append(image)
             ide.attach_drive(position, AtaDisk(image, serial=f"vireo-disk{index}"))
+            self.boot_devices.add("disk", ide_boot_path(position // 2, position % 2))
         for number, (position, path) in enumerate(zip(cd_positions, config.cdroms, strict=True)):
             image = open_image(path, "raw", read_only=True) if path else None
             if image is not None:
                 self.images.append(image)
             cdrom = AtapiCdrom(image, serial=f"vireo-cd{number}")
             ide.attach_drive(position, cdrom)
+            self.boot_devices.add("cd", ide_boot_path(position // 2, position % 2))
             self.cdroms.append(cdrom)
         if config.direct_kernel_boot:
             ide.configure_as_firmware()
@@ -216,18 +294,30 @@ class Board:
         blk = VirtioBlk(image, serial=f"vireo-disk{index}")
         transport = VirtioPciDevice(blk, self.memory, msi_sink=self.interrupts.send_msi)
         self.disk_transports.append(transport)
-        self.pci.add(transport)
+        slot = self.pci.add(transport)
+        self.boot_devices.add("disk", pci_boot_path(slot))
         return blk
 
     def reset(self) -> None:
         """A machine reset: the interrupt controllers, what the accelerator owns (vCPUs' hidden state, local
-        APICs) and every device back to power-on state; RAM keeps its contents. Call with every vCPU stopped."""
+        APICs) and every device back to power-on state; RAM keeps its contents. With firmware, resetting the host
+        bridge's PAM registers brings back the pristine BIOS image at 0xC0000-0xFFFFF. Call with every vCPU
+        stopped."""
         assert self.accel is not None
         if self.interrupt_controllers is not None:
             self.interrupt_controllers.reset()
         self.accel.reset_platform()
         for dev in self.devices:
             dev.reset()
+
+    def firmware_reset_state(self) -> None:
+        """Power-on CPU state for firmware boot: the BSP in real mode at F000:FFF0 with CS base 0xFFFF0000, so its
+        first fetch is the image's reset vector at 0xFFFFFFF0 (Intel SDM vol. 3, 9.1.4); APs wait for INIT/SIPI."""
+        state = CpuState()
+        state.regs["rdx"] = 0x600          # EDX holds the processor signature after RESET (family 6)
+        self.vcpus[0].set_state(state)
+        for vcpu in self.vcpus[1:]:
+            vcpu.reset_to_wait_for_sipi()
 
     def close(self) -> None:
         """The machine has stopped for good (or never got built): give back what it holds on the host -- disk

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 MIN_MEMORY_MIB = 16
 MAX_CPUS = 64
-ENGINE_FEATURES = frozenset({"disks"})
+ENGINE_FEATURES = frozenset({"disks", "firmware_boot"})
 DISPLAYS = ("vga", "none")
 DISK_BUSES = ("virtio", "ide")
 BOOT_DEVICES = ("kernel", "cd", "disk")   # "kernel": the Linux/Multiboot kernel given, loaded directly
@@ -82,6 +82,7 @@ class MachineConfig:
     cdroms: list[str] = field(default_factory=list)
     boot: list[str] = field(default_factory=list)
     firmware: str | None = None
+    boot_menu_wait_ms: int = 2500      # firmware boot: how long SeaBIOS offers its Esc boot menu (0: no menu)
 
     @property
     def direct_kernel_boot(self) -> bool:
@@ -140,6 +141,8 @@ class MachineConfig:
         if ide > IDE_POSITIONS:
             raise ConfigError(f"{ide} IDE drives (disks on bus=ide plus CD-ROMs): the IDE controller holds "
                               f"{IDE_POSITIONS}; put disks on bus=virtio")
+        if not 0 <= self.boot_menu_wait_ms <= 0xFFFF:
+            raise ConfigError(f"boot menu wait {self.boot_menu_wait_ms} ms is out of range: give 0..65535")
         for entry in self.boot:
             if entry not in BOOT_DEVICES:
                 raise ConfigError(f"boot device {entry!r}: use {', '.join(BOOT_DEVICES)}")
@@ -201,9 +204,13 @@ class Machine:
             raise
 
     def _load(self) -> None:
-        """Load the kernel (and initrd) and set every vCPU's power-on state: the BSP at the kernel's entry,
-        the APs waiting for INIT/SIPI."""
+        """Set every vCPU's power-on state: with firmware the BSP at the reset vector; otherwise load the kernel
+        (and initrd) and put the BSP at its entry. The APs wait for INIT/SIPI."""
         cfg, board = self.config, self.board
+        if board.firmware_boot:
+            self.boot_description = f"firmware {board.firmware_path}"
+            board.firmware_reset_state()
+            return
         result = load_kernel(board.memory, cfg.kernel, cfg.initrd, cfg.cmdline, cfg.cpus,
                              decompress_on_host=cfg.decompress_on_host,
                              screen_info=None if board.vga is None else

@@ -22,6 +22,9 @@ PAGE_SIZE = 4096
 # The legacy VGA window: RAM backs it in the mmap, but CPU backends leave it unmapped so the guest's accesses
 # reach the VGA device model on the MMIO bus (e820 marks 0x9FC00-0xFFFFF reserved, so the OS never uses it).
 VGA_HOLE = (0xA_0000, 0x2_0000)
+# With PC firmware the hole reaches 1 MiB: 0xC0000-0xFFFFF is shadow RAM or ROM as the i440FX's PAM registers say,
+# mapped piece by piece by core/boot/firmware.py.
+FIRMWARE_HOLE = (0xA_0000, 0x6_0000)
 
 
 class GuestMemoryError(Exception):
@@ -62,11 +65,13 @@ class GuestMemory:
             self.regions.append(MemoryRegion(HIGH_MEMORY_START, size - low, low))
         self._listeners: list[WriteListener] = []
         self._listener_lock = threading.Lock()
+        self.cpu_hole = VGA_HOLE        # what cpu_mappings leaves out; FIRMWARE_HOLE for a machine with firmware
 
     # -- layout ---------------------------------------------------------------------------------------------
     def cpu_mappings(self) -> list[MemoryRegion]:
-        """The pieces of RAM a CPU backend maps for direct guest access: `regions` minus the VGA window."""
-        hole_start, hole_len = VGA_HOLE
+        """The pieces of RAM a CPU backend maps for direct guest access: `regions` minus `cpu_hole` (the VGA window,
+        and with firmware the shadow area up to 1 MiB)."""
+        hole_start, hole_len = self.cpu_hole
         hole_end = hole_start + hole_len
         out: list[MemoryRegion] = []
         for r in self.regions:

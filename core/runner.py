@@ -1,5 +1,7 @@
-"""The headless runner: `python main.py run --kernel PATH ...` boots one VM with its serial console on this
-terminal and exits with the guest's fate (0 powered off, 1 crashed or timed out, 2 bad input).
+"""The headless runner: `python main.py run --kernel PATH ...` (a kernel loaded directly) or `python main.py run
+--cdrom ISO --disk PATH ...` (booted through the firmware, SeaBIOS, in the --boot order) boots one VM with its
+serial console on this terminal and exits with the guest's fate (0 powered off, 1 crashed or timed out, 2 bad
+input).
 
 With `--display window` the same run is shown in a console window (app/ui/run_window.py): the window gets the
 machine's screen and keyboard/mouse as the Host API's VmConsole (RunSession.console()) and the session controls
@@ -21,7 +23,15 @@ from core.boot.loader import BootError
 from core.host import VmConsole
 from core.hypervisor.base import AcceleratorUnavailable
 from core.hypervisor.select import ACCEL_NAMES, choose_accelerator
-from core.machine import ConfigError, DiskSpec, Machine, MachineConfig, MachineState
+from core.machine import (
+    BOOT_DEVICES,
+    DISK_BUSES,
+    ConfigError,
+    DiskSpec,
+    Machine,
+    MachineConfig,
+    MachineState,
+)
 from core.storage import CACHE_MODES, ImageError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -33,7 +43,8 @@ class BadInput(Exception):
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kernel", required=True, help="Linux bzImage or Multiboot v1 kernel")
+    p.add_argument("--kernel", help="Linux bzImage or Multiboot v1 kernel, loaded directly (the default boot when "
+                                    "given); without it the machine boots through its firmware")
     p.add_argument("--initrd", help="initial ramdisk")
     p.add_argument("--append", default="", help="kernel command line")
     p.add_argument("--memory", type=int, default=256, metavar="MIB", help="guest RAM in MiB (default 256)")
@@ -44,9 +55,21 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop the VM and exit 1 if it is still running after this long")
     p.add_argument("--no-host-decompress", action="store_true",
                    help="let the kernel decompress itself in the guest instead of unpacking it on the host")
-    p.add_argument("--disk", action="append", default=[], metavar="PATH[,format=raw|qcow2][,readonly=on][,cache=MODE]",
-                   help="attach a virtio disk (repeatable); cache: writeback (default), writethrough, none "
-                        "(O_DIRECT) or unsafe")
+    p.add_argument("--disk", action="append", default=[],
+                   metavar="PATH[,format=raw|qcow2][,readonly=on][,cache=MODE][,bus=virtio|ide]",
+                   help="attach a disk (repeatable); cache: writeback (default), writethrough, none (O_DIRECT) or "
+                        "unsafe; bus: virtio (default) or ide")
+    p.add_argument("--cdrom", action="append", default=[], metavar="ISO",
+                   help="attach an ISO image as an IDE CD-ROM (repeatable, read-only)")
+    p.add_argument("--boot", metavar="cd|disk|kernel[,...]",
+                   help="boot order, e.g. cd,disk; kernel loads --kernel directly, cd and disk boot through the "
+                        "firmware (default: kernel when --kernel is given, else cd,disk)")
+    p.add_argument("--boot-menu-wait", type=int, default=2500, metavar="MS",
+                   help="firmware boot: how long SeaBIOS offers its boot menu (Esc) at power-on; 0 = no menu, as "
+                        "QEMU without -boot menu=on (default 2500)")
+    p.add_argument("--firmware", metavar="PATH",
+                   help="BIOS image for firmware boot (default: Debian's SeaBIOS, "
+                        "/usr/share/seabios/bios-256k.bin)")
     p.add_argument("--display", default="none", choices=("none", "window"),
                    help="window: show the VM's screen in a console window (default none)")
     p.add_argument("--screendump", metavar="FILE.png",
@@ -90,13 +113,29 @@ def parse_disk(spec: str) -> DiskSpec:
             disk.readonly = value == "on"
         elif key == "cache" and value in CACHE_MODES:
             disk.cache = value
+        elif key == "bus" and value in DISK_BUSES:
+            disk.bus = value
         else:
             raise BadInput(f"--disk {spec}: bad option {opt!r}; use format=raw|qcow2, readonly=on|off, "
-                           f"cache={'|'.join(CACHE_MODES)}")
+                           f"cache={'|'.join(CACHE_MODES)}, bus={'|'.join(DISK_BUSES)}")
     if not os.path.exists(disk.path):
         raise BadInput(f"--disk {disk.path}: no such file; create one with: vireo img create -f qcow2 "
                        f"{disk.path} 10G")
     return disk
+
+
+def parse_boot(spec: str | None) -> list[str]:
+    """--boot cd|disk|kernel[,...]: the boot order, first choice first."""
+    if spec is None:
+        return []
+    order = [entry.strip() for entry in spec.split(",")]
+    for entry in order:
+        if entry not in BOOT_DEVICES:
+            raise BadInput(f"--boot {spec}: {entry!r} is not a boot device; give a comma list of "
+                           f"{', '.join(BOOT_DEVICES)} (e.g. --boot cd,disk)")
+    if len(set(order)) != len(order):
+        raise BadInput(f"--boot {spec}: a device is named twice; give each of {', '.join(BOOT_DEVICES)} once")
+    return order
 
 
 def _check_file(option: str, path: str | None) -> None:
@@ -256,6 +295,12 @@ def prepare(args: argparse.Namespace) -> RunSession | int:
     try:
         _check_file("--kernel", args.kernel)
         _check_file("--initrd", args.initrd)
+        _check_file("--firmware", args.firmware)
+        for iso in args.cdrom:
+            _check_file("--cdrom", iso)
+        boot = parse_boot(args.boot)
+        if args.initrd and not args.kernel:
+            raise BadInput(f"--initrd {args.initrd}: an initrd needs --kernel")
         if args.timeout is not None and args.timeout <= 0:
             raise BadInput(f"--timeout {args.timeout}: give a positive number of seconds")
         if args.screendump:
@@ -266,7 +311,9 @@ def prepare(args: argparse.Namespace) -> RunSession | int:
         disks = [parse_disk(d) for d in args.disk]
         config = MachineConfig(kernel=args.kernel, initrd=args.initrd, cmdline=args.append,
                                memory_mib=args.memory, cpus=args.cpus, accel=args.accel,
-                               decompress_on_host=not args.no_host_decompress, disks=disks)
+                               decompress_on_host=not args.no_host_decompress, disks=disks,
+                               cdroms=list(args.cdrom), boot=boot, firmware=args.firmware,
+                               boot_menu_wait_ms=args.boot_menu_wait)
         config.validate()
         choice = choose_accelerator(args.accel)
         if choice.warning:

@@ -2,11 +2,13 @@
 
 Models the PCI Local Bus Specification 3.0: the CONFIG_ADDRESS/CONFIG_DATA ports (0xCF8/0xCFC, section 3.2.2.3.2),
 the type-0 configuration header (section 6.1), BAR sizing by writing all ones (section 6.2.5.1), the command
-register's I/O and memory decode enables, and the capabilities list (section 6.7). A device's BARs appear on the
-machine's port-I/O or MMIO bus only while the guest has them decoding, at the address the guest programmed, as on
-real hardware. Bus 0 only; the host bridge is an i440FX-compatible 8086:1237 at 00:00.0. A slot may hold up to eight
-functions (a PIIX3 is ISA bridge, IDE and more in one slot): function 0 then reports a multi-function header type
-(section 6.2.1), and a function that is absent reads as all ones, so enumeration moves on.
+register's I/O and memory decode enables, the capabilities list (section 6.7) and the expansion ROM BAR at 0x30
+(section 6.2.5.2: decoded while both its enable bit and memory decode are on; how option ROMs reach firmware).
+A device's BARs appear on the machine's port-I/O or MMIO bus only while the guest has them decoding, at the
+address the guest programmed, as on real hardware. Bus 0 only; the host bridge at 00:00.0 is the board's i440FX
+(core/devices/i440fx.py). A slot may hold up to eight functions (a PIIX3 is ISA bridge, IDE and more in one
+slot): function 0 then reports a multi-function header type (section 6.2.1), and a function that is absent reads
+as all ones, so enumeration moves on.
 
 A memory BAR whose handler has `ram_backing` (host address, size) -- a framebuffer -- is in addition mapped as
 guest RAM through the bus's `ram_mapper` (the CPU backend: Accelerator.map_ram), so guest accesses to it do not
@@ -16,7 +18,9 @@ hears when the RAM mapping comes and goes (a display must then re-read the memor
 """
 from __future__ import annotations
 
+import ctypes
 import logging
+import mmap
 import struct
 import threading
 from dataclasses import dataclass
@@ -30,6 +34,9 @@ log = logging.getLogger(__name__)
 VENDOR_ID, DEVICE_ID, COMMAND, STATUS = 0x00, 0x02, 0x04, 0x06
 REVISION_ID, CLASS_PROG, HEADER_TYPE = 0x08, 0x09, 0x0E
 BAR0, SUBSYSTEM_VENDOR_ID, SUBSYSTEM_ID = 0x10, 0x2C, 0x2E
+EXPANSION_ROM = 0x30               # expansion ROM base address (section 6.2.5.2)
+ROM_ENABLE = 0x1
+ROM_MIN_SIZE = 2048                # address bits 31:11; the low 11 bits are the enable bit and reserved
 CAPABILITIES_PTR, INTERRUPT_LINE, INTERRUPT_PIN = 0x34, 0x3C, 0x3D
 
 CMD_IO, CMD_MEMORY, CMD_BUS_MASTER, CMD_INTX_DISABLE = 0x1, 0x2, 0x4, 0x400
@@ -50,6 +57,34 @@ class Bar:
     address: int = 0
     mapped_at: int | None = None
     ram_mapped: bool = False        # also mapped as guest RAM at mapped_at (see the module docstring)
+    rom: bool = False               # the expansion ROM: decoded only while its enable bit is set as well
+
+
+class ExpansionRom:
+    """The contents behind an expansion ROM BAR (PCI 3.0, 6.3.1: a PC-compatible image, 0x55AA...), read-only;
+    the MMIO bus calls it with absolute addresses. Its memory is also offered for a read-only RAM mapping
+    (`ram_backing`, `ram_readonly`), so firmware copying the ROM does not exit per access."""
+
+    ram_readonly = True
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self.data = bytes(data).ljust(size, b"\xff")
+        self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                              prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self._map[:] = self.data
+        self._anchor = ctypes.c_char.from_buffer(self._map)
+        self.bar: Bar | None = None
+
+    @property
+    def ram_backing(self) -> tuple[int, int]:
+        return ctypes.addressof(self._anchor), len(self.data)
+
+    def mmio_read(self, addr: int, size: int) -> int:
+        off = addr - (self.bar.mapped_at or 0) if self.bar is not None else 0
+        return int.from_bytes(self.data[off:off + size].ljust(size, b"\xff"), "little")
+
+    def mmio_write(self, addr: int, size: int, value: int) -> None:
+        pass                        # a ROM
 
 
 class PciDevice:
@@ -60,6 +95,7 @@ class PciDevice:
         self.config = bytearray(256)
         self.wmask = bytearray(256)
         self.bars: dict[int, Bar] = {}
+        self.rom_bar: Bar | None = None
         self.bus: PciBus | None = None
         self.slot = -1
         self.function = 0
@@ -80,6 +116,17 @@ class PciDevice:
         self.bars[index] = bar
         low = 0x1 if bar.is_io else (0x4 if bar.is_64bit else 0) | (0x8 if bar.prefetchable else 0)
         struct.pack_into("<I", self.config, BAR0 + 4 * index, low)
+
+    def set_expansion_rom(self, data: bytes) -> None:
+        """Offer `data` (an option ROM image) through the expansion ROM BAR at 0x30, sized to the next power of
+        two of at least 2 KiB, disabled until the guest enables it (PCI 3.0, 6.2.5.2)."""
+        size = ROM_MIN_SIZE
+        while size < len(data):
+            size <<= 1
+        handler = ExpansionRom(data, size)
+        self.rom_bar = handler.bar = Bar(size=size, is_io=False, handler=handler, rom=True)
+        struct.pack_into("<I", self.config, EXPANSION_ROM, 0)
+        struct.pack_into("<I", self.wmask, EXPANSION_ROM, (~(size - 1) & 0xFFFF_F800) | ROM_ENABLE)
 
     def add_capability(self, cap_id: int, body: bytes, writable: bytes | None = None) -> int:
         """Append a capability (id, next pointer, body) to the list; return its offset in config space."""
@@ -123,6 +170,7 @@ class PciDevice:
             self._write_bar(offset, size, value)
             return
         old_cmd = self._u16(COMMAND)
+        old_rom = self.config[EXPANSION_ROM:EXPANSION_ROM + 4]
         data = value.to_bytes(size, "little")
         for i, b in enumerate(data):
             off = offset + i
@@ -130,6 +178,9 @@ class PciDevice:
                 continue  # status bits are read-only or write-one-to-clear; we have none to clear
             m = self.wmask[off]
             self.config[off] = (self.config[off] & ~m) | (b & m)
+        if self.rom_bar is not None and self.config[EXPANSION_ROM:EXPANSION_ROM + 4] != old_rom:
+            self.rom_bar.address = struct.unpack_from("<I", self.config, EXPANSION_ROM)[0] & 0xFFFF_F800
+            self._update_mappings()
         if self._u16(COMMAND) != old_cmd:
             self._update_mappings()
             if (old_cmd ^ self._u16(COMMAND)) & CMD_INTX_DISABLE and self.bus is not None:
@@ -184,14 +235,10 @@ class PciDevice:
             struct.pack_into("<I", self.config, BAR0 + 4 * index, low & (0x3 if bar.is_io else 0xF))
             if bar.is_64bit:
                 struct.pack_into("<I", self.config, BAR0 + 4 * index + 4, 0)
+        if self.rom_bar is not None:
+            self.rom_bar.address = 0
+            struct.pack_into("<I", self.config, EXPANSION_ROM, 0)
         self._update_mappings()
-
-
-class PciHostBridge(PciDevice):
-    """00:00.0, an i440FX-compatible host bridge, so guests recognise bus 0."""
-
-    def __init__(self) -> None:
-        super().__init__(0x8086, 0x1237, 0x060000, revision=0x02)
 
 
 class PciBus:
@@ -204,7 +251,8 @@ class PciBus:
 
     PIRQ_GSIS = platform.PCI_INTX_GSIS
 
-    def __init__(self, pio: PortIoBus, mmio: MmioBus, set_irq, ram_mapper=None) -> None:
+    def __init__(self, pio: PortIoBus, mmio: MmioBus, set_irq, ram_mapper=None,
+                 host_bridge: PciDevice | None = None) -> None:
         self.pio = pio
         self.mmio = mmio
         self.ram_mapper = ram_mapper    # an Accelerator with map_ram/unmap_ram, or None: BARs are MMIO only
@@ -214,7 +262,9 @@ class PciBus:
         self._lock = threading.RLock()
         self._intx_levels: dict[int, set[int]] = {}
         self.pirq_router = None         # a Piix3IsaBridge also steering PIRQ A-D to ISA IRQs, or None
-        self.add(PciHostBridge(), slot=0)
+        # 00:00.0: the board's i440FX (core/devices/i440fx.py); a bus on its own gets bare i440FX identity
+        # registers so that guests recognise bus 0.
+        self.add(host_bridge or PciDevice(0x8086, 0x1237, 0x060000, revision=0x02), slot=0)
 
     def attach(self, pio: PortIoBus) -> None:
         # Only 0xCF8 itself: CONFIG_ADDRESS is dword-accessed there, and 0xCF9 is the PIIX reset register.
@@ -275,8 +325,13 @@ class PciBus:
     def update_bar_mappings(self, device: PciDevice) -> None:
         with self._lock:
             cmd = device._u16(COMMAND)
-            for bar in device.bars.values():
+            bars = list(device.bars.values())
+            if device.rom_bar is not None:
+                bars.append(device.rom_bar)
+            for bar in bars:
                 enabled = cmd & (CMD_IO if bar.is_io else CMD_MEMORY)
+                if bar.rom and not device.config[EXPANSION_ROM] & ROM_ENABLE:
+                    enabled = 0
                 want = bar.address if enabled and bar.address else None
                 if want == bar.mapped_at:
                     continue
@@ -312,7 +367,10 @@ class PciBus:
         if size != bar.size:
             return
         try:
-            self.ram_mapper.map_ram(bar.mapped_at, host, size)
+            if getattr(bar.handler, "ram_readonly", False):
+                self.ram_mapper.map_ram(bar.mapped_at, host, size, readonly=True)   # writes reach the handler
+            else:
+                self.ram_mapper.map_ram(bar.mapped_at, host, size)
         except Exception as exc:
             # Refused (overlap, outside what the backend maps, unsupported): the MMIO path serves the BAR.
             log.info("BAR at %#x stays MMIO: %s", bar.mapped_at, exc)

@@ -161,13 +161,18 @@ class Accelerator(ABC):
 
     # Whether map_ram/unmap_ram work. Callers (PciBus) check it and otherwise trap the range as MMIO.
     supports_ram_mapping: bool = False
+    # Whether map_ram takes readonly=True (firmware ROM and shadow RAM need it: code runs from there).
+    supports_readonly_mapping: bool = False
 
-    def map_ram(self, gpa: int, host_addr: int, size: int) -> None:
+    def map_ram(self, gpa: int, host_addr: int, size: int, readonly: bool = False) -> None:
         """Make guest-physical [gpa, gpa + size) plain memory backed by host [host_addr, + size) (a device's
-        memory, e.g. a framebuffer BAR): guest accesses there no longer exit. Callable from any thread,
-        including a device callback on a vCPU thread; a backend may apply it at its next safe point, so the
-        caller keeps an MMIO handler for the range that reaches the same memory. Page-aligned; raises
-        ValueError if the range overlaps RAM or another mapping, NotImplementedError if unsupported."""
+        memory, e.g. a framebuffer BAR; firmware ROM and shadow RAM): guest accesses there no longer exit. With
+        `readonly` guest reads and instruction fetches use the memory and guest writes never change it: they
+        reach the MMIO bus at their address instead (the device owning the range decides what they do).
+        Callable from any thread, including a device callback on a vCPU thread; a backend may apply it at its
+        next safe point, so the caller keeps an MMIO handler for the range that reaches the same memory.
+        Page-aligned; raises ValueError if the range overlaps RAM or another mapping, NotImplementedError if
+        unsupported."""
         raise NotImplementedError(f"the {self.name} backend cannot map device memory as RAM")
 
     def unmap_ram(self, gpa: int) -> None:

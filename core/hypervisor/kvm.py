@@ -128,6 +128,8 @@ class KvmAccelerator(Accelerator):
         self.has_debugregs = self._check(abi.KVM_CAP_DEBUGREGS) > 0
         self.has_vcpu_events = self._check(abi.KVM_CAP_VCPU_EVENTS) > 0
         self.has_signal_msi = self._check(abi.KVM_CAP_SIGNAL_MSI) > 0
+        self.has_readonly_mem = self._check(abi.KVM_CAP_READONLY_MEM) > 0
+        self.supports_readonly_mapping = self.has_readonly_mem
         _install_kick_signal()
 
     def _set_gsi_routing(self) -> None:
@@ -208,9 +210,12 @@ class KvmAccelerator(Accelerator):
     # -- device memory as RAM (a framebuffer BAR) ------------------------------------------------------------
     supports_ram_mapping = True
 
-    def map_ram(self, gpa: int, host_addr: int, size: int) -> None:
+    def map_ram(self, gpa: int, host_addr: int, size: int, readonly: bool = False) -> None:
         """A memory slot of its own (KVM API doc 4.35, KVM_SET_USER_MEMORY_REGION). KVM updates slots while vCPUs
-        run, so this takes effect at once from any thread; KVM refuses overlaps with other slots (EEXIST)."""
+        run, so this takes effect at once from any thread; KVM refuses overlaps with other slots (EEXIST).
+        `readonly`: KVM_MEM_READONLY (KVM_CAP_READONLY_MEM), guest writes exit as MMIO writes to the bus."""
+        if readonly and not self.has_readonly_mem:
+            raise ValueError("this KVM has no read-only memory slots (KVM_CAP_READONLY_MEM)")
         if size <= 0 or (gpa | host_addr | size) & 0xFFF:
             raise ValueError(f"device RAM {gpa:#x}+{size:#x} must be page-aligned")
         with self._slot_lock:
@@ -223,7 +228,7 @@ class KvmAccelerator(Accelerator):
             else:
                 raise ValueError("no free KVM memory slot")
             try:
-                self._set_slot(slot, gpa, size, host_addr)
+                self._set_slot(slot, gpa, size, host_addr, abi.KVM_MEM_READONLY if readonly else 0)
             except OSError as exc:
                 self._free_slots.append(slot)
                 raise ValueError(f"KVM refused device RAM at {gpa:#x}+{size:#x}: {exc.strerror}") from exc
@@ -238,9 +243,9 @@ class KvmAccelerator(Accelerator):
             self._set_slot(slot, gpa, 0, 0)
             self._free_slots.append(slot)
 
-    def _set_slot(self, slot: int, gpa: int, size: int, host_addr: int) -> None:
+    def _set_slot(self, slot: int, gpa: int, size: int, host_addr: int, flags: int = 0) -> None:
         r = abi.kvm_userspace_memory_region()
-        r.slot, r.flags = slot, 0
+        r.slot, r.flags = slot, flags
         r.guest_phys_addr, r.memory_size, r.userspace_addr = gpa, size, host_addr
         abi.ioctl(self.vm_fd, abi.KVM_SET_USER_MEMORY_REGION, r)
 

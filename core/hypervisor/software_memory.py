@@ -39,7 +39,7 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable
-from ctypes import c_uint32, c_uint64, c_void_p
+from ctypes import c_int, c_uint32, c_uint64, c_void_p
 from typing import TYPE_CHECKING
 
 import unicorn
@@ -63,6 +63,10 @@ LOW_4G = 1 << 32
 
 _MMIO_READ_CFUNC = ctypes.CFUNCTYPE(c_uint64, c_void_p, c_uint64, c_uint32, c_void_p)
 _MMIO_WRITE_CFUNC = ctypes.CFUNCTYPE(None, c_void_p, c_uint64, c_uint32, c_uint64, c_void_p)
+# bool cb(uc_engine *uc, uc_mem_type type, uint64_t address, int size, int64_t value, void *user_data)
+_WRITE_PROT_CFUNC = ctypes.CFUNCTYPE(ctypes.c_bool, c_void_p, c_int, c_uint64, c_int, ctypes.c_int64, c_void_p)
+SHADOW_CHUNK = 0x4000                     # below 1 MiB, RAM may be mapped in 16 KiB pieces (PAM segments)
+LOW_1M = 0x10_0000
 
 
 class SoftwareMemoryMap:
@@ -121,12 +125,29 @@ class SoftwareMemoryMap:
         self._callbacks += [inta_read, inta_write]
         self._mmio_map(INTA_PAGE, 0x1000, inta_read, inta_write, 0)
         self.view.vm_vmcb = INTA_PAGE + 0x100 - ui.VMCB_INT_VECTOR
+        # A write to memory mapped read-only (map_ram readonly=True: ROM, write-protected shadow RAM) reaches the
+        # MMIO bus like an access to a hole; "handled" makes unicorn carry on, and QEMU then discards the store
+        # (TLB_DISCARD_WRITE: the region is read-only in QEMU's memory map, see _apply_map_ops).
+        self._write_prot_cb = _WRITE_PROT_CFUNC(self._write_protected)
+        self._callbacks.append(self._write_prot_cb)
+        # Bounded to where firmware maps read-only memory (shadow RAM below 1 MiB, the BIOS image below 4 GiB; a
+        # store to a PCI expansion ROM stops the VM instead): unicorn keeps every page a memory hook covers on its
+        # slow store path, so an unbounded hook made every guest store to a page holding code 5x slower.
+        for begin, end in ((0xC_0000, 0xF_FFFF), (0xFF00_0000, 0xFFFF_FFFF)):
+            handle = ctypes.c_size_t()
+            err = self.q.uc_hook_add(self.uch, ctypes.byref(handle), unicorn.UC_HOOK_MEM_WRITE_PROT,
+                                     ctypes.cast(self._write_prot_cb, c_void_p), None, c_uint64(begin),
+                                     c_uint64(end))
+            if err:
+                raise AcceleratorUnavailable(f"unicorn refused the write-protection hook: error {err}")
 
     # -- device memory as RAM ---------------------------------------------------------------------------------
     supports_ram_mapping = True
+    supports_readonly_mapping = True
 
-    def map_ram(self, gpa: int, host_addr: int, size: int) -> None:
-        """Replace the MMIO pieces over [gpa, gpa + size) by RAM at host_addr; applied before the next slice."""
+    def map_ram(self, gpa: int, host_addr: int, size: int, readonly: bool = False) -> None:
+        """Replace the MMIO pieces over [gpa, gpa + size) by RAM at host_addr (without write permission when
+        `readonly`: writes then reach the MMIO bus); applied before the next slice."""
         end = gpa + size
         if size <= 0 or (gpa | host_addr | size) & 0xFFF:
             raise ValueError(f"device RAM {gpa:#x}+{size:#x} must be page-aligned")
@@ -147,7 +168,7 @@ class SoftwareMemoryMap:
                     if lo < hi:
                         self._mmio_pieces[lo] = hi - lo
                         ops.append(("mmio", lo, hi - lo))
-            ops.append(("ram", gpa, size, host_addr))
+            ops.append(("ram", gpa, size, host_addr, readonly))
             self._device_ram[gpa] = (host_addr, size)
             self._pending_map_ops += ops
         self._request_map_apply()
@@ -190,6 +211,10 @@ class SoftwareMemoryMap:
                     self._mmio_map(start, size, self._hole_read, self._hole_write, start)
                 elif kind == "ram":
                     uc.mem_map_ptr(start, size, unicorn.UC_PROT_ALL, op[3])
+                    if op[4]:
+                        # uc_mem_protect, unlike the perms of uc_mem_map_ptr, also makes the region read-only in
+                        # QEMU's memory map, so a store the hook lets through is discarded, never written.
+                        uc.mem_protect(start, size, unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC)
                 else:                                # "unmap_ram": its translated code goes with it
                     v.invalidate_ram(op[3], size)
                     uc.mem_unmap(start, size)
@@ -231,11 +256,16 @@ class SoftwareMemoryMap:
                 running.kick_for_interrupt()
 
     def _invalidate(self, gpa: int, length: int) -> None:
+        """Translated code is looked up by the RAM block holding the host address; below 1 MiB guest RAM may be
+        mapped piecewise (shadow RAM, map_ram) or not at all, so the range is cut at those pieces' bounds and
+        host addresses no block holds are skipped (view.invalidate_ram)."""
         mem = self.memory
-        for r in self.ram_mappings:
+        for r in mem.regions:
             lo, hi = max(gpa, r.gpa), min(gpa + length, r.end)
-            if lo < hi:
-                self.view.invalidate_ram(mem.host_base + r.offset + (lo - r.gpa), hi - lo)
+            while lo < hi:
+                stop = min(hi, (lo // SHADOW_CHUNK + 1) * SHADOW_CHUNK) if lo < LOW_1M else hi
+                self.view.invalidate_ram(mem.host_base + r.offset + (lo - r.gpa), stop - lo)
+                lo = stop
 
     def _drain_invalidations(self) -> None:
         if self._pending_invalidations:
@@ -269,6 +299,13 @@ class SoftwareMemoryMap:
             self.mmio.write(addr, size, value)
         except Exception:
             self._fail(f"MMIO write {addr:#x}/{size} <- {value:#x}")
+
+    def _write_protected(self, _uc, _type: int, addr: int, size: int, value: int, _ud) -> bool:
+        try:
+            self.mmio.write(addr, size, value & ((1 << (8 * size)) - 1))
+        except Exception:
+            self._fail(f"write to read-only memory {addr:#x}/{size} <- {value:#x}")
+        return True
 
     def _inta_read(self, _uc, offset: int, size: int, _ud) -> int:
         """QEMU's CPU loop takes the VIRQ request: this read is the interrupt-acknowledge cycle."""
