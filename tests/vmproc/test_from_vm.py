@@ -103,7 +103,7 @@ def test_boot_order_and_firmware_file_are_carried_as_given():
 
 
 def test_capabilities_are_declared():
-    assert ENGINE_FEATURES == frozenset({"disks"})
+    assert ENGINE_FEATURES == frozenset({"disks", "firmware_boot"})
 
 
 def test_display_none_builds_a_machine_without_a_display_adapter(debian_kernel):
