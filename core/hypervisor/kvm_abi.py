@@ -407,7 +407,7 @@ KVM_CAP_DEBUGREGS = 50
 KVM_CAP_XCRS = 56
 KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_SIGNAL_MSI = 77
-KVM_CAP_READONLY_MEM = 31
+KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IMMEDIATE_EXIT = 136
 
 # --- ioctl numbers ----------------------------------------------------------------------------------------------
