@@ -23,16 +23,18 @@ _QEMU_KEY_NAMES = {"ret": "enter", "spc": "space", "bspace": "backspace", "pgup"
 
 
 class VireoMachine:
-    """A Machine booting through the firmware (no kernel given), started at construction."""
+    """A Machine booting through the firmware (no kernel given), started at construction. SeaBIOS's Esc menu is
+    off unless `boot_menu_wait_ms` asks for it, as in QEMU without -boot menu=on."""
 
     def __init__(self, *, cdroms: list[str] | None = None, disks: list[DiskSpec] | None = None,
                  memory_mib: int = 512, cpus: int = 1, accel: str = "software", boot: list[str] | None = None,
-                 firmware: str | None = None) -> None:
+                 firmware: str | None = None, boot_menu_wait_ms: int = 0) -> None:
         self._out = bytearray()
         self._cond = threading.Condition()
         self._mark = 0
         config = MachineConfig(memory_mib=memory_mib, cpus=cpus, accel=accel, cdroms=list(cdroms or []),
-                               disks=list(disks or []), boot=list(boot or []), firmware=firmware)
+                               disks=list(disks or []), boot=list(boot or []), firmware=firmware,
+                               boot_menu_wait_ms=boot_menu_wait_ms)
         self.started = time.monotonic()
         self.machine = Machine(config, serial_output=self._serial)
         self.machine.start()
