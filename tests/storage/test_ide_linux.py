@@ -68,7 +68,7 @@ def test_linux_writes_ide_disks_and_reads_them_back_after_power_off(debian_kerne
     assert "VIREO-DISK-OK" in out, out[-3000:]
     assert f"VIREO-DISK-SIZE=sda:{DISK_SIZE}" in out and f"VIREO-DISK-SIZE=sdb:{DISK_SIZE}" in out, out[-3000:]
     written = {(dev, name): digest for dev, name, digest in DISK_SUM.findall(out)}
-    assert sorted(written) == [(d, n) for d in ("sda", "sdb") for n in ("big.bin", "small.bin")], out[-3000:]
+    assert sorted(written) == [(d, n) for d in ("sda", "sdb") for n in ("big.bin", "odd.bin", "small.bin")], out[-3000:]
     assert written[("sda", "big.bin")] != written[("sdb", "big.bin")]
     # ata_piix drove the disks by bus-master DMA: 2 x 3 MiB of files went that way, not through the data port.
     assert stats["dma_transfers"] > 0 and stats["dma_bytes"] >= 6 << 20, stats
