@@ -41,6 +41,7 @@ from core.boot.firmware_config import (
     ide_boot_path,
     pci_boot_path,
     read_boot_file,
+    set_boot_order,
 )
 from core.bus import MmioBus, PortIoBus
 from core.devices.acpi_pm import AcpiPm
@@ -168,6 +169,7 @@ class Board:
         self.fw_cfg: FwCfg | None = None
         self.debugcon: DebugConsole | None = None
         self.boot_devices = BootDevices()
+        self._config = config
         try:
             self.accel = accel = create_accelerator(accel_name, self.memory, self.pio, self.mmio, config.cpus,
                                                     self.timers)
@@ -309,6 +311,12 @@ class Board:
         self.accel.reset_platform()
         for dev in self.devices:
             dev.reset()
+
+    def end_boot_once(self) -> None:
+        """After the first reset, the firmware tries the lasting boot order instead of the boot-once one (QEMU's
+        -boot once=): an installer that reboots at its end boots the disk it installed, not itself again."""
+        if self.fw_cfg is not None and self._config.boot_once:
+            set_boot_order(self.fw_cfg, self._config, self.boot_devices, self._config.boot)
 
     def firmware_reset_state(self) -> None:
         """Power-on CPU state for firmware boot: the BSP in real mode at F000:FFF0 with CS base 0xFFFF0000, so its

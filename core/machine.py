@@ -83,15 +83,18 @@ class MachineConfig:
     boot: list[str] = field(default_factory=list)
     firmware: str | None = None
     boot_menu_wait_ms: int = 2500      # firmware boot: how long SeaBIOS offers its Esc boot menu (0: no menu)
+    # QEMU's -boot once=: the order of the first boot only; from the first reset on (an installer's reboot), `boot`.
+    boot_once: list[str] = field(default_factory=list)
 
     @property
     def direct_kernel_boot(self) -> bool:
         """Whether the kernel is loaded by Vireo itself (no firmware runs)."""
-        return bool(self.kernel) and self.firmware is None and (not self.boot or self.boot[0] == "kernel")
+        first = self.boot_once or self.boot
+        return bool(self.kernel) and self.firmware is None and (not first or first[0] == "kernel")
 
     @property
     def firmware_boot_order(self) -> list[str]:
-        """The devices the firmware tries, in order."""
+        """The devices the firmware tries, in order, from the first reset on (`boot_once` before it)."""
         order = [b for b in self.boot if b != "kernel"]
         return order or ["cd", "disk"]
 
@@ -104,8 +107,9 @@ class MachineConfig:
         the machine's business and are left to the caller.
 
         Boot: the definition's order as it is (an empty one means the same here: the kernel when given, else CD
-        then disk), or, when boot.cd_once is set, the CD first and then that order — the host clears the flag
-        once it has started the VM. A CD-ROM drive with no disc is left out: nothing can be inserted into a
+        then disk); when boot.cd_once is set, the first boot tries the CD first and then that order (boot_once),
+        and a reset by the guest (an installer's reboot) goes back to the order — the host clears the flag once
+        it has started the VM. A CD-ROM drive with no disc is left out: nothing can be inserted into a
         running machine, so the guest would only ever see it empty."""
         if cfg.network.mode != "none":
             raise ConfigError(f"network.mode {cfg.network.mode!r}: the engine has no network device yet; "
@@ -117,11 +121,11 @@ class MachineConfig:
             if disk.bus not in DISK_BUSES:
                 raise ConfigError(f"disks[{i}].bus {disk.bus!r}: use one of {', '.join(DISK_BUSES)}")
             disks.append(DiskSpec(disk.path, format=disk.format, readonly=disk.readonly, bus=disk.bus))
-        boot = cfg.boot_devices() if cfg.boot.cd_once else list(cfg.boot.order)
+        once = cfg.boot_devices() if cfg.boot.cd_once else []
         return cls(kernel=cfg.boot.kernel or None, initrd=cfg.boot.initrd or None, cmdline=cfg.boot.cmdline,
                    memory_mib=cfg.memory_mib, cpus=cfg.vcpus, accel=accel, disks=disks,
-                   display=cfg.display.type, cdroms=[cd.path for cd in cfg.cdroms if cd.path], boot=boot,
-                   firmware=cfg.boot.firmware or None)
+                   display=cfg.display.type, cdroms=[cd.path for cd in cfg.cdroms if cd.path],
+                   boot=list(cfg.boot.order), boot_once=once, firmware=cfg.boot.firmware or None)
 
     def validate(self) -> None:
         host_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
@@ -143,10 +147,10 @@ class MachineConfig:
                               f"{IDE_POSITIONS}; put disks on bus=virtio")
         if not 0 <= self.boot_menu_wait_ms <= 0xFFFF:
             raise ConfigError(f"boot menu wait {self.boot_menu_wait_ms} ms is out of range: give 0..65535")
-        for entry in self.boot:
+        for entry in self.boot + self.boot_once:
             if entry not in BOOT_DEVICES:
                 raise ConfigError(f"boot device {entry!r}: use {', '.join(BOOT_DEVICES)}")
-        if "kernel" in self.boot and not self.kernel:
+        if "kernel" in self.boot + self.boot_once and not self.kernel:
             raise ConfigError("boot from kernel asked, but no kernel is given: give a kernel file or boot cd/disk")
 
 
@@ -437,6 +441,8 @@ class Machine:
     def _do_reset(self) -> None:
         self.reset_count += 1
         self.board.reset()
+        if self.reset_count == 1:
+            self.board.end_boot_once()
         self._load()
 
     def _finish(self, state: MachineState, reason: str) -> None:

@@ -107,10 +107,15 @@ def configure_fw_cfg(fw: fc.FwCfg, config: MachineConfig, memory: GuestMemory, b
     if menu_ms > 0:
         fw.add_file("etc/boot-menu-wait", struct.pack("<H", min(menu_ms, 0xFFFF)))
     fw.add_file("etc/boot-fail-wait", struct.pack("<I", NO_RETRY))
-    order = list(config.boot) or (["kernel"] if config.kernel else []) + ["cd", "disk"]
+    set_boot_order(fw, config, boot, config.boot_once or config.boot)
+    add_acpi_files(fw, acpi_files or {})
+
+
+def set_boot_order(fw: fc.FwCfg, config: MachineConfig, boot: BootDevices, order: list[str]) -> None:
+    """Provide (or replace) "bootorder" for `order`; SeaBIOS reads it afresh at every reset."""
+    order = list(order) or (["kernel"] if config.kernel else []) + ["cd", "disk"]
     lines = boot.bootorder(order)
     fw.add_file("bootorder", ("\n".join([*lines, "HALT"]) + "\0").encode())
-    add_acpi_files(fw, acpi_files or {})
 
 
 def add_linux_kernel(fw: fc.FwCfg, memory: GuestMemory, boot: BootDevices, kernel: bytes, initrd: bytes | None,

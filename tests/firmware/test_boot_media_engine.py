@@ -67,6 +67,19 @@ def test_blank_disk_shows_no_bootable_device_and_stays_running(tmp_path: Path) -
         assert vm.state == MachineState.RUNNING, vm.machine.reason
 
 
+def test_boot_once_lasts_until_the_first_reset(tmp_path: Path) -> None:
+    """QEMU's -boot once=d, which the wizard's install uses: the first boot tries the CD (GRUB's menu shows), and
+    after a reset the lasting order, here the blank disk alone, so SeaBIOS finds nothing to boot."""
+    disk = bm.blank_disk(tmp_path / "blank.raw")
+    with VireoMachine(cdroms=[str(bm.grub_iso())], disks=[DiskSpec(str(disk), format="raw", bus="ide")],
+                      memory_mib=256, boot=["disk"], boot_once=["cd", "disk"]) as vm:
+        vm.wait_for_screen(bm.LINUX_TITLES[0], 60)
+        vm.machine.reset()
+        vm.wait_for_screen(bm.NO_BOOTABLE_DEVICE, 60)
+        assert not any(bm.LINUX_TITLES[0] in line for line in vm.text_screen())
+        assert vm.state == MachineState.RUNNING
+
+
 @pytest.mark.parametrize("bus", ["ide", "virtio"])
 def test_install_onto_a_blank_disk_then_boot_it_alone(tmp_path: Path, bus: str) -> None:
     disk = bm.blank_disk(tmp_path / "disk.qcow2", fmt="qcow2")

@@ -28,13 +28,14 @@ class VireoMachine:
 
     def __init__(self, *, cdroms: list[str] | None = None, disks: list[DiskSpec] | None = None,
                  memory_mib: int = 512, cpus: int = 1, accel: str = "software", boot: list[str] | None = None,
-                 firmware: str | None = None, boot_menu_wait_ms: int = 0) -> None:
+                 firmware: str | None = None, boot_menu_wait_ms: int = 0,
+                 boot_once: list[str] | None = None) -> None:
         self._out = bytearray()
         self._cond = threading.Condition()
         self._mark = 0
         config = MachineConfig(memory_mib=memory_mib, cpus=cpus, accel=accel, cdroms=list(cdroms or []),
                                disks=list(disks or []), boot=list(boot or []), firmware=firmware,
-                               boot_menu_wait_ms=boot_menu_wait_ms)
+                               boot_menu_wait_ms=boot_menu_wait_ms, boot_once=list(boot_once or []))
         self.started = time.monotonic()
         self.machine = Machine(config, serial_output=self._serial)
         self.machine.start()

@@ -82,8 +82,9 @@ def test_firmware_boot_from_an_iso_and_an_ide_disk_is_carried():
         kernel=None, initrd=None, cmdline="", memory_mib=384, cpus=2, accel="software", display="vga",
         disks=[DiskSpec("/var/lib/new.img", format="raw", bus="ide")],
         cdroms=["/isos/debian-12.iso"],      # the empty drive is left out: nothing could be inserted into it
-        boot=["cd", "disk"], firmware=None)
-    assert not mc.direct_kernel_boot and mc.firmware_boot_order == ["cd", "disk"]
+        boot=["disk", "cd"], boot_once=["cd", "disk"], firmware=None)
+    # The first boot tries the CD; a reset by the guest (the installer's reboot) goes back to disk first.
+    assert not mc.direct_kernel_boot and mc.firmware_boot_order == ["disk", "cd"]
     mc.validate()
     # Once the host has cleared the flag, the disk comes first.
     after = MachineConfig.from_vm(cfg.copy(boot=BootConfig(order=["disk", "cd"])), "software")
@@ -99,7 +100,7 @@ def test_boot_order_and_firmware_file_are_carried_as_given():
     assert not mc.direct_kernel_boot           # a firmware file asked for: the kernel goes through it
     once = MachineConfig.from_vm(_vm(boot=BootConfig(kernel="/k", cd_once=True), cdroms=[CdromConfig("/a.iso")]),
                                  "kvm")
-    assert once.boot == ["cd", "kernel"] and not once.direct_kernel_boot
+    assert (once.boot, once.boot_once) == ([], ["cd", "kernel"]) and not once.direct_kernel_boot
 
 
 def test_capabilities_are_declared():
