@@ -5,8 +5,9 @@ on the serial port; Debian's installer reaching its first screen; memtest86+ (El
 an install onto a blank disk that then boots alone through SeaBIOS and GRUB on IDE and on virtio-blk; and a blank
 disk leaving "No bootable device" on screen with the VM still running.
 
-Under KVM the same steps need hardware virtualization for the Linux parts (kvm_pvm cannot run Linux); SeaBIOS
-itself under KVM is tested in tests/firmware/test_seabios.py.
+The GRUB ISO and the install also run under KVM where /dev/kvm is hardware virtualization; they skip saying why on
+kvm_pvm, which cannot run Linux. SeaBIOS itself under KVM (kvm_pvm included) is tested in
+tests/firmware/test_seabios.py.
 """
 from __future__ import annotations
 
@@ -17,11 +18,14 @@ import pytest
 
 from core.machine import DiskSpec, MachineState
 from tests.helpers import boot_media as bm
+from tests.helpers.accel import ACCELS, require_hardware_kvm
 from tests.helpers.vireo_machine import VireoMachine
 
 
-def test_grub_iso_menu_on_screen_then_enter_boots_linux() -> None:
-    with VireoMachine(cdroms=[str(bm.grub_iso())], memory_mib=512) as vm:
+@pytest.mark.parametrize("accel", ACCELS)
+def test_grub_iso_menu_on_screen_then_enter_boots_linux(accel: str) -> None:
+    require_hardware_kvm(accel)
+    with VireoMachine(cdroms=[str(bm.grub_iso())], memory_mib=512, accel=accel) as vm:
         screen = vm.wait_for_screen(bm.LINUX_TITLES[0], 60)
         assert any(bm.LINUX_TITLES[1] in line for line in screen)
         time.sleep(0.5)                      # GRUB waits for a key: nothing boots on its own
@@ -80,17 +84,19 @@ def test_boot_once_lasts_until_the_first_reset(tmp_path: Path) -> None:
         assert vm.state == MachineState.RUNNING
 
 
+@pytest.mark.parametrize("accel", ACCELS)
 @pytest.mark.parametrize("bus", ["ide", "virtio"])
-def test_install_onto_a_blank_disk_then_boot_it_alone(tmp_path: Path, bus: str) -> None:
+def test_install_onto_a_blank_disk_then_boot_it_alone(tmp_path: Path, bus: str, accel: str) -> None:
+    require_hardware_kvm(accel)
     disk = bm.blank_disk(tmp_path / "disk.qcow2", fmt="qcow2")
     spec = DiskSpec(str(disk), format="qcow2", bus=bus)
-    with VireoMachine(cdroms=[str(bm.installer_iso())], disks=[spec], memory_mib=512) as vm:
+    with VireoMachine(cdroms=[str(bm.installer_iso())], disks=[spec], memory_mib=512, accel=accel) as vm:
         vm.expect(bm.INSTALLER_START, 120)
         found = vm.expect(bm.INSTALL_DISK, 60)
         assert found.group(1) == ("sda" if bus == "ide" else "vda")
         vm.expect(bm.INSTALL_OK, 120)
         assert vm.wait_exit(60) == MachineState.SHUTOFF
-    with VireoMachine(disks=[DiskSpec(str(disk), format="qcow2", bus=bus)], memory_mib=512) as vm:
+    with VireoMachine(disks=[DiskSpec(str(disk), format="qcow2", bus=bus)], memory_mib=512, accel=accel) as vm:
         vm.expect(bm.GRUB_DISK_MARKER, 60)           # SeaBIOS ran the disk's MBR, GRUB its core image
         vm.expect(bm.BOOT_OK, 120)
         assert vm.wait_exit(60) == MachineState.SHUTOFF
