@@ -4,9 +4,11 @@
     dev = open_image("disk.qcow2")            # format from the header; locked for writing
     dev.write(0, b"..."); dev.flush(); dev.read(0, 512); dev.close()
 
-Modules: device (the BlockDevice interface), hostfile (positional I/O, fallocate, locking), locking (QEMU-
-compatible OFD byte locks), raw, qcow2_header, qcow2_refcount, qcow2, probe (open_image), create (create and
-resize), check (qcow2 consistency check), info (what `img info` prints), sizes (qemu-img size strings), cli.
+Modules: device (the BlockDevice interface), hostfile (positional I/O, fallocate, locking, refusing FIFOs and
+character devices), locking (QEMU-compatible OFD byte locks), raw, qcow2_header, qcow2_refcount, qcow2_meta (the
+metadata overlap guard), qcow2_snaptable (the snapshot table), qcow2 (open and read), qcow2_write (the allocating
+write path), probe (open_image), create (create and resize), check (qcow2 consistency check), info (what
+`img info` prints), sizes (qemu-img size strings), cli.
 """
 from core.storage.create import create_image, resize_image
 from core.storage.device import CACHE_MODES, BlockDevice

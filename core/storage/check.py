@@ -6,7 +6,12 @@ snapshot table, the refcount table and blocks, persistent bitmaps — and the co
 refcounts: a stored count below the references is a corruption (the cluster could be handed out again while in
 use), above them a leak (wasted space, harmless). Also reported as corruptions: misaligned or out-of-file
 offsets and a "copied" flag that disagrees with a refcount of exactly 1. Leaks, and refcounts that are too low
-where the block exists, can be repaired (-r leaks / -r all).
+where the block exists, can be repaired (-r leaks / -r all); -r all also rewrites wrong copied flags, as
+qemu-img does (an interrupted snapshot create or delete can leave them).
+
+Memory does not grow with the file's size: references are counted per refcount block, only for blocks that
+something references, and every size read from the file is bounded before it is used (tables by QEMU's limits,
+the bitmap directory by 64 MiB), so a huge sparse file or a hostile size field costs nothing.
 """
 from __future__ import annotations
 
@@ -18,13 +23,15 @@ import numpy as np
 from core.storage.errors import ImageError
 from core.storage.hostfile import HostFile
 from core.storage.probe import detect_format
-from core.storage.qcow2_header import parse_header
+from core.storage.qcow2_header import MAX_L1_BYTES, parse_header
 from core.storage.qcow2_refcount import Refcounts
+from core.storage.qcow2_snaptable import parse_table
 
 _OFF = np.uint64(0x00FF_FFFF_FFFF_FE00)
 _COPIED = np.uint64(1 << 63)
 _COMPRESSED = np.uint64(1 << 62)
 _MAX_MESSAGES = 200
+MAX_BITMAP_DIRECTORY = 64 << 20     # QEMU: 65535 bitmaps, 1 KiB of directory entry each at most
 
 
 @dataclass
@@ -87,12 +94,29 @@ class _Checker:
         self.cs = self.hdr.cluster_size
         self.res = CheckResult(path, "qcow2")
         self.nclusters = -(-file.size // self.cs)
-        self.refs = np.zeros(self.nclusters + 1, dtype=np.uint32)
+        self.per_block = self.cs * 8 // (1 << self.hdr.refcount_order)
+        self.refs: dict[int, np.ndarray] = {}                  # refcount block index -> references per cluster
         self.copied_l2: list[tuple[int, int, bool]] = []     # (l1 index, l2 cluster, copied flag)
-        self.copied_data: list[np.ndarray] = []               # arrays of active data entries (with flags)
-        self.beyond_eof: list[tuple[int, int]] = []           # (cluster, refcount) of counted clusters past EOF
+        self.copied_data: list[tuple[int, np.ndarray, np.ndarray]] = []   # (L2 offset, indices, entries)
 
     # --- counting references -------------------------------------------------------------------------------
+
+    def _block(self, bidx: int) -> np.ndarray:
+        arr = self.refs.get(bidx)
+        if arr is None:
+            arr = self.refs[bidx] = np.zeros(self.per_block, dtype=np.uint32)
+        return arr
+
+    def _count(self, clusters: np.ndarray) -> None:
+        """Add one reference to each cluster index in `clusters` (which lie inside the file)."""
+        if not len(clusters):
+            return
+        clusters = np.sort(clusters)
+        blocks = clusters // self.per_block
+        cuts = np.flatnonzero(np.diff(blocks)) + 1
+        for part in np.split(clusters, cuts):
+            bidx = int(part[0]) // self.per_block
+            np.add.at(self._block(bidx), part - bidx * self.per_block, 1)
 
     def inc(self, offset: int, length: int, what: str) -> bool:
         if length <= 0:
@@ -104,7 +128,7 @@ class _Checker:
             last = min(last, self.nclusters - 1)
             if first > last:
                 return False
-        self.refs[first:last + 1] += 1
+        self._count(np.arange(first, last + 1, dtype=np.int64))
         return True
 
     def aligned(self, offset: int, what: str) -> bool:
@@ -118,22 +142,22 @@ class _Checker:
         name = "L1 table" if active else "snapshot L1 table"
         if not self.aligned(l1_offset, name) or not self.inc(l1_offset, l1_size * 8, name):
             return
+        if l1_offset + l1_size * 8 > self.file.size:
+            return
         l1 = np.frombuffer(self.file.pread(l1_offset, l1_size * 8), dtype=">u8").astype(np.uint64)
-        prev_host = None
-        for index, entry in enumerate(l1.tolist()):
+        for index in np.flatnonzero(l1 & _OFF).tolist():
+            entry = int(l1[index])
             l2 = entry & int(_OFF)
-            if not l2:
-                continue
             if not self.aligned(l2, f"L2 table (L1 index {index})"):
                 continue
-            if not self.inc(l2, self.cs, f"L2 table (L1 index {index})"):
+            if not self.inc(l2, self.cs, f"L2 table (L1 index {index})") or l2 + self.cs > self.file.size:
                 continue
             if active:
                 self.copied_l2.append((index, l2 // self.cs, bool(entry >> 63)))
             table = np.frombuffer(self.file.pread(l2, self.cs), dtype=">u8").astype(np.uint64)
-            prev_host = self.walk_l2(table, index, active, prev_host)
+            self.walk_l2(table, l2, index, active)
 
-    def walk_l2(self, table: np.ndarray, l1_index: int, active: bool, prev_host: int | None) -> int | None:
+    def walk_l2(self, table: np.ndarray, l2_offset: int, l1_index: int, active: bool) -> None:
         compressed = (table & _COMPRESSED) != 0
         for i in np.flatnonzero(compressed).tolist():
             entry = int(table[i])
@@ -149,52 +173,49 @@ class _Checker:
                 self.res.compressed_clusters += 1
                 self.res.allocated_clusters += 1
                 self.res.fragmented_clusters += 1
-        standard = table[~compressed]
-        hosts = standard & _OFF
-        present = hosts != 0
-        entries = standard[present]
-        hosts = hosts[present].astype(np.int64)
-        if not len(hosts):
-            return prev_host
-        bad_align = hosts % self.cs != 0
-        for h in hosts[bad_align].tolist():
+        positions = np.flatnonzero(~compressed & ((table & _OFF) != 0))
+        if not len(positions):
+            return
+        entries = table[positions]
+        hosts = (entries & _OFF).astype(np.int64)
+        ok = hosts % self.cs == 0
+        for h in hosts[~ok].tolist():
             self.aligned(h, f"data cluster (L1 index {l1_index})")
-        ok = ~bad_align
-        idx = hosts[ok] // self.cs
-        beyond = idx >= self.nclusters
-        for h in hosts[ok][beyond].tolist():
+        idx = hosts // self.cs
+        beyond = ok & (idx >= self.nclusters)
+        for h in hosts[beyond].tolist():
             self.res.corruptions += 1
             self.res.note(f"ERROR data cluster at offset {h:#x} (L1 index {l1_index}) lies beyond the end of the file")
-        np.add.at(self.refs, idx[~beyond], 1)
+        good = ok & ~beyond
+        self._count(idx[good])
         if active:
-            self.copied_data.append(entries[ok][~beyond])
-            data_idx = idx[~beyond]
+            self.copied_data.append((l2_offset, positions[good], entries[good]))
+            data_idx = idx[good]
             self.res.allocated_clusters += len(data_idx)
             # As qemu-img counts it: a cluster not right after the previous one of the same L2 table.
             self.res.fragmented_clusters += int(np.count_nonzero(np.diff(data_idx) != 1))
-        return None
 
     def walk_snapshots(self) -> None:
-        off = self.hdr.snapshots_offset
-        pos = off
-        for n in range(self.hdr.nb_snapshots):
-            fixed = self.file.pread(pos, 40)
-            l1_off, l1_size, id_len, name_len = struct.unpack_from(">QIHH", fixed)
-            extra = struct.unpack_from(">I", fixed, 36)[0]
-            size = 40 + extra + id_len + name_len
-            pos += size + (-size % 8)
-            if l1_size * 8 > 32 << 20:
+        snapshots, size = parse_table(self.file.pread, self.hdr.snapshots_offset, self.hdr.nb_snapshots, self.cs,
+                                      self.file.size, self.path)
+        for sn in snapshots:
+            if sn.problem:
                 self.res.corruptions += 1
-                self.res.note(f"ERROR snapshot {n} has an impossibly large L1 table ({l1_size} entries)")
+                self.res.note(f"ERROR {sn.problem}")
                 continue
-            self.walk_l1(l1_off, l1_size, active=False)
-        self.inc(off, pos - off, "snapshot table")
+            self.walk_l1(sn.l1_table_offset, sn.l1_size, active=False)
+        self.inc(self.hdr.snapshots_offset, size, "snapshot table")
 
     def walk_bitmaps(self) -> None:
         ext = self.hdr.bitmaps_extension
         if ext is None or not self.hdr.autoclear_features & 1 or len(ext) < 24:
             return
         nb, _, dir_size, dir_off = struct.unpack_from(">IIQQ", ext)
+        if dir_size > MAX_BITMAP_DIRECTORY or dir_off + dir_size > self.file.size:
+            self.res.check_errors += 1
+            self.res.note(f"ERROR bitmap directory of {dir_size} bytes at {dir_off:#x} is larger than "
+                          f"{MAX_BITMAP_DIRECTORY >> 20} MiB or lies beyond the end of the file: File too large")
+            return
         if not self.inc(dir_off, dir_size, "bitmap directory"):
             return
         directory = self.file.pread(dir_off, dir_size)
@@ -206,6 +227,11 @@ class _Checker:
                                                                                                 pos)
             size = 24 + extra + name_len
             pos += size + (-size % 8)
+            if table_size * 8 > MAX_L1_BYTES or table_off + table_size * 8 > self.file.size:
+                self.res.corruptions += 1
+                self.res.note(f"ERROR bitmap table of {table_size} entries at {table_off:#x} is too large or lies "
+                              "beyond the end of the file")
+                continue
             if self.inc(table_off, table_size * 8, "bitmap table"):
                 table = np.frombuffer(self.file.pread(table_off, table_size * 8), dtype=">u8").astype(np.uint64)
                 for h in (table & _OFF)[(table & _OFF) != 0].tolist():
@@ -217,7 +243,7 @@ class _Checker:
         hdr, res = self.hdr, self.res
         self.inc(0, self.cs, "header")
         self.walk_l1(hdr.l1_table_offset, hdr.l1_size, active=True)
-        res.total_clusters = -(-hdr.size // self.cs)
+        res.total_clusters = -(-(hdr.size - hdr.size % 512) // self.cs)
         if hdr.nb_snapshots:
             self.walk_snapshots()
         self.walk_bitmaps()
@@ -228,70 +254,108 @@ class _Checker:
             off = entry & int(_OFF)
             if off and self.aligned(off, f"refcount block {bidx}"):
                 self.inc(off, self.cs, f"refcount block {bidx}")
-        stored = self._stored(rc)
-        self._compare(rc, stored)
-        self._check_copied(stored)
-        used = np.flatnonzero(self.refs)
-        res.image_end_offset = (int(used[-1]) + 1) * self.cs if len(used) else 0
+        stored = self._compare(rc)
+        self._check_copied(rc, stored)
+        last = max((b for b, arr in self.refs.items() if arr.any()), default=None)
+        if last is not None:
+            res.image_end_offset = (last * self.per_block + int(np.flatnonzero(self.refs[last])[-1]) + 1) * self.cs
         return res
 
-    def _stored(self, rc: Refcounts) -> np.ndarray:
-        stored = np.zeros(self.nclusters + 1, dtype=np.uint64)
-        for bidx, entry in enumerate(rc.table):
-            off = entry & int(_OFF)
-            if not off or off % self.cs or off + self.cs > self.file.size:
-                continue
-            base = bidx * rc.per_block
-            values = rc.block_entries(self.file.pread(off, self.cs))
-            n = max(0, min(rc.per_block, self.nclusters - base))
-            stored[base:base + n] = values[:n]
-            for i in np.flatnonzero(values[n:]).tolist():
-                self.beyond_eof.append((base + n + i, int(values[n + i])))
-        return stored
+    def _stored_block(self, rc: Refcounts, bidx: int) -> np.ndarray:
+        entry = rc.table[bidx] if bidx < len(rc.table) else 0
+        off = entry & int(_OFF)
+        if not off or off % self.cs or off + self.cs > self.file.size:
+            return np.zeros(self.per_block, dtype=np.uint64)
+        return rc.block_entries(self.file.pread(off, self.cs))
 
-    def _compare(self, rc: Refcounts, stored: np.ndarray) -> None:
-        refs = self.refs[:self.nclusters].astype(np.uint64)
-        have = stored[:self.nclusters]
-        for i in np.flatnonzero(have != refs).tolist():
-            s, r = int(have[i]), int(refs[i])
-            low = s < r
-            fixable = self.repair == "all" if low else self.repair is not None
-            if fixable and rc.block_offset(i // rc.per_block):
-                rc.set(i, r)
-                stored[i] = r
-                if low:
-                    self.res.corruptions_fixed += 1
-                else:
-                    self.res.leaks_fixed += 1
-                self.res.note(f"Repairing cluster {i} refcount={s} reference={r}")
-            elif low:
-                self.res.corruptions += 1
-                self.res.note(f"ERROR cluster {i} refcount={s} reference={r}")
-            else:
-                self.res.leaks += 1
-                self.res.note(f"Leaked cluster {i} refcount={s} reference={r}")
-        for cluster, value in self.beyond_eof:
-            if self.repair:
-                rc.set(cluster, 0)
-                self.res.leaks_fixed += 1
-                self.res.note(f"Repairing cluster {cluster} (beyond the end of the file) refcount={value} reference=0")
-            else:
-                self.res.leaks += 1
-                self.res.note(f"Leaked cluster {cluster} (beyond the end of the file) refcount={value} reference=0")
+    def _compare(self, rc: Refcounts) -> dict[int, np.ndarray]:
+        """Compare stored refcounts with the references, block by block; return the stored counts (as repaired)
+        of the blocks something references (what the copied-flag check needs)."""
+        kept: dict[int, np.ndarray] = {}
+        blocks = sorted(set(self.refs) | {b for b, e in enumerate(rc.table) if e & int(_OFF)})
+        for bidx in blocks:
+            base = bidx * self.per_block
+            stored = self._stored_block(rc, bidx)
+            n = max(0, min(self.per_block, self.nclusters - base))
+            for i in np.flatnonzero(stored[n:]).tolist():
+                self._beyond_eof(rc, base + n + i, int(stored[n + i]))
+            refs = self.refs.get(bidx)
+            refs64 = refs.astype(np.uint64) if refs is not None else np.zeros(self.per_block, dtype=np.uint64)
+            for i in np.flatnonzero(stored[:n] != refs64[:n]).tolist():
+                self._mismatch(rc, stored, base, i, int(stored[i]), int(refs64[i]))
+            if refs is not None:
+                kept[bidx] = stored
         if self.repair:
             self.file.fsync()
+        return kept
 
-    def _check_copied(self, stored: np.ndarray) -> None:
+    def _mismatch(self, rc: Refcounts, stored: np.ndarray, base: int, i: int, s: int, r: int) -> None:
+        low = s < r
+        fixable = self.repair == "all" if low else self.repair is not None
+        cluster = base + i
+        if fixable and rc.block_offset(cluster // rc.per_block):
+            rc.set(cluster, r)
+            stored[i] = r
+            if low:
+                self.res.corruptions_fixed += 1
+            else:
+                self.res.leaks_fixed += 1
+            self.res.note(f"Repairing cluster {cluster} refcount={s} reference={r}")
+        elif low:
+            self.res.corruptions += 1
+            self.res.note(f"ERROR cluster {cluster} refcount={s} reference={r}")
+        else:
+            self.res.leaks += 1
+            self.res.note(f"Leaked cluster {cluster} refcount={s} reference={r}")
+
+    def _beyond_eof(self, rc: Refcounts, cluster: int, value: int) -> None:
+        if self.repair:
+            rc.set(cluster, 0)
+            self.res.leaks_fixed += 1
+            self.res.note(f"Repairing cluster {cluster} (beyond the end of the file) refcount={value} reference=0")
+        else:
+            self.res.leaks += 1
+            self.res.note(f"Leaked cluster {cluster} (beyond the end of the file) refcount={value} reference=0")
+
+    def _stored_of(self, stored: dict[int, np.ndarray], clusters: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(clusters), dtype=np.uint64)
+        for k, c in enumerate(clusters.tolist()):
+            arr = stored.get(c // self.per_block)
+            out[k] = arr[c % self.per_block] if arr is not None else 0
+        return out
+
+    def _check_copied(self, rc: Refcounts, stored: dict[int, np.ndarray]) -> None:
+        fix = self.repair == "all"
         for index, cluster, copied in self.copied_l2:
-            if cluster < len(stored) and (int(stored[cluster]) == 1) != copied:
-                self.res.corruptions += 1
-                self.res.note(f"ERROR OFLAG_COPIED L2 cluster: l1_index={index} refcount={int(stored[cluster])}")
-        for entries in self.copied_data:
+            count = int(self._stored_of(stored, np.array([cluster]))[0])
+            if (count == 1) != copied:
+                if fix:
+                    entry = cluster * self.cs | (1 << 63 if count == 1 else 0)
+                    self.file.pwrite(self.hdr.l1_table_offset + index * 8, struct.pack(">Q", entry))
+                    self.res.corruptions_fixed += 1
+                    self.res.note(f"Repairing OFLAG_COPIED L2 cluster: l1_index={index} refcount={count}")
+                else:
+                    self.res.corruptions += 1
+                    self.res.note(f"ERROR OFLAG_COPIED L2 cluster: l1_index={index} refcount={count}")
+        for l2_offset, positions, entries in self.copied_data:
             idx = ((entries & _OFF) // np.uint64(self.cs)).astype(np.int64)
+            counts = np.zeros(len(idx), dtype=np.uint64)
+            for bidx in np.unique(idx // self.per_block).tolist():
+                sel = idx // self.per_block == bidx
+                arr = stored.get(bidx)
+                if arr is not None:
+                    counts[sel] = arr[idx[sel] - bidx * self.per_block]
             copied = (entries & _COPIED) != 0
-            wrong = (stored[idx] == 1) != copied
-            for e in entries[wrong].tolist():
-                self.res.corruptions += 1
-                self.res.note(f"ERROR OFLAG_COPIED data cluster: l2_entry={e:x} "
-                              f"refcount={int(stored[(e & int(_OFF)) // self.cs])}")
-
+            wrong = np.flatnonzero((counts == 1) != copied)
+            for k in wrong.tolist():
+                e, count = int(entries[k]), int(counts[k])
+                if fix:
+                    e = e & ~(1 << 63) | (1 << 63 if count == 1 else 0)
+                    self.file.pwrite(l2_offset + int(positions[k]) * 8, struct.pack(">Q", e))
+                    self.res.corruptions_fixed += 1
+                    self.res.note(f"Repairing OFLAG_COPIED data cluster: l2_entry={e:x} refcount={count}")
+                else:
+                    self.res.corruptions += 1
+                    self.res.note(f"ERROR OFLAG_COPIED data cluster: l2_entry={e:x} refcount={count}")
+        if fix:
+            self.file.fsync()

@@ -11,6 +11,7 @@ instead of destroying it.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 
 from core.storage.device import BlockDevice
@@ -124,7 +125,14 @@ def _qcow2_layout(path: str, size: int, cs: int, backing_file: str | None, backi
 
 def _write_new(path: str, fmt: str, size: int, layout: list[tuple[int, bytes]] | None) -> None:
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = stat.S_IFREG
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        raise ImageError(f"{path}: is not a regular file or a block device; choose another path for the image")
+    try:
+        # O_NONBLOCK: a FIFO at `path` must not block the open (HostFile then refuses it).
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY, 0o644))
     except OSError as exc:
         raise ImageError(f"{path}: cannot create the file: {exc.strerror}") from exc
     file = HostFile(path, read_only=False)

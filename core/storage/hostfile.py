@@ -15,7 +15,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
+import stat
 
 from core.storage.device import CACHE_MODES, pread_exact, preadv_exact, pwrite_all, pwritev_all
 from core.storage.errors import ImageError, ImageIOError
@@ -31,6 +33,19 @@ _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c
 _libc.fallocate.restype = ctypes.c_int
 
 
+def check_file_kind(fd: int, path: str) -> bool:
+    """Refuse what cannot be a disk (a FIFO, socket or character device such as /dev/zero: reads never end or
+    block forever); return whether it is a block device (whose size is not in st_size)."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return False
+    if stat.S_ISBLK(mode):
+        return True
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a directory" if stat.S_ISDIR(mode) else "not a regular file")
+    raise ImageError(f"{path}: is {kind}, not a disk image; use a regular file or a block device")
+
+
 class HostFile:
     """An open, locked host file with exact positional reads/writes that raise ImageIOError on failure."""
 
@@ -44,7 +59,8 @@ class HostFile:
         if cache == "writethrough" and not read_only:
             flags |= os.O_DSYNC
         try:
-            self.fd = os.open(path, flags | os.O_CLOEXEC)
+            # O_NONBLOCK: opening a FIFO would otherwise wait for a peer forever; it is refused below anyway.
+            self.fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         except FileNotFoundError as exc:
             raise ImageError(f"{path}: no such file; check the path or create it with `img create`") from exc
         except IsADirectoryError as exc:
@@ -57,10 +73,12 @@ class HostFile:
         self._lock: ImageLock | None = None
         self.direct_fd = -1
         try:
+            self.is_block = check_file_kind(self.fd, path)
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
             if lock:
                 self._lock = ImageLock(self.fd, path, write=not read_only)
                 self._lock.acquire()
-            self.size = os.fstat(self.fd).st_size
+            self.size = os.lseek(self.fd, 0, os.SEEK_END) if self.is_block else os.fstat(self.fd).st_size
             if cache == "none":
                 self.direct_fd = self._open_direct(flags)
         except BaseException:

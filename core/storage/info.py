@@ -78,7 +78,7 @@ def image_info(path: str, fmt: str | None = None, force_share: bool = False) -> 
     img = Qcow2Image(path, read_only=True, lock=not force_share)     # the backing file is named, not opened
     try:
         hdr = img.header
-        info = ImageInfo(path, "qcow2", hdr.size, img.allocated_bytes(), cluster_size=hdr.cluster_size,
+        info = ImageInfo(path, "qcow2", img.size, img.allocated_bytes(), cluster_size=hdr.cluster_size,
                          dirty=bool(hdr.incompatible_features & INCOMPAT_DIRTY))
         if hdr.backing_file:
             info.backing_file = hdr.backing_file

@@ -11,6 +11,7 @@ import os
 
 from core.storage.device import BlockDevice
 from core.storage.errors import ImageError, ImageFormatError
+from core.storage.hostfile import check_file_kind
 from core.storage.qcow2 import Qcow2Image
 from core.storage.qcow2_header import is_qcow2
 from core.storage.raw import RawImage
@@ -21,12 +22,13 @@ FORMATS = ("raw", "qcow2")
 def detect_format(path: str) -> str:
     """'qcow2' or 'raw', from the first bytes of the file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError as exc:
         raise ImageError(f"{path}: no such file; check the path or create it with `img create`") from exc
     except OSError as exc:
         raise ImageError(f"{path}: cannot open: {exc.strerror}") from exc
     try:
+        check_file_kind(fd, path)
         head = os.pread(fd, 4, 0)
     except OSError as exc:
         raise ImageError(f"{path}: cannot read: {exc.strerror}") from exc

@@ -12,8 +12,11 @@ Refcounts' rule (count before pointing) this keeps the image consistent after a 
 metadata write is issued in dependency order and the page cache keeps issued writes. flush() is fsync.
 
 Metadata that points outside the file, or is misaligned, fails the request it serves with ImageCorruptError;
-the device stays usable for other requests. Images with internal snapshots, or marked dirty/corrupt, open only
-read-only.
+the device stays usable for other requests. A write that would land on metadata (a damaged refcount said the
+cluster was free) is refused as QEMU refuses it: the image is marked corrupt and further writes fail, reads go
+on. Images marked dirty or corrupt open only read-only. Internal snapshots are kept in step (qcow2_snapshot).
+
+The allocating write path is the Qcow2Writer mixin (qcow2_write.py), snapshots the Qcow2Snapshots mixin.
 """
 from __future__ import annotations
 
@@ -34,20 +37,21 @@ from core.storage.errors import (
 )
 from core.storage.hostfile import HostFile
 from core.storage.qcow2_header import (
+    COMPRESSED,
     COMPRESSION_ZLIB,
     INCOMPAT_CORRUPT,
     INCOMPAT_DIRTY,
-    MAX_L1_BYTES,
+    L1_OFFSET_MASK,
+    L2_OFFSET_MASK,
+    ZERO,
     Qcow2Header,
     parse_header,
 )
+from core.storage.qcow2_meta import BITMAPDIR, HEADER, L1, L2, SNAP_L1, SNAPTABLE, MetadataGuard
 from core.storage.qcow2_refcount import Refcounts
+from core.storage.qcow2_snaptable import Snapshot, parse_table
+from core.storage.qcow2_write import COMPRESSED_KIND, NORMAL, UNALLOCATED, ZERO_ALLOC, ZERO_PLAIN, Qcow2Writer
 
-COPIED = 1 << 63
-COMPRESSED = 1 << 62
-ZERO = 1
-L1_OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00
-L2_OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00
 _L2_CACHE = 64
 MAX_BACKING_DEPTH = 32
 
@@ -56,11 +60,10 @@ MAX_BACKING_DEPTH = 32
 # importing the prober (which imports this module).
 BackingOpener = Callable[[str, "str | None", str, int], BlockDevice]
 
-# Cluster kinds
-UNALLOCATED, ZERO_PLAIN, ZERO_ALLOC, NORMAL, COMPRESSED_KIND = range(5)
+MAX_BITMAP_DIRECTORY = 64 << 20        # QEMU: 65535 bitmaps of at most 1 KiB of directory entry each
 
 
-class Qcow2Image(BlockDevice):
+class Qcow2Image(Qcow2Writer, BlockDevice):
     """A qcow2 image file opened for reading or for reading and writing."""
 
     format_name = "qcow2"
@@ -95,33 +98,87 @@ class Qcow2Image(BlockDevice):
         self.cluster_bits = hdr.cluster_bits
         self.cs = hdr.cluster_size
         self.l2_entries = self.cs // 8
-        self._size = hdr.size
+        # QEMU exposes whole 512-byte sectors: a virtual size that is not a multiple of 512 is rounded down.
+        self._size = hdr.size - hdr.size % 512
+        self.corrupt = False
         if not self.read_only:
             why = None
             if hdr.incompatible_features & INCOMPAT_DIRTY:
                 why = "it is marked dirty (lazy refcounts were not written back); run qemu-img check -r all"
             elif hdr.incompatible_features & INCOMPAT_CORRUPT:
                 why = "it is marked corrupt; run qemu-img check -r all"
-            elif hdr.nb_snapshots:
-                why = (f"it has {hdr.nb_snapshots} internal snapshot(s), which this implementation does not "
-                       "update; open it read-only or remove them with qemu-img snapshot -d")
             elif hdr.backing_file and open_backing is None:
                 why = "its backing file is not opened here; open it with core.storage.open_image"
             if why:
                 raise UnsupportedImageError(f"{self.path}: cannot open for writing: {why}")
         l1_raw = self.file.pread(hdr.l1_table_offset, hdr.l1_size * 8) if hdr.l1_size else b""
         self.l1 = list(struct.unpack(f">{hdr.l1_size}Q", l1_raw))
+        self.snapshots: list[Snapshot] = []
+        self.snapshot_table_size = 0
+        if hdr.nb_snapshots:
+            self.snapshots, self.snapshot_table_size = parse_table(
+                self.file.pread, hdr.snapshots_offset, hdr.nb_snapshots, self.cs, self.file.size, self.path)
+        self.guard = MetadataGuard(self.path, self.cluster_bits, self._corruption)
+        self._map_metadata()
         self.refcounts = Refcounts(self.file, self.path, hdr.cluster_bits, hdr.refcount_order,
-                                   hdr.refcount_table_offset, hdr.refcount_table_clusters)
+                                   hdr.refcount_table_offset, hdr.refcount_table_clusters, self.guard)
         self._l2_cache: OrderedDict[int, bytearray] = OrderedDict()
         self._compressed_cache: tuple[int, bytes] | None = None
         if not self.read_only and hdr.version == 3 and hdr.autoclear_features:
             # The spec: a writer that does not maintain an autoclear feature (e.g. persistent bitmaps) clears its bit.
             hdr.autoclear_features = 0
+            self.guard.check(88, 8, HEADER)
             self.file.pwrite(88, struct.pack(">Q", 0))
             self.file.barrier()
         if hdr.backing_file and open_backing is not None:
             self.backing = self._open_backing(hdr, open_backing, cache, depth)
+
+    def _map_metadata(self) -> None:
+        """Register every metadata cluster the image names with the guard (refcount structures: Refcounts)."""
+        g, hdr = self.guard, self.header
+        g.add(0, self.cs, HEADER)
+        g.add(hdr.l1_table_offset, hdr.l1_size * 8, L1)
+        for entry in self.l1:
+            if entry & L1_OFFSET_MASK:
+                g.add(entry & L1_OFFSET_MASK, self.cs, L2)
+        if self.snapshots:
+            g.add(hdr.snapshots_offset, self.snapshot_table_size, SNAPTABLE)
+        for sn in self.snapshots:
+            if sn.problem:
+                continue
+            g.add(sn.l1_table_offset, sn.l1_size * 8, SNAP_L1)
+            for entry in self.read_l1(sn.l1_table_offset, sn.l1_size):
+                if entry & L1_OFFSET_MASK:
+                    g.add(entry & L1_OFFSET_MASK, self.cs, L2)
+        ext = hdr.bitmaps_extension
+        if ext is not None and len(ext) >= 24:
+            _, _, dir_size, dir_off = struct.unpack_from(">IIQQ", ext)
+            if dir_size <= MAX_BITMAP_DIRECTORY and dir_off + dir_size <= self.file.size:
+                g.add(dir_off, dir_size, BITMAPDIR)
+
+    def read_l1(self, offset: int, entries: int) -> list[int]:
+        """An L1 table's entries (bounded by the header/snapshot-table checks that found it)."""
+        if not entries:
+            return []
+        return list(struct.unpack(f">{entries}Q", self.file.pread(offset, entries * 8)))
+
+    def _corruption(self, message: str) -> ImageCorruptError:
+        """Mark the image corrupt (QEMU's incompatible bit 1, v3 only) and refuse writes from now on."""
+        if not self.corrupt and not self.read_only and self.header.version == 3:
+            self.header.incompatible_features |= INCOMPAT_CORRUPT
+            try:
+                self.file.pwrite(72, struct.pack(">Q", self.header.incompatible_features))
+                self.file.fsync()
+            except ImageIOError:
+                pass        # the request fails anyway; the message says what happened
+        self.corrupt = True
+        return ImageCorruptError(message)
+
+    def _check_writable(self) -> None:
+        super()._check_writable()
+        if self.corrupt:
+            raise ImageCorruptError(f"{self.path}: the image was marked corrupt (a write would have overwritten its "
+                                    "metadata); writes fail until it is repaired with qemu-img check -r all")
 
     def _open_backing(self, hdr: Qcow2Header, opener: BackingOpener, cache: str, depth: int) -> BlockDevice:
         if depth >= MAX_BACKING_DEPTH:
@@ -313,235 +370,11 @@ class Qcow2Image(BlockDevice):
             return bytes(data)
         return bytes(self.cs)
 
-    # --- writes --------------------------------------------------------------------------------------------
-
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        self._check_writable()
-        src = memoryview(data).cast("B")
-        self._check_range(offset, len(src))
-        with self._lock:
-            self._write_locked(offset, src)
-
-    def _write_locked(self, offset: int, src: memoryview) -> None:
-        end = offset + len(src)
-        pos = offset
-        in_place: list = []                        # [host, src start, length] contiguous run
-        pending: list[tuple[int, int, int, int]] = []   # clusters needing allocation: (ci, in_off, n, src pos)
-        while pos < end:
-            ci = pos >> self.cluster_bits
-            in_off = pos & (self.cs - 1)
-            n = min(self.cs - in_off, end - pos)
-            entry = self._l2_entry(ci)
-            kind, host = self._classify(entry, ci)
-            if kind == NORMAL and entry & COPIED:
-                # Merge only if both the host and the source ranges continue (a cluster between may be pending).
-                if in_place and (in_place[0] + in_place[2], in_place[1] + in_place[2]) == (host + in_off, pos - offset):
-                    in_place[2] += n
-                else:
-                    if in_place:
-                        self.file.pwrite(in_place[0], src[in_place[1]:in_place[1] + in_place[2]])
-                    in_place = [host + in_off, pos - offset, n]
-            else:
-                pending.append((ci, in_off, n, pos - offset))
-            pos += n
-        if in_place:
-            self.file.pwrite(in_place[0], src[in_place[1]:in_place[1] + in_place[2]])
-        # Allocate for runs of consecutive guest clusters so each run lands contiguously on the host.
-        i = 0
-        while i < len(pending):
-            j = i + 1
-            while j < len(pending) and pending[j][0] == pending[j - 1][0] + 1:
-                j += 1
-            self._write_allocating(pending[i:j], src)
-            i = j
-
-    def _write_allocating(self, clusters: list[tuple[int, int, int, int]], src: memoryview) -> None:
-        first_ci, last_ci = clusters[0][0], clusters[-1][0]
-        for l1_index in range(first_ci // self.l2_entries, last_ci // self.l2_entries + 1):
-            self._ensure_l2_table(l1_index)
-        old_entries = [self._l2_entry(ci) for ci, _, _, _ in clusters]
-        count = len(clusters)
-        buf = bytearray(count * self.cs)
-        for k, (ci, in_off, n, src_pos) in enumerate(clusters):
-            if n < self.cs:
-                buf[k * self.cs:(k + 1) * self.cs] = self._cluster_contents(ci, old_entries[k])
-            buf[k * self.cs + in_off:k * self.cs + in_off + n] = src[src_pos:src_pos + n]
-        done = 0
-        while done < count:
-            host, n = self.refcounts.alloc_extent(count - done)     # refcounts first,
-            self.file.pwrite(host, memoryview(buf)[done * self.cs:(done + n) * self.cs])   # then the data,
-            self._set_l2_entries(first_ci + done, [(host + k * self.cs) | COPIED for k in range(n)])  # the pointers,
-            done += n
-        self._release(old_entries)                  # and the old clusters last.
-
-    def _ensure_l2_table(self, l1_index: int) -> int:
-        """Return the offset of the L2 table for `l1_index`, creating (or un-sharing) it as needed."""
-        if l1_index >= len(self.l1):
-            raise ImageCorruptError(f"{self.path}: guest offset beyond the L1 table")
-        entry = self.l1[l1_index]
-        off = self._l2_table_offset(l1_index)
-        if off and entry & COPIED:
-            return off
-        contents = bytes(self._l2_table(off)) if off else bytes(self.cs)
-        new = self.refcounts.alloc(1)
-        self.file.pwrite(new, contents)
-        self._l2_cache[new] = bytearray(contents)
-        self._set_l1_entry(l1_index, new | COPIED)
-        if off:
-            self._l2_cache.pop(off, None)
-            self.refcounts.free(off, 1)
-        return new
-
-    def _set_l1_entry(self, l1_index: int, value: int) -> None:
-        self.file.pwrite(self.header.l1_table_offset + l1_index * 8, struct.pack(">Q", value))
-        self.l1[l1_index] = value
-
-    def _set_l2_entries(self, first_ci: int, entries: list[int]) -> None:
-        """Write consecutive L2 entries (one pwrite per L2 table touched); the tables must exist."""
-        i = 0
-        while i < len(entries):
-            ci = first_ci + i
-            l1_index, idx = divmod(ci, self.l2_entries)
-            n = min(len(entries) - i, self.l2_entries - idx)
-            off = self._l2_table_offset(l1_index)
-            table = self._l2_table(off)
-            packed = struct.pack(f">{n}Q", *entries[i:i + n])
-            self.file.pwrite(off + idx * 8, packed)
-            table[idx * 8:(idx + n) * 8] = packed
-            i += n
-
-    def _release(self, old_entries: list[int]) -> list[int]:
-        """Drop the references old L2 entries held (after nothing points to them any more); return freed hosts."""
-        freed = []
-        for entry in old_entries:
-            if entry & COMPRESSED:
-                host, length = self._compressed_range(entry)
-                first = host >> self.cluster_bits
-                last = (host + length - 1) >> self.cluster_bits
-                self.refcounts.update(first, last - first + 1, -1)
-                if self._compressed_cache and self._compressed_cache[0] == entry:
-                    self._compressed_cache = None
-            elif entry & L2_OFFSET_MASK:
-                host = entry & L2_OFFSET_MASK
-                self.refcounts.free(host, 1)
-                if self.refcounts.get(host >> self.cluster_bits) == 0:
-                    freed.append(host)
-        return freed
-
-    # --- discard and write-zeroes --------------------------------------------------------------------------
-
-    def discard(self, offset: int, length: int) -> None:
-        self._check_writable()
-        self._check_range(offset, length)
-        with self._lock:
-            first, last = self._whole_clusters(offset, length)
-            # With a backing file a discarded cluster must not show the backing data again: mark it zero (v3).
-            new = ZERO if self.backing is not None and self.version >= 3 else 0
-            self._replace_entries(first, last, new, punch=True)
-
-    def write_zeroes(self, offset: int, length: int) -> None:
-        self._check_writable()
-        self._check_range(offset, length)
-        with self._lock:
-            first, last = self._whole_clusters(offset, length)
-            if first >= last:
-                self._zero_partial(offset, length)
-                return
-            self._zero_partial(offset, first * self.cs - offset)
-            if offset + length > last * self.cs:
-                self._zero_partial(last * self.cs, offset + length - last * self.cs)
-            if self.version >= 3:
-                self._replace_entries(first, last, ZERO, punch=True)
-            elif self.backing is None:
-                self._replace_entries(first, last, 0, punch=True)
-            else:
-                # Version 2 has no zero flag: the zeros have to be data over a backing file.
-                step = 256 * self.cs
-                for pos in range(first * self.cs, last * self.cs, step):
-                    self._write_locked(pos, memoryview(bytes(min(step, last * self.cs - pos))))
-
-    def _whole_clusters(self, offset: int, length: int) -> tuple[int, int]:
-        """Clusters [first, last) entirely inside the range; a disk's short last cluster counts when reached."""
-        end = offset + length
-        first = -(-offset // self.cs)
-        last = -(-end // self.cs) if end == self._size else end // self.cs
-        return first, max(first, last)
-
-    def _reads_as_zero(self, ci: int) -> bool:
-        kind, _ = self._classify(self._l2_entry(ci), ci)
-        return kind in (ZERO_PLAIN, ZERO_ALLOC) or kind == UNALLOCATED and self.backing is None
-
-    def _zero_partial(self, offset: int, length: int) -> None:
-        """Write zeros over parts of clusters, skipping clusters that already read as zeros."""
-        end = offset + length
-        while offset < end:
-            n = min(end, (offset | (self.cs - 1)) + 1) - offset
-            if not self._reads_as_zero(offset >> self.cluster_bits):
-                self._write_locked(offset, memoryview(bytes(n)))
-            offset += n
-
-    def _replace_entries(self, first: int, last: int, new: int, punch: bool) -> None:
-        """Set L2 entries of clusters [first, last) to `new` (0 or ZERO), then release their old clusters."""
-        ci = first
-        while ci < last:
-            l1_index, idx = divmod(ci, self.l2_entries)
-            n = min(last - ci, self.l2_entries - idx)
-            off = self._l2_table_offset(l1_index)
-            if not off and new == 0:
-                ci += n          # no table: already unallocated, and there is no backing data to hide
-                continue
-            old = [self._l2_entry(c) for c in range(ci, ci + n)] if off else [0] * n
-            if all(e == new for e in old):
-                ci += n
-                continue
-            if not (off and self.l1[l1_index] & COPIED):
-                self._ensure_l2_table(l1_index)
-            self._set_l2_entries(ci, [new] * n)
-            for host in self._release(old):
-                if punch:
-                    self.file.punch_hole(host, self.cs)
-            ci += n
-
     # --- flush, resize, close ------------------------------------------------------------------------------
 
     def flush(self) -> None:
         with self._lock:
             self.file.fsync()
-
-    def resize(self, new_size: int) -> None:
-        """Grow the virtual disk to `new_size` bytes (shrinking is refused)."""
-        self._check_writable()
-        if new_size < self._size:
-            raise UnsupportedImageError(f"{self.path}: shrinking a qcow2 image is not supported; use "
-                                        "qemu-img resize --shrink")
-        if new_size % 512:
-            raise ImageError(f"{self.path}: a qcow2 image size must be a multiple of 512 bytes")
-        with self._lock:
-            needed = -(-new_size // (self.cs * self.l2_entries))
-            if needed > len(self.l1):
-                self._grow_l1(needed)
-            self.file.pwrite(24, struct.pack(">Q", new_size))
-            self.file.fsync()
-            self._size = new_size
-            self.header.size = new_size
-
-    def _grow_l1(self, needed: int) -> None:
-        if needed * 8 > MAX_L1_BYTES:
-            raise ImageError(f"{self.path}: the L1 table would exceed {MAX_L1_BYTES >> 20} MiB; the size is too "
-                             "large for this cluster size")
-        clusters = -(-needed * 8 // self.cs)
-        entries = self.l1 + [0] * (needed - len(self.l1))
-        new = self.refcounts.alloc(clusters)
-        raw = struct.pack(f">{needed}Q", *entries)
-        self.file.pwrite(new, raw + bytes(clusters * self.cs - len(raw)))
-        self.file.barrier()
-        old_off, old_size = self.header.l1_table_offset, len(self.l1)
-        self.file.pwrite(36, struct.pack(">IQ", needed, new))     # header: l1_size, l1_table_offset
-        self.file.barrier()
-        self.header.l1_size, self.header.l1_table_offset = needed, new
-        self.l1 = entries
-        if old_size:
-            self.refcounts.free(old_off, -(-old_size * 8 // self.cs))
 
     def allocated_bytes(self) -> int:
         return self.file.allocated_bytes()

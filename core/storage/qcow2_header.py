@@ -43,6 +43,14 @@ EXT_DATA_FILE = 0x44415441
 COMPRESSION_ZLIB = 0
 COMPRESSION_ZSTD = 1
 
+# L1 and L2 entries ("Cluster mapping"): bit 63 "copied" (refcount exactly 1, may be written in place), bit 62
+# compressed, bit 0 of a standard L2 entry "reads as zeros" (v3); bits 9-55 the host offset.
+COPIED = 1 << 63
+COMPRESSED = 1 << 62
+ZERO = 1
+L1_OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00
+L2_OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00
+
 _V2 = struct.Struct(">4sIQIIQIIQQIIQ")          # 72 bytes
 _V3_EXTRA = struct.Struct(">QQQII")             # 32 bytes: features, refcount_order, header_length
 

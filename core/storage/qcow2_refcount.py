@@ -20,6 +20,7 @@ import numpy as np
 from core.storage.errors import ImageCorruptError, ImageError
 from core.storage.hostfile import HostFile
 from core.storage.qcow2_header import MAX_REFTABLE_BYTES
+from core.storage.qcow2_meta import HEADER, REFBLOCK, REFTABLE, MetadataGuard
 
 OFFSET_MASK = 0xFFFF_FFFF_FFFF_FE00
 _BLOCK_CACHE = 64
@@ -29,8 +30,9 @@ class Refcounts:
     """Read and update refcounts of host clusters; allocate and free runs of clusters."""
 
     def __init__(self, file: HostFile, path: str, cluster_bits: int, refcount_order: int,
-                 table_offset: int, table_clusters: int) -> None:
+                 table_offset: int, table_clusters: int, guard: MetadataGuard | None = None) -> None:
         self.file = file
+        self.guard = guard
         self.path = path
         self.cluster_bits = cluster_bits
         self.cs = 1 << cluster_bits
@@ -44,6 +46,15 @@ class Refcounts:
         self.table = list(struct.unpack(f">{len(raw) // 8}Q", raw))
         self._blocks: OrderedDict[int, bytearray] = OrderedDict()
         self.free_hint = 0
+        if guard is not None:
+            guard.add(table_offset, table_clusters * self.cs, REFTABLE)
+            for entry in self.table:
+                if entry & OFFSET_MASK:
+                    guard.add(entry & OFFSET_MASK, self.cs, REFBLOCK)
+
+    def _check(self, offset: int, length: int, allowed: str | None = None) -> None:
+        if self.guard is not None:
+            self.guard.check(offset, length, allowed)
 
     # --- lookup -------------------------------------------------------------------------------------------
 
@@ -124,11 +135,14 @@ class Refcounts:
                     raise ImageCorruptError(f"{self.path}: refcount of cluster {bidx * self.per_block + i} would "
                                             f"become {value}; repair the image with qemu-img check -r all")
                 new_values.append(value)
+            lo, hi = self._entry_bytes(first, last)
+            self._check(self.block_offset(bidx) + lo, hi - lo, REFBLOCK)
             for i, value in zip(range(first, last + 1), new_values, strict=True):
                 self._set_entry(blk, i, value)
                 if value == 0:
                     self.free_hint = min(self.free_hint, bidx * self.per_block + i)
-            lo, hi = self._entry_bytes(first, last)
+                    if self.guard is not None:
+                        self.guard.forget_cluster(bidx * self.per_block + i)
             self.file.pwrite(self.block_offset(bidx) + lo, blk[lo:hi])
             cluster += last - first + 1
 
@@ -145,6 +159,7 @@ class Refcounts:
         start, _ = self._find_free_run(count, exact=True)
         if self._missing_block(start, count) is not None:
             return self._alloc_at_end(count)
+        self._check(start * self.cs, count * self.cs)
         self.update(start, count, +1)
         self.free_hint = max(self.free_hint, start + count)
         return start * self.cs
@@ -163,6 +178,7 @@ class Refcounts:
                 break
             # The run starts in a range without a refcount block: create it there, describing itself.
             self._create_block(missing, start)
+        self._check(start * self.cs, n * self.cs)
         self.update(start, n, +1)
         self.free_hint = max(self.free_hint, start + n)
         return start * self.cs, n
@@ -239,6 +255,7 @@ class Refcounts:
             if not blocks or max(blocks) < len(self.table):
                 break
             self._grow_table(max(blocks) + 1)
+        self._check(start * self.cs, (end - start) * self.cs)
         new = {b: bytearray(self.cs) for b in blocks}
         for cl in range(start, end):
             b = cl // self.per_block
@@ -249,10 +266,16 @@ class Refcounts:
         for i, (b, blk) in enumerate(new.items()):
             at = (start + count + i) * self.cs
             self.file.pwrite(at, blk)                        # the block first, then the table entry to it
+            self._add(at, REFBLOCK)
+            self._check(self.table_offset + b * 8, 8, REFTABLE)
             self.file.pwrite(self.table_offset + b * 8, struct.pack(">Q", at))
             self.table[b] = at
             self._blocks[b] = blk
         return start * self.cs
+
+    def _add(self, offset: int, kind: str, clusters: int = 1) -> None:
+        if self.guard is not None:
+            self.guard.add(offset, clusters * self.cs, kind)
 
     def _create_block(self, bidx: int, at_cluster: int) -> None:
         if bidx >= len(self.table):
@@ -260,7 +283,11 @@ class Refcounts:
             return
         blk = bytearray(self.cs)
         self._set_entry(blk, at_cluster - bidx * self.per_block, 1)
+        # A table entry of 0 over clusters that hold metadata (a damaged image) must not put a block on them.
+        self._check(at_cluster * self.cs, self.cs)
         self.file.pwrite(at_cluster * self.cs, blk)           # the block first, then the table entry to it
+        self._add(at_cluster * self.cs, REFBLOCK)
+        self._check(self.table_offset + bidx * 8, 8, REFTABLE)
         self.file.pwrite(self.table_offset + bidx * 8, struct.pack(">Q", at_cluster * self.cs))
         self.table[bidx] = at_cluster * self.cs
         self._blocks[bidx] = blk
@@ -284,6 +311,7 @@ class Refcounts:
             raise ImageError(f"{self.path}: the refcount table would exceed {MAX_REFTABLE_BYTES >> 20} MiB; the image "
                              "is too large for its cluster size")
         table_at = start * self.cs
+        self._check(table_at, (end - start) * self.cs)
         block_at = {b: (start + n_table + i) for i, b in enumerate(new_blocks)}
         # Clusters of the new structures that fall in existing blocks are counted there first (via the old table).
         for cl in range(start, end):
@@ -296,14 +324,19 @@ class Refcounts:
                 self._set_entry(blocks[b], cl - b * self.per_block, 1)
         for b, blk in blocks.items():
             self.file.pwrite(block_at[b] * self.cs, blk)
+            self._add(block_at[b] * self.cs, REFBLOCK)
         table = self.table + [0] * (n_table * per_table_cluster - len(self.table))
         for b in new_blocks:
             table[b] = block_at[b] * self.cs
         self.file.pwrite(table_at, struct.pack(f">{len(table)}Q", *table))
         self.file.barrier()
         old_offset, old_clusters = self.table_offset, self.table_clusters
+        self._check(48, 12, HEADER)
         self.file.pwrite(48, struct.pack(">QI", table_at, n_table))   # header: refcount_table_offset/_clusters
         self.file.barrier()
+        if self.guard is not None:
+            self.guard.forget(old_offset, old_clusters * self.cs)
+        self._add(table_at, REFTABLE, n_table)
         self.table, self.table_offset, self.table_clusters = table, table_at, n_table
         for b, blk in blocks.items():
             self._blocks[b] = blk

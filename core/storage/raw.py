@@ -16,7 +16,7 @@ _SIGNATURES = (b"QFI\xfb",)
 
 
 class RawImage(BlockDevice):
-    """A raw image file: size is the file size."""
+    """A raw image file: size is the file size rounded up to 512 bytes."""
 
     format_name = "raw"
 
@@ -26,7 +26,8 @@ class RawImage(BlockDevice):
         self.read_only = read_only
         self.probed = probed
         self.file = HostFile(path, read_only, cache, lock)
-        self._size = self.file.size
+        # As QEMU: the disk is whole 512-byte sectors; a file's odd tail is rounded up (reads as zeros past EOF).
+        self._size = -(-self.file.size // 512) * 512
 
     @property
     def size(self) -> int:
