@@ -233,8 +233,9 @@ class Board:
             assert self.fw_cfg is not None
             if config.kernel:
                 add_linux_kernel(self.fw_cfg, self.memory, self.boot_devices,
-                                 read_boot_file(config.kernel, "kernel"),
-                                 read_boot_file(config.initrd, "initrd") if config.initrd else None,
+                                 read_boot_file(config.kernel, "kernel", self.memory.size),
+                                 read_boot_file(config.initrd, "initrd", self.memory.size)
+                                 if config.initrd else None,
                                  config.cmdline, kernel_name=os.path.basename(config.kernel))
             configure_fw_cfg(self.fw_cfg, config, self.memory, self.boot_devices, self.acpi_fw_cfg_files(config))
         else:

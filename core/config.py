@@ -20,6 +20,7 @@ import copy
 import json
 import os
 import re
+import stat
 import tempfile
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field, replace
@@ -328,12 +329,65 @@ def vms_dir() -> Path:
     return config_dir() / "vms"
 
 
+def make_private_dirs(path: Path | str) -> None:
+    """mkdir -p `path`, each folder it creates 0700 (as the runtime directory is): definitions name disk images
+    and kernels, and images hold the guests' data, so they are the user's alone (issue 18, defect 11). Folders
+    that exist are left as they are. os.makedirs applies its mode to the last folder only (Python 3.7+)."""
+    path = Path(path)
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a folder")
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue        # another process made it first
+        os.chmod(folder, 0o700)     # mode is filtered by the umask; 0700 is what is meant whatever it is
+
+
 def images_dir() -> Path:
     """Where new disk images go: $XDG_DATA_HOME/vireo/images (default ~/.local/share/vireo/images)."""
     return _xdg("XDG_DATA_HOME", ".local/share") / "vireo" / "images"
 
 
 # -- the store ----------------------------------------------------------------------------------------------
+
+MAX_DEFINITION_BYTES = 1 << 20     # a definition is a few KiB; anything near this is not one
+
+
+def read_definition_file(path: Path) -> bytes:
+    """A definition file's bytes: a regular file of at most MAX_DEFINITION_BYTES, opened without blocking (a FIFO
+    named *.json must not hang the loader, a symlink to /dev/zero must not be read without end); ConfigError
+    otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError("cannot read: it is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError("not a regular file (a device, FIFO or socket): remove it or replace it "
+                              "with a definition")
+        if st.st_size > MAX_DEFINITION_BYTES:
+            raise ConfigError(f"{st.st_size} bytes, larger than a definition can be ({MAX_DEFINITION_BYTES})")
+        data = os.read(fd, MAX_DEFINITION_BYTES + 1)
+        if len(data) > MAX_DEFINITION_BYTES:
+            raise ConfigError(f"larger than a definition can be ({MAX_DEFINITION_BYTES} bytes)")
+        return data
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
 
 @dataclass(frozen=True)
 class LoadError:
@@ -400,6 +454,10 @@ class ConfigStore:
                 errors.append(LoadError(path, str(exc)))
                 self._broken.add(path)
                 continue
+            except Exception as exc:    # whatever one file does, it is that file's error row, not every VM's
+                errors.append(LoadError(path, f"cannot load: {type(exc).__name__}: {str(exc)[:200]}"))
+                self._broken.add(path)
+                continue
             other = names.get(cfg.name.casefold())
             if other is not None:
                 errors.append(LoadError(path, f"name {cfg.name!r} is already used by {other.name}"))
@@ -411,16 +469,17 @@ class ConfigStore:
         return configs, errors
 
     def _load(self, path: Path) -> VmConfig:
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror}") from None
+        raw = read_definition_file(path)
         try:
             data = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise ConfigError(f"not UTF-8 text (byte {exc.start})") from None
         except json.JSONDecodeError as exc:
             raise ConfigError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        except RecursionError:
+            raise ConfigError("not a VM definition: its JSON is nested too deeply") from None
+        except ValueError as exc:   # e.g. an integer of more digits than int() converts (sys.int_info)
+            raise ConfigError(f"not a VM definition: {str(exc)[:120]}") from None
         cfg = VmConfig.from_dict(data)
         if path.stem != cfg.uuid:
             raise ConfigError(f"file name does not match its uuid {cfg.uuid} (rename it to {cfg.uuid}.json)")
@@ -433,7 +492,7 @@ class ConfigStore:
         if path in self._broken:
             raise ConfigError(f"{path} could not be loaded earlier; fix or remove it by hand, Vireo will not "
                               "overwrite it")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.directory)
         text = json.dumps(cfg.to_dict(), indent=2, sort_keys=False) + "\n"
         atomic_write(path, text.encode())
         return path

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from core.board import Board
 from core.boot.loader import load_kernel
 from core.devices.vga_screen_info import screen_info_for_text_mode
-from core.hypervisor.base import ExitReason, Vcpu
+from core.hypervisor.base import ExitReason, Vcpu, fault_line
 from core.hypervisor.select import AccelChoice, choose_accelerator
 
 if TYPE_CHECKING:
@@ -334,7 +334,7 @@ class Machine:
                 ex = vcpu.run()
             except Exception as exc:  # a backend or device-model bug stops this VM only
                 log.exception("vCPU %d failed", vcpu.index)
-                self.post_crash(f"vCPU {vcpu.index}: {type(exc).__name__}: {exc}")
+                self.post_crash(fault_line(f"vCPU {vcpu.index}", exc))
                 self._park_until_released()
                 continue
             if ex.reason == ExitReason.KICKED:

@@ -36,6 +36,7 @@ from core.storage import CACHE_MODES, ImageError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 ESCAPE_PREFIX = 0x01  # Ctrl-A, then 'x' quits — QEMU's -serial stdio habit
+MAX_TIMEOUT = 365 * 86400.0   # a year: far beyond any run, well inside what a lock's wait accepts
 
 
 class BadInput(Exception):
@@ -93,7 +94,20 @@ def _serial_sink(spec: str) -> tuple[Callable[[bytes], None], Callable[[], None]
             f = open(path, "ab", buffering=0)
         except OSError as exc:
             raise BadInput(f"--serial {spec}: cannot open {path}: {exc.strerror}") from exc
-        return f.write, f.close, False
+        failed: list[OSError] = []
+
+        def write_file(data: bytes) -> None:
+            # A full disk or a broken file loses the serial log, not the VM: say so once and drop what follows,
+            # as QEMU's file chardev does.
+            if failed:
+                return
+            try:
+                f.write(data)
+            except OSError as exc:
+                failed.append(exc)
+                print(f"\r\nvireo: --serial {spec}: writing failed ({exc.strerror or exc}); serial output from "
+                      f"now on is discarded", file=sys.stderr)
+        return write_file, f.close, False
     raise BadInput(f"--serial {spec!r}: use stdio, none or file:PATH")
 
 
@@ -301,8 +315,10 @@ def prepare(args: argparse.Namespace) -> RunSession | int:
         boot = parse_boot(args.boot)
         if args.initrd and not args.kernel:
             raise BadInput(f"--initrd {args.initrd}: an initrd needs --kernel")
-        if args.timeout is not None and args.timeout <= 0:
-            raise BadInput(f"--timeout {args.timeout}: give a positive number of seconds")
+        # NaN compares false with everything, so "not > 0" (not "<= 0") catches it; inf would overflow the wait.
+        if args.timeout is not None and not 0 < args.timeout <= MAX_TIMEOUT:
+            raise BadInput(f"--timeout {args.timeout:g}: give a number of seconds above 0 and at most "
+                           f"{MAX_TIMEOUT:g}")
         if args.screendump:
             folder = os.path.dirname(os.path.abspath(args.screendump))
             if not os.path.isdir(folder):

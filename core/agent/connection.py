@@ -9,6 +9,11 @@ console, which it maps itself); "input" messages carry keys and mouse motion to 
 one queue and writer thread per connection, so whatever produces serial output never waits on the network. A
 protocol error closes that connection (after a "fatal" message saying why); the service and the other connections
 carry on.
+
+Bounds (issue 18, defect 9): at most MAX_PENDING_CALLS calls wait or run per connection; past that the
+connection's reader stops reading, so a client that floods calls is held back by its own socket. Its outgoing
+queue holds at most MAX_BACKLOG_BYTES: a client that sends calls but never reads the replies is dropped (serial
+output is dropped earlier, past MAX_QUEUED_BYTES), so it cannot grow the service's memory.
 """
 from __future__ import annotations
 
@@ -46,6 +51,8 @@ log = logging.getLogger("vireo.agent")
 
 CALL_WORKERS = 4
 MAX_QUEUED_BYTES = 32 * 1024 * 1024   # per connection: past this, serial output for it is dropped
+MAX_BACKLOG_BYTES = 64 * 1024 * 1024  # past this even replies and events are not queued: the client is dropped
+MAX_PENDING_CALLS = 64                # calls queued or running per connection; then the reader stops reading
 CONSOLE_INTERVAL = 1 / 60
 
 
@@ -135,6 +142,7 @@ class Connection:
         self.queue_lock = threading.Lock()     # orders a subscribe reply before the data that follows it
         self.closed = threading.Event()
         self.pool = ThreadPoolExecutor(CALL_WORKERS, thread_name_prefix="agent-call")
+        self.pending = threading.Semaphore(MAX_PENDING_CALLS)
         self.serial: dict[str, Any] = {}
         self.consoles: dict[str, _ConsoleStream] = {}
         self.listener = self._on_event
@@ -148,8 +156,13 @@ class Connection:
                 return
             if droppable and self.queued > MAX_QUEUED_BYTES:
                 return
-            self.queued += len(data)
-            self.out.put(data)
+            overflow = self.queued + len(data) > MAX_BACKLOG_BYTES
+            if not overflow:
+                self.queued += len(data)
+                self.out.put(data)
+        if overflow:
+            log.warning("dropping a client that does not read: %d bytes are waiting for it", self.queued)
+            threading.Thread(target=self._drop, name="agent-drop", daemon=True).start()
 
     def send_many(self, messages: list[Message]) -> None:
         for header, payload in messages:
@@ -162,7 +175,7 @@ class Connection:
             try:
                 self.sock.sendall(data)
             except OSError:
-                self.close()
+                self.close()        # (close() knows not to join this thread)
                 return
 
     # -- receiving -------------------------------------------------------------------------------------------
@@ -192,12 +205,19 @@ class Connection:
         if kind == "call":
             call_id = header.get("id")
             method = header.get("m")
-            if not isinstance(call_id, int) or not isinstance(method, str):
+            if not isinstance(call_id, int) or isinstance(call_id, bool) or not isinstance(method, str):
                 raise ProtocolError("call without an integer id and a method name")
             args = header.get("a", {})
             if not isinstance(args, dict):
                 raise ProtocolError("call arguments must be an object")
-            self.pool.submit(self._call, call_id, method, args, payload)
+            # Back-pressure: with MAX_PENDING_CALLS outstanding, stop reading until one finishes.
+            while not self.pending.acquire(timeout=1.0):
+                if self.closed.is_set():
+                    return
+            try:
+                self.pool.submit(self._call, call_id, method, args, payload)
+            except RuntimeError:        # the pool was shut down: the connection is closing
+                self.pending.release()
         elif kind == "input":
             self._input(header, payload)
         elif kind == "fb_ack":
@@ -211,6 +231,12 @@ class Connection:
             raise ProtocolError(f"unknown message type {kind[:40]!r}")
 
     def _call(self, call_id: int, method: str, args: dict[str, Any], payload: bytes) -> None:
+        try:
+            self._run_call(call_id, method, args, payload)
+        finally:
+            self.pending.release()
+
+    def _run_call(self, call_id: int, method: str, args: dict[str, Any], payload: bytes) -> None:
         handler = getattr(self, f"m_{method}", None)
         try:
             if handler is None:
@@ -362,9 +388,16 @@ class Connection:
 
     def m_create_disk(self, path: str, size_bytes: int, fmt: str = "raw", preallocate: bool = False,
                       call_id: int = 0, **_: Any) -> None:
+        if not isinstance(path, str) or not isinstance(fmt, str):
+            raise wire.WireError("create_disk: path and fmt must be strings")
+        if not isinstance(size_bytes, int) or isinstance(size_bytes, bool):
+            raise wire.WireError("create_disk: size_bytes must be an integer")
+        if not isinstance(preallocate, bool):
+            raise wire.WireError("create_disk: preallocate must be true or false")
+
         def progress(done: int, total: int) -> None:
             self.send({"t": "progress", "id": call_id, "done": done, "total": total}, droppable=True)
-        self.host.create_disk(path, int(size_bytes), fmt, bool(preallocate), progress)
+        self.host.create_disk(path, size_bytes, fmt, preallocate, progress)
 
     def m_serial_subscribe(self, uuid: str, call_id: int = 0, **_: Any) -> tuple[None, bytes] | None:
         if uuid in self.serial:
@@ -411,6 +444,14 @@ class Connection:
             stream.stop()
 
     # -- teardown --------------------------------------------------------------------------------------------
+    def _drop(self) -> None:
+        """Close without flushing: the writer is stuck on a peer that does not read, so cut the socket first."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.close()
+
     def close(self) -> None:
         with self.queue_lock:
             if self.closed.is_set():
@@ -425,7 +466,9 @@ class Connection:
             stream.stop()
         self.consoles.clear()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.writer.join(5)
+        # The writer closes the connection itself when the peer resets it; a thread cannot join itself.
+        if threading.current_thread() is not self.writer and self.writer.is_alive():
+            self.writer.join(5)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -18,6 +18,7 @@ import argparse
 import fcntl
 import logging
 import os
+import resource
 import signal
 import socket
 import struct
@@ -35,6 +36,9 @@ from core.protocol import encode
 log = logging.getLogger("vireo.agent")
 
 IDLE_EXIT = 600.0               # seconds without connections or running VMs before the daemon exits
+MAX_CONNECTIONS = 64            # per service, i.e. per user: a GUI, a few CLIs and SSH bridges need a handful
+ACCEPT_BACKOFF = 0.1            # after a failed accept (EMFILE: out of descriptors), before trying again
+FD_RESERVE = 128                # descriptors kept for the VMs (sockets, logs, disks) when capping connections
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -82,7 +86,15 @@ class Agent:
         sock.settimeout(1.0)
         self.listener = sock
 
+    def connection_limit(self) -> int:
+        """MAX_CONNECTIONS, or fewer when the descriptor limit (ulimit -n) leaves less room beside the VMs'."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return MAX_CONNECTIONS
+        return max(1, min(MAX_CONNECTIONS, (soft - FD_RESERVE) // 2))
+
     def serve_forever(self) -> None:
+        failures = 0
         while not self._stopping.is_set():
             listener = self.listener
             if listener is None:
@@ -92,22 +104,56 @@ class Agent:
             except TimeoutError:
                 self._maybe_exit_idle()
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     break
-                raise
-            client.settimeout(None)
-            if peer_uid(client) != os.getuid():
-                try:
-                    client.sendall(encode({"t": "fatal", "e": "this agent belongs to another user"}))
-                finally:
-                    client.close()
+                # EMFILE/ENFILE/ENOBUFS/ECONNABORTED: one client is not served, the service and its VMs run on.
+                # The pending connection stays queued; wait a little rather than spin on it.
+                failures += 1
+                if failures == 1 or failures % 100 == 0:
+                    log.warning("accepting a connection failed (%s; %d times so far): retrying",
+                                exc.strerror or exc, failures)
+                self._stopping.wait(ACCEPT_BACKOFF)
+                self._maybe_exit_idle()
                 continue
-            conn = Connection(self, client)
-            with self._lock:
-                self._connections.add(conn)
-            threading.Thread(target=conn.serve, name="agent-conn", daemon=True).start()
+            try:
+                self._admit(client)
+            except Exception:       # one connection's failure (no thread, no descriptor) never ends the service
+                log.exception("setting up a connection failed")
+                client.close()
         self._shutdown()
+
+    def _admit(self, client: socket.socket) -> None:
+        client.settimeout(None)
+        if peer_uid(client) != os.getuid():
+            self._refuse(client, "this agent belongs to another user")
+            return
+        limit = self.connection_limit()
+        with self._lock:
+            full = len(self._connections) >= limit
+            if not full:
+                conn = Connection(self, client)
+                self._connections.add(conn)
+        if full:
+            log.warning("refused a connection: %d connections already (the limit)", limit)
+            self._refuse(client, f"the Vireo service already serves {limit} connections, its limit; close "
+                                 f"another client (a GUI, CLI or SSH session) and try again")
+            return
+        try:
+            threading.Thread(target=conn.serve, name="agent-conn", daemon=True).start()
+        except BaseException:
+            self.forget(conn)
+            raise
+
+    @staticmethod
+    def _refuse(client: socket.socket, why: str) -> None:
+        try:
+            client.settimeout(1.0)
+            client.sendall(encode({"t": "fatal", "e": why}))
+        except OSError:
+            pass
+        finally:
+            client.close()
 
     def _maybe_exit_idle(self) -> None:
         with self._lock:

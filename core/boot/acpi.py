@@ -20,6 +20,7 @@ as fw_cfg files and a table-loader script (core/boot/acpi_fw_cfg.py), and the fi
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core import platform
@@ -267,19 +268,28 @@ def guest_ram_split(memory: GuestMemory) -> tuple[int, int]:
     return low_ram_end(memory), high_end - FOUR_GIB
 
 
-def build_acpi_tables(memory: GuestMemory, num_cpus: int) -> int:
-    """Direct boot: write the RSDP at platform.ACPI_TABLES_ADDR, the tables after it, and return the RSDP's
-    address."""
+def build_acpi_tables(memory: GuestMemory, num_cpus: int,
+                      avoid: Sequence[tuple[int, int]] = ()) -> int:
+    """Direct boot: write the RSDP and the tables after it, in the BIOS area where an OS scans for them (ACPI 6.4,
+    5.2.5.1), clear of the `avoid` ranges (where the kernel will load), and return the RSDP's address. The first
+    choice is platform.ACPI_TABLES_ADDR; a kernel that loads there pushes them up in 4 KiB steps."""
     if not memory.contains(platform.ACPI_TABLES_ADDR, ACPI_AREA_END - platform.ACPI_TABLES_ADDR):
         raise BootError(f"guest memory of {memory.size >> 10} KiB has no room for the ACPI tables at "
                         f"{platform.ACPI_TABLES_ADDR:#x}; give more --memory")
     layout = layout_acpi_tables(num_cpus, pci_windows(*guest_ram_split(memory)))
-    rsdp_addr = platform.ACPI_TABLES_ADDR
-    tables_addr = -(rsdp_addr + RSDP_LEN) % TABLES_ALIGN + rsdp_addr + RSDP_LEN
-    if tables_addr + len(layout.tables) > ACPI_AREA_END:
-        raise BootError(f"the ACPI tables do not fit below {ACPI_AREA_END:#x}; use fewer --cpus")
-    tables, rsdp = place(layout, tables_addr, rsdp_addr)
-    memory.fill(platform.ACPI_TABLES_ADDR, tables_addr + len(tables) - platform.ACPI_TABLES_ADDR, 0)
-    memory.write(rsdp_addr, rsdp)
-    memory.write(tables_addr, tables)
-    return rsdp_addr
+    for rsdp_addr in range(platform.ACPI_TABLES_ADDR, platform.BIOS_AREA_END, 0x1000):
+        tables_addr = -(rsdp_addr + RSDP_LEN) % TABLES_ALIGN + rsdp_addr + RSDP_LEN
+        end = tables_addr + len(layout.tables)
+        if end > ACPI_AREA_END and rsdp_addr == platform.ACPI_TABLES_ADDR:
+            raise BootError(f"the ACPI tables do not fit below {ACPI_AREA_END:#x}; use fewer --cpus")
+        if end > platform.BIOS_AREA_END:
+            break
+        if any(rsdp_addr < a_end and a_start < end for a_start, a_end in avoid):
+            continue
+        tables, rsdp = place(layout, tables_addr, rsdp_addr)
+        memory.fill(rsdp_addr, end - rsdp_addr, 0)
+        memory.write(rsdp_addr, rsdp)
+        memory.write(tables_addr, tables)
+        return rsdp_addr
+    raise BootError(f"the kernel loads over the whole BIOS area {platform.ACPI_TABLES_ADDR:#x}-"
+                    f"{platform.BIOS_AREA_END:#x}, leaving no room for the ACPI tables; link it at 1 MiB or above")

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from core.boot.e820 import build_e820
 from core.boot.errors import BootError
+from core.boot.files import cmdline_bytes, read_bounded
 from core.boot.linux import is_bzimage
 from core.devices import fw_cfg as fc
 from core.memory import GuestMemory
@@ -139,7 +140,7 @@ def add_linux_kernel(fw: fc.FwCfg, memory: GuestMemory, boot: BootDevices, kerne
                         f"firmware boot needs a bzImage of protocol 2.02 or later")
     setup_size = ((header[0x1F1] or 4) + 1) * 512
     setup = bytearray(kernel[:setup_size])
-    raw_cmdline = cmdline.encode() + b"\0"
+    raw_cmdline = cmdline_bytes(cmdline, kernel_name) + b"\0"
     struct.pack_into("<I", setup, 0x228, CMDLINE_ADDR)                  # cmd_line_ptr
     setup[0x210] = 0xB0                                                  # type_of_loader: QEMU's id
     setup[0x211] |= 0x80                                                 # CAN_USE_HEAP
@@ -171,10 +172,7 @@ def add_linux_kernel(fw: fc.FwCfg, memory: GuestMemory, boot: BootDevices, kerne
     boot.add("kernel", KERNEL_BOOT_PATH)
 
 
-def read_boot_file(path: str, what: str) -> bytes:
-    """A kernel or initrd for firmware boot; one-line BootError if it cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise BootError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+def read_boot_file(path: str, what: str, limit: int) -> bytes:
+    """A kernel or initrd for firmware boot, at most `limit` bytes (guest RAM: a bigger one cannot be loaded);
+    one-line BootError if it cannot be read."""
+    return read_bounded(path, what, limit)

@@ -28,6 +28,7 @@ from core.boot import vmlinux_cache
 from core.boot.e820 import build_e820, extended_kib, low_ram_end
 from core.boot.elf import EM_X86_64, ElfImage, is_elf, load_segments, parse_elf
 from core.boot.errors import BootError, mib
+from core.boot.files import cmdline_bytes as encode_cmdline
 from core.boot.x86_setup import BOOT_CS, BOOT_DS, flat_protected_mode_state, long_mode_state
 from core.hypervisor.base import CpuState
 from core.memory import GuestMemory
@@ -154,6 +155,8 @@ def parse_bzimage(data: bytes, name: str, file_size: int | None = None) -> BzIma
     size = len(data) if file_size is None else file_size
     if not is_bzimage(data):
         raise BootError(f"{name} is not a Linux bzImage (no 'HdrS' signature at offset 0x202)")
+    if len(data) < HDR_VERSION + 2:
+        raise BootError(f"{name} is truncated: its setup header is cut off at {len(data)} bytes")
     version = _u16(data, HDR_VERSION)
     if version < MIN_PROTOCOL:
         raise BootError(f"{name} uses Linux boot protocol {version >> 8}.{version & 0xFF:02d}; Vireo needs 2.06 "
@@ -222,40 +225,63 @@ def payload_format(payload: bytes) -> str:
     return "unknown"
 
 
-def _zstd_decompress(payload: bytes, size_hint: int) -> bytes | None:
+def _zstd_decompress(payload: bytes, limit: int) -> bytes | None:
     try:
         import zstandard  # optional: not in the standard library
     except ImportError:
         return None
-    return zstandard.ZstdDecompressor().decompress(payload, max_output_size=size_hint)
+    # A stream reader never allocates what a frame header claims; read in pieces up to the bound.
+    reader = zstandard.ZstdDecompressor().stream_reader(payload, read_across_frames=False)
+    parts, total = [], 0
+    while total <= limit:
+        part = reader.read(min(1 << 22, limit + 1 - total))
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
 
 
-def decompress_payload(payload: bytes, name: str) -> tuple[str, bytes | None]:
+def _bounded(decoder: object, payload: bytes, limit: int) -> bytes:
+    """Run a standard-library stream decoder (zlib/lzma/bz2 decompressobj) for at most limit + 1 bytes of output:
+    a payload that unpacks to more is a bomb or a corrupt kernel, found without holding what it would expand to."""
+    return decoder.decompress(payload, limit + 1)   # type: ignore[attr-defined]
+
+
+def decompress_payload(payload: bytes, name: str, limit: int = 1 << 30) -> tuple[str, bytes | None]:
     """(format, the vmlinux ELF) or (format, None) when this host cannot unpack the format.
 
     The kernel build appends the uncompressed size as a 32-bit little-endian word (size_append); each stream
     decoder stops at its own end marker, so those trailing bytes are left over, and they check the result.
+    Nothing is unpacked past that size or past `limit` (the guest's RAM: a bigger vmlinux could not be loaded).
     """
     fmt = payload_format(payload)
     size_hint = _u32(payload, len(payload) - 4) if len(payload) >= 4 else 0
+    if fmt not in ("none", "unknown", "lzo", "lz4") and size_hint > limit:
+        raise BootError(f"{name}: its {fmt} payload says it unpacks to {mib(size_hint)}, more than the "
+                        f"{mib(limit)} of guest memory; give more --memory")
+    bound = min(size_hint, limit) if size_hint else limit
     try:
         if fmt == "gzip":
-            out = zlib.decompressobj(wbits=31).decompress(payload)
+            out = _bounded(zlib.decompressobj(wbits=31), payload, bound)
         elif fmt in ("xz", "lzma"):
-            dec = lzma.LZMADecompressor(lzma.FORMAT_XZ if fmt == "xz" else lzma.FORMAT_ALONE)
-            out = dec.decompress(payload)
+            out = _bounded(lzma.LZMADecompressor(lzma.FORMAT_XZ if fmt == "xz" else lzma.FORMAT_ALONE), payload,
+                           bound)
         elif fmt == "bzip2":
-            out = bz2.BZ2Decompressor().decompress(payload)
+            out = _bounded(bz2.BZ2Decompressor(), payload, bound)
         elif fmt == "zstd":
-            out = _zstd_decompress(payload, size_hint)
+            out = _zstd_decompress(payload, bound)
         elif fmt == "none":
             out = payload
         else:
             out = None
-    except (zlib.error, lzma.LZMAError, OSError, ValueError) as exc:
+    except (zlib.error, lzma.LZMAError, OSError, ValueError, EOFError) as exc:
         raise BootError(f"{name}: its {fmt} payload is corrupt ({exc}); re-download or rebuild the kernel") from exc
     if out is None:
         return fmt, None
+    if fmt != "none" and len(out) > bound:
+        raise BootError(f"{name}: its {fmt} payload unpacks to more than {mib(bound)} (the size it declares, or "
+                        f"guest memory); the kernel file is corrupt or a decompression bomb")
     if fmt != "none" and size_hint and len(out) != size_hint:
         raise BootError(f"{name}: its {fmt} payload unpacks to {len(out)} bytes, the image says {size_hint}; "
                         f"the kernel file is corrupt")
@@ -265,7 +291,7 @@ def decompress_payload(payload: bytes, name: str) -> tuple[str, bytes | None]:
 _vmlinux_cache: dict[bytes, tuple[str, bytes | None]] = {}
 
 
-def _decompress_cached(payload: bytes, name: str) -> tuple[str, bytes | None]:
+def _decompress_cached(payload: bytes, name: str, limit: int) -> tuple[str, bytes | None]:
     """Keep the last unpacked kernel in memory (a VM that reboots loads the same one again) and every recent one
     on disk (the next run of the same kernel skips the ~0.6 s xz unpacking)."""
     key = hashlib.sha256(payload).digest()
@@ -280,7 +306,7 @@ def _decompress_cached(payload: bytes, name: str) -> tuple[str, bytes | None]:
         if cached is not None:
             hit = (fmt, cached)
         else:
-            hit = decompress_payload(payload, name)
+            hit = decompress_payload(payload, name, limit)
             if hit[1] is not None and fmt != "none":
                 vmlinux_cache.store(key.hex(), hit[0], hit[1])
         _vmlinux_cache.clear()
@@ -345,13 +371,11 @@ def boot_linux(memory: GuestMemory, kernel: bytes, initrd: bytes | None, cmdline
     if low_end < 2 * platform.KERNEL_LOAD_ADDR:
         raise BootError(f"{kernel_name}: {total} MiB of guest memory is too little for Linux; give more --memory")
 
-    cmdline_bytes = cmdline.encode("utf-8")
+    cmdline_bytes = encode_cmdline(cmdline, kernel_name)
     limit = min(hdr.cmdline_size, platform.CMDLINE_MAX - 1)
     if len(cmdline_bytes) > limit:
         raise BootError(f"{kernel_name}: the command line is {len(cmdline_bytes)} bytes, longer than the {limit} "
                         f"this kernel accepts; shorten it")
-    if b"\0" in cmdline_bytes:
-        raise BootError(f"{kernel_name}: the command line contains a NUL byte")
 
     pm_start = hdr.setup_size
     pm_image = memoryview(kernel)[pm_start:pm_start + hdr.protected_mode_size]
@@ -362,7 +386,7 @@ def boot_linux(memory: GuestMemory, kernel: bytes, initrd: bytes | None, cmdline
     fmt = ""
     if decompress_on_host and hdr.payload_length and hdr.has_64bit_entry:
         payload = bytes(pm_image[hdr.payload_offset:hdr.payload_offset + hdr.payload_length])
-        fmt, unpacked = _decompress_cached(payload, kernel_name)
+        fmt, unpacked = _decompress_cached(payload, kernel_name, low_end)
         if unpacked is not None:
             image = parse_elf(unpacked, f"{kernel_name} (unpacked vmlinux)")
             if image.elf_class == 64 and image.machine == EM_X86_64:

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from core.boot.acpi import build_acpi_tables
 from core.boot.errors import BootError
+from core.boot.files import read_bounded
 from core.boot.linux import boot_linux, is_bzimage
-from core.boot.multiboot import boot_multiboot, is_multiboot
+from core.boot.multiboot import boot_multiboot, is_multiboot, multiboot_ranges
 from core.hypervisor.base import CpuState
 from core.memory import GuestMemory, GuestMemoryError
 
@@ -24,34 +25,25 @@ class BootResult:
     rsdp_addr: int = 0
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise BootError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise BootError(f"{what} {path} is a directory, not a file") from None
-    except OSError as exc:
-        raise BootError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-
-
 def load_kernel(memory: GuestMemory, kernel_path: str, initrd_path: str | None, cmdline: str, num_cpus: int,
                 decompress_on_host: bool = False, screen_info: bytes | None = None) -> BootResult:
     """Put the kernel, initrd, command line and ACPI tables in guest memory; return the BSP's entry state."""
-    kernel = _read(kernel_path, "kernel")
-    initrd = _read(initrd_path, "initrd") if initrd_path else None
+    # Neither file can be bigger than guest RAM and still boot: refuse it before reading it.
+    kernel = read_bounded(kernel_path, "kernel", memory.size)
+    initrd = read_bounded(initrd_path, "initrd", memory.size) if initrd_path else None
     kernel_name = os.path.basename(kernel_path) or kernel_path
     initrd_name = os.path.basename(initrd_path) if initrd_path else "initrd"
     if not kernel:
         raise BootError(f"kernel {kernel_path} is empty")
     try:
-        rsdp = build_acpi_tables(memory, num_cpus)
         if is_bzimage(kernel):
+            rsdp = build_acpi_tables(memory, num_cpus)
             linux = boot_linux(memory, kernel, initrd, cmdline, rsdp, decompress_on_host=decompress_on_host,
                                kernel_name=kernel_name, initrd_name=initrd_name, screen_info=screen_info)
             return BootResult(linux.cpu_state, linux.description, rsdp)
         if is_multiboot(kernel):
+            # The tables go where this kernel does not load (a linker may put its ELF headers just below 1 MiB).
+            rsdp = build_acpi_tables(memory, num_cpus, avoid=multiboot_ranges(kernel, kernel_name))
             mb = boot_multiboot(memory, kernel, cmdline, initrd, kernel_name, initrd_name)
             return BootResult(mb.cpu_state, mb.description, rsdp)
     except GuestMemoryError as exc:

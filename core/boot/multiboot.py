@@ -16,6 +16,7 @@ from core import platform
 from core.boot.e820 import build_e820, conventional_kib, extended_kib, low_ram_end
 from core.boot.elf import is_elf, load_segments, parse_elf
 from core.boot.errors import BootError, mib
+from core.boot.files import cmdline_bytes as encode_cmdline
 from core.boot.x86_setup import flat_protected_mode_state
 from core.hypervisor.base import CpuState
 from core.memory import GuestMemory
@@ -41,6 +42,7 @@ INFO_SIZE = 0x74              # through the framebuffer fields, all of which sta
 
 LOADER_NAME = b"Vireo\0"
 PAGE = 0x1000
+VGA_WINDOW_START, VGA_WINDOW_END = 0xA_0000, 0xC_0000
 
 # The boot information page: the structure, then its strings and arrays.
 INFO_ADDR = platform.MULTIBOOT_INFO_ADDR
@@ -50,10 +52,13 @@ MODS_ADDR = INFO_ADDR + 0x400
 MOD_STRING_ADDR = INFO_ADDR + 0x440
 INFO_PAGE_END = INFO_ADDR + PAGE
 
-# Low memory the loader itself writes; a kernel loaded there would be overwritten (or overwrite it).
+# Low memory the loader itself writes, and the VGA window that is not RAM; a kernel loaded there would be
+# overwritten (or overwrite it). The rest of the BIOS area is RAM on the direct-boot board: QEMU's -kernel loads
+# segments there (current binutils put a PT_LOAD holding only the ELF headers just below 1 MiB), and the ACPI
+# tables are placed around the kernel's ranges (multiboot_ranges, build_acpi_tables).
 _LOADER_AREAS = (
     (platform.BOOT_GDT_ADDR, platform.CMDLINE_ADDR + platform.CMDLINE_MAX, "the boot loader's data"),
-    (platform.EBDA_START, platform.BIOS_AREA_END, "the BIOS area and ACPI tables"),
+    (VGA_WINDOW_START, VGA_WINDOW_END, "the VGA window"),
 )
 
 
@@ -96,6 +101,24 @@ def _check_clear_of_loader(start: int, end: int, name: str) -> None:
         if start < a_end and a_start < end:
             raise BootError(f"{name}: its image at {start:#x}-{end:#x} overlaps {what} at {a_start:#x}-{a_end:#x}; "
                             f"link the kernel at 1 MiB or above")
+
+
+def multiboot_ranges(data: bytes, name: str) -> list[tuple[int, int]]:
+    """The guest-physical ranges the kernel will occupy (ELF segments, or the a.out kludge's image and bss), so
+    the loader can put its own tables elsewhere; [] when the header or image is unusable (boot_multiboot then
+    says why)."""
+    hdr = find_header(data)
+    if hdr is None:
+        return []
+    if hdr.flags & MB_AOUT_KLUDGE:
+        end = hdr.load_end_addr or hdr.load_addr + max(0, len(data) - hdr.offset + hdr.header_addr - hdr.load_addr)
+        return [(hdr.load_addr, max(end, hdr.bss_end_addr))]
+    if not is_elf(data):
+        return []
+    try:
+        return [(seg.paddr, seg.end) for seg in parse_elf(data, name).segments]
+    except BootError:
+        return []
 
 
 def _load_aout_kludge(memory: GuestMemory, data: bytes, hdr: MultibootHeader, name: str) -> tuple[int, int, int]:
@@ -160,7 +183,7 @@ def boot_multiboot(memory: GuestMemory, data: bytes, cmdline: str, initrd: bytes
         raise BootError(f"{name} requires Multiboot features Vireo does not provide (header flags {unknown:#x})")
     if low_ram_end(memory) < 2 * platform.BIOS_AREA_END:
         raise BootError(f"{name}: {memory.size >> 20} MiB of guest memory is too little; give more --memory")
-    cmdline_bytes = cmdline.encode("utf-8")
+    cmdline_bytes = encode_cmdline(cmdline, name)
     if len(cmdline_bytes) >= platform.CMDLINE_MAX:
         raise BootError(f"{name}: the command line is {len(cmdline_bytes)} bytes; at most "
                         f"{platform.CMDLINE_MAX - 1} fit")
@@ -188,7 +211,7 @@ def boot_multiboot(memory: GuestMemory, data: bytes, cmdline: str, initrd: bytes
             raise BootError(f"initrd {initrd_name} ({mib(len(initrd))}) does not fit in {memory.size >> 20} MiB "
                             f"of guest memory after the kernel; give more --memory")
         memory.write(module_addr, initrd)
-        mod_string = initrd_name.encode("utf-8")[:INFO_PAGE_END - MOD_STRING_ADDR - 1] + b"\0"
+        mod_string = initrd_name.encode("utf-8", "surrogateescape")[:INFO_PAGE_END - MOD_STRING_ADDR - 1] + b"\0"
         memory.write(MOD_STRING_ADDR, mod_string)
         memory.write(MODS_ADDR, struct.pack("<IIII", module_addr, module_addr + len(initrd), MOD_STRING_ADDR, 0))
         struct.pack_into("<II", info, 20, 1, MODS_ADDR)

@@ -10,10 +10,11 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from core.config import VmConfig
+from core.config import VmConfig, make_private_dirs
 from core.host.api import DiskChoice, HostError, Progress
 
 MAX_CHAIN = 32      # backing files followed per disk, as core.storage.qcow2.MAX_BACKING_DEPTH opens at most
+MAX_DISK_BYTES = (1 << 63) - 512    # the largest size a file offset (off_t) can hold, in whole sectors
 
 
 def create_disk_image(path: str, size_bytes: int, fmt: str = "raw", preallocate: bool = False,
@@ -26,11 +27,16 @@ def create_disk_image(path: str, size_bytes: int, fmt: str = "raw", preallocate:
         raise HostError(f"unknown disk format {fmt!r}: use raw or qcow2")
     if fmt == "qcow2" and preallocate:
         raise HostError("preallocation applies to raw images; a qcow2 image grows as the guest writes")
-    if size_bytes <= 0 or size_bytes % 512:
-        raise HostError(f"disk size {size_bytes} bytes: give a positive multiple of 512")
+    if not isinstance(size_bytes, int) or isinstance(size_bytes, bool):
+        raise HostError(f"disk size {size_bytes!r}: give a whole number of bytes")
+    if size_bytes <= 0 or size_bytes % 512 or size_bytes > MAX_DISK_BYTES:
+        raise HostError(f"disk size {size_bytes} bytes: give a positive multiple of 512 below 2^63 (8 EiB)")
+    if not isinstance(path, str) or not os.path.isabs(path):
+        # Relative to what? The service's working directory is not the client's.
+        raise HostError(f"disk path {path!r} is relative: give an absolute path")
     folder = Path(path).parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(folder)
     except (FileExistsError, NotADirectoryError):
         # mkdir(exist_ok=True) still raises when the name (or one above it) is a file, not a folder.
         raise HostError(f"cannot create {path}: {_blocking_file(folder)} is a file, not a folder; move it "
@@ -44,34 +50,38 @@ def create_disk_image(path: str, size_bytes: int, fmt: str = "raw", preallocate:
         raise HostError(f"{path} already exists: choose another name") from None
     except OSError as exc:
         raise HostError(f"cannot create {path}: {exc.strerror}") from None
-    if progress:
-        progress(0, size_bytes)
-    if fmt == "qcow2":
-        os.close(fd)
-        try:
-            create_image(path, "qcow2", size_bytes)
-        except ImageError as exc:
-            os.unlink(path)
-            raise HostError(str(exc)) from None
-        if progress:
-            progress(size_bytes, size_bytes)
-        return
+    # From here on any failure, whatever it is, closes the descriptor and removes the half-made file.
     try:
-        os.ftruncate(fd, size_bytes)
-        if preallocate:
-            chunk = 64 * 1024 * 1024
-            for offset in range(0, size_bytes, chunk):
-                os.posix_fallocate(fd, offset, min(chunk, size_bytes - offset))
-                if progress:
-                    progress(min(offset + chunk, size_bytes), size_bytes)
-        os.fsync(fd)
+        if progress:
+            progress(0, size_bytes)
+        if fmt == "qcow2":
+            os.close(fd)
+            fd = -1
+            create_image(path, "qcow2", size_bytes)
+        else:
+            os.ftruncate(fd, size_bytes)
+            if preallocate:
+                chunk = 64 * 1024 * 1024
+                for offset in range(0, size_bytes, chunk):
+                    os.posix_fallocate(fd, offset, min(chunk, size_bytes - offset))
+                    if progress:
+                        progress(min(offset + chunk, size_bytes), size_bytes)
+            os.fsync(fd)
         if progress:
             progress(size_bytes, size_bytes)
-    except OSError as exc:
-        os.close(fd)
+    except BaseException as exc:
+        if fd >= 0:
+            os.close(fd)
         os.unlink(path)
-        raise HostError(f"cannot create {path}: {exc.strerror}") from None
-    os.close(fd)
+        if isinstance(exc, ImageError):
+            raise HostError(str(exc)) from None
+        if isinstance(exc, OSError):
+            raise HostError(f"cannot create {path}: {exc.strerror or exc}") from None
+        if isinstance(exc, (OverflowError, ValueError)):
+            raise HostError(f"cannot create {path} of {size_bytes} bytes: {exc}") from None
+        raise
+    if fd >= 0:
+        os.close(fd)
 
 
 def _blocking_file(folder: Path) -> Path:

@@ -14,6 +14,8 @@ registers, EFER).
 from __future__ import annotations
 
 import enum
+import os
+import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,6 +26,18 @@ from core.timers import TimerQueue
 
 if TYPE_CHECKING:
     from core.devices.apic_bus import ApicBus
+
+
+def fault_line(where: str, exc: BaseException) -> str:
+    """A device-model or helper exception as the one line a crash reason is: where, the exception, and the
+    innermost frame of ours it came from (the full traceback goes to the VM's log, not into the reason)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    at = ""
+    if frames:
+        last = frames[-1]
+        at = f" (at {os.path.basename(last.filename)}:{last.lineno})"
+    text = " ".join(str(exc).split())
+    return f"{where}: {type(exc).__name__}: {text}{at}" if text else f"{where}: {type(exc).__name__}{at}"
 
 
 class AcceleratorUnavailable(Exception):

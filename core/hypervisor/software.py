@@ -28,8 +28,8 @@ stops that VM, never the host process.
 from __future__ import annotations
 
 import logging
+import sys
 import time
-import traceback
 
 import unicorn
 from unicorn import x86_const as X
@@ -37,7 +37,7 @@ from unicorn import x86_const as X
 from core.bus import MmioBus, PortIoBus
 from core.devices.apic_bus import ApicBus
 from core.hypervisor import uc_internals as ui
-from core.hypervisor.base import Accelerator, AcceleratorUnavailable, Vcpu
+from core.hypervisor.base import Accelerator, AcceleratorUnavailable, Vcpu, fault_line
 from core.hypervisor.software_cpuid import CpuidPolicy
 from core.hypervisor.software_helpers import X86HelperInterposition
 from core.hypervisor.software_memory import SoftwareMemoryMap
@@ -122,7 +122,9 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
 
     def _fail(self, where: str) -> None:
         """A hook raised: remember it for the running vCPU and stop emulation."""
-        detail = f"{where}: {traceback.format_exc(limit=6)}"
+        exc = sys.exc_info()[1]
+        log.error("software CPU: %s", where, exc_info=exc)
+        detail = fault_line(where, exc) if exc is not None else where
         vcpu = self.running or self.current
         if vcpu is not None and vcpu.error is None:
             vcpu.error = detail

@@ -37,7 +37,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-import traceback
 from collections.abc import Callable
 from ctypes import c_int, c_uint32, c_uint64, c_void_p
 from typing import TYPE_CHECKING
@@ -46,7 +45,7 @@ import unicorn
 
 from core.bus import MmioBus
 from core.hypervisor import uc_internals as ui
-from core.hypervisor.base import AcceleratorUnavailable
+from core.hypervisor.base import AcceleratorUnavailable, fault_line
 from core.hypervisor.uc_native import _Natives
 from core.memory import GuestMemory, MemoryRegion
 
@@ -218,9 +217,9 @@ class SoftwareMemoryMap:
                 else:                                # "unmap_ram": its translated code goes with it
                     v.invalidate_ram(op[3], size)
                     uc.mem_unmap(start, size)
-        except Exception:
-            detail = f"changing the memory map failed: {traceback.format_exc(limit=4)}"
-            log.error("software CPU: %s", detail)
+        except Exception as exc:
+            log.exception("software CPU: changing the memory map failed")
+            detail = fault_line("changing the memory map failed", exc)
             vcpu = self.current
             if vcpu is not None and vcpu.error is None:
                 vcpu.error = detail

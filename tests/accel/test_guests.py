@@ -32,6 +32,20 @@ def test_guest_prints_expected_lines_and_powers_off(accel: str, name: str) -> No
 
 
 @per_accel
+def test_multiboot_elf_with_a_headers_only_segment_below_1_mib_boots(accel: str) -> None:
+    """Issue 18 defect 7: ld's default script maps the ELF headers in a PT_LOAD of their own at 0xff000, in the
+    BIOS area; QEMU's -kernel boots such a kernel, and so do we, with the ACPI tables placed clear of it."""
+    from core.boot.elf import parse_elf
+
+    require_guest(accel, "reboot_ldhdr")
+    image = parse_elf(guest_path("reboot_ldhdr").read_bytes(), "reboot_ldhdr")
+    assert image.segments[0].paddr < 0x10_0000 <= image.segments[1].paddr   # the shape under test
+    code, out, err = run_guest("reboot_ldhdr", accel)
+    assert out == list(GUESTS["reboot_ldhdr"].expected), err
+    assert code == 0, err
+
+
+@per_accel
 def test_realmode_image_entered_at_0x7c00_with_a_real_mode_cpu_state(accel: str) -> None:
     """The raw real-mode image, entered the way a boot sector is: CS:IP = 0000:7C00 (SDM vol. 3, 9.1.4)."""
     require_guest(accel, "realmode16")

@@ -171,7 +171,7 @@ def test_aout_kludge_load_end_zero_means_whole_file(mem):
 @pytest.mark.parametrize("mutate,needle", [
     (lambda: elf32_kernel(flags=0x3 | (1 << 5)), "requires Multiboot features"),
     (lambda: elf32_kernel(paddr=0x8000), "overlaps the boot loader's data"),
-    (lambda: elf32_kernel(paddr=0xF0000), "overlaps the BIOS area"),
+    (lambda: elf32_kernel(paddr=0xA8000), "overlaps the VGA window"),
     (lambda: elf32_kernel(paddr=0x800_0000), "outside the guest"),
     (lambda: bytes(64) + mb_header(0x3), "neither ELF"),
     (lambda: bytes(64) + mb_header(0x1_0003, (0x10_0000, 0x10_0100, 0, 0, 0x10_0000)), "load_addr"),
