@@ -84,6 +84,26 @@ class _RangeMixin:
         if hasattr(self, "error"):
             self.error.setVisible(bool(self._problem) and self.isEnabled())
 
+    def hideEvent(self, event) -> None:  # noqa: N802 - Qt override
+        self._typing = self.window().focusWidget() in (self, self.lineEdit())
+        super().hideEvent(event)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        # QWizard hides and re-shows its page frame whenever Next is enabled or disabled, and QAbstractSpinBox
+        # rewrites its text from value() when shown (and a hidden field loses the focus): the "0" typed on the way
+        # to "0.1" (out of range, so Next goes off) became "0.0", and "0.1" ended as "0.0". The field being typed
+        # in keeps its text, cursor and focus.
+        edit = self.lineEdit()
+        text, cursor = edit.text(), edit.cursorPosition()
+        super().showEvent(event)
+        if getattr(self, "_typing", False):
+            self._typing = False
+            if edit.text() != text:
+                edit.setText(text)
+                edit.setCursorPosition(cursor)
+            if not self.hasFocus():
+                self.setFocus()
+
     def stepBy(self, steps: int) -> None:  # noqa: N802 - Qt override
         # The arrows move inside the allowed range (and bring an out-of-range value back into it).
         self.setValue(min(max(self.value() + steps * self.singleStep(), self.low), self.high))

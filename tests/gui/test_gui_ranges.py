@@ -13,8 +13,8 @@ if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
 
 pytest.importorskip("pytestqt")
 
-from PyQt6.QtCore import Qt  # noqa: E402
-from PyQt6.QtWidgets import QWizard  # noqa: E402
+from PyQt6.QtCore import QPoint, Qt  # noqa: E402
+from PyQt6.QtWidgets import QApplication, QWizard  # noqa: E402
 
 from core.hypervisor.hostcaps import is_kvm_pvm, kvm_status  # noqa: E402
 from tests.gui.test_gui import app_parts, define, kernel, make_app, reload, xdg  # noqa: E402,F401
@@ -90,6 +90,33 @@ def test_wizard_disk_size_out_of_range_keeps_next_disabled(qtbot, app_parts, ker
     assert _next_enabled(wizard) and not page.size.error.isVisible()
     page.create.click()
     _type(qtbot, page.size, "8")
+    assert page.size.error.text() == "" and _next_enabled(wizard)
+    wizard.button(QWizard.WizardButton.CancelButton).click()
+
+
+def test_wizard_disk_size_retyped_as_a_fraction_is_kept(qtbot, app_parts, kernel) -> None:  # noqa: F811
+    # Select all, Backspace, "0.1": the "0" on the way is out of range, Next is disabled, and the wizard re-shows
+    # the page's fields; a spin box rewrote its text from its value on show, so "0" became "0.0" and "0.1" ended
+    # as "0.0 GiB".
+    host, bridge, window = app_parts
+    wizard = _open_wizard(qtbot, window)
+    wizard.next()
+    wizard.boot_page.kernel.setText(str(kernel))
+    wizard.next()
+    wizard.next()
+    page = wizard.storage_page
+    qtbot.mouseClick(page.create, Qt.MouseButton.LeftButton, pos=QPoint(8, page.create.height() // 2))
+    assert page.create.isChecked()
+    wizard.activateWindow()
+    qtbot.waitUntil(wizard.isActiveWindow, timeout=5_000)
+    page.size.setFocus()
+    qtbot.keyClick(page.size, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier)
+    qtbot.keyClick(page.size, Qt.Key.Key_Backspace)
+    qtbot.keyClicks(page.size, "0")
+    assert page.size.text() == "0 GiB" and not _next_enabled(wizard)
+    assert QApplication.focusWidget() is page.size       # the user's next keys still go to the field
+    qtbot.keyClicks(QApplication.focusWidget(), ".1")
+    assert page.size.text() == "0.1 GiB" and page.size.value() == 0.1
     assert page.size.error.text() == "" and _next_enabled(wizard)
     wizard.button(QWizard.WizardButton.CancelButton).click()
 
