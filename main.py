@@ -10,7 +10,7 @@ import sys
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
-    from core.cli.connect import add_connect_arguments
+    from core.cli.options import add_connect_arguments
     from core.runner import add_run_arguments
     add_run_arguments(p)
     add_connect_arguments(p)
@@ -55,13 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vireo", description="Vireo virtual machine manager. "
                                      "Without arguments it opens the manager window.")
     sub = parser.add_subparsers(dest="command", required=True)
+    # Only the subcommand being run gets its options: they come from its own modules, and importing every
+    # command's (the runner, the disk-image tool, the Host API, SSH) would be most of the start-up time of each.
+    chosen = argv[0]
     for name, help_text, add_arguments, handler in SUBCOMMANDS:
         p = sub.add_parser(name, help=help_text)
-        add_arguments(p)
+        if name == chosen:
+            add_arguments(p)
         p.set_defaults(handler=handler)
     from core.cli.table import HOST_COMMANDS
     for command in HOST_COMMANDS:
-        command.add_to(sub)
+        command.add_to(sub, with_options=command.name == chosen)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

@@ -18,9 +18,9 @@ import threading
 import time
 import tty
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from core.boot.loader import BootError
-from core.host import VmConsole
 from core.hypervisor.base import AcceleratorUnavailable
 from core.hypervisor.select import ACCEL_NAMES, choose_accelerator
 from core.machine import (
@@ -33,6 +33,9 @@ from core.machine import (
     MachineState,
 )
 from core.storage import CACHE_MODES, ImageError
+
+if TYPE_CHECKING:
+    from core.host import VmConsole  # the Host API: only for --display window (RunSession.console)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 ESCAPE_PREFIX = 0x01  # Ctrl-A, then 'x' quits — QEMU's -serial stdio habit
@@ -228,6 +231,7 @@ class RunSession:
         """The machine's VGA screen (a Renderer polled for frames) and its i8042 keyboard and mouse, as the
         VmConsole a Host gives for a managed VM; one session, since a run builds one machine."""
         from core.display.renderer import Renderer
+        from core.host import VmConsole
         from core.keymap import Ps2InputSink
 
         return VmConsole(session=1, frames=Renderer(self.machine.board.vga),

@@ -16,7 +16,8 @@ import os
 import sys
 import time
 
-from core.cli.connect import CommandFailed, add_vm_argument, find_vm, vm_id
+from core.cli.connect import CommandFailed, find_vm, vm_id
+from core.cli.options import add_vm_argument
 from core.config import ConfigError, VmConfig
 from core.connect import RemoteHost
 from core.host.api import HostError, VmInfo, VmState

@@ -23,7 +23,8 @@ import time
 import tty
 from pathlib import Path
 
-from core.cli.connect import CommandFailed, add_vm_argument, find_vm
+from core.cli.connect import CommandFailed, find_vm
+from core.cli.options import add_vm_argument
 from core.config import atomic_write
 from core.host.api import TERMINAL_RESET, EventKind, HostError, HostEvent, VmInfo, VmState
 from core.remote.service import ServiceClient

@@ -10,8 +10,6 @@ Wiring (done by the Machine): `Vga(pci_bus)` adds the PCI function; `attach(pio,
 """
 from __future__ import annotations
 
-import numpy as np
-
 from core.bus import MmioBus, PortIoBus
 from core.devices.pci import PciBus
 from core.devices.vga_bochs import (
@@ -70,13 +68,15 @@ class Vga:
         self._load_bios_text_mode()
 
     def _load_bios_text_mode(self) -> None:
-        planes = self.memory.planes
+        vram = self.memory.vram
         font = cp437_8x16()
-        glyphs = planes[2, :256 * 32].reshape(256, 32)    # 32 bytes per character slot in map 0 (first 8 KiB)
-        glyphs[:, :GLYPH_HEIGHT] = np.frombuffer(font, np.uint8).reshape(256, GLYPH_HEIGHT)
+        glyphs = 2 * PLANE_SIZE                            # 32 bytes per character slot in map 0 (first 8 KiB)
+        for code in range(256):
+            vram[glyphs + code * 32:glyphs + code * 32 + GLYPH_HEIGHT] = font[code * GLYPH_HEIGHT:
+                                                                           (code + 1) * GLYPH_HEIGHT]
         # Odd/even text memory: character codes in plane 0, attributes in plane 1, at even offsets.
-        planes[0, 0:0x8000:2] = TEXT_BLANK[0]
-        planes[1, 0:0x8000:2] = TEXT_BLANK[1]
+        vram[0:0x8000:2] = bytes([TEXT_BLANK[0]]) * 0x4000
+        vram[PLANE_SIZE:PLANE_SIZE + 0x8000:2] = bytes([TEXT_BLANK[1]]) * 0x4000
         self.regs.generation += 1
 
     # -- inspection -----------------------------------------------------------------------------------------

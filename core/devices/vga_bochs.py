@@ -21,8 +21,6 @@ import ctypes
 import mmap
 from collections.abc import Callable
 
-import numpy as np
-
 from core.devices.pci import Bar, PciDevice
 from core.devices.vga_registers import VgaRegisters
 
@@ -64,7 +62,6 @@ class BochsVbe:
                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self._anchor = ctypes.c_char.from_buffer(self.vram)
         self.host_address = ctypes.addressof(self._anchor)
-        self.array = np.frombuffer(self.vram, np.uint8)
         self.big_endian = False
         self.reset()
 

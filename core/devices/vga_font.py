@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 GLYPH_WIDTH = 8
 GLYPH_HEIGHT = 16
@@ -42,5 +44,6 @@ def cp437_8x16() -> bytes:
 
 def glyph_bitmap(code: int) -> np.ndarray:
     """One glyph as a 16x8 boolean array (for tests and previews)."""
+    import numpy as np
     rows = np.frombuffer(cp437_8x16(), np.uint8)[code * GLYPH_HEIGHT:(code + 1) * GLYPH_HEIGHT]
     return np.unpackbits(rows[:, None], axis=1).astype(bool)

@@ -12,11 +12,12 @@ Follows the IBM VGA Technical Reference / FreeVGA ("Graphics Controller", "Seque
 * write modes 0-3 with data rotate, the logical function against the latches (replace/AND/OR/XOR), set/reset
   and enable set/reset, the bit mask, and the sequencer map mask choosing which planes are written.
 
-The planes live in one bytearray, plane p at p * 64 KiB, which the renderer reads through a numpy view.
+The planes live in one bytearray, plane p at p * 64 KiB, which the renderer reads through a numpy view (made
+when first asked for: the machine itself never needs numpy, and importing it is a good part of a VM's start-up).
 """
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from core.devices.vga_registers import (
     GC_BIT_MASK,
@@ -38,6 +39,9 @@ from core.devices.vga_registers import (
     VgaRegisters,
 )
 
+if TYPE_CHECKING:
+    import numpy as np
+
 PLANE_SIZE = 0x10000
 VGA_WINDOW_BASE = 0xA0000
 VGA_WINDOW_SIZE = 0x20000
@@ -55,9 +59,17 @@ class VgaMemory:
     def __init__(self, regs: VgaRegisters) -> None:
         self.regs = regs
         self.vram = bytearray(4 * PLANE_SIZE)
-        self.planes = np.frombuffer(self.vram, np.uint8).reshape(4, PLANE_SIZE)
+        self._planes: np.ndarray | None = None
         self.latch = [0, 0, 0, 0]
         self.banked = None      # object with window_read(offset) / window_write(offset, value) -> bool
+
+    @property
+    def planes(self) -> np.ndarray:
+        """The four planes as a (4, 64 KiB) uint8 array over `vram` (no copy)."""
+        if self._planes is None:
+            import numpy as np
+            self._planes = np.frombuffer(self.vram, np.uint8).reshape(4, PLANE_SIZE)
+        return self._planes
 
     def reset(self) -> None:
         self.vram[:] = bytes(len(self.vram))

@@ -98,82 +98,109 @@ def _poke_pointer(addr: int, expected: int, value: int) -> None:
         _mprotect(addr, 8, mmap.PROT_READ)
 
 
+class _LibImage:
+    """The library's file, mapped read-only (it is tens of MB; only the tables searched are paged in), with its
+    section headers and its load address. Lookups search the tables for the bytes of the entries wanted
+    (bytes.find on the mapping) instead of decoding every entry in Python: the file is opened at every start."""
+
+    def __init__(self) -> None:
+        path = self.path = _require_lib()._name
+        with open(path, "rb") as f:
+            self.data = data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+            raise UnicornInternalsError(f"{path}: not a little-endian ELF64 library")
+        e_shoff, = struct.unpack_from("<Q", data, 0x28)
+        e_shentsize, e_shnum = struct.unpack_from("<HH", data, 0x3A)
+        # (sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link, sh_info, sh_addralign, sh_entsize)
+        self.sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
+        self.dynsym = next(sec for sec in self.sections if sec[1] == 11)       # SHT_DYNSYM
+        self.symtab = next((sec for sec in self.sections if sec[1] == 2), None)   # SHT_SYMTAB (absent if stripped)
+        uc_open = self.symbols(self.dynsym, "uc_open")
+        if not uc_open:
+            raise UnicornInternalsError(f"{path}: uc_open not in the dynamic symbol table")
+        self.base = addr_of(_lib.uc_open) - uc_open[0][1]
+        self._relas: list[tuple[memoryview, bytes]] | None = None
+
+    def _entries(self, sec: tuple, field: int, value: bytes) -> list[int]:
+        """File offsets of the entries of table `sec` whose bytes at `field` are `value`."""
+        data, start, end, size = self.data, sec[4], sec[4] + sec[5], sec[9]
+        out = []
+        pos = data.find(value, start + field, end)
+        while pos != -1:
+            if (pos - start - field) % size == 0:
+                out.append(pos - field)
+            pos = data.find(value, pos + 1, end)
+        return out
+
+    def dynamic_relocations(self) -> list[tuple[memoryview, bytes]]:
+        """Each RELA table linked to .dynsym (entries r_offset, r_info, r_addend) as its 64-bit words and its
+        column of r_info words alone: a search for one r_info then scans a third of the bytes, all aligned."""
+        if self._relas is None:
+            dynsym = self.sections.index(self.dynsym)
+            self._relas = []
+            for sec in self.sections:
+                if sec[1] == 4 and sec[6] == dynsym and sec[9] == 24:          # SHT_RELA
+                    words = memoryview(self.data[sec[4]:sec[4] + sec[5]]).cast("Q")
+                    self._relas.append((words, words[1::3].tobytes()))
+        return self._relas
+
+    def symbols(self, table: tuple, name: str) -> list[tuple[int, int]]:
+        """(index, st_value) of every symbol of `table` (.dynsym or .symtab) called `name`. Its string table may
+        share tails between names, so every place `name` ends a string there is a candidate st_name."""
+        strtab = self.sections[table[6]]
+        want = name.encode() + b"\0"
+        out = []
+        pos = self.data.find(want, strtab[4], strtab[4] + strtab[5])
+        while pos != -1:
+            for entry in self._entries(table, 0, struct.pack("<I", pos - strtab[4])):
+                st_value, = struct.unpack_from("<Q", self.data, entry + 8)
+                out.append(((entry - table[4]) // table[9], st_value))
+            pos = self.data.find(want, pos + 1, strtab[4] + strtab[5])
+        return out
+
+
+_image: _LibImage | None = None
+
+
+def _lib_image() -> _LibImage:
+    global _image
+    if _image is None:
+        _image = _LibImage()
+    return _image
+
+
 def _find_helper_slots(symbols: list[str]) -> dict[str, tuple[int, list[int]]]:
     """For each symbol: (its run-time address, the run-time addresses of every data word the dynamic linker
-    filled with it: GOT slots and absolute pointers in tables), read from the library's ELF dynamic relocations."""
-    path = _require_lib()._name
-    with open(path, "rb") as f:
-        elf = f.read()
-    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
-        raise UnicornInternalsError(f"{path}: not a little-endian ELF64 library")
-    e_shoff, = struct.unpack_from("<Q", elf, 0x28)
-    e_shentsize, e_shnum = struct.unpack_from("<HH", elf, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", elf, e_shoff + i * e_shentsize) for i in range(e_shnum)]
-    dynsym = next(s for s in sections if s[1] == 11)          # SHT_DYNSYM
-    dynstr = sections[dynsym[6]]
-    names: dict[int, str] = {}
-    values: dict[str, int] = {}
-    for i in range(dynsym[5] // 24):
-        st_name, _info, _other, _shndx, st_value, _size = struct.unpack_from("<IBBHQQ", elf, dynsym[4] + i * 24)
-        end = elf.index(b"\0", dynstr[4] + st_name)
-        name = elf[dynstr[4] + st_name:end].decode()
-        names[i] = name
-        values[name] = st_value
-    wanted = set(symbols)
-    found: dict[str, list[int]] = {s: [] for s in symbols}
-    for sec in sections:
-        if sec[1] != 4:                                        # SHT_RELA
-            continue
-        for off in range(sec[4], sec[4] + sec[5], 24):
-            r_offset, r_info, r_addend = struct.unpack_from("<QQq", elf, off)
-            rtype, sym = r_info & 0xFFFFFFFF, r_info >> 32
-            if rtype in (1, 6, 7) and names.get(sym) in wanted and r_addend == 0:  # R_X86_64_64/GLOB_DAT/JUMP_SLOT
-                found[names[sym]].append(r_offset)
-    base = addr_of(_lib.uc_open) - values["uc_open"]
+    filled with it: GOT slots and absolute pointers in tables), read from the library's ELF dynamic relocations
+    (R_X86_64_64, R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT without addend)."""
+    img = _lib_image()
+    relas = img.dynamic_relocations()
     result = {}
     for s in symbols:
-        if s not in values or not found[s]:
-            raise UnicornInternalsError(f"{path}: no relocations for {s}; cannot interpose it")
-        result[s] = (base + values[s], [base + r for r in found[s]])
+        slots = []
+        found = img.symbols(img.dynsym, s)
+        for index, _value in found:
+            for rtype in (1, 6, 7):
+                info = struct.pack("<Q", index << 32 | rtype)
+                for words, infos in relas:
+                    pos = infos.find(info)
+                    while pos != -1:
+                        if pos % 8 == 0 and words[3 * (pos // 8) + 2] == 0:     # r_addend 0
+                            slots.append(words[3 * (pos // 8)])
+                        pos = infos.find(info, pos + 1)
+        if not found or not slots:
+            raise UnicornInternalsError(f"{img.path}: no relocations for {s}; cannot interpose it")
+        result[s] = (img.base + found[0][1], [img.base + r for r in sorted(slots)])
     return result
 
 
 def _local_symbols(name: str) -> list[int]:
     """Run-time addresses of every local (static) function called `name` in the library's .symtab (empty if the
     library is stripped)."""
-    elf, sections, base = _elf()
-    symtab = next((sec for sec in sections if sec[1] == 2), None)     # SHT_SYMTAB
-    if symtab is None:
+    img = _lib_image()
+    if img.symtab is None:
         return []
-    strtab = sections[symtab[6]]
-    want = name.encode() + b"\0"
-    out = []
-    for i in range(symtab[5] // 24):
-        st_name, _info, _other, _shndx, st_value, _size = struct.unpack_from("<IBBHQQ", elf, symtab[4] + i * 24)
-        start = strtab[4] + st_name
-        if st_value and elf[start:start + len(want)] == want:
-            out.append(base + st_value)
-    return out
-
-
-def _elf() -> tuple[bytes, list[tuple], int]:
-    """The library file, its section headers and its load address (from an exported symbol)."""
-    path = _require_lib()._name
-    with open(path, "rb") as f:
-        elf = f.read()
-    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
-        raise UnicornInternalsError(f"{path}: not a little-endian ELF64 library")
-    e_shoff, = struct.unpack_from("<Q", elf, 0x28)
-    e_shentsize, e_shnum = struct.unpack_from("<HH", elf, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", elf, e_shoff + i * e_shentsize) for i in range(e_shnum)]
-    dynsym = next(sec for sec in sections if sec[1] == 11)
-    dynstr = sections[dynsym[6]]
-    for i in range(dynsym[5] // 24):
-        st_name, _info, _other, _shndx, st_value, _size = struct.unpack_from("<IBBHQQ", elf, dynsym[4] + i * 24)
-        if elf[dynstr[4] + st_name:dynstr[4] + st_name + 8] == b"uc_open\0":
-            return elf, sections, addr_of(_lib.uc_open) - st_value
-    raise UnicornInternalsError(f"{path}: uc_open not in the dynamic symbol table")
-
+    return [img.base + value for _index, value in img.symbols(img.symtab, name) if value]
 
 
 def _patch_text(addr: int, code: bytes) -> None:

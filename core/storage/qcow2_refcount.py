@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from core.storage.errors import ImageCorruptError, ImageError
 from core.storage.hostfile import HostFile
 from core.storage.qcow2_header import MAX_REFTABLE_BYTES
 from core.storage.qcow2_meta import HEADER, REFBLOCK, REFTABLE, MetadataGuard
+
+if TYPE_CHECKING:
+    import numpy as np
 
 OFFSET_MASK = 0xFFFF_FFFF_FFFF_FE00
 _BLOCK_CACHE = 64
@@ -88,6 +90,7 @@ class Refcounts:
 
     def block_entries(self, blk: bytes | bytearray) -> np.ndarray:
         """All entries of a refcount block as a numpy array (for scans: free runs, check)."""
+        import numpy as np  # here, not at the top: opening an image (a VM's start) needs no numpy
         if self.bits >= 8:
             return np.frombuffer(bytes(blk), dtype=f">u{self.bits // 8}").astype(np.uint64)
         per_byte = 8 // self.bits
@@ -208,6 +211,7 @@ class Refcounts:
                 idx = base + self.per_block
                 continue
             arr = self.block_entries(blk)[idx - base:]
+            import numpy as np
             zero = np.concatenate(([False], arr == 0, [False])).astype(np.int8)
             edges = np.diff(zero)
             starts = np.flatnonzero(edges == 1)

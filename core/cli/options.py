@@ -1,0 +1,25 @@
+"""The options every host command shares (the VM's name, --connect and its SSH options), apart from the code
+that acts on them (connect.py): main.py adds them at every start, and this module imports nothing else."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_vm_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="the VM's name, uuid or Id (see `vireo list --all`)")
+
+
+def add_connect_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """--connect and the SSH options that go with it."""
+    p.add_argument("--connect", "-c", metavar="ssh://USER@HOST[:PORT]", required=required,
+                   help="act on this host through its Vireo agent (installed over SSH when missing); "
+                        "default: this computer's Vireo service")
+    p.add_argument("--identity", "-i", metavar="KEY", default="", help="SSH private key file (default: ssh-agent "
+                   "keys, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa)")
+    p.add_argument("--accept-new-host-key", action="store_true",
+                   help="trust a host key not yet in ~/.ssh/known_hosts (and record it); a changed key is always "
+                        "refused")
+    p.add_argument("--remote-python", metavar="PATH", default="",
+                   help="the interpreter the agent runs on, on the host (default python3)")
+    p.add_argument("--copy-unicorn", action="store_true",
+                   help="copy this computer's unicorn to the host if it lacks one (enables the software CPU there)")
