@@ -160,10 +160,11 @@ class VirtioNet(VirtioDevice):
         self.link_up, self.link_reason = up, reason
         if changed and self.transport is not None:
             self.transport.config_changed()
-        if not up:
-            log.warning("%s: link down: %s", self.name, reason)
         listener = self.on_link_change
-        if listener is not None:
+        if listener is None:
+            if not up:
+                log.warning("%s: link down: %s", self.name, reason)
+        else:
             try:
                 listener(up, reason)
             except Exception:
