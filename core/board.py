@@ -63,6 +63,7 @@ from core.devices.rtc import CmosRtc
 from core.devices.serial import Uart16550
 from core.devices.vga import Vga
 from core.devices.virtio.blk import VirtioBlk
+from core.devices.virtio.net import VirtioNet
 from core.devices.virtio.pci import VirtioPciDevice
 from core.hypervisor.base import Accelerator, AcceleratorUnavailable, CpuState, Vcpu
 from core.hypervisor.select import create_accelerator
@@ -72,6 +73,7 @@ from core.timers import TimerQueue
 
 if TYPE_CHECKING:
     from core.machine import DiskSpec, MachineConfig
+    from core.net.nic import NicSpec
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,7 @@ class Board:
         self.timers.on_error = lambda exc: report_fault(f"device timer failed: {exc!r}")
         self.images: list = []
         self.disk_transports: list[VirtioPciDevice] = []
+        self.nics: list[VirtioNet] = []
         self.ide: PiixIde | None = None
         self.cdroms: list[AtapiCdrom] = []
         self.accel: Accelerator | None = None
@@ -229,6 +232,7 @@ class Board:
             if self.firmware_boot:
                 self.vga.pci.set_expansion_rom(_read_vga_bios())
         self.disks = [self._add_disk(i, spec) for i, spec in enumerate(config.disks) if spec.bus == "virtio"]
+        self.nics = [self._add_nic(i, spec) for i, spec in enumerate(config.nics)]
         if self.firmware_boot:
             assert self.fw_cfg is not None
             if config.kernel:
@@ -301,6 +305,24 @@ class Board:
         self.boot_devices.add("disk", pci_boot_path(slot))
         return blk
 
+    def _add_nic(self, index: int, spec: NicSpec) -> VirtioNet:
+        from core.net.nic import random_mac
+        from core.net.passt import PASST_MTU, PasstBackend
+        from core.net.tap import open_tap
+        if spec.backend == "tap":
+            mtu, connect = 1500, lambda: open_tap(spec.tap, spec.bridge)
+        else:
+            forwards = list(spec.forwards)
+            mtu, connect = PASST_MTU, lambda: PasstBackend.start(forwards)
+        nic = VirtioNet(spec.mac or random_mac(), connect, mtu=mtu, name=f"net{index}")
+        self.pci.add(VirtioPciDevice(nic, self.memory, msi_sink=self.interrupts.send_msi))
+        return nic
+
+    def start_nics(self) -> None:
+        """Connect every card's backend (passt, a TAP): one that fails leaves that card's link down."""
+        for nic in self.nics:
+            nic.start()
+
     def reset(self) -> None:
         """A machine reset: the interrupt controllers, what the accelerator owns (vCPUs' hidden state, local
         APICs) and every device back to power-on state; RAM keeps its contents. With firmware, resetting the host
@@ -334,6 +356,8 @@ class Board:
         a last screendump."""
         if self.vga is not None:
             self.vga.close()
+        for nic in self.nics:
+            nic.stop()                # its threads end and its passt exits before guest RAM goes away
         for transport in self.disk_transports:
             transport.close()         # the disk's worker thread finishes its request before the image closes
         if self.ide is not None:

@@ -44,7 +44,6 @@ MAX_NAME = 64
 MAX_CMDLINE = 2048           # Linux boot protocol 2.06+: cmdline_size is 2047 bytes + NUL on x86
 MAX_NOTES = 16384
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]*$")
-_MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 
 class ConfigError(ValueError):
@@ -86,9 +85,23 @@ class CdromConfig:
 
 
 @dataclass
-class NetworkConfig:
-    mode: str = "none"       # "user": NAT through the host once the network device exists
-    mac: str = ""            # empty: generated from the VM's uuid when the NIC is created
+class NicConfig:
+    """A network card (core/net/nic.py, docs/network.md): virtio-net on user-mode NAT (passt, with host port
+    forwards like "tcp:127.0.0.1:2222-:22") or on a TAP interface (optionally added to a bridge). An empty MAC
+    is derived from the VM's uuid and the card's place; the store writes it into the file."""
+
+    backend: str = "user"
+    model: str = "virtio"
+    mac: str = ""
+    forwards: list[str] = field(default_factory=list)
+    tap: str = ""
+    bridge: str = ""
+
+    def spec(self):
+        """The engine's NicSpec of this card (NetSpecError for a bad forward)."""
+        from core.net.nic import NicSpec, parse_forward
+        return NicSpec(backend=self.backend, model=self.model, mac=self.mac,
+                       forwards=[parse_forward(f) for f in self.forwards], tap=self.tap, bridge=self.bridge)
 
 
 @dataclass
@@ -112,7 +125,7 @@ class VmConfig:
     boot: BootConfig = field(default_factory=BootConfig)
     disks: list[DiskConfig] = field(default_factory=list)
     cdroms: list[CdromConfig] = field(default_factory=list)
-    network: NetworkConfig = field(default_factory=NetworkConfig)
+    nics: list[NicConfig] = field(default_factory=list)
     display: DisplayConfig = field(default_factory=DisplayConfig)
     serial: SerialConfig = field(default_factory=SerialConfig)
     autostart: bool = False
@@ -158,11 +171,16 @@ class VmConfig:
             raise ConfigError(f"{ide_disks} IDE disks and {len(self.cdroms)} CD-ROM drives make "
                               f"{ide_disks + len(self.cdroms)} IDE drives: the IDE controller holds "
                               f"{IDE_POSITIONS}; put disks on virtio or remove a CD-ROM drive")
-        _check_choice("network.mode", self.network.mode, NETWORK_MODES)
-        if self.network.mac and not _MAC_RE.match(self.network.mac):
-            raise ConfigError(f"network.mac {self.network.mac!r}: use six lower-case hex pairs like 52:54:00:12:34:56")
-        if self.network.mac and int(self.network.mac[:2], 16) & 1:
-            raise ConfigError(f"network.mac {self.network.mac}: a multicast address cannot name a NIC")
+        from core.net.nic import NetSpecError
+        for i, nic in enumerate(self.nics):
+            try:
+                spec = nic.spec()
+            except NetSpecError as exc:
+                raise ConfigError(f"nics[{i}]: {exc}") from None
+            try:
+                spec.validate(f"nics[{i}]")
+            except NetSpecError as exc:
+                raise ConfigError(str(exc)) from None
         _check_choice("display.type", self.display.type, DISPLAY_TYPES)
         _check_choice("serial.mode", self.serial.mode, SERIAL_MODES)
         if self.serial.log_file and not os.path.isabs(self.serial.log_file):
@@ -228,7 +246,7 @@ class VmConfig:
             if not isinstance(cdroms_raw, list):
                 raise ConfigError("cdroms: expected a list")
             cdroms = [_sub(CdromConfig, c, f"cdroms[{i}]") for i, c in enumerate(cdroms_raw)]
-            network = _sub(NetworkConfig, data.pop("network", {}), "network")
+            nics = _nics(data)
             display = _sub(DisplayConfig, data.pop("display", {}), "display")
             serial = _sub(SerialConfig, data.pop("serial", {}), "serial")
             unknown = set(data) - {f for f in cls.__dataclass_fields__}
@@ -236,7 +254,7 @@ class VmConfig:
                 raise ConfigError(f"unknown key {sorted(unknown)[0]!r}")
             if "name" not in data:
                 raise ConfigError("missing key 'name'")
-            cfg = cls(**data, boot=boot, disks=disks, cdroms=cdroms, network=network, display=display, serial=serial)
+            cfg = cls(**data, boot=boot, disks=disks, cdroms=cdroms, nics=nics, display=display, serial=serial)
         except TypeError as exc:
             raise ConfigError(str(exc)) from None
         _check_types(cfg)
@@ -273,6 +291,26 @@ def _sub(kind: type, data: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _nics(data: dict[str, Any]) -> list[NicConfig]:
+    """The cards of a definition; one written before cards existed has `network` {mode, mac} instead: mode
+    "user" is one user-mode card with that MAC, "none" no card."""
+    legacy = data.pop("network", None)
+    if "nics" in data:
+        raw = data.pop("nics")
+        if not isinstance(raw, list):
+            raise ConfigError("nics: expected a list")
+        return [_sub(NicConfig, n, f"nics[{i}]") for i, n in enumerate(raw)]
+    if legacy is None:
+        return []
+    if not isinstance(legacy, dict) or set(legacy) - {"mode", "mac"}:
+        raise ConfigError("network: expected an object with mode and mac")
+    mode, mac = legacy.get("mode", "none"), legacy.get("mac", "")
+    _check_choice("network.mode", mode, NETWORK_MODES)
+    if not isinstance(mac, str):
+        raise ConfigError("network.mac: expected str")
+    return [NicConfig(backend="user", mac=mac)] if mode == "user" else []
+
+
 _EXPECTED_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "uuid": (str,), "memory_mib": (int,), "vcpus": (int,), "accel": (str,),
     "autostart": (bool,), "notes": (str,),
@@ -285,8 +323,9 @@ def _check_types(cfg: VmConfig) -> None:
         # bool is an int in Python; 'memory_mib: true' is still a mistake.
         if not isinstance(value, types) or (types == (int,) and isinstance(value, bool)):
             raise ConfigError(f"{key}: expected {types[0].__name__}, found {type(value).__name__}")
-    for part, obj in (("boot", cfg.boot), ("network", cfg.network), ("display", cfg.display),
+    for part, obj in (("boot", cfg.boot), ("display", cfg.display),
                       ("serial", cfg.serial), *((f"disks[{i}]", d) for i, d in enumerate(cfg.disks)),
+                      *((f"nics[{i}]", n) for i, n in enumerate(cfg.nics)),
                       *((f"cdroms[{i}]", c) for i, c in enumerate(cfg.cdroms))):
         for name, f in obj.__dataclass_fields__.items():
             value = getattr(obj, name)
@@ -493,7 +532,11 @@ class ConfigStore:
             raise ConfigError(f"{path} could not be loaded earlier; fix or remove it by hand, Vireo will not "
                               "overwrite it")
         make_private_dirs(self.directory)
-        text = json.dumps(cfg.to_dict(), indent=2, sort_keys=False) + "\n"
+        data = cfg.to_dict()
+        from core.net.nic import derived_mac
+        for i, nic in enumerate(data["nics"]):
+            nic["mac"] = nic["mac"] or derived_mac(cfg.uuid, i)     # the card keeps its address from now on
+        text = json.dumps(data, indent=2, sort_keys=False) + "\n"
         atomic_write(path, text.encode())
         return path
 

@@ -23,6 +23,7 @@ from core.boot.loader import load_kernel
 from core.devices.vga_screen_info import screen_info_for_text_mode
 from core.hypervisor.base import ExitReason, Vcpu, fault_line
 from core.hypervisor.select import AccelChoice, choose_accelerator
+from core.net.nic import NetSpecError, NicSpec
 
 if TYPE_CHECKING:
     from core.config import VmConfig
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 MIN_MEMORY_MIB = 16
 MAX_CPUS = 64
-ENGINE_FEATURES = frozenset({"disks", "firmware_boot"})
+ENGINE_FEATURES = frozenset({"disks", "firmware_boot", "network"})
 DISPLAYS = ("vga", "none")
 DISK_BUSES = ("virtio", "ide")
 BOOT_DEVICES = ("kernel", "cd", "disk")   # "kernel": the Linux/Multiboot kernel given, loaded directly
@@ -85,6 +86,7 @@ class MachineConfig:
     boot_menu_wait_ms: int = 2500      # firmware boot: how long SeaBIOS offers its Esc boot menu (0: no menu)
     # QEMU's -boot once=: the order of the first boot only; from the first reset on (an installer's reboot), `boot`.
     boot_once: list[str] = field(default_factory=list)
+    nics: list[NicSpec] = field(default_factory=list)   # virtio-net cards, in PCI order
 
     @property
     def direct_kernel_boot(self) -> bool:
@@ -111,9 +113,15 @@ class MachineConfig:
         and a reset by the guest (an installer's reboot) goes back to the order — the host clears the flag once
         it has started the VM. A CD-ROM drive with no disc is left out: nothing can be inserted into a
         running machine, so the guest would only ever see it empty."""
-        if cfg.network.mode != "none":
-            raise ConfigError(f"network.mode {cfg.network.mode!r}: the engine has no network device yet; "
-                              "set the network mode to none")
+        from core.net.nic import derived_mac
+        nics = []
+        for i, nic in enumerate(cfg.nics):
+            try:
+                spec = nic.spec()
+            except NetSpecError as exc:
+                raise ConfigError(f"nics[{i}]: {exc}") from None
+            spec.mac = spec.mac or derived_mac(cfg.uuid, i)
+            nics.append(spec)
         if cfg.display.type not in DISPLAYS:
             raise ConfigError(f"display.type {cfg.display.type!r}: use one of {', '.join(DISPLAYS)}")
         disks = []
@@ -125,7 +133,7 @@ class MachineConfig:
         return cls(kernel=cfg.boot.kernel or None, initrd=cfg.boot.initrd or None, cmdline=cfg.boot.cmdline,
                    memory_mib=cfg.memory_mib, cpus=cfg.vcpus, accel=accel, disks=disks,
                    display=cfg.display.type, cdroms=[cd.path for cd in cfg.cdroms if cd.path],
-                   boot=list(cfg.boot.order), boot_once=once, firmware=cfg.boot.firmware or None)
+                   boot=list(cfg.boot.order), boot_once=once, firmware=cfg.boot.firmware or None, nics=nics)
 
     def validate(self) -> None:
         host_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
@@ -145,6 +153,11 @@ class MachineConfig:
         if ide > IDE_POSITIONS:
             raise ConfigError(f"{ide} IDE drives (disks on bus=ide plus CD-ROMs): the IDE controller holds "
                               f"{IDE_POSITIONS}; put disks on bus=virtio")
+        for i, nic in enumerate(self.nics):
+            try:
+                nic.validate(f"nic {i + 1}")
+            except NetSpecError as exc:
+                raise ConfigError(str(exc)) from None
         if not 0 <= self.boot_menu_wait_ms <= 0xFFFF:
             raise ConfigError(f"boot menu wait {self.boot_menu_wait_ms} ms is out of range: give 0..65535")
         for entry in self.boot + self.boot_once:
@@ -255,6 +268,7 @@ class Machine:
         if self.state != MachineState.DEFINED:
             raise RuntimeError(f"cannot start a machine that is {self.state.value}")
         self.started_at = time.monotonic()
+        self.board.start_nics()
         for i, vcpu in enumerate(self.board.vcpus):
             t = threading.Thread(target=self._vcpu_loop, args=(vcpu,), name=f"vcpu{i}", daemon=True)
             self._threads.append(t)
@@ -286,6 +300,30 @@ class Machine:
 
     def serial_input(self, data: bytes) -> None:
         self.board.serial.receive(data)
+
+    # -- network cards ------------------------------------------------------------------------------------
+    def nic_status(self) -> list[dict]:
+        """Each card: MAC, MTU, backend, link up/down with the reason, and its counters."""
+        out = []
+        for spec, nic in zip(self.config.nics, self.board.nics, strict=True):
+            out.append({"mac": ":".join(f"{b:02x}" for b in nic.mac), "model": spec.model, "backend": spec.backend,
+                        "mtu": nic.mtu, "link_up": nic.link_up, "link_reason": nic.link_reason,
+                        "forwards": [str(f) for f in spec.forwards], **nic.counters()})
+        return out
+
+    def reconnect_nic(self, index: int | None = None) -> list[str]:
+        """Restart the backend of card `index` (None: every card whose link is down); the problems, one line
+        each, of those that did not come back."""
+        if self.state in (MachineState.SHUTOFF, MachineState.CRASHED):
+            return [f"the machine is {self.state.value}"]
+        nics = list(enumerate(self.board.nics))
+        if index is not None:
+            if not 0 <= index < len(nics):
+                return [f"the VM has no network card {index}"]
+            nics = [nics[index]]
+        else:
+            nics = [(i, n) for i, n in nics if not n.link_up]
+        return [f"{nic.name}: {nic.link_reason}" for _, nic in nics if not nic.reconnect()]
 
     # -- requests from the guest side (any thread) -------------------------------------------------------
     def request_reset(self) -> None:

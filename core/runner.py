@@ -32,6 +32,7 @@ from core.machine import (
     MachineConfig,
     MachineState,
 )
+from core.net.nic import NetSpecError, NicSpec, parse_net_option
 from core.storage import CACHE_MODES, ImageError
 
 if TYPE_CHECKING:
@@ -76,6 +77,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "/usr/share/seabios/bios-256k.bin)")
     p.add_argument("--display", default="none", choices=("none", "window"),
                    help="window: show the VM's screen in a console window (default none)")
+    p.add_argument("--net", action="append", default=[],
+                   metavar="user[,hostfwd=tcp:127.0.0.1:2222-:22][,mac=M]|tap=NAME[,bridge=BR]|none",
+                   help="a virtio-net card (repeatable): user-mode NAT through passt with host port forwards, a "
+                        "TAP interface (optionally added to a bridge; needs CAP_NET_ADMIN), or none")
     p.add_argument("--screendump", metavar="FILE.png",
                    help="when the VM stops, save its last frame here (and in text mode the text as FILE.txt)")
 
@@ -153,6 +158,21 @@ def parse_boot(spec: str | None) -> list[str]:
     if len(set(order)) != len(order):
         raise BadInput(f"--boot {spec}: a device is named twice; give each of {', '.join(BOOT_DEVICES)} once")
     return order
+
+
+def parse_nets(specs: list[str]) -> list[NicSpec]:
+    """The --net options, in order (each `none` adds no card)."""
+    try:
+        return [nic for nic in (parse_net_option(s) for s in specs) if nic is not None]
+    except NetSpecError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _report_links(machine: Machine) -> None:
+    """A card whose backend fails or dies: one line on stderr (the VM keeps running with that link down)."""
+    for nic in machine.board.nics:
+        nic.on_link_change = lambda up, reason, name=nic.name: None if up else \
+            print(f"\r\nvireo: {name}: link down: {reason}", file=sys.stderr, flush=True)
 
 
 def _check_file(option: str, path: str | None) -> None:
@@ -329,11 +349,12 @@ def prepare(args: argparse.Namespace) -> RunSession | int:
                 raise BadInput(f"--screendump {args.screendump}: folder {folder} does not exist")
         write, close_sink, interactive = _serial_sink(args.serial)
         disks = [parse_disk(d) for d in args.disk]
+        nics = parse_nets(args.net)
         config = MachineConfig(kernel=args.kernel, initrd=args.initrd, cmdline=args.append,
                                memory_mib=args.memory, cpus=args.cpus, accel=args.accel,
                                decompress_on_host=not args.no_host_decompress, disks=disks,
                                cdroms=list(args.cdrom), boot=boot, firmware=args.firmware,
-                               boot_menu_wait_ms=args.boot_menu_wait)
+                               boot_menu_wait_ms=args.boot_menu_wait, nics=nics)
         config.validate()
         choice = choose_accelerator(args.accel)
         if choice.warning:
@@ -341,6 +362,7 @@ def prepare(args: argparse.Namespace) -> RunSession | int:
         if args.accel == "auto":
             print(f"vireo: accelerator {choice.name} ({choice.reason})", file=err)
         machine = Machine(config, serial_output=write, accel_choice=choice)
+        _report_links(machine)
     except (BadInput, ConfigError, BootError, AcceleratorUnavailable, ImageError) as exc:
         print(f"vireo: {exc}", file=err)
         return EXIT_BAD_INPUT

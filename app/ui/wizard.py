@@ -33,7 +33,7 @@ from app.ui.wizard_pages import (
     StoragePage,
 )
 from app.widgets.text import as_sentence
-from core.config import BootConfig, CdromConfig, DiskConfig, NetworkConfig, VmConfig, images_dir
+from core.config import BootConfig, CdromConfig, DiskConfig, NicConfig, VmConfig, images_dir
 
 
 class NewVmWizard(QWizard):
@@ -107,7 +107,7 @@ class NewVmWizard(QWizard):
             name=self.finish_page.name.text().strip(),
             memory_mib=self.resources_page.memory.value(), vcpus=self.resources_page.cpus.value(),
             accel=self.finish_page.accel.currentData(), boot=boot, disks=disks, cdroms=cdroms,
-            network=NetworkConfig(mode=self.finish_page.network.currentData()),
+            nics=[NicConfig()] if self.finish_page.network.currentData() == "user" else [],
         )
 
     def accept(self) -> None:

@@ -37,6 +37,7 @@ from core.vmproc.serial_log import SerialLog, SerialLogError
 from core.vmproc.wire import (
     CALLS,
     FINAL_STATES,
+    MAX_NICS,
     ROLE_CONTROLLER,
     ROLE_VM,
     VmPaths,
@@ -170,9 +171,14 @@ class VmServer:
             op = header.get("op")
             if op not in CALLS:
                 raise ProtocolError(f"unknown call {str(op)[:40]!r}")
+            result = None
             with self._ops:
-                error = self._call(op)
-            self.outbox.put({"t": "reply", "id": call_id, **({"e": error} if error else {})})
+                if op.startswith("net_"):
+                    error, result = self._net_call(op, header)
+                else:
+                    error = self._call(op)
+            self.outbox.put({"t": "reply", "id": call_id, **({"e": error} if error else {}),
+                             **({"r": result} if result is not None else {})})
         elif kind == "serial":
             # Paused too: the UART holds the bytes and the guest reads them once it runs again.
             if self.machine is not None and self.state not in FINAL_STATES:
@@ -208,6 +214,18 @@ class VmServer:
             machine.power_off()
             machine.wait(10)
         return ""
+
+    def _net_call(self, op: str, header: dict[str, Any]) -> tuple[str, Any]:
+        """The network cards: their status, or a restart of a card's backend (passt) by index, or of every card
+        whose link is down."""
+        machine = self.machine
+        if machine is None or self.state in FINAL_STATES:
+            return "the machine is not running", None
+        if op == "net_status":
+            return "", machine.nic_status()
+        nic = integer(header, "nic", 0, MAX_NICS - 1) if "nic" in header else None
+        problems = machine.reconnect_nic(nic)
+        return "; ".join(problems), None
 
     # -- building and starting the machine -------------------------------------------------------------------
     def _start(self, config: Any) -> None:

@@ -32,6 +32,7 @@ from core.hoststats import thread_cpu_seconds
 from core.protocol import ConnectionClosed, ProtocolError, check_hello, encode, hello
 from core.vmproc.wire import (
     FINAL_STATES,
+    MAX_NICS,
     MAX_REASON,
     ROLE_CONTROLLER,
     ROLE_VM,
@@ -283,13 +284,23 @@ class VmProcess:
         except (ProcessLookupError, OSError):
             pass
 
-    def _call(self, op: str, timeout: float = CALL_TIMEOUT) -> None:
+    def net_status(self) -> list[dict[str, Any]]:
+        """Each network card: mac, model, backend, mtu, link_up, link_reason, forwards and its counters
+        (rx/tx bytes, packets, dropped), checked as untrusted input."""
+        return _checked_nics(self._call("net_status"))
+
+    def net_reconnect(self, nic: int | None = None) -> None:
+        """Restart the backend (passt) of card `nic`, or of every card whose link is down; VmProcessError with
+        one line naming the cards that stayed down."""
+        self._call("net_reconnect", extra={} if nic is None else {"nic": int(nic)})
+
+    def _call(self, op: str, timeout: float = CALL_TIMEOUT, extra: dict[str, Any] | None = None) -> Any:
         waiter = _Waiter()
         call_id = next(self._ids)
         with self._waiters_lock:
             self._waiters[call_id] = waiter
         try:
-            self._send({"t": "call", "id": call_id, "op": op})
+            self._send({"t": "call", "id": call_id, "op": op, **(extra or {})})
             if not waiter.event.wait(timeout):
                 raise VmProcessError(f"the VM process {self.pid} did not answer {op} within {timeout:.0f} s")
         finally:
@@ -297,6 +308,7 @@ class VmProcess:
                 self._waiters.pop(call_id, None)
         if waiter.error:
             raise VmProcessError(waiter.error)
+        return waiter.result
 
     def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
         if self._exited.is_set() or self._replaced:
@@ -357,6 +369,7 @@ class VmProcess:
                 waiter = self._waiters.get(call_id)
             if waiter is not None:
                 waiter.error = text(header, "e")
+                waiter.result = header.get("r")
                 waiter.event.set()
         elif kind == "replaced":
             self._replaced = True
@@ -430,10 +443,38 @@ class VmProcess:
         return describe_exit(self._popen.returncode)
 
 
+_NIC_TEXT = ("mac", "model", "backend", "link_reason")
+_NIC_COUNTS = ("mtu", "rx_bytes", "rx_packets", "tx_bytes", "tx_packets", "rx_dropped", "tx_dropped")
+
+
+def _checked_nics(value: Any) -> list[dict[str, Any]]:
+    """A net_status result from the VM process, field by field; ProtocolError-free: anything odd is refused
+    with VmProcessError."""
+    if not isinstance(value, list) or len(value) > MAX_NICS:
+        raise VmProcessError("the VM process answered net_status with something that is not a list of cards")
+    out = []
+    for card in value:
+        if not isinstance(card, dict):
+            raise VmProcessError("the VM process answered net_status with a malformed card")
+        entry: dict[str, Any] = {"link_up": card.get("link_up") is True}
+        for key in _NIC_TEXT:
+            v = card.get(key, "")
+            entry[key] = v[:MAX_REASON] if isinstance(v, str) else ""
+        for key in _NIC_COUNTS:
+            v = card.get(key, 0)
+            entry[key] = v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 else 0
+        forwards = card.get("forwards", [])
+        entry["forwards"] = [f[:100] for f in forwards if isinstance(f, str)][:64] if isinstance(forwards, list) \
+            else []
+        out.append(entry)
+    return out
+
+
 class _Waiter:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.error = ""
+        self.result: Any = None
 
 
 def describe_exit(returncode: int | None) -> str:

@@ -13,6 +13,9 @@ untrusted. The messages:
                                                    | error {e: one line}, after which the process exits
   call {id, op: pause|resume|shutdown|reset|       reply {id} | reply {id, e: one line}
         power_off}
+  call {id, op: net_status}                        reply {id, r: [{mac, backend, link_up, link_reason,
+                                                                   rx_bytes, tx_bytes, ...} per card]}
+  call {id, op: net_reconnect, nic?: index}        reply {id} | reply {id, e: the cards that stayed down}
   serial + bytes (to ttyS0)                        serial + bytes (from ttyS0, batched)
   key + set-2 bytes, mouse {dx, dy, buttons, dz}   state {state: running|paused|shutoff|crashed, reason}
                                                    replaced (another controller connected: this one is dropped)
@@ -41,7 +44,8 @@ SERIAL_BATCH = 64 * 1024
 MAX_REASON = 2000                # characters of a state reason or error line kept from the VM process
 STATES = ("running", "paused", "shutoff", "crashed")
 FINAL_STATES = ("shutoff", "crashed")
-CALLS = ("pause", "resume", "shutdown", "reset", "power_off")
+CALLS = ("pause", "resume", "shutdown", "reset", "power_off", "net_status", "net_reconnect")
+MAX_NICS = 16
 ROLE_VM, ROLE_CONTROLLER = "vmproc", "vmproc-controller"
 _SUN_PATH_MAX = 107              # sizeof(sockaddr_un.sun_path) - 1 on Linux (unix(7))
 

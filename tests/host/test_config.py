@@ -14,7 +14,7 @@ from core.config import (
     ConfigError,
     ConfigStore,
     DiskConfig,
-    NetworkConfig,
+    NicConfig,
     VmConfig,
     atomic_write,
     images_dir,
@@ -31,7 +31,8 @@ def make(name: str = "debian", **kw) -> VmConfig:
 def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     cfg = make(memory_mib=1024, vcpus=2, accel="software", autostart=True, notes="lab box\nsecond line",
                disks=[DiskConfig(path="/var/lib/x.img", format="raw", readonly=True)],
-               network=NetworkConfig(mode="user", mac="52:54:00:12:34:56"))
+               nics=[NicConfig(mac="52:54:00:12:34:56", forwards=["tcp:127.0.0.1:2222-:22"]),
+                     NicConfig(backend="tap", tap="vtap0", bridge="br0", mac="52:54:00:12:34:57")])
     store = ConfigStore(tmp_path)
     path = store.save(cfg)
     assert path == tmp_path / f"{cfg.uuid}.json"
@@ -55,7 +56,10 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     (dict(boot=BootConfig(kernel="/k", cmdline="x" * 3000)), "boot.cmdline is 3000 bytes"),
     (dict(disks=[DiskConfig(path="/a.img", format="vmdk")]), "disks[0].format 'vmdk'"),
     (dict(disks=[DiskConfig(path="/a.img"), DiskConfig(path="/a.img")]), "attached twice"),
-    (dict(network=NetworkConfig(mode="user", mac="53:54:00:12:34:56")), "multicast"),
+    (dict(nics=[NicConfig(mac="53:54:00:12:34:56")]), "multicast"),
+    (dict(nics=[NicConfig(forwards=["tcp:2222:22"])]), "nics[0]"),
+    (dict(nics=[NicConfig(backend="tap")]), "nics[0] tap ''"),
+    (dict(nics=[NicConfig(backend="slirp")]), "nics[0] backend 'slirp'"),
     (dict(disks=[DiskConfig(path="/a.img", bus="scsi")]), "disks[0].bus 'scsi': use one of virtio, ide"),
     (dict(cdroms=[CdromConfig("isos/debian.iso")]), "cdroms[0].path 'isos/debian.iso' is a relative path"),
     (dict(cdroms=[CdromConfig("/a.img")], disks=[DiskConfig(path="/a.img")]), "cdroms[0].path /a.img is also "

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from core.config import BootConfig, CdromConfig, DiskConfig, DisplayConfig, NetworkConfig, SerialConfig, VmConfig
+from core.config import BootConfig, CdromConfig, DiskConfig, DisplayConfig, NicConfig, SerialConfig, VmConfig
 from core.machine import ENGINE_FEATURES, ConfigError, DiskSpec, Machine, MachineConfig
 
 # Every field of a definition is either carried into the MachineConfig, or used by the VM process around its
@@ -14,13 +14,14 @@ from core.machine import ENGINE_FEATURES, ConfigError, DiskSpec, Machine, Machin
 # added to VmConfig fails test_every_definition_field_is_accounted_for until from_vm decides.
 CARRIED = {"memory_mib", "vcpus", "accel", "boot.kernel", "boot.initrd", "boot.cmdline", "boot.order",
            "boot.firmware", "boot.cd_once", "disks.path", "disks.format", "disks.bus", "disks.readonly",
-           "cdroms.path", "network.mode", "network.mac", "display.type"}
+           "cdroms.path", "nics.backend", "nics.model", "nics.mac", "nics.forwards", "nics.tap",
+           "nics.bridge", "display.type"}
 VM_PROCESS_SIDE = {"serial.log_file"}
 HOST_SIDE = {"name", "uuid", "autostart", "notes", "serial.mode"}
 
 
 def _field_names(kind: type, prefix: str = "") -> set[str]:
-    nested = {"boot": BootConfig, "disks": DiskConfig, "cdroms": CdromConfig, "network": NetworkConfig,
+    nested = {"boot": BootConfig, "disks": DiskConfig, "cdroms": CdromConfig, "nics": NicConfig,
               "display": DisplayConfig, "serial": SerialConfig}
     names: set[str] = set()
     for f in dataclasses.fields(kind):
@@ -58,7 +59,7 @@ def test_an_empty_initrd_means_none_and_display_none_is_carried():
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"network": NetworkConfig(mode="user")}, ["network.mode", "'user'", "none"]),
+    ({"nics": [NicConfig(forwards=["tcp:127.0.0.1:99999-:22"])]}, ["nics[0]", "99999", "1..65535"]),
     ({"disks": [DiskConfig("/x.img", bus="scsi")]}, ["disks[0].bus", "'scsi'", "virtio, ide"]),
     ({"display": DisplayConfig("spice")}, ["display.type", "'spice'"]),
 ])
@@ -69,6 +70,17 @@ def test_what_the_engine_cannot_honour_is_refused_in_one_line(change, words):
     assert "\n" not in message
     for word in words:
         assert word in message
+
+
+def test_cards_are_carried_with_a_stable_mac():
+    """A card without a MAC gets the one derived from the VM's uuid and its place: the same at every start."""
+    cfg = _vm(nics=[NicConfig(forwards=["tcp:127.0.0.1:2222-:22"]), NicConfig(backend="tap", tap="vtap0",
+                                                                             mac="52:54:00:00:00:07")])
+    first, again = MachineConfig.from_vm(cfg, "software"), MachineConfig.from_vm(cfg, "software")
+    assert [n.mac for n in first.nics] == [n.mac for n in again.nics]
+    assert first.nics[0].mac.startswith("52:54:00:") and first.nics[1].mac == "52:54:00:00:00:07"
+    assert [str(f) for f in first.nics[0].forwards] == ["tcp:127.0.0.1:2222-:22"]
+    assert (first.nics[1].backend, first.nics[1].tap) == ("tap", "vtap0")
 
 
 def test_firmware_boot_from_an_iso_and_an_ide_disk_is_carried():
@@ -104,7 +116,7 @@ def test_boot_order_and_firmware_file_are_carried_as_given():
 
 
 def test_capabilities_are_declared():
-    assert ENGINE_FEATURES == frozenset({"disks", "firmware_boot"})
+    assert ENGINE_FEATURES == frozenset({"disks", "firmware_boot", "network"})
 
 
 def test_display_none_builds_a_machine_without_a_display_adapter(debian_kernel):

@@ -45,6 +45,7 @@ from core.config import (
     NETWORK_MODES,
     SERIAL_MODES,
     DiskConfig,
+    NicConfig,
     VmConfig,
 )
 from core.host import HostError, VmInfo
@@ -329,8 +330,11 @@ class DetailsEditor(QWidget):
         self.boot_page.apply_to(base, self.saved)
         base.disks = self._current_disks()
         base.cdroms = self.cdrom_page.cdroms()
-        base.network.mode = self.net_mode.currentData()
-        base.network.mac = self.mac.text().strip().lower()
+        if self.net_mode.currentData() == "none":
+            base.nics = []
+        else:
+            base.nics = base.nics or [NicConfig()]
+            base.nics[0].mac = self.mac.text().strip().lower()
         base.display.type = self.display.currentData()
         base.serial.mode = self.serial_mode.currentData()
         base.serial.log_file = self.serial_log.text().strip()
@@ -388,8 +392,8 @@ class DetailsEditor(QWidget):
             self.boot_page.load(cfg.boot)
             self._disk_rows([DiskConfig(**vars(d)) for d in cfg.disks])
             self.cdrom_page.load(cfg.cdroms)
-            self.net_mode.setCurrentIndex(max(0, self.net_mode.findData(cfg.network.mode)))
-            self.mac.setText(cfg.network.mac)
+            self.net_mode.setCurrentIndex(max(0, self.net_mode.findData("user" if cfg.nics else "none")))
+            self.mac.setText(cfg.nics[0].mac if cfg.nics else "")
             self.display.setCurrentIndex(max(0, self.display.findData(cfg.display.type)))
             self.serial_mode.setCurrentIndex(max(0, self.serial_mode.findData(cfg.serial.mode)))
             self.serial_log.setText(cfg.serial.log_file)

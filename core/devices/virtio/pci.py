@@ -251,6 +251,24 @@ class VirtioPciDevice(PciDevice):
         if worker is not None:
             worker.stop()
 
+    def device_error(self, why: str) -> None:
+        """A device thread found the driver broke the protocol: DEVICE_NEEDS_RESET for this device only."""
+        with self.lock:
+            if not self.status & STATUS_NEEDS_RESET:
+                self._device_error(why)
+
+    def config_changed(self) -> None:
+        """The device configuration changed (virtio-net's link status): a new generation and a configuration
+        change notification (4.1.4.5), once the driver is running."""
+        with self.lock:
+            self.config_generation = (self.config_generation + 1) & 0xFF
+            if self.status & STATUS_DRIVER_OK:
+                self.interrupt(self.config_msix_vector, 2)
+
+    def may_run(self) -> bool:
+        """Whether the driver is running the device (DRIVER_OK, no reset needed): call with the lock held."""
+        return bool(self.status & STATUS_DRIVER_OK) and not self.status & STATUS_NEEDS_RESET
+
     def _device_error(self, why: str) -> None:
         log.warning("virtio %s: %s; device needs reset", type(self.device).__name__, why)
         self.status |= STATUS_NEEDS_RESET

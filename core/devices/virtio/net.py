@@ -1,0 +1,346 @@
+"""virtio-net (virtio 1.2, section 5.1): an Ethernet card for the guest, PCI 1af4:1041 on the modern transport,
+with one receive queue (0) and one transmit queue (1), no control queue.
+
+Offered features: MAC (the address in the configuration space, 5.1.4), STATUS (LINK_UP while the backend lives; a
+change is a configuration change notification), MTU (the backend's: passt's 65520, 1500 for TAP), MRG_RXBUF
+(5.1.6.3.1: a frame spreads over as many receive buffers as it needs, `num_buffers` in the first header), CSUM
+(the driver may leave a transmitted frame's TCP/UDP checksum to the device, which completes it here: neither
+backend takes partial checksums) and GUEST_CSUM (received frames are marked DATA_VALID: both backends hand over
+frames whose checksums the host already made or checked). No segmentation offload is offered: with the 65520-byte
+MTU a TCP segment of 64 KiB is already one frame. With VERSION_1 the header is always 12 bytes (5.1.6).
+
+Nothing runs on a vCPU thread but a wake-up: a notification of the transmit queue wakes the card's transmit
+thread, which takes the frames, returns the buffers and sends the frames to the backend; a receive thread reads
+frames from the backend and writes them into the driver's receive buffers, waiting (and so not reading, which
+pushes back on passt) when there are none. Ring work happens under the transport lock, so a reset never meets a
+half-written buffer.
+
+Everything the driver wrote is untrusted: a transmit chain shorter than the header plus an Ethernet header or
+longer than the largest frame, a segmentation request that was never offered, a checksum position outside the
+frame, receive buffers with a device-readable part or too small to ever hold a frame: DEVICE_NEEDS_RESET for this
+card only. Frames from the backend are bounded (core/net/backend.py MAX_FRAME).
+"""
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from collections.abc import Callable
+
+from core.devices.virtio.pci import Handoff, VirtioDevice
+from core.devices.virtio.queue import DescriptorChain, Virtqueue, VirtqueueError, gather
+from core.memory import GuestMemory, GuestMemoryError
+from core.net.backend import ETH_HEADER, MAX_FRAME, NetBackend
+
+log = logging.getLogger(__name__)
+
+F_CSUM, F_GUEST_CSUM, F_MTU, F_MAC = 1 << 0, 1 << 1, 1 << 3, 1 << 5
+F_MRG_RXBUF, F_STATUS = 1 << 15, 1 << 16
+S_LINK_UP = 1
+HDR_F_NEEDS_CSUM, HDR_F_DATA_VALID = 1, 2
+GSO_NONE = 0
+HDR_LEN = 12                  # struct virtio_net_hdr with num_buffers (VERSION_1)
+RX, TX = 0, 1
+TX_BATCH = 64                 # frames taken per pass of the transmit ring before they are sent
+MIN_MTU = 68
+
+Connect = Callable[[], NetBackend]
+LinkListener = Callable[[bool, str], None]
+
+
+def inet_checksum(data: bytes | bytearray | memoryview) -> int:
+    """The Internet checksum (RFC 1071) of `data`: 16-bit big-endian words summed in ones' complement, inverted.
+    The sum is the number the bytes spell taken modulo 0xFFFF (2**16 is 1 modulo 0xFFFF), which CPython computes
+    in C for the whole frame at once."""
+    raw = bytes(data)
+    if len(raw) % 2:
+        raw += b"\0"
+    value = int.from_bytes(raw, "big")
+    total = value % 0xFFFF
+    if total == 0 and value:
+        total = 0xFFFF               # ones' complement: a non-zero sum that wraps to zero is "negative zero"
+    return ~total & 0xFFFF
+
+
+class VirtioNet(VirtioDevice):
+    device_id = 1
+    pci_class = 0x020000          # network controller, Ethernet
+    num_queues = 2
+    queue_size = 256
+
+    def __init__(self, mac: str, connect: Connect, mtu: int = 1500, name: str = "net0") -> None:
+        super().__init__()
+        self.mac = bytes(int(x, 16) for x in mac.split(":"))
+        if len(self.mac) != 6:
+            raise ValueError(f"{name}: MAC {mac!r} is not six bytes")
+        self.mtu = max(MIN_MTU, min(mtu, MAX_FRAME - ETH_HEADER - 4))
+        self.name = name
+        self._connect = connect
+        self.stats = {"rx_bytes": 0, "rx_packets": 0, "tx_bytes": 0, "tx_packets": 0, "rx_dropped": 0,
+                      "tx_dropped": 0}
+        self.link_up = False
+        self.link_reason = "not started"
+        self.on_link_change: LinkListener | None = None
+        self.backend: NetBackend | None = None
+        self._driver_features = 0
+        self._held: list[DescriptorChain] = []      # receive buffers taken for a frame that did not fit yet
+        self._backend_lock = threading.Lock()       # one connect/disconnect at a time
+        self._rx_kick = threading.Event()
+        self._tx_kick = threading.Event()
+        self._stopping = False
+        self._rx_thread: threading.Thread | None = None
+        self._tx_thread: threading.Thread | None = None
+
+    # -- what the driver sees ---------------------------------------------------------------------------------
+    def features(self) -> int:
+        return F_MAC | F_STATUS | F_MTU | F_MRG_RXBUF | F_CSUM | F_GUEST_CSUM
+
+    def config(self) -> bytes:
+        # mac, status, max_virtqueue_pairs, mtu (5.1.4)
+        return struct.pack("<6sHHH", self.mac, S_LINK_UP if self.link_up else 0, 1, self.mtu)
+
+    def activate(self, driver_features: int) -> None:
+        self._driver_features = driver_features
+        self._rx_kick.set()
+
+    def reset(self) -> None:
+        self._driver_features = 0
+        self._held = []                # the rings are gone: nothing taken from them is ours any more
+
+    def process(self, queue: Virtqueue, memory: GuestMemory, handoff: Handoff | None = None) -> None:
+        # On the vCPU thread: only wake the thread that owns the queue.
+        (self._rx_kick if queue.index == RX else self._tx_kick).set()
+
+    # -- the backend ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the transmit thread and connect the backend (a backend that fails leaves the link down)."""
+        self._tx_thread = threading.Thread(target=self._tx_loop, name=f"{self.name}-tx", daemon=True)
+        self._tx_thread.start()
+        self.reconnect()
+
+    def reconnect(self) -> bool:
+        """(Re)start the backend: the old one is closed, a new one connected, the link comes up. False (and the
+        link down, with the reason in link_reason) when the new backend cannot start."""
+        with self._backend_lock:
+            if self._stopping:
+                return False
+            self._disconnect()
+            try:
+                backend = self._connect()
+            except OSError as exc:
+                self._set_link(False, str(exc))
+                return False
+            self.backend = backend
+            self._rx_thread = threading.Thread(target=self._rx_loop, args=(backend,), name=f"{self.name}-rx",
+                                               daemon=True)
+            self._rx_thread.start()
+            self._set_link(True, backend.description)
+            return True
+
+    def _disconnect(self) -> None:
+        backend, self.backend = self.backend, None
+        if backend is not None:
+            backend.close()
+        thread, self._rx_thread = self._rx_thread, None
+        self._rx_kick.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+
+    def stop(self) -> None:
+        """The machine is going away: stop both threads and close the backend."""
+        with self._backend_lock:
+            self._stopping = True
+            self._disconnect()
+        self._tx_kick.set()
+        if self._tx_thread is not None and self._tx_thread is not threading.current_thread():
+            self._tx_thread.join(5)
+
+    def _set_link(self, up: bool, reason: str) -> None:
+        changed = up != self.link_up
+        self.link_up, self.link_reason = up, reason
+        if changed and self.transport is not None:
+            self.transport.config_changed()
+        listener = self.on_link_change
+        if listener is None:
+            if not up:
+                log.warning("%s: link down: %s", self.name, reason)
+        else:
+            try:
+                listener(up, reason)
+            except Exception:
+                log.exception("%s: link listener failed", self.name)
+
+    def _backend_ended(self, backend: NetBackend) -> None:
+        # Not waiting for the lock: whoever holds it (a reconnect, stop) is replacing this backend anyway, and
+        # joins this thread.
+        if not self._backend_lock.acquire(blocking=False):
+            return
+        try:
+            if self.backend is not backend or self._stopping:
+                return                     # replaced or stopped on purpose
+            self.backend = None
+            backend.close()
+            self._set_link(False, backend.why_ended())
+        finally:
+            self._backend_lock.release()
+
+    # -- receive ----------------------------------------------------------------------------------------------
+    def _rx_loop(self, backend: NetBackend) -> None:
+        try:
+            while (frame := backend.recv_frame()) is not None:
+                while True:
+                    self._rx_kick.clear()
+                    if self.backend is not backend or self._deliver(frame):
+                        break
+                    self._rx_kick.wait(0.5)      # no receive buffers: wait for the driver to add some
+                if self.backend is not backend:
+                    return
+        except Exception as exc:                # a device-model bug stops this card, not the VM
+            log.exception("%s: receive failed", self.name)
+            self._fail(f"device model failed: {type(exc).__name__}: {exc}")
+        self._backend_ended(backend)
+
+    def _fail(self, why: str) -> None:
+        if self.transport is not None:
+            self.transport.device_error(why)
+
+    def _deliver(self, frame: bytes) -> bool:
+        """Put one frame into the receive queue; False when the driver has not given enough buffers yet."""
+        t = self.transport
+        assert t is not None
+        q = t.queues[RX]
+        with t.lock:
+            if not t.may_run() or not q.ready or not self.link_up:
+                self.stats["rx_dropped"] += 1
+                return True
+            try:
+                return self._deliver_locked(q, t.memory, frame)
+            except (VirtqueueError, GuestMemoryError) as exc:
+                self._held = []
+                self.stats["rx_dropped"] += 1
+                t.device_error(str(exc))
+                return True
+
+    def _deliver_locked(self, q: Virtqueue, memory: GuestMemory, frame: bytes) -> bool:
+        mergeable = bool(self._driver_features & F_MRG_RXBUF)
+        need = HDR_LEN + len(frame)
+        held = self._held
+        room = sum(_writable_len(c) for c in held)
+        while not held or (mergeable and room < need):
+            chain = q.pop()
+            if chain is None:
+                return False
+            if chain.readable:
+                raise VirtqueueError(f"queue {q.index}: a receive buffer has a device-readable part")
+            size = _writable_len(chain)
+            if size < HDR_LEN:
+                raise VirtqueueError(f"queue {q.index}: a receive buffer of {size} bytes cannot hold the header")
+            held.append(chain)
+            room += size
+            if len(held) >= q.size and room < need:
+                raise VirtqueueError(f"queue {q.index}: {len(held)} receive buffers of {room} bytes in all cannot "
+                                     f"hold a {len(frame)}-byte frame")
+        if not mergeable and room < need:
+            self.stats["rx_dropped"] += 1          # the buffer stays ours for the next frame
+            return True
+        # How many buffers the frame takes (only the first carries the header).
+        used, total = 0, 0
+        while total < need:
+            total += _writable_len(held[used])
+            used += 1
+        flags = HDR_F_DATA_VALID if self._driver_features & F_GUEST_CSUM else 0
+        data = memoryview(struct.pack("<BBHHHHH", flags, GSO_NONE, 0, 0, 0, 0, used) + frame)
+        old_used = q.used_idx
+        pos = 0
+        for chain in held[:used]:
+            start = pos
+            for gpa, n in chain.writable:
+                if pos >= need:
+                    break
+                piece = data[pos:pos + n]
+                memory.write(gpa, piece)
+                pos += len(piece)
+            q.push(chain, pos - start)
+        del held[:used]
+        self.stats["rx_packets"] += 1
+        self.stats["rx_bytes"] += len(frame)
+        assert self.transport is not None
+        self.transport.used(q, old_used)
+        return True
+
+    # -- transmit ---------------------------------------------------------------------------------------------
+    def _tx_loop(self) -> None:
+        while True:
+            self._tx_kick.wait()
+            self._tx_kick.clear()
+            if self._stopping:
+                return
+            try:
+                while self._tx_pass():
+                    pass
+            except Exception as exc:
+                log.exception("%s: transmit failed", self.name)
+                self._fail(f"device model failed: {type(exc).__name__}: {exc}")
+
+    def _tx_pass(self) -> bool:
+        """Take up to TX_BATCH frames off the transmit queue, give the buffers back, send the frames; True when
+        there may be more."""
+        t = self.transport
+        assert t is not None
+        q = t.queues[TX]
+        frames: list[bytes] = []
+        with t.lock:
+            if not t.may_run() or not q.ready:
+                return False
+            old_used = q.used_idx
+            try:
+                while len(frames) < TX_BATCH:
+                    chain = q.pop()
+                    if chain is None:
+                        break
+                    frames.append(self._tx_frame(chain, t.memory))
+                    q.push(chain, 0)
+            except (VirtqueueError, GuestMemoryError) as exc:
+                self.stats["tx_dropped"] += len(frames) + 1
+                t.device_error(str(exc))
+                return False
+            if q.used_idx != old_used:
+                t.used(q, old_used)
+        backend = self.backend
+        for frame in frames:
+            if backend is not None and self.link_up and backend.send_frame(frame):
+                self.stats["tx_packets"] += 1
+                self.stats["tx_bytes"] += len(frame)
+            else:
+                self.stats["tx_dropped"] += 1        # no carrier: the frame is lost, as on an unplugged cable
+        return len(frames) == TX_BATCH
+
+    def _tx_frame(self, chain: DescriptorChain, memory: GuestMemory) -> bytes:
+        n = chain.readable_len
+        if n < HDR_LEN + ETH_HEADER:
+            raise VirtqueueError(f"a transmitted frame of {n} bytes is shorter than the header and an Ethernet "
+                                 "header")
+        if n > HDR_LEN + MAX_FRAME:
+            raise VirtqueueError(f"a transmitted frame of {n - HDR_LEN} bytes is over the {MAX_FRAME}-byte limit")
+        data = gather(memory, chain.readable)
+        flags, gso_type, _hdr_len, _gso_size, csum_start, csum_offset = struct.unpack_from("<BBHHHH", data)
+        if gso_type != GSO_NONE:
+            raise VirtqueueError(f"the driver asked for segmentation (gso_type {gso_type}), which was not offered")
+        if not flags & HDR_F_NEEDS_CSUM:
+            return data[HDR_LEN:]
+        if not self._driver_features & F_CSUM:
+            raise VirtqueueError("the driver left a checksum to the device without negotiating CSUM")
+        frame = bytearray(data[HDR_LEN:])
+        at = csum_start + csum_offset
+        if csum_start >= len(frame) or at + 2 > len(frame):
+            raise VirtqueueError(f"checksum at {csum_start}+{csum_offset} lies outside the {len(frame)}-byte frame")
+        # The driver put the pseudo-header sum in the checksum field; the sum from csum_start on completes it.
+        struct.pack_into(">H", frame, at, inet_checksum(memoryview(frame)[csum_start:]))
+        return bytes(frame)
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats)
+
+
+def _writable_len(chain: DescriptorChain) -> int:
+    return sum(n for _, n in chain.writable)
