@@ -27,6 +27,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from core.vnc.address import parse_vnc
+from core.vnc.auth import check_password
+
 SCHEMA_VERSION = 1
 ACCELERATORS = ("auto", "kvm", "software")
 DISK_FORMATS = ("raw", "qcow2")
@@ -106,7 +109,17 @@ class NicConfig:
 
 @dataclass
 class DisplayConfig:
+    """The screen. `vnc` serves it over VNC (RFB) from the VM process while the VM runs: "" (off), "HOST:DISPLAY"
+    (a loopback address, TCP port 5900 + DISPLAY, as QEMU's -vnc) or "unix:PATH"; `vnc_password` (1..8
+    characters) asks VNC clients for it (RFC 6143's VNC authentication), empty for none (core/vnc, docs/vnc.md)."""
+
     type: str = "vga"
+    vnc: str = ""
+    vnc_password: str = ""
+
+    def vnc_uri(self) -> str:
+        """Where a VNC viewer connects, as virsh domdisplay prints it (vnc://127.0.0.1:5901), or "" when off."""
+        return parse_vnc(self.vnc, "display.vnc").uri() if self.vnc else ""
 
 
 @dataclass
@@ -182,6 +195,16 @@ class VmConfig:
             except NetSpecError as exc:
                 raise ConfigError(str(exc)) from None
         _check_choice("display.type", self.display.type, DISPLAY_TYPES)
+        if self.display.vnc:
+            if self.display.type == "none":
+                raise ConfigError("display.vnc is set but display.type is none: a VM without a screen has no "
+                                  "console to serve; clear display.vnc or use display.type vga")
+            try:
+                parse_vnc(self.display.vnc, "display.vnc")
+                if self.display.vnc_password:
+                    check_password(self.display.vnc_password)
+            except ValueError as exc:
+                raise ConfigError(str(exc).replace("the VNC password", "display.vnc_password")) from None
         _check_choice("serial.mode", self.serial.mode, SERIAL_MODES)
         if self.serial.log_file and not os.path.isabs(self.serial.log_file):
             raise ConfigError(f"serial.log_file {self.serial.log_file!r}: give an absolute path")

@@ -81,6 +81,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="user[,hostfwd=tcp:127.0.0.1:2222-:22][,mac=M]|tap=NAME[,bridge=BR]|none",
                    help="a virtio-net card (repeatable): user-mode NAT through passt with host port forwards, a "
                         "TAP interface (optionally added to a bridge; needs CAP_NET_ADMIN), or none")
+    p.add_argument("--vnc", metavar="HOST:DISPLAY|unix:PATH",
+                   help="serve the screen, keyboard and mouse over VNC: TCP port 5900+DISPLAY on a loopback HOST "
+                        "(e.g. 127.0.0.1:1), or a UNIX socket (docs/vnc.md)")
+    p.add_argument("--vnc-password-file", metavar="FILE",
+                   help="VNC clients must give the password in FILE's first line (1 to 8 characters)")
     p.add_argument("--screendump", metavar="FILE.png",
                    help="when the VM stops, save its last frame here (and in text mode the text as FILE.txt)")
 
@@ -246,6 +251,7 @@ class RunSession:
         self.close_sink = close_sink
         self.interactive = interactive
         self.quit_requested = threading.Event()
+        self.vnc = None          # a core.vnc.server.VncServer, bound by prepare(), serving while the VM runs
 
     def console(self) -> VmConsole:
         """The machine's VGA screen (a Renderer polled for frames) and its i8042 keyboard and mouse, as the
@@ -271,6 +277,9 @@ class RunSession:
         self._install_sigterm()
         try:
             machine.start()
+            if self.vnc is not None:
+                self.vnc.start()
+                print(f"vireo: VNC console on {self.vnc.address.uri()}", file=err, flush=True)
             state = machine.wait(self.args.timeout)
             if state not in (MachineState.SHUTOFF, MachineState.CRASHED):
                 timed_out = True
@@ -284,6 +293,8 @@ class RunSession:
         finally:
             if pump is not None:
                 pump.close()
+            if self.vnc is not None:
+                self.vnc.close()
             self.close_sink()
             self._screendump()
         if timed_out:
@@ -361,12 +372,49 @@ def prepare(args: argparse.Namespace) -> RunSession | int:
             print(f"vireo: {choice.warning}", file=err)
         if args.accel == "auto":
             print(f"vireo: accelerator {choice.name} ({choice.reason})", file=err)
+        vnc_address, vnc_password = _vnc_options(args)
         machine = Machine(config, serial_output=write, accel_choice=choice)
         _report_links(machine)
     except (BadInput, ConfigError, BootError, AcceleratorUnavailable, ImageError) as exc:
         print(f"vireo: {exc}", file=err)
         return EXIT_BAD_INPUT
-    return RunSession(args, machine, close_sink, interactive)
+    session = RunSession(args, machine, close_sink, interactive)
+    if vnc_address is not None:
+        from core.display.renderer import Renderer
+        from core.keymap import Ps2InputSink
+        from core.vnc.server import VncListenError, VncServer
+        try:
+            session.vnc = VncServer(vnc_address, Renderer(machine.board.vga), Ps2InputSink(machine.board.i8042),
+                                    vnc_password, "Vireo")
+        except VncListenError as exc:
+            print(f"vireo: --vnc {args.vnc}: {exc}", file=err)
+            return EXIT_BAD_INPUT
+    return session
+
+
+def _vnc_options(args: argparse.Namespace):
+    """(VncAddress or None, password) from --vnc and --vnc-password-file; BadInput saying what to fix."""
+    from core.vnc.address import VncAddressError, parse_vnc
+    from core.vnc.auth import check_password
+    if args.vnc_password_file and not args.vnc:
+        raise BadInput(f"--vnc-password-file {args.vnc_password_file}: give --vnc too")
+    if not args.vnc:
+        return None, ""
+    try:
+        address = parse_vnc(args.vnc)
+    except VncAddressError as exc:
+        raise BadInput(str(exc)) from None
+    password = ""
+    if args.vnc_password_file:
+        try:
+            with open(args.vnc_password_file, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+            check_password(password)
+        except OSError as exc:
+            raise BadInput(f"--vnc-password-file {args.vnc_password_file}: {exc.strerror or exc}") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadInput(f"--vnc-password-file {args.vnc_password_file}: {exc}") from None
+    return address, password
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """The definition and lifecycle commands, named and behaving as virsh's domain commands do (libvirt's virsh(1):
-list, define, dumpxml, undefine, start, shutdown, destroy, suspend, resume, reboot, autostart, change-media), over
+list, define, dumpxml, undefine, start, shutdown, destroy, suspend, resume, reboot, autostart, change-media,
+domdisplay), over
 any Host API host (core/host/api.py). `dumpconfig` is virsh's dumpxml for Vireo's definition format, the VmConfig
 JSON of core/config.py, which `define` reads back.
 
@@ -23,6 +24,7 @@ from core.connect import RemoteHost
 from core.host.api import HostError, VmInfo, VmState
 from core.remote.service import ServiceClient
 from core.runner import EXIT_OK, BadInput
+from core.vnc.address import parse_vnc
 
 STATE_WAIT = 30.0     # seconds a command waits for the state its request leads to (start, suspend, resume)
 
@@ -294,3 +296,25 @@ def _wait_state(host: ServiceClient, info: VmInfo, states: tuple[VmState, ...]) 
             raise CommandFailed(f"{info.name} is {_state_word(now.state)}{reason}; see `vireo console "
                                 f"{info.name}` or the service's log")
         time.sleep(0.02)
+
+
+# -- the graphical console -----------------------------------------------------------------------------------
+
+def cmd_domdisplay(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo domdisplay NAME`: where a VNC viewer reaches the running VM's console, as virsh prints it
+    (vnc://127.0.0.1:5901); on a host reached over SSH the address is that host's loopback, and a hint on stderr
+    says how to forward it."""
+    info = find_vm(host, args.name)
+    display = info.config.display
+    if not display.vnc:
+        raise CommandFailed(f"{info.name} has no VNC console: set \"vnc\": \"127.0.0.1:1\" in the display section "
+                            f"of `vireo dumpconfig {info.name}` and `vireo define` it (docs/vnc.md)")
+    if info.state not in (VmState.RUNNING, VmState.PAUSED):
+        raise CommandFailed(f"{info.name} is {_state_word(info.state)}: its VNC console exists while it runs; "
+                            f"start it with `vireo start {info.name}`")
+    address = parse_vnc(display.vnc, "display.vnc")
+    _say(address.uri())
+    if isinstance(host, RemoteHost) and not address.unix:
+        print(f"vireo: that address is on {host.target.label}: forward it with ssh -L "
+              f"{address.port}:{address.host}:{address.port} {host.target.label}", file=sys.stderr)
+    return EXIT_OK

@@ -24,7 +24,8 @@ from core.runner import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, _serial_
 
 def _check_remote_args(args: argparse.Namespace) -> None:
     unsupported = [("--disk", bool(args.disk)), ("--no-host-decompress", args.no_host_decompress),
-                   ("--screendump", bool(args.screendump)), ("--display window", args.display == "window")]
+                   ("--screendump", bool(args.screendump)), ("--display window", args.display == "window"),
+                   ("--vnc", bool(args.vnc))]
     for option, given in unsupported:
         if given:
             raise ValueError(f"{option} is not available with --connect yet")

@@ -67,6 +67,7 @@ class VmServer:
         self.machine = None
         self.console = None
         self.input = None
+        self.vnc = None
         self.state, self.reason = "starting", ""
         self.accel = self.accel_reason = ""
         self.console_path: str | None = None
@@ -116,6 +117,8 @@ class VmServer:
         self._close_serial_log()
         if self.console is not None:
             self.console.close()
+        if self.vnc is not None:
+            self.vnc.close()
         for path in (self.paths.socket,):
             try:
                 os.unlink(path)
@@ -250,6 +253,11 @@ class VmServer:
             self.console = SharedConsoleWriter(self.paths.console, Renderer(machine.board.vga),
                                                capacity_for(machine.board.vga.vbe.vram_size))
             self.console_path = self.paths.console
+        try:
+            self.vnc = _vnc_server(cfg, machine, self.input)
+        except Exception as exc:             # VncListenError, or a definition the config check let through
+            self._fail(f"display.vnc {cfg.display.vnc}: {one_line(exc)}", exc)
+            return
         machine.add_state_listener(self._on_machine_state)
         try:
             machine.start()
@@ -258,6 +266,9 @@ class VmServer:
             return
         if self.console is not None:
             self.console.start()
+        if self.vnc is not None:
+            self.vnc.start()
+            log.info("VNC console on %s", self.vnc.address.uri())
         self.vcpu_tids = [t.native_id for t in machine.vcpu_threads if t.native_id is not None]
         log.info("running on %s (%s), vCPU threads %s", self.accel, self.accel_reason, self.vcpu_tids)
         self.outbox.put({"t": "started", "accel": self.accel, "accel_reason": self.accel_reason,
@@ -335,6 +346,17 @@ def _build(cfg, serial_output):
     choice = choose_accelerator(cfg.accel)
     machine = Machine(MachineConfig.from_vm(cfg, choice.name), serial_output=serial_output, accel_choice=choice)
     return machine, choice
+
+
+def _vnc_server(cfg, machine, input_sink):
+    """The definition's VNC server (display.vnc), bound but not yet serving; None when it asks for none."""
+    if not cfg.display.vnc or machine.board.vga is None:
+        return None
+    from core.display.renderer import Renderer
+    from core.vnc.address import parse_vnc
+    from core.vnc.server import VncServer
+    return VncServer(parse_vnc(cfg.display.vnc, "display.vnc"), Renderer(machine.board.vga), input_sink,
+                     cfg.display.vnc_password, cfg.name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,13 +10,14 @@ from core.config import BootConfig, CdromConfig, DiskConfig, DisplayConfig, NicC
 from core.machine import ENGINE_FEATURES, ConfigError, DiskSpec, Machine, MachineConfig
 
 # Every field of a definition is either carried into the MachineConfig, or used by the VM process around its
-# Machine (the serial log, core/vmproc/serial_log.py), or belongs to the host side (the service keeps it). A field
-# added to VmConfig fails test_every_definition_field_is_accounted_for until from_vm decides.
+# Machine (the serial log, core/vmproc/serial_log.py; the VNC server, core/vnc), or belongs to the host side (the
+# service keeps it). A field added to VmConfig fails test_every_definition_field_is_accounted_for until from_vm
+# decides.
 CARRIED = {"memory_mib", "vcpus", "accel", "boot.kernel", "boot.initrd", "boot.cmdline", "boot.order",
            "boot.firmware", "boot.cd_once", "disks.path", "disks.format", "disks.bus", "disks.readonly",
            "cdroms.path", "nics.backend", "nics.model", "nics.mac", "nics.forwards", "nics.tap",
            "nics.bridge", "display.type"}
-VM_PROCESS_SIDE = {"serial.log_file"}
+VM_PROCESS_SIDE = {"serial.log_file", "display.vnc", "display.vnc_password"}
 HOST_SIDE = {"name", "uuid", "autostart", "notes", "serial.mode"}
 
 
