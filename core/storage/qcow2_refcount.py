@@ -146,6 +146,53 @@ class Refcounts:
             self.file.pwrite(self.block_offset(bidx) + lo, blk[lo:hi])
             cluster += last - first + 1
 
+    def update_many(self, clusters: np.ndarray, delta: int) -> np.ndarray:
+        """Add `delta` once per occurrence of each cluster index in `clusters` (a cluster may repeat), one write
+        per refcount block touched; return the clusters whose count became 0 (sorted). Every block is checked
+        before any is written, so a count that would leave 0..max fails the whole update unapplied."""
+        if not len(clusters):
+            return np.zeros(0, dtype=np.int64)
+        uniq, counts = np.unique(np.asarray(clusters, dtype=np.int64), return_counts=True)
+        bidx_of = uniq // self.per_block
+        cuts = np.flatnonzero(np.diff(bidx_of)) + 1
+        plans = []
+        for part, part_counts in zip(np.split(uniq, cuts), np.split(counts, cuts), strict=True):
+            bidx = int(part[0]) // self.per_block
+            blk = self.block(bidx)
+            if blk is None:
+                raise ImageCorruptError(f"{self.path}: no refcount block for cluster {int(part[0])} that is in use; "
+                                        "repair the image with qemu-img check -r all")
+            values = self.block_entries(blk).astype(np.int64)
+            idx = part - bidx * self.per_block
+            values[idx] += delta * part_counts.astype(np.int64)
+            bad = np.flatnonzero((values[idx] < 0) | (values[idx] > self.max_refcount))
+            if len(bad):
+                k = int(bad[0])
+                raise ImageCorruptError(f"{self.path}: refcount of cluster {int(part[k])} would become "
+                                        f"{int(values[idx[k]])}; repair the image with qemu-img check -r all")
+            plans.append((bidx, blk, values))
+        zeros = []
+        for bidx, blk, values in plans:
+            self._check(self.block_offset(bidx), self.cs, REFBLOCK)
+            blk[:] = self._pack_entries(values.astype(np.uint64))
+            self.file.pwrite(self.block_offset(bidx), blk)
+            zero = np.flatnonzero(values == 0) + bidx * self.per_block
+            zeros.append(zero)
+        became_zero = np.intersect1d(uniq, np.concatenate(zeros)) if delta < 0 else np.zeros(0, dtype=np.int64)
+        if len(became_zero):
+            self.free_hint = min(self.free_hint, int(became_zero[0]))
+            if self.guard is not None:
+                for c in became_zero.tolist():
+                    self.guard.forget_cluster(c)
+        return became_zero
+
+    def _pack_entries(self, values: np.ndarray) -> bytes:
+        if self.bits >= 8:
+            return values.astype(f">u{self.bits // 8}").tobytes()
+        per_byte = 8 // self.bits
+        shifts = np.arange(per_byte, dtype=np.uint64) * np.uint64(self.bits)
+        return (values.reshape(-1, per_byte) << shifts).sum(axis=1).astype(np.uint8).tobytes()
+
     def set(self, cluster: int, value: int) -> None:
         """Set one refcount to `value` (repair); the block must exist."""
         current = self.get(cluster)
