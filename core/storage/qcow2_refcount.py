@@ -86,6 +86,19 @@ class Refcounts:
         blk = self.block(cluster // self.per_block)
         return 0 if blk is None else self._entry(blk, cluster % self.per_block)
 
+    def get_many(self, clusters: np.ndarray) -> np.ndarray:
+        """The refcounts of an array of cluster indices (0 where no refcount block exists)."""
+        out = np.zeros(len(clusters), dtype=np.uint64)
+        if not len(clusters):
+            return out
+        blocks = clusters // self.per_block
+        for bidx in np.unique(blocks).tolist():
+            blk = self.block(bidx)
+            if blk is not None:
+                sel = blocks == bidx
+                out[sel] = self.block_entries(blk)[clusters[sel] - bidx * self.per_block]
+        return out
+
     def block_entries(self, blk: bytes | bytearray) -> np.ndarray:
         """All entries of a refcount block as a numpy array (for scans: free runs, check)."""
         if self.bits >= 8:
@@ -155,7 +168,7 @@ class Refcounts:
         uniq, counts = np.unique(np.asarray(clusters, dtype=np.int64), return_counts=True)
         bidx_of = uniq // self.per_block
         cuts = np.flatnonzero(np.diff(bidx_of)) + 1
-        plans = []
+        plans, zeros = [], []
         for part, part_counts in zip(np.split(uniq, cuts), np.split(counts, cuts), strict=True):
             bidx = int(part[0]) // self.per_block
             blk = self.block(bidx)
@@ -171,14 +184,13 @@ class Refcounts:
                 raise ImageCorruptError(f"{self.path}: refcount of cluster {int(part[k])} would become "
                                         f"{int(values[idx[k]])}; repair the image with qemu-img check -r all")
             plans.append((bidx, blk, values))
-        zeros = []
+            if delta < 0:
+                zeros.append(part[values[idx] == 0])
         for bidx, blk, values in plans:
             self._check(self.block_offset(bidx), self.cs, REFBLOCK)
             blk[:] = self._pack_entries(values.astype(np.uint64))
             self.file.pwrite(self.block_offset(bidx), blk)
-            zero = np.flatnonzero(values == 0) + bidx * self.per_block
-            zeros.append(zero)
-        became_zero = np.intersect1d(uniq, np.concatenate(zeros)) if delta < 0 else np.zeros(0, dtype=np.int64)
+        became_zero = np.concatenate(zeros) if zeros else np.zeros(0, dtype=np.int64)
         if len(became_zero):
             self.free_hint = min(self.free_hint, int(became_zero[0]))
             if self.guard is not None:

@@ -128,8 +128,9 @@ class Qcow2Snapshots:
                 hosts = table & _OFF
                 want = np.zeros(len(table), dtype=bool)
                 if exclusive:
-                    for i in np.flatnonzero(standard & (hosts != 0)).tolist():
-                        want[i] = self.refcounts.get(int(hosts[i]) >> self.cluster_bits) == 1
+                    mapped = np.flatnonzero(standard & (hosts != 0))
+                    counts = self.refcounts.get_many((hosts[mapped] >> np.uint64(self.cluster_bits)).astype(np.int64))
+                    want[mapped] = counts == 1
                 new = np.where(want, table | _COPIED, np.where(standard, table & ~_COPIED, table))
                 if not np.array_equal(new, table):
                     raw = new.astype(">u8").tobytes()

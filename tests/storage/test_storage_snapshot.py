@@ -222,3 +222,44 @@ def test_snapshot_create_refuses_bad_names_and_keeps_ids_unique(tmp_path: Path) 
         assert dev.snapshot_create("next").id_str == "3"
     head = img.read_bytes()[:72]
     assert struct.unpack_from(">I", head, 60)[0] == 2
+
+
+def test_snapshots_of_compressed_clusters_and_over_a_backing_file_with_resize(tmp_path: Path) -> None:
+    """Compressed clusters are shared and copied like others (each host cluster their bytes touch is counted);
+    a thin clone's snapshot keeps reading the backing file where it has nothing; a snapshot taken before a resize
+    brings the old size back, as qemu-img snapshot -a does."""
+    need_qemu_img()
+    src, packed = tmp_path / "src.qcow2", tmp_path / "packed.qcow2"
+    qemu_img("create", "-f", "qcow2", src, "4M")
+    qemu_io(src, "qcow2", "write -P 0x5a 0 2M", "write -P 0x11 3M 100k")
+    qemu_img("convert", "-c", "-O", "qcow2", src, packed)
+    with open_image(str(packed)) as dev:
+        before = dev.read(0, dev.size)
+        dev.snapshot_create("c1")
+        dev.write(100, b"x" * 10)
+        dev.write_zeroes(MiB, MiB)
+        dev.snapshot_apply("c1")
+        assert dev.read(0, dev.size) == before
+        dev.write(70_000, b"y" * 100_000)
+        dev.snapshot_delete("c1")
+    _qemu_check_clean(packed)
+
+    base, clone = tmp_path / "base.raw", tmp_path / "clone.qcow2"
+    base.write_bytes(random.Random(5).randbytes(4 * MiB))
+    create_image(str(clone), "qcow2", None, backing_file=base.name, backing_format="raw")
+    with open_image(str(clone)) as dev:
+        original = dev.read(0, dev.size)
+        dev.snapshot_create("o1")
+        dev.write(5, b"zz")
+        dev.discard(MiB, MiB)
+        dev.resize(8 * MiB)
+        dev.write(6 * MiB, b"q" * 1000)
+        dev.snapshot_create("o2")
+        dev.snapshot_apply("o1")
+        assert dev.size == 4 * MiB and dev.read(0, dev.size) == original
+        dev.snapshot_apply("o2")
+        assert dev.size == 8 * MiB and dev.read(6 * MiB, 1000) == b"q" * 1000
+    _qemu_check_clean(clone)
+    assert '"virtual-size": 8388608' in qemu_img("info", "--output=json", clone).stdout
+    # qemu-img convert -l reads a snapshot at the active disk's size: the first 4 MiB are o1's.
+    assert _snapshot_data(clone, "o1", tmp_path)[:4 * MiB] == original
