@@ -154,8 +154,6 @@ class Refcounts:
                 self._set_entry(blk, i, value)
                 if value == 0:
                     self.free_hint = min(self.free_hint, bidx * self.per_block + i)
-                    if self.guard is not None:
-                        self.guard.forget_cluster(bidx * self.per_block + i)
             self.file.pwrite(self.block_offset(bidx) + lo, blk[lo:hi])
             cluster += last - first + 1
 
@@ -193,9 +191,6 @@ class Refcounts:
         became_zero = np.concatenate(zeros) if zeros else np.zeros(0, dtype=np.int64)
         if len(became_zero):
             self.free_hint = min(self.free_hint, int(became_zero[0]))
-            if self.guard is not None:
-                for c in became_zero.tolist():
-                    self.guard.forget_cluster(c)
         return became_zero
 
     def _pack_entries(self, values: np.ndarray) -> bytes:

@@ -91,6 +91,9 @@ class Qcow2Snapshots:
         if len(refs) and int(refs.max()) >= -(-self.file.size // self.cs):
             raise self._corruption(f"{self.path}: an L2 table points past the end of the file; the snapshot "
                                    "operation is refused (repair the image with qemu-img check -r all)")
+        if self.guard.owner:
+            meta = np.fromiter(self.guard.owner, dtype=np.int64, count=len(self.guard.owner))
+            self.guard.check_data(np.intersect1d(refs, meta).tolist(), "an L2 entry")
         return l2s, refs
 
     def _l2_table_offset_checked(self, off: int) -> None:
@@ -107,6 +110,7 @@ class Qcow2Snapshots:
             self.refcounts.update_many(refs, delta)
             return self.refcounts.update_many(l2_clusters, delta)
         freed_tables = self.refcounts.update_many(l2_clusters, delta)
+        self.guard.forget_clusters(freed_tables.tolist(), L2)
         freed = self.refcounts.update_many(refs, delta)
         return np.union1d(freed, freed_tables)
 
