@@ -263,3 +263,47 @@ def test_snapshots_of_compressed_clusters_and_over_a_backing_file_with_resize(tm
     assert '"virtual-size": 8388608' in qemu_img("info", "--output=json", clone).stdout
     # qemu-img convert -l reads a snapshot at the active disk's size: the first 4 MiB are o1's.
     assert _snapshot_data(clone, "o1", tmp_path)[:4 * MiB] == original
+
+
+def _qemu_monitor(img: Path, *commands: str) -> str:
+    """Run QEMU (no machine, no devices) on `img` and type monitor commands; return what the monitor printed."""
+    import shutil
+    import subprocess
+    import time
+
+    from tests.helpers.runner import in_ci
+
+    if shutil.which("qemu-system-x86_64") is None:
+        if in_ci():
+            pytest.fail("CI: qemu-system-x86_64 (Debian package qemu-system-x86) is not installed", pytrace=False)
+        pytest.skip("qemu-system-x86_64 is not installed")
+    proc = subprocess.Popen(["qemu-system-x86_64", "-M", "none", "-nodefaults", "-display", "none", "-accel", "tcg",
+                             "-drive", f"file={img},if=none,id=d0,format=qcow2", "-monitor", "stdio"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdin is not None
+    for command in commands:
+        proc.stdin.write(command + "\n")
+        proc.stdin.flush()
+        time.sleep(0.5)
+    out, _ = proc.communicate("quit\n", timeout=30)
+    return out
+
+
+def test_vm_state_round_trips_with_qemu_savevm_and_loadvm(tmp_path: Path) -> None:
+    """QEMU's savevm state reads back through read_vm_state (its stream starts with QEMU's "QEVM" magic); the same
+    bytes written by Vireo into another image load with QEMU's loadvm, and garbage there does not."""
+    need_qemu_img()
+    theirs, ours, bad = tmp_path / "theirs.qcow2", tmp_path / "ours.qcow2", tmp_path / "bad.qcow2"
+    qemu_img("create", "-f", "qcow2", theirs, "64M")
+    _qemu_monitor(theirs, "savevm s1")
+    with open_image(str(theirs), read_only=True) as dev:
+        state = dev.read_vm_state("s1", 0, dev.find_snapshot("s1").vm_state_size)
+    assert state[:4] == b"QEVM" and len(state) > 100
+    for path, data in ((ours, state), (bad, bytes(len(state)))):
+        create_image(str(path), "qcow2", 64 * MiB)
+        with open_image(str(path)) as dev:
+            dev.write_vm_state(0, data)
+            dev.snapshot_create("mine", vm_state_size=len(data))
+    assert "Error" not in _qemu_monitor(ours, "loadvm mine")
+    assert "Error" in _qemu_monitor(bad, "loadvm mine")
+    _qemu_check_clean(ours)
