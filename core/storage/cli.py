@@ -15,7 +15,6 @@ import argparse
 import json
 import re
 import sys
-import time
 from collections.abc import Callable
 
 from core.storage.check import CheckResult, check_image
@@ -24,8 +23,8 @@ from core.storage.errors import ImageError, ImageIOError, ImageLockedError
 from core.storage.info import image_info
 from core.storage.probe import FORMATS, detect_format, open_image
 from core.storage.qcow2 import Qcow2Image
-from core.storage.qcow2_snaptable import Snapshot
-from core.storage.sizes import SizeError, format_size, parse_size
+from core.storage.qcow2_snaptable import format_listing
+from core.storage.sizes import SizeError, parse_size
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -221,7 +220,7 @@ def _snapshot(args: argparse.Namespace) -> int:
         elif args.delete is not None:
             _snapshot_step(args.path, "delete", args.delete, lambda: img.snapshot_delete(args.delete))
         elif img.snapshots:
-            print(snapshot_listing(img.snapshots))
+            print(format_listing(img.snapshots))
         if write:
             img.flush()
     return EXIT_OK
@@ -233,19 +232,6 @@ def _snapshot_step(path: str, verb: str, name: str, step: Callable[[], object]) 
     except ImageError as exc:
         reason = str(exc).removeprefix(f"{path}: ")
         raise type(exc)(f"{path}: Could not {verb} snapshot '{name}': {reason}") from exc
-
-
-def snapshot_listing(snapshots: list[Snapshot]) -> str:
-    """The table `qemu-img snapshot -l` prints (QEMU's bdrv_snapshot_dump columns; dates in local time)."""
-    lines = ["Snapshot list:", f"{'ID':<10}{'TAG':<17}{'VM SIZE':>8}{'DATE':>20}{'VM CLOCK':>13}{'ICOUNT':>11}"]
-    for sn in snapshots:
-        date = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sn.date_sec))
-        secs = sn.vm_clock_nsec // 10**9
-        clock = f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{sn.vm_clock_nsec // 10**6 % 1000:03d}"
-        icount = "" if sn.icount == -1 else str(sn.icount)
-        lines.append(f"{sn.id_str:<9} {sn.name:<16} {format_size(sn.vm_state_size):>8}{date:>20}{clock:>13}"
-                     f"{icount:>11}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

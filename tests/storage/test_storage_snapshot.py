@@ -307,3 +307,24 @@ def test_vm_state_round_trips_with_qemu_savevm_and_loadvm(tmp_path: Path) -> Non
     assert "Error" not in _qemu_monitor(ours, "loadvm mine")
     assert "Error" in _qemu_monitor(bad, "loadvm mine")
     _qemu_check_clean(ours)
+
+
+def test_img_info_lists_snapshots_as_qemu_img_info(tmp_path: Path, capsys) -> None:
+    import json
+
+    need_qemu_img()
+    img = tmp_path / "i.qcow2"
+    qemu_img("create", "-f", "qcow2", img, "16M")
+    qemu_img("snapshot", "-c", "by-qemu", img)
+    with open_image(str(img)) as dev:
+        dev.write(0, b"x" * 4096)
+        dev.write_vm_state(0, b"state" * 300)
+        dev.snapshot_create("by-vireo", vm_state_size=1500)
+    assert img_cli(["info", str(img)]) == 0
+    ours = capsys.readouterr().out.splitlines()
+    theirs = qemu_img("info", img).stdout.splitlines()
+    assert [line for line in ours if not line.startswith("disk size")] == \
+        [line for line in theirs if not line.startswith("disk size")]
+    assert img_cli(["info", "--output", "json", str(img)]) == 0
+    ours_json = json.loads(capsys.readouterr().out)
+    assert ours_json["snapshots"] == json.loads(qemu_img("info", "--output=json", img).stdout)["snapshots"]
