@@ -82,12 +82,20 @@ def _base(tmp_path: Path) -> tuple[Path, bytes, bytes]:
     return base, old, active
 
 
-@pytest.mark.parametrize("operation", ["create", "apply", "delete"])
+STATE = random.Random(7).randbytes(5000)
+
+
+def _create_with_state(dev) -> None:
+    dev.write_vm_state(0, STATE)
+    dev.snapshot_create("new", vm_state_size=len(STATE))
+
+
+@pytest.mark.parametrize("operation", ["create", "create with VM state", "apply", "delete"])
 def test_sigkill_at_every_step_of_a_snapshot_operation(tmp_path: Path, operation: str) -> None:
     need_qemu_img()
     base, old, active = _base(tmp_path)
     ops = {"create": lambda dev: dev.snapshot_create("new"), "apply": lambda dev: dev.snapshot_apply("old"),
-           "delete": lambda dev: dev.snapshot_delete("old")}
+           "delete": lambda dev: dev.snapshot_delete("old"), "create with VM state": _create_with_state}
     work = tmp_path / "work.qcow2"
     repaired, steps = [], 0
     for kill_at in range(1, 10_000):
@@ -115,7 +123,10 @@ def test_sigkill_at_every_step_of_a_snapshot_operation(tmp_path: Path, operation
             assert _snapshot_data(work, "old", tmp_path) == old
         if "new" in names:
             assert _snapshot_data(work, "new", tmp_path) == active
-        if operation == "create":
+            if operation == "create with VM state":
+                with open_image(str(work), read_only=True) as dev:
+                    assert dev.read_vm_state("new", 0, len(STATE)) == STATE
+        if operation.startswith("create"):
             assert "old" in names and ("new" in names or killed)
         elif operation == "delete":
             assert "old" not in names or killed
