@@ -353,8 +353,9 @@ class Qcow2Image(Qcow2Writer, Qcow2Snapshots, BlockDevice):
         self._compressed_cache = (entry, out)
         return out
 
-    def _cluster_contents(self, ci: int, entry: int) -> bytes:
-        """The current contents of guest cluster `ci` (for copy-on-write of a partly written cluster)."""
+    def _cluster_contents(self, ci: int, entry: int, backing: bool = True) -> bytes:
+        """The current contents of guest cluster `ci` (for copy-on-write of a partly written cluster); past the
+        disk (VM state), or without `backing`, an unallocated cluster is zeros, never backing data."""
         kind, host = self._classify(entry, ci)
         if kind == NORMAL:
             data = bytearray(self.cs)
@@ -363,7 +364,7 @@ class Qcow2Image(Qcow2Writer, Qcow2Snapshots, BlockDevice):
             return bytes(data)
         if kind == COMPRESSED_KIND:
             return self._decompress(entry, ci)
-        if kind == UNALLOCATED and self.backing is not None:
+        if kind == UNALLOCATED and backing and self.backing is not None and ci * self.cs < self._size:
             data = bytearray(self.cs)
             guest = ci * self.cs
             n = min(self.cs, self._size - guest)

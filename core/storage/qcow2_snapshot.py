@@ -306,17 +306,9 @@ class Qcow2Snapshots:
                     l2 = l1[l1_index] & L1_OFFSET_MASK
                     self._l2_table_offset_checked(l2)
                     entry = int(self._l2_entries_of(l2)[ci % self.l2_entries])
-                out += self._cluster_bytes(ci, entry)[in_off:in_off + n]
+                out += self._cluster_contents(ci, entry, backing=False)[in_off:in_off + n]
                 pos += n
             return bytes(out)
-
-    def _cluster_bytes(self, ci: int, entry: int) -> bytes:
-        """Contents of a VM-state cluster (never from a backing file: the state belongs to this image)."""
-        backing, self.backing = self.backing, None
-        try:
-            return self._cluster_contents(ci, entry)
-        finally:
-            self.backing = backing
 
     def _drop_vm_state(self, size: int) -> None:
         start = self.vm_state_offset()

@@ -328,3 +328,19 @@ def test_img_info_lists_snapshots_as_qemu_img_info(tmp_path: Path, capsys) -> No
     assert img_cli(["info", "--output", "json", str(img)]) == 0
     ours_json = json.loads(capsys.readouterr().out)
     assert ours_json["snapshots"] == json.loads(qemu_img("info", "--output=json", img).stdout)["snapshots"]
+
+
+def test_vm_state_of_a_thin_clone_never_reads_the_backing_file(tmp_path: Path) -> None:
+    """State written in pieces that share clusters, on an image with a backing file larger than the clone's state
+    offset would suggest: the state reads back as written, holes as zeros."""
+    need_qemu_img()
+    base, clone = tmp_path / "base.raw", tmp_path / "clone.qcow2"
+    base.write_bytes(b"\xbb" * (4 * MiB))
+    create_image(str(clone), "qcow2", None, backing_file=base.name, backing_format="raw")
+    with open_image(str(clone)) as dev:
+        dev.write_vm_state(1000, b"a" * 3000)
+        dev.write_vm_state(70_000, b"b" * 10)
+        dev.snapshot_create("s", vm_state_size=80_000)
+        state = dev.read_vm_state("s", 0, 80_000)
+    assert state == bytes(1000) + b"a" * 3000 + bytes(66_000) + b"b" * 10 + bytes(9_990)
+    _qemu_check_clean(clone)
