@@ -91,9 +91,10 @@ class Qcow2Snapshots:
         if len(refs) and int(refs.max()) >= -(-self.file.size // self.cs):
             raise self._corruption(f"{self.path}: an L2 table points past the end of the file; the snapshot "
                                    "operation is refused (repair the image with qemu-img check -r all)")
-        if self.guard.owner:
-            meta = np.fromiter(self.guard.owner, dtype=np.int64, count=len(self.guard.owner))
-            self.guard.check_data(np.intersect1d(refs, meta).tolist(), "an L2 entry")
+        if self.guard.owner and len(refs):
+            meta = np.sort(np.fromiter(self.guard.owner, dtype=np.int64, count=len(self.guard.owner)))
+            at = np.minimum(np.searchsorted(meta, refs), len(meta) - 1)
+            self.guard.check_data(refs[meta[at] == refs].tolist(), "an L2 entry")
         return l2s, refs
 
     def _l2_table_offset_checked(self, off: int) -> None:
