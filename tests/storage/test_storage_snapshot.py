@@ -37,11 +37,11 @@ def _qemu_check_clean(img: Path) -> None:
     assert check_image(str(img)).clean and check_image(str(img)).leaks == 0
 
 
-@pytest.mark.parametrize("cluster_size", [512, 65536])
-def test_vireo_snapshots_pass_qemu_check_and_list(tmp_path: Path, cluster_size: int, capsys) -> None:
+@pytest.mark.parametrize("cluster_size,compat", [(512, "1.1"), (65536, "1.1"), (4096, "0.10")])
+def test_vireo_snapshots_pass_qemu_check_and_list(tmp_path: Path, cluster_size: int, compat: str, capsys) -> None:
     need_qemu_img()
     img = tmp_path / "v.qcow2"
-    create_image(str(img), "qcow2", 8 * MiB, cluster_size=cluster_size)
+    create_image(str(img), "qcow2", 8 * MiB, cluster_size=cluster_size, compat=compat)
     rng = random.Random(cluster_size)
     with open_image(str(img)) as dev:
         dev.write(0, rng.randbytes(300_000))
