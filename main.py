@@ -43,7 +43,7 @@ def _img(args: argparse.Namespace) -> int:
 # (name, help, add its arguments, run it) for the subcommands that are not host commands.
 SUBCOMMANDS = (
     ("run", "boot one VM headless, serial console on this terminal", _add_run, _run),
-    ("img", "create, inspect, check and resize disk images", _add_img, _img),
+    ("img", "create, inspect, check, resize and snapshot disk images", _add_img, _img),
 )
 
 

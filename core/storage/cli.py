@@ -4,6 +4,7 @@
     img info [-f FMT] [-U] [--output human|json] PATH
     img check [-f FMT] [-r leaks|all] [-U] [--output human|json] PATH
     img resize [-f FMT] [--shrink] PATH [+|-]SIZE
+    img snapshot [-l | -c NAME | -a NAME | -d NAME] [-U] PATH    (qcow2 internal snapshots, as qemu-img)
 
 Exit status: 0 success (check: no corruption; leaks are reported but allowed), 1 the check found errors or the
 operation failed, 2 bad input (arguments, a missing or invalid image). Every error is one line naming the file.
@@ -14,12 +15,15 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 
 from core.storage.check import CheckResult, check_image
 from core.storage.create import DEFAULT_CLUSTER_SIZE, create_image, resize_image
 from core.storage.errors import ImageError, ImageIOError, ImageLockedError
 from core.storage.info import image_info
-from core.storage.probe import FORMATS, open_image
+from core.storage.probe import FORMATS, detect_format, open_image
+from core.storage.qcow2 import Qcow2Image
+from core.storage.qcow2_snaptable import format_listing
 from core.storage.sizes import SizeError, parse_size
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -31,7 +35,7 @@ class _BadInput(Exception):
 
 def add_img_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the create/info/check/resize subcommands of `img` to `parser`."""
-    sub = parser.add_subparsers(dest="img_command", required=True, metavar="{create,info,check,resize}")
+    sub = parser.add_subparsers(dest="img_command", required=True, metavar="{create,info,check,resize,snapshot}")
     p = sub.add_parser("create", help="create a new raw or qcow2 image")
     p.add_argument("-f", dest="fmt", default="raw", choices=FORMATS, help="image format (default raw)")
     p.add_argument("-b", dest="backing", help="backing file (qcow2 only); relative to the new image's directory")
@@ -59,13 +63,23 @@ def add_img_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--shrink", action="store_true", help="allow shrinking (raw only; data past the end is lost)")
     p.add_argument("path", metavar="PATH")
     p.add_argument("size", metavar="SIZE", help="new size, or +SIZE / -SIZE relative to the current one")
+    p = sub.add_parser("snapshot", help="list, create, apply or delete qcow2 internal snapshots")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("-l", dest="list", action="store_true", help="list the snapshots (the default)")
+    action.add_argument("-c", dest="create", metavar="NAME", help="create a snapshot of the disk as it is")
+    action.add_argument("-a", dest="apply", metavar="NAME", help="revert the disk to a snapshot (ID or name)")
+    action.add_argument("-d", dest="delete", metavar="NAME", help="delete a snapshot (ID or name)")
+    p.add_argument("-U", "--force-share", action="store_true", help="do not lock (list only; the image may be "
+                   "in use)")
+    p.add_argument("path", metavar="PATH")
+    resize = sub.choices["resize"]
     # qemu-img accepts `resize PATH -1G`; argparse would take "-1G" for an option unless it looks like a number.
-    p._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)\s*[kKmMgGtTpPeE]?(i?[bB])?$")
+    resize._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)\s*[kKmMgGtTpPeE]?(i?[bB])?$")
 
 
 def img_main(args: argparse.Namespace) -> int:
     """Run the `img` subcommand in `args`; print results to stdout, one-line errors to stderr."""
-    handlers = {"create": _create, "info": _info, "check": _check, "resize": _resize}
+    handlers = {"create": _create, "info": _info, "check": _check, "resize": _resize, "snapshot": _snapshot}
     try:
         return handlers[args.img_command](args)
     except _BadInput as exc:
@@ -189,6 +203,35 @@ def _resize(args: argparse.Namespace) -> int:
         dev.flush()
     print("Image resized.")
     return EXIT_OK
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    if detect_format(args.path) != "qcow2":
+        raise _BadInput(f"{args.path}: internal snapshots need a qcow2 image (this one is raw)")
+    write = args.create is not None or args.apply is not None or args.delete is not None
+    if write and args.force_share:
+        raise _BadInput(f"{args.path}: -U is for listing only")
+    # Applying or deleting does not read the backing file; creating does not either.
+    with Qcow2Image(args.path, read_only=not write, lock=not args.force_share) as img:
+        if args.create is not None:
+            _snapshot_step(args.path, "create", args.create, lambda: img.snapshot_create(args.create))
+        elif args.apply is not None:
+            _snapshot_step(args.path, "apply", args.apply, lambda: img.snapshot_apply(args.apply))
+        elif args.delete is not None:
+            _snapshot_step(args.path, "delete", args.delete, lambda: img.snapshot_delete(args.delete))
+        elif img.snapshots:
+            print(format_listing(img.snapshots))
+        if write:
+            img.flush()
+    return EXIT_OK
+
+
+def _snapshot_step(path: str, verb: str, name: str, step: Callable[[], object]) -> None:
+    try:
+        step()
+    except ImageError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise type(exc)(f"{path}: Could not {verb} snapshot '{name}': {reason}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,8 @@ from core.storage.qcow2_header import (
     INCOMPAT_DIRTY,
     INCOMPAT_EXTL2,
 )
+from core.storage.qcow2_snaptable import Snapshot, format_listing
+from core.storage.qcow2_snaptable import as_json as snapshot_json
 from core.storage.raw import RawImage
 from core.storage.sizes import format_size
 
@@ -33,6 +35,7 @@ class ImageInfo:
     full_backing_path: str | None = None
     dirty: bool = False
     specific: dict[str, object] = field(default_factory=dict)
+    snapshots: list[Snapshot] = field(default_factory=list)
 
     def human(self) -> str:
         lines = [f"image: {self.path}", f"file format: {self.format_name}",
@@ -45,6 +48,8 @@ class ImageInfo:
             lines.append(f"backing file: {self.backing_file}{actual}")
             if self.backing_format:
                 lines.append(f"backing file format: {self.backing_format}")
+        if self.snapshots:
+            lines.append(format_listing(self.snapshots))
         if self.specific:
             lines.append("Format specific information:")
             for key, value in self.specific.items():
@@ -54,9 +59,11 @@ class ImageInfo:
 
     def as_json(self) -> dict[str, object]:
         """The same keys qemu-img info --output=json uses."""
-        out: dict[str, object] = {"virtual-size": self.virtual_size, "filename": self.path,
-                                  "format": self.format_name, "actual-size": self.disk_size,
-                                  "dirty-flag": self.dirty}
+        out: dict[str, object] = {}
+        if self.snapshots:
+            out["snapshots"] = [snapshot_json(sn) for sn in self.snapshots]
+        out |= {"virtual-size": self.virtual_size, "filename": self.path, "format": self.format_name,
+                "actual-size": self.disk_size, "dirty-flag": self.dirty}
         if self.cluster_size:
             out["cluster-size"] = self.cluster_size
         if self.backing_file:
@@ -95,8 +102,7 @@ def image_info(path: str, fmt: str | None = None, force_share: bool = False) -> 
             })
         else:
             info.specific.update({"compression-type": "zlib", "refcount-bits": 16})
-        if hdr.nb_snapshots:
-            info.specific["snapshots"] = hdr.nb_snapshots
+        info.snapshots = list(img.snapshots)
         return info
     finally:
         img.close()

@@ -49,6 +49,7 @@ from core.storage.qcow2_header import (
 )
 from core.storage.qcow2_meta import BITMAPDIR, HEADER, L1, L2, SNAP_L1, SNAPTABLE, MetadataGuard
 from core.storage.qcow2_refcount import Refcounts
+from core.storage.qcow2_snapshot import Qcow2Snapshots
 from core.storage.qcow2_snaptable import Snapshot, parse_table
 from core.storage.qcow2_write import COMPRESSED_KIND, NORMAL, UNALLOCATED, ZERO_ALLOC, ZERO_PLAIN, Qcow2Writer
 
@@ -63,7 +64,7 @@ BackingOpener = Callable[[str, "str | None", str, int], BlockDevice]
 MAX_BITMAP_DIRECTORY = 64 << 20        # QEMU: 65535 bitmaps of at most 1 KiB of directory entry each
 
 
-class Qcow2Image(Qcow2Writer, BlockDevice):
+class Qcow2Image(Qcow2Writer, Qcow2Snapshots, BlockDevice):
     """A qcow2 image file opened for reading or for reading and writing."""
 
     format_name = "qcow2"
@@ -352,8 +353,9 @@ class Qcow2Image(Qcow2Writer, BlockDevice):
         self._compressed_cache = (entry, out)
         return out
 
-    def _cluster_contents(self, ci: int, entry: int) -> bytes:
-        """The current contents of guest cluster `ci` (for copy-on-write of a partly written cluster)."""
+    def _cluster_contents(self, ci: int, entry: int, backing: bool = True) -> bytes:
+        """The current contents of guest cluster `ci` (for copy-on-write of a partly written cluster); past the
+        disk (VM state), or without `backing`, an unallocated cluster is zeros, never backing data."""
         kind, host = self._classify(entry, ci)
         if kind == NORMAL:
             data = bytearray(self.cs)
@@ -362,7 +364,7 @@ class Qcow2Image(Qcow2Writer, BlockDevice):
             return bytes(data)
         if kind == COMPRESSED_KIND:
             return self._decompress(entry, ci)
-        if kind == UNALLOCATED and self.backing is not None:
+        if kind == UNALLOCATED and backing and self.backing is not None and ci * self.cs < self._size:
             data = bytearray(self.cs)
             guest = ci * self.cs
             n = min(self.cs, self._size - guest)

@@ -8,7 +8,9 @@ QEMU keeps a map of its metadata (qcow2_check_metadata_overlap) and refuses such
 write on metadata", marks the image corrupt (incompatible feature bit 1) and fails the request. This module is
 that map: the header cluster, the active and snapshot L1 tables, the L2 tables they point to, the refcount table
 and blocks, the snapshot table and the bitmap directory. Every allocation and every write is checked against it;
-a write may only land on metadata of the kind it means to update.
+a write may only land on metadata of the kind it means to update. A cluster leaves the map only when the
+structure it belongs to is freed (never because a refcount reached 0: a damaged L2 entry pointing at metadata
+could get it there), and dropping a data reference to a cluster in the map is itself refused.
 """
 from __future__ import annotations
 
@@ -47,8 +49,22 @@ class MetadataGuard:
         for c in self._clusters(offset, length):
             self.owner.pop(c, None)
 
-    def forget_cluster(self, cluster: int) -> None:
-        self.owner.pop(cluster, None)
+    def forget_clusters(self, clusters: list[int], kind: str) -> None:
+        """Forget those of `clusters` that hold metadata of `kind` (e.g. the L2 tables among freed clusters)."""
+        for c in clusters:
+            if self.owner.get(c) == kind:
+                del self.owner[c]
+
+    def check_data(self, clusters: list[int], what: str) -> None:
+        """Refuse to treat metadata clusters as data (an L2 entry that points at metadata)."""
+        if not self.owner:
+            return
+        for c in clusters:
+            kind = self.owner.get(c)
+            if kind is not None:
+                raise self.on_violation(
+                    f"{self.path}: {what} points at host offset {c << self.cluster_bits:#x}, which holds the {kind}; "
+                    "the image is marked corrupt and this request fails (repair it with qemu-img check -r all)")
 
     def kind(self, offset: int) -> str | None:
         return self.owner.get(offset >> self.cluster_bits)

@@ -88,6 +88,19 @@ class Refcounts:
         blk = self.block(cluster // self.per_block)
         return 0 if blk is None else self._entry(blk, cluster % self.per_block)
 
+    def get_many(self, clusters: np.ndarray) -> np.ndarray:
+        """The refcounts of an array of cluster indices (0 where no refcount block exists)."""
+        out = np.zeros(len(clusters), dtype=np.uint64)
+        if not len(clusters):
+            return out
+        blocks = clusters // self.per_block
+        for bidx in np.unique(blocks).tolist():
+            blk = self.block(bidx)
+            if blk is not None:
+                sel = blocks == bidx
+                out[sel] = self.block_entries(blk)[clusters[sel] - bidx * self.per_block]
+        return out
+
     def block_entries(self, blk: bytes | bytearray) -> np.ndarray:
         """All entries of a refcount block as a numpy array (for scans: free runs, check)."""
         import numpy as np  # here, not at the top: opening an image (a VM's start) needs no numpy
@@ -144,10 +157,51 @@ class Refcounts:
                 self._set_entry(blk, i, value)
                 if value == 0:
                     self.free_hint = min(self.free_hint, bidx * self.per_block + i)
-                    if self.guard is not None:
-                        self.guard.forget_cluster(bidx * self.per_block + i)
             self.file.pwrite(self.block_offset(bidx) + lo, blk[lo:hi])
             cluster += last - first + 1
+
+    def update_many(self, clusters: np.ndarray, delta: int) -> np.ndarray:
+        """Add `delta` once per occurrence of each cluster index in `clusters` (a cluster may repeat), one write
+        per refcount block touched; return the clusters whose count became 0 (sorted). Every block is checked
+        before any is written, so a count that would leave 0..max fails the whole update unapplied."""
+        if not len(clusters):
+            return np.zeros(0, dtype=np.int64)
+        uniq, counts = np.unique(np.asarray(clusters, dtype=np.int64), return_counts=True)
+        bidx_of = uniq // self.per_block
+        cuts = np.flatnonzero(np.diff(bidx_of)) + 1
+        plans, zeros = [], []
+        for part, part_counts in zip(np.split(uniq, cuts), np.split(counts, cuts), strict=True):
+            bidx = int(part[0]) // self.per_block
+            blk = self.block(bidx)
+            if blk is None:
+                raise ImageCorruptError(f"{self.path}: no refcount block for cluster {int(part[0])} that is in use; "
+                                        "repair the image with qemu-img check -r all")
+            values = self.block_entries(blk).astype(np.int64)
+            idx = part - bidx * self.per_block
+            values[idx] += delta * part_counts.astype(np.int64)
+            bad = np.flatnonzero((values[idx] < 0) | (values[idx] > self.max_refcount))
+            if len(bad):
+                k = int(bad[0])
+                raise ImageCorruptError(f"{self.path}: refcount of cluster {int(part[k])} would become "
+                                        f"{int(values[idx[k]])}; repair the image with qemu-img check -r all")
+            plans.append((bidx, blk, values))
+            if delta < 0:
+                zeros.append(part[values[idx] == 0])
+        for bidx, blk, values in plans:
+            self._check(self.block_offset(bidx), self.cs, REFBLOCK)
+            blk[:] = self._pack_entries(values.astype(np.uint64))
+            self.file.pwrite(self.block_offset(bidx), blk)
+        became_zero = np.concatenate(zeros) if zeros else np.zeros(0, dtype=np.int64)
+        if len(became_zero):
+            self.free_hint = min(self.free_hint, int(became_zero[0]))
+        return became_zero
+
+    def _pack_entries(self, values: np.ndarray) -> bytes:
+        if self.bits >= 8:
+            return values.astype(f">u{self.bits // 8}").tobytes()
+        per_byte = 8 // self.bits
+        shifts = np.arange(per_byte, dtype=np.uint64) * np.uint64(self.bits)
+        return (values.reshape(-1, per_byte) << shifts).sum(axis=1).astype(np.uint8).tobytes()
 
     def set(self, cluster: int, value: int) -> None:
         """Set one refcount to `value` (repair); the block must exist."""

@@ -13,11 +13,13 @@ inside the file. A bad table is an ImageFormatError with a one-line reason.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.storage.errors import ImageFormatError
 from core.storage.qcow2_header import MAX_L1_BYTES, MAX_SNAPSHOTS
+from core.storage.sizes import format_size
 
 MAX_TABLE_BYTES = 64 << 20
 MAX_EXTRA = 1024
@@ -110,3 +112,26 @@ def parse_table(read: Callable[[int, int], bytes], offset: int, count: int, clus
                             bytes(extra[24:]), problem))
         pos = end + (-end % 8)
     return out, pos
+
+
+def format_listing(snapshots: list[Snapshot]) -> str:
+    """The table `qemu-img snapshot -l` prints (QEMU's bdrv_snapshot_dump columns; dates in local time)."""
+    lines = ["Snapshot list:", f"{'ID':<10}{'TAG':<17}{'VM SIZE':>8}{'DATE':>20}{'VM CLOCK':>13}{'ICOUNT':>11}"]
+    for sn in snapshots:
+        date = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sn.date_sec))
+        secs = sn.vm_clock_nsec // 10**9
+        clock = f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{sn.vm_clock_nsec // 10**6 % 1000:03d}"
+        icount = "" if sn.icount == -1 else str(sn.icount)
+        lines.append(f"{sn.id_str:<9} {sn.name:<16} {format_size(sn.vm_state_size):>8}{date:>20}{clock:>13}"
+                     f"{icount:>11}")
+    return "\n".join(lines)
+
+
+def as_json(sn: Snapshot) -> dict[str, object]:
+    """A snapshot as qemu-img info --output=json names its fields."""
+    out: dict[str, object] = {"id": sn.id_str, "name": sn.name, "vm-state-size": sn.vm_state_size,
+                              "date-sec": sn.date_sec, "date-nsec": sn.date_nsec,
+                              "vm-clock-sec": sn.vm_clock_nsec // 10**9, "vm-clock-nsec": sn.vm_clock_nsec % 10**9}
+    if sn.icount != -1:
+        out["icount"] = sn.icount
+    return out

@@ -111,6 +111,8 @@ class Qcow2Writer:
         if off:
             self._l2_cache.pop(off, None)
             self.refcounts.free(off, 1)
+            if self.refcounts.get(off >> self.cluster_bits) == 0:     # not still a snapshot's table
+                self.guard.forget(off, self.cs)
         return new
 
     def _data_write(self, host: int, data: bytes | bytearray | memoryview) -> None:
@@ -146,11 +148,13 @@ class Qcow2Writer:
                 host, length = self._compressed_range(entry)
                 first = host >> self.cluster_bits
                 last = (host + length - 1) >> self.cluster_bits
+                self.guard.check_data(list(range(first, last + 1)), "a compressed L2 entry")
                 self.refcounts.update(first, last - first + 1, -1)
                 if self._compressed_cache and self._compressed_cache[0] == entry:
                     self._compressed_cache = None
             elif entry & L2_OFFSET_MASK:
                 host = entry & L2_OFFSET_MASK
+                self.guard.check_data([host >> self.cluster_bits], "an L2 entry")
                 self.refcounts.free(host, 1)
                 if self.refcounts.get(host >> self.cluster_bits) == 0:
                     freed.append(host)

@@ -269,3 +269,17 @@ def test_raw_size_not_a_multiple_of_512_is_rounded_as_qemu_img_does(tmp_path: Pa
     with open_image(str(img), fmt="raw") as dev:
         assert dev.size == qemu_size == 1024
         assert dev.read(512, 512) == b"r" * 488 + bytes(24)
+
+
+def test_discarding_an_l2_entry_that_points_at_metadata_does_not_free_it(tmp_path: Path) -> None:
+    """Dropping that reference would bring the L1 table's refcount to 0 and let the next allocation (or the hole
+    punch of a discard) destroy it; the discard is refused instead."""
+    img = _image(tmp_path)
+    _patch(img, 4 * CS + 8, struct.pack(">Q", (1 << 63) | 3 * CS))     # guest cluster 1 -> host cluster 3 (L1)
+    l1_before = img.read_bytes()[3 * CS:4 * CS]
+    with open_image(str(img)) as dev:
+        with pytest.raises(ImageCorruptError, match="points at host offset 0x30000, which holds the active L1"):
+            dev.discard(CS, CS)
+        with pytest.raises(ImageCorruptError):
+            dev.write(2 * CS, b"x" * CS)
+    assert img.read_bytes()[3 * CS:4 * CS] == l1_before

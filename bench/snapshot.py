@@ -1,0 +1,105 @@
+"""Snapshot benchmark (issue 15), disk part: qcow2 internal snapshot create, apply and delete on a 4 GiB image,
+Vireo next to `qemu-img snapshot -c/-a/-d` on identical copies of the same image.
+
+Two images: "metadata" (qemu-img create -o preallocation=metadata: every one of the 65,536 clusters mapped, so
+a snapshot raises and drops 65,536 data refcounts and rewrites all 8 L2 tables) and "1 GiB written" (a quarter
+of the disk holds data, the rest unallocated). Each operation is timed as a command (`vireo img snapshot`,
+including interpreter start-up and the final fsync, against `qemu-img snapshot`, which also fsyncs on close)
+and, for Vireo, inside one process (open, operation, flush, close) — what a VM snapshot taken by the engine
+costs. Medians of --rounds rounds; ratio = QEMU time / Vireo time (above 1.0: Vireo is faster).
+
+The machine-state part of issue 15's benchmark (save/restore of a VM with 1 GiB of RAM against QEMU's migrate)
+belongs with the machine-state feature, which does not exist yet.
+
+Run: .venv/bin/python bench/snapshot.py [--rounds N] [--dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from core.storage import open_image  # noqa: E402
+
+GiB = 1 << 30
+
+
+def _run(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    took = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+    return took
+
+
+def _vireo_cli(verb: str, name: str, image: Path) -> float:
+    return _run([sys.executable, str(REPO / "main.py"), "img", "snapshot", verb, name, str(image)])
+
+
+def _qemu_cli(verb: str, name: str, image: Path) -> float:
+    return _run(["qemu-img", "snapshot", verb, name, str(image)])
+
+
+def _vireo_in_process(verb: str, name: str, image: Path) -> float:
+    t0 = time.perf_counter()
+    with open_image(str(image)) as dev:
+        {"-c": dev.snapshot_create, "-a": dev.snapshot_apply, "-d": dev.snapshot_delete}[verb](name)
+        dev.flush()
+    return time.perf_counter() - t0
+
+
+def _make_images(work: Path) -> dict[str, Path]:
+    images = {"metadata": work / "prealloc.qcow2", "1 GiB written": work / "written.qcow2"}
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata",
+                    images["metadata"], "4G"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", images["1 GiB written"], "4G"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 512M", "-c", "write -P 0xa5 2G 512M",
+                    images["1 GiB written"]], check=True, capture_output=True)
+    return images
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--dir", help="where to put the 4 GiB images (sparse; default: a temporary directory)")
+    args = ap.parse_args()
+    if shutil.which("qemu-img") is None or shutil.which("qemu-io") is None:
+        raise SystemExit("qemu-img and qemu-io (Debian package qemu-utils) are needed")
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        work = Path(tmp)
+        images = _make_images(work)
+        print(f"internal snapshots of a 4 GiB qcow2 image (64 KiB clusters), median of {args.rounds} rounds")
+        print(f"{'image':<15}{'operation':<10}{'qemu-img':>11}{'vireo img':>11}{'ratio':>8}"
+              f"{'vireo in-proc':>15}{'ratio':>8}")
+        for label, source in images.items():
+            ours, theirs, inproc = work / "ours.qcow2", work / "theirs.qcow2", work / "inproc.qcow2"
+            for copy in (ours, theirs, inproc):
+                subprocess.run(["cp", "--sparse=always", source, copy], check=True)
+            times: dict[tuple[str, str], list[float]] = {}
+            for _ in range(args.rounds):
+                for verb in ("-c", "-a", "-d"):
+                    times.setdefault((verb, "qemu"), []).append(_qemu_cli(verb, "bench", theirs))
+                    times.setdefault((verb, "cli"), []).append(_vireo_cli(verb, "bench", ours))
+                    times.setdefault((verb, "in"), []).append(_vireo_in_process(verb, "bench", inproc))
+            for verb, what in (("-c", "create"), ("-a", "apply"), ("-d", "delete")):
+                q, c, i = (statistics.median(times[(verb, k)]) for k in ("qemu", "cli", "in"))
+                print(f"{label:<15}{what:<10}{q * 1000:>9.1f}ms{c * 1000:>9.1f}ms{q / c:>8.2f}"
+                      f"{i * 1000:>13.1f}ms{q / i:>8.2f}")
+            for copy in (ours, theirs):
+                check = subprocess.run(["qemu-img", "check", copy], capture_output=True, text=True)
+                if check.returncode:
+                    raise SystemExit(f"qemu-img check {copy} failed after the benchmark:\n{check.stdout}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
