@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.bus import MmioBus, PortIoBus
+from core.devices import vga_state
 from core.devices.pci import PciBus
 from core.devices.vga_bochs import (
     DEFAULT_VRAM_SIZE,
@@ -68,6 +69,13 @@ class Vga:
         self.memory.reset()
         self.vbe.reset()
         self._load_bios_text_mode()
+
+    def get_state(self) -> dict:
+        """Machine state (docs/machine-state.md; the record is core/state/vga_state.py's)."""
+        return vga_state.get_state(self)
+
+    def set_state(self, state: dict) -> None:
+        vga_state.set_state(self, state)
 
     def _load_bios_text_mode(self) -> None:
         planes = self.memory.planes
