@@ -332,11 +332,12 @@ class Machine:
         if self.restored_from is not None:
             resume_board(self.board)
 
-    def save(self, path: str, stop: bool = True) -> int:
+    def save(self, path: str, stop: bool = True, vm: dict[str, str] | None = None) -> int:
         """Save the machine's state to `path` (docs/machine-state.md); with `stop` the machine then shuts off
         (reason "saved to PATH"), otherwise it carries on as it was. Returns the bytes of RAM written. The vCPUs
         are paused and the disks' requests finished first; if a device is caught mid-transfer (an IDE PIO
-        block) the guest runs a moment and the save is tried again."""
+        block) the guest runs a moment and the save is tried again. `vm` (uuid and name of the VM definition) is
+        recorded for `vireo restore FILE`."""
         if self.state not in (MachineState.RUNNING, MachineState.PAUSED):
             raise RuntimeError(f"cannot save a machine that is {self.state.value}")
         was_running = self.state == MachineState.RUNNING
@@ -347,7 +348,7 @@ class Machine:
                 raise RuntimeError(f"the machine stopped while saving ({self.state.value}: {self.reason})")
             try:
                 quiesce_board(self.board)
-                written = save_board(self.board, self.config, path, reset_count=self.reset_count)
+                written = save_board(self.board, self.config, path, reset_count=self.reset_count, vm=vm)
                 break
             except NotQuiescent:
                 if attempt == SAVE_ATTEMPTS - 1:

@@ -79,13 +79,15 @@ def _vcpu_record(board: Board, index: int) -> dict[str, Any]:
     return capture(vcpu)
 
 
-def save_board(board: Board, config: MachineConfig, path: str, *, reset_count: int = 0) -> int:
+def save_board(board: Board, config: MachineConfig, path: str, *, reset_count: int = 0,
+               vm: dict[str, str] | None = None) -> int:
     """Write the stopped, quiesced board's state to `path` (atomically). Returns the RAM bytes written.
     Raises NotQuiescent if a device cannot be saved at this instant (let the guest run a moment and retry)."""
     records: list[tuple[str, int, Any]] = [
         ("machine", MACHINE_VERSION, {"config": asdict(config), "accel": board.accel.name,
                                       "reset_count": reset_count, "cpus": len(board.vcpus),
-                                      "memory": board.memory.size, "saved_at": time.time()})]
+                                      "memory": board.memory.size, "saved_at": time.time(),
+                                      "vm": vm})]
     # Collect everything before writing anything: a NotQuiescent leaves no file behind.
     records.append(("pci", board.pci.STATE_VERSION, board.pci.get_state()))
     for name, dev in state_devices(board).items():
@@ -113,7 +115,11 @@ def read_header(reader: StateReader) -> tuple[dict[str, Any], dict[str, tuple[in
     version, machine = records.pop("machine")
     if version != MACHINE_VERSION:
         raise f.StateError(f"state file {reader.path}: machine section version {version} is not supported")
-    f.expect_record(machine, "machine", ("config", "accel", "reset_count", "cpus", "memory", "saved_at"))
+    f.expect_record(machine, "machine", ("config", "accel", "reset_count", "cpus", "memory", "saved_at", "vm"))
+    vm = machine["vm"]
+    if vm is not None and (not isinstance(vm, dict) or set(vm) != {"uuid", "name"}
+                           or not all(isinstance(v, str) and len(v) < 256 for v in vm.values())):
+        raise f.StateError(f"state file {reader.path}: machine.vm is not a VM's uuid and name")
     return machine, records
 
 

@@ -9,10 +9,10 @@ untrusted. The messages:
   hello {proto, role, adopt}                       hello {proto, role, pid, state, reason, accel, accel_reason,
                                                           console, vcpu_tids}   (then, to an adopter, the
                                                                                  serial history as one serial)
-  start {config: VmConfig dict}                    started {accel, accel_reason, console, vcpu_tids}
+  start {config: VmConfig dict, restore?: path}    started {accel, accel_reason, console, vcpu_tids}
                                                    | error {e: one line}, after which the process exits
   call {id, op: pause|resume|shutdown|reset|       reply {id} | reply {id, e: one line}
-        power_off}
+        power_off|save, path (save)}
   serial + bytes (to ttyS0)                        serial + bytes (from ttyS0, batched)
   key + set-2 bytes, mouse {dx, dy, buttons, dz}   state {state: running|paused|shutoff|crashed, reason}
                                                    replaced (another controller connected: this one is dropped)
@@ -41,7 +41,8 @@ SERIAL_BATCH = 64 * 1024
 MAX_REASON = 2000                # characters of a state reason or error line kept from the VM process
 STATES = ("running", "paused", "shutoff", "crashed")
 FINAL_STATES = ("shutoff", "crashed")
-CALLS = ("pause", "resume", "shutdown", "reset", "power_off")
+CALLS = ("pause", "resume", "shutdown", "reset", "power_off", "save")
+MAX_PATH = 4096
 ROLE_VM, ROLE_CONTROLLER = "vmproc", "vmproc-controller"
 _SUN_PATH_MAX = 107              # sizeof(sockaddr_un.sun_path) - 1 on Linux (unix(7))
 
