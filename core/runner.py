@@ -31,7 +31,9 @@ from core.machine import (
     Machine,
     MachineConfig,
     MachineState,
+    SavedState,
 )
+from core.state.fields import StateError
 from core.storage import CACHE_MODES, ImageError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -46,6 +48,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", help="Linux bzImage or Multiboot v1 kernel, loaded directly (the default boot when "
                                     "given); without it the machine boots through its firmware")
     p.add_argument("--initrd", help="initial ramdisk")
+    p.add_argument("--restore", metavar="FILE", help="resume the machine saved in FILE (`vireo save NAME FILE`; "
+                                                     "docs/machine-state.md) instead of booting; --accel may pick "
+                                                     "the other accelerator, the rest comes from the file")
     p.add_argument("--append", default="", help="kernel command line")
     p.add_argument("--memory", type=int, default=256, metavar="MIB", help="guest RAM in MiB (default 256)")
     p.add_argument("--cpus", type=int, default=1, metavar="N", help="virtual CPUs (default 1)")
@@ -314,14 +319,22 @@ def prepare(args: argparse.Namespace) -> RunSession | int:
                                decompress_on_host=not args.no_host_decompress, disks=disks,
                                cdroms=list(args.cdrom), boot=boot, firmware=args.firmware,
                                boot_menu_wait_ms=args.boot_menu_wait)
+        saved = None
+        if args.restore:
+            config, saved = SavedState.open(args.restore)
+            config.accel = args.accel
         config.validate()
         choice = choose_accelerator(args.accel)
         if choice.warning:
             print(f"vireo: {choice.warning}", file=err)
         if args.accel == "auto":
             print(f"vireo: accelerator {choice.name} ({choice.reason})", file=err)
-        machine = Machine(config, serial_output=write, accel_choice=choice)
-    except (BadInput, ConfigError, BootError, AcceleratorUnavailable, ImageError) as exc:
+        try:
+            machine = Machine(config, serial_output=write, accel_choice=choice, restore=saved)
+        finally:
+            if saved is not None:
+                saved.close()
+    except (BadInput, ConfigError, BootError, AcceleratorUnavailable, ImageError, StateError) as exc:
         print(f"vireo: {exc}", file=err)
         return EXIT_BAD_INPUT
     return RunSession(args, machine, close_sink, interactive)

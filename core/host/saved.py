@@ -76,8 +76,7 @@ def restore(host: LocalHost, path: str) -> VmInfo:
         raise HostError(str(exc)) from None
     owner = machine["vm"]
     if owner is None:
-        raise HostError(f"state file {path}: it names no VM (saved by `vireo run`?); restore it with "
-                        f"`vireo run --restore {path}`")
+        raise HostError(f"state file {path}: it names no VM definition; run it with `vireo run --restore {path}`")
     try:
         host._vm(owner["uuid"])
     except HostError:

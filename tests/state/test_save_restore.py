@@ -11,6 +11,7 @@ from core.machine import DiskSpec, MachineConfig, MachineState
 from core.storage import create_image, open_image
 from tests.guests.build import guest_path
 from tests.helpers.accel import require_accel, require_guest
+from tests.helpers.runner import run_vireo
 from tests.state.helpers import Running
 
 PAIRS = [("software", "software"), ("kvm", "kvm"), ("software", "kvm"), ("kvm", "software")]
@@ -81,3 +82,23 @@ def test_virtio_request_in_flight_is_neither_lost_nor_repeated(debian_kernel, bu
     with open_image(str(disk), read_only=True) as dev:
         for n in synced:
             assert dev.read(n * 17 * 4096, 4096) == f"VIREO-SEQ {n}\n".encode().ljust(4096, b"\0"), n
+
+
+def test_runner_restores_a_state_file(tmp_path):
+    """`vireo run --restore FILE` resumes a saved machine from the definition in the file."""
+    require_guest("software", "counter")
+    state = tmp_path / "vm.state"
+    first = Running(MachineConfig(kernel=str(guest_path("counter")), memory_mib=32, accel="software",
+                                  display="none"))
+    try:
+        first.expect(r"counter: 3\n", 20)
+        first.machine.save(str(state))
+        last = _counters(first.output)[-1]
+    finally:
+        first.close()
+    code, out, err = run_vireo(["--restore", str(state), "--accel", "software", "--serial", "stdio",
+                                "--timeout", "1.5"], timeout=40)
+    after = _counters(out.replace("\r\n", "\n"))
+    assert after[:3] == [last + 1, last + 2, last + 3], (out[-500:], err)
+    code, _, err = run_vireo(["--restore", str(tmp_path / "missing.state")], timeout=40)
+    assert code == 2 and err.strip().count("\n") == 0 and "missing.state" in err, err
