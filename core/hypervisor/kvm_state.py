@@ -87,6 +87,14 @@ def restore(vcpu: KvmVcpu, rec: dict[str, Any], where: str) -> None:
     """Load a checked record into a stopped KVM vCPU."""
     if rec["ymmh"] is not None and any(rec["ymmh"]):
         raise StateError(f"{where}: the state holds AVX upper halves, which this Vireo does not load under KVM")
+    if rec["mp_state"] == "wait_for_sipi":
+        # An AP waiting for its SIPI: its registers are whatever the other backend left there (INIT discards
+        # them; the SIPI sets CS:IP), and KVM may refuse them. Its APIC and the wait are what matter.
+        lapic = abi.kvm_lapic_state()
+        ctypes.memmove(ctypes.addressof(lapic), rec["lapic"], len(rec["lapic"]))
+        abi.ioctl(vcpu.fd, abi.KVM_SET_LAPIC, lapic)
+        vcpu.set_mp_state(abi.KVM_MP_STATE_UNINITIALIZED)
+        return
     state = C.to_cpu_state(rec)
     # The TSC is set once for every vCPU by set_tsc; MSRs KVM does not list are left out (the guest saw them
     # on the other backend; they have no meaning here).

@@ -4,6 +4,7 @@ virtio-blk request in flight at the save is neither lost nor repeated."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -21,12 +22,18 @@ def _counters(text: str) -> list[int]:
     return [int(n) for n in re.findall(r"^counter: (\d+)$", text, re.M)]
 
 
-@pytest.mark.parametrize(("saved_on", "restored_on"), PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
-def test_counter_continues_after_save_and_restore(saved_on, restored_on, tmp_path):
+CASES = [(a, b, 1) for a, b in PAIRS] + [("kvm", "software", 2), ("software", "kvm", 2)]
+
+
+@pytest.mark.parametrize(("saved_on", "restored_on", "cpus"), CASES,
+                         ids=[f"{a}-to-{b}-{n}cpu" for a, b, n in CASES])
+def test_counter_continues_after_save_and_restore(saved_on, restored_on, cpus, tmp_path):
+    """With 2 CPUs the AP is saved waiting for a SIPI (the counter guest starts none) and restored so."""
     require_guest(saved_on, "counter")
     require_guest(restored_on, "counter")
     state = tmp_path / "vm.state"
-    config = MachineConfig(kernel=str(guest_path("counter")), memory_mib=32, accel=saved_on, display="none")
+    config = MachineConfig(kernel=str(guest_path("counter")), memory_mib=32, accel=saved_on, display="none",
+                           cpus=cpus)
     first = Running(config)
     try:
         first.expect(r"counter: 5\n", 20)
@@ -102,3 +109,29 @@ def test_runner_restores_a_state_file(tmp_path):
     assert after[:3] == [last + 1, last + 2, last + 3], (out[-500:], err)
     code, _, err = run_vireo(["--restore", str(tmp_path / "missing.state")], timeout=40)
     assert code == 2 and err.strip().count("\n") == 0 and "missing.state" in err, err
+
+
+def test_firmware_machine_keeps_its_screen(tmp_path):
+    """A machine booted through SeaBIOS (PAM shadow RAM, fw_cfg, the VGA in text mode): the restored machine
+    shows the screen it was saved with and runs on."""
+    from core.display.renderer import text_snapshot
+    require_accel("software")
+    state = tmp_path / "fw.state"
+    first = Running(MachineConfig(memory_mib=64, accel="software", boot_menu_wait_ms=0))
+    try:
+        deadline = time.monotonic() + 30
+        while not any("No bootable device" in line for line in text_snapshot(first.machine.board.vga)):
+            assert time.monotonic() < deadline, text_snapshot(first.machine.board.vga)
+            time.sleep(0.05)
+        screen = text_snapshot(first.machine.board.vga)
+        first.machine.save(str(state))
+    finally:
+        first.close()
+    second = Running(state_file=str(state))
+    try:
+        assert text_snapshot(second.machine.board.vga) == screen
+        time.sleep(0.5)
+        assert second.machine.state == MachineState.RUNNING, second.machine.reason
+        assert second.machine.board.firmware.pam == first.machine.board.firmware.pam
+    finally:
+        second.close()
