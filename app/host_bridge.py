@@ -151,10 +151,11 @@ class HostBridge(QObject):
         return uuid in self._busy
 
     def lifecycle(self, action: str, uuid: str, done: Callable[[Any], None] | None = None) -> None:
-        """start/pause/resume/shutdown/reboot/force_reset/force_off one VM in the background."""
+        """start/pause/resume/shutdown/reboot/force_reset/force_off/save (managed) one VM in the background."""
         name = self._infos[uuid].name if uuid in self._infos else uuid
         label = {"start": "Starting", "pause": "Pausing", "resume": "Resuming", "shutdown": "Shutting down",
-                 "reboot": "Rebooting", "force_reset": "Resetting", "force_off": "Forcing off"}[action]
+                 "reboot": "Rebooting", "force_reset": "Resetting", "force_off": "Forcing off",
+                 "save": "Saving"}[action]
         host = self.host
         self.call(f"{label} {name}", lambda: getattr(host, action)(uuid), done, uuid=uuid)
 

@@ -171,6 +171,7 @@ class Board:
         self.firmware: FirmwareMemory | None = None
         self.fw_cfg: FwCfg | None = None
         self.debugcon: DebugConsole | None = None
+        self.port92: SystemControlPortA | None = None
         self.boot_devices = BootDevices()
         self._config = config
         try:
@@ -220,7 +221,8 @@ class Board:
             self.host_bridge.on_pam_change = self.firmware.set_pam
             self.fw_cfg = FwCfg(self.memory)
             self.debugcon = DebugConsole()
-            port_devices += [self.fw_cfg, self.debugcon, SystemControlPortA(request_reset)]
+            self.port92 = SystemControlPortA(request_reset)
+            port_devices += [self.fw_cfg, self.debugcon, self.port92]
         for dev in port_devices:
             dev.attach(self.pio)
         self.devices = list(port_devices)

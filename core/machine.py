@@ -23,7 +23,10 @@ from core.boot.loader import load_kernel
 from core.devices.vga_screen_info import screen_info_for_text_mode
 from core.hypervisor.base import ExitReason, Vcpu, fault_line
 from core.hypervisor.select import AccelChoice, choose_accelerator
-from core.net.nic import NetSpecError, NicSpec
+from core.machine_state import NotQuiescent, quiesce_board, read_header, restore_board, resume_board, save_board
+from core.net.nic import Forward, NetSpecError, NicSpec
+from core.state.container import StateReader
+from core.state.fields import StateError
 
 if TYPE_CHECKING:
     from core.config import VmConfig
@@ -135,6 +138,35 @@ class MachineConfig:
                    display=cfg.display.type, cdroms=[cd.path for cd in cfg.cdroms if cd.path],
                    boot=list(cfg.boot.order), boot_once=once, firmware=cfg.boot.firmware or None, nics=nics)
 
+    @classmethod
+    def from_record(cls, rec: object, where: str = "machine.config") -> MachineConfig:
+        """The definition a state file carries (asdict of one), checked field by field; StateError if not."""
+        if not isinstance(rec, dict):
+            raise StateError(f"{where}: the machine definition is not a record")
+        unknown = set(rec) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise StateError(f"{where}: unknown definition field {sorted(unknown)[0]!r}")
+        try:
+            disks = [DiskSpec(**d) for d in rec.get("disks", [])]
+            nics = [NicSpec(**{**n, "forwards": [Forward(**f) for f in n.get("forwards", [])]})
+                    for n in rec.get("nics", [])]
+            config = cls(**{**rec, "disks": disks, "nics": nics})
+            for i, nic in enumerate(config.nics):
+                nic.validate(f"{where}.nics[{i}]")
+        except NetSpecError as exc:
+            raise StateError(str(exc)) from None
+        except (TypeError, AttributeError) as exc:
+            raise StateError(f"{where}: the machine definition is malformed ({exc})") from None
+        for name, kind in (("memory_mib", int), ("cpus", int), ("boot_menu_wait_ms", int), ("cmdline", str),
+                           ("accel", str), ("display", str), ("on_triple_fault", str), ("decompress_on_host", bool)):
+            if type(getattr(config, name)) is not kind:
+                raise StateError(f"{where}: definition field {name} has the wrong type")
+        strings = [*config.cdroms, *config.boot, *config.boot_once, *(d.path for d in config.disks)]
+        optional = [config.kernel, config.initrd, config.firmware, *(d.format for d in config.disks)]
+        if not all(isinstance(x, str) for x in strings) or not all(x is None or isinstance(x, str) for x in optional):
+            raise StateError(f"{where}: a definition field that holds a path or a word has the wrong type")
+        return config
+
     def validate(self) -> None:
         host_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
         if not MIN_MEMORY_MIB <= self.memory_mib <= host_mib:
@@ -167,6 +199,35 @@ class MachineConfig:
             raise ConfigError("boot from kernel asked, but no kernel is given: give a kernel file or boot cd/disk")
 
 
+SAVE_ATTEMPTS = 200
+
+
+@dataclass
+class SavedState:
+    """A state file opened for restoring: its reader (positioned at the RAM), the machine record and the other
+    records (core/state/machine_state.read_header)."""
+
+    path: str
+    reader: StateReader
+    machine: dict
+    records: dict
+
+    @classmethod
+    def open(cls, path: str) -> tuple[MachineConfig, SavedState]:
+        """The definition saved in the file and the rest of it, ready for Machine(config, restore=...)."""
+        reader = StateReader(path)
+        try:
+            machine, records = read_header(reader)
+            config = MachineConfig.from_record(machine["config"])
+        except BaseException:
+            reader.close()
+            raise
+        return config, cls(path, reader, machine, records)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
 StateListener = Callable[["Machine", MachineState, str], None]
 
 
@@ -192,7 +253,7 @@ class Machine:
     """One VM built from a MachineConfig. Construct, then start(); wait() blocks until it stops."""
 
     def __init__(self, config: MachineConfig, serial_output: Callable[[bytes], None] | None = None,
-                 accel_choice: AccelChoice | None = None) -> None:
+                 accel_choice: AccelChoice | None = None, restore: SavedState | None = None) -> None:
         config.validate()
         self.config = config
         self.state = MachineState.DEFINED
@@ -214,8 +275,17 @@ class Machine:
         self.board = Board(config, self.accel_choice.name, serial_output=serial_output or (lambda data: None),
                            request_reset=self.request_reset, request_poweroff=self._guest_poweroff,
                            report_fault=self.post_crash)
+        self.restored_from = restore.path if restore is not None else None
         try:
-            self._load()
+            if restore is None:
+                self._load()
+            else:
+                # A saved machine: nothing is loaded; RAM, devices and vCPUs come from the state file.
+                restore_board(self.board, restore.reader, restore.machine, restore.records)
+                self.reset_count = restore.machine["reset_count"]
+                if self.reset_count:
+                    self.board.end_boot_once()
+                self.boot_description = f"restored from {restore.path}"
         except BaseException:
             self.board.close()
             raise
@@ -279,6 +349,37 @@ class Machine:
         for t in self._threads:
             t.start()
         self._set_state(MachineState.RUNNING)
+        if self.restored_from is not None:
+            resume_board(self.board)
+
+    def save(self, path: str, stop: bool = True, vm: dict[str, str] | None = None) -> int:
+        """Save the machine's state to `path` (docs/machine-state.md); with `stop` the machine then shuts off
+        (reason "saved to PATH"), otherwise it carries on as it was. Returns the bytes of RAM written. The vCPUs
+        are paused and the disks' requests finished first; if a device is caught mid-transfer (an IDE PIO
+        block) the guest runs a moment and the save is tried again. `vm` (uuid and name of the VM definition) is
+        recorded for `vireo restore FILE`."""
+        if self.state not in (MachineState.RUNNING, MachineState.PAUSED):
+            raise RuntimeError(f"cannot save a machine that is {self.state.value}")
+        was_running = self.state == MachineState.RUNNING
+        for attempt in range(SAVE_ATTEMPTS):
+            if self.state == MachineState.RUNNING:
+                self.pause()
+            if self.state != MachineState.PAUSED:
+                raise RuntimeError(f"the machine stopped while saving ({self.state.value}: {self.reason})")
+            try:
+                quiesce_board(self.board)
+                written = save_board(self.board, self.config, path, reset_count=self.reset_count, vm=vm)
+                break
+            except NotQuiescent:
+                if attempt == SAVE_ATTEMPTS - 1:
+                    raise
+                self.resume()
+                time.sleep(0.002)
+        if stop:
+            self._call(RequestKind.POWER_OFF, f"saved to {path}")
+        elif was_running:
+            self.resume()
+        return written
 
     def pause(self) -> None:
         self._call(RequestKind.PAUSE)

@@ -31,8 +31,10 @@ from core.machine import (
     Machine,
     MachineConfig,
     MachineState,
+    SavedState,
 )
 from core.net.nic import NetSpecError, NicSpec, parse_net_option
+from core.state.fields import StateError
 from core.storage import CACHE_MODES, ImageError
 
 if TYPE_CHECKING:
@@ -51,6 +53,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", help="Linux bzImage or Multiboot v1 kernel, loaded directly (the default boot when "
                                     "given); without it the machine boots through its firmware")
     p.add_argument("--initrd", help="initial ramdisk")
+    p.add_argument("--restore", metavar="FILE", help="resume the machine saved in FILE (`vireo save NAME FILE`; "
+                                                     "docs/machine-state.md) instead of booting; --accel may pick "
+                                                     "the other accelerator, the rest comes from the file")
     p.add_argument("--append", default="", help="kernel command line")
     p.add_argument("--memory", type=int, default=256, metavar="MIB", help="guest RAM in MiB (default 256)")
     p.add_argument("--cpus", type=int, default=1, metavar="N", help="virtual CPUs (default 1)")
@@ -366,6 +371,10 @@ def prepare(args: argparse.Namespace) -> RunSession | int:
                                decompress_on_host=not args.no_host_decompress, disks=disks,
                                cdroms=list(args.cdrom), boot=boot, firmware=args.firmware,
                                boot_menu_wait_ms=args.boot_menu_wait, nics=nics)
+        saved = None
+        if args.restore:
+            config, saved = SavedState.open(args.restore)
+            config.accel = args.accel
         config.validate()
         choice = choose_accelerator(args.accel)
         if choice.warning:
@@ -373,9 +382,13 @@ def prepare(args: argparse.Namespace) -> RunSession | int:
         if args.accel == "auto":
             print(f"vireo: accelerator {choice.name} ({choice.reason})", file=err)
         vnc_address, vnc_password = _vnc_options(args)
-        machine = Machine(config, serial_output=write, accel_choice=choice)
+        try:
+            machine = Machine(config, serial_output=write, accel_choice=choice, restore=saved)
+        finally:
+            if saved is not None:
+                saved.close()
         _report_links(machine)
-    except (BadInput, ConfigError, BootError, AcceleratorUnavailable, ImageError) as exc:
+    except (BadInput, ConfigError, BootError, AcceleratorUnavailable, ImageError, StateError) as exc:
         print(f"vireo: {exc}", file=err)
         return EXIT_BAD_INPUT
     session = RunSession(args, machine, close_sink, interactive)

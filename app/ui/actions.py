@@ -1,5 +1,5 @@
 """The VM actions shared by the main window and each VM window: Run, Pause, Shut Down ▾ (Shut Down, Reboot,
-Force Reset, Force Off), Delete — and which of them make sense in each state. Force Off asks first
+Save, Force Reset, Force Off), Delete — and which of them make sense in each state. Force Off asks first
 (app/ui/dialogs.py confirm_force_off): it loses whatever the guest had not written out."""
 from __future__ import annotations
 
@@ -58,6 +58,8 @@ class VmActions(QObject):
         self.shutdown = act("&Shut Down", "shutdown", "Press the ACPI power button: the guest shuts itself down",
                             "shutdown")
         self.reboot = act("Re&boot", "reboot", "Shut the guest down gracefully, then start it again", "reboot")
+        self.save = act("Sa&ve", "shutdown", "Save the virtual machine's state to disk and stop it: Run resumes it "
+                        "where it was", "save")
         self.reset = act("Force &Reset", "reset", "Reset the virtual machine at once, as the reset button does",
                          "force_reset")
         self.off = act("Force &Off", "off", "Pull the plug: stop the virtual machine at once (asks first)",
@@ -66,7 +68,7 @@ class VmActions(QObject):
                           handler=delete) if delete else None
         self.shutdown_menu = QMenu("Shut &Down", parent)
         self.shutdown_menu.setIcon(action_icon("shutdown"))
-        for a in (self.shutdown, self.reboot, self.reset, self.off):
+        for a in (self.shutdown, self.reboot, self.save, self.reset, self.off):
             self.shutdown_menu.addAction(a)
         self.update()
 
@@ -112,6 +114,7 @@ class VmActions(QObject):
         self.shutdown.setEnabled(running)
         self.reboot.setEnabled(running)
         self.reset.setEnabled(state in (VmState.RUNNING, VmState.PAUSED))
+        self.save.setEnabled(not busy and state in (VmState.RUNNING, VmState.PAUSED))
         self.off.setEnabled(state in (VmState.RUNNING, VmState.PAUSED))
         self.shutdown_menu.setEnabled(state in (VmState.RUNNING, VmState.PAUSED))
         for button in self._buttons:

@@ -363,6 +363,12 @@ class Connection:
     def m_force_off(self, uuid: str, **_: Any) -> None:
         self._lifecycle("force_off", uuid)
 
+    def m_save(self, uuid: str, path: str | None = None, **_: Any) -> str:
+        return self.host.save(uuid, None if path is None else str(path))
+
+    def m_restore(self, path: str, **_: Any) -> dict[str, Any]:
+        return wire.vminfo_to(self.host.restore(str(path)))
+
     def m_delete(self, uuid: str, delete_disks: bool = False, disks: list[str] | None = None, report: bool = False,
                  **_: Any) -> list[str] | dict[str, Any]:
         # `disks` (a list of paths) and `report` came after `delete_disks`: a client that sends neither gets the

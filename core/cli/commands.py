@@ -283,6 +283,36 @@ def cmd_reboot(host: ServiceClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_save_arguments(p: argparse.ArgumentParser) -> None:
+    add_vm_argument(p)
+    p.add_argument("file", nargs="?", help="state file to write (default: the VM's managed save, which "
+                                           "`vireo start` resumes)")
+
+
+def cmd_save(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo save NAME [FILE]`: stop a running or paused VM into a state file (docs/machine-state.md)."""
+    info = _active(host, args.name, "save", VmState.RUNNING, VmState.PAUSED)
+    path = host.save(info.uuid, _host_path(host, args.file) if args.file else None)
+    _wait_state(host, info, (VmState.SHUTOFF,))
+    if args.file:
+        _say(f"Domain '{info.name}' saved to {path}; resume it with `vireo restore {path}`")
+    else:
+        _say(f"Domain '{info.name}' saved; `vireo start {info.name}` resumes it")
+    return EXIT_OK
+
+
+def add_restore_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a state file written by `vireo save`")
+
+
+def cmd_restore(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo restore FILE`: start the VM the file was saved from, resumed where it stopped."""
+    info = host.restore(_host_path(host, args.file))
+    _wait_state(host, info, (VmState.RUNNING, VmState.PAUSED, VmState.SHUTOFF))
+    _say(f"Domain '{info.name}' restored from {args.file}")
+    return EXIT_OK
+
+
 def _wait_state(host: ServiceClient, info: VmInfo, states: tuple[VmState, ...]) -> None:
     """Wait until the host's mirror shows one of `states` (its event may trail the request's answer), so the
     next command sees the change; CommandFailed with the VM's reason when it ends up elsewhere."""

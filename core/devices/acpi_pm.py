@@ -24,6 +24,7 @@ from collections.abc import Callable
 from core.bus import PortIoBus
 from core.irq import IrqLine
 from core.platform import ACPI_PM_BASE, ACPI_PM_LEN, ACPI_S5_SLP_TYP, PM_TIMER_HZ
+from core.state import fields as f
 from core.timers import TimerQueue, now_ns
 
 # Offsets inside the block.
@@ -76,6 +77,24 @@ class AcpiPm:
     def reset(self) -> None:
         with self._lock:
             self._power_on()
+            self._arm_timer()
+            self._update_sci()
+
+    # -- machine state (docs/machine-state.md) ----------------------------------------------------------------------
+
+    STATE = {"pm1_sts": f.U16, "pm1_en": f.U16, "pm1_cnt": f.U16, "gpe0_sts": f.U32, "gpe0_en": f.U32,
+             "_msb_seen": f.Int(0, 1 << 62), "_epoch": f.MONO}
+    STATE_VERSION = 1
+
+    def get_state(self) -> dict:
+        with self._lock:
+            return f.capture(self, self.STATE, self._clock())
+
+    def set_state(self, state: dict) -> None:
+        now = self._clock()
+        checked = f.validate(state, self.STATE, "acpi_pm", now)
+        with self._lock:
+            f.apply(self, checked, self.STATE, now)
             self._arm_timer()
             self._update_sci()
 

@@ -10,6 +10,7 @@ import logging
 import threading
 
 from core.bus import PortIoBus
+from core.state import fields as f
 
 log = logging.getLogger("vireo.firmware")
 
@@ -25,6 +26,16 @@ class DebugConsole:
         self._lock = threading.Lock()
         self._line = bytearray()
         self._output = bytearray()
+
+    def get_state(self) -> dict:
+        """Machine state (docs/machine-state.md): the line being written (the log so far stays with the host)."""
+        with self._lock:
+            return {"line": bytes(self._line)}
+
+    def set_state(self, state: dict) -> None:
+        checked = f.validate(state, {"line": f.Bytes(max_length=1 << 16)}, "debugcon", 0)
+        with self._lock:
+            self._line = bytearray(checked["line"])
 
     def attach(self, pio: PortIoBus) -> None:
         pio.register(self.port, 1, self)

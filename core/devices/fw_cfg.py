@@ -26,6 +26,7 @@ import threading
 
 from core.bus import PortIoBus
 from core.memory import GuestMemory, GuestMemoryError
+from core.state import fields as f
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,31 @@ class FwCfg:
             self._key = SIGNATURE
             self._offset = 0
             self._dma_address[:] = bytes(DMA_REGISTER_LEN)
+
+    # -- machine state (docs/machine-state.md): the selector, read offset, DMA address latch and the contents
+    # of the guest-writable files; the rest is built again from the VM definition.
+    STATE_VERSION = 1
+
+    def get_state(self) -> dict:
+        with self._lock:
+            return {"key": self._key, "offset": self._offset, "dma_address": bytes(self._dma_address),
+                    "writable": {str(k): bytes(v) for k, v in self._writable.items()}}
+
+    def set_state(self, state: dict) -> None:
+        f.expect_record(state, "fw_cfg", ("key", "offset", "dma_address", "writable"))
+        key = f.check(state["key"], f.Int(0, KEY_MASK), "fw_cfg.key")
+        offset = f.check(state["offset"], f.Int(0, 1 << 32), "fw_cfg.offset")
+        dma = f.check(state["dma_address"], f.Bytes(DMA_REGISTER_LEN), "fw_cfg.dma_address")
+        writable = state["writable"]
+        if not isinstance(writable, dict) or sorted(writable) != sorted(str(k) for k in self._writable):
+            raise f.StateError("fw_cfg.writable: the saved machine's writable files are not this one's")
+        contents = {int(k): f.check(v, f.Bytes(len(self._writable[int(k)])), f"fw_cfg.writable[{k}]")
+                    for k, v in writable.items()}
+        with self._lock:
+            self._key, self._offset = key, offset
+            self._dma_address[:] = dma
+            for k, data in contents.items():
+                self._writable[k][:] = data
 
     def _select(self, key: int) -> None:
         # The write-channel bit selects the same item (writes go through DMA only); the data offset restarts.

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable
 
 from core.bus import PortIoBus
+from core.devices import i8042_state as ps2
 from core.irq import IrqLine
 from core.platform import I8042_CMD_PORT, I8042_DATA_PORT
 from core.timers import TimerQueue, now_ns
@@ -355,6 +356,13 @@ class I8042:
         with self._lock:
             self._power_on()
             self._update_irqs()
+
+    def get_state(self) -> dict:
+        """Machine state (docs/machine-state.md; the record is core/state/ps2.py's)."""
+        return ps2.get_state(self)
+
+    def set_state(self, state: dict) -> None:
+        ps2.set_state(self, state)
 
     # -- host input ----------------------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from core.bus import MmioBus
 from core.platform import IOAPIC_BASE, IOAPIC_PINS
+from core.state import fields as f
 
 MMIO_SIZE = 0x1000
 IOREGSEL, IOWIN, IOEOI = 0x00, 0x10, 0x40
@@ -69,6 +70,24 @@ class IoApic:
     def reset(self) -> None:
         with self._lock:
             self._power_on()
+
+    # -- machine state (docs/machine-state.md) ------------------------------------------------------------------
+    # `levels` is a bit per pin (asserted inputs), as KVM's kvm_ioapic_state.irr.
+
+    STATE_VERSION = 1
+
+    def get_state(self) -> dict:
+        with self._lock:
+            return {"regsel": self.regsel, "id": self.id, "redirection": list(self.redirection),
+                    "levels": sum(1 << i for i, level in enumerate(self.level) if level)}
+
+    def set_state(self, state: dict) -> None:
+        checked = f.validate(state, {"regsel": f.U8, "id": f.u(4), "redirection": f.Ints(self.pins),
+                                     "levels": f.u(self.pins)}, "ioapic", 0)
+        with self._lock:
+            self.regsel, self.id = checked["regsel"], checked["id"]
+            self.redirection = checked["redirection"]
+            self.level = [bool(checked["levels"] >> i & 1) for i in range(self.pins)]
 
     # -- interrupt inputs ---------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from core import platform
 from core.bus import MmioBus, PortIoBus
+from core.state.fields import StateError
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,51 @@ class PciDevice:
     def _update_mappings(self) -> None:
         if self.bus is not None:
             self.bus.update_bar_mappings(self)
+
+    # -- machine state (docs/machine-state.md) ------------------------------------------------------------
+    STATE_VERSION = 1
+
+    def get_state(self) -> dict:
+        """Configuration space and BAR addresses (subclasses add their own registers)."""
+        return {"config": bytes(self.config), "bars": {str(i): bar.address for i, bar in self.bars.items()},
+                "rom": self.rom_bar.address if self.rom_bar is not None else None}
+
+    def set_state(self, state: dict) -> None:
+        """Load what get_state gave. Only guest-writable bits of configuration space are taken (identity and
+        capability layout stay this model's); BAR addresses must be aligned to their BAR's size."""
+        where = f"pci {self.slot:02x}.{self.function}"
+        config, bars, rom = (state.get(k) for k in ("config", "bars", "rom"))
+        if not isinstance(config, bytes) or len(config) != 256:
+            raise StateError(f"{where}: configuration space must be 256 bytes")
+        if not isinstance(bars, dict) or sorted(bars) != sorted(str(i) for i in self.bars):
+            raise StateError(f"{where}: the BARs saved ({sorted(bars) if isinstance(bars, dict) else bars}) are "
+                             f"not this device's ({sorted(self.bars)})")
+        addresses = {}
+        for key, address in bars.items():
+            bar = self.bars[int(key)]
+            limit = 1 << (64 if bar.is_64bit else 32)
+            if type(address) is not int or not 0 <= address < limit or address % bar.size:
+                raise StateError(f"{where}: BAR {key} address {address!r} is not aligned inside its range")
+            addresses[int(key)] = address
+        if (rom is None) != (self.rom_bar is None) or rom is not None and (
+                type(rom) is not int or not 0 <= rom < 1 << 32 or rom % self.rom_bar.size):
+            raise StateError(f"{where}: expansion ROM address {rom!r} does not fit this device")
+        for off in range(256):
+            if not BAR0 <= off < BAR0 + 4 * NUM_BARS and off not in range(STATUS, STATUS + 2):
+                m = self.wmask[off]
+                self.config[off] = (self.config[off] & ~m) | (config[off] & m)
+        for index, address in addresses.items():
+            bar = self.bars[index]
+            flags = int.from_bytes(self.config[BAR0 + 4 * index:BAR0 + 4 * index + 4], "little") & \
+                (0x3 if bar.is_io else 0xF)
+            struct.pack_into("<I", self.config, BAR0 + 4 * index, (address & 0xFFFF_FFFF) | flags)
+            if bar.is_64bit:
+                struct.pack_into("<I", self.config, BAR0 + 4 * index + 4, address >> 32)
+            bar.address = address
+        if self.rom_bar is not None and rom is not None:
+            self.rom_bar.address = rom
+        self._update_mappings()
+        self.set_intx(bool(int.from_bytes(config[STATUS:STATUS + 2], "little") & STATUS_INTERRUPT))
 
     def reset(self) -> None:
         """Power-on state of the guest-writable registers (BAR addresses, command, interrupt line)."""
@@ -425,6 +471,31 @@ class PciBus:
                 self.assign_resources(*self._firmware_windows)
 
     _firmware_windows: tuple[int, int, int, int] | None = None
+    STATE_VERSION = 1
+
+    def get_state(self) -> dict:
+        """The configuration address latch and every function's state, by device/function number."""
+        with self._lock:
+            return {"address": self._address,
+                    "functions": {f"{devfn:02x}": dev.get_state() for devfn, dev in self.devices.items()}}
+
+    def set_state(self, state: dict) -> None:
+        if not isinstance(state, dict) or set(state) != {"address", "functions"}:
+            raise StateError("pci: expected a record with address and functions")
+        functions, address = state["functions"], state["address"]
+        mine = {f"{devfn:02x}": dev for devfn, dev in self.devices.items()}
+        if not isinstance(functions, dict) or sorted(functions) != sorted(mine):
+            raise StateError(f"pci: the saved machine has PCI functions {sorted(functions)}, this one "
+                             f"{sorted(mine)}: restore with the VM definition it was saved with")
+        if type(address) is not int or not 0 <= address <= 0xFFFF_FFFF:
+            raise StateError(f"pci.address: {address!r} is not a 32-bit value")
+        with self._lock:
+            self._address = address
+            self._intx_levels.clear()
+        for key, dev in mine.items():
+            if not isinstance(functions[key], dict):
+                raise StateError(f"pci function {key}: expected a record")
+            dev.set_state(functions[key])
 
     def assign_resources(self, mem_base: int = platform.PCI_MMIO_WINDOW[0],
                          mem_limit: int = platform.PCI_MMIO_WINDOW[1],

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from core.bus import PortIoBus
 from core.platform import ELCR_PORT, PIC_MASTER_PORT, PIC_SLAVE_PORT
+from core.state import fields as f
 
 CASCADE_IRQ = 2
 ELCR_MASKS = (0xF8, 0xDE)    # PIIX: IRQ0-2 and IRQ8/IRQ13 cannot be set to level
@@ -367,6 +368,36 @@ class Pic8259Pair:
     def _notify(self) -> None:
         if self.on_intr_change is not None:
             self.on_intr_change()
+
+    # -- machine state (docs/machine-state.md) ----------------------------------------------------------------------
+
+    # One 8259A, in the names of this model; KVM's kvm_pic_state converts to and from it (core/state/kvm_chips.py).
+    CHIP_STATE = {"irr": f.U8, "isr": f.U8, "imr": f.U8, "line": f.U8, "elcr": f.U8, "vector_base": f.Int(0, 0xF8),
+                  "lowest_priority": f.u(3), "read_isr": f.BOOL, "poll": f.BOOL, "special_mask": f.BOOL,
+                  "auto_eoi": f.BOOL, "rotate_on_auto_eoi": f.BOOL, "special_fully_nested": f.BOOL,
+                  "icw4_needed": f.BOOL, "single": f.BOOL, "level_triggered_all": f.BOOL,
+                  "init_step": f.Int(0, 4), "cascade": f.U8}
+    STATE_VERSION = 1
+
+    def get_state(self) -> dict:
+        with self._lock:
+            return {"master": f.capture(self.master, self.CHIP_STATE, 0),
+                    "slave": f.capture(self.slave, self.CHIP_STATE, 0)}
+
+    def set_state(self, state: dict) -> None:
+        f.expect_record(state, "pic", ("master", "slave"))
+        checked = [f.validate(state[name], self.CHIP_STATE, f"pic.{name}", 0) for name in ("master", "slave")]
+        for name, c in zip(("master", "slave"), checked, strict=True):
+            if c["init_step"] == 1:
+                raise f.StateError(f"pic.{name}.init_step: 1 is not a step of the initialisation sequence")
+        with self._lock:
+            for chip, c in zip((self.master, self.slave), checked, strict=True):
+                f.apply(chip, c, self.CHIP_STATE, 0)
+                chip.elcr &= chip.elcr_mask
+            self._intr = False
+            rose = self._update()
+        if rose:
+            self._notify()
 
     # -- inspection (debugging, tests) ------------------------------------------------------------------------------
 

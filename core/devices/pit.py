@@ -22,6 +22,7 @@ from collections.abc import Callable
 from core.bus import PortIoBus
 from core.irq import IrqLine
 from core.platform import PIT_PORT, PORT_61
+from core.state import fields as f
 from core.timers import TimerQueue, now_ns
 
 PIT_HZ = 1_193_182
@@ -401,6 +402,40 @@ class Pit8254:
                 return
             self._next_edge_ns = max(c0.start_ns + ticks_to_ns(nxt), now + MIN_IRQ_INTERVAL_NS)
             self._timer.arm(self._next_edge_ns)
+
+    # -- machine state (docs/machine-state.md) ----------------------------------------------------------------------
+    # Counter times (start_ns) are saved relative to the moment of saving; IRQ 0's next edge is derived again
+    # from counter 0 when the state is loaded.
+
+    COUNTER_STATE = {"gate": f.BOOL, "control": f.U8, "rw": f.u(2), "mode": f.u(3), "bcd": f.BOOL,
+                     "n": f.Int(1, 0x10000), "loaded": f.BOOL, "running": f.BOOL, "triggered": f.BOOL,
+                     "start_ns": f.MONO, "frozen_t": f.Int(0, 1 << 62), "pending_n": f.Optional(f.Int(1, 0x10000)),
+                     "pending_at_t": f.Int(0, 1 << 62), "next_trigger_n": f.Optional(f.Int(1, 0x10000)),
+                     "null_count": f.BOOL, "write_msb_next": f.BOOL, "write_lsb": f.U8, "read_msb_next": f.BOOL,
+                     "latch_bytes": f.Ints(max_count=2, hi=0xFF), "status_latch": f.Optional(f.U8)}
+    STATE = {"port61": f.u(4)}
+    STATE_VERSION = 1
+
+    def get_state(self) -> dict:
+        with self._lock:
+            now = self._clock()
+            state = f.capture(self, self.STATE, now)
+            state["counters"] = [f.capture(c, self.COUNTER_STATE, now) for c in self.counters]
+            return state
+
+    def set_state(self, state: dict) -> None:
+        f.expect_record(state, "pit", (*self.STATE, "counters"))
+        now = self._clock()
+        counters = state["counters"]
+        if not isinstance(counters, list) or len(counters) != 3:
+            raise f.StateError("pit.counters: expected a list of the 3 counters")
+        checked = [f.validate(c, self.COUNTER_STATE, f"pit.counters[{i}]", now) for i, c in enumerate(counters)]
+        top = f.validate({k: v for k, v in state.items() if k != "counters"}, self.STATE, "pit", now)
+        with self._lock:
+            for counter, c in zip(self.counters, checked, strict=True):
+                f.apply(counter, c, self.COUNTER_STATE, now)
+            f.apply(self, top, self.STATE, now)
+            self._rearm(now)             # IRQ 0's next edge follows from counter 0's state
 
     # -- inspection --------------------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 
 from core.bus import PortIoBus
+from core.state import fields as f
 
 PORT_92 = 0x92
 FAST_RESET, A20_GATE = 0x01, 0x02
@@ -21,6 +22,16 @@ class SystemControlPortA:
         self.on_reset = on_reset
         self._lock = threading.Lock()
         self.value = A20_GATE             # A20 is open at power-on on this platform (never masked)
+
+    def get_state(self) -> dict:
+        """Machine state (docs/machine-state.md): the A20 gate bit."""
+        with self._lock:
+            return {"value": self.value}
+
+    def set_state(self, state: dict) -> None:
+        checked = f.validate(state, {"value": f.Int(0, A20_GATE)}, "port92", 0)
+        with self._lock:
+            self.value = checked["value"] & A20_GATE
 
     def attach(self, pio: PortIoBus) -> None:
         pio.register(PORT_92, 1, self)

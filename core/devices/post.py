@@ -11,6 +11,7 @@ from collections import deque
 
 from core.bus import PortIoBus
 from core.platform import POST_PORT
+from core.state import fields as f
 
 HISTORY = 64
 
@@ -24,6 +25,16 @@ class PostPort:
         self.last_code = 0
         self.writes = 0
         self.history: deque[int] = deque(maxlen=HISTORY)
+
+    def get_state(self) -> dict:
+        """Machine state (docs/machine-state.md): the last POST code."""
+        with self._lock:
+            return {"last_code": self.last_code}
+
+    def set_state(self, state: dict) -> None:
+        checked = f.validate(state, {"last_code": f.U8}, "post", 0)
+        with self._lock:
+            self.last_code = checked["last_code"]
 
     def attach(self, pio: PortIoBus) -> None:
         pio.register(self.port, 1, self)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from core.bus import PortIoBus
 from core.platform import RESET_CONTROL_PORT
+from core.state import fields as f
 
 RC_SRST, RC_RCPU, RC_FULL = 0x02, 0x04, 0x08
 
@@ -29,6 +30,16 @@ class ResetControl:
         self._lock = threading.Lock()
         self.value = 0
         self.last_reset_hard: bool | None = None
+
+    def get_state(self) -> dict:
+        """Machine state (docs/machine-state.md): the reset control register."""
+        with self._lock:
+            return {"value": self.value}
+
+    def set_state(self, state: dict) -> None:
+        checked = f.validate(state, {"value": f.U8}, "reset_control", 0)
+        with self._lock:
+            self.value = checked["value"]
 
     def attach(self, pio: PortIoBus) -> None:
         pio.register(RESET_CONTROL_PORT, 1, self)

@@ -35,6 +35,7 @@ from core.bus import PortIoBus
 from core.irq import IrqLine
 from core.memory import PCI_HOLE_START
 from core.platform import RTC_PORT
+from core.state import fields as f
 from core.timers import TimerQueue, now_ns
 
 NS = 1_000_000_000
@@ -142,6 +143,31 @@ class CmosRtc:
             self.index = 0
             self._periodic_timer.cancel()
             self.irq.set(False)
+
+    # -- machine state (docs/machine-state.md) ----------------------------------------------------------------------
+    # The guest's wall clock keeps its offset from the host's (QEMU's default, base=utc): after a restore it
+    # shows the host's time again, as a PC's RTC does after a suspend to disk. The periodic interrupt's phase is
+    # saved relative to the moment of saving.
+
+    STATE = {"ram": f.Bytes(CMOS_SIZE), "index": f.u(7), "nmi_disabled": f.BOOL,
+             "offset_ns": f.Int(-(1 << 80), 1 << 80), "reg_a": f.u(7), "reg_b": f.U8, "flags": f.U8, "frozen": f.BOOL,
+             "_last_update_second": f.Optional(f.Int(-(1 << 60), 1 << 60)), "_periodic_epoch": f.MONO,
+             "_periodic_seen": f.Int(-(1 << 62), 1 << 62)}
+    STATE_VERSION = 1
+
+    def get_state(self) -> dict:
+        with self._lock:
+            return f.capture(self, self.STATE, self._monotonic())
+
+    def set_state(self, state: dict) -> None:
+        now = self._monotonic()
+        checked = f.validate(state, self.STATE, "rtc", now)
+        with self._lock:
+            f.apply(self, checked, self.STATE, now)
+            self._arm_periodic()
+            self._update_timer.cancel()
+            self._arm_update()
+            self._update_irq()
 
     # -- port I/O ----------------------------------------------------------------------------------------------------
 

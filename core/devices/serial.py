@@ -25,6 +25,7 @@ from collections.abc import Callable
 from core.bus import PortIoBus
 from core.irq import IrqLine
 from core.platform import COM1_PORT
+from core.state import fields as f
 
 FIFO_SIZE = 16
 HOST_QUEUE_LIMIT = 1 << 20     # bytes of host input held back while the guest is not reading
@@ -106,6 +107,34 @@ class Uart16550:
         self.rx_fifo: deque[tuple[int, int]] = deque()   # (byte, error bits that came with it)
         self.thre_pending = False
         self._prev_modem_inputs = self._modem_inputs()
+
+    # -- machine state (docs/machine-state.md) ---------------------------------------------------------------
+
+    _STATE = {"ier": f.u(4), "lcr": f.U8, "mcr": f.u(5), "lsr": f.U8, "msr_deltas": f.u(4), "scr": f.U8,
+              "dll": f.U8, "dlm": f.U8, "fcr": f.U8, "thre_pending": f.BOOL, "_prev_modem_inputs": f.U8}
+    STATE_VERSION = 1
+
+    def get_state(self) -> dict:
+        with self._lock:
+            state = f.capture(self, self._STATE, 0)
+            state["rx_fifo"] = [[b, e] for b, e in self.rx_fifo]
+            state["host_queue"] = bytes(self._host_queue)
+            return state
+
+    def set_state(self, state: dict) -> None:
+        extra = {"rx_fifo": None, "host_queue": None}
+        checked = f.validate({k: v for k, v in f.expect_record(state, "uart", (*self._STATE, *extra)).items()
+                              if k not in extra}, self._STATE, "uart", 0)
+        if not isinstance(state["rx_fifo"], list) or len(state["rx_fifo"]) > FIFO_SIZE:
+            raise f.StateError(f"uart.rx_fifo: expected a list of at most {FIFO_SIZE} entries")
+        pairs = [tuple(f.check(item, f.Ints(2, 0, 0xFF), f"uart.rx_fifo[{i}]"))
+                 for i, item in enumerate(state["rx_fifo"])]
+        host = f.check(state["host_queue"], f.Bytes(max_length=HOST_QUEUE_LIMIT), "uart.host_queue")
+        with self._lock:
+            f.apply(self, checked, self._STATE, 0)
+            self.rx_fifo = deque(pairs)
+            self._host_queue = deque(host)
+            self._update_irq()
 
     # -- host side -------------------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ Wiring (done by the Machine): `Vga(pci_bus)` adds the PCI function; `attach(pio,
 from __future__ import annotations
 
 from core.bus import MmioBus, PortIoBus
+from core.devices import vga_state
 from core.devices.pci import PciBus
 from core.devices.vga_bochs import (
     DEFAULT_VRAM_SIZE,
@@ -66,6 +67,13 @@ class Vga:
         self.memory.reset()
         self.vbe.reset()
         self._load_bios_text_mode()
+
+    def get_state(self) -> dict:
+        """Machine state (docs/machine-state.md; the record is core/state/vga_state.py's)."""
+        return vga_state.get_state(self)
+
+    def set_state(self, state: dict) -> None:
+        vga_state.set_state(self, state)
 
     def _load_bios_text_mode(self) -> None:
         vram = self.memory.vram

@@ -241,6 +241,15 @@ class Host(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def save(self, vm_uuid: str, path: str | None = None) -> str:
+        """Stop a running or paused VM into a state file (docs/machine-state.md): `path` on the host, or None for
+        its managed save, which the next start() resumes. Returns the file's path on the host."""
+        raise HostError(f"{self.name}: this host cannot save VMs")
+
+    def restore(self, path: str) -> VmInfo:
+        """Start the VM a state file (a path on the host) was saved from, resumed from it."""
+        raise HostError(f"{self.name}: this host cannot restore VMs")
+
     def console(self, vm_uuid: str) -> VmConsole:
         """The graphical console of a running or paused VM; HostError when it has none (shut off, display none,
         or a host that cannot serve consoles)."""

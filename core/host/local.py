@@ -40,6 +40,10 @@ from core.host.api import (
 )
 from core.host.disks import backing_chain, chosen_disks, create_disk_image, disk_users, file_key
 from core.host.process_input import ProcessInput
+from core.host.saved import discard as discard_saved
+from core.host.saved import managed_state
+from core.host.saved import restore as restore_saved
+from core.host.saved import save as save_state
 from core.host.startcheck import check_startable
 from core.hoststats import HostInfo, local_host_info
 
@@ -275,10 +279,13 @@ class LocalHost(Host):
                     failed.append(f"{info.name}: {exc}")
         return failed
 
-    def start(self, vm_uuid: str) -> None:
+    def start(self, vm_uuid: str, restore: str | None = None) -> None:
+        """Boot the VM, or resume it from its managed save (core/host/saved.py) when it has one, or from the
+        state file `restore`."""
         from core.vmproc.handle import VmProcess, VmProcessError
 
         vm = self._vm(vm_uuid)
+        managed = managed_state(self, vm) if restore is None else None
         with vm.op_lock:
             if vm.state.active:
                 raise HostError(f"{vm.config.name} is already {vm.state.label.lower()}")
@@ -292,11 +299,13 @@ class LocalHost(Host):
                 # The VM process opens the serial log itself: a path it cannot open comes back as its one-line
                 # start error, "serial log PATH: reason".
                 proc = VmProcess.spawn(vm.config, self.runtime_dir, on_state=self._state_callback(vm, session),
-                                       on_serial=lambda data: self._on_serial(vm, data))
+                                       on_serial=lambda data: self._on_serial(vm, data), restore=restore or managed)
             except (HostError, VmProcessError) as exc:
-                self._set(vm, VmState.SHUTOFF, f"failed to start: {exc}")
-                raise HostError(f"{vm.config.name} failed to start: {exc}") from None
+                kept = f" (its saved state stays in {managed}: delete it to boot afresh)" if managed else ""
+                self._set(vm, VmState.SHUTOFF, f"failed to start: {exc}{kept}")
+                raise HostError(f"{vm.config.name} failed to start: {exc}{kept}") from None
             self._take(vm, session, proc)
+            discard_saved(managed)
             self._boot_once_done(vm)
 
     def _boot_once_done(self, vm: _LocalVm) -> None:
@@ -413,6 +422,12 @@ class LocalHost(Host):
 
     def pause(self, vm_uuid: str) -> None:
         self._request(vm_uuid, "pause", VmState.RUNNING)
+
+    def save(self, vm_uuid: str, path: str | None = None) -> str:
+        return save_state(self, vm_uuid, path)
+
+    def restore(self, path: str) -> VmInfo:
+        return restore_saved(self, path)
 
     def resume(self, vm_uuid: str) -> None:
         self._request(vm_uuid, "resume", VmState.PAUSED)

@@ -374,6 +374,19 @@ class ServiceClient(Host):
     def force_off(self, vm_uuid: str) -> None:
         self._call("force_off", uuid=vm_uuid)
 
+    def save(self, vm_uuid: str, path: str | None = None) -> str:
+        value, _ = self._call("save", uuid=vm_uuid, **({"path": path} if path is not None else {}))
+        if not isinstance(value, str):
+            raise HostError("the service sent a malformed answer to save")
+        return value
+
+    def restore(self, path: str) -> VmInfo:
+        value, _ = self._call("restore", path=path)
+        try:
+            return wire.vminfo_from(value)
+        except wire.WireError as exc:
+            raise HostError(f"the service sent a malformed answer: {exc}") from None
+
     def delete(self, vm_uuid: str, delete_disks: DiskChoice = False) -> DeleteResult:
         # See core/agent/connection.py m_delete: a list of paths goes as `disks`, and `report` asks for the kept
         # disks too; a service from before both answers with the list of removed files alone.

@@ -38,6 +38,7 @@ from core.vmproc.wire import (
     CALLS,
     FINAL_STATES,
     MAX_NICS,
+    MAX_PATH,
     ROLE_CONTROLLER,
     ROLE_VM,
     VmPaths,
@@ -62,6 +63,7 @@ class VmServer:
         self.listener = listener
         self.paths = paths
         self.uuid = vm_uuid
+        self.name = ""
         self.outbox = Outbox()
         self.serial_log: SerialLog | None = None
         self.machine = None
@@ -168,18 +170,19 @@ class VmServer:
         kind = header["t"]
         if kind == "start":
             with self._ops:
-                self._start(header.get("config"))
+                self._start(header.get("config"), _path(header.get("restore"), optional=True))
         elif kind == "call":
             call_id = integer(header, "id", 0, 2**53)
             op = header.get("op")
             if op not in CALLS:
                 raise ProtocolError(f"unknown call {str(op)[:40]!r}")
             result = None
+            path = _path(header.get("path")) if op == "save" else None
             with self._ops:
                 if op.startswith("net_"):
                     error, result = self._net_call(op, header)
                 else:
-                    error = self._call(op)
+                    error = self._call(op, path)
             self.outbox.put({"t": "reply", "id": call_id, **({"e": error} if error else {}),
                              **({"r": result} if result is not None else {})})
         elif kind == "serial":
@@ -199,7 +202,7 @@ class VmServer:
         else:
             raise ProtocolError(f"unknown message {kind[:40]!r}")
 
-    def _call(self, op: str) -> str:
+    def _call(self, op: str, path: str | None = None) -> str:
         machine = self.machine
         if machine is None:
             return "the machine has not started"
@@ -216,6 +219,13 @@ class VmServer:
         elif op == "power_off":
             machine.power_off()
             machine.wait(10)
+        elif op == "save":
+            assert path is not None
+            try:
+                machine.save(path, vm={"uuid": self.uuid, "name": self.name})
+            except Exception as exc:
+                return f"saving to {path} failed: {one_line(exc)}"
+            machine.wait(10)
         return ""
 
     def _net_call(self, op: str, header: dict[str, Any]) -> tuple[str, Any]:
@@ -231,14 +241,15 @@ class VmServer:
         return "; ".join(problems), None
 
     # -- building and starting the machine -------------------------------------------------------------------
-    def _start(self, config: Any) -> None:
+    def _start(self, config: Any, restore: str | None = None) -> None:
         if self.machine is not None or self._done.is_set():
             raise ProtocolError("the machine was already started")
         try:
             cfg = _definition(config)
             if cfg.serial.log_file:
                 self.serial_log = SerialLog.open(cfg.serial.log_file)
-            machine, choice = _build(cfg, self._on_serial)
+            self.name = cfg.name
+            machine, choice = _build(cfg, self._on_serial, restore)
         except Exception as exc:
             self._fail(one_line(exc) if isinstance(exc, _EXPECTED) else f"{type(exc).__name__}: {one_line(exc)}",
                        exc)
@@ -318,9 +329,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from core.config import ConfigError as DefinitionError
     from core.hypervisor.base import AcceleratorUnavailable
     from core.machine import ConfigError
+    from core.state.fields import StateError
     from core.storage import ImageError
     return (BootError, DefinitionError, AcceleratorUnavailable, ConfigError, ImageError, SerialLogError, OSError,
-            ValueError)
+            ValueError, StateError)
 
 
 _EXPECTED = _expected_errors()
@@ -332,8 +344,18 @@ def _definition(config: Any):
     return VmConfig.from_dict(config)
 
 
-def _build(cfg, serial_output):
-    """The Machine a VM definition describes, on the accelerator this host offers for it (not yet started)."""
+def _path(value: Any, optional: bool = False) -> str | None:
+    """A file path from the controller: an absolute path of bounded length (None if optional and absent)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or len(value) > MAX_PATH or "\0" in value:
+        raise ProtocolError("a path that is not an absolute path")
+    return value
+
+
+def _build(cfg, serial_output, restore: str | None = None):
+    """The Machine a VM definition describes, on the accelerator this host offers for it (not yet started);
+    with `restore`, resumed from that state file (docs/machine-state.md) instead of booted."""
     from core.config import ConfigError
     from core.hypervisor.select import choose_accelerator
     from core.machine import Machine, MachineConfig
@@ -344,8 +366,15 @@ def _build(cfg, serial_output):
         if path and not os.access(path, os.R_OK):
             raise ConfigError(f"{what} {path}: not readable")
     choice = choose_accelerator(cfg.accel)
-    machine = Machine(MachineConfig.from_vm(cfg, choice.name), serial_output=serial_output, accel_choice=choice)
-    return machine, choice
+    config = MachineConfig.from_vm(cfg, choice.name)
+    if restore is None:
+        return Machine(config, serial_output=serial_output, accel_choice=choice), choice
+    from core.machine import SavedState
+    _, saved = SavedState.open(restore)
+    try:
+        return Machine(config, serial_output=serial_output, accel_choice=choice, restore=saved), choice
+    finally:
+        saved.close()
 
 
 def _vnc_server(cfg, machine, input_sink):

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 120.0            # building a machine unpacks the kernel once (cached after) and opens the disks
 CALL_TIMEOUT = 30.0
+SAVE_TIMEOUT = 300.0             # writing RAM to the state file: a few seconds per GiB on a slow disk
 SEND_TIMEOUT = 10.0
 EXIT_GRACE = 10.0                # after the socket closes, how long the process may take to exit before a SIGKILL
 LOG_ROTATE_BYTES = 4 * 1024 * 1024
@@ -117,9 +118,10 @@ class VmProcess:
     # -- creating ---------------------------------------------------------------------------------------------
     @classmethod
     def spawn(cls, config: VmConfig, runtime_dir: str, on_state: StateCallback, on_serial: SerialCallback,
-              timeout: float = START_TIMEOUT) -> VmProcess:
+              timeout: float = START_TIMEOUT, restore: str | None = None) -> VmProcess:
         """Start a VM process for `config` and return once its machine runs; VmProcessError (one line: the VM
-        process's own reason, e.g. a missing kernel or a disk in use) when it does not."""
+        process's own reason, e.g. a missing kernel or a disk in use) when it does not. With `restore` (an
+        absolute path) the machine resumes from that state file instead of booting."""
         try:
             paths = vm_paths(runtime_dir, config.uuid)
             ensure_private_dir(paths.directory)
@@ -146,7 +148,8 @@ class VmProcess:
         try:
             sock = connect(paths.socket)
             sock.settimeout(max(0.1, deadline - time.monotonic()))
-            send_all(sock, encode(hello(ROLE_CONTROLLER)) + encode({"t": "start", "config": config.to_dict()}),
+            send_all(sock, encode(hello(ROLE_CONTROLLER)) + encode({"t": "start", "config": config.to_dict(),
+                                                                **({"restore": restore} if restore else {})}),
                      SEND_TIMEOUT)
             info = _read_hello(sock, popen.pid, config.uuid)
             early: list[tuple[dict[str, Any], bytes]] = []
@@ -225,6 +228,20 @@ class VmProcess:
     def reset(self) -> None:
         self._call("reset")
 
+    def save(self, path: str) -> None:
+        """Save the machine to the state file `path` (absolute) and end it: returns once the process has exited
+        (shut off, "saved to PATH"); VmProcessError with the VM process's line when the save failed (the machine
+        then carries on)."""
+        try:
+            self._call("save", SAVE_TIMEOUT, path=path)
+        except VmProcessError:
+            # The process may end (shut off, "saved to PATH") before its reply is out: that is a save that worked.
+            if not self._exited.is_set() or not self._reported.wait(EXIT_GRACE + 5) or \
+                    self.reason != f"saved to {path}":
+                raise
+        if threading.current_thread() is not self._reader and not self._reported.wait(EXIT_GRACE + 5):
+            raise VmProcessError(f"the VM process {self.pid} did not exit after saving")
+
     def power_off(self) -> None:
         """Pull the plug; returns once the process has exited and on_state has heard "shutoff"."""
         try:
@@ -294,13 +311,14 @@ class VmProcess:
         one line naming the cards that stayed down."""
         self._call("net_reconnect", extra={} if nic is None else {"nic": int(nic)})
 
-    def _call(self, op: str, timeout: float = CALL_TIMEOUT, extra: dict[str, Any] | None = None) -> Any:
+    def _call(self, op: str, timeout: float = CALL_TIMEOUT, extra: dict[str, Any] | None = None,
+              **fields: Any) -> Any:
         waiter = _Waiter()
         call_id = next(self._ids)
         with self._waiters_lock:
             self._waiters[call_id] = waiter
         try:
-            self._send({"t": "call", "id": call_id, "op": op, **(extra or {})})
+            self._send({"t": "call", "id": call_id, "op": op, **(extra or {}), **fields})
             if not waiter.event.wait(timeout):
                 raise VmProcessError(f"the VM process {self.pid} did not answer {op} within {timeout:.0f} s")
         finally:

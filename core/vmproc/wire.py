@@ -9,10 +9,10 @@ untrusted. The messages:
   hello {proto, role, adopt}                       hello {proto, role, pid, state, reason, accel, accel_reason,
                                                           console, vcpu_tids}   (then, to an adopter, the
                                                                                  serial history as one serial)
-  start {config: VmConfig dict}                    started {accel, accel_reason, console, vcpu_tids}
+  start {config: VmConfig dict, restore?: path}    started {accel, accel_reason, console, vcpu_tids}
                                                    | error {e: one line}, after which the process exits
   call {id, op: pause|resume|shutdown|reset|       reply {id} | reply {id, e: one line}
-        power_off}
+        power_off|save, path (save)}
   call {id, op: net_status}                        reply {id, r: [{mac, backend, link_up, link_reason,
                                                                    rx_bytes, tx_bytes, ...} per card]}
   call {id, op: net_reconnect, nic?: index}        reply {id} | reply {id, e: the cards that stayed down}
@@ -44,8 +44,9 @@ SERIAL_BATCH = 64 * 1024
 MAX_REASON = 2000                # characters of a state reason or error line kept from the VM process
 STATES = ("running", "paused", "shutoff", "crashed")
 FINAL_STATES = ("shutoff", "crashed")
-CALLS = ("pause", "resume", "shutdown", "reset", "power_off", "net_status", "net_reconnect")
+CALLS = ("pause", "resume", "shutdown", "reset", "power_off", "save", "net_status", "net_reconnect")
 MAX_NICS = 16
+MAX_PATH = 4096
 ROLE_VM, ROLE_CONTROLLER = "vmproc", "vmproc-controller"
 _SUN_PATH_MAX = 107              # sizeof(sockaddr_un.sun_path) - 1 on Linux (unix(7))
 

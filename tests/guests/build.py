@@ -85,6 +85,8 @@ GUESTS: dict[str, Guest] = {g.name: g for g in (
           expected=("apictimer: periodic LAPIC timer started", "apictimer: 10 LAPIC timer interrupts")),
     Guest("bench_exits", "bench_exits.s", "multiboot",
           description="bench/exits.py: N port writes/reads and MMIO reads/writes between marker lines"),
+    Guest("counter", "counter.s", "multiboot", bits=64,
+          description="prints 'counter: N' every 100 ms (PIT IRQ 0) until powered off: the save/restore guest"),
     Guest("serialecho", "serialecho.s", "multiboot",
           description="echoes COM1 input and prints an RTC tick a second until powered off (a quick running VM)"),
 )}

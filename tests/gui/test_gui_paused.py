@@ -61,7 +61,8 @@ def test_paused_vm_is_reset_and_forced_off_from_its_own_window(qtbot, app_parts,
         vm_button = _shutdown_button(vm_window, "vmToolbar")
         term.clear()
         offered = _menu_choice(qtbot, vm_button, actions.reset)
-        assert offered == [("Shut Down", False), ("Reboot", False), ("Force Reset", True), ("Force Off", True)]
+        assert offered == [("Shut Down", False), ("Reboot", False), ("Save", True), ("Force Reset", True),
+                       ("Force Off", True)]
         qtbot.waitUntil(lambda: not bridge.busy(cfg.uuid), timeout=STATE_TIMEOUT_MS)
         assert host.get(cfg.uuid).state == VmState.PAUSED          # a reset does not resume a paused machine
         # Resumed, the guest starts over: the reset took effect while it was paused.

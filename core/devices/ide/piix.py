@@ -24,9 +24,12 @@ import struct
 from core.bus import BusConflictError, PortIoBus
 from core.devices.ide.channel import IdeChannel
 from core.devices.ide.drive import IdeDrive
+from core.devices.ide.state import get_state as ide_get_state
+from core.devices.ide.state import set_state as ide_set_state
 from core.devices.pci import CMD_BUS_MASTER, CMD_IO, COMMAND, INTERRUPT_LINE, STATUS, Bar, PciDevice
 from core.irq import IrqLine, IrqSink
 from core.memory import GuestMemory
+from core.state.fields import StateError
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,16 @@ class PiixIde(PciDevice):
                 except ValueError as exc:      # every lane taken: this channel's data port stays plain
                     log.info("IDE channel %d without a data lane: %s", channel.index, exc)
         self._update_decode()
+
+    def get_state(self) -> dict:
+        """Machine state of the PCI function and its channels (docs/machine-state.md; core/state/ide_state.py)."""
+        return {"pci": super().get_state(), "ide": ide_get_state(self)}
+
+    def set_state(self, state: dict) -> None:
+        if not isinstance(state, dict) or set(state) != {"pci", "ide"}:
+            raise StateError("ide: expected a record with pci and ide")
+        ide_set_state(self, state["ide"])
+        super().set_state(state["pci"])
 
     def attach_drive(self, position: int, drive: IdeDrive) -> None:
         if not 0 <= position < POSITIONS:

@@ -24,8 +24,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from core.devices.pci import Bar, PciDevice
+from core.devices.virtio import state as virtio_state
 from core.devices.virtio.queue import DescriptorChain, Virtqueue, VirtqueueError
 from core.memory import GuestMemory, GuestMemoryError
+from core.state.fields import StateError
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +246,22 @@ class VirtioPciDevice(PciDevice):
         """Wait until every notification so far has been served (tests, and before closing the image)."""
         worker = self._worker
         return worker.wait_idle(timeout) if worker is not None else True
+
+    # -- machine state (docs/machine-state.md; the transport record is core/state/virtio_state.py's) -------
+    def quiesce(self, timeout: float = 30) -> None:
+        """Let the worker finish every request taken from the rings (call with the vCPUs stopped)."""
+        if not self.wait_idle(timeout):
+            raise RuntimeError(f"virtio {type(self.device).__name__}: requests still in flight after {timeout} s")
+
+    def get_state(self) -> dict:
+        return {"pci": super().get_state(), "virtio": virtio_state.get_state(self)}
+
+    def set_state(self, state: dict) -> None:
+        where = f"virtio {self.slot:02x}.{self.function}"
+        if not isinstance(state, dict) or set(state) != {"pci", "virtio"}:
+            raise StateError(f"{where}: expected a record with pci and virtio")
+        virtio_state.set_state(self, state["virtio"], where)
+        super().set_state(state["pci"])
 
     def close(self) -> None:
         """Stop the worker thread (after the request in flight); call before closing the device's backend."""
