@@ -21,6 +21,13 @@ in-guest sha256-of-256-MiB workload time the guest itself reports (vireo.action=
 then medians and the ratio QEMU-time / Vireo-time (1.0 = as fast as QEMU; above 1, faster).
 
     .venv/bin/python bench/software_cpu.py [--runs 3] [--guest i386|amd64|all] [--no-workload]
+
+`--smp` measures parallel vCPUs instead (amd64 only): N sha256 jobs of 64 MiB at once (vireo.action=sha256-jobs)
+in a guest with N vCPUs, for N = 1, 2 and the host's core count, Vireo against QEMU `-accel tcg,thread=multi`
+(its parallel TCG), alternating. The scaling of each is N x (time of 1 job on 1 vCPU) / (time of N jobs on N
+vCPUs): N would be perfect, 1 means N vCPUs do no more work than one. Only the in-guest time of the jobs counts.
+
+    .venv/bin/python bench/software_cpu.py --smp [--runs 3]
 """
 from __future__ import annotations
 
@@ -194,12 +201,75 @@ def bench(title: str, contenders: dict[str, Callable[[str], list[str]]], runs: i
     print(flush=True)
 
 
+SMP_JOB_MIB = 64
+
+
+def smp_cmd(contender: str, kernel: Path, initrd: Path, n: int) -> list[str]:
+    append = f"console=ttyS0 quiet vireo.action=sha256-jobs vireo.jobs={n} vireo.mib={SMP_JOB_MIB}"
+    if contender == "vireo":
+        return [sys.executable, "main.py", "run", "--kernel", str(kernel), "--initrd", str(initrd), "--append", append,
+                "--accel", "software", "--serial", "stdio", "--memory", str(MEMORY_MIB), "--cpus", str(n),
+                "--timeout", "300"]
+    return ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-M", "pc", "-smp", str(n), "-m", str(MEMORY_MIB),
+            "-nographic", "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
+
+
+def bench_smp(runs: int) -> int:
+    """N parallel hashing jobs on N vCPUs: Vireo's and QEMU MTTCG's scaling, side by side (see the docstring)."""
+    import hashlib
+
+    from tests.helpers.initrd import initrd_with_current_init
+    kernel = OUT / "vmlinuz-amd64"
+    base = OUT / "initramfs-amd64.cpio.gz"
+    for f in (kernel, base):
+        if not f.exists():
+            print(f"fixture {f} missing: build it with .venv/bin/python tests/fixtures/build.py")
+            return 2
+    contenders = ["vireo"] + (["qemu-mttcg"] if shutil.which("qemu-system-x86_64") else [])
+    if len(contenders) == 1:
+        print("(QEMU not installed: Vireo alone)")
+    counts = sorted({1, 2, os.cpu_count() or 1})
+    want = hashlib.sha256(bytes(SMP_JOB_MIB << 20)).hexdigest()
+    times: dict[tuple[str, int], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="vireo-bench-") as tmp:
+        initrd = initrd_with_current_init(base, Path(tmp))
+        print(f"== amd64 --smp: N jobs of sha256 over {SMP_JOB_MIB} MiB on N vCPUs, N in {counts}, "
+              f"host cores {os.cpu_count()}", flush=True)
+        for run in range(runs):
+            for n in counts:
+                for c in contenders:
+                    _, total, out, _ = timed(smp_cmd(c, kernel, initrd, n), 600)
+                    w = workload_seconds(out)
+                    sums = re.findall(rb"VIREO-SHA256-JOB=(\w+)", out)
+                    ok = len(sums) == n and all(s.decode() == want for s in sums)
+                    if w is not None and ok:
+                        times.setdefault((c, n), []).append(w)
+                    print(f"run {run + 1} {c:<11} N={n}: jobs {w} s, exit {total:.2f} s"
+                          + ("" if ok else f" WRONG/MISSING SUMS: {[s.decode()[:12] for s in sums]}"), flush=True)
+    print(f"\n{'N':<4}" + "".join(f"{c + ' jobs (s)':>20}{c + ' scaling':>20}" for c in contenders)
+          + ("  vireo/qemu scaling" if len(contenders) == 2 else ""))
+    for n in counts:
+        row, scal = f"{n:<4}", {}
+        for c in contenders:
+            med = statistics.median(times[(c, n)]) if times.get((c, n)) else None
+            one = statistics.median(times[(c, 1)]) if times.get((c, 1)) else None
+            scal[c] = n * one / med if med and one else None
+            row += f"{(med or float('nan')):>20.2f}{(scal[c] or float('nan')):>20.2f}"
+        if len(contenders) == 2 and scal["vireo"] and scal["qemu-mttcg"]:
+            row += f"{scal['vireo'] / scal['qemu-mttcg']:>21.2f}"
+        print(row)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--guest", choices=("i386", "amd64", "all"), default="all")
     ap.add_argument("--no-workload", action="store_true")
+    ap.add_argument("--smp", action="store_true", help="parallel vCPUs: N hashing jobs on N vCPUs (amd64)")
     args = ap.parse_args()
+    if args.smp:
+        return bench_smp(args.runs)
     needed = {"i386": ("vmlinuz-686", "initramfs-i386.cpio.gz"), "amd64": ("vmlinuz-amd64", "initramfs-amd64.cpio.gz")}
     guests = ["i386", "amd64"] if args.guest == "all" else [args.guest]
     for g in guests:

@@ -1,7 +1,8 @@
 """Our own small guests (tests/guests/) on both accelerators, KVM and the software CPU: serial output, port I/O,
 a PIT IRQ through the IVT, protected and long mode with privilege changes and page faults, Multiboot memory size
-and command line, SMP start-up, reboot, triple fault, the LAPIC timer, ACPI power-off read from the FADT; and a
-vCPU that runs again after a triple fault and a platform reset.
+and command line, SMP start-up, locked counters and cross-modifying code on every CPU at once, reboot, triple
+fault, the LAPIC timer, ACPI power-off read from the FADT; and a vCPU that runs again after a triple fault and a
+platform reset.
 
 This build host's /dev/kvm is kvm_pvm, which cannot run two of the guests (tests/helpers/accel.py PVM_CANNOT);
 those run where /dev/kvm is hardware virtualization. tests/kvm/test_kvm_guests_qemu.py shows the same guests'
@@ -89,6 +90,24 @@ def test_smp_every_cpu_reports_its_apic_id(accel: str, cpus: int) -> None:
     ap_lines = sorted(out[1:-1])
     assert ap_lines == [f"smp: AP with APIC ID {i} online" for i in range(1, cpus)]
     assert out[-1] == f"smp: all {cpus} CPUs online"
+
+
+@pytest.mark.parametrize(("accel", "cpus"), [("kvm", 2), ("software", 2), ("software", 4)])
+def test_smp_stress_locked_counters_exact_and_cross_modified_code_seen(accel: str, cpus: int) -> None:
+    """Every CPU at once: lock xadd, lock cmpxchg, lock cmpxchg8b and an xchg spinlock around a plain increment
+    must each end at CPUs x 100000 (a lost update shows as less); then the BSP rewrites a function the APs keep
+    calling, 100 times, and an AP that has seen the new generation and executed CPUID must run the new code
+    (SDM vol. 3, 8.1.3). QEMU 7.2's multi-threaded TCG fails the second part (stale code after serializing).
+    4 vCPUs on the software CPU only: this host's kvm_pvm runs 4 spinning vCPU threads on 2 busy cores in 30-40 s."""
+    require_guest(accel, "smpstress")
+    code, out, err = run_guest("smpstress", accel, "--cpus", str(cpus), timeout=60)
+    total = cpus * 100000
+    assert out == [f"smpstress: {cpus} CPUs",
+                   *(f"smpstress: {what}: counter {total}, expected {total}"
+                     for what in ("lock xadd", "lock cmpxchg", "lock cmpxchg8b", "xchg spinlock")),
+                   "smpstress: cross-modifying code: 100 patches, stale code seen after serializing: 0",
+                   "smpstress: done"], err
+    assert code == 0, err
 
 
 @per_accel

@@ -72,6 +72,9 @@ GUESTS: dict[str, Guest] = {g.name: g for g in (
           description="(d) Multiboot information: mem_upper, memory size, command line"),
     Guest("smp", "smp.s", "multiboot",
           description="(e) SMP: MADT CPU count, INIT-SIPI-SIPI, every CPU prints its APIC ID"),
+    Guest("smpstress", "smpstress.s", "multiboot",
+          description="(i) SMP stress: lock xadd / lock cmpxchg / lock cmpxchg8b / xchg-spinlock counters on "
+                      "every CPU at once, checked by the BSP; code rewritten by the BSP while the APs run it"),
     Guest("reboot", "reboot.s", "multiboot",
           description="(f) reboot via the i8042, then via port 0xCF9, then power off (boot count in RAM)",
           expected=("reboot: boot 1", "reboot: resetting through the keyboard controller",

@@ -15,8 +15,9 @@ QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed (Debian qemu-system-x86)")
 
 
-def run_qemu(name: str, *extra: str, reboot: bool = False, timeout: float = 60) -> tuple[int, list[str]]:
-    cmd = [QEMU, "-accel", "tcg", "-nodefaults", "-display", "none", "-serial", "stdio", "-m", "128",
+def run_qemu(name: str, *extra: str, reboot: bool = False, timeout: float = 60,
+             accel: str = "tcg") -> tuple[int, list[str]]:
+    cmd = [QEMU, "-accel", accel, "-nodefaults", "-display", "none", "-serial", "stdio", "-m", "128",
            "-kernel", str(guest_path(name)), *extra]
     if not reboot:
         cmd.append("-no-reboot")
@@ -43,6 +44,18 @@ def test_smp_guest() -> None:
     assert out[0] == "smp: BSP has APIC ID 0, the MADT lists 3 CPUs"
     assert sorted(out[1:-1]) == ["smp: AP with APIC ID 1 online", "smp: AP with APIC ID 2 online"]
     assert out[-1] == "smp: all 3 CPUs online"
+    assert code == 0
+
+
+def test_smpstress_guest_under_round_robin_tcg() -> None:
+    """The SMP stress guest's own checks hold on QEMU's single-threaded TCG (one vCPU at a time), as they must on
+    any correct x86. (Under `-accel tcg,thread=multi` QEMU 7.2 passes the locked counters but an AP runs stale
+    code after it has seen the patch and executed CPUID, in tens of the 100 patches: not asserted here.)"""
+    code, out = run_qemu("smpstress", "-smp", "2", accel="tcg,thread=single")
+    assert out[-6:] == [*(f"smpstress: {what}: counter 200000, expected 200000"
+                          for what in ("lock xadd", "lock cmpxchg", "lock cmpxchg8b", "xchg spinlock")),
+                        "smpstress: cross-modifying code: 100 patches, stale code seen after serializing: 0",
+                        "smpstress: done"]
     assert code == 0
 
 
