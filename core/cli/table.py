@@ -76,8 +76,8 @@ HOST_COMMANDS = (
                 console.cmd_screendump),
     HostCommand("change-media", "put an ISO image in a VM's CD-ROM drive, or --eject it (takes effect at the next "
                 "start of a running VM)", commands.add_change_media_arguments, commands.cmd_change_media),
-    HostCommand("domdisplay", "print where a VNC viewer reaches a running VM's console (vnc://HOST:PORT)",
-                add_vm_argument, commands.cmd_domdisplay),
+    HostCommand("domdisplay", "print where a VNC viewer reaches a running VM's console (vnc://HOST:PORT; "
+                "--forward: through the SSH connection)", commands.add_domdisplay_arguments, commands.cmd_domdisplay),
     HostCommand("autostart", "start a VM with its host's Vireo service (--disable: no longer)",
                 commands.add_autostart_arguments, commands.cmd_autostart),
 )

@@ -5,6 +5,9 @@ on stderr saying how to forward the remote loopback port)."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,34 @@ def test_display_section_is_checked(local_vireo: Vireo, tmp_path: Path, debian_k
         one_error_line(local_vireo.cli("domdisplay", "novnc"), 1, "no VNC console", "display")
     finally:
         local_vireo.cli("undefine", "novnc")
+
+
+def test_forward_through_the_ssh_connection(vireo: Vireo, tmp_path: Path, debian_kernel: Path,
+                                            busybox_initramfs: Path) -> None:
+    """`domdisplay --forward` over --connect ssh://: a viewer on this machine reaches the remote VM's console
+    through the command's own SSH connection; on the local host it is refused with one line."""
+    name = f"vnc-fwd-{vireo.kind}"
+    display = free_display()
+    _define(vireo, tmp_path, name, debian_kernel, busybox_initramfs,
+            {"vnc": f"127.0.0.1:{display}", "vnc_password": "tunnel"})
+    try:
+        if vireo.kind == "local":
+            one_error_line(vireo.cli("domdisplay", name, "--forward"), 2, "--forward", "--connect ssh://")
+            return
+        vireo.ok("start", name)
+        hint = vireo.cli("domdisplay", name)
+        assert hint.returncode == 0 and "--forward" in hint.stderr and "ssh -L" in hint.stderr, hint.stderr
+        with vireo.terminal("domdisplay", name, "--forward") as term:
+            term.expect(b"(Ctrl-C stops)", timeout=60)
+            local = re.search(r"vnc://127\.0\.0\.1:(\d+)[^\n]* -> vnc://127\.0\.0\.1:(\d+)", term.text())
+            assert local and int(local.group(2)) == 5900 + display and int(local.group(1)) != 5900 + display
+            for _ in range(2):               # one channel per viewer
+                client = VncClient.connect(("127.0.0.1", int(local.group(1))), password="tunnel")
+                assert client.screen().shape == (400, 720)
+                client.close()
+            os.kill(term.pid, signal.SIGINT)
+            assert term.wait(20) == 0
+    finally:
+        if vireo.states().get(name) in ("running", "paused"):
+            vireo.cli("destroy", name)
+        vireo.cli("undefine", name)
