@@ -330,21 +330,53 @@ def _wait_state(host: ServiceClient, info: VmInfo, states: tuple[VmState, ...]) 
 
 # -- the graphical console -----------------------------------------------------------------------------------
 
+def add_domdisplay_arguments(p: argparse.ArgumentParser) -> None:
+    add_vm_argument(p)
+    p.add_argument("--forward", action="store_true",
+                   help="with --connect ssh://…: serve the console on this machine's 127.0.0.1 through the SSH "
+                        "connection (as ssh -L does) until Ctrl-C")
+
+
 def cmd_domdisplay(host: ServiceClient, args: argparse.Namespace) -> int:
-    """`vireo domdisplay NAME`: where a VNC viewer reaches the running VM's console, as virsh prints it
-    (vnc://127.0.0.1:5901); on a host reached over SSH the address is that host's loopback, and a hint on stderr
-    says how to forward it."""
+    """`vireo domdisplay NAME [--forward]`: where a VNC viewer reaches the running VM's console, as virsh prints it
+    (vnc://127.0.0.1:5901). On a host reached over SSH that address is the remote host's loopback: a hint on stderr
+    says how to forward it, and --forward does it through this command's own connection."""
     info = find_vm(host, args.name)
     display = info.config.display
     if not display.vnc:
         raise CommandFailed(f"{info.name} has no VNC console: set \"vnc\": \"127.0.0.1:1\" in the display section "
                             f"of `vireo dumpconfig {info.name}` and `vireo define` it (docs/vnc.md)")
+    address = parse_vnc(display.vnc, "display.vnc")
+    remote = isinstance(host, RemoteHost)
+    if args.forward and (not remote or address.unix):
+        raise BadInput("--forward is for a VM on a host reached with --connect ssh://… whose display.vnc is "
+                       "HOST:DISPLAY; this one is reachable as printed without it")
     if info.state not in (VmState.RUNNING, VmState.PAUSED):
         raise CommandFailed(f"{info.name} is {_state_word(info.state)}: its VNC console exists while it runs; "
                             f"start it with `vireo start {info.name}`")
-    address = parse_vnc(display.vnc, "display.vnc")
+    if args.forward:
+        return _forward(host, address)
     _say(address.uri())
-    if isinstance(host, RemoteHost) and not address.unix:
-        print(f"vireo: that address is on {host.target.label}: forward it with ssh -L "
-              f"{address.port}:{address.host}:{address.port} {host.target.label}", file=sys.stderr)
+    if remote and not address.unix:
+        print(f"vireo: that address is on {host.target.label}: reach it with `vireo domdisplay {info.name} "
+              f"--forward --connect …`, or ssh -L {address.port}:{address.host}:{address.port} {host.target.label}",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def _forward(host: RemoteHost, address) -> int:
+    import signal
+    import threading
+
+    from core.cli.vnc_forward import serve
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        serve(host.open_tcp_channel, address, stop,
+              lambda local: _say(f"{local} -> {address.uri()} on {host.target.label} (Ctrl-C stops)"),
+              lambda error: print(f"vireo: {error}", file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return EXIT_OK

@@ -99,8 +99,9 @@ HOST_COMMANDS = (
     HostCommand("change-media", "put an ISO image in a VM's CD-ROM drive, or --eject it (takes effect at the next "
                 "start of a running VM)", _late("commands", "add_change_media_arguments"),
                 _late("commands", "cmd_change_media")),
-    HostCommand("domdisplay", "print where a VNC viewer reaches a running VM's console (vnc://HOST:PORT)",
-                add_vm_argument, _late("commands", "cmd_domdisplay")),
+    HostCommand("domdisplay", "print where a VNC viewer reaches a running VM's console (vnc://HOST:PORT; "
+                "--forward: through the SSH connection)", _late("commands", "add_domdisplay_arguments"),
+                _late("commands", "cmd_domdisplay")),
     HostCommand("autostart", "start a VM with its host's Vireo service (--disable: no longer)",
                 _late("commands", "add_autostart_arguments"), _late("commands", "cmd_autostart")),
 )

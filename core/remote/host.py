@@ -54,6 +54,19 @@ class RemoteHost(ServiceClient):
         if self.report is not None:
             self.report.notes.append(text)
 
+    def open_tcp_channel(self, host: str, port: int, timeout: float = 15.0):
+        """A byte stream to host:port as the remote machine sees it (its loopback included), over this SSH
+        connection: RFC 4254 7.2's "direct-tcpip", what `ssh -L` uses. A paramiko Channel (recv, sendall,
+        fileno for select, close); HostError when the remote sshd refuses."""
+        transport = self._transport
+        if transport is None or not transport.is_active():
+            raise HostError(f"not connected to {self.target.label}")
+        try:
+            return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+        except Exception as exc:          # paramiko's ChannelException, SSHException, EOFError
+            raise HostError(f"{self.target.label} refused a forwarded connection to {host}:{port}: "
+                            f"{exc or type(exc).__name__}") from None
+
     def _open_agent(self) -> AgentClient:
         chan = self._transport.open_session(timeout=30)
         chan.exec_command(bridge_command(self.target.python, self.report))

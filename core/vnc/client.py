@@ -1,8 +1,9 @@
 """An RFB client (RFC 6143) on the same protocol code as the server: connects (3.8, 3.7 or 3.3; None or VNC
 password), asks for a pixel format and encodings, and keeps the remote screen as a numpy array by decoding Raw,
 CopyRect, ZRLE and DesktopSize. It is a core.display.frame.FrameSource (render() gives a Frame when an update
-arrived), so anything that shows a Vireo console can show any VNC server's (QEMU's, libvirt's); bench/vnc.py reads
-Vireo's and QEMU's servers with it.
+arrived) and a core.keymap.InputSink (set-2 keys as XT scan codes or keysyms, relative motion as pointer
+positions), so anything that shows a Vireo console can show any VNC server's (QEMU's, libvirt's); bench/vnc.py
+reads Vireo's and QEMU's servers with it.
 
 Every length the server sends is checked against the screen it announced, and decompression is bounded, so a
 hostile server cannot make the client allocate without limit.
@@ -18,6 +19,7 @@ import numpy as np
 
 from core.display.frame import Frame, Rect
 from core.vnc import auth
+from core.vnc.keys import KEYSYM_OF, XT_CODES, set2_key
 from core.vnc.pixels import cpixel_slice
 from core.vnc.protocol import (
     ENC_COPYRECT,
@@ -62,6 +64,7 @@ class VncClient:
         self._shown = 0
         self._dirty: list[Rect] = []
         self.extended_keys = False
+        self._pointer = (0, 0)
         self._handshake(password, version)
         self._send(struct.pack(">B3x", MSG_SET_PIXEL_FORMAT) + CLIENT_FORMAT.pack())
         self._send(struct.pack(">BxH", MSG_SET_ENCODINGS, len(encodings)) + struct.pack(f">{len(encodings)}i",
@@ -150,6 +153,34 @@ class VncClient:
 
     def pointer(self, x: int, y: int, mask: int = 0) -> None:
         self._send(struct.pack(">BBHH", MSG_POINTER_EVENT, mask, x, y))
+
+    # -- core.keymap.InputSink: a console widget types and points through this client -----------------------
+    def key_event(self, set2_bytes: bytes) -> None:
+        """One set-2 make or break code, sent as the key's XT scan code when the server takes QEMU's extended
+        key events, else as the keysym the key types on a US layout."""
+        key = set2_key(set2_bytes)
+        if key is None:
+            return
+        name, pressed = key
+        if self.extended_keys and name in XT_CODES:
+            self.scancode(XT_CODES[name], pressed, KEYSYM_OF.get(name, 0))
+            if name == "pause" and pressed:          # Pause has no break code in set 2
+                self.scancode(XT_CODES[name], False, KEYSYM_OF.get(name, 0))
+        elif name in KEYSYM_OF:
+            self.key(KEYSYM_OF[name], pressed)
+
+    def mouse_event(self, dx: int, dy: int, buttons: int, dz: int = 0) -> None:
+        """Relative motion (screen pixels, dy down) -> an absolute RFB pointer position inside the screen; buttons
+        bit 0 left, 1 right, 2 middle; each wheel notch a press and release of button 4 (away) or 5."""
+        x = min(max(self._pointer[0] + dx, 0), self.width - 1)
+        y = min(max(self._pointer[1] + dy, 0), self.height - 1)
+        self._pointer = (x, y)
+        mask = (buttons & 1) | (buttons << 1 & 4) | (buttons >> 1 & 2)
+        self.pointer(x, y, mask)
+        for _ in range(abs(dz)):
+            wheel = 8 if dz > 0 else 16
+            self.pointer(x, y, mask | wheel)
+            self.pointer(x, y, mask)
 
     # -- server messages ------------------------------------------------------------------------------------
     def read_update(self) -> list[tuple[Rect, int]]:

@@ -65,7 +65,7 @@ def find_scroll(old: np.ndarray, new: np.ndarray, rect: Rect) -> tuple[int, int,
 class Encoder:
     """One client's encoder: its zlib stream lives as long as the connection."""
 
-    def __init__(self, level: int = 6) -> None:
+    def __init__(self, level: int = 1) -> None:
         self._zlib = zlib.compressobj(level)
 
     def encode(self, pixels: np.ndarray, rects: Iterable[Rect], pf: PixelFormat, encoding: int,

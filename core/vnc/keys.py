@@ -97,3 +97,34 @@ class KeyTranslator:
         self.held.clear()
         self.shift_down = 0
         return [e for e in events if e]
+
+
+# The other way, for the RFB client (core/vnc/client.py): a console's set-2 key event -> (key name, pressed).
+_SET2_NAMES = {code: name for name, code in SET2.items()}
+XT_CODES = {**{name: code for code, name in EVDEV_KEYS.items() if code < 0x59},
+            **{name: code for code, name in XT_EXTENDED.items()}}
+KEYSYM_OF = {**{name: sym for sym, name in reversed(list(KEYSYMS.items()))},
+             **{name: ord(name) for name in SET2 if len(name) == 1},
+             **{name: ord(ch) for ch, name in (("`", "grave"), ("-", "minus"), ("=", "equal"), ("[", "bracketleft"),
+                                               ("]", "bracketright"), ("\\", "backslash"), (";", "semicolon"),
+                                               ("'", "apostrophe"), (",", "comma"), (".", "period"), ("/", "slash"),
+                                               (" ", "space"), ("<", "less"))}}
+
+
+def set2_key(event: bytes) -> tuple[str, bool] | None:
+    """(key name, pressed) of one set-2 make or break code as core.keymap produces them, or None."""
+    for name in ("print", "pause"):
+        if event == make_code(name):
+            return name, True
+        if event and event == break_code(name):
+            return name, False
+    pressed = b"\xf0" not in event
+    body = event.replace(b"\xf0", b"")
+    if len(body) == 1:
+        code = body[0]
+    elif len(body) == 2 and body[0] == 0xE0:
+        code = 0x100 | body[1]
+    else:
+        return None
+    name = _SET2_NAMES.get(code)
+    return (name, pressed) if name else None

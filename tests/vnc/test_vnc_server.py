@@ -408,3 +408,26 @@ def test_encodings_list_within_bounds_is_taken(vga_server) -> None:
         assert struct.unpack(">BxHHHHHi", _recv(sock, 16))[-1] == ENC_ZRLE
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("extended", [True, False], ids=["scancodes", "keysyms"])
+def test_client_is_an_input_sink_round_trip(vga_server, extended) -> None:
+    """Vireo's RFB client as a console's InputSink: set-2 events in, the same set-2 events out of the server."""
+    _, server, sink = vga_server
+    encodings = (ENC_RAW, ENC_QEMU_EXTENDED_KEY) if extended else (ENC_RAW,)
+    client = VncClient.connect(_addr(server), encodings=encodings)
+    try:
+        client.screen()
+        assert client.extended_keys == extended
+        names = ["ctrl_l", "a", "up", "kp_enter", "f12", "slash", "alt_r"]
+        events = [make_code(n) for n in names] + [break_code(n) for n in reversed(names)]
+        for event in events:
+            client.key_event(event)
+        client.mouse_event(0, 0, 0)          # the server's first position is where motion counts from
+        client.mouse_event(30, 20, 1)
+        client.mouse_event(-5, 0, 0, dz=1)
+        client.screen()                      # a round trip: everything sent before it has been handled
+        assert sink.keys == events
+        assert sink.mouse == [(30, 20, 1, 0), (-5, 0, 0, 0), (0, 0, 0, 1)]
+    finally:
+        client.close()

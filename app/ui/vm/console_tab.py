@@ -26,6 +26,7 @@ from PyQt6.QtWidgets import (
 )
 
 from app.host_bridge import HostBridge
+from app.ui.vm.vnc_menu import VncMenu
 from app.widgets.banner import NoticeBanner
 from app.widgets.console import (
     NOTE_MS,
@@ -126,11 +127,14 @@ class VmConsoleTab(QWidget):
         self.screenshot_action = QAction("Save screenshot…", self)
         self.screenshot_action.triggered.connect(self._save_screenshot_dialog)
         bar.addAction(self.screenshot_action)
+        self.vnc_menu = VncMenu(self)
+        bar.addWidget(self.vnc_menu.button)
         return bar
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def update_state(self, info: VmInfo) -> None:
         self.state = info.state
+        self.vnc_menu.update(info)
         running = info.state == VmState.RUNNING
         active = info.state in (VmState.RUNNING, VmState.PAUSED)
         if not active:
