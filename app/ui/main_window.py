@@ -357,24 +357,31 @@ class MainWindow(QMainWindow):
         window.activateWindow()
         return window
 
-    def new_vm(self) -> None:
-        """Open the New VM wizard once the host's facts (its limits, capabilities) are known."""
-        self.bridges[0].when_ready(self._open_wizard)
+    def selected_bridge(self) -> HostBridge:
+        """The host of the selected row (a host, one of its VMs or its error rows); the first host otherwise."""
+        item = self.tree.currentItem()
+        data = item.data(0, ROLE) if item else None
+        if data and data[0] in ("host", "vm", "error") and 0 <= data[1] < len(self.bridges):
+            return self.bridges[data[1]]
+        return self.bridges[0]
 
-    def _open_wizard(self) -> None:
+    def new_vm(self) -> None:
+        """Open the New VM wizard for the selected host once its facts (its limits, capabilities) are known."""
+        bridge = self.selected_bridge()
+        bridge.when_ready(lambda: self._open_wizard(bridge))
+
+    def _open_wizard(self, bridge: HostBridge) -> None:
         from app.ui.wizard import NewVmWizard
 
-        bridge = self.bridges[0]
         if bridge.host_info is None:
             show_error(self, "Creating a virtual machine", bridge.facts.error if bridge.facts else "no host")
             return
         wizard = NewVmWizard(bridge, self)
-        wizard.created.connect(self._created)
+        wizard.created.connect(lambda uuid, start: self._created(bridge, uuid, start))
         wizard.open()
         self.wizard = wizard
 
-    def _created(self, uuid: str, start: bool) -> None:
-        bridge = self.bridges[0]
+    def _created(self, bridge: HostBridge, uuid: str, start: bool) -> None:
         self.select_vm(uuid)
         if start:
             bridge.lifecycle("start", uuid)

@@ -14,7 +14,7 @@ Each boot file is checked by the host as it is chosen (app/ui/file_check.py); Ne
 answer, so Finish asks again and refuses, with the host's line, a file that cannot serve."""
 from __future__ import annotations
 
-import os
+import posixpath
 import re
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from app.ui.wizard_pages import (
 )
 from app.widgets.text import as_sentence
 from core.config import BootConfig, CdromConfig, DiskConfig, NetworkConfig, VmConfig, images_dir
+from core.host import HostError
 
 
 class NewVmWizard(QWizard):
@@ -43,6 +44,9 @@ class NewVmWizard(QWizard):
     def __init__(self, bridge: HostBridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.bridge = bridge
+        # The files of the host the VM is made on: boot files are browsed and the new disk is named there.
+        self.files = bridge.files
+        self.on_this_computer = self.files is not None and self.files.local
         self.working = False
         self.setWindowTitle("New Virtual Machine")
         self.setWindowIcon(app_icon())
@@ -75,15 +79,27 @@ class NewVmWizard(QWizard):
             name = f"{stem}-{n}"
         return name
 
+    def images_folder(self) -> str:
+        """Where new disk images go on the host the VM is made on (its service's images folder)."""
+        info = self.bridge.host_info
+        if info is not None and info.images_dir:
+            return info.images_dir
+        return str(images_dir()) if self.on_this_computer else ""
+
     def disk_path(self, name: str, fmt: str = "raw") -> str:
+        """A free path for the new disk image in the host's images folder. Asks the host's files: call it on a
+        worker (over SFTP for an SSH host)."""
+        folder = self.images_folder()
+        if not folder or self.files is None:
+            raise HostError(f"{self.bridge.host.name} did not say where its disk images go: reconnect to it")
         safe = re.sub(r"[^A-Za-z0-9._+-]+", "-", name)
         ext = "qcow2" if fmt == "qcow2" else "img"
-        path = images_dir() / f"{safe}.{ext}"
+        path = posixpath.join(folder, f"{safe}.{ext}")
         n = 1
-        while path.exists():
+        while self.files.exists(path):
             n += 1
-            path = images_dir() / f"{safe}-{n}.{ext}"
-        return str(path)
+            path = posixpath.join(folder, f"{safe}-{n}.{ext}")
+        return path
 
     def config(self) -> VmConfig:
         """The definition the pages describe (the new disk, made at Finish, is added then)."""
@@ -147,11 +163,11 @@ class NewVmWizard(QWizard):
         storage = self.storage_page
         new_disk = None
         if storage.create.isChecked():
+            # The path is picked on the worker: whether a name is free is the host's files' answer (SFTP).
             fmt = storage.format.currentData()
-            new_disk = (self.disk_path(cfg.name, fmt), int(storage.size.value() * 1024 ** 3) // 512 * 512,
-                        fmt, storage.preallocate.isChecked())
-            cfg.disks.append(DiskConfig(path=new_disk[0], format=new_disk[2], bus=storage.bus.currentData()))
-        host = self.bridge.host
+            new_disk = (int(storage.size.value() * 1024 ** 3) // 512 * 512, fmt, storage.preallocate.isChecked(),
+                        storage.bus.currentData())
+        host, files = self.bridge.host, self.files
         self.working = True
         self.finish_page.error.setText("")
         self.finish_page.completeChanged.emit()
@@ -163,16 +179,21 @@ class NewVmWizard(QWizard):
             page.progress.show()
 
         def work():
+            path = None
             if new_disk:
-                host.create_disk(new_disk[0], new_disk[1], new_disk[2], new_disk[3],
+                size, fmt, preallocate, bus = new_disk
+                path = self.disk_path(cfg.name, fmt)
+                host.create_disk(path, size, fmt, preallocate,
                                  progress=lambda done, total: self._progress.emit(done >> 20, total >> 20))
+                cfg.disks.append(DiskConfig(path=path, format=fmt, bus=bus))
             try:
                 return host.define(cfg)
             except Exception:
-                if new_disk:   # do not leave an orphan image behind a definition that was refused
+                if path:   # do not leave an orphan image behind a definition that was refused
                     try:
-                        os.unlink(new_disk[0])
-                    except OSError:
+                        if files is not None:
+                            files.remove(path)
+                    except HostError:
                         pass
                 raise
 

@@ -43,12 +43,13 @@ class BootPage(QWizardPage):
         self.iso = QLineEdit(self)
         self.iso.setObjectName("isoPath")
         self.iso.setPlaceholderText("an installer or live ISO image")
-        self.iso_row = path_field(self, self.iso, "Choose an ISO image", "ISO images (*.iso);;All files (*)")
+        self.iso_row = path_field(self, self.iso, "Choose an ISO image", "ISO images (*.iso);;All files (*)",
+                                  wizard.bridge)
         form.addRow("ISO image:", self.iso_row)
         self.disk = QLineEdit(self)
         self.disk.setObjectName("diskPath")
         self.disk_row = path_field(self, self.disk, "Choose a disk image",
-                                   "Disk images (*.img *.raw *.qcow2);;All files (*)")
+                                   "Disk images (*.img *.raw *.qcow2);;All files (*)", wizard.bridge)
         form.addRow("Disk image:", self.disk_row)
         self.bus = bus_combo(self, "diskBus")
         form.addRow("Disk bus:", self.bus)
@@ -57,12 +58,12 @@ class BootPage(QWizardPage):
         form.addRow("", self.direct)
         self.kernel = QLineEdit(self)
         self.kernel.setObjectName("kernelPath")
-        self.kernel_row = path_field(self, self.kernel, "Choose a kernel")
+        self.kernel_row = path_field(self, self.kernel, "Choose a kernel", "", wizard.bridge)
         form.addRow("Kernel:", self.kernel_row)
         self.initrd = QLineEdit(self)
         self.initrd.setObjectName("initrdPath")
         self.initrd.setPlaceholderText("optional")
-        self.initrd_row = path_field(self, self.initrd, "Choose an initrd")
+        self.initrd_row = path_field(self, self.initrd, "Choose an initrd", "", wizard.bridge)
         form.addRow("Initrd:", self.initrd_row)
         # What each chosen file is, as the host reads it (grey), or why it cannot serve (red, and Next waits).
         self.iso_check = FileCheck(wizard.bridge, self.iso, "boot-iso", self._check, self)
@@ -159,6 +160,8 @@ class BootPage(QWizardPage):
                 continue            # an empty field keeps Next disabled (isComplete): plain enough
             if not os.path.isabs(path):
                 return f"{what} {path}: give an absolute path."
+            if not self.wiz.on_this_computer:
+                continue            # a file on another host: its probe (FileCheck) says whether it is there
             if not os.path.isfile(path):
                 return f"{what} {path}: no such file."
             if not os.access(path, os.R_OK):

@@ -87,7 +87,8 @@ def hostinfo_from(value: Any) -> HostInfo:
         return HostInfo(hostname=_str(d, "hostname"), cpu_model=_str(d, "cpu_model"), cpus=_int(d, "cpus"),
                         cores=_int(d, "cores"), memory_mib=_int(d, "memory_mib"),
                         kvm_usable=bool(d.get("kvm_usable")), kvm_hardware=bool(d.get("kvm_hardware")),
-                        kvm_reason=_str(d, "kvm_reason", ""), system=_str(d, "system", ""))
+                        kvm_reason=_str(d, "kvm_reason", ""), system=_str(d, "system", ""),
+                        images_dir=_str(d, "images_dir", ""))
     except TypeError as exc:
         raise WireError(str(exc)) from None
 

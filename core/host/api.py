@@ -21,6 +21,8 @@ The contract:
     an input sink for its keyboard and mouse (VmConsole; Qt-free).
   * stats(uuid) samples CPU usage (vCPU time over wall time since the previous sample), memory, and disk/network
     I/O where the VM has such devices (None where it has not).
+  * files() gives the host's file system for browsing (core/host/files.py: this machine's, or an SSH host's over
+    SFTP), so a client chooses a kernel, ISO or disk image where the VM will read it.
   * probe_file(path, role) reads a few KiB of a file on the host and says what it is (FileProbe), so a kernel,
     initrd, disk image or ISO is checked when it is chosen, not when the VM starts; a missing or unreadable file
     raises HostError naming it.
@@ -47,6 +49,7 @@ from core.hoststats import HostInfo
 
 if TYPE_CHECKING:
     from core.display.frame import FrameSource
+    from core.host.files import HostFiles
     from core.keymap import InputSink
 
 log = logging.getLogger("core.host")
@@ -245,6 +248,10 @@ class Host(ABC):
         """The graphical console of a running or paused VM; HostError when it has none (shut off, display none,
         or a host that cannot serve consoles)."""
         raise HostError(f"{self.name} cannot show virtual machine consoles")
+
+    def files(self) -> HostFiles:
+        """The host's file system, for browsing (core/host/files.py); HostError when this host offers none."""
+        raise HostError(f"{self.name} cannot browse its files")
 
     def add_listener(self, listener: HostListener) -> None:
         self._host_listeners().append(listener)

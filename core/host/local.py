@@ -39,6 +39,7 @@ from core.host.api import (
     VmStats,
 )
 from core.host.disks import backing_chain, chosen_disks, create_disk_image, disk_users, file_key
+from core.host.files import LocalFiles
 from core.host.process_input import ProcessInput
 from core.host.startcheck import check_startable
 from core.hoststats import HostInfo, local_host_info
@@ -250,6 +251,9 @@ class LocalHost(Host):
     def create_disk(self, path: str, size_bytes: int, fmt: str = "raw", preallocate: bool = False,
                     progress: Progress | None = None) -> None:
         create_disk_image(path, size_bytes, fmt, preallocate, progress)
+
+    def files(self) -> LocalFiles:
+        return LocalFiles()
 
     def probe_file(self, path: str, role: str) -> FileProbe:
         """What a file chosen as a kernel, initrd, disk or ISO is (core/host/probe.py); a few KiB are read."""

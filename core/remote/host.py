@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from core.agent.install import InstallReport, bridge_command, ensure_agent
 from core.host.api import HostError
+from core.host.files import SftpFiles
 from core.remote.client import AgentClient, AgentGone
 from core.remote.service import ServiceClient
 from core.remote.ssh import Prompter, SshTarget, TerminalPrompter, open_transport
@@ -39,6 +40,7 @@ class RemoteHost(ServiceClient):
         self.report: InstallReport | None = None
         self.timing = ConnectTiming()
         self._transport = None
+        self._files: SftpFiles | None = None
 
     def _connect(self, progress: Callable[[str, int, int], None] | None) -> None:
         t0 = time.monotonic()
@@ -49,6 +51,18 @@ class RemoteHost(ServiceClient):
         self._attach()
         t3 = time.monotonic()
         self.timing = ConnectTiming(t1 - t0, t2 - t1, t3 - t2, t3 - t0)
+
+    def files(self) -> SftpFiles:
+        """The host's files over SFTP, on the SSH connection this host holds (opened on first use)."""
+        if self._files is None:
+            self._files = SftpFiles(self.name, self._open_sftp)
+        return self._files
+
+    def _open_sftp(self):
+        transport = self._transport
+        if transport is None or not transport.is_active():
+            raise HostError(f"{self.name} is not connected: connect to it first")
+        return transport.open_sftp_client()
 
     def _note(self, text: str) -> None:
         if self.report is not None:

@@ -1,0 +1,122 @@
+"""Issue 17, defect 2: New VM with a remote host selected creates the VM on that host, through the real widgets
+(pytest-qt, offscreen) against a real sshd (tests/helpers/remote.py) whose user's XDG folders differ from the
+client's: the host row is clicked, then New; the kernel is chosen in the host's files over SFTP (the location
+field, then a double-click in the listing); the storage page names the host's images folder; Finish creates the
+disk there and the VM is listed under that host, not under this computer."""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+from pathlib import Path
+
+import pytest
+
+if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+pytest.importorskip("pytestqt")
+
+from PyQt6.QtCore import QPoint, Qt  # noqa: E402
+from PyQt6.QtWidgets import QApplication, QPushButton, QWizard  # noqa: E402
+
+from core.remote.ssh import parse_uri  # noqa: E402
+from tests.gui.test_remote_gui import children, make_window, server  # noqa: E402,F401
+from tests.helpers.remote import REPO_PYTHON  # noqa: E402
+
+TIMEOUT_MS = 30_000
+
+
+def _click(qtbot, widget) -> None:
+    # Near the left edge: a radio button or check box only takes a click on its indicator or label.
+    qtbot.mouseClick(widget, Qt.MouseButton.LeftButton, pos=QPoint(8, widget.height() // 2))
+
+
+def _click_row(qtbot, view, item, double: bool = False) -> None:
+    view.scrollToItem(item)
+    pos = view.visualItemRect(item).center()
+    qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=pos)
+    if double:      # the second press of a double-click arrives as the double-click event
+        qtbot.mouseDClick(view.viewport(), Qt.MouseButton.LeftButton, pos=pos)
+
+
+def _button(wizard, which) -> QPushButton:
+    return wizard.button(which)
+
+
+def test_new_vm_on_the_selected_remote_host(qtbot, tmp_path, server, local_service, debian_kernel) -> None:  # noqa: F811
+    from app.ui.host_file_dialog import HostFileDialog
+
+    window = make_window(qtbot, tmp_path, local_service)
+    target = parse_uri(server.uri(python=REPO_PYTHON))
+    target.identity = str(server.user_key)
+    index = window.remote_hosts.add(target, remember=False)
+    bridge = window.bridges[index]
+    qtbot.waitUntil(lambda: bridge.host.connected and bridge.host_info is not None, timeout=TIMEOUT_MS)
+    remote_images = server.data_home / "vireo" / "images"
+    assert bridge.host_info.images_dir == str(remote_images)
+
+    _click_row(qtbot, window.tree, window.host_items[index])
+    qtbot.mouseClick(window.toolbar.widgetForAction(window.new_action), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: getattr(window, "wizard", None) is not None and window.wizard.isVisible(),
+                    timeout=TIMEOUT_MS)
+    wizard = window.wizard
+    assert wizard.bridge is bridge
+    _click(qtbot, wizard.source_page.kernel)
+    _button(wizard, QWizard.WizardButton.NextButton).click()
+
+    page = wizard.boot_page
+    qtbot.mouseClick(page.kernel_row.findChild(QPushButton, "browse"), Qt.MouseButton.LeftButton)
+    dialog = page.findChild(HostFileDialog)
+    assert dialog is not None and dialog.isVisible()
+    assert bridge.host.name in dialog.windowTitle()
+    qtbot.waitUntil(lambda: dialog.folder != "", timeout=TIMEOUT_MS)        # the remote user's home, over SFTP
+    # The remote login's home (sshd's, from passwd), not this client's HOME, which the fixture moved.
+    assert dialog.location.text() == pwd.getpwuid(os.getuid()).pw_dir != os.environ["HOME"]
+    dialog.location.selectAll()
+    qtbot.keyClicks(dialog.location, str(debian_kernel.parent))
+    qtbot.keyClick(dialog.location, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: dialog.folder == str(debian_kernel.parent), timeout=TIMEOUT_MS)
+    names = [dialog.list.topLevelItem(i).text(0) for i in range(dialog.list.topLevelItemCount())]
+    assert debian_kernel.name in names
+    item = dialog.list.topLevelItem(names.index(debian_kernel.name))
+    assert item.text(1).endswith("MiB")
+    _click_row(qtbot, dialog.list, item, double=True)
+    assert page.kernel.text() == str(debian_kernel) and not dialog.isVisible()
+    qtbot.waitUntil(lambda: not page.kernel_check.pending and "Linux kernel" in page.kernel_check.note.text(),
+                    timeout=TIMEOUT_MS)
+    _button(wizard, QWizard.WizardButton.NextButton).click()
+    _button(wizard, QWizard.WizardButton.NextButton).click()
+
+    storage = wizard.storage_page
+    _click(qtbot, storage.create)
+    assert storage.where.text() == f"Created in {remote_images} on {bridge.host.name}"
+    storage.size.lineEdit().selectAll()
+    qtbot.keyClicks(storage.size.lineEdit(), "0.1")
+    _button(wizard, QWizard.WizardButton.NextButton).click()
+
+    finish = wizard.finish_page
+    assert f"Host</td><td>{bridge.host.name}" in finish.summary.text()
+    finish.name.selectAll()
+    qtbot.keyClicks(finish.name, "made-remotely")
+    _click(qtbot, finish.customize)            # Details opens instead of a start: the test boots nothing
+    finish_button = _button(wizard, QWizard.WizardButton.FinishButton)
+    qtbot.waitUntil(finish_button.isEnabled, timeout=TIMEOUT_MS)
+    finish_button.click()
+    qtbot.waitUntil(lambda: "made-remotely" in children(window, index), timeout=TIMEOUT_MS)
+    assert "made-remotely" not in children(window, 0)
+
+    disk = remote_images / "made-remotely.img"
+    assert disk.stat().st_size == int(0.1 * 1024 ** 3) // 512 * 512
+    local_images = Path(os.environ["XDG_DATA_HOME"]) / "vireo" / "images"
+    assert not (local_images / "made-remotely.img").exists()
+    saved = [json.loads(p.read_text()) for p in (server.config_home / "vireo" / "vms").glob("*.json")]
+    made = next(cfg for cfg in saved if cfg["name"] == "made-remotely")
+    assert made["boot"]["kernel"] == str(debian_kernel)
+    assert [d["path"] for d in made["disks"]] == [str(disk)]
+    for vm_window in list(window.vm_windows.values()):
+        vm_window.close()
+    window.close()
+    # The connection's last news (disconnected) is queued from the worker: taken while the window still exists.
+    qtbot.waitUntil(lambda: not bridge.host.connected, timeout=TIMEOUT_MS)
+    QApplication.processEvents()
