@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from PyQt6 import sip
 from PyQt6.QtCore import QObject, Qt, QTimer
 from PyQt6.QtWidgets import QLabel, QLineEdit, QWidget
 
@@ -91,13 +92,16 @@ class FileCheck(QObject):
         host = self.bridge.host
 
         def done(probe: FileProbe) -> None:
+            # The wizard may have been closed (and its pages deleted) while the host was answering.
+            if sip.isdeleted(self):
+                return
             if seq == self._seq:
                 self.pending = False
                 self._show(probe.kind if probe.ok else probe.message, "" if probe.ok else probe.message)
                 self._answered()
 
         def failed(message: str) -> None:
-            if seq != self._seq:
+            if sip.isdeleted(self) or seq != self._seq:
                 return
             self.pending = False
             # The host's errors about the file itself (missing, unreadable, a folder) name it first; anything

@@ -12,6 +12,7 @@ import posixpath
 import re
 from collections.abc import Callable
 
+from PyQt6 import sip
 from PyQt6.QtCore import Qt
 from PyQt6.QtWidgets import (
     QComboBox,
@@ -124,12 +125,13 @@ class HostFileDialog(QDialog):
         seq = self._seq
         self.status.setText("Reading…")
 
+        # An answer may come after the dialog was closed and deleted, or after the user went elsewhere.
         def answered(result: object) -> None:
-            if seq == self._seq:
+            if not sip.isdeleted(self) and seq == self._seq:
                 done(result)
 
         def failed(message: str) -> None:
-            if seq == self._seq:
+            if not sip.isdeleted(self) and seq == self._seq:
                 self.status.setText(as_sentence(message))
 
         self.bridge.call(f"Browsing {self.bridge.host.name}", fn, answered, failed)
@@ -199,17 +201,23 @@ class HostFileDialog(QDialog):
         def not_a_folder(message: str) -> None:
             # Not a folder: a file that exists is chosen; anything else is the listing's error.
             def exists(found: object) -> None:
+                if not current():
+                    return
                 if found:
                     self._choose(path)
                 else:
                     self.status.setText(f"{path} does not exist on {self.bridge.host.name}.")
             self.bridge.call(f"Browsing {self.bridge.host.name}", lambda: self.files.exists(path), exists,
-                             lambda m: self.status.setText(as_sentence(m)))
+                             lambda m: current() and self.status.setText(as_sentence(m)))
 
         self._seq += 1
         seq = self._seq
+
+        def current() -> bool:
+            return not sip.isdeleted(self) and seq == self._seq
+
         self.bridge.call(f"Browsing {self.bridge.host.name}", lambda: self.files.listdir(path),
-                         lambda r: seq == self._seq and listed(r), lambda m: seq == self._seq and not_a_folder(m))
+                         lambda r: current() and listed(r), lambda m: current() and not_a_folder(m))
 
     def _choose(self, path: str) -> None:
         self.chosen = path

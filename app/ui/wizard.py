@@ -48,7 +48,8 @@ class NewVmWizard(QWizard):
         self.files = bridge.files
         self.on_this_computer = self.files is not None and self.files.local
         self.working = False
-        self.setWindowTitle("New Virtual Machine")
+        self.setWindowTitle("New Virtual Machine" if self.on_this_computer
+                            else f"New Virtual Machine on {bridge.host.name}")
         self.setWindowIcon(app_icon())
         self.setWizardStyle(QWizard.WizardStyle.ModernStyle)
         self.setOption(QWizard.WizardOption.NoBackButtonOnStartPage)

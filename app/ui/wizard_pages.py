@@ -87,7 +87,8 @@ class SourcePage(QWizardPage):
     def __init__(self, wizard: NewVmWizard) -> None:
         super().__init__(wizard)
         self.setTitle("Create a new virtual machine")
-        self.setSubTitle("Step 1 of 5: choose how the operating system gets installed or booted.")
+        elsewhere = "" if wizard.on_this_computer else f" It is made on {wizard.bridge.host.name}, from files there."
+        self.setSubTitle(f"Step 1 of 5: choose how the operating system gets installed or booted.{elsewhere}")
         lay = QVBoxLayout(self)
         self.group = QButtonGroup(self)
         self.iso = QRadioButton("Install from an ISO image", self)

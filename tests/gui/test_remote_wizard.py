@@ -62,6 +62,8 @@ def test_new_vm_on_the_selected_remote_host(qtbot, tmp_path, server, local_servi
                     timeout=TIMEOUT_MS)
     wizard = window.wizard
     assert wizard.bridge is bridge
+    assert wizard.windowTitle() == f"New Virtual Machine on {bridge.host.name}"
+    assert f"It is made on {bridge.host.name}, from files there." in wizard.source_page.subTitle()
     _click(qtbot, wizard.source_page.kernel)
     _button(wizard, QWizard.WizardButton.NextButton).click()
 
