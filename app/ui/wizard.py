@@ -23,6 +23,7 @@ from PyQt6.QtWidgets import QWidget, QWizard
 
 from app.host_bridge import HostBridge
 from app.icons import app_icon
+from app.ui import preferences
 from app.ui.wizard_media import BootPage
 from app.ui.wizard_pages import (
     SOURCE_DISK,
@@ -82,6 +83,10 @@ class NewVmWizard(QWizard):
 
     def images_folder(self) -> str:
         """Where new disk images go on the host the VM is made on (its service's images folder)."""
+        # On this computer the Preferences may name another folder; another host's folder is its service's.
+        chosen = preferences.current().storage_folder
+        if self.on_this_computer and chosen:
+            return chosen
         info = self.bridge.host_info
         if info is not None and info.images_dir:
             return info.images_dir

@@ -25,6 +25,7 @@ from PyQt6.QtWidgets import (
 )
 
 from app.host_bridge import HostBridge
+from app.ui import preferences
 from app.ui.accel_choice import fill_accel_combo
 from app.ui.dialogs import show_error
 from app.ui.file_check import ORANGE
@@ -252,6 +253,7 @@ class FinishPage(QWizardPage):
         self.accel = QComboBox(self)
         self.accel.setObjectName("accel")
         fill_accel_combo(self.accel, wizard.bridge)
+        self.accel.setCurrentIndex(max(0, self.accel.findData(preferences.current().accelerator)))
         form.addRow("Accelerator:", self.accel)
         self.accel_note = note("", self)
         form.addRow("", self.accel_note)
