@@ -2,7 +2,8 @@
 (pytest-qt, offscreen) against a real sshd (tests/helpers/remote.py) whose user's XDG folders differ from the
 client's: the host row is clicked, then New; the kernel is chosen in the host's files over SFTP (the location
 field, then a double-click in the listing); the storage page names the host's images folder; Finish creates the
-disk there and the VM is listed under that host, not under this computer."""
+disk there and the VM is listed under that host, not under this computer. A remote VM's Details browse its host's
+files too (a CD-ROM's Change…, Add Existing Image…), and Apply saves the choice on that host."""
 from __future__ import annotations
 
 import json
@@ -17,11 +18,14 @@ if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
 
 pytest.importorskip("pytestqt")
 
-from PyQt6.QtCore import QPoint, Qt  # noqa: E402
-from PyQt6.QtWidgets import QApplication, QPushButton, QWizard  # noqa: E402
+from PyQt6.QtCore import QPoint, Qt, QTimer  # noqa: E402
+from PyQt6.QtWidgets import QApplication, QFileDialog, QPushButton, QWizard  # noqa: E402
 
+from core.config import CdromConfig, VmConfig  # noqa: E402
+from core.remote.host import RemoteHost  # noqa: E402
 from core.remote.ssh import parse_uri  # noqa: E402
-from tests.gui.test_remote_gui import children, make_window, server  # noqa: E402,F401
+from tests.gui.test_remote_gui import _Trusting, children, make_window, server  # noqa: E402,F401
+from tests.helpers.iso import write_iso  # noqa: E402
 from tests.helpers.remote import REPO_PYTHON  # noqa: E402
 
 TIMEOUT_MS = 30_000
@@ -120,5 +124,96 @@ def test_new_vm_on_the_selected_remote_host(qtbot, tmp_path, server, local_servi
         vm_window.close()
     window.close()
     # The connection's last news (disconnected) is queued from the worker: taken while the window still exists.
+    qtbot.waitUntil(lambda: not bridge.host.connected, timeout=TIMEOUT_MS)
+    QApplication.processEvents()
+
+
+def _connected_window(qtbot, tmp_path, server, local_service):  # noqa: F811
+    window = make_window(qtbot, tmp_path, local_service)
+    target = parse_uri(server.uri(python=REPO_PYTHON))
+    target.identity = str(server.user_key)
+    index = window.remote_hosts.add(target, remember=False)
+    bridge = window.bridges[index]
+    qtbot.waitUntil(lambda: bridge.host.connected and bridge.host_info is not None, timeout=TIMEOUT_MS)
+    return window, index, bridge
+
+
+def _refuse_local_file_dialogs(seen: list[str]) -> QTimer:
+    """A file dialog of this computer's (modal: it would block the test) is recorded in `seen` and closed."""
+    def look() -> None:
+        dialog = QApplication.activeModalWidget()
+        if isinstance(dialog, QFileDialog):
+            seen.append(dialog.windowTitle())
+            dialog.reject()
+
+    timer = QTimer()
+    timer.timeout.connect(look)
+    timer.start(50)
+    return timer
+
+
+def _choose_in(qtbot, dialog, path: Path) -> None:
+    """In the host file dialog: type the file's folder in the location field, Enter, double-click the file."""
+    qtbot.waitUntil(lambda: dialog.folder != "", timeout=TIMEOUT_MS)
+    dialog.location.selectAll()
+    qtbot.keyClicks(dialog.location, str(path.parent))
+    qtbot.keyClick(dialog.location, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: dialog.folder == str(path.parent), timeout=TIMEOUT_MS)
+    names = [dialog.list.topLevelItem(i).text(0) for i in range(dialog.list.topLevelItemCount())]
+    _click_row(qtbot, dialog.list, dialog.list.topLevelItem(names.index(path.name)), double=True)
+
+
+def test_remote_vm_details_browse_its_hosts_files(qtbot, tmp_path, server, local_service) -> None:  # noqa: F811
+    from app.ui.host_file_dialog import HostFileDialog
+
+    media = tmp_path / "media"
+    media.mkdir()
+    iso = write_iso(media / "tools.iso", "TOOLS", el_torito=False)
+    image = media / "data.img"
+    image.write_bytes(bytes(1 << 20))
+    target = parse_uri(server.uri(python=REPO_PYTHON))
+    target.identity = str(server.user_key)
+    definer = RemoteHost(target, _Trusting())
+    definer.connect()
+    made = definer.define(VmConfig(name="remote-details", memory_mib=64, cdroms=[CdromConfig("")]))
+    definer.close()
+
+    window, index, bridge = _connected_window(qtbot, tmp_path, server, local_service)
+    qtbot.waitUntil(lambda: "remote-details" in children(window, index), timeout=TIMEOUT_MS)
+    window.open_vm((bridge, made.uuid), "details")
+    details = window.vm_windows[made.uuid].details
+    qtbot.waitExposed(details)
+    pages = [details.pages.item(i).text() for i in range(details.pages.count())]
+
+    local_dialogs: list[str] = []
+    watch = _refuse_local_file_dialogs(local_dialogs)
+    _click_row(qtbot, details.pages, details.pages.item(pages.index("CD-ROM")))
+    drive = details.cdrom_page.drives[0]
+    qtbot.mouseClick(drive.change, Qt.MouseButton.LeftButton)
+    assert local_dialogs == []          # not this computer's files
+    dialog = drive.findChild(HostFileDialog)
+    assert dialog is not None and dialog.windowTitle() == f"Choose an ISO image on {bridge.host.name}"
+    _choose_in(qtbot, dialog, iso)
+    assert drive.edit.text() == str(iso)
+    qtbot.waitUntil(lambda: not drive.check.pending and "TOOLS" in drive.check.note.text(), timeout=TIMEOUT_MS)
+
+    _click_row(qtbot, details.pages, details.pages.item(pages.index("Disks")))
+    qtbot.mouseClick(details.add_disk, Qt.MouseButton.LeftButton)
+    assert local_dialogs == []
+    watch.stop()
+    dialog = details.findChild(HostFileDialog)
+    assert dialog is not None and dialog.windowTitle() == f"Choose a disk image on {bridge.host.name}"
+    _choose_in(qtbot, dialog, image)
+    assert details.disk_table.rowCount() == 1 and details.disk_table.item(0, 0).text() == str(image)
+
+    qtbot.mouseClick(details.apply_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: bool(bridge.find("remote-details").config.disks), timeout=TIMEOUT_MS)
+    cfg = bridge.find("remote-details").config
+    assert [c.path for c in cfg.cdroms] == [str(iso)] and [d.path for d in cfg.disks] == [str(image)]
+    saved = json.loads((server.config_home / "vireo" / "vms" / f"{made.uuid}.json").read_text())
+    assert saved["cdroms"] == [{"path": str(iso)}] and saved["disks"][0]["path"] == str(image)
+    for vm_window in list(window.vm_windows.values()):
+        vm_window.close()
+    window.close()
     qtbot.waitUntil(lambda: not bridge.host.connected, timeout=TIMEOUT_MS)
     QApplication.processEvents()
