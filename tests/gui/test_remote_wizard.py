@@ -217,3 +217,83 @@ def test_remote_vm_details_browse_its_hosts_files(qtbot, tmp_path, server, local
     window.close()
     qtbot.waitUntil(lambda: not bridge.host.connected, timeout=TIMEOUT_MS)
     QApplication.processEvents()
+
+
+def test_remote_journey_creates_runs_and_deletes_from_the_gui(qtbot, tmp_path, server, local_service,  # noqa: F811
+                                                              debian_kernel, busybox_initramfs) -> None:
+    """Issue 17's done-means, on an SSH host from the GUI alone: the wizard makes the VM and its qcow2 disk there,
+    Finish starts it, the serial tab shows it boot and takes typing (the guest writes a file system onto the
+    disk), Force Off (answered), then Delete with its disk image removes both on that host."""
+    from tests.gui.test_gui_journey import (
+        BOOT_TIMEOUT_MS,
+        GIB,
+        LOAD_DISK,
+        STATE_TIMEOUT_MS,
+        WRITE_FILE,
+        answer_delete_dialog,
+        type_into,
+        type_line,
+        wait_serial,
+    )
+    from tests.helpers.dialogs import answer_question
+
+    window, index, bridge = _connected_window(qtbot, tmp_path, server, local_service)
+    _click_row(qtbot, window.tree, window.host_items[index])
+    qtbot.mouseClick(window.toolbar.widgetForAction(window.new_action), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: getattr(window, "wizard", None) is not None and window.wizard.isVisible(),
+                    timeout=TIMEOUT_MS)
+    wizard = window.wizard
+    next_button = _button(wizard, QWizard.WizardButton.NextButton)
+    _click(qtbot, wizard.source_page.kernel)
+    next_button.click()
+    type_into(qtbot, wizard.boot_page.kernel, str(debian_kernel))
+    type_into(qtbot, wizard.boot_page.initrd, str(busybox_initramfs))
+    type_into(qtbot, wizard.boot_page.cmdline, "console=ttyS0 vireo.action=shell")
+    qtbot.waitUntil(lambda: next_button.isEnabled() and not wizard.boot_page.kernel_check.pending, timeout=TIMEOUT_MS)
+    next_button.click()
+    type_into(qtbot, wizard.resources_page.memory.lineEdit(), "256")
+    next_button.click()
+    storage = wizard.storage_page
+    _click(qtbot, storage.create)
+    type_into(qtbot, storage.size.lineEdit(), "1")
+    storage.format.setCurrentIndex(storage.format.findData("qcow2"))
+    next_button.click()
+    finish = wizard.finish_page
+    type_into(qtbot, finish.name, "far-away")
+    finish.accel.setCurrentIndex(finish.accel.findData("software"))
+    with qtbot.waitSignal(wizard.created, timeout=TIMEOUT_MS) as created:
+        _button(wizard, QWizard.WizardButton.FinishButton).click()
+    uuid, start = created.args
+    assert start is True
+    disk = server.data_home / "vireo" / "images" / "far-away.qcow2"
+    assert disk.is_file()
+
+    # Finish started it on that host and opened its window on the serial console.
+    qtbot.waitUntil(lambda: uuid in window.vm_windows, timeout=TIMEOUT_MS)
+    vm_window = window.vm_windows[uuid]
+    term = vm_window.console.terminal
+    wait_serial(qtbot, term, "vireo:~#", BOOT_TIMEOUT_MS)
+    assert bridge.find("far-away").state.value == "running"
+    type_line(qtbot, term, LOAD_DISK)
+    wait_serial(qtbot, term, f"VIREO-VDA-SECTORS={GIB // 512}", STATE_TIMEOUT_MS)
+    type_line(qtbot, term, WRITE_FILE)
+    wait_serial(qtbot, term, "VIREO-WROTE-OK", 60_000)
+
+    window.select_vm(uuid)
+    qtbot.waitUntil(lambda: window.vm_actions.off.isEnabled(), timeout=STATE_TIMEOUT_MS)
+    asked: list[str] = []
+    answer_question(qtbot, "Force Off", asked)
+    window.vm_actions.off.trigger()
+    assert asked == ["Force off far-away? The guest loses unsaved data."]
+    qtbot.waitUntil(lambda: bridge.find("far-away").state.value == "shutoff", timeout=STATE_TIMEOUT_MS)
+
+    answered: list[str] = []
+    answer_delete_dialog(qtbot, answered)
+    qtbot.mouseClick(window.toolbar.widgetForAction(window.vm_actions.delete), Qt.MouseButton.LeftButton)
+    assert answered == ["Delete the virtual machine “far-away”?", "checkbox"]
+    qtbot.waitUntil(lambda: "far-away" not in children(window, index), timeout=STATE_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not disk.exists(), timeout=STATE_TIMEOUT_MS)
+    assert not (server.config_home / "vireo" / "vms" / f"{uuid}.json").exists()
+    window.close()
+    qtbot.waitUntil(lambda: not bridge.host.connected, timeout=TIMEOUT_MS)
+    QApplication.processEvents()
