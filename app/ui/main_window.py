@@ -383,10 +383,13 @@ class MainWindow(QMainWindow):
         return window
 
     def selected_bridge(self) -> HostBridge:
-        """The host of the selected row (a host, one of its VMs or its error rows); the first host otherwise."""
+        """The host of the selected row — the host's own, or any row under it (a VM, an error, the "No virtual
+        machines yet" line); the first host when nothing is selected."""
         item = self.tree.currentItem()
+        while item is not None and item.parent() is not None:
+            item = item.parent()
         data = item.data(0, ROLE) if item else None
-        if data and data[0] in ("host", "vm", "error") and 0 <= data[1] < len(self.bridges):
+        if data and data[0] == "host" and 0 <= data[1] < len(self.bridges):
             return self.bridges[data[1]]
         return self.bridges[0]
 

@@ -238,11 +238,15 @@ def test_remote_journey_creates_runs_and_deletes_from_the_gui(qtbot, tmp_path, s
     from tests.helpers.dialogs import answer_question
 
     window, index, bridge = _connected_window(qtbot, tmp_path, server, local_service)
-    _click_row(qtbot, window.tree, window.host_items[index])
+    # The row under the host that says it has no VMs yet, clicked: New makes the VM on that host too.
+    qtbot.waitUntil(lambda: children(window, index) == ["No virtual machines yet — choose New to create one"],
+                    timeout=TIMEOUT_MS)
+    _click_row(qtbot, window.tree, window.host_items[index].child(0))
     qtbot.mouseClick(window.toolbar.widgetForAction(window.new_action), Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: getattr(window, "wizard", None) is not None and window.wizard.isVisible(),
                     timeout=TIMEOUT_MS)
     wizard = window.wizard
+    assert wizard.bridge is bridge
     next_button = _button(wizard, QWizard.WizardButton.NextButton)
     _click(qtbot, wizard.source_page.kernel)
     next_button.click()
