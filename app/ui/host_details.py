@@ -3,6 +3,7 @@ the bridge read (core.hoststats.HostInfo: CPU model, CPUs and cores, memory, whe
 many VMs are defined and running, and, for a host reached through a Vireo service (every host the manager shows:
 this computer's service or one over SSH), the service's version and connection state and whether it can run a
 software CPU. The service's status is one call, made on a worker (HostBridge.call): never on the GUI thread.
+Under the facts, the host's storage folder (app/ui/host_storage.py).
 """
 from __future__ import annotations
 
@@ -60,6 +61,13 @@ class HostDetailsDialog(QDialog):
         buttons.rejected.connect(self.reject)
         column = QVBoxLayout(self)
         column.addLayout(self.form)
+        self.storage = None
+        if info is not None:
+            from app.ui.host_storage import StorageView
+
+            self.storage = StorageView(bridge, self)
+            column.addWidget(self.storage, 1)
+            self.resize(780, 640)         # the images table's five columns, and the facts' longer lines, whole
         column.addWidget(buttons)
 
     def _row(self, key: str, title: str, text: str) -> None:

@@ -357,6 +357,12 @@ class Connection:
     def m_probe_file(self, path: str, role: str, **_: Any) -> dict[str, Any]:
         return wire.probe_to(self.host.probe_file(str(path), str(role)))
 
+    def m_list_images(self, **_: Any) -> list[dict[str, Any]]:
+        return [wire.image_to(entry) for entry in self.host.list_images()]
+
+    def m_delete_image(self, path: str, **_: Any) -> None:
+        self.host.delete_image(str(path))
+
     def m_capabilities(self, **_: Any) -> dict[str, Any]:
         return wire.caps_to(self.host.capabilities())
 

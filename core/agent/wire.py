@@ -12,6 +12,7 @@ from typing import Any
 
 from core.config import ConfigError, LoadError, VmConfig
 from core.host.api import EventKind, FileProbe, HostCapabilities, HostEvent, VmInfo, VmState, VmStats
+from core.host.images import ImageEntry
 from core.hoststats import HostInfo
 
 
@@ -154,3 +155,16 @@ def event_from(d: dict[str, Any]) -> tuple[HostEvent, VmInfo | None]:
     state = None if d.get("state") is None else state_from(d.get("state"))
     vm = None if d.get("vm") is None else vminfo_from(d.get("vm"))
     return HostEvent(kind, _str(d, "uuid"), state, _str(d, "reason", "")), vm
+
+
+def image_to(entry: ImageEntry) -> dict[str, Any]:
+    return dataclasses.asdict(entry)
+
+
+def image_from(value: Any) -> ImageEntry:
+    d = _obj(value, "disk image entry")
+    try:
+        return ImageEntry(path=_str(d, "path"), format=_str(d, "format", ""), virtual_size=_int(d, "virtual_size"),
+                          allocated=_int(d, "allocated"), used_by=_str(d, "used_by", ""), error=_str(d, "error", ""))
+    except TypeError as exc:
+        raise WireError(str(exc)) from None

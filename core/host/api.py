@@ -21,6 +21,9 @@ The contract:
     an input sink for its keyboard and mouse (VmConsole; Qt-free).
   * stats(uuid) samples CPU usage (vCPU time over wall time since the previous sample), memory, and disk/network
     I/O where the VM has such devices (None where it has not).
+  * list_images() lists the disk images in the host's images folder (format, sizes, the VM that needs each);
+    delete_image(path) removes one, refusing (HostError) an image a VM on the host lists or reads as a backing
+    file (core/host/images.py).
   * files() gives the host's file system for browsing (core/host/files.py: this machine's, or an SSH host's over
     SFTP), so a client chooses a kernel, ISO or disk image where the VM will read it.
   * probe_file(path, role) reads a few KiB of a file on the host and says what it is (FileProbe), so a kernel,
@@ -50,6 +53,7 @@ from core.hoststats import HostInfo
 if TYPE_CHECKING:
     from core.display.frame import FrameSource
     from core.host.files import HostFiles
+    from core.host.images import ImageEntry
     from core.keymap import InputSink
 
 log = logging.getLogger("core.host")
@@ -248,6 +252,14 @@ class Host(ABC):
         """The graphical console of a running or paused VM; HostError when it has none (shut off, display none,
         or a host that cannot serve consoles)."""
         raise HostError(f"{self.name} cannot show virtual machine consoles")
+
+    def list_images(self) -> list[ImageEntry]:
+        """The disk images in the host's images folder (core/host/images.py)."""
+        raise HostError(f"{self.name} cannot list its disk images")
+
+    def delete_image(self, path: str) -> None:
+        """Remove a disk image no VM on the host needs; HostError naming the VM otherwise."""
+        raise HostError(f"{self.name} cannot delete disk images")
 
     def files(self) -> HostFiles:
         """The host's file system, for browsing (core/host/files.py); HostError when this host offers none."""

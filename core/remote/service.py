@@ -47,6 +47,7 @@ from core.host.api import (
     VmInfo,
     VmStats,
 )
+from core.host.images import ImageEntry
 from core.hoststats import HostInfo
 from core.protocol import ProtocolError
 from core.remote.client import AgentClient, AgentGone
@@ -423,6 +424,18 @@ class ServiceClient(Host):
             return wire.probe_from(value)
         except wire.WireError as exc:
             raise HostError(f"the service sent a malformed file probe: {exc}") from None
+
+    def list_images(self) -> list[ImageEntry]:
+        value, _ = self._call("list_images")
+        if not isinstance(value, list):
+            raise HostError("the service sent a malformed image list")
+        try:
+            return [wire.image_from(v) for v in value]
+        except wire.WireError as exc:
+            raise HostError(f"the service sent a malformed image list: {exc}") from None
+
+    def delete_image(self, path: str) -> None:
+        self._call("delete_image", path=path)
 
     def ping(self) -> float:
         """One control-call round trip in seconds."""

@@ -52,3 +52,19 @@ def test_sftp_errors_name_the_path_and_the_host(remote, tmp_path) -> None:
     remote.close()
     with pytest.raises(HostError, match="is not connected: connect to it first"):
         remote.files().listdir(str(tmp_path))
+
+
+def test_the_remote_images_folder_is_listed_and_its_used_images_kept(remote, server) -> None:  # noqa: F811
+    from core.config import DiskConfig, VmConfig
+
+    folder = server.data_home / "vireo" / "images"
+    remote.create_disk(str(folder / "used.qcow2"), 1 << 30, "qcow2")
+    remote.create_disk(str(folder / "free.img"), 1 << 20, "raw")
+    remote.define(VmConfig(name="user", memory_mib=64, disks=[DiskConfig(str(folder / "used.qcow2"), "qcow2")]))
+    listed = {e.path: (e.format, e.virtual_size, e.used_by) for e in remote.list_images()}
+    assert listed == {str(folder / "free.img"): ("raw", 1 << 20, ""),
+                      str(folder / "used.qcow2"): ("qcow2", 1 << 30, "used by VM 'user'")}
+    with pytest.raises(HostError, match="is used by VM 'user': remove it from that VM first"):
+        remote.delete_image(str(folder / "used.qcow2"))
+    remote.delete_image(str(folder / "free.img"))
+    assert not (folder / "free.img").exists() and (folder / "used.qcow2").exists()
