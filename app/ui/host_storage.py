@@ -1,6 +1,7 @@
 """The Storage part of Host Details (issue 17, "Host details"): the disk images in the host's images folder with
 their format, virtual size, the space they take and the VM that needs each (Host.list_images); New Image… makes
-one there (Host.create_disk, with progress) and Delete… removes one after asking, with the safety of deleting a
+one there (Host.create_disk, with progress), Resize… grows one (Host.resize_image; the host refuses an image a
+running VM has open) and Delete… removes one after asking, with the safety of deleting a
 VM's disks: an image a VM lists or reads as a backing file cannot be picked, and the host refuses it anyway
 (Host.delete_image). Every host call runs on a worker."""
 from __future__ import annotations
@@ -102,6 +103,37 @@ class NewImageDialog(QDialog):
         ok.setEnabled(bool(name) and not why and not self.size.problem())
 
 
+class ResizeImageDialog(QDialog):
+    """The new size of `entry`, at least its current one (images grow; shrinking would lose the guest's data)."""
+
+    def __init__(self, entry: ImageEntry, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("resizeImageDialog")
+        self.setWindowTitle(f"Resize {posixpath.basename(entry.path)}")
+        form = QFormLayout(self)
+        form.addRow("Now:", QLabel(_size(entry.virtual_size), self))
+        self.size = RangeDoubleSpinBox("New size", self)
+        self.size.setObjectName("newSize")
+        self.size.setDecimals(1)
+        self.size.setSuffix(" GiB")
+        current = entry.virtual_size / 1024 ** 3
+        # Shown to one decimal: the least the field offers is the current size rounded up to it.
+        self.size.setAllowedRange(-(-round(current * 10, 6) // 1) / 10, 16384, "")
+        self.size.setValue(self.size.minimum())
+        form.addRow("&New size:", self.size)
+        form.addRow("", self.size.error)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel,
+                                        self)
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+        form.addRow(self.buttons)
+        self.size.problemChanged.connect(
+            lambda problem: self.buttons.button(QDialogButtonBox.StandardButton.Ok).setEnabled(not problem))
+
+    def new_size(self) -> int:
+        return int(self.size.value() * 1024 ** 3) // 512 * 512
+
+
 class StorageView(QWidget):
     """The images table of one host, its buttons and a status line."""
 
@@ -141,9 +173,12 @@ class StorageView(QWidget):
         self.delete_button = QPushButton("Delete…", self)
         self.delete_button.setObjectName("deleteImage")
         self.delete_button.clicked.connect(self.delete_selected)
+        self.resize_button = QPushButton("Resize…", self)
+        self.resize_button.setObjectName("resizeImage")
+        self.resize_button.clicked.connect(self.resize_selected)
         self.refresh_button = QPushButton("Refresh", self)
         self.refresh_button.clicked.connect(self.refresh)
-        for button in (self.new_button, self.delete_button):
+        for button in (self.new_button, self.resize_button, self.delete_button):
             row.addWidget(button)
         row.addStretch(1)
         row.addWidget(self.refresh_button)
@@ -198,6 +233,7 @@ class StorageView(QWidget):
         self.delete_button.setToolTip(f"Cannot delete: {entry.used_by}" if entry is not None and entry.used_by
                                       else "")
         self.new_button.setEnabled(bool(self.folder))
+        self.resize_button.setEnabled(entry is not None and bool(entry.format))
 
     def delete_selected(self) -> None:
         entry = self.selected()
@@ -222,6 +258,27 @@ class StorageView(QWidget):
             self.refresh()
 
         self.bridge.call(f"Deleting {name}", lambda: host.delete_image(entry.path), done,
+                         lambda message: self._say(as_sentence(message), error=True))
+
+    def resize_selected(self) -> None:
+        entry = self.selected()
+        if entry is None or not entry.format:
+            return
+        dialog = ResizeImageDialog(entry, self)
+        dialog.accepted.connect(lambda: self._resize(entry, dialog.new_size()))
+        dialog.finished.connect(dialog.deleteLater)
+        dialog.open()
+        self.resize_dialog = dialog
+
+    def _resize(self, entry: ImageEntry, new_size: int) -> None:
+        host, name = self.bridge.host, posixpath.basename(entry.path)
+        self._say(f"Resizing {name}…")
+
+        def done(_result: object) -> None:
+            self._say(f"Resized {name} to {_size(new_size)}")
+            self.refresh()
+
+        self.bridge.call(f"Resizing {name}", lambda: host.resize_image(entry.path, new_size), done,
                          lambda message: self._say(as_sentence(message), error=True))
 
     def new_image(self) -> None:

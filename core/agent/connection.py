@@ -363,6 +363,9 @@ class Connection:
     def m_delete_image(self, path: str, **_: Any) -> None:
         self.host.delete_image(str(path))
 
+    def m_resize_image(self, path: str, new_size: int, **_: Any) -> None:
+        self.host.resize_image(str(path), int(new_size))
+
     def m_capabilities(self, **_: Any) -> dict[str, Any]:
         return wire.caps_to(self.host.capabilities())
 

@@ -1,7 +1,8 @@
 """The host's storage folder as Host Details shows it (issue 17, "Host details"): the disk images in the folder new
 disks go to (core.config.images_dir), each with its format, virtual size, the bytes it takes, and which VM uses
-it; and deleting one of them with the same safety as deleting a VM's disks (core/host/disks.py): an image a VM
-on this host lists, or reads as a qcow2 backing file, is refused with a line naming that VM.
+it; deleting one of them with the same safety as deleting a VM's disks (core/host/disks.py): an image a VM on
+this host lists, or reads as a qcow2 backing file, is refused with a line naming that VM; and growing one that no
+running VM has open.
 
 HostImages is mixed into LocalHost, the engine side the service runs; clients reach it through the service
 (core/agent/connection.py, core/remote/service.py)."""
@@ -74,6 +75,32 @@ def delete_image(vms: list[VmInfo], path: str) -> None:
         raise HostError(f"cannot delete {path}: {exc.strerror or exc}") from None
 
 
+def resize_image(vms: list[VmInfo], path: str, new_size: int) -> None:
+    """Grow the image `path` to `new_size` bytes (a multiple of 512). Shrinking is refused: the guest's data past
+    the new end would be lost (`vireo img resize --shrink` is there for that). An image a running VM has open is
+    locked, and refused with the lock's line."""
+    from core.storage import ImageError
+    from core.storage.create import resize_image as resize
+    from core.storage.probe import open_image
+
+    if new_size <= 0 or new_size % 512:
+        raise HostError(f"new size {new_size} bytes: give a positive multiple of 512")
+    running = [vm.name for vm in vms if vm.state.active
+               and any(file_key(d.path) == file_key(path) for d in vm.config.disks)]
+    if running:
+        raise HostError(f"{path} is in use by the running VM {running[0]!r}: shut it down first")
+    try:
+        with open_image(path) as dev:
+            if new_size < dev.size:
+                raise HostError(f"{path}: {new_size} bytes is smaller than its {dev.size}; Vireo only grows "
+                                "images (shrinking loses the data past the new end)")
+            if new_size != dev.size:
+                resize(dev, new_size)
+                dev.flush()
+    except ImageError as exc:
+        raise HostError(str(exc)) from None
+
+
 class HostImages:
     """The storage-folder requests of a host that holds its VMs' definitions (needs list_vms())."""
 
@@ -82,3 +109,6 @@ class HostImages:
 
     def delete_image(self, path: str) -> None:
         delete_image(self.list_vms(), path)  # type: ignore[attr-defined]
+
+    def resize_image(self, path: str, new_size: int) -> None:
+        resize_image(self.list_vms(), path, new_size)  # type: ignore[attr-defined]

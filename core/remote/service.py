@@ -437,6 +437,9 @@ class ServiceClient(Host):
     def delete_image(self, path: str) -> None:
         self._call("delete_image", path=path)
 
+    def resize_image(self, path: str, new_size: int) -> None:
+        self._call("resize_image", path=path, new_size=int(new_size))
+
     def ping(self) -> float:
         """One control-call round trip in seconds."""
         t0 = time.perf_counter()

@@ -1,10 +1,14 @@
 """Host Details' storage folder (issue 17, "Host details"), through the real widgets (pytest-qt, offscreen) against
 the sandboxed local service: the images in the host's images folder with format, sizes and the VM that needs
 each; an image a VM lists, or a qcow2 overlay reads as its backing file, cannot be deleted (the button is off and
-the host refuses it too); a free one is deleted after the question, and New Image… makes one there."""
+the host refuses it too); a free one is deleted after the question, New Image… makes one there, and Resize…
+grows one (never shrinks it)."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -104,4 +108,29 @@ def test_storage_lists_images_keeps_used_ones_and_deletes_and_creates(qtbot, app
     qtbot.waitUntil(lambda: view.table.rowCount() == 3, timeout=TIMEOUT_MS)
     assert ["scratch.qcow2", "qcow2", "3.0 GiB"] == _names(view)[1][:3]
     assert (folder / "scratch.qcow2").is_file()
+
+    # Resize…: the least it offers is the current size; 5 GiB is what qemu-img would read back.
+    _select(qtbot, view, "scratch.qcow2")
+    click(qtbot, view.resize_button)
+    resize = view.resize_dialog
+    qtbot.waitExposed(resize)
+    ok = resize.buttons.button(QDialogButtonBox.StandardButton.Ok)
+    resize.size.lineEdit().selectAll()
+    qtbot.keyClicks(resize.size.lineEdit(), "1")
+    assert resize.size.error.text() == "New size: 1 GiB is less than 3 GiB." and not ok.isEnabled()
+    resize.size.lineEdit().selectAll()
+    qtbot.keyClicks(resize.size.lineEdit(), "5")
+    click(qtbot, ok)
+    qtbot.waitUntil(lambda: _names(view)[1][2] == "5.0 GiB", timeout=TIMEOUT_MS)
+    assert view.status.text() == "3 images"
+    qemu_img = shutil.which("qemu-img")
+    if qemu_img is None:
+        assert not os.environ.get("CI"), "qemu-img is missing (Debian's qemu-utils)"
+    else:
+        facts = json.loads(subprocess.run([qemu_img, "info", "--output=json", str(folder / "scratch.qcow2")],
+                                          check=True, capture_output=True, text=True).stdout)
+        assert (facts["format"], facts["virtual-size"]) == ("qcow2", 5 * GIB)
+        subprocess.run([qemu_img, "check", str(folder / "scratch.qcow2")], check=True, capture_output=True)
+    with pytest.raises(HostError, match="Vireo only grows images"):
+        host.resize_image(str(folder / "scratch.qcow2"), GIB)
     dialog.close()
