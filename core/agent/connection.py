@@ -366,6 +366,11 @@ class Connection:
     def m_resize_image(self, path: str, new_size: int, **_: Any) -> None:
         self.host.resize_image(str(path), int(new_size))
 
+    def m_run_img(self, fields: dict[str, Any], **_: Any) -> list[Any]:
+        if not isinstance(fields, dict):
+            raise HostError("run_img: give the command's options as an object")
+        return list(self.host.run_img(fields))
+
     def m_capabilities(self, **_: Any) -> dict[str, Any]:
         return wire.caps_to(self.host.capabilities())
 

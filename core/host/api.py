@@ -23,7 +23,8 @@ The contract:
     I/O where the VM has such devices (None where it has not).
   * list_images() lists the disk images in the host's images folder (format, sizes, the VM that needs each);
     delete_image(path) removes one, refusing (HostError) an image a VM on the host lists or reads as a backing
-    file; resize_image(path, size) grows one no running VM has open (core/host/images.py).
+    file; resize_image(path, size) grows one no running VM has open (core/host/images.py); run_img(options)
+    runs a `vireo img` command there (`img … --connect`).
   * files() gives the host's file system for browsing (core/host/files.py: this machine's, or an SSH host's over
     SFTP), so a client chooses a kernel, ISO or disk image where the VM will read it.
   * probe_file(path, role) reads a few KiB of a file on the host and says what it is (FileProbe), so a kernel,
@@ -264,6 +265,10 @@ class Host(ABC):
     def resize_image(self, path: str, new_size: int) -> None:
         """Grow a disk image to `new_size` bytes; HostError for a smaller size or an image a running VM uses."""
         raise HostError(f"{self.name} cannot resize disk images")
+
+    def run_img(self, fields: dict[str, object]) -> tuple[int, str, str]:
+        """Run a `vireo img` command (its parsed options) on the host: its exit status, stdout and stderr."""
+        raise HostError(f"{self.name} cannot run disk image commands")
 
     def files(self) -> HostFiles:
         """The host's file system, for browsing (core/host/files.py); HostError when this host offers none."""

@@ -112,3 +112,8 @@ class HostImages:
 
     def resize_image(self, path: str, new_size: int) -> None:
         resize_image(self.list_vms(), path, new_size)  # type: ignore[attr-defined]
+
+    def run_img(self, fields: dict[str, object]) -> tuple[int, str, str]:
+        from core.storage.cli import run_img
+
+        return run_img(fields)

@@ -440,6 +440,18 @@ class ServiceClient(Host):
     def resize_image(self, path: str, new_size: int) -> None:
         self._call("resize_image", path=path, new_size=int(new_size))
 
+    def run_img(self, fields: dict[str, object]) -> tuple[int, str, str]:
+        client = self._agent()
+        try:
+            # A check or a preallocated create may take long on a big image.
+            value, _ = client.call("run_img", fields=fields, timeout=3600)
+        except AgentGone as exc:
+            raise HostError(f"{self.name}: {exc}") from None
+        if not (isinstance(value, list) and len(value) == 3 and isinstance(value[0], int)
+                and all(isinstance(v, str) for v in value[1:])):
+            raise HostError("the service sent a malformed img result")
+        return value[0], value[1], value[2]
+
     def ping(self) -> float:
         """One control-call round trip in seconds."""
         t0 = time.perf_counter()
