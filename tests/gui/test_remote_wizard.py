@@ -291,6 +291,8 @@ def test_remote_journey_creates_runs_and_deletes_from_the_gui(qtbot, tmp_path, s
     assert asked == ["Force off far-away? The guest loses unsaved data."]
     qtbot.waitUntil(lambda: bridge.find("far-away").state.value == "shutoff", timeout=STATE_TIMEOUT_MS)
 
+    window.select_vm(uuid)
+    qtbot.waitUntil(lambda: window.vm_actions.delete.isEnabled() and not bridge.busy(uuid), timeout=STATE_TIMEOUT_MS)
     answered: list[str] = []
     answer_delete_dialog(qtbot, answered)
     qtbot.mouseClick(window.toolbar.widgetForAction(window.vm_actions.delete), Qt.MouseButton.LeftButton)
