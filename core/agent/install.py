@@ -8,7 +8,8 @@
    are removed (prune.py).
 3. numpy is required; psutil optional (the agent reads /proc without it); unicorn gives the software CPU. A
    module the remote interpreter lacks is copied from this computer's when the ABI allows (bundle.py) — numpy
-   and psutil always, unicorn only when asked, since it is large and KVM needs none of it. What cannot be copied
+   and psutil always, unicorn by default after asking once (the client keeps the answer, core/remote/choices.py),
+   since it is large and KVM needs none of it. What cannot be copied
    is reported: numpy missing stops the connection with what to install; unicorn missing means KVM only.
 
 Returns an InstallReport the host row and the CLI show.
@@ -138,9 +139,11 @@ def upload_and_unpack(transport, python: str, data_dir: str, local: Path, dest: 
     return size
 
 
-def ensure_agent(transport, python: str = "python3", copy_unicorn: bool = False,
+def ensure_agent(transport, python: str = "python3", copy_unicorn: bool | Callable[[int], bool] = False,
                  progress: Progress | None = None) -> InstallReport:
-    """Probe the host and install what is missing; raises InstallError when the agent cannot run there."""
+    """Probe the host and install what is missing; raises InstallError when the agent cannot run there.
+    `copy_unicorn`: copy this computer's unicorn when the host lacks it (True), not (False), or ask — a function
+    given the bytes to send, called only when the host lacks unicorn and this computer's can run there."""
     facts = probe(transport, python)
     version = engine_version()
     data_dir = str(facts["data_dir"])
@@ -154,11 +157,20 @@ def ensure_agent(transport, python: str = "python3", copy_unicorn: bool = False,
         report.uploaded.append(f"engine {version}")
     modules = facts["modules"]
     missing = [name for name in ("numpy", "psutil") if not modules.get(name)]
-    want_unicorn = not modules.get("unicorn") and copy_unicorn
-    if missing or want_unicorn:
+    need_unicorn = not modules.get("unicorn") and copy_unicorn is not False
+    if missing or need_unicorn:
         ok, why = bundle.can_copy_modules_to(report.abi, str(facts.get("libc", "")))
-        copy = missing + (["unicorn"] if want_unicorn else [])
-        if ok:
+        copy = list(missing)
+        if need_unicorn and copy_unicorn is True:
+            copy.append("unicorn")
+        elif need_unicorn and ok and callable(copy_unicorn):
+            try:
+                size = bundle.modules_bundle(["unicorn"]).stat().st_size
+            except LookupError:
+                size = 0        # this computer has none to give: the host stays KVM-only, unasked
+            if size and copy_unicorn(size):
+                copy.append("unicorn")
+        if ok and copy:
             try:
                 local = bundle.modules_bundle(copy)
             except LookupError as exc:
@@ -169,7 +181,7 @@ def ensure_agent(transport, python: str = "python3", copy_unicorn: bool = False,
                 report.uploaded += [f"{n} {bundle.local_module(n)[0]}" for n in copy]
                 for name in copy:
                     modules[name] = "copied"
-        if not ok:
+        if not ok and copy:
             if "numpy" in missing:
                 raise InstallError(f"the host's {python} lacks numpy, which the engine needs, and this computer's "
                                    f"copy cannot be used there ({why}): install it on the host "
