@@ -12,6 +12,7 @@ carry on.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -365,6 +366,9 @@ class Connection:
 
     def m_resize_image(self, path: str, new_size: int, **_: Any) -> None:
         self.host.resize_image(str(path), int(new_size))
+
+    def m_host_counters(self, **_: Any) -> dict[str, Any]:
+        return dataclasses.asdict(self.host.host_counters())
 
     def m_run_img(self, fields: dict[str, Any], **_: Any) -> list[Any]:
         if not isinstance(fields, dict):

@@ -31,6 +31,7 @@ from core.host.api import (
     VmStats,
 )
 from core.host.files import FileEntry, HostFiles
+from core.host.hostload import HostCounters, rates
 from core.host.images import ImageEntry
 from core.host.local import LocalHost
 from core.keymap import EVDEV_KEYS, InputSink, break_code, combo_events, make_code, text_events
@@ -40,9 +41,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVDEV_KEYS", "SERIAL_HISTORY", "TERMINAL_RESET", "DeleteResult", "DiskChoice", "EventKind", "FileEntry",
-    "FileProbe", "Frame", "FrameSource", "Host", "HostCapabilities", "HostError", "HostEvent", "HostFiles",
-    "HostListener", "ImageEntry", "InputSink", "KeptDisk", "LocalHost", "Progress", "SerialListener", "VmConsole",
-    "VmInfo", "VmState", "VmStats", "break_code", "combo_events", "make_code", "text_events",
+    "FileProbe", "Frame", "FrameSource", "Host", "HostCapabilities", "HostCounters", "HostError", "HostEvent",
+    "HostFiles", "HostListener", "ImageEntry", "InputSink", "KeptDisk", "LocalHost", "Progress", "SerialListener",
+    "VmConsole", "VmInfo", "VmState", "VmStats", "break_code", "combo_events", "make_code", "rates", "text_events",
 ]
 
 

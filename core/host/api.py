@@ -25,6 +25,7 @@ The contract:
     delete_image(path) removes one, refusing (HostError) an image a VM on the host lists or reads as a backing
     file; resize_image(path, size) grows one no running VM has open (core/host/images.py); run_img(options)
     runs a `vireo img` command there (`img … --connect`).
+  * host_counters() reads the whole host's CPU, memory, disk and network counters, for graphs of its load.
   * files() gives the host's file system for browsing (core/host/files.py: this machine's, or an SSH host's over
     SFTP), so a client chooses a kernel, ISO or disk image where the VM will read it.
   * probe_file(path, role) reads a few KiB of a file on the host and says what it is (FileProbe), so a kernel,
@@ -54,6 +55,7 @@ from core.hoststats import HostInfo
 if TYPE_CHECKING:
     from core.display.frame import FrameSource
     from core.host.files import HostFiles
+    from core.host.hostload import HostCounters
     from core.host.images import ImageEntry
     from core.keymap import InputSink
 
@@ -269,6 +271,10 @@ class Host(ABC):
     def run_img(self, fields: dict[str, object]) -> tuple[int, str, str]:
         """Run a `vireo img` command (its parsed options) on the host: its exit status, stdout and stderr."""
         raise HostError(f"{self.name} cannot run disk image commands")
+
+    def host_counters(self) -> HostCounters:
+        """The whole host's CPU, memory, disk and network counters (core/host/hostload.py)."""
+        raise HostError(f"{self.name} cannot report its load")
 
     def files(self) -> HostFiles:
         """The host's file system, for browsing (core/host/files.py); HostError when this host offers none."""

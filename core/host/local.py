@@ -40,6 +40,7 @@ from core.host.api import (
 )
 from core.host.disks import backing_chain, chosen_disks, create_disk_image, disk_users, file_key
 from core.host.files import LocalFiles
+from core.host.hostload import HostLoad
 from core.host.images import HostImages
 from core.host.process_input import ProcessInput
 from core.host.startcheck import check_startable
@@ -72,7 +73,7 @@ class _LocalVm:
         self.session = 0                        # counts starts: names the machine a VmConsole belongs to
 
 
-class LocalHost(HostImages, Host):
+class LocalHost(HostImages, HostLoad, Host):
     """The engine in this process. VM definitions come from (and go to) a ConfigStore."""
 
     def __init__(self, store: ConfigStore | None = None, name: str = "Local", *, runtime_dir: str) -> None:

@@ -47,6 +47,7 @@ from core.host.api import (
     VmInfo,
     VmStats,
 )
+from core.host.hostload import HostCounters
 from core.host.images import ImageEntry
 from core.hoststats import HostInfo
 from core.protocol import ProtocolError
@@ -439,6 +440,13 @@ class ServiceClient(Host):
 
     def resize_image(self, path: str, new_size: int) -> None:
         self._call("resize_image", path=path, new_size=int(new_size))
+
+    def host_counters(self) -> HostCounters:
+        value, _ = self._call("host_counters", reconnect=False)
+        try:
+            return HostCounters(**{k: value[k] for k in HostCounters.__dataclass_fields__})
+        except (TypeError, KeyError) as exc:
+            raise HostError(f"the service sent malformed host counters: {exc}") from None
 
     def run_img(self, fields: dict[str, object]) -> tuple[int, str, str]:
         client = self._agent()

@@ -134,3 +134,45 @@ def test_storage_lists_images_keeps_used_ones_and_deletes_and_creates(qtbot, app
     with pytest.raises(HostError, match="Vireo only grows images"):
         host.resize_image(str(folder / "scratch.qcow2"), GIB)
     dialog.close()
+
+
+def _fstype(path) -> str:
+    """The type of the file system holding `path` (the longest mount point above it in /proc/mounts)."""
+    best, kind = "", ""
+    with open("/proc/mounts") as f:
+        for line in f:
+            _dev, mount, fstype = line.split()[:3]
+            if (str(path) + "/").startswith(mount.rstrip("/") + "/") and len(mount) >= len(best):
+                best, kind = mount, fstype
+    return kind
+
+
+def test_host_details_graph_the_whole_hosts_load(qtbot, app_parts) -> None:  # noqa: F811
+    """Host Details' graphs (issue 17, "Host details"): CPU, memory, disk and network of the whole host, sampled
+    from the service on a worker; a disk write of 64 MiB on the host shows in the disk graph."""
+    host, bridge, window = app_parts
+    _action(menu_for(window, window.host_items[0]), "Host Details…").trigger()
+    (dialog,) = [w for w in QApplication.topLevelWidgets() if isinstance(w, HostDetailsDialog) and w.isVisible()]
+    view = dialog.performance
+    assert view.timer.isActive() and view.timer.interval() == 1000
+    qtbot.waitUntil(lambda: len(view.points) >= 1, timeout=TIMEOUT_MS)
+    # Written and flushed to the disk during the next interval: the host's own write counters grow by it.
+    target = images_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / "load.bin", "wb") as f:
+        f.write(os.urandom(64 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+    seen = len(view.points)
+    qtbot.waitUntil(lambda: len(view.points) >= seen + 2, timeout=TIMEOUT_MS)
+    cpu, mem, _disk, net = view.points[-1][1]
+    total = bridge.host_info.memory_mib
+    assert 0 <= cpu <= 100 and 0 < mem < total and net >= 0
+    if _fstype(target) not in ("tmpfs", "ramfs"):       # a file system on a disk: the write reached one
+        assert max(values[2] for _, values in view.points) > 16 * 1024, list(view.points)    # KiB/s
+    xs, ys = view.mem.curve.getData()
+    assert len(xs) == len(view.points) and ys[-1] == mem
+    assert f"of {total} MiB" in view.summary.text()
+    dialog.close()
+    assert not view.timer.isActive()
+    os.unlink(target / "load.bin")

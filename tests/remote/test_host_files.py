@@ -68,3 +68,14 @@ def test_the_remote_images_folder_is_listed_and_its_used_images_kept(remote, ser
         remote.delete_image(str(folder / "used.qcow2"))
     remote.delete_image(str(folder / "free.img"))
     assert not (folder / "free.img").exists() and (folder / "used.qcow2").exists()
+
+
+def test_the_remote_hosts_load_counters_come_through_the_service(remote) -> None:
+    from core.host import rates
+
+    first = remote.host_counters()
+    second = remote.host_counters()
+    assert second.timestamp > first.timestamp and second.cpu_total > first.cpu_total
+    assert 0 < first.memory_used_mib < first.memory_total_mib
+    cpu, mem, disk, net = rates(first, second)
+    assert 0 <= cpu <= 100 and mem == second.memory_used_mib and disk >= 0 and net >= 0
