@@ -23,6 +23,7 @@ from PyQt6.QtWidgets import QWidget, QWizard
 
 from app.host_bridge import HostBridge
 from app.icons import app_icon
+from app.osinfo import OsEntry
 from app.ui import preferences
 from app.ui.wizard_media import BootPage
 from app.ui.wizard_pages import (
@@ -80,6 +81,17 @@ class NewVmWizard(QWizard):
             n += 1
             name = f"{stem}-{n}"
         return name
+
+    def apply_os(self, entry: OsEntry) -> None:
+        """Set what the operating system `entry` recommends (osinfo-db) on the next pages, within this host's
+        limits: memory, CPUs and the new disk's size."""
+        memory, cpus, size = self.resources_page.memory, self.resources_page.cpus, self.storage_page.size
+        if entry.ram_mib:
+            memory.setValue(min(entry.ram_mib, int(memory.maximum())))
+        if entry.cpus:
+            cpus.setValue(min(entry.cpus, int(cpus.maximum())))
+        if entry.storage_gib:
+            size.setValue(min(entry.storage_gib, size.maximum()))
 
     def images_folder(self) -> str:
         """Where new disk images go on the host the VM is made on (its service's images folder)."""

@@ -302,7 +302,8 @@ class FinishPage(QWizardPage):
         new_disk = self.wiz.storage_page.create.isChecked()
         if source == SOURCE_ISO:
             iso = Path(self.wiz.boot_page.iso.text().strip()).name
-            return [("Install from", iso),
+            system = self.wiz.boot_page.os_choice.chosen()
+            return [("Install from", iso), ("Operating system", system.name if system else "generic"),
                     ("Boot", "boots the ISO once, then the disk" if new_disk else
                      "boots the ISO (no disk to install to)")]
         if not cfg.boot.kernel:

@@ -137,7 +137,8 @@ def probe_from(value: Any) -> FileProbe:
     ok = d.get("ok")
     if not isinstance(ok, bool):
         raise WireError("file probe: 'ok' is not true or false")
-    return FileProbe(ok=ok, kind=_str(d, "kind"), message=_str(d, "message", ""))
+    return FileProbe(ok=ok, kind=_str(d, "kind"), message=_str(d, "message", ""),
+                     volume_id=_str(d, "volume_id", ""))
 
 
 def event_to(event: HostEvent, info: VmInfo | None) -> dict[str, Any]:

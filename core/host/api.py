@@ -165,6 +165,7 @@ class FileProbe:
     ok: bool
     kind: str
     message: str = ""
+    volume_id: str = ""     # an ISO's volume identifier (ECMA-119), which names the OS an installer disc holds
 
 
 # "iso": any ISO 9660 image (a CD-ROM drive takes data discs too); "boot-iso": one the firmware can boot (El Torito).
