@@ -3,6 +3,8 @@ sshd (tests/helpers/remote.py), and this machine's; the same answers from both f
 errors naming the path and the host."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from core.host import HostError
@@ -74,6 +76,7 @@ def test_the_remote_hosts_load_counters_come_through_the_service(remote) -> None
     from core.host import rates
 
     first = remote.host_counters()
+    time.sleep(0.2)         # /proc/stat counts in clock ticks (10 ms): a few of them apart
     second = remote.host_counters()
     assert second.timestamp > first.timestamp and second.cpu_total > first.cpu_total
     assert 0 < first.memory_used_mib < first.memory_total_mib
