@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Vireo's entry point: no arguments (or only GUI options such as --connect) opens the manager; otherwise a
-subcommand: `run …` the headless runner (`run --connect ssh://…` on a remote host), `img …` the disk-image tool,
-and the virsh-like commands over a host's saved VMs (`list`, `define`, `start`, `console`, … — core/cli/table.py),
-on this computer's Vireo service or, with `--connect ssh://USER@HOST`, a remote one."""
+subcommand: `run …` the headless runner (`run --connect ssh://…` on a remote host), `img …` the disk-image tool
+(`img … --connect ssh://…` on a remote host's files), and the virsh-like commands over a host's saved VMs (`list`,
+`define`, `start`, `console`, … — core/cli/table.py), on this computer's Vireo service or, with
+`--connect ssh://USER@HOST`, a remote one."""
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _add_img(p: argparse.ArgumentParser) -> None:
+    from core.cli.connect import add_connect_arguments
     from core.storage.cli import add_img_arguments
     add_img_arguments(p)
+    # `--connect` after the subcommand's own arguments, as for every other command (`img info PATH --connect …`).
+    for action in p._subparsers._group_actions:
+        for sub in action.choices.values():
+            add_connect_arguments(sub)
 
 
 def _img(args: argparse.Namespace) -> int:
+    if getattr(args, "connect", None):
+        from core.cli.img_remote import img_remote
+        return img_remote(args)
     from core.storage.cli import img_main
     return img_main(args)
 

@@ -25,7 +25,17 @@ from typing import TYPE_CHECKING, Any
 from PyQt6.QtCore import QObject, QRunnable, Qt, QThreadPool, QTimer, pyqtSignal
 
 from core.config import ACCELERATORS
-from core.host import EventKind, Host, HostCapabilities, HostError, HostEvent, VmInfo, VmState, VmStats
+from core.host import (
+    EventKind,
+    Host,
+    HostCapabilities,
+    HostError,
+    HostEvent,
+    HostFiles,
+    VmInfo,
+    VmState,
+    VmStats,
+)
 
 if TYPE_CHECKING:
     from core.host import HostInfo
@@ -66,6 +76,7 @@ class HostFacts:
     capabilities: HostCapabilities = field(default_factory=HostCapabilities)
     accel: dict[str, tuple[str, str] | str] = field(default_factory=dict)   # requested -> (name, why) | error
     error: str = ""
+    files: HostFiles | None = None      # the host's files for browsing (read once: Host.files() is a host call)
 
 
 class HostBridge(QObject):
@@ -175,7 +186,11 @@ class HostBridge(QObject):
                 accel[requested] = self.host.accel_preview(requested)
             except HostError as exc:
                 accel[requested] = str(exc)
-        return HostFacts(info, self.host.capabilities(), accel)
+        try:
+            files = self.host.files()
+        except HostError:
+            files = None
+        return HostFacts(info, self.host.capabilities(), accel, files=files)
 
     def when_ready(self, fn: Callable[[], None]) -> None:
         """fn() once the host's facts and its VM list have been read (now, if they have)."""
@@ -187,6 +202,11 @@ class HostBridge(QObject):
     @property
     def host_info(self) -> HostInfo | None:
         return self.facts.info if self.facts else None
+
+    @property
+    def files(self) -> HostFiles | None:
+        """The host's files (core/host/files.py), known once its facts are read; None if it offers none."""
+        return self.facts.files if self.facts else None
 
     @property
     def capabilities(self) -> HostCapabilities:

@@ -32,6 +32,7 @@ class HostInfo:
     kvm_hardware: bool     # ... and it is backed by VT-x/AMD-V (not, e.g., a nested emulation without it)
     kvm_reason: str        # one line: why KVM is or is not available
     system: str = ""       # "Linux 6.1.0-18-amd64"
+    images_dir: str = ""   # where the service there puts new disk images (core.config.images_dir, its user's)
 
     @property
     def summary(self) -> str:
@@ -65,6 +66,8 @@ def kvm_facts() -> tuple[bool, bool, str]:
 def local_host_info() -> HostInfo:
     import psutil
 
+    from core.config import images_dir
+
     usable, hardware, reason = kvm_facts()
     cpus = os.cpu_count() or 1
     return HostInfo(
@@ -75,6 +78,7 @@ def local_host_info() -> HostInfo:
         memory_mib=psutil.virtual_memory().total // (1024 * 1024),
         kvm_usable=usable, kvm_hardware=hardware, kvm_reason=reason,
         system=f"{platform.system()} {platform.release()}",
+        images_dir=str(images_dir()),
     )
 
 

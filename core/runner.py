@@ -49,6 +49,9 @@ class BadInput(Exception):
     """Input the user must fix; the message is one line."""
 
 
+DEFAULT_BOOT_MENU_WAIT = 2500    # ms SeaBIOS offers its boot menu at power-on, as core.machine.MachineConfig
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", help="Linux bzImage or Multiboot v1 kernel, loaded directly (the default boot when "
                                     "given); without it the machine boots through its firmware")
@@ -74,7 +77,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boot", metavar="cd|disk|kernel[,...]",
                    help="boot order, e.g. cd,disk; kernel loads --kernel directly, cd and disk boot through the "
                         "firmware (default: kernel when --kernel is given, else cd,disk)")
-    p.add_argument("--boot-menu-wait", type=int, default=2500, metavar="MS",
+    p.add_argument("--boot-menu-wait", type=int, default=DEFAULT_BOOT_MENU_WAIT, metavar="MS",
                    help="firmware boot: how long SeaBIOS offers its boot menu (Esc) at power-on; 0 = no menu, as "
                         "QEMU without -boot menu=on (default 2500)")
     p.add_argument("--firmware", metavar="PATH",
@@ -129,9 +132,10 @@ def _serial_sink(spec: str) -> tuple[Callable[[bytes], None], Callable[[], None]
     raise BadInput(f"--serial {spec!r}: use stdio, none or file:PATH")
 
 
-def parse_disk(spec: str) -> DiskSpec:
+def parse_disk(spec: str, local: bool = True) -> DiskSpec:
     """--disk PATH[,format=raw|qcow2][,readonly=on|off][,cache=writeback|writethrough|none|unsafe], as QEMU spells
-    -drive options; a comma inside PATH is written twice (",,"), as QEMU does."""
+    -drive options; a comma inside PATH is written twice (",,"), as QEMU does. `local` False: the path names a
+    file on another host (run --connect), which that host checks."""
     parts = spec.replace(",,", "\0").split(",")
     path = parts[0].replace("\0", ",")
     if not path:
@@ -150,7 +154,7 @@ def parse_disk(spec: str) -> DiskSpec:
         else:
             raise BadInput(f"--disk {spec}: bad option {opt!r}; use format=raw|qcow2, readonly=on|off, "
                            f"cache={'|'.join(CACHE_MODES)}, bus={'|'.join(DISK_BUSES)}")
-    if not os.path.exists(disk.path):
+    if local and not os.path.exists(disk.path):
         raise BadInput(f"--disk {disk.path}: no such file; create one with: vireo img create -f qcow2 "
                        f"{disk.path} 10G")
     return disk

@@ -10,6 +10,7 @@ from PyQt6.QtGui import QAction
 from PyQt6.QtWidgets import QMenu, QToolBar, QToolButton, QWidget
 
 from app.icons import action_icon
+from app.ui import preferences
 from app.ui.dialogs import confirm_force_off
 from core.host import VmInfo, VmState
 
@@ -82,7 +83,9 @@ class VmActions(QObject):
 
     def _force_off(self) -> None:
         info = self.current()
-        if info is None or not confirm_force_off(self._parent, info):
+        if info is None:
+            return
+        if preferences.current().confirm_force_off and not confirm_force_off(self._parent, info):
             return
         # The question was modal, the VM was not: it may have stopped by itself meanwhile.
         info = self.current()

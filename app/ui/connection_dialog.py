@@ -70,9 +70,11 @@ class AddConnectionDialog(QDialog):
         self.python_edit = QLineEdit("python3", self)
         self.python_edit.setObjectName("pythonEdit")
         self.python_edit.setToolTip("The interpreter the Vireo agent runs on, on the remote host")
-        self.unicorn_check = QCheckBox("Copy the software CPU (unicorn) there if the host lacks it", self)
+        self.unicorn_check = QCheckBox("Offer to copy the software CPU (unicorn) there if the host lacks it", self)
         self.unicorn_check.setObjectName("unicornCheck")
-        self.unicorn_check.setToolTip("Without it, a host without unicorn runs VMs with KVM only")
+        self.unicorn_check.setToolTip("Asked once for this host (the answer is kept); unchecked, a host without "
+                                      "unicorn runs VMs with KVM only")
+        self.unicorn_check.setChecked(True)
         form = QFormLayout()
         form.addRow("&Host:", self.host_edit)
         form.addRow("&Port:", self.port_spin)
@@ -129,8 +131,9 @@ class AddConnectionDialog(QDialog):
                          python=self.python_edit.text().strip() or "python3")
 
     @property
-    def copy_unicorn(self) -> bool:
-        return self.unicorn_check.isChecked()
+    def copy_unicorn(self) -> bool | None:
+        """None: ask once whether to copy unicorn (the default); False: never copy it."""
+        return None if self.unicorn_check.isChecked() else False
 
 
 class _Question:
@@ -169,9 +172,23 @@ class QtPrompter(QObject):
             box.setDefaultButton(QMessageBox.StandardButton.No)
             q.answer = box.exec() == QMessageBox.StandardButton.Yes
             return
+        if q.kind == "unicorn":
+            box = QMessageBox(QMessageBox.Icon.Question, "Software CPU", f"Copy the software CPU to "
+                              f"{q.target.label}?", parent=self.parent_widget)
+            box.setInformativeText(f"{q.text} Without it, VMs there run with KVM only. Asked once for this host.")
+            box.setObjectName("unicornQuestion")
+            box.setStandardButtons(QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
+            box.setDefaultButton(QMessageBox.StandardButton.Yes)
+            q.answer = box.exec() == QMessageBox.StandardButton.Yes
+            return
         mode = QLineEdit.EchoMode.Normal if q.echo else QLineEdit.EchoMode.Password
         text, ok = QInputDialog.getText(self.parent_widget, f"Connecting to {q.target.label}", q.text, mode)
         q.answer = text if ok else None
+
+    def confirm_copy_unicorn(self, target: SshTarget, size: int) -> bool:
+        text = (f"{target.label} has no unicorn, the module Vireo's software CPU runs on; this computer's "
+                f"({size / 1e6:.0f} MB) can run there.")
+        return bool(self._question(_Question("unicorn", target, text)))
 
     def confirm_host_key(self, target: SshTarget, check: Check, key_type: str, key_fingerprint: str) -> bool:
         text = check.describe(target.host, target.port, key_type, key_fingerprint)

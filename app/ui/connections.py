@@ -33,7 +33,7 @@ class _ConnectionSignal(QObject):
     changed = pyqtSignal(str, str)      # connection state, message (queued from whatever thread)
 
 
-def remembered(settings: QSettings) -> list[tuple[SshTarget, bool]]:
+def remembered(settings: QSettings) -> list[tuple[SshTarget, bool | None]]:
     raw = settings.value(SETTINGS_KEY, "[]")
     try:
         items = json.loads(raw if isinstance(raw, str) else "[]")
@@ -45,7 +45,9 @@ def remembered(settings: QSettings) -> list[tuple[SshTarget, bool]]:
             continue
         fields = {k: item[k] for k in REMEMBERED_FIELDS if k in item}
         try:
-            out.append((SshTarget(**fields), bool(item.get("copy_unicorn", False))))
+            # True: copy unicorn unasked; False: never; None (or an older file's missing key): ask once.
+            copy = item.get("copy_unicorn")
+            out.append((SshTarget(**fields), copy if isinstance(copy, bool) else None))
         except TypeError:
             continue
     return out
@@ -92,7 +94,8 @@ class RemoteHosts:
                 return index
         return None
 
-    def add(self, target: SshTarget, copy_unicorn: bool = False, connect: bool = True, remember: bool = True) -> int:
+    def add(self, target: SshTarget, copy_unicorn: bool | None = None, connect: bool = True,
+            remember: bool = True) -> int:
         index = self.find(target)
         if index is None:
             host = RemoteHost(target, self.prompter, copy_unicorn=copy_unicorn)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from PyQt6 import sip
 from PyQt6.QtCore import QObject, Qt, QTimer
 from PyQt6.QtWidgets import QLabel, QLineEdit, QWidget
 
@@ -43,6 +44,7 @@ class FileCheck(QObject):
         self.note.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         self.note.setStyleSheet(GREY)
         self.problem = ""          # the host's one line when the file cannot serve as `role`, else ""
+        self.probe: FileProbe | None = None     # the host's answer for the path shown (None while unanswered)
         self.pending = False       # a probe is waiting for the typing to pause or for the host's answer
         self._seq = 0
         self._waiting: list[Callable[[], None]] = []   # verify() callers, told once the path shown is answered
@@ -76,6 +78,7 @@ class FileCheck(QObject):
 
     def _edited(self) -> None:
         self._seq += 1           # any answer still on its way describes the old text
+        self.probe = None
         path = self.edit.text().strip()
         # A relative path or an empty field is the page's own error (or optional): nothing to ask the host.
         self.pending = os.path.isabs(path)
@@ -91,13 +94,17 @@ class FileCheck(QObject):
         host = self.bridge.host
 
         def done(probe: FileProbe) -> None:
+            # The wizard may have been closed (and its pages deleted) while the host was answering.
+            if sip.isdeleted(self):
+                return
             if seq == self._seq:
                 self.pending = False
+                self.probe = probe
                 self._show(probe.kind if probe.ok else probe.message, "" if probe.ok else probe.message)
                 self._answered()
 
         def failed(message: str) -> None:
-            if seq != self._seq:
+            if sip.isdeleted(self) or seq != self._seq:
                 return
             self.pending = False
             # The host's errors about the file itself (missing, unreadable, a folder) name it first; anything

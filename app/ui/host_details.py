@@ -3,6 +3,8 @@ the bridge read (core.hoststats.HostInfo: CPU model, CPUs and cores, memory, whe
 many VMs are defined and running, and, for a host reached through a Vireo service (every host the manager shows:
 this computer's service or one over SSH), the service's version and connection state and whether it can run a
 software CPU. The service's status is one call, made on a worker (HostBridge.call): never on the GUI thread.
+Under the facts, graphs of the whole host's load (app/ui/host_performance.py) and its storage folder
+(app/ui/host_storage.py).
 """
 from __future__ import annotations
 
@@ -60,6 +62,17 @@ class HostDetailsDialog(QDialog):
         buttons.rejected.connect(self.reject)
         column = QVBoxLayout(self)
         column.addLayout(self.form)
+        self.storage = self.performance = None
+        if info is not None:
+            from app.ui.host_performance import HostPerformanceView
+            from app.ui.host_storage import StorageView
+
+            self.performance = HostPerformanceView(bridge, self)
+            column.addWidget(self.performance, 1)
+            self.storage = StorageView(bridge, self)
+            column.addWidget(self.storage, 1)
+            # The four graphs side by side, the images table's five columns and the facts' longer lines, whole.
+            self.resize(1000, 860)
         column.addWidget(buttons)
 
     def _row(self, key: str, title: str, text: str) -> None:

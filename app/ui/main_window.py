@@ -28,6 +28,7 @@ from PyQt6.QtWidgets import (
 
 from app.host_bridge import HostBridge
 from app.icons import action_icon, app_icon, resource_icon, state_icon
+from app.ui import preferences
 from app.ui.actions import VmActions
 from app.ui.dialogs import confirm_delete, disk_users, show_error
 from app.widgets.graphs import preload as preload_graphs
@@ -57,6 +58,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.bridges = bridges
         self.settings = settings or QSettings()
+        self.preferences = preferences.use(self.settings)
         self.vm_windows: dict[str, QWidget] = {}
         self.setWindowTitle("Vireo Virtual Machine Manager")
         self.setWindowIcon(app_icon())
@@ -98,6 +100,7 @@ class MainWindow(QMainWindow):
         self._restore()
 
     def _wire_bridge(self, index: int, bridge: HostBridge) -> None:
+        bridge.stats_timer.setInterval(self.preferences.poll_interval_ms)
         bridge.vmsChanged.connect(lambda i=index: self._rebuild_host(i))
         bridge.factsChanged.connect(lambda i=index: self._rebuild_host(i))
         bridge.vmStateChanged.connect(lambda uuid, state, reason, i=index: self._state_changed(i, uuid, state,
@@ -124,6 +127,10 @@ class MainWindow(QMainWindow):
         self.open_action.setShortcut(QKeySequence("Ctrl+O"))
         self.open_action.triggered.connect(lambda: self.open_vm(self.selected()))
         self.vm_actions = VmActions(self, self.selected_info, self._lifecycle, self.delete_vm)
+        self.preferences_action = QAction("&Preferences…", self)
+        self.preferences_action.setObjectName("preferencesAction")
+        self.preferences_action.setMenuRole(QAction.MenuRole.PreferencesRole)
+        self.preferences_action.triggered.connect(self.edit_preferences)
         self.quit_action = QAction(action_icon("quit"), "&Quit", self)
         self.quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         self.quit_action.triggered.connect(self.close)
@@ -153,6 +160,9 @@ class MainWindow(QMainWindow):
         vm_menu.addSeparator()
         vm_menu.addAction(self.vm_actions.delete)
         self.vm_menu = vm_menu
+        edit_menu = self.menuBar().addMenu("&Edit")
+        edit_menu.addAction(self.preferences_action)
+        self.edit_menu = edit_menu
         view_menu = self.menuBar().addMenu("&View")
         toggle = bar.toggleViewAction()
         toggle.setText("&Toolbar")
@@ -166,6 +176,21 @@ class MainWindow(QMainWindow):
         menu = menu_for(self, self.tree.itemAt(pos))
         if menu is not None:
             menu.exec(self.tree.viewport().mapToGlobal(pos))
+
+    def edit_preferences(self) -> None:
+        """The Preferences dialog; OK applies the graphs' interval to every host now (the rest applies to the
+        windows opened next)."""
+        from app.ui.preferences import PreferencesDialog
+
+        dialog = PreferencesDialog(self.preferences, self)
+        dialog.applied.connect(self._preferences_applied)
+        dialog.finished.connect(dialog.deleteLater)
+        dialog.open()
+        self.preferences_dialog = dialog
+
+    def _preferences_applied(self) -> None:
+        for bridge in self.bridges:
+            bridge.stats_timer.setInterval(self.preferences.poll_interval_ms)
 
     def _about(self) -> None:
         QMessageBox.about(self, "About Vireo",
@@ -357,24 +382,34 @@ class MainWindow(QMainWindow):
         window.activateWindow()
         return window
 
-    def new_vm(self) -> None:
-        """Open the New VM wizard once the host's facts (its limits, capabilities) are known."""
-        self.bridges[0].when_ready(self._open_wizard)
+    def selected_bridge(self) -> HostBridge:
+        """The host of the selected row — the host's own, or any row under it (a VM, an error, the "No virtual
+        machines yet" line); the first host when nothing is selected."""
+        item = self.tree.currentItem()
+        while item is not None and item.parent() is not None:
+            item = item.parent()
+        data = item.data(0, ROLE) if item else None
+        if data and data[0] == "host" and 0 <= data[1] < len(self.bridges):
+            return self.bridges[data[1]]
+        return self.bridges[0]
 
-    def _open_wizard(self) -> None:
+    def new_vm(self) -> None:
+        """Open the New VM wizard for the selected host once its facts (its limits, capabilities) are known."""
+        bridge = self.selected_bridge()
+        bridge.when_ready(lambda: self._open_wizard(bridge))
+
+    def _open_wizard(self, bridge: HostBridge) -> None:
         from app.ui.wizard import NewVmWizard
 
-        bridge = self.bridges[0]
         if bridge.host_info is None:
             show_error(self, "Creating a virtual machine", bridge.facts.error if bridge.facts else "no host")
             return
         wizard = NewVmWizard(bridge, self)
-        wizard.created.connect(self._created)
+        wizard.created.connect(lambda uuid, start: self._created(bridge, uuid, start))
         wizard.open()
         self.wizard = wizard
 
-    def _created(self, uuid: str, start: bool) -> None:
-        bridge = self.bridges[0]
+    def _created(self, bridge: HostBridge, uuid: str, start: bool) -> None:
         self.select_vm(uuid)
         if start:
             bridge.lifecycle("start", uuid)

@@ -14,7 +14,7 @@ Each boot file is checked by the host as it is chosen (app/ui/file_check.py); Ne
 answer, so Finish asks again and refuses, with the host's line, a file that cannot serve."""
 from __future__ import annotations
 
-import os
+import posixpath
 import re
 from pathlib import Path
 
@@ -23,6 +23,8 @@ from PyQt6.QtWidgets import QWidget, QWizard
 
 from app.host_bridge import HostBridge
 from app.icons import app_icon
+from app.osinfo import OsEntry
+from app.ui import preferences
 from app.ui.wizard_media import BootPage
 from app.ui.wizard_pages import (
     SOURCE_DISK,
@@ -34,6 +36,7 @@ from app.ui.wizard_pages import (
 )
 from app.widgets.text import as_sentence
 from core.config import BootConfig, CdromConfig, DiskConfig, NicConfig, VmConfig, images_dir
+from core.host import HostError
 
 
 class NewVmWizard(QWizard):
@@ -43,8 +46,12 @@ class NewVmWizard(QWizard):
     def __init__(self, bridge: HostBridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.bridge = bridge
+        # The files of the host the VM is made on: boot files are browsed and the new disk is named there.
+        self.files = bridge.files
+        self.on_this_computer = self.files is not None and self.files.local
         self.working = False
-        self.setWindowTitle("New Virtual Machine")
+        self.setWindowTitle("New Virtual Machine" if self.on_this_computer
+                            else f"New Virtual Machine on {bridge.host.name}")
         self.setWindowIcon(app_icon())
         self.setWizardStyle(QWizard.WizardStyle.ModernStyle)
         self.setOption(QWizard.WizardOption.NoBackButtonOnStartPage)
@@ -75,15 +82,42 @@ class NewVmWizard(QWizard):
             name = f"{stem}-{n}"
         return name
 
+    def apply_os(self, entry: OsEntry) -> None:
+        """Set what the operating system `entry` recommends (osinfo-db) on the next pages, within this host's
+        limits: memory, CPUs and the new disk's size."""
+        memory, cpus, size = self.resources_page.memory, self.resources_page.cpus, self.storage_page.size
+        if entry.ram_mib:
+            memory.setValue(min(entry.ram_mib, int(memory.maximum())))
+        if entry.cpus:
+            cpus.setValue(min(entry.cpus, int(cpus.maximum())))
+        if entry.storage_gib:
+            size.setValue(min(entry.storage_gib, size.maximum()))
+
+    def images_folder(self) -> str:
+        """Where new disk images go on the host the VM is made on (its service's images folder)."""
+        # On this computer the Preferences may name another folder; another host's folder is its service's.
+        chosen = preferences.current().storage_folder
+        if self.on_this_computer and chosen:
+            return chosen
+        info = self.bridge.host_info
+        if info is not None and info.images_dir:
+            return info.images_dir
+        return str(images_dir()) if self.on_this_computer else ""
+
     def disk_path(self, name: str, fmt: str = "raw") -> str:
+        """A free path for the new disk image in the host's images folder. Asks the host's files: call it on a
+        worker (over SFTP for an SSH host)."""
+        folder = self.images_folder()
+        if not folder or self.files is None:
+            raise HostError(f"{self.bridge.host.name} did not say where its disk images go: reconnect to it")
         safe = re.sub(r"[^A-Za-z0-9._+-]+", "-", name)
         ext = "qcow2" if fmt == "qcow2" else "img"
-        path = images_dir() / f"{safe}.{ext}"
+        path = posixpath.join(folder, f"{safe}.{ext}")
         n = 1
-        while path.exists():
+        while self.files.exists(path):
             n += 1
-            path = images_dir() / f"{safe}-{n}.{ext}"
-        return str(path)
+            path = posixpath.join(folder, f"{safe}-{n}.{ext}")
+        return path
 
     def config(self) -> VmConfig:
         """The definition the pages describe (the new disk, made at Finish, is added then)."""
@@ -147,11 +181,11 @@ class NewVmWizard(QWizard):
         storage = self.storage_page
         new_disk = None
         if storage.create.isChecked():
+            # The path is picked on the worker: whether a name is free is the host's files' answer (SFTP).
             fmt = storage.format.currentData()
-            new_disk = (self.disk_path(cfg.name, fmt), int(storage.size.value() * 1024 ** 3) // 512 * 512,
-                        fmt, storage.preallocate.isChecked())
-            cfg.disks.append(DiskConfig(path=new_disk[0], format=new_disk[2], bus=storage.bus.currentData()))
-        host = self.bridge.host
+            new_disk = (int(storage.size.value() * 1024 ** 3) // 512 * 512, fmt, storage.preallocate.isChecked(),
+                        storage.bus.currentData())
+        host, files = self.bridge.host, self.files
         self.working = True
         self.finish_page.error.setText("")
         self.finish_page.completeChanged.emit()
@@ -163,16 +197,21 @@ class NewVmWizard(QWizard):
             page.progress.show()
 
         def work():
+            path = None
             if new_disk:
-                host.create_disk(new_disk[0], new_disk[1], new_disk[2], new_disk[3],
+                size, fmt, preallocate, bus = new_disk
+                path = self.disk_path(cfg.name, fmt)
+                host.create_disk(path, size, fmt, preallocate,
                                  progress=lambda done, total: self._progress.emit(done >> 20, total >> 20))
+                cfg.disks.append(DiskConfig(path=path, format=fmt, bus=bus))
             try:
                 return host.define(cfg)
             except Exception:
-                if new_disk:   # do not leave an orphan image behind a definition that was refused
+                if path:   # do not leave an orphan image behind a definition that was refused
                     try:
-                        os.unlink(new_disk[0])
-                    except OSError:
+                        if files is not None:
+                            files.remove(path)
+                    except HostError:
                         pass
                 raise
 

@@ -21,6 +21,7 @@ from PyQt6.QtWidgets import QCheckBox, QFormLayout, QLabel, QLineEdit, QWizardPa
 
 from app.ui.dialogs import image_users
 from app.ui.file_check import ORANGE, FileCheck
+from app.ui.wizard_os import OsChoice
 from app.ui.wizard_pages import SOURCE_DISK, SOURCE_ISO, SOURCE_KERNEL, bus_combo, path_field
 
 if TYPE_CHECKING:
@@ -43,12 +44,13 @@ class BootPage(QWizardPage):
         self.iso = QLineEdit(self)
         self.iso.setObjectName("isoPath")
         self.iso.setPlaceholderText("an installer or live ISO image")
-        self.iso_row = path_field(self, self.iso, "Choose an ISO image", "ISO images (*.iso);;All files (*)")
+        self.iso_row = path_field(self, self.iso, "Choose an ISO image", "ISO images (*.iso);;All files (*)",
+                                  wizard.bridge)
         form.addRow("ISO image:", self.iso_row)
         self.disk = QLineEdit(self)
         self.disk.setObjectName("diskPath")
         self.disk_row = path_field(self, self.disk, "Choose a disk image",
-                                   "Disk images (*.img *.raw *.qcow2);;All files (*)")
+                                   "Disk images (*.img *.raw *.qcow2);;All files (*)", wizard.bridge)
         form.addRow("Disk image:", self.disk_row)
         self.bus = bus_combo(self, "diskBus")
         form.addRow("Disk bus:", self.bus)
@@ -57,12 +59,12 @@ class BootPage(QWizardPage):
         form.addRow("", self.direct)
         self.kernel = QLineEdit(self)
         self.kernel.setObjectName("kernelPath")
-        self.kernel_row = path_field(self, self.kernel, "Choose a kernel")
+        self.kernel_row = path_field(self, self.kernel, "Choose a kernel", "", wizard.bridge)
         form.addRow("Kernel:", self.kernel_row)
         self.initrd = QLineEdit(self)
         self.initrd.setObjectName("initrdPath")
         self.initrd.setPlaceholderText("optional")
-        self.initrd_row = path_field(self, self.initrd, "Choose an initrd")
+        self.initrd_row = path_field(self, self.initrd, "Choose an initrd", "", wizard.bridge)
         form.addRow("Initrd:", self.initrd_row)
         # What each chosen file is, as the host reads it (grey), or why it cannot serve (red, and Next waits).
         self.iso_check = FileCheck(wizard.bridge, self.iso, "boot-iso", self._check, self)
@@ -78,6 +80,10 @@ class BootPage(QWizardPage):
         self.iso_note.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         self.iso_note.setStyleSheet("color: #666;")
         form.insertRow(form.getWidgetPosition(self.iso_check.note)[0] + 1, "", self.iso_note)
+        self.os_choice = OsChoice(self)
+        row = form.getWidgetPosition(self.iso_note)[0] + 1
+        form.insertRow(row, "Operating system:", self.os_choice.combo)
+        form.insertRow(row + 1, "", self.os_choice.note)
         self.shared = QLabel(self)
         self.shared.setObjectName("diskShared")
         self.shared.setWordWrap(True)
@@ -113,7 +119,8 @@ class BootPage(QWizardPage):
 
     def _shown(self) -> None:
         source = self.source()
-        rows = {w: source == SOURCE_ISO for w in (self.iso_row, self.iso_check.note, self.iso_note)}
+        rows = {w: source == SOURCE_ISO for w in (self.iso_row, self.iso_check.note, self.iso_note,
+                                                  self.os_choice.combo, self.os_choice.note)}
         for w in (self.disk_row, self.disk_check.note, self.shared, self.bus, self.direct):
             rows[w] = source == SOURCE_DISK
         for w in (self.kernel_row, self.kernel_check.note, self.initrd_row, self.initrd_check.note, self.cmdline):
@@ -126,7 +133,7 @@ class BootPage(QWizardPage):
         """Show the rows of the chosen way; a line under a field only while it says something (an empty one
         would leave a gap in the form)."""
         lines = (self.iso_check.note, self.disk_check.note, self.kernel_check.note, self.initrd_check.note,
-                 self.shared)
+                 self.shared, self.os_choice.note)
         for widget, visible in self._rows.items():
             self.form.setRowVisible(widget, visible and (widget not in lines or bool(widget.text())))
 
@@ -159,6 +166,8 @@ class BootPage(QWizardPage):
                 continue            # an empty field keeps Next disabled (isComplete): plain enough
             if not os.path.isabs(path):
                 return f"{what} {path}: give an absolute path."
+            if not self.wiz.on_this_computer:
+                continue            # a file on another host: its probe (FileCheck) says whether it is there
             if not os.path.isfile(path):
                 return f"{what} {path}: no such file."
             if not os.access(path, os.R_OK):
@@ -180,6 +189,7 @@ class BootPage(QWizardPage):
         return f"Also used by VM{'s' if len(users) > 1 else ''} {names}: two running VMs writing one image corrupt it"
 
     def _check(self) -> None:
+        self.os_choice.update()
         self.error.setText(self.problem())
         self.shared.setText(self.shared_warning())
         self._tidy()

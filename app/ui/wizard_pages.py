@@ -12,7 +12,6 @@ from PyQt6.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -25,11 +24,15 @@ from PyQt6.QtWidgets import (
     QWizardPage,
 )
 
+from app.host_bridge import HostBridge
+from app.ui import preferences
 from app.ui.accel_choice import fill_accel_combo
+from app.ui.dialogs import show_error
 from app.ui.file_check import ORANGE
+from app.ui.host_file_dialog import choose_host_file
 from app.widgets.range_spin import RangeDoubleSpinBox, RangeSpinBox
 from app.widgets.text import as_sentence
-from core.config import DISK_BUSES, NETWORK_MODES, ConfigError, images_dir
+from core.config import DISK_BUSES, NETWORK_MODES, ConfigError
 from core.host import HostError
 
 if TYPE_CHECKING:
@@ -42,18 +45,20 @@ BUS_LABELS = {"virtio": "VirtIO (fastest; Linux and guests with virtio drivers)"
               "ide": "IDE (for guests without virtio drivers)"}
 
 
-def path_field(page: QWidget, edit: QLineEdit, caption: str, name_filter: str = "") -> QWidget:
+def path_field(page: QWidget, edit: QLineEdit, caption: str, name_filter: str, bridge: HostBridge) -> QWidget:
+    """The path field and its Browse… button, which browses the files of the host the VM is made on."""
     row = QWidget(page)
     lay = QHBoxLayout(row)
     lay.setContentsMargins(0, 0, 0, 0)
     lay.addWidget(edit, 1)
     button = QPushButton("Browse…", row)
+    button.setObjectName("browse")
 
     def browse() -> None:
-        start = edit.text() or str(Path.home())
-        path, _ = QFileDialog.getOpenFileName(page, caption, start, name_filter)
-        if path:
-            edit.setText(path)
+        try:
+            choose_host_file(bridge, page, caption, name_filter, edit.text().strip(), edit.setText)
+        except HostError as exc:
+            show_error(page, "Browsing", str(exc))
 
     button.clicked.connect(browse)
     lay.addWidget(button)
@@ -83,7 +88,8 @@ class SourcePage(QWizardPage):
     def __init__(self, wizard: NewVmWizard) -> None:
         super().__init__(wizard)
         self.setTitle("Create a new virtual machine")
-        self.setSubTitle("Step 1 of 5: choose how the operating system gets installed or booted.")
+        elsewhere = "" if wizard.on_this_computer else f" It is made on {wizard.bridge.host.name}, from files there."
+        self.setSubTitle(f"Step 1 of 5: choose how the operating system gets installed or booted.{elsewhere}")
         lay = QVBoxLayout(self)
         self.group = QButtonGroup(self)
         self.iso = QRadioButton("Install from an ISO image", self)
@@ -197,7 +203,8 @@ class StoragePage(QWizardPage):
         self._toggle(False)
 
     def initializePage(self) -> None:
-        self.where.setText(f"Created in {images_dir()}")
+        where = f" on {self.wiz.bridge.host.name}" if not self.wiz.on_this_computer else ""
+        self.where.setText(f"Created in {self.wiz.images_folder()}{where}")
         # An install needs a disk to install to: offered checked when this page first shows for an ISO, and taken
         # back if the user goes back to another way without having touched it.
         source = self.wiz.source_page.source()
@@ -246,6 +253,7 @@ class FinishPage(QWizardPage):
         self.accel = QComboBox(self)
         self.accel.setObjectName("accel")
         fill_accel_combo(self.accel, wizard.bridge)
+        self.accel.setCurrentIndex(max(0, self.accel.findData(preferences.current().accelerator)))
         form.addRow("Accelerator:", self.accel)
         self.accel_note = note("", self)
         form.addRow("", self.accel_note)
@@ -294,7 +302,8 @@ class FinishPage(QWizardPage):
         new_disk = self.wiz.storage_page.create.isChecked()
         if source == SOURCE_ISO:
             iso = Path(self.wiz.boot_page.iso.text().strip()).name
-            return [("Install from", iso),
+            system = self.wiz.boot_page.os_choice.chosen()
+            return [("Install from", iso), ("Operating system", system.name if system else "generic"),
                     ("Boot", "boots the ISO once, then the disk" if new_disk else
                      "boots the ISO (no disk to install to)")]
         if not cfg.boot.kernel:
@@ -318,7 +327,9 @@ class FinishPage(QWizardPage):
         if storage.create.isChecked():
             disks.append(f"new {storage.size.value():g} GiB {storage.format.currentData()} disk"
                          + (on_ide if storage.bus.currentData() == "ide" else ""))
-        rows = self._boot_rows() + [("Memory", f"{cfg.memory_mib} MiB"), ("CPUs", str(cfg.vcpus)),
+        # The host is named when it is another machine: the files above are read there, the disk made there.
+        host = [] if self.wiz.on_this_computer else [("Host", self.wiz.bridge.host.name)]
+        rows = host + self._boot_rows() + [("Memory", f"{cfg.memory_mib} MiB"), ("CPUs", str(cfg.vcpus)),
                                     ("Storage", "; ".join(disks) or "none"), ("Network", self.network.currentText())]
         shared = self.wiz.boot_page.shared_warning()
         self.summary.setText("<table>" + "".join(f"<tr><td style='color:#666;padding-right:12px'>{k}</td>"

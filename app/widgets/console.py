@@ -25,7 +25,7 @@ from PyQt6.QtCore import QEvent, QPoint, QRect, QSize, Qt, QTimer, pyqtSignal
 from PyQt6.QtGui import QAction, QActionGroup, QCursor, QGuiApplication, QImage, QKeyEvent, QPainter
 from PyQt6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QSizePolicy, QWidget
 
-from app.widgets.console_keys import key_name
+from app.widgets.console_keys import GRAB_COMBOS, grab_label, key_family, key_name
 from app.widgets.console_scale import KEEP, ONE_TO_ONE, SCALE_MODES, frame_target_rect
 from app.widgets.fullscreen_bar import FullscreenBar
 from app.widgets.text import as_sentence
@@ -70,6 +70,7 @@ class ConsoleView(QWidget):
         self._image: QImage | None = None
         self.scale_mode = KEEP
         self.grabbed = False
+        self.grab_keys = GRAB_COMBOS[0]             # pressed together and released alone: toggle the grab
         self._pressed: dict[str, bytes] = {}        # key name -> its make code, for releasing on focus loss
         self._combo_clean = False                    # Ctrl+Alt pressed with no other key since
         self._buttons = 0
@@ -219,8 +220,9 @@ class ConsoleView(QWidget):
             self._combo_clean = False
             self.fullscreenRequested.emit()        # the host's own shortcut: not sent to the guest
             return
-        if name.startswith(("ctrl", "alt")):
-            self._combo_clean = self._combo_clean or ctrl_alt
+        combo = set(self.grab_keys.split("+"))
+        if key_family(name) in combo:
+            self._combo_clean = self._combo_clean or combo <= {key_family(n) for n in held}
         else:
             self._combo_clean = False
         self._pressed[name] = make_code(name)
@@ -232,8 +234,9 @@ class ConsoleView(QWidget):
             return
         if self._pressed.pop(name, None) is not None:
             self._send(break_code(name))
-        if name.startswith(("ctrl", "alt")) and self._combo_clean:
-            still_held = [n for n in self._pressed if n.startswith(("ctrl", "alt"))]
+        combo = set(self.grab_keys.split("+"))
+        if key_family(name) in combo and self._combo_clean:
+            still_held = [n for n in self._pressed if key_family(n) in combo]
             if not still_held:
                 self._combo_clean = False
                 self.set_grab(not self.grabbed)
@@ -463,8 +466,9 @@ class ConsoleWindow(QMainWindow):
             self._resize_to_frame()
 
     def _update_status(self) -> None:
-        grab = ("Input grabbed: press Ctrl+Alt to release" if self.view.grabbed
-                else "Press Ctrl+Alt to grab the pointer")
+        keys = grab_label(self.view.grab_keys)
+        grab = (f"Input grabbed: press {keys} to release" if self.view.grabbed
+                else f"Press {keys} to grab the pointer")
         self.status.setText(f"{self._mode}   ·   {grab}" if self._mode else grab)
 
 

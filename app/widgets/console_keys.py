@@ -62,3 +62,19 @@ def key_name(event: QKeyEvent) -> str | None:
     if event.modifiers() & Qt.KeyboardModifier.KeypadModifier and key in _KEYPAD:
         return _KEYPAD[key]
     return _QT_KEYS.get(key)
+
+
+# The key combinations that, pressed together and released with no other key between, toggle the console's grab:
+# Ctrl+Alt as QEMU's GTK display and virt-manager have it, or Ctrl+Alt+Shift for a guest that needs Ctrl+Alt alone.
+GRAB_COMBOS = ("ctrl+alt", "ctrl+alt+shift")
+
+
+def grab_label(combo: str) -> str:
+    """'ctrl+alt' -> 'Ctrl+Alt'."""
+    return "+".join(part.capitalize() for part in combo.split("+"))
+
+
+def key_family(name: str) -> str:
+    """A modifier's family, left and right alike ('ctrl_r' -> 'ctrl'); other keys are their own."""
+    head, _, side = name.partition("_")
+    return head if side in ("l", "r") and head in ("ctrl", "alt", "shift", "meta") else name

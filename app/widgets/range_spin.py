@@ -96,11 +96,12 @@ class _RangeMixin:
         edit = self.lineEdit()
         text, cursor = edit.text(), edit.cursorPosition()
         super().showEvent(event)
+        # setValue() rewrites the text at once, hidden or not: text that differs here was typed, and stays.
+        if edit.text() != text:
+            edit.setText(text)
+            edit.setCursorPosition(cursor)
         if getattr(self, "_typing", False):
             self._typing = False
-            if edit.text() != text:
-                edit.setText(text)
-                edit.setCursorPosition(cursor)
             if not self.hasFocus():
                 self.setFocus()
 

@@ -17,6 +17,7 @@ output is dropped earlier, past MAX_QUEUED_BYTES), so it cannot grow the service
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -388,6 +389,23 @@ class Connection:
 
     def m_probe_file(self, path: str, role: str, **_: Any) -> dict[str, Any]:
         return wire.probe_to(self.host.probe_file(str(path), str(role)))
+
+    def m_list_images(self, **_: Any) -> list[dict[str, Any]]:
+        return [wire.image_to(entry) for entry in self.host.list_images()]
+
+    def m_delete_image(self, path: str, **_: Any) -> None:
+        self.host.delete_image(str(path))
+
+    def m_resize_image(self, path: str, new_size: int, **_: Any) -> None:
+        self.host.resize_image(str(path), int(new_size))
+
+    def m_host_counters(self, **_: Any) -> dict[str, Any]:
+        return dataclasses.asdict(self.host.host_counters())
+
+    def m_run_img(self, fields: dict[str, Any], **_: Any) -> list[Any]:
+        if not isinstance(fields, dict):
+            raise HostError("run_img: give the command's options as an object")
+        return list(self.host.run_img(fields))
 
     def m_capabilities(self, **_: Any) -> dict[str, Any]:
         return wire.caps_to(self.host.capabilities())

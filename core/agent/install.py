@@ -4,10 +4,12 @@
    directory, the engine versions installed and which third-party modules it can import.
 2. When this engine's version is not installed, upload engine-<version>.tar.gz over SFTP into the data directory
    and unpack it (unpack.py, the same way) into agent/<version>/ — versioned, so hosts keep working engines of
-   other client versions side by side.
+   other client versions side by side; versions no client has used for PRUNE_DAYS days, and that nothing runs,
+   are removed (prune.py).
 3. numpy is required; psutil optional (the agent reads /proc without it); unicorn gives the software CPU. A
    module the remote interpreter lacks is copied from this computer's when the ABI allows (bundle.py) — numpy
-   and psutil always, unicorn only when asked, since it is large and KVM needs none of it. What cannot be copied
+   and psutil always, unicorn by default after asking once (the client keeps the answer, core/remote/choices.py),
+   since it is large and KVM needs none of it. What cannot be copied
    is reported: numpy missing stops the connection with what to install; unicorn missing means KVM only.
 
 Returns an InstallReport the host row and the CLI show.
@@ -15,6 +17,7 @@ Returns an InstallReport the host row and the CLI show.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shlex
@@ -28,6 +31,8 @@ from core.agent.version import engine_version
 from core.host.api import HostError
 
 COMMAND_TIMEOUT = 120.0
+PRUNE_DAYS = 30         # an engine version no client has used for this long, and nothing runs, is removed
+log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]      # (what, bytes done, bytes total)
 
 
@@ -48,6 +53,7 @@ class InstallReport:
     software_cpu_reason: str = ""
     kvm: str = ""
     notes: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)        # engine versions removed as unused (prune.py)
 
 
 def run_command(transport, command: str, stdin: bytes = b"", timeout: float = COMMAND_TIMEOUT) -> tuple[int, bytes,
@@ -133,9 +139,11 @@ def upload_and_unpack(transport, python: str, data_dir: str, local: Path, dest: 
     return size
 
 
-def ensure_agent(transport, python: str = "python3", copy_unicorn: bool = False,
+def ensure_agent(transport, python: str = "python3", copy_unicorn: bool | Callable[[int], bool] = False,
                  progress: Progress | None = None) -> InstallReport:
-    """Probe the host and install what is missing; raises InstallError when the agent cannot run there."""
+    """Probe the host and install what is missing; raises InstallError when the agent cannot run there.
+    `copy_unicorn`: copy this computer's unicorn when the host lacks it (True), not (False), or ask — a function
+    given the bytes to send, called only when the host lacks unicorn and this computer's can run there."""
     facts = probe(transport, python)
     version = engine_version()
     data_dir = str(facts["data_dir"])
@@ -149,11 +157,20 @@ def ensure_agent(transport, python: str = "python3", copy_unicorn: bool = False,
         report.uploaded.append(f"engine {version}")
     modules = facts["modules"]
     missing = [name for name in ("numpy", "psutil") if not modules.get(name)]
-    want_unicorn = not modules.get("unicorn") and copy_unicorn
-    if missing or want_unicorn:
+    need_unicorn = not modules.get("unicorn") and copy_unicorn is not False
+    if missing or need_unicorn:
         ok, why = bundle.can_copy_modules_to(report.abi, str(facts.get("libc", "")))
-        copy = missing + (["unicorn"] if want_unicorn else [])
-        if ok:
+        copy = list(missing)
+        if need_unicorn and copy_unicorn is True:
+            copy.append("unicorn")
+        elif need_unicorn and ok and callable(copy_unicorn):
+            try:
+                size = bundle.modules_bundle(["unicorn"]).stat().st_size
+            except LookupError:
+                size = 0        # this computer has none to give: the host stays KVM-only, unasked
+            if size and copy_unicorn(size):
+                copy.append("unicorn")
+        if ok and copy:
             try:
                 local = bundle.modules_bundle(copy)
             except LookupError as exc:
@@ -164,13 +181,16 @@ def ensure_agent(transport, python: str = "python3", copy_unicorn: bool = False,
                 report.uploaded += [f"{n} {bundle.local_module(n)[0]}" for n in copy]
                 for name in copy:
                     modules[name] = "copied"
-        if not ok:
+        if not ok and copy:
             if "numpy" in missing:
                 raise InstallError(f"the host's {python} lacks numpy, which the engine needs, and this computer's "
                                    f"copy cannot be used there ({why}): install it on the host "
                                    "(apt install python3-numpy, or pip install numpy)")
             report.notes.append(f"could not copy {', '.join(copy)}: {why}")
     report.upload_seconds = time.monotonic() - started if report.uploaded else 0.0
+    report.pruned = prune_agents(transport, python, data_dir, version)
+    if report.pruned:
+        report.notes.append(f"removed engine versions unused for {PRUNE_DAYS} days: {', '.join(report.pruned)}")
     unicorn = modules.get("unicorn")
     if unicorn and str(unicorn) not in ("copied",) and not str(unicorn).startswith("2.1.4"):
         report.software_cpu_reason = (f"the host has unicorn {unicorn}; the software CPU needs 2.1.4: "
@@ -182,6 +202,22 @@ def ensure_agent(transport, python: str = "python3", copy_unicorn: bool = False,
                                       "available there: only KVM (connect with the unicorn upload enabled, or "
                                       "pip install unicorn==2.1.4 on the host)")
     return report
+
+
+def prune_agents(transport, python: str, data_dir: str, version: str, days: float = PRUNE_DAYS) -> list[str]:
+    """Mark `version` used on the host and remove the engine versions there that no client has used for `days`
+    and no process runs (prune.py); the versions removed. A failure only costs disk space: it is logged."""
+    status, out, err = run_command(transport, f"{shlex.quote(python)} - {shlex.quote(data_dir)} "
+                                              f"{shlex.quote(version)} {days:g}", _script("prune.py"))
+    try:
+        result = json.loads(out.decode().strip().splitlines()[-1]) if status == 0 else {}
+    except (ValueError, IndexError):
+        result = {}
+    if status != 0 or not isinstance(result.get("pruned"), list):
+        log.warning("pruning old engines on the host failed (status %s): %s", status,
+                    err.decode(errors="replace").strip()[-300:])
+        return []
+    return [str(v) for v in result["pruned"]]
 
 
 def bridge_command(python: str, report: InstallReport) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from core.config import ConfigError, LoadError, VmConfig
 from core.host.api import EventKind, FileProbe, HostCapabilities, HostEvent, VmInfo, VmState, VmStats
+from core.host.images import ImageEntry
 from core.hoststats import HostInfo
 
 
@@ -87,7 +88,8 @@ def hostinfo_from(value: Any) -> HostInfo:
         return HostInfo(hostname=_str(d, "hostname"), cpu_model=_str(d, "cpu_model"), cpus=_int(d, "cpus"),
                         cores=_int(d, "cores"), memory_mib=_int(d, "memory_mib"),
                         kvm_usable=bool(d.get("kvm_usable")), kvm_hardware=bool(d.get("kvm_hardware")),
-                        kvm_reason=_str(d, "kvm_reason", ""), system=_str(d, "system", ""))
+                        kvm_reason=_str(d, "kvm_reason", ""), system=_str(d, "system", ""),
+                        images_dir=_str(d, "images_dir", ""))
     except TypeError as exc:
         raise WireError(str(exc)) from None
 
@@ -135,7 +137,8 @@ def probe_from(value: Any) -> FileProbe:
     ok = d.get("ok")
     if not isinstance(ok, bool):
         raise WireError("file probe: 'ok' is not true or false")
-    return FileProbe(ok=ok, kind=_str(d, "kind"), message=_str(d, "message", ""))
+    return FileProbe(ok=ok, kind=_str(d, "kind"), message=_str(d, "message", ""),
+                     volume_id=_str(d, "volume_id", ""))
 
 
 def event_to(event: HostEvent, info: VmInfo | None) -> dict[str, Any]:
@@ -153,3 +156,16 @@ def event_from(d: dict[str, Any]) -> tuple[HostEvent, VmInfo | None]:
     state = None if d.get("state") is None else state_from(d.get("state"))
     vm = None if d.get("vm") is None else vminfo_from(d.get("vm"))
     return HostEvent(kind, _str(d, "uuid"), state, _str(d, "reason", "")), vm
+
+
+def image_to(entry: ImageEntry) -> dict[str, Any]:
+    return dataclasses.asdict(entry)
+
+
+def image_from(value: Any) -> ImageEntry:
+    d = _obj(value, "disk image entry")
+    try:
+        return ImageEntry(path=_str(d, "path"), format=_str(d, "format", ""), virtual_size=_int(d, "virtual_size"),
+                          allocated=_int(d, "allocated"), used_by=_str(d, "used_by", ""), error=_str(d, "error", ""))
+    except TypeError as exc:
+        raise WireError(str(exc)) from None

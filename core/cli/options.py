@@ -21,5 +21,9 @@ def add_connect_arguments(p: argparse.ArgumentParser, required: bool = False) ->
                         "refused")
     p.add_argument("--remote-python", metavar="PATH", default="",
                    help="the interpreter the agent runs on, on the host (default python3)")
-    p.add_argument("--copy-unicorn", action="store_true",
-                   help="copy this computer's unicorn to the host if it lacks one (enables the software CPU there)")
+    copy = p.add_mutually_exclusive_group()
+    copy.add_argument("--copy-unicorn", action="store_const", const=True, dest="copy_unicorn", default=None,
+                      help="copy this computer's unicorn to a host that lacks it (the software CPU) without asking "
+                           "(default: asked once per host, yes when there is no terminal)")
+    copy.add_argument("--no-copy-unicorn", action="store_const", const=False, dest="copy_unicorn",
+                      help="never copy unicorn: a host without it offers KVM only")

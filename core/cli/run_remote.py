@@ -1,6 +1,7 @@
 """`main.py run --connect URI ...`: the headless runner's options, run on a remote host.
 
-It defines a transient VM on the host from the runner's options (paths name files on that host),
+It defines a transient VM on the host from the runner's options (paths name files on that host: the kernel and
+initrd, --disk images, whose format the host reads when not given, --cdrom ISOs, --boot order and --firmware),
 shows its serial console on this terminal (keys typed go to it; Ctrl-A x stops it), and exits as the local runner
 does: 0 when the guest powers off, 1 when it crashes, times out or is stopped by the user, 2 when it cannot be
 started (bad options, a refused host key, failed authentication, an agent that cannot run there). If the
@@ -17,30 +18,64 @@ import threading
 import time
 
 from core.cli.connect import connect_remote
-from core.config import BootConfig, SerialConfig, VmConfig
+from core.config import BootConfig, CdromConfig, DiskConfig, SerialConfig, VmConfig
 from core.host.api import TERMINAL_RESET, EventKind, HostError, HostEvent, VmState
-from core.runner import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, _serial_sink, _StdinPump
+from core.machine import DiskSpec
+from core.runner import (
+    DEFAULT_BOOT_MENU_WAIT,
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    BadInput,
+    _serial_sink,
+    _StdinPump,
+    parse_boot,
+    parse_disk,
+)
 
 
-def _check_remote_args(args: argparse.Namespace) -> None:
-    unsupported = [("--disk", bool(args.disk)), ("--no-host-decompress", args.no_host_decompress),
-                   ("--screendump", bool(args.screendump)), ("--display window", args.display == "window"),
-                   ("--vnc", bool(args.vnc))]
+def _check_remote_args(args: argparse.Namespace) -> list[DiskSpec]:
+    """The --disk specs, checked; ValueError/BadInput with one line for an option the remote run cannot take."""
+    unsupported = [("--no-host-decompress", args.no_host_decompress), ("--screendump", bool(args.screendump)),
+                   ("--display window", args.display == "window"),
+                   ("--vnc", bool(args.vnc)),
+                   (f"--boot-menu-wait {args.boot_menu_wait}", args.boot_menu_wait != DEFAULT_BOOT_MENU_WAIT)]
     for option, given in unsupported:
         if given:
             raise ValueError(f"{option} is not available with --connect yet")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError(f"--timeout {args.timeout}: give a positive number of seconds")
-    for option, path in (("--kernel", args.kernel), ("--initrd", args.initrd)):
+    disks = [parse_disk(spec, local=False) for spec in args.disk]
+    paths = [("--kernel", args.kernel), ("--initrd", args.initrd), ("--firmware", args.firmware)]
+    paths += [("--disk", d.path) for d in disks] + [("--cdrom", iso) for iso in args.cdrom]
+    for option, path in paths:
         if path and not os.path.isabs(path):
             raise ValueError(f"{option} {path}: give an absolute path on the remote host")
+    for disk in disks:
+        if disk.cache != "writeback":
+            # A definition has no cache mode: the VM process opens its disks write-back.
+            raise ValueError(f"--disk {disk.path}: cache={disk.cache} is not available with --connect")
+    parse_boot(args.boot)
+    return disks
+
+
+def _disk_config(host, disk: DiskSpec) -> DiskConfig:
+    """The definition's disk for a --disk spec; a format not given is read from the image on the host, as the
+    local runner detects it from the header."""
+    fmt = disk.format
+    if fmt is None:
+        probe = host.probe_file(disk.path, "disk")
+        if not probe.ok:
+            raise HostError(probe.message)
+        fmt = "qcow2" if probe.kind.startswith("qcow2") else "raw"
+    return DiskConfig(disk.path, fmt, disk.bus, disk.readonly)
 
 
 def run_remote(args: argparse.Namespace) -> int:
     err = sys.stderr
     try:
-        _check_remote_args(args)
-    except ValueError as exc:
+        args.disk_specs = _check_remote_args(args)
+    except (ValueError, BadInput) as exc:
         print(f"vireo: {exc}", file=err)
         return EXIT_BAD_INPUT
     try:
@@ -86,11 +121,14 @@ class _RemoteRun:
 
     def run(self) -> int:
         args, host, err = self.args, self.host, sys.stderr
-        config = VmConfig(name=f"run-{secrets.token_hex(4)}", memory_mib=args.memory, vcpus=args.cpus,
-                          accel=args.accel, boot=BootConfig(args.kernel, args.initrd or "", args.append),
-                          serial=SerialConfig("console"), notes=f"transient: main.py run --connect from "
-                                                                 f"{os.uname().nodename}")
+        boot = BootConfig(args.kernel or "", args.initrd or "", args.append, order=parse_boot(args.boot),
+                          firmware=args.firmware or "")
         try:
+            disks = [_disk_config(host, d) for d in args.disk_specs]
+            config = VmConfig(name=f"run-{secrets.token_hex(4)}", memory_mib=args.memory, vcpus=args.cpus,
+                              accel=args.accel, boot=boot, disks=disks,
+                              cdroms=[CdromConfig(iso) for iso in args.cdrom], serial=SerialConfig("console"),
+                              notes=f"transient: main.py run --connect from {os.uname().nodename}")
             info = host.define(config)
         except HostError as exc:
             print(f"vireo: {exc}", file=err)

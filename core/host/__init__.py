@@ -30,6 +30,9 @@ from core.host.api import (
     VmState,
     VmStats,
 )
+from core.host.files import FileEntry, HostFiles
+from core.host.hostload import HostCounters, rates
+from core.host.images import ImageEntry
 from core.host.local import LocalHost
 from core.keymap import EVDEV_KEYS, InputSink, break_code, combo_events, make_code, text_events
 
@@ -37,10 +40,10 @@ if TYPE_CHECKING:
     from core.display.frame import Frame, FrameSource
 
 __all__ = [
-    "EVDEV_KEYS", "SERIAL_HISTORY", "TERMINAL_RESET", "DeleteResult", "DiskChoice", "EventKind", "FileProbe", "Frame",
-    "FrameSource", "Host", "HostCapabilities", "HostError", "HostEvent", "HostListener", "InputSink", "KeptDisk",
-    "LocalHost", "Progress", "SerialListener", "VmConsole", "VmInfo", "VmState", "VmStats", "break_code",
-    "combo_events", "make_code", "text_events",
+    "EVDEV_KEYS", "SERIAL_HISTORY", "TERMINAL_RESET", "DeleteResult", "DiskChoice", "EventKind", "FileEntry",
+    "FileProbe", "Frame", "FrameSource", "Host", "HostCapabilities", "HostCounters", "HostError", "HostEvent",
+    "HostFiles", "HostListener", "ImageEntry", "InputSink", "KeptDisk", "LocalHost", "Progress", "SerialListener",
+    "VmConsole", "VmInfo", "VmState", "VmStats", "break_code", "combo_events", "make_code", "rates", "text_events",
 ]
 
 

@@ -21,6 +21,13 @@ The contract:
     an input sink for its keyboard and mouse (VmConsole; Qt-free).
   * stats(uuid) samples CPU usage (vCPU time over wall time since the previous sample), memory, and disk/network
     I/O where the VM has such devices (None where it has not).
+  * list_images() lists the disk images in the host's images folder (format, sizes, the VM that needs each);
+    delete_image(path) removes one, refusing (HostError) an image a VM on the host lists or reads as a backing
+    file; resize_image(path, size) grows one no running VM has open (core/host/images.py); run_img(options)
+    runs a `vireo img` command there (`img … --connect`).
+  * host_counters() reads the whole host's CPU, memory, disk and network counters, for graphs of its load.
+  * files() gives the host's file system for browsing (core/host/files.py: this machine's, or an SSH host's over
+    SFTP), so a client chooses a kernel, ISO or disk image where the VM will read it.
   * probe_file(path, role) reads a few KiB of a file on the host and says what it is (FileProbe), so a kernel,
     initrd, disk image or ISO is checked when it is chosen, not when the VM starts; a missing or unreadable file
     raises HostError naming it.
@@ -47,6 +54,9 @@ from core.hoststats import HostInfo
 
 if TYPE_CHECKING:
     from core.display.frame import FrameSource
+    from core.host.files import HostFiles
+    from core.host.hostload import HostCounters
+    from core.host.images import ImageEntry
     from core.keymap import InputSink
 
 log = logging.getLogger("core.host")
@@ -155,6 +165,7 @@ class FileProbe:
     ok: bool
     kind: str
     message: str = ""
+    volume_id: str = ""     # an ISO's volume identifier (ECMA-119), which names the OS an installer disc holds
 
 
 # "iso": any ISO 9660 image (a CD-ROM drive takes data discs too); "boot-iso": one the firmware can boot (El Torito).
@@ -254,6 +265,30 @@ class Host(ABC):
         """The graphical console of a running or paused VM; HostError when it has none (shut off, display none,
         or a host that cannot serve consoles)."""
         raise HostError(f"{self.name} cannot show virtual machine consoles")
+
+    def list_images(self) -> list[ImageEntry]:
+        """The disk images in the host's images folder (core/host/images.py)."""
+        raise HostError(f"{self.name} cannot list its disk images")
+
+    def delete_image(self, path: str) -> None:
+        """Remove a disk image no VM on the host needs; HostError naming the VM otherwise."""
+        raise HostError(f"{self.name} cannot delete disk images")
+
+    def resize_image(self, path: str, new_size: int) -> None:
+        """Grow a disk image to `new_size` bytes; HostError for a smaller size or an image a running VM uses."""
+        raise HostError(f"{self.name} cannot resize disk images")
+
+    def run_img(self, fields: dict[str, object]) -> tuple[int, str, str]:
+        """Run a `vireo img` command (its parsed options) on the host: its exit status, stdout and stderr."""
+        raise HostError(f"{self.name} cannot run disk image commands")
+
+    def host_counters(self) -> HostCounters:
+        """The whole host's CPU, memory, disk and network counters (core/host/hostload.py)."""
+        raise HostError(f"{self.name} cannot report its load")
+
+    def files(self) -> HostFiles:
+        """The host's file system, for browsing (core/host/files.py); HostError when this host offers none."""
+        raise HostError(f"{self.name} cannot browse its files")
 
     def add_listener(self, listener: HostListener) -> None:
         self._host_listeners().append(listener)

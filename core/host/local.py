@@ -39,6 +39,9 @@ from core.host.api import (
     VmStats,
 )
 from core.host.disks import backing_chain, chosen_disks, create_disk_image, disk_users, file_key
+from core.host.files import LocalFiles
+from core.host.hostload import HostLoad
+from core.host.images import HostImages
 from core.host.process_input import ProcessInput
 from core.host.saved import discard as discard_saved
 from core.host.saved import managed_state
@@ -74,7 +77,7 @@ class _LocalVm:
         self.session = 0                        # counts starts: names the machine a VmConsole belongs to
 
 
-class LocalHost(Host):
+class LocalHost(HostImages, HostLoad, Host):
     """The engine in this process. VM definitions come from (and go to) a ConfigStore."""
 
     def __init__(self, store: ConfigStore | None = None, name: str = "Local", *, runtime_dir: str) -> None:
@@ -254,6 +257,9 @@ class LocalHost(Host):
     def create_disk(self, path: str, size_bytes: int, fmt: str = "raw", preallocate: bool = False,
                     progress: Progress | None = None) -> None:
         create_disk_image(path, size_bytes, fmt, preallocate, progress)
+
+    def files(self) -> LocalFiles:
+        return LocalFiles()
 
     def probe_file(self, path: str, role: str) -> FileProbe:
         """What a file chosen as a kernel, initrd, disk or ISO is (core/host/probe.py); a few KiB are read."""

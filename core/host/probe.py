@@ -161,11 +161,12 @@ def _probe_iso(path: str, head: bytes, size: int, role: str) -> FileProbe:
     bootable = boot[:1] == b"\x00" and boot[1:6] == b"CD001" and boot[7:7 + len(EL_TORITO_ID)] == EL_TORITO_ID
     name = f"ISO 9660 image {volume!r}" if volume else "ISO 9660 image"
     if bootable:
-        return FileProbe(True, f"{name}, bootable (El Torito), {format_size(size)}")
+        return FileProbe(True, f"{name}, bootable (El Torito), {format_size(size)}", volume_id=volume)
     if role == "boot-iso":
         return FileProbe(False, "not a bootable ISO", f"{path} is an ISO 9660 image but not a bootable ISO (no El "
                                                       "Torito boot record): choose an installer or live ISO")
-    return FileProbe(True, f"{name}, {format_size(size)}, not bootable (a data disc: no El Torito boot record)")
+    return FileProbe(True, f"{name}, {format_size(size)}, not bootable (a data disc: no El Torito boot record)",
+                     volume_id=volume)
 
 
 def probe_file(path: str, role: str) -> FileProbe:

@@ -2,8 +2,10 @@
 daemon) running there; everything past the stream is ServiceClient's (core/remote/service.py).
 
 connect() does the slow part — SSH handshake and host-key check, authentication, probing and (first time, or
-after an engine change) installing the agent, then one channel running the stdio bridge (core/agent/bridge.py),
-which reaches the user's service socket on that host and starts the service when none listens.
+after an engine change) installing the agent (with unicorn, the software CPU's module, when the host lacks it:
+copy_unicorn True, False, or None to ask the prompter once per host), then one channel running the stdio bridge
+(core/agent/bridge.py), which reaches the user's service socket on that host and starts the service when none
+listens.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 
 from core.agent.install import InstallReport, bridge_command, ensure_agent
 from core.host.api import HostError
+from core.host.files import SftpFiles
+from core.remote import choices
 from core.remote.client import AgentClient, AgentGone
 from core.remote.service import ServiceClient
 from core.remote.ssh import Prompter, SshTarget, TerminalPrompter, open_transport
@@ -30,7 +34,7 @@ class ConnectTiming:
 
 
 class RemoteHost(ServiceClient):
-    def __init__(self, target: SshTarget, prompter: Prompter | None = None, copy_unicorn: bool = False,
+    def __init__(self, target: SshTarget, prompter: Prompter | None = None, copy_unicorn: bool | None = False,
                  name: str | None = None) -> None:
         super().__init__(name or target.label)
         self.target = target
@@ -39,16 +43,42 @@ class RemoteHost(ServiceClient):
         self.report: InstallReport | None = None
         self.timing = ConnectTiming()
         self._transport = None
+        self._files: SftpFiles | None = None
 
     def _connect(self, progress: Callable[[str, int, int], None] | None) -> None:
         t0 = time.monotonic()
         self._transport = open_transport(self.target, self.prompter)
         t1 = time.monotonic()
-        self.report = ensure_agent(self._transport, self.target.python, self.copy_unicorn, progress)
+        choice = self._ask_copy_unicorn if self.copy_unicorn is None else self.copy_unicorn
+        self.report = ensure_agent(self._transport, self.target.python, choice, progress)
         t2 = time.monotonic()
         self._attach()
         t3 = time.monotonic()
         self.timing = ConnectTiming(t1 - t0, t2 - t1, t3 - t2, t3 - t0)
+
+    def _ask_copy_unicorn(self, size: int) -> bool:
+        """Whether to copy this computer's unicorn (`size` bytes) to a host that lacks it: the answer given for
+        this host before, else the prompter's (yes when it cannot ask), kept for next time (core/remote/choices)."""
+        label = self.target.label
+        stored = choices.get(label, "copy_unicorn")
+        if isinstance(stored, bool):
+            return stored
+        ask = getattr(self.prompter, "confirm_copy_unicorn", None)
+        answer = True if ask is None else bool(ask(self.target, size))
+        choices.put(label, "copy_unicorn", answer)
+        return answer
+
+    def files(self) -> SftpFiles:
+        """The host's files over SFTP, on the SSH connection this host holds (opened on first use)."""
+        if self._files is None:
+            self._files = SftpFiles(self.name, self._open_sftp)
+        return self._files
+
+    def _open_sftp(self):
+        transport = self._transport
+        if transport is None or not transport.is_active():
+            raise HostError(f"{self.name} is not connected: connect to it first")
+        return transport.open_sftp_client()
 
     def _note(self, text: str) -> None:
         if self.report is not None:

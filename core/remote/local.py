@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from core.agent import bridge, paths
 from core.host.api import HostError
+from core.host.files import LocalFiles
 from core.remote.client import AgentClient, AgentGone
 from core.remote.service import ServiceClient
 
@@ -40,6 +41,10 @@ class LocalServiceHost(ServiceClient):
         self.daemon_args = daemon_args      # for a service this client starts (tests pass --idle-exit)
         self.reread = reread
         self.socket_path = ""
+
+    def files(self) -> LocalFiles:
+        # The service runs as this user on this machine: its files are ours.
+        return LocalFiles()
 
     def _connect(self, progress: LocalProgress | None) -> None:
         if progress is not None:

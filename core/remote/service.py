@@ -47,6 +47,8 @@ from core.host.api import (
     VmInfo,
     VmStats,
 )
+from core.host.hostload import HostCounters
+from core.host.images import ImageEntry
 from core.hoststats import HostInfo
 from core.protocol import ProtocolError
 from core.remote.client import AgentClient, AgentGone
@@ -436,6 +438,40 @@ class ServiceClient(Host):
             return wire.probe_from(value)
         except wire.WireError as exc:
             raise HostError(f"the service sent a malformed file probe: {exc}") from None
+
+    def list_images(self) -> list[ImageEntry]:
+        value, _ = self._call("list_images")
+        if not isinstance(value, list):
+            raise HostError("the service sent a malformed image list")
+        try:
+            return [wire.image_from(v) for v in value]
+        except wire.WireError as exc:
+            raise HostError(f"the service sent a malformed image list: {exc}") from None
+
+    def delete_image(self, path: str) -> None:
+        self._call("delete_image", path=path)
+
+    def resize_image(self, path: str, new_size: int) -> None:
+        self._call("resize_image", path=path, new_size=int(new_size))
+
+    def host_counters(self) -> HostCounters:
+        value, _ = self._call("host_counters", reconnect=False)
+        try:
+            return HostCounters(**{k: value[k] for k in HostCounters.__dataclass_fields__})
+        except (TypeError, KeyError) as exc:
+            raise HostError(f"the service sent malformed host counters: {exc}") from None
+
+    def run_img(self, fields: dict[str, object]) -> tuple[int, str, str]:
+        client = self._agent()
+        try:
+            # A check or a preallocated create may take long on a big image.
+            value, _ = client.call("run_img", fields=fields, timeout=3600)
+        except AgentGone as exc:
+            raise HostError(f"{self.name}: {exc}") from None
+        if not (isinstance(value, list) and len(value) == 3 and isinstance(value[0], int)
+                and all(isinstance(v, str) for v in value[1:])):
+            raise HostError("the service sent a malformed img result")
+        return value[0], value[1], value[2]
 
     def ping(self) -> float:
         """One control-call round trip in seconds."""

@@ -85,6 +85,10 @@ class Prompter(Protocol):
     def secret(self, target: SshTarget, prompt: str, echo: bool = False) -> str | None:
         """A passphrase, password or keyboard-interactive answer; None when the user cancels."""
 
+    def confirm_copy_unicorn(self, target: SshTarget, size: int) -> bool:
+        """The host lacks unicorn (the software CPU): True to copy this computer's (`size` bytes) there. Asked
+        once per host; the answer is kept (core/remote/choices.py)."""
+
 
 class TerminalPrompter:
     """The command line's questions: secrets read from the terminal (never echoed); an unknown host key accepted
@@ -99,6 +103,20 @@ class TerminalPrompter:
             print(f"vireo: {check.describe(target.host, target.port, key_type, key_fingerprint)}; "
                   "accepted (--accept-new-host-key)", file=sys.stderr)
         return self.accept_new_host_key
+
+    def confirm_copy_unicorn(self, target: SshTarget, size: int) -> bool:
+        question = (f"{target.label} has no unicorn, which the software CPU needs; this computer's "
+                    f"({size / 1e6:.0f} MB) runs there")
+        if not self.interactive:
+            # The default is to copy; a script that wants KVM only says --no-copy-unicorn.
+            print(f"vireo: {question}: copying it (--no-copy-unicorn refuses; the answer is kept for this host)",
+                  file=sys.stderr)
+            return True
+        try:
+            answer = input(f"vireo: {question}. Copy it? [Y/n] ")
+        except EOFError:
+            return True
+        return answer.strip().lower() not in ("n", "no")
 
     def secret(self, target: SshTarget, prompt: str, echo: bool = False) -> str | None:
         if not self.interactive:

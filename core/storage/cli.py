@@ -12,10 +12,13 @@ operation failed, 2 bad input (arguments, a missing or invalid image). Every err
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import sys
 from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TextIO
 
 from core.storage.check import CheckResult, check_image
 from core.storage.create import DEFAULT_CLUSTER_SIZE, create_image, resize_image
@@ -77,6 +80,37 @@ def add_img_arguments(parser: argparse.ArgumentParser) -> None:
     resize._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)\s*[kKmMgGtTpPeE]?(i?[bB])?$")
 
 
+# Where the results and the error line go: this process's stdout and stderr, or, for a command run by the Vireo
+# service for a client on another machine (`img … --connect`), buffers sent back to it. A context variable, so
+# the service's other threads keep printing where they did.
+_STREAMS: ContextVar[tuple[TextIO, TextIO] | None] = ContextVar("vireo_img_streams", default=None)
+COMMANDS = ("create", "info", "check", "resize")
+
+
+def _out() -> TextIO:
+    streams = _STREAMS.get()
+    return streams[0] if streams else sys.stdout
+
+
+def _err() -> TextIO:
+    streams = _STREAMS.get()
+    return streams[1] if streams else sys.stderr
+
+
+def run_img(fields: dict[str, object]) -> tuple[int, str, str]:
+    """Run an `img` command whose parsed options are `fields` (a client's argparse namespace, as sent by
+    `img … --connect`); its exit status and what it printed on stdout and stderr."""
+    if fields.get("img_command") not in COMMANDS:
+        return EXIT_BAD_INPUT, "", f"vireo img: unknown command {fields.get('img_command')!r}\n"
+    out, err = io.StringIO(), io.StringIO()
+    token = _STREAMS.set((out, err))
+    try:
+        code = img_main(argparse.Namespace(**fields))
+    finally:
+        _STREAMS.reset(token)
+    return code, out.getvalue(), err.getvalue()
+
+
 def img_main(args: argparse.Namespace) -> int:
     """Run the `img` subcommand in `args`; print results to stdout, one-line errors to stderr."""
     handlers = {"create": _create, "info": _info, "check": _check, "resize": _resize, "snapshot": _snapshot}
@@ -93,7 +127,7 @@ def img_main(args: argparse.Namespace) -> int:
 
 
 def _error(message: str, code: int) -> int:
-    print(f"vireo img: {message}", file=sys.stderr)
+    print(f"vireo img: {message}", file=_err())
     return code
 
 
@@ -127,20 +161,20 @@ def _create(args: argparse.Namespace) -> int:
     info = image_info(args.path, args.fmt)
     extra = f" backing_file={backing} backing_fmt={info.backing_format}" if backing else ""
     cluster = f" cluster_size={cluster_size}" if args.fmt == "qcow2" else ""
-    print(f"Formatting '{args.path}', fmt={args.fmt}{cluster} size={info.virtual_size}{extra}")
+    print(f"Formatting '{args.path}', fmt={args.fmt}{cluster} size={info.virtual_size}{extra}", file=_out())
     return EXIT_OK
 
 
 def _info(args: argparse.Namespace) -> int:
     info = image_info(args.path, args.fmt, force_share=args.force_share)
-    print(json.dumps(info.as_json(), indent=4) if args.output == "json" else info.human())
+    print(json.dumps(info.as_json(), indent=4) if args.output == "json" else info.human(), file=_out())
     return EXIT_OK
 
 
 def _check(args: argparse.Namespace) -> int:
     result = check_image(args.path, repair=args.repair, fmt=args.fmt, force_share=args.force_share)
     if not result.supported:
-        print(f"{args.path}: {result.format_name} images have no metadata to check")
+        print(f"{args.path}: {result.format_name} images have no metadata to check", file=_out())
         return EXIT_OK
     if args.repair and (result.leaks_fixed or result.corruptions_fixed):
         repaired = result
@@ -148,9 +182,9 @@ def _check(args: argparse.Namespace) -> int:
         result.leaks_fixed, result.corruptions_fixed = repaired.leaks_fixed, repaired.corruptions_fixed
         result.messages = repaired.messages + result.messages
     if args.output == "json":
-        print(json.dumps(_check_json(result), indent=4))
+        print(json.dumps(_check_json(result), indent=4), file=_out())
     else:
-        print(_check_human(result))
+        print(_check_human(result), file=_out())
     return EXIT_OK if result.clean else EXIT_FAILED
 
 
@@ -201,7 +235,7 @@ def _resize(args: argparse.Namespace) -> int:
                             "--shrink to shrink (data past the new end is lost)")
         resize_image(dev, new_size, shrink=args.shrink)
         dev.flush()
-    print("Image resized.")
+    print("Image resized.", file=_out())
     return EXIT_OK
 
 

@@ -95,7 +95,7 @@ def test_add_connection_dialog_shows_the_remote_host_and_its_vms(qtbot, tmp_path
     saved = json.loads(window.settings.value("connections/list"))
     assert saved == [{"host": "127.0.0.1", "port": server.port, "user": server.user,
                       "identity": str(server.user_key), "auth": "key", "python": REPO_PYTHON,
-                      "copy_unicorn": False}]
+                      "copy_unicorn": None}]
     window.close()
     assert not host.connected
     # A new window finds it remembered, not yet connected; a double-click connects.
@@ -124,3 +124,45 @@ def test_an_unreachable_host_shows_its_error_in_its_row(qtbot, tmp_path, server,
     assert window.isEnabled()
     window.close()
     assert os.environ["HOME"] == str(server.client_home)
+
+
+def test_a_host_without_unicorn_is_asked_about_once(qtbot, tmp_path, server, local_service):
+    """Issue 17: the software CPU's module is offered to a host that lacks it (here the system python3, without
+    unicorn), asked once per host: No keeps the host KVM-only, and the next connection does not ask again."""
+    from app.ui.connections import remembered
+    from core.remote import choices
+    from tests.helpers.dialogs import answer_question
+
+    system_python = "/usr/bin/python3"
+    if not os.path.exists(system_python):
+        pytest.skip("no system python3")
+    window = make_window(qtbot, tmp_path, local_service)
+    dialog = window.remote_hosts.add_dialog()
+    assert dialog.unicorn_check.isChecked()              # offered by default
+    dialog.host_edit.setText("127.0.0.1")
+    dialog.port_spin.setValue(server.port)
+    dialog.user_edit.setText(server.user)
+    dialog.auth_combo.setCurrentIndex(dialog.auth_combo.findData("key"))
+    dialog.key_edit.setText(str(server.user_key))
+    dialog.python_edit.setText(system_python)
+    asked: list[str] = []
+    answer_question(qtbot, "No", asked)
+    dialog.accept()
+    index = len(window.bridges) - 1
+    host = window.bridges[index].host
+    qtbot.waitUntil(lambda: host.connected, timeout=60_000)
+    label = f"{server.user}@127.0.0.1:{server.port}"
+    assert asked == [f"Copy the software CPU to {label}?"]
+    assert host.report is not None and not host.report.software_cpu
+    assert not any(u.startswith("unicorn") for u in host.report.uploaded)
+    assert choices.get(label, "copy_unicorn") is False
+    assert remembered(window.settings)[0][1] is None        # the setting is "ask"; the answer is kept apart
+    # Connected again: the answer stands, nothing is asked.
+    window.remote_hosts.disconnect(index)
+    qtbot.waitUntil(lambda: not host.connected, timeout=10_000)
+    window.remote_hosts.connect(index)
+    qtbot.waitUntil(lambda: host.connected, timeout=60_000)
+    qtbot.wait(200)
+    assert asked == [f"Copy the software CPU to {label}?"]
+    window.close()
+    qtbot.waitUntil(lambda: not host.connected, timeout=10_000)

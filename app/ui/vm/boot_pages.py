@@ -16,7 +16,6 @@ from PyQt6.QtCore import Qt, pyqtSignal
 from PyQt6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -29,9 +28,12 @@ from PyQt6.QtWidgets import (
 )
 
 from app.host_bridge import HostBridge
+from app.ui.dialogs import show_error
 from app.ui.file_check import FileCheck
+from app.ui.host_file_dialog import choose_host_file
 from app.widgets.boot_order import BootOrderList
 from core.config import IDE_POSITIONS, BootConfig, CdromConfig, VmConfig
+from core.host import HostError
 
 DEBIAN_SEABIOS = "SeaBIOS (Debian)"
 ISO_FILTER = "ISO images (*.iso);;All files (*)"
@@ -46,21 +48,22 @@ def note(text: str = "") -> QLabel:
     return label
 
 
-def choose_file(parent: QWidget, edit: QLineEdit, caption: str, name_filter: str = "") -> None:
-    """The file dialog, starting at the field's file; the choice replaces the field's text."""
-    start = edit.text().strip() or str(Path.home())
-    path, _ = QFileDialog.getOpenFileName(parent, caption, start, name_filter)
-    if path:
-        edit.setText(path)
+def choose_file(parent: QWidget, edit: QLineEdit, caption: str, name_filter: str, bridge: HostBridge) -> None:
+    """A file on the VM's host (this computer's file dialog, or its SSH host's files over SFTP), starting at the
+    field's file; the choice replaces the field's text."""
+    try:
+        choose_host_file(bridge, parent, caption, name_filter, edit.text().strip(), edit.setText)
+    except HostError as exc:
+        show_error(parent, "Browsing", str(exc))
 
 
-def path_row(edit: QLineEdit, caption: str, parent: QWidget, label: str = "Browse…") -> QWidget:
+def path_row(edit: QLineEdit, caption: str, parent: QWidget, bridge: HostBridge, label: str = "Browse…") -> QWidget:
     row = QWidget(parent)
     lay = QHBoxLayout(row)
     lay.setContentsMargins(0, 0, 0, 0)
     lay.addWidget(edit, 1)
     button = QPushButton(label, row)
-    button.clicked.connect(lambda: choose_file(parent, edit, caption))
+    button.clicked.connect(lambda: choose_file(parent, edit, caption, "", bridge))
     lay.addWidget(button)
     row.button = button
     return row
@@ -79,7 +82,7 @@ def _page(parent: QWidget, title: str) -> tuple[QVBoxLayout, QFormLayout]:
 class BootOptionsPage(QWidget):
     changed = pyqtSignal()
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, bridge: HostBridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         outer, form = _page(self, "Boot Options")
         self.order = BootOrderList(self)
@@ -97,7 +100,7 @@ class BootOptionsPage(QWidget):
         self.firmware_path = QLineEdit(self)
         self.firmware_path.setObjectName("firmwarePath")
         self.firmware_path.setPlaceholderText("a SeaBIOS image, e.g. /usr/share/seabios/bios-256k.bin")
-        self.firmware_row = path_row(self.firmware_path, "Choose a firmware image", self)
+        self.firmware_row = path_row(self.firmware_path, "Choose a firmware image", self, bridge)
         form.addRow("", self.firmware_row)
 
         kernel_box = QGroupBox("Direct kernel boot", self)
@@ -108,11 +111,11 @@ class BootOptionsPage(QWidget):
         self.kernel = QLineEdit(kernel_box)
         self.kernel.setObjectName("kernelEdit")
         self.kernel.setPlaceholderText("none: boot through the firmware")
-        self.kernel_row = path_row(self.kernel, "Choose a kernel", kernel_box)
+        self.kernel_row = path_row(self.kernel, "Choose a kernel", kernel_box, bridge)
         kform.addRow("Kernel:", self.kernel_row)
         self.initrd = QLineEdit(kernel_box)
         self.initrd.setPlaceholderText("none")
-        self.initrd_row = path_row(self.initrd, "Choose an initrd", kernel_box)
+        self.initrd_row = path_row(self.initrd, "Choose an initrd", kernel_box, bridge)
         kform.addRow("Initrd:", self.initrd_row)
         self.cmdline = QLineEdit(kernel_box)
         self.cmdline.setPlaceholderText("console=ttyS0")
@@ -243,7 +246,8 @@ class _Drive(QGroupBox):
         buttons.addWidget(self.remove)
         form.addRow(buttons)
         self.edit.setText(path)
-        self.change.clicked.connect(lambda: choose_file(self, self.edit, "Choose an ISO image", ISO_FILTER))
+        self.change.clicked.connect(lambda: choose_file(self, self.edit, "Choose an ISO image", ISO_FILTER,
+                                                             page.bridge))
         self.eject.clicked.connect(self.edit.clear)
         self.edit.textChanged.connect(self._eject_shown)
         self.edit.textChanged.connect(page._changed)

@@ -26,6 +26,7 @@ from PyQt6.QtWidgets import (
 )
 
 from app.host_bridge import HostBridge
+from app.ui import preferences
 from app.ui.vm.vnc_menu import VncMenu
 from app.widgets.banner import NoticeBanner
 from app.widgets.console import (
@@ -36,6 +37,7 @@ from app.widgets.console import (
     blank_text_screen,
     typing_note,
 )
+from app.widgets.console_keys import grab_label
 from app.widgets.fullscreen_bar import EXIT_SHORTCUT, FullscreenBar, scale_menu
 from core.host import Frame, VmConsole, VmInfo, VmState
 
@@ -69,6 +71,9 @@ class VmConsoleTab(QWidget):
 
         self.view = ConsoleView(None, None, self)
         self.view.setObjectName("displayConsole")
+        prefs = preferences.current()
+        self.view.grab_keys = prefs.grab_keys
+        self.view.set_scale_mode(prefs.console_scale)
         self.toolbar = self._build_toolbar()
         self.status = QLabel(self)
         self.status.setContentsMargins(8, 2, 8, 2)
@@ -271,8 +276,9 @@ class VmConsoleTab(QWidget):
         self._update_status()
 
     def _update_status(self) -> None:
-        grab = ("Input grabbed: press Ctrl+Alt to release" if self.view.grabbed
-                else "Click to type into the guest; Ctrl+Alt grabs the pointer")
+        keys = grab_label(self.view.grab_keys)
+        grab = (f"Input grabbed: press {keys} to release" if self.view.grabbed
+                else f"Click to type into the guest; {keys} grabs the pointer")
         self.status.setText(f"{self._mode}   ·   {grab}" if self._mode else grab)
 
     def close_console(self) -> None:

@@ -13,7 +13,6 @@ from PyQt6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDialogButtonBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
@@ -34,6 +33,8 @@ from PyQt6.QtWidgets import (
 from app.host_bridge import HostBridge
 from app.icons import resource_icon
 from app.ui.accel_choice import fill_accel_combo, label_accel_combo
+from app.ui.dialogs import show_error
+from app.ui.host_file_dialog import choose_host_file
 from app.ui.vm.boot_pages import BootOptionsPage, CdromPage
 from app.widgets.range_spin import RangeSpinBox
 from core.config import (
@@ -78,7 +79,7 @@ class DetailsEditor(QWidget):
         for name, icon in zip(PAGES, _ICONS, strict=True):
             QListWidgetItem(resource_icon(icon), name, self.pages)
         self.stack = QStackedWidget(self)
-        self.boot_page = BootOptionsPage(self.stack)
+        self.boot_page = BootOptionsPage(bridge, self.stack)
         self.cdrom_page = CdromPage(bridge, self.stack)
         # The boot page's fields under the names the other pages' fields have here.
         self.kernel, self.initrd, self.cmdline = self.boot_page.kernel, self.boot_page.initrd, self.boot_page.cmdline
@@ -224,8 +225,14 @@ class DetailsEditor(QWidget):
         form.addRow(self.disk_note)
 
     def _add_disk(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a disk image", "", "Disk images (*.img *.raw *.qcow2);;"
-                                              "All files (*)")
+        # The image is chosen among the files of the VM's host (over SFTP for an SSH host).
+        try:
+            choose_host_file(self.bridge, self, "Choose a disk image",
+                             "Disk images (*.img *.raw *.qcow2);;All files (*)", "", self._disk_chosen)
+        except HostError as exc:
+            show_error(self, "Browsing", str(exc))
+
+    def _disk_chosen(self, path: str) -> None:
         if path:
             self._disk_rows(self._current_disks() + [DiskConfig(path=path, format="qcow2" if path.endswith(".qcow2")
                                                                 else "raw")])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PyQt6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
 
-from app.host_bridge import HISTORY, HostBridge
+from app.host_bridge import HostBridge
 from app.widgets.graphs import time_plot
 
 
@@ -63,4 +63,4 @@ class PerformanceView(QWidget):
         mem = f"{last.memory_resident_mib:.0f}" if last.memory_resident_mib is not None else "?"
         self.summary.setText(f"CPU <b>{last.cpu_percent:.0f} %</b> of {info.config.vcpus if info else '?'} vCPU · "
                              f"memory <b>{mem}</b> of {last.memory_mib} MiB · "
-                             f"vCPU time {last.cpu_seconds:.1f} s · last {min(len(history), HISTORY)} s shown")
+                             f"vCPU time {last.cpu_seconds:.1f} s · last {ages[0]:.0f} s shown")
