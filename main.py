@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _add_img(p: argparse.ArgumentParser) -> None:
-    from core.cli.connect import add_connect_arguments
+    from core.cli.options import add_connect_arguments
     from core.storage.cli import add_img_arguments
     add_img_arguments(p)
     # `--connect` after the subcommand's own arguments, as for every other command (`img info PATH --connect …`).

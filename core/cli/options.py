@@ -10,8 +10,9 @@ def add_vm_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_connect_arguments(p: argparse.ArgumentParser, required: bool = False) -> None:
-    """--connect and the SSH options that go with it."""
-    p.add_argument("--connect", "-c", metavar="ssh://USER@HOST[:PORT]", required=required,
+    """--connect and the SSH options that go with it (-c too, unless the command has its own -c: img snapshot)."""
+    names = ["--connect"] if "-c" in p._option_string_actions else ["--connect", "-c"]
+    p.add_argument(*names, metavar="ssh://USER@HOST[:PORT]", required=required,
                    help="act on this host through its Vireo agent (installed over SSH when missing); "
                         "default: this computer's Vireo service")
     p.add_argument("--identity", "-i", metavar="KEY", default="", help="SSH private key file (default: ssh-agent "
