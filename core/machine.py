@@ -23,13 +23,12 @@ from core.boot.loader import load_kernel
 from core.devices.vga_screen_info import screen_info_for_text_mode
 from core.hypervisor.base import ExitReason, Vcpu, fault_line
 from core.hypervisor.select import AccelChoice, choose_accelerator
-from core.machine_state import NotQuiescent, quiesce_board, read_header, restore_board, resume_board, save_board
-from core.net.nic import Forward, NetSpecError, NicSpec
-from core.state.container import StateReader
-from core.state.fields import StateError
+from core.machine_state import NotQuiescent, quiesce_board, restore_board, resume_board, save_board
+from core.net.nic import NetSpecError, NicSpec
 
 if TYPE_CHECKING:
     from core.config import VmConfig
+    from core.machine_record import SavedState
 
 log = logging.getLogger(__name__)
 
@@ -138,35 +137,6 @@ class MachineConfig:
                    display=cfg.display.type, cdroms=[cd.path for cd in cfg.cdroms if cd.path],
                    boot=list(cfg.boot.order), boot_once=once, firmware=cfg.boot.firmware or None, nics=nics)
 
-    @classmethod
-    def from_record(cls, rec: object, where: str = "machine.config") -> MachineConfig:
-        """The definition a state file carries (asdict of one), checked field by field; StateError if not."""
-        if not isinstance(rec, dict):
-            raise StateError(f"{where}: the machine definition is not a record")
-        unknown = set(rec) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise StateError(f"{where}: unknown definition field {sorted(unknown)[0]!r}")
-        try:
-            disks = [DiskSpec(**d) for d in rec.get("disks", [])]
-            nics = [NicSpec(**{**n, "forwards": [Forward(**f) for f in n.get("forwards", [])]})
-                    for n in rec.get("nics", [])]
-            config = cls(**{**rec, "disks": disks, "nics": nics})
-            for i, nic in enumerate(config.nics):
-                nic.validate(f"{where}.nics[{i}]")
-        except NetSpecError as exc:
-            raise StateError(str(exc)) from None
-        except (TypeError, AttributeError) as exc:
-            raise StateError(f"{where}: the machine definition is malformed ({exc})") from None
-        for name, kind in (("memory_mib", int), ("cpus", int), ("boot_menu_wait_ms", int), ("cmdline", str),
-                           ("accel", str), ("display", str), ("on_triple_fault", str), ("decompress_on_host", bool)):
-            if type(getattr(config, name)) is not kind:
-                raise StateError(f"{where}: definition field {name} has the wrong type")
-        strings = [*config.cdroms, *config.boot, *config.boot_once, *(d.path for d in config.disks)]
-        optional = [config.kernel, config.initrd, config.firmware, *(d.format for d in config.disks)]
-        if not all(isinstance(x, str) for x in strings) or not all(x is None or isinstance(x, str) for x in optional):
-            raise StateError(f"{where}: a definition field that holds a path or a word has the wrong type")
-        return config
-
     def validate(self) -> None:
         host_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
         if not MIN_MEMORY_MIB <= self.memory_mib <= host_mib:
@@ -200,32 +170,6 @@ class MachineConfig:
 
 
 SAVE_ATTEMPTS = 200
-
-
-@dataclass
-class SavedState:
-    """A state file opened for restoring: its reader (positioned at the RAM), the machine record and the other
-    records (core/state/machine_state.read_header)."""
-
-    path: str
-    reader: StateReader
-    machine: dict
-    records: dict
-
-    @classmethod
-    def open(cls, path: str) -> tuple[MachineConfig, SavedState]:
-        """The definition saved in the file and the rest of it, ready for Machine(config, restore=...)."""
-        reader = StateReader(path)
-        try:
-            machine, records = read_header(reader)
-            config = MachineConfig.from_record(machine["config"])
-        except BaseException:
-            reader.close()
-            raise
-        return config, cls(path, reader, machine, records)
-
-    def close(self) -> None:
-        self.reader.close()
 
 
 StateListener = Callable[["Machine", MachineState, str], None]

@@ -31,8 +31,8 @@ from core.machine import (
     Machine,
     MachineConfig,
     MachineState,
-    SavedState,
 )
+from core.machine_record import SavedState
 from core.net.nic import NetSpecError, NicSpec, parse_net_option
 from core.state.fields import StateError
 from core.storage import CACHE_MODES, ImageError

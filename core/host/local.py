@@ -48,6 +48,7 @@ from core.host.saved import managed_state
 from core.host.saved import restore as restore_saved
 from core.host.saved import save as save_state
 from core.host.startcheck import check_startable
+from core.host.vm_stats import stats_from_sample
 from core.hoststats import HostInfo, local_host_info
 
 log = logging.getLogger(__name__)
@@ -584,19 +585,6 @@ class LocalHost(HostImages, HostLoad, Host):
             sample = proc.stats()
         except VmProcessError:
             return None         # it is going away: the state report follows
-        now = time.monotonic()
-        cpu = float(sample.get("cpu_seconds") or 0.0)
-        counters = (sample.get("disk_read_bytes"), sample.get("disk_write_bytes"))
-        percent, rates = 0.0, (None, None)
-        previous = vm.last_sample
-        if previous is not None and now > previous[0]:
-            elapsed = now - previous[0]
-            percent = max(0.0, min(100.0, (cpu - previous[1]) / elapsed / vm.config.vcpus * 100))
-            rates = tuple(None if c is None or p is None else max(0.0, (c - p) / elapsed)
-                          for c, p in zip(counters, previous[2], strict=True))
-        vm.last_sample = (now, cpu, counters)
-        resident = sample.get("resident_bytes")
-        return VmStats(timestamp=now, cpu_percent=percent, cpu_seconds=cpu, memory_mib=vm.config.memory_mib,
-                       memory_resident_mib=None if resident is None else resident / (1024 * 1024),
-                       disk_read_bps=rates[0], disk_write_bps=rates[1])
+        stats, vm.last_sample = stats_from_sample(sample, vm.last_sample, vm.config.vcpus, vm.config.memory_mib)
+        return stats
 

@@ -90,6 +90,7 @@ class Refcounts:
 
     def get_many(self, clusters: np.ndarray) -> np.ndarray:
         """The refcounts of an array of cluster indices (0 where no refcount block exists)."""
+        import numpy as np  # as in block_entries: only snapshots and check need it
         out = np.zeros(len(clusters), dtype=np.uint64)
         if not len(clusters):
             return out
@@ -164,6 +165,7 @@ class Refcounts:
         """Add `delta` once per occurrence of each cluster index in `clusters` (a cluster may repeat), one write
         per refcount block touched; return the clusters whose count became 0 (sorted). Every block is checked
         before any is written, so a count that would leave 0..max fails the whole update unapplied."""
+        import numpy as np  # as in block_entries: only snapshots and check need it
         if not len(clusters):
             return np.zeros(0, dtype=np.int64)
         uniq, counts = np.unique(np.asarray(clusters, dtype=np.int64), return_counts=True)
@@ -199,6 +201,7 @@ class Refcounts:
     def _pack_entries(self, values: np.ndarray) -> bytes:
         if self.bits >= 8:
             return values.astype(f">u{self.bits // 8}").tobytes()
+        import numpy as np  # as in block_entries
         per_byte = 8 // self.bits
         shifts = np.arange(per_byte, dtype=np.uint64) * np.uint64(self.bits)
         return (values.reshape(-1, per_byte) << shifts).sum(axis=1).astype(np.uint8).tobytes()

@@ -369,7 +369,7 @@ def _build(cfg, serial_output, restore: str | None = None):
     config = MachineConfig.from_vm(cfg, choice.name)
     if restore is None:
         return Machine(config, serial_output=serial_output, accel_choice=choice), choice
-    from core.machine import SavedState
+    from core.machine_record import SavedState
     _, saved = SavedState.open(restore)
     try:
         return Machine(config, serial_output=serial_output, accel_choice=choice, restore=saved), choice

@@ -30,9 +30,9 @@ from typing import Any
 from core.config import VmConfig
 from core.hoststats import thread_cpu_seconds
 from core.protocol import ConnectionClosed, ProtocolError, check_hello, encode, hello
+from core.vmproc.net_status import checked_nics
 from core.vmproc.wire import (
     FINAL_STATES,
-    MAX_NICS,
     MAX_REASON,
     ROLE_CONTROLLER,
     ROLE_VM,
@@ -304,7 +304,10 @@ class VmProcess:
     def net_status(self) -> list[dict[str, Any]]:
         """Each network card: mac, model, backend, mtu, link_up, link_reason, forwards and its counters
         (rx/tx bytes, packets, dropped), checked as untrusted input."""
-        return _checked_nics(self._call("net_status"))
+        try:
+            return checked_nics(self._call("net_status"))
+        except ValueError as exc:
+            raise VmProcessError(str(exc)) from None
 
     def net_reconnect(self, nic: int | None = None) -> None:
         """Restart the backend (passt) of card `nic`, or of every card whose link is down; VmProcessError with
@@ -461,31 +464,6 @@ class VmProcess:
         return describe_exit(self._popen.returncode)
 
 
-_NIC_TEXT = ("mac", "model", "backend", "link_reason")
-_NIC_COUNTS = ("mtu", "rx_bytes", "rx_packets", "tx_bytes", "tx_packets", "rx_dropped", "tx_dropped")
-
-
-def _checked_nics(value: Any) -> list[dict[str, Any]]:
-    """A net_status result from the VM process, field by field; ProtocolError-free: anything odd is refused
-    with VmProcessError."""
-    if not isinstance(value, list) or len(value) > MAX_NICS:
-        raise VmProcessError("the VM process answered net_status with something that is not a list of cards")
-    out = []
-    for card in value:
-        if not isinstance(card, dict):
-            raise VmProcessError("the VM process answered net_status with a malformed card")
-        entry: dict[str, Any] = {"link_up": card.get("link_up") is True}
-        for key in _NIC_TEXT:
-            v = card.get(key, "")
-            entry[key] = v[:MAX_REASON] if isinstance(v, str) else ""
-        for key in _NIC_COUNTS:
-            v = card.get(key, 0)
-            entry[key] = v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 else 0
-        forwards = card.get("forwards", [])
-        entry["forwards"] = [f[:100] for f in forwards if isinstance(f, str)][:64] if isinstance(forwards, list) \
-            else []
-        out.append(entry)
-    return out
 
 
 class _Waiter:

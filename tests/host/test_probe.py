@@ -111,12 +111,14 @@ def test_disks_qcow2_by_both_makers_raw_and_text(host: LocalHost, readme: Path, 
 def test_iso_volume_id_el_torito_and_size(host: LocalHost, tmp_path: Path, readme: Path) -> None:
     bootable = write_iso(tmp_path / "debian.iso", "Debian 12.8.0 amd64 n", el_torito=True, size=612 << 20)
     assert host.probe_file(str(bootable), "iso") == FileProbe(
-        True, "ISO 9660 image 'Debian 12.8.0 amd64 n', bootable (El Torito), 612 MiB")
+        True, "ISO 9660 image 'Debian 12.8.0 amd64 n', bootable (El Torito), 612 MiB",
+        volume_id="Debian 12.8.0 amd64 n")
     assert host.probe_file(str(bootable), "boot-iso") == host.probe_file(str(bootable), "iso")
     data = write_iso(tmp_path / "data.iso", "BACKUP", el_torito=False)
     # A data disc serves a CD-ROM drive, not an install: the firmware has nothing to boot on it.
     assert host.probe_file(str(data), "iso") == FileProbe(
-        True, "ISO 9660 image 'BACKUP', 128 KiB, not bootable (a data disc: no El Torito boot record)")
+        True, "ISO 9660 image 'BACKUP', 128 KiB, not bootable (a data disc: no El Torito boot record)",
+        volume_id="BACKUP")
     assert host.probe_file(str(data), "boot-iso") == FileProbe(
         False, "not a bootable ISO", f"{data} is an ISO 9660 image but not a bootable ISO (no El Torito boot "
                                      "record): choose an installer or live ISO")

@@ -6,7 +6,8 @@ import threading
 import time
 
 from core.hypervisor.select import choose_accelerator
-from core.machine import Machine, MachineConfig, SavedState
+from core.machine import Machine, MachineConfig
+from core.machine_record import SavedState
 from core.memory import GuestMemory
 from core.state.container import StateReader, StateWriter
 

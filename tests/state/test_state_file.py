@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from core.machine import DiskSpec, Machine, MachineConfig, SavedState
+from core.machine import DiskSpec, Machine, MachineConfig
+from core.machine_record import SavedState
 from core.memory import GuestMemory
 from core.state.container import StateReader, StateWriter
 from core.state.fields import StateError
