@@ -108,7 +108,7 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
             self.natives = natives()
         except ui.UnicornInternalsError as exc:
             raise AcceleratorUnavailable(f"the software CPU cannot start: {exc}") from exc
-        start_tsc_calibration()                       # host_tsc_hz() below, once the emulator is set up
+        start_tsc_calibration()                       # finished at the first use of tsc_hz (create_vcpu)
         self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64, cpu=X.UC_CPU_X86_HASWELL)
         self.uc.reg_read(X.UC_X86_REG_RAX)            # forces the engine's lazy initialisation
         self.uc.ctl_exits_enabled(True)               # no exit addresses: emu_start's `until` is ignored
@@ -132,10 +132,21 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
         self._track_code_pages()
         self.apic_bus: ApicBus | None = None          # the board's, once connect_apic_bus has joined it
         memory.add_write_listener(self._ram_written)
-        self.tsc_hz = host_tsc_hz()
-        self.cpuid_policy = CpuidPolicy(v.cpuid, num_cpus, self.tsc_hz)
+        self._cpuid_policy: CpuidPolicy | None = None
         self._closed = False
         _register_live(self)
+
+    @property
+    def tsc_hz(self) -> int:
+        """The guest TSC's frequency (the host's): first asked for by the vCPUs' local APICs, once the board has
+        built its devices, so the measurement started with the accelerator rarely has to wait."""
+        return host_tsc_hz()
+
+    @property
+    def cpuid_policy(self) -> CpuidPolicy:
+        if self._cpuid_policy is None:
+            self._cpuid_policy = CpuidPolicy(self.view.cpuid, self.num_cpus, self.tsc_hz)
+        return self._cpuid_policy
 
     def _fail(self, where: str) -> None:
         """A hook raised: remember it for the running vCPU and stop emulation."""
