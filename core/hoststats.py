@@ -11,7 +11,6 @@ counts the time each thread ran — guest time included for KVM — in /proc/sel
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 import socket
@@ -104,7 +103,8 @@ def thread_cpu_seconds(native_id: int, pid: int | None = None) -> float | None:
         return None
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library the interpreter is linked with, by name: find_library("c") runs `ldconfig -p` (a process).
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 _libc.mincore.restype = ctypes.c_int
 

@@ -16,11 +16,7 @@ format not available here falls back to the ordinary bzImage entry.
 """
 from __future__ import annotations
 
-import bz2
-import hashlib
-import lzma
 import struct
-import zlib
 from dataclasses import dataclass
 
 from core import platform
@@ -255,6 +251,10 @@ def decompress_payload(payload: bytes, name: str, limit: int = 1 << 30) -> tuple
     decoder stops at its own end marker, so those trailing bytes are left over, and they check the result.
     Nothing is unpacked past that size or past `limit` (the guest's RAM: a bigger vmlinux could not be loaded).
     """
+    # The decoders are imported here: a machine booting through its firmware loads this module without a kernel.
+    import bz2
+    import lzma
+    import zlib
     fmt = payload_format(payload)
     size_hint = _u32(payload, len(payload) - 4) if len(payload) >= 4 else 0
     if fmt not in ("none", "unknown", "lzo", "lz4") and size_hint > limit:
@@ -294,6 +294,7 @@ _vmlinux_cache: dict[bytes, tuple[str, bytes | None]] = {}
 def _decompress_cached(payload: bytes, name: str, limit: int) -> tuple[str, bytes | None]:
     """Keep the last unpacked kernel in memory (a VM that reboots loads the same one again) and every recent one
     on disk (the next run of the same kernel skips the ~0.6 s xz unpacking)."""
+    import hashlib
     key = hashlib.sha256(payload).digest()
     hit = _vmlinux_cache.get(key)
     if hit is None:

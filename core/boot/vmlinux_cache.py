@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -49,6 +48,7 @@ def load(key: str, fmt: str) -> bytes | None:
 
 
 def store(key: str, fmt: str, data: bytes) -> None:
+    import tempfile  # here: every start imports this module, few store a kernel
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -61,7 +61,7 @@ class VgaMemory:
         self.vram = bytearray(4 * PLANE_SIZE)
         self._planes: np.ndarray | None = None
         self.latch = [0, 0, 0, 0]
-        self.banked = None      # object with window_read(offset) / window_write(offset, value) -> bool
+        self.banked = None      # BochsVbe: `enabled`, window_read(offset), window_write(offset, value) -> bool
 
     @property
     def planes(self) -> np.ndarray:
@@ -187,5 +187,39 @@ class VgaMemory:
 
     def mmio_write(self, addr: int, size: int, value: int) -> None:
         base = addr - VGA_WINDOW_BASE
+        if self._text_write(base, size, value):
+            return
         for i in range(size):
             self.write((base + i) % VGA_WINDOW_SIZE, (value >> (8 * i)) & 0xFF)
+
+    def _text_write(self, base: int, size: int, value: int) -> bool:
+        """The store a text console makes (odd/even addressing, write mode 0 with no set/reset, rotation or bit
+        mask, inside the decoded map, no VBE bank): each byte straight to plane 0/1 (2/3), as write() would put
+        it. False, having done nothing, for any other case (write() then handles it byte by byte)."""
+        regs = self.regs
+        seq, gc = regs.seq, regs.gc
+        if (seq[SEQ_MEMORY_MODE] & (SR04_CHAIN4 | SR04_ODD_EVEN_DISABLE) or gc[GC_MODE] & 3
+                or gc[GC_ENABLE_SET_RESET] or gc[GC_DATA_ROTATE] or gc[GC_BIT_MASK] != 0xFF
+                or not regs.misc & MISC_RAM_ENABLE or (self.banked is not None and self.banked.enabled)):
+            return False
+        start, length = MEMORY_MAPS[(gc[GC_MISC] >> 2) & 3]
+        a = base - start
+        if a < 0 or a + size > length:
+            return False
+        map_mask = seq[SEQ_MAP_MASK]
+        vram = self.vram
+        for i in range(size):
+            mask = map_mask & (0b0101 << ((a + i) & 1))
+            if mask:
+                off = (a + i) & 0xFFFE
+                byte = (value >> (8 * i)) & 0xFF
+                regs.generation += 1
+                if mask & 1:
+                    vram[off] = byte
+                if mask & 2:
+                    vram[PLANE_SIZE + off] = byte
+                if mask & 4:
+                    vram[2 * PLANE_SIZE + off] = byte
+                if mask & 8:
+                    vram[3 * PLANE_SIZE + off] = byte
+        return True

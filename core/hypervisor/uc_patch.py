@@ -115,7 +115,7 @@ class _LibImage:
         self.sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
         self.dynsym = next(sec for sec in self.sections if sec[1] == 11)       # SHT_DYNSYM
         self.symtab = next((sec for sec in self.sections if sec[1] == 2), None)   # SHT_SYMTAB (absent if stripped)
-        uc_open = self.symbols(self.dynsym, "uc_open")
+        uc_open = self.dynamic_symbol("uc_open")
         if not uc_open:
             raise UnicornInternalsError(f"{path}: uc_open not in the dynamic symbol table")
         self.base = addr_of(_lib.uc_open) - uc_open[0][1]
@@ -143,6 +143,36 @@ class _LibImage:
                     words = memoryview(self.data[sec[4]:sec[4] + sec[5]]).cast("Q")
                     self._relas.append((words, words[1::3].tobytes()))
         return self._relas
+
+    def dynamic_symbol(self, name: str) -> list[tuple[int, int]]:
+        """[(index, st_value)] of the exported symbol `name`, found through the library's GNU hash table (the
+        dynamic linker's own lookup: Bloom filter skipped, bucket, then the chain of equal hashes); a library
+        without one is searched as .symtab is."""
+        gnu_hash = next((sec for sec in self.sections if sec[1] == 0x6FFFFFF6), None)     # SHT_GNU_HASH
+        if gnu_hash is None:
+            return self.symbols(self.dynsym, name)
+        data, off = self.data, gnu_hash[4]
+        nbuckets, symoffset, bloom_size, _shift = struct.unpack_from("<IIII", data, off)
+        buckets = off + 16 + 8 * bloom_size
+        chains = buckets + 4 * nbuckets
+        want = name.encode()
+        h = 5381
+        for c in want:
+            h = (h * 33 + c) & 0xFFFF_FFFF
+        index, = struct.unpack_from("<I", data, buckets + 4 * (h % nbuckets))
+        if index < symoffset:
+            return []
+        strtab = self.sections[self.dynsym[6]][4]
+        while True:
+            chain, = struct.unpack_from("<I", data, chains + 4 * (index - symoffset))
+            if chain | 1 == h | 1:
+                st_name, = struct.unpack_from("<I", data, self.dynsym[4] + index * 24)
+                if data[strtab + st_name:strtab + st_name + len(want) + 1] == want + b"\0":
+                    st_value, = struct.unpack_from("<Q", data, self.dynsym[4] + index * 24 + 8)
+                    return [(index, st_value)]
+            if chain & 1:
+                return []
+            index += 1
 
     def symbols(self, table: tuple, name: str) -> list[tuple[int, int]]:
         """(index, st_value) of every symbol of `table` (.dynsym or .symtab) called `name`. Its string table may
@@ -178,16 +208,17 @@ def _find_helper_slots(symbols: list[str]) -> dict[str, tuple[int, list[int]]]:
     result = {}
     for s in symbols:
         slots = []
-        found = img.symbols(img.dynsym, s)
+        found = img.dynamic_symbol(s)
         for index, _value in found:
-            for rtype in (1, 6, 7):
-                info = struct.pack("<Q", index << 32 | rtype)
-                for words, infos in relas:
-                    pos = infos.find(info)
-                    while pos != -1:
-                        if pos % 8 == 0 and words[3 * (pos // 8) + 2] == 0:     # r_addend 0
-                            slots.append(words[3 * (pos // 8)])
-                        pos = infos.find(info, pos + 1)
+            sym = struct.pack("<I", index)                     # the upper half of r_info: one search per table
+            for words, infos in relas:
+                pos = infos.find(sym)
+                while pos != -1:
+                    if pos % 8 == 4:
+                        entry = 3 * (pos // 8)
+                        if words[entry + 1] & 0xFFFF_FFFF in (1, 6, 7) and words[entry + 2] == 0:  # r_addend 0
+                            slots.append(words[entry])
+                    pos = infos.find(sym, pos + 1)
         if not found or not slots:
             raise UnicornInternalsError(f"{img.path}: no relocations for {s}; cannot interpose it")
         result[s] = (img.base + found[0][1], [img.base + r for r in sorted(slots)])

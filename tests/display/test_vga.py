@@ -380,6 +380,40 @@ def test_banked_window_while_vbe_enabled(m):
     assert m.vga.vbe.vram[65536 + 16] == 0x2A
 
 
+def test_multibyte_window_stores_match_byte_stores_in_every_state():
+    """A 2- or 4-byte store to the window (text consoles take a shortcut for them) leaves the planes and the
+    change counter exactly as the same bytes stored one at a time, across memory maps, addressing, write modes,
+    set/reset, rotation, bit mask, map mask and the VBE bank."""
+    rnd = random.Random(12)
+    fast, ref = Machine(), Machine()
+    for trial in range(400):
+        seq4 = rnd.choice((0x02, 0x06, 0x0E, 0x02, 0x02))                    # odd/even (text), planar, chain-4
+        gc5 = rnd.choice((0x10, 0x00, 0x10, 0x01, 0x02, 0x03, 0x08))
+        gc6 = rnd.choice((0x0E, 0x0C, 0x08, 0x04, 0x00, 0x0E))              # memory map select (+ graphics bit)
+        regs = [(0x3C4, 2, rnd.choice((0x03, 0x0F, 0x01, 0x02, 0x04, 0x00))), (0x3C4, 4, seq4),
+                (0x3CE, 5, gc5), (0x3CE, 6, gc6), (0x3CE, 8, rnd.choice((0xFF, 0xFF, 0x0F))),
+                (0x3CE, 1, rnd.choice((0, 0, 0x05))), (0x3CE, 0, rnd.randrange(16)),
+                (0x3CE, 3, rnd.choice((0, 0, 0x08, 0x02)))]
+        misc = rnd.choice((0x67, 0x67, 0x65)) if trial % 7 else 0x65              # 0x65: no CPU access
+        for mach in (fast, ref):
+            mach.outb(0x3C2, misc)
+            for port, index, value in regs:
+                mach.outb(port, index)
+                mach.outb(port + 1, value)
+            dispi_write(mach, 4, 0x01 if trial % 11 == 0 else 0x00)
+        fast.vga.memory.latch = list(ref.vga.memory.latch)
+        for _ in range(8):
+            size = rnd.choice((2, 4, 2, 1))
+            addr = rnd.choice((0xB8000, 0xA0000, 0xB0000)) + rnd.randrange(0x8000) - (size - 1) * (trial % 3 == 0)
+            value = rnd.getrandbits(8 * size)
+            fast.mmio.write(addr, size, value)
+            for i in range(size):
+                ref.vga.memory.write((addr - 0xA0000 + i) % 0x20000, (value >> (8 * i)) & 0xFF)
+        assert fast.vga.memory.vram == ref.vga.memory.vram, trial
+        assert fast.vga.vbe.vram[:0x20000] == ref.vga.vbe.vram[:0x20000], trial
+        assert fast.vga.generation == ref.vga.generation, trial
+
+
 # -- registers --------------------------------------------------------------------------------------------------
 def test_attribute_flipflop_reset_by_input_status(m):
     m.outb(0x3C0, 0x11)      # index (flip-flop now at data)
