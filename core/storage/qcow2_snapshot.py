@@ -31,16 +31,13 @@ from __future__ import annotations
 import struct
 import time
 
-import numpy as np
-
 from core.storage.errors import ImageError
+from core.storage.lazy_numpy import np
 from core.storage.qcow2_header import COMPRESSED, COPIED, L1_OFFSET_MASK, MAX_SNAPSHOTS
 from core.storage.qcow2_meta import HEADER, L1, L2, SNAP_L1, SNAPTABLE
 from core.storage.qcow2_snaptable import MAX_TABLE_BYTES, Snapshot, pack_table
 
-_OFF = np.uint64(0x00FF_FFFF_FFFF_FE00)
-_COPIED = np.uint64(COPIED)
-_COMPRESSED = np.uint64(COMPRESSED)
+_OFF = 0x00FF_FFFF_FFFF_FE00
 
 
 class Qcow2Snapshots:
@@ -80,8 +77,8 @@ class Qcow2Snapshots:
             self._l2_table_offset_checked(off)
             l2s.append(off)
             table = self._l2_entries_of(off)
-            comp = (table & _COMPRESSED) != 0
-            hosts = table[~comp] & _OFF
+            comp = (table & np.uint64(COMPRESSED)) != 0
+            hosts = table[~comp] & np.uint64(_OFF)
             data.append((hosts[hosts != 0] >> np.uint64(self.cluster_bits)).astype(np.int64))
             for e in table[comp].tolist():
                 host, length = self._compressed_range(e)
@@ -129,14 +126,14 @@ class Qcow2Snapshots:
             exclusive = not clear_all and self.refcounts.get(off >> self.cluster_bits) == 1
             if clear_all or exclusive:
                 table = self._l2_entries_of(off)
-                standard = (table & _COMPRESSED) == 0
-                hosts = table & _OFF
+                standard = (table & np.uint64(COMPRESSED)) == 0
+                hosts = table & np.uint64(_OFF)
                 want = np.zeros(len(table), dtype=bool)
                 if exclusive:
                     mapped = np.flatnonzero(standard & (hosts != 0))
                     counts = self.refcounts.get_many((hosts[mapped] >> np.uint64(self.cluster_bits)).astype(np.int64))
                     want[mapped] = counts == 1
-                new = np.where(want, table | _COPIED, np.where(standard, table & ~_COPIED, table))
+                new = np.where(want, table | np.uint64(COPIED), np.where(standard, table & ~np.uint64(COPIED), table))
                 if not np.array_equal(new, table):
                     raw = new.astype(">u8").tobytes()
                     self.guard.check(off, self.cs, L2)
