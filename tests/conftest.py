@@ -12,6 +12,7 @@ tests/ and each test folder are packages, so test modules are named by their pat
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,12 @@ def vireo_session():
     yield start
     for session in sessions:
         session.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_dialog_helper_outlives_its_test():
+    """A GUI test's helper still waiting for a dialog that never opened must not answer the next test's."""
+    yield
+    dialogs = sys.modules.get("tests.helpers.dialogs")
+    if dialogs is not None:
+        dialogs.forget_pending()

@@ -8,6 +8,25 @@ from PyQt6.QtGui import QAction
 from PyQt6.QtWidgets import QApplication, QDialogButtonBox, QFileDialog, QLineEdit, QMenu, QMessageBox
 
 POLL_MS = 20
+# Bumped after every test (tests/gui/conftest.py): a helper still waiting for a dialog its test never opened (the
+# question was switched off, say) stops, instead of answering the next test's dialog.
+_epoch = [0]
+
+
+def forget_pending() -> None:
+    """Stop every helper still waiting for its dialog."""
+    _epoch[0] += 1
+
+
+def _poll(step) -> None:
+    """Run `step` now and every POLL_MS while it returns False, for the current test only."""
+    epoch = _epoch[0]
+
+    def run() -> None:
+        if epoch == _epoch[0] and step() is False:
+            QTimer.singleShot(POLL_MS, run)
+
+    QTimer.singleShot(0, run)
 
 
 def answer_question(qtbot, button: str, asked: list[str]) -> None:
@@ -15,14 +34,13 @@ def answer_question(qtbot, button: str, asked: list[str]) -> None:
     def answer() -> None:
         box = QApplication.activeModalWidget()
         if not isinstance(box, QMessageBox):
-            QTimer.singleShot(POLL_MS, answer)
-            return
+            return False
         asked.append(box.text())
         choice = next((b for b in box.buttons() if b.text().replace("&", "") == button), None)
         assert choice is not None, f"the question {box.text()!r} has no {button!r} button"
         qtbot.mouseClick(choice, Qt.MouseButton.LeftButton)
 
-    QTimer.singleShot(0, answer)
+    _poll(answer)
 
 
 def choose_from_popup(qtbot, action: QAction, offered: list[tuple[str, bool]]) -> None:
@@ -30,13 +48,12 @@ def choose_from_popup(qtbot, action: QAction, offered: list[tuple[str, bool]]) -
     def choose() -> None:
         menu = QApplication.activePopupWidget()
         if not isinstance(menu, QMenu):
-            QTimer.singleShot(POLL_MS, choose)
-            return
+            return False
         offered.extend((a.text().replace("&", ""), a.isEnabled()) for a in menu.actions() if not a.isSeparator())
         assert action in menu.actions(), f"{action.text()!r} is not in the menu"
         qtbot.mouseClick(menu, Qt.MouseButton.LeftButton, pos=menu.actionGeometry(action).center())
 
-    QTimer.singleShot(0, choose)
+    _poll(choose)
 
 
 def choose_file(qtbot, path: str, titles: list[str]) -> None:
@@ -46,8 +63,7 @@ def choose_file(qtbot, path: str, titles: list[str]) -> None:
     def choose() -> None:
         dialog = QApplication.activeModalWidget()
         if not isinstance(dialog, QFileDialog):
-            QTimer.singleShot(POLL_MS, choose)
-            return
+            return False
         titles.append(dialog.windowTitle())
         edit = dialog.findChild(QLineEdit, "fileNameEdit")
         buttons = dialog.findChild(QDialogButtonBox, "buttonBox")
@@ -55,4 +71,4 @@ def choose_file(qtbot, path: str, titles: list[str]) -> None:
         edit.setText(path)
         qtbot.mouseClick(buttons.button(QDialogButtonBox.StandardButton.Open), Qt.MouseButton.LeftButton)
 
-    QTimer.singleShot(0, choose)
+    _poll(choose)
