@@ -99,12 +99,14 @@ class NicConfig:
     forwards: list[str] = field(default_factory=list)
     tap: str = ""
     bridge: str = ""
+    link: bool = True          # the link switch (virsh domif-setlink): False is a card with its cable unplugged
 
     def spec(self):
         """The engine's NicSpec of this card (NetSpecError for a bad forward)."""
         from core.net.nic import NicSpec, parse_forward
         return NicSpec(backend=self.backend, model=self.model, mac=self.mac,
-                       forwards=[parse_forward(f) for f in self.forwards], tap=self.tap, bridge=self.bridge)
+                       forwards=[parse_forward(f) for f in self.forwards], tap=self.tap, bridge=self.bridge,
+                       link=self.link)
 
 
 @dataclass
