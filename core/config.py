@@ -557,10 +557,12 @@ class ConfigStore:
             raise ConfigError(f"{path} could not be loaded earlier; fix or remove it by hand, Vireo will not "
                               "overwrite it")
         make_private_dirs(self.directory)
-        data = cfg.to_dict()
         from core.net.nic import derived_mac
-        for i, nic in enumerate(data["nics"]):
-            nic["mac"] = nic["mac"] or derived_mac(cfg.uuid, i)     # the card keeps its address from now on
+        for i, nic in enumerate(cfg.nics):
+            # The card keeps its address from now on, in the file and in the caller's copy (which the host keeps
+            # and dumpconfig prints).
+            nic.mac = nic.mac or derived_mac(cfg.uuid, i)
+        data = cfg.to_dict()
         text = json.dumps(data, indent=2, sort_keys=False) + "\n"
         atomic_write(path, text.encode())
         return path
