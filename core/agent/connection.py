@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from core.agent import wire
 from core.agent.agenthost import AgentHost, software_cpu_available
 from core.agent.console import MAX_IN_FLIGHT, encode_frame, merge_rects
+from core.agent.net_calls import NetCalls
 from core.agent.version import engine_version
 from core.host.api import EventKind, HostError, HostEvent
 from core.protocol import (
@@ -132,7 +133,7 @@ class _ConsoleStream:
             self.console.frames.close()     # the stream's own shared-console reader
 
 
-class Connection:
+class Connection(NetCalls):
     """One client, from hello to close."""
 
     def __init__(self, agent: Agent, sock: socket.socket) -> None:

@@ -106,4 +106,8 @@ HOST_COMMANDS = (
                 _late("commands", "cmd_domdisplay")),
     HostCommand("autostart", "start a VM with its host's Vireo service (--disable: no longer)",
                 _late("commands", "add_autostart_arguments"), _late("commands", "cmd_autostart")),
+    HostCommand("domiflist", "list a VM's network cards (Interface, Type, Source, Model, MAC)", add_vm_argument,
+                _late("netcmds", "cmd_domiflist")),
+    HostCommand("domif-setlink", "plug a VM's network card in (up) or pull its cable out (down)",
+                _late("netcmds", "add_setlink_arguments"), _late("netcmds", "cmd_domif_setlink")),
 )

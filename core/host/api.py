@@ -293,6 +293,21 @@ class Host(ABC):
         """The whole host's CPU, memory, disk and network counters (core/host/hostload.py)."""
         raise HostError(f"{self.name} cannot report its load")
 
+    def net_status(self, vm_uuid: str) -> list[dict]:
+        """Each network card of a started VM as its VM process reports it (core/vmproc/net_status.py); [] when
+        the VM is not started (core/host/net_ops.py)."""
+        raise HostError(f"{self.name} cannot report network cards")
+
+    def net_reconnect(self, vm_uuid: str, nic: int | None = None) -> None:
+        """Restart card `nic`'s backend (passt) of a started VM (None: every card whose link is down)."""
+        raise HostError(f"{self.name} cannot reconnect network cards")
+
+    def net_set(self, vm_uuid: str, nic: int, link: bool | None = None,
+                forwards: list[str] | None = None) -> VmInfo:
+        """Save card `nic`'s link switch and/or port forwards in the definition, and apply them to a started VM
+        at once (its passt restarts for new forwards); HostError with one line, e.g. the port passt cannot bind."""
+        raise HostError(f"{self.name} cannot change network cards")
+
     def files(self) -> HostFiles:
         """The host's file system, for browsing (core/host/files.py); HostError when this host offers none."""
         raise HostError(f"{self.name} cannot browse its files")

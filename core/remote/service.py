@@ -52,6 +52,7 @@ from core.host.images import ImageEntry
 from core.hoststats import HostInfo
 from core.protocol import ProtocolError
 from core.remote.client import AgentClient, AgentGone
+from core.remote.net_client import NetClient
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class ServiceInputSink:
                            "buttons": int(buttons), "dz": int(dz)})
 
 
-class ServiceClient(Host):
+class ServiceClient(NetClient, Host):
     remote = True          # the VMs run in the service: closing this client leaves them running
     shared_console = False  # ask the service for the VM process's shared console instead of a stream
 

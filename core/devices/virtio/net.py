@@ -80,6 +80,9 @@ class VirtioNet(VirtioDevice):
                       "tx_dropped": 0}
         self.link_up = False
         self.link_reason = "not started"
+        # The user's link switch (virsh domif-setlink; the GUI's NIC page): down hides the carrier from the
+        # guest and drops frames both ways, as an unplugged cable does, while the backend stays connected.
+        self.switch_up = True
         self.on_link_change: LinkListener | None = None
         self.backend: NetBackend | None = None
         self._driver_features = 0
@@ -97,7 +100,8 @@ class VirtioNet(VirtioDevice):
 
     def config(self) -> bytes:
         # mac, status, max_virtqueue_pairs, mtu (5.1.4)
-        return struct.pack("<6sHHH", self.mac, S_LINK_UP if self.link_up else 0, 1, self.mtu)
+        return struct.pack("<6sHHH", self.mac, S_LINK_UP if self.link_up and self.switch_up else 0, 1,
+                           self.mtu)
 
     def activate(self, driver_features: int) -> None:
         self._driver_features = driver_features
@@ -155,10 +159,21 @@ class VirtioNet(VirtioDevice):
         if self._tx_thread is not None and self._tx_thread is not threading.current_thread():
             self._tx_thread.join(5)
 
+    def set_switch(self, up: bool) -> None:
+        """Plug or unplug the virtual cable: the STATUS field's LINK_UP follows (with the backend's state) and a
+        change raises the configuration-change interrupt, so the guest sees its carrier go down or up
+        (virtio 1.2, 5.1.4.2)."""
+        with self._backend_lock:
+            before = self.link_up and self.switch_up
+            self.switch_up = bool(up)
+            if before != (self.link_up and self.switch_up) and self.transport is not None:
+                self.transport.config_changed()
+        self._rx_kick.set()
+
     def _set_link(self, up: bool, reason: str) -> None:
         changed = up != self.link_up
         self.link_up, self.link_reason = up, reason
-        if changed and self.transport is not None:
+        if changed and self.switch_up and self.transport is not None:
             self.transport.config_changed()
         listener = self.on_link_change
         if listener is None:
@@ -210,7 +225,7 @@ class VirtioNet(VirtioDevice):
         assert t is not None
         q = t.queues[RX]
         with t.lock:
-            if not t.may_run() or not q.ready or not self.link_up:
+            if not t.may_run() or not q.ready or not (self.link_up and self.switch_up):
                 self.stats["rx_dropped"] += 1
                 return True
             try:
@@ -308,7 +323,7 @@ class VirtioNet(VirtioDevice):
                 t.used(q, old_used)
         backend = self.backend
         for frame in frames:
-            if backend is not None and self.link_up and backend.send_frame(frame):
+            if backend is not None and self.link_up and self.switch_up and backend.send_frame(frame):
                 self.stats["tx_packets"] += 1
                 self.stats["tx_bytes"] += len(frame)
             else:
