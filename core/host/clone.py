@@ -130,8 +130,9 @@ def clone_vm(host: LocalHost, vm_uuid: str, new_name: str, linked: bool = False,
         folder = str(images_dir())
         make_private_dirs(folder)
         clone = source.copy(name=new_name, uuid=str(uuidlib.uuid4()), autostart=False)
-        for nic in clone.nics:
-            nic.mac = ""                 # the store derives a new one from the new uuid (core.net.nic.derived_mac)
+        from core.net.nic import derived_mac
+        for n, nic in enumerate(clone.nics):
+            nic.mac = derived_mac(clone.uuid, n)     # as the store derives a new card's MAC from its VM's uuid
         clone.serial.log_file = ""       # two VMs appending to one log would interleave
         writable = [(i, d) for i, d in enumerate(source.disks) if not d.readonly]
         for _, disk in writable:
