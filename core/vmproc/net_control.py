@@ -11,12 +11,14 @@ Everything in the request is checked here: it comes from the controller, but the
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from core.net.nic import NetSpecError, NicSpec, parse_forward
 from core.protocol import ProtocolError
 
 MAX_FORWARDS = 64
+MIN_CARRIER_OFF = 0.5      # seconds the guest sees no carrier while its passt restarts with new forwards
 
 
 def net_set(machine: Any, header: dict[str, Any]) -> str:
@@ -47,6 +49,24 @@ def net_set(machine: Any, header: dict[str, Any]) -> str:
         spec.link = link
     if forwards is not None and [str(f) for f in parsed] != [str(f) for f in spec.forwards]:
         spec.forwards = parsed
-        if not card.reconnect():
-            return card.link_reason
+        return restart_backend(card, spec.link)
     return ""
+
+
+def restart_backend(card: Any, link: bool) -> str:
+    """Restart the card's passt with the carrier down meanwhile; "" or the one line why it did not come back.
+
+    A new passt knows the guest's address but not its MAC until the guest sends it a frame, and a guest that
+    only listens (a server behind a forward) sends nothing: connections forwarded to it would go unanswered.
+    With the carrier seen down and up again, Linux announces the interface anew (NETDEV_CHANGE: IPv6 duplicate
+    address detection and MLD reports from the card's MAC), which is the frame passt learns it from. The carrier
+    stays down long enough for the guest's driver to read the down state (it compares the status it last read
+    in a work item, so a flap it does not see is no change at all)."""
+    started = time.monotonic()
+    card.set_switch(False)
+    try:
+        ok = card.reconnect()
+        time.sleep(max(0.0, MIN_CARRIER_OFF - (time.monotonic() - started)))
+    finally:
+        card.set_switch(link)
+    return "" if ok else card.link_reason
