@@ -236,6 +236,9 @@ class VmServer:
             return "the machine is not running", None
         if op == "net_status":
             return "", machine.nic_status()
+        if op == "net_set":
+            from core.vmproc.net_control import net_set
+            return net_set(machine, header), None
         nic = integer(header, "nic", 0, MAX_NICS - 1) if "nic" in header else None
         problems = machine.reconnect_nic(nic)
         return "; ".join(problems), None
