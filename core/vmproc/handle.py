@@ -314,6 +314,16 @@ class VmProcess:
         one line naming the cards that stayed down."""
         self._call("net_reconnect", extra={} if nic is None else {"nic": int(nic)})
 
+    def net_set(self, nic: int, link: bool | None = None, forwards: list[str] | None = None) -> None:
+        """Change card `nic` of the running VM: its link switch, and/or its port forwards (its passt restarts);
+        VmProcessError with one line (e.g. the host port passt cannot bind)."""
+        extra: dict[str, Any] = {"nic": int(nic)}
+        if link is not None:
+            extra["link"] = bool(link)
+        if forwards is not None:
+            extra["forwards"] = [str(f) for f in forwards]
+        self._call("net_set", extra=extra)
+
     def _call(self, op: str, timeout: float = CALL_TIMEOUT, extra: dict[str, Any] | None = None,
               **fields: Any) -> Any:
         waiter = _Waiter()
