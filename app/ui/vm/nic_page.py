@@ -1,4 +1,4 @@
-"""Details ▸ Network: the VM's network card (issue 13; core/net/nic.py, docs/networking.md).
+"""Details ▸ Network: the VM's network card (issue 13; core/net/nic.py, docs/network.md).
 
 - Model (virtio-net), MAC (kept in the definition, editable while the VM is shut off, checked as typed: six
   lower-case hex pairs, not a multicast address), backend: user-mode NAT through passt, a TAP interface (and
