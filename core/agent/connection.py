@@ -425,6 +425,14 @@ class Connection(NetCalls, SnapshotCalls):
             self.send({"t": "progress", "id": call_id, "done": done, "total": total}, droppable=True)
         self.host.create_disk(path, size_bytes, fmt, preallocate, progress)
 
+    def m_clone(self, uuid: str, new_name: str, linked: bool = False, call_id: int = 0, **_: Any) -> dict[str, Any]:
+        if not isinstance(new_name, str) or not isinstance(linked, bool):
+            raise wire.WireError("clone: new_name must be a string and linked true or false")
+
+        def progress(done: int, total: int) -> None:
+            self.send({"t": "progress", "id": call_id, "done": done, "total": total}, droppable=True)
+        return wire.vminfo_to(self.host.clone(uuid, new_name, linked, progress))
+
     def m_serial_subscribe(self, uuid: str, call_id: int = 0, **_: Any) -> tuple[None, bytes] | None:
         if uuid in self.serial:
             return None, b""

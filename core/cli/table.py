@@ -90,6 +90,8 @@ HOST_COMMANDS = (
                 _late("commands", "add_save_arguments"), _late("commands", "cmd_save")),
     HostCommand("restore", "start a VM from a state file written by save", _late("commands", "add_restore_arguments"),
                 _late("commands", "cmd_restore")),
+    HostCommand("clone", "copy a shut-off VM under a new name, uuid and MAC (--linked: qcow2 overlays instead of "
+                "full disk copies)", _late("clone_move", "add_clone_arguments"), _late("clone_move", "cmd_clone")),
     HostCommand("reboot", "restart a VM through the ACPI power button", add_vm_argument,
                 _late("commands", "cmd_reboot")),
     HostCommand("console", "attach this terminal to a VM's serial console (Ctrl-] detaches)",

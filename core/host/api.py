@@ -31,6 +31,8 @@ The contract:
   * probe_file(path, role) reads a few KiB of a file on the host and says what it is (FileProbe), so a kernel,
     initrd, disk image or ISO is checked when it is chosen, not when the VM starts; a missing or unreadable file
     raises HostError naming it.
+  * clone(uuid, new_name, linked, progress) copies a shut-off VM under a new name, uuid and MACs, its disks
+    copied or linked (core/host/clone.py).
   * `remote` is True when the VMs live outside this process (a service): close() then only disconnects, and the
     VMs keep running.
 
@@ -261,6 +263,11 @@ class Host(ABC):
     def restore(self, path: str) -> VmInfo:
         """Start the VM a state file (a path on the host) was saved from, resumed from it."""
         raise HostError(f"{self.name}: this host cannot restore VMs")
+
+    def clone(self, vm_uuid: str, new_name: str, linked: bool = False, progress: Progress | None = None) -> VmInfo:
+        """Clone a shut-off VM as `new_name` with a new uuid and MACs: full copies of its disks, or (`linked`)
+        qcow2 overlays on its disks' content (core/host/clone.py, docs/clone-and-move.md)."""
+        raise HostError(f"{self.name}: this host cannot clone VMs")
 
     def console(self, vm_uuid: str) -> VmConsole:
         """The graphical console of a running or paused VM; HostError when it has none (shut off, display none,

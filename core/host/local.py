@@ -438,6 +438,11 @@ class LocalHost(HostImages, HostLoad, LocalNetOps, LocalSnapshots, Host):
     def restore(self, path: str) -> VmInfo:
         return restore_saved(self, path)
 
+    def clone(self, vm_uuid: str, new_name: str, linked: bool = False, progress: Progress | None = None) -> VmInfo:
+        from core.host.clone import clone_vm
+
+        return clone_vm(self, vm_uuid, new_name, linked, progress)
+
     def resume(self, vm_uuid: str) -> None:
         self._request(vm_uuid, "resume", VmState.PAUSED)
 

@@ -424,6 +424,21 @@ class ServiceClient(NetClient, SnapshotClient, Host):
         except AgentGone as exc:
             raise HostError(f"{self.name}: {exc}") from None
 
+    def clone(self, vm_uuid: str, new_name: str, linked: bool = False, progress: Progress | None = None) -> VmInfo:
+        client = self._agent()
+        try:
+            value, _ = client.call("clone", uuid=vm_uuid, new_name=new_name, linked=bool(linked), progress=progress,
+                                   timeout=3600)
+        except AgentGone as exc:
+            raise HostError(f"{self.name}: {exc}") from None
+        try:
+            info = wire.vminfo_from(value)
+        except wire.WireError as exc:
+            raise HostError(f"the service sent a malformed answer: {exc}") from None
+        with self._lock:
+            self._vms.setdefault(info.uuid, info)
+        return info
+
     def accel_preview(self, requested: str) -> tuple[str, str]:
         cached = self._accel_cache.get(requested)
         if cached is not None:

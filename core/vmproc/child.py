@@ -241,8 +241,9 @@ class VmServer:
         if op == "net_set":
             from core.vmproc.net_control import net_set
             return net_set(machine, header), None
+        from core.vmproc.net_control import net_reconnect
         nic = integer(header, "nic", 0, MAX_NICS - 1) if "nic" in header else None
-        problems = machine.reconnect_nic(nic)
+        problems = net_reconnect(machine, nic)
         return "; ".join(problems), None
 
     def _snapshot_call(self, op: str, header: dict[str, Any]) -> tuple[str, Any]:
