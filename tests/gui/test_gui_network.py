@@ -74,6 +74,8 @@ def _open_page(qtbot, window, bridge, cfg: VmConfig):
 
 def _start(qtbot, window, vm_window, uuid: str, name: str) -> None:
     window.select_vm(uuid)
+    # Run is enabled once the row is selected and no request for the VM (an Apply just made) is in flight.
+    qtbot.waitUntil(lambda: window.vm_actions.run.isEnabled(), timeout=STATE_MS)
     click(qtbot, toolbar_button(window, window.vm_actions.run))
     qtbot.waitUntil(lambda: vm_rows(window)[name] == "Running", timeout=STATE_MS)
 
