@@ -71,17 +71,19 @@ class Target:
     hang_seconds: float = 2.0
     rss_mib: int = 256
     doc: str = ""
+    dictionary: tuple[bytes, ...] = ()     # tokens the mutator inserts (JSON keys, magic numbers)
 
 
 TARGETS: dict[str, Target] = {}
 
 
 def target(name: str, *, allowed: tuple[type[BaseException], ...], seeds: Callable[[], list[bytes]],
-           max_len: int = 4096, hang_seconds: float = 2.0, rss_mib: int = 256) -> Callable:
+           max_len: int = 4096, hang_seconds: float = 2.0, rss_mib: int = 256,
+           dictionary: tuple[bytes, ...] = ()) -> Callable:
     """Register `func(data: bytes)` as fuzz target `name`."""
     def wrap(func: Callable[[bytes], object]) -> Callable[[bytes], object]:
         TARGETS[name] = Target(name, func, allowed, seeds, max_len, hang_seconds, rss_mib,
-                               (func.__doc__ or "").strip().split("\n")[0])
+                               (func.__doc__ or "").strip().split("\n")[0], dictionary)
         return func
     return wrap
 
@@ -92,6 +94,32 @@ def load_targets() -> dict[str, Target]:
     for info in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"fuzz.targets.{info.name}")
     return TARGETS
+
+
+class Program:
+    """Reads a fuzz input as a little program for a device rig: each read takes the next bytes (zeros once the
+    input is used up), so every byte string is a valid program and mutations change operations locally."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def more(self) -> bool:
+        return self.pos < len(self.data)
+
+    def take(self, n: int) -> bytes:
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out.ljust(n, b"\0")
+
+    def uint(self, n: int) -> int:
+        return int.from_bytes(self.take(n), "little")
+
+    def u8(self) -> int:
+        return self.uint(1)
+
+    def choice(self, seq):  # noqa: ANN001, ANN201 - any sequence
+        return seq[self.u8() % len(seq)]
 
 
 # --- coverage ---------------------------------------------------------------------------------------------------
@@ -206,9 +234,10 @@ INTERESTING = [0, 1, 2, 3, 4, 7, 8, 0x10, 0x1F, 0x20, 0x40, 0x7F, 0x80, 0xFF, 0x
 
 
 class Mutator:
-    def __init__(self, rng: random.Random, max_len: int) -> None:
+    def __init__(self, rng: random.Random, max_len: int, dictionary: tuple[bytes, ...] = ()) -> None:
         self.rng = rng
         self.max_len = max_len
+        self.dictionary = dictionary
 
     def mutate(self, data: bytes, other: bytes | None = None) -> bytes:
         rng = self.rng
@@ -219,8 +248,16 @@ class Mutator:
 
     def _one(self, buf: bytearray, other: bytes | None) -> None:
         rng = self.rng
-        op = rng.randrange(10)
+        op = rng.randrange(12 if self.dictionary else 10)
         n = len(buf)
+        if op >= 10:
+            token = rng.choice(self.dictionary)
+            pos = rng.randint(0, n)
+            if op == 10:
+                buf[pos:pos] = token
+            else:
+                buf[pos:pos + len(token)] = token
+            return
         if n == 0 or op == 9:
             pos = rng.randint(0, n)
             buf[pos:pos] = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 8)))
@@ -307,7 +344,7 @@ def fuzz(t: Target, seconds: float, *, seed: int = 0, save_corpus: bool = False,
          extra: Iterable[bytes] = ()) -> Stats:
     """Run target `t` for `seconds` (or `max_execs`): replay seeds and stored corpus, then mutate."""
     rng = random.Random(seed)
-    mut = Mutator(rng, t.max_len)
+    mut = Mutator(rng, t.max_len, t.dictionary)
     cov = Coverage()
     stats = Stats(t.name)
     corpus: list[bytes] = []

@@ -32,6 +32,7 @@ from core.agent import wire
 from core.agent.agenthost import AgentHost, software_cpu_available
 from core.agent.console import MAX_IN_FLIGHT, encode_frame, merge_rects
 from core.agent.net_calls import NetCalls
+from core.agent.snapshot_calls import SnapshotCalls
 from core.agent.version import engine_version
 from core.host.api import EventKind, HostError, HostEvent
 from core.protocol import (
@@ -133,7 +134,7 @@ class _ConsoleStream:
             self.console.frames.close()     # the stream's own shared-console reader
 
 
-class Connection(NetCalls):
+class Connection(NetCalls, SnapshotCalls):
     """One client, from hello to close."""
 
     def __init__(self, agent: Agent, sock: socket.socket) -> None:

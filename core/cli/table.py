@@ -110,4 +110,12 @@ HOST_COMMANDS = (
                 _late("netcmds", "cmd_domiflist")),
     HostCommand("domif-setlink", "plug a VM's network card in (up) or pull its cable out (down)",
                 _late("netcmds", "add_setlink_arguments"), _late("netcmds", "cmd_domif_setlink")),
+    HostCommand("snapshot-create", "take a VM snapshot: its qcow2 disks, and its machine state while it runs",
+                _late("snapcmds", "add_create_arguments"), _late("snapcmds", "cmd_snapshot_create")),
+    HostCommand("snapshot-list", "list a VM's snapshots (Name, Creation Time, State)", add_vm_argument,
+                _late("snapcmds", "cmd_snapshot_list")),
+    HostCommand("snapshot-revert", "go back to a VM snapshot (one taken while running resumes running)",
+                _late("snapcmds", "add_snapshot_arguments"), _late("snapcmds", "cmd_snapshot_revert")),
+    HostCommand("snapshot-delete", "delete a VM snapshot from every disk",
+                _late("snapcmds", "add_snapshot_arguments"), _late("snapcmds", "cmd_snapshot_delete")),
 )

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from core.host.files import HostFiles
     from core.host.hostload import HostCounters
     from core.host.images import ImageEntry
+    from core.host.snapshot_info import VmSnapshot
     from core.keymap import InputSink
 
 log = logging.getLogger("core.host")
@@ -307,6 +308,23 @@ class Host(ABC):
         """Save card `nic`'s link switch and/or port forwards in the definition, and apply them to a started VM
         at once (its passt restarts for new forwards); HostError with one line, e.g. the port passt cannot bind."""
         raise HostError(f"{self.name} cannot change network cards")
+
+    def snapshot_list(self, vm_uuid: str) -> list[VmSnapshot]:
+        """The VM's snapshots in the order they were taken (docs/vm-snapshots.md, core/host/snapshots.py)."""
+        raise HostError(f"{self.name} cannot list VM snapshots")
+
+    def snapshot_create(self, vm_uuid: str, name: str | None = None, description: str = "") -> VmSnapshot:
+        """Take a VM snapshot: every qcow2 disk, plus the machine state of a running or paused VM, atomically;
+        HostError with one line for a VM with a raw disk."""
+        raise HostError(f"{self.name} cannot take VM snapshots")
+
+    def snapshot_revert(self, vm_uuid: str, name: str) -> None:
+        """Go back to a snapshot: a started VM is powered off, its disks reverted, and a snapshot with machine
+        state resumes running."""
+        raise HostError(f"{self.name} cannot revert VM snapshots")
+
+    def snapshot_delete(self, vm_uuid: str, name: str) -> None:
+        raise HostError(f"{self.name} cannot delete VM snapshots")
 
     def files(self) -> HostFiles:
         """The host's file system, for browsing (core/host/files.py); HostError when this host offers none."""

@@ -48,6 +48,7 @@ from core.host.saved import discard as discard_saved
 from core.host.saved import managed_state
 from core.host.saved import restore as restore_saved
 from core.host.saved import save as save_state
+from core.host.snapshots import LocalSnapshots
 from core.host.startcheck import check_startable
 from core.host.vm_stats import nic_totals, stats_from_sample
 from core.hoststats import HostInfo, local_host_info
@@ -79,7 +80,7 @@ class _LocalVm:
         self.session = 0                        # counts starts: names the machine a VmConsole belongs to
 
 
-class LocalHost(HostImages, HostLoad, LocalNetOps, Host):
+class LocalHost(HostImages, HostLoad, LocalNetOps, LocalSnapshots, Host):
     """The engine in this process. VM definitions come from (and go to) a ConfigStore."""
 
     def __init__(self, store: ConfigStore | None = None, name: str = "Local", *, runtime_dir: str) -> None:

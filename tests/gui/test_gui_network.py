@@ -74,6 +74,8 @@ def _open_page(qtbot, window, bridge, cfg: VmConfig):
 
 def _start(qtbot, window, vm_window, uuid: str, name: str) -> None:
     window.select_vm(uuid)
+    # Run is enabled once the row is selected and no request for the VM (an Apply just made) is in flight.
+    qtbot.waitUntil(lambda: window.vm_actions.run.isEnabled(), timeout=STATE_MS)
     click(qtbot, toolbar_button(window, window.vm_actions.run))
     qtbot.waitUntil(lambda: vm_rows(window)[name] == "Running", timeout=STATE_MS)
 
@@ -118,10 +120,15 @@ def test_nic_page_forward_link_taken_port_graph_and_reconnect(qtbot, app_parts, 
     click(qtbot, page.add_forward)
     assert page.table.item(0, 0).text() == f"host 127.0.0.1:{port} \u2192 guest :80"
     assert page.table.item(0, 1).text() == "TCP"
+    # ... and a new MAC (the guest sees it once started).
+    click(qtbot, page.new_mac)
+    assert page.mac.text() != mac and re.fullmatch(r"52:54:00(:[0-9a-f]{2}){3}", page.mac.text())
+    mac = page.mac.text()
     _shot(details, "nic-page-shut-off")
     click(qtbot, details.apply_button)
     qtbot.waitUntil(lambda: host.get(cfg.uuid).config.nics[0].forwards == [f"tcp:127.0.0.1:{port}-:80"],
                     timeout=STATE_MS)
+    assert host.get(cfg.uuid).config.nics[0].mac == mac
     assert ConfigStore().load_all()[0][0].nics[0].forwards == [f"tcp:127.0.0.1:{port}-:80"]
 
     # 2. Started: httpd in the guest answers a host-side client through the rule.
@@ -273,3 +280,28 @@ def test_the_wizard_default_network_gets_a_dhcp_lease(qtbot, app_parts, debian_k
     assert re.search(r"VIREO-NET-LEASE=\d+\.\d+\.\d+\.\d+", text) and f"VIREO-NET-MAC={nics[0].mac}" in text, text
     host.force_off(uuid)
     time.sleep(0)
+
+
+def test_a_tap_card_set_on_the_page_and_its_error_in_one_line(qtbot, app_parts, debian_kernel, initrd):  # noqa: F811
+    """TAP with a bridge that does not exist: saved from the page; started, the status line says why the link is
+    down (no such bridge as root, CAP_NET_ADMIN otherwise), and the VM runs."""
+    host, bridge, window = app_parts
+    cfg = _vm(debian_kernel, initrd, "nettap", "vireo.action=shell", nics=[NicConfig()])
+    vm_window, details, page = _open_page(qtbot, window, bridge, cfg)
+    assert not page.tap_row.isVisible()
+    page.backend.setCurrentIndex(page.backend.findData("tap"))
+    assert page.tap_row.isVisible() and not page.forwards_box.isEnabled()
+    assert "TAP" in details.apply_button.toolTip() and not details.apply_button.isEnabled()    # no name yet
+    type_into(qtbot, page.tap, "vtapgui9")
+    type_into(qtbot, page.bridge_name, "nosuchbr9")
+    assert page.mac_error.text() == "" and details.apply_button.isEnabled()
+    click(qtbot, details.apply_button)
+    qtbot.waitUntil(lambda: host.get(cfg.uuid).config.nics[0].backend == "tap", timeout=STATE_MS)
+    card = host.get(cfg.uuid).config.nics[0]
+    assert (card.tap, card.bridge, card.forwards) == ("vtapgui9", "nosuchbr9", [])
+    _start(qtbot, window, vm_window, cfg.uuid, "nettap")
+    vm_window.show_tab("details")
+    qtbot.waitUntil(lambda: "Link down: tap vtapgui9" in page.status.text(), timeout=STATE_MS)
+    assert "bridge nosuchbr9 does not exist" in page.status.text() or "CAP_NET_ADMIN" in page.status.text()
+    _shot(details, "nic-page-tap-error")
+    host.force_off(cfg.uuid)

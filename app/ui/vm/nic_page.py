@@ -51,15 +51,38 @@ RED = "#b3261e"
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 
+class WrapLabel(QLabel):
+    """A word-wrapped label that asks for the height its lines take at its width: in a scroll area (which sizes
+    its content by size hints, not height-for-width) a plain one is squeezed to one clipped line."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(text, parent)
+        self.setWordWrap(True)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+
+    def _fit(self) -> None:
+        height = self.heightForWidth(max(self.width(), 50))
+        if height > 0 and height != self.minimumHeight():
+            self.setMinimumHeight(height)
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        super().setText(text)
+        self._fit()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        super().resizeEvent(event)
+        self._fit()
+
+
 def _note(text: str = "") -> QLabel:
-    label = QLabel(text)
+    label = WrapLabel(text)
     label.setWordWrap(True)
     label.setStyleSheet("color: #666;")
     return label
 
 
 def _error_label(name: str) -> QLabel:
-    label = QLabel()
+    label = WrapLabel()
     label.setObjectName(name)
     label.setWordWrap(True)
     label.setStyleSheet(f"color: {RED};")
@@ -159,14 +182,10 @@ class NicPage(QWidget):
         link_row.addWidget(self.reconnect)
         form.addRow("Link state:", link_row)
         # Word-wrapped labels straight in the form (not inside a row layout), so a long line gets its height.
-        self.status = QLabel(self)
+        self.status = WrapLabel("", self)
         self.status.setObjectName("nicStatus")
-        self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         form.addRow("Status:", self.status)
-        for label in (self.status, self.mac_error):
-            # Expanding: the form grows only such fields to its width (a wrapped label's own hint is narrow).
-            label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.traffic = QLabel(self)
         self.traffic.setObjectName("nicTraffic")
         form.addRow("Traffic:", self.traffic)
