@@ -92,6 +92,8 @@ HOST_COMMANDS = (
                 _late("commands", "cmd_restore")),
     HostCommand("clone", "copy a shut-off VM under a new name, uuid and MAC (--linked: qcow2 overlays instead of "
                 "full disk copies)", _late("clone_move", "add_clone_arguments"), _late("clone_move", "cmd_clone")),
+    HostCommand("move", "move a shut-off or saved VM (definition, disks, saved state) to another host: --to "
+                "ssh://USER@HOST or local", _late("clone_move", "add_move_arguments"), _late("clone_move", "cmd_move")),
     HostCommand("reboot", "restart a VM through the ACPI power button", add_vm_argument,
                 _late("commands", "cmd_reboot")),
     HostCommand("console", "attach this terminal to a VM's serial console (Ctrl-] detaches)",
