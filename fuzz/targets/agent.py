@@ -66,7 +66,8 @@ def _seeds() -> list[bytes]:
                                                                                    requested="auto")
         + _call(3, "capabilities") + _call(4, "host_counters") + _call(5, "list_images"),
         greet + _call(1, "serial_subscribe", uuid=UUID) + _call(2, "serial_unsubscribe", uuid=UUID)
-        + _call(3, "console_open", uuid=UUID) + _call(4, "console_close", uuid=UUID) + _call(5, "net_status", uuid=UUID),
+        + _call(3, "console_open", uuid=UUID) + _call(4, "console_close", uuid=UUID)
+        + _call(5, "net_status", uuid=UUID),
         greet + encode({"t": "input", "uuid": UUID, "kind": "key"}, b"\x1c") + encode({"t": "input", "uuid": UUID,
                                                                                     "kind": "mouse", "dx": 1})
         + encode({"t": "fb_ack", "uuid": UUID, "n": 2}) + _call(1, "nope"),
