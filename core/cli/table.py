@@ -110,6 +110,8 @@ HOST_COMMANDS = (
                 _late("commands", "add_autostart_arguments"), _late("commands", "cmd_autostart")),
     HostCommand("domiflist", "list a VM's network cards (Interface, Type, Source, Model, MAC)", add_vm_argument,
                 _late("netcmds", "cmd_domiflist")),
+    HostCommand("domifstat", "print a running VM's network card counters (rx/tx bytes, packets, drops)",
+                _late("netcmds", "add_ifstat_arguments"), _late("netcmds", "cmd_domifstat")),
     HostCommand("domif-setlink", "plug a VM's network card in (up) or pull its cable out (down)",
                 _late("netcmds", "add_setlink_arguments"), _late("netcmds", "cmd_domif_setlink")),
     HostCommand("snapshot-create", "take a VM snapshot: its qcow2 disks, and its machine state while it runs",
