@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import os
 import pkgutil
 import random
@@ -55,6 +56,10 @@ class Allow:
         if "\n" in str(exc):
             raise MultiLineError(f"{type(exc).__name__} spans lines: {exc}") from exc
         return True
+
+
+class LoggedError(Exception):
+    """A model bug caught and logged (with its traceback) by core/ during the run, re-raised as a finding."""
 
 
 class Hang(BaseException):
@@ -181,6 +186,23 @@ class Finding:
         return hashlib.sha1(self.data).hexdigest()[:16]
 
 
+class _LoggedErrors(logging.Handler):
+    """Collects records logged with a traceback (log.exception) while a target runs: core/ catches model bugs at
+    thread boundaries (the IDE worker, the agent's call pool, timers) and logs them; the fuzzer counts them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[0] is not None and not issubclass(record.exc_info[0], Hang):
+            self.records.append(record)
+
+
+_logged = _LoggedErrors()
+logging.getLogger().addHandler(_logged)
+
+
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
@@ -200,8 +222,12 @@ def run_one(t: Target, data: bytes, cov: Coverage | None = None) -> tuple[Findin
     if cov:
         cov.start()
     finding = None
+    _logged.records = []
     try:
         t.func(data)
+        if _logged.records:
+            rec = _logged.records[0]
+            raise LoggedError(f"logged by {rec.name}: {rec.getMessage()[:100]}") from rec.exc_info[1]
     except Hang:
         finding = Finding(t.name, data, "hang", f"ran longer than {t.hang_seconds}s", traceback.format_exc())
     except t.allowed as exc:
@@ -211,11 +237,12 @@ def run_one(t: Target, data: bytes, cov: Coverage | None = None) -> tuple[Findin
     except BaseException as exc:  # noqa: BLE001 - anything else is what we are looking for
         if isinstance(exc, KeyboardInterrupt):
             raise
-        tb = traceback.extract_tb(exc.__traceback__)
+        cause = exc.__cause__ if isinstance(exc, LoggedError) and exc.__cause__ else exc
+        tb = traceback.extract_tb(cause.__traceback__)
         where = next((f"{Path(fr.filename).name}:{fr.lineno}" for fr in reversed(tb)
                       if fr.filename.startswith(CORE)), "?")
-        finding = Finding(t.name, data, "exception", f"{type(exc).__name__} at {where}: {str(exc)[:120]}",
-                          traceback.format_exc())
+        finding = Finding(t.name, data, "exception", f"{type(cause).__name__} at {where}: {str(exc)[:120]}",
+                          "".join(traceback.format_exception(exc)))
     finally:
         new = cov.stop() if cov else set()
         if use_alarm:

@@ -80,6 +80,7 @@ class LibvirtHost(Host):
         self._lock = threading.Lock()
         self._cpu: dict[str, tuple[float, int]] = {}      # uuid -> (monotonic time, cpuTime ns) of the last sample
         self._serial: dict[str, Any] = {}                 # uuid -> LibvirtSerial
+        self._consoles: dict[str, tuple[int, Any]] = {}   # uuid -> (domain Id, VncFeed)
         self._closed = False
         self._conn = self._open(timeout)
         try:
@@ -243,13 +244,38 @@ class LibvirtHost(Host):
 
     # -- consoles -------------------------------------------------------------------------------------------
     def console(self, vm_uuid: str) -> VmConsole:
-        from core.host.libvirt_console import open_console
-        info = self.get(vm_uuid)
-        if info.state not in (VmState.RUNNING, VmState.PAUSED):
-            raise HostError(f"{info.name} is {info.state.label.lower()}: its console exists while it runs")
+        """The domain's VNC graphics through Vireo's RFB client, one connection per run of the domain (its Id,
+        new at every start, is the console's session)."""
+        from core.host.libvirt_console import console_of, open_feed
+        with self._call("open the console"):
+            dom = self._domain(vm_uuid)
+            info = self._vm_info(dom)
+            if info.state not in (VmState.RUNNING, VmState.PAUSED):
+                raise HostError(f"{info.name} is {info.state.label.lower()}: its console exists while it runs")
+            session = dom.ID()
+            password = self._vnc_password(dom)
         if not info.config.display.vnc:
             raise HostError(f"{info.name} has no VNC graphics: add <graphics type='vnc'/> to its domain XML")
-        return open_console(self.uri, info.config.display.vnc)
+        with self._lock:
+            cached = self._consoles.get(vm_uuid)
+        if cached is not None and cached[0] == session and not cached[1].closed:
+            return console_of(cached[1], session)
+        feed = open_feed(info.config.display.vnc, password)
+        with self._lock:
+            old = self._consoles.get(vm_uuid)
+            self._consoles[vm_uuid] = (session, feed)
+        if old is not None:
+            old[1].close()
+        return console_of(feed, session)
+
+    def _vnc_password(self, dom: Any) -> str:
+        """The graphics' passwd, which only the secure XML (a read-write connection) shows."""
+        try:
+            xml = ET.fromstring(dom.XMLDesc(self._libvirt.VIR_DOMAIN_XML_SECURE))
+        except self._libvirt.libvirtError:
+            return ""
+        graphics = xml.find("devices/graphics[@type='vnc']")
+        return (graphics.get("passwd") or "") if graphics is not None else ""
 
     def subscribe_serial(self, vm_uuid: str, listener: SerialListener) -> bytes:
         from core.host.libvirt_serial import LibvirtSerial
@@ -282,10 +308,13 @@ class LibvirtHost(Host):
             self._emit(HostEvent(EventKind.DELETED, uuid))
         elif event in _EVENT_STATES:
             state = _EVENT_STATES[event]
-            if state == VmState.SHUTOFF:
+            if state in (VmState.SHUTOFF, VmState.CRASHED):
                 serial = self._serial.pop(uuid, None)
                 if serial is not None:
                     serial.close()
+                console = self._consoles.pop(uuid, None)
+                if console is not None:
+                    console[1].close()
             self._emit(HostEvent(EventKind.STATE, uuid, state))
 
     def close(self) -> None:
@@ -295,6 +324,9 @@ class LibvirtHost(Host):
         for serial in list(self._serial.values()):
             serial.close()
         self._serial.clear()
+        for _, feed in list(self._consoles.values()):
+            feed.close()
+        self._consoles.clear()
         with contextlib.suppress(self._libvirt.libvirtError):
             self._conn.domainEventDeregisterAny(self._events)
         with contextlib.suppress(self._libvirt.libvirtError):

@@ -38,6 +38,7 @@ from core.host.api import (
     VmState,
     VmStats,
 )
+from core.host.copies import HostCopies
 from core.host.disks import backing_chain, chosen_disks, create_disk_image, disk_users, file_key
 from core.host.files import LocalFiles
 from core.host.hostload import HostLoad
@@ -80,7 +81,7 @@ class _LocalVm:
         self.session = 0                        # counts starts: names the machine a VmConsole belongs to
 
 
-class LocalHost(HostImages, HostLoad, LocalNetOps, LocalSnapshots, Host):
+class LocalHost(HostImages, HostLoad, LocalNetOps, LocalSnapshots, HostCopies, Host):
     """The engine in this process. VM definitions come from (and go to) a ConfigStore."""
 
     def __init__(self, store: ConfigStore | None = None, name: str = "Local", *, runtime_dir: str) -> None:
@@ -437,11 +438,6 @@ class LocalHost(HostImages, HostLoad, LocalNetOps, LocalSnapshots, Host):
 
     def restore(self, path: str) -> VmInfo:
         return restore_saved(self, path)
-
-    def clone(self, vm_uuid: str, new_name: str, linked: bool = False, progress: Progress | None = None) -> VmInfo:
-        from core.host.clone import clone_vm
-
-        return clone_vm(self, vm_uuid, new_name, linked, progress)
 
     def resume(self, vm_uuid: str) -> None:
         self._request(vm_uuid, "resume", VmState.PAUSED)
