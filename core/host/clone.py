@@ -26,7 +26,7 @@ import uuid as uuidlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from core.config import DiskConfig, images_dir, make_private_dirs
+from core.config import ConfigError, DiskConfig, images_dir, make_private_dirs
 from core.host.api import HostError, Progress, VmInfo
 
 if TYPE_CHECKING:
@@ -147,6 +147,10 @@ def clone_vm(host: LocalHost, vm_uuid: str, new_name: str, linked: bool = False,
         for n, nic in enumerate(clone.nics):
             nic.mac = derived_mac(clone.uuid, n)     # as the store derives a new card's MAC from its VM's uuid
         clone.serial.log_file = ""       # two VMs appending to one log would interleave
+        try:
+            clone.validate()             # before the name becomes file names
+        except ConfigError as exc:
+            raise HostError(str(exc)) from None
         writable = [(i, d) for i, d in enumerate(source.disks) if not d.readonly]
         for _, disk in writable:
             if not os.path.isfile(disk.path):

@@ -110,6 +110,10 @@ def test_a_clone_gets_a_new_uuid_and_mac_and_a_taken_name_is_refused(local_servi
         host.clone(orig.uuid, "NET2")
     assert "already exists" in str(err.value) and "\n" not in str(err.value)
     assert sorted(os.listdir(image.parent)) == files               # nothing left behind
+    with pytest.raises(HostError) as err:
+        host.clone(orig.uuid, "../escape")                         # a name is checked before it names files
+    assert "name '../escape'" in str(err.value)
+    assert sorted(os.listdir(image.parent)) == files and not (image.parent.parent / "escape.raw").exists()
 
 
 def test_a_running_vm_is_refused_with_one_line(local_service: ServiceSandbox) -> None:
