@@ -90,6 +90,10 @@ HOST_COMMANDS = (
                 _late("commands", "add_save_arguments"), _late("commands", "cmd_save")),
     HostCommand("restore", "start a VM from a state file written by save", _late("commands", "add_restore_arguments"),
                 _late("commands", "cmd_restore")),
+    HostCommand("clone", "copy a shut-off VM under a new name, uuid and MAC (--linked: qcow2 overlays instead of "
+                "full disk copies)", _late("clone_move", "add_clone_arguments"), _late("clone_move", "cmd_clone")),
+    HostCommand("move", "move a shut-off or saved VM (definition, disks, saved state) to another host: --to "
+                "ssh://USER@HOST or local", _late("clone_move", "add_move_arguments"), _late("clone_move", "cmd_move")),
     HostCommand("reboot", "restart a VM through the ACPI power button", add_vm_argument,
                 _late("commands", "cmd_reboot")),
     HostCommand("console", "attach this terminal to a VM's serial console (Ctrl-] detaches)",
@@ -106,6 +110,16 @@ HOST_COMMANDS = (
                 _late("commands", "add_autostart_arguments"), _late("commands", "cmd_autostart")),
     HostCommand("domiflist", "list a VM's network cards (Interface, Type, Source, Model, MAC)", add_vm_argument,
                 _late("netcmds", "cmd_domiflist")),
+    HostCommand("domifstat", "print a running VM's network card counters (rx/tx bytes, packets, drops)",
+                _late("netcmds", "add_ifstat_arguments"), _late("netcmds", "cmd_domifstat")),
     HostCommand("domif-setlink", "plug a VM's network card in (up) or pull its cable out (down)",
                 _late("netcmds", "add_setlink_arguments"), _late("netcmds", "cmd_domif_setlink")),
+    HostCommand("snapshot-create", "take a VM snapshot: its qcow2 disks, and its machine state while it runs",
+                _late("snapcmds", "add_create_arguments"), _late("snapcmds", "cmd_snapshot_create")),
+    HostCommand("snapshot-list", "list a VM's snapshots (Name, Creation Time, State)", add_vm_argument,
+                _late("snapcmds", "cmd_snapshot_list")),
+    HostCommand("snapshot-revert", "go back to a VM snapshot (one taken while running resumes running)",
+                _late("snapcmds", "add_snapshot_arguments"), _late("snapcmds", "cmd_snapshot_revert")),
+    HostCommand("snapshot-delete", "delete a VM snapshot from every disk",
+                _late("snapcmds", "add_snapshot_arguments"), _late("snapcmds", "cmd_snapshot_delete")),
 )

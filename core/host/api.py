@@ -31,6 +31,9 @@ The contract:
   * probe_file(path, role) reads a few KiB of a file on the host and says what it is (FileProbe), so a kernel,
     initrd, disk image or ISO is checked when it is chosen, not when the VM starts; a missing or unreadable file
     raises HostError naming it.
+  * clone(uuid, new_name, linked, progress) copies a shut-off VM under a new name, uuid and MACs, its disks
+    copied or linked (core/host/clone.py); migrate(step, fields) is one step of moving a VM to another host
+    (core/host/move.py).
   * `remote` is True when the VMs live outside this process (a service): close() then only disconnects, and the
     VMs keep running.
 
@@ -47,7 +50,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.config import LoadError, VmConfig
 from core.hoststats import HostInfo
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
     from core.host.files import HostFiles
     from core.host.hostload import HostCounters
     from core.host.images import ImageEntry
+    from core.host.snapshot_info import VmSnapshot
     from core.keymap import InputSink
 
 log = logging.getLogger("core.host")
@@ -261,6 +265,16 @@ class Host(ABC):
         """Start the VM a state file (a path on the host) was saved from, resumed from it."""
         raise HostError(f"{self.name}: this host cannot restore VMs")
 
+    def clone(self, vm_uuid: str, new_name: str, linked: bool = False, progress: Progress | None = None) -> VmInfo:
+        """Clone a shut-off VM as `new_name` with a new uuid and MACs: full copies of its disks, or (`linked`)
+        qcow2 overlays on its disks' content (core/host/clone.py, docs/clone-and-move.md)."""
+        raise HostError(f"{self.name}: this host cannot clone VMs")
+
+    def migrate(self, step: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """One step of moving a shut-off or saved VM between hosts (core/host/move.py names the steps; the client
+        core/remote/move.py drives them and carries the files)."""
+        raise HostError(f"{self.name}: this host cannot move VMs")
+
     def console(self, vm_uuid: str) -> VmConsole:
         """The graphical console of a running or paused VM; HostError when it has none (shut off, display none,
         or a host that cannot serve consoles)."""
@@ -300,6 +314,23 @@ class Host(ABC):
         """Save card `nic`'s link switch and/or port forwards in the definition, and apply them to a started VM
         at once (its passt restarts for new forwards); HostError with one line, e.g. the port passt cannot bind."""
         raise HostError(f"{self.name} cannot change network cards")
+
+    def snapshot_list(self, vm_uuid: str) -> list[VmSnapshot]:
+        """The VM's snapshots in the order they were taken (docs/vm-snapshots.md, core/host/snapshots.py)."""
+        raise HostError(f"{self.name} cannot list VM snapshots")
+
+    def snapshot_create(self, vm_uuid: str, name: str | None = None, description: str = "") -> VmSnapshot:
+        """Take a VM snapshot: every qcow2 disk, plus the machine state of a running or paused VM, atomically;
+        HostError with one line for a VM with a raw disk."""
+        raise HostError(f"{self.name} cannot take VM snapshots")
+
+    def snapshot_revert(self, vm_uuid: str, name: str) -> None:
+        """Go back to a snapshot: a started VM is powered off, its disks reverted, and a snapshot with machine
+        state resumes running."""
+        raise HostError(f"{self.name} cannot revert VM snapshots")
+
+    def snapshot_delete(self, vm_uuid: str, name: str) -> None:
+        raise HostError(f"{self.name} cannot delete VM snapshots")
 
     def files(self) -> HostFiles:
         """The host's file system, for browsing (core/host/files.py); HostError when this host offers none."""

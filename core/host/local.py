@@ -38,6 +38,7 @@ from core.host.api import (
     VmState,
     VmStats,
 )
+from core.host.copies import HostCopies
 from core.host.disks import backing_chain, chosen_disks, create_disk_image, disk_users, file_key
 from core.host.files import LocalFiles
 from core.host.hostload import HostLoad
@@ -48,6 +49,7 @@ from core.host.saved import discard as discard_saved
 from core.host.saved import managed_state
 from core.host.saved import restore as restore_saved
 from core.host.saved import save as save_state
+from core.host.snapshots import LocalSnapshots
 from core.host.startcheck import check_startable
 from core.host.vm_stats import nic_totals, stats_from_sample
 from core.hoststats import HostInfo, local_host_info
@@ -79,7 +81,7 @@ class _LocalVm:
         self.session = 0                        # counts starts: names the machine a VmConsole belongs to
 
 
-class LocalHost(HostImages, HostLoad, LocalNetOps, Host):
+class LocalHost(HostImages, HostLoad, LocalNetOps, LocalSnapshots, HostCopies, Host):
     """The engine in this process. VM definitions come from (and go to) a ConfigStore."""
 
     def __init__(self, store: ConfigStore | None = None, name: str = "Local", *, runtime_dir: str) -> None:

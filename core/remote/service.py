@@ -52,7 +52,8 @@ from core.host.images import ImageEntry
 from core.hoststats import HostInfo
 from core.protocol import ProtocolError
 from core.remote.client import AgentClient, AgentGone
-from core.remote.net_client import NetClient
+from core.remote.copies import ServiceCopies
+from core.remote.snapshot_client import SnapshotClient
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class ServiceInputSink:
                            "buttons": int(buttons), "dz": int(dz)})
 
 
-class ServiceClient(NetClient, Host):
+class ServiceClient(SnapshotClient, ServiceCopies, Host):  # SnapshotClient brings NetClient (the line limit)
     remote = True          # the VMs run in the service: closing this client leaves them running
     shared_console = False  # ask the service for the VM process's shared console instead of a stream
 

@@ -324,6 +324,16 @@ class VmProcess:
             extra["forwards"] = [str(f) for f in forwards]
         self._call("net_set", extra=extra)
 
+    def snapshot_create(self, name: str) -> dict[str, Any]:          # core/vmproc/snapshot_call.py
+        r = self._call("snapshot_create", SAVE_TIMEOUT, extra={"name": name})
+        if not (isinstance(r, dict) and isinstance(r.get("vm_state_size"), int) and isinstance(r.get("thumbnail"), str)
+                and r.get("state") in ("running", "paused")):
+            raise VmProcessError("the VM process sent a malformed snapshot answer")
+        return r
+
+    def snapshot_delete(self, name: str) -> None:
+        self._call("snapshot_delete", SAVE_TIMEOUT, extra={"name": name})
+
     def _call(self, op: str, timeout: float = CALL_TIMEOUT, extra: dict[str, Any] | None = None,
               **fields: Any) -> Any:
         waiter = _Waiter()

@@ -1,4 +1,5 @@
-"""The VM process's net_set call (core/vmproc/wire.py): a running VM's network card changed in place.
+"""The VM process's net_set and net_reconnect calls (core/vmproc/wire.py): a running VM's network card changed in
+place, or its backend restarted.
 
 - `link` (true/false) flips the card's link switch: the guest sees LINK_UP in STATUS go down or up with a
   configuration-change interrupt (virtio 1.2, 5.1.4.2), as `virsh domif-setlink` does.
@@ -70,3 +71,25 @@ def restart_backend(card: Any, link: bool) -> str:
     finally:
         card.set_switch(link)
     return "" if ok else card.link_reason
+
+
+def net_reconnect(machine: Any, index: int | None) -> list[str]:
+    """Restart the backend of card `index` (None: every card whose link is down); the problems, one line each, of
+    those that did not come back. A card whose link is up gets restart_backend's carrier flap, so the guest tells
+    the new passt its MAC; one whose backend died already showed the guest its carrier go down."""
+    cards = list(enumerate(machine.board.nics))
+    if index is not None:
+        if not 0 <= index < len(cards):
+            return [f"the VM has no network card {index}"]
+        cards = [cards[index]]
+    else:
+        cards = [(i, c) for i, c in cards if not c.link_up]
+    problems = []
+    for i, card in cards:
+        if card.link_up:
+            why = restart_backend(card, machine.config.nics[i].link)
+        else:
+            why = "" if card.reconnect() else card.link_reason
+        if why:
+            problems.append(f"{card.name}: {why}")
+    return problems
