@@ -2,20 +2,23 @@
 docs/clone-and-move.md). The client (core/remote/move.py) drives the move and carries the bytes between the two
 hosts over the connections it already holds; each host's service answers these steps of Host.migrate():
 
-  source       "out_plan"    the definition, and each file to carry — every disk, and the managed save
-                             (core/host/saved.py) when there is one — with its size and modification time;
+  source       "out_plan"    the definition, and each file to carry — every disk, the managed save
+                             (core/host/saved.py) and the VM snapshots' descriptions (core/host/snapshots.py)
+                             when there are — with its size and modification time;
                              refuses a VM that runs, or a disk with a backing file (one line each).
-  destination  "in_prepare"  checks the name and uuid are free here, the kernel and initrd the definition boots
-                             are here, and the images folder has room for the files' full sizes; answers the
-                             path each file is written to ("….part" beside its final name, never an existing
-                             file) and the final names.
+  destination  "in_prepare"  checks the name and uuid are free here, the kernel, initrd, firmware and CD-ROM
+                             images the definition names are here (they are the host's, not carried), and
+                             the images folder has room for the files' full sizes; answers the path each file
+                             is written to ("….part" beside its final name, never an existing file) and the
+                             final names.
   destination  "in_finish"   fsyncs each .part file and checks its size and SHA-256 against what the client read
                              at the source; renames them to their final names, installs the saved state as the
                              VM's managed save and defines the VM with its disks at their new paths. A mismatch
                              removes the .part files and refuses with one line.
   destination  "in_abort"    removes .part files of a move that failed (only names in_prepare gave out).
   source       "out_finish"  only after in_finish: checks nothing changed since out_plan (still shut off, same
-                             sizes and times), then removes the definition, its disks and its managed save.
+                             sizes and times), then removes the definition, its disks, its managed save and
+                             its snapshots' descriptions.
 
 So the source copy is removed only once the destination has everything, fsynced and verified; until then any
 failure leaves the source as it was.
@@ -70,7 +73,18 @@ def out_plan(host: LocalHost, vm_uuid: str) -> dict[str, Any]:
     state = managed_path(host, vm_uuid)
     if state.is_file():
         files.append({"role": "state", **_stat(str(state))})
+    snapshots = _snapshot_list(host, vm_uuid)
+    if snapshots.is_file():
+        files.append({"role": "snapshots", **_stat(str(snapshots))})
     return {"config": config.to_dict(), "files": files}
+
+
+def _snapshot_list(host: LocalHost, vm_uuid: str):
+    """The VM snapshots' descriptions beside the definition (core/host/snapshots.py); the snapshots themselves
+    are inside the qcow2 disks, which travel whole."""
+    from core.host.snapshots import _meta_path
+
+    return _meta_path(host, vm_uuid)
 
 
 def _config(value: Any) -> VmConfig:
@@ -87,9 +101,14 @@ def in_prepare(host: LocalHost, config_value: Any, files: list[dict[str, Any]]) 
             raise HostError(f"{host.name} already has this VM ({info.name}, uuid {config.uuid})")
         if info.name.casefold() == config.name.casefold():
             raise HostError(f"a VM named {info.name!r} already exists on {host.name}: rename or remove it first")
-    for what, path in (("kernel", config.boot.kernel), ("initrd", config.boot.initrd)):
+    for what, path in (("kernel", config.boot.kernel), ("initrd", config.boot.initrd),
+                       ("firmware", config.boot.firmware)):
         if path and not os.path.isfile(path):
             raise HostError(f"{config.name} boots the {what} {path}, which {host.name} does not have")
+    for cd in config.cdroms:
+        if cd.path and not os.path.isfile(cd.path):
+            raise HostError(f"{config.name}'s CD-ROM holds {cd.path}, which {host.name} does not have: eject it "
+                            "first")
     folder = str(images_dir())
     make_private_dirs(folder)
     need = sum(int(f["size"]) for f in files)
@@ -101,8 +120,9 @@ def in_prepare(host: LocalHost, config_value: Any, files: list[dict[str, Any]]) 
     targets = []
     taken: set[str] = set()
     for f in files:
-        if f["role"] == "state":
-            final = str(managed_path(host, config.uuid))
+        if f["role"] in ("state", "snapshots"):
+            where = managed_path if f["role"] == "state" else _snapshot_list
+            final = str(where(host, config.uuid))
             os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
         else:
             stem, ext = os.path.splitext(os.path.basename(str(f["path"])))
@@ -164,10 +184,7 @@ def in_finish(host: LocalHost, config_value: Any, files: list[dict[str, Any]]) -
         disks = iter(f for f in files if f["role"] == "disk")
         config.disks = [DiskConfig(str(next(disks)["final"]), d.format, d.bus, d.readonly) for d in config.disks]
         for f in files:
-            final = str(f["final"])
-            if f["role"] == "state":
-                os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
-            os.rename(str(f["part"]), final)
+            os.rename(str(f["part"]), str(f["final"]))
         for folder in {os.path.dirname(str(f["final"])) for f in files}:
             _fsync_dir(folder)          # the renames too survive a crash
         info = host.define(config)
@@ -191,11 +208,11 @@ def out_finish(host: LocalHost, vm_uuid: str, planned: list[dict[str, Any]]) -> 
             if now is None or now["size"] != f["size"] or now["mtime_ns"] != f["mtime_ns"]:
                 raise HostError(f"{f['path']} changed during the move: the source is kept")
         host.delete(vm_uuid, True)
-        state = managed_path(host, vm_uuid)
-        try:
-            os.unlink(state)
-        except FileNotFoundError:
-            pass
+        for left in (managed_path(host, vm_uuid), _snapshot_list(host, vm_uuid)):
+            try:
+                os.unlink(left)
+            except FileNotFoundError:
+                pass
 
 
 def migrate(host: LocalHost, step: str, fields: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,7 @@ def test_a_full_clone_boots_and_leaves_the_original_alone(local_service: Service
                                                           busybox_initramfs: Path) -> None:
     host = local_service.connect()
     orig, image = _original(local_service, host, debian_kernel, busybox_initramfs)
+    host.snapshot_create(orig.uuid, "pristine", "before the clone")
     before = _sha(image)
     seen: list[tuple[int, int]] = []
     clone = host.clone(orig.uuid, "copy", progress=lambda done, total: seen.append((done, total)))
@@ -59,6 +60,7 @@ def test_a_full_clone_boots_and_leaves_the_original_alone(local_service: Service
     new_disk = Path(clone.config.disks[0].path)
     assert new_disk.parent == image.parent and new_disk != image and clone.config.disks[0].format == "qcow2"
     assert seen and seen[-1][0] == seen[-1][1] > 0, seen          # progress reached the whole copy
+    assert [(s.name, s.description) for s in host.snapshot_list(clone.uuid)] == [("pristine", "before the clone")]
     _boot_and_overwrite(host, clone.uuid)
     assert _sha(image) == before                                   # the original's file is byte for byte the same
     with open_image(str(new_disk), read_only=True) as dev:
@@ -108,6 +110,10 @@ def test_a_clone_gets_a_new_uuid_and_mac_and_a_taken_name_is_refused(local_servi
         host.clone(orig.uuid, "NET2")
     assert "already exists" in str(err.value) and "\n" not in str(err.value)
     assert sorted(os.listdir(image.parent)) == files               # nothing left behind
+    with pytest.raises(HostError) as err:
+        host.clone(orig.uuid, "../escape")                         # a name is checked before it names files
+    assert "name '../escape'" in str(err.value)
+    assert sorted(os.listdir(image.parent)) == files and not (image.parent.parent / "escape.raw").exists()
 
 
 def test_a_running_vm_is_refused_with_one_line(local_service: ServiceSandbox) -> None:

@@ -133,10 +133,12 @@ def test_a_saved_vm_moves_to_the_ssh_host_resumes_there_and_comes_back(local_ser
     try:
         images = local_service.data_home / "vireo" / "images"
         cfg = _counter_vm(local, images, "mover")
+        local.snapshot_create(cfg.uuid, "before", "taken shut off")      # inside the disk, described beside it
         last = _run_and_save(local, cfg.uuid)
         state = local_service.vms_dir / "saved" / f"{cfg.uuid}.state"
         assert state.is_file()
-        carried = state.stat().st_size + Path(cfg.disks[0].path).stat().st_size
+        described = local_service.vms_dir / "snapshots" / f"{cfg.uuid}.json"
+        carried = state.stat().st_size + Path(cfg.disks[0].path).stat().st_size + described.stat().st_size
         seen: list[tuple[int, int]] = []
         moved = move_vm(local, remote, cfg.uuid, lambda d, t: seen.append((d, t)))
         assert moved.uuid == cfg.uuid and moved.state == VmState.SHUTOFF
@@ -147,6 +149,8 @@ def test_a_saved_vm_moves_to_the_ssh_host_resumes_there_and_comes_back(local_ser
         remote_disk = moved.config.disks[0].path
         assert remote_disk.startswith(str(server.data_home)) and os.path.isfile(remote_disk)
         assert (server.config_home / "vireo" / "vms" / "saved" / f"{cfg.uuid}.state").is_file()
+        assert [(s.name, s.description) for s in remote.snapshot_list(cfg.uuid)] == [("before", "taken shut off")]
+        assert not (local_service.vms_dir / "snapshots" / f"{cfg.uuid}.json").exists()
         after = _resume(remote, cfg.uuid, last)
         assert after[0] == last + 1, (last, after[:5])             # carried on, not booted afresh
         # And back, by the CLI: saved there, moved to this computer, resumed here.
@@ -170,6 +174,7 @@ def test_a_saved_vm_moves_to_the_ssh_host_resumes_there_and_comes_back(local_ser
             time.sleep(0.05)
         back = _resume(local, cfg.uuid, again)
         assert back[0] == again + 1, (again, back[:5])
+        assert [s.name for s in local.snapshot_list(cfg.uuid)] == ["before"]
         local.force_off(cfg.uuid)
     finally:
         remote.close()

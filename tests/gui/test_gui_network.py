@@ -296,6 +296,10 @@ def test_a_second_card_on_tap_added_on_the_page_and_its_error_in_one_line(qtbot,
     assert [page.card.itemText(i) for i in range(page.card.count())] == [f"1 \u00b7 {first_mac}"]
     click(qtbot, page.add_card)
     assert page.card.currentText() == "2 \u00b7 new card" and page.mac.text() == ""
+    type_into(qtbot, page.mac, first_mac)                  # card 1's address: refused on the page
+    assert "card 1's too" in page.mac_error.text() and not details.apply_button.isEnabled()
+    click(qtbot, page.new_mac)
+    assert page.mac_error.text() == "" and page.mac.text() != first_mac
     assert not page.tap_row.isVisible()
     page.backend.setCurrentIndex(page.backend.findData("tap"))
     assert page.tap_row.isVisible() and not page.forwards_box.isEnabled()
@@ -308,7 +312,7 @@ def test_a_second_card_on_tap_added_on_the_page_and_its_error_in_one_line(qtbot,
     first, card = host.get(cfg.uuid).config.nics
     assert (first.backend, first.mac) == ("user", first_mac)
     assert (card.backend, card.tap, card.bridge, card.forwards) == ("tap", "vtapgui9", "nosuchbr9", [])
-    assert card.mac.startswith("52:54:00:") and card.mac != first_mac       # the host gave it its own
+    assert card.mac.startswith("52:54:00:") and card.mac != first_mac
     qtbot.waitUntil(lambda: page.card.count() == 2 and page.card.currentText() == f"2 \u00b7 {card.mac}")
     _start(qtbot, window, vm_window, cfg.uuid, "nettap")
     vm_window.show_tab("details")

@@ -371,7 +371,11 @@ class NicPage(QWidget):
         """What keeps Apply disabled: a bad MAC or TAP name on the card shown (also in red by the field)."""
         if not self.cards:
             return ""
-        problem = mac_problem(self.mac.text().strip().lower())
+        mac = self.mac.text().strip().lower()
+        problem = mac_problem(mac)
+        twin = next((i for i, n in enumerate(self.cards) if i != self.index and mac and n.mac == mac), None)
+        if not problem and twin is not None:
+            problem = f"MAC {mac} is card {twin + 1}'s too: give each card its own (New Address)"
         if not problem and self.backend.currentData() == "tap":
             try:
                 NicConfig(backend="tap", tap=self.tap.text().strip(),
