@@ -13,6 +13,7 @@ The loop is deterministic for a given seed, so a reported crash can be replayed 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import logging
@@ -26,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +128,29 @@ class Program:
         return seq[self.u8() % len(seq)]
 
 
+@contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """Run a block without coverage tracing: a target builds its device rig in here, since the constructors are
+    the same for every input and tracing them would cost most of the time of a short input."""
+    old = sys.gettrace()
+    sys.settrace(None)
+    try:
+        yield
+    finally:
+        sys.settrace(old)
+
+
+def scratch_dir(name: str) -> str:
+    """A private directory for a target's files (in /dev/shm when there is one: no disk writes per input),
+    removed when the process exits."""
+    import atexit
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix=f"vireo-fuzz-{name}-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 # --- coverage ---------------------------------------------------------------------------------------------------
 
 class Coverage:
@@ -193,14 +217,24 @@ class _LoggedErrors(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.records: list[logging.LogRecord] = []
+        self.active = False         # only while a target runs (other tests in the process log as they like)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info and record.exc_info[0] is not None and not issubclass(record.exc_info[0], Hang):
+        et = record.exc_info[0] if record.exc_info else None
+        if self.active and et is not None and not issubclass(et, Hang):
             self.records.append(record)
 
 
 _logged = _LoggedErrors()
 logging.getLogger().addHandler(_logged)
+
+
+LEAK_FDS = 64
+LEAK_THREADS = 16
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 def _rss_mib() -> float:
@@ -223,6 +257,7 @@ def run_one(t: Target, data: bytes, cov: Coverage | None = None) -> tuple[Findin
         cov.start()
     finding = None
     _logged.records = []
+    _logged.active = True
     try:
         t.func(data)
         if _logged.records:
@@ -244,6 +279,7 @@ def run_one(t: Target, data: bytes, cov: Coverage | None = None) -> tuple[Findin
         finding = Finding(t.name, data, "exception", f"{type(cause).__name__} at {where}: {str(exc)[:120]}",
                           "".join(traceback.format_exception(exc)))
     finally:
+        _logged.active = False
         new = cov.stop() if cov else set()
         if use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -337,6 +373,9 @@ class Stats:
     added: int = 0
     arcs: int = 0
     lines: int = 0
+    rss_mib: tuple[float, float] = (0.0, 0.0)     # after replaying the corpus, at the end
+    fds: tuple[int, int] = (0, 0)
+    threads: tuple[int, int] = (0, 0)
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -402,6 +441,7 @@ def fuzz(t: Target, seconds: float, *, seed: int = 0, save_corpus: bool = False,
             corpus.append(data[:t.max_len])
         else:
             cov.arcs |= new
+    base = (_rss_mib(), _fd_count(), threading.active_count())
     last_log = time.monotonic()
     while time.monotonic() - start < seconds and (max_execs is None or stats.execs < max_execs):
         parent = rng.choice(corpus)
@@ -427,6 +467,13 @@ def fuzz(t: Target, seconds: float, *, seed: int = 0, save_corpus: bool = False,
             log(f"[{t.name}] {stats.execs} execs, {stats.execs / el:.0f}/s, corpus {len(corpus)}, "
                 f"arcs {len(cov.arcs)}")
     stats.seconds = time.monotonic() - start
+    end = (_rss_mib(), _fd_count(), threading.active_count())
+    stats.rss_mib, stats.fds, stats.threads = (base[0], end[0]), (base[1], end[1]), (base[2], end[2])
+    # Leaks across executions: each input is bounded on its own, but descriptors, threads or memory that pile up
+    # would end an overnight run (and a long-running VM) all the same.
+    if end[1] - base[1] > LEAK_FDS or end[2] - base[2] > LEAK_THREADS or end[0] - base[0] > t.rss_mib:
+        record(Finding(t.name, b"", "leak", f"over {stats.execs} execs: descriptors {base[1]} -> {end[1]}, "
+                       f"threads {base[2]} -> {end[2]}, RSS {base[0]:.0f} -> {end[0]:.0f} MiB", ""))
     stats.corpus = len(corpus)
     stats.arcs = len(cov.arcs)
     stats.lines = cov.lines()

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 
 from core.devices.ide import AtaDisk, AtapiCdrom
 from core.devices.ide.channel import BUF_SIZE
 from core.storage import open_image
-from fuzz.harness import Program, target
+from fuzz.harness import Program, scratch_dir, target, untraced
 
 RAM = 1 << 20
 TABLE = 0x8000
 DISK_BYTES = 256 * 512
-_dir = tempfile.mkdtemp(prefix="vireo-fuzz-ide-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+_dir = scratch_dir("ide")
 _disk, _disc = os.path.join(_dir, "disk.raw"), os.path.join(_dir, "disc.iso")
 
 
@@ -53,7 +52,8 @@ def fuzz_ide(data: bytes) -> None:
     _images()
     disk = open_image(_disk)
     cd = AtapiCdrom(open_image(_disc, "raw", read_only=True))
-    rig = IdeRig({0: AtaDisk(disk), 2: cd, 3: AtapiCdrom(None)}, ram=RAM)
+    with untraced():
+        rig = IdeRig({0: AtaDisk(disk), 2: cd, 3: AtapiCdrom(None)}, ram=RAM)
     for i, base in enumerate((TABLE, TABLE + 64, TABLE + 128, TABLE + 192)):    # sane tables to start from
         rig.prd_table(base, [(0x20000 + 0x1000 * i, 0x1000 * (i + 1))])
     p = Program(data)

@@ -11,9 +11,12 @@ from core.bus import MmioBus, PortIoBus
 from core.devices.acpi_pm import AcpiPm
 from core.devices.debugcon import DebugConsole
 from core.devices.fw_cfg import FwCfg
+from core.devices.i440fx import I440fxHostBridge
 from core.devices.i8042 import I8042
 from core.devices.ioapic import IoApic
+from core.devices.pci import PciBus
 from core.devices.pic import Pic8259Pair
+from core.devices.piix3 import Piix3IsaBridge
 from core.devices.pit import Pit8254
 from core.devices.port92 import SystemControlPortA
 from core.devices.post import PostPort
@@ -24,10 +27,12 @@ from core.devices.vga import Vga
 from core.irq import IrqLine
 from core.memory import GuestMemory
 from core.timers import TimerQueue
-from fuzz.harness import Program, target
+from fuzz.harness import Program, target, untraced
 
 IOAPIC = 0xFEC0_0000
 VGA_WINDOW = 0xA0000
+VGA_SLOT = 2
+BAR_FB, BAR_MMIO = 0xFD00_0000, 0xFEB0_0000     # where the seeds program the VGA's BARs (as SeaBIOS would)
 _mem: GuestMemory | None = None
 
 
@@ -54,8 +59,13 @@ class Rig:
         self.fw.add_file("etc/e820", bytes(range(256)) * 4)
         self.fw.add_file("etc/writable", bytes(64), writable=True)
         self.fw.add_u32(0x05, 1)
-        self.vga = Vga()
-        for dev in (self.pic, self.uart, Pit8254(self.timers, IrqLine(sink, 0)),
+        self.host_bridge = I440fxHostBridge()
+        self.pci = PciBus(self.pio, self.mmio, lambda gsi, level: None, host_bridge=self.host_bridge)
+        self.isa_bridge = Piix3IsaBridge(lambda irq, level: None)
+        self.pci.add(self.isa_bridge, slot=1, function=0)
+        self.pci.pirq_router = self.isa_bridge
+        self.vga = Vga(self.pci, pci_slot=VGA_SLOT)
+        for dev in (self.pci, self.pic, self.uart, Pit8254(self.timers, IrqLine(sink, 0)),
                     CmosRtc(IrqLine(sink, 8), self.timers, 1 << 28), self.kbd, PostPort(),
                     AcpiPm(IrqLine(sink, 9), lambda: None, timers=self.timers), ResetControl(lambda: None),
                     SystemControlPortA(lambda: None), DebugConsole(), self.fw):
@@ -73,7 +83,13 @@ def _seeds() -> list[bytes]:
     def pio_w(port: int, size: int, value: int) -> bytes:
         return bytes([0, 0, size]) + struct.pack("<HI", port, value)
     fw_dma = struct.pack(">IIQ", (0x20 << 16) | 0x0A, 64, 0x8000)   # select+read 64 bytes to 0x8000
+    def cfg_w(slot: int, reg: int, value: int) -> bytes:
+        return pio_w(0xCF8, 4, 0x8000_0000 | slot << 11 | reg) + pio_w(0xCFC, 4, value)
+    vga_bars = cfg_w(VGA_SLOT, 0x10, BAR_FB) + cfg_w(VGA_SLOT, 0x18, BAR_MMIO) + cfg_w(VGA_SLOT, 0x04, 3)
     return [
+        vga_bars + bytes([2, 2, 2]) + struct.pack("<IQ", 0x100, 0xFFFF) + bytes([2, 3, 2])
+        + struct.pack("<IQ", 0x500, 0x41) + bytes([3, 3, 2]) + struct.pack("<I", 0x502),
+        cfg_w(0, 0x58, 0x33333330) + cfg_w(1, 0x60, 0x0B0A0905) + cfg_w(1, 0x68, 0x80) + cfg_w(0, 0x72, 0x0A),
         pio_w(0x20, 1, 0x11) + pio_w(0x21, 1, 0x08) + pio_w(0x21, 1, 0x04) + pio_w(0x21, 1, 0x01),
         pio_w(0x3F8 + 3, 1, 0x80) + pio_w(0x3F8, 1, 1) + pio_w(0x3F8 + 3, 1, 3) + bytes([4, 2, 5]) + b"hello",
         pio_w(0x43, 1, 0x34) + pio_w(0x40, 1, 0x9C) + pio_w(0x40, 1, 0x2E)
@@ -91,7 +107,8 @@ def _seeds() -> list[bytes]:
 @target("platform", allowed=(), seeds=_seeds, max_len=2048)
 def fuzz_platform(data: bytes) -> None:
     """Register traffic (port and MMIO, every width), guest-memory writes and interrupt/input events."""
-    rig = Rig()
+    with untraced():
+        rig = Rig()
     p = Program(data)
     try:
         while p.more():
@@ -107,7 +124,8 @@ def fuzz_platform(data: bytes) -> None:
             elif op in (2, 3):
                 which, size = p.u8(), p.choice((1, 2, 4, 8))
                 off = p.uint(4)
-                addr = IOAPIC + (off & 0x3FF) if which & 1 else VGA_WINDOW + off % 0x20000
+                addr = (IOAPIC + (off & 0x3FF), VGA_WINDOW + off % 0x20000, BAR_FB + off % (16 << 20),
+                        BAR_MMIO + off % 0x1000)[which % 4]
                 if op == 2:
                     rig.mmio.write(addr, size, p.uint(8) & ((1 << (8 * size)) - 1))
                 else:

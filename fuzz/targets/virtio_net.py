@@ -10,7 +10,7 @@ import struct
 import threading
 import time
 
-from fuzz.harness import Program, target
+from fuzz.harness import Program, target, untraced
 
 TX, RX_POST, FROM_NET, DESC_RAW, PUSH, COMMON, DEVCFG, SETUP = range(8)
 DATA = 0x40000
@@ -45,9 +45,10 @@ def fuzz_virtio_net(data: bytes) -> None:
     """A driver program (transmit, receive buffers, raw descriptors, ring entries, registers) and network frames."""
     from core.devices.virtio.pci import STATUS_NEEDS_RESET
     from tests.net.test_virtio_net import QSIZE, RING, NetDriver
-    d = NetDriver()
-    d.setup()
-    d.net.start()
+    with untraced():
+        d = NetDriver()
+        d.setup()
+        d.net.start()
     drains = []
     p = Program(data)
     try:

@@ -127,3 +127,38 @@ def test_a_raw_disk_is_refused_in_one_line(local_vireo: Vireo, tmp_path: Path) -
         assert local_vireo.ok("snapshot-list", name).splitlines()[2:] == [""]
     finally:
         local_vireo.cli("undefine", name)
+
+
+def test_a_file_written_after_the_snapshot_is_gone_after_revert(local_vireo: Vireo, tmp_path: Path,
+                                                                 debian_kernel: Path, busybox_initramfs: Path) -> None:
+    """The Debian kernel's busybox guest makes an ext2 file system on its qcow2 /dev/vda and writes a file; a
+    running snapshot; another file; revert: the guest's shell is where it was, and the second file is gone from
+    the disk itself (the guest's page cache is dropped before looking)."""
+    from tests.cli.test_lifecycle import shell
+
+    vireo, name = local_vireo, "snap-files"
+    disk = tmp_path / "vda.qcow2"
+    _qemu_img("create", "-q", "-f", "qcow2", str(disk), "32M")
+    path = vireo.write_definition(tmp_path, name, debian_kernel, busybox_initramfs,
+                                  disks=[{"path": str(disk), "format": "qcow2"}])
+    vireo.ok("define", str(path))
+    try:
+        vireo.ok("start", name)
+        shell(vireo, name, b"for m in virtio_pci virtio_blk crc32c_generic ext4; do modprobe $m; done; sleep 1; "
+                           b"mke2fs -q /dev/vda && mkdir -p /mnt && mount /dev/vda /mnt && echo one > /mnt/before && "
+                           b"sync && echo MARK-$((6*7))", b"MARK-42")
+        vireo.ok("snapshot-create", name, "with-before")
+        shell(vireo, name, b"echo two > /mnt/after && sync && ls /mnt && echo MARK-$((6*8))", b"MARK-48")
+        vireo.ok("snapshot-revert", name, "with-before")
+        assert vireo.states()[name] == "running"
+        text = shell(vireo, name, b"sync; echo 3 > /proc/sys/vm/drop_caches; echo FILES-$((1+1)): $(ls /mnt) END",
+                     re.compile(rb"FILES-2: [^\r\n]*END"))
+        files = re.findall(r"FILES-2: ([^\r\n]*) END", text)[-1].split()
+        assert "before" in files and "after" not in files, files
+        vireo.ok("destroy", name)
+        _qemu_img("check", "-q", str(disk))
+        assert re.search(r"\swith-before\s", _qemu_img("snapshot", "-l", str(disk)))
+    finally:
+        if vireo.states().get(name) in ("running", "paused"):
+            vireo.cli("destroy", name)
+        vireo.cli("undefine", name)

@@ -194,7 +194,7 @@ def test_vm_window_tabs_details_apply_and_revert(qtbot, app_parts) -> None:
     vm_window = window.vm_windows[cfg.uuid]
     qtbot.waitExposed(vm_window)
     assert [vm_window.tabs.tabText(i) for i in range(vm_window.tabs.count())] == \
-        ["Serial Console", "Details", "Performance"]
+        ["Serial Console", "Details", "Snapshots", "Performance"]
     assert "shut off" in vm_window.console.banner_text.text()
     details = vm_window.details
     assert [details.pages.item(i).text() for i in range(details.pages.count())] == \
