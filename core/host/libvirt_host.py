@@ -69,26 +69,98 @@ def is_libvirt_uri(uri: str) -> bool:
 
 
 class LibvirtHost(Host):
-    """The domains of one libvirt URI. Connects in the constructor (HostError, one line, when it cannot)."""
+    """The domains of one libvirt URI. Connects in the constructor (HostError, one line, when it cannot) unless
+    `connect` is False: the GUI makes its rows unconnected and connects on a worker (connect()). Like the SSH
+    hosts (core/remote/service.py), it tells connection listeners (state, message) as it connects, fails, or
+    loses the connection (libvirt's close callback: the daemon stopped, or keepalive found it gone)."""
 
     remote = True      # the domains live in libvirtd: closing the connection leaves them running
 
-    def __init__(self, uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(self, uri: str, timeout: float = CONNECT_TIMEOUT, connect: bool = True) -> None:
         self.uri = uri
         self.name = uri
-        self._libvirt = libvirt_module()
+        self.timeout = timeout
+        self._libvirt: Any = None
+        self._conn: Any = None
+        self._events = -1
         self._lock = threading.Lock()
+        self._connect_lock = threading.Lock()
         self._cpu: dict[str, tuple[float, int]] = {}      # uuid -> (monotonic time, cpuTime ns) of the last sample
         self._serial: dict[str, Any] = {}                 # uuid -> LibvirtSerial
         self._consoles: dict[str, tuple[int, Any]] = {}   # uuid -> (domain Id, VncFeed)
-        self._closed = False
-        self._conn = self._open(timeout)
-        try:
-            self._conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
-        except self._libvirt.libvirtError:
-            pass        # a local driver without the remote protocol (test:///default) has no keepalive
-        self._events = self._conn.domainEventRegisterAny(
-            None, self._libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+        self._conn_listeners: list[Callable[[str, str], None]] = []
+        self.state = "disconnected"
+        self.error = "not connected"
+        if connect:
+            self.connect()
+
+    # -- connection -----------------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def add_connection_listener(self, listener: Callable[[str, str], None]) -> None:
+        self._conn_listeners.append(listener)
+
+    def _set_connection(self, state: str, message: str) -> None:
+        self.state = state
+        for listener in list(self._conn_listeners):
+            try:
+                listener(state, message)
+            except Exception:  # a broken observer must not break the connection
+                pass
+
+    def connect(self) -> None:
+        """Open the connection (nothing when open); HostError with one line when it cannot."""
+        with self._connect_lock:
+            if self._conn is not None:
+                return
+            self._set_connection("connecting", f"connecting to {self.uri}…")
+            try:
+                self._libvirt = libvirt_module()
+                conn = self._open(self.timeout)
+            except HostError as exc:
+                self.error = str(exc)
+                self._set_connection("failed", self.error)
+                raise
+            try:
+                conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+            except self._libvirt.libvirtError:
+                pass        # a driver without the remote protocol (test:///default) has no keepalive
+            with contextlib.suppress(self._libvirt.libvirtError):
+                conn.registerCloseCallback(self._on_closed, None)
+            self._events = conn.domainEventRegisterAny(
+                None, self._libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+            self._conn = conn
+            self.error = ""
+            self._set_connection("connected", f"connected to {self.uri}")
+
+    def _on_closed(self, conn: Any, reason: int, _opaque: object) -> None:
+        """libvirt closed the connection: 0 an I/O error, 1 end of file, 2 keepalive timeout (3: we closed it)."""
+        if reason == 3 or conn is not self._conn:
+            return
+        why = {0: "the connection failed", 1: "libvirtd closed the connection",
+               2: "libvirtd stopped answering (keepalive)"}.get(reason, "the connection was lost")
+        # Not on the event loop's thread: closing a connection from its own callback would wait on that loop.
+        threading.Thread(target=lambda: (self._drop(why), self._set_connection("disconnected", why)),
+                         name="vireo-libvirt-drop", daemon=True).start()
+
+    def _drop(self, why: str) -> None:
+        conn, self._conn = self._conn, None
+        self.error = why
+        for serial in list(self._serial.values()):
+            serial.close()
+        self._serial.clear()
+        for _, feed in list(self._consoles.values()):
+            feed.close()
+        self._consoles.clear()
+        if conn is not None:
+            with contextlib.suppress(self._libvirt.libvirtError):
+                conn.unregisterCloseCallback()
+            with contextlib.suppress(self._libvirt.libvirtError):
+                conn.domainEventDeregisterAny(self._events)
+            with contextlib.suppress(self._libvirt.libvirtError):
+                conn.close()
 
     def _open(self, timeout: float) -> Any:
         """virConnectOpen in a worker thread: an SSH transport asking for a password, or a host that does not
@@ -111,8 +183,8 @@ class LibvirtHost(Host):
 
     @contextlib.contextmanager
     def _call(self, what: str) -> Iterator[None]:
-        if self._closed:
-            raise HostError(f"{self.uri}: the connection is closed")
+        if self._conn is None:
+            raise HostError(f"{self.uri} is not connected: {self.error}")
         try:
             yield
         except self._libvirt.libvirtError as exc:
@@ -318,19 +390,10 @@ class LibvirtHost(Host):
             self._emit(HostEvent(EventKind.STATE, uuid, state))
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for serial in list(self._serial.values()):
-            serial.close()
-        self._serial.clear()
-        for _, feed in list(self._consoles.values()):
-            feed.close()
-        self._consoles.clear()
-        with contextlib.suppress(self._libvirt.libvirtError):
-            self._conn.domainEventDeregisterAny(self._events)
-        with contextlib.suppress(self._libvirt.libvirtError):
-            self._conn.close()
+        """Disconnect (the domains run on); connect() opens the connection again."""
+        if self._conn is not None:
+            self._drop("disconnected")
+            self._set_connection("disconnected", f"disconnected from {self.uri}")
 
 
 def vnc_spec(xml: ET.Element) -> str:

@@ -62,6 +62,12 @@ def _store(host: LocalHost, vm_uuid: str, snapshots: list[VmSnapshot]) -> None:
     atomic_write(path, json.dumps({"snapshots": [s.to_dict() for s in snapshots]}).encode())
 
 
+def forget_snapshots(host: LocalHost, vm_uuid: str) -> None:
+    """The VM's definition is deleted: its snapshot list goes too (the internal snapshots stay in kept images,
+    where `vireo img snapshot -l` shows them)."""
+    _meta_path(host, vm_uuid).unlink(missing_ok=True)
+
+
 def _disks(vm: _LocalVm) -> list[str]:
     """The paths of the VM's writable disks; HostError with one line for a raw one (virsh: internal snapshots of
     raw disks are unsupported)."""
