@@ -92,9 +92,23 @@ def test_snapshot_of_a_running_vm_reverts_the_counter(vireo: Vireo, tmp_path: Pa
             (before, at, resumed[:5])
         assert "counter: started" not in log.read_text()[-200:]
 
-        # Revert to the shut-off snapshot: the VM is powered off and its disks are as before the first boot.
+        # A managed save: no disk-only snapshot under it; a revert discards it (it belongs with the old disks).
+        vireo.ok("save", name)
+        one_error_line(vireo.cli("snapshot-create", name, "under-save"), 1, name, "saved state")
+        vireo.ok("snapshot-revert", name, "hot")
+        assert vireo.states()[name] == "running"
+
+        # Revert to the shut-off snapshot: the VM is powered off and its disks are as before the first boot; the
+        # next start boots afresh (the managed save went with the revert before).
         vireo.ok("snapshot-revert", name, "cold")
         assert vireo.states()[name] == "shut off"
+        boots = log.read_text().count("counter: started")
+        vireo.ok("start", name)
+        deadline = time.monotonic() + 20
+        while log.read_text().count("counter: started") == boots and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.read_text().count("counter: started") == boots + 1
+        vireo.ok("destroy", name)
         assert vireo.ok("snapshot-delete", name, "cold") == "Domain snapshot cold deleted\n"
         one_error_line(vireo.cli("snapshot-revert", name, "cold"), 2, "cold", "snapshot-list")
 
