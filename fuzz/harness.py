@@ -140,6 +140,17 @@ def untraced() -> Iterator[None]:
         sys.settrace(old)
 
 
+def scratch_dir(name: str) -> str:
+    """A private directory for a target's files (in /dev/shm when there is one: no disk writes per input),
+    removed when the process exits."""
+    import atexit
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix=f"vireo-fuzz-{name}-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 # --- coverage ---------------------------------------------------------------------------------------------------
 
 class Coverage:

@@ -49,7 +49,7 @@ from core.host.saved import discard as discard_saved
 from core.host.saved import managed_state
 from core.host.saved import restore as restore_saved
 from core.host.saved import save as save_state
-from core.host.snapshots import LocalSnapshots
+from core.host.snapshots import LocalSnapshots, forget_snapshots
 from core.host.startcheck import check_startable
 from core.host.vm_stats import nic_totals, stats_from_sample
 from core.hoststats import HostInfo, local_host_info
@@ -242,6 +242,7 @@ class LocalHost(HostImages, HostLoad, LocalNetOps, LocalSnapshots, HostCopies, H
             except OSError as exc:
                 raise HostError(f"cannot remove {self.store.path_for(vm_uuid)}: {exc.strerror}") from None
             removed.insert(0, str(self.store.path_for(vm_uuid)))
+            forget_snapshots(self, vm_uuid)     # its list of VM snapshots goes with the definition (virsh undefine)
             with self._lock:
                 self._vms.pop(vm_uuid, None)
         self._emit(HostEvent(EventKind.DELETED, vm_uuid))

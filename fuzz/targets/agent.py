@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 import threading
 from pathlib import Path
 
@@ -21,13 +20,13 @@ from core.agent.daemon import Agent
 from core.config import ConfigStore
 from core.host.api import HostError
 from core.protocol import encode, hello
-from fuzz.harness import target
+from fuzz.harness import scratch_dir, target
 from fuzz.targets.agent_wire import encode_raw
 
 FENCED = ("exit", "start", "delete", "delete_image", "delete_broken_definition", "resize_image", "create_disk",
           "clone", "save", "restore", "run_img", "serial_send", "net_reconnect", "net_set", "migrate")
 UUID = "0d6f4ad2-5c3b-4a43-9a4e-1f2b3c4d5e6f"
-_root = Path(tempfile.mkdtemp(prefix="vireo-fuzz-agent-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+_root = Path(scratch_dir("agent"))
 _agent: Agent | None = None
 
 

@@ -5,14 +5,13 @@ may never raise to the vCPU nor write the ROM."""
 from __future__ import annotations
 
 import os
-import tempfile
 
 from core.boot.errors import BootError
 from core.bus import MmioBus
 from core.memory import GuestMemory
-from fuzz.harness import Program, target
+from fuzz.harness import Program, scratch_dir, target
 
-_dir = tempfile.mkdtemp(prefix="vireo-fuzz-fw-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+_dir = scratch_dir("fw")
 _mem: GuestMemory | None = None
 
 

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 
 from core.devices.ide import AtaDisk, AtapiCdrom
 from core.devices.ide.channel import BUF_SIZE
 from core.storage import open_image
-from fuzz.harness import Program, target, untraced
+from fuzz.harness import Program, scratch_dir, target, untraced
 
 RAM = 1 << 20
 TABLE = 0x8000
 DISK_BYTES = 256 * 512
-_dir = tempfile.mkdtemp(prefix="vireo-fuzz-ide-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+_dir = scratch_dir("ide")
 _disk, _disc = os.path.join(_dir, "disk.raw"), os.path.join(_dir, "disc.iso")
 
 

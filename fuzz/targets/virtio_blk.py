@@ -8,14 +8,13 @@ from __future__ import annotations
 import os
 import random
 import struct
-import tempfile
 
 from core.storage import create_image, open_image
-from fuzz.harness import Program, target, untraced
+from fuzz.harness import Program, scratch_dir, target, untraced
 
 DISK = 1 << 20
 REGIONS = (0x10000, 0x20000, 0x30000, 0x18000)
-_dir = tempfile.mkdtemp(prefix="vireo-fuzz-vblk-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+_dir = scratch_dir("vblk")
 _path = os.path.join(_dir, "disk.qcow2")
 
 DESC_RAW, DESC, HEADER, PUSH, NOTIFY, MEM, SETUP, COMMON = range(8)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import tempfile
 import threading
 
 import numpy as np
@@ -18,9 +17,9 @@ from core.irq import IrqLine
 from core.keymap import Ps2InputSink
 from core.vnc.address import parse_vnc
 from core.vnc.protocol import VERSION_33, VERSION_37, VERSION_38
-from fuzz.harness import target
+from fuzz.harness import scratch_dir, target
 
-_dir = tempfile.mkdtemp(prefix="vireo-fuzz-vnc-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+_dir = scratch_dir("vnc")
 _servers: dict[bool, object] = {}
 
 
