@@ -205,24 +205,30 @@ class LocalSnapshots:
                 except VmProcessError as exc:
                     raise HostError(f"{vm.config.name}: {exc}") from None
         self._wait_shutoff(vm)
-        # A managed save belongs with the disks as they were; after the revert it would resume a guest whose
-        # disks changed under it, so it goes (the user chose to go back).
-        discard_saved(managed_state(self, vm))
         state_file = None
         try:
             with vm.op_lock:
-                for i, path in enumerate(paths):
-                    image = _open(path)
-                    try:
+                # Every disk is checked before any is reverted: a disk added since the snapshot must not leave
+                # the VM half reverted.
+                images = []
+                try:
+                    for path in paths:
+                        images.append(_open(path))
+                        if _by_name(images[-1], name) is None:
+                            raise HostError(f"{vm.config.name}: disk {path} has no snapshot named {name} (added "
+                                            "since?); no disk was reverted")
+                    for i, image in enumerate(images):
                         sid = _by_name(image, name)
-                        if sid is None:
-                            raise HostError(f"{vm.config.name}: disk {path} has no snapshot named {name}")
                         if i == 0 and snap.has_state:
                             state_file = self._extract_state(image, sid)
                         image.snapshot_apply(sid)
-                    except ImageError as exc:
-                        raise HostError(f"{vm.config.name}: {exc}") from None
-                    finally:
+                    # A managed save belongs with the disks as they were; it would resume a guest whose disks
+                    # changed under it, so it goes (the user chose to go back).
+                    discard_saved(managed_state(self, vm))
+                except ImageError as exc:
+                    raise HostError(f"{vm.config.name}: {exc}") from None
+                finally:
+                    for image in images:
                         image.close()
             if state_file is not None:
                 self.start(vm_uuid, restore=state_file)
