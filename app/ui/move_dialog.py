@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from PyQt6.QtCore import Qt, pyqtSignal
 from PyQt6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -47,6 +48,9 @@ class MoveDialog(QDialog):
                                                       if b is not source and connected(b)]
         for _, bridge in self.targets:
             self.hosts.addItem(bridge.host.name)
+        self.start_there = QCheckBox("&Start it there afterwards (a saved VM resumes where it stopped)", self)
+        self.start_there.setObjectName("moveStart")
+        self.start_there.setChecked(False)
         self.progress = QProgressBar(self)
         self.progress.setObjectName("moveProgress")
         self.progress.setRange(0, 100)
@@ -63,6 +67,7 @@ class MoveDialog(QDialog):
         self.buttons.rejected.connect(self.reject)
         form = QFormLayout()
         form.addRow("&To host:", self.hosts)
+        form.addRow("", self.start_there)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.progress)
@@ -85,9 +90,10 @@ class MoveDialog(QDialog):
     def start(self) -> None:
         index, dest = self.targets[self.hosts.currentIndex()]
         self.running = True
-        for w in (self.hosts, self.buttons):
+        for w in (self.hosts, self.start_there, self.buttons):
             w.setEnabled(False)
         self.message.setText(f"Moving {self.info.name} to {dest.host.name}…")
+        start_there = self.start_there.isChecked()
         src_host, dst_host, uuid = self.source.host, dest.host, self.info.uuid
 
         def done(moved: VmInfo) -> None:
@@ -98,6 +104,8 @@ class MoveDialog(QDialog):
             def listed() -> None:
                 self.running = False
                 self.moved.emit(index, moved.uuid)
+                if start_there:
+                    dest.lifecycle("start", moved.uuid)
                 self.accept()
             dest.refresh(then=listed)
 
@@ -109,7 +117,7 @@ class MoveDialog(QDialog):
         self.running = False
         self.message.setText(message)
         self.progress.setValue(0)
-        for w in (self.hosts, self.buttons):
+        for w in (self.hosts, self.start_there, self.buttons):
             w.setEnabled(True)
 
     def reject(self) -> None:

@@ -63,17 +63,29 @@ def copy_file(src: str, dst: str, progress: Callable[[int], None] | None = None)
         size = os.fstat(sfd).st_size
         dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
+            fast = hasattr(os, "copy_file_range")
             for offset, length in _data_ranges(sfd, size):
                 end = offset + length
                 while offset < end:
-                    piece = os.pread(sfd, min(COPY_CHUNK, end - offset), offset)
-                    if not piece:
-                        break
-                    os.pwrite(dfd, piece, offset)
-                    offset += len(piece)
-                    copied += len(piece)
+                    n = min(COPY_CHUNK, end - offset)
+                    if fast:
+                        # In the kernel, no trip through this process (and a shared extent where the file system
+                        # offers one, as cp does); EXDEV/EINVAL/ENOSYS fall back to reading and writing.
+                        try:
+                            n = os.copy_file_range(sfd, dfd, n, offset, offset)
+                        except OSError:
+                            fast = False
+                            continue
+                    else:
+                        piece = os.pread(sfd, n, offset)
+                        os.pwrite(dfd, piece, offset)
+                        n = len(piece)
+                    if n == 0:
+                        break           # the source shrank under us: what remains is a hole
+                    offset += n
+                    copied += n
                     if progress is not None:
-                        progress(len(piece))
+                        progress(n)
             os.ftruncate(dfd, size)     # a trailing hole
             os.fsync(dfd)
         finally:

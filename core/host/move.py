@@ -96,6 +96,11 @@ def _config(value: Any) -> VmConfig:
 
 def in_prepare(host: LocalHost, config_value: Any, files: list[dict[str, Any]]) -> dict[str, Any]:
     config = _config(config_value)
+    facts = host.info()
+    try:
+        config.validate_for_host(facts.memory_mib, facts.cpus)
+    except ConfigError as exc:
+        raise HostError(f"{host.name} cannot run {config.name}: {exc}") from None
     for info in host.list_vms():
         if info.uuid == config.uuid:
             raise HostError(f"{host.name} already has this VM ({info.name}, uuid {config.uuid})")
@@ -164,6 +169,7 @@ def in_finish(host: LocalHost, config_value: Any, files: list[dict[str, Any]]) -
     """`files`: [{role, part, final, size, sha256}] as the client wrote them."""
     config = _config(config_value)
     parts = [str(f["part"]) for f in files]
+    landed: list[str] = []
     try:
         for f in files:
             part = str(f["part"])
@@ -185,11 +191,17 @@ def in_finish(host: LocalHost, config_value: Any, files: list[dict[str, Any]]) -
         config.disks = [DiskConfig(str(next(disks)["final"]), d.format, d.bus, d.readonly) for d in config.disks]
         for f in files:
             os.rename(str(f["part"]), str(f["final"]))
+            landed.append(str(f["final"]))
         for folder in {os.path.dirname(str(f["final"])) for f in files}:
             _fsync_dir(folder)          # the renames too survive a crash
         info = host.define(config)
     except BaseException:
         in_abort(host, parts)
+        for path in landed:         # renamed already, but the VM was not defined: nothing here uses them
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         raise
     return {"uuid": info.uuid}
 

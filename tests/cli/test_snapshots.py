@@ -92,9 +92,23 @@ def test_snapshot_of_a_running_vm_reverts_the_counter(vireo: Vireo, tmp_path: Pa
             (before, at, resumed[:5])
         assert "counter: started" not in log.read_text()[-200:]
 
-        # Revert to the shut-off snapshot: the VM is powered off and its disks are as before the first boot.
+        # A managed save: no disk-only snapshot under it; a revert discards it (it belongs with the old disks).
+        vireo.ok("save", name)
+        one_error_line(vireo.cli("snapshot-create", name, "under-save"), 1, name, "saved state")
+        vireo.ok("snapshot-revert", name, "hot")
+        assert vireo.states()[name] == "running"
+
+        # Revert to the shut-off snapshot: the VM is powered off and its disks are as before the first boot; the
+        # next start boots afresh (the managed save went with the revert before).
         vireo.ok("snapshot-revert", name, "cold")
         assert vireo.states()[name] == "shut off"
+        boots = log.read_text().count("counter: started")
+        vireo.ok("start", name)
+        deadline = time.monotonic() + 20
+        while log.read_text().count("counter: started") == boots and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert log.read_text().count("counter: started") == boots + 1
+        vireo.ok("destroy", name)
         assert vireo.ok("snapshot-delete", name, "cold") == "Domain snapshot cold deleted\n"
         one_error_line(vireo.cli("snapshot-revert", name, "cold"), 2, "cold", "snapshot-list")
 
@@ -162,3 +176,30 @@ def test_a_file_written_after_the_snapshot_is_gone_after_revert(local_vireo: Vir
         if vireo.states().get(name) in ("running", "paused"):
             vireo.cli("destroy", name)
         vireo.cli("undefine", name)
+
+
+def test_a_disk_added_since_the_snapshot_stops_the_revert_before_any_disk_changes(local_vireo: Vireo,
+                                                                                   tmp_path: Path) -> None:
+    from core.storage import open_image
+
+    name = "snap-added"
+    first, added = tmp_path / "first.qcow2", tmp_path / "added.qcow2"
+    _qemu_img("create", "-q", "-f", "qcow2", str(first), "8M")
+    _qemu_img("create", "-q", "-f", "qcow2", str(added), "8M")
+    definition, _ = _definition(tmp_path, name, [{"path": str(first), "format": "qcow2"}])
+    local_vireo.ok("define", str(definition))
+    try:
+        local_vireo.ok("snapshot-create", name, "one-disk")
+        with open_image(str(first)) as dev:          # written after the snapshot
+            dev.write(0, b"AFTER".ljust(512, b"\0"))
+            dev.flush()
+        definition, _ = _definition(tmp_path, name, [{"path": str(first), "format": "qcow2"},
+                                                     {"path": str(added), "format": "qcow2"}])
+        local_vireo.ok("define", str(definition))
+        one_error_line(local_vireo.cli("snapshot-revert", name, "one-disk"), 1, str(added), "one-disk",
+                       "no disk was reverted")
+        with open_image(str(first), read_only=True) as dev:
+            assert dev.read(0, 5) == b"AFTER"
+        _qemu_img("check", "-q", str(first))
+    finally:
+        local_vireo.cli("undefine", name)

@@ -155,3 +155,55 @@ def test_vireo_clone_on_the_command_line(local_service: ServiceSandbox) -> None:
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "already exists" in again.stderr
     missing = vireo("clone", "nosuch", "x")
     assert missing.returncode == 2 and "no VM named 'nosuch'" in missing.stderr
+
+
+def test_a_saved_vm_clones_and_both_run_on(local_service: ServiceSandbox) -> None:
+    """A VM with a managed save is cloned (full and linked): each clone boots afresh, and the original still
+    resumes from its save afterwards, its counter carrying on, even though a linked clone put its disk content
+    under an overlay."""
+    import re
+    import threading
+    import time
+
+    host = local_service.connect()
+    image = local_service.data_home / "vireo" / "images" / "saved.qcow2"
+    host.create_disk(str(image), 1 << 20, fmt="qcow2")
+    cfg = VmConfig(name="saved", memory_mib=32, accel="software", disks=[DiskConfig(str(image), "qcow2")])
+    cfg.boot.kernel = str(guest_path("counter"))
+    cfg.display.type = "none"
+    info = host.define(cfg)
+
+    def run(uuid: str, above: int, save: bool = False) -> list[int]:
+        """Start the VM, wait for its counter to pass `above` (then save it); the counters it printed."""
+        data, cond = bytearray(), threading.Condition()
+
+        def got(chunk: bytes) -> None:
+            with cond:
+                data.extend(chunk)
+                cond.notify_all()
+        host.subscribe_serial(uuid, got)
+        host.start(uuid)
+        deadline = time.monotonic() + 30
+        with cond:
+            while True:
+                seen = [int(n) for n in re.findall(rb"counter: (\d+)", bytes(data))]
+                if seen and seen[-1] > above:
+                    break
+                assert time.monotonic() < deadline, seen[-5:]
+                cond.wait(0.2)
+        if save:
+            host.save(uuid)
+            wait_state(host, uuid, VmState.SHUTOFF, 30)
+        host.unsubscribe_serial(uuid, got)
+        with cond:
+            return [int(n) for n in re.findall(rb"counter: (\d+)", bytes(data))]
+
+    last = run(info.uuid, 3, save=True)[-1]
+    for linked in (False, True):
+        clone = host.clone(info.uuid, f"saved-{'linked' if linked else 'full'}", linked=linked)
+        fresh = run(clone.uuid, 2)
+        assert fresh[0] == 1, fresh[:5]                            # booted afresh, not from the original's save
+        host.force_off(clone.uuid)
+    resumed = run(info.uuid, last + 2)
+    assert resumed[0] == last + 1, (last, resumed[:5])            # resumed from the save
+    host.force_off(info.uuid)

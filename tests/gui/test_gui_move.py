@@ -1,7 +1,7 @@
 """Move to Host… in the main window (app/ui/move_dialog.py, issue 15), pytest-qt against a real sshd
 (tests/helpers/remote.py): the dialog lists the connected SSH host; a name taken there is refused in the dialog in
 one line with the VM left here; then the saved counter guest moves with a progress bar to the end, shows under the
-SSH host's row and no longer here, and resumes there with its counter carrying on."""
+SSH host's row and no longer here, and ("Start it there") resumes there with its counter carrying on."""
 from __future__ import annotations
 
 import base64
@@ -100,6 +100,8 @@ def test_move_to_host_dialog_moves_a_saved_vm_to_the_ssh_host(qtbot, tmp_path, s
     assert local.host.get(uuid).state == VmState.SHUTOFF and disk.is_file()
 
     remote.host.delete(twin.uuid)
+    there = bytearray()
+    dialog.start_there.setChecked(True)
     values: list[int] = []
     dialog.progress.valueChanged.connect(values.append)
     closed: list[int] = []
@@ -111,10 +113,14 @@ def test_move_to_host_dialog_moves_a_saved_vm_to_the_ssh_host(qtbot, tmp_path, s
                     timeout=10_000)
     assert not disk.exists()
 
-    there = bytearray()
-    remote.host.subscribe_serial(uuid, there.extend)
-    remote.host.start(uuid)
-    after = _wait_counter(there, last + 2)
+    qtbot.waitUntil(lambda: remote.host.get(uuid).state == VmState.RUNNING, timeout=30_000)  # "Start it there"
+    live = bytearray()
+    there[:] = remote.host.subscribe_serial(uuid, live.extend)    # what this boot printed so far, then the rest
+    deadline = time.monotonic() + 30
+    while not (_counters(there + live) and _counters(there + live)[-1] > last + 2):
+        assert time.monotonic() < deadline, _counters(there + live)[-5:]
+        time.sleep(0.05)
+    after = _counters(there + live)
     assert after[0] == last + 1, (last, after[:5])
     remote.host.force_off(uuid)
     for bridge in window.bridges:

@@ -122,6 +122,22 @@ def test_nic_page_forward_link_taken_port_graph_and_reconnect(qtbot, app_parts, 
     click(qtbot, page.add_forward)
     assert page.table.item(0, 0).text() == f"host 127.0.0.1:{port} \u2192 guest :80"
     assert page.table.item(0, 1).text() == "TCP"
+    # A UDP rule shows as such; selected and removed, it is gone.
+    page.proto.setCurrentIndex(page.proto.findData("udp"))
+    type_into(qtbot, page.host_port.lineEdit(), "5353")
+    type_into(qtbot, page.guest_port.lineEdit(), "53")
+    click(qtbot, page.add_forward)
+    assert (page.table.item(1, 0).text(), page.table.item(1, 1).text()) == \
+        ("udp host 127.0.0.1:5353 \u2192 guest :53", "UDP")
+    assert not page.remove_forward.isEnabled()                  # nothing selected yet
+    page.table.selectRow(1)
+    click(qtbot, page.remove_forward)
+    assert page.table.rowCount() == 1 and page.forwards() == [f"tcp:127.0.0.1:{port}-:80"]
+    # The same host port twice is refused on the page, in one line.
+    page.proto.setCurrentIndex(page.proto.findData("tcp"))
+    type_into(qtbot, page.host_port.lineEdit(), str(port))
+    click(qtbot, page.add_forward)
+    assert "forwarded twice" in page.forward_error.text() and page.table.rowCount() == 1
     # ... and a new MAC (the guest sees it once started).
     click(qtbot, page.new_mac)
     assert page.mac.text() != mac and re.fullmatch(r"52:54:00(:[0-9a-f]{2}){3}", page.mac.text())

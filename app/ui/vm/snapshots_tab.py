@@ -114,8 +114,13 @@ class SnapshotsTab(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.tree, 1)
         layout.addWidget(self.status)
-        self._update_buttons()
-        self.refresh()
+        self._update_buttons()             # the list is read when the tab is first shown (showEvent)
+
+    def showEvent(self, event) -> None:
+        """Read the list again whenever the tab is shown: the CLI or another window may have changed it."""
+        super().showEvent(event)
+        if not self.working:
+            self.refresh()
 
     # -- reading --------------------------------------------------------------------------------------------
     def _vm_name(self) -> str:
