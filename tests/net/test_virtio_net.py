@@ -307,6 +307,29 @@ def test_wakeup_is_not_lost_between_mark_and_wait():
     assert time.monotonic() - start < 30
 
 
+def test_the_backend_is_read_on_while_the_driver_has_no_buffers(drv):
+    """With no receive buffers the card keeps reading the backend (into its backlog), so a burst from passt
+    never finds the socket full: passt drops what it cannot write and the guest's TCP then stalls for seconds.
+    The peer's whole 4 MiB burst is taken while the ring is empty (the peer's socket times out after 5 s if
+    not), and the frames then arrive in order as the driver adds buffers."""
+    frames = [_frame(i.to_bytes(4, "big") * 8000) for i in range(128)]       # 32 KiB each, 4 MiB in all
+    for f in frames:
+        drv.peer.send(f)
+    assert drv.used(0, timeout=0.1) == []
+    got = []
+    while len(got) < len(frames):
+        drv.next_buf = 0x40000
+        posted = [drv.post_rx(65536)[0] for _ in range(16)]
+        drv.kick(0)
+        used = []
+        while len(used) < 16 and len(got) + len(used) < len(frames):
+            more = drv.used(0, timeout=2)
+            assert more, "frames stopped arriving"
+            used += more
+        got += [drv.mem.read(posted[i] + 12, n - 12) for i, (_, n) in enumerate(used)]
+    assert got == frames and drv.net.stats["rx_dropped"] == 0
+
+
 def test_backend_gone_is_link_down_with_a_config_interrupt_and_reconnect_brings_it_back(drv):
     generation = drv.mmio.read(drv.common + 0x15, 1)
     drv.mmio.read(BAR4 + 0x1000, 1)                     # the driver reads (and so clears) the ISR
