@@ -229,7 +229,7 @@ class LibvirtHost(Host):
         kind = xml.get("type", "")
         config = VmConfig(name=dom.name(), uuid=dom.UUIDString(), memory_mib=memory_mib, vcpus=vcpus,
                           accel="kvm" if kind == "kvm" else "software",
-                          display=DisplayConfig(vnc=vnc_spec(xml)))
+                          display=DisplayConfig(vnc=vnc_spec(xml, urllib.parse.urlsplit(self.uri).hostname or "")))
         vm_state = _STATES.get(state, VmState.RUNNING)
         why = _SHUTOFF_REASONS.get(reason, "") if vm_state in (VmState.SHUTOFF, VmState.CRASHED) else ""
         return VmInfo(config, vm_state, why, accel=config.accel)
@@ -396,9 +396,11 @@ class LibvirtHost(Host):
             self._set_connection("disconnected", f"disconnected from {self.uri}")
 
 
-def vnc_spec(xml: ET.Element) -> str:
+def vnc_spec(xml: ET.Element, uri_host: str = "") -> str:
     """The domain's VNC graphics as Vireo's display.vnc spelling (HOST:DISPLAY or unix:PATH), "" when it has none
-    or it is not running (autoport: the port is only known once started, as port='-1' says before)."""
+    or it is not running (autoport: the port is only known once started, as port='-1' says before). Graphics
+    listening on every address are reached at the URI's host (this computer for a local URI), as virsh
+    domdisplay does."""
     graphics = xml.find("devices/graphics[@type='vnc']")
     if graphics is None:
         return ""
@@ -413,8 +415,17 @@ def vnc_spec(xml: ET.Element) -> str:
         return ""
     host = graphics.get("listen") or (listen.get("address") if listen is not None else "") or "127.0.0.1"
     if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
+        host = uri_host or "127.0.0.1"
     return f"{host}:{port - BASE_PORT}"
+
+
+def display_uri(spec: str) -> str:
+    """display.vnc as virsh domdisplay prints it: vnc://HOST:PORT or vnc+unix://PATH (any host, not only the
+    loopback addresses Vireo's own VMs listen on)."""
+    if spec.startswith("unix:"):
+        return f"vnc+unix://{spec[5:]}"
+    host, _, display = spec.rpartition(":")
+    return f"vnc://{host}:{BASE_PORT + int(display)}"
 
 
 def _message(exc: Exception) -> str:

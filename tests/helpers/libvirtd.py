@@ -65,12 +65,13 @@ class PrivateLibvirtd:
         self.initrd = dirs["HOME"] / "initramfs.cpio.gz"
         shutil.copyfile(kernel, self.kernel)
         shutil.copyfile(initrd, self.initrd)
-        as_user: list[str] = []
+        # A test process that dies without its teardown (a crash) takes the daemon with it.
+        as_user = ["setpriv", "--pdeathsig=TERM"]
         if os.geteuid() == 0:
             nobody = pwd.getpwnam("nobody")
             for path in [self.root, *self.root.rglob("*")]:
                 os.chown(path, nobody.pw_uid, nobody.pw_gid)
-            as_user = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+            as_user += [f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **{k: str(v) for k, v in dirs.items()}}
         self.log = self.root / "libvirtd.log"
         with open(self.log, "wb") as log:

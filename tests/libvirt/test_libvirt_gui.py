@@ -1,7 +1,8 @@
 """The manager with a libvirt connection (pytest-qt, offscreen, against the private libvirtd): File ▸ Add
 Connection ▸ libvirt shows the domain beside Vireo's VMs with its CPU samples, Run starts it, the VM window's
-console shows its text screen through VNC and takes typed keys, Shut Down powers it off through the guest, Run
-starts it again; the URI is remembered; a URI whose daemon is down shows one line in its row."""
+console shows its text screen through VNC and takes typed keys, its serial console echoes through libvirt's
+stream, Shut Down powers it off through the guest, Run starts it again; the URI is remembered; a URI whose daemon
+is down shows one line in its row."""
 from __future__ import annotations
 
 import json
@@ -72,6 +73,14 @@ def test_a_libvirt_domain_in_the_manager(qtbot, tmp_path, libvirtd, local_servic
     typed, skipped = view.type_text("echo gui-$((6*7))\n")
     assert skipped == 0 and typed > 0
     qtbot.waitUntil(lambda: "gui-42" in screen(), timeout=30000)
+    # The Serial Console tab reaches ttyS0 through libvirt's stream: what is typed there goes into the guest and
+    # its line discipline echoes it back.
+    vm_window.show_tab("serial")
+    term = vm_window.console.terminal
+    qtbot.waitUntil(lambda: uuid in bridge._serial_open, timeout=30000)
+    qtbot.waitUntil(lambda: not term.read_only, timeout=10000)
+    qtbot.keyClicks(term, "serialping")
+    qtbot.waitUntil(lambda: "serialping" in term.text(), timeout=30000)
 
     window.select_vm(uuid)
     window.vm_actions.shutdown.trigger()      # the guest's acpid is listening once its prompt shows

@@ -136,3 +136,27 @@ def test_a_down_uri_gives_one_line_at_once(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and f"cannot connect to {uri}" in result.stderr, result.stderr
+
+
+def test_a_daemon_that_never_answers_does_not_hold_the_caller(tmp_path):
+    """A socket that accepts and then says nothing (a hung libvirtd): the connection attempt is given up after
+    the timeout, in one line, instead of blocking its caller."""
+    import socket
+    import threading
+    path = tmp_path / "hung-sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(server.accept()[0]), daemon=True).start()
+    uri = f"qemu:///session?socket={path}"
+    began = time.monotonic()
+    try:
+        with pytest.raises(HostError) as caught:
+            LibvirtHost(uri, timeout=3)
+        assert time.monotonic() - began < 6
+        assert str(caught.value) == f"cannot connect to {uri}: no answer in 3 s"
+    finally:
+        for s in held:
+            s.close()
+        server.close()
