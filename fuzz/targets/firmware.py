@@ -38,6 +38,7 @@ def fuzz_firmware(data: bytes) -> None:
     _, image = load_firmware_image(path)
     if _mem is None:
         _mem = GuestMemory(2 << 20)
+    _mem.fill(0, _mem.size)
     mmio = MmioBus()
     fw = FirmwareMemory(image, _mem, mmio)
     rom_before = bytes(fw.rom.map)

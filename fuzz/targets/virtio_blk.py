@@ -28,14 +28,14 @@ def _desc(i: int, region: int, off: int, length: int, flags: int, nxt: int) -> b
 
 def _seeds() -> list[bytes]:
     def request(rtype: int, head: int, n: int, data_flags: int) -> bytes:
-        return (bytes([HEADER, 0]) + struct.pack("<IQ", rtype, 3)
+        return (bytes([HEADER, 0]) + struct.pack("<IIQ", rtype, 0, 3)
                 + _desc(head, 0, 0, 16, 1, head + 1) + _desc(head + 1, 1, 0, n, 1 | data_flags, head + 2)
                 + _desc(head + 2, 2, 0, 1, 2, 0) + bytes([PUSH, head, 0]))
     out = b"".join(request(t, 3 * i, n, f) for i, (t, n, f) in enumerate(
         ((0, 512, 2), (1, 1024, 0), (4, 0, 0), (8, 20, 2), (11, 16, 0), (13, 16, 0))))
     indirect = (bytes([MEM, 3, 0, 0, 48]) + struct.pack("<QIHH", 0x10000, 16, 1, 1)
                 + struct.pack("<QIHH", 0x20000, 512, 3, 2) + struct.pack("<QIHH", 0x30000, 1, 2, 0)
-                + _desc(0, 3, 0, 48, 4, 0) + bytes([HEADER, 0]) + struct.pack("<IQ", 0, 1) + bytes([PUSH, 0, 0]))
+                + _desc(0, 3, 0, 48, 4, 0) + bytes([HEADER, 0]) + struct.pack("<IIQ", 0, 0, 1) + bytes([PUSH, 0, 0]))
     return [out + bytes([NOTIFY]), indirect + bytes([NOTIFY]), request(0, 0, 512, 2) + bytes([NOTIFY, SETUP, 1])]
 
 
