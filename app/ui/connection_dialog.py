@@ -146,6 +146,7 @@ class AddConnectionDialog(QDialog):
         self.port_spin.error.setVisible(not libvirt and bool(self.port_spin.problem()))
         self.note.setText(LIBVIRT_NOTE if libvirt else SSH_NOTE)
         self._validate()
+        self.adjustSize()          # no blank space where the hidden rows were
 
     def _validate(self) -> None:
         if self.kind() == "libvirt":

@@ -122,6 +122,12 @@ def _ext(path: str, fmt: str) -> str:
     return ".qcow2" if fmt == "qcow2" else ".img"
 
 
+def _name_from(overlay: str, base: str) -> str:
+    """How `overlay` names its backing file `base`: the bare name beside it, else the absolute path."""
+    same = os.path.dirname(os.path.abspath(overlay)) == os.path.dirname(os.path.abspath(base))
+    return os.path.basename(base) if same else os.path.abspath(base)
+
+
 def _copy_snapshot_list(host: LocalHost, old_uuid: str, new_uuid: str) -> None:
     """A full copy's qcow2 disks carry the original's internal snapshots: give the clone their descriptions too
     (core/host/snapshots.py keeps them beside the definition, by uuid). A linked clone's overlays start empty."""
@@ -191,10 +197,14 @@ def clone_vm(host: LocalHost, vm_uuid: str, new_name: str, linked: bool = False,
                                       ext or f".{disk.format}", taken)
                     os.rename(disk.path, base)
                     renamed.append((base, disk.path))
-                    # The original's own overlay at its old path, then the clone's; both name the base absolutely.
-                    create_image(disk.path, "qcow2", None, backing_file=base, backing_format=disk.format)
+                    # The original's own overlay at its old path, then the clone's. Each names the base by its
+                    # bare file name when they share a folder (QEMU resolves it beside the overlay), so overlay
+                    # and base can move together to another host's folder (core/host/move.py); else absolutely.
+                    create_image(disk.path, "qcow2", None, backing_file=_name_from(disk.path, base),
+                                 backing_format=disk.format)
                     made.append(disk.path)
-                    create_image(new_path, "qcow2", None, backing_file=base, backing_format=disk.format)
+                    create_image(new_path, "qcow2", None, backing_file=_name_from(new_path, base),
+                                 backing_format=disk.format)
                     made.append(new_path)
                     original_changes.append(DiskConfig(disk.path, "qcow2", disk.bus, disk.readonly))
                     clone.disks[i] = DiskConfig(new_path, "qcow2", disk.bus, disk.readonly)

@@ -5,7 +5,8 @@ hosts over the connections it already holds; each host's service answers these s
   source       "out_plan"    the definition, and each file to carry — every disk, the managed save
                              (core/host/saved.py) and the VM snapshots' descriptions (core/host/snapshots.py)
                              when there are — with its size and modification time;
-                             refuses a VM that runs, or a disk with a backing file (one line each).
+                             a qcow2 disk's backing files go too; refuses a VM that runs, or a backing file
+                             named by a path rather than a bare name (one line each).
   destination  "in_prepare"  checks the name and uuid are free here, the kernel, initrd, firmware and CD-ROM
                              images the definition names are here (they are the host's, not carried), and
                              the images folder has room for the files' full sizes; answers the path each file
@@ -63,13 +64,23 @@ def out_plan(host: LocalHost, vm_uuid: str) -> dict[str, Any]:
                             "it (a running VM is not moved)")
         config = vm.config.copy()
     files = []
+    carried: set[str] = set()
     for disk in config.disks:
         if not os.path.isfile(disk.path):
             raise HostError(f"{config.name}'s disk {disk.path} is not a file on {host.name}")
-        if backing_chain(disk.path):
-            raise HostError(f"{config.name}'s disk {disk.path} has a backing file: make a full clone (or convert "
-                            "it) before moving it")
         files.append({"role": "disk", **_stat(disk.path)})
+        # A qcow2 overlay's backing files go too (a linked clone, or a VM that was linked-cloned), under their own
+        # names: each must name the next by a bare file name, which resolves beside it in the destination's folder
+        # as it does here (QEMU resolves a relative name from the overlay's folder).
+        chain = backing_chain(disk.path)
+        for overlay, base in zip([disk.path, *chain], chain, strict=False):
+            named = _backing_name(overlay)
+            if os.path.basename(named) != named:
+                raise HostError(f"{overlay} names its backing file by the path {named!r}, which another host "
+                                "would not have: make a full clone before moving it")
+            if os.path.realpath(base) not in carried:
+                carried.add(os.path.realpath(base))
+                files.append({"role": "backing", **_stat(base)})
     state = managed_path(host, vm_uuid)
     if state.is_file():
         files.append({"role": "state", **_stat(str(state))})
@@ -77,6 +88,13 @@ def out_plan(host: LocalHost, vm_uuid: str) -> dict[str, Any]:
     if snapshots.is_file():
         files.append({"role": "snapshots", **_stat(str(snapshots))})
     return {"config": config.to_dict(), "files": files}
+
+
+def _backing_name(path: str) -> str:
+    """The backing file name as the qcow2 header stores it."""
+    from core.storage.info import image_info
+
+    return image_info(path, force_share=True).backing_file or ""
 
 
 def _snapshot_list(host: LocalHost, vm_uuid: str):
@@ -129,6 +147,20 @@ def in_prepare(host: LocalHost, config_value: Any, files: list[dict[str, Any]]) 
             where = managed_path if f["role"] == "state" else _snapshot_list
             final = str(where(host, config.uuid))
             os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+        elif f["role"] == "backing":
+            # Named by its overlay: it must keep its name. One already there may be another VM's: not replaced.
+            final = os.path.join(folder, os.path.basename(str(f["path"])))
+            if final in taken:
+                raise HostError(f"{config.name} reads two backing files named {os.path.basename(final)}")
+            if os.path.lexists(final):
+                # Moved before with another VM (a linked clone's base): kept and shared if it is the same file,
+                # which in_finish checks by its SHA-256; nothing is written over it.
+                if not os.path.isfile(final) or os.path.getsize(final) != int(f["size"]):
+                    raise HostError(f"{final} exists on {host.name} already and is not {config.name}'s backing "
+                                    "file of that name: make a full clone before moving it")
+                taken.add(final)
+                targets.append({"final": final, "part": None})
+                continue
         else:
             stem, ext = os.path.splitext(os.path.basename(str(f["path"])))
             n, final = 0, os.path.join(folder, stem + ext)
@@ -168,10 +200,15 @@ def in_abort(host: LocalHost, parts: list[str]) -> None:
 def in_finish(host: LocalHost, config_value: Any, files: list[dict[str, Any]]) -> dict[str, Any]:
     """`files`: [{role, part, final, size, sha256}] as the client wrote them."""
     config = _config(config_value)
-    parts = [str(f["part"]) for f in files]
+    parts = [str(f["part"]) for f in files if f["part"] is not None]
     landed: list[str] = []
     try:
         for f in files:
+            if f["part"] is None:       # a backing file already here: it must be the very same
+                if file_sha256(str(f["final"])) != f["sha256"]:
+                    raise HostError(f"{f['final']} on {host.name} differs from {config.name}'s backing file of that "
+                                    "name: make a full clone before moving it")
+                continue
             part = str(f["part"])
             if not _part_ok(part) or str(f["final"]) + PART != part:
                 raise HostError(f"move: {part} is not a file this move wrote")
@@ -190,8 +227,9 @@ def in_finish(host: LocalHost, config_value: Any, files: list[dict[str, Any]]) -
         disks = iter(f for f in files if f["role"] == "disk")
         config.disks = [DiskConfig(str(next(disks)["final"]), d.format, d.bus, d.readonly) for d in config.disks]
         for f in files:
-            os.rename(str(f["part"]), str(f["final"]))
-            landed.append(str(f["final"]))
+            if f["part"] is not None:
+                os.rename(str(f["part"]), str(f["final"]))
+                landed.append(str(f["final"]))
         for folder in {os.path.dirname(str(f["final"])) for f in files}:
             _fsync_dir(folder)          # the renames too survive a crash
         info = host.define(config)

@@ -140,6 +140,15 @@ def _copy(src: _Files, path: str, size: int, dst: _Files, part: str, step: Calla
     return digest.hexdigest()
 
 
+def _digest(src: _Files, path: str, size: int, step: Callable[[int], None]) -> str:
+    digest = hashlib.sha256()
+    with src.reader(path, size) as r:
+        while piece := r.read(CHUNK):
+            digest.update(piece)
+            step(len(piece))
+    return digest.hexdigest()
+
+
 def move_vm(src: Host, dst: Host, vm_uuid: str, progress: Progress | None = None) -> VmInfo:
     """Move the shut-off or saved VM `vm_uuid` from `src` to `dst`; its info on `dst`. HostError (one line) when
     it cannot, with the source left as it was."""
@@ -164,8 +173,11 @@ def move_vm(src: Host, dst: Host, vm_uuid: str, progress: Progress | None = None
     try:
         src_files, dst_files = _Files(src), _Files(dst)
         for f, target in zip(files, targets, strict=True):
-            written.append(target["part"])
-            sha = _copy(src_files, str(f["path"]), int(f["size"]), dst_files, str(target["part"]), step)
+            if target["part"] is None:      # the destination has it (a shared backing file): hash, not copy
+                sha = _digest(src_files, str(f["path"]), int(f["size"]), step)
+            else:
+                written.append(target["part"])
+                sha = _copy(src_files, str(f["path"]), int(f["size"]), dst_files, str(target["part"]), step)
             sent.append({"role": f["role"], "part": target["part"], "final": target["final"], "size": f["size"],
                          "sha256": sha})
         dst.migrate("in_finish", {"config": plan["config"], "files": sent})

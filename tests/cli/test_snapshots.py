@@ -203,3 +203,39 @@ def test_a_disk_added_since_the_snapshot_stops_the_revert_before_any_disk_change
         _qemu_img("check", "-q", str(first))
     finally:
         local_vireo.cli("undefine", name)
+
+
+def test_a_paused_vm_snapshot_reverts_running(local_vireo: Vireo, tmp_path: Path) -> None:
+    """Taken while paused: listed as "paused" (with machine state: a VM SIZE in qemu-img's list), the VM stays
+    paused meanwhile; revert brings it back running, the counter going on from the paused value."""
+    name = "snap-paused"
+    disk = tmp_path / "disk.qcow2"
+    _qemu_img("create", "-q", "-f", "qcow2", str(disk), "8M")
+    definition, log = _definition(tmp_path, name, [{"path": str(disk), "format": "qcow2"}])
+    local_vireo.ok("define", str(definition))
+    try:
+        local_vireo.ok("start", name)
+        _wait_counter(log, 3)
+        local_vireo.ok("suspend", name)
+        time.sleep(0.3)
+        at = _counters(log)[-1]
+        local_vireo.ok("snapshot-create", name, "still")
+        time.sleep(0.5)
+        assert local_vireo.states()[name] == "paused" and _counters(log)[-1] == at
+        assert local_vireo.ok("snapshot-list", name).splitlines()[2].split()[-1] == "paused"
+        local_vireo.ok("resume", name)
+        _wait_counter(log, at + 10)
+        before = len(_counters(log))
+        local_vireo.ok("snapshot-revert", name, "still")
+        assert local_vireo.states()[name] == "running"
+        deadline = time.monotonic() + 30
+        while len(_resumed(_counters(log), before)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _resumed(_counters(log), before)[:2] == [at + 1, at + 2]
+        local_vireo.ok("destroy", name)
+        line = [x for x in _qemu_img("snapshot", "-l", str(disk)).splitlines() if " still " in x]
+        assert len(line) == 1 and not re.search(r"\s0 B\s", line[0]), line
+    finally:
+        if local_vireo.states().get(name) in ("running", "paused"):
+            local_vireo.cli("destroy", name)
+        local_vireo.cli("undefine", name)

@@ -77,13 +77,14 @@ def test_a_linked_clone_names_its_backing_file(local_service: ServiceSandbox, de
     assert disk.format == "qcow2" and Path(disk.path).parent == image.parent
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", disk.path], check=True,
                                      capture_output=True, text=True).stdout)
-    base = Path(info["backing-filename"])
+    base = Path(info["full-backing-filename"])
+    assert info["backing-filename"] == base.name         # named beside it: the pair can move as one (move.py)
     assert info["format"] == "qcow2" and base.is_file() and base != image
     assert info.get("backing-filename-format") == "raw"
     # The original reads the same base through its own overlay at its old path: the base is written by neither.
     mine = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(image)], check=True,
                                      capture_output=True, text=True).stdout)
-    assert mine["format"] == "qcow2" and Path(mine["backing-filename"]) == base
+    assert mine["format"] == "qcow2" and Path(mine["full-backing-filename"]) == base
     assert host.get(orig.uuid).config.disks[0].format == "qcow2"
     base_sum, orig_sum = _sha(base), _sha(image)
     _boot_and_overwrite(host, clone.uuid)

@@ -232,3 +232,39 @@ def test_bad_moves_say_why_in_one_line_and_keep_the_source(local_service: Servic
         remote.delete(moved.uuid, delete_disks=True)
     finally:
         remote.close()
+
+
+def test_a_linked_clone_and_its_original_move_with_their_shared_base(local_service: ServiceSandbox,
+                                                                     server: SshServer) -> None:
+    """A linked clone's overlay goes with its backing file; the original (now an overlay on the same base) then
+    finds that base there already, checked by its SHA-256 and shared, not copied again. Both start there."""
+    import json
+    import subprocess as sp
+
+    local = local_service.connect()
+    remote = _remote(server)
+    try:
+        images = local_service.data_home / "vireo" / "images"
+        cfg = _counter_vm(local, images, "linkbase")
+        clone = local.clone(cfg.uuid, "linked1", linked=True)
+        moved = move_vm(local, remote, clone.uuid)
+        top = moved.config.disks[0].path
+        info = json.loads(sp.run(["qemu-img", "info", "--output=json", "--backing-chain", top], check=True,
+                                 capture_output=True, text=True).stdout)
+        assert len(info) == 2 and Path(info[1]["filename"]).parent == Path(top).parent   # the base came along
+        base_there = info[1]["filename"]
+        assert sp.run(["qemu-img", "check", top], capture_output=True).returncode == 0
+        assert local.get(cfg.uuid).state == VmState.SHUTOFF              # the original still reads its base here
+        again = move_vm(local, remote, cfg.uuid)
+        top2 = again.config.disks[0].path
+        info2 = json.loads(sp.run(["qemu-img", "info", "--output=json", "--backing-chain", top2], check=True,
+                                  capture_output=True, text=True).stdout)
+        assert info2[1]["filename"] == base_there                         # one base, shared by both
+        for uuid in (clone.uuid, cfg.uuid):
+            serial = Serial()
+            remote.subscribe_serial(uuid, serial)
+            remote.start(uuid)
+            serial.wait_above(2)
+            remote.force_off(uuid)
+    finally:
+        remote.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 
-from PyQt6.QtCore import Qt, QTimer, pyqtSignal
+from PyQt6.QtCore import QRect, Qt, QTimer, pyqtSignal
 from PyQt6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -62,9 +62,17 @@ class WrapLabel(QLabel):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
     def _fit(self) -> None:
-        height = self.heightForWidth(max(self.width(), 50))
-        if height > 0 and height != self.minimumHeight():
-            self.setMinimumHeight(height)
+        # Exactly the lines' height at this width, measured on the text without its markup: a wrapped label's own
+        # hint guesses a narrower width, and so more lines, which the form would show as a gap.
+        width = self.contentsRect().width()
+        if width <= 0:
+            return
+        plain = re.sub(r"<[^>]+>", "", self.text())
+        lines = self.fontMetrics().boundingRect(QRect(0, 0, width, 1 << 20), Qt.TextFlag.TextWordWrap, plain)
+        margins = self.contentsMargins()
+        height = max(lines.height(), self.fontMetrics().lineSpacing()) + margins.top() + margins.bottom()
+        if height != self.minimumHeight() or height != self.maximumHeight():
+            self.setFixedHeight(height)
 
     def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
         super().setText(text)

@@ -81,7 +81,7 @@ class SnapshotsTab(QWidget):
         self.working = False
         self._reads = 0
         self.dialog: CreateSnapshotDialog | None = None
-        blank = QPixmap(THUMB)
+        blank = QPixmap(THUMB.width(), THUMB.width() * 9 // 16)    # about the shape of a text-mode screen
         blank.fill(QColor("#3c3c3c"))
         self._blank = QIcon(blank)
         self.tree = QTreeWidget(self)
