@@ -229,10 +229,22 @@ def test_transmit_sends_the_frame_and_completes_a_partial_checksum(drv):
 def test_receive_spreads_a_large_frame_over_mergeable_buffers(drv):
     bufs = [drv.post_rx(1536) for _ in range(50)]
     drv.kick(0)
+    # Every value the device gives the used ring's index: the driver reads entries as soon as the index covers
+    # them, so one frame's 34 buffers must appear in one step (Linux counts a frame whose later buffers are not
+    # there yet as a length error and drops it).
+    used_idx_at, write_u16, published = RING[0][2] + 2, drv.mem.write_u16, []
+
+    def watch(addr: int, value: int) -> None:
+        if addr == used_idx_at:
+            published.append(value)
+        write_u16(addr, value)
+
+    drv.mem.write_u16 = watch
     frame = _frame(bytes(range(256)) * 200)            # 51214 bytes: 34 buffers of 1536
     drv.peer.send(frame)
     used = drv.used(0)
     need = 12 + len(frame)
+    assert published == [-(-need // 1536)]
     assert len(used) == -(-need // 1536)
     assert sum(n for _, n in used) == need
     assert [drv.rx_addr[h] for h, _ in used] == [a for a, _ in bufs[:len(used)]]

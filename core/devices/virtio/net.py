@@ -365,7 +365,8 @@ class VirtioNet(VirtioDevice):
                 piece = data[pos:pos + n]
                 memory.write(gpa, piece)
                 pos += len(piece)
-            q.push(chain, pos - start)
+            q.push(chain, pos - start, publish=False)
+        q.publish()                       # all of the frame's buffers at once: num_buffers must be there to read
         del held[:used]
         self.stats["rx_packets"] += 1
         self.stats["rx_bytes"] += len(frame)
