@@ -160,3 +160,41 @@ def test_a_daemon_that_never_answers_does_not_hold_the_caller(tmp_path):
         for s in held:
             s.close()
         server.close()
+
+
+def test_a_daemon_that_stops_answering_is_dropped_by_keepalive(libvirtd):
+    """libvirtd frozen (SIGSTOP) under an open connection: libvirt's keepalive, run by Vireo's event loop, closes
+    the connection; a call waiting on it fails with one line instead of hanging, the connection listeners hear
+    why, and once the daemon answers again the host connects anew."""
+    import os
+    import signal
+    import threading
+    host = LibvirtHost(libvirtd.uri)
+    heard: list[tuple[str, str]] = []
+    host.add_connection_listener(lambda state, message: heard.append((state, message)))
+    failure: list[str] = []
+
+    def call() -> None:
+        try:
+            host.list_vms()
+        except HostError as exc:
+            failure.append(str(exc))
+    os.kill(libvirtd.proc.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(45)
+        assert not caller.is_alive(), "list_vms still waits on a frozen daemon after 45 s"
+        assert len(failure) == 1 and "\n" not in failure[0], failure
+        deadline = time.monotonic() + 15
+        while ("disconnected", "libvirtd stopped answering (keepalive)") not in heard:
+            assert time.monotonic() < deadline, heard
+            time.sleep(0.1)
+        assert not host.connected
+        assert time.monotonic() - began < 45
+    finally:
+        os.kill(libvirtd.proc.pid, signal.SIGCONT)
+    host.connect()
+    assert DOMAIN in [v.name for v in host.list_vms()]
+    host.close()
