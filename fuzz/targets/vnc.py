@@ -38,7 +38,7 @@ class Screen:
     def render(self, force: bool = False) -> Frame:
         self.sequence += 1
         w, h = ((64, 48), (80, 25), (33, 17))[self.sequence // 7 % 3]
-        pixels = np.full((h, w), 0xFF000000 | self.sequence * 0x010203, dtype=np.uint32)
+        pixels = np.full((h, w), 0xFF000000 | (self.sequence * 0x010203) & 0xFFFFFF, dtype=np.uint32)
         pixels[self.sequence % h, :] = 0xFFFFFFFF
         return Frame(w, h, pixels, [], "fuzz", self.sequence)
 
