@@ -11,10 +11,17 @@ loopback), so THRE and TEMT are set again as soon as the write returns. The THRE
 ETBEI bit goes 0 -> 1 while THR is empty; Linux's 8250 driver checks for exactly that at start-up (UART_BUG_THRE)
 and Windows relies on it too.
 
-Host input (`receive`) waits in a bounded host-side queue and moves into the receive FIFO as the guest drains it,
-the way a host with hardware flow control would hold back a sender, so pasted text is not lost. The character
-timeout interrupt (IIR 0x0C) fires when the FIFO holds fewer bytes than the trigger level and no more bytes are on
-their way from the host: the line is idle, which is what four character times of silence mean on real hardware.
+Host input (`receive`) waits in a bounded host-side queue and reaches the receive FIFO at the line rate the guest
+programmed: one character per character time (start bit, 5-8 data bits, parity, 1-2 stop bits at the divisor's
+baud rate, but never slower than 115200 baud: Linux leaves `console=ttyS0` at 9600, where a 128 KiB paste would
+take two minutes, and the guest cannot tell), delivered by a timer in small batches. When the FIFO is full the host holds the rest back, the way a
+sender with hardware flow control would, so pasted text is not lost. Pacing matters (issue 18, defect 12): a FIFO
+refilled on every read never empties, so IRQ 4 never drops; Linux's 8250 driver gives up after 512 passes of its
+interrupt handler and, the edge-triggered ISA line never rising again, ttyS0 went silent for good after a paste
+of 128 KiB. With pacing the guest drains the FIFO, the interrupt drops, and the next batch raises it again.
+The character timeout interrupt (IIR 0x0C) fires when the FIFO holds fewer bytes than the trigger level and no
+more bytes are on their way from the host: the line is idle, which is what four character times of silence mean
+on real hardware.
 """
 from __future__ import annotations
 
@@ -26,9 +33,12 @@ from core.bus import PortIoBus
 from core.irq import IrqLine
 from core.platform import COM1_PORT
 from core.state import fields as f
+from core.timers import TimerQueue, now_ns
 
 FIFO_SIZE = 16
 HOST_QUEUE_LIMIT = 1 << 20     # bytes of host input held back while the guest is not reading
+MIN_RX_BAUD = 115200           # host input never arrives slower than this, whatever divisor the guest programmed
+RX_BATCH = 8                   # characters per timer wake-up while host input streams in (below the FIFO's 16)
 
 # Register offsets.
 RBR = THR = DLL = 0
@@ -72,12 +82,17 @@ class Uart16550:
     call back into this UART.
     """
 
-    def __init__(self, irq: IrqLine, on_output: Callable[[bytes], None], base: int = COM1_PORT) -> None:
+    def __init__(self, irq: IrqLine, on_output: Callable[[bytes], None], base: int = COM1_PORT,
+                 timers: TimerQueue | None = None) -> None:
         self.irq = irq
         self.on_output = on_output
         self.base = base
         self._lock = threading.Lock()
         self._host_queue: deque[int] = deque()
+        # The machine's timer thread paces host input; a UART built alone (unit tests) gets its own on first input.
+        self._timers = timers
+        self._rx_timer = timers.timer(self._on_rx_timer) if timers is not None else None
+        self._rx_clock = 0           # host-monotonic ns at which the next host character finishes arriving
         self.dropped_input = 0       # host bytes discarded because the host-side queue was full
         self.overruns = 0            # receiver overruns (only possible in loopback, where the guest feeds itself)
         self._reset_registers()
@@ -90,6 +105,8 @@ class Uart16550:
     def reset(self) -> None:
         with self._lock:
             self._host_queue.clear()
+            if self._rx_timer is not None:
+                self._rx_timer.cancel()
             self._reset_registers()
             self._update_irq()
 
@@ -134,6 +151,8 @@ class Uart16550:
             f.apply(self, checked, self._STATE, 0)
             self.rx_fifo = deque(pairs)
             self._host_queue = deque(host)
+            self._rx_clock = 0
+            self._schedule_rx()
             self._update_irq()
 
     # -- host side -------------------------------------------------------------------------------------------------
@@ -148,8 +167,7 @@ class Uart16550:
                 self.dropped_input += len(data) - max(room, 0)
                 data = data[: max(room, 0)]
             self._host_queue.extend(data)
-            self._refill_rx()
-            self._update_irq()
+            self._schedule_rx()
 
     @property
     def pending_input(self) -> int:
@@ -234,7 +252,7 @@ class Uart16550:
             elif offset == MCR:
                 self.mcr = value & 0x1F
                 self._latch_modem_deltas()
-                self._refill_rx()
+                self._schedule_rx()
             elif offset == LSR:
                 return                      # factory test register on the 16550D; writes have no defined effect
             elif offset == MSR:
@@ -267,7 +285,7 @@ class Uart16550:
         # The transmitter never holds bytes here, so clearing its FIFO leaves THR empty as before.
         self.fcr = value & (FCR_ENABLE | FCR_DMA | 0xC0) if enable else 0
         self.lsr &= ~LSR_FIFO_ERR
-        self._refill_rx()
+        self._schedule_rx()
 
     def _lsr(self) -> int:
         value = self.lsr
@@ -326,16 +344,50 @@ class Uart16550:
         if not self.rx_fifo:
             return 0
         value, _ = self.rx_fifo.popleft()
-        self._refill_rx()
+        self._schedule_rx()                      # room again: the held-back sender may resume
         return value
 
-    def _refill_rx(self) -> None:
+    def _char_ns(self) -> int:
+        """One character time on the line: start bit, data bits, parity and stop bits (LCR) at the baud rate."""
+        lcr = self.lcr
+        bits = 1 + 5 + (lcr & 3) + (1 if lcr & 0x08 else 0) + (2 if lcr & 0x04 else 1)
+        baud = max(115200 // ((self.dll | (self.dlm << 8)) or 1), MIN_RX_BAUD)
+        return bits * 1_000_000_000 // baud
+
+    def _schedule_rx(self) -> None:
+        """Arm the receive timer for the next batch of host input, if any can be received now."""
+        if not self._host_queue or self.mcr & MCR_LOOP or len(self.rx_fifo) >= self._rx_capacity():
+            return
+        if self._rx_timer is None:
+            self._timers = TimerQueue(name="vireo-uart-timer")
+            self._rx_timer = self._timers.timer(self._on_rx_timer)
+        if self._rx_timer.armed:
+            return
+        char = self._char_ns()
+        now = now_ns()
+        if self._rx_clock < now:
+            self._rx_clock = now + char           # an idle (or held-back) line: the first character starts now
+        batch = min(RX_BATCH, self._rx_capacity() - len(self.rx_fifo), len(self._host_queue))
+        self._rx_timer.arm(self._rx_clock + (batch - 1) * char)
+
+    def _on_rx_timer(self) -> None:
+        with self._lock:
+            self._receive_due(now_ns())
+            self._schedule_rx()
+            self._update_irq()
+
+    def _receive_due(self, now: int) -> None:
+        """Move into the FIFO the host characters that have finished arriving by `now`."""
         if self.mcr & MCR_LOOP:
             return                               # in loopback the receiver is disconnected from the outside line
+        char = self._char_ns()
         capacity = self._rx_capacity()
         queue = self._host_queue
-        while queue and len(self.rx_fifo) < capacity:
+        while queue and len(self.rx_fifo) < capacity and self._rx_clock <= now:
             self.rx_fifo.append((queue.popleft(), 0))
+            self._rx_clock += char
+        if len(self.rx_fifo) >= capacity:
+            self._rx_clock = 0                   # FIFO full: the sender is held back until the guest reads
 
     # -- interrupts -----------------------------------------------------------------------------------------------
 
