@@ -314,9 +314,11 @@ class Board:
         if spec.backend == "tap":
             mtu, connect = 1500, lambda: open_tap(spec.tap, spec.bridge)
         else:
-            forwards = list(spec.forwards)
-            mtu, connect = PASST_MTU, lambda: PasstBackend.start(forwards)
+            # The spec's forwards as they are at each (re)connect: a running VM's new forwards
+            # (core/vmproc/net_control.py) take effect when its passt restarts.
+            mtu, connect = PASST_MTU, lambda: PasstBackend.start(list(spec.forwards))
         nic = VirtioNet(spec.mac or random_mac(), connect, mtu=mtu, name=f"net{index}")
+        nic.switch_up = spec.link
         self.pci.add(VirtioPciDevice(nic, self.memory, msi_sink=self.interrupts.send_msi))
         return nic
 

@@ -99,12 +99,14 @@ class NicConfig:
     forwards: list[str] = field(default_factory=list)
     tap: str = ""
     bridge: str = ""
+    link: bool = True          # the link switch (virsh domif-setlink): False is a card with its cable unplugged
 
     def spec(self):
         """The engine's NicSpec of this card (NetSpecError for a bad forward)."""
         from core.net.nic import NicSpec, parse_forward
         return NicSpec(backend=self.backend, model=self.model, mac=self.mac,
-                       forwards=[parse_forward(f) for f in self.forwards], tap=self.tap, bridge=self.bridge)
+                       forwards=[parse_forward(f) for f in self.forwards], tap=self.tap, bridge=self.bridge,
+                       link=self.link)
 
 
 @dataclass
@@ -555,10 +557,12 @@ class ConfigStore:
             raise ConfigError(f"{path} could not be loaded earlier; fix or remove it by hand, Vireo will not "
                               "overwrite it")
         make_private_dirs(self.directory)
-        data = cfg.to_dict()
         from core.net.nic import derived_mac
-        for i, nic in enumerate(data["nics"]):
-            nic["mac"] = nic["mac"] or derived_mac(cfg.uuid, i)     # the card keeps its address from now on
+        for i, nic in enumerate(cfg.nics):
+            # The card keeps its address from now on, in the file and in the caller's copy (which the host keeps
+            # and dumpconfig prints).
+            nic.mac = nic.mac or derived_mac(cfg.uuid, i)
+        data = cfg.to_dict()
         text = json.dumps(data, indent=2, sort_keys=False) + "\n"
         atomic_write(path, text.encode())
         return path

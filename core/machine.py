@@ -353,6 +353,7 @@ class Machine:
         for spec, nic in zip(self.config.nics, self.board.nics, strict=True):
             out.append({"mac": ":".join(f"{b:02x}" for b in nic.mac), "model": spec.model, "backend": spec.backend,
                         "mtu": nic.mtu, "link_up": nic.link_up, "link_reason": nic.link_reason,
+                        "switch_up": nic.switch_up,
                         "forwards": [str(f) for f in spec.forwards], **nic.counters()})
         return out
 

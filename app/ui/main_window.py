@@ -158,6 +158,9 @@ class MainWindow(QMainWindow):
         vm_menu.addAction(self.vm_actions.pause)
         vm_menu.addMenu(self.vm_actions.shutdown_menu)
         vm_menu.addSeparator()
+        from app.ui.clone_dialog import CloneMoveActions  # Clone… (app/ui/clone_dialog.py)
+        self.clone_move = CloneMoveActions(self)
+        self.clone_move.add_to(vm_menu)
         vm_menu.addAction(self.vm_actions.delete)
         self.vm_menu = vm_menu
         edit_menu = self.menuBar().addMenu("&Edit")
@@ -218,6 +221,8 @@ class MainWindow(QMainWindow):
         sel = self.selected()
         self.open_action.setEnabled(sel is not None)
         self.vm_actions.update(busy=bool(sel and sel[0].busy(sel[1])))
+        if hasattr(self, "clone_move"):
+            self.clone_move.update()
 
     # -- the tree --------------------------------------------------------------------------------------------
     def _rebuild_host(self, index: int) -> None:

@@ -35,7 +35,7 @@ from app.ui.wizard_pages import (
     StoragePage,
 )
 from app.widgets.text import as_sentence
-from core.config import BootConfig, CdromConfig, DiskConfig, NicConfig, VmConfig, images_dir
+from core.config import BootConfig, CdromConfig, DiskConfig, VmConfig, images_dir
 from core.host import HostError
 
 
@@ -141,7 +141,7 @@ class NewVmWizard(QWizard):
             name=self.finish_page.name.text().strip(),
             memory_mib=self.resources_page.memory.value(), vcpus=self.resources_page.cpus.value(),
             accel=self.finish_page.accel.currentData(), boot=boot, disks=disks, cdroms=cdroms,
-            nics=[NicConfig()] if self.finish_page.network.currentData() == "user" else [],
+            nics=self.finish_page.network_choice.nics(),
         )
 
     def accept(self) -> None:

@@ -30,9 +30,10 @@ from app.ui.accel_choice import fill_accel_combo
 from app.ui.dialogs import show_error
 from app.ui.file_check import ORANGE
 from app.ui.host_file_dialog import choose_host_file
+from app.ui.wizard_network import NetworkChoice
 from app.widgets.range_spin import RangeDoubleSpinBox, RangeSpinBox
 from app.widgets.text import as_sentence
-from core.config import DISK_BUSES, NETWORK_MODES, ConfigError
+from core.config import DISK_BUSES, ConfigError
 from core.host import HostError
 
 if TYPE_CHECKING:
@@ -257,13 +258,9 @@ class FinishPage(QWizardPage):
         form.addRow("Accelerator:", self.accel)
         self.accel_note = note("", self)
         form.addRow("", self.accel_note)
-        self.network = QComboBox(self)
-        for mode in NETWORK_MODES:
-            self.network.addItem({"none": "No network", "user": "User-mode NAT"}[mode], mode)
-        if not wizard.bridge.capabilities.network:
-            self.network.model().item(self.network.findData("user")).setEnabled(False)
-            self.network.setToolTip("The engine has no network card yet")
-        form.addRow("Network:", self.network)
+        self.network_choice = NetworkChoice(wizard.bridge, self)      # app/ui/wizard_network.py
+        self.network = self.network_choice.combo
+        form.addRow("Network:", self.network_choice)
         lay.addLayout(form)
         self.summary = QLabel(self)
         self.summary.setObjectName("summary")
@@ -287,6 +284,8 @@ class FinishPage(QWizardPage):
         self.name.textChanged.connect(self._update)
         self.accel.currentIndexChanged.connect(self._update)
         self.network.currentIndexChanged.connect(self._update)
+        self.network_choice.tap.textChanged.connect(self._update)
+        self.network_choice.bridge.textChanged.connect(self._update)
 
     def initializePage(self) -> None:
         # A name the wizard suggested follows the file chosen (back, another ISO or way); one typed stays.
@@ -330,7 +329,7 @@ class FinishPage(QWizardPage):
         # The host is named when it is another machine: the files above are read there, the disk made there.
         host = [] if self.wiz.on_this_computer else [("Host", self.wiz.bridge.host.name)]
         rows = host + self._boot_rows() + [("Memory", f"{cfg.memory_mib} MiB"), ("CPUs", str(cfg.vcpus)),
-                                    ("Storage", "; ".join(disks) or "none"), ("Network", self.network.currentText())]
+                                    ("Storage", "; ".join(disks) or "none"), ("Network", self.network_choice.text())]
         shared = self.wiz.boot_page.shared_warning()
         self.summary.setText("<table>" + "".join(f"<tr><td style='color:#666;padding-right:12px'>{k}</td>"
                                                  f"<td>{_html(v)}</td></tr>" for k, v in rows) + "</table>"

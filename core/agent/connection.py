@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 from core.agent import wire
 from core.agent.agenthost import AgentHost, software_cpu_available
 from core.agent.console import MAX_IN_FLIGHT, encode_frame, merge_rects
+from core.agent.net_calls import NetCalls
+from core.agent.snapshot_calls import SnapshotCalls
 from core.agent.version import engine_version
 from core.host.api import EventKind, HostError, HostEvent
 from core.protocol import (
@@ -132,7 +134,7 @@ class _ConsoleStream:
             self.console.frames.close()     # the stream's own shared-console reader
 
 
-class Connection:
+class Connection(NetCalls, SnapshotCalls):
     """One client, from hello to close."""
 
     def __init__(self, agent: Agent, sock: socket.socket) -> None:
@@ -422,6 +424,14 @@ class Connection:
         def progress(done: int, total: int) -> None:
             self.send({"t": "progress", "id": call_id, "done": done, "total": total}, droppable=True)
         self.host.create_disk(path, size_bytes, fmt, preallocate, progress)
+
+    def m_clone(self, uuid: str, new_name: str, linked: bool = False, call_id: int = 0, **_: Any) -> dict[str, Any]:
+        if not isinstance(new_name, str) or not isinstance(linked, bool):
+            raise wire.WireError("clone: new_name must be a string and linked true or false")
+
+        def progress(done: int, total: int) -> None:
+            self.send({"t": "progress", "id": call_id, "done": done, "total": total}, droppable=True)
+        return wire.vminfo_to(self.host.clone(uuid, new_name, linked, progress))
 
     def m_serial_subscribe(self, uuid: str, call_id: int = 0, **_: Any) -> tuple[None, bytes] | None:
         if uuid in self.serial:

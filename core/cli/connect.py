@@ -3,6 +3,8 @@
 No `--connect`: this user's Vireo service on this computer (core.connect.connect_local starts it when none runs).
 `--connect ssh://USER@HOST[:PORT]`: that host's service through SSH (core.connect.RemoteHost; the agent is
 installed over SSH when missing, host keys are checked against ~/.ssh/known_hosts).
+`--connect qemu:///session` (any libvirt URI, core.host.libvirt_host.is_libvirt_uri): that libvirt connection's
+domains (core.host.libvirt_host.LibvirtHost, through the optional libvirt-python).
 
 A VM is named as virsh names a domain: by its name, its uuid, or its Id (the first 8 hex digits of its uuid, the
 column `vireo list` shows), so a VM can be reached whatever its name.
@@ -59,6 +61,13 @@ def open_host(args: argparse.Namespace) -> ServiceClient:
     exit 2 for a remote host (a bad URI, a refused host key, failed authentication are the user's to fix), 1 for
     the local service (nothing the user typed was wrong)."""
     if getattr(args, "connect", None):
+        from core.host.libvirt_host import is_libvirt_uri
+        if is_libvirt_uri(args.connect):
+            from core.host.libvirt_host import LibvirtHost
+            try:
+                return LibvirtHost(args.connect)
+            except HostError as exc:
+                raise ConnectFailed(str(exc), 1) from None
         try:
             return connect_remote(args)
         except HostError as exc:

@@ -31,6 +31,8 @@ The contract:
   * probe_file(path, role) reads a few KiB of a file on the host and says what it is (FileProbe), so a kernel,
     initrd, disk image or ISO is checked when it is chosen, not when the VM starts; a missing or unreadable file
     raises HostError naming it.
+  * clone(uuid, new_name, linked, progress) copies a shut-off VM under a new name, uuid and MACs, its disks
+    copied or linked (core/host/clone.py).
   * `remote` is True when the VMs live outside this process (a service): close() then only disconnects, and the
     VMs keep running.
 
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from core.host.files import HostFiles
     from core.host.hostload import HostCounters
     from core.host.images import ImageEntry
+    from core.host.snapshot_info import VmSnapshot
     from core.keymap import InputSink
 
 log = logging.getLogger("core.host")
@@ -261,6 +264,11 @@ class Host(ABC):
         """Start the VM a state file (a path on the host) was saved from, resumed from it."""
         raise HostError(f"{self.name}: this host cannot restore VMs")
 
+    def clone(self, vm_uuid: str, new_name: str, linked: bool = False, progress: Progress | None = None) -> VmInfo:
+        """Clone a shut-off VM as `new_name` with a new uuid and MACs: full copies of its disks, or (`linked`)
+        qcow2 overlays on its disks' content (core/host/clone.py, docs/clone-and-move.md)."""
+        raise HostError(f"{self.name}: this host cannot clone VMs")
+
     def console(self, vm_uuid: str) -> VmConsole:
         """The graphical console of a running or paused VM; HostError when it has none (shut off, display none,
         or a host that cannot serve consoles)."""
@@ -285,6 +293,38 @@ class Host(ABC):
     def host_counters(self) -> HostCounters:
         """The whole host's CPU, memory, disk and network counters (core/host/hostload.py)."""
         raise HostError(f"{self.name} cannot report its load")
+
+    def net_status(self, vm_uuid: str) -> list[dict]:
+        """Each network card of a started VM as its VM process reports it (core/vmproc/net_status.py); [] when
+        the VM is not started (core/host/net_ops.py)."""
+        raise HostError(f"{self.name} cannot report network cards")
+
+    def net_reconnect(self, vm_uuid: str, nic: int | None = None) -> None:
+        """Restart card `nic`'s backend (passt) of a started VM (None: every card whose link is down)."""
+        raise HostError(f"{self.name} cannot reconnect network cards")
+
+    def net_set(self, vm_uuid: str, nic: int, link: bool | None = None,
+                forwards: list[str] | None = None) -> VmInfo:
+        """Save card `nic`'s link switch and/or port forwards in the definition, and apply them to a started VM
+        at once (its passt restarts for new forwards); HostError with one line, e.g. the port passt cannot bind."""
+        raise HostError(f"{self.name} cannot change network cards")
+
+    def snapshot_list(self, vm_uuid: str) -> list[VmSnapshot]:
+        """The VM's snapshots in the order they were taken (docs/vm-snapshots.md, core/host/snapshots.py)."""
+        raise HostError(f"{self.name} cannot list VM snapshots")
+
+    def snapshot_create(self, vm_uuid: str, name: str | None = None, description: str = "") -> VmSnapshot:
+        """Take a VM snapshot: every qcow2 disk, plus the machine state of a running or paused VM, atomically;
+        HostError with one line for a VM with a raw disk."""
+        raise HostError(f"{self.name} cannot take VM snapshots")
+
+    def snapshot_revert(self, vm_uuid: str, name: str) -> None:
+        """Go back to a snapshot: a started VM is powered off, its disks reverted, and a snapshot with machine
+        state resumes running."""
+        raise HostError(f"{self.name} cannot revert VM snapshots")
+
+    def snapshot_delete(self, vm_uuid: str, name: str) -> None:
+        raise HostError(f"{self.name} cannot delete VM snapshots")
 
     def files(self) -> HostFiles:
         """The host's file system, for browsing (core/host/files.py); HostError when this host offers none."""

@@ -42,13 +42,15 @@ from core.host.disks import backing_chain, chosen_disks, create_disk_image, disk
 from core.host.files import LocalFiles
 from core.host.hostload import HostLoad
 from core.host.images import HostImages
+from core.host.net_ops import LocalNetOps
 from core.host.process_input import ProcessInput
 from core.host.saved import discard as discard_saved
 from core.host.saved import managed_state
 from core.host.saved import restore as restore_saved
 from core.host.saved import save as save_state
+from core.host.snapshots import LocalSnapshots
 from core.host.startcheck import check_startable
-from core.host.vm_stats import stats_from_sample
+from core.host.vm_stats import nic_totals, stats_from_sample
 from core.hoststats import HostInfo, local_host_info
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ class _LocalVm:
         self.session = 0                        # counts starts: names the machine a VmConsole belongs to
 
 
-class LocalHost(HostImages, HostLoad, Host):
+class LocalHost(HostImages, HostLoad, LocalNetOps, LocalSnapshots, Host):
     """The engine in this process. VM definitions come from (and go to) a ConfigStore."""
 
     def __init__(self, store: ConfigStore | None = None, name: str = "Local", *, runtime_dir: str) -> None:
@@ -436,6 +438,11 @@ class LocalHost(HostImages, HostLoad, Host):
     def restore(self, path: str) -> VmInfo:
         return restore_saved(self, path)
 
+    def clone(self, vm_uuid: str, new_name: str, linked: bool = False, progress: Progress | None = None) -> VmInfo:
+        from core.host.clone import clone_vm
+
+        return clone_vm(self, vm_uuid, new_name, linked, progress)
+
     def resume(self, vm_uuid: str) -> None:
         self._request(vm_uuid, "resume", VmState.PAUSED)
 
@@ -583,6 +590,8 @@ class LocalHost(HostImages, HostLoad, Host):
             return None
         try:
             sample = proc.stats()
+            if vm.config.nics:
+                sample.update(nic_totals(proc.net_status()))
         except VmProcessError:
             return None         # it is going away: the state report follows
         stats, vm.last_sample = stats_from_sample(sample, vm.last_sample, vm.config.vcpus, vm.config.memory_mib)

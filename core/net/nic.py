@@ -80,6 +80,7 @@ class NicSpec:
     forwards: list[Forward] = field(default_factory=list)
     tap: str = ""                          # backend tap: the interface name
     bridge: str = ""                       # backend tap: an existing bridge to add it to
+    link: bool = True                      # the link switch: False starts the card with its cable unplugged
 
     def validate(self, where: str = "nic") -> None:
         if self.model not in NIC_MODELS:

@@ -43,10 +43,15 @@ def passt_binary() -> str | None:
 
 
 def passt_args(fd: int, forwards: list[Forward]) -> list[str]:
-    tcp = [f.passt_spec() for f in forwards if f.proto == "tcp"]
-    udp = [f.passt_spec() for f in forwards if f.proto == "udp"]
-    # passt forwards UDP on the TCP ports too unless -u is given: keep each protocol to what was asked.
-    return ["--foreground", "--quiet", "--fd", str(fd), "-t", ",".join(tcp) or "none", "-u", ",".join(udp) or "none"]
+    args = ["--foreground", "--quiet", "--fd", str(fd)]
+    for proto, flag in (("tcp", "-t"), ("udp", "-u")):
+        specs = [f.passt_spec() for f in forwards if f.proto == proto]
+        # One option per forward: an address prefix applies to a whole comma-separated list, which passt refuses
+        # ("Invalid port specifier") when the list carries one per port. passt forwards UDP on the TCP ports too
+        # unless -u is given: "none" keeps each protocol to what was asked.
+        for spec in specs or ["none"]:
+            args += [flag, spec]
+    return args
 
 
 class PasstBackend(StreamBackend):

@@ -181,6 +181,8 @@ class VmServer:
             with self._ops:
                 if op.startswith("net_"):
                     error, result = self._net_call(op, header)
+                elif op.startswith("snapshot_"):
+                    error, result = self._snapshot_call(op, header)
                 else:
                     error = self._call(op, path)
             self.outbox.put({"t": "reply", "id": call_id, **({"e": error} if error else {}),
@@ -236,9 +238,33 @@ class VmServer:
             return "the machine is not running", None
         if op == "net_status":
             return "", machine.nic_status()
+        if op == "net_set":
+            from core.vmproc.net_control import net_set
+            return net_set(machine, header), None
+        from core.vmproc.net_control import net_reconnect
         nic = integer(header, "nic", 0, MAX_NICS - 1) if "nic" in header else None
-        problems = machine.reconnect_nic(nic)
+        problems = net_reconnect(machine, nic)
         return "; ".join(problems), None
+
+    def _snapshot_call(self, op: str, header: dict[str, Any]) -> tuple[str, Any]:
+        """A VM snapshot of the running machine (core/vmproc/snapshot_call.py), taken or deleted by name."""
+        from core.vmproc import snapshot_call
+        machine = self.machine
+        if machine is None or self.state in FINAL_STATES:
+            return "the machine is not running", None
+        name = header.get("name")
+        if not isinstance(name, str) or not 0 < len(name.encode()) <= 255:
+            raise ProtocolError("a snapshot name must be a string of 1 to 255 bytes")
+        try:
+            if op == "snapshot_create":
+                return "", snapshot_call.create(machine, name, self.paths.directory,
+                                                {"uuid": self.uuid, "name": self.name})
+            snapshot_call.delete(machine, name)
+            return "", None
+        except Exception as exc:
+            if not isinstance(exc, snapshot_call.SnapshotRefused):
+                log.exception("%s %s", op, name)
+            return f"{op.replace('_', ' ')} {name}: {one_line(exc)}", None
 
     # -- building and starting the machine -------------------------------------------------------------------
     def _start(self, config: Any, restore: str | None = None) -> None:

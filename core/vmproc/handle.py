@@ -314,6 +314,26 @@ class VmProcess:
         one line naming the cards that stayed down."""
         self._call("net_reconnect", extra={} if nic is None else {"nic": int(nic)})
 
+    def net_set(self, nic: int, link: bool | None = None, forwards: list[str] | None = None) -> None:
+        """Change card `nic` of the running VM: its link switch, and/or its port forwards (its passt restarts);
+        VmProcessError with one line (e.g. the host port passt cannot bind)."""
+        extra: dict[str, Any] = {"nic": int(nic)}
+        if link is not None:
+            extra["link"] = bool(link)
+        if forwards is not None:
+            extra["forwards"] = [str(f) for f in forwards]
+        self._call("net_set", extra=extra)
+
+    def snapshot_create(self, name: str) -> dict[str, Any]:          # core/vmproc/snapshot_call.py
+        r = self._call("snapshot_create", SAVE_TIMEOUT, extra={"name": name})
+        if not (isinstance(r, dict) and isinstance(r.get("vm_state_size"), int) and isinstance(r.get("thumbnail"), str)
+                and r.get("state") in ("running", "paused")):
+            raise VmProcessError("the VM process sent a malformed snapshot answer")
+        return r
+
+    def snapshot_delete(self, name: str) -> None:
+        self._call("snapshot_delete", SAVE_TIMEOUT, extra={"name": name})
+
     def _call(self, op: str, timeout: float = CALL_TIMEOUT, extra: dict[str, Any] | None = None,
               **fields: Any) -> Any:
         waiter = _Waiter()

@@ -19,7 +19,9 @@ def checked_nics(value: Any) -> list[dict[str, Any]]:
     for card in value:
         if not isinstance(card, dict):
             raise ValueError("the VM process answered net_status with a malformed card")
-        entry: dict[str, Any] = {"link_up": card.get("link_up") is True}
+        # link_up: the backend lives; switch_up: the user's link switch (the guest's carrier needs both).
+        entry: dict[str, Any] = {"link_up": card.get("link_up") is True,
+                                 "switch_up": card.get("switch_up") is not False}
         for key in _NIC_TEXT:
             v = card.get(key, "")
             entry[key] = v[:MAX_REASON] if isinstance(v, str) else ""

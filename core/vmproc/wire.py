@@ -16,6 +16,11 @@ untrusted. The messages:
   call {id, op: net_status}                        reply {id, r: [{mac, backend, link_up, link_reason,
                                                                    rx_bytes, tx_bytes, ...} per card]}
   call {id, op: net_reconnect, nic?: index}        reply {id} | reply {id, e: the cards that stayed down}
+  call {id, op: net_set, nic: index, link?: bool,  reply {id} | reply {id, e: one line (a port passt cannot
+        forwards?: ["tcp:127.0.0.1:2222-:22"]}                                    bind)}  (core/vmproc/net_control.py)
+  call {id, op: snapshot_create, name}           reply {id, r: {vm_state_size, thumbnail: base64 PNG, state}}
+                                                   | reply {id, e: one line}  (core/vmproc/snapshot_call.py)
+  call {id, op: snapshot_delete, name}             reply {id} | reply {id, e: one line}
   serial + bytes (to ttyS0)                        serial + bytes (from ttyS0, batched)
   key + set-2 bytes, mouse {dx, dy, buttons, dz}   state {state: running|paused|shutoff|crashed, reason}
                                                    replaced (another controller connected: this one is dropped)
@@ -44,7 +49,8 @@ SERIAL_BATCH = 64 * 1024
 MAX_REASON = 2000                # characters of a state reason or error line kept from the VM process
 STATES = ("running", "paused", "shutoff", "crashed")
 FINAL_STATES = ("shutoff", "crashed")
-CALLS = ("pause", "resume", "shutdown", "reset", "power_off", "save", "net_status", "net_reconnect")
+CALLS = ("pause", "resume", "shutdown", "reset", "power_off", "save", "net_status", "net_reconnect", "net_set",
+         "snapshot_create", "snapshot_delete")
 MAX_NICS = 16
 MAX_PATH = 4096
 ROLE_VM, ROLE_CONTROLLER = "vmproc", "vmproc-controller"

@@ -210,14 +210,15 @@ def test_vm_window_tabs_details_apply_and_revert(qtbot, app_parts) -> None:
     qtbot.waitUntil(lambda: host.get(cfg.uuid).config.memory_mib == 640)
     assert json.loads(ConfigStore().path_for(cfg.uuid).read_text())["memory_mib"] == 640
     qtbot.waitUntil(lambda: not details.apply_button.isEnabled())
-    # A bad value is refused by the host with one line, and the form keeps the edit.
-    details.net_mode.setCurrentIndex(details.net_mode.findData("user"))
-    details.mac.setText("zz:54:00:12:34:56")
-    details.apply_button.click()
-    qtbot.waitUntil(lambda: bool(error_dialogs()))
-    dialog = error_dialogs()[-1]
-    assert "nics[0] mac 'zz:54" in dialog.informativeText() and "\n" not in dialog.informativeText()
-    dialog.close()
+    # A bad MAC is refused on the NIC page as it is typed, in one line, and keeps Apply disabled with the reason.
+    nic = details.nic_page
+    nic.backend.setCurrentIndex(nic.backend.findData("user"))
+    nic.mac.setText("zz:54:00:12:34:56")
+    assert "MAC 'zz:54:00:12:34:56'" in nic.mac_error.text() and "\n" not in nic.mac_error.text()
+    assert not details.apply_button.isEnabled() and "MAC" in details.apply_button.toolTip()
+    nic.mac.setText("53:54:00:12:34:56")
+    assert "multicast" in nic.mac_error.text() and not details.apply_button.isEnabled()
+    details.revert_button.click()
     vm_window.show_tab("performance")
     assert vm_window.performance is not None
     assert "not running" in vm_window.performance.summary.text()

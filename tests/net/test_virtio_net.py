@@ -37,6 +37,17 @@ QSIZE = 64
 MAC = "52:54:00:ab:cd:ef"
 
 
+def _wait_for(check, timeout: float = 5) -> bool:
+    """Poll `check` until it holds or `timeout` passes (the device's threads update counters after the frame is
+    on the wire, so a test that reads them at once races with them)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
 def _frame(payload: bytes) -> bytes:
     return b"\xff" * 6 + bytes.fromhex("525400abcdef") + b"\x08\x00" + payload
 
@@ -210,7 +221,9 @@ def test_transmit_sends_the_frame_and_completes_a_partial_checksum(drv):
     # The receiver's check: the checksum over pseudo-header and datagram comes out as zero.
     assert inet_checksum(pseudo + sent[34:]) == 0
     assert sent[:40] == frame[:40] and sent[42:] == frame[42:]
-    assert drv.net.stats["tx_packets"] == 1
+    # The transmit thread counts the frame after send_frame() returned, i.e. after the peer may have read it.
+    assert _wait_for(lambda: drv.net.stats["tx_packets"] == 1), drv.net.stats
+    assert drv.net.stats["tx_bytes"] == len(frame) and drv.net.stats["tx_dropped"] == 0
 
 
 def test_receive_spreads_a_large_frame_over_mergeable_buffers(drv):
@@ -238,6 +251,60 @@ def test_receive_waits_for_buffers_instead_of_dropping(drv):
     (head, n), = drv.used(0)
     assert drv.mem.read(addr + 12, n - 12) == _frame(b"early")
     assert drv.net.stats["rx_dropped"] == 0
+
+
+def test_receive_buffers_added_while_the_thread_looks_are_never_missed(drv):
+    """The lost-wake-up race: the receive thread finds no buffer, and the driver adds one and notifies between
+    that look and the thread's wait. Here the driver does exactly that, every time: right after the device's
+    look at the ring came back empty (and before the thread waits), another thread posts one buffer and kicks.
+    A wake-up lost in that window is a frame that never arrives (no poll timeout behind the wait rescues it)."""
+    frames = [_frame(i.to_bytes(4, "big") * 16) for i in range(300)]
+    deliver = drv.net._deliver
+    windows, posted = [], []                    # posted: buffer addresses in ring order (heads recur mod QSIZE)
+
+    def deliver_with_a_notify_in_the_window(frame: bytes) -> bool:
+        done = deliver(frame)
+        if not done:
+            windows.append(frame)
+            poster = threading.Thread(target=lambda: (posted.append(drv.post_rx(2048)[0]), drv.kick(0)))
+            poster.start()
+            poster.join()
+        return done
+
+    drv.net._deliver = deliver_with_a_notify_in_the_window
+    for f in frames:
+        drv.peer.send(f)
+    got = []
+    while len(got) < len(frames):
+        used = drv.used(0, timeout=2)
+        assert used, f"frame {len(got)}: the receive thread missed the buffer the driver added"
+        got += [drv.mem.read(posted[len(got) + i] + 12, n - 12) for i, (_, n) in enumerate(used)]
+    assert got == frames
+    assert len(windows) == len(frames)          # every frame went through the window
+    assert drv.net.stats["rx_packets"] == len(frames) and drv.net.stats["rx_dropped"] == 0
+
+
+def test_wakeup_is_not_lost_between_mark_and_wait():
+    """Wakeup itself, hammered from two threads: a waker that wakes right after the waiter's mark (before its
+    wait) is always seen, so ping-pong over many rounds never stalls."""
+    from core.devices.virtio.net import Wakeup
+    ping, pong = Wakeup(), Wakeup()
+    rounds = 5000
+    def echo() -> None:
+        seen = ping.mark()
+        for _ in range(rounds):
+            assert ping.wait_past(seen, 2)
+            seen = ping.mark()
+            pong.wake()
+    t = threading.Thread(target=echo, daemon=True)
+    t.start()
+    start = time.monotonic()
+    for _ in range(rounds):
+        seen = pong.mark()
+        ping.wake()
+        assert pong.wait_past(seen, 2), "a wake-up was lost"
+    t.join(5)
+    assert time.monotonic() - start < 30
 
 
 def test_backend_gone_is_link_down_with_a_config_interrupt_and_reconnect_brings_it_back(drv):

@@ -16,7 +16,7 @@ from core.machine import ENGINE_FEATURES, ConfigError, DiskSpec, Machine, Machin
 CARRIED = {"memory_mib", "vcpus", "accel", "boot.kernel", "boot.initrd", "boot.cmdline", "boot.order",
            "boot.firmware", "boot.cd_once", "disks.path", "disks.format", "disks.bus", "disks.readonly",
            "cdroms.path", "nics.backend", "nics.model", "nics.mac", "nics.forwards", "nics.tap",
-           "nics.bridge", "display.type"}
+           "nics.bridge", "nics.link", "display.type"}
 VM_PROCESS_SIDE = {"serial.log_file", "display.vnc", "display.vnc_password"}
 HOST_SIDE = {"name", "uuid", "autostart", "notes", "serial.mode"}
 
@@ -76,12 +76,13 @@ def test_what_the_engine_cannot_honour_is_refused_in_one_line(change, words):
 def test_cards_are_carried_with_a_stable_mac():
     """A card without a MAC gets the one derived from the VM's uuid and its place: the same at every start."""
     cfg = _vm(nics=[NicConfig(forwards=["tcp:127.0.0.1:2222-:22"]), NicConfig(backend="tap", tap="vtap0",
-                                                                             mac="52:54:00:00:00:07")])
+                                                                             mac="52:54:00:00:00:07", link=False)])
     first, again = MachineConfig.from_vm(cfg, "software"), MachineConfig.from_vm(cfg, "software")
     assert [n.mac for n in first.nics] == [n.mac for n in again.nics]
     assert first.nics[0].mac.startswith("52:54:00:") and first.nics[1].mac == "52:54:00:00:00:07"
     assert [str(f) for f in first.nics[0].forwards] == ["tcp:127.0.0.1:2222-:22"]
     assert (first.nics[1].backend, first.nics[1].tap) == ("tap", "vtap0")
+    assert (first.nics[0].link, first.nics[1].link) == (True, False)      # the link switch as saved
 
 
 def test_firmware_boot_from_an_iso_and_an_ide_disk_is_carried():

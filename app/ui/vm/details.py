@@ -1,5 +1,6 @@
 """The VM window's Details tab: the hardware list (Overview, CPU, Memory, Boot Options, Disks, CD-ROM, Network,
-Display, Serial) with a form per item (Boot Options and CD-ROM are app/ui/vm/boot_pages.py's). Hardware is editable
+Display, Serial) with a form per item (Boot Options and CD-ROM are app/ui/vm/boot_pages.py's, Network is
+app/ui/vm/nic_page.py's). Hardware is editable
 while the VM is shut off; name, notes and autostart at any time, and the CD-ROM discs and the boot order too, for
 the next start (the host keeps them: core.config.running_vm_takes). Apply saves through the Host (validated there,
 written atomically); Revert goes back to the saved one."""
@@ -36,6 +37,7 @@ from app.ui.accel_choice import fill_accel_combo, label_accel_combo
 from app.ui.dialogs import show_error
 from app.ui.host_file_dialog import choose_host_file
 from app.ui.vm.boot_pages import BootOptionsPage, CdromPage
+from app.ui.vm.nic_page import NicPage
 from app.widgets.range_spin import RangeSpinBox
 from core.config import (
     DISK_BUSES,
@@ -43,10 +45,8 @@ from core.config import (
     MAX_MEMORY_MIB,
     MAX_VCPUS,
     MIN_MEMORY_MIB,
-    NETWORK_MODES,
     SERIAL_MODES,
     DiskConfig,
-    NicConfig,
     VmConfig,
 )
 from core.host import HostError, VmInfo
@@ -81,10 +81,11 @@ class DetailsEditor(QWidget):
         self.stack = QStackedWidget(self)
         self.boot_page = BootOptionsPage(bridge, self.stack)
         self.cdrom_page = CdromPage(bridge, self.stack)
+        self.nic_page = NicPage(bridge, uuid, self.stack)
         # The boot page's fields under the names the other pages' fields have here.
         self.kernel, self.initrd, self.cmdline = self.boot_page.kernel, self.boot_page.initrd, self.boot_page.cmdline
         for build in (self._overview, self._cpu, self._memory, self.boot_page, self._disks, self.cdrom_page,
-                      self._network, self._display, self._serial):
+                      self.nic_page, self._display, self._serial):
             if isinstance(build, QWidget):
                 self.stack.addWidget(build)
                 continue
@@ -113,15 +114,17 @@ class DetailsEditor(QWidget):
         bottom.addWidget(self.buttons)
         lay.addLayout(bottom)
         self._hardware = [self.vcpus, self.accel, self.memory, self.disk_table, self.add_disk, self.remove_disk,
-                          self.net_mode, self.mac, self.display, self.serial_mode, self.serial_log]
-        for w in (self.name, self.mac, self.serial_log):
+                          self.display, self.serial_mode, self.serial_log]
+        for w in (self.name, self.serial_log):
             w.textChanged.connect(self._changed)
         self.boot_page.changed.connect(self._changed)
         self.cdrom_page.changed.connect(self._changed)
+        self.nic_page.changed.connect(self._changed)
+        self.nic_page.liveApplied.connect(self._nic_applied)
         for w in (self.vcpus, self.memory):
             w.valueChanged.connect(self._changed)
             w.problemChanged.connect(self._changed)
-        for w in (self.accel, self.net_mode, self.display, self.serial_mode):
+        for w in (self.accel, self.display, self.serial_mode):
             w.currentIndexChanged.connect(self._changed)
         self.autostart.toggled.connect(self._changed)
         self.notes.textChanged.connect(self._changed)
@@ -274,18 +277,6 @@ class DetailsEditor(QWidget):
             disks.append(disk)
         return disks
 
-    def _network(self, page: QWidget) -> None:
-        form = self._form(page, "Network")
-        self.net_mode = QComboBox(page)
-        for mode in NETWORK_MODES:
-            self.net_mode.addItem({"none": "No network", "user": "User-mode NAT"}[mode], mode)
-        form.addRow("Network:", self.net_mode)
-        self.mac = QLineEdit(page)
-        self.mac.setPlaceholderText("generated from the VM's UUID")
-        form.addRow("MAC address:", self.mac)
-        self.network_note = _note("The engine has no network card yet; the setting is kept for when it does.")
-        form.addRow(self.network_note)
-
     def _show_facts(self) -> None:
         """The host's limits and the engine's capabilities, from the bridge's cache (read on a worker); until they
         are known the fields allow what the engine does."""
@@ -300,7 +291,6 @@ class DetailsEditor(QWidget):
                               else "Reading the host's limits…")
         self.memory_note.setText(f"This host has {host.memory_mib} MiB." if host else "")
         self.disk_note.setVisible(not caps.disks)
-        self.network_note.setVisible(not caps.network)
         self._accel_explain()
 
     def _display(self, page: QWidget) -> None:
@@ -337,11 +327,7 @@ class DetailsEditor(QWidget):
         self.boot_page.apply_to(base, self.saved)
         base.disks = self._current_disks()
         base.cdroms = self.cdrom_page.cdroms()
-        if self.net_mode.currentData() == "none":
-            base.nics = []
-        else:
-            base.nics = base.nics or [NicConfig()]
-            base.nics[0].mac = self.mac.text().strip().lower()
+        self.nic_page.apply_to(base)
         base.display.type = self.display.currentData()
         base.serial.mode = self.serial_mode.currentData()
         base.serial.log_file = self.serial_log.text().strip()
@@ -353,7 +339,7 @@ class DetailsEditor(QWidget):
     def problem(self) -> str:
         """The first field whose input cannot be applied (its own error line says the same), or ""."""
         return (self.vcpus.problem() or self.memory.problem() or self.boot_page.problem()
-                or self.cdrom_page.problem())
+                or self.cdrom_page.problem() or self.nic_page.problem())
 
     def _changed(self, *_: object) -> None:
         if not self._loading:
@@ -399,8 +385,7 @@ class DetailsEditor(QWidget):
             self.boot_page.load(cfg.boot)
             self._disk_rows([DiskConfig(**vars(d)) for d in cfg.disks])
             self.cdrom_page.load(cfg.cdroms)
-            self.net_mode.setCurrentIndex(max(0, self.net_mode.findData("user" if cfg.nics else "none")))
-            self.mac.setText(cfg.nics[0].mac if cfg.nics else "")
+            self.nic_page.load(cfg)
             self.display.setCurrentIndex(max(0, self.display.findData(cfg.display.type)))
             self.serial_mode.setCurrentIndex(max(0, self.serial_mode.findData(cfg.serial.mode)))
             self.serial_log.setText(cfg.serial.log_file)
@@ -408,6 +393,12 @@ class DetailsEditor(QWidget):
             self._loading = False
         self._accel_explain()
         self._lock_for_state()
+        self._changed()
+
+    def _nic_applied(self, info: VmInfo) -> None:
+        # A running VM's link switch or forwards, saved by the NIC page itself: the form's other edits stay.
+        if self.saved is not None:
+            self.saved.nics = info.config.copy().nics
         self._changed()
 
     def _state_changed(self, uuid: str, state: str, reason: str) -> None:
@@ -423,6 +414,7 @@ class DetailsEditor(QWidget):
             w.setEnabled(not active)
         self.boot_page.set_active(active)
         self.cdrom_page.set_active(active)
+        self.nic_page.set_active(active)
         self.state_label.setText(info.state.label + (f" — {info.reason}" if info.reason else ""))
         self.lock_note.setText("Shut the VM down to change its hardware. Name, notes and autostart change now; "
                                "CD-ROM discs and the boot order at the next start." if active else "")

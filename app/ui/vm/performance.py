@@ -1,5 +1,6 @@
 """The VM window's Performance tab: CPU, memory, disk I/O and network I/O over the last two minutes (pyqtgraph),
-redrawn on each statistics sample the HostBridge takes (once a second, off the GUI thread)."""
+redrawn on each statistics sample the HostBridge takes (once a second, off the GUI thread). The network graph is
+the virtio-net cards' own received and sent byte counters (core/host/vm_stats.py), as rates."""
 from __future__ import annotations
 
 from PyQt6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
@@ -63,4 +64,6 @@ class PerformanceView(QWidget):
         mem = f"{last.memory_resident_mib:.0f}" if last.memory_resident_mib is not None else "?"
         self.summary.setText(f"CPU <b>{last.cpu_percent:.0f} %</b> of {info.config.vcpus if info else '?'} vCPU · "
                              f"memory <b>{mem}</b> of {last.memory_mib} MiB · "
-                             f"vCPU time {last.cpu_seconds:.1f} s · last {ages[0]:.0f} s shown")
+                             f"vCPU time {last.cpu_seconds:.1f} s"
+                             + (f" · network {net[-1]:.0f} KiB/s" if net[-1] is not None else "")
+                             + f" · last {ages[0]:.0f} s shown")

@@ -48,6 +48,31 @@ Connect = Callable[[], NetBackend]
 LinkListener = Callable[[bool, str], None]
 
 
+class Wakeup:
+    """A wake-up that cannot be lost: a counter every wake() bumps, and a wait for it to move past a value the
+    waiter read *before* it looked at the ring. A driver that adds buffers and notifies between the receive
+    thread's look at the ring and its wait has already moved the counter, so the wait returns at once; nothing
+    depends on a poll timeout to recover (the earlier Event-with-timeout let a lost wake-up cost up to 0.5 s)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._count = 0
+
+    def wake(self) -> None:
+        with self._cond:
+            self._count += 1
+            self._cond.notify_all()
+
+    def mark(self) -> int:
+        """The counter now: read it, then check the condition, then wait_past(mark)."""
+        return self._count             # one int read: atomic under the GIL, and wake() only ever increments
+
+    def wait_past(self, mark: int, timeout: float | None = None) -> bool:
+        """Wait until some wake() came after `mark` was read; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._count != mark, timeout)
+
+
 def inet_checksum(data: bytes | bytearray | memoryview) -> int:
     """The Internet checksum (RFC 1071) of `data`: 16-bit big-endian words summed in ones' complement, inverted.
     The sum is the number the bytes spell taken modulo 0xFFFF (2**16 is 1 modulo 0xFFFF), which CPython computes
@@ -80,13 +105,16 @@ class VirtioNet(VirtioDevice):
                       "tx_dropped": 0}
         self.link_up = False
         self.link_reason = "not started"
+        # The user's link switch (virsh domif-setlink; the GUI's NIC page): down hides the carrier from the
+        # guest and drops frames both ways, as an unplugged cable does, while the backend stays connected.
+        self.switch_up = True
         self.on_link_change: LinkListener | None = None
         self.backend: NetBackend | None = None
         self._driver_features = 0
         self._held: list[DescriptorChain] = []      # receive buffers taken for a frame that did not fit yet
         self._backend_lock = threading.Lock()       # one connect/disconnect at a time
-        self._rx_kick = threading.Event()
-        self._tx_kick = threading.Event()
+        self._rx_kick = Wakeup()                    # the driver added receive buffers (or the state changed)
+        self._tx_kick = Wakeup()                    # the driver added frames to send
         self._stopping = False
         self._rx_thread: threading.Thread | None = None
         self._tx_thread: threading.Thread | None = None
@@ -97,11 +125,12 @@ class VirtioNet(VirtioDevice):
 
     def config(self) -> bytes:
         # mac, status, max_virtqueue_pairs, mtu (5.1.4)
-        return struct.pack("<6sHHH", self.mac, S_LINK_UP if self.link_up else 0, 1, self.mtu)
+        return struct.pack("<6sHHH", self.mac, S_LINK_UP if self.link_up and self.switch_up else 0, 1,
+                           self.mtu)
 
     def activate(self, driver_features: int) -> None:
         self._driver_features = driver_features
-        self._rx_kick.set()
+        self._rx_kick.wake()
 
     def reset(self) -> None:
         self._driver_features = 0
@@ -109,7 +138,7 @@ class VirtioNet(VirtioDevice):
 
     def process(self, queue: Virtqueue, memory: GuestMemory, handoff: Handoff | None = None) -> None:
         # On the vCPU thread: only wake the thread that owns the queue.
-        (self._rx_kick if queue.index == RX else self._tx_kick).set()
+        (self._rx_kick if queue.index == RX else self._tx_kick).wake()
 
     # -- the backend ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,7 +171,7 @@ class VirtioNet(VirtioDevice):
         if backend is not None:
             backend.close()
         thread, self._rx_thread = self._rx_thread, None
-        self._rx_kick.set()
+        self._rx_kick.wake()
         if thread is not None and thread is not threading.current_thread():
             thread.join(5)
 
@@ -151,14 +180,25 @@ class VirtioNet(VirtioDevice):
         with self._backend_lock:
             self._stopping = True
             self._disconnect()
-        self._tx_kick.set()
+        self._tx_kick.wake()
         if self._tx_thread is not None and self._tx_thread is not threading.current_thread():
             self._tx_thread.join(5)
+
+    def set_switch(self, up: bool) -> None:
+        """Plug or unplug the virtual cable: the STATUS field's LINK_UP follows (with the backend's state) and a
+        change raises the configuration-change interrupt, so the guest sees its carrier go down or up
+        (virtio 1.2, 5.1.4.2)."""
+        with self._backend_lock:
+            before = self.link_up and self.switch_up
+            self.switch_up = bool(up)
+            if before != (self.link_up and self.switch_up) and self.transport is not None:
+                self.transport.config_changed()
+        self._rx_kick.wake()
 
     def _set_link(self, up: bool, reason: str) -> None:
         changed = up != self.link_up
         self.link_up, self.link_reason = up, reason
-        if changed and self.transport is not None:
+        if changed and self.switch_up and self.transport is not None:
             self.transport.config_changed()
         listener = self.on_link_change
         if listener is None:
@@ -189,10 +229,12 @@ class VirtioNet(VirtioDevice):
         try:
             while (frame := backend.recv_frame()) is not None:
                 while True:
-                    self._rx_kick.clear()
+                    seen = self._rx_kick.mark()  # before the look at the ring: a notify after it is not lost
                     if self.backend is not backend or self._deliver(frame):
                         break
-                    self._rx_kick.wait(0.5)      # no receive buffers: wait for the driver to add some
+                    # No receive buffers: wait for the driver to add some (its notify, activate, a reset,
+                    # the link switch, a disconnect all wake this).
+                    self._rx_kick.wait_past(seen)
                 if self.backend is not backend:
                     return
         except Exception as exc:                # a device-model bug stops this card, not the VM
@@ -210,7 +252,7 @@ class VirtioNet(VirtioDevice):
         assert t is not None
         q = t.queues[RX]
         with t.lock:
-            if not t.may_run() or not q.ready or not self.link_up:
+            if not t.may_run() or not q.ready or not (self.link_up and self.switch_up):
                 self.stats["rx_dropped"] += 1
                 return True
             try:
@@ -270,9 +312,10 @@ class VirtioNet(VirtioDevice):
 
     # -- transmit ---------------------------------------------------------------------------------------------
     def _tx_loop(self) -> None:
+        seen = self._tx_kick.mark()
         while True:
-            self._tx_kick.wait()
-            self._tx_kick.clear()
+            self._tx_kick.wait_past(seen)
+            seen = self._tx_kick.mark()         # before the pass: a notify during it brings another pass
             if self._stopping:
                 return
             try:
@@ -308,7 +351,7 @@ class VirtioNet(VirtioDevice):
                 t.used(q, old_used)
         backend = self.backend
         for frame in frames:
-            if backend is not None and self.link_up and backend.send_frame(frame):
+            if backend is not None and self.link_up and self.switch_up and backend.send_frame(frame):
                 self.stats["tx_packets"] += 1
                 self.stats["tx_bytes"] += len(frame)
             else:

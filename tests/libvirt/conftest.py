@@ -1,0 +1,17 @@
+"""The one private libvirtd of a test session (tests/helpers/libvirtd.py), with the TCG test domain defined."""
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.libvirtd import PrivateLibvirtd, require_libvirt
+
+
+@pytest.fixture(scope="session")
+def libvirtd(debian_kernel, busybox_initramfs):
+    require_libvirt()
+    daemon = PrivateLibvirtd(debian_kernel, busybox_initramfs)
+    try:
+        daemon.define()
+        yield daemon
+    finally:
+        daemon.stop()
