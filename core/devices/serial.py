@@ -14,14 +14,14 @@ and Windows relies on it too.
 Host input (`receive`) waits in a bounded host-side queue and reaches the receive FIFO at the line rate the guest
 programmed: one character per character time (start bit, 5-8 data bits, parity, 1-2 stop bits at the divisor's
 baud rate, but never slower than 115200 baud: Linux leaves `console=ttyS0` at 9600, where a 128 KiB paste would
-take two minutes, and the guest cannot tell), delivered by a timer in small batches. When the FIFO is full the host holds the rest back, the way a
-sender with hardware flow control would, so pasted text is not lost. Pacing matters (issue 18, defect 12): a FIFO
-refilled on every read never empties, so IRQ 4 never drops; Linux's 8250 driver gives up after 512 passes of its
-interrupt handler and, the edge-triggered ISA line never rising again, ttyS0 went silent for good after a paste
-of 128 KiB. With pacing the guest drains the FIFO, the interrupt drops, and the next batch raises it again.
-The character timeout interrupt (IIR 0x0C) fires when the FIFO holds fewer bytes than the trigger level and no
-more bytes are on their way from the host: the line is idle, which is what four character times of silence mean
-on real hardware.
+take two minutes, and the guest cannot tell), delivered by a timer in small batches. When the FIFO is full the
+host holds the rest back, the way a sender with hardware flow control would, so pasted text is not lost.
+Pacing matters (issue 18, defect 12): a FIFO refilled on every read never empties, so IRQ 4 never drops; Linux's
+8250 driver gives up after 512 passes of its interrupt handler and, the edge-triggered ISA line never rising
+again, ttyS0 went silent for good after a paste of 128 KiB. With pacing the guest drains the FIFO, the interrupt
+drops, and the next batch raises it again. The character timeout interrupt (IIR 0x0C) fires when the FIFO holds
+fewer bytes than the trigger level and no more bytes are on their way from the host: the line is idle, which is
+what four character times of silence mean on real hardware.
 """
 from __future__ import annotations
 
