@@ -16,9 +16,9 @@ LINES = 2100                                  # 2100 x 64 = 134,400 bytes, past 
 PASTE = b"".join(b"%06d " % i + b"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVW\n"[:57]
                  for i in range(LINES))
 assert len(PASTE) == LINES * 64
-# No echo while pasting: the software CPU on a busy host then spends its time receiving, not echoing.
-READY = b"stty -echo; echo PASTE-$((1+1)); cat > /tmp/p; stty echo\n"
-COUNT = b"\x04wc -c < /tmp/p; md5sum /tmp/p; echo answer-$((6*7))\n"
+# Hardware flow control (RTS), as a slow guest needs for a paste, and no echo while pasting.
+READY = b"stty crtscts -echo; echo PASTE-$((1+1)); cat > /tmp/p; stty echo\n"
+COUNT = b"wc -c < /tmp/p; md5sum /tmp/p; echo answer-$((6*7))\n"
 
 
 def _expected_md5() -> str:
@@ -34,9 +34,10 @@ def test_paste_through_the_vm_process_arrives_whole_and_the_shell_answers(tmp_pa
         rec.expect(PROMPT)
         vm.serial_input(READY)
         rec.expect(re.compile(rb"\nPASTE-2\r?\n"))
-        vm.serial_input(PASTE)
+        vm.serial_input(PASTE + b"\x04")      # Ctrl-D ends cat
+        rec.expect(PROMPT, timeout=300)
         vm.serial_input(COUNT)
-        rec.expect(re.compile(rb"\n%d\r?\n" % len(PASTE)), timeout=300)
+        rec.expect(re.compile(rb"\n%d\r?\n" % len(PASTE)), timeout=60)
         rec.expect(_expected_md5().encode(), timeout=30)
         rec.expect(re.compile(rb"\nanswer-42\r?\n"), timeout=30)
         rec.expect(PROMPT, timeout=30)
@@ -55,9 +56,12 @@ def test_paste_through_the_runners_stdin_arrives_whole_and_the_shell_answers(deb
         session.proc.stdin.write(READY)
         session.proc.stdin.flush()
         session.expect(re.compile(r"\nPASTE-2\r?\n"), 60)
-        session.proc.stdin.write(PASTE + COUNT)
+        session.proc.stdin.write(PASTE + b"\x04")
         session.proc.stdin.flush()
-        session.expect(re.compile(rf"\n{len(PASTE)}\r?\n"), 300)
+        session.expect(SHELL_PROMPT, 300)
+        session.proc.stdin.write(COUNT)
+        session.proc.stdin.flush()
+        session.expect(re.compile(rf"\n{len(PASTE)}\r?\n"), 60)
         session.expect(_expected_md5(), 30)
         session.expect(re.compile(r"\nanswer-42\r?\n"), 30)
         session.send("poweroff")
