@@ -32,6 +32,7 @@ def _run(name: str, seconds: float, seed: int, save_corpus: bool, mem_mib: int, 
     st = harness.fuzz(targets[name], seconds, seed=seed, save_corpus=save_corpus, log=print)
     q.put({"target": name, "execs": st.execs, "seconds": round(st.seconds, 1), "rate": round(st.rate, 1),
            "arcs": st.arcs, "lines": st.lines, "corpus": st.corpus, "added": st.added,
+           "rss_mib": [round(x) for x in st.rss_mib], "fds": list(st.fds), "threads": list(st.threads),
            "findings": [f"{f.kind}: {f.summary}" for f in st.findings]})
 
 
@@ -65,11 +66,12 @@ def main() -> int:
         results.append(q.get() if not q.empty() else {"target": name, "execs": 0, "seconds": 0, "rate": 0,
                                                         "arcs": 0, "lines": 0, "corpus": 0, "added": 0,
                                                         "findings": [f"process died, exit code {p.exitcode}"]})
-    print(f"\n{'target':14} {'execs':>9} {'execs/s':>9} {'8h execs':>11} {'arcs':>7} {'lines':>6} {'corpus':>7}  "
-          f"findings")
+    print(f"\n{'target':14} {'execs':>9} {'execs/s':>9} {'8h execs':>11} {'arcs':>7} {'lines':>6} {'corpus':>7} "
+          f"{'RSS MiB':>10}  findings")
     for r in results:
+        rss = "-".join(str(x) for x in r.get("rss_mib", []))
         print(f"{r['target']:14} {r['execs']:9} {r['rate']:9.1f} {r['rate'] * NIGHT:11.3g} {r['arcs']:7} "
-              f"{r['lines']:6} {r['corpus']:7}  {len(r['findings'])}")
+              f"{r['lines']:6} {r['corpus']:7} {rss:>10}  {len(r['findings'])}")
         for f in r["findings"]:
             print(f"    {f}")
     if args.json:

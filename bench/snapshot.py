@@ -8,8 +8,8 @@ including interpreter start-up and the final fsync, against `qemu-img snapshot`,
 and, for Vireo, inside one process (open, operation, flush, close) — what a VM snapshot taken by the engine
 costs. Medians of --rounds rounds; ratio = QEMU time / Vireo time (above 1.0: Vireo is faster).
 
-The machine-state part of issue 15's benchmark (save/restore of a VM with 1 GiB of RAM against QEMU's migrate)
-belongs with the machine-state feature, which does not exist yet.
+The machine-state part of issue 15's benchmark is bench/save_restore.py (save/restore against QEMU's migrate), and
+VM snapshots of a running VM (disks + machine state, against QEMU's savevm/loadvm) are bench/vm_snapshot.py.
 
 Run: .venv/bin/python bench/snapshot.py [--rounds N] [--dir DIR]
 """

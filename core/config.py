@@ -196,6 +196,8 @@ class VmConfig:
                 spec.validate(f"nics[{i}]")
             except NetSpecError as exc:
                 raise ConfigError(str(exc)) from None
+            if nic.mac and nic.mac in [n.mac for n in self.nics[:i]]:
+                raise ConfigError(f"nics[{i}].mac {nic.mac} is also an earlier card's: give each card its own")
         _check_choice("display.type", self.display.type, DISPLAY_TYPES)
         if self.display.vnc:
             if self.display.type == "none":

@@ -13,8 +13,10 @@ The loop is deterministic for a given seed, so a reported crash can be replayed 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import logging
 import os
 import pkgutil
 import random
@@ -25,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +57,10 @@ class Allow:
         if "\n" in str(exc):
             raise MultiLineError(f"{type(exc).__name__} spans lines: {exc}") from exc
         return True
+
+
+class LoggedError(Exception):
+    """A model bug caught and logged (with its traceback) by core/ during the run, re-raised as a finding."""
 
 
 class Hang(BaseException):
@@ -122,6 +128,29 @@ class Program:
         return seq[self.u8() % len(seq)]
 
 
+@contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """Run a block without coverage tracing: a target builds its device rig in here, since the constructors are
+    the same for every input and tracing them would cost most of the time of a short input."""
+    old = sys.gettrace()
+    sys.settrace(None)
+    try:
+        yield
+    finally:
+        sys.settrace(old)
+
+
+def scratch_dir(name: str) -> str:
+    """A private directory for a target's files (in /dev/shm when there is one: no disk writes per input),
+    removed when the process exits."""
+    import atexit
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix=f"vireo-fuzz-{name}-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 # --- coverage ---------------------------------------------------------------------------------------------------
 
 class Coverage:
@@ -181,6 +210,33 @@ class Finding:
         return hashlib.sha1(self.data).hexdigest()[:16]
 
 
+class _LoggedErrors(logging.Handler):
+    """Collects records logged with a traceback (log.exception) while a target runs: core/ catches model bugs at
+    thread boundaries (the IDE worker, the agent's call pool, timers) and logs them; the fuzzer counts them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+        self.active = False         # only while a target runs (other tests in the process log as they like)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        et = record.exc_info[0] if record.exc_info else None
+        if self.active and et is not None and not issubclass(et, Hang):
+            self.records.append(record)
+
+
+_logged = _LoggedErrors()
+logging.getLogger().addHandler(_logged)
+
+
+LEAK_FDS = 64
+LEAK_THREADS = 16
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
@@ -200,8 +256,13 @@ def run_one(t: Target, data: bytes, cov: Coverage | None = None) -> tuple[Findin
     if cov:
         cov.start()
     finding = None
+    _logged.records = []
+    _logged.active = True
     try:
         t.func(data)
+        if _logged.records:
+            rec = _logged.records[0]
+            raise LoggedError(f"logged by {rec.name}: {rec.getMessage()[:100]}") from rec.exc_info[1]
     except Hang:
         finding = Finding(t.name, data, "hang", f"ran longer than {t.hang_seconds}s", traceback.format_exc())
     except t.allowed as exc:
@@ -211,12 +272,14 @@ def run_one(t: Target, data: bytes, cov: Coverage | None = None) -> tuple[Findin
     except BaseException as exc:  # noqa: BLE001 - anything else is what we are looking for
         if isinstance(exc, KeyboardInterrupt):
             raise
-        tb = traceback.extract_tb(exc.__traceback__)
+        cause = exc.__cause__ if isinstance(exc, LoggedError) and exc.__cause__ else exc
+        tb = traceback.extract_tb(cause.__traceback__)
         where = next((f"{Path(fr.filename).name}:{fr.lineno}" for fr in reversed(tb)
                       if fr.filename.startswith(CORE)), "?")
-        finding = Finding(t.name, data, "exception", f"{type(exc).__name__} at {where}: {str(exc)[:120]}",
-                          traceback.format_exc())
+        finding = Finding(t.name, data, "exception", f"{type(cause).__name__} at {where}: {str(exc)[:120]}",
+                          "".join(traceback.format_exception(exc)))
     finally:
+        _logged.active = False
         new = cov.stop() if cov else set()
         if use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -310,6 +373,9 @@ class Stats:
     added: int = 0
     arcs: int = 0
     lines: int = 0
+    rss_mib: tuple[float, float] = (0.0, 0.0)     # after replaying the corpus, at the end
+    fds: tuple[int, int] = (0, 0)
+    threads: tuple[int, int] = (0, 0)
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -375,6 +441,7 @@ def fuzz(t: Target, seconds: float, *, seed: int = 0, save_corpus: bool = False,
             corpus.append(data[:t.max_len])
         else:
             cov.arcs |= new
+    base = (_rss_mib(), _fd_count(), threading.active_count())
     last_log = time.monotonic()
     while time.monotonic() - start < seconds and (max_execs is None or stats.execs < max_execs):
         parent = rng.choice(corpus)
@@ -400,6 +467,13 @@ def fuzz(t: Target, seconds: float, *, seed: int = 0, save_corpus: bool = False,
             log(f"[{t.name}] {stats.execs} execs, {stats.execs / el:.0f}/s, corpus {len(corpus)}, "
                 f"arcs {len(cov.arcs)}")
     stats.seconds = time.monotonic() - start
+    end = (_rss_mib(), _fd_count(), threading.active_count())
+    stats.rss_mib, stats.fds, stats.threads = (base[0], end[0]), (base[1], end[1]), (base[2], end[2])
+    # Leaks across executions: each input is bounded on its own, but descriptors, threads or memory that pile up
+    # would end an overnight run (and a long-running VM) all the same.
+    if end[1] - base[1] > LEAK_FDS or end[2] - base[2] > LEAK_THREADS or end[0] - base[0] > t.rss_mib:
+        record(Finding(t.name, b"", "leak", f"over {stats.execs} execs: descriptors {base[1]} -> {end[1]}, "
+                       f"threads {base[2]} -> {end[2]}, RSS {base[0]:.0f} -> {end[0]:.0f} MiB", ""))
     stats.corpus = len(corpus)
     stats.arcs = len(cov.arcs)
     stats.lines = cov.lines()

@@ -4,7 +4,8 @@ bridge's workers (app/host_bridge.py) with a progress bar fed from the host's pr
 GUI thread by a signal), so the window stays responsive while the disks are copied. A refusal (a running VM, a
 name taken) shows in the dialog as the host's one line; the dialog stays open to try another name.
 
-CloneMoveActions puts the Clone… action in the Virtual Machine menu (the VM rows' right-click menu too)."""
+CloneMoveActions puts Clone… and Move to Host… (app/ui/move_dialog.py) in the Virtual Machine menu (the VM rows'
+right-click menu too)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -127,7 +128,7 @@ class CloneDialog(QDialog):
 
 
 class CloneMoveActions:
-    """Clone… in the main window's Virtual Machine menu, for the selected VM."""
+    """Clone… and Move to Host… in the main window's Virtual Machine menu, for the selected VM."""
 
     def __init__(self, window: MainWindow) -> None:
         self.window = window
@@ -136,14 +137,38 @@ class CloneMoveActions:
         self.clone.setToolTip("Copy this shut-off virtual machine under a new name, uuid and MAC address")
         self.clone.setStatusTip(self.clone.toolTip())
         self.clone.triggered.connect(self.open_clone)
+        self.move = QAction("&Move to Host…", window)
+        self.move.setObjectName("moveAction")
+        self.move.setToolTip("Move this shut-off or saved virtual machine, with its disks and saved state, to "
+                             "another connected host")
+        self.move.setStatusTip(self.move.toolTip())
+        self.move.triggered.connect(self.open_move)
         self.dialog: QDialog | None = None
 
     def add_to(self, menu) -> None:
         menu.addAction(self.clone)
+        menu.addAction(self.move)
 
     def update(self) -> None:
         info = self.window.selected_info()
-        self.clone.setEnabled(info is not None and not info.state.active)
+        idle = info is not None and not info.state.active
+        self.clone.setEnabled(idle)
+        self.move.setEnabled(idle)
+
+    def open_move(self) -> QDialog | None:
+        from app.ui.move_dialog import MoveDialog
+
+        sel, info = self.window.selected(), self.window.selected_info()
+        if sel is None or info is None:
+            return None
+        dialog = MoveDialog(self.window.bridges, sel[0], info, self.window)
+        dialog.moved.connect(lambda index, uuid: self.window.statusBar().showMessage(
+            f"Moved {info.name} to {self.window.bridges[index].host.name}", 6000))
+        dialog.moved.connect(lambda index, uuid: self.window.select_vm(uuid))
+        dialog.finished.connect(dialog.deleteLater)
+        dialog.open()
+        self.dialog = dialog
+        return dialog
 
     def open_clone(self) -> CloneDialog | None:
         sel, info = self.window.selected(), self.window.selected_info()

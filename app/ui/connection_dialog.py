@@ -30,8 +30,13 @@ from PyQt6.QtWidgets import (
 
 from app.widgets.range_spin import RangeSpinBox
 from app.widgets.text import as_sentence
-from core.connect import Check, SshTarget
+from core.connect import Check, SshTarget, is_libvirt_uri
 
+LIBVIRT_CHOICE = "libvirt (qemu:///session, qemu:///system, qemu+ssh://…)"
+SSH_NOTE = ("The host needs only sshd and Python 3: Vireo installs its agent there on first connect. "
+            "Passwords and passphrases are asked for when needed and never stored.")
+LIBVIRT_NOTE = ("The domains of a libvirt host, listed beside Vireo's: start, shut down, pause, and their VNC "
+                "and serial consoles. Needs libvirt-python (docs/libvirt.md); qemu+ssh:// uses your SSH keys.")
 AUTH_CHOICES = (("auto", "Automatic (SSH agent, keys, then password)"), ("agent", "SSH agent"),
                 ("key", "Key file"), ("password", "Password"))
 
@@ -75,7 +80,19 @@ class AddConnectionDialog(QDialog):
         self.unicorn_check.setToolTip("Asked once for this host (the answer is kept); unchecked, a host without "
                                       "unicorn runs VMs with KVM only")
         self.unicorn_check.setChecked(True)
+        # libvirt connections (app/ui/libvirt_connections.py) take only a URI; the SSH rows hide for them.
+        self.kind_combo = QComboBox(self)
+        self.kind_combo.setObjectName("kindCombo")
+        self.kind_combo.addItem("Vireo over SSH", "ssh")
+        self.kind_combo.addItem(LIBVIRT_CHOICE, "libvirt")
+        self.uri_edit = QLineEdit("qemu:///session", self)
+        self.uri_edit.setObjectName("uriEdit")
+        self.uri_edit.setToolTip("A libvirt connection URI: qemu:///session (your user's VMs), qemu:///system, "
+                                 "qemu+ssh://user@host/system")
         form = QFormLayout()
+        self.form = form
+        form.addRow("&Type:", self.kind_combo)
+        form.addRow("U&RI:", self.uri_edit)
         form.addRow("&Host:", self.host_edit)
         form.addRow("&Port:", self.port_spin)
         form.addRow("", self.port_spin.error)
@@ -85,8 +102,8 @@ class AddConnectionDialog(QDialog):
         form.labelForField(key_row).setBuddy(self.key_edit)    # Alt+K goes to the path, not the row
         form.addRow("P&ython:", self.python_edit)
         form.addRow("", self.unicorn_check)
-        note = QLabel("The host needs only sshd and Python 3: Vireo installs its agent there on first connect. "
-                      "Passwords and passphrases are asked for when needed and never stored.", self)
+        note = QLabel(SSH_NOTE, self)
+        self.note = note
         note.setWordWrap(True)
         note.setStyleSheet("color: #666;")
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel,
@@ -99,18 +116,42 @@ class AddConnectionDialog(QDialog):
         lay.addWidget(note)
         lay.addWidget(self.buttons)
         self.host_edit.textChanged.connect(self._validate)
+        self.uri_edit.textChanged.connect(self._validate)
+        self.kind_combo.currentIndexChanged.connect(self._kind_changed)
         self.auth_combo.currentIndexChanged.connect(self._validate)
         self.port_spin.problemChanged.connect(self._validate)
         if target is not None:
             self.set_target(target)
-        self._validate()
+        self._kind_changed()
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "SSH private key", self.key_edit.text() or "~/.ssh")
         if path:
             self.key_edit.setText(path)
 
+    def kind(self) -> str:
+        """"ssh" (a Vireo host over SSH: target()) or "libvirt" (a libvirt URI: uri())."""
+        return self.kind_combo.currentData()
+
+    def uri(self) -> str:
+        return self.uri_edit.text().strip()
+
+    def _kind_changed(self) -> None:
+        libvirt = self.kind() == "libvirt"
+        for row in range(self.form.rowCount()):
+            field = self.form.itemAt(row, QFormLayout.ItemRole.FieldRole)
+            widget = field.widget() if field is not None else None
+            if widget is not self.kind_combo:
+                self.form.setRowVisible(row, (widget is self.uri_edit) == libvirt)
+        self.port_spin.error.setVisible(not libvirt and bool(self.port_spin.problem()))
+        self.note.setText(LIBVIRT_NOTE if libvirt else SSH_NOTE)
+        self._validate()
+        self.adjustSize()          # no blank space where the hidden rows were
+
     def _validate(self) -> None:
+        if self.kind() == "libvirt":
+            self.buttons.button(QDialogButtonBox.StandardButton.Ok).setEnabled(is_libvirt_uri(self.uri()))
+            return
         ok = bool(self.host_edit.text().strip()) and not any(c.isspace() for c in self.host_edit.text().strip()) \
             and not self.port_spin.problem()
         self.key_edit.setEnabled(self.auth_combo.currentData() in ("auto", "key"))

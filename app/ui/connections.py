@@ -20,7 +20,7 @@ from PyQt6.QtWidgets import QMenu, QTreeWidgetItem
 
 from app.host_bridge import HostBridge
 from app.ui.connection_dialog import AddConnectionDialog, QtPrompter
-from core.connect import RemoteHost, SshTarget, parse_uri
+from core.connect import LibvirtHost, RemoteHost, SshTarget, is_libvirt_uri, parse_uri
 from core.host import HostError
 
 log = logging.getLogger(__name__)
@@ -63,21 +63,26 @@ class RemoteHosts:
         self.signals: dict[int, _ConnectionSignal] = {}
         self.add_action = QAction("Add &Connection…", window)
         self.add_action.setObjectName("addConnectionAction")
-        self.add_action.setToolTip("Manage the virtual machines of another computer over SSH")
+        self.add_action.setToolTip("Manage the virtual machines of another computer over SSH, or a libvirt host's")
         self.add_action.triggered.connect(self.add_dialog)
         window.tree.itemDoubleClicked.connect(self._double_clicked)
         for target, copy_unicorn in remembered(self.settings):
             self.add(target, copy_unicorn, connect=False, remember=False)
+        from app.ui.libvirt_connections import LibvirtHosts
+        self.libvirt = LibvirtHosts(window)      # libvirt URIs: rows of their own (app/ui/libvirt_connections.py)
 
     # -- adding ----------------------------------------------------------------------------------------------
     def add_dialog(self) -> AddConnectionDialog:
         dialog = AddConnectionDialog(self.window)
-        dialog.accepted.connect(lambda: self.add(dialog.target(), dialog.copy_unicorn))
+        dialog.accepted.connect(lambda: self.libvirt.add(dialog.uri()) if dialog.kind() == "libvirt"
+                                else self.add(dialog.target(), dialog.copy_unicorn))
         dialog.open()
         self.dialog = dialog
         return dialog
 
     def add_uri(self, uri: str) -> int | None:
+        if is_libvirt_uri(uri):                  # `vireo --connect qemu:///session`
+            return self.libvirt.add(uri, remember=False)
         try:
             target = parse_uri(uri)
         except HostError as exc:
@@ -143,6 +148,8 @@ class RemoteHosts:
     def connect(self, index: int) -> None:
         bridge = self.window.bridges[index]
         host = bridge.host
+        if isinstance(host, LibvirtHost):
+            return self.libvirt.connect(index)
         if not isinstance(host, RemoteHost) or host.connected or host.state == "connecting":
             return
         bridge.call(f"Connecting to {host.name}", host.connect, failed=lambda message: None)
@@ -158,6 +165,8 @@ class RemoteHosts:
 
     def context_menu(self, index: int, menu: QMenu) -> None:
         host = self.window.bridges[index].host
+        if isinstance(host, LibvirtHost):
+            return self.libvirt.context_menu(index, menu)
         if not isinstance(host, RemoteHost):
             return
         if host.connected:

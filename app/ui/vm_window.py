@@ -1,7 +1,8 @@
 """One VM's window: the Serial Console (app/ui/vm/serial_tab.py, a terminal on ttyS0), Details
-(app/ui/vm/details.py, the hardware list) and Performance (app/ui/vm/performance.py) tabs, with the lifecycle
-toolbar. The graphical console (app/ui/vm/console_tab.py, the guest's VGA screen) joins as the first tab,
-"Console", once the VM runs (unless its display is none) and stays, showing the last picture, after it stops.
+(app/ui/vm/details.py, the hardware list), Snapshots (app/ui/vm/snapshots_tab.py) and Performance
+(app/ui/vm/performance.py) tabs, with the lifecycle toolbar. The graphical console (app/ui/vm/console_tab.py, the
+guest's VGA screen) joins as the first tab, "Console", once the VM runs (unless its display is none) and stays,
+showing the last picture, after it stops.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from app.icons import app_icon, state_icon
 from app.ui.actions import VmActions
 from app.ui.vm.details import DetailsEditor
 from app.ui.vm.serial_tab import SerialConsoleTab
+from app.ui.vm.snapshots_tab import SnapshotsTab
 from core.host import VmInfo, VmState
 
 
@@ -40,6 +42,8 @@ class VmWindow(QMainWindow):
         self.tabs.addTab(self.console, "Serial Console")
         self.details = DetailsEditor(bridge, uuid, self)
         self.tabs.addTab(self.details, "Details")
+        self.snapshots = SnapshotsTab(bridge, uuid, self)         # app/ui/vm/snapshots_tab.py
+        self.tabs.addTab(self.snapshots, "Snapshots")
         self.performance = None
         self.display = None                                # the graphical console tab, once the VM has run
         self.tabs.addTab(QWidget(self), "Performance")   # built when first shown: pyqtgraph loads then
@@ -69,7 +73,8 @@ class VmWindow(QMainWindow):
             self.display.view.setFocus()
             return
         index = {"console": self.tabs.indexOf(self.console), "serial": self.tabs.indexOf(self.console),
-                 "details": self.tabs.indexOf(self.details), "performance": self.tabs.count() - 1}.get(name, 0)
+                 "details": self.tabs.indexOf(self.details),
+                 "snapshots": self.tabs.indexOf(self.snapshots), "performance": self.tabs.count() - 1}.get(name, 0)
         self.tabs.setCurrentIndex(index)
         if name in ("console", "serial"):
             self.console.terminal.setFocus()

@@ -433,6 +433,11 @@ class Connection(NetCalls, SnapshotCalls):
             self.send({"t": "progress", "id": call_id, "done": done, "total": total}, droppable=True)
         return wire.vminfo_to(self.host.clone(uuid, new_name, linked, progress))
 
+    def m_migrate(self, step: str, fields: dict[str, Any], **_: Any) -> dict[str, Any]:
+        if not isinstance(step, str) or not isinstance(fields, dict):
+            raise wire.WireError("migrate: step must be a string and fields an object")
+        return self.host.migrate(step, fields)
+
     def m_serial_subscribe(self, uuid: str, call_id: int = 0, **_: Any) -> tuple[None, bytes] | None:
         if uuid in self.serial:
             return None, b""

@@ -343,6 +343,10 @@ def cmd_domdisplay(host: ServiceClient, args: argparse.Namespace) -> int:
     says how to forward it, and --forward does it through this command's own connection."""
     info = find_vm(host, args.name)
     display = info.config.display
+    from core.host.libvirt_host import LibvirtHost
+    if isinstance(host, LibvirtHost):                # a libvirt domain (core/cli/libvirt_display.py)
+        from core.cli.libvirt_display import domdisplay
+        return domdisplay(info)
     if not display.vnc:
         raise CommandFailed(f"{info.name} has no VNC console: set \"vnc\": \"127.0.0.1:1\" in the display section "
                             f"of `vireo dumpconfig {info.name}` and `vireo define` it (docs/vnc.md)")

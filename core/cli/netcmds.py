@@ -3,6 +3,7 @@
 - `vireo domiflist NAME`: one row per card, Interface, Type, Source, Model, MAC, in virsh's layout. A user-mode
   card (passt) is virsh's type "user" with no interface or source ("-"); a TAP card is "ethernet" with its
   interface name, or "bridge" with the bridge as its source when it is added to one.
+- `vireo domifstat NAME INTERFACE`: the card's received and sent bytes, packets and drops, as virsh prints them.
 - `vireo domif-setlink NAME INTERFACE up|down`: the card's link switch (the interface is its MAC, its TAP name
   or its number from 1), saved in the definition and, on a running VM, applied at once: the guest's carrier
   follows (core/host/net_ops.py).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli.connect import find_vm
+from core.cli.connect import CommandFailed, find_vm
 from core.cli.options import add_vm_argument
 from core.config import NicConfig, VmConfig
 from core.net.nic import derived_mac
@@ -71,4 +72,27 @@ def cmd_domif_setlink(host: ServiceClient, args: argparse.Namespace) -> int:
     index = find_card(info.config, args.interface)
     host.net_set(info.uuid, index, link=args.state == "up")
     print("Device updated successfully", flush=True)
+    return EXIT_OK
+
+
+def add_ifstat_arguments(p: argparse.ArgumentParser) -> None:
+    add_vm_argument(p)
+    p.add_argument("interface", metavar="INTERFACE", help="the card: its MAC, its TAP name, or its number from 1")
+
+
+def cmd_domifstat(host: ServiceClient, args: argparse.Namespace) -> int:
+    """`vireo domifstat NAME INTERFACE`: the card's counters as virsh domifstat prints them, one per line
+    (rx_bytes, rx_packets, rx_errs, rx_drop, tx_…); the VM must be running or paused."""
+    info = find_vm(host, args.name)
+    index = find_card(info.config, args.interface)
+    cards = host.net_status(info.uuid)
+    if not cards:
+        raise CommandFailed(f"{info.name} is not running: its cards count nothing (start it with `vireo start "
+                            f"{info.name}`)")
+    card = cards[index]
+    for key, value in (("rx_bytes", card["rx_bytes"]), ("rx_packets", card["rx_packets"]), ("rx_errs", 0),
+                       ("rx_drop", card["rx_dropped"]), ("tx_bytes", card["tx_bytes"]),
+                       ("tx_packets", card["tx_packets"]), ("tx_errs", 0), ("tx_drop", card["tx_dropped"])):
+        print(f"{args.interface} {key} {value}")
+    print(flush=True)
     return EXIT_OK

@@ -92,6 +92,8 @@ HOST_COMMANDS = (
                 _late("commands", "cmd_restore")),
     HostCommand("clone", "copy a shut-off VM under a new name, uuid and MAC (--linked: qcow2 overlays instead of "
                 "full disk copies)", _late("clone_move", "add_clone_arguments"), _late("clone_move", "cmd_clone")),
+    HostCommand("move", "move a shut-off or saved VM (definition, disks, saved state) to another host: --to "
+                "ssh://USER@HOST or local", _late("clone_move", "add_move_arguments"), _late("clone_move", "cmd_move")),
     HostCommand("reboot", "restart a VM through the ACPI power button", add_vm_argument,
                 _late("commands", "cmd_reboot")),
     HostCommand("console", "attach this terminal to a VM's serial console (Ctrl-] detaches)",
@@ -108,6 +110,8 @@ HOST_COMMANDS = (
                 _late("commands", "add_autostart_arguments"), _late("commands", "cmd_autostart")),
     HostCommand("domiflist", "list a VM's network cards (Interface, Type, Source, Model, MAC)", add_vm_argument,
                 _late("netcmds", "cmd_domiflist")),
+    HostCommand("domifstat", "print a running VM's network card counters (rx/tx bytes, packets, drops)",
+                _late("netcmds", "add_ifstat_arguments"), _late("netcmds", "cmd_domifstat")),
     HostCommand("domif-setlink", "plug a VM's network card in (up) or pull its cable out (down)",
                 _late("netcmds", "add_setlink_arguments"), _late("netcmds", "cmd_domif_setlink")),
     HostCommand("snapshot-create", "take a VM snapshot: its qcow2 disks, and its machine state while it runs",

@@ -251,9 +251,14 @@ class FwCfg:
         avail = max(0, len(data) - self._offset)
         try:
             if control & DMA_CTL_READ:
+                # The length is the guest's 32-bit field: check the range before touching anything, and write
+                # the zeros past the item's end in place (never a host buffer of the guest's chosen size).
+                if not self.memory.contains(target, length):
+                    return False
                 n = min(length, avail)
-                chunk = bytes(data[self._offset:self._offset + n]) + bytes(length - n)
-                self.memory.write(target, chunk)             # past the end of the item: zeros
+                self.memory.write(target, data[self._offset:self._offset + n])
+                if length > n:
+                    self.memory.fill(target + n, length - n)     # past the end of the item: zeros
                 self._offset += n
             elif control & DMA_CTL_WRITE:
                 if self._key not in self._writable or length > avail:

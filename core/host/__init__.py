@@ -34,6 +34,7 @@ from core.host.files import FileEntry, HostFiles
 from core.host.hostload import HostCounters, rates
 from core.host.images import ImageEntry
 from core.host.local import LocalHost
+from core.host.snapshot_info import MAX_DESCRIPTION, VmSnapshot, check_name
 from core.keymap import EVDEV_KEYS, InputSink, break_code, combo_events, make_code, text_events
 
 if TYPE_CHECKING:
@@ -42,8 +43,9 @@ if TYPE_CHECKING:
 __all__ = [
     "EVDEV_KEYS", "SERIAL_HISTORY", "TERMINAL_RESET", "DeleteResult", "DiskChoice", "EventKind", "FileEntry",
     "FileProbe", "Frame", "FrameSource", "Host", "HostCapabilities", "HostCounters", "HostError", "HostEvent",
-    "HostFiles", "HostListener", "ImageEntry", "InputSink", "KeptDisk", "LocalHost", "Progress", "SerialListener",
-    "VmConsole", "VmInfo", "VmState", "VmStats", "break_code", "combo_events", "make_code", "rates", "text_events",
+    "HostFiles", "HostListener", "ImageEntry", "InputSink", "KeptDisk", "LocalHost", "MAX_DESCRIPTION", "Progress",
+    "SerialListener", "VmConsole", "VmInfo", "VmSnapshot", "VmState", "VmStats", "break_code", "check_name",
+    "combo_events", "make_code", "rates", "text_events",
 ]
 
 

@@ -32,7 +32,8 @@ The contract:
     initrd, disk image or ISO is checked when it is chosen, not when the VM starts; a missing or unreadable file
     raises HostError naming it.
   * clone(uuid, new_name, linked, progress) copies a shut-off VM under a new name, uuid and MACs, its disks
-    copied or linked (core/host/clone.py).
+    copied or linked (core/host/clone.py); migrate(step, fields) is one step of moving a VM to another host
+    (core/host/move.py).
   * `remote` is True when the VMs live outside this process (a service): close() then only disconnects, and the
     VMs keep running.
 
@@ -49,7 +50,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.config import LoadError, VmConfig
 from core.hoststats import HostInfo
@@ -268,6 +269,11 @@ class Host(ABC):
         """Clone a shut-off VM as `new_name` with a new uuid and MACs: full copies of its disks, or (`linked`)
         qcow2 overlays on its disks' content (core/host/clone.py, docs/clone-and-move.md)."""
         raise HostError(f"{self.name}: this host cannot clone VMs")
+
+    def migrate(self, step: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """One step of moving a shut-off or saved VM between hosts (core/host/move.py names the steps; the client
+        core/remote/move.py drives them and carries the files)."""
+        raise HostError(f"{self.name}: this host cannot move VMs")
 
     def console(self, vm_uuid: str) -> VmConsole:
         """The graphical console of a running or paused VM; HostError when it has none (shut off, display none,

@@ -13,9 +13,11 @@ Two kinds:
     qcow2). Original and clone then each write only to their own overlay; the shared base is read-only for both
     and delete() keeps it while either overlay reads it (core/host/disks.py).
 
-Read-only disks and CD-ROM discs are shared, not copied (virt-clone does the same). Either kind refuses a VM that
-is running or paused, with one line: its disks are being written. A VM with a managed save may be cloned (its
-disks are consistent with its saved state); the clone boots afresh, the save stays the original's.
+A full clone also gets the original's VM snapshot list (its disks carry the snapshots); a linked clone starts with
+none (the snapshots stay in the shared base). Read-only disks and CD-ROM discs are shared, not copied (virt-clone
+does the same). Either kind refuses a VM that is running or paused, with one line: its disks are being written. A
+VM with a managed save may be cloned (its disks are consistent with its saved state); the clone boots afresh, the
+save stays the original's.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import uuid as uuidlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from core.config import DiskConfig, images_dir, make_private_dirs
+from core.config import ConfigError, DiskConfig, images_dir, make_private_dirs
 from core.host.api import HostError, Progress, VmInfo
 
 if TYPE_CHECKING:
@@ -61,17 +63,29 @@ def copy_file(src: str, dst: str, progress: Callable[[int], None] | None = None)
         size = os.fstat(sfd).st_size
         dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
+            fast = hasattr(os, "copy_file_range")
             for offset, length in _data_ranges(sfd, size):
                 end = offset + length
                 while offset < end:
-                    piece = os.pread(sfd, min(COPY_CHUNK, end - offset), offset)
-                    if not piece:
-                        break
-                    os.pwrite(dfd, piece, offset)
-                    offset += len(piece)
-                    copied += len(piece)
+                    n = min(COPY_CHUNK, end - offset)
+                    if fast:
+                        # In the kernel, no trip through this process (and a shared extent where the file system
+                        # offers one, as cp does); EXDEV/EINVAL/ENOSYS fall back to reading and writing.
+                        try:
+                            n = os.copy_file_range(sfd, dfd, n, offset, offset)
+                        except OSError:
+                            fast = False
+                            continue
+                    else:
+                        piece = os.pread(sfd, n, offset)
+                        os.pwrite(dfd, piece, offset)
+                        n = len(piece)
+                    if n == 0:
+                        break           # the source shrank under us: what remains is a hole
+                    offset += n
+                    copied += n
                     if progress is not None:
-                        progress(len(piece))
+                        progress(n)
             os.ftruncate(dfd, size)     # a trailing hole
             os.fsync(dfd)
         finally:
@@ -108,6 +122,23 @@ def _ext(path: str, fmt: str) -> str:
     return ".qcow2" if fmt == "qcow2" else ".img"
 
 
+def _name_from(overlay: str, base: str) -> str:
+    """How `overlay` names its backing file `base`: the bare name beside it, else the absolute path."""
+    same = os.path.dirname(os.path.abspath(overlay)) == os.path.dirname(os.path.abspath(base))
+    return os.path.basename(base) if same else os.path.abspath(base)
+
+
+def _copy_snapshot_list(host: LocalHost, old_uuid: str, new_uuid: str) -> None:
+    """A full copy's qcow2 disks carry the original's internal snapshots: give the clone their descriptions too
+    (core/host/snapshots.py keeps them beside the definition, by uuid). A linked clone's overlays start empty."""
+    from core.config import atomic_write
+    from core.host.snapshots import _meta_path
+
+    old = _meta_path(host, old_uuid)
+    if old.is_file():
+        atomic_write(_meta_path(host, new_uuid), old.read_bytes())
+
+
 def clone_vm(host: LocalHost, vm_uuid: str, new_name: str, linked: bool = False,
              progress: Progress | None = None) -> VmInfo:
     """Clone a shut-off VM of `host` as `new_name` (full copies, or linked qcow2 overlays); returns the clone's
@@ -134,6 +165,10 @@ def clone_vm(host: LocalHost, vm_uuid: str, new_name: str, linked: bool = False,
         for n, nic in enumerate(clone.nics):
             nic.mac = derived_mac(clone.uuid, n)     # as the store derives a new card's MAC from its VM's uuid
         clone.serial.log_file = ""       # two VMs appending to one log would interleave
+        try:
+            clone.validate()             # before the name becomes file names
+        except ConfigError as exc:
+            raise HostError(str(exc)) from None
         writable = [(i, d) for i, d in enumerate(source.disks) if not d.readonly]
         for _, disk in writable:
             if not os.path.isfile(disk.path):
@@ -162,10 +197,14 @@ def clone_vm(host: LocalHost, vm_uuid: str, new_name: str, linked: bool = False,
                                       ext or f".{disk.format}", taken)
                     os.rename(disk.path, base)
                     renamed.append((base, disk.path))
-                    # The original's own overlay at its old path, then the clone's; both name the base absolutely.
-                    create_image(disk.path, "qcow2", None, backing_file=base, backing_format=disk.format)
+                    # The original's own overlay at its old path, then the clone's. Each names the base by its
+                    # bare file name when they share a folder (QEMU resolves it beside the overlay), so overlay
+                    # and base can move together to another host's folder (core/host/move.py); else absolutely.
+                    create_image(disk.path, "qcow2", None, backing_file=_name_from(disk.path, base),
+                                 backing_format=disk.format)
                     made.append(disk.path)
-                    create_image(new_path, "qcow2", None, backing_file=base, backing_format=disk.format)
+                    create_image(new_path, "qcow2", None, backing_file=_name_from(new_path, base),
+                                 backing_format=disk.format)
                     made.append(new_path)
                     original_changes.append(DiskConfig(disk.path, "qcow2", disk.bus, disk.readonly))
                     clone.disks[i] = DiskConfig(new_path, "qcow2", disk.bus, disk.readonly)
@@ -184,6 +223,8 @@ def clone_vm(host: LocalHost, vm_uuid: str, new_name: str, linked: bool = False,
                 changed = source.copy()
                 changed.disks = [next((c for c in original_changes if c.path == d.path), d) for d in source.disks]
                 host.define(changed)
+            else:
+                _copy_snapshot_list(host, source.uuid, clone.uuid)
             return host.define(clone)
         except BaseException as exc:
             for path in made:

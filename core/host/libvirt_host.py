@@ -69,25 +69,98 @@ def is_libvirt_uri(uri: str) -> bool:
 
 
 class LibvirtHost(Host):
-    """The domains of one libvirt URI. Connects in the constructor (HostError, one line, when it cannot)."""
+    """The domains of one libvirt URI. Connects in the constructor (HostError, one line, when it cannot) unless
+    `connect` is False: the GUI makes its rows unconnected and connects on a worker (connect()). Like the SSH
+    hosts (core/remote/service.py), it tells connection listeners (state, message) as it connects, fails, or
+    loses the connection (libvirt's close callback: the daemon stopped, or keepalive found it gone)."""
 
     remote = True      # the domains live in libvirtd: closing the connection leaves them running
 
-    def __init__(self, uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(self, uri: str, timeout: float = CONNECT_TIMEOUT, connect: bool = True) -> None:
         self.uri = uri
         self.name = uri
-        self._libvirt = libvirt_module()
+        self.timeout = timeout
+        self._libvirt: Any = None
+        self._conn: Any = None
+        self._events = -1
         self._lock = threading.Lock()
+        self._connect_lock = threading.Lock()
         self._cpu: dict[str, tuple[float, int]] = {}      # uuid -> (monotonic time, cpuTime ns) of the last sample
         self._serial: dict[str, Any] = {}                 # uuid -> LibvirtSerial
-        self._closed = False
-        self._conn = self._open(timeout)
-        try:
-            self._conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
-        except self._libvirt.libvirtError:
-            pass        # a local driver without the remote protocol (test:///default) has no keepalive
-        self._events = self._conn.domainEventRegisterAny(
-            None, self._libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+        self._consoles: dict[str, tuple[int, Any]] = {}   # uuid -> (domain Id, VncFeed)
+        self._conn_listeners: list[Callable[[str, str], None]] = []
+        self.state = "disconnected"
+        self.error = "not connected"
+        if connect:
+            self.connect()
+
+    # -- connection -----------------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def add_connection_listener(self, listener: Callable[[str, str], None]) -> None:
+        self._conn_listeners.append(listener)
+
+    def _set_connection(self, state: str, message: str) -> None:
+        self.state = state
+        for listener in list(self._conn_listeners):
+            try:
+                listener(state, message)
+            except Exception:  # a broken observer must not break the connection
+                pass
+
+    def connect(self) -> None:
+        """Open the connection (nothing when open); HostError with one line when it cannot."""
+        with self._connect_lock:
+            if self._conn is not None:
+                return
+            self._set_connection("connecting", f"connecting to {self.uri}…")
+            try:
+                self._libvirt = libvirt_module()
+                conn = self._open(self.timeout)
+            except HostError as exc:
+                self.error = str(exc)
+                self._set_connection("failed", self.error)
+                raise
+            try:
+                conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+            except self._libvirt.libvirtError:
+                pass        # a driver without the remote protocol (test:///default) has no keepalive
+            with contextlib.suppress(self._libvirt.libvirtError):
+                conn.registerCloseCallback(self._on_closed, None)
+            self._events = conn.domainEventRegisterAny(
+                None, self._libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+            self._conn = conn
+            self.error = ""
+            self._set_connection("connected", f"connected to {self.uri}")
+
+    def _on_closed(self, conn: Any, reason: int, _opaque: object) -> None:
+        """libvirt closed the connection: 0 an I/O error, 1 end of file, 2 keepalive timeout (3: we closed it)."""
+        if reason == 3 or conn is not self._conn:
+            return
+        why = {0: "the connection failed", 1: "libvirtd closed the connection",
+               2: "libvirtd stopped answering (keepalive)"}.get(reason, "the connection was lost")
+        # Not on the event loop's thread: closing a connection from its own callback would wait on that loop.
+        threading.Thread(target=lambda: (self._drop(why), self._set_connection("disconnected", why)),
+                         name="vireo-libvirt-drop", daemon=True).start()
+
+    def _drop(self, why: str) -> None:
+        conn, self._conn = self._conn, None
+        self.error = why
+        for serial in list(self._serial.values()):
+            serial.close()
+        self._serial.clear()
+        for _, feed in list(self._consoles.values()):
+            feed.close()
+        self._consoles.clear()
+        if conn is not None:
+            with contextlib.suppress(self._libvirt.libvirtError):
+                conn.unregisterCloseCallback()
+            with contextlib.suppress(self._libvirt.libvirtError):
+                conn.domainEventDeregisterAny(self._events)
+            with contextlib.suppress(self._libvirt.libvirtError):
+                conn.close()
 
     def _open(self, timeout: float) -> Any:
         """virConnectOpen in a worker thread: an SSH transport asking for a password, or a host that does not
@@ -110,8 +183,8 @@ class LibvirtHost(Host):
 
     @contextlib.contextmanager
     def _call(self, what: str) -> Iterator[None]:
-        if self._closed:
-            raise HostError(f"{self.uri}: the connection is closed")
+        if self._conn is None:
+            raise HostError(f"{self.uri} is not connected: {self.error}")
         try:
             yield
         except self._libvirt.libvirtError as exc:
@@ -156,7 +229,7 @@ class LibvirtHost(Host):
         kind = xml.get("type", "")
         config = VmConfig(name=dom.name(), uuid=dom.UUIDString(), memory_mib=memory_mib, vcpus=vcpus,
                           accel="kvm" if kind == "kvm" else "software",
-                          display=DisplayConfig(vnc=vnc_spec(xml)))
+                          display=DisplayConfig(vnc=vnc_spec(xml, urllib.parse.urlsplit(self.uri).hostname or "")))
         vm_state = _STATES.get(state, VmState.RUNNING)
         why = _SHUTOFF_REASONS.get(reason, "") if vm_state in (VmState.SHUTOFF, VmState.CRASHED) else ""
         return VmInfo(config, vm_state, why, accel=config.accel)
@@ -243,13 +316,38 @@ class LibvirtHost(Host):
 
     # -- consoles -------------------------------------------------------------------------------------------
     def console(self, vm_uuid: str) -> VmConsole:
-        from core.host.libvirt_console import open_console
-        info = self.get(vm_uuid)
-        if info.state not in (VmState.RUNNING, VmState.PAUSED):
-            raise HostError(f"{info.name} is {info.state.label.lower()}: its console exists while it runs")
+        """The domain's VNC graphics through Vireo's RFB client, one connection per run of the domain (its Id,
+        new at every start, is the console's session)."""
+        from core.host.libvirt_console import console_of, open_feed
+        with self._call("open the console"):
+            dom = self._domain(vm_uuid)
+            info = self._vm_info(dom)
+            if info.state not in (VmState.RUNNING, VmState.PAUSED):
+                raise HostError(f"{info.name} is {info.state.label.lower()}: its console exists while it runs")
+            session = dom.ID()
+            password = self._vnc_password(dom)
         if not info.config.display.vnc:
             raise HostError(f"{info.name} has no VNC graphics: add <graphics type='vnc'/> to its domain XML")
-        return open_console(self.uri, info.config.display.vnc)
+        with self._lock:
+            cached = self._consoles.get(vm_uuid)
+        if cached is not None and cached[0] == session and not cached[1].closed:
+            return console_of(cached[1], session)
+        feed = open_feed(info.config.display.vnc, password)
+        with self._lock:
+            old = self._consoles.get(vm_uuid)
+            self._consoles[vm_uuid] = (session, feed)
+        if old is not None:
+            old[1].close()
+        return console_of(feed, session)
+
+    def _vnc_password(self, dom: Any) -> str:
+        """The graphics' passwd, which only the secure XML (a read-write connection) shows."""
+        try:
+            xml = ET.fromstring(dom.XMLDesc(self._libvirt.VIR_DOMAIN_XML_SECURE))
+        except self._libvirt.libvirtError:
+            return ""
+        graphics = xml.find("devices/graphics[@type='vnc']")
+        return (graphics.get("passwd") or "") if graphics is not None else ""
 
     def subscribe_serial(self, vm_uuid: str, listener: SerialListener) -> bytes:
         from core.host.libvirt_serial import LibvirtSerial
@@ -282,28 +380,27 @@ class LibvirtHost(Host):
             self._emit(HostEvent(EventKind.DELETED, uuid))
         elif event in _EVENT_STATES:
             state = _EVENT_STATES[event]
-            if state == VmState.SHUTOFF:
+            if state in (VmState.SHUTOFF, VmState.CRASHED):
                 serial = self._serial.pop(uuid, None)
                 if serial is not None:
                     serial.close()
+                console = self._consoles.pop(uuid, None)
+                if console is not None:
+                    console[1].close()
             self._emit(HostEvent(EventKind.STATE, uuid, state))
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for serial in list(self._serial.values()):
-            serial.close()
-        self._serial.clear()
-        with contextlib.suppress(self._libvirt.libvirtError):
-            self._conn.domainEventDeregisterAny(self._events)
-        with contextlib.suppress(self._libvirt.libvirtError):
-            self._conn.close()
+        """Disconnect (the domains run on); connect() opens the connection again."""
+        if self._conn is not None:
+            self._drop("disconnected")
+            self._set_connection("disconnected", f"disconnected from {self.uri}")
 
 
-def vnc_spec(xml: ET.Element) -> str:
+def vnc_spec(xml: ET.Element, uri_host: str = "") -> str:
     """The domain's VNC graphics as Vireo's display.vnc spelling (HOST:DISPLAY or unix:PATH), "" when it has none
-    or it is not running (autoport: the port is only known once started, as port='-1' says before)."""
+    or it is not running (autoport: the port is only known once started, as port='-1' says before). Graphics
+    listening on every address are reached at the URI's host (this computer for a local URI), as virsh
+    domdisplay does."""
     graphics = xml.find("devices/graphics[@type='vnc']")
     if graphics is None:
         return ""
@@ -318,8 +415,17 @@ def vnc_spec(xml: ET.Element) -> str:
         return ""
     host = graphics.get("listen") or (listen.get("address") if listen is not None else "") or "127.0.0.1"
     if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
+        host = uri_host or "127.0.0.1"
     return f"{host}:{port - BASE_PORT}"
+
+
+def display_uri(spec: str) -> str:
+    """display.vnc as virsh domdisplay prints it: vnc://HOST:PORT or vnc+unix://PATH (any host, not only the
+    loopback addresses Vireo's own VMs listen on)."""
+    if spec.startswith("unix:"):
+        return f"vnc+unix://{spec[5:]}"
+    host, _, display = spec.rpartition(":")
+    return f"vnc://{host}:{BASE_PORT + int(display)}"
 
 
 def _message(exc: Exception) -> str:

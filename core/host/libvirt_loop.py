@@ -5,9 +5,11 @@ libvirt-dev), so it is an optional dependency and a missing one gives one line s
 
 The event loop: libvirt's keepalive (virConnectSetKeepAlive), domain lifecycle events and non-blocking streams
 (the serial console, virDomainOpenConsole) need an event implementation registered before the first connection
-is opened (libvirt's "Event loop integration" docs: virEventRegisterDefaultImpl, then virEventRunDefaultImpl
-in a loop). It is registered once per process and run by one daemon thread, whatever the number of connections:
-registering a second implementation, or running two loops, is what libvirt does not support.
+is opened (libvirt's "Event loop integration" docs). libvirt's own default implementation
+(virEventRegisterDefaultImpl) runs on GLib's global default main context, the one Qt's GLib event dispatcher
+uses for the GUI thread: iterating it from a second thread dispatches Qt's sources there and crashes the
+manager. So Vireo registers its own implementation (virEventRegisterImpl), a poll(2) loop on one daemon thread
+(core/host/libvirt_poll.py), once per process, whatever the number of connections.
 """
 from __future__ import annotations
 
@@ -33,15 +35,13 @@ def libvirt_module() -> ModuleType:
         raise HostError(INSTALL_HINT) from None
     with _lock:
         if _loop is None:
-            libvirt.virEventRegisterDefaultImpl()
+            from core.host.libvirt_poll import PollLoop
+            loop = PollLoop(libvirt)
+            libvirt.virEventRegisterImpl(loop.add_handle, loop.update_handle, loop.remove_handle,
+                                         loop.add_timeout, loop.update_timeout, loop.remove_timeout)
             # libvirt prints every error on stderr unless a handler takes it: the errors reach callers as
             # libvirtError exceptions, which say the same in one line.
             libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-            _loop = threading.Thread(target=_run, args=(libvirt,), name="vireo-libvirt-events", daemon=True)
+            _loop = threading.Thread(target=loop.run, name="vireo-libvirt-events", daemon=True)
             _loop.start()
     return libvirt
-
-
-def _run(libvirt: ModuleType) -> None:
-    while True:
-        libvirt.virEventRunDefaultImpl()

@@ -38,6 +38,7 @@ from core.host.api import (
     VmState,
     VmStats,
 )
+from core.host.copies import HostCopies
 from core.host.disks import backing_chain, chosen_disks, create_disk_image, disk_users, file_key
 from core.host.files import LocalFiles
 from core.host.hostload import HostLoad
@@ -48,7 +49,7 @@ from core.host.saved import discard as discard_saved
 from core.host.saved import managed_state
 from core.host.saved import restore as restore_saved
 from core.host.saved import save as save_state
-from core.host.snapshots import LocalSnapshots
+from core.host.snapshots import LocalSnapshots, forget_snapshots
 from core.host.startcheck import check_startable
 from core.host.vm_stats import nic_totals, stats_from_sample
 from core.hoststats import HostInfo, local_host_info
@@ -80,7 +81,7 @@ class _LocalVm:
         self.session = 0                        # counts starts: names the machine a VmConsole belongs to
 
 
-class LocalHost(HostImages, HostLoad, LocalNetOps, LocalSnapshots, Host):
+class LocalHost(HostImages, HostLoad, LocalNetOps, LocalSnapshots, HostCopies, Host):
     """The engine in this process. VM definitions come from (and go to) a ConfigStore."""
 
     def __init__(self, store: ConfigStore | None = None, name: str = "Local", *, runtime_dir: str) -> None:
@@ -241,6 +242,7 @@ class LocalHost(HostImages, HostLoad, LocalNetOps, LocalSnapshots, Host):
             except OSError as exc:
                 raise HostError(f"cannot remove {self.store.path_for(vm_uuid)}: {exc.strerror}") from None
             removed.insert(0, str(self.store.path_for(vm_uuid)))
+            forget_snapshots(self, vm_uuid)     # its list of VM snapshots goes with the definition (virsh undefine)
             with self._lock:
                 self._vms.pop(vm_uuid, None)
         self._emit(HostEvent(EventKind.DELETED, vm_uuid))
@@ -437,11 +439,6 @@ class LocalHost(HostImages, HostLoad, LocalNetOps, LocalSnapshots, Host):
 
     def restore(self, path: str) -> VmInfo:
         return restore_saved(self, path)
-
-    def clone(self, vm_uuid: str, new_name: str, linked: bool = False, progress: Progress | None = None) -> VmInfo:
-        from core.host.clone import clone_vm
-
-        return clone_vm(self, vm_uuid, new_name, linked, progress)
 
     def resume(self, vm_uuid: str) -> None:
         self._request(vm_uuid, "resume", VmState.PAUSED)

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 from core.config import atomic_write
 from core.host.api import HostError, VmState
+from core.host.saved import discard as discard_saved
+from core.host.saved import managed_state
 from core.host.snapshot_info import SnapshotRecordError, VmSnapshot, check_name
 
 if TYPE_CHECKING:
@@ -60,6 +62,12 @@ def _store(host: LocalHost, vm_uuid: str, snapshots: list[VmSnapshot]) -> None:
         return
     path.parent.mkdir(mode=0o700, exist_ok=True)
     atomic_write(path, json.dumps({"snapshots": [s.to_dict() for s in snapshots]}).encode())
+
+
+def forget_snapshots(host: LocalHost, vm_uuid: str) -> None:
+    """The VM's definition is deleted: its snapshot list goes too (the internal snapshots stay in kept images,
+    where `vireo img snapshot -l` shows them)."""
+    _meta_path(host, vm_uuid).unlink(missing_ok=True)
 
 
 def _disks(vm: _LocalVm) -> list[str]:
@@ -112,6 +120,11 @@ class LocalSnapshots:
             if any(s.name == name for s in existing):
                 raise HostError(f"{vm.config.name}: a snapshot named {name} already exists")
             paths = _disks(vm)
+            saved = managed_state(self, vm)
+            if saved is not None and not vm.state.active:
+                # Its disks belong with that state: a disk-only snapshot now would be reverted under it.
+                raise HostError(f"{vm.config.name} has a saved state ({saved}); start it and take the snapshot "
+                                "while it runs, or delete the saved state first")
             if vm.state in (VmState.RUNNING, VmState.PAUSED) and vm.proc is not None:
                 try:
                     got = vm.proc.snapshot_create(name)
@@ -195,18 +208,27 @@ class LocalSnapshots:
         state_file = None
         try:
             with vm.op_lock:
-                for i, path in enumerate(paths):
-                    image = _open(path)
-                    try:
+                # Every disk is checked before any is reverted: a disk added since the snapshot must not leave
+                # the VM half reverted.
+                images = []
+                try:
+                    for path in paths:
+                        images.append(_open(path))
+                        if _by_name(images[-1], name) is None:
+                            raise HostError(f"{vm.config.name}: disk {path} has no snapshot named {name} (added "
+                                            "since?); no disk was reverted")
+                    for i, image in enumerate(images):
                         sid = _by_name(image, name)
-                        if sid is None:
-                            raise HostError(f"{vm.config.name}: disk {path} has no snapshot named {name}")
                         if i == 0 and snap.has_state:
                             state_file = self._extract_state(image, sid)
                         image.snapshot_apply(sid)
-                    except ImageError as exc:
-                        raise HostError(f"{vm.config.name}: {exc}") from None
-                    finally:
+                    # A managed save belongs with the disks as they were; it would resume a guest whose disks
+                    # changed under it, so it goes (the user chose to go back).
+                    discard_saved(managed_state(self, vm))
+                except ImageError as exc:
+                    raise HostError(f"{vm.config.name}: {exc}") from None
+                finally:
+                    for image in images:
                         image.close()
             if state_file is not None:
                 self.start(vm_uuid, restore=state_file)

@@ -49,6 +49,44 @@ class NetBackend(ABC):
         return "the backend closed"
 
 
+class _WakePipe:
+    """The pipe whose write end close() shuts, so a recv blocked in select() wakes at once (EOF on the read end).
+    The read end is closed by whichever comes last: close(), or the reader leaving recv; until then a reader may
+    still be selecting on it, and a descriptor closed under a select() could be reused by another file."""
+
+    def __init__(self) -> None:
+        self.r, self._w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._lock = threading.Lock()
+        self._readers = 0
+        self._closing = False
+
+    def enter(self) -> bool:
+        """A reader starts waiting; False when the backend is closing (do not wait)."""
+        with self._lock:
+            if self._closing:
+                return False
+            self._readers += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._readers -= 1
+            self._release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            os.close(self._w)
+            self._release()
+
+    def _release(self) -> None:
+        if self._closing and self._readers == 0 and self.r >= 0:
+            os.close(self.r)
+            self.r = -1
+
+
 class StreamBackend(NetBackend):
     """Length-prefixed frames over a connected stream socket (passt's protocol)."""
 
@@ -59,10 +97,17 @@ class StreamBackend(NetBackend):
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
         self._ended = ""
-        # A pipe whose write end close() pokes, so a recv blocked in poll() wakes up at once.
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._wake = _WakePipe()
 
     def recv_frame(self) -> bytes | None:
+        if not self._wake.enter():
+            return None
+        try:
+            return self._recv_frame()
+        finally:
+            self._wake.leave()
+
+    def _recv_frame(self) -> bytes | None:
         buf = self._buf
         while True:
             if len(buf) >= 4:
@@ -77,8 +122,8 @@ class StreamBackend(NetBackend):
             if self._closed.is_set():
                 return None
             try:
-                ready = select.select([self.sock, self._wake_r], [], [])[0]
-                if self._wake_r in ready:
+                ready = select.select([self.sock, self._wake.r], [], [])[0]
+                if self._wake.r in ready:
                     return None
                 data = self.sock.recv(_READ_CHUNK)
             except (OSError, ValueError) as exc:
@@ -112,10 +157,7 @@ class StreamBackend(NetBackend):
         if self._closed.is_set():
             return
         self._closed.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._wake.close()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -132,13 +174,21 @@ class TapBackend(NetBackend):
         self.description = f"tap {name}"
         self._closed = threading.Event()
         self._ended = ""
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._wake = _WakePipe()
 
     def recv_frame(self) -> bytes | None:
+        if not self._wake.enter():
+            return None
+        try:
+            return self._recv_frame()
+        finally:
+            self._wake.leave()
+
+    def _recv_frame(self) -> bytes | None:
         while not self._closed.is_set():
             try:
-                ready = select.select([self.fd, self._wake_r], [], [])[0]
-                if self._wake_r in ready:
+                ready = select.select([self.fd, self._wake.r], [], [])[0]
+                if self._wake.r in ready:
                     return None
                 frame = os.read(self.fd, MAX_FRAME)
             except BlockingIOError:
@@ -175,10 +225,7 @@ class TapBackend(NetBackend):
         if self._closed.is_set():
             return
         self._closed.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._wake.close()
         try:
             os.close(self.fd)
         except OSError:

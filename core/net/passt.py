@@ -54,6 +54,23 @@ def passt_args(fd: int, forwards: list[Forward]) -> list[str]:
     return args
 
 
+SOCKET_BUFFER = 8 << 20           # bytes of frames either side may have in flight on the socket pair
+
+
+def _widen(sock: socket.socket, option: int) -> None:
+    """Let `sock` queue SOCKET_BUFFER bytes. On a UNIX stream socket the sender's SO_SNDBUF bounds what waits
+    unread; passt sends a burst of frames without waiting (MSG_DONTWAIT) and drops what does not fit, and the
+    guest's TCP connection then stalls until passt's retransmission timer (seconds). Root may go past
+    net.core.wmem_max (SO_SNDBUFFORCE); others get up to that."""
+    force = {socket.SO_SNDBUF: 32, socket.SO_RCVBUF: 33}[option]     # SO_SNDBUFFORCE, SO_RCVBUFFORCE
+    for opt in (force, option):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            return
+        except OSError:
+            continue
+
+
 class PasstBackend(StreamBackend):
     """A running passt and the socket to it. `start()` raises PasstError with one line when passt is missing or
     exits at once (a forward it cannot bind)."""
@@ -72,6 +89,8 @@ class PasstBackend(StreamBackend):
             raise PasstError("passt is not installed: install Debian's passt package (apt-get install passt) for "
                              "user-mode networking, or use --net none")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        _widen(theirs, socket.SO_SNDBUF)
+        _widen(ours, socket.SO_SNDBUF)
         try:
             process = subprocess.Popen([binary, *passt_args(theirs.fileno(), forwards)], pass_fds=[theirs.fileno()],
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -52,6 +52,7 @@ from core.host.images import ImageEntry
 from core.hoststats import HostInfo
 from core.protocol import ProtocolError
 from core.remote.client import AgentClient, AgentGone
+from core.remote.copies import ServiceCopies
 from core.remote.snapshot_client import SnapshotClient
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class ServiceInputSink:
                            "buttons": int(buttons), "dz": int(dz)})
 
 
-class ServiceClient(SnapshotClient, Host):  # SnapshotClient brings NetClient (the line limit)
+class ServiceClient(SnapshotClient, ServiceCopies, Host):  # SnapshotClient brings NetClient (the line limit)
     remote = True          # the VMs run in the service: closing this client leaves them running
     shared_console = False  # ask the service for the VM process's shared console instead of a stream
 
@@ -422,21 +423,6 @@ class ServiceClient(SnapshotClient, Host):  # SnapshotClient brings NetClient (t
                         preallocate=bool(preallocate), progress=progress, timeout=3600)
         except AgentGone as exc:
             raise HostError(f"{self.name}: {exc}") from None
-
-    def clone(self, vm_uuid: str, new_name: str, linked: bool = False, progress: Progress | None = None) -> VmInfo:
-        client = self._agent()
-        try:
-            value, _ = client.call("clone", uuid=vm_uuid, new_name=new_name, linked=bool(linked), progress=progress,
-                                   timeout=3600)
-        except AgentGone as exc:
-            raise HostError(f"{self.name}: {exc}") from None
-        try:
-            info = wire.vminfo_from(value)
-        except wire.WireError as exc:
-            raise HostError(f"the service sent a malformed answer: {exc}") from None
-        with self._lock:
-            self._vms.setdefault(info.uuid, info)
-        return info
 
     def accel_preview(self, requested: str) -> tuple[str, str]:
         cached = self._accel_cache.get(requested)

@@ -20,6 +20,7 @@ from core.protocol import ProtocolError
 
 MAX_FORWARDS = 64
 MIN_CARRIER_OFF = 0.5      # seconds the guest sees no carrier while its passt restarts with new forwards
+ANNOUNCE_WAIT = 3.0        # seconds at most to wait for the guest's first frame to the new passt
 
 
 def net_set(machine: Any, header: dict[str, Any]) -> str:
@@ -62,14 +63,24 @@ def restart_backend(card: Any, link: bool) -> str:
     With the carrier seen down and up again, Linux announces the interface anew (NETDEV_CHANGE: IPv6 duplicate
     address detection and MLD reports from the card's MAC), which is the frame passt learns it from. The carrier
     stays down long enough for the guest's driver to read the down state (it compares the status it last read
-    in a work item, so a flap it does not see is no change at all)."""
+    in a work item, so a flap it does not see is no change at all). The call returns once the guest's first frame
+    went to the new passt (measured: a forwarded fetch answers 0.53 s after the call began, against 5.7 s when
+    the call returned at once and the first connection waited for its SYN to be retried)."""
     started = time.monotonic()
     card.set_switch(False)
+    ok = False
     try:
         ok = card.reconnect()
         time.sleep(max(0.0, MIN_CARRIER_OFF - (time.monotonic() - started)))
     finally:
+        sent = card.stats["tx_packets"]
         card.set_switch(link)
+    if ok and link:
+        # Answer once the guest has sent the new passt a frame (so a forwarded connection made right after this
+        # call is answered), or after ANNOUNCE_WAIT: a guest without IPv6 stays silent until it sends anything.
+        deadline = time.monotonic() + ANNOUNCE_WAIT
+        while card.stats["tx_packets"] == sent and time.monotonic() < deadline:
+            time.sleep(0.02)
     return "" if ok else card.link_reason
 
 

@@ -13,8 +13,12 @@ def _channel(pixels: np.ndarray, src_shift: int, top: int) -> np.ndarray:
     value = (pixels >> np.uint32(src_shift)) & np.uint32(0xFF)
     if top == 255:
         return value
+    bits = top.bit_length()
+    if bits > 8:
+        # A channel wider than the frame's 8 bits (a max up to 65535 is valid RFB): scale up, as QEMU does.
+        return value << np.uint32(bits - 8)
     # Drop the low bits (what QEMU and TigerVNC do): for a power-of-two-minus-one max this is the rounding down.
-    return value >> np.uint32(8 - top.bit_length())
+    return value >> np.uint32(8 - bits)
 
 
 def convert(pixels: np.ndarray, pf: PixelFormat) -> np.ndarray:

@@ -3,16 +3,15 @@ ELF per the System V gABI): a hostile kernel file may only give a one-line BootE
 from __future__ import annotations
 
 import os
-import tempfile
 
 from core.boot.elf import load_segments, parse_elf
 from core.boot.errors import BootError
 from core.memory import GuestMemory
-from fuzz.harness import Allow, target
+from fuzz.harness import Allow, scratch_dir, target
 
 MiB = 1 << 20
 _mem: GuestMemory | None = None
-_dir = tempfile.mkdtemp(prefix="vireo-fuzz-boot-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+_dir = scratch_dir("boot")
 
 
 def _memory() -> GuestMemory:

@@ -4,14 +4,12 @@ survive its own round trip (to_dict, from_dict) unchanged."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from core.config import ConfigError, ConfigStore, VmConfig
-from fuzz.harness import target
+from fuzz.harness import scratch_dir, target
 
-_dir = Path(tempfile.mkdtemp(prefix="vireo-fuzz-config-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+_dir = Path(scratch_dir("config"))
 _store = ConfigStore(_dir)
 _UUID = "0d6f4ad2-5c3b-4a43-9a4e-1f2b3c4d5e6f"
 

@@ -11,9 +11,12 @@ from core.bus import MmioBus, PortIoBus
 from core.devices.acpi_pm import AcpiPm
 from core.devices.debugcon import DebugConsole
 from core.devices.fw_cfg import FwCfg
+from core.devices.i440fx import I440fxHostBridge
 from core.devices.i8042 import I8042
 from core.devices.ioapic import IoApic
+from core.devices.pci import PciBus
 from core.devices.pic import Pic8259Pair
+from core.devices.piix3 import Piix3IsaBridge
 from core.devices.pit import Pit8254
 from core.devices.port92 import SystemControlPortA
 from core.devices.post import PostPort
@@ -24,10 +27,12 @@ from core.devices.vga import Vga
 from core.irq import IrqLine
 from core.memory import GuestMemory
 from core.timers import TimerQueue
-from fuzz.harness import Program, target
+from fuzz.harness import Program, target, untraced
 
 IOAPIC = 0xFEC0_0000
 VGA_WINDOW = 0xA0000
+VGA_SLOT = 2
+BAR_FB, BAR_MMIO = 0xFD00_0000, 0xFEB0_0000     # where the seeds program the VGA's BARs (as SeaBIOS would)
 _mem: GuestMemory | None = None
 
 
@@ -42,6 +47,7 @@ class Rig:
         if _mem is None:
             _mem = GuestMemory(2 << 20)
         self.mem = _mem
+        self.mem.fill(0, self.mem.size)     # every input starts from the same RAM, so a crash replays alone
         self.timers = TimerQueue()
         self.errors: list[BaseException] = []
         self.timers.on_error = self.errors.append
@@ -54,8 +60,13 @@ class Rig:
         self.fw.add_file("etc/e820", bytes(range(256)) * 4)
         self.fw.add_file("etc/writable", bytes(64), writable=True)
         self.fw.add_u32(0x05, 1)
-        self.vga = Vga()
-        for dev in (self.pic, self.uart, Pit8254(self.timers, IrqLine(sink, 0)),
+        self.host_bridge = I440fxHostBridge()
+        self.pci = PciBus(self.pio, self.mmio, lambda gsi, level: None, host_bridge=self.host_bridge)
+        self.isa_bridge = Piix3IsaBridge(lambda irq, level: None)
+        self.pci.add(self.isa_bridge, slot=1, function=0)
+        self.pci.pirq_router = self.isa_bridge
+        self.vga = Vga(self.pci, pci_slot=VGA_SLOT)
+        for dev in (self.pci, self.pic, self.uart, Pit8254(self.timers, IrqLine(sink, 0)),
                     CmosRtc(IrqLine(sink, 8), self.timers, 1 << 28), self.kbd, PostPort(),
                     AcpiPm(IrqLine(sink, 9), lambda: None, timers=self.timers), ResetControl(lambda: None),
                     SystemControlPortA(lambda: None), DebugConsole(), self.fw):
@@ -69,35 +80,72 @@ class Rig:
         self.timers.stop()
 
 
+PIO_SIZES, MMIO_SIZES = (1, 2, 4), (1, 2, 4, 8)
+IOAPIC_W, WINDOW_W, FB_W, MMIO_W = range(4)      # the MMIO op's `which`
+
+
+def pio_w(port: int, size: int, value: int) -> bytes:
+    """The program bytes of one port write (see fuzz_platform)."""
+    return bytes([0, 0, PIO_SIZES.index(size)]) + struct.pack("<HI", port, value)
+
+
+def pio_r(port: int, size: int) -> bytes:
+    return bytes([1, 0, PIO_SIZES.index(size)]) + struct.pack("<H", port)
+
+
+def mmio_w(which: int, size: int, off: int, value: int) -> bytes:
+    return bytes([2, which, MMIO_SIZES.index(size)]) + struct.pack("<IQ", off, value)
+
+
+def mmio_r(which: int, size: int, off: int) -> bytes:
+    return bytes([3, which, MMIO_SIZES.index(size)]) + struct.pack("<I", off)
+
+
+def mem_w(addr: int, data: bytes) -> bytes:
+    return bytes([5]) + struct.pack("<HB", addr >> 4, len(data)) + data
+
+
+def fw_cfg_dma(access_at: int) -> bytes:
+    """Start a fw_cfg DMA transfer of the FWCfgDmaAccess at `access_at` (as SeaBIOS does: outl to 0x518)."""
+    return pio_w(0x514, 4, 0) + pio_w(0x518, 4, int.from_bytes(access_at.to_bytes(4, "big"), "little"))
+
+
 def _seeds() -> list[bytes]:
-    def pio_w(port: int, size: int, value: int) -> bytes:
-        return bytes([0, 0, size]) + struct.pack("<HI", port, value)
-    fw_dma = struct.pack(">IIQ", (0x20 << 16) | 0x0A, 64, 0x8000)   # select+read 64 bytes to 0x8000
+    def cfg_w(slot: int, reg: int, value: int) -> bytes:
+        return pio_w(0xCF8, 4, 0x8000_0000 | slot << 11 | reg) + pio_w(0xCFC, 4, value)
+    vga_bars = cfg_w(VGA_SLOT, 0x10, BAR_FB) + cfg_w(VGA_SLOT, 0x18, BAR_MMIO) + cfg_w(VGA_SLOT, 0x04, 3)
+    fw_read = struct.pack(">IIQ", (0x20 << 16) | 0x0A, 64, 0x9000)     # select etc/e820, read 64 bytes to 0x9000
     return [
-        pio_w(0x20, 1, 0x11) + pio_w(0x21, 1, 0x08) + pio_w(0x21, 1, 0x04) + pio_w(0x21, 1, 0x01),
-        pio_w(0x3F8 + 3, 1, 0x80) + pio_w(0x3F8, 1, 1) + pio_w(0x3F8 + 3, 1, 3) + bytes([4, 2, 5]) + b"hello",
+        vga_bars + mmio_w(FB_W, 4, 0x100, 0xFFFF) + mmio_w(MMIO_W, 2, 0x500, 0x41) + mmio_r(MMIO_W, 2, 0x502),
+        cfg_w(0, 0x58, 0x33333330) + cfg_w(1, 0x60, 0x0B0A0905) + cfg_w(1, 0x68, 0x80) + cfg_w(0, 0x72, 0x0A),
+        pio_w(0x20, 1, 0x11) + pio_w(0x21, 1, 0x08) + pio_w(0x21, 1, 0x04) + pio_w(0x21, 1, 0x01)
+        + bytes([4, 0, 0x81]),
+        pio_w(0x3F8 + 3, 1, 0x80) + pio_w(0x3F8, 1, 1) + pio_w(0x3F8 + 3, 1, 3) + bytes([4, 3, 5]) + b"hello"
+        + pio_r(0x3F8, 1) + pio_r(0x3F8 + 5, 1),
         pio_w(0x43, 1, 0x34) + pio_w(0x40, 1, 0x9C) + pio_w(0x40, 1, 0x2E)
-        + pio_w(0x70, 1, 0x0B) + pio_w(0x71, 1, 0x52),
-        pio_w(0x64, 1, 0xD4) + pio_w(0x60, 1, 0xF4) + pio_w(0x64, 1, 0x20) + bytes([1, 0, 1]) + struct.pack("<H", 0x60),
-        pio_w(0x510, 2, 0x19) + bytes([1, 0, 1]) + struct.pack("<H", 0x511) * 4,
-        bytes([5]) + struct.pack("<HB", 0x800, 16) + fw_dma + pio_w(0x514, 4, 0) + pio_w(0x518, 4, 0x0080_0000),
+        + pio_w(0x70, 1, 0x0B) + pio_w(0x71, 1, 0x52) + pio_w(0x70, 1, 0x0C) + pio_r(0x71, 1),
+        pio_w(0x64, 1, 0xD4) + pio_w(0x60, 1, 0xF4) + pio_w(0x64, 1, 0x20) + pio_r(0x60, 1)
+        + bytes([4, 4, 0]) + b"\x1c" + bytes([4, 5, 3]) + struct.pack("<HH", 0x8010, 0x7FF0),
+        pio_w(0x510, 2, 0x19) + pio_r(0x511, 1) * 8,
+        mem_w(0x8000, fw_read) + fw_cfg_dma(0x8000),
         pio_w(0x1CE, 2, 4) + pio_w(0x1CF, 2, 0x41) + pio_w(0x3C4, 1, 2) + pio_w(0x3C5, 1, 0xF)
-        + bytes([2, 1, 4]) + struct.pack("<IQ", 0x100, 0x11223344),
-        bytes([2, 0, 4]) + struct.pack("<IQ", 0, 0x10) + bytes([2, 0, 4]) + struct.pack("<IQ", 0x10, 0x1234)
-        + bytes([4, 3, 5, 0]),
+        + mmio_w(WINDOW_W, 4, 0x100, 0x11223344) + mmio_r(WINDOW_W, 2, 0x100),
+        mmio_w(IOAPIC_W, 4, 0, 0x10) + mmio_w(IOAPIC_W, 4, 0x10, 0x1234) + mmio_r(IOAPIC_W, 4, 0x10)
+        + bytes([4, 1, 0x83, 4, 2, 0x34]),
     ]
 
 
 @target("platform", allowed=(), seeds=_seeds, max_len=2048)
 def fuzz_platform(data: bytes) -> None:
     """Register traffic (port and MMIO, every width), guest-memory writes and interrupt/input events."""
-    rig = Rig()
+    with untraced():
+        rig = Rig()
     p = Program(data)
     try:
         while p.more():
             op = p.u8() % 6
             if op in (0, 1):
-                idx, size = p.u8(), p.choice((1, 2, 4))
+                idx, size = p.u8(), p.choice(PIO_SIZES)
                 port = p.uint(2)
                 port = port if port in rig.pio._ports else rig.ports[(port + idx) % len(rig.ports)]
                 if op == 0:
@@ -105,9 +153,10 @@ def fuzz_platform(data: bytes) -> None:
                 else:
                     rig.pio.read(port, size)
             elif op in (2, 3):
-                which, size = p.u8(), p.choice((1, 2, 4, 8))
+                which, size = p.u8(), p.choice(MMIO_SIZES)
                 off = p.uint(4)
-                addr = IOAPIC + (off & 0x3FF) if which & 1 else VGA_WINDOW + off % 0x20000
+                addr = (IOAPIC + (off & 0x3FF), VGA_WINDOW + off % 0x20000, BAR_FB + off % (16 << 20),
+                        BAR_MMIO + off % 0x1000)[which % 4]
                 if op == 2:
                     rig.mmio.write(addr, size, p.uint(8) & ((1 << (8 * size)) - 1))
                 else:

@@ -5,13 +5,12 @@ a host file as its backing file (issue #18, defect 1)."""
 from __future__ import annotations
 
 import os
-import tempfile
 
 from core.storage import ImageError, create_image, open_image
 from core.storage.check import check_image
-from fuzz.harness import Allow, target
+from fuzz.harness import Allow, scratch_dir, target
 
-_dir = tempfile.mkdtemp(prefix="vireo-fuzz-qcow2-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+_dir = scratch_dir("qcow2")
 _path = os.path.join(_dir, "fuzz.qcow2")
 CS = 512
 

@@ -60,3 +60,41 @@ def test_a_bad_forward_in_a_definition_is_one_line(local_vireo: Vireo, tmp_path:
     path = local_vireo.write_definition(tmp_path, "badfwd", debian_kernel, busybox_initramfs,
                                         nics=[{"forwards": ["tcp:127.0.0.1:70000-:22"]}])
     one_error_line(local_vireo.cli("define", str(path)), 2, "nics[0]", "70000", "1..65535")
+
+
+def test_domifstat_and_setlink_on_a_running_vm(local_vireo: Vireo, tmp_path: Path, debian_kernel: Path,
+                                               busybox_initramfs: Path) -> None:
+    """A running guest that took a DHCP lease: domifstat counts the exchange; domif-setlink down on the running VM
+    saves the switch and the card reports it; the counters stop growing while the cable is out."""
+    import time
+    name = "ifstat"
+    path = local_vireo.write_definition(tmp_path, name, debian_kernel, busybox_initramfs,
+                                        nics=[{"mac": "52:54:00:aa:bb:31"}])
+    data = json.loads(path.read_text())
+    data["boot"]["cmdline"] = "console=ttyS0 quiet vireo.action=net"
+    data["accel"] = "software"
+    path.write_text(json.dumps(data))
+    local_vireo.ok("define", str(path))
+    one_error_line(local_vireo.cli("domifstat", name, "1"), 1, "not running")
+    local_vireo.ok("start", name)
+    try:
+        def stats() -> dict[str, int]:
+            lines = local_vireo.ok("domifstat", name, "52:54:00:aa:bb:31").splitlines()
+            assert lines[-1] == "" and all(line.startswith("52:54:00:aa:bb:31 ") for line in lines[:-1]), lines
+            return {line.split()[1]: int(line.split()[2]) for line in lines[:-1]}
+        deadline = time.monotonic() + 90
+        while (now := stats())["rx_packets"] < 2:          # udhcpc's offer and ack, at least
+            assert time.monotonic() < deadline, now
+            time.sleep(0.5)
+        assert list(now) == ["rx_bytes", "rx_packets", "rx_errs", "rx_drop", "tx_bytes", "tx_packets", "tx_errs",
+                             "tx_drop"]
+        assert now["rx_bytes"] > 300 and now["tx_packets"] >= 2
+        assert local_vireo.ok("domif-setlink", name, "1", "down") == "Device updated successfully\n"
+        assert json.loads(local_vireo.ok("dumpconfig", name))["nics"][0]["link"] is False
+        time.sleep(1)
+        before = stats()
+        time.sleep(2)
+        assert stats()["rx_bytes"] == before["rx_bytes"]      # no frame reaches the guest with the cable out
+    finally:
+        local_vireo.cli("destroy", name)
+    local_vireo.ok("undefine", name)

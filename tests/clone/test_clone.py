@@ -52,6 +52,7 @@ def test_a_full_clone_boots_and_leaves_the_original_alone(local_service: Service
                                                           busybox_initramfs: Path) -> None:
     host = local_service.connect()
     orig, image = _original(local_service, host, debian_kernel, busybox_initramfs)
+    host.snapshot_create(orig.uuid, "pristine", "before the clone")
     before = _sha(image)
     seen: list[tuple[int, int]] = []
     clone = host.clone(orig.uuid, "copy", progress=lambda done, total: seen.append((done, total)))
@@ -59,6 +60,7 @@ def test_a_full_clone_boots_and_leaves_the_original_alone(local_service: Service
     new_disk = Path(clone.config.disks[0].path)
     assert new_disk.parent == image.parent and new_disk != image and clone.config.disks[0].format == "qcow2"
     assert seen and seen[-1][0] == seen[-1][1] > 0, seen          # progress reached the whole copy
+    assert [(s.name, s.description) for s in host.snapshot_list(clone.uuid)] == [("pristine", "before the clone")]
     _boot_and_overwrite(host, clone.uuid)
     assert _sha(image) == before                                   # the original's file is byte for byte the same
     with open_image(str(new_disk), read_only=True) as dev:
@@ -75,13 +77,14 @@ def test_a_linked_clone_names_its_backing_file(local_service: ServiceSandbox, de
     assert disk.format == "qcow2" and Path(disk.path).parent == image.parent
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", disk.path], check=True,
                                      capture_output=True, text=True).stdout)
-    base = Path(info["backing-filename"])
+    base = Path(info["full-backing-filename"])
+    assert info["backing-filename"] == base.name         # named beside it: the pair can move as one (move.py)
     assert info["format"] == "qcow2" and base.is_file() and base != image
     assert info.get("backing-filename-format") == "raw"
     # The original reads the same base through its own overlay at its old path: the base is written by neither.
     mine = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(image)], check=True,
                                      capture_output=True, text=True).stdout)
-    assert mine["format"] == "qcow2" and Path(mine["backing-filename"]) == base
+    assert mine["format"] == "qcow2" and Path(mine["full-backing-filename"]) == base
     assert host.get(orig.uuid).config.disks[0].format == "qcow2"
     base_sum, orig_sum = _sha(base), _sha(image)
     _boot_and_overwrite(host, clone.uuid)
@@ -108,6 +111,10 @@ def test_a_clone_gets_a_new_uuid_and_mac_and_a_taken_name_is_refused(local_servi
         host.clone(orig.uuid, "NET2")
     assert "already exists" in str(err.value) and "\n" not in str(err.value)
     assert sorted(os.listdir(image.parent)) == files               # nothing left behind
+    with pytest.raises(HostError) as err:
+        host.clone(orig.uuid, "../escape")                         # a name is checked before it names files
+    assert "name '../escape'" in str(err.value)
+    assert sorted(os.listdir(image.parent)) == files and not (image.parent.parent / "escape.raw").exists()
 
 
 def test_a_running_vm_is_refused_with_one_line(local_service: ServiceSandbox) -> None:
@@ -149,3 +156,55 @@ def test_vireo_clone_on_the_command_line(local_service: ServiceSandbox) -> None:
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "already exists" in again.stderr
     missing = vireo("clone", "nosuch", "x")
     assert missing.returncode == 2 and "no VM named 'nosuch'" in missing.stderr
+
+
+def test_a_saved_vm_clones_and_both_run_on(local_service: ServiceSandbox) -> None:
+    """A VM with a managed save is cloned (full and linked): each clone boots afresh, and the original still
+    resumes from its save afterwards, its counter carrying on, even though a linked clone put its disk content
+    under an overlay."""
+    import re
+    import threading
+    import time
+
+    host = local_service.connect()
+    image = local_service.data_home / "vireo" / "images" / "saved.qcow2"
+    host.create_disk(str(image), 1 << 20, fmt="qcow2")
+    cfg = VmConfig(name="saved", memory_mib=32, accel="software", disks=[DiskConfig(str(image), "qcow2")])
+    cfg.boot.kernel = str(guest_path("counter"))
+    cfg.display.type = "none"
+    info = host.define(cfg)
+
+    def run(uuid: str, above: int, save: bool = False) -> list[int]:
+        """Start the VM, wait for its counter to pass `above` (then save it); the counters it printed."""
+        data, cond = bytearray(), threading.Condition()
+
+        def got(chunk: bytes) -> None:
+            with cond:
+                data.extend(chunk)
+                cond.notify_all()
+        host.subscribe_serial(uuid, got)
+        host.start(uuid)
+        deadline = time.monotonic() + 30
+        with cond:
+            while True:
+                seen = [int(n) for n in re.findall(rb"counter: (\d+)", bytes(data))]
+                if seen and seen[-1] > above:
+                    break
+                assert time.monotonic() < deadline, seen[-5:]
+                cond.wait(0.2)
+        if save:
+            host.save(uuid)
+            wait_state(host, uuid, VmState.SHUTOFF, 30)
+        host.unsubscribe_serial(uuid, got)
+        with cond:
+            return [int(n) for n in re.findall(rb"counter: (\d+)", bytes(data))]
+
+    last = run(info.uuid, 3, save=True)[-1]
+    for linked in (False, True):
+        clone = host.clone(info.uuid, f"saved-{'linked' if linked else 'full'}", linked=linked)
+        fresh = run(clone.uuid, 2)
+        assert fresh[0] == 1, fresh[:5]                            # booted afresh, not from the original's save
+        host.force_off(clone.uuid)
+    resumed = run(info.uuid, last + 2)
+    assert resumed[0] == last + 1, (last, resumed[:5])            # resumed from the save
+    host.force_off(info.uuid)

@@ -137,3 +137,26 @@ def test_bad_file_names_are_refused(dev):
         fw.add_file("x" * 56, b"")
     with pytest.raises(fc.FwCfgError):
         fw.add_item(fc.FILE_FIRST, b"")
+
+
+def test_a_huge_dma_read_allocates_nothing_on_the_host(dev):
+    """Found by the platform fuzz target (fuzz/corpus/platform/regress-fw-cfg-dma-length): the read length is the
+    guest's 32-bit field, and the zeros past the item's end were built as one host buffer before the range was
+    checked against RAM, so a single outl made the VM process allocate up to 4 GiB (MemoryError, or seconds of
+    the vCPU thread spent filling it). The range is checked first, and the zeros are written in place."""
+    import tracemalloc
+    fw, pio, memory = dev
+    key = fw.add_file("etc/data", b"x" * 16)
+    ctl = fc.DMA_CTL_SELECT | fc.DMA_CTL_READ | key << 16
+    tracemalloc.start()
+    try:
+        assert dma(pio, memory, ctl, 0xFFFF_FFF0, BUFFER) == fc.DMA_CTL_ERROR     # far past the end of RAM
+        assert dma(pio, memory, ctl, 256 << 20, 0) == fc.DMA_CTL_ERROR
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    # Inside RAM, past the end of the item, the rest is still zeros (as QEMU's dma_memory_set).
+    memory.write(BUFFER, b"\xAA" * 0x10000)
+    assert dma(pio, memory, ctl, 0x10000, BUFFER) == 0
+    assert memory.read(BUFFER, 0x10000) == b"x" * 16 + bytes(0x10000 - 16)

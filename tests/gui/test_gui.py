@@ -194,7 +194,7 @@ def test_vm_window_tabs_details_apply_and_revert(qtbot, app_parts) -> None:
     vm_window = window.vm_windows[cfg.uuid]
     qtbot.waitExposed(vm_window)
     assert [vm_window.tabs.tabText(i) for i in range(vm_window.tabs.count())] == \
-        ["Serial Console", "Details", "Performance"]
+        ["Serial Console", "Details", "Snapshots", "Performance"]
     assert "shut off" in vm_window.console.banner_text.text()
     details = vm_window.details
     assert [details.pages.item(i).text() for i in range(details.pages.count())] == \
@@ -212,7 +212,9 @@ def test_vm_window_tabs_details_apply_and_revert(qtbot, app_parts) -> None:
     qtbot.waitUntil(lambda: not details.apply_button.isEnabled())
     # A bad MAC is refused on the NIC page as it is typed, in one line, and keeps Apply disabled with the reason.
     nic = details.nic_page
-    nic.backend.setCurrentIndex(nic.backend.findData("user"))
+    assert not nic.mac.isEnabled() and "no network card" in nic.status.text()
+    nic.add_card.click()
+    assert nic.backend.currentData() == "user" and nic.mac.isEnabled() and details.apply_button.isEnabled()
     nic.mac.setText("zz:54:00:12:34:56")
     assert "MAC 'zz:54:00:12:34:56'" in nic.mac_error.text() and "\n" not in nic.mac_error.text()
     assert not details.apply_button.isEnabled() and "MAC" in details.apply_button.toolTip()

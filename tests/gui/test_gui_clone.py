@@ -68,7 +68,7 @@ def test_the_clone_dialog_makes_a_linked_clone(qtbot, app_parts, xdg) -> None:  
     disk = clone.config.disks[0].path
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", disk], check=True, capture_output=True,
                                      text=True).stdout)
-    assert info["format"] == "qcow2" and Path(info["backing-filename"]).parent == image.parent
+    assert info["format"] == "qcow2" and Path(info["full-backing-filename"]).parent == image.parent
     with open_image(disk, read_only=True) as dev:
         assert dev.read(0, 12) == b"GUI-ORIGINAL"
     assert window.selected() is not None and window.selected()[1] == clone.uuid

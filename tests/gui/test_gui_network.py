@@ -26,7 +26,7 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PyQt6.QtWidgets import QWizard  # noqa: E402
+from PyQt6.QtWidgets import QApplication, QWizard  # noqa: E402
 
 from core.config import BootConfig, ConfigStore, NicConfig, VmConfig  # noqa: E402
 from tests.gui.test_gui import app_parts, reload, vm_rows, xdg  # noqa: E402,F401,F811
@@ -49,6 +49,8 @@ def initrd(busybox_initramfs, tmp_path_factory) -> Path:
 
 def _shot(widget, name: str) -> None:
     if SHOTS:
+        for _ in range(3):          # the layout requests a text change posted are handled first
+            QApplication.processEvents()
         os.makedirs(SHOTS, exist_ok=True)
         widget.grab().save(os.path.join(SHOTS, f"{name}.png"))
 
@@ -120,6 +122,22 @@ def test_nic_page_forward_link_taken_port_graph_and_reconnect(qtbot, app_parts, 
     click(qtbot, page.add_forward)
     assert page.table.item(0, 0).text() == f"host 127.0.0.1:{port} \u2192 guest :80"
     assert page.table.item(0, 1).text() == "TCP"
+    # A UDP rule shows as such; selected and removed, it is gone.
+    page.proto.setCurrentIndex(page.proto.findData("udp"))
+    type_into(qtbot, page.host_port.lineEdit(), "5353")
+    type_into(qtbot, page.guest_port.lineEdit(), "53")
+    click(qtbot, page.add_forward)
+    assert (page.table.item(1, 0).text(), page.table.item(1, 1).text()) == \
+        ("udp host 127.0.0.1:5353 \u2192 guest :53", "UDP")
+    assert not page.remove_forward.isEnabled()                  # nothing selected yet
+    page.table.selectRow(1)
+    click(qtbot, page.remove_forward)
+    assert page.table.rowCount() == 1 and page.forwards() == [f"tcp:127.0.0.1:{port}-:80"]
+    # The same host port twice is refused on the page, in one line.
+    page.proto.setCurrentIndex(page.proto.findData("tcp"))
+    type_into(qtbot, page.host_port.lineEdit(), str(port))
+    click(qtbot, page.add_forward)
+    assert "forwarded twice" in page.forward_error.text() and page.table.rowCount() == 1
     # ... and a new MAC (the guest sees it once started).
     click(qtbot, page.new_mac)
     assert page.mac.text() != mac and re.fullmatch(r"52:54:00(:[0-9a-f]{2}){3}", page.mac.text())
@@ -282,12 +300,22 @@ def test_the_wizard_default_network_gets_a_dhcp_lease(qtbot, app_parts, debian_k
     time.sleep(0)
 
 
-def test_a_tap_card_set_on_the_page_and_its_error_in_one_line(qtbot, app_parts, debian_kernel, initrd):  # noqa: F811
-    """TAP with a bridge that does not exist: saved from the page; started, the status line says why the link is
-    down (no such bridge as root, CAP_NET_ADMIN otherwise), and the VM runs."""
+def test_a_second_card_on_tap_added_on_the_page_and_its_error_in_one_line(qtbot, app_parts, debian_kernel,  # noqa: F811
+                                                                           initrd):
+    """Add Card, TAP with a bridge that does not exist: saved from the page beside the first card; started, card
+    2's status line says why its link is down (no such bridge as root, CAP_NET_ADMIN otherwise) while card 1 is
+    up on passt, and the VM runs."""
     host, bridge, window = app_parts
     cfg = _vm(debian_kernel, initrd, "nettap", "vireo.action=shell", nics=[NicConfig()])
     vm_window, details, page = _open_page(qtbot, window, bridge, cfg)
+    first_mac = host.get(cfg.uuid).config.nics[0].mac
+    assert [page.card.itemText(i) for i in range(page.card.count())] == [f"1 \u00b7 {first_mac}"]
+    click(qtbot, page.add_card)
+    assert page.card.currentText() == "2 \u00b7 new card" and page.mac.text() == ""
+    type_into(qtbot, page.mac, first_mac)                  # card 1's address: refused on the page
+    assert "card 1's too" in page.mac_error.text() and not details.apply_button.isEnabled()
+    click(qtbot, page.new_mac)
+    assert page.mac_error.text() == "" and page.mac.text() != first_mac
     assert not page.tap_row.isVisible()
     page.backend.setCurrentIndex(page.backend.findData("tap"))
     assert page.tap_row.isVisible() and not page.forwards_box.isEnabled()
@@ -296,12 +324,23 @@ def test_a_tap_card_set_on_the_page_and_its_error_in_one_line(qtbot, app_parts, 
     type_into(qtbot, page.bridge_name, "nosuchbr9")
     assert page.mac_error.text() == "" and details.apply_button.isEnabled()
     click(qtbot, details.apply_button)
-    qtbot.waitUntil(lambda: host.get(cfg.uuid).config.nics[0].backend == "tap", timeout=STATE_MS)
-    card = host.get(cfg.uuid).config.nics[0]
-    assert (card.tap, card.bridge, card.forwards) == ("vtapgui9", "nosuchbr9", [])
+    qtbot.waitUntil(lambda: len(host.get(cfg.uuid).config.nics) == 2, timeout=STATE_MS)
+    first, card = host.get(cfg.uuid).config.nics
+    assert (first.backend, first.mac) == ("user", first_mac)
+    assert (card.backend, card.tap, card.bridge, card.forwards) == ("tap", "vtapgui9", "nosuchbr9", [])
+    assert card.mac.startswith("52:54:00:") and card.mac != first_mac
+    qtbot.waitUntil(lambda: page.card.count() == 2 and page.card.currentText() == f"2 \u00b7 {card.mac}")
     _start(qtbot, window, vm_window, cfg.uuid, "nettap")
     vm_window.show_tab("details")
     qtbot.waitUntil(lambda: "Link down: tap vtapgui9" in page.status.text(), timeout=STATE_MS)
     assert "bridge nosuchbr9 does not exist" in page.status.text() or "CAP_NET_ADMIN" in page.status.text()
+    assert not page.add_card.isEnabled() and not page.remove_card.isEnabled()
     _shot(details, "nic-page-tap-error")
+    page.card.setCurrentIndex(0)
+    qtbot.waitUntil(lambda: page.status.text().startswith("Link up: passt"), timeout=STATE_MS)
+    assert page.backend.currentData() == "user" and page.mac.text() == first_mac
     host.force_off(cfg.uuid)
+    qtbot.waitUntil(lambda: page.remove_card.isEnabled(), timeout=STATE_MS)
+    click(qtbot, page.remove_card)                       # card 1 goes; card 2 (TAP) is the only one
+    click(qtbot, details.apply_button)
+    qtbot.waitUntil(lambda: [n.tap for n in host.get(cfg.uuid).config.nics] == ["vtapgui9"], timeout=STATE_MS)

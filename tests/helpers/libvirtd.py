@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core.host.libvirt_loop import libvirt_module
@@ -64,12 +65,13 @@ class PrivateLibvirtd:
         self.initrd = dirs["HOME"] / "initramfs.cpio.gz"
         shutil.copyfile(kernel, self.kernel)
         shutil.copyfile(initrd, self.initrd)
-        as_user: list[str] = []
+        # A test process that dies without its teardown (a crash) takes the daemon with it.
+        as_user = ["setpriv", "--pdeathsig=TERM"]
         if os.geteuid() == 0:
             nobody = pwd.getpwnam("nobody")
             for path in [self.root, *self.root.rglob("*")]:
                 os.chown(path, nobody.pw_uid, nobody.pw_gid)
-            as_user = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+            as_user += [f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **{k: str(v) for k, v in dirs.items()}}
         self.log = self.root / "libvirtd.log"
         with open(self.log, "wb") as log:
@@ -137,3 +139,37 @@ class PrivateLibvirtd:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+STDVGA_ROM = Path("/usr/share/seabios/vgabios-stdvga.bin")      # QEMU's VGA BIOS for <model type='vga'/>
+_LETTER_A = bytes.fromhex("000010386cc6c6fec6c6c6c600000000")    # 'A' in the IBM VGA 8x16 font
+
+
+def vga_bios_glyphs() -> dict[bytes, str]:
+    """The 8x16 text font of the domain's VGA BIOS (SeaVGABIOS, Debian's seabios), which the guest's text console
+    draws with: cell bitmap (16x8 bools, as bytes) -> character. Found by its letter A, the table starting 0x41
+    glyphs before it."""
+    rom = STDVGA_ROM.read_bytes()
+    at = rom.find(_LETTER_A)
+    assert at >= 0x41 * 16, f"no 8x16 font in {STDVGA_ROM}"
+    base = at - 0x41 * 16
+    glyphs = {}
+    for code in range(0x21, 0x7F):
+        rows = np.frombuffer(rom[base + code * 16:base + code * 16 + 16], np.uint8)
+        glyphs[np.unpackbits(rows[:, None], axis=1).astype(bool).tobytes()] = chr(code)
+    return glyphs
+
+
+def text_lines(frame, glyphs: dict[bytes, str]) -> list[str]:
+    """The text of a 720x400 text-mode frame as QEMU's VGA shows it through VNC (9x16 cells; any non-black pixel
+    is ink, whatever the palette's exact grey); an unknown cell reads as '?'."""
+    assert (frame.width, frame.height) == (720, 400), (frame.width, frame.height)
+    ink = (frame.pixels & np.uint32(0xFFFFFF)) != 0
+    lines = []
+    for row in range(25):
+        chars = []
+        for col in range(80):
+            cell = ink[row * 16:(row + 1) * 16, col * 9:col * 9 + 8]
+            chars.append(" " if not cell.any() else glyphs.get(np.ascontiguousarray(cell).tobytes(), "?"))
+        lines.append("".join(chars).rstrip())
+    return lines

@@ -60,6 +60,7 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
     (dict(nics=[NicConfig(forwards=["tcp:2222:22"])]), "nics[0]"),
     (dict(nics=[NicConfig(backend="tap")]), "nics[0] tap ''"),
     (dict(nics=[NicConfig(backend="slirp")]), "nics[0] backend 'slirp'"),
+    (dict(nics=[NicConfig(mac="52:54:00:12:34:56"), NicConfig(mac="52:54:00:12:34:56")]), "nics[1].mac"),
     (dict(disks=[DiskConfig(path="/a.img", bus="scsi")]), "disks[0].bus 'scsi': use one of virtio, ide"),
     (dict(cdroms=[CdromConfig("isos/debian.iso")]), "cdroms[0].path 'isos/debian.iso' is a relative path"),
     (dict(cdroms=[CdromConfig("/a.img")], disks=[DiskConfig(path="/a.img")]), "cdroms[0].path /a.img is also "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers.libvirtd import PrivateLibvirtd, require_libvirt
+from tests.helpers.service import local_service  # noqa: F401  (the GUI tests: the manager is its client)
 
 
 @pytest.fixture(scope="session")

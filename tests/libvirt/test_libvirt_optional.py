@@ -27,3 +27,25 @@ def test_missing_binding_says_how_to_install_it(monkeypatch):
 ])
 def test_uri_kinds(uri, libvirt):
     assert is_libvirt_uri(uri) is libvirt
+
+
+@pytest.mark.parametrize("graphics, uri_host, spec, shown", [
+    ("<graphics type='vnc' port='5901' autoport='yes' listen='127.0.0.1'/>", "", "127.0.0.1:1",
+     "vnc://127.0.0.1:5901"),
+    ("<graphics type='vnc' port='5905'><listen type='address' address='192.168.1.9'/></graphics>", "", "192.168.1.9:5",
+     "vnc://192.168.1.9:5905"),
+    ("<graphics type='vnc' port='5900' listen='0.0.0.0'/>", "kvm1.example", "kvm1.example:0", "vnc://kvm1.example:5900"),
+    ("<graphics type='vnc' port='5900' listen='0.0.0.0'/>", "", "127.0.0.1:0", "vnc://127.0.0.1:5900"),
+    ("<graphics type='vnc' socket='/run/user/1000/vnc.sock'/>", "", "unix:/run/user/1000/vnc.sock",
+     "vnc+unix:///run/user/1000/vnc.sock"),
+    ("<graphics type='vnc' port='-1' autoport='yes'/>", "", "", ""),       # defined, not running: no port yet
+    ("<graphics type='spice' port='5930'/>", "", "", ""),
+])
+def test_vnc_address_from_domain_xml(graphics, uri_host, spec, shown):
+    import xml.etree.ElementTree as ET
+
+    from core.host.libvirt_host import display_uri, vnc_spec
+    xml = ET.fromstring(f"<domain><devices>{graphics}</devices></domain>")
+    assert vnc_spec(xml, uri_host) == spec
+    if spec:
+        assert display_uri(spec) == shown

@@ -416,8 +416,9 @@ class DetailsEditor(QWidget):
         self.cdrom_page.set_active(active)
         self.nic_page.set_active(active)
         self.state_label.setText(info.state.label + (f" — {info.reason}" if info.reason else ""))
-        self.lock_note.setText("Shut the VM down to change its hardware. Name, notes and autostart change now; "
-                               "CD-ROM discs and the boot order at the next start." if active else "")
+        self.lock_note.setText("Shut the VM down to change its hardware. Name, notes, autostart, the network link "
+                               "and port forwards change now; CD-ROM discs and the boot order at the next start."
+                               if active else "")
 
     def apply(self) -> None:
         cfg = self.edited()

@@ -1,8 +1,8 @@
 """Details ▸ Network: the VM's network card (issue 13; core/net/nic.py, docs/network.md).
 
 - Model (virtio-net), MAC (kept in the definition, editable while the VM is shut off, checked as typed: six
-  lower-case hex pairs, not a multicast address), backend: user-mode NAT through passt, a TAP interface (and
-  optionally a bridge to add it to), or no network card.
+  lower-case hex pairs, not a multicast address), backend: user-mode NAT through passt, or a TAP interface (and
+  optionally a bridge to add it to).
 - The link switch: on a shut-off VM saved with Apply; on a running one it acts at once (the guest's carrier goes
   down or up, core/vmproc/net_control.py) and is saved too.
 - Reconnect restarts the card's backend (passt) of a running VM; the status line says whether the backend lives,
@@ -12,14 +12,14 @@
   restarting with them; one whose host port is taken is refused with passt's line naming the port, in red under
   the table.
 
-The page edits the VM's first card; a definition with more cards keeps the others as they are (dumpconfig and
-define edit them)."""
+**Card** chooses which of the VM's cards the form shows; Add Card and Remove Card change how many it has (shut
+off). No card at all is a VM without network."""
 from __future__ import annotations
 
 import os
 import re
 
-from PyQt6.QtCore import Qt, QTimer, pyqtSignal
+from PyQt6.QtCore import QRect, Qt, QTimer, pyqtSignal
 from PyQt6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -45,7 +45,8 @@ from app.host_bridge import HostBridge
 from core.config import NicConfig, VmConfig
 from core.host import VmInfo
 
-BACKENDS = (("user", "User-mode NAT (passt)"), ("tap", "TAP interface"), ("none", "No network card"))
+BACKENDS = (("user", "User-mode NAT (passt)"), ("tap", "TAP interface"))
+MAX_CARDS = 8
 STATUS_MS = 1000
 RED = "#b3261e"
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
@@ -61,9 +62,17 @@ class WrapLabel(QLabel):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
     def _fit(self) -> None:
-        height = self.heightForWidth(max(self.width(), 50))
-        if height > 0 and height != self.minimumHeight():
-            self.setMinimumHeight(height)
+        # Exactly the lines' height at this width, measured on the text without its markup: a wrapped label's own
+        # hint guesses a narrower width, and so more lines, which the form would show as a gap.
+        width = self.contentsRect().width()
+        if width <= 0:
+            return
+        plain = re.sub(r"<[^>]+>", "", self.text())
+        lines = self.fontMetrics().boundingRect(QRect(0, 0, width, 1 << 20), Qt.TextFlag.TextWordWrap, plain)
+        margins = self.contentsMargins()
+        height = max(lines.height(), self.fontMetrics().lineSpacing()) + margins.top() + margins.bottom()
+        if height != self.minimumHeight() or height != self.maximumHeight():
+            self.setFixedHeight(height)
 
     def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
         super().setText(text)
@@ -120,8 +129,8 @@ class NicPage(QWidget):
         self.bridge, self.uuid = bridge, uuid
         self.active = False
         self._loading = False
-        self._extra: list[NicConfig] = []      # cards after the first, kept as they are
-        self._card = NicConfig()
+        self.cards: list[NicConfig] = []       # the cards as edited; the form shows cards[self.index]
+        self.index = 0
         # In a scroll area: the forward table and the lines under it need more height than a small window has.
         inner = QWidget()
         self.scroll = scroll = QScrollArea(self)
@@ -136,6 +145,18 @@ class NicPage(QWidget):
         self.form = form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
         outer.addLayout(form)
+
+        card_row = QHBoxLayout()
+        self.card = QComboBox(self)
+        self.card.setObjectName("nicCard")
+        self.add_card = QPushButton("Add Card", self)
+        self.add_card.setObjectName("nicAddCard")
+        self.remove_card = QPushButton("Remove Card", self)
+        self.remove_card.setObjectName("nicRemoveCard")
+        card_row.addWidget(self.card, 1)
+        card_row.addWidget(self.add_card)
+        card_row.addWidget(self.remove_card)
+        form.addRow("Card:", card_row)
 
         self.backend = QComboBox(self)
         self.backend.setObjectName("nicBackend")
@@ -244,6 +265,9 @@ class NicPage(QWidget):
         outer.addWidget(self.forwards_box)
         outer.addStretch(1)
 
+        self.card.currentIndexChanged.connect(self._card_chosen)
+        self.add_card.clicked.connect(self._add_card)
+        self.remove_card.clicked.connect(self._remove_card)
         self.backend.currentIndexChanged.connect(self._backend_changed)
         for edit in (self.tap, self.bridge_name, self.mac):
             edit.textChanged.connect(self._edited)
@@ -273,14 +297,29 @@ class NicPage(QWidget):
 
     # -- the definition ----------------------------------------------------------------------------------------
     def load(self, cfg: VmConfig) -> None:
-        """Show the definition's first card (or no card)."""
+        """Show the definition's cards (the one shown before stays shown)."""
+        self.cards = [NicConfig(**{**vars(n), "forwards": list(n.forwards)}) for n in cfg.nics]
+        self.index = min(self.index, max(0, len(self.cards) - 1))
+        self._fill_cards()
+
+    def _fill_cards(self) -> None:
         self._loading = True
         try:
-            card = cfg.nics[0] if cfg.nics else NicConfig()
-            self._card = NicConfig(**vars(card))
-            self._card.forwards = list(card.forwards)
-            self._extra = [NicConfig(**vars(n)) for n in cfg.nics[1:]]
-            self.backend.setCurrentIndex(self.backend.findData(card.backend if cfg.nics else "none"))
+            self.card.clear()
+            for i, nic in enumerate(self.cards):
+                self.card.addItem(f"{i + 1} \u00b7 {nic.mac or 'new card'}")
+            if not self.cards:
+                self.card.addItem("none")
+            self.card.setCurrentIndex(self.index)
+        finally:
+            self._loading = False
+        self._show_card()
+
+    def _show_card(self) -> None:
+        card = self.cards[self.index] if self.cards else NicConfig()
+        self._loading = True
+        try:
+            self.backend.setCurrentIndex(max(0, self.backend.findData(card.backend)))
             self.tap.setText(card.tap)
             self.bridge_name.setText(card.bridge)
             self.model.setCurrentIndex(max(0, self.model.findData(card.model)))
@@ -288,31 +327,63 @@ class NicPage(QWidget):
             self.link.setChecked(card.link)
             self._forward_rows(card.forwards)
             self._line(self.forward_error, "")
+            self._line(self.mac_error, self.problem())
         finally:
             self._loading = False
         self._update_enabled()
         self._show_status()
 
+    def _store(self) -> None:
+        """The form's fields into the card shown."""
+        if not self.cards or self._loading:
+            return
+        kind = self.backend.currentData()
+        self.cards[self.index] = NicConfig(
+            backend=kind, model=self.model.currentData(), mac=self.mac.text().strip().lower(),
+            forwards=self.forwards() if kind == "user" else [], link=self.link.isChecked(),
+            tap=self.tap.text().strip() if kind == "tap" else "",
+            bridge=self.bridge_name.text().strip() if kind == "tap" else "")
+
+    def _card_chosen(self, index: int) -> None:
+        if self._loading or not self.cards or index < 0:
+            return
+        self._store()
+        self.index = index
+        self._status = None
+        self._show_card()
+        self.poll_status()
+
+    def _add_card(self) -> None:
+        self._store()
+        self.cards.append(NicConfig())
+        self.index = len(self.cards) - 1
+        self._fill_cards()
+        self.changed.emit()
+
+    def _remove_card(self) -> None:
+        if self.cards:
+            del self.cards[self.index]
+            self.index = max(0, self.index - 1)
+            self._fill_cards()
+            self.changed.emit()
+
     def forwards(self) -> list[str]:
         return [self.table.item(i, 0).data(Qt.ItemDataRole.UserRole) for i in range(self.table.rowCount())]
 
     def apply_to(self, cfg: VmConfig) -> None:
-        """Put the page's card into `cfg` (the form's edits, not yet validated)."""
-        kind = self.backend.currentData()
-        if kind == "none":
-            cfg.nics = []
-            return
-        card = NicConfig(backend=kind, model=self.model.currentData(), mac=self.mac.text().strip().lower(),
-                         forwards=self.forwards() if kind == "user" else [], link=self.link.isChecked(),
-                         tap=self.tap.text().strip() if kind == "tap" else "",
-                         bridge=self.bridge_name.text().strip() if kind == "tap" else "")
-        cfg.nics = [card] + [NicConfig(**vars(n)) for n in self._extra]
+        """Put the page's cards into `cfg` (the form's edits, not yet validated)."""
+        self._store()
+        cfg.nics = [NicConfig(**{**vars(n), "forwards": list(n.forwards)}) for n in self.cards]
 
     def problem(self) -> str:
-        """What keeps Apply disabled: a bad MAC or TAP name (also shown in red by the field)."""
-        if self.backend.currentData() == "none":
+        """What keeps Apply disabled: a bad MAC or TAP name on the card shown (also in red by the field)."""
+        if not self.cards:
             return ""
-        problem = mac_problem(self.mac.text().strip().lower())
+        mac = self.mac.text().strip().lower()
+        problem = mac_problem(mac)
+        twin = next((i for i, n in enumerate(self.cards) if i != self.index and mac and n.mac == mac), None)
+        if not problem and twin is not None:
+            problem = f"MAC {mac} is card {twin + 1}'s too: give each card its own (New Address)"
         if not problem and self.backend.currentData() == "tap":
             try:
                 NicConfig(backend="tap", tap=self.tap.text().strip(),
@@ -342,16 +413,18 @@ class NicPage(QWidget):
     def _edited(self) -> None:
         self._line(self.mac_error, self.problem())
         if not self._loading:
+            self._store()
             self.changed.emit()
 
     def _update_enabled(self) -> None:
-        kind = self.backend.currentData()
-        card = kind != "none"
+        card = bool(self.cards)
+        kind = self.backend.currentData() if card else ""
         self.tap_row.setVisible(kind == "tap")
-        for w in (self.backend, self.tap, self.bridge_name, self.model, self.mac, self.new_mac):
-            w.setEnabled(not self.active)
-        for w in (self.model, self.mac, self.new_mac, self.link):
+        for w in (self.backend, self.tap, self.bridge_name, self.model, self.mac, self.new_mac, self.link):
             w.setEnabled(card and (w is self.link or not self.active))
+        self.card.setEnabled(card)
+        self.add_card.setEnabled(not self.active and len(self.cards) < MAX_CARDS)
+        self.remove_card.setEnabled(not self.active and card)
         user = kind == "user"
         self.forwards_box.setEnabled(user)
         self.remove_forward.setEnabled(user and self.table.currentRow() >= 0)
@@ -399,6 +472,7 @@ class NicPage(QWidget):
         self._line(self.forward_error, "")
         if not self.active:
             self._forward_rows(rules)
+            self._store()
             self.changed.emit()
             return
         self._live("Changing the port forwards", forwards=rules)
@@ -407,6 +481,7 @@ class NicPage(QWidget):
         if self._loading:
             return
         if not self.active:
+            self._store()
             self.changed.emit()
             return
         self._live("Switching the link " + ("up" if up else "down"), link=up)
@@ -414,7 +489,7 @@ class NicPage(QWidget):
     def _live(self, what: str, **change: object) -> None:
         """A running VM's card changed at once and saved (Host.net_set); a refusal (a port passt cannot bind)
         shows as one line under the table, and the page goes back to what the VM has."""
-        host, uuid = self.bridge.host, self.uuid
+        host, uuid, index = self.bridge.host, self.uuid, self.index
         self.forwards_box.setEnabled(False)
         self.link.setEnabled(False)
 
@@ -430,10 +505,10 @@ class NicPage(QWidget):
             self._line(self.forward_error, message)
             self.poll_status()
 
-        self.bridge.call(what, lambda: host.net_set(uuid, 0, **change), done, failed)
+        self.bridge.call(what, lambda: host.net_set(uuid, index, **change), done, failed)
 
     def _reconnect(self) -> None:
-        host, uuid = self.bridge.host, self.uuid
+        host, uuid, index = self.bridge.host, self.uuid, self.index
         self.reconnect.setEnabled(False)
         self.status.setText("Reconnecting…")
 
@@ -442,7 +517,7 @@ class NicPage(QWidget):
             self._update_enabled()
             self.poll_status()
 
-        self.bridge.call("Reconnecting the network card", lambda: host.net_reconnect(uuid, 0),
+        self.bridge.call("Reconnecting the network card", lambda: host.net_reconnect(uuid, index),
                          lambda _: finished(), finished)
 
     # -- status of a running VM's card ------------------------------------------------------------------------
@@ -464,7 +539,7 @@ class NicPage(QWidget):
 
         def done(cards: list[dict]) -> None:
             self._polling = False
-            self._status = cards[0] if cards else None
+            self._status = cards[self.index] if self.index < len(cards) else None
             self._show_status()
 
         def failed(message: str) -> None:
@@ -475,11 +550,10 @@ class NicPage(QWidget):
         self.bridge.call("Reading the network card's status", lambda: host.net_status(uuid), done, failed)
 
     def _show_status(self) -> None:
-        kind = self.backend.currentData()
         status = self._status
         self._line(self.traffic, "")
-        if kind == "none":
-            self.status.setText("The VM has no network card.")
+        if not self.cards:
+            self.status.setText("The VM has no network card: Add Card gives it one.")
         elif not self.active or status is None:
             self.status.setText("Not running." if not self.active else "Reading…")
         elif "error" in status:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable
 
 from core.devices.virtio.pci import Handoff, VirtioDevice
@@ -43,6 +44,7 @@ HDR_LEN = 12                  # struct virtio_net_hdr with num_buffers (VERSION_
 RX, TX = 0, 1
 TX_BATCH = 64                 # frames taken per pass of the transmit ring before they are sent
 MIN_MTU = 68
+RX_BACKLOG_BYTES = 16 << 20   # frames held for the driver while it has no receive buffers (RxBacklog)
 
 Connect = Callable[[], NetBackend]
 LinkListener = Callable[[bool, str], None]
@@ -87,6 +89,41 @@ def inet_checksum(data: bytes | bytearray | memoryview) -> int:
     return ~total & 0xFFFF
 
 
+class RxBacklog:
+    """Frames read from the backend that the ring had no room for yet, oldest first, up to RX_BACKLOG_BYTES (the
+    reader then waits, and the backend's own buffer fills: passt stops reading the host socket only when its
+    writes to ours fail, so the bound is set well above a guest TCP window)."""
+
+    def __init__(self, limit: int = 0) -> None:
+        self.frames: deque[bytes] = deque()
+        self.limit = limit or RX_BACKLOG_BYTES
+        self._bytes = 0
+        self._closed = False
+        self._room = threading.Condition(threading.Lock())
+
+    def put(self, frame: bytes) -> bool:
+        """Append (waiting while full); False once closed."""
+        with self._room:
+            while self._bytes >= self.limit and not self._closed:
+                self._room.wait()
+            if self._closed:
+                return False
+            self.frames.append(frame)
+            self._bytes += len(frame)
+            return True
+
+    def pop(self) -> None:
+        """Drop the oldest frame (it was delivered)."""
+        with self._room:
+            self._bytes -= len(self.frames.popleft())
+            self._room.notify()
+
+    def close(self) -> None:
+        with self._room:
+            self._closed = True
+            self._room.notify_all()
+
+
 class VirtioNet(VirtioDevice):
     device_id = 1
     pci_class = 0x020000          # network controller, Ethernet
@@ -116,7 +153,9 @@ class VirtioNet(VirtioDevice):
         self._rx_kick = Wakeup()                    # the driver added receive buffers (or the state changed)
         self._tx_kick = Wakeup()                    # the driver added frames to send
         self._stopping = False
-        self._rx_thread: threading.Thread | None = None
+        self._rx_threads: list[threading.Thread] = []     # the backend's reader and the backlog's drain
+        self._backlog: RxBacklog | None = None
+        self._rx_order = threading.Lock()           # one thread at a time puts frames in the ring, in order
         self._tx_thread: threading.Thread | None = None
 
     # -- what the driver sees ---------------------------------------------------------------------------------
@@ -160,9 +199,12 @@ class VirtioNet(VirtioDevice):
                 self._set_link(False, str(exc))
                 return False
             self.backend = backend
-            self._rx_thread = threading.Thread(target=self._rx_loop, args=(backend,), name=f"{self.name}-rx",
-                                               daemon=True)
-            self._rx_thread.start()
+            backlog = self._backlog = RxBacklog()
+            self._rx_threads = [threading.Thread(target=loop, args=(backend, backlog), name=f"{self.name}-{what}",
+                                                 daemon=True)
+                                for loop, what in ((self._rx_loop, "rx"), (self._drain_loop, "rx-drain"))]
+            for thread in self._rx_threads:
+                thread.start()
             self._set_link(True, backend.description)
             return True
 
@@ -170,10 +212,13 @@ class VirtioNet(VirtioDevice):
         backend, self.backend = self.backend, None
         if backend is not None:
             backend.close()
-        thread, self._rx_thread = self._rx_thread, None
+        threads, self._rx_threads = self._rx_threads, []
+        if self._backlog is not None:
+            self._backlog.close()
         self._rx_kick.wake()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(5)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(5)
 
     def stop(self) -> None:
         """The machine is going away: stop both threads and close the backend."""
@@ -225,22 +270,40 @@ class VirtioNet(VirtioDevice):
             self._backend_lock.release()
 
     # -- receive ----------------------------------------------------------------------------------------------
-    def _rx_loop(self, backend: NetBackend) -> None:
+    def _rx_loop(self, backend: NetBackend, backlog: RxBacklog) -> None:
+        """The reader: frames from the backend straight into the ring while nothing is waiting; when the driver
+        has no buffers, into the backlog (in order) for the drain thread, and on reading. Reading on keeps the
+        backend's socket drained: passt, finding it full, drops the frame and its TCP connection stalls until
+        passt's retransmission timer (about a second) fires; a TAP queue drops frames the same way."""
         try:
             while (frame := backend.recv_frame()) is not None:
-                while True:
-                    seen = self._rx_kick.mark()  # before the look at the ring: a notify after it is not lost
-                    if self.backend is not backend or self._deliver(frame):
-                        break
-                    # No receive buffers: wait for the driver to add some (its notify, activate, a reset,
-                    # the link switch, a disconnect all wake this).
-                    self._rx_kick.wait_past(seen)
                 if self.backend is not backend:
                     return
+                with self._rx_order:
+                    if not backlog.frames and self._deliver(frame):
+                        continue
+                if not backlog.put(frame):
+                    return                               # disconnected while waiting for room
+                self._rx_kick.wake()                     # the drain thread looks again (buffers may be there now)
         except Exception as exc:                # a device-model bug stops this card, not the VM
             log.exception("%s: receive failed", self.name)
             self._fail(f"device model failed: {type(exc).__name__}: {exc}")
         self._backend_ended(backend)
+
+    def _drain_loop(self, backend: NetBackend, backlog: RxBacklog) -> None:
+        """The drain thread: moves backlogged frames into the ring as the driver adds buffers."""
+        try:
+            while self.backend is backend:
+                seen = self._rx_kick.mark()      # before the look at the ring: a notify after it is not lost
+                with self._rx_order:
+                    while backlog.frames and self._deliver(backlog.frames[0]):
+                        backlog.pop()
+                # Nothing backlogged, or no receive buffers: wait for a frame or the driver's notify (activate,
+                # a reset, the link switch and a disconnect wake this too).
+                self._rx_kick.wait_past(seen)
+        except Exception as exc:
+            log.exception("%s: receive failed", self.name)
+            self._fail(f"device model failed: {type(exc).__name__}: {exc}")
 
     def _fail(self, why: str) -> None:
         if self.transport is not None:
@@ -302,7 +365,8 @@ class VirtioNet(VirtioDevice):
                 piece = data[pos:pos + n]
                 memory.write(gpa, piece)
                 pos += len(piece)
-            q.push(chain, pos - start)
+            q.push(chain, pos - start, publish=False)
+        q.publish()                       # all of the frame's buffers at once: num_buffers must be there to read
         del held[:used]
         self.stats["rx_packets"] += 1
         self.stats["rx_bytes"] += len(frame)

@@ -135,11 +135,20 @@ class Virtqueue:
             i = nxt
 
     # -- used ring ----------------------------------------------------------------------------------------
-    def push(self, chain: DescriptorChain, written: int) -> None:
-        """Return a chain to the driver, saying how many bytes the device wrote into its writable part."""
+    def push(self, chain: DescriptorChain, written: int, publish: bool = True) -> None:
+        """Return a chain to the driver, saying how many bytes the device wrote into its writable part. With
+        publish=False the used index is not moved yet: entries that belong together (virtio-net's mergeable
+        buffers of one frame) must appear to the driver at once, by publish() after the last (2.7.8.2: the
+        driver reads an entry as soon as the index covers it, and a frame announced over num_buffers entries of
+        which some are not yet visible is a length error it drops)."""
         slot = self.used_idx % self.size
         self.memory.write(self.used_addr + 4 + 8 * slot, struct.pack("<II", chain.head, written))
         self.used_idx = (self.used_idx + 1) & 0xFFFF
+        if publish:
+            self.publish()
+
+    def publish(self) -> None:
+        """Make every entry pushed so far visible to the driver (the used ring's idx)."""
         self.memory.write_u16(self.used_addr + 2, self.used_idx)
 
     def needs_interrupt(self, old_used: int) -> bool:
