@@ -191,7 +191,7 @@ class Board:
                        firmware_image: bytes) -> None:
         assert self.accel is not None
         line = lambda gsi: IrqLine(self.interrupts, gsi)  # noqa: E731
-        self.serial = Uart16550(line(platform.COM1_IRQ), serial_output)
+        self.serial = Uart16550(line(platform.COM1_IRQ), serial_output, timers=self.timers)
         self.rtc = CmosRtc(line(platform.RTC_IRQ), self.timers, self.memory.size, cpus=config.cpus)
         self.i8042 = I8042(request_reset, line(platform.I8042_KBD_IRQ), line(platform.I8042_MOUSE_IRQ),
                            timers=self.timers)

@@ -11,10 +11,24 @@ loopback), so THRE and TEMT are set again as soon as the write returns. The THRE
 ETBEI bit goes 0 -> 1 while THR is empty; Linux's 8250 driver checks for exactly that at start-up (UART_BUG_THRE)
 and Windows relies on it too.
 
-Host input (`receive`) waits in a bounded host-side queue and moves into the receive FIFO as the guest drains it,
-the way a host with hardware flow control would hold back a sender, so pasted text is not lost. The character
-timeout interrupt (IIR 0x0C) fires when the FIFO holds fewer bytes than the trigger level and no more bytes are on
-their way from the host: the line is idle, which is what four character times of silence mean on real hardware.
+Host input (`receive`) waits in a bounded host-side queue and reaches the receive FIFO a FIFO at a time, paced
+like a line: a batch (up to 16 characters) goes into an empty FIFO once its characters would have arrived at the
+programmed rate (start, data, parity and stop bits at the divisor's baud rate, but never slower than 115200 baud:
+Linux leaves `console=ttyS0` at 9600, where a 128 KiB paste would take two minutes). After the guest empties the
+FIFO, the next batch waits until it has read IIR and seen no interrupt pending (its interrupt handler is
+leaving), or 20 ms for a guest that polls. While the FIFO is full the host holds the rest back, the way a sender
+with hardware flow control would, so pasted text is not lost; it honours RTS the same way once the guest has
+raised it (Linux drops RTS to throttle a `crtscts` port whose line discipline is full; a guest that never drives
+RTS, such as a boot loader polling the port, is sent to anyway).
+
+Why (issue 18, defect 12): a FIFO refilled on every read never empties, so IRQ 4 never drops; Linux's 8250
+interrupt handler loops while IIR shows an interrupt and gives up after 512 passes, and, the edge-triggered ISA
+line never rising again, ttyS0 went silent for good after a paste of 128 KiB. Pacing by host time alone is not
+enough for a guest on the software CPU of a busy host, slower than any line: every handler pass would find a new
+batch. Waiting for the guest's "no interrupt" guarantees each handler call ends after one batch, and each batch
+raises a new edge. The character timeout interrupt (IIR 0x0C) fires whenever the FIFO holds fewer bytes than the
+trigger level, since nothing more arrives into a non-empty FIFO: the line is idle, which is what four character
+times of silence mean on real hardware.
 """
 from __future__ import annotations
 
@@ -26,9 +40,12 @@ from core.bus import PortIoBus
 from core.irq import IrqLine
 from core.platform import COM1_PORT
 from core.state import fields as f
+from core.timers import TimerQueue, now_ns
 
 FIFO_SIZE = 16
 HOST_QUEUE_LIMIT = 1 << 20     # bytes of host input held back while the guest is not reading
+MIN_RX_BAUD = 115200           # host input never arrives slower than this, whatever divisor the guest programmed
+GATE_FALLBACK_NS = 20_000_000  # a guest that never reads IIR (polling) gets the next batch after 20 ms anyway
 
 # Register offsets.
 RBR = THR = DLL = 0
@@ -72,12 +89,20 @@ class Uart16550:
     call back into this UART.
     """
 
-    def __init__(self, irq: IrqLine, on_output: Callable[[bytes], None], base: int = COM1_PORT) -> None:
+    def __init__(self, irq: IrqLine, on_output: Callable[[bytes], None], base: int = COM1_PORT,
+                 timers: TimerQueue | None = None) -> None:
         self.irq = irq
         self.on_output = on_output
         self.base = base
         self._lock = threading.Lock()
         self._host_queue: deque[int] = deque()
+        # The machine's timer thread paces host input; a UART built alone (unit tests) gets its own on first input.
+        self._timers = timers
+        self._rx_timer = timers.timer(self._on_rx_timer) if timers is not None else None
+        self._rx_clock = 0           # host-monotonic ns at which the line is free for the next batch
+        self._rx_gate_open = True    # the guest acknowledged the last batch (see _rx_drained)
+        self._rx_gate_deadline = 0
+        self._rts_seen = False       # the guest has raised RTS since reset: from then on RTS low holds input back
         self.dropped_input = 0       # host bytes discarded because the host-side queue was full
         self.overruns = 0            # receiver overruns (only possible in loopback, where the guest feeds itself)
         self._reset_registers()
@@ -90,6 +115,8 @@ class Uart16550:
     def reset(self) -> None:
         with self._lock:
             self._host_queue.clear()
+            if self._rx_timer is not None:
+                self._rx_timer.cancel()
             self._reset_registers()
             self._update_irq()
 
@@ -105,6 +132,8 @@ class Uart16550:
         self.dll, self.dlm = 12, 0
         self.fcr = 0
         self.rx_fifo: deque[tuple[int, int]] = deque()   # (byte, error bits that came with it)
+        self._rts_seen = False
+        self._rx_gate_open = True
         self.thre_pending = False
         self._prev_modem_inputs = self._modem_inputs()
 
@@ -134,6 +163,10 @@ class Uart16550:
             f.apply(self, checked, self._STATE, 0)
             self.rx_fifo = deque(pairs)
             self._host_queue = deque(host)
+            self._rx_clock = 0
+            self._rx_gate_open = True
+            self._rts_seen = bool(self.mcr & MCR_RTS)
+            self._schedule_rx()
             self._update_irq()
 
     # -- host side -------------------------------------------------------------------------------------------------
@@ -148,8 +181,7 @@ class Uart16550:
                 self.dropped_input += len(data) - max(room, 0)
                 data = data[: max(room, 0)]
             self._host_queue.extend(data)
-            self._refill_rx()
-            self._update_irq()
+            self._schedule_rx()
 
     @property
     def pending_input(self) -> int:
@@ -192,6 +224,12 @@ class Uart16550:
                 return self.dlm if dlab else self.ier
             elif offset == IIR:
                 value = self._iir()
+                if value & IIR_NONE and not self._rx_gate_open:
+                    # The guest's handler saw "no interrupt" and is leaving: the next batch raises a new edge.
+                    self._rx_gate_open = True
+                    if self._rx_timer is not None:
+                        self._rx_timer.cancel()  # the fallback wake-up is not needed any more
+                    self._schedule_rx()
                 # Reading IIR while it reports THR empty is one of the two ways to clear that interrupt.
                 if value & 0x0F == IIR_THRI:
                     self.thre_pending = False
@@ -233,8 +271,9 @@ class Uart16550:
                 return
             elif offset == MCR:
                 self.mcr = value & 0x1F
+                self._rts_seen = self._rts_seen or bool(self.mcr & MCR_RTS)
                 self._latch_modem_deltas()
-                self._refill_rx()
+                self._schedule_rx()
             elif offset == LSR:
                 return                      # factory test register on the 16550D; writes have no defined effect
             elif offset == MSR:
@@ -267,7 +306,7 @@ class Uart16550:
         # The transmitter never holds bytes here, so clearing its FIFO leaves THR empty as before.
         self.fcr = value & (FCR_ENABLE | FCR_DMA | 0xC0) if enable else 0
         self.lsr &= ~LSR_FIFO_ERR
-        self._refill_rx()
+        self._schedule_rx()
 
     def _lsr(self) -> int:
         value = self.lsr
@@ -326,16 +365,60 @@ class Uart16550:
         if not self.rx_fifo:
             return 0
         value, _ = self.rx_fifo.popleft()
-        self._refill_rx()
+        if not self.rx_fifo:
+            self._rx_drained()
+            self._schedule_rx()
         return value
 
-    def _refill_rx(self) -> None:
-        if self.mcr & MCR_LOOP:
-            return                               # in loopback the receiver is disconnected from the outside line
-        capacity = self._rx_capacity()
-        queue = self._host_queue
-        while queue and len(self.rx_fifo) < capacity:
-            self.rx_fifo.append((queue.popleft(), 0))
+    def _char_ns(self) -> int:
+        """One character time on the line: start bit, data bits, parity and stop bits (LCR) at the baud rate."""
+        lcr = self.lcr
+        bits = 1 + 5 + (lcr & 3) + (1 if lcr & 0x08 else 0) + (2 if lcr & 0x04 else 1)
+        baud = max(115200 // ((self.dll | (self.dlm << 8)) or 1), MIN_RX_BAUD)
+        return bits * 1_000_000_000 // baud
+
+    def _held_back(self) -> bool:
+        """No host input moves: loopback disconnects the receiver, or the guest holds RTS low (flow control)."""
+        return bool(self.mcr & MCR_LOOP) or (self._rts_seen and not self.mcr & MCR_RTS)
+
+    def _schedule_rx(self) -> None:
+        """Arm the receive timer for the next batch of host input, if one may come: the FIFO is empty and the
+        guest has acknowledged the previous batch (or the fallback delay for a guest that polls has passed)."""
+        if not self._host_queue or self._held_back() or self.rx_fifo:
+            return
+        if self._rx_timer is None:
+            self._timers = TimerQueue(name="vireo-uart-timer")
+            self._rx_timer = self._timers.timer(self._on_rx_timer)
+        if self._rx_timer.armed:
+            return
+        now = now_ns()
+        if not self._rx_gate_open:
+            self._rx_timer.arm(self._rx_gate_deadline)
+            return
+        batch = min(self._rx_capacity(), len(self._host_queue))
+        # The batch's characters follow each other on the line; they are all in once the last one has arrived.
+        self._rx_clock = max(self._rx_clock, now) + batch * self._char_ns()
+        self._rx_timer.arm(self._rx_clock)
+
+    def _on_rx_timer(self) -> None:
+        with self._lock:
+            now = now_ns()
+            if not self._rx_gate_open and now >= self._rx_gate_deadline:
+                self._rx_gate_open = True        # a guest that polls LSR and never reads IIR: go on anyway
+                self._rx_clock = now
+            if self._rx_gate_open and not self.rx_fifo and not self._held_back() and now >= self._rx_clock:
+                capacity = self._rx_capacity()
+                queue = self._host_queue
+                while queue and len(self.rx_fifo) < capacity:
+                    self.rx_fifo.append((queue.popleft(), 0))
+            self._schedule_rx()
+            self._update_irq()
+
+    def _rx_drained(self) -> None:
+        """The guest has emptied the receive FIFO: hold the next batch until it has seen its interrupt go away."""
+        if self._host_queue:
+            self._rx_gate_open = False
+            self._rx_gate_deadline = now_ns() + GATE_FALLBACK_NS
 
     # -- interrupts -----------------------------------------------------------------------------------------------
 
@@ -345,11 +428,9 @@ class Uart16550:
         if ier & IER_ELSI and self.lsr & LSR_ERRORS:
             return fifo_bits | IIR_RLSI
         if ier & IER_ERBFI and self.rx_fifo:
-            if len(self.rx_fifo) >= self._rx_trigger():
-                return fifo_bits | IIR_RDI
-            if not self._host_queue or self.mcr & MCR_LOOP:
-                # Below the trigger level with nothing more arriving: the character timeout.
-                return fifo_bits | IIR_CTI
+            # Below the trigger level the character timeout: nothing more arrives while the FIFO holds bytes
+            # (host input comes a FIFO at a time, into an empty FIFO only).
+            return fifo_bits | (IIR_RDI if len(self.rx_fifo) >= self._rx_trigger() else IIR_CTI)
         if ier & IER_ETBEI and self.thre_pending:
             return fifo_bits | IIR_THRI
         if ier & IER_EDSSI and self.msr_deltas:
