@@ -54,7 +54,7 @@ class Rig:
         sink = _Sink()
         self.pio, self.mmio = PortIoBus(), MmioBus()
         self.pic = Pic8259Pair()
-        self.uart = Uart16550(IrqLine(sink, 4), lambda b: None)
+        self.uart = Uart16550(IrqLine(sink, 4), lambda b: None, timers=self.timers)   # as core/board.py builds it
         self.kbd = I8042(lambda: None, IrqLine(sink, 1), IrqLine(sink, 12))
         self.fw = FwCfg(self.mem)
         self.fw.add_file("etc/e820", bytes(range(256)) * 4)
