@@ -53,3 +53,14 @@ def test_coverage_guides_the_search() -> None:
     from fuzz.targets import boot
     stats = harness.fuzz(TARGETS["elf"], 3.0, seed=1, save_crashes=False)
     assert stats.corpus > len(boot._seeds_elf()) and stats.arcs > 20
+
+
+REGRESSIONS = sorted((name, p.name) for name in TARGETS for p in (harness.CORPUS_DIR / name).glob("regress-*"))
+
+
+@pytest.mark.parametrize(("name", "file"), REGRESSIONS)
+def test_fixed_crash_stays_fixed(name: str, file: str) -> None:
+    """Each crash the fuzzer found is kept as fuzz/corpus/<target>/regress-*: it must replay without a finding
+    (docs/fuzzing.md lists what each one was)."""
+    finding = harness.replay(TARGETS[name], (harness.CORPUS_DIR / name / file).read_bytes())
+    assert finding is None, f"{finding.kind}: {finding.summary}\n{finding.detail}"

@@ -342,6 +342,28 @@ def test_the_backend_is_read_on_while_the_driver_has_no_buffers(drv):
     assert got == frames and drv.net.stats["rx_dropped"] == 0
 
 
+def test_a_restored_card_keeps_the_negotiated_features(drv):
+    """A machine restored from a state file: the transport's record carries the driver's features, and the card
+    uses them (mergeable buffers, checksum flags) without the driver negotiating again."""
+    d2 = NetDriver()
+    d2.mem.write(0, drv.mem.read(0, 4 << 20))
+    d2.dev.set_state(drv.dev.get_state())
+    d2.common, d2.notify, d2.devcfg = drv.common, drv.notify, drv.devcfg
+    d2.avail, d2.used_seen = dict(drv.avail), dict(drv.used_seen)
+    d2.net.start()
+    try:
+        posted = [d2.post_rx(1536)[0] for _ in range(8)]
+        d2.kick(0)
+        frame = _frame(bytes(range(256)) * 20)           # 5134 bytes: 4 buffers of 1536
+        d2.peer.send(frame)
+        used = d2.used(0)
+        assert len(used) == 4, used
+        data = b"".join(d2.mem.read(posted[i], n) for i, (_, n) in enumerate(used))
+        assert struct.unpack_from("<BBHHHHH", data)[::6] == (HDR_F_DATA_VALID, 4) and data[12:] == frame
+    finally:
+        d2.net.stop()
+
+
 def test_backend_gone_is_link_down_with_a_config_interrupt_and_reconnect_brings_it_back(drv):
     generation = drv.mmio.read(drv.common + 0x15, 1)
     drv.mmio.read(BAR4 + 0x1000, 1)                     # the driver reads (and so clears) the ISR

@@ -94,7 +94,14 @@ class VirtioBlk(VirtioDevice):
         count = 0
         while (item := transport.pop_request(queue)) is not None:
             chain, generation, used_before = item
-            if handoff is not None and self._may_block(chain, memory):
+            try:
+                blocking = handoff is not None and self._may_block(chain, memory)
+            except BaseException:
+                # A header outside RAM: the popped request must not stay counted as in flight, or the next
+                # reset waits 30 s for it on the vCPU thread.
+                transport.abandon()
+                raise
+            if blocking:
                 if batch is not None:
                     transport.used(queue, batch[1], batch[0])
                 handoff(queue, chain, generation, used_before)
@@ -133,8 +140,13 @@ class VirtioBlk(VirtioDevice):
         syncs every write."""
         if chain.readable_len < 16:
             return False                           # malformed: fails at once
-        rtype = memory.read_u32(chain.readable[0][0]) if chain.readable[0][1] >= 4 else \
-            struct.unpack_from("<I", gather(memory, chain.readable, 4))[0]
+        if chain.readable[0][1] >= 4:
+            rtype = memory.read_u32(chain.readable[0][0])
+        else:
+            head = gather(memory, chain.readable, 4)
+            if len(head) < 4:
+                return False                       # malformed: _request reports it
+            rtype = struct.unpack_from("<I", head)[0]
         if rtype in (T_IN, T_OUT):
             return getattr(self.backend, "cache", "writeback") in ("writethrough", "none")
         return rtype in (T_FLUSH, T_DISCARD, T_WRITE_ZEROES)

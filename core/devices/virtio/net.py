@@ -147,7 +147,6 @@ class VirtioNet(VirtioDevice):
         self.switch_up = True
         self.on_link_change: LinkListener | None = None
         self.backend: NetBackend | None = None
-        self._driver_features = 0
         self._held: list[DescriptorChain] = []      # receive buffers taken for a frame that did not fit yet
         self._backend_lock = threading.Lock()       # one connect/disconnect at a time
         self._rx_kick = Wakeup()                    # the driver added receive buffers (or the state changed)
@@ -167,12 +166,16 @@ class VirtioNet(VirtioDevice):
         return struct.pack("<6sHHH", self.mac, S_LINK_UP if self.link_up and self.switch_up else 0, 1,
                            self.mtu)
 
+    @property
+    def _driver_features(self) -> int:
+        # The transport's record, not a copy taken at activate(): a restored machine's transport has the
+        # negotiated features back without the driver going through DRIVER_OK again.
+        return self.transport.driver_features if self.transport is not None else 0
+
     def activate(self, driver_features: int) -> None:
-        self._driver_features = driver_features
         self._rx_kick.wake()
 
     def reset(self) -> None:
-        self._driver_features = 0
         self._held = []                # the rings are gone: nothing taken from them is ours any more
 
     def process(self, queue: Virtqueue, memory: GuestMemory, handoff: Handoff | None = None) -> None:
