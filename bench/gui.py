@@ -140,14 +140,14 @@ def load(args: argparse.Namespace) -> int:
             return 2
     before = Path(tempfile.mkdtemp(prefix="vireo-before-"))
     made = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(before), args.before],
-                          capture_output=True, text=True)
-    if made.returncode != 0:
+                          capture_output=True, text=True) if not args.after_only else None
+    if made is not None and made.returncode != 0:
         print(f"cannot check out --before {args.before}: {made.stderr.strip()}")
         return 2
     results: dict[str, list[dict]] = {"before": [], "after": []}
     try:
         for run in range(args.runs):
-            for name, tree in (("before", before), ("after", REPO)):
+            for name, tree in (("before", before), ("after", REPO))[1 if args.after_only else 0:]:
                 r = load_run(tree, args)
                 if "error" in r:
                     print(f"run {run + 1} {name}: {r['error']}", flush=True)
@@ -156,7 +156,9 @@ def load(args: argparse.Namespace) -> int:
                 print(f"run {run + 1} {name:<6} " + ", ".join(f"{label} {get(r):.2f}" for label, get in METRICS),
                       flush=True)
     finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(before)], capture_output=True)
+        if made is not None:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(before)],
+                           capture_output=True)
     print(f"\n{args.vms} software-CPU VMs booting Debian's vmlinuz-amd64 (before = {args.before}, VMs in the GUI "
           f"process; after = this tree, VMs in their own processes); medians of {args.runs} run(s)")
     print(f"{'metric':<28}{'before':>10}{'after':>10}{'after/before':>14}")
@@ -164,7 +166,11 @@ def load(args: argparse.Namespace) -> int:
         b = statistics.median(get(r) for r in results["before"]) if results["before"] else float("nan")
         a = statistics.median(get(r) for r in results["after"]) if results["after"] else float("nan")
         print(f"{label:<28}{b:>10.2f}{a:>10.2f}{(a / b if b else float('nan')):>14.2f}")
-    return 0 if results["before"] and results["after"] else 1
+    if results["after"]:
+        p99 = statistics.median(r["latency"]["boot"]["p99"] for r in results["after"])
+        print(f"goal (issue 18): event-loop p99 < 100 ms with {args.vms} VMs booting: "
+              f"{'met' if p99 < 100 else 'MISSED'} ({p99:.1f} ms)")
+    return 0 if results["after"] and (results["before"] or args.after_only) else 1
 
 
 def main() -> int:
@@ -172,7 +178,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--load", action="store_true", help="the before/after measurements under load")
     parser.add_argument("--before", default="bb16176", help="the revision whose manager ran VMs in-process")
-    parser.add_argument("--vms", type=int, default=4)
+    parser.add_argument("--vms", type=int, default=4, help="VMs booting at once (issue 18's load goal: 8 on 2 "
+                        "cores, event-loop p99 < 100 ms)")
+    parser.add_argument("--after-only", action="store_true", help="measure this tree only, without the "
+                        "--before tree (whose VMs run inside the GUI process)")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long the console is measured")
     parser.add_argument("--timeout", type=float, default=900.0, help="per run")
     args = parser.parse_args()

@@ -32,6 +32,9 @@ PASST_MTU = 65520                 # passt's default (its --mtu): the largest IPv
 START_GRACE = 0.3                 # seconds passt gets to fail on a port it cannot bind before it counts as up
 _BIND_RE = re.compile(r"Failed to bind any port for '-([tu]) ([^']*)'")
 _NOISE = ("Failed to send", "Don't run as root")
+# Set by a sandboxed VM process (core/vmproc/launcher.py): something with popen(forwards, fd) that starts passt for
+# it, since the sandbox allows no fork or exec of its own.
+launcher = None
 
 
 class PasstError(OSError):
@@ -75,7 +78,7 @@ class PasstBackend(StreamBackend):
     """A running passt and the socket to it. `start()` raises PasstError with one line when passt is missing or
     exits at once (a forward it cannot bind)."""
 
-    def __init__(self, sock: socket.socket, process: subprocess.Popen) -> None:
+    def __init__(self, sock: socket.socket, process) -> None:     # a subprocess.Popen or a LaunchedProcess
         super().__init__(sock, f"passt (pid {process.pid})")
         self.process = process
         self._output: list[str] = []
@@ -92,9 +95,12 @@ class PasstBackend(StreamBackend):
         _widen(theirs, socket.SO_SNDBUF)
         _widen(ours, socket.SO_SNDBUF)
         try:
-            process = subprocess.Popen([binary, *passt_args(theirs.fileno(), forwards)], pass_fds=[theirs.fileno()],
-                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            if launcher is not None:           # a sandboxed VM process: its launcher runs passt (core/vmproc)
+                process = launcher.popen([str(f) for f in forwards], theirs.fileno())
+            else:
+                process = subprocess.Popen([binary, *passt_args(theirs.fileno(), forwards)], pass_fds=[theirs.fileno()],
+                                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             ours.close()
             raise PasstError(f"cannot run {binary}: {exc.strerror or exc}") from None

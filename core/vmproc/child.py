@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from core.protocol import PROTOCOL_VERSION, ConnectionClosed, ProtocolError, check_hello
+from core.vmproc import sandbox
 from core.vmproc.outbox import Outbox
 from core.vmproc.serial_log import SerialLog, SerialLogError
 from core.vmproc.wire import (
@@ -74,6 +75,8 @@ class VmServer:
         self.accel = self.accel_reason = ""
         self.console_path: str | None = None
         self.vcpu_tids: list[int] = []
+        self.sandbox = ""
+        self.launcher = None
         self.history = bytearray()
         # _emit orders what the controller sees: a state change, serial bytes, and the snapshot (hello plus
         # history) a new controller starts from; it is held only briefly and never while calling the machine.
@@ -117,6 +120,8 @@ class VmServer:
 
     def _cleanup(self) -> None:
         self._close_serial_log()
+        if self.launcher is not None:
+            self.launcher.close()
         if self.console is not None:
             self.console.close()
         if self.vnc is not None:
@@ -221,6 +226,8 @@ class VmServer:
         elif op == "power_off":
             machine.power_off()
             machine.wait(10)
+        elif op == "sandbox_probe":
+            return sandbox.probe()
         elif op == "save":
             assert path is not None
             try:
@@ -307,6 +314,14 @@ class VmServer:
             self.vnc.start()
             log.info("VNC console on %s", self.vnc.address.uri())
         self.vcpu_tids = [t.native_id for t in machine.vcpu_threads if t.native_id is not None]
+        try:
+            if not sandbox.disabled() and any(nic.backend == "user" for nic in cfg.nics):
+                self.launcher = _passt_launcher()   # restarts of passt go through it once fork and exec are gone
+            self.sandbox = sandbox.apply()      # everything is open and started: from here on, only ALLOWED calls
+        except (sandbox.SandboxError, OSError) as exc:
+            machine.power_off()
+            self._fail(str(exc), exc)
+            return
         log.info("running on %s (%s), vCPU threads %s", self.accel, self.accel_reason, self.vcpu_tids)
         self.outbox.put({"t": "started", "accel": self.accel, "accel_reason": self.accel_reason,
                          "console": self.console_path, "vcpu_tids": self.vcpu_tids})
@@ -401,6 +416,15 @@ def _build(cfg, serial_output, restore: str | None = None):
         return Machine(config, serial_output=serial_output, accel_choice=choice, restore=saved), choice
     finally:
         saved.close()
+
+
+def _passt_launcher():
+    from core.net import passt
+    from core.vmproc.launcher import PasstLauncher
+    launcher = PasstLauncher()
+    launcher.start()
+    passt.launcher = launcher
+    return launcher
 
 
 def _vnc_server(cfg, machine, input_sink):

@@ -50,7 +50,7 @@ MAX_REASON = 2000                # characters of a state reason or error line ke
 STATES = ("running", "paused", "shutoff", "crashed")
 FINAL_STATES = ("shutoff", "crashed")
 CALLS = ("pause", "resume", "shutdown", "reset", "power_off", "save", "net_status", "net_reconnect", "net_set",
-         "snapshot_create", "snapshot_delete")
+         "snapshot_create", "snapshot_delete", "sandbox_probe")
 MAX_NICS = 16
 MAX_PATH = 4096
 ROLE_VM, ROLE_CONTROLLER = "vmproc", "vmproc-controller"

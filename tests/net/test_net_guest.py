@@ -162,6 +162,25 @@ def test_two_vms_each_answer_on_their_own_forward_and_do_not_see_each_other(spaw
     assert after["forwards"] == [f"tcp:127.0.0.1:{port_a}-:80"]
 
 
+def _launchers(pid: int) -> list[int]:
+    kids = []
+    for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else []:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(k) for k in f.read().split()]
+        except OSError:
+            pass
+    out = []
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/cmdline", "rb") as f:
+                if b"core.vmproc.launcher" in f.read():
+                    out.append(kid)
+        except OSError:
+            pass
+    return out
+
+
 def _passt_children(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
@@ -174,7 +193,9 @@ def _passt_children(pid: int) -> list[int]:
                 comm = f.read().strip()
         except OSError:
             continue
-        if int(fields[1]) == pid and comm.startswith("passt"):
+        # The VM process starts its first passt itself; a sandboxed one restarts passt through its launcher
+        # (core/vmproc/launcher.py), so a later passt is the launcher's child.
+        if int(fields[1]) in (pid, *_launchers(pid)) and comm.startswith("passt"):
             out.append(int(entry))
     return out
 
