@@ -164,9 +164,9 @@ def gather(memory: GuestMemory, buffers: list[tuple[int, int]], limit: int | Non
     out = bytearray()
     for gpa, n in buffers:
         if limit is not None:
-            n = min(n, limit - len(out))
-            if n <= 0:
+            if len(out) >= limit:
                 break
+            n = min(n, limit - len(out))     # a zero-length buffer in the chain is skipped, not the end
         out += memory.view(gpa, n)
     return bytes(out)
 
