@@ -70,12 +70,12 @@ def test_vm_window_console_tab_follows_the_vm(qtbot, xdg, debian_kernel, busybox
         vm_window = window.open_vm((bridge, cfg.uuid))
         qtbot.waitExposed(vm_window)
         tabs = lambda: [vm_window.tabs.tabText(i) for i in range(vm_window.tabs.count())]  # noqa: E731
-        assert tabs() == ["Serial Console", "Details", "Performance"]     # never ran: no screen to show
+        assert tabs() == ["Serial Console", "Details", "Snapshots", "Performance"]     # never ran: no screen to show
 
         bridge.lifecycle("start", cfg.uuid)
         qtbot.waitUntil(lambda: vm_window.display is not None, timeout=30_000)
         tab = vm_window.display
-        assert tabs() == ["Console", "Serial Console", "Details", "Performance"]
+        assert tabs() == ["Console", "Serial Console", "Details", "Snapshots", "Performance"]
         assert vm_window.tabs.currentWidget() is tab          # it replaced the serial console in front
         qtbot.waitUntil(lambda: tab.view.sink is not None, timeout=10_000)
         first_session = tab.vm_console.session

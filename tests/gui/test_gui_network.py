@@ -83,7 +83,17 @@ def _start(qtbot, window, vm_window, uuid: str, name: str) -> None:
 
 
 def _passt_of(uuid: str) -> list[int]:
-    """The passt processes whose parent is the VM process of `uuid` (started with --uuid UUID)."""
+    """The passt processes started for the VM process of `uuid` (run with --uuid UUID): its children, or, once a
+    card's passt has been restarted, children of the passt launcher it started (core/vmproc/launcher.py)."""
+
+    def parent_of(pid: str) -> str:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[1]
+
+    def is_vm_process(pid: str) -> bool:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return uuid.encode() in f.read()
+
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -92,11 +102,9 @@ def _passt_of(uuid: str) -> list[int]:
             with open(f"/proc/{entry}/comm") as f:
                 if not f.read().startswith("passt"):
                     continue
-            with open(f"/proc/{entry}/stat") as f:
-                parent = f.read().rsplit(")", 1)[1].split()[1]
-            with open(f"/proc/{parent}/cmdline", "rb") as f:
-                if uuid.encode() in f.read():
-                    found.append(int(entry))
+            parent = parent_of(entry)
+            if is_vm_process(parent) or (parent != "1" and is_vm_process(parent_of(parent))):
+                found.append(int(entry))
         except OSError:
             continue
     return found
