@@ -8,12 +8,11 @@ import signal
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from core.config import BootConfig, VmConfig
-from core.devices.vga_font import glyph_bitmap
 from core.vmproc.handle import VmProcess
+from tests.helpers.screen_text import frame_text
 
 PROMPT = re.compile(rb"vireo:[^\n#]*# ")
 _ECHO_TICK = re.compile(r"serialecho: tick \d+\r\n")
@@ -23,7 +22,6 @@ def without_echo_ticks(text: str) -> str:
     """serialecho's output less its once-a-second tick lines, which may land in the middle of an echo: host input
     reaches that guest a character per 20 ms, as it never reads IIR (core/devices/serial.py's pacing)."""
     return _ECHO_TICK.sub("", text)
-LIGHT_GREY = 0xFFAAAAAA
 
 
 class Recorder:
@@ -108,21 +106,10 @@ class Spawner:
                 process.wait(15)
 
 
-_GLYPHS = {glyph_bitmap(c).tobytes(): chr(c) for c in range(0x21, 0x7F)}
-
-
 def screen_lines(frame) -> list[str]:
-    """The text on a 720x400 text-mode frame (9x16 cells, light grey on black), read back from its pixels by
-    matching each cell against the font's glyphs; an unknown cell reads as '?'."""
+    """The text on a 720x400 text-mode frame, read back from its pixels (tests/helpers/screen_text.py)."""
     assert (frame.width, frame.height) == (720, 400), frame.mode
-    lines = []
-    for row in range(25):
-        chars = []
-        for col in range(80):
-            cell = frame.pixels[row * 16:(row + 1) * 16, col * 9:col * 9 + 8] == np.uint32(LIGHT_GREY)
-            chars.append(" " if not cell.any() else _GLYPHS.get(cell.tobytes(), "?"))
-        lines.append("".join(chars).rstrip())
-    return lines
+    return frame_text(frame)
 
 
 def holds_open(pid: int, path) -> bool:
