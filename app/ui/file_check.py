@@ -18,9 +18,10 @@ from collections.abc import Callable
 
 from PyQt6 import sip
 from PyQt6.QtCore import QObject, Qt, QTimer
-from PyQt6.QtWidgets import QLabel, QLineEdit, QWidget
+from PyQt6.QtWidgets import QLineEdit, QWidget
 
 from app.host_bridge import HostBridge
+from app.widgets.wrap_label import WrapLabel
 from core.host import FileProbe
 
 PROBE_DEBOUNCE_MS = 300
@@ -37,7 +38,7 @@ class FileCheck(QObject):
                  parent: QWidget) -> None:
         super().__init__(parent)
         self.bridge, self.edit, self.role, self.changed = bridge, edit, role, changed
-        self.note = QLabel(parent)
+        self.note = WrapLabel("", parent)
         self.note.setObjectName(f"{role}Probe")
         self.note.setWordWrap(True)
         # A wrapping label in a form may be given more height than its lines take: keep the text under the field.

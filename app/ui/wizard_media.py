@@ -23,6 +23,7 @@ from app.ui.dialogs import image_users
 from app.ui.file_check import ORANGE, FileCheck
 from app.ui.wizard_os import OsChoice
 from app.ui.wizard_pages import SOURCE_DISK, SOURCE_ISO, SOURCE_KERNEL, bus_combo, path_field
+from app.widgets.wrap_label import WrapLabel
 
 if TYPE_CHECKING:
     from app.ui.wizard import NewVmWizard
@@ -74,7 +75,7 @@ class BootPage(QWizardPage):
         for row, check in ((self.iso_row, self.iso_check), (self.disk_row, self.disk_check),
                            (self.kernel_row, self.kernel_check), (self.initrd_row, self.initrd_check)):
             form.insertRow(form.getWidgetPosition(row)[0] + 1, "", check.note)
-        self.iso_note = QLabel("The VM boots this image once, through the firmware; later starts boot the disk you "
+        self.iso_note = WrapLabel("The VM boots this image once, through the firmware; later starts boot the disk you "
                                "install to. Take the disc out afterwards in the VM's Details (CD-ROM).", self)
         self.iso_note.setWordWrap(True)
         self.iso_note.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)

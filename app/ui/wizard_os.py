@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 from PyQt6 import sip
 from PyQt6.QtCore import QObject, Qt
-from PyQt6.QtWidgets import QComboBox, QCompleter, QLabel
+from PyQt6.QtWidgets import QComboBox, QCompleter
 
 from app.osinfo import OsEntry, database, detect
+from app.widgets.wrap_label import WrapLabel
 
 if TYPE_CHECKING:
     from app.ui.wizard_media import BootPage
@@ -39,7 +40,7 @@ class OsChoice(QObject):
         completer.setCompletionMode(QCompleter.CompletionMode.PopupCompletion)
         self.combo.lineEdit().editingFinished.connect(
             lambda: self.combo.setEditText(self.combo.itemText(self.combo.currentIndex())))
-        self.note = QLabel("Reading the list of operating systems…", page)
+        self.note = WrapLabel("Reading the list of operating systems…", page)
         self.note.setObjectName("osNote")
         self.note.setWordWrap(True)
         self.note.setStyleSheet("color: #666;")
@@ -78,6 +79,9 @@ class OsChoice(QObject):
             return
         self.volume_id = volume
         if not volume:
+            # No disc the host has read (none yet, another file being checked, or not an ISO): a line about the
+            # previous disc's volume ID would describe a file the field no longer names. The choice stays.
+            self._say("")
             return
         found = detect(self.entries, volume)
         if found is None:

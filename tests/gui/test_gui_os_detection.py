@@ -2,7 +2,8 @@
 sandboxed local service and Debian's osinfo-db: an installer ISO whose volume ID the host reads ("Debian 11.7.0
 amd64 n", Debian's netinst naming) is named Debian 11, and the memory, CPUs and disk size osinfo-db recommends
 for it are set on the next pages; choosing another system from the list (typing its name, Enter) sets that one's;
-an ISO osinfo-db does not know is said so, and the wizard's defaults stay."""
+an ISO osinfo-db does not know is said so, and the wizard's defaults stay; that line goes when the field names a file
+that is no ISO."""
 from __future__ import annotations
 
 import os
@@ -89,4 +90,10 @@ def test_an_unknown_disc_is_said_so_and_the_defaults_stay(qtbot, app_parts, tmp_
                                   "or keep Generic.")
     assert choice.combo.currentText() == "Generic (not detected)"
     assert wizard.resources_page.memory.value() == memory
+    # Another file that is no ISO: the line about the disc goes with it (it named the previous file).
+    readme = tmp_path / "README"
+    readme.write_text("not a disc\n")
+    type_into(qtbot, wizard.boot_page.iso, str(readme))
+    qtbot.waitUntil(lambda: "text file" in wizard.boot_page.iso_check.note.text(), timeout=TIMEOUT_MS)
+    assert choice.note.text() == "" and not choice.note.isVisible()
     wizard.button(QWizard.WizardButton.CancelButton).click()

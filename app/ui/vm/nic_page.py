@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 
-from PyQt6.QtCore import QRect, Qt, QTimer, pyqtSignal
+from PyQt6.QtCore import Qt, QTimer, pyqtSignal
 from PyQt6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -33,7 +33,6 @@ from PyQt6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QScrollArea,
-    QSizePolicy,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -42,6 +41,7 @@ from PyQt6.QtWidgets import (
 )
 
 from app.host_bridge import HostBridge
+from app.widgets.wrap_label import WrapLabel
 from core.config import NicConfig, VmConfig
 from core.host import VmInfo
 
@@ -50,37 +50,6 @@ MAX_CARDS = 8
 STATUS_MS = 1000
 RED = "#b3261e"
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
-
-
-class WrapLabel(QLabel):
-    """A word-wrapped label that asks for the height its lines take at its width: in a scroll area (which sizes
-    its content by size hints, not height-for-width) a plain one is squeezed to one clipped line."""
-
-    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
-        super().__init__(text, parent)
-        self.setWordWrap(True)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-
-    def _fit(self) -> None:
-        # Exactly the lines' height at this width, measured on the text without its markup: a wrapped label's own
-        # hint guesses a narrower width, and so more lines, which the form would show as a gap.
-        width = self.contentsRect().width()
-        if width <= 0:
-            return
-        plain = re.sub(r"<[^>]+>", "", self.text())
-        lines = self.fontMetrics().boundingRect(QRect(0, 0, width, 1 << 20), Qt.TextFlag.TextWordWrap, plain)
-        margins = self.contentsMargins()
-        height = max(lines.height(), self.fontMetrics().lineSpacing()) + margins.top() + margins.bottom()
-        if height != self.minimumHeight() or height != self.maximumHeight():
-            self.setFixedHeight(height)
-
-    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
-        super().setText(text)
-        self._fit()
-
-    def resizeEvent(self, event) -> None:  # noqa: N802
-        super().resizeEvent(event)
-        self._fit()
 
 
 def _note(text: str = "") -> QLabel:
