@@ -31,6 +31,7 @@ from PyQt6.QtWidgets import QWizard  # noqa: E402
 from core.host import VmState  # noqa: E402
 from tests.gui.test_gui import vm_rows, xdg  # noqa: E402,F401  (xdg: the fixture start_app needs)
 from tests.gui.test_gui_install import dumpconfig  # noqa: E402
+from tests.gui.test_gui_install_journey import open_wizard_on_an_iso  # noqa: E402
 from tests.gui.test_gui_journey import click, start_app, toolbar_button, type_into  # noqa: E402,F401  (start_app: the fixture)
 from tests.helpers import boot_media as bm  # noqa: E402
 from tests.helpers.console_view import type_keys, view_lines  # noqa: E402
@@ -66,15 +67,8 @@ def test_install_from_the_grub_iso_shows_its_menu_then_the_cd_is_removed(qtbot, 
     host, bridge, window = start_app()
 
     # 1. The wizard.
-    click(qtbot, toolbar_button(window, window.new_action))
-    wizard = window.wizard
-    qtbot.waitExposed(wizard)
-    next_button = wizard.button(QWizard.WizardButton.NextButton)
-    assert wizard.source_page.iso.isChecked()
-    click(qtbot, next_button)
-    type_into(qtbot, wizard.boot_page.iso, str(iso))
+    wizard, next_button = open_wizard_on_an_iso(qtbot, window, iso)
     check = wizard.boot_page.iso_check
-    qtbot.waitUntil(lambda: not check.pending and "bootable (El Torito)" in check.note.text(), timeout=10_000)
     _no_gap_under(qtbot, wizard.boot_page, check.note, wizard.boot_page.iso_note)
     click(qtbot, next_button)
     type_into(qtbot, wizard.resources_page.memory.lineEdit(), "256")

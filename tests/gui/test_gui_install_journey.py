@@ -38,20 +38,26 @@ STATE_TIMEOUT_MS = 30_000
 CD_ROM_PAGE = 5
 
 
-def test_install_from_an_iso_in_the_wizard_then_boot_the_installed_disk(qtbot, start_app) -> None:  # noqa: F811
-    installer = bm.installer_iso()
-    host, bridge, window = start_app()
-
-    # 1. The wizard: its default way, the ISO, memory, a new disk on virtio; Finish starts the VM.
+def open_wizard_on_an_iso(qtbot, window, iso):
+    """New VM ▸ its default way (Install from ISO) ▸ `iso` typed in and found bootable; the wizard and its Next."""
     click(qtbot, toolbar_button(window, window.new_action))
     wizard = window.wizard
     qtbot.waitExposed(wizard)
     next_button = wizard.button(QWizard.WizardButton.NextButton)
     assert wizard.source_page.iso.isChecked()
     click(qtbot, next_button)
-    type_into(qtbot, wizard.boot_page.iso, str(installer))
+    type_into(qtbot, wizard.boot_page.iso, str(iso))
     check = wizard.boot_page.iso_check
     qtbot.waitUntil(lambda: not check.pending and "bootable (El Torito)" in check.note.text(), timeout=10_000)
+    return wizard, next_button
+
+
+def test_install_from_an_iso_in_the_wizard_then_boot_the_installed_disk(qtbot, start_app) -> None:  # noqa: F811
+    installer = bm.installer_iso()
+    host, bridge, window = start_app()
+
+    # 1. The wizard: its default way, the ISO, memory, a new disk on virtio; Finish starts the VM.
+    wizard, next_button = open_wizard_on_an_iso(qtbot, window, installer)
     click(qtbot, next_button)
     type_into(qtbot, wizard.resources_page.memory.lineEdit(), "512")
     click(qtbot, next_button)
