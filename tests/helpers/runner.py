@@ -7,7 +7,8 @@ tests/__init__.py):
   require_fixture(path, what) -> path, or skip (fail under CI)
   run_vireo(args, timeout, input=None) -> (exit status, stdout, stderr) of `python main.py run ARGS`
   run_vireo_interactive(args, lines, timeout, prompt) -> the same, typing each line after a shell prompt
-  VireoSession(args)  a running `main.py run` with expect()/send() for longer conversations
+  VireoSession(args, prefix=None)  a running `main.py run` (under `prefix`, a command, if given) with
+                      expect()/send() for longer conversations
   SHELL_PROMPT  the test initramfs's shell prompt
 """
 from __future__ import annotations
@@ -78,11 +79,12 @@ class VireoSession:
     Used as a context manager, the process is killed on exit if it is still running.
     """
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], prefix: list[str] | None = None) -> None:
         self.args = [str(a) for a in args]
+        # `prefix` runs the runner under another command (e.g. `unshare --mount ... sh -c '...; exec "$@"'`).
         self.proc = subprocess.Popen(
-            _runner_command(self.args), cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            [*(prefix or []), *_runner_command(self.args)], cwd=REPO_ROOT, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         self._out = bytearray()
         self._err = bytearray()
