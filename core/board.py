@@ -228,7 +228,7 @@ class Board:
         self.devices = list(port_devices)
         # Without a display adapter the guest finds no VGA at all: no legacy ports or window, no PCI function.
         if config.display == "vga":
-            self.vga = Vga(self.pci)
+            self.vga = Vga(self.pci, ram_mapper=mapper)
             self.vga.attach(self.pio, self.mmio)
             self.devices.append(self.vga)
             if self.firmware_boot:

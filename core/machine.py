@@ -23,7 +23,14 @@ from core.boot.loader import load_kernel
 from core.devices.vga_screen_info import screen_info_for_text_mode
 from core.hypervisor.base import ExitReason, Vcpu, fault_line
 from core.hypervisor.select import AccelChoice, choose_accelerator
-from core.machine_state import NotQuiescent, quiesce_board, restore_board, resume_board, save_board
+from core.machine_state import (
+    NotQuiescent,
+    quiesce_board,
+    release_board,
+    restore_board,
+    resume_board,
+    save_board,
+)
 from core.net.nic import NetSpecError, NicSpec
 
 if TYPE_CHECKING:
@@ -317,8 +324,11 @@ class Machine:
             except NotQuiescent:
                 if attempt == SAVE_ATTEMPTS - 1:
                     raise
+                release_board(self.board)
                 self.resume()
                 time.sleep(0.002)
+            finally:
+                release_board(self.board)
         if stop:
             self._call(RequestKind.POWER_OFF, f"saved to {path}")
         elif was_running:

@@ -1,9 +1,10 @@
 """A whole machine's state: collected from a stopped Board into a state file, and put back into a freshly built
 Board before its vCPUs first run (docs/machine-state.md has the sections and their order).
 
-Saving: the Machine has paused the vCPUs and the device timers; `quiesce_board` lets the disks' worker threads
-finish every request they had taken (completed into the used rings, interrupts raised), so no request is in
-flight; then the records are written in the order restoring needs them, and RAM last.
+Saving: the Machine has paused the vCPUs and the device timers; `quiesce_board` holds the network cards' threads
+off the rings and RAM and lets the disks' worker threads finish every request they had taken (completed into the
+used rings, interrupts raised), so no request is in flight; then the records are written in the order restoring
+needs them, and RAM last; `release_board` lets the cards run again.
 
 Restoring: the machine is built from the definition saved in the file (or the VM's own), nothing is loaded into
 it; RAM comes first, then the PCI functions (BARs mapped again, INTx re-driven), the other devices, the
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 MACHINE_VERSION = 1
 CHIPS_VERSION = 1
 
-__all__ = ["NotQuiescent", "quiesce_board", "save_board", "read_header", "restore_board", "resume_board"]
+__all__ = ["NotQuiescent", "quiesce_board", "release_board", "save_board", "read_header", "restore_board",
+           "resume_board"]
 
 
 def state_devices(board: Board) -> dict[str, Any]:
@@ -51,13 +53,27 @@ def state_devices(board: Board) -> dict[str, Any]:
 
 
 def quiesce_board(board: Board) -> None:
-    """Let every disk worker finish what it has taken (vCPUs and timers already stopped)."""
+    """Hold every network card still (until release_board) and let every disk worker finish what it has taken
+    (vCPUs and timers already stopped): nothing writes guest RAM, a ring or an interrupt while the state is
+    captured. On failure the cards are released again."""
+    try:
+        for nic in board.nics:
+            nic.quiesce()
+    except BaseException:
+        release_board(board)
+        raise
     for transport in board.disk_transports:
         transport.quiesce()
     if board.ide is not None:
         for ch in board.ide.channels:
             if ch._worker is not None and not ch._worker.wait_idle(30):
                 raise NotQuiescent(f"IDE channel {ch.index} is still busy after 30 s")
+
+
+def release_board(board: Board) -> None:
+    """After the capture (saved, or given up for a retry): the network cards take frames again. Idempotent."""
+    for nic in board.nics:
+        nic.thaw()
 
 
 def _chips(board: Board) -> dict[str, Any]:
@@ -197,6 +213,10 @@ def _restore_chips(board: Board, chips: dict[str, Any]) -> None:
 
 
 def resume_board(board: Board) -> None:
-    """After a restore, once the machine runs: serve what the drivers queued that the devices had not taken."""
+    """After a restore, once the machine runs: serve what the drivers queued that the devices had not taken (a
+    driver using EVENT_IDX does not notify again for buffers it already announced)."""
     for transport in board.disk_transports:
         resume_queues(transport)
+    for nic in board.nics:
+        if nic.transport is not None:
+            resume_queues(nic.transport)

@@ -5,7 +5,8 @@ VBE interface with its linear framebuffer (vga_bochs). Power-on state is what a 
 OS: mode 03h (80x25 colour text, 9x16 cells, 720x400), the 8x16 CP437 font in character map 0 of plane 2, a
 cleared screen (spaces, light grey on black), the cursor at the top left with the BIOS's underline shape.
 
-Wiring (done by the Machine): `Vga(pci_bus)` adds the PCI function; `attach(pio, mmio)` claims ports
+Wiring (done by the Machine): `Vga(pci_bus, ram_mapper=accelerator)` adds the PCI function (and lets the text
+window 0xB8000 be mapped as RAM while that is exact, vga_text_window); `attach(pio, mmio)` claims ports
 0x3B0-0x3DF and 0x1CE-0x1CF and the legacy window 0xA0000-0xBFFFF on the MMIO bus.
 """
 from __future__ import annotations
@@ -41,11 +42,14 @@ class Vga:
     would)."""
 
     def __init__(self, pci_bus: PciBus | None = None, vram_size: int = DEFAULT_VRAM_SIZE,
-                 pci_slot: int | None = None) -> None:
+                 pci_slot: int | None = None, ram_mapper=None) -> None:
         self.regs = VgaRegisters()
         self.memory = VgaMemory(self.regs)
         self.vbe = BochsVbe(self.regs, vram_size)
         self.memory.banked = self.vbe
+        # The CPU backend (Accelerator with map_ram), or None: the text window then always traps (vga_text_window).
+        self.memory.text.mapper = ram_mapper
+        self.regs.on_decode_change = self.memory.text.registers_changed
         self.pci = VgaPciFunction(self.vbe, self.regs)
         self.lfb_mapped_as_ram = False   # BAR0 is mapped as guest RAM by the CPU backend (writes are untracked)
         self.pci.fb_handler.on_ram_mapping = self._lfb_ram_mapping_changed
@@ -90,7 +94,9 @@ class Vga:
     # -- inspection -----------------------------------------------------------------------------------------
     @property
     def generation(self) -> int:
-        """Increases whenever a register or video memory changes (LFB writes made through RAM mappings excluded)."""
+        """Increases whenever a register or video memory changes (LFB writes made through RAM mappings excluded;
+        text-window stores through RAM are counted here, when they are copied into the planes)."""
+        self.memory.text.sync()
         return self.regs.generation
 
     def in_text_mode(self) -> bool:

@@ -143,6 +143,8 @@ class BochsVbe:
                     _, yres, _, line, _ = self.mode()
                     ctypes.memset(self.host_address, 0, min(yres * line, self.vram_size))
             self.regs.dac_8bit = bool(value & DISPI_8BIT_DAC)
+            if self.regs.on_decode_change is not None:
+                self.regs.on_decode_change()      # a VBE mode takes the legacy window over (or gives it back)
 
     def io_read(self, port: int, size: int) -> int:
         if port == VBE_DISPI_IOPORT_INDEX:

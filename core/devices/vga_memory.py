@@ -14,6 +14,8 @@ Follows the IBM VGA Technical Reference / FreeVGA ("Graphics Controller", "Seque
 
 The planes live in one bytearray, plane p at p * 64 KiB, which the renderer reads through a numpy view (made
 when first asked for: the machine itself never needs numpy, and importing it is a good part of a VM's start-up).
+While the registers make 0xB8000-0xBFFFF a linear text store, its bytes may live in a buffer the CPU maps as RAM
+instead (core/devices/vga_text_window.py); `planes` copies them back first.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from core.devices.vga_registers import (
     SR04_ODD_EVEN_DISABLE,
     VgaRegisters,
 )
+from core.devices.vga_text_window import TextWindow
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,16 +65,20 @@ class VgaMemory:
         self._planes: np.ndarray | None = None
         self.latch = [0, 0, 0, 0]
         self.banked = None      # BochsVbe: `enabled`, window_read(offset), window_write(offset, value) -> bool
+        self.text = TextWindow(self)    # 0xB8000 as RAM in the linear text state (`text.mapper` set by the Vga)
 
     @property
     def planes(self) -> np.ndarray:
-        """The four planes as a (4, 64 KiB) uint8 array over `vram` (no copy)."""
+        """The four planes as a (4, 64 KiB) uint8 array over `vram` (no copy), with the text window's buffer
+        copied in."""
+        self.text.sync()
         if self._planes is None:
             import numpy as np
             self._planes = np.frombuffer(self.vram, np.uint8).reshape(4, PLANE_SIZE)
         return self._planes
 
     def reset(self) -> None:
+        self.text.release()
         self.vram[:] = bytes(len(self.vram))
         self.latch = [0, 0, 0, 0]
 
@@ -180,6 +187,10 @@ class VgaMemory:
     # -- MMIO entry points (absolute guest-physical addresses) ---------------------------------------------
     def mmio_read(self, addr: int, size: int) -> int:
         base = addr - VGA_WINDOW_BASE
+        if self.text.mapper is not None:
+            served = self.text.read(base, size)
+            if served is not None:
+                return served
         value = 0
         for i in range(size):
             value |= self.read((base + i) % VGA_WINDOW_SIZE) << (8 * i)
@@ -187,6 +198,8 @@ class VgaMemory:
 
     def mmio_write(self, addr: int, size: int, value: int) -> None:
         base = addr - VGA_WINDOW_BASE
+        if self.text.mapper is not None and self.text.write(base, size, value):
+            return
         if self._text_write(base, size, value):
             return
         for i in range(size):

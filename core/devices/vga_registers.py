@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Sequencer registers.
@@ -120,6 +121,9 @@ class VgaRegisters:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.generation = 0
+        # Called after a write to misc output, a sequencer or a graphics controller register (or the VBE enable):
+        # the registers that decide how the memory window decodes (vga_text_window.TextWindow.registers_changed).
+        self.on_decode_change: Callable[[], None] | None = None
         self.dac_8bit = False             # set by the Bochs VBE ENABLE register's 8BIT_DAC flag
         self.reset()
 
@@ -285,6 +289,8 @@ class VgaRegisters:
                 self._crtc_write(self.crtc_index, value)
             elif port in (0x3BA, 0x3DA):
                 self.feature_control = value & 0x0B
+            if port in (0x3C2, 0x3C5, 0x3CF) and self.on_decode_change is not None:
+                self.on_decode_change()
 
     def _crtc_write(self, index: int, value: int) -> None:
         if index >= NUM_CRTC:

@@ -2,9 +2,10 @@
 legacy video memory and their latches, the Bochs VBE dispi registers, and the linear framebuffer's video memory.
 The PCI function (BAR addresses, command register) is saved with the PCI bus.
 
-Video memory goes into the record as bytes (compressed by the container: an unused framebuffer costs little).
-Dispi registers loaded from a file go through the model's own clamping (_fixup), so a lying file cannot make the
-renderer scan outside video memory.
+The planes are saved with the text window's bytes folded in (core/devices/vga_text_window.py), so the record is
+the same whether or not the window was mapped as RAM. Video memory goes into the record as bytes (compressed by
+the container: an unused framebuffer costs little). Dispi registers loaded from a file go through the model's own
+clamping (_fixup), so a lying file cannot make the renderer scan outside video memory.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ VBE = {"index": f.U16, "r": f.Ints(NUM_REGS, 0, 0xFFFF), "big_endian": f.BOOL}
 
 def get_state(vga: Vga) -> dict[str, Any]:
     with vga.regs.lock:
+        vga.memory.text.fold()           # the planes with what the guest stored through the text window's RAM
+        vga.memory.text.sync()
         return {"regs": f.capture(vga.regs, REGS, 0), "planes": bytes(vga.memory.vram),
                 "latch": list(vga.memory.latch), "vbe": f.capture(vga.vbe, VBE, 0),
                 "vram": bytes(vga.vbe.vram)}
@@ -40,6 +43,7 @@ def set_state(vga: Vga, state: Any) -> None:
     vbe = f.validate(state["vbe"], VBE, "vga.vbe", 0)
     vram = f.check(state["vram"], f.Bytes(vga.vbe.vram_size, max_length=vga.vbe.vram_size), "vga.vram")
     with vga.regs.lock:
+        vga.memory.text.release()        # the loaded planes are the truth; the window traps until taken again
         f.apply(vga.regs, regs, REGS, 0)
         vga.memory.vram[:] = planes
         vga.memory.latch = latch

@@ -193,6 +193,12 @@ class Accelerator(ABC):
         """Undo map_ram at `gpa`: the range is MMIO again. ValueError if nothing is mapped there."""
         raise NotImplementedError(f"the {self.name} backend cannot map device memory as RAM")
 
+    def ram_mappings_settled(self) -> bool:
+        """Whether every map_ram/unmap_ram asked so far is in effect for the vCPUs. Reliable on a vCPU thread (a
+        device callback): a backend that applies them late does so on that thread, between runs. A backend that
+        applies them at once (KVM's memory slots) is always settled."""
+        return True
+
     def reset_platform(self) -> None:
         """Bring what the accelerator owns back to its power-on state (the vCPUs' hidden state, local APICs, TSC;
         its own interrupt controllers and PIT if it has them). Call with every vCPU stopped."""

@@ -183,6 +183,10 @@ class SoftwareMemoryMap:
             self._pending_map_ops += [("unmap_ram", gpa, size, host_addr), ("mmio", gpa, size)]
         self._request_map_apply()
 
+    def ram_mappings_settled(self) -> bool:
+        """No request is waiting for _apply_map_ops (which runs on the owner thread, between slices)."""
+        return not self._pending_map_ops
+
     def _request_map_apply(self) -> None:
         running = self.running
         if running is None:

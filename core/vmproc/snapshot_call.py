@@ -1,7 +1,8 @@
 """VM snapshots of a running machine, inside its VM process (docs/vm-snapshots.md): the process owns the open disk
 images (and their write locks), so the snapshot is taken here, atomically with respect to the guest:
 
-1. the vCPUs are paused and the disks' worker threads drained (core/machine_state.quiesce_board), retried as
+1. the vCPUs are paused, the network cards held still and the disks' worker threads drained
+   (core/machine_state.quiesce_board; release_board lets the cards run again at the end), retried as
    Machine.save does when a device is caught mid-transfer;
 2. the machine state is written (core/machine_state.save_board, the format of docs/machine-state.md) to a
    temporary file beside the VM's socket, then copied into the first qcow2 disk's VM-state area -- where QEMU's
@@ -23,7 +24,7 @@ import time
 from typing import Any
 
 from core.machine import SAVE_ATTEMPTS, Machine, MachineState
-from core.machine_state import NotQuiescent, quiesce_board, save_board
+from core.machine_state import NotQuiescent, quiesce_board, release_board, save_board
 
 THUMB_WIDTH = 160
 COPY_CHUNK = 4 << 20
@@ -60,7 +61,7 @@ def by_name(image: Any, name: str) -> str:
 
 
 def _stop(machine: Machine) -> bool:
-    """Pause and drain the machine; True if it was running. The caller resumes."""
+    """Pause and drain the machine; True if it was running. The caller releases the board and resumes."""
     was_running = machine.state == MachineState.RUNNING
     if was_running:
         machine.pause()
@@ -108,6 +109,7 @@ def create(machine: Machine, name: str, work_dir: str, vm: dict[str, str]) -> di
             except NotQuiescent:
                 if attempt == SAVE_ATTEMPTS - 1:
                     raise
+                release_board(machine.board)
                 machine.resume()
                 time.sleep(0.002)
         state_size = os.path.getsize(tmp)
@@ -133,6 +135,7 @@ def create(machine: Machine, name: str, work_dir: str, vm: dict[str, str]) -> di
                 "state": "running" if was_running else "paused"}
     finally:
         os.unlink(tmp)
+        release_board(machine.board)
         if was_running and machine.state == MachineState.PAUSED:
             machine.resume()
 
@@ -147,5 +150,6 @@ def delete(machine: Machine, name: str) -> None:
                 image.snapshot_delete(by_name(image, name))
                 image.flush()
     finally:
+        release_board(machine.board)
         if was_running and machine.state == MachineState.PAUSED:
             machine.resume()

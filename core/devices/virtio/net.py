@@ -13,7 +13,8 @@ Nothing runs on a vCPU thread but a wake-up: a notification of the transmit queu
 thread, which takes the frames, returns the buffers and sends the frames to the backend; a receive thread reads
 frames from the backend and writes them into the driver's receive buffers, waiting (and so not reading, which
 pushes back on passt) when there are none. Ring work happens under the transport lock, so a reset never meets a
-half-written buffer.
+half-written buffer. For a state capture (save, live snapshot) quiesce() holds both threads off the rings and guest
+RAM until thaw(): frames from the host wait in the backend's socket meanwhile (docs/machine-state.md).
 
 Everything the driver wrote is untrusted: a transmit chain shorter than the header plus an Ethernet header or
 longer than the largest frame, a segmentation request that was never offered, a checksum position outside the
@@ -28,7 +29,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from core.devices.virtio.pci import Handoff, VirtioDevice
+from core.devices.virtio.pci import Handoff, VirtioDevice, VirtioPciDevice
 from core.devices.virtio.queue import DescriptorChain, Virtqueue, VirtqueueError, gather
 from core.memory import GuestMemory, GuestMemoryError
 from core.net import checksum
@@ -146,6 +147,11 @@ class VirtioNet(VirtioDevice):
         self._backlog: RxBacklog | None = None
         self._rx_order = threading.Lock()           # one thread at a time puts frames in the ring, in order
         self._tx_thread: threading.Thread | None = None
+        # A state capture (quiesce() .. thaw()): neither thread touches the rings, guest RAM or the interrupt
+        # lines. Set under _thawed's lock, read by the ring work under the transport lock.
+        self._frozen = False
+        self._thawed = threading.Condition(threading.Lock())
+        self._tx_pass_lock = threading.Lock()       # held by the transmit thread for a whole pass, sends included
 
     # -- what the driver sees ---------------------------------------------------------------------------------
     def features(self) -> int:
@@ -205,6 +211,8 @@ class VirtioNet(VirtioDevice):
         backend, self.backend = self.backend, None
         if backend is not None:
             backend.close()
+        with self._thawed:
+            self._thawed.notify_all()           # a reader waiting out a capture sees its backend replaced
         threads, self._rx_threads = self._rx_threads, []
         if self._backlog is not None:
             self._backlog.close()
@@ -262,6 +270,57 @@ class VirtioNet(VirtioDevice):
         finally:
             self._backend_lock.release()
 
+    # -- machine state (docs/machine-state.md, "Network cards") ----------------------------------------------
+    def quiesce(self, timeout: float = 30) -> None:
+        """Hold the card still for a state capture (the vCPUs already stopped): until thaw() neither thread
+        touches the rings, guest RAM or an interrupt. The reader stops taking frames from the backend (they wait
+        in passt's socket or the TAP queue; one it had already read waits in the backlog), the transmit pass
+        under way finishes sending what it took, and receive buffers taken for a frame that did not fit yet go
+        back to the available ring, so nothing of the card's is in flight in the saved record. Idempotent."""
+        with self._thawed:
+            self._frozen = True
+        t = self.transport
+        if t is not None:
+            with t.lock:                # a delivery holds this lock from its first pop to its interrupt
+                self._give_back_held(t.queues[RX])
+        if not self._tx_pass_lock.acquire(timeout=timeout):
+            self.thaw()
+            raise RuntimeError(f"{self.name}: the transmit thread is still sending after {timeout} s")
+        self._tx_pass_lock.release()    # any later pass finds the card frozen and takes nothing
+
+    def thaw(self) -> None:
+        """End a capture: the card takes frames both ways again (a live snapshot's machine runs on)."""
+        with self._thawed:
+            self._frozen = False
+            self._thawed.notify_all()
+        self._rx_kick.wake()            # the drain thread delivers what waited; the driver's buffers are there
+        self._tx_kick.wake()            # frames the driver queued before the pause and we did not take
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def _give_back_held(self, q: Virtqueue) -> None:
+        """Un-take the receive buffers held for a frame that did not fit yet (transport lock held). They are
+        always the last chains popped (a delivery frees from the front), and the driver cannot have reused
+        their available-ring slots (it has no free descriptor for that while they are out), so moving
+        last_avail back over them is the state in which the device had not taken them: a restored machine, or
+        this one after thaw(), takes the same chains again."""
+        held, self._held = self._held, []
+        if not held or not q.ready:
+            return
+        q.last_avail = (q.last_avail - len(held)) & 0xFFFF
+        if q.event_idx:             # avail_event (2.7.10) follows what the device has read
+            q.memory.write_u16(q.used_addr + 4 + 8 * q.size, q.last_avail)
+
+    def _wait_thawed(self, backend: NetBackend) -> bool:
+        """The reader, before taking the next frame from the backend: wait out a capture. False when the
+        backend was replaced or the card stopped meanwhile."""
+        with self._thawed:
+            while self._frozen and self.backend is backend and not self._stopping:
+                self._thawed.wait()
+        return self.backend is backend
+
     # -- receive ----------------------------------------------------------------------------------------------
     def _rx_loop(self, backend: NetBackend, backlog: RxBacklog) -> None:
         """The reader: frames from the backend straight into the ring while nothing is waiting; when the driver
@@ -269,7 +328,7 @@ class VirtioNet(VirtioDevice):
         backend's socket drained: passt, finding it full, drops the frame and its TCP connection stalls until
         passt's retransmission timer (about a second) fires; a TAP queue drops frames the same way."""
         try:
-            while (frame := backend.recv_frame()) is not None:
+            while self._wait_thawed(backend) and (frame := backend.recv_frame()) is not None:
                 if self.backend is not backend:
                     return
                 with self._rx_order:
@@ -308,6 +367,8 @@ class VirtioNet(VirtioDevice):
         assert t is not None
         q = t.queues[RX]
         with t.lock:
+            if self._frozen:
+                return False               # held (the backlog) until thaw(), not dropped
             if not t.may_run() or not q.ready or not (self.link_up and self.switch_up):
                 self.stats["rx_dropped"] += 1
                 return True
@@ -387,10 +448,13 @@ class VirtioNet(VirtioDevice):
         there may be more."""
         t = self.transport
         assert t is not None
-        q = t.queues[TX]
+        with self._tx_pass_lock:        # quiesce() waits for the frames taken to be sent
+            return self._tx_pass_locked(t, t.queues[TX])
+
+    def _tx_pass_locked(self, t: VirtioPciDevice, q: Virtqueue) -> bool:
         frames: list[bytes] = []
         with t.lock:
-            if not t.may_run() or not q.ready:
+            if self._frozen or not t.may_run() or not q.ready:
                 return False
             old_used = q.used_idx
             try:
