@@ -216,13 +216,16 @@ class Board:
                                              f"(KVM_CAP_READONLY_MEM), which firmware boot needs: use --accel "
                                              f"software, or boot a kernel directly")
             # The BIOS image and shadow RAM, remapped whenever the PAM registers change (and at reset, which
-            # resets them); fw_cfg; QEMU's debug console, where SeaBIOS logs; port 0x92 for fast A20/reset.
+            # resets them); fw_cfg; QEMU's debug console where SeaBIOS logs, if asked for; port 0x92 for fast
+            # A20/reset.
             self.firmware = FirmwareMemory(firmware_image, self.memory, self.mmio, mapper)
             self.host_bridge.on_pam_change = self.firmware.set_pam
             self.fw_cfg = FwCfg(self.memory)
-            self.debugcon = DebugConsole()
             self.port92 = SystemControlPortA(request_reset)
-            port_devices += [self.fw_cfg, self.debugcon, self.port92]
+            port_devices += [self.fw_cfg, self.port92]
+            if config.debugcon:
+                self.debugcon = DebugConsole()
+                port_devices.append(self.debugcon)
         for dev in port_devices:
             dev.attach(self.pio)
         self.devices = list(port_devices)

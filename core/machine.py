@@ -93,6 +93,9 @@ class MachineConfig:
     boot: list[str] = field(default_factory=list)
     firmware: str | None = None
     boot_menu_wait_ms: int = 2500      # firmware boot: how long SeaBIOS offers its Esc boot menu (0: no menu)
+    # Firmware boot: QEMU's isa-debugcon at port 0x402, where SeaBIOS logs (off by default, as on QEMU: SeaBIOS
+    # then finds no port and writes no log, thousands of port exits fewer before the boot loader).
+    debugcon: bool = False
     # QEMU's -boot once=: the order of the first boot only; from the first reset on (an installer's reboot), `boot`.
     boot_once: list[str] = field(default_factory=list)
     nics: list[NicSpec] = field(default_factory=list)   # virtio-net cards, in PCI order

@@ -19,6 +19,8 @@ def config_from_record(rec: object, where: str = "machine.config") -> MachineCon
     unknown = set(rec) - set(MachineConfig.__dataclass_fields__)
     if unknown:
         raise StateError(f"{where}: unknown definition field {sorted(unknown)[0]!r}")
+    if "debugcon" not in rec:
+        rec = {**rec, "debugcon": True}       # saved before the field existed: every firmware machine had the port
     try:
         disks = [DiskSpec(**d) for d in rec.get("disks", [])]
         nics = [NicSpec(**{**n, "forwards": [Forward(**f) for f in n.get("forwards", [])]})
@@ -31,7 +33,8 @@ def config_from_record(rec: object, where: str = "machine.config") -> MachineCon
     except (TypeError, AttributeError) as exc:
         raise StateError(f"{where}: the machine definition is malformed ({exc})") from None
     for name, kind in (("memory_mib", int), ("cpus", int), ("boot_menu_wait_ms", int), ("cmdline", str),
-                       ("accel", str), ("display", str), ("on_triple_fault", str), ("decompress_on_host", bool)):
+                       ("accel", str), ("display", str), ("on_triple_fault", str), ("decompress_on_host", bool),
+                       ("debugcon", bool)):
         if type(getattr(config, name)) is not kind:
             raise StateError(f"{where}: definition field {name} has the wrong type")
     strings = [*config.cdroms, *config.boot, *config.boot_once, *(d.path for d in config.disks)]

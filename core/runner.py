@@ -83,6 +83,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--firmware", metavar="PATH",
                    help="BIOS image for firmware boot (default: Debian's SeaBIOS, "
                         "/usr/share/seabios/bios-256k.bin)")
+    p.add_argument("--debugcon", action="store_true",
+                   help="firmware boot: add QEMU's debug console (port 0x402) and print the firmware's log (SeaBIOS "
+                        "writes one there) on stderr")
     p.add_argument("--display", default="none", choices=("none", "window"),
                    help="window: show the VM's screen in a console window (default none)")
     p.add_argument("--net", action="append", default=[],
@@ -187,6 +190,17 @@ def _report_links(machine: Machine) -> None:
     for nic in machine.board.nics:
         nic.on_link_change = lambda up, reason, name=nic.name: None if up else \
             print(f"\r\nvireo: {name}: link down: {reason}", file=sys.stderr, flush=True)
+
+
+def _log_firmware_to_stderr() -> None:
+    """--debugcon: the debug console's lines (core/devices/debugcon.py logs them at debug level) on stderr."""
+    import logging
+    logger = logging.getLogger("vireo.firmware")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
 
 
 def _check_file(option: str, path: str | None) -> None:
@@ -374,7 +388,9 @@ def prepare(args: argparse.Namespace) -> RunSession | int:
                                memory_mib=args.memory, cpus=args.cpus, accel=args.accel,
                                decompress_on_host=not args.no_host_decompress, disks=disks,
                                cdroms=list(args.cdrom), boot=boot, firmware=args.firmware,
-                               boot_menu_wait_ms=args.boot_menu_wait, nics=nics)
+                               boot_menu_wait_ms=args.boot_menu_wait, nics=nics, debugcon=args.debugcon)
+        if args.debugcon:
+            _log_firmware_to_stderr()
         saved = None
         if args.restore:
             config, saved = SavedState.open(args.restore)

@@ -64,5 +64,6 @@ class DebugConsole:
                 if byte != 0x0A:
                     self._line.append(byte)
             else:
+                self._line.append(byte)
                 return
         log.debug("firmware: %s", line)

@@ -50,7 +50,7 @@ def wait_for_screen(machine: Machine, text: str, timeout: float, poke=None) -> l
 @pytest.fixture
 def firmware_machine():
     """Factory: firmware_machine(accel, **MachineConfig fields, serial_output=None) -> a built (not started)
-    Machine on SeaBIOS;
+    Machine on SeaBIOS, with the debug console unless debugcon=False;
     every machine is powered off after the test."""
     machines: list[Machine] = []
 
@@ -58,6 +58,7 @@ def firmware_machine():
         require_accel(accel)
         require_seabios()
         fields.setdefault("boot_menu_wait_ms", 0)
+        fields.setdefault("debugcon", True)           # SeaBIOS's log, which the tests read
         serial_output = fields.pop("serial_output", None)
         machine = Machine(MachineConfig(accel=accel, memory_mib=fields.pop("memory_mib", 64), **fields),
                           serial_output=serial_output)

@@ -33,7 +33,7 @@ def boot_info(kernel, initrd, cpus: int, until: bytes, timeout: float = 150) -> 
     serial = bytearray()
     config = MachineConfig(kernel=str(kernel), initrd=str(initrd), cmdline="console=ttyS0 vireo.action=info",
                            firmware="/usr/share/seabios/bios-256k.bin", cpus=cpus, memory_mib=256,
-                           accel="software", boot_menu_wait_ms=0)
+                           accel="software", boot_menu_wait_ms=0, debugcon=True)
     machine = Machine(config, serial_output=serial.extend)
     assert machine.board.firmware_boot and not config.direct_kernel_boot
     machine.start()

@@ -52,15 +52,19 @@ def test_firmware_that_is_not_a_bios_image(tmp_path):
     assert str(bad) in line and "multiple of 64 KiB" in line and "seabios" in line
 
 
-def test_runner_boots_a_disk_through_seabios(tmp_path):
+@pytest.mark.parametrize("debugcon", [False, True])
+def test_runner_boots_a_disk_through_seabios(tmp_path, debugcon):
     require_accel("software")
     require_seabios()
     disk = tmp_path / "mbr.img"
     write_disk(disk)
     dump = tmp_path / "screen.png"
     code, _, err = run_vireo(["--disk", f"{disk},format=raw,bus=virtio", "--boot", "disk", "--accel", "software",
-                              "--serial", "none", "--boot-menu-wait", "0", "--timeout", "6", "--screendump", dump],
+                              "--serial", "none", "--boot-menu-wait", "0", "--timeout", "6", "--screendump", dump,
+                              *(["--debugcon"] if debugcon else [])],
                              timeout=90)
     assert code == 1 and "timeout" in err          # the boot sector halts; the run ends at its --timeout
     text = (tmp_path / "screen.txt").read_text()
     assert "SeaBIOS (version" in text and MARKER in text, text
+    # --debugcon: SeaBIOS's log (and what the boot sector writes to port 0x402) on stderr; none without it.
+    assert ("Booting from Hard Disk..." in err and MARKER in err) == debugcon, err

@@ -120,6 +120,18 @@ class PortRecorder:
         self.accesses.append(("out", port))
 
 
+def test_without_the_debug_console_port_0x402_is_free(firmware_machine):
+    """As on QEMU without isa-debugcon: nothing claims port 0x402 (registering another device there works), so
+    SeaBIOS's probe of it reads no 0xE9 and the machine keeps no firmware log; it boots all the same."""
+    machine = firmware_machine("software", debugcon=False)
+    port = PortRecorder()
+    machine.board.pio.register(0x402, 1, port)
+    machine.start()
+    wait_for_screen(machine, NO_BOOT, timeout=120)
+    assert machine.board.debugcon is None
+    assert ("in", 0x402) in port.accesses          # SeaBIOS's probe reached the port
+
+
 def test_without_a_display_seabios_talks_on_com1_and_never_touches_smm(firmware_machine):
     """NOGRAPHIC: SeaBIOS's serial console on COM1. Without a PIIX4 power-management function it sets up no SMM,
     so the APM/SMI ports 0xB2-0xB3 (which nothing here serves) are never used."""
