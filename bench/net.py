@@ -7,9 +7,10 @@ tests/fixtures/init.sh, `vireo.action=net-bench`: the guest takes a DHCP lease f
 port 80, then, timed with the guest's own clock (/proc/uptime), `bench_reps` times:
 - host -> guest: busybox wget of a --mib MiB file from an HTTP server this script runs on the host's loopback,
   reached through the gateway address (passt maps it to the host's 127.0.0.1);
-- guest -> host: busybox wget --post-file of a --mib MiB file (made in the guest's tmpfs before the clock starts)
-  to the same server, which answers once it has read every byte (so the time covers delivery to the host, not
-  just the guest's socket buffer). (busybox nc was tried: it waits for an end of stream from passt after the
+- guest -> host: busybox wget --post-file of a --mib MiB file (made in the guest's tmpfs before the clock starts;
+  not zeros, as busybox wget posts strlen() of the file) to the same server, which answers once it has read every
+  byte (so the time covers delivery to the host, not just the guest's socket buffer); the run fails unless the
+  host got every byte of every POST. (busybox nc was tried: it waits for an end of stream from passt after the
   answer that never comes, with QEMU as with Vireo.)
 Then the host times --requests small HTTP GETs (a new TCP connection each, as busybox httpd closes it) of the
 guest's index page through a forwarded port (127.0.0.1:P -> guest :80): the request latency, in ms.
@@ -58,11 +59,14 @@ class _Blob(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:                  # noqa: N802
         left = int(self.headers.get("Content-Length", "0"))
+        got = 0
         while left > 0:
             chunk = self.rfile.read(min(left, 1 << 20))
             if not chunk:
                 return
             left -= len(chunk)
+            got += len(chunk)
+        self.server.posted.append(got)          # type: ignore[attr-defined]
         self.send_response(200)
         self.send_header("Content-Length", "3")
         self.end_headers()
@@ -75,6 +79,7 @@ class _Blob(http.server.BaseHTTPRequestHandler):
 def start_blob_server(size: int) -> http.server.ThreadingHTTPServer:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Blob)
     server.blob = os.urandom(size)              # type: ignore[attr-defined]
+    server.posted = []                          # type: ignore[attr-defined]  # bytes of each POST received
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -134,8 +139,10 @@ def request_latencies(port: int, n: int) -> list[float]:
     return out
 
 
-def run_once(name: str, make, kernel: Path, initrd: Path, args: argparse.Namespace, blob_port: int,
+def run_once(name: str, make, kernel: Path, initrd: Path, args: argparse.Namespace, blob,
              work: Path) -> dict[str, list[float]]:
+    blob_port = blob.server_address[1]
+    blob.posted.clear()
     fwd = free_port()
     cmd, helpers = make(kernel, initrd, cmdline(args, blob_port), fwd, work)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -170,6 +177,11 @@ def run_once(name: str, make, kernel: Path, initrd: Path, args: argparse.Namespa
         for helper in helpers:
             helper.terminate()
             helper.wait(10)
+    # A guest->host figure only counts if every byte got here (busybox wget once posted nothing for a file of
+    # zeros: it sends strlen() of the file, and the figures were those of an empty request).
+    if results["g2h"] and blob.posted != [args.mib << 20] * len(results["g2h"]):
+        raise RuntimeError(f"{name}: the host received POSTs of {blob.posted} bytes, not {len(results['g2h'])} "
+                           f"of {args.mib << 20}")
     return results
 
 
@@ -198,7 +210,7 @@ def main() -> int:
         initrd = initrd_with_current_init(base, work)
         for run in range(args.runs):
             for name, make in sides:
-                r = run_once(name, make, kernel, initrd, args, blob.server_address[1], work)
+                r = run_once(name, make, kernel, initrd, args, blob, work)
                 for key, values in r.items():
                     all_results[name][key] += values
                 print(f"run {run + 1} {name:5}: h2g {' '.join(f'{v:.1f}' for v in r['h2g'])} MB/s  "

@@ -87,6 +87,7 @@ class SoftwareMemoryMap:
 
     def _init_memory_map(self) -> None:
         self._pending_invalidations: list[tuple[int, int]] = []
+        self._inval_kicked: tuple[object, int] | None = None    # (vCPU, slice) last kicked for invalidations
         self._inval_lock = threading.Lock()
         self._map_lock = threading.Lock()
         self._mmio_pieces: dict[int, int] = {}          # start -> size of the MMIO regions over the holes
@@ -254,9 +255,16 @@ class SoftwareMemoryMap:
         else:
             with self._inval_lock:
                 self._pending_invalidations.append((gpa, length))
+            # One kick per slice: the kicked slice ends and the next one starts by draining the whole list (this
+            # range too), so a second kick into the same slice does nothing but cost. A device delivering a
+            # received frame writes ~40 times (buffers, used entries, the index); a kick each was a uc_emu_stop
+            # per write for the device's thread. A slice begun since the last kick is kicked again.
             running = self.running
             if running is not None:
-                running.kick_for_interrupt()
+                slice_id = (running, running._slice_seq)
+                if slice_id != self._inval_kicked:
+                    self._inval_kicked = slice_id
+                    running.kick_for_interrupt()
 
     def _invalidate(self, gpa: int, length: int) -> None:
         """Translated code is looked up by the RAM block holding the host address; below 1 MiB guest RAM may be
@@ -274,8 +282,20 @@ class SoftwareMemoryMap:
         if self._pending_invalidations:
             with self._inval_lock:
                 pending, self._pending_invalidations = self._pending_invalidations, []
-            for gpa, length in pending:
-                self._invalidate(gpa, length)
+            if not pending:
+                return
+            # Adjacent and overlapping ranges as one: a received frame's buffers are mostly consecutive (the
+            # driver carves them from one large page) and the used ring's entries are, and each range is two
+            # calls into the library.
+            pending.sort()
+            start, end = pending[0][0], pending[0][0] + pending[0][1]
+            for gpa, length in pending[1:]:
+                if gpa <= end:
+                    end = max(end, gpa + length)
+                    continue
+                self._invalidate(start, end - start)
+                start, end = gpa, gpa + length
+            self._invalidate(start, end - start)
 
     def _mmio_read(self, _uc, offset: int, size: int, base: int) -> int:
         addr = (base or 0) + offset

@@ -4,6 +4,9 @@ page tables allow execution, and every store that changes translated code is sti
 running code, after data writes made the page's TLB entry fast, and through a second virtual alias."""
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from core.hypervisor.base import CpuState, ExitReason, Segment
@@ -146,3 +149,47 @@ f:      mov $1, %eax
     ex = rig.run(flat32(0x10000))
     assert ex.reason == ExitReason.HALTED
     assert seen == [1, 1, 1, 2]
+
+
+def test_a_device_threads_burst_of_writes_into_running_code_is_seen(rig):
+    """A device thread (not the vCPU's) writes a page of code the guest is running in a tight loop without
+    exits: many data writes into the page, then the new immediate. The vCPU is kicked once per slice for such
+    writes (software_memory._ram_written) and drains every range before its next slice, so the last write,
+    made while a kick for the first is still out, is seen too; without a kick the loop never ends."""
+    code = assemble(r"""
+        .code32
+        jmp start
+        .align 16
+data:   .fill 256, 1, 0                 # below the code: its ranges sort before the immediate's
+start:  mov $0xE9, %dx
+        mov $7, %eax
+        out %eax, %dx                   # running: the host starts writing now
+1:      call f
+        cmp $2, %eax
+        jne 1b
+        out %eax, %dx
+        cli
+        hlt
+        .align 16
+f:      mov $1, %eax
+        ret
+    """, 32, 0x10000)
+    f = 0x10000 + code.index(bytes.fromhex("b8 01 00 00 00 c3"))
+    data = 0x10010
+    rig.memory.write(0x10000, code)
+    started = threading.Event()
+
+    def device() -> None:
+        started.wait(10)
+        time.sleep(0.05)                # the loop has been translated and is running
+        for i in range(0, 200, 2):      # every other byte: 100 ranges that do not merge
+            rig.memory.write(data + i, bytes([i & 0xFF]))
+        rig.memory.write(f + 1, (2).to_bytes(4, "little"))
+
+    rig.debug.io_write = lambda port, size, value: (rig.debug.words.append(value), started.set())
+    writer = threading.Thread(target=device)
+    writer.start()
+    ex = rig.run(flat32(0x10000), timeout=10)
+    writer.join()
+    assert ex.reason == ExitReason.HALTED
+    assert rig.debug.words == [7, 2]

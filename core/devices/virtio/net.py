@@ -32,7 +32,9 @@ from collections.abc import Callable
 from core.devices.virtio.pci import Handoff, VirtioDevice, VirtioPciDevice
 from core.devices.virtio.queue import DescriptorChain, Virtqueue, VirtqueueError, gather
 from core.memory import GuestMemory, GuestMemoryError
+from core.net import checksum
 from core.net.backend import ETH_HEADER, MAX_FRAME, NetBackend
+from core.net.checksum import inet_checksum
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ F_MRG_RXBUF, F_STATUS = 1 << 15, 1 << 16
 S_LINK_UP = 1
 HDR_F_NEEDS_CSUM, HDR_F_DATA_VALID = 1, 2
 GSO_NONE = 0
+UDP_CSUM_OFFSET = 6           # offsetof(struct udphdr, check): 0 there means "no checksum" (RFC 768)
 HDR_LEN = 12                  # struct virtio_net_hdr with num_buffers (VERSION_1)
 RX, TX = 0, 1
 TX_BATCH = 64                 # frames taken per pass of the transmit ring before they are sent
@@ -74,20 +77,6 @@ class Wakeup:
         """Wait until some wake() came after `mark` was read; False on timeout."""
         with self._cond:
             return self._cond.wait_for(lambda: self._count != mark, timeout)
-
-
-def inet_checksum(data: bytes | bytearray | memoryview) -> int:
-    """The Internet checksum (RFC 1071) of `data`: 16-bit big-endian words summed in ones' complement, inverted.
-    The sum is the number the bytes spell taken modulo 0xFFFF (2**16 is 1 modulo 0xFFFF), which CPython computes
-    in C for the whole frame at once."""
-    raw = bytes(data)
-    if len(raw) % 2:
-        raw += b"\0"
-    value = int.from_bytes(raw, "big")
-    total = value % 0xFFFF
-    if total == 0 and value:
-        total = 0xFFFF               # ones' complement: a non-zero sum that wraps to zero is "negative zero"
-    return ~total & 0xFFFF
 
 
 class RxBacklog:
@@ -139,6 +128,7 @@ class VirtioNet(VirtioDevice):
         self.mtu = max(MIN_MTU, min(mtu, MAX_FRAME - ETH_HEADER - 4))
         self.name = name
         self._connect = connect
+        checksum.load()
         self.stats = {"rx_bytes": 0, "rx_packets": 0, "tx_bytes": 0, "tx_packets": 0, "rx_dropped": 0,
                       "tx_dropped": 0}
         self.link_up = False
@@ -509,7 +499,10 @@ class VirtioNet(VirtioDevice):
         if csum_start >= len(frame) or at + 2 > len(frame):
             raise VirtqueueError(f"checksum at {csum_start}+{csum_offset} lies outside the {len(frame)}-byte frame")
         # The driver put the pseudo-header sum in the checksum field; the sum from csum_start on completes it.
-        struct.pack_into(">H", frame, at, inet_checksum(memoryview(frame)[csum_start:]))
+        checksum = inet_checksum(memoryview(frame)[csum_start:])
+        if checksum == 0 and csum_offset == UDP_CSUM_OFFSET:
+            checksum = 0xFFFF            # RFC 768: a UDP checksum that computes to zero is sent as all ones
+        struct.pack_into(">H", frame, at, checksum)
         return bytes(frame)
 
     def counters(self) -> dict[str, int]:
