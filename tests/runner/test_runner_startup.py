@@ -35,6 +35,9 @@ assert main.main(["run", "--cdrom", {str(iso)!r}, "--accel", "software", "--boot
                   "--memory", "64", "--serial", "none"]) is not None
 session = seen["session"]
 assert not isinstance(session, int), session
+import gc
+# main.py ran the start-up without cyclic collections; prepare() turned them back on, start-up objects frozen.
+assert gc.isenabled() and gc.get_freeze_count() > 10000, (gc.isenabled(), gc.get_freeze_count())
 session.machine.power_off()
 """)
     assert {"core.board", "core.hypervisor.software", "core.devices.vga"} <= loaded    # the machine was built
