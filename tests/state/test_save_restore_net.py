@@ -5,12 +5,13 @@ port at a steady pace throughout the save (TCP stops at the guest's window once 
 arriving while the state is written, as any traffic the guest does not pace would).
 
 The card's receive thread must not write guest RAM, the used ring or an interrupt while the state is captured: a
-state file whose transport record says one used index while the RAM saved after it holds a later one makes the
-restored guest's driver see the used index go backwards ("input.0:id N is not a head!", the queue broken, the
-network dead). After the fix the restored guest downloads again (checksum compared) and its kernel logged nothing
-about the card; a live save (the machine runs on) leaves the running guest's network working as well. The same
-through the Vireo service: a VM snapshot of the busy VM (its VM process pauses, captures and lets the card go
-again), the VM's network working on after it, and after a revert to it.
+state file whose transport record says one used index while the RAM saved after it holds a later one gives the
+restored card and driver different ideas of the rings (the device publishes a used index behind the one the driver
+already saw, and pops buffers again): before the fix the restored guest's download never completed. After the fix
+the restored guest downloads again (checksum compared) and its kernel logged nothing about the card; a live save
+(the machine runs on) leaves the running guest's network working as well. The same through the Vireo service: a VM
+snapshot of the busy VM (its VM process pauses, captures and lets the card go again), the VM's network working on
+after it, and after a revert to it.
 """
 from __future__ import annotations
 
