@@ -7,6 +7,7 @@ subcommand: `run …` the headless runner (`run --connect ssh://…` on a remote
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 
@@ -19,6 +20,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.connect:
+        gc.enable()                    # main() left it off for the local machine's start-up (core/runner.py)
         from core.cli.run_remote import run_remote
         return run_remote(args)
     from core.runner import prepare, run
@@ -67,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     # Only the subcommand being run gets its options: they come from its own modules, and importing every
     # command's (the runner, the disk-image tool, the Host API, SSH) would be most of the start-up time of each.
     chosen = argv[0]
+    if chosen == "run":
+        # No cyclic garbage collection while the runner's modules import and the machine is built: some fifty
+        # collections, each walking every object made so far, for next to no garbage. prepare() turns it back on
+        # (core/runner.py `_collect_from_now_on`).
+        gc.disable()
     for name, help_text, add_arguments, handler in SUBCOMMANDS:
         p = sub.add_parser(name, help=help_text)
         if name == chosen:

@@ -32,7 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.machine import Machine, MachineConfig, MachineState, SavedState  # noqa: E402
+from core.machine import Machine, MachineConfig, MachineState  # noqa: E402
+from core.machine_record import SavedState  # noqa: E402
 from tests.guests.build import guest_path  # noqa: E402
 
 COUNTER = re.compile(rb"counter: (\d+)")

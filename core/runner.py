@@ -361,8 +361,25 @@ class RunSession:
             print(f"vireo: --screendump {self.args.screendump}: {exc.strerror or exc}", file=sys.stderr)
 
 
+def _collect_from_now_on() -> None:
+    """main.py turns the cyclic garbage collector off for `run`'s start-up: the objects made so far (modules,
+    classes, the machine) live as long as the process, so they are frozen out of later collections, which then
+    walk only what the running VM makes. Nothing to do when the collector is on (another caller, a test)."""
+    import gc
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def prepare(args: argparse.Namespace) -> RunSession | int:
     """Validate the command line and build the machine; an int is the exit status of bad input."""
+    try:
+        return _prepare(args)
+    finally:
+        _collect_from_now_on()
+
+
+def _prepare(args: argparse.Namespace) -> RunSession | int:
     err = sys.stderr
     try:
         _check_file("--kernel", args.kernel)

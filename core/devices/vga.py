@@ -48,8 +48,8 @@ class Vga:
         self.vbe = BochsVbe(self.regs, vram_size)
         self.memory.banked = self.vbe
         # The CPU backend (Accelerator with map_ram), or None: the text window then always traps (vga_text_window).
-        self.memory.text.mapper = ram_mapper
-        self.regs.on_decode_change = self.memory.text.registers_changed
+        self.memory.set_ram_mapper(ram_mapper)
+        self.regs.on_decode_change = self.memory.decode_changed
         self.pci = VgaPciFunction(self.vbe, self.regs)
         self.lfb_mapped_as_ram = False   # BAR0 is mapped as guest RAM by the CPU backend (writes are untracked)
         self.pci.fb_handler.on_ram_mapping = self._lfb_ram_mapping_changed
@@ -97,6 +97,7 @@ class Vga:
         """Increases whenever a register or video memory changes (LFB writes made through RAM mappings excluded;
         text-window stores through RAM are counted here, when they are copied into the planes)."""
         self.memory.text.sync()
+        self.memory.plane_window.sync()
         return self.regs.generation
 
     def in_text_mode(self) -> bool:

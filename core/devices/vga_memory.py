@@ -12,15 +12,19 @@ Follows the IBM VGA Technical Reference / FreeVGA ("Graphics Controller", "Seque
 * write modes 0-3 with data rotate, the logical function against the latches (replace/AND/OR/XOR), set/reset
   and enable set/reset, the bit mask, and the sequencer map mask choosing which planes are written.
 
-The planes live in one bytearray, plane p at p * 64 KiB, which the renderer reads through a numpy view (made
-when first asked for: the machine itself never needs numpy, and importing it is a good part of a VM's start-up).
-While the registers make 0xB8000-0xBFFFF a linear text store, its bytes may live in a buffer the CPU maps as RAM
-instead (core/devices/vga_text_window.py); `planes` copies them back first.
+The planes live in one page-aligned anonymous mapping, plane p at p * 64 KiB, which the renderer reads through a
+numpy view (made when first asked for: the machine itself never needs numpy, and importing it is a good part of a
+VM's start-up). While the registers make 0xB8000-0xBFFFF a linear text store, its bytes may live in a buffer the
+CPU maps as RAM instead (core/devices/vga_text_window.py); while they make 0xA0000-0xAFFFF one plane byte for byte,
+the CPU maps that plane itself there (core/devices/vga_plane_window.py). `planes` brings both up to date first.
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
 from typing import TYPE_CHECKING
 
+from core.devices.vga_plane_window import PlaneWindow
 from core.devices.vga_registers import (
     GC_BIT_MASK,
     GC_COLOR_COMPARE,
@@ -61,17 +65,32 @@ class VgaMemory:
 
     def __init__(self, regs: VgaRegisters) -> None:
         self.regs = regs
-        self.vram = bytearray(4 * PLANE_SIZE)
+        self.vram = mmap.mmap(-1, 4 * PLANE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                              prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self._anchor = ctypes.c_char.from_buffer(self.vram)
+        self.host_address = ctypes.addressof(self._anchor)    # page-aligned: a plane can be mapped as guest RAM
         self._planes: np.ndarray | None = None
         self.latch = [0, 0, 0, 0]
         self.banked = None      # BochsVbe: `enabled`, window_read(offset), window_write(offset, value) -> bool
-        self.text = TextWindow(self)    # 0xB8000 as RAM in the linear text state (`text.mapper` set by the Vga)
+        self.text = TextWindow(self)    # 0xB8000 as RAM in the linear text state
+        self.plane_window = PlaneWindow(self)    # 0xA0000 as one plane's RAM in the single-plane state
+
+    def set_ram_mapper(self, mapper) -> None:
+        """The CPU backend (an Accelerator with map_ram) that may map the windows as RAM, or None (never)."""
+        self.text.mapper = mapper
+        self.plane_window.mapper = mapper
+
+    def decode_changed(self) -> None:
+        """A register deciding how the window decodes was written (VgaRegisters.on_decode_change)."""
+        self.text.registers_changed()
+        self.plane_window.registers_changed()
 
     @property
     def planes(self) -> np.ndarray:
         """The four planes as a (4, 64 KiB) uint8 array over `vram` (no copy), with the text window's buffer
         copied in."""
         self.text.sync()
+        self.plane_window.sync()
         if self._planes is None:
             import numpy as np
             self._planes = np.frombuffer(self.vram, np.uint8).reshape(4, PLANE_SIZE)
@@ -79,6 +98,7 @@ class VgaMemory:
 
     def reset(self) -> None:
         self.text.release()
+        self.plane_window.release()
         self.vram[:] = bytes(len(self.vram))
         self.latch = [0, 0, 0, 0]
 
@@ -191,6 +211,7 @@ class VgaMemory:
             served = self.text.read(base, size)
             if served is not None:
                 return served
+            self.plane_window.accessed(base, size)
         value = 0
         for i in range(size):
             value |= self.read((base + i) % VGA_WINDOW_SIZE) << (8 * i)
@@ -198,8 +219,10 @@ class VgaMemory:
 
     def mmio_write(self, addr: int, size: int, value: int) -> None:
         base = addr - VGA_WINDOW_BASE
-        if self.text.mapper is not None and self.text.write(base, size, value):
-            return
+        if self.text.mapper is not None:
+            if self.text.write(base, size, value):
+                return
+            self.plane_window.accessed(base, size)
         if self._text_write(base, size, value):
             return
         for i in range(size):

@@ -43,7 +43,8 @@ def set_state(vga: Vga, state: Any) -> None:
     vbe = f.validate(state["vbe"], VBE, "vga.vbe", 0)
     vram = f.check(state["vram"], f.Bytes(vga.vbe.vram_size, max_length=vga.vbe.vram_size), "vga.vram")
     with vga.regs.lock:
-        vga.memory.text.release()        # the loaded planes are the truth; the window traps until taken again
+        vga.memory.text.release()        # the loaded planes are the truth; the windows trap until taken again
+        vga.memory.plane_window.release()
         f.apply(vga.regs, regs, REGS, 0)
         vga.memory.vram[:] = planes
         vga.memory.latch = latch

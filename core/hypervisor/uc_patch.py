@@ -7,6 +7,7 @@ writes that redirect its pointers and rewrite its code.
   .symtab, RELA relocations R_X86_64_64, R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT) to find where an exported
   function's address was stored by the dynamic linker (GOT slots, absolute pointers in tables such as QEMU's
   `all_helpers`), and where a local (static) function lies.
+* The lookups' answers are kept on disk for the library file (uc_lookup_cache), checked before use.
 * A pointer is replaced only if it still holds the value expected (and is made writable just for the write); a
   code patch makes the page writable and executable for the moment, since other threads may be running it.
 
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import struct
 from ctypes import c_int, c_uint64, c_void_p
 
+from core.hypervisor import uc_lookup_cache
 from core.hypervisor.uc_internals import UnicornInternalsError, _lib, _require_lib, addr_of
 
 _PAGE = 4096
@@ -199,7 +202,7 @@ def _lib_image() -> _LibImage:
     return _image
 
 
-def _find_helper_slots(symbols: list[str]) -> dict[str, tuple[int, list[int]]]:
+def _search_helper_slots(symbols: list[str]) -> dict[str, tuple[int, list[int]]]:
     """For each symbol: (its run-time address, the run-time addresses of every data word the dynamic linker
     filled with it: GOT slots and absolute pointers in tables), read from the library's ELF dynamic relocations
     (R_X86_64_64, R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT without addend)."""
@@ -225,13 +228,75 @@ def _find_helper_slots(symbols: list[str]) -> dict[str, tuple[int, list[int]]]:
     return result
 
 
-def _local_symbols(name: str) -> list[int]:
+def _search_local_symbols(name: str) -> list[int]:
     """Run-time addresses of every local (static) function called `name` in the library's .symtab (empty if the
     library is stripped)."""
     img = _lib_image()
     if img.symtab is None:
         return []
     return [img.base + value for _index, value in img.symbols(img.symtab, name) if value]
+
+
+def _find_helper_slots(symbols: list[str]) -> dict[str, tuple[int, list[int]]]:
+    """_search_helper_slots, answered from the lookup cache (uc_lookup_cache) when it has this library's answer
+    and that answer holds: each helper's address is what the dynamic linker gives for its name, and each slot
+    holds that address."""
+    path = _require_lib()._name
+    key = "slots:" + ",".join(symbols)
+    cached = uc_lookup_cache.get(path, key)
+    if cached is not None:
+        found = _cached_slots(path, symbols, cached)
+        if found is not None:
+            return found
+    result = _search_helper_slots(symbols)
+    base = _lib_image().base
+    uc_lookup_cache.put(path, key, {s: [addr - base, [slot - base for slot in slots]]
+                                    for s, (addr, slots) in result.items()})
+    return result
+
+
+def _cached_slots(path: str, symbols: list[str], cached) -> dict[str, tuple[int, list[int]]] | None:
+    try:
+        size = os.path.getsize(path)
+        base = None
+        result = {}
+        for s in symbols:
+            value, slots = cached[s]
+            original = addr_of(getattr(_lib, s))
+            if base is None:
+                base = original - value
+            if original != base + value or not slots:
+                return None
+            addrs = []
+            for off in slots:
+                if not isinstance(off, int) or not 0 <= off < size:
+                    return None
+                addrs.append(base + off)
+            if any(c_uint64.from_address(a).value != original for a in addrs):
+                return None
+            result[s] = (original, addrs)
+        return result
+    except (OSError, TypeError, ValueError, KeyError, AttributeError):
+        return None
+
+
+def _local_symbols(name: str) -> list[int]:
+    """_search_local_symbols, answered from the lookup cache when it has this library's answer (offsets from
+    the load address, found through the exported uc_open's)."""
+    path = _require_lib()._name
+    key = "local:" + name
+    cached = uc_lookup_cache.get(path, key)
+    uc_open = uc_lookup_cache.get(path, "uc_open")
+    if isinstance(cached, list) and isinstance(uc_open, int):
+        size = os.path.getsize(path)
+        if all(isinstance(off, int) and 0 < off < size for off in cached) and 0 < uc_open < size:
+            base = addr_of(_lib.uc_open) - uc_open
+            return [base + off for off in cached]
+    img = _lib_image()
+    result = _search_local_symbols(name)
+    uc_lookup_cache.put(path, "uc_open", addr_of(_lib.uc_open) - img.base)
+    uc_lookup_cache.put(path, key, [addr - img.base for addr in result])
+    return result
 
 
 def _patch_text(addr: int, code: bytes) -> None:

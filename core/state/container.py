@@ -31,7 +31,6 @@ _RUN = struct.Struct("<QII")                  # gpa, pages, CRC-32 of the data
 RAM_END = 0xFFFF_FFFF_FFFF_FFFF
 MAX_RECORD = 64 << 20                         # a record (video memory is the largest) is far smaller than this
 MAX_BYTES_VALUE = 64 << 20
-SCAN_CHUNK = 64 << 20                         # zero-page detection works through RAM this much at a time
 
 
 def _encode(value: Any) -> Any:
@@ -86,24 +85,16 @@ class StateWriter:
         self._f.write(payload)
 
     def ram(self, memory: GuestMemory, version: int = 1) -> None:
-        """Guest RAM: every region, as runs of pages that are not all zero."""
-        import numpy as np
+        """Guest RAM: every region, as runs of pages that are not all zero (core/state/ram_scan.py finds them,
+        reading only the pages the kernel has backed)."""
+        from core.state.ram_scan import nonzero_runs
         self._section(KIND_RAM, "ram")
         self._f.write(struct.pack("<IQ", version, memory.size))
-        for region in memory.regions:
-            for start in range(0, region.size, SCAN_CHUNK):
-                length = min(SCAN_CHUNK, region.size - start)
-                view = memory.view(region.gpa + start, length)
-                nonzero = np.frombuffer(view, dtype=np.uint64).reshape(-1, PAGE_SIZE // 8).any(axis=1)
-                # Runs of non-zero pages: where the flag changes.
-                edges = np.flatnonzero(np.diff(np.concatenate(([0], nonzero.view(np.int8), [0]))))
-                for first, end in zip(edges[0::2], edges[1::2], strict=True):
-                    data = view[int(first) * PAGE_SIZE:int(end) * PAGE_SIZE]
-                    self._f.write(_RUN.pack(region.gpa + start + int(first) * PAGE_SIZE, int(end - first),
-                                            zlib.crc32(data)))
-                    self._f.write(data)
-                    self.bytes_ram += len(data)
-                del view
+        for gpa, data in nonzero_runs(memory):
+            self._f.write(_RUN.pack(gpa, len(data) // PAGE_SIZE, zlib.crc32(data)))
+            self._f.write(data)
+            self.bytes_ram += len(data)
+            data.release()
         self._f.write(_RUN.pack(RAM_END, 0, 0))
 
     def __enter__(self) -> StateWriter:

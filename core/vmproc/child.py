@@ -85,14 +85,24 @@ class VmServer:
         self._done = threading.Event()
         self.exit_code = EXIT_NO_CONTROLLER
         self._terminate = threading.Event()
+        # Written by _finish() and the SIGTERM handler: the main loop's poll wakes at once instead of at its next
+        # 200 ms timeout (a snapshot revert waits for this process to exit before it starts the next one).
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
     # -- the process's life ----------------------------------------------------------------------------------
     def run(self) -> int:
         started = time.monotonic()
         poller = select.poll()
         poller.register(self.listener.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         while not self._done.is_set():
-            if poller.poll(200):
+            ready = {fd for fd, _ in poller.poll(200)}
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 64)
+                except BlockingIOError:
+                    pass
+            if self.listener.fileno() in ready:
                 try:
                     conn, _ = self.listener.accept()
                 except OSError:
@@ -103,7 +113,7 @@ class VmServer:
                 self._power_off_on_signal()
             if self.machine is None and time.monotonic() - started > START_TIMEOUT and not self._ops.locked():
                 log.error("no VM definition arrived within %.0f s; exiting", START_TIMEOUT)
-                self._done.set()
+                self._finish()
         # A lifecycle call that ended the machine (power_off) still owes its reply: let it finish first.
         if self._ops.acquire(timeout=15):
             self._ops.release()
@@ -111,10 +121,22 @@ class VmServer:
         self._cleanup()
         return self.exit_code
 
+    def _finish(self) -> None:
+        """The process's work is over (any thread): the main loop ends now."""
+        self._done.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the main loop (any thread, or a signal handler)."""
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass                     # the pipe is full: the loop is awake already
+
     def _power_off_on_signal(self) -> None:
         log.info("SIGTERM: powering the machine off")
         if self.machine is None:
-            self._done.set()
+            self._finish()
         else:
             threading.Thread(target=self.machine.power_off, name="vireo-sigterm", daemon=True).start()
 
@@ -334,7 +356,7 @@ class VmServer:
             log.exception("cannot start: %s", message)
         self.exit_code = EXIT_START_FAILED
         self.outbox.put({"t": "error", "e": message})
-        self._done.set()
+        self._finish()
 
     def _close_serial_log(self) -> None:
         serial_log, self.serial_log = self.serial_log, None
@@ -362,7 +384,7 @@ class VmServer:
         log.info("state %s%s", state.value, f": {reason}" if reason else "")
         if state.value in FINAL_STATES:
             self.exit_code = EXIT_SHUTOFF if state.value == "shutoff" else EXIT_CRASHED
-            self._done.set()
+            self._finish()
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -457,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return EXIT_START_FAILED
     server = VmServer(listener, paths, args.uuid)
-    signal.signal(signal.SIGTERM, lambda *_: server._terminate.set())
+    signal.signal(signal.SIGTERM, lambda *_: (server._terminate.set(), server.wake()))
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # a stray Ctrl-C of a terminal it came from: not ours
     log.info("VM process for %s", args.uuid)
     code = server.run()

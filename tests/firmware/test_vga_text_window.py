@@ -2,7 +2,8 @@
 (core/devices/vga_text_window.py), driven by a real boot sector on SeaBIOS and its VGA BIOS: text the guest writes
 straight into B800:0000 shows on the screen (the model's character cells and the rendered frame), survives a
 save and restore, and a switch to mode 13h and back (INT 10h) gives the window back to the planar model and takes
-it again, each picture right."""
+it again, each picture right. Also the plane window 0xA0000 (core/devices/vga_plane_window.py): a glyph stored
+and read back in the font access state a VGA BIOS uses goes through plane 2 mapped as RAM, and shows."""
 from __future__ import annotations
 
 import time
@@ -171,3 +172,115 @@ def test_mapped_text_survives_save_and_restore(tmp_path):
         assert second.machine.state == MachineState.RUNNING, second.machine.reason
     finally:
         second.close()
+
+
+# -- the plane window (core/devices/vga_plane_window.py): a font loaded as a VGA BIOS loads one ------------------
+GLYPH_ROWS = (0xF0, 0x0F) * 8                   # character 01h's new glyph: alternating half rows
+FONT_OK, FONT_BAD = "vireo-vga: glyph read back", "vireo-vga: glyph read back WRONG"
+FONT_ROW, FONT_COL = 3, 10
+
+FONT_SOURCE = f"""
+    .code16
+    .globl _start
+_start:
+    cli
+    xorw %ax, %ax
+    movw %ax, %ds
+    movw %ax, %ss
+    movw $0x7c00, %sp
+    sti
+    movb $0x01, %ah
+    movw $0x2000, %cx
+    int $0x10                    # no cursor
+    movw $0x3c4, %dx             # font access, as SeaVGABIOS's get_font_access:
+    movw $0x0100, %ax
+    outw %ax, %dx                #   sequencer in synchronous reset
+    movw $0x0402, %ax
+    outw %ax, %dx                #   map mask: plane 2
+    movw $0x0704, %ax
+    outw %ax, %dx                #   memory mode: sequential (odd/even off), no chain-4
+    movw $0x0300, %ax
+    outw %ax, %dx
+    movw $0x3ce, %dx
+    movw $0x0204, %ax
+    outw %ax, %dx                #   read map select: plane 2
+    movw $0x0005, %ax
+    outw %ax, %dx                #   write mode 0, read mode 0, no host odd/even
+    movw $0x0406, %ax
+    outw %ax, %dx                #   memory map A0000 64 KiB, text
+    movw $0xa000, %ax
+    movw %ax, %es
+    movw $32, %di                # character 01h's glyph: 32 bytes per character in map 0
+    movw $8, %cx
+1:  movw $0x0ff0, %es:(%di)
+    addw $2, %di
+    loop 1b
+    movb %es:32, %bl             # read back through the window: the first row
+    movb %es:33, %bh
+    xorb %ah, %ah
+    int $0x16                    # wait for a key, still in font access
+    movw $0x3c4, %dx             # back to text access, as release_font_access
+    movw $0x0100, %ax
+    outw %ax, %dx
+    movw $0x0302, %ax
+    outw %ax, %dx
+    movw $0x0204, %ax
+    outw %ax, %dx
+    movw $0x0300, %ax
+    outw %ax, %dx
+    movw $0x3ce, %dx
+    movw $0x0004, %ax
+    outw %ax, %dx
+    movw $0x1005, %ax
+    outw %ax, %dx
+    movw $0x0e06, %ax
+    outw %ax, %dx
+    movw $0xb800, %ax
+    movw %ax, %es
+    movw $(({FONT_ROW} * 80 + {FONT_COL}) * 2), %di
+    movw $0x0f01, %ax            # character 01h, bright white on black
+    stosw
+    movw $ok, %si
+    cmpw $0x0ff0, %bx
+    je 2f
+    movw $bad, %si
+2:  movw $(({FONT_ROW} + 1) * 160), %di
+    movb $0x07, %ah
+3:  lodsb
+    testb %al, %al
+    jz 4f
+    stosw
+    jmp 3b
+4:  hlt
+    jmp 4b
+
+ok:  .asciz "{FONT_OK}"
+bad: .asciz "{FONT_BAD}"
+    .org 510
+    .byte 0x55, 0xaa
+"""
+
+
+@pytest.mark.parametrize("accel", ACCELS)
+def test_font_loaded_through_the_mapped_plane_shows(firmware_machine, accel, tmp_path):
+    disk = tmp_path / "font.img"
+    code = assemble(FONT_SOURCE, 16, 0x7C00)
+    assert len(code) == 512
+    disk.write_bytes(code + bytes((1 << 20) - 512))
+    machine = firmware_machine(accel, disks=[DiskSpec(str(disk), format="raw")], boot=["disk"])
+    window = machine.board.vga.memory.plane_window
+    machine.start()
+    _wait(lambda: window.mapped_plane == 2, 120, "plane 2 never mapped at 0xA0000")
+    maps = window.maps
+    assert maps >= 2                                 # the VGA BIOS's own font load at its mode set, then the guest
+    _press(machine, "a")
+    lines = wait_for_screen(machine, FONT_OK, timeout=30)
+    assert lines[FONT_ROW + 1] == FONT_OK, lines
+    assert window.mapped_plane is None and machine.board.vga.memory.text.owned
+    # The glyph on the screen: cell (row 3, column 10), 9x16 pixels; each row's left or right half lit.
+    rgb = _frame(machine).rgb
+    cell = rgb[FONT_ROW * 16:(FONT_ROW + 1) * 16, FONT_COL * 9:FONT_COL * 9 + 8]
+    lit = (cell == (0xFF, 0xFF, 0xFF)).all(axis=-1)
+    for row, bits in enumerate(GLYPH_ROWS):
+        assert lit[row].tolist() == [bool(bits >> (7 - x) & 1) for x in range(8)], (row, lit[row])
+    assert window.maps == maps

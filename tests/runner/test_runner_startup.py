@@ -10,7 +10,8 @@ from tests.helpers.accel import require_accel
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("numpy", "PIL", "paramiko", "core.cli.connect", "core.cli.commands", "core.cli.console",
-         "core.remote.service", "core.host.api", "core.storage.cli")
+         "core.remote.service", "core.host.api", "core.storage.cli",
+         "core.boot.linux", "core.boot.multiboot", "core.boot.elf", "core.boot.vmlinux_cache")   # kernel boot only
 
 
 def _modules_after(code: str) -> set[str]:
@@ -35,6 +36,9 @@ assert main.main(["run", "--cdrom", {str(iso)!r}, "--accel", "software", "--boot
                   "--memory", "64", "--serial", "none"]) is not None
 session = seen["session"]
 assert not isinstance(session, int), session
+import gc
+# main.py ran the start-up without cyclic collections; prepare() turned them back on, start-up objects frozen.
+assert gc.isenabled() and gc.get_freeze_count() > 10000, (gc.isenabled(), gc.get_freeze_count())
 session.machine.power_off()
 """)
     assert {"core.board", "core.hypervisor.software", "core.devices.vga"} <= loaded    # the machine was built

@@ -5,16 +5,20 @@ port at a steady pace throughout the save (TCP stops at the guest's window once 
 arriving while the state is written, as any traffic the guest does not pace would).
 
 The card's receive thread must not write guest RAM, the used ring or an interrupt while the state is captured: a
-state file whose transport record says one used index while the RAM saved after it holds a later one makes the
-restored guest's driver see the used index go backwards ("input.0:id N is not a head!", the queue broken, the
-network dead). After the fix the restored guest downloads again (checksum compared) and its kernel logged nothing
-about the card; a live save (the machine runs on) leaves the running guest's network working as well.
+state file whose transport record says one used index while the RAM saved after it holds a later one gives the
+restored card and driver different ideas of the rings (the device publishes a used index behind the one the driver
+already saw, and pops buffers again): before the fix the restored guest's download never completed. After the fix
+the restored guest downloads again (checksum compared) and its kernel logged nothing about the card; a live save
+(the machine runs on) leaves the running guest's network working as well. The same through the Vireo service: a VM
+snapshot of the busy VM (its VM process pauses, captures and lets the card go again), the VM's network working on
+after it, and after a revert to it.
 """
 from __future__ import annotations
 
 import hashlib
 import http.server
 import os
+import re
 import shutil
 import socket
 import threading
@@ -22,10 +26,13 @@ import time
 
 import pytest
 
+from core.config import BootConfig, DiskConfig, NicConfig, SerialConfig, VmConfig
+from core.host import VmState
 from core.machine import MachineConfig, MachineState
 from core.net.nic import NicSpec, parse_forward
 from tests.helpers.accel import require_accel
 from tests.helpers.initrd import initrd_with_current_init
+from tests.helpers.service import ServiceSandbox, local_service  # noqa: F401  (the fixture)
 from tests.state.helpers import Running
 
 pytestmark = pytest.mark.skipif(shutil.which("passt") is None and os.environ.get("CI") != "true",
@@ -122,13 +129,16 @@ def _streaming(run: Running, gw: str, port: int) -> None:
         time.sleep(0.05)
 
 
-def _check_network(run: Running, gw: str, port: int, tag: str) -> None:
-    """Stop the stream, download the blob afresh and compare its checksum; the kernel said nothing about the
+def _check_command(gw: str, port: int, tag: str) -> bytes:
+    """Stop the stream, download the blob afresh and print its checksum, then what the kernel said about the
     card (its log as the guest has it, from boot, through the save, to now)."""
-    run.machine.serial_input(f"kill %1 2>/dev/null; echo {tag}-SUM=$(wget -q -O - http://{gw}:{port}/blob "
-                             f"| sha256sum | cut -d' ' -f1); echo {tag}-LOG; dmesg | grep -ciE "
-                             f"'{KERNEL_COMPLAINT}'; dmesg | grep -iE '{KERNEL_COMPLAINT}'; echo {tag}-END\n"
-                             .encode())
+    return (f"kill %1 2>/dev/null; echo {tag}-SUM=$(wget -q -O - http://{gw}:{port}/blob | sha256sum | cut -d' ' "
+            f"-f1); echo {tag}-LOG; dmesg | grep -ciE '{KERNEL_COMPLAINT}'; dmesg | grep -iE '{KERNEL_COMPLAINT}'; "
+            f"echo {tag}-END\n").encode()
+
+
+def _check_network(run: Running, gw: str, port: int, tag: str) -> None:
+    run.machine.serial_input(_check_command(gw, port, tag))
     got = run.expect(rf"\n{tag}-SUM=(\w*)\n", 60).group(1)
     log = run.expect(rf"\n{tag}-LOG\n(\d+)\n(.*?){tag}-END\n", 30)
     assert (log.group(1), log.group(2)) == ("0", ""), log.group(0)
@@ -173,3 +183,69 @@ def test_save_during_a_download_restores_a_working_card(debian_kernel, initrd, h
         _check_network(second, gw, http_port, "RESTORED")
     finally:
         second.close()
+
+
+def _wait_file(path, pattern: str, after: int = 0, timeout: float = 120) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text(errors="replace").replace("\r\n", "\n") if path.exists() else ""
+        m = re.compile(pattern, re.S).search(text, after)
+        if m:
+            return m
+        assert time.monotonic() < deadline, f"no {pattern!r} in the serial log:\n{text[-3000:]}"
+        time.sleep(0.05)
+
+
+def _network_works(host, uuid: str, log, gw: str, port: int, tag: str) -> None:
+    after = len(log.read_text(errors="replace").replace("\r\n", "\n"))
+    host.send_serial(uuid, _check_command(gw, port, tag))
+    got = _wait_file(log, rf"\n{tag}-SUM=(\w*)\n", after, 60).group(1)
+    complaints = _wait_file(log, rf"\n{tag}-LOG\n(\d+)\n(.*?){tag}-END\n", after, 30)
+    assert (complaints.group(1), complaints.group(2)) == ("0", ""), complaints.group(0)
+    assert got == hashlib.sha256(BLOB).hexdigest(), log.read_text(errors="replace")[-3000:]
+
+
+def test_live_snapshot_and_revert_of_a_vm_with_traffic(local_service: ServiceSandbox, debian_kernel, initrd,  # noqa: F811
+                                                       http_port) -> None:
+    """The same through the Vireo service and the VM process (core/vmproc/snapshot_call.py): a VM snapshot taken
+    while the guest downloads and UDP arrives; the VM runs on and its network works (the card was let go after
+    the capture); revert starts a new VM process from the snapshot's state, whose network works too."""
+    from tests.service.test_local_service import PROMPT
+    require_accel("software")
+    host = local_service.connect()
+    image = local_service.data_home / "vireo" / "images" / "snapnet.qcow2"
+    log = local_service.data_home / "snapnet-serial.log"
+    host.create_disk(str(image), 16 << 20, fmt="qcow2")
+    udp = _free_udp_port()
+    cfg = host.define(VmConfig(name="snapnet", memory_mib=256, accel="software",
+                               boot=BootConfig(kernel=str(debian_kernel), initrd=str(initrd),
+                                               cmdline="console=ttyS0 quiet vireo.action=net"),
+                               disks=[DiskConfig(path=str(image), format="qcow2")],
+                               nics=[NicConfig(forwards=[f"udp:127.0.0.1:{udp}-:9999"])],
+                               serial=SerialConfig(log_file=str(log)))).config
+    host.start(cfg.uuid)
+    try:
+        gw = _wait_file(log, r"VIREO-NET-GW=([\d.]+)\n").group(1)
+        _wait_file(log, PROMPT.pattern)
+        host.send_serial(cfg.uuid, f"wget -q -O /dev/null http://{gw}:{http_port}/stream &\n".encode())
+        deadline = time.monotonic() + 30
+        while host.net_status(cfg.uuid)[0]["rx_bytes"] < 4 << 20:
+            assert time.monotonic() < deadline, host.net_status(cfg.uuid)
+            time.sleep(0.05)
+        with UdpPacer(udp) as pacer:
+            time.sleep(0.5)
+            snap = host.snapshot_create(cfg.uuid, "busy")
+        assert pacer.sent > 1000 and snap.state == "running", snap
+        assert host.get(cfg.uuid).state == VmState.RUNNING
+        moved = host.net_status(cfg.uuid)[0]["rx_bytes"]
+        deadline = time.monotonic() + 20
+        while host.net_status(cfg.uuid)[0]["rx_bytes"] < moved + (2 << 20):      # the stream goes on
+            assert time.monotonic() < deadline, host.net_status(cfg.uuid)
+            time.sleep(0.05)
+        _network_works(host, cfg.uuid, log, gw, http_port, "LIVE")
+        host.snapshot_revert(cfg.uuid, "busy")
+        assert host.get(cfg.uuid).state == VmState.RUNNING
+        _network_works(host, cfg.uuid, log, gw, http_port, "REVERTED")
+    finally:
+        if host.get(cfg.uuid).state.active:
+            host.force_off(cfg.uuid)
