@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 from core.boot.e820 import build_e820
 from core.boot.errors import BootError
 from core.boot.files import cmdline_bytes, read_bounded
-from core.boot.linux import is_bzimage
 from core.devices import fw_cfg as fc
 from core.memory import GuestMemory
 
@@ -130,6 +129,7 @@ def add_linux_kernel(fw: fc.FwCfg, memory: GuestMemory, boot: BootDevices, kerne
         raise BootError(f"booting {kernel_name} through the firmware needs QEMU's option ROM {rom_path} "
                         f"({exc.strerror or exc}): install Debian's qemu-system-data, or boot the kernel "
                         f"directly (--boot kernel, no --firmware)") from None
+    from core.boot.linux import is_bzimage  # with a kernel only (see core/boot/loader.py)
     if not is_bzimage(kernel):
         raise BootError(f"{kernel_name}: only a Linux bzImage boots through the firmware; boot it directly "
                         f"(--boot kernel, no --firmware)")

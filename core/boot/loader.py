@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from core.boot.acpi import build_acpi_tables
 from core.boot.errors import BootError
 from core.boot.files import read_bounded
-from core.boot.linux import boot_linux, is_bzimage
-from core.boot.multiboot import boot_multiboot, is_multiboot, multiboot_ranges
 from core.hypervisor.base import CpuState
 from core.memory import GuestMemory, GuestMemoryError
 
@@ -28,6 +26,10 @@ class BootResult:
 def load_kernel(memory: GuestMemory, kernel_path: str, initrd_path: str | None, cmdline: str, num_cpus: int,
                 decompress_on_host: bool = False, screen_info: bytes | None = None) -> BootResult:
     """Put the kernel, initrd, command line and ACPI tables in guest memory; return the BSP's entry state."""
+    # The loaders (with their ELF, x86 set-up and unpacking-cache modules) load only for a direct kernel boot:
+    # `run --cdrom`, a firmware boot, never needs them, and their imports are part of its start-up.
+    from core.boot.linux import boot_linux, is_bzimage
+    from core.boot.multiboot import boot_multiboot, is_multiboot, multiboot_ranges
     # Neither file can be bigger than guest RAM and still boot: refuse it before reading it.
     kernel = read_bounded(kernel_path, "kernel", memory.size)
     initrd = read_bounded(initrd_path, "initrd", memory.size) if initrd_path else None

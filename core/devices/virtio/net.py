@@ -516,10 +516,10 @@ class VirtioNet(VirtioDevice):
         if csum_start >= len(frame) or at + 2 > len(frame):
             raise VirtqueueError(f"checksum at {csum_start}+{csum_offset} lies outside the {len(frame)}-byte frame")
         # The driver put the pseudo-header sum in the checksum field; the sum from csum_start on completes it.
-        checksum = inet_checksum(memoryview(frame)[csum_start:])
-        if checksum == 0 and csum_offset == UDP_CSUM_OFFSET:
-            checksum = 0xFFFF            # RFC 768: a UDP checksum that computes to zero is sent as all ones
-        struct.pack_into(">H", frame, at, checksum)
+        csum = inet_checksum(memoryview(frame)[csum_start:])
+        if csum == 0 and csum_offset == UDP_CSUM_OFFSET:
+            csum = 0xFFFF                # RFC 768: a UDP checksum that computes to zero is sent as all ones
+        struct.pack_into(">H", frame, at, csum)
         return bytes(frame)
 
     def counters(self) -> dict[str, int]:
