@@ -79,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         if name == chosen:
             add_arguments(p)
         p.set_defaults(handler=handler)
-    from core.cli.table import HOST_COMMANDS
-    for command in HOST_COMMANDS:
-        command.add_to(sub, with_options=command.name == chosen)
+    if chosen not in {name for name, *_ in SUBCOMMANDS}:
+        # `run` and `img` parse without the host commands' table (and what it imports): their start-up is timed.
+        from core.cli.table import HOST_COMMANDS
+        for command in HOST_COMMANDS:
+            command.add_to(sub, with_options=command.name == chosen)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

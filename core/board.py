@@ -63,7 +63,6 @@ from core.devices.rtc import CmosRtc
 from core.devices.serial import Uart16550
 from core.devices.vga import Vga
 from core.devices.virtio.blk import VirtioBlk
-from core.devices.virtio.net import VirtioNet
 from core.devices.virtio.pci import VirtioPciDevice
 from core.hypervisor.base import Accelerator, AcceleratorUnavailable, CpuState, Vcpu
 from core.hypervisor.select import create_accelerator
@@ -72,6 +71,7 @@ from core.memory import FIRMWARE_HOLE, GuestMemory
 from core.timers import TimerQueue
 
 if TYPE_CHECKING:
+    from core.devices.virtio.net import VirtioNet
     from core.machine import DiskSpec, MachineConfig
     from core.net.nic import NicSpec
 
@@ -163,7 +163,7 @@ class Board:
         self.timers.on_error = lambda exc: report_fault(f"device timer failed: {exc!r}")
         self.images: list = []
         self.disk_transports: list[VirtioPciDevice] = []
-        self.nics: list[VirtioNet] = []
+        self.nics: list[VirtioNet] = []      # VirtioNet (and its socket backends) imported only with a NIC
         self.ide: PiixIde | None = None
         self.cdroms: list[AtapiCdrom] = []
         self.accel: Accelerator | None = None
@@ -311,6 +311,7 @@ class Board:
         return blk
 
     def _add_nic(self, index: int, spec: NicSpec) -> VirtioNet:
+        from core.devices.virtio.net import VirtioNet
         from core.net.nic import random_mac
         from core.net.passt import PASST_MTU, PasstBackend
         from core.net.tap import open_tap

@@ -444,12 +444,12 @@ def _prepare(args: argparse.Namespace) -> RunSession | int:
 
 def _vnc_options(args: argparse.Namespace):
     """(VncAddress or None, password) from --vnc and --vnc-password-file; BadInput saying what to fix."""
-    from core.vnc.address import VncAddressError, parse_vnc
-    from core.vnc.auth import check_password
     if args.vnc_password_file and not args.vnc:
         raise BadInput(f"--vnc-password-file {args.vnc_password_file}: give --vnc too")
     if not args.vnc:
         return None, ""
+    from core.vnc.address import VncAddressError, parse_vnc
+    from core.vnc.auth import check_password  # (hmac, hashlib, OpenSSL: only with --vnc)
     try:
         address = parse_vnc(args.vnc)
     except VncAddressError as exc:

@@ -106,9 +106,12 @@ class MainWindow(QMainWindow):
         bridge.vmStateChanged.connect(lambda uuid, state, reason, i=index: self._state_changed(i, uuid, state,
                                                                                              reason))
         bridge.statsUpdated.connect(self._stats)
-        bridge.failed.connect(lambda what, msg: show_error(self, what, msg))
+        bridge.failed.connect(self._host_call_failed)   # a bound slot: Qt drops it with the window
         bridge.busyChanged.connect(lambda uuid, busy: self._update_actions())
         self._rebuild_host(index)
+
+    def _host_call_failed(self, what: str, message: str) -> None:
+        show_error(self, what, message)
 
     def add_bridge(self, bridge: HostBridge) -> int:
         """Show another host (a remote one) below the others; returns its index."""

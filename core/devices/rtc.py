@@ -25,7 +25,6 @@ count minus one (SeaBIOS's QEMU convention), and the standard checksum over 0x10
 """
 from __future__ import annotations
 
-import calendar
 import threading
 import time
 from collections.abc import Callable
@@ -302,6 +301,7 @@ class CmosRtc:
 
     def _regs_to_epoch(self, regs: dict[int, int]) -> int:
         """Registers to a UTC timestamp; out-of-range fields are clamped (a guest's garbage cannot raise)."""
+        import calendar  # only when the guest sets the clock: not part of every VM's start-up
         century = self._decode(regs[CENTURY])
         if not 19 <= century <= 99:
             century = 20

@@ -141,7 +141,8 @@ def build_font() -> bytes:
 
 def main() -> int:
     data = build_font()
-    FONT_PATH.write_bytes(data)
+    with open(FONT_PATH, "wb") as f:
+        f.write(data)
     print(f"wrote {FONT_PATH} ({len(data)} bytes)")
     return 0
 

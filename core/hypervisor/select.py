@@ -22,12 +22,12 @@ class AccelChoice:
 def choose_accelerator(requested: str) -> AccelChoice:
     """Resolve `requested` (auto/kvm/software) against this host. Raises AcceleratorUnavailable with a one-line
     message when the explicit choice cannot work here."""
-    from core.hypervisor.hostcaps import kvm_status
-
     if requested not in ACCEL_NAMES:
         raise AcceleratorUnavailable(f"unknown accelerator {requested!r}: use one of {', '.join(ACCEL_NAMES)}")
     if requested == "software":
         return AccelChoice("software", "requested")
+    from core.hypervisor.hostcaps import kvm_status  # the KVM probe (and its ioctl tables) only when KVM may run
+
     status = kvm_status()
     if requested == "kvm":
         if not status.usable:

@@ -68,6 +68,8 @@ _MMIO_READ_CFUNC = ctypes.CFUNCTYPE(c_uint64, c_void_p, c_uint64, c_uint32, c_vo
 _MMIO_WRITE_CFUNC = ctypes.CFUNCTYPE(None, c_void_p, c_uint64, c_uint32, c_uint64, c_void_p)
 # bool cb(uc_engine *uc, uc_mem_type type, uint64_t address, int size, int64_t value, void *user_data)
 _WRITE_PROT_CFUNC = ctypes.CFUNCTYPE(ctypes.c_bool, c_void_p, c_int, c_uint64, c_int, ctypes.c_int64, c_void_p)
+WRITE_PROT_LOW = (0xC_0000, 0xF_FFFF)      # the write-protection hooks' ranges (inclusive), see _map_memory
+WRITE_PROT_HIGH = (0xFF00_0000, 0xFFFF_FFFF)
 SHADOW_CHUNK = 0x4000                     # below 1 MiB, RAM may be mapped in 16 KiB pieces (PAM segments)
 LOW_1M = 0x10_0000
 
@@ -136,14 +138,33 @@ class SoftwareMemoryMap:
         self._callbacks.append(self._write_prot_cb)
         # Bounded to where firmware maps read-only memory (shadow RAM below 1 MiB, the BIOS image below 4 GiB; a
         # store to a PCI expansion ROM stops the VM instead): unicorn keeps every page a memory hook covers on its
-        # slow store path, so an unbounded hook made every guest store to a page holding code 5x slower.
-        for begin, end in ((0xC_0000, 0xF_FFFF), (0xFF00_0000, 0xFFFF_FFFF)):
-            handle = ctypes.c_size_t()
-            err = self.q.uc_hook_add(self.uch, ctypes.byref(handle), unicorn.UC_HOOK_MEM_WRITE_PROT,
-                                     ctypes.cast(self._write_prot_cb, c_void_p), None, c_uint64(begin),
-                                     c_uint64(end))
+        # slow store path (a memory-map lookup per store), so an unbounded hook made every guest store to a page
+        # holding code 5x slower. The one below 1 MiB is there only while something there is mapped read-only
+        # (_update_low_write_hook): SeaBIOS's POST runs with all shadow RAM writable, copying itself and the VGA
+        # BIOS there and keeping its variables there, and those stores then take the fast path.
+        self._write_prot_high = self._add_write_prot_hook(*WRITE_PROT_HIGH)
+        self._write_prot_low: int | None = None
+        self._readonly_low: set[int] = set()        # gpa of applied read-only mappings inside WRITE_PROT_LOW
+
+    def _add_write_prot_hook(self, begin: int, end: int) -> int:
+        handle = ctypes.c_size_t()
+        err = self.q.uc_hook_add(self.uch, ctypes.byref(handle), unicorn.UC_HOOK_MEM_WRITE_PROT,
+                                 ctypes.cast(self._write_prot_cb, c_void_p), None, c_uint64(begin), c_uint64(end))
+        if err:
+            raise AcceleratorUnavailable(f"unicorn refused the write-protection hook: error {err}")
+        return handle.value
+
+    def _update_low_write_hook(self) -> None:
+        """Outside emu_start (in _apply_map_ops, before the TLB flush that follows it): the hook below 1 MiB
+        exactly while a read-only mapping there has been applied."""
+        want = bool(self._readonly_low)
+        if want and self._write_prot_low is None:
+            self._write_prot_low = self._add_write_prot_hook(*WRITE_PROT_LOW)
+        elif not want and self._write_prot_low is not None:
+            err = ui._lib.uc_hook_del(self.uch, self._write_prot_low)
             if err:
-                raise AcceleratorUnavailable(f"unicorn refused the write-protection hook: error {err}")
+                raise AcceleratorUnavailable(f"unicorn refused to remove the write-protection hook: error {err}")
+            self._write_prot_low = None
 
     # -- device memory as RAM ---------------------------------------------------------------------------------
     supports_ram_mapping = True
@@ -219,13 +240,17 @@ class SoftwareMemoryMap:
                     self._mmio_map(start, size, self._hole_read, self._hole_write, start)
                 elif kind == "ram":
                     uc.mem_map_ptr(start, size, unicorn.UC_PROT_ALL, op[3])
+                    if op[4] and start <= WRITE_PROT_LOW[1] and WRITE_PROT_LOW[0] < start + size:
+                        self._readonly_low.add(start)
                     if op[4]:
                         # uc_mem_protect, unlike the perms of uc_mem_map_ptr, also makes the region read-only in
                         # QEMU's memory map, so a store the hook lets through is discarded, never written.
                         uc.mem_protect(start, size, unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC)
                 else:                                # "unmap_ram": its translated code goes with it
+                    self._readonly_low.discard(start)
                     v.invalidate_ram(op[3], size)
                     uc.mem_unmap(start, size)
+            self._update_low_write_hook()
         except Exception as exc:
             log.exception("software CPU: changing the memory map failed")
             detail = fault_line("changing the memory map failed", exc)

@@ -8,7 +8,6 @@ A MAC address nobody chose is derived from the VM's uuid and the card's index (l
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -119,6 +118,7 @@ def check_mac(mac: str, where: str = "nic") -> None:
 
 def derived_mac(seed: str, index: int) -> str:
     """A stable MAC for card `index` of the VM named by `seed` (its uuid): 52:54:00 and three bytes of a hash."""
+    import hashlib  # loads OpenSSL: only for a MAC derived here, not at every start-up
     digest = hashlib.sha256(f"{seed}/{index}".encode()).digest()
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 

@@ -6,7 +6,6 @@ Suffixes are binary multiples, case-insensitive except that only `k`/`K` exist f
 from __future__ import annotations
 
 import re
-from fractions import Fraction
 
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
 _SIZE_RE = re.compile(r"^\s*([+-]?)(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgGtTpPeE]?)(?:i?[bB])?\s*$")
@@ -28,6 +27,7 @@ def parse_size(text: str, allow_relative: bool = False) -> tuple[str, int]:
     if match.group(0).rstrip().lower().endswith("b") and not suffix:
         raise SizeError(f"invalid size {text!r}: 512-byte sector sizes ('b') are not supported; give bytes "
                         "or a k/M/G/T suffix")
+    from fractions import Fraction  # here: listing snapshots (format_size) needs no fractions module
     value = Fraction(number) * _SUFFIX[suffix.upper()]
     if value.denominator != 1:
         raise SizeError(f"invalid size {text!r}: it is not a whole number of bytes")

@@ -203,3 +203,84 @@ def test_map_ram_refuses_overlaps_and_reuses_the_range(accel: str) -> None:
                 acc.map_ram(0x1_0000_0000, host, 0x10000)
     finally:
         rig.close()
+
+
+# -- read-only device RAM below 1 MiB (the firmware's ROM and locked shadow RAM) on the software CPU ------------------
+SHADOW, SHADOW_SIZE = 0xC_0000, 0x4000
+SHADOW_GUEST = """
+        .code16
+        mov $0xc000, %ax
+        mov %ax, %es
+        mov $0x600, %dx
+        out %al, %dx              # map read-only
+        jmp 1f
+1:      movl $0x11223344, %es:0x10    # discarded; the write reaches the MMIO handler
+        movl %es:0x14, %eax
+        mov %eax, 0x6000          # reads the memory
+        mov $0x603, %dx
+        out %al, %dx              # probe the write-protection hook
+        mov $0x601, %dx
+        out %al, %dx              # unmap
+        jmp 2f
+2:      mov $0x602, %dx
+        out %al, %dx              # map read-write
+        jmp 3f
+3:      movl $0x55667788, %es:0x20    # lands in the memory
+        mov $0x603, %dx
+        out %al, %dx              # probe again
+        mov $0x510, %dx
+        out %al, %dx              # done
+        jmp .
+"""
+
+
+class ShadowPorts:
+    """0x600 maps read-only, 0x601 unmaps, 0x602 maps read-write; 0x603 records whether the software CPU has its
+    write-protection hook below 1 MiB (only while something there is read-only, so other stores stay fast)."""
+
+    def __init__(self, accel, host: int) -> None:
+        self.accel, self.host = accel, host
+        self.hook_seen: list[bool] = []
+
+    def io_read(self, port: int, size: int) -> int:
+        return 0
+
+    def io_write(self, port: int, size: int, value: int) -> None:
+        if port == 0x600:
+            self.accel.map_ram(SHADOW, self.host, SHADOW_SIZE, readonly=True)
+        elif port == 0x601:
+            self.accel.unmap_ram(SHADOW)
+        elif port == 0x602:
+            self.accel.map_ram(SHADOW, self.host, SHADOW_SIZE)
+        else:
+            self.hook_seen.append(self.accel._write_prot_low is not None)
+
+
+def test_read_only_shadow_discards_writes_and_the_hook_follows_it(accel: str) -> None:
+    if accel != "software":
+        pytest.skip("the write-protection hook is the software CPU's")
+    require_guest(accel, "realmode16")
+    rig = Rig(accel=accel, memory_bytes=512 * 1024)
+    buf = mmap.mmap(-1, SHADOW_SIZE)
+    buf[0x14:0x18] = struct.pack("<I", 0xCAFEF00D)
+    try:
+        fallback = Fallback(mmap.mmap(-1, SHADOW_SIZE), SHADOW)      # where discarded writes are reported
+        rig.mmio.register(SHADOW, SHADOW_SIZE, fallback)
+        ports = ShadowPorts(rig.accel, _host(buf))
+        rig.pio.register(0x600, 4, ports)
+        assert rig.accel._write_prot_low is None                    # nothing read-only below 1 MiB yet
+        rig.memory.write(0x7C00, assemble(SHADOW_GUEST, 16, 0x7C00))
+        s = CpuState()
+        s.cs = Segment(selector=0, base=0, limit=0xFFFF, type=0xB)
+        s.rip = 0x7C00
+        s.regs["rsp"] = 0x7000
+        s.idt = DescriptorTable(0, 0x3FF)
+        ex = rig.run(s)
+        assert rig.done, ex.detail
+        assert buf[0x10:0x14] == bytes(4)                           # the read-only store was discarded...
+        assert ("w", SHADOW + 0x10, 4) in fallback.accesses         # ...and reached the bus
+        assert rig.memory.read_u32(0x6000) == 0xCAFEF00D
+        assert buf[0x20:0x24] == struct.pack("<I", 0x55667788)      # read-write: into the memory
+        assert ports.hook_seen == [True, False]
+    finally:
+        rig.close()

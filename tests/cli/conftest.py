@@ -190,14 +190,18 @@ def local_vireo(_local_sandbox: ServiceSandbox) -> Vireo:
     return Vireo("local", dict(os.environ, **_local_sandbox.env), [])
 
 
-@pytest.fixture(scope="session", params=["local", "remote"])
-def vireo(request: pytest.FixtureRequest) -> Vireo:
-    if request.param == "local":
-        return request.getfixturevalue("local_vireo")
-    server: SshServer = request.getfixturevalue("_ssh_server")
+@pytest.fixture(scope="session")
+def remote_vireo(_ssh_server: SshServer) -> Vireo:
+    """The SSH host, once per session (not per parameter switch: pytest may set `vireo[remote]` up again)."""
+    server = _ssh_server
     vireo = Vireo("remote", server.client_env(), ["--connect", server.uri(python=REPO_PYTHON), "--identity",
                                                   str(server.user_key)])
     # The first connection trusts the new host key (and says so); every later one finds it in known_hosts.
     first = vireo.cli("list", "--accept-new-host-key")
     assert first.returncode == 0 and "accepted (--accept-new-host-key)" in first.stderr, first.stderr
     return vireo
+
+
+@pytest.fixture(scope="session", params=["local", "remote"])
+def vireo(request: pytest.FixtureRequest) -> Vireo:
+    return request.getfixturevalue("local_vireo" if request.param == "local" else "remote_vireo")

@@ -51,9 +51,11 @@ def _details(qtbot, window, bridge, cfg: VmConfig, page: int):
 def _apply(qtbot, details, host, uuid: str) -> dict:
     """Click Apply, wait for the host to hold the edit and the form to reload; the definition file's JSON."""
     before = host.get(uuid).config
-    click(qtbot, details.apply_button)
-    qtbot.waitUntil(lambda: host.get(uuid).config != before and not details.apply_button.isEnabled(),
-                    timeout=TIMEOUT_MS)
+    # `applied` comes once the form has reloaded the saved definition: acting before it, a late reload would undo
+    # the next edit.
+    with qtbot.waitSignal(details.applied, timeout=TIMEOUT_MS):
+        click(qtbot, details.apply_button)
+    assert host.get(uuid).config != before and not details.apply_button.isEnabled()
     return json.loads(ConfigStore().path_for(uuid).read_text())
 
 

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,7 +66,9 @@ class SshServer:
         self.remote = root / "remote"            # the remote user's XDG directories
         self.data_home = self.remote / "data"
         self.config_home = self.remote / "config"
-        self.runtime_dir = self.remote / "runtime"
+        # Short and outside the test's directory: the agent's UNIX sockets live here, and sun_path holds 107 bytes
+        # (pytest-xdist's per-worker tmp_path alone is near half of that), as /run/user/UID would be on a host.
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="vrt-"))
         self.client_home = root / "client"        # the client's HOME (~/.ssh/known_hosts ...)
         self.known_hosts = self.client_home / ".ssh" / "known_hosts"
         self.password_users: list[str] = []
@@ -199,3 +202,4 @@ Match User {self.user}
         for name in self.password_users:
             subprocess.run(["userdel", name], check=False, stderr=subprocess.DEVNULL)
         self.password_users.clear()
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)

@@ -472,6 +472,24 @@ def test_receive_buffers_held_for_a_frame_go_back_to_the_ring_for_the_saved_stat
     assert len(used) == 4 and drv.rx_addr[used[0][0]] == first
 
 
+def test_a_link_change_during_a_capture_is_told_to_the_driver_after_it(drv):
+    """passt dies while the card is held still for a capture: the link goes down at once (the card's own state),
+    but the configuration generation and the interrupt, which are the saved transport's and interrupt
+    controllers', wait for thaw()."""
+    generation = drv.mmio.read(drv.common + 0x15, 1)
+    drv.mmio.read(BAR4 + 0x1000, 1)                     # the driver reads (and so clears) the ISR
+    drv.irqs.clear()
+    drv.net.quiesce()
+    drv.peer.sock.close()                               # passt died; the reader was waiting in the backend
+    assert _wait_for(lambda: not drv.net.link_up)
+    time.sleep(0.1)
+    assert drv.mmio.read(drv.common + 0x15, 1) == generation and drv.irqs == []
+    drv.net.thaw()
+    assert drv.mmio.read(drv.common + 0x15, 1) != generation
+    assert drv.irqs and drv.irqs[-1][1] and drv.mmio.read(BAR4 + 0x1000, 1) & 2
+    assert drv.config()[1] == 0
+
+
 def test_backend_gone_is_link_down_with_a_config_interrupt_and_reconnect_brings_it_back(drv):
     generation = drv.mmio.read(drv.common + 0x15, 1)
     drv.mmio.read(BAR4 + 0x1000, 1)                     # the driver reads (and so clears) the ISR

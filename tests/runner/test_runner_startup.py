@@ -11,7 +11,8 @@ from tests.helpers.accel import require_accel
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("numpy", "PIL", "paramiko", "core.cli.connect", "core.cli.commands", "core.cli.console",
          "core.remote.service", "core.host.api", "core.storage.cli",
-         "core.boot.linux", "core.boot.multiboot", "core.boot.elf", "core.boot.vmlinux_cache")   # kernel boot only
+         "core.boot.linux", "core.boot.multiboot", "core.boot.elf", "core.boot.vmlinux_cache",   # kernel boot only
+         "core.hypervisor.hostcaps", "core.vnc.auth", "core.devices.virtio.net", "hashlib")       # KVM, --vnc, NICs
 
 
 def _modules_after(code: str) -> set[str]:

@@ -152,6 +152,7 @@ class VirtioNet(VirtioDevice):
         self._frozen = False
         self._thawed = threading.Condition(threading.Lock())
         self._tx_pass_lock = threading.Lock()       # held by the transmit thread for a whole pass, sends included
+        self._config_pending = False                # a link change during a capture, told to the driver at thaw()
 
     # -- what the driver sees ---------------------------------------------------------------------------------
     def features(self) -> int:
@@ -237,15 +238,15 @@ class VirtioNet(VirtioDevice):
         with self._backend_lock:
             before = self.link_up and self.switch_up
             self.switch_up = bool(up)
-            if before != (self.link_up and self.switch_up) and self.transport is not None:
-                self.transport.config_changed()
+            if before != (self.link_up and self.switch_up):
+                self._config_changed()
         self._rx_kick.wake()
 
     def _set_link(self, up: bool, reason: str) -> None:
         changed = up != self.link_up
         self.link_up, self.link_reason = up, reason
-        if changed and self.switch_up and self.transport is not None:
-            self.transport.config_changed()
+        if changed and self.switch_up:
+            self._config_changed()
         listener = self.on_link_change
         if listener is None:
             if not up:
@@ -276,7 +277,8 @@ class VirtioNet(VirtioDevice):
         touches the rings, guest RAM or an interrupt. The reader stops taking frames from the backend (they wait
         in passt's socket or the TAP queue; one it had already read waits in the backlog), the transmit pass
         under way finishes sending what it took, and receive buffers taken for a frame that did not fit yet go
-        back to the available ring, so nothing of the card's is in flight in the saved record. Idempotent."""
+        back to the available ring, so nothing of the card's is in flight in the saved record. A link change
+        meanwhile (the backend ended) is told to the driver at thaw(). Idempotent."""
         with self._thawed:
             self._frozen = True
         t = self.transport
@@ -292,13 +294,28 @@ class VirtioNet(VirtioDevice):
         """End a capture: the card takes frames both ways again (a live snapshot's machine runs on)."""
         with self._thawed:
             self._frozen = False
+            pending, self._config_pending = self._config_pending, False
             self._thawed.notify_all()
+        if pending and self.transport is not None:
+            self.transport.config_changed()
         self._rx_kick.wake()            # the drain thread delivers what waited; the driver's buffers are there
         self._tx_kick.wake()            # frames the driver queued before the pause and we did not take
 
     @property
     def frozen(self) -> bool:
         return self._frozen
+
+    def _config_changed(self) -> None:
+        """The link status the driver reads changed: a configuration change notification (a new generation and
+        an interrupt), or, during a capture, one at thaw() -- the interrupt controllers are being saved."""
+        t = self.transport
+        if t is None:
+            return
+        with self._thawed:
+            if self._frozen:
+                self._config_pending = True
+                return
+        t.config_changed()
 
     def _give_back_held(self, q: Virtqueue) -> None:
         """Un-take the receive buffers held for a frame that did not fit yet (transport lock held). They are
