@@ -130,9 +130,13 @@ class FirmwareMemory:
             wanted = self._mappings_for(self.pam)
             if wanted == self.mappings and not force:
                 return
+            # Only the mappings that change are redone: unmapping drops the translated code in the range, so an
+            # untouched segment (the BIOS's own, while an option ROM's is locked) keeps running without retranslation.
+            keep = [] if force else [m for m in self.mappings if m in wanted]
             for m in self.mappings:
-                self._unmap(m)
-            self.mappings = [m for m in wanted if self._map(m)]
+                if m not in keep:
+                    self._unmap(m)
+            self.mappings = sorted(keep + [m for m in wanted if m not in keep and self._map(m)], key=lambda m: m.gpa)
 
     def _mappings_for(self, pam: bytes) -> list[Mapping]:
         """Adjacent segments served from the same memory with the same writability become one mapping."""

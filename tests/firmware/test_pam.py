@@ -132,3 +132,43 @@ def test_bad_firmware_files_are_one_line_errors(tmp_path):
         load_firmware_image(str(odd))
     with pytest.raises(FirmwareError, match="is a directory"):
         load_firmware_image(str(tmp_path))
+
+
+class CountingMapper(RecordingMapper):
+    """Also counts each range's map_ram and unmap_ram calls (an unmap drops the range's translated code)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+
+    def map_ram(self, gpa: int, host: int, size: int, readonly: bool = False) -> None:
+        super().map_ram(gpa, host, size, readonly)
+        self.calls.append(("map", gpa))
+
+    def unmap_ram(self, gpa: int) -> None:
+        super().unmap_ram(gpa)
+        self.calls.append(("unmap", gpa))
+
+
+def test_a_pam_change_redoes_only_the_mappings_it_changes():
+    """Locking the option ROM's segment (0xC0000-0xC3FFF) leaves the mapping of 0xF0000-0xFFFFF alone, so the
+    BIOS's own translated code survives; the end state is the one a full remap gives."""
+    memory = GuestMemory(4 << 20)
+    try:
+        mapper = CountingMapper()
+        firmware = FirmwareMemory(IMAGE, memory, MmioBus(), mapper)
+        bridge = I440fxHostBridge(firmware.set_pam)
+        write_pam(bridge, bytes([0x10, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33]))   # the BIOS locked, the rest RAM
+        bios = next(m for m in firmware.mappings if m.gpa == 0xF0000)
+        assert bios.readonly
+        mapper.calls.clear()
+        write_pam(bridge, bytes([0x10, 0x31, 0x33, 0x33, 0x33, 0x33, 0x33]))   # 0xC0000-0xC3FFF read-only too
+        assert ("unmap", 0xF0000) not in mapper.calls and ("map", 0xF0000) not in mapper.calls, mapper.calls
+        assert bios in firmware.mappings
+        fresh = FirmwareMemory(IMAGE, memory, MmioBus(), RecordingMapper())
+        fresh.set_pam(firmware.pam)
+        assert firmware.mappings == fresh.mappings
+        low = {gpa: v for gpa, v in mapper.mapped.items() if gpa < FOUR_GIB - len(IMAGE)}      # not the image
+        assert low == {m.gpa: (m.host, m.size, m.readonly) for m in firmware.mappings}
+    finally:
+        memory.close()
