@@ -12,9 +12,12 @@ implementation does not know — each with a one-line reason.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 
 from core.storage.errors import ImageFormatError, UnsupportedImageError
+
+TYPE_CHECKING = False     # not typing's: `img snapshot` starts without typing and collections (bench/snapshot.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MAGIC = b"QFI\xfb"
 V2_HEADER_LENGTH = 72

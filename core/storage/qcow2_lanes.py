@@ -13,17 +13,22 @@ not runs go entry by entry through array.array.
 """
 from __future__ import annotations
 
+import struct
 import sys
-from array import array
 
-# array typecodes by lane width in bits (itemsizes checked: 'I' is 4 bytes and 'Q' 8 on the platforms we run on).
-TYPECODES = {8: "B", 16: "H", 32: next(c for c in "IL" if array(c).itemsize == 4), 64: "Q"}
+# array typecodes by lane width in bits ('I' is 4 bytes and 'Q' 8 on the platforms we run on; to_array checks).
+TYPECODES = {8: "B", 16: "H", 32: "I", 64: "Q"}
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from array import array
 _SWAP = sys.byteorder == "little"
 
 
 def to_array(raw: bytes | bytearray | memoryview, bits: int) -> array:
     """The lanes of `raw` (`bits` wide, big-endian, a whole number of bytes) as native integers."""
+    from array import array  # here: the module imports collections.abc, which `img snapshot` starts without
     out = array(TYPECODES[bits], raw)
+    assert out.itemsize * 8 == bits
     if _SWAP and bits > 8:
         out.byteswap()
     return out
@@ -32,7 +37,7 @@ def to_array(raw: bytes | bytearray | memoryview, bits: int) -> array:
 def from_array(values: array) -> bytes:
     """The inverse of to_array (the array is left as it was)."""
     if _SWAP and values.itemsize > 1:
-        values = array(values.typecode, values)
+        values = type(values)(values.typecode, values)
         values.byteswap()
     return values.tobytes()
 
@@ -109,26 +114,30 @@ def _zeros_end(data: bytes | bytearray, p: int, zeros: memoryview) -> int:
 
 
 _RAMPS: dict[tuple[int, int], tuple[int, int]] = {}
+_RUNS: dict[tuple[int, int, int], bytes] = {}     # (lanes, step, first) -> the table of that run, recently used
+_RUNS_BUDGET = 8 << 20                            # bytes of tables kept (128 tables of 64 KiB clusters)
 
 
-def sequential_run(raw: bytes | bytearray, step: int, whole: int | None = None) -> int | None:
+def sequential_run(raw: bytes | bytearray, step: int) -> int | None:
     """If the 64-bit lanes of `raw` are e, e+step, e+2*step, … (an L2 table mapping consecutive host clusters, all
-    with the same flags), return e; else None. One big-integer comparison (`whole`: raw as an integer, if the
-    caller has it) with the ramp 0, step, 2*step, … plus e in every lane, instead of a loop over the entries."""
+    with the same flags), return e; else None. The run's table is made with two big-integer operations (the ramp
+    0, step, 2*step, … plus e in every lane) and compared with `raw` as bytes, instead of a loop over the entries;
+    it is kept, as snapshot operations look at the same tables more than once."""
     n = len(raw) // 8
     if not n:
         return None
-    ramp = _RAMPS.get((n, step))
-    if ramp is None:
-        lanes = array("Q", range(0, n * step, step))
-        ones = array("Q", [1]) * n
-        if _SWAP:
-            lanes.byteswap()
-            ones.byteswap()
-        ramp = _RAMPS[(n, step)] = (int.from_bytes(lanes.tobytes(), "big"), int.from_bytes(ones.tobytes(), "big"))
     first = int.from_bytes(raw[:8], "big")
-    if first + (n - 1) * step >= 1 << 64:
-        return None                       # the last lane would carry out of 64 bits
-    if whole is None:
-        whole = int.from_bytes(raw, "big")
-    return first if whole == ramp[0] + first * ramp[1] else None
+    last = first + (n - 1) * step
+    if last >= 1 << 64 or int.from_bytes(raw[-8:], "big") != last:
+        return None                 # not a run (or the last lane would carry out of 64 bits)
+    key = (n, step, first)
+    expected = _RUNS.get(key)
+    if expected is None:
+        ramp = _RAMPS.get((n, step))
+        if ramp is None:
+            ramp = _RAMPS[(n, step)] = (int.from_bytes(struct.pack(f">{n}Q", *range(0, n * step, step)), "big"),
+                                        int.from_bytes((bytes(7) + b"\x01") * n, "big"))
+        expected = _RUNS[key] = (ramp[0] + first * ramp[1]).to_bytes(n * 8, "big")
+        while len(_RUNS) > max(2, _RUNS_BUDGET // len(expected)):
+            del _RUNS[next(iter(_RUNS))]
+    return first if raw == expected else None

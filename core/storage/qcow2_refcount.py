@@ -13,8 +13,6 @@ so allocating one never needs another.
 from __future__ import annotations
 
 import struct
-from array import array
-from collections import OrderedDict
 
 from core.storage.errors import ImageCorruptError, ImageError
 from core.storage.hostfile import HostFile
@@ -24,6 +22,8 @@ from core.storage.qcow2_meta import HEADER, REFBLOCK, REFTABLE, MetadataGuard
 
 TYPE_CHECKING = False     # not typing's: `img snapshot` imports neither typing nor numpy (tests/storage)
 if TYPE_CHECKING:
+    from array import array
+
     import numpy as np
 
 OFFSET_MASK = 0xFFFF_FFFF_FFFF_FE00
@@ -48,7 +48,7 @@ class Refcounts:
         self.table_clusters = table_clusters
         raw = file.pread(table_offset, table_clusters * self.cs)
         self.table = list(struct.unpack(f">{len(raw) // 8}Q", raw))
-        self._blocks: OrderedDict[int, bytearray] = OrderedDict()
+        self._blocks: dict[int, bytearray] = {}        # least recently used first
         self.free_hint = 0
         if guard is not None:
             guard.add(table_offset, table_clusters * self.cs, REFTABLE)
@@ -73,9 +73,9 @@ class Refcounts:
 
     def block(self, bidx: int) -> bytearray | None:
         """The refcount block `bidx` (cached), or None if it is not allocated."""
-        blk = self._blocks.get(bidx)
+        blk = self._blocks.pop(bidx, None)
         if blk is not None:
-            self._blocks.move_to_end(bidx)
+            self._blocks[bidx] = blk                 # now the most recently used
             return blk
         off = self.block_offset(bidx)
         if not off:
@@ -83,7 +83,7 @@ class Refcounts:
         blk = bytearray(self.file.pread(off, self.cs))
         self._blocks[bidx] = blk
         if len(self._blocks) > _BLOCK_CACHE:
-            self._blocks.popitem(last=False)
+            del self._blocks[next(iter(self._blocks))]
         return blk
 
     def get(self, cluster: int) -> int:
@@ -99,7 +99,10 @@ class Refcounts:
 
     def _pack_values(self, values: array | list[int]) -> bytes:
         if self.bits >= 8:
-            return from_array(array(TYPECODES[self.bits], values) if isinstance(values, list) else values)
+            if isinstance(values, list):
+                from array import array  # here, as in qcow2_lanes.to_array
+                values = array(TYPECODES[self.bits], values)
+            return from_array(values)
         per_byte = 8 // self.bits
         out = bytearray(len(values) // per_byte)
         for k in range(per_byte):

@@ -67,10 +67,10 @@ class Qcow2Snapshots:
         table = self._l2_cache.get(l2_off)
         return bytes(table) if table is not None else self.file.pread(l2_off, self.cs)
 
-    def _l2_run(self, raw: bytes, whole: int | None = None) -> int | None:
+    def _l2_run(self, raw: bytes) -> int | None:
         """The first host cluster if the L2 table maps consecutive host clusters with one set of flags, none of
         them compressed (a preallocated image, a disk written front to back); else None."""
-        first = sequential_run(raw, self.cs, whole)
+        first = sequential_run(raw, self.cs)
         if first is None or first & COMPRESSED or not first & _OFF:
             return None
         host = first & _OFF

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable
 
 from core.storage.errors import ImageFormatError
 from core.storage.qcow2_header import MAX_L1_BYTES, MAX_SNAPSHOTS
 from core.storage.sizes import format_size
+
+TYPE_CHECKING = False     # not typing's: `img snapshot` starts without typing and collections (bench/snapshot.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MAX_TABLE_BYTES = 64 << 20
 MAX_EXTRA = 1024
