@@ -3,7 +3,7 @@ numpy (whose import alone took longer than `qemu-img snapshot`), and the whole-t
 (core/storage/qcow2_lanes.py) gives what entry-by-entry arithmetic gives, refusing the same bad counts."""
 from __future__ import annotations
 
-import json
+import ast
 import random
 import subprocess
 import sys
@@ -18,21 +18,22 @@ from core.storage.qcow2_lanes import sequential_run
 from tests.helpers.storage import need_qemu_img, qemu_img, qemu_io
 
 REPO = Path(__file__).resolve().parents[2]
-# What `img snapshot` must not load: numpy (~50 ms), and the other commands' modules.
-NOT_FOR_SNAPSHOTS = ("numpy", "core.storage.check", "core.storage.info", "core.cli.table", "core.host.api",
-                     "core.runner")
+# What `img snapshot` must not load: numpy (~50 ms), argparse (its plain forms are read without it) and
+# dataclasses (with inspect and ast: ~8 ms), and the other commands' modules.
+NOT_FOR_SNAPSHOTS = ("numpy", "argparse", "dataclasses", "core.storage.check", "core.storage.info",
+                     "core.cli.table", "core.host.api", "core.runner")
 
 
 def _img_snapshot(*argv: str) -> set[str]:
     """Run `main.py img snapshot ARGV...` in a fresh interpreter (as the command runs); the modules it loaded."""
     code = f"""
-import json, sys, main
+import sys, main
 status = main.main(["img", "snapshot", *{list(argv)!r}])
-print(json.dumps([status, sorted(sys.modules)]))
+print(repr([status, sorted(sys.modules)]))
 """
     probe = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0, probe.stderr
-    status, modules = json.loads(probe.stdout.strip().splitlines()[-1])
+    status, modules = ast.literal_eval(probe.stdout.strip().splitlines()[-1])
     assert status == 0, (argv, probe.stdout, probe.stderr)
     return set(modules)
 
@@ -146,3 +147,28 @@ def test_sequential_l2_tables_are_recognised_exactly() -> None:
     assert sequential_run(table([(top + i * cs) % (1 << 64) for i in range(n)]), cs) is None
     assert sequential_run(table([0] * n), cs) is None
     assert sequential_run(table([5]), cs) == 5
+
+
+@pytest.mark.parametrize("argv", [
+    ["-l", "d.qcow2"], ["d.qcow2"], ["-U", "-l", "d.qcow2"], ["d.qcow2", "--force-share"], ["-c", "x", "d.qcow2"],
+    ["-a", "1", "d.qcow2"], ["d.qcow2", "-d", "name with spaces"], ["-c", "", "d.qcow2"], ["-U", "-c", "x", "d"],
+])
+def test_plain_snapshot_arguments_read_as_argparse_reads_them(argv: list[str]) -> None:
+    import argparse
+
+    import main
+    from core.storage.snapshot_argv import parse_snapshot_argv
+    parser = argparse.ArgumentParser()
+    main._add_img(parser.add_subparsers(dest="command").add_parser("img"))
+    expected = vars(parser.parse_args(["img", "snapshot", *argv]))
+    quick = parse_snapshot_argv(argv)
+    assert quick is not None and vars(quick) == expected
+
+
+@pytest.mark.parametrize("argv", [
+    ["-h"], ["-l"], [], ["-c", "x"], ["-cx", "d.qcow2"], ["-c", "-x", "d.qcow2"], ["-c", "x", "-d", "y", "d"],
+    ["-l", "-c", "x", "d"], ["d", "e"], ["d", "--connect", "ssh://u@h"], ["--", "d"], ["--force", "d"],
+])
+def test_other_snapshot_arguments_are_left_to_argparse(argv: list[str]) -> None:
+    from core.storage.snapshot_argv import parse_snapshot_argv
+    assert parse_snapshot_argv(argv) is None
