@@ -6,9 +6,12 @@ subcommand: `run …` the headless runner (`run --connect ssh://…` on a remote
 `--connect ssh://USER@HOST`, a remote one."""
 from __future__ import annotations
 
-import argparse
 import gc
 import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
@@ -63,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0].startswith("--") and argv[0] not in ("-h", "--help"):
         from app.ui.main_window import launch  # Qt is imported only for the GUI
         return launch(argv)
+    if argv[:2] == ["img", "snapshot"]:
+        # Its plain forms without argparse, whose import and parser cost more than `qemu-img snapshot` takes.
+        from core.storage.snapshot_argv import parse_snapshot_argv
+        args = parse_snapshot_argv(argv[2:])
+        if args is not None:
+            return _img(args)
+    import argparse
     parser = argparse.ArgumentParser(prog="vireo", description="Vireo virtual machine manager. "
                                      "Without arguments it opens the manager window.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -11,9 +11,7 @@ operation failed, 2 bad input (arguments, a missing or invalid image). Every err
 """
 from __future__ import annotations
 
-import argparse
 import io
-import re
 import sys
 from contextvars import ContextVar
 
@@ -27,6 +25,7 @@ from core.storage.sizes import SizeError, parse_size
 # timed against `qemu-img snapshot` by bench/snapshot.py, starts as fast as Python can; typing too is left out.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable
     from typing import TextIO
 
@@ -78,6 +77,7 @@ def add_img_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("-U", "--force-share", action="store_true", help="do not lock (list only; the image may be "
                    "in use)")
     p.add_argument("path", metavar="PATH")
+    import re
     resize = sub.choices["resize"]
     # qemu-img accepts `resize PATH -1G`; argparse would take "-1G" for an option unless it looks like a number.
     resize._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)\s*[kKmMgGtTpPeE]?(i?[bB])?$")
@@ -108,6 +108,7 @@ def run_img(fields: dict[str, object]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     token = _STREAMS.set((out, err))
     try:
+        import argparse
         code = img_main(argparse.Namespace(**fields))
     finally:
         _STREAMS.reset(token)
@@ -282,6 +283,7 @@ def _snapshot_step(path: str, verb: str, name: str, step: Callable[[], object]) 
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (`python -m core.storage.cli create ...`), the same as `main.py img ...`."""
+    import argparse
     parser = argparse.ArgumentParser(prog="vireo img", description="Create, inspect, check and resize disk images")
     add_img_arguments(parser)
     try:

@@ -12,7 +12,6 @@ O_DIRECT does not empty the disk's own write cache.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -27,10 +26,21 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 
-# The C library the interpreter is linked with, by name: find_library("c") runs `ldconfig -p` (a process).
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-_libc.fallocate.restype = ctypes.c_int
+_fallocate_fn = None
+
+
+def _libc_fallocate():
+    """fallocate(2) from the C library the interpreter is linked with, by name (find_library("c") runs
+    `ldconfig -p`, a process). ctypes is loaded at the first call: `img snapshot` often makes none, and its
+    start-up is timed against qemu-img's (bench/snapshot.py)."""
+    global _fallocate_fn
+    if _fallocate_fn is None:
+        import ctypes
+        fn = ctypes.CDLL("libc.so.6", use_errno=True).fallocate
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        fn.restype = ctypes.c_int
+        _fallocate_fn = fn
+    return _fallocate_fn
 
 
 def check_file_kind(fd: int, path: str) -> bool:
@@ -102,6 +112,7 @@ class HostFile:
         for b in bufs:
             if len(b) % DIRECT_ALIGN or not isinstance(b, memoryview) or b.readonly or not b.contiguous:
                 return False
+            import ctypes  # a dict lookup after the first time (module-level import would slow every start-up)
             if len(b) and ctypes.addressof(ctypes.c_char.from_buffer(b)) % DIRECT_ALIGN:
                 return False
         return True
@@ -168,8 +179,9 @@ class HostFile:
     def _fallocate(self, mode: int, offset: int, length: int) -> bool:
         if length <= 0:
             return True
-        if _libc.fallocate(self.fd, mode, offset, length) == 0:
+        if _libc_fallocate()(self.fd, mode, offset, length) == 0:
             return True
+        import ctypes
         err = ctypes.get_errno()
         if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             return False

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import os
 import struct
-import threading
 import zlib
-from collections import OrderedDict
-from collections.abc import Callable
+from _thread import RLock  # threading's RLock itself; threading (with functools, collections) is not needed
 
 from core.storage.device import BlockDevice
 from core.storage.errors import (
@@ -59,7 +57,10 @@ MAX_BACKING_DEPTH = 32
 # Opens a backing file read-only: (path, format named in the header or None to detect it, cache mode, depth in the
 # chain). core.storage.probe passes its open_image, so a backing file may be of any format without this module
 # importing the prober (which imports this module).
-BackingOpener = Callable[[str, "str | None", str, int], BlockDevice]
+TYPE_CHECKING = False     # not typing's: `img snapshot` starts without typing and collections (bench/snapshot.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    BackingOpener = Callable[[str, "str | None", str, int], BlockDevice]
 
 MAX_BITMAP_DIRECTORY = 64 << 20        # QEMU: 65535 bitmaps of at most 1 KiB of directory entry each
 
@@ -79,7 +80,7 @@ class Qcow2Image(Qcow2Writer, Qcow2Snapshots, BlockDevice):
         self.path = path
         self.read_only = read_only
         self.file = HostFile(path, read_only, cache, lock)
-        self._lock = threading.RLock()
+        self._lock = RLock()
         self.backing: BlockDevice | None = None
         try:
             self._open(open_backing, cache, _depth)
@@ -123,7 +124,7 @@ class Qcow2Image(Qcow2Writer, Qcow2Snapshots, BlockDevice):
         self._map_metadata()
         self.refcounts = Refcounts(self.file, self.path, hdr.cluster_bits, hdr.refcount_order,
                                    hdr.refcount_table_offset, hdr.refcount_table_clusters, self.guard)
-        self._l2_cache: OrderedDict[int, bytearray] = OrderedDict()
+        self._l2_cache: dict[int, bytearray] = {}      # least recently used first
         self._compressed_cache: tuple[int, bytes] | None = None
         if not self.read_only and hdr.version == 3 and hdr.autoclear_features:
             # The spec: a writer that does not maintain an autoclear feature (e.g. persistent bitmaps) clears its bit.
@@ -219,14 +220,14 @@ class Qcow2Image(Qcow2Writer, Qcow2Snapshots, BlockDevice):
         return off
 
     def _l2_table(self, off: int) -> bytearray:
-        table = self._l2_cache.get(off)
+        table = self._l2_cache.pop(off, None)
         if table is not None:
-            self._l2_cache.move_to_end(off)
+            self._l2_cache[off] = table              # now the most recently used
             return table
         table = bytearray(self.file.pread(off, self.cs))
         self._l2_cache[off] = table
         if len(self._l2_cache) > _L2_CACHE:
-            self._l2_cache.popitem(last=False)
+            del self._l2_cache[next(iter(self._l2_cache))]
         return table
 
     def _l2_entry(self, cluster_index: int) -> int:

@@ -12,10 +12,12 @@ implementation does not know — each with a one-line reason.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from core.storage.errors import ImageFormatError, UnsupportedImageError
+
+TYPE_CHECKING = False     # not typing's: `img snapshot` starts without typing and collections (bench/snapshot.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MAGIC = b"QFI\xfb"
 V2_HEADER_LENGTH = 72
@@ -57,33 +59,58 @@ _V3_EXTRA = struct.Struct(">QQQII")             # 32 bytes: features, refcount_o
 _FEATURE_NAMES = {0: "dirty", 1: "corrupt", 2: "external data file", 3: "compression type", 4: "extended L2"}
 
 
-@dataclass
 class Qcow2Header:
-    """The decoded header, plus what the extensions say."""
+    """The decoded header, plus what the extensions say. (A plain class, not a dataclass: importing dataclasses
+    brings inspect and ast, more start-up time than `vireo img snapshot`'s whole operation; bench/snapshot.py.)"""
 
-    version: int
-    backing_file_offset: int
-    backing_file_size: int
-    cluster_bits: int
-    size: int
-    crypt_method: int
-    l1_size: int
-    l1_table_offset: int
-    refcount_table_offset: int
-    refcount_table_clusters: int
-    nb_snapshots: int
-    snapshots_offset: int
-    incompatible_features: int = 0
-    compatible_features: int = 0
-    autoclear_features: int = 0
-    refcount_order: int = 4
-    header_length: int = V2_HEADER_LENGTH
-    compression_type: int = COMPRESSION_ZLIB
-    backing_file: str | None = None
-    backing_format: str | None = None
-    feature_names: dict[tuple[int, int], str] = field(default_factory=dict)
-    unknown_extensions: list[tuple[int, bytes]] = field(default_factory=list)
-    bitmaps_extension: bytes | None = None
+    _FIELDS = ("version", "backing_file_offset", "backing_file_size", "cluster_bits", "size", "crypt_method",
+               "l1_size", "l1_table_offset", "refcount_table_offset", "refcount_table_clusters", "nb_snapshots",
+               "snapshots_offset", "incompatible_features", "compatible_features", "autoclear_features",
+               "refcount_order", "header_length", "compression_type", "backing_file", "backing_format",
+               "feature_names", "unknown_extensions", "bitmaps_extension")
+
+    def __init__(self, version: int, backing_file_offset: int, backing_file_size: int, cluster_bits: int, size: int,
+                 crypt_method: int, l1_size: int, l1_table_offset: int, refcount_table_offset: int,
+                 refcount_table_clusters: int, nb_snapshots: int, snapshots_offset: int,
+                 incompatible_features: int = 0, compatible_features: int = 0, autoclear_features: int = 0,
+                 refcount_order: int = 4, header_length: int = V2_HEADER_LENGTH,
+                 compression_type: int = COMPRESSION_ZLIB, backing_file: str | None = None,
+                 backing_format: str | None = None, feature_names: dict[tuple[int, int], str] | None = None,
+                 unknown_extensions: list[tuple[int, bytes]] | None = None,
+                 bitmaps_extension: bytes | None = None) -> None:
+        self.version = version
+        self.backing_file_offset = backing_file_offset
+        self.backing_file_size = backing_file_size
+        self.cluster_bits = cluster_bits
+        self.size = size
+        self.crypt_method = crypt_method
+        self.l1_size = l1_size
+        self.l1_table_offset = l1_table_offset
+        self.refcount_table_offset = refcount_table_offset
+        self.refcount_table_clusters = refcount_table_clusters
+        self.nb_snapshots = nb_snapshots
+        self.snapshots_offset = snapshots_offset
+        self.incompatible_features = incompatible_features
+        self.compatible_features = compatible_features
+        self.autoclear_features = autoclear_features
+        self.refcount_order = refcount_order
+        self.header_length = header_length
+        self.compression_type = compression_type
+        self.backing_file = backing_file
+        self.backing_format = backing_format
+        self.feature_names: dict[tuple[int, int], str] = {} if feature_names is None else feature_names
+        self.unknown_extensions: list[tuple[int, bytes]] = [] if unknown_extensions is None else unknown_extensions
+        self.bitmaps_extension = bitmaps_extension
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]   # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return f"Qcow2Header({', '.join(f'{f}={getattr(self, f)!r}' for f in self._FIELDS)})"
 
     @property
     def cluster_size(self) -> int:

@@ -14,7 +14,9 @@ could get it there), and dropping a data reference to a cluster in the map is it
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+TYPE_CHECKING = False     # not typing's: `img snapshot` starts without typing and collections (bench/snapshot.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 HEADER = "qcow2_header"
 L1 = "active L1 table"

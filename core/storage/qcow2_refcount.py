@@ -13,15 +13,17 @@ so allocating one never needs another.
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 from core.storage.errors import ImageCorruptError, ImageError
 from core.storage.hostfile import HostFile
 from core.storage.qcow2_header import MAX_REFTABLE_BYTES
+from core.storage.qcow2_lanes import TYPECODES, add_one_each, find_lane, from_array, lanes_equal_to, to_array, zero_runs
 from core.storage.qcow2_meta import HEADER, REFBLOCK, REFTABLE, MetadataGuard
 
+TYPE_CHECKING = False     # not typing's: `img snapshot` imports neither typing nor numpy (tests/storage)
 if TYPE_CHECKING:
+    from array import array
+
     import numpy as np
 
 OFFSET_MASK = 0xFFFF_FFFF_FFFF_FE00
@@ -46,7 +48,7 @@ class Refcounts:
         self.table_clusters = table_clusters
         raw = file.pread(table_offset, table_clusters * self.cs)
         self.table = list(struct.unpack(f">{len(raw) // 8}Q", raw))
-        self._blocks: OrderedDict[int, bytearray] = OrderedDict()
+        self._blocks: dict[int, bytearray] = {}        # least recently used first
         self.free_hint = 0
         if guard is not None:
             guard.add(table_offset, table_clusters * self.cs, REFTABLE)
@@ -71,9 +73,9 @@ class Refcounts:
 
     def block(self, bidx: int) -> bytearray | None:
         """The refcount block `bidx` (cached), or None if it is not allocated."""
-        blk = self._blocks.get(bidx)
+        blk = self._blocks.pop(bidx, None)
         if blk is not None:
-            self._blocks.move_to_end(bidx)
+            self._blocks[bidx] = blk                 # now the most recently used
             return blk
         off = self.block_offset(bidx)
         if not off:
@@ -81,36 +83,66 @@ class Refcounts:
         blk = bytearray(self.file.pread(off, self.cs))
         self._blocks[bidx] = blk
         if len(self._blocks) > _BLOCK_CACHE:
-            self._blocks.popitem(last=False)
+            del self._blocks[next(iter(self._blocks))]
         return blk
 
     def get(self, cluster: int) -> int:
         blk = self.block(cluster // self.per_block)
         return 0 if blk is None else self._entry(blk, cluster % self.per_block)
 
-    def get_many(self, clusters: np.ndarray) -> np.ndarray:
-        """The refcounts of an array of cluster indices (0 where no refcount block exists)."""
-        import numpy as np  # as in block_entries: only snapshots and check need it
-        out = np.zeros(len(clusters), dtype=np.uint64)
-        if not len(clusters):
-            return out
-        blocks = clusters // self.per_block
-        for bidx in np.unique(blocks).tolist():
-            blk = self.block(bidx)
-            if blk is not None:
-                sel = blocks == bidx
-                out[sel] = self.block_entries(blk)[clusters[sel] - bidx * self.per_block]
-        return out
+    def values(self, blk: bytes | bytearray) -> array | list[int]:
+        """All entries of a refcount block as Python integers (an array for whole-byte widths)."""
+        if self.bits >= 8:
+            return to_array(blk, self.bits)
+        table = _sub_byte_table(self.bits)
+        return [v for byte in blk for v in table[byte]]
+
+    def _pack_values(self, values: array | list[int]) -> bytes:
+        if self.bits >= 8:
+            if isinstance(values, list):
+                from array import array  # here, as in qcow2_lanes.to_array
+                values = array(TYPECODES[self.bits], values)
+            return from_array(values)
+        per_byte = 8 // self.bits
+        out = bytearray(len(values) // per_byte)
+        for k in range(per_byte):
+            shift = k * self.bits
+            for j, v in enumerate(values[k::per_byte]):
+                out[j] |= v << shift
+        return bytes(out)
 
     def block_entries(self, blk: bytes | bytearray) -> np.ndarray:
-        """All entries of a refcount block as a numpy array (for scans: free runs, check)."""
-        import numpy as np  # here, not at the top: opening an image (a VM's start) needs no numpy
+        """All entries of a refcount block as a numpy array (for check's scans of whole images)."""
+        import numpy as np  # here, not at the top: opening an image or taking a snapshot needs no numpy
         if self.bits >= 8:
             return np.frombuffer(bytes(blk), dtype=f">u{self.bits // 8}").astype(np.uint64)
         per_byte = 8 // self.bits
         raw = np.frombuffer(bytes(blk), dtype=np.uint8)
         shifts = np.arange(per_byte, dtype=np.uint8) * self.bits
         return ((raw[:, None] >> shifts) & self.max_refcount).reshape(-1).astype(np.uint64)
+
+    def all_equal_one(self, first: int, count: int) -> bool | None:
+        """True if the refcounts of clusters [first, first+count) are all 1, False if none is, None if some are
+        (or the entries are narrower than a byte): lets a whole L2 table's copied flags be set or cleared at once."""
+        if self.bits < 8:
+            return None
+        nb = self.bits // 8
+        one = bytes(nb - 1) + b"\x01"
+        verdicts = set()
+        while count:
+            bidx, rel = divmod(first, self.per_block)
+            n = min(count, self.per_block - rel)
+            blk = self.block(bidx)
+            if blk is None:
+                verdicts.add(False)
+            elif blk[rel * nb:(rel + n) * nb] == one * n:
+                verdicts.add(True)
+            elif find_lane(blk, one, rel * nb, (rel + n) * nb) < 0:
+                verdicts.add(False)
+            else:
+                return None
+            first, count = first + n, count - n
+        return verdicts.pop() if len(verdicts) == 1 else None
 
     def _entry(self, blk: bytearray, i: int) -> int:
         if self.bits >= 8:
@@ -161,50 +193,83 @@ class Refcounts:
             self.file.pwrite(self.block_offset(bidx) + lo, blk[lo:hi])
             cluster += last - first + 1
 
-    def update_many(self, clusters: np.ndarray, delta: int) -> np.ndarray:
-        """Add `delta` once per occurrence of each cluster index in `clusters` (a cluster may repeat), one write
-        per refcount block touched; return the clusters whose count became 0 (sorted). Every block is checked
-        before any is written, so a count that would leave 0..max fails the whole update unapplied."""
-        import numpy as np  # as in block_entries: only snapshots and check need it
-        if not len(clusters):
-            return np.zeros(0, dtype=np.int64)
-        uniq, counts = np.unique(np.asarray(clusters, dtype=np.int64), return_counts=True)
-        bidx_of = uniq // self.per_block
-        cuts = np.flatnonzero(np.diff(bidx_of)) + 1
+    def update_runs(self, runs: list[tuple[int, int]], delta: int) -> list[int]:
+        """Add `delta` once to each cluster of each run (first cluster, count) in `runs`; a cluster may be in
+        several runs and counts once per run. One write per refcount block touched, in block order; return the
+        clusters whose count became 0 (ascending). Every block is checked before any is written, so a count that
+        would leave 0..max fails the whole update unapplied."""
+        runs = sorted(r for r in runs if r[1] > 0)
+        if not runs:
+            return []
+        per = self.per_block
+        by_block: dict[int, list[tuple[int, int]]] = {}
+        overlap = False
+        prev_end = -1
+        for first, count in runs:
+            overlap = overlap or first < prev_end
+            prev_end = max(prev_end, first + count)
+            while count:
+                bidx, rel = divmod(first, per)
+                n = min(count, per - rel)
+                by_block.setdefault(bidx, []).append((rel, n))
+                first, count = first + n, count - n
         plans, zeros = [], []
-        for part, part_counts in zip(np.split(uniq, cuts), np.split(counts, cuts), strict=True):
-            bidx = int(part[0]) // self.per_block
+        for bidx, parts in by_block.items():     # ascending: runs were sorted
+            base = bidx * per
             blk = self.block(bidx)
             if blk is None:
-                raise ImageCorruptError(f"{self.path}: no refcount block for cluster {int(part[0])} that is in use; "
-                                        "repair the image with qemu-img check -r all")
-            values = self.block_entries(blk).astype(np.int64)
-            idx = part - bidx * self.per_block
-            values[idx] += delta * part_counts.astype(np.int64)
-            bad = np.flatnonzero((values[idx] < 0) | (values[idx] > self.max_refcount))
-            if len(bad):
-                k = int(bad[0])
-                raise ImageCorruptError(f"{self.path}: refcount of cluster {int(part[k])} would become "
-                                        f"{int(values[idx[k]])}; repair the image with qemu-img check -r all")
-            plans.append((bidx, blk, values))
-            if delta < 0:
-                zeros.append(part[values[idx] == 0])
-        for bidx, blk, values in plans:
+                raise ImageCorruptError(f"{self.path}: no refcount block for cluster {base + parts[0][0]} that is in "
+                                        "use; repair the image with qemu-img check -r all")
+            if self.bits >= 8 and abs(delta) == 1 and not overlap:
+                new, became = self._add_runs(blk, base, parts, delta)
+            else:
+                new, became = self._add_each(blk, base, parts, delta)
+            plans.append((bidx, blk, new))
+            zeros += became
+        for bidx, blk, new in plans:
             self._check(self.block_offset(bidx), self.cs, REFBLOCK)
-            blk[:] = self._pack_entries(values.astype(np.uint64))
+            blk[:] = new
             self.file.pwrite(self.block_offset(bidx), blk)
-        became_zero = np.concatenate(zeros) if zeros else np.zeros(0, dtype=np.int64)
-        if len(became_zero):
-            self.free_hint = min(self.free_hint, int(became_zero[0]))
-        return became_zero
+        if zeros:
+            self.free_hint = min(self.free_hint, zeros[0])
+        return zeros
 
-    def _pack_entries(self, values: np.ndarray) -> bytes:
-        if self.bits >= 8:
-            return values.astype(f">u{self.bits // 8}").tobytes()
-        import numpy as np  # as in block_entries
-        per_byte = 8 // self.bits
-        shifts = np.arange(per_byte, dtype=np.uint64) * np.uint64(self.bits)
-        return (values.reshape(-1, per_byte) << shifts).sum(axis=1).astype(np.uint8).tobytes()
+    def _bad(self, cluster: int, value: int) -> ImageCorruptError:
+        return ImageCorruptError(f"{self.path}: refcount of cluster {cluster} would become {value}; repair the image "
+                                 "with qemu-img check -r all")
+
+    def _add_runs(self, blk: bytearray, base: int, parts: list[tuple[int, int]],
+                  delta: int) -> tuple[bytearray, list[int]]:
+        """±1 on disjoint runs of whole-byte entries, each as one big-integer addition on its bytes."""
+        nb = self.bits // 8
+        limit = b"\xff" * nb if delta > 0 else bytes(nb)     # the lane that would carry or borrow
+        new = bytearray(blk)
+        became: list[int] = []
+        for rel, n in parts:
+            lo, hi = rel * nb, (rel + n) * nb
+            p = find_lane(blk, limit, lo, hi)
+            if p >= 0:
+                raise self._bad(base + p // nb, int.from_bytes(blk[p:p + nb], "big") + delta)
+            new[lo:hi] = add_one_each(blk[lo:hi], nb, delta)
+            if delta < 0:
+                became += [base + q // nb for q in lanes_equal_to(new, bytes(nb), lo, hi)]
+        return new, became
+
+    def _add_each(self, blk: bytearray, base: int, parts: list[tuple[int, int]],
+                  delta: int) -> tuple[bytes, list[int]]:
+        """The general case (repeated clusters, sub-byte entries): entry by entry, then checked in order."""
+        values = list(self.values(blk))
+        touched = set()
+        for rel, n in parts:
+            for i in range(rel, rel + n):
+                values[i] += delta
+            touched.update(range(rel, rel + n))
+        order = sorted(touched)
+        for i in order:
+            if values[i] < 0 or values[i] > self.max_refcount:
+                raise self._bad(base + i, values[i])
+        became = [base + i for i in order if values[i] == 0] if delta < 0 else []
+        return self._pack_values(values), became
 
     def set(self, cluster: int, value: int) -> None:
         """Set one refcount to `value` (repair); the block must exist."""
@@ -267,35 +332,53 @@ class Refcounts:
                     return run_start, count
                 idx = base + self.per_block
                 continue
-            arr = self.block_entries(blk)[idx - base:]
-            import numpy as np
-            zero = np.concatenate(([False], arr == 0, [False])).astype(np.int8)
-            edges = np.diff(zero)
-            starts = np.flatnonzero(edges == 1)
-            ends = np.flatnonzero(edges == -1)
-            if run_len and starts.size and starts[0] == 0:
-                if run_len + ends[0] >= count:
+            length_here = base + self.per_block - idx
+            runs = self._zero_runs(blk, idx - base)
+            first_run = next(runs, None)
+            if run_len and first_run is not None and first_run[0] == 0:
+                if run_len + first_run[1] >= count:
                     return run_start, count
-                if ends[0] == len(arr):
-                    run_len += len(arr)
+                if first_run[1] == length_here:
+                    run_len += length_here
                     idx = base + self.per_block
                     continue
                 if not exact:
-                    return run_start, run_len + int(ends[0])
-                starts, ends = starts[1:], ends[1:]
+                    return run_start, run_len + first_run[1]
+                first_run = next(runs, None)
             elif run_len and not exact:
                 return run_start, min(run_len, count)
             run_len = 0
-            lengths = ends - starts
-            # Non-exact: a run that reaches the block's end may go on in the next block, unless it is long enough.
-            fits = np.flatnonzero(lengths >= count) if exact else np.flatnonzero(
-                (lengths > 0) & ((ends < len(arr)) | (lengths >= count)))
-            if fits.size:
-                k = fits[0]
-                return idx + int(starts[k]), min(count, int(lengths[k]))
-            if starts.size and ends[-1] == len(arr):
-                run_start, run_len = idx + int(starts[-1]), int(lengths[-1])
+            last = None
+            while first_run is not None:
+                start, end = first_run
+                length = end - start
+                # Non-exact: a run that reaches the block's end may go on in the next block, unless it is long
+                # enough.
+                if length >= count if exact else length > 0 and (end < length_here or length >= count):
+                    return idx + start, min(count, length)
+                last = first_run
+                first_run = next(runs, None)
+            if last is not None and last[1] == length_here:
+                run_start, run_len = idx + last[0], last[1] - last[0]
             idx = base + self.per_block
+
+    def _zero_runs(self, blk: bytearray, start: int):
+        """(first, end) of each run of free entries from entry `start`, relative to it, in order."""
+        if self.bits >= 8:
+            for first, end in zero_runs(blk, self.bits // 8, start):
+                yield first - start, end - start
+            return
+        values = self.values(blk)
+        i, n = start, len(values)
+        while i < n:
+            if values[i]:
+                i += 1
+                continue
+            j = i
+            while j < n and not values[j]:
+                j += 1
+            yield i - start, j - start
+            i = j
 
     def _alloc_at_end(self, count: int) -> int:
         """Allocate `count` clusters past the end of the file, with the refcount blocks they need after them.
@@ -402,3 +485,15 @@ class Refcounts:
         for b, blk in blocks.items():
             self._blocks[b] = blk
         self.free(old_offset, old_clusters)
+
+
+_SUB_BYTE: dict[int, list[tuple[int, ...]]] = {}
+
+
+def _sub_byte_table(bits: int) -> list[tuple[int, ...]]:
+    """For 1-, 2- and 4-bit refcounts: the entries each byte value holds, lowest bits first (the spec's order)."""
+    table = _SUB_BYTE.get(bits)
+    if table is None:
+        per_byte, mask = 8 // bits, (1 << bits) - 1
+        table = _SUB_BYTE[bits] = [tuple(b >> (k * bits) & mask for k in range(per_byte)) for b in range(256)]
+    return table

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import struct
 import time
+from bisect import bisect_left
 
 from core.storage.errors import ImageError
-from core.storage.lazy_numpy import np
 from core.storage.qcow2_header import COMPRESSED, COPIED, L1_OFFSET_MASK, MAX_SNAPSHOTS
+from core.storage.qcow2_lanes import from_array, sequential_run, to_array
 from core.storage.qcow2_meta import HEADER, L1, L2, SNAP_L1, SNAPTABLE
 from core.storage.qcow2_snaptable import MAX_TABLE_BYTES, Snapshot, pack_table
 
@@ -62,55 +63,91 @@ class Qcow2Snapshots:
 
     # --- references of an L1 table -------------------------------------------------------------------------
 
-    def _l2_entries_of(self, l2_off: int) -> np.ndarray:
+    def _l2_raw(self, l2_off: int) -> bytes:
         table = self._l2_cache.get(l2_off)
-        raw = bytes(table) if table is not None else self.file.pread(l2_off, self.cs)
-        return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+        return bytes(table) if table is not None else self.file.pread(l2_off, self.cs)
 
-    def _references(self, l1: list[int]) -> tuple[list[int], np.ndarray]:
-        """(L2 table offsets, host cluster of every reference the L2 tables hold, with repeats) of an L1 table."""
-        l2s, data = [], []
+    def _l2_run(self, raw: bytes) -> int | None:
+        """The first host cluster if the L2 table maps consecutive host clusters with one set of flags, none of
+        them compressed (a preallocated image, a disk written front to back); else None."""
+        first = sequential_run(raw, self.cs)
+        if first is None or first & COMPRESSED or not first & _OFF:
+            return None
+        host = first & _OFF
+        if host + (len(raw) // 8 - 1) * self.cs > _OFF:
+            return None                        # the ramp would run into the flag bits
+        return host >> self.cluster_bits
+
+    def _references(self, l1: list[int]) -> tuple[list[int], list[tuple[int, int]]]:
+        """(L2 table offsets, runs (first host cluster, count) of every reference the L2 tables hold, with repeats)
+        of an L1 table: per table, its standard clusters in entry order, then its compressed clusters' spans."""
+        l2s: list[int] = []
+        runs: list[tuple[int, int]] = []
         for entry in l1:
             off = entry & L1_OFFSET_MASK
             if not off:
                 continue
             self._l2_table_offset_checked(off)
             l2s.append(off)
-            table = self._l2_entries_of(off)
-            comp = (table & np.uint64(COMPRESSED)) != 0
-            hosts = table[~comp] & np.uint64(_OFF)
-            data.append((hosts[hosts != 0] >> np.uint64(self.cluster_bits)).astype(np.int64))
-            for e in table[comp].tolist():
+            raw = self._l2_raw(off)
+            first = self._l2_run(raw)
+            if first is not None:
+                runs.append((first, len(raw) // 8))
+                continue
+            compressed = []
+            run_first, run_len = -1, 0
+            bits = self.cluster_bits
+            for e in to_array(raw, 64):
+                if e & COMPRESSED:
+                    compressed.append(e)
+                    continue
+                host = e & _OFF
+                if not host:
+                    continue
+                cluster = host >> bits
+                if cluster == run_first + run_len and run_len:
+                    run_len += 1
+                else:
+                    if run_len:
+                        runs.append((run_first, run_len))
+                    run_first, run_len = cluster, 1
+            if run_len:
+                runs.append((run_first, run_len))
+            for e in compressed:
                 host, length = self._compressed_range(e)
-                first, last = host >> self.cluster_bits, (host + length - 1) >> self.cluster_bits
-                data.append(np.arange(first, last + 1, dtype=np.int64))
-        refs = np.concatenate(data) if data else np.zeros(0, dtype=np.int64)
-        if len(refs) and int(refs.max()) >= -(-self.file.size // self.cs):
+                first, last = host >> bits, (host + length - 1) >> bits
+                runs.append((first, last - first + 1))
+        if runs and max(f + n - 1 for f, n in runs) >= -(-self.file.size // self.cs):
             raise self._corruption(f"{self.path}: an L2 table points past the end of the file; the snapshot "
                                    "operation is refused (repair the image with qemu-img check -r all)")
-        if self.guard.owner and len(refs):
-            meta = np.sort(np.fromiter(self.guard.owner, dtype=np.int64, count=len(self.guard.owner)))
-            at = np.minimum(np.searchsorted(meta, refs), len(meta) - 1)
-            self.guard.check_data(refs[meta[at] == refs].tolist(), "an L2 entry")
-        return l2s, refs
+        if self.guard.owner and runs:
+            meta = sorted(self.guard.owner)
+            hits = []
+            for f, n in runs:
+                i = bisect_left(meta, f)
+                while i < len(meta) and meta[i] < f + n:
+                    hits.append(meta[i])
+                    i += 1
+            self.guard.check_data(hits, "an L2 entry")
+        return l2s, runs
 
     def _l2_table_offset_checked(self, off: int) -> None:
         if off % self.cs or off + self.cs > self.file.size:
             raise self._corruption(f"{self.path}: an L1 entry points to an L2 table at {off:#x}, misaligned or past "
                                    "the end of the file; repair the image with qemu-img check -r all")
 
-    def _adjust(self, l1: list[int], delta: int) -> np.ndarray:
+    def _adjust(self, l1: list[int], delta: int) -> list[int]:
         """Add `delta` to the refcount of every L2 table and cluster `l1` reaches; return clusters freed."""
-        l2s, refs = self._references(l1)
-        l2_clusters = np.array([off >> self.cluster_bits for off in l2s], dtype=np.int64)
+        l2s, runs = self._references(l1)
+        l2_runs = [(off >> self.cluster_bits, 1) for off in l2s]
         if delta > 0:
             # Data first, then the tables: every step of a raise only adds references.
-            self.refcounts.update_many(refs, delta)
-            return self.refcounts.update_many(l2_clusters, delta)
-        freed_tables = self.refcounts.update_many(l2_clusters, delta)
-        self.guard.forget_clusters(freed_tables.tolist(), L2)
-        freed = self.refcounts.update_many(refs, delta)
-        return np.union1d(freed, freed_tables)
+            self.refcounts.update_runs(runs, delta)
+            return self.refcounts.update_runs(l2_runs, delta)
+        freed_tables = self.refcounts.update_runs(l2_runs, delta)
+        self.guard.forget_clusters(freed_tables, L2)
+        freed = self.refcounts.update_runs(runs, delta)
+        return sorted(set(freed).union(freed_tables))
 
     # --- copied flags --------------------------------------------------------------------------------------
 
@@ -125,22 +162,41 @@ class Qcow2Snapshots:
                 continue
             exclusive = not clear_all and self.refcounts.get(off >> self.cluster_bits) == 1
             if clear_all or exclusive:
-                table = self._l2_entries_of(off)
-                standard = (table & np.uint64(COMPRESSED)) == 0
-                hosts = table & np.uint64(_OFF)
-                want = np.zeros(len(table), dtype=bool)
-                if exclusive:
-                    mapped = np.flatnonzero(standard & (hosts != 0))
-                    counts = self.refcounts.get_many((hosts[mapped] >> np.uint64(self.cluster_bits)).astype(np.int64))
-                    want[mapped] = counts == 1
-                new = np.where(want, table | np.uint64(COPIED), np.where(standard, table & ~np.uint64(COPIED), table))
-                if not np.array_equal(new, table):
-                    raw = new.astype(">u8").tobytes()
+                raw = self._l2_raw(off)
+                new = self._copied_table(raw, exclusive)
+                if new != raw:
                     self.guard.check(off, self.cs, L2)
-                    self.file.pwrite(off, raw)
+                    self.file.pwrite(off, new)
                     self._l2_cache.pop(off, None)
             new_l1.append(off | (COPIED if exclusive else 0))
         self._write_l1(new_l1)
+
+    def _copied_table(self, raw: bytes, exclusive: bool) -> bytes:
+        """The L2 table `raw` with the copied flag of each standard entry set where the cluster's refcount is 1
+        (never if not `exclusive`) and cleared elsewhere; compressed entries as they are."""
+        high = raw[0::8]            # each entry's top byte: the copied (bit 63) and compressed (bit 62) flags
+        if 1 not in high.translate(_COMPRESSED_BIT):
+            # Every entry is standard: when one answer holds for all of them (clear, or a run whose refcounts
+            # are all 1 or none 1), the flags change together, as one translation of the top bytes.
+            every = False
+            if exclusive:
+                first = self._l2_run(raw)
+                every = None if first is None else self.refcounts.all_equal_one(first, len(raw) // 8)
+            if every is not None:
+                new = bytearray(raw)
+                new[0::8] = high.translate(_SET_COPIED if every else _CLEAR_COPIED)
+                return bytes(new)
+        entries = to_array(raw, 64)
+        rc = self.refcounts.get
+        for i, e in enumerate(entries):
+            if e & COMPRESSED:
+                continue
+            host = e & _OFF
+            if exclusive and host and rc(host >> self.cluster_bits) == 1:
+                entries[i] = e | COPIED
+            else:
+                entries[i] = e & ~COPIED
+        return from_array(entries)
 
     def _write_l1(self, entries: list[int]) -> None:
         if entries == self.l1 or not entries:
@@ -256,13 +312,16 @@ class Qcow2Snapshots:
             self._punch(freed)
             return sn
 
-    def _punch(self, clusters: np.ndarray) -> None:
-        """Give the host space of freed clusters back (best effort: a file system without holes keeps it)."""
-        if not len(clusters):
-            return
-        cuts = np.flatnonzero(np.diff(clusters) != 1) + 1
-        for run in np.split(clusters, cuts):
-            self.file.punch_hole(int(run[0]) * self.cs, len(run) * self.cs)
+    def _punch(self, clusters: list[int]) -> None:
+        """Give the host space of freed clusters (ascending) back, a call per run (best effort: a file system
+        without holes keeps it)."""
+        i = 0
+        while i < len(clusters):
+            j = i + 1
+            while j < len(clusters) and clusters[j] == clusters[j - 1] + 1:
+                j += 1
+            self.file.punch_hole(clusters[i] * self.cs, (j - i) * self.cs)
+            i = j
 
     # --- VM state ------------------------------------------------------------------------------------------
 
@@ -303,7 +362,7 @@ class Qcow2Snapshots:
                 if l1_index < len(l1) and l1[l1_index] & L1_OFFSET_MASK:
                     l2 = l1[l1_index] & L1_OFFSET_MASK
                     self._l2_table_offset_checked(l2)
-                    entry = int(self._l2_entries_of(l2)[ci % self.l2_entries])
+                    entry = struct.unpack_from(">Q", self._l2_raw(l2), ci % self.l2_entries * 8)[0]
                 out += self._cluster_contents(ci, entry, backing=False)[in_off:in_off + n]
                 pos += n
             return bytes(out)
@@ -312,3 +371,10 @@ class Qcow2Snapshots:
         start = self.vm_state_offset()
         first, last = start // self.cs, -(-(start + size) // self.cs)
         self._replace_entries(first, last, 0, punch=False)
+
+
+
+# bytes.translate tables for an entry's top byte (COPIED is bit 63, COMPRESSED bit 62 of the 64-bit entry).
+_COMPRESSED_BIT = bytes((b >> 6) & 1 for b in range(256))
+_SET_COPIED = bytes(b | 0x80 for b in range(256))
+_CLEAR_COPIED = bytes(b & 0x7F for b in range(256))

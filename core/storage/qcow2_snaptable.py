@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from core.storage.errors import ImageFormatError
 from core.storage.qcow2_header import MAX_L1_BYTES, MAX_SNAPSHOTS
 from core.storage.sizes import format_size
+
+TYPE_CHECKING = False     # not typing's: `img snapshot` starts without typing and collections (bench/snapshot.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MAX_TABLE_BYTES = 64 << 20
 MAX_EXTRA = 1024
@@ -27,22 +29,37 @@ _FIXED = struct.Struct(">QIHHIIQII")        # 40 bytes
 EXTRA_SIZE = 24                              # what QEMU writes: vm_state_size_large, disk_size, icount
 
 
-@dataclass
 class Snapshot:
-    """One entry of the snapshot table."""
+    """One entry of the snapshot table. (A plain class, not a dataclass: see Qcow2Header.)"""
 
-    id_str: str
-    name: str
-    l1_table_offset: int
-    l1_size: int
-    date_sec: int = 0
-    date_nsec: int = 0
-    vm_clock_nsec: int = 0
-    vm_state_size: int = 0
-    disk_size: int | None = None
-    icount: int = 0
-    unknown_extra: bytes = b""      # extra data past what we know, kept as it was
-    problem: str | None = None      # why its L1 table cannot be used (listed, but not applied or walked)
+    _FIELDS = ("id_str", "name", "l1_table_offset", "l1_size", "date_sec", "date_nsec", "vm_clock_nsec",
+               "vm_state_size", "disk_size", "icount", "unknown_extra", "problem")
+
+    def __init__(self, id_str: str, name: str, l1_table_offset: int, l1_size: int, date_sec: int = 0,
+                 date_nsec: int = 0, vm_clock_nsec: int = 0, vm_state_size: int = 0, disk_size: int | None = None,
+                 icount: int = 0, unknown_extra: bytes = b"", problem: str | None = None) -> None:
+        self.id_str = id_str
+        self.name = name
+        self.l1_table_offset = l1_table_offset
+        self.l1_size = l1_size
+        self.date_sec = date_sec
+        self.date_nsec = date_nsec
+        self.vm_clock_nsec = vm_clock_nsec
+        self.vm_state_size = vm_state_size
+        self.disk_size = disk_size
+        self.icount = icount
+        self.unknown_extra = unknown_extra      # extra data past what we know, kept as it was
+        self.problem = problem                  # why its L1 table cannot be used (listed, but not applied or walked)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]   # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        return f"Snapshot({', '.join(f'{f}={getattr(self, f)!r}' for f in self._FIELDS)})"
 
     def pack(self) -> bytes:
         id_b, name_b = self.id_str.encode(), self.name.encode()

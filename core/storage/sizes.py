@@ -5,10 +5,8 @@ Suffixes are binary multiples, case-insensitive except that only `k`/`K` exist f
 """
 from __future__ import annotations
 
-import re
-
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
-_SIZE_RE = re.compile(r"^\s*([+-]?)(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgGtTpPeE]?)(?:i?[bB])?\s*$")
+_SIZE_PATTERN = r"^\s*([+-]?)(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgGtTpPeE]?)(?:i?[bB])?\s*$"
 
 
 class SizeError(ValueError):
@@ -17,7 +15,8 @@ class SizeError(ValueError):
 
 def parse_size(text: str, allow_relative: bool = False) -> tuple[str, int]:
     """Parse `text` into (sign, bytes); sign is '' for an absolute size, '+' or '-' for a relative one."""
-    match = _SIZE_RE.match(text)
+    import re  # here: listing snapshots (format_size) needs no re (re caches the compiled pattern)
+    match = re.match(_SIZE_PATTERN, text)
     if not match:
         raise SizeError(f"invalid size {text!r}: use a number of bytes or a number with a suffix k, M, G, T "
                         "(e.g. 10G)")

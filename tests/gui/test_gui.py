@@ -23,6 +23,7 @@ from core.config import BootConfig, ConfigStore, DiskConfig, VmConfig  # noqa: E
 from core.host import VmState  # noqa: E402
 from tests.helpers.console_view import event_loop_worst  # noqa: E402
 from tests.helpers.dialogs import answer_question  # noqa: E402
+from tests.helpers.wizard import wizard_of
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ def test_wizard_defines_a_vm_with_a_new_disk(qtbot, app_parts, debian_kernel, xd
     kernel = debian_kernel
     host, bridge, window = app_parts
     window.new_vm()
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     assert wizard.source_page.iso.isChecked()                 # installing from an ISO is the usual way
     wizard.source_page.kernel.setChecked(True)
@@ -173,7 +174,7 @@ def test_wizard_refuses_a_duplicate_name(qtbot, app_parts, kernel) -> None:
     host, bridge, window = app_parts
     reload(qtbot, bridge)
     window.new_vm()
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     wizard.source_page.kernel.setChecked(True)
     wizard.next()
     wizard.boot_page.kernel.setText(str(kernel))

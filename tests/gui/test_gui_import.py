@@ -22,6 +22,7 @@ from app.ui.file_check import ORANGE  # noqa: E402
 from core.config import DiskConfig  # noqa: E402
 from tests.gui.test_gui import app_parts, define, reload, xdg  # noqa: E402,F401
 from tests.gui.test_gui_journey import click, type_into  # noqa: E402
+from tests.helpers.wizard import wizard_of
 
 TIMEOUT_MS = 10_000
 WARNING = "Also used by VM 'web': two running VMs writing one image corrupt it"
@@ -35,7 +36,7 @@ def test_import_warns_when_another_vm_lists_the_image(qtbot, app_parts, tmp_path
     define("web", disks=[DiskConfig(path=str(shared))])
     reload(qtbot, bridge)
     window.new_vm()
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     next_button = wizard.button(QWizard.WizardButton.NextButton)
     click(qtbot, wizard.source_page.disk)
@@ -73,7 +74,7 @@ def test_import_of_a_fresh_image_has_no_warning(qtbot, app_parts, tmp_path: Path
     define("web", disks=[DiskConfig(path=str(shared))])
     reload(qtbot, bridge)
     window.new_vm()
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     click(qtbot, wizard.source_page.disk)
     wizard.next()

@@ -32,6 +32,7 @@ from tests.gui.test_gui_journey import click, type_into  # noqa: E402
 from tests.helpers.dialogs import choose_file  # noqa: E402
 from tests.helpers.iso import write_iso  # noqa: E402
 from tests.helpers.runner import REPO_ROOT  # noqa: E402
+from tests.helpers.wizard import wizard_of
 
 TIMEOUT_MS = 10_000
 
@@ -50,7 +51,7 @@ def _settled(check, text: str) -> bool:
 
 def _open(qtbot, window):
     window.new_vm()
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     return wizard, wizard.button(QWizard.WizardButton.NextButton)
 

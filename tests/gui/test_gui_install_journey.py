@@ -32,6 +32,7 @@ from tests.gui.test_gui import vm_rows, xdg  # noqa: E402,F401  (xdg: the fixtur
 from tests.gui.test_gui_install import dumpconfig  # noqa: E402
 from tests.gui.test_gui_journey import click, serial_text, start_app, toolbar_button, type_into, wait_serial  # noqa: E402,F401  (start_app: the fixture)
 from tests.helpers import boot_media as bm  # noqa: E402
+from tests.helpers.wizard import wizard_of
 
 INSTALL_TIMEOUT_MS = 240_000      # ~25 s here on the software CPU (SeaBIOS, GRUB, Linux, the install)
 STATE_TIMEOUT_MS = 30_000
@@ -41,7 +42,7 @@ CD_ROM_PAGE = 5
 def open_wizard_on_an_iso(qtbot, window, iso):
     """New VM ▸ its default way (Install from ISO) ▸ `iso` typed in and found bootable; the wizard and its Next."""
     click(qtbot, toolbar_button(window, window.new_action))
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     next_button = wizard.button(QWizard.WizardButton.NextButton)
     assert wizard.source_page.iso.isChecked()

@@ -26,6 +26,7 @@ from core.config import ConfigStore  # noqa: E402
 from core.host import VmState  # noqa: E402
 from tests.gui.test_gui import vm_rows, xdg  # noqa: E402,F401  (xdg: the fixture, reused)
 from tests.helpers.dialogs import answer_question  # noqa: E402
+from tests.helpers.wizard import wizard_of
 
 BOOT_TIMEOUT_MS = 120_000     # ~2.2 s to the prompt on the software CPU here; slow CI machines get headroom
 STATE_TIMEOUT_MS = 15_000
@@ -137,7 +138,7 @@ def test_wizard_to_delete_with_a_debian_guest(qtbot, start_app, debian_kernel, b
 
     # 1. The New VM wizard, page by page, through its widgets.
     click(qtbot, toolbar_button(window, window.new_action))
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     next_button = wizard.button(QWizard.WizardButton.NextButton)
     click(qtbot, wizard.source_page.kernel)

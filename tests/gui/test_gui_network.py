@@ -32,6 +32,7 @@ from core.config import BootConfig, ConfigStore, NicConfig, VmConfig  # noqa: E4
 from tests.gui.test_gui import app_parts, reload, vm_rows, xdg  # noqa: E402,F401,F811
 from tests.gui.test_gui_journey import click, serial_text, toolbar_button, type_into, wait_serial  # noqa: E402
 from tests.helpers.initrd import initrd_with_current_init  # noqa: E402
+from tests.helpers.wizard import wizard_of
 from tests.net.test_net_guest import _fetch, free_port  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("passt") is None and os.environ.get("CI") != "true",
@@ -268,7 +269,7 @@ def test_a_saved_rule_on_a_taken_port_names_it_in_the_status(qtbot, app_parts, d
 def test_the_wizard_default_network_gets_a_dhcp_lease(qtbot, app_parts, debian_kernel, initrd) -> None:  # noqa: F811
     host, bridge, window = app_parts
     click(qtbot, toolbar_button(window, window.new_action))
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     next_button = wizard.button(QWizard.WizardButton.NextButton)
     click(qtbot, wizard.source_page.kernel)

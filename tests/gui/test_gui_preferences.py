@@ -25,6 +25,7 @@ from tests.gui.test_gui import app_parts, define, reload, vm_rows, xdg  # noqa: 
 from tests.gui.test_gui_journey import click  # noqa: E402
 from tests.gui.test_gui_paused import _shutdown_button  # noqa: E402
 from tests.helpers.dialogs import answer_question, choose_from_popup  # noqa: E402
+from tests.helpers.wizard import wizard_of
 
 TIMEOUT_MS = 15_000
 
@@ -94,7 +95,7 @@ def test_preferences_set_the_graphs_interval_and_the_wizards_folder_and_accelera
     assert bridge.stats_timer.interval() == 2500
 
     window.new_vm()
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     click(qtbot, wizard.source_page.kernel)
     wizard.button(QWizard.WizardButton.NextButton).click()

@@ -20,6 +20,7 @@ from PyQt6.QtWidgets import QWizard  # noqa: E402
 from app.ui.file_check import GREY, RED  # noqa: E402
 from tests.gui.test_gui import app_parts, xdg  # noqa: E402,F401
 from tests.gui.test_gui_journey import click, type_into  # noqa: E402
+from tests.helpers.wizard import wizard_of
 
 TIMEOUT_MS = 10_000
 
@@ -39,7 +40,7 @@ def test_kernel_field_names_the_file_and_blocks_next_on_a_readme(qtbot, app_part
                                                                  busybox_initramfs) -> None:
     host, bridge, window = app_parts
     window.new_vm()
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     wizard.source_page.kernel.setChecked(True)
     wizard.next()
@@ -82,7 +83,7 @@ def test_imported_disk_field_is_checked_too(qtbot, app_parts, readme, debian_ker
     image = tmp_path / "imported.qcow2"
     host.create_disk(str(image), 2 << 30, fmt="qcow2")
     window.new_vm()
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     wizard.source_page.disk.setChecked(True)
     wizard.next()
@@ -107,7 +108,7 @@ def test_finish_checks_again_when_next_outran_the_probe(qtbot, app_parts, readme
     monkeypatch.setattr(file_check, "PROBE_DEBOUNCE_MS", 60_000)
     host, bridge, window = app_parts
     window.new_vm()
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     next_button = wizard.button(QWizard.WizardButton.NextButton)
     finish_button = wizard.button(QWizard.WizardButton.FinishButton)

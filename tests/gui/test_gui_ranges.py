@@ -19,6 +19,7 @@ from PyQt6.QtWidgets import QApplication, QWizard  # noqa: E402
 from core.hypervisor.hostcaps import is_kvm_pvm, kvm_status  # noqa: E402
 from tests.gui.test_gui import app_parts, define, kernel, make_app, reload, xdg  # noqa: E402,F401
 from tests.helpers.runner import in_ci  # noqa: E402
+from tests.helpers.wizard import wizard_of
 
 
 def _type(qtbot, spin, text: str) -> None:
@@ -32,7 +33,7 @@ def _type(qtbot, spin, text: str) -> None:
 def _open_wizard(qtbot, window):
     """The wizard, set for a direct kernel boot."""
     window.new_vm()
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     wizard.source_page.kernel.setChecked(True)
     return wizard

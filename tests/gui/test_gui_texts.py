@@ -17,11 +17,12 @@ pytest.importorskip("pytestqt")
 from PyQt6.QtWidgets import QAbstractButton, QLabel, QWizard  # noqa: E402
 
 from tests.gui.test_gui import app_parts, define, error_dialogs, kernel, reload, xdg  # noqa: E402,F401
+from tests.helpers.wizard import wizard_of
 
 
 def _to_finish(qtbot, window, kernel_path) -> object:
     window.new_vm()
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     wizard.source_page.kernel.setChecked(True)
     wizard.next()
@@ -56,7 +57,7 @@ def test_wizard_summary_names_the_format_of_an_imported_disk(qtbot, app_parts, t
     image = tmp_path / "guest.qcow2"
     image.write_bytes(b"QFI\xfb" + b"\0" * 508)
     window.new_vm()
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     wizard.source_page.disk.click()
     wizard.next()
@@ -78,7 +79,7 @@ def test_wizard_summary_names_the_format_of_an_imported_disk(qtbot, app_parts, t
 def test_wizard_default_command_line_has_the_screen_and_the_serial_console(qtbot, app_parts, kernel) -> None:  # noqa: F811
     host, bridge, window = app_parts
     window.new_vm()
-    wizard = window.wizard
+    wizard = wizard_of(qtbot, window)
     qtbot.waitExposed(wizard)
     wizard.source_page.kernel.setChecked(True)
     wizard.next()

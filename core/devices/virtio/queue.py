@@ -74,8 +74,9 @@ class Virtqueue:
     def _avail_idx(self) -> int:
         return self.memory.read_u16(self.avail_addr + 2)
 
-    def pop(self) -> DescriptorChain | None:
-        """Take the next available chain, or None when the ring is empty."""
+    def pop(self, event: bool = True) -> DescriptorChain | None:
+        """Take the next available chain, or None when the ring is empty. event=False leaves avail_event for
+        the caller's mark_read() after a batch of pops."""
         if not self.ready:
             return None
         avail_idx = self._avail_idx()
@@ -87,10 +88,15 @@ class Virtqueue:
         slot = self.last_avail % self.size
         head = self.memory.read_u16(self.avail_addr + 4 + 2 * slot)
         self.last_avail = (self.last_avail + 1) & 0xFFFF
-        if self.event_idx:
-            # used_event-style suppression of notifications: tell the driver how far we have read.
-            self.memory.write_u16(self.used_addr + 4 + 8 * self.size, self.last_avail)
+        if event:
+            self.mark_read()
         return self._walk(head)
+
+    def mark_read(self) -> None:
+        """avail_event (2.7.10): tell the driver how far the device has read, so it notifies only past that. A
+        value older than the truth only brings a notification the device did not need."""
+        if self.event_idx:
+            self.memory.write_u16(self.used_addr + 4 + 8 * self.size, self.last_avail)
 
     def _read_desc(self, table: int, i: int) -> tuple[int, int, int, int]:
         return struct.unpack("<QIHH", self.memory.read(table + DESC_SIZE * i, DESC_SIZE))
@@ -146,6 +152,17 @@ class Virtqueue:
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         if publish:
             self.publish()
+
+    def push_all(self, entries: list[tuple[DescriptorChain, int]]) -> None:
+        """push(chain, written, publish=False) for each entry, in order, in one write per contiguous stretch of
+        the used ring (two when it wraps): virtio-net returns a large frame's 16-45 receive buffers at once."""
+        while entries:
+            slot = self.used_idx % self.size
+            run = entries[:self.size - slot]
+            self.memory.write(self.used_addr + 4 + 8 * slot,
+                              b"".join(struct.pack("<II", chain.head, written) for chain, written in run))
+            self.used_idx = (self.used_idx + len(run)) & 0xFFFF
+            entries = entries[len(run):]
 
     def publish(self) -> None:
         """Make every entry pushed so far visible to the driver (the used ring's idx)."""
