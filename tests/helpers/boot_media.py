@@ -48,7 +48,8 @@ POWEROFF = "VIREO-POWEROFF"
 INSTALLER_START = "VIREO-INSTALLER-START"   # tests/fixtures/install.sh
 INSTALL_OK = "VIREO-INSTALL-OK"
 INSTALL_FAILED = "VIREO-INSTALL-FAILED="
-INSTALL_DISK = re.compile(r"VIREO-INSTALL-DISK=(\w+):(\d+)")
+# Up to the line's end: the serial output arrives in pieces, and "…:1" may be the start of "…:131072".
+INSTALL_DISK = re.compile(r"VIREO-INSTALL-DISK=(\w+):(\d+)\r?\n")
 DI_FIRST_SCREEN = "Select a language"       # the title of the installer's first dialog, "[!!] Select a language"
 DI_KERNEL_STARTED = "Linux version"         # the installer's kernel is not quiet: its first line, once GRUB has
                                             # read it and the 40 MB initrd.gz from the CD

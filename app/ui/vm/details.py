@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from PyQt6 import sip
 from PyQt6.QtCore import QSize, Qt, pyqtSignal
 from PyQt6.QtWidgets import (
     QAbstractItemView,
@@ -424,8 +425,11 @@ class DetailsEditor(QWidget):
         cfg = self.edited()
         self.apply_button.setEnabled(False)
 
+        # The save and the refresh finish on a worker: the window may have been closed by then.
         def done(info: VmInfo) -> None:
             def listed() -> None:     # the bridge's cache holds the saved definition
+                if sip.isdeleted(self):
+                    return
                 self.revert()
                 self.applied.emit(self.uuid)
 
@@ -434,6 +438,8 @@ class DetailsEditor(QWidget):
         def failed(message: str) -> None:
             from app.ui.dialogs import show_error
 
+            if sip.isdeleted(self):
+                return
             show_error(self, "Saving the changes", message)
             self._changed()
 
