@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 
 from core.storage.errors import ImageFormatError, UnsupportedImageError
+from core.storage.plain_record import PlainRecord
 
 TYPE_CHECKING = False     # not typing's: `img snapshot` starts without typing and collections (bench/snapshot.py)
 if TYPE_CHECKING:
@@ -59,9 +60,8 @@ _V3_EXTRA = struct.Struct(">QQQII")             # 32 bytes: features, refcount_o
 _FEATURE_NAMES = {0: "dirty", 1: "corrupt", 2: "external data file", 3: "compression type", 4: "extended L2"}
 
 
-class Qcow2Header:
-    """The decoded header, plus what the extensions say. (A plain class, not a dataclass: importing dataclasses
-    brings inspect and ast, more start-up time than `vireo img snapshot`'s whole operation; bench/snapshot.py.)"""
+class Qcow2Header(PlainRecord):
+    """The decoded header, plus what the extensions say (a PlainRecord, not a dataclass: start-up time)."""
 
     _FIELDS = ("version", "backing_file_offset", "backing_file_size", "cluster_bits", "size", "crypt_method",
                "l1_size", "l1_table_offset", "refcount_table_offset", "refcount_table_clusters", "nb_snapshots",
@@ -101,16 +101,6 @@ class Qcow2Header:
         self.feature_names: dict[tuple[int, int], str] = {} if feature_names is None else feature_names
         self.unknown_extensions: list[tuple[int, bytes]] = [] if unknown_extensions is None else unknown_extensions
         self.bitmaps_extension = bitmaps_extension
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self._FIELDS)
-
-    __hash__ = None  # type: ignore[assignment]   # mutable, as the dataclass was
-
-    def __repr__(self) -> str:
-        return f"Qcow2Header({', '.join(f'{f}={getattr(self, f)!r}' for f in self._FIELDS)})"
 
     @property
     def cluster_size(self) -> int:

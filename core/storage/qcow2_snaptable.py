@@ -16,6 +16,7 @@ import struct
 import time
 
 from core.storage.errors import ImageFormatError
+from core.storage.plain_record import PlainRecord
 from core.storage.qcow2_header import MAX_L1_BYTES, MAX_SNAPSHOTS
 from core.storage.sizes import format_size
 
@@ -29,8 +30,8 @@ _FIXED = struct.Struct(">QIHHIIQII")        # 40 bytes
 EXTRA_SIZE = 24                              # what QEMU writes: vm_state_size_large, disk_size, icount
 
 
-class Snapshot:
-    """One entry of the snapshot table. (A plain class, not a dataclass: see Qcow2Header.)"""
+class Snapshot(PlainRecord):
+    """One entry of the snapshot table (a PlainRecord, not a dataclass: start-up time)."""
 
     _FIELDS = ("id_str", "name", "l1_table_offset", "l1_size", "date_sec", "date_nsec", "vm_clock_nsec",
                "vm_state_size", "disk_size", "icount", "unknown_extra", "problem")
@@ -50,16 +51,6 @@ class Snapshot:
         self.icount = icount
         self.unknown_extra = unknown_extra      # extra data past what we know, kept as it was
         self.problem = problem                  # why its L1 table cannot be used (listed, but not applied or walked)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in self._FIELDS)
-
-    __hash__ = None  # type: ignore[assignment]   # mutable, as the dataclass was
-
-    def __repr__(self) -> str:
-        return f"Snapshot({', '.join(f'{f}={getattr(self, f)!r}' for f in self._FIELDS)})"
 
     def pack(self) -> bytes:
         id_b, name_b = self.id_str.encode(), self.name.encode()
