@@ -125,6 +125,9 @@ def test_no_host_call_runs_on_the_gui_thread(qtbot, xdg, debian_kernel, busybox_
 
         # Pause, Resume, Force Off from the main window; then Delete, disk and all.
         window.select_vm(uuid)
+        # The row shows the new name as soon as the host announces it; the Apply call itself may still be in
+        # flight, and while it is the VM is busy and Pause stays disabled, as the user would see it.
+        qtbot.waitUntil(lambda: window.vm_actions.pause.isEnabled(), timeout=TIMEOUT_MS)
         click(qtbot, toolbar_button(window, window.vm_actions.pause))
         qtbot.waitUntil(lambda: vm_rows(window)["threads-renamed"] == "Paused", timeout=TIMEOUT_MS)
         qtbot.waitUntil(lambda: window.vm_actions.run.isEnabled())
