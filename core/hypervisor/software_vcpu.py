@@ -332,7 +332,6 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         acc.acquire(self)
         try:
             v = acc.view
-            q = acc.q
             req = v.interrupt_request & ~(ui.CPU_INTERRUPT_VIRQ | ui.CPU_INTERRUPT_NMI | ui.CPU_INTERRUPT_HARD)
             if self.lapic.has_interrupt():
                 req |= ui.CPU_INTERRUPT_VIRQ
@@ -352,7 +351,7 @@ class SoftwareVcpu(Vcpu, ApicCpu):
                 # Something arrived since the checks above: do not start a slice that could miss its kick.
                 err = 0
             else:
-                err = q.uc_emu_start(acc.uch, v.rip, 0, 0, 0)
+                err = acc.emu_start_slice(v)
             self._in_slice = False
             acc.running = None
             self._quantum.cancel()
