@@ -2,9 +2,12 @@
 
 * uc_tbstart's inline exit check at the start of every translated block: a guest spinning in one self-chained
   block (no exits of its own) must still be stopped by a kick, and blocks must actually have been rewritten.
+* uc_sysentry's SYSCALL and SYSENTER: a ring-3 guest reports every register they change (Intel SDM vol. 2B),
+  and SYSCALL without EFER.SCE still raises #UD through the Python path.
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -13,7 +16,8 @@ import pytest
 
 pytest.importorskip("unicorn")
 
-from core.hypervisor import uc_native, uc_tbstart  # noqa: E402
+from core.hypervisor import uc_internals as ui  # noqa: E402
+from core.hypervisor import uc_native, uc_sysentry, uc_tbstart  # noqa: E402
 from core.hypervisor.base import ExitReason  # noqa: E402
 from tests.helpers.software_guest import Rig, assemble, long_mode_setup  # noqa: E402
 
@@ -77,3 +81,155 @@ def test_kick_stops_a_self_chained_block():
     finally:
         rig.close()
 
+
+@pytest.mark.skipif(shutil.which("as") is None, reason="GNU as not installed")
+def test_sysentry_stubs_match_their_assembly(tmp_path):
+    assert uc_sysentry.layout_ok()
+    a, b, c, d = 0x1111111111111111, 0x2222222222222222, 0x3333333333333333, 0x4444444444444444
+    sets = "".join(f".set {name}, {value}\n" for name, value in uc_sysentry.ASSUMED.items())
+    sets += (f".set ENV_CS, {ui.ENV_SEGS + ui.R_CS * ui.SEG_SIZE}\n.set ENV_SS, {ui.ENV_SEGS + ui.R_SS * ui.SEG_SIZE}\n"
+             f".set CODE64_FLAGS, {uc_sysentry.CODE64_FLAGS}\n.set CODE32_FLAGS, {uc_sysentry.CODE32_FLAGS}\n"
+             f".set DATA_FLAGS, {uc_sysentry.DATA_FLAGS}\n.set HF_LMA, 0x4000\n.set HF_CS64, 0x8000\n"
+             ".set HF_PE, 0x80\n")
+
+    def from_docstring(fn, read_eflags, write_eflags, update_hflags, slow) -> str:
+        body = fn.__doc__.split("\n", 1)[1]
+        for name, value in (("read_eflags", read_eflags), ("write_eflags", write_eflags),
+                            ("update_hflags", update_hflags), ("movabs slow", f"movabs {slow}")):
+            body = body.replace(f"movabs {name}," if name != "movabs slow" else "movabs slow,",
+                                f"movabs ${value}," if name != "movabs slow" else f"movabs ${slow},")
+        lines = [re.split(r"\s{2,};", line)[0] for line in body.splitlines()]
+        return sets + "\n".join(line.replace("slow:", "9:").replace("jz slow", "jz 9f") for line in lines)
+
+    assert uc_sysentry.syscall_code(a, b, c, d) == gas(tmp_path, from_docstring(uc_sysentry.syscall_code, a, b, c, d))
+    assert uc_sysentry.sysenter_code(a, b, c, d) == gas(tmp_path,
+                                                        from_docstring(uc_sysentry.sysenter_code, a, b, c, d))
+
+
+# SYSCALL and SYSENTER from ring 3 in 64-bit mode, checked register by register against the SDM, and SYSCALL
+# with EFER.SCE clear (#UD, through the Python path the native code falls back to).
+SYSENTRY = r"""
+        .code64
+start:  lea ud(%rip), %rax              # IDT[6] -> ud (interrupt gate, selector 0x10)
+        mov %rax, %rbx
+        and $0xFFFF, %eax
+        or $0x100000, %eax
+        mov %rbx, %rdx
+        shr $16, %rdx
+        shl $48, %rdx
+        or %rdx, %rax
+        mov $0x8E, %edx
+        shl $40, %rdx
+        or %rdx, %rax
+        mov %rax, 0x7000 + 6 * 16
+        movq $0, 0x7000 + 6 * 16 + 8
+        mov $0x40, %ax
+        ltr %ax
+        mov $0xC0000081, %ecx           # STAR: SYSCALL CS 0x10/SS 0x18, SYSRET base 0x23 (CS 0x33, SS 0x2B)
+        xor %eax, %eax
+        mov $0x00230010, %edx
+        wrmsr
+        mov $0xC0000082, %ecx           # LSTAR
+        lea sys(%rip), %rax
+        mov %rax, %rdx
+        shr $32, %rdx
+        wrmsr
+        mov $0xC0000084, %ecx           # FMASK: AC DF IF SF CF
+        mov $0x40681, %eax
+        xor %edx, %edx
+        wrmsr
+        mov $0x174, %ecx                # SYSENTER_CS, _ESP, _EIP
+        mov $0x10, %eax
+        wrmsr
+        mov $0x175, %ecx
+        mov $0x60000, %eax
+        wrmsr
+        mov $0x176, %ecx
+        lea se(%rip), %rax
+        mov %rax, %rdx
+        shr $32, %rdx
+        wrmsr
+no_sce: syscall                         # EFER.SCE still clear: #UD, whose handler sets it and skips this
+        lea user(%rip), %rcx
+        mov $0x202, %r11
+        mov $0x70000, %rsp
+        sysretq
+user:   mov $-1, %eax
+        add $1, %eax                    # CF ZF PF AF set, SF OF clear: RFLAGS 0x257
+        mov $0x6FFF0, %rsp
+call1:  syscall
+back:   mov $0xE9, %dx
+        mov %cs, %eax
+        out %eax, %dx
+        mov %r11, %rax                  # sysretq restored RFLAGS from R11
+        out %eax, %dx
+        stc
+        mov $0x6FFE0, %rsp
+        sysenter
+sys:    pushfq                          # (first: the reports below change the flags)
+        pop %r8
+        mov $0xE9, %dx
+        mov %rcx, %rax
+        out %eax, %dx
+        shr $32, %rax
+        out %eax, %dx
+        mov %r11, %rax
+        out %eax, %dx
+        mov %r8, %rax
+        out %eax, %dx
+        mov %cs, %eax
+        out %eax, %dx
+        mov %ss, %eax
+        out %eax, %dx
+        mov %rsp, %rax
+        out %eax, %dx
+        sysretq
+se:     mov $0xE9, %dx
+        pushfq
+        pop %rax
+        out %eax, %dx
+        mov %cs, %eax
+        out %eax, %dx
+        mov %ss, %eax
+        out %eax, %dx
+        mov %rsp, %rax
+        out %eax, %dx
+        mov $0x510, %dx                 # done
+        out %al, %dx
+        cli
+        hlt
+ud:     mov $0xE9, %dx
+        mov (%rsp), %rax                # RIP of the faulting SYSCALL
+        out %eax, %dx
+        mov $0xC0000080, %ecx           # EFER.SCE
+        rdmsr
+        or $1, %eax
+        wrmsr
+        addq $2, (%rsp)
+        iretq
+"""
+
+
+def test_syscall_and_sysenter_registers_exactly():
+    assert uc_native.natives().native_entries == ["syscall", "sysenter"]
+    rig = Rig()
+    try:
+        code = assemble(SYSENTRY, 64, 0x100000)
+        ex = rig.run(long_mode_setup(rig, code))
+        assert rig.done, ex.detail
+        words = rig.debug.words
+        labels = {name: 0x100000 + code.index(marker) for name, marker in (
+            ("no_sce", bytes.fromhex("0f05 488d0d")), ("back", bytes.fromhex("66bae9008cc8")),
+            ("sys", bytes.fromhex("9c4158")))}
+        ud_rip, rcx_lo, rcx_hi, r11, rflags, cs, ss, rsp, user_cs, user_rflags, se_rflags, se_cs, se_ss, se_rsp = \
+            words
+        assert ud_rip == labels["no_sce"]
+        assert (rcx_hi << 32 | rcx_lo) == labels["back"]              # RCX: the instruction after SYSCALL
+        assert r11 == 0x257                                          # R11: RFLAGS at SYSCALL
+        assert rflags == 0x257 & ~0x40681                            # RFLAGS &= ~FMASK
+        assert (cs, ss, rsp) == (0x10, 0x18, 0x6FFF0)                # STAR's selectors; RSP untouched
+        assert (user_cs, user_rflags) == (0x33, 0x257)
+        assert se_rflags == (0x257 & ~0x200) | 1                     # IF cleared, CF (stc) kept
+        assert (se_cs, se_ss, se_rsp) == (0x10, 0x18, 0x60000)       # SYSENTER_CS, +8; SYSENTER_ESP
+    finally:
+        rig.close()
