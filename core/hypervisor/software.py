@@ -176,6 +176,7 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
     def reset_platform(self) -> None:
         for vcpu in self.vcpus.values():
             vcpu.lapic.power_on(vcpu.index == 0)
+            vcpu.tsc_adjust = vcpu.tsc_delta = 0          # IA32_TSC_ADJUST is 0 after reset (SDM vol. 3, 18.17.3)
         self._tsc_offset = (-self.rdtsc()) & 0xFFFF_FFFF_FFFF_FFFF
 
     def close(self) -> None:
