@@ -192,6 +192,7 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
         _live.discard(self)
         self.natives.handlers.pop(self.view.env, None)
         self.natives.code_tracking.unregister(self.uch)
+        self.natives.page_table_reads.unregister(self.view.cpu)
         if not stopped:
             log.error("software CPU: a vCPU is still inside emulation; its guest RAM stays mapped")
             return

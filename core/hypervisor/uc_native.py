@@ -17,8 +17,8 @@ wrappers interposed in front of QEMU's x86 helpers, and RDTSC.
 * RDTSC as a native function (the host's invariant TSC, read without a system call).
 * The port I/O hooks: UC_HOOK_INSN callbacks for IN and OUT that serve a device's data lane (core/pio_lanes.py)
   from its buffer and hand every other access to the accelerator's Python callback.
-* The write protection of translated code (uc_codetrack) and the inline exit check at the start of every
-  translated block (uc_tbstart), installed in the same page.
+* The write protection of translated code (uc_codetrack), the inline exit check at the start of every
+  translated block (uc_tbstart) and page-table reads straight from guest RAM (uc_physread), in the same page.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from core.hypervisor import uc_sysentry
 from core.hypervisor.uc_codetrack import CodeDirtyTracking
 from core.hypervisor.uc_internals import UC_CPU, addr_of, qemu
 from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _poke_pointer
+from core.hypervisor.uc_physread import PageTableReads
 from core.hypervisor.uc_tbstart import InlineExitCheck
 from core.pio_lanes import LANES, WRITE_KEY
 
@@ -155,6 +156,7 @@ class _Natives:
                 _poke_pointer(slot, original, wrapper)
         self.code_tracking = CodeDirtyTracking(self.page)
         self.exit_check = InlineExitCheck(self.page)
+        self.page_table_reads = PageTableReads(self.page)
         self.page.seal()
 
     def _make_dispatch(self, name: str) -> Callable[[int, int], int]:

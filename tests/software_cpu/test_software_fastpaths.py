@@ -4,9 +4,11 @@
   block (no exits of its own) must still be stopped by a kick, and blocks must actually have been rewritten.
 * uc_sysentry's SYSCALL and SYSENTER: a ring-3 guest reports every register they change (Intel SDM vol. 2B),
   and SYSCALL without EFER.SCE still raises #UD through the Python path.
+* uc_physread's page-table reads: equal to QEMU's own x86_ldq_phys/x86_ldl_phys wherever they are asked.
 """
 from __future__ import annotations
 
+import ctypes
 import re
 import shutil
 import subprocess
@@ -17,7 +19,7 @@ import pytest
 pytest.importorskip("unicorn")
 
 from core.hypervisor import uc_internals as ui  # noqa: E402
-from core.hypervisor import uc_native, uc_sysentry, uc_tbstart  # noqa: E402
+from core.hypervisor import uc_native, uc_physread, uc_sysentry, uc_tbstart  # noqa: E402
 from core.hypervisor.base import ExitReason  # noqa: E402
 from tests.helpers.software_guest import Rig, assemble, long_mode_setup  # noqa: E402
 
@@ -231,5 +233,48 @@ def test_syscall_and_sysenter_registers_exactly():
         assert (user_cs, user_rflags) == (0x33, 0x257)
         assert se_rflags == (0x257 & ~0x200) | 1                     # IF cleared, CF (stc) kept
         assert (se_cs, se_ss, se_rsp) == (0x10, 0x18, 0x60000)       # SYSENTER_CS, +8; SYSENTER_ESP
+    finally:
+        rig.close()
+
+
+@pytest.mark.skipif(shutil.which("as") is None, reason="GNU as not installed")
+def test_page_table_read_stubs_match_their_assembly(tmp_path):
+    a, b = 0x1111111111111111, 0x2222222222222222
+    for width, reg in ((8, "%rax"), (4, "%eax")):
+        assert uc_physread.phys_load_code(a, b, width) == gas(tmp_path, f"""
+            testl $0x80000, {ui.X86CPU_ENV + ui.ENV_HFLAGS}(%rdi); jnz 9f
+            movabs ${a}, %rax
+        1:  mov (%rax), %rcx; test %rcx, %rcx; jz 9f
+            cmp %rcx, %rdi; jne 2f
+            mov %rsi, %rdx; sub 8(%rax), %rdx
+            cmp 16(%rax), %rdx; jae 2f
+            lea {width}(%rdx), %rcx; cmp 16(%rax), %rcx; ja 2f
+            mov 24(%rax), %rcx; mov (%rcx,%rdx), {reg}; ret
+        2:  add $32, %rax; jmp 1b
+        9:  movabs ${b}, %rax; jmp *%rax""")
+
+
+def test_page_table_reads_equal_qemus_own():
+    """The fast path against QEMU's x86_ldq_phys/x86_ldl_phys on the same CPU: inside RAM, at its edges, across
+    its end, in the VGA hole (MMIO) and above RAM; and the Linux-style guests above ran their walks through it."""
+    reads = uc_native.natives().page_table_reads
+    assert reads.active, reads.reason
+    rig = Rig(mem_mib=4)
+    try:
+        cpu = rig.accel.view.cpu
+        rows = [tuple(reads.table[4 * i:4 * i + 4]) for i in range(uc_physread.RANGE_ENTRIES)]
+        assert sum(row[0] == cpu for row in rows) == len(rig.accel.ram_mappings) >= 2
+        for gpa in range(0, 4 << 20, 4096):
+            rig.memory.write(gpa, (gpa * 0x9E3779B97F4A7C15 & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")
+                             + bytes(range(1, 9)))
+        end = 4 << 20
+        addrs = [0, 8, 0x1004, 0x9FFF8, 0x9FFFC, 0x9FFFD, 0xA0000, 0xBFFF8, 0xC0000, end - 8, end - 4, end - 3,
+                 end, end + 0x1000, 0x1_0000_0000]
+        for width, restype in ((8, ctypes.c_uint64), (4, ctypes.c_uint32)):
+            fast, original = (ctypes.CFUNCTYPE(restype, ctypes.c_void_p, ctypes.c_uint64)(f)
+                              for f in reads.functions[width])
+            for addr in addrs:
+                assert fast(cpu, addr) == original(cpu, addr), (width, hex(addr))
+            assert fast(cpu, 0x2000) == (0x2000 * 0x9E3779B97F4A7C15) & ((1 << 8 * width) - 1)
     finally:
         rig.close()
