@@ -181,6 +181,7 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
     def reset_platform(self) -> None:
         for vcpu in self.vcpus.values():
             vcpu.lapic.power_on(vcpu.index == 0)
+            vcpu.tsc_adjust = vcpu.tsc_delta = 0          # IA32_TSC_ADJUST is 0 after reset (SDM vol. 3, 18.17.3)
         self._tsc_offset = (-self.rdtsc()) & 0xFFFF_FFFF_FFFF_FFFF
 
     def close(self) -> None:
@@ -196,6 +197,7 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
         _live.discard(self)
         self.natives.handlers.pop(self.view.env, None)
         self.natives.code_tracking.unregister(self.uch)
+        self.natives.page_table_reads.unregister(self.view.cpu)
         if not stopped:
             log.error("software CPU: a vCPU is still inside emulation; its guest RAM stays mapped")
             return

@@ -270,6 +270,9 @@ class SoftwareMemoryMap:
             if last != 0xFFFF_FFFF_FFFF_FFFF:
                 top = max(top, last + 1)
         self.natives.code_tracking.register(self.uch, top + (64 << 20))   # headroom for RAM mapped later
+        # Page-table walks read RAM directly (uc_physread); RAM mapped later (map_ram) keeps QEMU's path.
+        self.natives.page_table_reads.register(self.view.cpu, [(r.gpa, r.size, self.memory.host_address(r))
+                                                               for r in self.ram_mappings])
 
     def _mmio_map(self, start: int, size: int, read_cb, write_cb, user: int) -> None:
         err = self.q.uc_mmio_map(self.uch, start, size, ctypes.cast(read_cb, c_void_p), c_void_p(user),

@@ -50,6 +50,7 @@ CPU_EXIT_REQUEST = 21          # CPUState: bool exit_request (volatile)
 CPU_INTERRUPT_REQUEST = 28     # CPUState: uint32_t interrupt_request
 CPU_ENV_PTR = 296              # CPUState: void *env_ptr
 CPU_ICOUNT_DECR_PTR = 304      # CPUState: IcountDecr *icount_decr_ptr
+CPU_ICOUNT_DECR = 35392        # X86CPU: neg.icount_decr (CPUNegativeOffsetState, just before env)
 CPU_HALTED = 33176             # CPUState: uint32_t halted
 CPU_EXCEPTION_INDEX = 33184    # CPUState: int32_t exception_index
 CPU_UC = 33192                 # CPUState: struct uc_struct *uc
@@ -340,6 +341,8 @@ def verify(view: CpuView) -> None:
             problems.append(f"{what}: {got:#x} != {want:#x}")
 
     check("CPUState.env_ptr", c_uint64.from_address(view.cpu + CPU_ENV_PTR).value, view.env)
+    check("CPUState.icount_decr_ptr", c_uint64.from_address(view.cpu + CPU_ICOUNT_DECR_PTR).value,
+          view.cpu + CPU_ICOUNT_DECR)
     check("CPUState.uc", c_uint64.from_address(view.cpu + CPU_UC).value, view.uch)
     check("CPUX86State.uc", c_uint64.from_address(view.env + ENV_UC).value, view.uch)
     uc = view.uc

@@ -10,13 +10,15 @@ wrappers interposed in front of QEMU's x86 helpers, and RDTSC.
   - a wrapper placed in front of the TCG helpers for RDMSR, WRMSR, CPUID, SYSCALL and SYSENTER: it calls a Python
     callback and, by its return value, returns, runs the original helper, or raises an exception in the guest
     (`raise_exception_err_ra`, with the return address into the translated block so the guest state is exact).
-  The wrappers are installed by rewriting the helper's two function pointers in the library: its GOT slot (used
-  by the translator to emit the call) and its entry in QEMU's `all_helpers` table (which the translator looks up
-  by that same pointer). This happens once per process, before any unicorn instance exists.
+  SYSCALL and SYSENTER do their common case in native code first (uc_sysentry) and reach this wrapper only
+  for the rest. The wrappers are installed by rewriting the helper's two function pointers in the library: its
+  GOT slot (used by the translator to emit the call) and its entry in QEMU's `all_helpers` table (which the
+  translator looks up by that same pointer). This happens once per process, before any unicorn instance exists.
 * RDTSC as a native function (the host's invariant TSC, read without a system call).
 * The port I/O hooks: UC_HOOK_INSN callbacks for IN and OUT that serve a device's data lane (core/pio_lanes.py)
   from its buffer and hand every other access to the accelerator's Python callback.
-* The write protection of translated code (uc_codetrack), installed in the same page.
+* The write protection of translated code (uc_codetrack), the inline exit check at the start of every
+  translated block (uc_tbstart) and page-table reads straight from guest RAM (uc_physread), in the same page.
 """
 from __future__ import annotations
 
@@ -26,9 +28,12 @@ import threading
 from collections.abc import Callable
 from ctypes import c_int, c_uint64, c_void_p
 
+from core.hypervisor import uc_sysentry
 from core.hypervisor.uc_codetrack import CodeDirtyTracking
 from core.hypervisor.uc_internals import UC_CPU, addr_of, qemu
 from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _poke_pointer
+from core.hypervisor.uc_physread import PageTableReads
+from core.hypervisor.uc_tbstart import InlineExitCheck
 from core.pio_lanes import LANES, WRITE_KEY
 
 
@@ -113,6 +118,7 @@ HELPER_ORIGINAL = 1
 HelperCallback = Callable[[int, int], int]
 _HELPER_CFUNC = ctypes.CFUNCTYPE(c_uint64, c_void_p, c_int)
 INTERPOSED_HELPERS = ("rdmsr", "wrmsr", "cpuid", "syscall", "sysenter")
+NATIVE_ENTRIES = {"syscall": uc_sysentry.syscall_code, "sysenter": uc_sysentry.sysenter_code}
 
 
 class _Natives:
@@ -132,6 +138,7 @@ class _Natives:
         self.handlers: dict[int, dict[str, HelperCallback]] = {}
         self._cfuncs = []
         self.originals: dict[str, int] = {}
+        self.native_entries: list[str] = []
         slots = _find_helper_slots([f"helper_{h}_x86_64" for h in INTERPOSED_HELPERS])
         raise_fn = addr_of(q.raise_exception_err_ra)
         for name in INTERPOSED_HELPERS:
@@ -140,9 +147,16 @@ class _Natives:
             cfunc = _HELPER_CFUNC(self._make_dispatch(name))
             self._cfuncs.append(cfunc)
             wrapper = self.page.add(helper_wrapper_code(addr_of(cfunc), raise_fn, original))
+            if name in NATIVE_ENTRIES and uc_sysentry.layout_ok():
+                # the common case natively, every other one through the Python wrapper (uc_sysentry)
+                wrapper = self.page.add(NATIVE_ENTRIES[name](addr_of(q.read_eflags), addr_of(q.write_eflags),
+                                                             addr_of(q.update_hflags), wrapper))
+                self.native_entries.append(name)
             for slot in pointer_slots:
                 _poke_pointer(slot, original, wrapper)
         self.code_tracking = CodeDirtyTracking(self.page)
+        self.exit_check = InlineExitCheck(self.page)
+        self.page_table_reads = PageTableReads(self.page)
         self.page.seal()
 
     def _make_dispatch(self, name: str) -> Callable[[int, int], int]:

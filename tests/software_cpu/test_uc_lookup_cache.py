@@ -89,4 +89,4 @@ def test_a_fresh_process_runs_a_guest_from_the_cache(cache_dir):
                              env={**os.environ, "VIREO_CACHE_DIR": str(cache_dir)})
         assert run.returncode == 0, run.stderr[-3000:]
         outs.append(run.stdout.strip().splitlines()[-1])
-    assert outs == ["searched 2", "searched 0"]          # uc_native's helpers and uc_codetrack's, then none
+    assert outs == ["searched 4", "searched 0"]   # uc_native, uc_codetrack, uc_tbstart, uc_physread; then none
