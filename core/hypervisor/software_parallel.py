@@ -65,7 +65,9 @@ class _Core(SoftwareAccelerator):
         ctypes.c_bool.from_address(self.view.cpu + ui.CPU_STOPPED).value = False
 
     def _track_code_pages(self) -> None:
-        """Code pages are tracked per group (uc_codeshare), registered by the parent once every instance exists."""
+        """As for any instance (uc_codetrack's bitmap goes unused: uc_codeshare's stubs take this instance's
+        code-page tracking before it), and note the top of its ram_addr space for the group's masks."""
+        super()._track_code_pages()
         top = 0
         for region in self.ram_mappings:
             last = self.q.ram_addr_from_host(self.uch, self.memory.host_address(region) + region.size - 1)
