@@ -52,5 +52,9 @@ def create_accelerator(name: str, memory: GuestMemory, pio: PortIoBus, mmio: Mmi
                 raise                  # a broken Vireo install is a bug to see, not an accelerator to do without
             raise AcceleratorUnavailable("the software CPU needs the Python module unicorn 2.1.4 "
                                          "(pip install unicorn==2.1.4), or use the kvm accelerator") from exc
+        from core.hypervisor.software_parallel import parallel_requested
+        if parallel_requested(num_cpus):            # opt-in: VIREO_PARALLEL_VCPUS=1 (docs/software-cpu.md)
+            from core.hypervisor.software_parallel import ParallelSoftwareAccelerator
+            return ParallelSoftwareAccelerator(memory, pio, mmio, num_cpus, timers)
         return SoftwareAccelerator(memory, pio, mmio, num_cpus, timers)
     raise AcceleratorUnavailable(f"unknown accelerator {name!r}")

@@ -15,7 +15,8 @@ What unicorn leaves out is supplied here and in its helpers, per the Intel SDM:
   frequency measured at start-up and reported in CPUID leaf 0x15/0x16.
 * The physical memory map -- RAM in place, MMIO everywhere else, device memory mapped as RAM, translated code
   dropped when the host writes guest RAM -- is software_memory's.
-* SMP: one unicorn instance per VM, time-shared by the vCPU threads (software_sched).
+* SMP: one unicorn instance per VM, time-shared by the vCPU threads (software_sched); or, opted into with
+  VIREO_PARALLEL_VCPUS=1, one instance per vCPU running in parallel (software_parallel).
 
 A SoftwareAccelerator is those parts together (one class made of the mixins of those modules, sharing the one
 emulator's state). It has no interrupt controllers of its own beyond each vCPU's local APIC: the 8259A pair, the
@@ -164,6 +165,10 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
     def connect_apic_bus(self, bus: ApicBus) -> None:
         self.apic_bus = bus
 
+    def emu_start_slice(self, v: ui.CpuView) -> int:
+        """One slice of emulation from the current RIP (software_vcpu); software_parallel wraps it."""
+        return self.q.uc_emu_start(self.uch, v.rip, 0, 0, 0)
+
     # -- vCPUs ----------------------------------------------------------------------------------------------
     def create_vcpu(self, index: int) -> Vcpu:
         if self.apic_bus is None:
@@ -176,6 +181,7 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
     def reset_platform(self) -> None:
         for vcpu in self.vcpus.values():
             vcpu.lapic.power_on(vcpu.index == 0)
+            vcpu.tsc_adjust = vcpu.tsc_delta = 0          # IA32_TSC_ADJUST is 0 after reset (SDM vol. 3, 18.17.3)
         self._tsc_offset = (-self.rdtsc()) & 0xFFFF_FFFF_FFFF_FFFF
 
     def close(self) -> None:

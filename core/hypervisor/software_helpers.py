@@ -46,6 +46,8 @@ CR4_OSXSAVE = 1 << 18
 MSR_IA32_TSC = 0x10
 MSR_APIC_BASE = 0x1B
 MSR_FEATURE_CONTROL = 0x3A
+MSR_TSC_ADJUST = 0x3B
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
 MSR_BIOS_SIGN_ID = 0x8B
 MSR_ARCH_CAPABILITIES = 0x10A
 # A translated CPU does not speculate: not affected by Meltdown (RDCL_NO), SSB, MDS, page-size-change MCE, TAA.
@@ -126,6 +128,8 @@ class X86HelperInterposition:
                     return raise_code(13)
             elif msr == MSR_IA32_TSC:
                 value = (self.rdtsc() + v.tsc_offset) & 0xFFFF_FFFF_FFFF_FFFF
+            elif msr == MSR_TSC_ADJUST:
+                value = vcpu.tsc_adjust
             elif msr == MSR_ARCH_CAPABILITIES:
                 value = ARCH_CAPABILITIES
             elif msr == MSR_FEATURE_CONTROL:
@@ -151,8 +155,11 @@ class X86HelperInterposition:
                 if not vcpu.lapic.msr_write(msr, value):
                     return raise_code(13)
                 return HELPER_DONE
-            if msr == MSR_IA32_TSC:
-                v.tsc_offset = value - self.rdtsc()
+            if msr == MSR_IA32_TSC:        # SDM vol. 3, 18.17.3: IA32_TSC_ADJUST moves by what the TSC moved
+                vcpu.move_tsc(v, (value - self.rdtsc() - v.tsc_offset) & _U64, adjust_too=True)
+                return HELPER_DONE
+            if msr == MSR_TSC_ADJUST:      # ...and the TSC by what IA32_TSC_ADJUST moved
+                vcpu.move_tsc(v, (value - vcpu.tsc_adjust) & _U64, adjust_too=True)
                 return HELPER_DONE
             if msr == MSR_BIOS_SIGN_ID:
                 return HELPER_DONE                # the OS writes 0 before CPUID to read the microcode revision

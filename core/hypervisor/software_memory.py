@@ -95,6 +95,9 @@ class SoftwareMemoryMap:
         self._pending_invalidations: list[tuple[int, int]] = []
         self._inval_kicked: tuple[object, int] | None = None    # (vCPU, slice) last kicked for invalidations
         self._inval_lock = threading.Lock()
+        # What a device thread needs to tell whether a write can touch translated code (see _may_hold_code):
+        # the code bitmap, and guest RAM above 1 MiB as (gpa, end, ram_addr of gpa). None: assume it can.
+        self._code_pages: tuple[memoryview, list[tuple[int, int, int]]] | None = None
         self._map_lock = threading.Lock()
         self._mmio_pieces: dict[int, int] = {}          # start -> size of the MMIO regions over the holes
         self._device_ram: dict[int, tuple[int, int]] = {}  # gpa -> (host address, size) of map_ram mappings
@@ -270,6 +273,16 @@ class SoftwareMemoryMap:
             if last != 0xFFFF_FFFF_FFFF_FFFF:
                 top = max(top, last + 1)
         self.natives.code_tracking.register(self.uch, top + (64 << 20))   # headroom for RAM mapped later
+        bitmap = self.natives.code_tracking.bitmap(self.uch)
+        if bitmap is not None:
+            spans = []
+            for r in self.ram_mappings:
+                lo = max(r.gpa, LOW_1M)
+                if lo < r.end:
+                    ram = self.q.ram_addr_from_host(self.uch, self.memory.host_address(r) + (lo - r.gpa))
+                    if ram != 0xFFFF_FFFF_FFFF_FFFF:
+                        spans.append((lo, r.end, ram))
+            self._code_pages = (bitmap, spans)
         # Page-table walks read RAM directly (uc_physread); RAM mapped later (map_ram) keeps QEMU's path.
         self.natives.page_table_reads.register(self.view.cpu, [(r.gpa, r.size, self.memory.host_address(r))
                                                                for r in self.ram_mappings])
@@ -284,7 +297,7 @@ class SoftwareMemoryMap:
         """GuestMemory write listener: translated code in the range is stale."""
         if self.owner is threading.current_thread():
             self._invalidate(gpa, length)
-        else:
+        elif self._may_hold_code(gpa, length):
             with self._inval_lock:
                 self._pending_invalidations.append((gpa, length))
             # One kick per slice: the kicked slice ends and the next one starts by draining the whole list (this
@@ -297,6 +310,27 @@ class SoftwareMemoryMap:
                 if slice_id != self._inval_kicked:
                     self._inval_kicked = slice_id
                     running.kick_for_interrupt()
+
+    def _may_hold_code(self, gpa: int, length: int) -> bool:
+        """False when no page of [gpa, +length) holds translated code now, by the code bitmap: a device's write
+        there (a received frame, a disk read) then needs neither an invalidation nor a kick of the running vCPU,
+        which QEMU skips the same way (address_space_write -> invalidate_and_set_dirty tests DIRTY_MEMORY_CODE).
+        A page translated after this test was read by the translator after the write had landed: the device
+        wrote before calling the listener. Below 1 MiB, or where the range leaves the RAM spans: True."""
+        pages = self._code_pages
+        if pages is None or length <= 0:
+            return True
+        bitmap, spans = pages
+        end = gpa + length
+        for lo, hi, ram in spans:
+            if lo <= gpa and end <= hi:
+                first = (ram + gpa - lo) >> 12
+                last = (ram + end - 1 - lo) >> 12
+                for page in range(first, last + 1):
+                    if bitmap[page >> 3] >> (page & 7) & 1:
+                        return True
+                return False
+        return True
 
     def _invalidate(self, gpa: int, length: int) -> None:
         """Translated code is looked up by the RAM block holding the host address; below 1 MiB guest RAM may be

@@ -18,7 +18,7 @@ from unicorn import x86_const as X
 from core.devices.lapic_page import lapic_to_page, page_to_lapic
 from core.hypervisor import cpu_record as C
 from core.hypervisor import uc_internals as ui
-from core.hypervisor.software_helpers import _QEMU_MSRS, _READ_ONLY_MSRS
+from core.hypervisor.software_helpers import _QEMU_MSRS, _READ_ONLY_MSRS, MSR_TSC_ADJUST
 from core.state.fields import StateError
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ def capture(vcpu: SoftwareVcpu) -> dict[str, Any]:
             except Exception:  # an MSR this QEMU build does not implement: nothing to carry
                 continue
         msrs[C.MSR_TSC] = vcpu._read_tsc()
+        msrs[MSR_TSC_ADJUST] = vcpu.tsc_adjust
         msrs[C.MSR_APIC_BASE] = vcpu.lapic.base_msr
         msrs[C.MSR_TSC_DEADLINE] = vcpu.lapic.tsc_deadline
         rec["msrs"] = C.msrs_out(msrs)
@@ -108,6 +109,7 @@ def restore(vcpu: SoftwareVcpu, rec: dict[str, Any], where: str) -> None:
     try:
         uc, v = acc.uc, acc.view
         vcpu._load_state(state)
+        vcpu.tsc_adjust = rec["msrs"].get(MSR_TSC_ADJUST, 0)
         for index, value in rec["msrs"].items():
             if index in _QEMU_MSRS and index not in _READ_ONLY_MSRS and index != 0xC000_0080:
                 uc.reg_write(X.UC_X86_REG_MSR, (index, value))

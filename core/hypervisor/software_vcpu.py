@@ -43,7 +43,7 @@ from core.hypervisor.base import (
     VcpuExit,
 )
 from core.hypervisor.software_cpuid import CRYSTAL_HZ
-from core.hypervisor.software_helpers import _QEMU_MSRS, MSR_APIC_BASE, MSR_TSC_DEADLINE
+from core.hypervisor.software_helpers import _QEMU_MSRS, MSR_APIC_BASE, MSR_TSC_ADJUST, MSR_TSC_DEADLINE
 from core.hypervisor.software_memory import INTA_PAGE
 from core.hypervisor.software_sched import QUANTUM_NS, REKICK_NS, _park_forever
 
@@ -96,6 +96,10 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         self.halted = False
         self.wait_for_sipi = False
         self.sipi_vector: int | None = None
+        # This vCPU's TSC is the VM's (accel._tsc_offset) plus tsc_delta, moved by its own WRMSRs to IA32_TSC and
+        # IA32_TSC_ADJUST; tsc_adjust is the MSR, which counts those moves (SDM vol. 3, 18.17.3).
+        self.tsc_adjust = 0
+        self.tsc_delta = 0
         self.init_pending = False
         self.nmi_pending = False
         self.error: str | None = None
@@ -111,7 +115,16 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         self._if_flag = 1
 
     def _read_tsc(self) -> int:
-        return (self.accel.rdtsc() + self.accel._tsc_offset) & 0xFFFF_FFFF_FFFF_FFFF
+        return (self.accel.rdtsc() + self.accel._tsc_offset + self.tsc_delta) & 0xFFFF_FFFF_FFFF_FFFF
+
+    def move_tsc(self, view: ui.CpuView, delta: int, adjust_too: bool) -> None:
+        """A WRMSR moved this vCPU's TSC by delta (modulo 2**64): its translated RDTSC (the loaded context's
+        offset), the local APIC's deadline clock and, when the MSR says so, IA32_TSC_ADJUST follow."""
+        mask = 0xFFFF_FFFF_FFFF_FFFF
+        self.tsc_delta = (self.tsc_delta + delta) & mask
+        view.tsc_offset = (view.tsc_offset + delta) & mask
+        if adjust_too:
+            self.tsc_adjust = (self.tsc_adjust + delta) & mask
 
     # -- state ----------------------------------------------------------------------------------------------
     def set_state(self, state: CpuState) -> None:
@@ -145,6 +158,7 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         v.set_seg(ui.ENV_IDT, 0, s.idt.base, s.idt.limit, 0)
         v.rflags = s.rflags | 2
         v.rip = s.rip
+        self.tsc_delta = 0            # a loaded state runs on the VM's TSC (set_tsc); TSC_ADJUST is its record
         v.set_u64(ui.ENV_TSC_OFFSET, self.accel._tsc_offset)
         v.update_hflags()
         v.hflags = v.hflags & ~ui.HF_INHIBIT_IRQ_MASK
@@ -162,6 +176,8 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         uc = self.accel.uc
         if msr in (MSR_APIC_BASE, MSR_TSC_DEADLINE) or 0x800 <= msr <= 0x8FF:
             self.lapic.msr_write(msr, value)
+        elif msr == MSR_TSC_ADJUST:
+            self.tsc_adjust = value & 0xFFFF_FFFF_FFFF_FFFF
         elif msr in _QEMU_MSRS:
             uc.reg_write(X.UC_X86_REG_MSR, (msr, value))
 
@@ -332,7 +348,6 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         acc.acquire(self)
         try:
             v = acc.view
-            q = acc.q
             req = v.interrupt_request & ~(ui.CPU_INTERRUPT_VIRQ | ui.CPU_INTERRUPT_NMI | ui.CPU_INTERRUPT_HARD)
             if self.lapic.has_interrupt():
                 req |= ui.CPU_INTERRUPT_VIRQ
@@ -352,7 +367,7 @@ class SoftwareVcpu(Vcpu, ApicCpu):
                 # Something arrived since the checks above: do not start a slice that could miss its kick.
                 err = 0
             else:
-                err = q.uc_emu_start(acc.uch, v.rip, 0, 0, 0)
+                err = acc.emu_start_slice(v)
             self._in_slice = False
             acc.running = None
             self._quantum.cancel()

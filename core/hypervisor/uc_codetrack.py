@@ -167,6 +167,11 @@ class CodeDirtyTracking:
                 return
         # Table full: that instance keeps unicorn's rule (slow stores to executable pages), still correct.
 
+    def bitmap(self, uch: int) -> memoryview | None:
+        """Instance `uch`'s code bitmap (bit n: ram_addr page n holds translated code), or None without one."""
+        bitmap = self._bitmaps.get(uch)
+        return memoryview(bitmap) if bitmap is not None else None     # type: ignore[arg-type]
+
     def unregister(self, uch: int) -> None:
         t = self.table
         for i in range(CODE_TABLE_ENTRIES):

@@ -15,6 +15,8 @@ parallel VM is created, so the time-shared engine's library is left exactly as i
   `tcg_ctx->tb_cflags` (read by tcg-op.c) and in `tb->cflags` (read by target/i386/translate.c for
   CMPXCHG8B/16B) for the translation, then clears it from `tb->cflags` again, so that the block is hashed, and
   found, under unicorn's cflags of 0. Instances not registered (every time-shared VM) translate as before.
+* XCHG made atomic: the library's XCHG helpers are plain loads and stores (see XCHG_HELPER_PATCHES); they are
+  rewritten in place into the host's XCHG.
 * A wrapper in the GOT slot of `cpu_loop_exit_atomic_x86_64`. `atomic_mmu_lookup` (accel/tcg/cputlb.c) calls it
   for a LOCK operand it cannot make atomic on the host -- misaligned, in MMIO, or whose read and write TLB
   entries differ -- and it longjmps out of the block with EXCP_ATOMIC, the state restored to the start of the
@@ -38,7 +40,7 @@ from collections.abc import Callable
 from ctypes import c_int32, c_uint64
 
 from core.hypervisor.uc_internals import CPU_UC, UC_STOP_REQUEST, UnicornInternalsError, _fn, addr_of, qemu
-from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _poke_pointer
+from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _patch_text, _poke_pointer
 
 CF_COUNT_MASK = 0x7FFF
 CF_LAST_IO = 0x8000
@@ -60,6 +62,22 @@ _TB_GEN_CODE_CFLAGS = bytes.fromhex("897b18")              # mov %edi,0x18(%rbx)
 _TB_GEN_CODE_TB_CFLAGS = bytes.fromhex("897d64")           # mov %edi,0x64(%rbp)     at +0x100
 # cpu_exec: `mov 0x18(%rbx),%r9d; cmp $-1,%r9d` (cflags_next_tb)
 _CPU_EXEC_NEXT_TB = bytes.fromhex("448b4b184183f9ff")
+
+# XCHG with a memory operand (implicitly locked, SDM vol. 3, 8.1.2.1): unicorn 2.1.4's build of QEMU's
+# helper_atomic_xchg* (accel/tcg/atomic_template.h) came out as a plain load and store, unlike its fetch_add and
+# cmpxchg helpers (lock xadd, lock cmpxchg): measured, an xchg spinlock over two instances deadlocked within seconds
+# (two vCPUs both "took" it, one release lost). Each helper is atomic_mmu_lookup, then those two moves; they are
+# rewritten in place, same length, into the host's xchg (implicitly locked) and a move of the old value to where
+# the rest of the helper expects it. (name, offset, original bytes, replacement):
+XCHG_HELPER_PATCHES = (
+    ("helper_atomic_xchgb_x86_64", 0xF, "0fb6108818", "86180fb6d3"),          # movzbl (%rax),%edx; mov %bl,(%rax)
+    ("helper_atomic_xchgw_le_x86_64", 0xF, "0fb710668918", "6687180fb7d3"),   # movzwl (%rax),%edx; mov %bx,(%rax)
+    ("helper_atomic_xchgl_le_x86_64", 0xF, "448b008918", "87184189d8"),       # mov (%rax),%r8d; mov %ebx,(%rax)
+    ("helper_atomic_xchgq_le_x86_64", 0x10, "4c8b00488918", "4887184989d8"),  # mov (%rax),%r8; mov %rbx,(%rax)
+)
+# What precedes the patched bytes in each helper: push %rbx; mov %edx,%ebx (%rdx,%rbx for q); mov %ecx,%edx;
+# mov 0x8(%rsp),%rcx; call atomic_mmu_lookup (rel32, checked as a call only).
+_XCHG_PROLOGUES = {0xF: "5389d389ca488b4c2408e8", 0x10: "534889d389ca488b4c2408e8"}
 
 _LOOKUP = "488b87{uc}48b9{table}4c8b014d85c0{jz}4939c074064883c120ebed"
 
@@ -110,6 +128,14 @@ class ParallelTranslation:
             if ctypes.string_at(where, len(want)) != want:
                 raise UnicornInternalsError("tb_gen_code/cpu_exec are not the unicorn 2.1.4 build the parallel "
                                             "translation was derived from")
+        xchg = []
+        for name, off, old, new in XCHG_HELPER_PATCHES:
+            fn = addr_of(_fn(name, None))
+            head = bytes.fromhex(_XCHG_PROLOGUES[off])
+            if ctypes.string_at(fn, len(head)) != head or ctypes.string_at(fn + off, len(old) // 2) not in (
+                    bytes.fromhex(old), bytes.fromhex(new)):
+                raise UnicornInternalsError(f"{name} is not the unicorn 2.1.4 build the XCHG fix was derived from")
+            xchg.append((fn + off, bytes.fromhex(new)))
         slots = _find_helper_slots(["gen_intermediate_code_x86_64", "cpu_loop_exit_atomic_x86_64"])
         self.page = _NativePage(near=addr_of(q.do_interrupt))
         table = ctypes.addressof(self.table)
@@ -122,6 +148,9 @@ class ParallelTranslation:
             _poke_pointer(slot, gen_orig, gen)
         for slot in atomic_slots:
             _poke_pointer(slot, atomic_orig, atomic)
+        for where, code in xchg:
+            if ctypes.string_at(where, len(code)) != code:
+                _patch_text(where, code)
 
     def _entry(self, uch: int) -> int | None:
         t = self.table

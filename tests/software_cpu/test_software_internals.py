@@ -120,3 +120,79 @@ def test_cpuid_policy_describes_the_machine():
     assert crystal * num // den == 2_600_000_000
     assert p.query(0, 0x8000_0007, 0, False)[3] & (1 << 8)  # invariant TSC
     assert p.query(1, 0xB, 1, False)[1] == 2 and p.query(1, 0xB, 0, False)[3] == 1
+
+
+TSC_ADJUST_GUEST = r"""
+        .code64
+        mov $7, %eax
+        xor %ecx, %ecx
+        cpuid
+        mov %ebx, %eax
+        mov $0xE9, %dx
+        out %eax, %dx                   # 1: leaf 7 EBX (bit 1: IA32_TSC_ADJUST)
+        mov $0x3B, %ecx
+        rdmsr
+        mov $0xE9, %dx
+        out %eax, %dx                   # 2: IA32_TSC_ADJUST after reset (low half)
+        rdtsc
+        shl $32, %rdx
+        or %rax, %rdx
+        mov %rdx, %r8                   # t0
+        mov $0x3B, %ecx
+        xor %eax, %eax
+        mov $0x100, %edx
+        wrmsr                           # IA32_TSC_ADJUST = 1 << 40: the TSC jumps ahead by 1 << 40
+        rdtsc
+        shl $32, %rdx
+        or %rax, %rdx
+        sub %r8, %rdx
+        mov %rdx, %rax
+        shr $32, %rax
+        mov $0xE9, %dx
+        out %eax, %dx                   # 3: (t1 - t0) >> 32, 0x100 (the jump) unless 2**32 cycles passed
+        rdtsc
+        shl $32, %rdx
+        or %rax, %rdx
+        mov %rdx, %r9                   # t2
+        mov $0x10, %ecx
+        xor %eax, %eax
+        xor %edx, %edx
+        wrmsr                           # IA32_TSC = 0: IA32_TSC_ADJUST moves by the same amount (-t2 - elapsed)
+        mov $0x3B, %ecx
+        rdmsr
+        shl $32, %rdx
+        or %rax, %rdx                   # adjust
+        add %r9, %rdx
+        mov $1, %rax
+        shl $40, %rax
+        sub %rdx, %rax                  # (1 << 40) - (adjust + t2): the cycles between reading t2 and the write
+        mov %rax, %rbx
+        mov $0xE9, %dx
+        out %eax, %dx                   # 4: low half
+        mov %rbx, %rax
+        shr $32, %rax
+        out %eax, %dx                   # 5: high half (0)
+        rdtsc
+        mov %edx, %eax
+        mov $0xE9, %dx
+        out %eax, %dx                   # 6: the TSC's high half right after it was set to 0 (0)
+        cli
+        hlt
+"""
+
+
+def test_tsc_adjust_msr_moves_with_the_tsc():
+    """IA32_TSC_ADJUST (SDM vol. 3, 18.17.3), which Linux needs to trust the TSC without its jiffies watchdog: CPUID
+    says it exists; it reads 0 after reset; writing it moves the TSC by as much; writing the TSC moves it too."""
+    rig = Rig()
+    try:
+        code = assemble(TSC_ADJUST_GUEST, 64, 0x100000)
+        rig.run(long_mode_setup(rig, code))
+        ebx7, adjust0, jump_high, elapsed_low, elapsed_high, tsc_high = rig.debug.words
+        assert ebx7 & (1 << 1)
+        assert adjust0 == 0
+        assert jump_high == 0x100
+        assert elapsed_high == 0 and elapsed_low < 1 << 31      # a few cycles' worth, never negative
+        assert tsc_high == 0
+    finally:
+        rig.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+import pytest
+
 from tests.helpers.initrd import initrd_with_current_init
 from tests.helpers.runner import run_vireo, run_vireo_interactive
 
@@ -27,15 +29,19 @@ def test_sha256_workload(debian_kernel, busybox_initramfs):
     assert f"VIREO-SHA256={expected}" in out
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["time-shared", "parallel"])
 def test_two_vcpus_hash_and_fork_exec_storm_without_lockups_or_wrong_sums(debian_kernel, busybox_initramfs,
-                                                                         tmp_path):
+                                                                         tmp_path, parallel, monkeypatch):
     """8 s of one sha256 job per vCPU over and over plus a fork/exec storm, then the kernel's own detectors are
     read (issue 14): the soft-lockup and RCU-stall thresholds are lowered (4 s, 5 s) so that a vCPU starved
-    within the run is reported within it."""
+    within the run is reported within it. `parallel`: one unicorn instance per vCPU (VIREO_PARALLEL_VCPUS=1)."""
+    if parallel:
+        monkeypatch.setenv("VIREO_PARALLEL_VCPUS", "1")
     initrd = initrd_with_current_init(busybox_initramfs, tmp_path)
     status, out, err = _run(debian_kernel, initrd, "smp-stress vireo.seconds=8 watchdog_thresh=2 "
                             "rcupdate.rcu_cpu_stall_timeout=5", "--cpus", "2", "--memory", "256", timeout=120)
     assert status == 0, err + out[-3000:]
+    assert ("2 vCPUs in parallel" in err) == parallel, err
     assert "VIREO-STRESS-KERNEL-OK" in out, out[-3000:]
     sums = re.findall(r"VIREO-STRESS-SUM=(\d+):(\w+)", out)
     expected = hashlib.sha256(bytes(16 << 20)).hexdigest()

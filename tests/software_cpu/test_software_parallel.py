@@ -39,6 +39,21 @@ LOOPS = {
         dec %ecx
         jnz 1b
         nop""",
+    # A spinlock taken with xchg (implicitly locked) around a plain increment: a non-atomic xchg lets two
+    # instances in at once (lost increments) or loses a release (both spin for ever).
+    "xchg spinlock": """
+        mov ${n}, %ecx
+    1:  mov $1, %eax
+        xchg %eax, {addr} + 64
+        test %eax, %eax
+        jz 2f
+        pause
+        jmp 1b
+    2:  incl {addr}
+        movl $0, {addr} + 64
+        dec %ecx
+        jnz 1b
+        nop""",
 }
 
 
@@ -57,6 +72,7 @@ def _count(kind: str, n: int, offset: int = 0, parallel: bool = True, threads: i
         uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
         uc.mem_map_ptr(0, 0x10000, unicorn.UC_PROT_ALL, ctypes.addressof(mem))
         v = ui.CpuView(uc)
+        ui.disable_mid_instruction_exits(v)        # as the engine: a stop lands at block starts only
         if parallel:
             par.register(v.uch)
         views.append(v)
@@ -120,8 +136,17 @@ def test_wrapper_bytes_match_their_assembly(tmp_path):
 
 @pytest.mark.parametrize("kind", sorted(LOOPS))
 def test_locked_counter_is_exact_across_two_instances_on_two_threads(kind):
-    total, steps = _count(kind, 300_000)
-    assert (total, steps) == (600_000, 0)
+    n = 100_000 if kind == "xchg spinlock" else 300_000
+    total, steps = _count(kind, n)
+    assert (total, steps) == (2 * n, 0)
+
+
+def test_xchg_helpers_are_host_atomics_once_installed():
+    """unicorn 2.1.4 compiled QEMU's xchg helpers as a plain load and store; uc_parallel rewrites them."""
+    from core.hypervisor.uc_internals import _fn, addr_of
+    up.parallel_translation()
+    for name, off, _old, new in up.XCHG_HELPER_PATCHES:
+        assert ctypes.string_at(addr_of(_fn(name, None)) + off, len(new) // 2) == bytes.fromhex(new)
 
 
 def test_without_parallel_translation_the_same_loop_loses_updates():
@@ -138,3 +163,42 @@ def test_misaligned_lock_operand_steps_with_the_world_stopped_and_counts_exactly
     total, steps = _count(kind, 500, offset=offset)
     assert total == 1000
     assert steps >= 1000
+
+
+def test_code_share_stub_bytes_match_their_assembly(tmp_path):
+    from core.hypervisor import uc_codeshare as cs
+
+    def gas(src: str) -> bytes:
+        obj, out = tmp_path / "c.o", tmp_path / "c.bin"
+        subprocess.run(["as", "--64", "-o", str(obj), "-"], input=(".intel_syntax noprefix\n" + src).encode(),
+                       check=True)
+        subprocess.run(["objcopy", "-O", "binary", "-j", ".text", str(obj), str(out)], check=True)
+        return out.read_bytes()
+    t, a, b, c, d = (0x1111222233334444, 0x5555666677778888, 0x1212343456567878, 0x2323454567678989,
+                     0x3434565678789A9A)
+    lookup = "1: mov r8, [rdx]; test r8, r8; jz {miss}; cmp r8, {reg}; je 2f; add rdx, 32; jmp 1b\n"
+    assert cs.gate_stub_code(t, a, b, c, d) == gas(f"""
+        test byte ptr [r9 + 0x88], 4; jz 9f
+        mov rcx, [r15 + {ui.CPU_UC}]; movabs rdx, {t}
+        """ + lookup.format(miss="9f", reg="rcx") + f"""
+    2:  mov r10, [rsp + 0x10]; shr r10, 12; cmp r10, [rdx + 16]; jae 8f
+        mov r11, rdx; rdtsc; shl rdx, 32; or rax, rdx
+        mov r8, [r11 + 8]; mov rdx, [r11 + 16]; lea rdx, [r8 + rdx*8 + 8]
+        xchg [rdx + r10*8], rax
+        mov r8, [r8 + r10*8]
+        mov rax, [r11 + 24]; not rax; test r8, rax; jnz 7f
+        test r8, r8; jnz 8f
+        cmp qword ptr [rbp + 0x10], -1; jne 8f
+        movabs rax, {a}; jmp rax
+    7:  mov rdi, rcx; mov rsi, [rsp + 0x10]; mov edx, r14d; movabs rax, {b}; call rax
+    8:  movabs rax, {c}; jmp rax
+    9:  movabs rax, {d}; jmp rax""")
+    assert cs.protect_stub_code(t, a, b) == gas(f"movabs rdx, {t}\n" + lookup.format(miss="3f", reg="rdi") + f"""
+    2:  movabs rax, {a}; jmp rax
+    3:  movabs rax, {b}; jmp rax""")
+    assert cs.unprotect_stub_code(t, a, b) == gas(f"movabs rdx, {t}\n" + lookup.format(miss="4f", reg="rdi") + f"""
+    2:  mov rax, rsi; shr rax, 12; cmp rax, [rdx + 16]; jae 3f
+        mov r8, [rdx + 8]; mov rax, [r8 + rax*8]; test rax, [rdx + 24]; jz 3f
+        movabs rax, {a}; jmp rax
+    3:  ret
+    4:  movabs rax, {b}; jmp rax""")

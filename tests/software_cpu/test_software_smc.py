@@ -151,11 +151,13 @@ f:      mov $1, %eax
     assert seen == [1, 1, 1, 2]
 
 
-def test_a_device_threads_burst_of_writes_into_running_code_is_seen(rig):
+@pytest.mark.parametrize("base", [0x10000, 0x200000], ids=["below-1MiB", "above-1MiB"])
+def test_a_device_threads_burst_of_writes_into_running_code_is_seen(rig, base):
     """A device thread (not the vCPU's) writes a page of code the guest is running in a tight loop without
     exits: many data writes into the page, then the new immediate. The vCPU is kicked once per slice for such
     writes (software_memory._ram_written) and drains every range before its next slice, so the last write,
-    made while a kick for the first is still out, is seen too; without a kick the loop never ends."""
+    made while a kick for the first is still out, is seen too; without a kick the loop never ends. Above 1 MiB
+    the device thread decides by the code bitmap whether to kick at all, so this also checks that lookup."""
     code = assemble(r"""
         .code32
         jmp start
@@ -173,10 +175,10 @@ start:  mov $0xE9, %dx
         .align 16
 f:      mov $1, %eax
         ret
-    """, 32, 0x10000)
-    f = 0x10000 + code.index(bytes.fromhex("b8 01 00 00 00 c3"))
-    data = 0x10010
-    rig.memory.write(0x10000, code)
+    """, 32, base)
+    f = base + code.index(bytes.fromhex("b8 01 00 00 00 c3"))
+    data = base + 0x10
+    rig.memory.write(base, code)
     started = threading.Event()
 
     def device() -> None:
@@ -189,7 +191,37 @@ f:      mov $1, %eax
     rig.debug.io_write = lambda port, size, value: (rig.debug.words.append(value), started.set())
     writer = threading.Thread(target=device)
     writer.start()
-    ex = rig.run(flat32(0x10000), timeout=10)
+    ex = rig.run(flat32(base), timeout=10)
     writer.join()
     assert ex.reason == ExitReason.HALTED
     assert rig.debug.words == [7, 2]
+
+
+def test_a_device_write_where_no_code_was_translated_costs_the_vcpu_nothing(rig):
+    """A device thread's write (a received frame, a disk block) to RAM above 1 MiB whose pages hold no translated
+    code queues no invalidation and kicks no vCPU: the code bitmap says so, as QEMU's DIRTY_MEMORY_CODE does.
+    A write to a page that does hold translated code is still queued."""
+    code = assemble(r"""
+        .code32
+        mov $0xE9, %dx
+        mov $1, %eax
+        out %eax, %dx
+        cli
+        hlt
+    """, 32, 0x200000)
+    rig.memory.write(0x200000, code)
+    assert rig.run(flat32(0x200000)).reason == ExitReason.HALTED
+    accel = rig.accel
+
+    def from_a_device_thread(gpa: int, data: bytes) -> list:
+        accel._pending_invalidations.clear()
+        writer = threading.Thread(target=rig.memory.write, args=(gpa, data))
+        writer.start()
+        writer.join()
+        return list(accel._pending_invalidations)
+
+    assert from_a_device_thread(0x300000, bytes(8192)) == []             # two pages, no code in either
+    assert from_a_device_thread(0x1FF000, bytes(4096)) == []             # the page just below the code
+    assert from_a_device_thread(0x200000 + len(code), b"\x90") == [(0x200000 + len(code), 1)]   # the code page
+    assert from_a_device_thread(0x1FFFFC, bytes(8)) == [(0x1FFFFC, 8)]     # straddling into it
+    assert from_a_device_thread(0x80000, b"\x90") == [(0x80000, 1)]       # below 1 MiB: always queued
