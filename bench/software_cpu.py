@@ -24,7 +24,8 @@ then medians and the ratio QEMU-time / Vireo-time (1.0 = as fast as QEMU; above 
 
 `--smp` measures parallel vCPUs instead (amd64 only): N sha256 jobs of 64 MiB at once (vireo.action=sha256-jobs)
 in a guest with N vCPUs, for N = 1, 2 and the host's core count, Vireo against QEMU `-accel tcg,thread=multi`
-(its parallel TCG), alternating. The scaling of each is N x (time of 1 job on 1 vCPU) / (time of N jobs on N
+(its parallel TCG), alternating; Vireo both time-shared (its default) and with parallel vCPUs ("vireo-parallel",
+VIREO_PARALLEL_VCPUS=1). The scaling of each is N x (time of 1 job on 1 vCPU) / (time of N jobs on N
 vCPUs): N would be perfect, 1 means N vCPUs do no more work than one. Only the in-guest time of the jobs counts.
 
     .venv/bin/python bench/software_cpu.py --smp [--runs 3]
@@ -206,10 +207,12 @@ SMP_JOB_MIB = 64
 
 def smp_cmd(contender: str, kernel: Path, initrd: Path, n: int) -> list[str]:
     append = f"console=ttyS0 quiet vireo.action=sha256-jobs vireo.jobs={n} vireo.mib={SMP_JOB_MIB}"
-    if contender == "vireo":
-        return [sys.executable, "main.py", "run", "--kernel", str(kernel), "--initrd", str(initrd), "--append", append,
-                "--accel", "software", "--serial", "stdio", "--memory", str(MEMORY_MIB), "--cpus", str(n),
-                "--timeout", "300"]
+    if contender in ("vireo", "vireo-parallel"):
+        # vireo-parallel: one unicorn instance per vCPU (VIREO_PARALLEL_VCPUS=1, docs/software-cpu.md)
+        env = ["env", "VIREO_PARALLEL_VCPUS=1" if contender == "vireo-parallel" else "--unset=VIREO_PARALLEL_VCPUS"]
+        return [*env, sys.executable, "main.py", "run", "--kernel", str(kernel), "--initrd", str(initrd),
+                "--append", append, "--accel", "software", "--serial", "stdio", "--memory", str(MEMORY_MIB),
+                "--cpus", str(n), "--timeout", "300"]
     return ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-M", "pc", "-smp", str(n), "-m", str(MEMORY_MIB),
             "-nographic", "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
 
@@ -225,8 +228,8 @@ def bench_smp(runs: int) -> int:
         if not f.exists():
             print(f"fixture {f} missing: build it with .venv/bin/python tests/fixtures/build.py")
             return 2
-    contenders = ["vireo"] + (["qemu-mttcg"] if shutil.which("qemu-system-x86_64") else [])
-    if len(contenders) == 1:
+    contenders = ["vireo", "vireo-parallel"] + (["qemu-mttcg"] if shutil.which("qemu-system-x86_64") else [])
+    if "qemu-mttcg" not in contenders:
         print("(QEMU not installed: Vireo alone)")
     counts = sorted({1, 2, os.cpu_count() or 1})
     want = hashlib.sha256(bytes(SMP_JOB_MIB << 20)).hexdigest()
@@ -246,17 +249,19 @@ def bench_smp(runs: int) -> int:
                         times.setdefault((c, n), []).append(w)
                     print(f"run {run + 1} {c:<11} N={n}: jobs {w} s, exit {total:.2f} s"
                           + ("" if ok else f" WRONG/MISSING SUMS: {[s.decode()[:12] for s in sums]}"), flush=True)
-    print(f"\n{'N':<4}" + "".join(f"{c + ' jobs (s)':>20}{c + ' scaling':>20}" for c in contenders)
-          + ("  vireo/qemu scaling" if len(contenders) == 2 else ""))
+    qemu = "qemu-mttcg" in contenders
+    print(f"\n{'N':<4}" + "".join(f"{c + ' jobs (s)':>24}{c + ' scaling':>24}" for c in contenders)
+          + ("  vireo/qemu scaling  vireo-parallel/qemu scaling" if qemu else ""))
     for n in counts:
         row, scal = f"{n:<4}", {}
         for c in contenders:
             med = statistics.median(times[(c, n)]) if times.get((c, n)) else None
             one = statistics.median(times[(c, 1)]) if times.get((c, 1)) else None
             scal[c] = n * one / med if med and one else None
-            row += f"{(med or float('nan')):>20.2f}{(scal[c] or float('nan')):>20.2f}"
-        if len(contenders) == 2 and scal["vireo"] and scal["qemu-mttcg"]:
-            row += f"{scal['vireo'] / scal['qemu-mttcg']:>21.2f}"
+            row += f"{(med or float('nan')):>24.2f}{(scal[c] or float('nan')):>24.2f}"
+        if qemu and scal["qemu-mttcg"]:
+            for c in ("vireo", "vireo-parallel"):
+                row += f"{scal[c] / scal['qemu-mttcg']:>20.2f}" if scal[c] else f"{'nan':>20}"
         print(row)
     return 0
 

@@ -10,17 +10,16 @@ uc_codetrack's stubs (instances not registered here go on to them unchanged):
 
 * tlb_protect_code / tlb_unprotect_code of a registered instance call Python (CodeShare.protect / unprotect):
   the group records, per ram_addr page, which of its instances hold code there (a 64-bit holder mask the native
-  gate reads). Protecting also puts the instance's own TLB entries writing the page back on the slow
-  path (tlb_reset_dirty, on its own thread, as uc_codetrack does).
+  gate reads). Protecting also puts the instance's own TLB entries writing the page back on the slow path
+  (tlb_reset_dirty, on its own thread, as uc_codetrack does).
 * The gate in notdirty_write (uc_codetrack's patch point) jumps here first. For a registered instance: if any
   *other* instance holds code in the page, the store stays on the slow path and Python is told
   (CodeShare.written), which posts the page to each of them, clears their bits (until they translate there
   again) and asks them to leave their block chain (kick); each invalidates the whole page on its own thread
-  before it runs again or when it serializes (invalidate_posted). If only the writer does, the store stays slow
-  (uc_codetrack's rule). Otherwise the TLB entry becomes fast only if it is not executable (unicorn's own rule): an
-  executable mapping stays slow for good, so a store through it is always seen, even once another instance
-  translates the page later -- another thread's TLB cannot be touched safely (its owner may resize it at any
-  time), so that is the price of not resetting it.
+  before it runs again or when it serializes (invalidate_posted). A page that holds code, or ever held code in
+  any instance (the mask's EVER bit), stays on the slow path; only a page that never held code gets a fast TLB
+  entry (uc_codetrack's rule, for the union). Another thread's TLB cannot be reset safely from here (its owner
+  may reallocate it at any time): see the first-translation reset below.
 * The translate/protect race: an instance reads a page's bytes, then tlb_protect_code sets its bit; a store whose
   gate read the holders in between was not posted to it. The gate stamps every slow store's page with the TSC
   (a locked exchange, so the stamp is visible before it reads the holders); protect treats a page stamped in
@@ -29,9 +28,11 @@ uc_codetrack's stubs (instances not registered here go on to them unchanged):
   between keeps the old bytes. A posted page is therefore invalidated once more at each of the receiving vCPU's
   serializing events (CPUID, an interrupt taken) for RECENT_NS: by the time it serializes after seeing the
   writer's later stores (SDM vol. 3, 8.1.3), the store has landed.
-* What is not covered: a store through a *non-executable* alias whose TLB entry was made fast while no instance
-  held code in the page, after another instance translates it (the writer keeps that entry until its next TLB
-  flush; another thread's TLB cannot be touched safely).
+* Fast TLB entries made before a page first held code: the gate records which instances made one (dirtied);
+  when the page's first translation in the VM sets EVER, each of those is asked (kicked) to reset its own, on
+  its own thread, and then posts the page back as written, so what it stored through them is seen. A store
+  through such an entry between the translation and that reset is seen once the writer has reset (it leaves
+  emulation within a block of the kick).
 
 Instances of one group must share ram_addr numbering (the same RAM mapped in the same order); software_parallel
 checks that. Stub bytes are below with their assembly (tests/software_cpu/test_software_parallel.py checks them).
@@ -59,15 +60,16 @@ from core.hypervisor.uc_patch import (
 )
 
 MAX_INSTANCES = 256
-MAX_MEMBERS = 64                      # instances per group: one bit each in a page's holder mask
+MAX_MEMBERS = 63                      # instances per group: one bit each in a page's holder mask
+EVER = 1 << 63                        # in a page's mask: some instance has held code there (never cleared)
 _ENTRY = 4                            # table entry words: uch, the group's holder masks, pages, this instance's bit
 RECENT_NS = 1_000_000_000             # how long a posted page is invalidated again at serializing events
 FRESH_MS = 100                        # a page stored to this recently when translated counts as posted
 
-_GATE = ("41f68188000000040f849f000000498b8f{uc}48ba{table}4c8b024d85c00f84820000004939c874064883c220ebe94c8b542410"
-         "49c1ea0c4c3b5210735c4989d30f3148c1e2204809d04d8b4308498b5310498d54d0084a8704d24f8b04d0498b431848f7d04985c0"
-         "75184d85c0752a48837d10ff752348b8{dirty}ffe04889cf488b7424104489f248b8{notify}ffd048b8{slow}ffe048b8{other}"
-         "ffe0")
+_GATE = ("41f68188000000040f84ba000000498b8f{uc}48ba{table}4c8b024d85c00f849d0000004939c874064883c220ebe94c8b54241"
+         "049c1ea0c4c3b521073774989d30f3148c1e2204809d04d8b4308498b5310498d54d0084a8704d24f8b04d0498b4318480fbae83"
+         "f48f7d04985c0752e4d85c075404d8b4308498b5310488d145502000000498d14d0498b4318f04a0904d248b8{dirty}ffe04889"
+         "cf488b7424104489f248b8{notify}ffd048b8{slow}ffe048b8{other}ffe0")
 _PROTECT = "48ba{table}4c8b024d85c074174939f874064883c220ebed48b8{mine}ffe048b8{other}ffe0"
 _UNPROTECT = ("48ba{table}4c8b024d85c074334939f874064883c220ebed4889f048c1e80c483b4210731a4c8b4208498b04c04885421874"
               "0c48b8{mine}ffe0c348b8{other}ffe0")
@@ -84,9 +86,11 @@ def gate_stub_code(table: int, set_dirty: int, notify: int, keep_slow: int, othe
          mov r8, [r11 + 8]; mov rdx, [r11 + 16]; lea rdx, [r8 + rdx*8 + 8]   ; the stamps follow the masks
          xchg [rdx + r10*8], rax                             ; stamp the page (a full barrier: then read)
          mov r8, [r8 + r10*8]                                ; the page's holders
-         mov rax, [r11 + 24]; not rax; test r8, rax; jnz 7f  ; another instance holds code there
-         test r8, r8; jnz 8f                                 ; only this one: slow while it does
-         cmp qword ptr [rbp + 0x10], -1; jne 8f              ; an executable TLB entry stays slow
+         mov rax, [r11 + 24]; bts rax, 63; not rax
+         test r8, rax; jnz 7f                                ; another instance holds code there
+         test r8, r8; jnz 8f                                 ; this one does, or the page ever held code: slow
+         mov r8, [r11 + 8]; mov rdx, [r11 + 16]; lea rdx, [rdx*2 + 2]; lea rdx, [r8 + rdx*8]   ; "dirtied" masks
+         mov rax, [r11 + 24]; lock or [rdx + r10*8], rax    ; this instance may now store there fast
          movabs rax, set_dirty; jmp rax
        7: mov rdi, rcx; mov rsi, [rsp + 0x10]; mov edx, r14d; movabs rax, notify; call rax   ; written(uc, ram, n)
        8: movabs rax, keep_slow; jmp rax
@@ -131,6 +135,7 @@ class Member:
         self.uch, self.cpu, self.kick = uch, cpu, kick
         self.bit = 0
         self.pending: set[int] = set()         # ram_addr pages written by others, not yet invalidated here
+        self.resets: set[int] = set()          # pages that first held code elsewhere: this TLB's fast entries go
         self.recent: dict[int, int] = {}      # page -> deadline (ns): invalidated, and again at serializing events
         self.kicked = False
         self.stats_posted = 0
@@ -141,10 +146,13 @@ class Group:
 
     def __init__(self, ram_bytes: int, tsc_hz: int) -> None:
         self.pages = (ram_bytes + _PAGE - 1) // _PAGE
-        # masks[0 .. pages] then stamps[0 .. pages] (the TSC of the last slow store to each page), one array: the
-        # gate finds the stamps after the masks.
-        self.masks = (c_uint64 * (2 * self.pages + 2))()
-        self.stamps = (c_uint64 * (self.pages + 1)).from_buffer(self.masks, 8 * (self.pages + 1))
+        # One array, as the gate finds them: masks[0 .. pages] (holders, EVER), stamps[0 .. pages] (the TSC of the
+        # last slow store to each page), dirtied[0 .. pages] (the instances that made a TLB entry writing the page
+        # fast).
+        n = self.pages + 1
+        self.masks = (c_uint64 * (3 * n))()
+        self.stamps = (c_uint64 * n).from_buffer(self.masks, 8 * n)
+        self.dirtied = (c_uint64 * n).from_buffer(self.masks, 16 * n)
         self.fresh_ticks = tsc_hz * FRESH_MS // 1000
         self.members: dict[int, Member] = {}
         self.lock = threading.Lock()
@@ -245,8 +253,20 @@ class CodeShare:
             member = group.members.get(uch)
             if member is None:
                 return
+            kicks = []
             if page < group.pages:
-                group.masks[page] |= 1 << member.bit
+                if not group.masks[page] & EVER:
+                    # The page's first translation in the VM: other instances that made fast TLB entries writing
+                    # it while it held no code (dirtied) reset theirs, on their own thread, and then post the page
+                    # back as written (their stores before the reset were not seen).
+                    dirtied = group.dirtied[page]
+                    for m in group.members.values():
+                        if m is not member and dirtied >> m.bit & 1:
+                            m.resets.add(page)
+                            if not m.kicked:
+                                m.kicked = True
+                                kicks.append(m.kick)
+                group.masks[page] |= 1 << member.bit | EVER
                 # The bytes were read before this call: a store whose gate ran before the bit was set was not
                 # posted here and may have landed after the read. Its stamp is visible now (the gate stamps, with
                 # a full barrier, before it reads the holders), so such a page is treated as posted: invalidated
@@ -257,6 +277,8 @@ class CodeShare:
         host = self._map_ram_ptr(uch, None, page << 12)
         if host:
             self._reset_dirty(member.cpu, host, _PAGE)
+        for kick in kicks:
+            kick()
 
     def unprotect(self, uch: int, ram_addr: int) -> None:
         group = self._groups.get(uch)
@@ -309,6 +331,7 @@ class CodeShare:
             if member is None:
                 return
             pending, member.pending = member.pending, set()
+            resets, member.resets = member.resets, set()
             member.kicked = False
             recent = member.recent
             if recent and min(recent.values()) <= now_ns:
@@ -321,6 +344,15 @@ class CodeShare:
             invalidate(page)
         for page in again:
             invalidate(page)
+        if resets:
+            with group.lock:
+                for page in resets:
+                    group.dirtied[page] &= ~(1 << member.bit) & 0xFFFF_FFFF_FFFF_FFFF
+        for page in sorted(resets):
+            host = self._map_ram_ptr(uch, None, page << 12)
+            if host:
+                self._reset_dirty(member.cpu, host, _PAGE)
+            self.written(uch, page << 12, 1)       # what this vCPU stored there before is seen now
 
 
 _share: CodeShare | None = None

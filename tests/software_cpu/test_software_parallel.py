@@ -186,9 +186,10 @@ def test_code_share_stub_bytes_match_their_assembly(tmp_path):
         mov r8, [r11 + 8]; mov rdx, [r11 + 16]; lea rdx, [r8 + rdx*8 + 8]
         xchg [rdx + r10*8], rax
         mov r8, [r8 + r10*8]
-        mov rax, [r11 + 24]; not rax; test r8, rax; jnz 7f
+        mov rax, [r11 + 24]; bts rax, 63; not rax; test r8, rax; jnz 7f
         test r8, r8; jnz 8f
-        cmp qword ptr [rbp + 0x10], -1; jne 8f
+        mov r8, [r11 + 8]; mov rdx, [r11 + 16]; lea rdx, [rdx*2 + 2]; lea rdx, [r8 + rdx*8]
+        mov rax, [r11 + 24]; lock or [rdx + r10*8], rax
         movabs rax, {a}; jmp rax
     7:  mov rdi, rcx; mov rsi, [rsp + 0x10]; mov edx, r14d; movabs rax, {b}; call rax
     8:  movabs rax, {c}; jmp rax
