@@ -175,13 +175,13 @@ class ParallelSoftwareAccelerator(Accelerator):
                 self.cores.append(core)
                 self._by_uch[core.uch] = core
             self._check_ram_numbering()
-            self.group = self.share.new_group(max(c._ram_top for c in self.cores) + (64 << 20),
-                                              self.cores[0].tsc_hz)
+            self.group = self.share.new_group(max(c._ram_top for c in self.cores) + (64 << 20))
             offset = self.cores[0]._tsc_offset
             for core in self.cores:
                 core._tsc_offset = offset
                 self.translation.register(core.uch)
-                self.share.register(self.group, Member(core.uch, core.view.cpu, core._kick_for_code))
+                self.share.register(self.group, Member(core.uch, core.view.cpu, core._kick_for_code,
+                                                       self.translation.translation_start_cell(core.uch)))
         except Exception:
             self.close()
             raise

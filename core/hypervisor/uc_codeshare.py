@@ -22,11 +22,12 @@ uc_codetrack's stubs (instances not registered here go on to them unchanged):
   may reallocate it at any time): see the first-translation reset below.
 * The translate/protect race: an instance reads a page's bytes, then tlb_protect_code sets its bit; a store whose
   gate read the holders in between was not posted to it. The gate stamps every slow store's page with the TSC
-  (a locked exchange, so the stamp is visible before it reads the holders); protect treats a page stamped in
-  the last FRESH_MS as posted.
+  (a locked exchange, so the stamp is visible before it reads the holders); protect treats a page stamped
+  after the translation began (uc_parallel's wrapper notes the TSC then) as posted.
 * QEMU's ordering hole: notdirty_write runs before the store it precedes, so an instance that re-translates in
   between keeps the old bytes. A posted page is therefore invalidated once more at each of the receiving vCPU's
-  serializing events (CPUID, an interrupt taken) for RECENT_NS: by the time it serializes after seeing the
+  serializing events (CPUID, an interrupt taken) until one comes after the writer was seen past its store (its
+  epoch moved on: it came back to Python) or RECENT_NS passed: by the time a vCPU serializes after seeing the
   writer's later stores (SDM vol. 3, 8.1.3), the store has landed.
 * Fast TLB entries made before a page first held code: the gate records which instances made one (dirtied);
   when the page's first translation in the VM sets EVER, each of those is asked (kicked) to reset its own, on
@@ -64,7 +65,7 @@ MAX_MEMBERS = 63                      # instances per group: one bit each in a p
 EVER = 1 << 63                        # in a page's mask: some instance has held code there (never cleared)
 _ENTRY = 4                            # table entry words: uch, the group's holder masks, pages, this instance's bit
 RECENT_NS = 1_000_000_000             # how long a posted page is invalidated again at serializing events
-FRESH_MS = 100                        # a page stored to this recently when translated counts as posted
+STAMP_SLACK = 100_000                 # TSC ticks: a store stamped this close before a translation began races it
 
 _GATE = ("41f68188000000040f84ba000000498b8f{uc}48ba{table}4c8b024d85c00f849d0000004939c874064883c220ebe94c8b54241"
          "049c1ea0c4c3b521073774989d30f3148c1e2204809d04d8b4308498b5310498d54d0084a8704d24f8b04d0498b4318480fbae83"
@@ -131,12 +132,19 @@ _WRITE_CFUNC = ctypes.CFUNCTYPE(None, c_void_p, c_uint64, ctypes.c_uint32)
 class Member:
     """One instance of a group: its bit in the holder masks, what was posted to it, and how to kick it."""
 
-    def __init__(self, uch: int, cpu: int, kick: Callable[[], None]) -> None:
+    def __init__(self, uch: int, cpu: int, kick: Callable[[], None], start_cell: int) -> None:
         self.uch, self.cpu, self.kick = uch, cpu, kick
+        self.start_cell = c_uint64.from_address(start_cell)  # TSC at the start of its latest translation
         self.bit = 0
-        self.pending: set[int] = set()         # ram_addr pages written by others, not yet invalidated here
+        # ram_addr page -> (writer, its epoch then): written by others, not yet invalidated here
+        self.pending: dict[int, tuple[Member | None, int]] = {}
         self.resets: set[int] = set()          # pages that first held code elsewhere: this TLB's fast entries go
-        self.recent: dict[int, int] = {}      # page -> deadline (ns): invalidated, and again at serializing events
+        # page -> (deadline ns, writer, its epoch when it posted): invalidated, and again at serializing events
+        # until the writer is seen past its store (its epoch moved on) or the deadline passes
+        self.recent: dict[int, tuple[int, Member | None, int]] = {}
+        # Advanced on this instance's thread at each of its Python exits that follow a store it posted (its next
+        # posting store, its next slice, serializing event): a posted store has landed once it moved on.
+        self.epoch = 0
         self.kicked = False
         self.stats_posted = 0
 
@@ -144,7 +152,7 @@ class Member:
 class Group:
     """The instances of one VM and, per ram_addr page, which of them hold translated code there."""
 
-    def __init__(self, ram_bytes: int, tsc_hz: int) -> None:
+    def __init__(self, ram_bytes: int) -> None:
         self.pages = (ram_bytes + _PAGE - 1) // _PAGE
         # One array, as the gate finds them: masks[0 .. pages] (holders, EVER), stamps[0 .. pages] (the TSC of the
         # last slow store to each page), dirtied[0 .. pages] (the instances that made a TLB entry writing the page
@@ -153,7 +161,6 @@ class Group:
         self.masks = (c_uint64 * (3 * n))()
         self.stamps = (c_uint64 * n).from_buffer(self.masks, 8 * n)
         self.dirtied = (c_uint64 * n).from_buffer(self.masks, 16 * n)
-        self.fresh_ticks = tsc_hz * FRESH_MS // 1000
         self.members: dict[int, Member] = {}
         self.lock = threading.Lock()
 
@@ -171,7 +178,6 @@ class CodeShare:
         self._protect_cb = _PAGE_CFUNC(self.protect)
         self._unprotect_cb = _PAGE_CFUNC(self.unprotect)
         self._written_cb = _WRITE_CFUNC(self.written)
-        self._rdtsc = natives().rdtsc
         self._map_ram_ptr = _fn("qemu_map_ram_ptr_x86_64", c_void_p, c_void_p, c_void_p, c_uint64)
         self._reset_dirty = _fn("tlb_reset_dirty_x86_64", None, c_void_p, c_uint64, c_uint64)
         funcs = _local_symbols("notdirty_write.isra.0")
@@ -202,8 +208,8 @@ class CodeShare:
         _patch_text(gate, b"\xe9" + struct.pack("<i", stub - (gate + 5)))
 
     # -- registration ---------------------------------------------------------------------------------------
-    def new_group(self, ram_bytes: int, tsc_hz: int) -> Group:
-        return Group(ram_bytes, tsc_hz)
+    def new_group(self, ram_bytes: int) -> Group:
+        return Group(ram_bytes)
 
     def register(self, group: Group, member: Member) -> None:
         """Before the instance first runs (its code bitmap in uc_codetrack is not used from now on)."""
@@ -267,12 +273,13 @@ class CodeShare:
                                 m.kicked = True
                                 kicks.append(m.kick)
                 group.masks[page] |= 1 << member.bit | EVER
-                # The bytes were read before this call: a store whose gate ran before the bit was set was not
-                # posted here and may have landed after the read. Its stamp is visible now (the gate stamps, with
-                # a full barrier, before it reads the holders), so such a page is treated as posted: invalidated
-                # again at this vCPU's serializing events (invalidate_posted).
-                if self._rdtsc() - group.stamps[page] < group.fresh_ticks:
-                    member.recent[page] = time.monotonic_ns() + RECENT_NS
+                # The bytes were read before this call: a store whose gate ran after this translation started
+                # (uc_parallel's wrapper notes when) and before the bit was set was not posted here and may have
+                # landed after the read. Its stamp is visible now (the gate stamps, with a full barrier, before it
+                # reads the holders), so such a page is treated as posted: invalidated again at this vCPU's
+                # serializing events (invalidate_posted).
+                if group.stamps[page] + STAMP_SLACK >= member.start_cell.value:
+                    member.recent[page] = (time.monotonic_ns() + RECENT_NS, None, 0)
         # As uc_codetrack's stub: this instance's own TLB entries writing the page go back to the slow path.
         host = self._map_ram_ptr(uch, None, page << 12)
         if host:
@@ -302,10 +309,14 @@ class CodeShare:
             return
         kicks = []
         with group.lock:
+            writer = group.members.get(uch)
+            if writer is not None:
+                writer.epoch += 1                  # its earlier posted stores have landed
+            epoch = writer.epoch if writer is not None else 0
             holders = group.masks[page]
             for m in group.members.values():
                 if m.uch != uch and holders >> m.bit & 1:
-                    m.pending.add(page)
+                    m.pending[page] = (writer, epoch)
                     m.stats_posted += 1
                     holders &= ~(1 << m.bit)
                     if not m.kicked:
@@ -330,16 +341,24 @@ class CodeShare:
             member = group.members.get(uch)
             if member is None:
                 return
-            pending, member.pending = member.pending, set()
+            member.epoch += 1
+            pending, member.pending = member.pending, {}
             resets, member.resets = member.resets, set()
             member.kicked = False
             recent = member.recent
-            if recent and min(recent.values()) <= now_ns:
-                member.recent = recent = {p: d for p, d in recent.items() if d > now_ns}
-            again = [p for p in recent if p not in pending] if serializing else []
+            again = []
+            if serializing and recent:
+                keep = {}
+                for page, (deadline, writer, epoch) in recent.items():
+                    if page in pending:
+                        continue
+                    again.append(page)             # invalidated now, after the writer's store if it moved on
+                    if deadline > now_ns and (writer is None or writer.epoch <= epoch):
+                        keep[page] = (deadline, writer, epoch)
+                member.recent = recent = keep
             deadline = now_ns + RECENT_NS
-            for page in pending:
-                recent[page] = deadline
+            for page, (writer, epoch) in pending.items():
+                recent[page] = (deadline, writer, epoch)
         for page in sorted(pending):
             invalidate(page)
         for page in again:

@@ -50,7 +50,8 @@ CPU_CFLAGS_NEXT_TB = 0x18             # CPUState: uint32_t cflags_next_tb
 UC_TCG_CTX = 0x300                    # struct uc_struct: TCGContext *tcg_ctx
 TCG_TB_CFLAGS = 0x64                  # TCGContext: uint32_t tb_cflags
 TB_CFLAGS = 0x18                      # TranslationBlock: uint32_t cflags
-ENTRY_WORDS = 4                       # table entry: uch, flags (bit 0: parallel), atomic exit seen, unused
+ENTRY_WORDS = 4                       # table entry: uch, flags (bit 0: parallel), atomic exit seen, the TSC at
+                                      # the start of its latest translation (uc_codeshare's protect reads it)
 MAX_INSTANCES = 256
 
 # tb_gen_code of unicorn 2.1.4 (x86-64), the instructions this module relies on: `mov 0x81a8(%rdi),%rax;
@@ -89,14 +90,17 @@ def gen_wrapper_code(table: int, original: int) -> bytes:
        2: test byte ptr [rcx + 8], 1; jz 3f                   ; not translating in parallel now
          mov r8d, [rsi + 0x18]; and r8d, 0xffff; cmp r8d, STEP_CFLAGS; je 3f   ; the atomic step's block
          mov rax, [rax + UC_TCG_CTX]; or dword ptr [rax + 0x64], CF_PARALLEL   ; tcg_ctx->tb_cflags
-         or dword ptr [rsi + 0x18], CF_PARALLEL; push rsi; movabs rax, original; call rax
+         or dword ptr [rsi + 0x18], CF_PARALLEL
+         mov r9, rdx; rdtsc; shl rdx, 32; or rax, rdx; mov [rcx + 24], rax; mov rdx, r9   ; when it started
+         push rsi; movabs rax, original; call rax
          pop rsi; and dword ptr [rsi + 0x18], ~CF_PARALLEL; ret  ; hashed under unicorn's cflags again
        3: movabs rax, original; jmp rax"""
-    return (bytes.fromhex(_LOOKUP.format(uc=struct.pack("<I", CPU_UC).hex(), table=_imm64(table).hex(), jz="7450"))
-            + bytes.fromhex("f6410801743f448b46184181e0ffff00004181f8") + struct.pack("<I", STEP_CFLAGS)
-            + bytes.fromhex("742b488b80") + struct.pack("<I", UC_TCG_CTX)
+    return (bytes.fromhex(_LOOKUP.format(uc=struct.pack("<I", CPU_UC).hex(), table=_imm64(table).hex(), jz="7463"))
+            + bytes.fromhex("f64108017452448b46184181e0ffff00004181f8") + struct.pack("<I", STEP_CFLAGS)
+            + bytes.fromhex("743e488b80") + struct.pack("<I", UC_TCG_CTX)
             + bytes.fromhex("814864") + struct.pack("<I", CF_PARALLEL) + bytes.fromhex("814e18")
-            + struct.pack("<I", CF_PARALLEL) + b"\x56\x48\xb8" + _imm64(original) + bytes.fromhex("ffd05e816618")
+            + struct.pack("<I", CF_PARALLEL) + bytes.fromhex("4989d10f3148c1e2204809d0488941184c89ca")
+            + b"\x56\x48\xb8" + _imm64(original) + bytes.fromhex("ffd05e816618")
             + struct.pack("<I", ~CF_PARALLEL & 0xFFFF_FFFF) + b"\xc3"
             + b"\x48\xb8" + _imm64(original) + b"\xff\xe0")
 
@@ -183,6 +187,13 @@ class ParallelTranslation:
                 t = self.table
                 t[e + 1] = t[e + 2] = 0
                 t[e] = 1                                       # tombstone: the lookup walks past it
+
+    def translation_start_cell(self, uch: int) -> int:
+        """The address of the word holding the TSC at which `uch`'s latest translation started."""
+        e = self._entry(uch)
+        if e is None:
+            raise UnicornInternalsError("instance not registered for parallel translation")
+        return ctypes.addressof(self.table) + 8 * (e + 3)
 
     def take_atomic_exit(self, uch: int) -> bool:
         """Whether `uch`'s last emu_start ended at a LOCK operand that needs the atomic step (and forget it)."""

@@ -126,7 +126,9 @@ def test_wrapper_bytes_match_their_assembly(tmp_path):
     assert up.gen_wrapper_code(t, o) == gas(lookup + f"""test byte ptr [rcx + 8], 1; jz 3f
         mov r8d, [rsi + 0x18]; and r8d, 0xffff; cmp r8d, {up.STEP_CFLAGS}; je 3f
         mov rax, [rax + {up.UC_TCG_CTX}]; or dword ptr [rax + 0x64], {up.CF_PARALLEL}
-        or dword ptr [rsi + 0x18], {up.CF_PARALLEL}; push rsi; movabs rax, {o}; call rax
+        or dword ptr [rsi + 0x18], {up.CF_PARALLEL}
+        mov r9, rdx; rdtsc; shl rdx, 32; or rax, rdx; mov [rcx + 24], rax; mov rdx, r9
+        push rsi; movabs rax, {o}; call rax
         pop rsi; and dword ptr [rsi + 0x18], {~up.CF_PARALLEL & 0xFFFFFFFF}; ret
     3:  movabs rax, {o}; jmp rax""")
     assert up.atomic_exit_wrapper_code(t, o) == gas(lookup + f"""mov qword ptr [rcx + 16], 1
