@@ -482,8 +482,7 @@ class VirtioNet(VirtioDevice):
                 self.stats["tx_dropped"] += len(frames) + 1
                 t.device_error(str(exc))
                 return False
-            if q.used_idx != old_used:
-                t.used(q, old_used)
+            pushed, generation = q.used_idx != old_used, t.generation
         backend = self.backend
         for frame in frames:
             if backend is not None and self.link_up and self.switch_up and backend.send_frame(frame):
@@ -491,6 +490,11 @@ class VirtioNet(VirtioDevice):
                 self.stats["tx_bytes"] += len(frame)
             else:
                 self.stats["tx_dropped"] += 1        # no carrier: the frame is lost, as on an unplugged cable
+        # The driver hears of the freed buffers after the frames are on their way: the interrupt (~20 us in the
+        # device model) is not on the path of the reply the guest waits for. The entries are in the used ring
+        # already; a reset since then drops the interrupt.
+        if pushed:
+            t.used(q, old_used, generation)
         return len(frames) == TX_BATCH
 
     def _tx_frame(self, chain: DescriptorChain, memory: GuestMemory) -> bytes:

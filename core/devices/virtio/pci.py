@@ -189,6 +189,11 @@ class VirtioPciDevice(PciDevice):
                 self.isr |= isr_bit
                 self.set_intx(True)
 
+    @property
+    def generation(self) -> int:
+        """The reset generation now (for used(): a completion signalled after a reset is dropped)."""
+        return self._generation
+
     def used(self, queue: Virtqueue, old_used: int, generation: int | None = None) -> None:
         """The device published used entries on `queue` since `old_used`: interrupt the driver if it wants.
         With `generation`, nothing happens if the device was reset since."""
