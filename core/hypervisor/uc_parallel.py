@@ -17,6 +17,9 @@ parallel VM is created, so the time-shared engine's library is left exactly as i
   found, under unicorn's cflags of 0. Instances not registered (every time-shared VM) translate as before.
 * XCHG made atomic: the library's XCHG helpers are plain loads and stores (see XCHG_HELPER_PATCHES); they are
   rewritten in place into the host's XCHG.
+* PAUSE yields the host thread (sched_yield) before QEMU's helper leaves the CPU loop, as a hardware
+  virtualization's pause-loop exiting does: a vCPU spinning on a lock whose holder's thread the host has
+  descheduled gives it the core instead of its time slice.
 * A wrapper in the GOT slot of `cpu_loop_exit_atomic_x86_64`. `atomic_mmu_lookup` (accel/tcg/cputlb.c) calls it
   for a LOCK operand it cannot make atomic on the host -- misaligned, in MMIO, or whose read and write TLB
   entries differ -- and it longjmps out of the block with EXCP_ATOMIC, the state restored to the start of the
@@ -39,8 +42,10 @@ import threading
 from collections.abc import Callable
 from ctypes import c_int32, c_uint64
 
-from core.hypervisor.uc_internals import CPU_UC, UC_STOP_REQUEST, UnicornInternalsError, _fn, addr_of, qemu
+from core.hypervisor.uc_internals import CPU_UC, ENV_UC, UC_STOP_REQUEST, UnicornInternalsError, _fn, addr_of, qemu
 from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _patch_text, _poke_pointer
+
+_libc = ctypes.CDLL(None)
 
 CF_COUNT_MASK = 0x7FFF
 CF_LAST_IO = 0x8000
@@ -117,6 +122,17 @@ def atomic_exit_wrapper_code(table: int, original: int) -> bytes:
             + b"\x48\xb8" + _imm64(original) + b"\xff\xe0")
 
 
+def pause_wrapper_code(table: int, sched_yield: int, original: int) -> bytes:
+    """void wrapper(CPUX86State *env, int next_eip_addend) -- PAUSE (a spin-wait loop):
+         mov rax, [rdi + ENV_UC]; movabs rcx, table
+       1: mov r8, [rcx]; test r8, r8; jz 3f; cmp r8, rax; je 2f; add rcx, 32; jmp 1b
+       2: push rdi; push rsi; sub rsp, 8; movabs rax, sched_yield; call rax; add rsp, 8; pop rsi; pop rdi
+       3: movabs rax, original; jmp rax                      ; QEMU's helper_pause: leave the CPU loop"""
+    return (bytes.fromhex(_LOOKUP.format(uc=struct.pack("<I", ENV_UC).hex(), table=_imm64(table).hex(), jz="7423"))
+            + bytes.fromhex("57564883ec0848b8") + _imm64(sched_yield) + bytes.fromhex("ffd04883c4085e5f48b8")
+            + _imm64(original) + b"\xff\xe0")
+
+
 class ParallelTranslation:
     """The two wrappers (installed once per process) and the table of instances they apply to."""
 
@@ -140,18 +156,23 @@ class ParallelTranslation:
                     bytes.fromhex(old), bytes.fromhex(new)):
                 raise UnicornInternalsError(f"{name} is not the unicorn 2.1.4 build the XCHG fix was derived from")
             xchg.append((fn + off, bytes.fromhex(new)))
-        slots = _find_helper_slots(["gen_intermediate_code_x86_64", "cpu_loop_exit_atomic_x86_64"])
+        slots = _find_helper_slots(["gen_intermediate_code_x86_64", "cpu_loop_exit_atomic_x86_64",
+                                    "helper_pause_x86_64"])
         self.page = _NativePage(near=addr_of(q.do_interrupt))
         table = ctypes.addressof(self.table)
         gen_orig, gen_slots = slots["gen_intermediate_code_x86_64"]
         atomic_orig, atomic_slots = slots["cpu_loop_exit_atomic_x86_64"]
+        pause_orig, pause_slots = slots["helper_pause_x86_64"]
         gen = self.page.add(gen_wrapper_code(table, gen_orig))
         atomic = self.page.add(atomic_exit_wrapper_code(table, atomic_orig))
+        pause = self.page.add(pause_wrapper_code(table, addr_of(_libc.sched_yield), pause_orig))
         self.page.seal()
         for slot in gen_slots:
             _poke_pointer(slot, gen_orig, gen)
         for slot in atomic_slots:
             _poke_pointer(slot, atomic_orig, atomic)
+        for slot in pause_slots:
+            _poke_pointer(slot, pause_orig, pause)
         for where, code in xchg:
             if ctypes.string_at(where, len(code)) != code:
                 _patch_text(where, code)

@@ -131,6 +131,9 @@ def test_wrapper_bytes_match_their_assembly(tmp_path):
         push rsi; movabs rax, {o}; call rax
         pop rsi; and dword ptr [rsi + 0x18], {~up.CF_PARALLEL & 0xFFFFFFFF}; ret
     3:  movabs rax, {o}; jmp rax""")
+    assert up.pause_wrapper_code(t, 0x7777888899990000, o) == gas(lookup.replace(str(ui.CPU_UC), str(ui.ENV_UC)) + f"""
+        push rdi; push rsi; sub rsp, 8; movabs rax, {0x7777888899990000}; call rax; add rsp, 8; pop rsi; pop rdi
+    3:  movabs rax, {o}; jmp rax""")
     assert up.atomic_exit_wrapper_code(t, o) == gas(lookup + f"""mov qword ptr [rcx + 16], 1
         mov byte ptr [rax + {ui.UC_STOP_REQUEST}], 1
     3:  movabs rax, {o}; jmp rax""")

@@ -15,8 +15,9 @@ pytest.importorskip("unicorn")
 
 from core.hypervisor import uc_lookup_cache, uc_patch  # noqa: E402
 
-# Exported helpers the engine does not interpose, so their slots still hold the helpers' addresses here.
-SYMBOLS = ["helper_hlt_x86_64", "helper_pause_x86_64"]
+# Exported helpers the engine does not interpose (uc_parallel interposes PAUSE), so their slots still hold the
+# helpers' addresses here.
+SYMBOLS = ["helper_hlt_x86_64", "helper_invlpg_x86_64"]
 REPO = Path(__file__).resolve().parents[2]
 
 
