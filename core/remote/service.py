@@ -93,6 +93,11 @@ class ServiceClient(SnapshotClient, ServiceCopies, Host):  # SnapshotClient brin
         self.agent_version = ""
         self._client: AgentClient | None = None
         self._connect_lock = threading.Lock()
+        # Which connection attempt is the current one (connect() counts them): a disconnect acts on the attempt
+        # that was current when it was asked for, never on one begun since (see disconnect()).
+        self._attempt = 0
+        self._attempt_lock = threading.Lock()
+        self._closed_on_request = False     # close() was called: no call reconnects until connect() is
         self._lock = threading.RLock()
         self._vms: dict[str, VmInfo] = {}
         self._errors: list[LoadError] = []
@@ -145,8 +150,11 @@ class ServiceClient(SnapshotClient, ServiceCopies, Host):  # SnapshotClient brin
         with self._connect_lock:
             if self.connected:
                 return
+            self._closed_on_request = False
             self._set_connection("connecting", f"connecting to {self.name}…")
             try:
+                with self._attempt_lock:
+                    self._attempt += 1
                 self._client = None
                 self._connect(progress)
             except HostError as exc:
@@ -232,13 +240,22 @@ class ServiceClient(SnapshotClient, ServiceCopies, Host):  # SnapshotClient brin
         self._set_connection("disconnected", reason)
 
     def disconnect(self, reason: str = "disconnected") -> None:
+        """Close the connection there is now, or cancel the attempt under way. A Connect clicked while this
+        runs on its worker (the row shows "disconnected" as soon as the stream is closed) starts an attempt of its
+        own, whose transport this must leave alone: dropping it broke the new connection half-way."""
+        attempt = self._attempt
         client = self._client
         if client is not None:
             client.close(reason)
-        self._drop_transport()
+        with self._attempt_lock:
+            if self._attempt == attempt:
+                self._drop_transport()
 
     def close(self) -> None:
-        """Disconnect; the VMs keep running in the service."""
+        """Disconnect; the VMs keep running in the service. Calls made after this (a refresh or a statistics
+        sample already queued when the user clicked Disconnect) fail instead of connecting again: only connect()
+        reconnects a host that was closed on request."""
+        self._closed_on_request = True
         self.disconnect("closed")
         with self._lock:
             shared, self._shared = self._shared, {}
@@ -249,7 +266,7 @@ class ServiceClient(SnapshotClient, ServiceCopies, Host):  # SnapshotClient brin
     def _agent(self, reconnect: bool = True) -> AgentClient:
         client = self._client
         if client is None or client.closed:
-            if not reconnect:
+            if not reconnect or self._closed_on_request:
                 raise HostError(f"{self.name} is not connected: {self.error}")
             self.connect()
             client = self._client
