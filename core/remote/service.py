@@ -93,9 +93,7 @@ class ServiceClient(SnapshotClient, ServiceCopies, Host):  # SnapshotClient brin
         self.agent_version = ""
         self._client: AgentClient | None = None
         self._connect_lock = threading.Lock()
-        # Which connection attempt is the current one (connect() counts them): a disconnect acts on the attempt
-        # that was current when it was asked for, never on one begun since (see disconnect()).
-        self._attempt = 0
+        self._attempt = 0                   # connect() counts attempts: see disconnect()
         self._attempt_lock = threading.Lock()
         self._closed_on_request = False     # close() was called: no call reconnects until connect() is
         self._lock = threading.RLock()
@@ -240,9 +238,8 @@ class ServiceClient(SnapshotClient, ServiceCopies, Host):  # SnapshotClient brin
         self._set_connection("disconnected", reason)
 
     def disconnect(self, reason: str = "disconnected") -> None:
-        """Close the connection there is now, or cancel the attempt under way. A Connect clicked while this
-        runs on its worker (the row shows "disconnected" as soon as the stream is closed) starts an attempt of its
-        own, whose transport this must leave alone: dropping it broke the new connection half-way."""
+        """Close the connection, or cancel the attempt under way; an attempt begun since (a Connect clicked while
+        this runs on its worker) keeps its transport: dropping it broke the new connection half-way."""
         attempt = self._attempt
         client = self._client
         if client is not None:
