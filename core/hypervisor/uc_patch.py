@@ -78,6 +78,21 @@ def _mmap_near(addr: int) -> int:
     return 0
 
 
+_MAP_32BIT = 0x40
+
+
+def _mmap_low() -> int:
+    """A read/write page in the first 2 GiB of the address space (MAP_32BIT, x86-64 Linux), or 0: code anywhere
+    reaches it with a zero-extended 32-bit immediate. Never unmapped, as above."""
+    got = _libc.mmap(None, _PAGE, mmap.PROT_READ | mmap.PROT_WRITE, _MAP_PRIVATE_ANONYMOUS | _MAP_32BIT, -1, 0)
+    if got in (None, ctypes.c_void_p(-1).value):
+        return 0
+    if got >= 1 << 31:
+        _libc.munmap(c_void_p(got), ctypes.c_size_t(_PAGE))
+        return 0
+    return got
+
+
 def _mprotect(addr: int, length: int, prot: int) -> None:
     start = addr & ~(_PAGE - 1)
     end = (addr + length + _PAGE - 1) & ~(_PAGE - 1)

@@ -24,9 +24,25 @@ into
 
 The stub loads `uc` from env->uc and jumps to the unchanged helper, so when an exit *is* requested everything
 happens exactly as before (the helper's return address is still inside the block's prologue: the guest state is
-restored to the block's first instruction, as it was). A block whose bytes differ, or whose stub would be out
-of rel32 reach, is left as generated. `helper_check_exit_request` tests `icount_decr.u32 < 0` and
-`!in_delay_slot` (always 0 on x86): the inline test is the same condition.
+restored to the block's first instruction, as it was). A block whose bytes differ is left as generated.
+`helper_check_exit_request` tests `icount_decr.u32 < 0` and `!in_delay_slot` (always 0 on x86): the inline test
+is the same condition.
+
+Each unicorn instance maps its own 1 GiB code buffer, one below the other, so only the first instance in a
+process lies within rel32 reach of the library. The others' blocks call the helper through the block's constant
+pool, `call *disp32(%rip)` (ff 15, 18 bytes), which the rewrite did not recognise: the parallel engine's vCPUs
+after the first kept unicorn's call, ~6 % slower, and the slowest vCPU sets a parallel job's time. So the stub
+goes in a page below 2 GiB (mmap MAP_32BIT) when the host gives one, the call becomes absolute and reachable
+from any buffer, and both forms are rewritten:
+
+    83 7d f0 00              cmpl $0, -16(%rbp)
+    79 0b | 79 0c            jns +11 | +12 (the 17- or 18-byte form)
+    b8 <stub, 4 bytes>       mov $stub, %eax            ; zero-extended: the stub lies below 2 GiB
+    ff d0                    call *%rax                 ; %rax is free here (the original call clobbered it)
+    0f 1f 40 00 | 0f 1f 44 00 00                        ; nopl
+
+The rel32 form above (its stub near the library, first instance only) stays the fallback when no page below
+2 GiB is to be had.
 """
 from __future__ import annotations
 
@@ -35,7 +51,7 @@ import struct
 from ctypes import c_uint64
 
 from core.hypervisor.uc_internals import CPU_ICOUNT_DECR, ENV_UC, X86CPU_ENV, UnicornInternalsError, _fn, addr_of
-from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _poke_pointer
+from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _mmap_low, _NativePage, _poke_pointer
 
 TB_TC_PTR = 32                 # TranslationBlock: struct tb_tc tc (void *ptr) after pc, cs_base, flags, size,
                                # icount, cflags, trace_vcpu_dstate (include/exec/exec-all.h of unicorn 2.1.4)
@@ -81,6 +97,39 @@ def gen_code_wrapper(original: int, helper: int, stub: int, counter: int) -> byt
             + b"\x48\xb9" + _imm64(counter) + bytes.fromhex("f048ff01 5b c3"))
 
 
+def gen_code_wrapper_low(original: int, helper: int, stub: int, counter: int) -> bytes:
+    """As gen_code_wrapper, for a stub below 2 GiB (no reach check: the call is absolute), and for both forms the
+    backend emits for the helper call: `call rel32` when the helper is within reach of the code buffer (17-byte
+    prologue), else `call *disp32(%rip)` through the block's constant pool (18 bytes; every instance after the
+    first, whose buffer lies further than 2 GiB from the library):
+         ... (as gen_code_wrapper, up to the xor checked)
+         movabs helper, %r8
+         cmpb $0xe8, 12(%rdx); jne far
+         movslq 13(%rdx), %rcx; lea 17(%rdx,%rcx), %rcx; cmp %r8, %rcx; jne done
+         movw $0x0b79, 4(%rdx); movl $0x1f0fd0ff, 11(%rdx); movw $0x0040, 15(%rdx)   ; jns +11; call *%rax; nopl
+         jmp common
+       far: cmpw $0x15ff, 12(%rdx); jne done                ; call *disp32(%rip) ...
+         movslq 14(%rdx), %rcx; cmp %r8, 18(%rdx,%rcx); jne done    ; ... through a pool slot holding the helper
+         movw $0x0c79, 4(%rdx); movl $0x1f0fd0ff, 11(%rdx); movw $0x0044, 15(%rdx); movb $0, 17(%rdx)
+                                                              ; jns +12; call *%rax; nopl 0(%rax,%rax)
+       common: movl $0x00f07d83, (%rdx); movb $0xb8, 6(%rdx); movl $stub, 7(%rdx)   ; cmpl; mov $stub, %eax
+         movabs counter, %rcx; lock incq (%rcx)
+       done: pop %rbx; ret"""
+    if ICOUNT_FROM_ENV != -16:
+        raise UnicornInternalsError(f"icount_decr is {ICOUNT_FROM_ENV} bytes from env, the code says -16")
+    if not 0 < stub < 1 << 31:
+        raise UnicornInternalsError(f"stub {stub:#x} is not below 2 GiB")
+    return (bytes.fromhex("534889f3") + b"\x48\xb8" + _imm64(original) + bytes.fromhex("ffd0 85c0 0f88a1000000")
+            + bytes.fromhex("488b5320 66813a48bf 0f8592000000 807a0bf6 0f8588000000 0fb64a0a 83c902 83f933 757c")
+            + b"\x49\xb8" + _imm64(helper)
+            + bytes.fromhex("807a0ce8 7523 48634a0d 488d4c0a11 4c39c1 755e"
+                            "66c74204790b c7420bffd00f1f 66c7420f4000 eb2a"
+                            "66817a0cff15 7541 48634a0e 4c39440a12 7536"
+                            "66c74204790c c7420bffd00f1f 66c7420f4400 c6421100"
+                            "c702837df000 c64206b8 c74207") + struct.pack("<I", stub)
+            + b"\x48\xb9" + _imm64(counter) + bytes.fromhex("f048ff01 5b c3"))
+
+
 class InlineExitCheck:
     """The rewrite above, installed once per process (before the first unicorn instance translates anything).
     If the library is not the expected build nothing is patched (every block keeps the helper call: correct,
@@ -110,7 +159,25 @@ class InlineExitCheck:
                                         "derived from")
         slots = _find_helper_slots(["tcg_gen_code_x86_64"])
         original, pointer_slots = slots["tcg_gen_code_x86_64"]
-        stub = page.add(check_stub_code(helper))
-        wrapper = page.add(gen_code_wrapper(original, helper, stub, ctypes.addressof(self._counter)))
+        low = _low_page()
+        if low is not None:
+            self._low = low                         # kept for the process's life, as the library page is
+            stub = low.add(check_stub_code(helper))
+            low.seal()
+            wrapper = page.add(gen_code_wrapper_low(original, helper, stub, ctypes.addressof(self._counter)))
+        else:
+            stub = page.add(check_stub_code(helper))
+            wrapper = page.add(gen_code_wrapper(original, helper, stub, ctypes.addressof(self._counter)))
+        self.stub = stub
         for slot in pointer_slots:
             _poke_pointer(slot, original, wrapper)
+
+
+def _low_page() -> _NativePage | None:
+    """A native-code page below 2 GiB, or None if the host will not map one there."""
+    base = _mmap_low()
+    if not base:
+        return None
+    page = _NativePage.__new__(_NativePage)
+    page.base, page._used = base, 0
+    return page

@@ -52,6 +52,33 @@ def test_exit_check_stubs_match_their_assembly(tmp_path):
         movl $0x441f0f66, 11(%rdx); movw $0, 15(%rdx)
         movabs ${d}, %rcx; lock incq (%rcx)
     done: pop %rbx; ret""")
+    low = 0x33333333
+    assert uc_tbstart.gen_code_wrapper_low(a, b, low, d) == gas(tmp_path, f"""
+        push %rbx; mov %rsi, %rbx; movabs ${a}, %rax; call *%rax
+        test %eax, %eax; js.d32 done
+        mov {uc_tbstart.TB_TC_PTR}(%rbx), %rdx
+        cmpw $0xbf48, (%rdx); jne.d32 done
+        cmpb $0xf6, 11(%rdx); jne.d32 done
+        movzbl 10(%rdx), %ecx; or $2, %ecx; cmp $0x33, %ecx; jne done
+        movabs ${b}, %r8
+        cmpb $0xe8, 12(%rdx); jne far
+        movslq 13(%rdx), %rcx; lea 17(%rdx,%rcx), %rcx; cmp %r8, %rcx; jne done
+        movw $0x0b79, 4(%rdx); movl $0x1f0fd0ff, 11(%rdx); movw $0x0040, 15(%rdx)
+        jmp common
+    far: cmpw $0x15ff, 12(%rdx); jne done
+        movslq 14(%rdx), %rcx; cmp %r8, 18(%rdx,%rcx); jne done
+        movw $0x0c79, 4(%rdx); movl $0x1f0fd0ff, 11(%rdx); movw $0x0044, 15(%rdx); movb $0, 17(%rdx)
+    common: movl $0x00f07d83, (%rdx); movb $0xb8, 6(%rdx); movl ${low}, 7(%rdx)
+        movabs ${d}, %rcx; lock incq (%rcx)
+    done: pop %rbx; ret""")
+    # The prologues the low-stub wrapper writes, for the near and the constant-pool call.
+    near = gas(tmp_path, f"cmpl $0, -16(%rbp); jns 1f; mov ${low}, %eax; call *%rax; {{disp8}} nopl 0(%rax); 1:\n")
+    assert len(near) == 17 and near[:7] == bytes.fromhex("837df000790bb8")
+    assert near[11:] == bytes.fromhex("ffd00f1f4000")
+    far = gas(tmp_path, f"cmpl $0, -16(%rbp); jns 1f; mov ${low}, %eax; call *%rax; "
+              "{disp8} nopl 0(%rax,%rax,1); 1:\n")
+    assert len(far) == 18 and far[:7] == bytes.fromhex("837df000790cb8")
+    assert far[11:] == bytes.fromhex("ffd00f1f440000")
     # The prologue the wrapper writes (its immediates above), as the module docstring gives it.
     prologue = gas(tmp_path, "cmpl $0, -16(%rbp); jns 1f; call .+5; {disp8} nopw 0(%rax,%rax,1); 1:\n")
     assert len(prologue) == uc_tbstart.PROLOGUE_BYTES
@@ -80,24 +107,31 @@ state = long_mode_setup(rig, assemble(SPIN, 64, 0x100000))
 start = time.monotonic()
 ex = rig.run(state, timeout=0.3)           # the watchdog kicks after 0.3 s
 print(ex.reason.name, time.monotonic() - start, rig.vcpus[0].get_state().regs["rax"], exit_check.rewritten - before)
+# A second instance, as the parallel engine's second vCPU: its code buffer is out of rel32 reach of the library.
+before = exit_check.rewritten
+rig2 = Rig()
+ex = rig2.run(long_mode_setup(rig2, assemble(SPIN, 64, 0x100000)), timeout=0.3)
+print(ex.reason.name, exit_check.rewritten - before)
+rig2.close()
 rig.close()
 """
 
 
 def test_kick_stops_a_self_chained_block():
-    """In a fresh process, as a VM process is: the stub the rewritten prologue calls lies in one page near the
-    library, and only a code buffer within rel32 reach of it gets the inline check. The first unicorn instance's
-    buffer does; an xdist worker's later instances are mapped further away (1 GiB each) and keep unicorn's call,
-    correct but slower (docs/software-cpu.md), which made this test depend on what ran before it."""
+    """In a fresh process, as a VM process is: the inline check is written into the first unicorn instance's
+    blocks, and into a second instance's too (its code buffer is mapped 1 GiB further away, out of rel32 reach of
+    the library: its helper calls go through the constant pool, and the stub lies below 2 GiB; before that fix
+    it kept unicorn's call, which made this test depend on what ran before it in an xdist worker)."""
     from tests.helpers.runner import REPO_ROOT
     run = subprocess.run([sys.executable, "-c", KICK_SPIN.format(root=str(REPO_ROOT))], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
-    reason, elapsed, rax, rewritten = run.stdout.split()
+    reason, elapsed, rax, rewritten, reason2, rewritten2 = run.stdout.split()
     assert reason == "KICKED"
     assert float(elapsed) < 5, elapsed
     assert int(rax) > 1000
     assert int(rewritten) > 0                  # the block's prologue is the inline test
+    assert reason2 == "KICKED" and int(rewritten2) > 0      # a later instance's too (stub below 2 GiB)
 
 
 @pytest.mark.skipif(shutil.which("as") is None, reason="GNU as not installed")
