@@ -60,8 +60,12 @@ class TimerQueue:
         with self._cond:
             timer._generation += 1
             timer.deadline = deadline
-            heapq.heappush(self._heap, (deadline, next(self._seq), timer._generation, timer))
-            self._cond.notify()
+            seq = next(self._seq)
+            heapq.heappush(self._heap, (deadline, seq, timer._generation, timer))
+            # The thread sleeps until the earliest deadline it knew of; a later one needs no wake-up (the LAPIC
+            # timer is re-armed at every idle entry and exit, and each kick of a running vCPU arms its re-check).
+            if self._heap[0][1] == seq:
+                self._cond.notify()
 
     def _cancel(self, timer: Timer) -> None:
         with self._cond:
