@@ -93,9 +93,8 @@ class ServiceClient(SnapshotClient, ServiceCopies, Host):  # SnapshotClient brin
         self.agent_version = ""
         self._client: AgentClient | None = None
         self._connect_lock = threading.Lock()
-        self._attempt = 0                   # connect() counts attempts: see disconnect()
-        self._attempt_lock = threading.Lock()
-        self._closed_on_request = False     # close() was called: no call reconnects until connect() is
+        self._attempt, self._attempt_lock = 0, threading.RLock()    # connect() counts attempts (disconnect())
+        self._closed_on_request = False     # close() was called: only connect() reconnects
         self._lock = threading.RLock()
         self._vms: dict[str, VmInfo] = {}
         self._errors: list[LoadError] = []
@@ -122,8 +121,9 @@ class ServiceClient(SnapshotClient, ServiceCopies, Host):  # SnapshotClient brin
     def _new_client(self, recv: Callable[[int], bytes], sendall: Callable[[bytes], None],
                     close: Callable[[], None]) -> AgentClient:
         """An AgentClient wired to this host's mirror (for _open_agent to start)."""
+        attempt = self._attempt
         client = AgentClient(recv, sendall, close, self._on_event, self._on_serial,
-                             lambda reason: self._on_closed(client, reason))
+                             lambda reason: self._on_closed(client, attempt, reason))
         return client
 
     # -- connection ------------------------------------------------------------------------------------------
@@ -230,16 +230,16 @@ class ServiceClient(SnapshotClient, ServiceCopies, Host):  # SnapshotClient brin
             if client is not None and isinstance(value, dict) and value.get("session") == assembler.session:
                 client.consoles[uuid] = assembler
 
-    def _on_closed(self, client: AgentClient, reason: str) -> None:
-        if client is not self._client:
-            return
+    def _on_closed(self, client: AgentClient, attempt: int, reason: str) -> None:
+        with self._attempt_lock:
+            if client is not self._client or attempt != self._attempt:
+                return
+            self._drop_transport()
         self.error = reason
-        self._drop_transport()
         self._set_connection("disconnected", reason)
 
     def disconnect(self, reason: str = "disconnected") -> None:
-        """Close the connection, or cancel the attempt under way; an attempt begun since (a Connect clicked while
-        this runs on its worker) keeps its transport: dropping it broke the new connection half-way."""
+        """Close the connection, or cancel the attempt under way; one begun since keeps its transport."""
         attempt = self._attempt
         client = self._client
         if client is not None:

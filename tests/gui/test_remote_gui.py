@@ -161,7 +161,10 @@ def test_a_host_without_unicorn_is_asked_about_once(qtbot, tmp_path, server, loc
     window.remote_hosts.disconnect(index)
     qtbot.waitUntil(lambda: not host.connected, timeout=10_000)
     window.remote_hosts.connect(index)
-    qtbot.waitUntil(lambda: host.connected, timeout=60_000)
+    try:
+        qtbot.waitUntil(lambda: host.connected, timeout=60_000)
+    except Exception:
+        pytest.fail(f"not connected again: state {host.state!r}, error {host.error!r}")
     qtbot.wait(200)
     assert asked == [f"Copy the software CPU to {label}?"]
     window.close()
