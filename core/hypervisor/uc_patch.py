@@ -30,8 +30,9 @@ _PAGE = 4096
 class _NativePage:
     """One page of machine code: written while writable, then made read+execute (never both)."""
 
-    def __init__(self, near: int | None = None) -> None:
-        self.base = _mmap_near(near) if near is not None else 0
+    def __init__(self, near: int | None = None, base: int = 0) -> None:
+        """Near `near` if a page is free there; at `base` when given one already mapped (see _mmap_low)."""
+        self.base = base or (_mmap_near(near) if near is not None else 0)
         if not self.base:
             self._mem = mmap.mmap(-1, _PAGE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
             self.base = ctypes.addressof(ctypes.c_char.from_buffer(self._mem))

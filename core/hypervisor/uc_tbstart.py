@@ -176,8 +176,4 @@ class InlineExitCheck:
 def _low_page() -> _NativePage | None:
     """A native-code page below 2 GiB, or None if the host will not map one there."""
     base = _mmap_low()
-    if not base:
-        return None
-    page = _NativePage.__new__(_NativePage)
-    page.base, page._used = base, 0
-    return page
+    return _NativePage(base=base) if base else None
