@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from ctypes import c_uint64
 
 import unicorn
 from unicorn import x86_const as X
@@ -126,6 +127,8 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
         self.q = ui.qemu()
         self.uch = v.uch
         self.rdtsc = self.natives.rdtsc
+        self._interrupt_request_addr = v.cpu + ui.CPU_INTERRUPT_REQUEST
+        self._exit_request_addr = c_uint64.from_address(v.cpu + ui.CPU_ICOUNT_DECR_PTR).value + 2
         self._init_scheduler()
         self._init_memory_map()
         self._callbacks: list = []
@@ -164,6 +167,12 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
 
     def connect_apic_bus(self, bus: ApicBus) -> None:
         self.apic_bus = bus
+
+    def raise_virq(self) -> None:
+        """QEMU's cpu_interrupt(CPU_INTERRUPT_VIRQ) on the loaded vCPU, from any thread: the running block chain
+        returns to QEMU's loop at its next block, which takes the interrupt when EFLAGS.IF allows (software_vcpu's
+        wake)."""
+        self.natives.cpu_interrupt(self._interrupt_request_addr, ui.CPU_INTERRUPT_VIRQ, self._exit_request_addr)
 
     def emu_start_slice(self, v: ui.CpuView) -> int:
         """One slice of emulation from the current RIP (software_vcpu); software_parallel wraps it."""

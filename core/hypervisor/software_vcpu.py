@@ -240,7 +240,20 @@ class SoftwareVcpu(Vcpu, ApicCpu):
 
     # ApicCpu
     def wake(self) -> None:
-        self.kick_for_interrupt()
+        """A maskable interrupt may now be deliverable. A running slice takes it inside QEMU's loop, as QEMU's
+        cpu_interrupt has it: the VIRQ request is set atomically from whichever thread raised it (a device's, the
+        timer's, another vCPU's), and the block chain returns to the loop at its next block. The slice keeps
+        running: ending it costs a return into Python, a new emu_start and, under load, the interpreter lock --
+        the larger part of a network reply's reaction time (docs/net-performance.md)."""
+        acc = self.accel
+        if acc.running is self and self._in_slice:
+            # The interrupt is in the local APIC's IRR before this check. If the slice ends before the request
+            # lands, the vCPU loop reads IRR (has_interrupt) after it has left the slice, so nothing is lost.
+            acc.raise_virq()
+            return
+        with self._cond:
+            self._wake = True
+            self._cond.notify_all()
 
     def nmi(self) -> None:
         self.nmi_pending = True

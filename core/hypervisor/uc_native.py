@@ -15,6 +15,8 @@ wrappers interposed in front of QEMU's x86 helpers, and RDTSC.
   GOT slot (used by the translator to emit the call) and its entry in QEMU's `all_helpers` table (which the
   translator looks up by that same pointer). This happens once per process, before any unicorn instance exists.
 * RDTSC as a native function (the host's invariant TSC, read without a system call).
+* QEMU's cpu_interrupt as a native function, so that a device thread can raise an interrupt request in a running
+  vCPU atomically (software_vcpu's wake).
 * The port I/O hooks: UC_HOOK_INSN callbacks for IN and OUT that serve a device's data lane (core/pio_lanes.py)
   from its buffer and hand every other access to the accelerator's Python callback.
 * The write protection of translated code (uc_codetrack), the inline exit check at the start of every
@@ -107,6 +109,12 @@ def pio_out_hook_code() -> bytes:
 
 RDTSC_CODE = b"\x0f\x31\x48\xc1\xe2\x20\x48\x09\xd0\xc3"   # rdtsc; shl rdx, 32; or rax, rdx; ret
 
+# void cpu_interrupt_from_any_thread(uint32_t *interrupt_request, uint32_t bits, int16_t *icount_decr_high):
+#   lock or [rdi], esi; mov word [rdx], -1; ret
+# QEMU's cpu_interrupt (the request bit, then the exit request that ends the running block chain at its next
+# block), with the bit set atomically: the vCPU thread clears other bits of the same word as it runs.
+CPU_INTERRUPT_CODE = b"\xf0\x09\x37" + b"\x66\xc7\x02\xff\xff" + b"\xc3"
+
 
 def raise_code(vector: int, error_code: int = 0) -> int:
     """The value a helper callback returns to raise `vector` (with `error_code`) in the guest."""
@@ -132,6 +140,8 @@ class _Natives:
         self.intr_hook = self.page.add(intr_hook_code(ctypes.addressof(self.intr_counters), do_int))
         self.invalid_hook = self.page.add(invalid_hook_code(do_int))
         self.rdtsc = ctypes.CFUNCTYPE(c_uint64)(self.page.add(RDTSC_CODE))
+        self.cpu_interrupt = ctypes.CFUNCTYPE(None, c_void_p, ctypes.c_uint32, c_void_p)(
+            self.page.add(CPU_INTERRUPT_CODE))
         self.pio_in_hook = self.page.add(pio_in_hook_code())
         self.pio_out_hook = self.page.add(pio_out_hook_code())
         # env address -> {helper name: python callback}
