@@ -24,9 +24,10 @@ then medians and the ratio QEMU-time / Vireo-time (1.0 = as fast as QEMU; above 
 
 `--smp` measures parallel vCPUs instead (amd64 only): N sha256 jobs of 64 MiB at once (vireo.action=sha256-jobs)
 in a guest with N vCPUs, for N = 1, 2 and the host's core count, Vireo against QEMU `-accel tcg,thread=multi`
-(its parallel TCG), alternating; Vireo both time-shared (its default) and with parallel vCPUs ("vireo-parallel",
-VIREO_PARALLEL_VCPUS=1). The scaling of each is N x (time of 1 job on 1 vCPU) / (time of N jobs on N
-vCPUs): N would be perfect, 1 means N vCPUs do no more work than one. Only the in-guest time of the jobs counts.
+(its parallel TCG), alternating; Vireo both time-shared ("vireo", VIREO_PARALLEL_VCPUS=0) and with parallel
+vCPUs ("vireo-parallel", VIREO_PARALLEL_VCPUS=1, the default for 2+ vCPUs). The scaling of each is
+N x (time of 1 job on 1 vCPU) / (time of N jobs on N vCPUs): N would be perfect, 1 means N vCPUs do no
+more work than one. Only the in-guest time of the jobs counts.
 
     .venv/bin/python bench/software_cpu.py --smp [--runs 3]
 """
@@ -209,7 +210,7 @@ def smp_cmd(contender: str, kernel: Path, initrd: Path, n: int) -> list[str]:
     append = f"console=ttyS0 quiet vireo.action=sha256-jobs vireo.jobs={n} vireo.mib={SMP_JOB_MIB}"
     if contender in ("vireo", "vireo-parallel"):
         # vireo-parallel: one unicorn instance per vCPU (VIREO_PARALLEL_VCPUS=1, docs/software-cpu.md)
-        env = ["env", "VIREO_PARALLEL_VCPUS=1" if contender == "vireo-parallel" else "--unset=VIREO_PARALLEL_VCPUS"]
+        env = ["env", f"VIREO_PARALLEL_VCPUS={int(contender == 'vireo-parallel')}"]
         return [*env, sys.executable, "main.py", "run", "--kernel", str(kernel), "--initrd", str(initrd),
                 "--append", append, "--accel", "software", "--serial", "stdio", "--memory", str(MEMORY_MIB),
                 "--cpus", str(n), "--timeout", "300"]

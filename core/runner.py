@@ -418,9 +418,9 @@ def _prepare(args: argparse.Namespace) -> RunSession | int:
             print(f"vireo: {choice.warning}", file=err)
         if args.accel == "auto":
             print(f"vireo: accelerator {choice.name} ({choice.reason})", file=err)
-        if choice.name == "software" and args.cpus > 1 and os.environ.get("VIREO_PARALLEL_VCPUS", "").strip() \
-                not in ("", "0"):
-            print(f"vireo: software CPU: {args.cpus} vCPUs in parallel (VIREO_PARALLEL_VCPUS)", file=err)
+        if choice.name == "software" and args.cpus > 1 and os.environ.get("VIREO_PARALLEL_VCPUS", "").strip() != "0":
+            print(f"vireo: software CPU: {args.cpus} vCPUs in parallel (VIREO_PARALLEL_VCPUS=0: time-shared)",
+                  file=err)
         vnc_address, vnc_password = _vnc_options(args)
         try:
             machine = Machine(config, serial_output=write, accel_choice=choice, restore=saved)

@@ -53,7 +53,7 @@ def create_accelerator(name: str, memory: GuestMemory, pio: PortIoBus, mmio: Mmi
             raise AcceleratorUnavailable("the software CPU needs the Python module unicorn 2.1.4 "
                                          "(pip install unicorn==2.1.4), or use the kvm accelerator") from exc
         from core.hypervisor.software_parallel import parallel_requested
-        if parallel_requested(num_cpus):            # opt-in: VIREO_PARALLEL_VCPUS=1 (docs/software-cpu.md)
+        if parallel_requested(num_cpus):            # 2+ vCPUs unless VIREO_PARALLEL_VCPUS=0 (docs/software-cpu.md)
             from core.hypervisor.software_parallel import ParallelSoftwareAccelerator
             return ParallelSoftwareAccelerator(memory, pio, mmio, num_cpus, timers)
         return SoftwareAccelerator(memory, pio, mmio, num_cpus, timers)

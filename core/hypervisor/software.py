@@ -15,8 +15,8 @@ What unicorn leaves out is supplied here and in its helpers, per the Intel SDM:
   frequency measured at start-up and reported in CPUID leaf 0x15/0x16.
 * The physical memory map -- RAM in place, MMIO everywhere else, device memory mapped as RAM, translated code
   dropped when the host writes guest RAM -- is software_memory's.
-* SMP: one unicorn instance per VM, time-shared by the vCPU threads (software_sched); or, opted into with
-  VIREO_PARALLEL_VCPUS=1, one instance per vCPU running in parallel (software_parallel).
+* SMP: one instance per vCPU running in parallel (software_parallel, the default with 2+ vCPUs); or, with
+  VIREO_PARALLEL_VCPUS=0, one unicorn instance per VM time-shared by the vCPU threads (software_sched).
 
 A SoftwareAccelerator is those parts together (one class made of the mixins of those modules, sharing the one
 emulator's state). It has no interrupt controllers of its own beyond each vCPU's local APIC: the 8259A pair, the

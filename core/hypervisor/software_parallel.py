@@ -1,5 +1,5 @@
-"""The software CPU with vCPUs in parallel on the host's cores (opt-in: VIREO_PARALLEL_VCPUS=1 with --cpus 2 or
-more; the time-shared engine of software.py/software_sched.py stays the default).
+"""The software CPU with vCPUs in parallel on the host's cores (the default with --cpus 2 or more;
+VIREO_PARALLEL_VCPUS=0 keeps the time-shared engine of software.py/software_sched.py).
 
 One unicorn 2.1.4 instance per vCPU, each run by its vCPU's thread without a lock around emulation (ctypes
 releases the interpreter lock inside uc_emu_start; Python hooks take it back):
@@ -44,9 +44,10 @@ ENV_VAR = "VIREO_PARALLEL_VCPUS"
 
 
 def parallel_requested(num_cpus: int) -> bool:
-    """Whether this VM's software CPU runs its vCPUs in parallel: asked for with VIREO_PARALLEL_VCPUS=1, and only
-    meaningful with more than one vCPU."""
-    return num_cpus > 1 and os.environ.get(ENV_VAR, "").strip() not in ("", "0")
+    """Whether this VM's software CPU runs its vCPUs in parallel: the default with more than one vCPU (as fast to
+    boot as time-sharing, and it uses the host's cores: docs/software-cpu.md); VIREO_PARALLEL_VCPUS=0 in the
+    environment keeps the time-shared engine."""
+    return num_cpus > 1 and os.environ.get(ENV_VAR, "").strip() != "0"
 
 
 class _Core(SoftwareAccelerator):

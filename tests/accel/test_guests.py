@@ -107,6 +107,8 @@ def test_smp_stress_locked_counters_exact_and_cross_modified_code_seen(accel: st
     if parallel:
         accel = "software"
         monkeypatch.setenv("VIREO_PARALLEL_VCPUS", "1")
+    else:
+        monkeypatch.setenv("VIREO_PARALLEL_VCPUS", "0")        # the time-shared engine (parallel is the default)
     require_guest(accel, "smpstress")
     code, out, err = run_guest("smpstress", accel, "--cpus", str(cpus), timeout=60)
     assert (f"{cpus} vCPUs in parallel" in err) == parallel, err

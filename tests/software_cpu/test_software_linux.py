@@ -35,8 +35,7 @@ def test_two_vcpus_hash_and_fork_exec_storm_without_lockups_or_wrong_sums(debian
     """8 s of one sha256 job per vCPU over and over plus a fork/exec storm, then the kernel's own detectors are
     read (issue 14): the soft-lockup and RCU-stall thresholds are lowered (4 s, 5 s) so that a vCPU starved
     within the run is reported within it. `parallel`: one unicorn instance per vCPU (VIREO_PARALLEL_VCPUS=1)."""
-    if parallel:
-        monkeypatch.setenv("VIREO_PARALLEL_VCPUS", "1")
+    monkeypatch.setenv("VIREO_PARALLEL_VCPUS", "1" if parallel else "0")
     initrd = initrd_with_current_init(busybox_initramfs, tmp_path)
     status, out, err = _run(debian_kernel, initrd, "smp-stress vireo.seconds=8 watchdog_thresh=2 "
                             "rcupdate.rcu_cpu_stall_timeout=5", "--cpus", "2", "--memory", "256", timeout=120)
