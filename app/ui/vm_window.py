@@ -7,7 +7,7 @@ showing the last picture, after it stops.
 from __future__ import annotations
 
 from PyQt6.QtCore import QSettings, Qt, pyqtSignal
-from PyQt6.QtWidgets import QMainWindow, QTabWidget, QToolBar, QWidget
+from PyQt6.QtWidgets import QMainWindow, QPushButton, QTabWidget, QToolBar, QWidget
 
 from app.host_bridge import HostBridge
 from app.icons import app_icon, state_icon
@@ -38,7 +38,7 @@ class VmWindow(QMainWindow):
         self.tabs = QTabWidget(self)
         self.tabs.setDocumentMode(True)
         self.console = SerialConsoleTab(bridge, uuid, self)
-        self.console.run_button.clicked.connect(self.actions_.run.trigger)
+        self._bind_run_button(self.console.run_button)
         self.tabs.addTab(self.console, "Serial Console")
         self.details = DetailsEditor(bridge, uuid, self)
         self.tabs.addTab(self.details, "Details")
@@ -58,6 +58,15 @@ class VmWindow(QMainWindow):
         else:
             self.resize(self.console.terminal.sizeHint().width() + 40, self.console.terminal.sizeHint().height() + 110)
         self._refresh()
+
+    def _bind_run_button(self, button: QPushButton) -> None:
+        """A banner's Run/Resume button is the toolbar's Run action: it is greyed out while the action is (the
+        force-off that stopped the VM may still be finishing when the banner appears), so a click is never
+        swallowed by a disabled action."""
+        run = self.actions_.run
+        button.clicked.connect(run.trigger)
+        button.setEnabled(run.isEnabled())
+        run.changed.connect(lambda: button.setEnabled(run.isEnabled()))
 
     def add_console_tab(self, widget: QWidget, title: str = "Console", select: bool = True) -> None:
         """For the framebuffer console: placed first, as the VM's main view."""
@@ -86,7 +95,7 @@ class VmWindow(QMainWindow):
             from app.ui.vm.console_tab import VmConsoleTab
 
             self.display = VmConsoleTab(self.bridge, self.uuid, self)
-            self.display.run_button.clicked.connect(self.actions_.run.trigger)
+            self._bind_run_button(self.display.run_button)
             # Take the front only from the serial console (where a started VM's window opens), not from a tab
             # the user chose.
             self.add_console_tab(self.display, "Console", select=self.tabs.currentWidget() is self.console)
