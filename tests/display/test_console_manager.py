@@ -105,10 +105,17 @@ def test_vm_window_console_tab_follows_the_vm(qtbot, xdg, debian_kernel, busybox
         assert not tab.view.polling and tab.view.frame is not None
         assert "Linux" in _screen(tab)   # the stopped machine's screen is still readable
 
-        # A new start is a new machine: the tab switches to its console.
+        # A new start is a new machine: the tab switches to its console. The banner's Run button is greyed out
+        # until the force-off call has finished, as the toolbar's Run is.
+        qtbot.waitUntil(tab.run_button.isEnabled, timeout=15_000)
         tab.run_button.click()
-        qtbot.waitUntil(lambda: tab.vm_console.session != first_session and tab.view.sink is not None,
-                        timeout=30_000)
+        try:
+            qtbot.waitUntil(lambda: tab.vm_console.session != first_session and tab.view.sink is not None,
+                            timeout=30_000)
+        except qtbot.TimeoutError:
+            raise AssertionError(f"no new console: VM {host.get(cfg.uuid).state}, tab status "
+                                 f"{tab.status.text()!r}, banner {tab.banner_text.text()!r}, "
+                                 f"session {tab.vm_console.session} (first {first_session})") from None
         # Until the new machine's first frame arrives the view keeps the old picture; then the new screen
         # (a fresh boot's prompt, no `uname` answer) replaces it.
         qtbot.waitUntil(lambda: _prompt_shown(tab) and "Linux" not in _screen(tab), timeout=120_000)

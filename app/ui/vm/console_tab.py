@@ -44,6 +44,8 @@ from core.host import Frame, VmConsole, VmInfo, VmState
 # A kernel booted with only console=ttyS0 never draws on the screen: after this long with a blank text screen the
 # banner says where the output went (a booting kernel's first line takes well under a second on the software CPU).
 BLANK_HINT_MS = 5000
+# After a failed console request while the VM runs, the next try (the state that would prompt one has come).
+RETRY_MS = 1000
 BLANK_HINT = ("Nothing on the screen yet: the guest may be writing to its serial console "
               "(see the Serial Console tab).")
 
@@ -210,9 +212,18 @@ class VmConsoleTab(QWidget):
             self.update_state(info)
 
     def _console_failed(self, message: str) -> None:
-        # Usually a race with the VM stopping; the next state change asks again. Say why meanwhile.
+        # Usually a race with the VM stopping, and the next state change asks again. If the VM still runs (its
+        # process had not yet published the console, or a worker hiccup), no state change will come: ask again
+        # shortly, as long as it runs. Say why meanwhile.
         self._requesting = False
         self.status.setText(f"No console: {message}")
+        QTimer.singleShot(RETRY_MS, self._retry_console)
+
+    def _retry_console(self) -> None:
+        info = self.bridge.info(self.uuid)
+        if info is not None and info.state in (VmState.RUNNING, VmState.PAUSED) and self._stale \
+                and not self._requesting:
+            self._request_console()
 
     # -- actions -------------------------------------------------------------------------------------------
     def _send_combo(self, names: tuple[str, ...]) -> None:
