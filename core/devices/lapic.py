@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from core.timers import TimerQueue, now_ns
 
@@ -83,6 +83,29 @@ class ApicCpu:
     def sipi(self, vector: int) -> None: ...          # start-up IPI
 
 
+class FastEoi(Protocol):
+    """A vCPU's record of EOIs written without the model (core/hypervisor/uc_fast_eoi.FastEoiWord)."""
+    def take(self) -> int: ...                        # how many were written since the last take; disarms
+    def arm(self, mmio_base: int) -> None: ...        # the next EOI to this page may be written natively
+
+
+class _FastEoiLock:
+    """The model's lock once EOIs can be written natively: taking it first applies them, so the model never
+    looks at a stale ISR."""
+    __slots__ = ("_lock", "_apic")
+
+    def __init__(self, lock: threading.RLock, apic: LocalApic) -> None:
+        self._lock, self._apic = lock, apic
+
+    def __enter__(self) -> _FastEoiLock:
+        self._lock.acquire()
+        self._apic._take_fast_eois()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class LocalApic:
     def __init__(self, apic_id: int, timers: TimerQueue, bus: ApicBus, cpu: ApicCpu, *, bus_hz: int,
                  tsc_hz: int, read_tsc: Callable[[], int], bsp: bool) -> None:
@@ -92,9 +115,22 @@ class LocalApic:
         self.bus_hz = bus_hz
         self.tsc_hz = tsc_hz
         self.read_tsc = read_tsc
-        self._lock = threading.RLock()
+        self._lock: threading.RLock | _FastEoiLock = threading.RLock()
+        self.fast_eoi: FastEoi | None = None
         self._timer = timers.timer(self._timer_fired)
         self.power_on(bsp)
+
+    def attach_fast_eoi(self, word: FastEoi) -> None:
+        """EOIs may be written natively while `word` is armed (uc_fast_eoi): from now on every use of the model
+        takes them first, under its lock."""
+        self.fast_eoi = word
+        self._lock = _FastEoiLock(self._lock, self)
+
+    def _take_fast_eois(self) -> None:
+        # Armed only with one edge-triggered vector in service and nothing requested (see acknowledge), and
+        # disarmed by this take: whatever was counted is that vector's EOI, with nothing to broadcast or wake.
+        if self.fast_eoi.take() and self.isr:
+            self.isr &= ~(1 << _highest(self.isr))
 
     # -- state ------------------------------------------------------------------------------------------------
     def power_on(self, bsp: bool) -> None:
@@ -187,6 +223,10 @@ class LocalApic:
             bit = 1 << v
             self.irr &= ~bit
             self.isr |= bit
+            if self.fast_eoi is not None and self.isr == bit and not self.irr and not self.tmr & bit:
+                base = self.mmio_base
+                if base is not None:
+                    self.fast_eoi.arm(base)
             return v
 
     # -- accepting interrupts ---------------------------------------------------------------------------------

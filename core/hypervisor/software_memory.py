@@ -47,6 +47,7 @@ import unicorn
 from core.bus import MmioBus
 from core.hypervisor import uc_internals as ui
 from core.hypervisor.base import AcceleratorUnavailable, fault_line
+from core.hypervisor.uc_fast_eoi import FastEoiBlock
 from core.hypervisor.uc_native import _Natives
 from core.memory import GuestMemory, MemoryRegion
 
@@ -122,9 +123,11 @@ class SoftwareMemoryMap:
         self._hole_read = read_cb = _MMIO_READ_CFUNC(self._mmio_read)
         self._hole_write = write_cb = _MMIO_WRITE_CFUNC(self._mmio_write)
         self._callbacks += [read_cb, write_cb]
+        # Writes to the holes go through the native EOI stub first; all but an armed EOI reach _mmio_write.
+        self.fast_eoi = FastEoiBlock(self.natives.fast_eoi, ui.addr_of(write_cb))
         for start, size in holes:
             for piece, piece_size in _pieces(start, start + size):
-                self._mmio_map(piece, piece_size, read_cb, write_cb, piece)
+                self._map_hole(piece, piece_size)
                 self._mmio_pieces[piece] = piece_size
         # The power-on CPU state: real mode, no paging, so QEMU's virtual->physical translation is the identity
         # while the memory map changes (see the module docstring).
@@ -240,7 +243,7 @@ class SoftwareMemoryMap:
                 if kind == "unmap":
                     uc.mem_unmap(start, size)
                 elif kind == "mmio":
-                    self._mmio_map(start, size, self._hole_read, self._hole_write, start)
+                    self._map_hole(start, size)
                 elif kind == "ram":
                     uc.mem_map_ptr(start, size, unicorn.UC_PROT_ALL, op[3])
                     if op[4] and start <= WRITE_PROT_LOW[1] and WRITE_PROT_LOW[0] < start + size:
@@ -287,9 +290,14 @@ class SoftwareMemoryMap:
         self.natives.page_table_reads.register(self.view.cpu, [(r.gpa, r.size, self.memory.host_address(r))
                                                                for r in self.ram_mappings])
 
-    def _mmio_map(self, start: int, size: int, read_cb, write_cb, user: int) -> None:
+    def _map_hole(self, start: int, size: int) -> None:
+        self._mmio_map(start, size, self._hole_read, self.natives.fast_eoi.write_stub, start,
+                       write_user=self.fast_eoi.user_for(start))
+
+    def _mmio_map(self, start: int, size: int, read_cb, write_cb, user: int, write_user: int | None = None) -> None:
+        write = write_cb if isinstance(write_cb, int) else ui.addr_of(write_cb)     # a native stub's address
         err = self.q.uc_mmio_map(self.uch, start, size, ctypes.cast(read_cb, c_void_p), c_void_p(user),
-                                 ctypes.cast(write_cb, c_void_p), c_void_p(user))
+                                 c_void_p(write), c_void_p(user if write_user is None else write_user))
         if err:
             raise AcceleratorUnavailable(f"unicorn cannot map MMIO at {start:#x}+{size:#x}: error {err}")
 

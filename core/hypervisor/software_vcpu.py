@@ -46,6 +46,7 @@ from core.hypervisor.software_cpuid import CRYSTAL_HZ
 from core.hypervisor.software_helpers import _QEMU_MSRS, MSR_APIC_BASE, MSR_TSC_ADJUST, MSR_TSC_DEADLINE
 from core.hypervisor.software_memory import INTA_PAGE
 from core.hypervisor.software_sched import QUANTUM_NS, REKICK_NS, _park_forever
+from core.hypervisor.uc_fast_eoi import FastEoiWord
 
 if TYPE_CHECKING:
     from core.devices.apic_bus import ApicBus
@@ -90,6 +91,9 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         self.lapic = LocalApic(index, accel.timers, apic_bus, self, bus_hz=CRYSTAL_HZ,
                                tsc_hz=accel.tsc_hz, read_tsc=self._read_tsc, bsp=index == 0)
         apic_bus.add(self.lapic)
+        self._fast_eoi = FastEoiWord(accel.natives.fast_eoi)
+        self._fast_eoi.block = accel.fast_eoi
+        self.lapic.attach_fast_eoi(self._fast_eoi)
         self._cond = threading.Condition()
         self._kicked = False
         self._wake = False
@@ -380,6 +384,8 @@ class SoftwareVcpu(Vcpu, ApicCpu):
                 # Something arrived since the checks above: do not start a slice that could miss its kick.
                 err = 0
             else:
+                if acc.fast_eoi.block[1] != self._fast_eoi.address:
+                    acc.fast_eoi.disarm()      # armed for another vCPU time-sharing this instance
                 err = acc.emu_start_slice(v)
             self._in_slice = False
             acc.running = None

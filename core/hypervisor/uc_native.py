@@ -32,6 +32,7 @@ from ctypes import c_int, c_uint64, c_void_p
 
 from core.hypervisor import uc_sysentry
 from core.hypervisor.uc_codetrack import CodeDirtyTracking
+from core.hypervisor.uc_fast_eoi import FastEoiStubs
 from core.hypervisor.uc_internals import UC_CPU, addr_of, qemu
 from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _poke_pointer
 from core.hypervisor.uc_physread import PageTableReads
@@ -167,6 +168,7 @@ class _Natives:
         self.code_tracking = CodeDirtyTracking(self.page)
         self.exit_check = InlineExitCheck(self.page)
         self.page_table_reads = PageTableReads(self.page)
+        self.fast_eoi = FastEoiStubs(self.page)
         self.page.seal()
 
     def _make_dispatch(self, name: str) -> Callable[[int, int], int]:
