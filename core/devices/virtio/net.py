@@ -401,7 +401,7 @@ class VirtioNet(VirtioDevice):
         mergeable = bool(self._driver_features & F_MRG_RXBUF)
         need = HDR_LEN + len(frame)
         held = self._held
-        room = sum(_writable_len(c) for c in held)
+        room = sum(c.writable_len for c in held)
         popped = False
         while not held or (mergeable and room < need):
             chain = q.pop(event=False)        # avail_event once for the frame's buffers (below), not per buffer
@@ -412,7 +412,7 @@ class VirtioNet(VirtioDevice):
             popped = True
             if chain.readable:
                 raise VirtqueueError(f"queue {q.index}: a receive buffer has a device-readable part")
-            size = _writable_len(chain)
+            size = chain.writable_len
             if size < HDR_LEN:
                 raise VirtqueueError(f"queue {q.index}: a receive buffer of {size} bytes cannot hold the header")
             held.append(chain)
@@ -428,7 +428,7 @@ class VirtioNet(VirtioDevice):
         # How many buffers the frame takes (only the first carries the header).
         used, total = 0, 0
         while total < need:
-            total += _writable_len(held[used])
+            total += held[used].writable_len
             used += 1
         flags = HDR_F_DATA_VALID if self._driver_features & F_GUEST_CSUM else 0
         data = memoryview(struct.pack("<BBHHHHH", flags, GSO_NONE, 0, 0, 0, 0, used) + frame)
@@ -553,6 +553,3 @@ def _scatter_frame(memory: GuestMemory, q: Virtqueue, chains: list[DescriptorCha
         memory.write(run_gpa, data[run_pos:pos])
     q.push_all(entries)
 
-
-def _writable_len(chain: DescriptorChain) -> int:
-    return sum(n for _, n in chain.writable)

@@ -18,6 +18,7 @@ VIRTQ_DESC_F_INDIRECT = 4
 VIRTQ_AVAIL_F_NO_INTERRUPT = 1
 MAX_QUEUE_SIZE = 32768
 DESC_SIZE = 16
+_DESC = struct.Struct("<QIHH")         # addr, len, flags, next (2.7.5)
 
 
 class VirtqueueError(Exception):
@@ -31,6 +32,7 @@ class DescriptorChain:
     head: int
     readable: list[tuple[int, int]] = field(default_factory=list)   # (gpa, length) the device reads
     writable: list[tuple[int, int]] = field(default_factory=list)   # (gpa, length) the device writes
+    writable_len: int = 0                                             # sum of the writable lengths
 
     @property
     def readable_len(self) -> int:
@@ -58,6 +60,9 @@ class Virtqueue:
         self.last_avail = 0
         self.used_idx = 0
         self.event_idx = False
+        self._avail_seen = None         # the available index last read (see pop)
+        self._desc_key: tuple[int, int] | None = None
+        self._desc_view: memoryview | None = None
 
     def validate(self) -> None:
         """Check the ring areas lie in RAM with the alignment the spec demands (2.7, table 2.3)."""
@@ -69,6 +74,7 @@ class Virtqueue:
                                           (self.used_addr, 6 + 8 * n, 4, "used ring")):
             if addr % align or not self.memory.contains(addr, length):
                 raise VirtqueueError(f"queue {self.index}: {what} at {addr:#x} is misaligned or outside RAM")
+        self._avail_seen = None
 
     # -- available ring -----------------------------------------------------------------------------------
     def _avail_idx(self) -> int:
@@ -79,12 +85,16 @@ class Virtqueue:
         the caller's mark_read() after a batch of pops."""
         if not self.ready:
             return None
-        avail_idx = self._avail_idx()
-        pending = (avail_idx - self.last_avail) & 0xFFFF
-        if pending == 0:
-            return None
-        if pending > self.size:
-            raise VirtqueueError(f"queue {self.index}: available index jumped by {pending} (> size {self.size})")
+        # The available index only moves forward (2.7.6), so chains up to the one last read are still there: it
+        # is read again only when they are used up (a receive frame takes 8-45 buffers, one read instead of each).
+        seen = self._avail_seen
+        if seen is None or not 0 < (seen - self.last_avail) & 0xFFFF <= self.size:
+            seen = self._avail_seen = self._avail_idx()
+            pending = (seen - self.last_avail) & 0xFFFF
+            if pending == 0:
+                return None
+            if pending > self.size:
+                raise VirtqueueError(f"queue {self.index}: available index jumped by {pending} (> size {self.size})")
         slot = self.last_avail % self.size
         head = self.memory.read_u16(self.avail_addr + 4 + 2 * slot)
         self.last_avail = (self.last_avail + 1) & 0xFFFF
@@ -98,14 +108,21 @@ class Virtqueue:
         if self.event_idx:
             self.memory.write_u16(self.used_addr + 4 + 8 * self.size, self.last_avail)
 
-    def _read_desc(self, table: int, i: int) -> tuple[int, int, int, int]:
-        return struct.unpack("<QIHH", self.memory.read(table + DESC_SIZE * i, DESC_SIZE))
+    def _desc_table(self) -> memoryview:
+        """The descriptor table as one view of guest RAM (bounds-checked when made), remade if the driver moved
+        or resized it."""
+        key = (self.desc_addr, self.size)
+        if self._desc_key != key or self._desc_view is None:
+            self._desc_view = self.memory.view(self.desc_addr, DESC_SIZE * self.size)
+            self._desc_key = key
+        return self._desc_view
 
     def _walk(self, head: int) -> DescriptorChain:
         if head >= self.size:
             raise VirtqueueError(f"queue {self.index}: descriptor head {head} out of range")
         chain = DescriptorChain(head)
-        table, table_size, i = self.desc_addr, self.size, head
+        table_size, i = self.size, head
+        desc = self._desc_table()
         seen = 0
         in_indirect = False
         indirect: list[tuple[int, int, int, int]] = []
@@ -113,7 +130,7 @@ class Virtqueue:
             seen += 1
             if seen > table_size:
                 raise VirtqueueError(f"queue {self.index}: descriptor chain from {head} loops")
-            addr, length, flags, nxt = indirect[i] if in_indirect else self._read_desc(table, i)
+            addr, length, flags, nxt = indirect[i] if in_indirect else _DESC.unpack_from(desc, DESC_SIZE * i)
             if flags & VIRTQ_DESC_F_INDIRECT:
                 if in_indirect:
                     raise VirtqueueError(f"queue {self.index}: nested indirect descriptor table")
@@ -124,12 +141,13 @@ class Virtqueue:
                 # One read of the whole table (a multi-segment request's table holds ~100 descriptors); the
                 # driver may not change it while the request is ours (2.7.5.3), so a snapshot is what it means.
                 indirect = list(struct.iter_unpack("<QIHH", self.memory.read(addr, length)))
-                table, table_size, i, in_indirect, seen = addr, length // DESC_SIZE, 0, True, 0
+                table_size, i, in_indirect, seen = length // DESC_SIZE, 0, True, 0
                 continue
             if length and not self.memory.contains(addr, length):
                 raise VirtqueueError(f"queue {self.index}: buffer {addr:#x}+{length:#x} outside RAM")
             if flags & VIRTQ_DESC_F_WRITE:
                 chain.writable.append((addr, length))
+                chain.writable_len += length
             else:
                 if chain.writable:
                     raise VirtqueueError(f"queue {self.index}: readable buffer after a writable one")
