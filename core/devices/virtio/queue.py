@@ -19,6 +19,7 @@ VIRTQ_AVAIL_F_NO_INTERRUPT = 1
 MAX_QUEUE_SIZE = 32768
 DESC_SIZE = 16
 _DESC = struct.Struct("<QIHH")         # addr, len, flags, next (2.7.5)
+_U16 = struct.Struct("<H")
 
 
 class VirtqueueError(Exception):
@@ -61,8 +62,9 @@ class Virtqueue:
         self.used_idx = 0
         self.event_idx = False
         self._avail_seen = None         # the available index last read (see pop)
-        self._desc_key: tuple[int, int] | None = None
+        self._views_key: tuple[int, int, int] | None = None
         self._desc_view: memoryview | None = None
+        self._avail_view: memoryview | None = None
 
     def validate(self) -> None:
         """Check the ring areas lie in RAM with the alignment the spec demands (2.7, table 2.3)."""
@@ -96,7 +98,7 @@ class Virtqueue:
             if pending > self.size:
                 raise VirtqueueError(f"queue {self.index}: available index jumped by {pending} (> size {self.size})")
         slot = self.last_avail % self.size
-        head = self.memory.read_u16(self.avail_addr + 4 + 2 * slot)
+        head = _U16.unpack_from(self._ring(), 4 + 2 * slot)[0]
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         if event:
             self.mark_read()
@@ -111,11 +113,21 @@ class Virtqueue:
     def _desc_table(self) -> memoryview:
         """The descriptor table as one view of guest RAM (bounds-checked when made), remade if the driver moved
         or resized it."""
-        key = (self.desc_addr, self.size)
-        if self._desc_key != key or self._desc_view is None:
-            self._desc_view = self.memory.view(self.desc_addr, DESC_SIZE * self.size)
-            self._desc_key = key
+        if self._views_key != (self.desc_addr, self.avail_addr, self.size) or self._desc_view is None:
+            self._make_views()
         return self._desc_view
+
+    def _ring(self) -> memoryview:
+        """The available ring (flags, idx, ring[size]) as one view, like the descriptor table."""
+        if self._views_key != (self.desc_addr, self.avail_addr, self.size) or self._avail_view is None:
+            self._make_views()
+        return self._avail_view
+
+    def _make_views(self) -> None:
+        n = self.size
+        self._desc_view = self.memory.view(self.desc_addr, DESC_SIZE * n)
+        self._avail_view = self.memory.view(self.avail_addr, 4 + 2 * n)
+        self._views_key = (self.desc_addr, self.avail_addr, n)
 
     def _walk(self, head: int) -> DescriptorChain:
         if head >= self.size:
