@@ -43,8 +43,13 @@ READ_FILE = ("mkdir -p /mnt && mount -t ext2 -o ro /dev/vda /mnt && echo VIREO-R
              "umount /mnt")
 
 
-def click(qtbot, widget) -> None:
-    assert widget.isEnabled(), f"{widget.objectName() or widget.text()} is disabled"
+def click(qtbot, widget, wait_ms: int = 10_000) -> None:
+    """Click the widget as a person would: once it is enabled (a lifecycle button is greyed out while the VM's
+    previous operation -- Apply, a force-off -- finishes on its worker), failing if it stays disabled."""
+    try:
+        qtbot.waitUntil(widget.isEnabled, timeout=wait_ms)
+    except qtbot.TimeoutError:
+        raise AssertionError(f"{widget.objectName() or widget.text()} is disabled") from None
     pos = QPoint()   # the centre
     if isinstance(widget, (QCheckBox, QRadioButton)):
         # These stretch across their layout but answer clicks only on the indicator and label, at the left.
