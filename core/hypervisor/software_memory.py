@@ -124,7 +124,7 @@ class SoftwareMemoryMap:
         self._hole_write = write_cb = _MMIO_WRITE_CFUNC(self._mmio_write)
         self._callbacks += [read_cb, write_cb]
         # Writes to the holes go through the native EOI stub first; all but an armed EOI reach _mmio_write.
-        self.fast_eoi = FastEoiBlock(self.natives.fast_eoi, ui.addr_of(write_cb))
+        self.fast_eoi = FastEoiBlock(ui.addr_of(write_cb))
         for start, size in holes:
             for piece, piece_size in _pieces(start, start + size):
                 self._map_hole(piece, piece_size)

@@ -63,8 +63,7 @@ class FastEoiStubs:
 class FastEoiBlock:
     """One unicorn instance's block, and the per-piece records its MMIO holes' write callback receives."""
 
-    def __init__(self, stubs: FastEoiStubs, python_write: int) -> None:
-        self.stubs = stubs
+    def __init__(self, python_write: int) -> None:
         self.block = (c_uint64 * 3)(NOT_ARMED, 0, python_write)
         self._records: dict[int, ctypes.Array] = {}
 

@@ -62,9 +62,8 @@ class Virtqueue:
         self.used_idx = 0
         self.event_idx = False
         self._avail_seen = None         # the available index last read (see pop)
-        self._views_key: tuple[int, int, int] | None = None
-        self._desc_view: memoryview | None = None
-        self._avail_view: memoryview | None = None
+        self._views_key: tuple[int, int, int] | None = None       # what _views were made for
+        self._views: tuple[memoryview, memoryview] | None = None
 
     def validate(self) -> None:
         """Check the ring areas lie in RAM with the alignment the spec demands (2.7, table 2.3)."""
@@ -98,7 +97,7 @@ class Virtqueue:
             if pending > self.size:
                 raise VirtqueueError(f"queue {self.index}: available index jumped by {pending} (> size {self.size})")
         slot = self.last_avail % self.size
-        head = _U16.unpack_from(self._ring(), 4 + 2 * slot)[0]
+        head = _U16.unpack_from(self._ring_views()[1], 4 + 2 * slot)[0]
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         if event:
             self.mark_read()
@@ -110,31 +109,23 @@ class Virtqueue:
         if self.event_idx:
             self.memory.write_u16(self.used_addr + 4 + 8 * self.size, self.last_avail)
 
-    def _desc_table(self) -> memoryview:
-        """The descriptor table as one view of guest RAM (bounds-checked when made), remade if the driver moved
-        or resized it."""
-        if self._views_key != (self.desc_addr, self.avail_addr, self.size) or self._desc_view is None:
-            self._make_views()
-        return self._desc_view
-
-    def _ring(self) -> memoryview:
-        """The available ring (flags, idx, ring[size]) as one view, like the descriptor table."""
-        if self._views_key != (self.desc_addr, self.avail_addr, self.size) or self._avail_view is None:
-            self._make_views()
-        return self._avail_view
-
-    def _make_views(self) -> None:
-        n = self.size
-        self._desc_view = self.memory.view(self.desc_addr, DESC_SIZE * n)
-        self._avail_view = self.memory.view(self.avail_addr, 4 + 2 * n)
-        self._views_key = (self.desc_addr, self.avail_addr, n)
+    def _ring_views(self) -> tuple[memoryview, memoryview]:
+        """The descriptor table and the available ring (flags, idx, ring[size]) as views of guest RAM,
+        bounds-checked when made and remade if the driver moved or resized them."""
+        key = (self.desc_addr, self.avail_addr, self.size)
+        if self._views_key != key:
+            n = self.size
+            self._views = (self.memory.view(self.desc_addr, DESC_SIZE * n),
+                           self.memory.view(self.avail_addr, 4 + 2 * n))
+            self._views_key = key
+        return self._views
 
     def _walk(self, head: int) -> DescriptorChain:
         if head >= self.size:
             raise VirtqueueError(f"queue {self.index}: descriptor head {head} out of range")
         chain = DescriptorChain(head)
         table_size, i = self.size, head
-        desc = self._desc_table()
+        desc = self._ring_views()[0]
         seen = 0
         in_indirect = False
         indirect: list[tuple[int, int, int, int]] = []
