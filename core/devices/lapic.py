@@ -89,17 +89,26 @@ class FastEoi(Protocol):
     def arm(self, mmio_base: int) -> None: ...        # the next EOI to this page may be written natively
 
 
-class _FastEoiLock:
-    """The model's lock once EOIs can be written natively: taking it first applies them, so the model never
-    looks at a stale ISR."""
+class PolledTimer(Protocol):
+    """A local APIC timer fired by polling, on the vCPU's thread (core/hypervisor/vcpu_signal_timer)."""
+    deadline: int | None
+    def poll(self) -> None: ...                       # fire it if its deadline has passed
+    def arm(self, deadline_ns: int) -> None: ...
+    def cancel(self) -> None: ...
+
+
+class _CatchUpLock:
+    """The model's lock once part of its state changes outside it -- EOIs written natively (uc_fast_eoi), a timer
+    expiry signalled to the vCPU's thread (vcpu_signal_timer): taking it first applies those, so the model never
+    looks at a stale ISR or IRR."""
     __slots__ = ("_lock", "_apic")
 
     def __init__(self, lock: threading.RLock, apic: LocalApic) -> None:
         self._lock, self._apic = lock, apic
 
-    def __enter__(self) -> _FastEoiLock:
+    def __enter__(self) -> _CatchUpLock:
         self._lock.acquire()
-        self._apic._take_fast_eois()
+        self._apic._catch_up()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -115,16 +124,43 @@ class LocalApic:
         self.bus_hz = bus_hz
         self.tsc_hz = tsc_hz
         self.read_tsc = read_tsc
-        self._lock: threading.RLock | _FastEoiLock = threading.RLock()
+        self._lock: threading.RLock | _CatchUpLock = threading.RLock()
         self.fast_eoi: FastEoi | None = None
         self._timer = timers.timer(self._timer_fired)
+        self._polled_timer: PolledTimer | None = None
         self.power_on(bsp)
 
     def attach_fast_eoi(self, word: FastEoi) -> None:
         """EOIs may be written natively while `word` is armed (uc_fast_eoi): from now on every use of the model
         takes them first, under its lock."""
         self.fast_eoi = word
-        self._lock = _FastEoiLock(self._lock, self)
+        self._catch_up_under_lock()
+
+    def use_polled_timer(self, timer: PolledTimer) -> None:
+        """Run the timer on `timer` instead of the TimerQueue (vcpu_signal_timer): from now on every use of the
+        model first fires it if its deadline has passed, under its lock."""
+        with self._lock:
+            old, self._timer = self._timer, timer
+            if old.deadline is not None:
+                timer.arm(old.deadline)
+                old.cancel()
+            self._polled_timer = timer
+        self._catch_up_under_lock()
+
+    def _catch_up_under_lock(self) -> None:
+        if not isinstance(self._lock, _CatchUpLock):
+            self._lock = _CatchUpLock(self._lock, self)
+
+    def _catch_up(self) -> None:
+        if self.fast_eoi is not None:
+            self._take_fast_eois()
+        if self._polled_timer is not None:
+            self._polled_timer.poll()
+
+    def poll_timer(self) -> None:
+        """Fire a polled timer whose deadline has passed (taking the lock does it)."""
+        with self._lock:
+            pass
 
     def _take_fast_eois(self) -> None:
         # Armed only with one edge-triggered vector in service and nothing requested (see acknowledge), and

@@ -36,6 +36,7 @@ from core.hypervisor.base import (
     Vcpu,
     VcpuExit,
 )
+from core.hypervisor.host_signals import install_handler
 from core.hypervisor.kvm_cpuid import build_cpuid
 
 if TYPE_CHECKING:
@@ -86,12 +87,6 @@ APIC_BASE_BSP = 1 << 8
 KICK_SIGNAL = signal.SIGRTMIN + 4    # an RT signal: nobody else uses it; glibc reserves the first two
 
 
-class _sigaction(ctypes.Structure):
-    # glibc's struct sigaction on x86-64: handler, a 1024-bit sigset_t, flags, restorer.
-    _fields_ = [("sa_handler", ctypes.c_void_p), ("sa_mask", ctypes.c_ulong * 16), ("sa_flags", ctypes.c_int),
-                ("sa_restorer", ctypes.c_void_p)]
-
-
 _kick_lock = threading.Lock()
 _kick_installed = False
 
@@ -104,12 +99,10 @@ def _install_kick_signal() -> None:
         if _kick_installed:
             return
         libc = ctypes.CDLL(None, use_errno=True)
-        act = _sigaction()
-        act.sa_handler = ctypes.cast(libc.getpid, ctypes.c_void_p).value   # ignores its argument; signal-safe
-        act.sa_flags = 0
-        if libc.sigaction(KICK_SIGNAL, ctypes.byref(act), None) != 0:
-            err = ctypes.get_errno()
-            raise AcceleratorUnavailable(f"cannot install the vCPU kick signal: {os.strerror(err)}")
+        try:         # getpid ignores its argument and is signal-safe
+            install_handler(KICK_SIGNAL, ctypes.cast(libc.getpid, ctypes.c_void_p).value, 0)
+        except OSError as exc:
+            raise AcceleratorUnavailable(f"cannot install the vCPU kick signal: {exc.strerror}") from None
         _kick_installed = True
 
 

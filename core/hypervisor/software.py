@@ -144,6 +144,12 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
         _register_live(self)
 
     @property
+    def one_vcpu_per_instance(self) -> bool:
+        """Whether each vCPU has this unicorn instance to itself, always run by its own thread (a 1-vCPU VM; the
+        parallel engine's instances say so too)."""
+        return self.num_cpus == 1
+
+    @property
     def tsc_hz(self) -> int:
         """The guest TSC's frequency (the host's): first asked for by the vCPUs' local APICs, once the board has
         built its devices, so the measurement started with the accelerator rarely has to wait."""
@@ -200,6 +206,7 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
         self.memory.remove_write_listener(self._ram_written)
         for vcpu in self.vcpus.values():
             vcpu.lapic.reset_for_init()
+            vcpu.close_timer()
             vcpu.closed = True
             vcpu.kick()
         stopped = self.quiesce()

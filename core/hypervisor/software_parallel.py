@@ -65,6 +65,8 @@ class _Core(SoftwareAccelerator):
         # The time-shared engine never sees that: its one instance has run the BSP by then.
         ctypes.c_bool.from_address(self.view.cpu + ui.CPU_STOPPED).value = False
 
+    one_vcpu_per_instance = True     # its vCPU's thread alone runs it (vcpu_signal_timer)
+
     def _track_code_pages(self) -> None:
         """As for any instance (uc_codetrack's bitmap goes unused: uc_codeshare's stubs take this instance's
         code-page tracking before it), and note the top of its ram_addr space for the group's masks."""

@@ -47,6 +47,8 @@ from core.hypervisor.software_helpers import _QEMU_MSRS, MSR_APIC_BASE, MSR_TSC_
 from core.hypervisor.software_memory import INTA_PAGE
 from core.hypervisor.software_sched import QUANTUM_NS, REKICK_NS, _park_forever
 from core.hypervisor.uc_fast_eoi import FastEoiWord
+from core.hypervisor.vcpu_signal_timer import VcpuSignalTimer
+from core.hypervisor.vcpu_signal_timer import wanted as signal_timer_wanted
 
 if TYPE_CHECKING:
     from core.devices.apic_bus import ApicBus
@@ -95,6 +97,14 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         self._fast_eoi.block = accel.fast_eoi
         self.lapic.attach_fast_eoi(self._fast_eoi)
         self._cond = threading.Condition()
+        # A vCPU alone on its instance takes its local APIC timer on its own thread (vcpu_signal_timer); vCPUs
+        # time-sharing an instance leave it to the TimerQueue thread, since the signal would reach one of them.
+        self._vtimer: VcpuSignalTimer | None = None
+        if accel.one_vcpu_per_instance and signal_timer_wanted():
+            self._vtimer = VcpuSignalTimer(self.lapic._timer_fired, accel.natives.timer_signal_handler,
+                                           accel._interrupt_request_addr, accel._exit_request_addr,
+                                           on_foreign_arm=self._timer_moved)
+            self.lapic.use_polled_timer(self._vtimer)
         self._kicked = False
         self._wake = False
         self.halted = False
@@ -289,6 +299,17 @@ class SoftwareVcpu(Vcpu, ApicCpu):
                 self._rekick_seq = seq
                 self._rekick.arm_after(REKICK_NS)
 
+    def _timer_moved(self) -> None:
+        """Another thread armed this vCPU's local APIC timer (a restore, an INIT): a halted vCPU sleeps until the
+        deadline it knew of, so it looks again."""
+        with self._cond:
+            self._wake = True
+            self._cond.notify_all()
+
+    def close_timer(self) -> None:
+        if self._vtimer is not None:
+            self._vtimer.close()
+
     def _rekick_check(self) -> None:
         if self._in_slice and self._slice_seq == self._rekick_seq and self.accel.running is self:
             self.accel.q.uc_emu_stop(self.accel.uch)
@@ -304,6 +325,9 @@ class SoftwareVcpu(Vcpu, ApicCpu):
 
     # -- running --------------------------------------------------------------------------------------------
     def run(self) -> VcpuExit:
+        vt = self._vtimer
+        if vt is not None and vt.thread_id != threading.get_native_id():
+            vt.bind_to_current_thread()
         while True:
             if self.accel._frozen:
                 _park_forever()
@@ -338,9 +362,15 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         return bool(self._if_flag)
 
     def _sleep(self) -> None:
+        vt = self._vtimer
+        if vt is not None:
+            self.lapic.poll_timer()             # its expiry is this thread's to fire, halted or not
         with self._cond:
             while not (self._kicked or self._wake or self.closed):
-                self._cond.wait()
+                timeout = None if vt is None else vt.seconds_left()
+                if timeout == 0:
+                    break                       # the deadline came: the next look (has_interrupt, _sleep) fires it
+                self._cond.wait(timeout)
             self._wake = False
 
     def _start_from_sipi(self, vector: int) -> None:
@@ -372,6 +402,10 @@ class SoftwareVcpu(Vcpu, ApicCpu):
                 self.nmi_pending = False
                 req |= ui.CPU_INTERRUPT_NMI
             v.interrupt_request = req
+            vt = self._vtimer
+            if vt is not None and vt.due() and self.lapic.has_interrupt():
+                # The timer's signal came after the look above and its VIRQ request was overwritten.
+                v.interrupt_request = req | ui.CPU_INTERRUPT_VIRQ
             v.old_exception = -1
             self._slice_seq += 1
             acc.running = self

@@ -37,6 +37,7 @@ from core.hypervisor.uc_internals import UC_CPU, addr_of, qemu
 from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _poke_pointer
 from core.hypervisor.uc_physread import PageTableReads
 from core.hypervisor.uc_tbstart import InlineExitCheck
+from core.hypervisor.vcpu_signal_timer import HANDLER_STUB as TIMER_SIGNAL_HANDLER
 from core.pio_lanes import LANES, WRITE_KEY
 
 
@@ -169,6 +170,7 @@ class _Natives:
         self.exit_check = InlineExitCheck(self.page)
         self.page_table_reads = PageTableReads(self.page)
         self.fast_eoi = FastEoiStubs(self.page)
+        self.timer_signal_handler = self.page.add(TIMER_SIGNAL_HANDLER)     # vcpu_signal_timer
         self.page.seal()
 
     def _make_dispatch(self, name: str) -> Callable[[int, int], int]:

@@ -44,6 +44,8 @@ ALLOWED: dict[str, str] = {
     # Time.
     "clock_gettime": "monotonic deadlines (vDSO fallback)", "clock_nanosleep": "time.sleep",
     "nanosleep": "time.sleep in libraries", "clock_getres": "time module", "gettimeofday": "vDSO fallback",
+    "timer_create": "the software vCPUs' local APIC timers (vcpu_signal_timer)", "timer_settime": "the same",
+    "timer_delete": "the same",
     # Descriptors already open: disks, sockets, the KVM fds, pipes, the log.
     "read": "sockets, pipes, eventfds", "write": "sockets, pipes, the log", "readv": "sockets", "writev": "sockets",
     "pread64": "disk images", "pwrite64": "disk images", "preadv": "disk images", "pwritev": "disk images",
