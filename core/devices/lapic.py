@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+from core.devices.lapic_catchup import CatchUpLock, FastEoi, PolledTimer
 from core.timers import TimerQueue, now_ns
 
 if TYPE_CHECKING:
@@ -83,38 +84,6 @@ class ApicCpu:
     def sipi(self, vector: int) -> None: ...          # start-up IPI
 
 
-class FastEoi(Protocol):
-    """A vCPU's record of EOIs written without the model (core/hypervisor/uc_fast_eoi.FastEoiWord)."""
-    def take(self) -> int: ...                        # how many were written since the last take; disarms
-    def arm(self, mmio_base: int) -> None: ...        # the next EOI to this page may be written natively
-
-
-class PolledTimer(Protocol):
-    """A local APIC timer fired by polling, on the vCPU's thread (core/hypervisor/vcpu_signal_timer)."""
-    deadline: int | None
-    def poll(self) -> None: ...                       # fire it if its deadline has passed
-    def arm(self, deadline_ns: int) -> None: ...
-    def cancel(self) -> None: ...
-
-
-class _CatchUpLock:
-    """The model's lock once part of its state changes outside it -- EOIs written natively (uc_fast_eoi), a timer
-    expiry signalled to the vCPU's thread (vcpu_signal_timer): taking it first applies those, so the model never
-    looks at a stale ISR or IRR."""
-    __slots__ = ("_lock", "_apic")
-
-    def __init__(self, lock: threading.RLock, apic: LocalApic) -> None:
-        self._lock, self._apic = lock, apic
-
-    def __enter__(self) -> _CatchUpLock:
-        self._lock.acquire()
-        self._apic._catch_up()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
 class LocalApic:
     def __init__(self, apic_id: int, timers: TimerQueue, bus: ApicBus, cpu: ApicCpu, *, bus_hz: int,
                  tsc_hz: int, read_tsc: Callable[[], int], bsp: bool) -> None:
@@ -124,7 +93,7 @@ class LocalApic:
         self.bus_hz = bus_hz
         self.tsc_hz = tsc_hz
         self.read_tsc = read_tsc
-        self._lock: threading.RLock | _CatchUpLock = threading.RLock()
+        self._lock: threading.RLock | CatchUpLock = threading.RLock()
         self.fast_eoi: FastEoi | None = None
         self._timer = timers.timer(self._timer_fired)
         self._polled_timer: PolledTimer | None = None
@@ -148,8 +117,8 @@ class LocalApic:
         self._catch_up_under_lock()
 
     def _catch_up_under_lock(self) -> None:
-        if not isinstance(self._lock, _CatchUpLock):
-            self._lock = _CatchUpLock(self._lock, self)
+        if not isinstance(self._lock, CatchUpLock):
+            self._lock = CatchUpLock(self._lock, self)
 
     def _catch_up(self) -> None:
         if self.fast_eoi is not None:
@@ -358,10 +327,11 @@ class LocalApic:
             self._timer.arm(self.timer_start_ns + self._ticks_to_ns(self.timer_initial))
 
     def _arm_deadline(self) -> None:
-        self._timer.cancel()
         if self.tsc_deadline and self._timer_mode() == TIMER_TSC_DEADLINE:
             delta = self.tsc_deadline - self.read_tsc()
-            self._timer.arm(now_ns() + max(0, delta * 1_000_000_000 // self.tsc_hz))
+            self._timer.arm(now_ns() + max(0, delta * 1_000_000_000 // self.tsc_hz))   # replaces the last one
+        else:
+            self._timer.cancel()
 
     def _timer_fired(self) -> None:
         with self._lock:

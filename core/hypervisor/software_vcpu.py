@@ -414,7 +414,8 @@ class SoftwareVcpu(Vcpu, ApicCpu):
             self._in_slice = True
             with self._cond:
                 pending = self._kicked or self._wake
-            if pending or acc._frozen:
+            ran = not (pending or acc._frozen)
+            if not ran:
                 # Something arrived since the checks above: do not start a slice that could miss its kick.
                 err = 0
             else:
@@ -431,6 +432,8 @@ class SoftwareVcpu(Vcpu, ApicCpu):
             if err:
                 return VcpuExit(ExitReason.ERROR, f"unicorn error {err} ({unicorn.UcError(err)}) at "
                                                   f"rip={v.rip:#x} cs={v.seg(ui.ENV_SEGS + 24)[0]:#x}")
+            if not ran:
+                return None                 # a fresh instance's CPU reads as stopped until its first emu_start
             if v.stopped and not v.halted:
                 return VcpuExit(ExitReason.SHUTDOWN, f"triple fault at rip={v.rip:#x}")
             if v.halted:
