@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.pcap_stalls import downloads  # noqa: E402
 from tests.helpers.initrd import initrd_with_current_init  # noqa: E402
 
 OUT = ROOT / "tests" / "fixtures" / "out"
@@ -192,6 +193,10 @@ def main() -> int:
     ap.add_argument("--mib", type=int, default=32, help="MiB per transfer (default 32)")
     ap.add_argument("--requests", type=int, default=200, help="HTTP requests through the forward (default 200)")
     ap.add_argument("--only", choices=("vireo", "qemu"), help="run one side only (profiling)")
+    ap.add_argument("--pcap", action="store_true",
+                    help="capture each boot's passt traffic (passt --pcap, both sides) and report the host -> guest "
+                         "transfers that stalled (a gap of over 50 ms between data frames), and the medians of "
+                         "those that did not (bench/pcap_stalls.py)")
     args = ap.parse_args()
     kernel, base = OUT / "vmlinuz-amd64", OUT / "initramfs-amd64.cpio.gz"
     if not kernel.exists() or not base.exists():
@@ -205,6 +210,9 @@ def main() -> int:
     blob = start_blob_server(size)
     sides = [(n, m) for n, m in (("vireo", vireo_cmd), ("qemu", qemu_cmd)) if args.only in (None, n)]
     all_results: dict[str, dict[str, list[float]]] = {n: {"h2g": [], "g2h": [], "latency": []} for n, _ in sides}
+    unstalled: dict[str, list[float]] = {n: [] for n, _ in sides}
+    stalls: dict[str, list[float]] = {n: [] for n, _ in sides}
+    pcap_dir = capture_passt() if args.pcap else None
     with tempfile.TemporaryDirectory(prefix="vireo-netbench-") as tmp:
         work = Path(tmp)
         initrd = initrd_with_current_init(base, work)
@@ -213,10 +221,16 @@ def main() -> int:
                 r = run_once(name, make, kernel, initrd, args, blob, work)
                 for key, values in r.items():
                     all_results[name][key] += values
-                print(f"run {run + 1} {name:5}: h2g {' '.join(f'{v:.1f}' for v in r['h2g'])} MB/s  "
-                      f"g2h {' '.join(f'{v:.1f}' for v in r['g2h'])} MB/s  "
-                      f"latency median {statistics.median(r['latency']):.2f} ms", flush=True)
+                line = (f"run {run + 1} {name:5}: h2g {' '.join(f'{v:.1f}' for v in r['h2g'])} MB/s  "
+                        f"g2h {' '.join(f'{v:.1f}' for v in r['g2h'])} MB/s  "
+                        f"latency median {statistics.median(r['latency']):.2f} ms")
+                if pcap_dir is not None:
+                    line += "  " + stalled_transfers(pcap_dir, blob.server_address[1], r["h2g"],
+                                                     unstalled[name], stalls[name])
+                print(line, flush=True)
     blob.shutdown()
+    if pcap_dir is not None:
+        shutil.rmtree(pcap_dir, ignore_errors=True)
     for d in work_dirs:
         shutil.rmtree(d, ignore_errors=True)
     print(f"\nmedians over {args.runs} alternating boots x {args.reps} transfers of {args.mib} MiB, "
@@ -232,7 +246,49 @@ def main() -> int:
         else:
             (n, v), = med.items()
             print(f"{label:22}{v:10.2f}" if n == "vireo" else f"{label:22}{'':10}{v:10.2f}")
+    if pcap_dir is not None:
+        print("host->guest transfers with a stall of over 50 ms (passt's capture): "
+              + ", ".join(f"{n} {len(stalls[n])} of {len(all_results[n]['h2g'])}"
+                          + (f" (longest {max(stalls[n]) * 1000:.0f} ms)" if stalls[n] else "") for n, _ in sides))
+        med = {n: statistics.median(v) for n, v in unstalled.items() if v}
+        row = "  ".join(f"{n} {v:.1f} MB/s ({len(unstalled[n])})" for n, v in med.items())
+        if len(med) == 2:
+            row += f"  vireo/qemu {med['vireo'] / med['qemu']:.2f}"
+        print(f"host->guest medians of the transfers without one: {row}")
     return 0
+
+
+def capture_passt() -> Path:
+    """Put a `passt` first in PATH that runs the real one with --pcap into a fresh directory (for both sides: Vireo
+    and this script start passt by name). passt started as root runs as nobody, so the directory is
+    world-writable."""
+    real = shutil.which("passt")
+    pcap_dir = Path(tempfile.mkdtemp(prefix="vireo-netbench-pcap-"))
+    pcap_dir.chmod(0o1777)
+    wrapper = pcap_dir / "bin" / "passt"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {real} --pcap "{pcap_dir}/$(date +%s%N).pcap" "$@"\n')
+    wrapper.chmod(0o755)
+    os.environ["PATH"] = f"{wrapper.parent}:{os.environ['PATH']}"
+    return pcap_dir
+
+
+def stalled_transfers(pcap_dir: Path, server_port: int, guest_mbs: list[float], unstalled: list[float],
+                      stalls: list[float]) -> str:
+    """Read (and delete) the boot's capture: which of its host->guest transfers stalled. The guest's own
+    figures (guest_mbs, in order) of those that did not go to `unstalled`, the stalls' lengths to `stalls`."""
+    transfers = []
+    for path in sorted(pcap_dir.glob("*.pcap")):
+        transfers += downloads(path, server_port)
+        path.unlink()
+    if len(transfers) != len(guest_mbs):
+        return f"pcap: {len(transfers)} downloads seen for {len(guest_mbs)} transfers"
+    for tr, mbs in zip(transfers, guest_mbs, strict=True):
+        if tr.stalled:
+            stalls.append(tr.longest_gap)
+        else:
+            unstalled.append(mbs)
+    return "stalls " + " ".join(f"{tr.longest_gap * 1000:.0f}ms" if tr.stalled else "-" for tr in transfers)
 
 
 if __name__ == "__main__":
