@@ -20,7 +20,12 @@ and the medians over all runs and reps are compared. "vireo/qemu" is Vireo's spe
 metric: MB/s divided for throughput, ms inverted for latency (above 1: Vireo is faster; issue 13's target: >= 0.9).
 The host's CPU is shared, so single runs are noisy: look at medians and use --runs >= 3.
 
-    .venv/bin/python bench/net.py [--runs 3] [--reps 3] [--mib 32] [--requests 200]
+With --pcap each side's passt also writes its capture (a `passt` wrapper first in PATH adds --pcap), and each run
+line says which host -> guest transfers stalled: a slow transfer is a fast one with a single ~170 ms gap in which
+passt has nothing to send, on QEMU's side too (bench/pcap_stalls.py, docs/net-performance.md "Session 11"). The
+summary then adds the stall counts and the medians of the transfers without one.
+
+    .venv/bin/python bench/net.py [--runs 3] [--reps 3] [--mib 32] [--requests 200] [--pcap]
 """
 from __future__ import annotations
 
