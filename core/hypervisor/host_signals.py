@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 
 SA_SIGINFO = 4
 SA_RESTART = 0x10000000
@@ -18,13 +19,20 @@ class Sigaction(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_lock = threading.Lock()
+_installed: set[int] = set()
 
 
 def install_handler(signum: int, handler: int, flags: int) -> None:
-    """Make the native function at `handler` the handler of `signum` (process-wide); OSError when refused."""
-    act = Sigaction()
-    act.sa_handler = handler
-    act.sa_flags = flags
-    if _libc.sigaction(signum, ctypes.byref(act), None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    """Make the native function at `handler` the handler of `signum` (process-wide), once per process: later
+    calls for the same signal do nothing. OSError when refused."""
+    with _lock:
+        if signum in _installed:
+            return
+        act = Sigaction()
+        act.sa_handler = handler
+        act.sa_flags = flags
+        if _libc.sigaction(signum, ctypes.byref(act), None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        _installed.add(signum)

@@ -87,23 +87,14 @@ APIC_BASE_BSP = 1 << 8
 KICK_SIGNAL = signal.SIGRTMIN + 4    # an RT signal: nobody else uses it; glibc reserves the first two
 
 
-_kick_lock = threading.Lock()
-_kick_installed = False
-
-
 def _install_kick_signal() -> None:
     """Give KICK_SIGNAL a handler that returns at once, without SA_RESTART: delivering it to a thread inside
     KVM_RUN makes the ioctl fail with EINTR (api.rst KVM_RUN: it returns -EINTR when a signal is pending)."""
-    global _kick_installed
-    with _kick_lock:
-        if _kick_installed:
-            return
-        libc = ctypes.CDLL(None, use_errno=True)
-        try:         # getpid ignores its argument and is signal-safe
-            install_handler(KICK_SIGNAL, ctypes.cast(libc.getpid, ctypes.c_void_p).value, 0)
-        except OSError as exc:
-            raise AcceleratorUnavailable(f"cannot install the vCPU kick signal: {exc.strerror}") from None
-        _kick_installed = True
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:             # getpid ignores its argument and is signal-safe
+        install_handler(KICK_SIGNAL, ctypes.cast(libc.getpid, ctypes.c_void_p).value, 0)
+    except OSError as exc:
+        raise AcceleratorUnavailable(f"cannot install the vCPU kick signal: {exc.strerror}") from None
 
 
 # -- exit decoding ---------------------------------------------------------------------------------------------

@@ -74,8 +74,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.timer_create.argtypes = [c_int, ctypes.POINTER(_Sigevent), ctypes.POINTER(c_void_p)]
 _libc.timer_settime.argtypes = [c_void_p, c_int, ctypes.POINTER(_Itimerspec), c_void_p]
 _libc.timer_delete.argtypes = [c_void_p]
-_install_lock = threading.Lock()
-_installed = False
 _retired: list[ctypes.Array] = []
 
 
@@ -83,17 +81,6 @@ def wanted() -> bool:
     """Whether vCPUs with an instance of their own take their local APIC timer this way (VIREO_VCPU_TIMER=0:
     no, the TimerQueue thread serves it, as it does for time-shared vCPUs)."""
     return os.environ.get(ENV_VAR, "").strip() != "0"
-
-
-def _install_handler(handler: int) -> None:
-    global _installed
-    with _install_lock:
-        if not _installed:
-            try:
-                install_handler(TIMER_SIGNAL, handler, SA_SIGINFO | SA_RESTART)
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot install the vCPU timer signal's handler: {exc.strerror}") from None
-            _installed = True
 
 
 class VcpuSignalTimer:
@@ -134,8 +121,7 @@ class VcpuSignalTimer:
     # -- the vCPU's side ---------------------------------------------------------------------------------------
     def poll(self) -> None:
         """Fire the timer if its deadline has passed (any thread; the model's lock makes it once)."""
-        deadline = self.deadline
-        if deadline is not None and deadline <= now_ns():
+        if self.due():
             self.deadline = None
             self.callback()
 
@@ -153,7 +139,10 @@ class VcpuSignalTimer:
         tid = threading.get_native_id()
         if tid == self.thread_id:
             return
-        _install_handler(self._handler)
+        try:
+            install_handler(TIMER_SIGNAL, self._handler, SA_SIGINFO | SA_RESTART)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot install the vCPU timer signal's handler: {exc.strerror}") from None
         event = _Sigevent()
         event.sigev_value = ctypes.addressof(self._block)
         event.sigev_signo = TIMER_SIGNAL
