@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from core.devices.lapic_catchup import CatchUpLock, FastEoi, PolledTimer
+from core.devices.lapic_catchup import CatchUpLock, FastEoi, NativeTick, PolledTimer, apply_native, arm_native
 from core.timers import TimerQueue, now_ns
 
 if TYPE_CHECKING:
@@ -105,6 +105,10 @@ class LocalApic:
         self.fast_eoi = word
         self._catch_up_under_lock()
 
+    def attach_native_tick(self, tick: NativeTick) -> None:
+        with self._lock:                    # the take on entry is the last of the fast EOI's own (lapic_catchup)
+            self.fast_eoi.native = tick
+
     def use_polled_timer(self, timer: PolledTimer) -> None:
         """Run the timer on `timer` instead of the TimerQueue (vcpu_signal_timer): from now on every use of the
         model first fires it if its deadline has passed, under its lock."""
@@ -122,20 +126,18 @@ class LocalApic:
 
     def _catch_up(self) -> None:
         if self.fast_eoi is not None:
-            self._take_fast_eois()
+            apply_native(self, self.fast_eoi)
         if self._polled_timer is not None:
             self._polled_timer.poll()
+
+    def _arm_native(self) -> None:
+        if self.fast_eoi is not None:
+            arm_native(self, self.fast_eoi)
 
     def poll_timer(self) -> None:
         """Fire a polled timer whose deadline has passed (taking the lock does it)."""
         with self._lock:
             pass
-
-    def _take_fast_eois(self) -> None:
-        # Armed only with one edge-triggered vector in service and nothing requested (see acknowledge), and
-        # disarmed by this take: whatever was counted is that vector's EOI, with nothing to broadcast or wake.
-        if self.fast_eoi.take() and self.isr:
-            self.isr &= ~(1 << _highest(self.isr))
 
     # -- state ------------------------------------------------------------------------------------------------
     def power_on(self, bsp: bool) -> None:
@@ -228,10 +230,10 @@ class LocalApic:
             bit = 1 << v
             self.irr &= ~bit
             self.isr |= bit
-            if self.fast_eoi is not None and self.isr == bit and not self.irr and not self.tmr & bit:
-                base = self.mmio_base
-                if base is not None:
-                    self.fast_eoi.arm(base)
+            word = self.fast_eoi                  # armed here unless the lock's exit arms it (a native tick)
+            if word is not None and word.native is None and self.isr == bit and not self.irr and not self.tmr & bit:
+                if (base := self.mmio_base) is not None:
+                    word.arm(base)
             return v
 
     # -- accepting interrupts ---------------------------------------------------------------------------------
@@ -328,10 +330,17 @@ class LocalApic:
 
     def _arm_deadline(self) -> None:
         if self.tsc_deadline and self._timer_mode() == TIMER_TSC_DEADLINE:
-            delta = self.tsc_deadline - self.read_tsc()
-            self._timer.arm(now_ns() + max(0, delta * 1_000_000_000 // self.tsc_hz))   # replaces the last one
+            self._timer.arm(self._deadline_ns())     # replaces the last one
         else:
             self._timer.cancel()
+
+    def _deadline_ns(self) -> int:
+        return now_ns() + max(0, (self.tsc_deadline - self.read_tsc()) * 1_000_000_000 // self.tsc_hz)
+
+    def adopt_deadline(self, value: int) -> None:
+        """IA32_TSC_DEADLINE was written natively, the timer set already (uc_native_tick); 0: it fired."""
+        self.tsc_deadline = value
+        self._polled_timer.adopt(self._deadline_ns() if value else None)
 
     def _timer_fired(self) -> None:
         with self._lock:

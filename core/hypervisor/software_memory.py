@@ -49,6 +49,8 @@ from core.hypervisor import uc_internals as ui
 from core.hypervisor.base import AcceleratorUnavailable, fault_line
 from core.hypervisor.uc_fast_eoi import FastEoiBlock
 from core.hypervisor.uc_native import _Natives
+from core.hypervisor.uc_native_tick import NativeTick
+from core.hypervisor.uc_native_tick import wanted as native_tick_wanted
 from core.memory import GuestMemory, MemoryRegion
 
 if TYPE_CHECKING:
@@ -135,7 +137,15 @@ class SoftwareMemoryMap:
         inta_read = _MMIO_READ_CFUNC(self._inta_read)
         inta_write = _MMIO_WRITE_CFUNC(lambda *a: None)
         self._callbacks += [inta_read, inta_write]
-        self._mmio_map(INTA_PAGE, 0x1000, inta_read, inta_write, 0)
+        # A vCPU alone on this instance may take its timer's tick natively: the acknowledge reads through the
+        # native stub first, which hands everything but a due tick to _inta_read (uc_native_tick).
+        self.native_tick: NativeTick | None = None
+        if self.one_vcpu_per_instance and native_tick_wanted():
+            self.native_tick = NativeTick(self.natives.native_tick, ui.addr_of(inta_read))
+            self._mmio_map(INTA_PAGE, 0x1000, self.natives.native_tick.inta_stub, inta_write,
+                           self.native_tick.address)
+        else:
+            self._mmio_map(INTA_PAGE, 0x1000, inta_read, inta_write, 0)
         self.view.vm_vmcb = INTA_PAGE + 0x100 - ui.VMCB_INT_VECTOR
         # A write to memory mapped read-only (map_ram readonly=True: ROM, write-protected shadow RAM) reaches the
         # MMIO bus like an access to a hole; "handled" makes unicorn carry on, and QEMU then discards the store
@@ -296,7 +306,8 @@ class SoftwareMemoryMap:
 
     def _mmio_map(self, start: int, size: int, read_cb, write_cb, user: int, write_user: int | None = None) -> None:
         write = write_cb if isinstance(write_cb, int) else ui.addr_of(write_cb)     # a native stub's address
-        err = self.q.uc_mmio_map(self.uch, start, size, ctypes.cast(read_cb, c_void_p), c_void_p(user),
+        read = read_cb if isinstance(read_cb, int) else ui.addr_of(read_cb)
+        err = self.q.uc_mmio_map(self.uch, start, size, c_void_p(read), c_void_p(user),
                                  c_void_p(write), c_void_p(user if write_user is None else write_user))
         if err:
             raise AcceleratorUnavailable(f"unicorn cannot map MMIO at {start:#x}+{size:#x}: error {err}")

@@ -183,8 +183,12 @@ class ParallelSoftwareAccelerator(Accelerator):
             for core in self.cores:
                 core._tsc_offset = offset
                 self.translation.register(core.uch)
-                self.share.register(self.group, Member(core.uch, core.view.cpu, core._kick_for_code,
-                                                       self.translation.translation_start_cell(core.uch)))
+                member = Member(core.uch, core.view.cpu, core._kick_for_code,
+                                self.translation.translation_start_cell(core.uch))
+                self.share.register(self.group, member)
+                if core.native_tick is not None:
+                    # A native acknowledge skips _inta_read's serializing invalidation: only while none is due.
+                    core.native_tick.watch(ctypes.addressof(member.attention))
         except Exception:
             self.close()
             raise

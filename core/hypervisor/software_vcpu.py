@@ -105,6 +105,10 @@ class SoftwareVcpu(Vcpu, ApicCpu):
                                            accel._interrupt_request_addr, accel._exit_request_addr,
                                            on_foreign_arm=self._timer_moved)
             self.lapic.use_polled_timer(self._vtimer)
+        # ...and then its tick's acknowledge and deadline re-arm natively too (uc_native_tick).
+        self._native_tick = accel.native_tick if self._vtimer is not None else None
+        if self._native_tick is not None:
+            self._native_tick.attach(self._fast_eoi.address, accel.view.env, self._host_tsc_offset, accel.tsc_hz)
         self._kicked = False
         self._wake = False
         self.halted = False
@@ -128,6 +132,10 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         self.stats_halts = 0
         self._if_flag = 1
 
+    def _host_tsc_offset(self) -> int:
+        """What the guest's RDTSC adds to the host's TSC (the WRMSR stub uses the same field)."""
+        return self.accel.view.tsc_offset
+
     def _read_tsc(self) -> int:
         return (self.accel.rdtsc() + self.accel._tsc_offset + self.tsc_delta) & 0xFFFF_FFFF_FFFF_FFFF
 
@@ -139,6 +147,7 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         view.tsc_offset = (view.tsc_offset + delta) & mask
         if adjust_too:
             self.tsc_adjust = (self.tsc_adjust + delta) & mask
+        self.lapic.poll_timer()         # a native tick's expiry is on the host's TSC: the model publishes it again
 
     # -- state ----------------------------------------------------------------------------------------------
     def set_state(self, state: CpuState) -> None:
@@ -174,6 +183,7 @@ class SoftwareVcpu(Vcpu, ApicCpu):
         v.rip = s.rip
         self.tsc_delta = 0            # a loaded state runs on the VM's TSC (set_tsc); TSC_ADJUST is its record
         v.set_u64(ui.ENV_TSC_OFFSET, self.accel._tsc_offset)
+        self.lapic.poll_timer()         # a native tick's expiry was on the old TSC offset: taken back
         v.update_hflags()
         v.hflags = v.hflags & ~ui.HF_INHIBIT_IRQ_MASK
         v.hflags2 = (v.hflags2 | ui.HF2_GIF_MASK) & ~ui.HF2_NMI_MASK
@@ -307,6 +317,8 @@ class SoftwareVcpu(Vcpu, ApicCpu):
             self._cond.notify_all()
 
     def close_timer(self) -> None:
+        if self._native_tick is not None:
+            self._native_tick.detach()
         if self._vtimer is not None:
             self._vtimer.close()
 
@@ -324,10 +336,17 @@ class SoftwareVcpu(Vcpu, ApicCpu):
                 self._quantum.arm_after(REKICK_NS // 4)
 
     # -- running --------------------------------------------------------------------------------------------
-    def run(self) -> VcpuExit:
+    def bind_timer_to_current_thread(self) -> None:
+        """The local APIC timer's signal, and the native tick, belong to the calling thread from now on."""
         vt = self._vtimer
         if vt is not None and vt.thread_id != threading.get_native_id():
             vt.bind_to_current_thread()
+            if self._native_tick is not None and vt.kernel_id is not None:
+                self._native_tick.set_timer(vt.kernel_id, vt.thread_id)
+                self.lapic.attach_native_tick(self._native_tick)
+
+    def run(self) -> VcpuExit:
+        self.bind_timer_to_current_thread()
         while True:
             if self.accel._frozen:
                 _park_forever()

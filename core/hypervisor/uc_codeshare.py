@@ -147,6 +147,18 @@ class Member:
         self.epoch = 0
         self.kicked = False
         self.stats_posted = 0
+        # Non-zero while invalidate_posted has work at a serializing event (pending, resets or recent pages, or
+        # a store this instance posted whose landing others wait to see): uc_native_tick's acknowledge stub then
+        # leaves the interrupt to Python, which calls it.
+        self.attention = c_uint64(0)
+
+    def note_work(self) -> None:
+        self.attention.value = 1
+
+    def settle(self) -> None:
+        """After invalidate_posted, under the group's lock."""
+        if not (self.pending or self.resets or self.recent):
+            self.attention.value = 0
 
 
 class Group:
@@ -269,6 +281,7 @@ class CodeShare:
                     for m in group.members.values():
                         if m is not member and dirtied >> m.bit & 1:
                             m.resets.add(page)
+                            m.note_work()
                             if not m.kicked:
                                 m.kicked = True
                                 kicks.append(m.kick)
@@ -280,6 +293,7 @@ class CodeShare:
                 # serializing events (invalidate_posted).
                 if group.stamps[page] + STAMP_SLACK >= member.start_cell.value:
                     member.recent[page] = (time.monotonic_ns() + RECENT_NS, None, 0)
+                    member.note_work()
         # As uc_codetrack's stub: this instance's own TLB entries writing the page go back to the slow path.
         host = self._map_ram_ptr(uch, None, page << 12)
         if host:
@@ -317,6 +331,9 @@ class CodeShare:
             for m in group.members.values():
                 if m.uch != uch and holders >> m.bit & 1:
                     m.pending[page] = (writer, epoch)
+                    m.note_work()
+                    if writer is not None:
+                        writer.note_work()     # its next serializing event moves its epoch on
                     m.stats_posted += 1
                     holders &= ~(1 << m.bit)
                     if not m.kicked:
@@ -359,6 +376,8 @@ class CodeShare:
             deadline = now_ns + RECENT_NS
             for page, (writer, epoch) in pending.items():
                 recent[page] = (deadline, writer, epoch)
+            if not resets:
+                member.settle()
         for page in sorted(pending):
             invalidate(page)
         for page in again:
@@ -367,6 +386,7 @@ class CodeShare:
             with group.lock:
                 for page in resets:
                     group.dirtied[page] &= ~(1 << member.bit) & 0xFFFF_FFFF_FFFF_FFFF
+                member.settle()
         for page in sorted(resets):
             host = self._map_ram_ptr(uch, None, page << 12)
             if host:

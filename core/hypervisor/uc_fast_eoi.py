@@ -28,8 +28,12 @@ from __future__ import annotations
 
 import ctypes
 from ctypes import c_uint64
+from typing import TYPE_CHECKING
 
 from core.hypervisor.uc_patch import _NativePage
+
+if TYPE_CHECKING:
+    from core.hypervisor.uc_native_tick import NativeTick
 
 FAST = 1 << 63
 NOT_ARMED = 0xFFFF_FFFF_FFFF_FFFF     # no guest-physical address a 4-byte write can have
@@ -90,12 +94,25 @@ class FastEoiWord:
         self.address = ctypes.addressof(self._word)
         self._xchg = stubs.xchg
         self.block: FastEoiBlock | None = None     # the instance the vCPU runs on
+        self.native: NativeTick | None = None      # its timer tick, when taken natively too (uc_native_tick)
 
     def take(self) -> int:
         """The EOIs counted since the last take, and FAST cleared (call under the model's lock)."""
         if not self._word.value:                  # not armed: the stub cannot be counting
             return 0
         return self._xchg(self.address, 0) & ~FAST
+
+    def take_word(self) -> int:
+        """The whole word (uc_native_tick's layout), and every bit cleared (call under the model's lock)."""
+        if not self._word.value:
+            return 0
+        return self._xchg(self.address, 0)
+
+    def point_block(self, mmio_base: int) -> None:
+        """Aim the instance's EOI stub at this word and the xAPIC page at `mmio_base` (the word's FAST bit is set
+        by whoever arms it)."""
+        if self.block is not None:
+            self.block.arm(self, mmio_base + EOI_REGISTER)
 
     def arm(self, mmio_base: int) -> None:
         """The vCPU acknowledged the only vector now in service, edge-triggered, with nothing else requested

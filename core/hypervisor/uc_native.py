@@ -20,7 +20,9 @@ wrappers interposed in front of QEMU's x86 helpers, and RDTSC.
 * The port I/O hooks: UC_HOOK_INSN callbacks for IN and OUT that serve a device's data lane (core/pio_lanes.py)
   from its buffer and hand every other access to the accelerator's Python callback.
 * The write protection of translated code (uc_codetrack), the inline exit check at the start of every
-  translated block (uc_tbstart) and page-table reads straight from guest RAM (uc_physread), in the same page.
+  translated block (uc_tbstart), page-table reads straight from guest RAM (uc_physread), the native EOI
+  (uc_fast_eoi) and the native timer tick (uc_native_tick: its acknowledge stub, and a stub in front of the
+  WRMSR wrapper), in the same page.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from core.hypervisor import uc_sysentry
 from core.hypervisor.uc_codetrack import CodeDirtyTracking
 from core.hypervisor.uc_fast_eoi import FastEoiStubs
 from core.hypervisor.uc_internals import UC_CPU, addr_of, qemu
+from core.hypervisor.uc_native_tick import NativeTickStubs, wrmsr_stub_code
 from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _poke_pointer
 from core.hypervisor.uc_physread import PageTableReads
 from core.hypervisor.uc_tbstart import InlineExitCheck
@@ -151,6 +154,7 @@ class _Natives:
         self._cfuncs = []
         self.originals: dict[str, int] = {}
         self.native_entries: list[str] = []
+        self.native_tick = NativeTickStubs(self.page)
         slots = _find_helper_slots([f"helper_{h}_x86_64" for h in INTERPOSED_HELPERS])
         raise_fn = addr_of(q.raise_exception_err_ra)
         for name in INTERPOSED_HELPERS:
@@ -164,6 +168,10 @@ class _Natives:
                 wrapper = self.page.add(NATIVE_ENTRIES[name](addr_of(q.read_eflags), addr_of(q.write_eflags),
                                                              addr_of(q.update_hflags), wrapper))
                 self.native_entries.append(name)
+            elif name == "wrmsr":
+                # IA32_TSC_DEADLINE of a vCPU with a native tick natively, every other one as before (uc_native_tick)
+                wrapper = self.page.add(wrmsr_stub_code(ctypes.addressof(self.native_tick.table), wrapper))
+                self.native_tick.wrmsr_stub = wrapper
             for slot in pointer_slots:
                 _poke_pointer(slot, original, wrapper)
         self.code_tracking = CodeDirtyTracking(self.page)

@@ -70,10 +70,11 @@ class _Itimerspec(ctypes.Structure):
     _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
 
 
+# The system calls themselves, not glibc's wrappers: the kernel's timer id is what uc_native_tick's WRMSR stub
+# passes to timer_settime (x86-64 numbers, arch/x86/entry/syscalls/syscall_64.tbl).
+SYS_TIMER_CREATE, SYS_TIMER_SETTIME, SYS_TIMER_DELETE = 222, 223, 226
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.timer_create.argtypes = [c_int, ctypes.POINTER(_Sigevent), ctypes.POINTER(c_void_p)]
-_libc.timer_settime.argtypes = [c_void_p, c_int, ctypes.POINTER(_Itimerspec), c_void_p]
-_libc.timer_delete.argtypes = [c_void_p]
+_libc.syscall.restype = c_long
 _retired: list[ctypes.Array] = []
 
 
@@ -94,7 +95,7 @@ class VcpuSignalTimer:
         self._on_foreign_arm = on_foreign_arm
         self._block = (c_uint64 * 2)(interrupt_request, icount_decr_high)
         self._handler = handler
-        self._timer_id: int | None = None
+        self.kernel_id: int | None = None      # the kernel's timer id
         self.thread_id: int | None = None
         self._lock = threading.Lock()            # the kernel timer's creation, deletion and setting
         self._spec = _Itimerspec()
@@ -117,6 +118,11 @@ class VcpuSignalTimer:
         if self.deadline is not None:
             self.deadline = None
             self._set(0)                         # a signal for a cancelled deadline would be a spurious interrupt
+
+    def adopt(self, deadline_ns: int | None) -> None:
+        """The deadline the kernel timer was already set to natively (uc_native_tick's WRMSR stub), or None when
+        that deadline has fired: only this side's record of it changes."""
+        self.deadline = deadline_ns
 
     # -- the vCPU's side ---------------------------------------------------------------------------------------
     def poll(self) -> None:
@@ -148,13 +154,14 @@ class VcpuSignalTimer:
         event.sigev_signo = TIMER_SIGNAL
         event.sigev_notify = _SIGEV_THREAD_ID
         event.tid = tid
-        timer_id = c_void_p()
+        timer_id = c_int()
         with self._lock:
             self._delete_locked()
-            if _libc.timer_create(_CLOCK_MONOTONIC, ctypes.byref(event), ctypes.byref(timer_id)) != 0:
+            if _libc.syscall(c_long(SYS_TIMER_CREATE), c_int(_CLOCK_MONOTONIC), ctypes.byref(event),
+                             ctypes.byref(timer_id)) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"cannot create the vCPU's local APIC timer: {os.strerror(err)}")
-            self._timer_id = timer_id.value or 0
+            self.kernel_id = timer_id.value
             self.thread_id = tid
         if self.deadline is not None:
             self._set(self.deadline)
@@ -168,18 +175,19 @@ class VcpuSignalTimer:
             _retired.append(self._block)         # a signal already queued may still read it
 
     def _delete_locked(self) -> None:
-        if self._timer_id is not None:
-            _libc.timer_delete(self._timer_id)
-            self._timer_id = None
+        if self.kernel_id is not None:
+            _libc.syscall(c_long(SYS_TIMER_DELETE), c_int(self.kernel_id))
+            self.kernel_id = None
 
     def _set(self, deadline_ns: int) -> None:
         with self._lock:
-            if self._timer_id is None:
+            if self.kernel_id is None:
                 return                           # bound later; bind_to_current_thread sets the deadline then
             spec = self._spec
             # 0 disarms; a deadline already past fires at once (1 ns: an absolute time of 0 would disarm).
             deadline_ns = max(deadline_ns, 1) if deadline_ns else 0
             spec.it_value.tv_sec, spec.it_value.tv_nsec = divmod(deadline_ns, 1_000_000_000)
-            if _libc.timer_settime(self._timer_id, _TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+            if _libc.syscall(c_long(SYS_TIMER_SETTIME), c_int(self.kernel_id), c_int(_TIMER_ABSTIME),
+                             ctypes.byref(spec), c_void_p(0)) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"cannot set the vCPU's local APIC timer: {os.strerror(err)}")
