@@ -20,19 +20,21 @@ REG_LVT_TIMER, REG_LVT_LINT0 = 0x320, 0x350
 TIMER_TSC_DEADLINE = 2
 
 # uc_native_tick's word (the fast EOI's word with more bits); kept in step with that module by its tests
-FAST, TICK, BASE, DEADLINE, NEWDL = 1 << 63, 1 << 62, 1 << 61, 1 << 60, 1 << 59
-TICKS_SHIFT, TICKS_MASK, EOIS_MASK = 32, 0xFF_FFFF, 0xFFFF_FFFF
+FAST, TICK, BASE, DEADLINE, NEWDL, PEND, TAKEN = 1 << 63, 1 << 62, 1 << 61, 1 << 60, 1 << 59, 1 << 58, 1 << 57
+TICKS_SHIFT, TICKS_MASK, PEND_SHIFT, EOIS_MASK = 32, 0xFFFF, 48, 0xFFFF_FFFF
 
 
 class NativeTick(Protocol):
     """A vCPU whose timer ticks may be taken natively (core/hypervisor/uc_native_tick.NativeTick)."""
     guest_deadline: int                               # the IA32_TSC_DEADLINE value last written natively
     taken_ticks: int
+    taken_vectors: int
     @property
     def on_owner_thread(self) -> bool: ...            # the caller is the vCPU's thread
     @property
     def timer_ready(self) -> bool: ...                # the WRMSR stub may set the vCPU's POSIX timer
     def publish(self, bits: int, vector: int, tsc_deadline: int) -> None: ...
+    def arm_word(self, bits: int) -> None: ...        # the word alone (any thread; no TICK)
 
 
 class FastEoi(Protocol):
@@ -93,10 +95,17 @@ def apply_native(apic: LocalApic, word: FastEoi) -> None:
         return
     eois = raw & EOIS_MASK
     ticks = (raw >> TICKS_SHIFT) & TICKS_MASK
-    if ticks:
+    base = 1 if raw & BASE else 0
+    if raw & TAKEN:
+        # Armed with the IRR holding only this vector (no TICK with it), taken once the BASE vector was EOI'd:
+        # it left the IRR, and is in service unless its EOI was counted too.
+        vector = (raw >> PEND_SHIFT) & 0xFF
+        apic.irr &= ~(1 << vector)
+        apic.isr = 0 if eois > base else 1 << vector
+        tick.taken_vectors += 1
+    elif ticks:
         # Armed with nothing requested and at most the BASE vector in service, and each native tick needed
         # everything before it EOI'd: the timer's vector is in service unless its last tick was EOI'd too.
-        base = 1 if raw & BASE else 0
         apic.isr = 0 if eois >= ticks + base else 1 << (apic.lvt[REG_LVT_TIMER] & 0xFF)
         tick.taken_ticks += ticks
     elif eois and apic.isr:
@@ -108,27 +117,38 @@ def apply_native(apic: LocalApic, word: FastEoi) -> None:
 
 
 def arm_native(apic: LocalApic, word: FastEoi) -> None:
-    """Arm the vCPU's word for the state the model is left in (uc_native_tick's conditions): on the vCPU's own
-    thread, under the model's lock, after the take its entry made."""
+    """Arm the vCPU's word for the state the model is left in (uc_native_tick's conditions), under the model's lock,
+    after the take its entry made. TICK (and the block's expiry) only on the vCPU's own thread."""
     tick = word.native
-    if tick is None or not tick.on_owner_thread:
+    if tick is None:
         return
+    owner = tick.on_owner_thread
     base = apic.mmio_base
-    isr = apic.isr
-    # FAST: nothing requested, at most one vector in service and it edge-triggered (uc_fast_eoi).
-    fast = base is not None and not apic.irr and (not isr or (not isr & (isr - 1) and not apic.tmr & isr))
-    bits = FAST | (BASE if isr else 0) if fast else 0
+    isr, irr = apic.isr, apic.irr
+    # At most one vector in service, and it edge-triggered; nothing requested but, for PEND, one vector.
+    one_edge = not isr or (not isr & (isr - 1) and not apic.tmr & isr)
+    entry, lint0 = apic.lvt[REG_LVT_TIMER], apic.lvt[REG_LVT_LINT0]
+    # No ExtINT source can interrupt outside the model's lock; the vector beats the TPR once the BASE vector is
+    # EOI'd (PPR is then the TPR).
+    quiet = base is not None and one_edge and apic.sw_enabled and (lint0 & LVT_MASKED or (lint0 >> 8) & 7 != DM_EXTINT)
+    bits = 0
+    if quiet and not irr:
+        bits = FAST | (BASE if isr else 0)
+    elif quiet and not irr & (irr - 1):
+        vector = irr.bit_length() - 1
+        if vector >= 16 and not apic.tmr >> vector & 1 and vector >> 4 > (apic.tpr & 0xFF) >> 4 \
+                and apic._deliverable_vector() == vector:
+            bits = FAST | (BASE if isr else 0) | PEND | vector << PEND_SHIFT
     deadline_mode = apic._timer_mode() == TIMER_TSC_DEADLINE
-    entry = apic.lvt[REG_LVT_TIMER]
-    vector = entry & 0xFF
     if deadline_mode and tick.timer_ready:
         bits |= DEADLINE
-        lint0 = apic.lvt[REG_LVT_LINT0]
-        # TICK: the expiry alone makes the timer's vector deliverable once the BASE vector is EOI'd (PPR is then
-        # the TPR), and no ExtINT source can interrupt outside the model's lock.
-        if fast and not entry & LVT_MASKED and apic.sw_enabled and vector >= 16 \
-                and vector >> 4 > (apic.tpr & 0xFF) >> 4 and (lint0 & LVT_MASKED or (lint0 >> 8) & 7 != DM_EXTINT):
+        vector = entry & 0xFF
+        if owner and bits & FAST and not bits & PEND and not entry & LVT_MASKED and vector >= 16 \
+                and vector >> 4 > (apic.tpr & 0xFF) >> 4:
             bits |= TICK
-    if base is not None and fast:
+    if bits & FAST:
         word.point_block(base)
-    tick.publish(bits, vector, apic.tsc_deadline if deadline_mode else 0)
+    if owner:
+        tick.publish(bits, entry & 0xFF, apic.tsc_deadline if deadline_mode else 0)
+    else:
+        tick.arm_word(bits)

@@ -20,13 +20,20 @@ For a vCPU alone on its unicorn instance, the common case of both is native, on 
       bit 61 BASE      one vector was in service when the word was armed
       bit 60 DEADLINE  IA32_TSC_DEADLINE may be written natively
       bit 59 NEWDL     the deadline was written natively since the last tick taken natively
-      bits 32-55 T     ticks acknowledged natively;  bits 0-31 E   EOIs counted natively
+      bit 58 PEND      the vector in bits 48-55 is the one requested, deliverable once nothing is in service
+      bit 57 TAKEN     that vector was acknowledged natively
+      bits 32-47 T     ticks acknowledged natively;  bits 0-31 E   EOIs counted natively
 
+* A device's interrupt is the same when it is the only one requested: the model, leaving its lock on whatever
+  thread accepted it (a device's, another vCPU's), arms PEND with its vector if it is deliverable,
+  edge-triggered, and at most one edge-triggered vector is in service (TICK and a new deadline are armed only on
+  the vCPU's own thread, below).
 * The interrupt acknowledge (the read of software_memory's INTA page) is a native MMIO read callback,
-  INTA_STUB: with TICK set, nothing in service (E == T + BASE), the deadline passed on the host's TSC, and no
-  code posted to this vCPU by another (uc_codeshare's attention word), it adds a tick with a locked
-  compare-and-exchange, clears NEWDL and the expiry, and returns the vector. Everything else tail-calls the
-  Python callback, as before.
+  INTA_STUB. Unless code posted to this vCPU by another awaits a serializing invalidation (uc_codeshare's
+  attention word): with PEND set and nothing in service (E == T + BASE) it turns PEND into TAKEN with a locked
+  compare-and-exchange and returns that vector; with TICK set, nothing in service and the deadline passed on
+  the host's TSC, it adds a tick the same way, clears NEWDL and the expiry, and returns the timer's vector.
+  Everything else tail-calls the Python callback, as before.
 * WRMSR of IA32_TSC_DEADLINE goes through WRMSR_STUB first (in front of the Python wrapper of helper_wrmsr): it
   finds the vCPU's block by its CPUX86State in a process-wide table, and with DEADLINE set it publishes the
   value (the guest's deadline and its host-TSC expiry), sets NEWDL with a locked compare-and-exchange, and sets
@@ -35,11 +42,13 @@ For a vCPU alone on its unicorn instance, the common case of both is native, on 
   word not armed, a deadline more than 2**47 TSC ticks away, a failed system call) reaches the Python wrapper.
 * Any use of the model takes the word first (an atomic exchange with 0, which disarms everything) and applies
   what it counted: T ticks mean the timer's vector was accepted and acknowledged T times, and is in service
-  unless E reached T + BASE; NEWDL means the deadline is the one last written, otherwise a tick means it fired.
+  unless E reached T + BASE; TAKEN means the PEND vector left the IRR and is in service unless E passed BASE;
+  NEWDL means the deadline is the one last written, otherwise a tick means it fired.
   A stub that loses the race to that exchange sees its bit clear and takes the Python path, so each tick,
   EOI and write is applied exactly once.
-* The model arms the word only on the vCPU's own thread -- the only thread that runs the stubs -- so nothing
-  else writes the block's expiry while a stub may read it.
+* TICK, and the block's expiry and vector with it, are armed only on the vCPU's own thread -- the only thread
+  that runs the stubs -- so nothing else writes the expiry while a stub may read it. Any thread may arm the
+  rest: the word is 0 from its lock's entry to its exit, and every stub leaves a 0 word to Python.
 """
 from __future__ import annotations
 
@@ -58,8 +67,11 @@ TICK = 1 << 62
 BASE = 1 << 61
 DEADLINE = 1 << 60
 NEWDL = 1 << 59
+PEND = 1 << 58
+TAKEN = 1 << 57
 TICKS_SHIFT = 32
-TICKS_MASK = 0xFF_FFFF
+TICKS_MASK = 0xFFFF
+PEND_SHIFT = 48
 EOIS_MASK = 0xFFFF_FFFF
 
 # The per-vCPU block (u64 slots), read by both stubs
@@ -77,22 +89,30 @@ SYS_TIMER_SETTIME = 223      # x86-64 system call numbers (arch/x86/entry/syscal
 # uint64_t read(uc_engine *uc, uint64_t offset, unsigned size, uint64_t *block) -- unicorn's MMIO read callback
 #     mov r11, rdx                                        ; size, for the Python path
 #     mov r8, [rcx+ATTENTION]; cmp qword [r8], 0; jne slow   ; code posted by another vCPU: Python serializes
-#     mov r9, [rcx+EXPIRY]; test r9, r9; jz slow
-#     rdtsc; shl rdx, 32; or rax, rdx; cmp rax, r9; jb slow  ; not yet due on the host's TSC
 #     mov r10, [rcx+WORD]; mov rax, [r10]
-#   retry: bt rax, 62; jnc slow                           ; TICK
-#     mov r9, rax; shr r9, 32; and r9d, 0xFFFFFF; bt rax, 61; adc r9d, 0   ; T + BASE
+#   retry: bt rax, 58; jc pend                            ; PEND: the one requested vector, judged by the model
+#     bt rax, 62; jnc slow                                ; TICK
+#     bt rax, 57; jc slow                                 ; a PEND vector was taken: the model looks first
+#     mov r9, [rcx+EXPIRY]; test r9, r9; jz slow
+#     mov r8, rax; rdtsc; shl rdx, 32; or rax, rdx; cmp rax, r9; mov rax, r8; jb slow   ; not yet due
+#     mov r9, rax; shr r9, 32; and r9d, 0xFFFF; bt rax, 61; adc r9d, 0   ; T + BASE
 #     cmp eax, r9d; jne slow                              ; something in service (E != T + BASE)
-#     cmp r9d, 0xFFFFFF; jae slow                         ; T full: let the model look
+#     cmp r9d, 0xFFFF; jae slow                           ; T full: let the model look
 #     mov r9, rax; btr r9, 59; mov r8, 1 << 32; add r9, r8   ; T += 1, NEWDL cleared
 #     lock cmpxchg [r10], r9; jne retry
 #     mov qword [rcx+EXPIRY], 0; mov rax, [rcx+VECTOR]; ret
+#   pend: mov r9, rax; shr r9, 32; and r9d, 0xFFFF; bt rax, 61; adc r9d, 0; cmp eax, r9d; jne slow
+#     mov r9, rax; btr r9, 58; bts r9, 57; lock cmpxchg [r10], r9; jne retry   ; PEND -> TAKEN
+#     shr rax, 48; movzx eax, al; ret                     ; the vector
 #   slow: mov rdx, r11; jmp [rcx+PY_INTA]
 INTA_STUB = bytes.fromhex(
-    "4989d3" "4c8b4128" "4983380075 72" "4c8b4908" "4d85c9" "7469" "0f31" "48c1e220" "4809d0" "4c39c8" "725b"
-    "4c8b11" "498b02" "480fbae03e" "734e" "4989c1" "49c1e920" "4181e1ffffff00" "480fbae03d" "4183d100" "4439c8"
-    "7532" "4181f9ffffff00" "7329" "4989c1" "490fbaf13b" "49b80000000001000000" "4d01c1" "f04d0fb10a" "75b8"
-    "48c7410800000000" "488b4118" "c3" "4c89da" "ff6120".replace(" ", ""))
+    "4989d3" "4c8b4128" "49833800" "0f85da000000" "4c8b11" "498b02" "480fbae03a" "0f828d000000" "480fbae03e"
+    "0f83be000000" "480fbae039" "0f82b3000000" "4c8b4908" "4d85c9" "0f84a6000000" "4989c0" "0f31" "48c1e220"
+    "4809d0" "4c39c8" "4c89c0" "0f828e000000" "4989c1" "49c1e920" "4181e1ffff0000" "480fbae03d" "4183d100"
+    "4439c8" "7572" "4181f9ffff0000" "7369" "4989c1" "490fbaf13b" "49b80000000001000000" "4d01c1" "f04d0fb10a"
+    "0f8575ffffff" "48c7410800000000" "488b4118" "c3" "4989c1" "49c1e920" "4181e1ffff0000" "480fbae03d"
+    "4183d100" "4439c8" "7520" "4989c1" "490fbaf13a" "490fbae939" "f04d0fb10a" "0f8534ffffff" "48c1e830"
+    "0fb6c0" "c3" "4c89da" "ff6120")
 
 
 def wrmsr_stub_code(table: int, python_wrapper: int) -> bytes:
@@ -180,6 +200,7 @@ class NativeTick:
         self.owner: int | None = None          # the native id of the vCPU's thread, once its timer is bound there
         self.host_tsc_offset: Callable[[], int] = lambda: 0   # guest TSC - host TSC, for this vCPU
         self.taken_ticks = 0
+        self.taken_vectors = 0
 
     def attach(self, word_address: int, env: int, host_tsc_offset: Callable[[], int], tsc_hz: int) -> None:
         """The vCPU's word (uc_fast_eoi's), CPUX86State and TSC: from now on its WRMSRs find this block."""
@@ -224,6 +245,11 @@ class NativeTick:
     @property
     def native_writes(self) -> int:
         return self.block[WRITES]
+
+    def arm_word(self, bits: int) -> None:
+        """Arm the word with `bits` (no TICK), from any thread, under the model's lock, after a take."""
+        if self._word is not None:
+            self._word.value = bits
 
     def publish(self, bits: int, vector: int, tsc_deadline: int) -> None:
         """Arm the word with `bits` (FAST/TICK/BASE/DEADLINE, counts 0) for the model's current state: the timer's
