@@ -3,7 +3,7 @@
 core/hypervisor/vcpu_signal_timer.py), and timer ticks acknowledged and deadlines written natively (10.5.4.1,
 10.8.4; core/hypervisor/uc_native_tick.py). The model (core/devices/lapic.py) wraps its lock in CatchUpLock, whose
 every entry first applies them, so it never judges an interrupt against a stale ISR or IRR, and whose last exit
-on the vCPU's own thread arms the native paths again for the state it leaves.
+arms the native paths again for the state it leaves (the tick only on the vCPU's own thread).
 """
 from __future__ import annotations
 
@@ -136,8 +136,8 @@ def arm_native(apic: LocalApic, word: FastEoi) -> None:
         bits = FAST | (BASE if isr else 0)
     elif quiet and not irr & (irr - 1):
         vector = irr.bit_length() - 1
-        if vector >= 16 and not apic.tmr >> vector & 1 and vector >> 4 > (apic.tpr & 0xFF) >> 4 \
-                and apic._deliverable_vector() == vector:
+        # Deliverable now (above the PPR, hence the TPR): the accept that requested it has woken the CPU.
+        if vector >= 16 and not apic.tmr >> vector & 1 and apic._deliverable_vector() == vector:
             bits = FAST | (BASE if isr else 0) | PEND | vector << PEND_SHIFT
     deadline_mode = apic._timer_mode() == TIMER_TSC_DEADLINE
     if deadline_mode and tick.timer_ready:

@@ -137,8 +137,9 @@ class SoftwareMemoryMap:
         inta_read = _MMIO_READ_CFUNC(self._inta_read)
         inta_write = _MMIO_WRITE_CFUNC(lambda *a: None)
         self._callbacks += [inta_read, inta_write]
-        # A vCPU alone on this instance may take its timer's tick natively: the acknowledge reads through the
-        # native stub first, which hands everything but a due tick to _inta_read (uc_native_tick).
+        # A vCPU alone on this instance may take its timer's tick, and a lone device interrupt, natively: the
+        # acknowledge reads through the native stub first, which hands everything else to _inta_read
+        # (uc_native_tick).
         self.native_tick: NativeTick | None = None
         if self.one_vcpu_per_instance and native_tick_wanted():
             self.native_tick = NativeTick(self.natives.native_tick, ui.addr_of(inta_read))

@@ -106,9 +106,11 @@ class SoftwareVcpu(Vcpu, ApicCpu):
                                            on_foreign_arm=self._timer_moved)
             self.lapic.use_polled_timer(self._vtimer)
         # ...and then its tick's acknowledge and deadline re-arm natively too (uc_native_tick).
-        self._native_tick = accel.native_tick if self._vtimer is not None else None
-        if self._native_tick is not None:
-            self._native_tick.attach(self._fast_eoi.address, accel.view.env, self._host_tsc_offset, accel.tsc_hz)
+        tick = accel.native_tick if self._vtimer is not None else None
+        if tick is not None and not tick.attach(self._fast_eoi.address, accel.view.env, self._host_tsc_offset,
+                                                accel.tsc_hz):
+            tick = None
+        self._native_tick = tick
         self._kicked = False
         self._wake = False
         self.halted = False

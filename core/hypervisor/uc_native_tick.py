@@ -10,10 +10,11 @@ for them at the same moment (docs/software-cpu.md, session 11).
 
 For a vCPU alone on its unicorn instance, the common case of both is native, on the model's terms:
 
-* The model (core/devices/lapic.py, lapic_catchup.py) *arms* the vCPU's word on its own thread, in the state in
-  which a tick needs nothing of it: the timer in TSC-deadline mode and unmasked, its vector above the task
-  priority, nothing requested (IRR empty), at most one edge-triggered vector in service, no ExtINT source. The
-  word is the fast EOI's word (uc_fast_eoi), with more bits:
+* The model (core/devices/lapic.py, lapic_catchup.py) *arms* the vCPU's word whenever it leaves its lock, for
+  the state it leaves: TICK (on the vCPU's own thread) when a tick needs nothing of it -- the timer in
+  TSC-deadline mode and unmasked, its vector above the task priority, nothing requested (IRR empty), at most one
+  edge-triggered vector in service, no ExtINT source. The word is the fast EOI's word (uc_fast_eoi), with more
+  bits:
 
       bit 63 FAST      an EOI may be counted natively (uc_fast_eoi's stub: E += 1)
       bit 62 TICK      the timer's expiry may be acknowledged natively
@@ -165,15 +166,16 @@ class NativeTickStubs:
         self.wrmsr_stub = 0                                     # placed by uc_native
         self._lock = threading.Lock()
 
-    def register(self, env: int, block: int) -> None:
+    def register(self, env: int, block: int) -> bool:
+        """False when the table is full: that vCPU's WRMSRs and acknowledges then stay Python's."""
         with self._lock:
             t = self.table
             for i in range(TABLE_SLOTS):
                 if t[2 * i] in (0, 1):               # free, or a tombstone
                     t[2 * i + 1] = block             # the block first: a reader that matches env sees it
                     t[2 * i] = env
-                    return
-        raise RuntimeError(f"more than {TABLE_SLOTS} vCPUs with a native tick in one process")
+                    return True
+        return False
 
     def unregister(self, env: int) -> None:
         with self._lock:
@@ -202,14 +204,17 @@ class NativeTick:
         self.taken_ticks = 0
         self.taken_vectors = 0
 
-    def attach(self, word_address: int, env: int, host_tsc_offset: Callable[[], int], tsc_hz: int) -> None:
-        """The vCPU's word (uc_fast_eoi's), CPUX86State and TSC: from now on its WRMSRs find this block."""
+    def attach(self, word_address: int, env: int, host_tsc_offset: Callable[[], int], tsc_hz: int) -> bool:
+        """The vCPU's word (uc_fast_eoi's), CPUX86State and TSC: from now on its WRMSRs find this block. False (and
+        nothing attached) when the process already has TABLE_SLOTS such vCPUs."""
+        if not self.stubs.register(env, self.address):
+            return False
         self.block[MULT] = -(-int(1_000_000_000 * (1 << 32) * LATE) // tsc_hz)
         self.host_tsc_offset = host_tsc_offset
         self._word = c_uint64.from_address(word_address)
         self.block[WORD] = word_address
         self.env = env
-        self.stubs.register(env, self.address)
+        return True
 
     def detach(self) -> None:
         self.owner = None

@@ -23,6 +23,7 @@ from core.hypervisor import uc_native_tick as nt  # noqa: E402
 from core.hypervisor.base import CpuState  # noqa: E402
 from tests.helpers.software_guest import Rig  # noqa: E402
 from tests.software_cpu.test_software_fastpaths import gas  # noqa: E402
+from tests.software_cpu.test_vcpu_signal_timer import on_new_thread  # noqa: E402
 
 _READ = ctypes.CFUNCTYPE(c_uint64, c_void_p, c_uint64, c_uint32, c_void_p)
 _WRITE = ctypes.CFUNCTYPE(None, c_void_p, c_uint64, c_uint32, c_uint64, c_void_p)
@@ -135,21 +136,10 @@ class TickRig:
 
 
 def on_vcpu_thread(rig: TickRig, body) -> dict:
-    result: dict = {}
-
-    def run() -> None:
-        try:
-            rig.set_up_on_this_thread()
-            body(result)
-        except BaseException as exc:           # reported by the test, not lost in the thread
-            result["error"] = exc
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(20)
-    assert not t.is_alive()
-    if "error" in result:
-        raise result["error"]
-    return result
+    def set_up_then(result: dict) -> None:
+        rig.set_up_on_this_thread()
+        body(result)
+    return on_new_thread(set_up_then, seconds=20)
 
 
 def wait_until_tsc(rig: TickRig, tsc: int) -> None:
@@ -353,3 +343,17 @@ runpy.run_path({str(root / "main.py")!r}, run_name="__main__")
         # code write by the other vCPU, go through the model.
         assert native > 150 * cpus and writes > 150 * cpus, (cpus, native, writes, python)
         assert python < native, f"{cpus} vCPU(s): {native} ticks taken natively, {python} by the model"
+
+
+def test_a_full_table_leaves_further_vcpus_to_python() -> None:
+    from core.hypervisor.uc_patch import _NativePage
+    stubs = nt.NativeTickStubs(_NativePage())
+    envs = [0x1000 * (i + 1) for i in range(nt.TABLE_SLOTS)]
+    assert all(stubs.register(env, env + 8) for env in envs)
+    tick = nt.NativeTick(stubs, python_inta=0)
+    word = c_uint64(0)
+    assert not tick.attach(ctypes.addressof(word), 0xDEAD000, lambda: 0, 2_000_000_000)
+    assert tick.env is None and tick.block[nt.WORD] == tick.address + 8 * nt.ZERO   # every acknowledge: Python's
+    stubs.unregister(envs[5])                                                       # a tombstone is reused
+    assert tick.attach(ctypes.addressof(word), 0xDEAD000, lambda: 0, 2_000_000_000)
+    assert stubs.table[2 * 5] == 0xDEAD000 and stubs.table[2 * 5 + 1] == tick.address

@@ -50,25 +50,33 @@ class Fake:
         return bool(self.request.value & VIRQ)
 
 
-def on_own_thread(fake: Fake, body) -> dict:
-    """Bind the timer to a new thread and run body(result) there (the thread stays in Python, where the
-    signal's handler interrupts it as it would interrupt translated code)."""
+def on_new_thread(body, seconds: float = 10) -> dict:
+    """Run body(result) on a new thread (as a vCPU's thread would run) and return result; an exception there is
+    raised here."""
     result: dict = {}
 
     def run() -> None:
         try:
-            fake.timer.bind_to_current_thread()
-            result["tid"] = threading.get_native_id()
             body(result)
         except BaseException as exc:          # reported by the test, not lost in the thread
             result["error"] = exc
     t = threading.Thread(target=run)
     t.start()
-    t.join(10)
+    t.join(seconds)
     assert not t.is_alive()
     if "error" in result:
         raise result["error"]
     return result
+
+
+def on_own_thread(fake: Fake, body) -> dict:
+    """Bind the timer to a new thread and run body(result) there (the thread stays in Python, where the
+    signal's handler interrupts it as it would interrupt translated code)."""
+    def bound(result: dict) -> None:
+        fake.timer.bind_to_current_thread()
+        result["tid"] = threading.get_native_id()
+        body(result)
+    return on_new_thread(bound)
 
 
 def wait_for(predicate, seconds: float) -> bool:
