@@ -62,6 +62,7 @@ from ctypes import c_uint64
 
 from core.hypervisor.uc_internals import ENV_TSC_OFFSET
 from core.hypervisor.uc_patch import _imm64, _NativePage
+from core.hypervisor.vcpu_signal_timer import SYS_TIMER_SETTIME
 
 FAST = 1 << 63
 TICK = 1 << 62
@@ -85,7 +86,6 @@ MAX_DELTA = (1 << 47) - 1    # a deadline further away than this goes through Py
 ENV_VAR = "VIREO_NATIVE_TICK"   # 0: every tick through Python (for comparison)
 LATE = 1.0005                # the signal comes at most 0.05 % late, never early (tsc_hz is measured)
 
-SYS_TIMER_SETTIME = 223      # x86-64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl)
 
 # uint64_t read(uc_engine *uc, uint64_t offset, unsigned size, uint64_t *block) -- unicorn's MMIO read callback
 #     mov r11, rdx                                        ; size, for the Python path
