@@ -38,12 +38,19 @@ def make(**kw) -> tuple[AcpiPm, PortIoBus, FakeSink, list[str]]:
 
 def test_pm_timer_rate() -> None:
     _, bus, _, _ = make()
-    t0, v0 = time.monotonic_ns(), bus.read(ACPI_PM_TMR, 4)
+    # Each read bracketed by the clock: a thread descheduled between a clock read and a register read (seen
+    # under the full suite's load, 4.5 ms) widens the bounds instead of failing the rate.
+    before0 = time.monotonic_ns()
+    v0 = bus.read(ACPI_PM_TMR, 4)
+    after0 = time.monotonic_ns()
     time.sleep(0.2)
-    t1, v1 = time.monotonic_ns(), bus.read(ACPI_PM_TMR, 4)
+    before1 = time.monotonic_ns()
+    v1 = bus.read(ACPI_PM_TMR, 4)
+    after1 = time.monotonic_ns()
     ticks = (v1 - v0) & 0xFFFFFF
-    expected = (t1 - t0) * PM_TIMER_HZ / 1e9
-    assert abs(ticks - expected) / expected < 0.02
+    shortest = (before1 - after0) * PM_TIMER_HZ / 1e9
+    longest = (after1 - before0) * PM_TIMER_HZ / 1e9
+    assert shortest * 0.98 < ticks < longest * 1.02, (shortest, ticks, longest)
     assert v1 < (1 << 24)
 
 
