@@ -40,11 +40,6 @@ class NetBackend(ABC):
     def send_frame(self, frame: bytes) -> bool:
         """Send one frame to the host; False when the backend has ended."""
 
-    def try_send_frame(self, frame: bytes) -> bool | None:
-        """Send one frame if that cannot block (for a vCPU thread): None when it would (nothing sent), else as
-        send_frame(). A backend without a way to tell says None, and the card's transmit thread sends."""
-        return None
-
     @abstractmethod
     def close(self) -> None:
         """End the backend (idempotent, any thread)."""
@@ -150,27 +145,6 @@ class StreamBackend(NetBackend):
             return False
         return True
 
-    def try_send_frame(self, frame: bytes) -> bool | None:
-        if self._closed.is_set():
-            return False
-        if not self._send_lock.acquire(blocking=False):
-            return None
-        try:
-            data = struct.pack(">I", len(frame)) + frame
-            try:
-                sent = self.sock.send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return None
-            if sent < len(data):
-                # A stream socket with room for part of the record: the rest must follow before anything else.
-                self.sock.sendall(data[sent:])
-        except OSError as exc:
-            self._end(f"send failed: {exc.strerror or exc}")
-            return False
-        finally:
-            self._send_lock.release()
-        return True
-
     def _end(self, why: str) -> None:
         if not self._ended:
             self._ended = why
@@ -238,9 +212,6 @@ class TapBackend(NetBackend):
             self._end(f"write to {self.name} failed: {exc.strerror}")
             return False
         return True
-
-    def try_send_frame(self, frame: bytes) -> bool | None:
-        return self.send_frame(frame)        # a write to a TAP never blocks: the kernel queues or drops the frame
 
     def _end(self, why: str) -> None:
         if not self._ended:

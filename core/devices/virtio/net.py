@@ -9,11 +9,8 @@ backend takes partial checksums) and GUEST_CSUM (received frames are marked DATA
 frames whose checksums the host already made or checked). No segmentation offload is offered: with the 65520-byte
 MTU a TCP segment of 64 KiB is already one frame. With VERSION_1 the header is always 12 bytes (5.1.6).
 
-A notification of the transmit queue is served on the notifying vCPU itself while the frames are small (up to
-INLINE_FRAMES of at most INLINE_FRAME_BYTES: TCP acknowledgements, requests and replies) and the backend takes them
-without blocking; anything else wakes the card's transmit thread, which takes the frames, returns the buffers and
-sends the frames to the backend. Waking that thread cost the vCPU ~16 us a notification, on the path of every
-acknowledgement a download waits for (docs/net-performance.md, sessions 12 and 13). A receive thread reads
+Nothing runs on a vCPU thread but a wake-up: a notification of the transmit queue wakes the card's transmit
+thread, which takes the frames, returns the buffers and sends the frames to the backend; a receive thread reads
 frames from the backend and writes them into the driver's receive buffers, waiting (and so not reading, which
 pushes back on passt) when there are none. Ring work happens under the transport lock, so a reset never meets a
 half-written buffer. For a state capture (save, live snapshot) quiesce() holds both threads off the rings and guest
@@ -50,8 +47,6 @@ UDP_CSUM_OFFSET = 6           # offsetof(struct udphdr, check): 0 there means "n
 HDR_LEN = 12                  # struct virtio_net_hdr with num_buffers (VERSION_1)
 RX, TX = 0, 1
 TX_BATCH = 64                 # frames taken per pass of the transmit ring before they are sent
-INLINE_FRAMES = 8             # frames a notifying vCPU sends itself before it leaves the rest to the thread
-INLINE_FRAME_BYTES = 1514     # the largest it sends itself: bulk frames (up to 64 KiB) stay off the vCPU
 MIN_MTU = 68
 RX_BACKLOG_BYTES = 16 << 20   # frames held for the driver while it has no receive buffers (RxBacklog)
 
@@ -181,9 +176,7 @@ class VirtioNet(VirtioDevice):
         self._held = []                # the rings are gone: nothing taken from them is ours any more
 
     def process(self, queue: Virtqueue, memory: GuestMemory, handoff: Handoff | None = None) -> None:
-        # On the vCPU thread, under the transport lock.
-        if queue.index == TX and self._tx_inline():
-            return
+        # On the vCPU thread: only wake the thread that owns the queue.
         (self._rx_kick if queue.index == RX else self._tx_kick).wake()
 
     # -- the backend ------------------------------------------------------------------------------------------
@@ -503,47 +496,6 @@ class VirtioNet(VirtioDevice):
         if pushed:
             t.used(q, old_used, generation)
         return len(frames) == TX_BATCH
-
-    def _tx_inline(self) -> bool:
-        """Send the transmit queue's small frames on the notifying vCPU; True when it emptied the queue (nothing
-        for the transmit thread). Never waits: not while the thread is in a pass, nor on the backend."""
-        t, backend = self.transport, self.backend
-        if t is None or backend is None or not (self.link_up and self.switch_up):
-            return False
-        if not self._tx_pass_lock.acquire(blocking=False):
-            return False
-        try:
-            with t.lock:
-                q = t.queues[TX]
-                if self._frozen or not t.may_run() or not q.ready:
-                    return False
-                old_used, emptied = q.used_idx, False
-                # Each pop moves avail_event past the chain at once, as the thread's do: a chain added after the
-                # last look is notified. A chain put back is the thread's (this returns False), notified or not.
-                for _ in range(INLINE_FRAMES):
-                    chain = q.pop()
-                    if chain is None:
-                        emptied = True
-                        break
-                    if chain.readable_len > HDR_LEN + INLINE_FRAME_BYTES:
-                        q.unpop()
-                        break
-                    frame = self._tx_frame(chain, t.memory)
-                    sent = backend.try_send_frame(frame)
-                    if sent is None:             # the socket is full: the thread waits for room
-                        q.unpop()
-                        break
-                    q.push(chain, 0)
-                    if sent:
-                        self.stats["tx_packets"] += 1
-                        self.stats["tx_bytes"] += len(frame)
-                    else:
-                        self.stats["tx_dropped"] += 1
-                if q.used_idx != old_used:
-                    t.used(q, old_used)
-                return emptied
-        finally:
-            self._tx_pass_lock.release()
 
     def _tx_frame(self, chain: DescriptorChain, memory: GuestMemory) -> bytes:
         n = chain.readable_len

@@ -103,11 +103,6 @@ class Virtqueue:
             self.mark_read()
         return self._walk(head)
 
-    def unpop(self) -> None:
-        """Put back the chain the last pop() returned, not pushed: the next pop() returns it again (its available
-        entry stays in the ring until the device uses it, 2.7.6)."""
-        self.last_avail = (self.last_avail - 1) & 0xFFFF
-
     def mark_read(self) -> None:
         """avail_event (2.7.10): tell the driver how far the device has read, so it notifies only past that. A
         value older than the truth only brings a notification the device did not need."""
