@@ -118,7 +118,10 @@ class VirtioNet(VirtioDevice):
     device_id = 1
     pci_class = 0x020000          # network controller, Ethernet
     num_queues = 2
-    queue_size = 256
+    # 1024 entries a queue (QEMU's rx_queue_size allows up to 1024; the default is 256): with a 64 KiB frame over
+    # 16 or more page-sized receive buffers, 256 held ~16 frames, and a download whose receive thread found the
+    # ring empty stalled more often (A/B, docs/net-performance.md "Session 13").
+    queue_size = 1024
 
     def __init__(self, mac: str, connect: Connect, mtu: int = 1500, name: str = "net0") -> None:
         super().__init__()
