@@ -118,9 +118,9 @@ class VirtioNet(VirtioDevice):
     device_id = 1
     pci_class = 0x020000          # network controller, Ethernet
     num_queues = 2
-    # 1024 entries a queue (QEMU's rx_queue_size allows up to 1024; the default is 256): with a 64 KiB frame over
-    # 16 or more page-sized receive buffers, 256 held ~16 frames, and a download whose receive thread found the
-    # ring empty stalled more often (A/B, docs/net-performance.md "Session 13").
+    # 1024 entries a queue (QEMU's rx_queue_size allows up to 1024; the default is 256): a 64 KiB frame takes 8-45
+    # of Linux's mergeable receive buffers, so 256 held only 6-30 frames, and downloads met the ~170 ms loopback
+    # stall more often (A/B, docs/net-performance.md "Session 13").
     queue_size = 1024
 
     def __init__(self, mac: str, connect: Connect, mtu: int = 1500, name: str = "net0") -> None:
