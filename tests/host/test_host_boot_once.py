@@ -22,6 +22,7 @@ from pathlib import Path
 from core.config import BootConfig, CdromConfig, DiskConfig, VmConfig
 from core.host import LocalHost, VmState
 from core.keymap import text_events
+from core.vmproc.wire import vm_paths
 from tests.helpers import boot_media as bm
 from tests.helpers.screen_text import frame_text
 from tests.host.test_host_boot import host, runtime_dir  # noqa: F401  (fixtures)
@@ -32,14 +33,23 @@ TIMEOUT = 90
 def _wait_for_screen(vms: LocalHost, uuid: str, text: str) -> list[str]:
     deadline = time.monotonic() + TIMEOUT
     lines: list[str] = []
-    while time.monotonic() < deadline:
-        info = vms.get(uuid)
-        assert info.state == VmState.RUNNING, (info.state, info.reason, lines)
-        lines = frame_text(vms.console(uuid).frames.render(force=True))
-        if any(text in line for line in lines):
-            return lines
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} not on the screen after {TIMEOUT} s:\n" + "\n".join(lines))
+    with vms.console(uuid).frames as frames:        # one reader (and one descriptor) for the whole wait
+        while time.monotonic() < deadline:
+            info = vms.get(uuid)
+            assert info.state == VmState.RUNNING, (info.state, info.reason, lines)
+            lines = frame_text(frames.render(force=True))
+            if any(text in line for line in lines):
+                return lines
+            time.sleep(0.1)
+    raise AssertionError(f"{text!r} not on the screen after {TIMEOUT} s:\n" + "\n".join(lines)
+                         + "\nthe VM process's log ends:\n" + _log_tail(vms, uuid))
+
+
+def _log_tail(vms: LocalHost, uuid: str) -> str:
+    try:
+        return Path(vm_paths(vms.runtime_dir, uuid).log).read_text(errors="replace")[-3000:]
+    except OSError as exc:
+        return f"({exc})"
 
 
 def _type(vms: LocalHost, uuid: str, text: str) -> None:
