@@ -62,6 +62,7 @@ HEARTBEAT_INTERVAL = 0.25
 # while the guest animates; the writer renders only when the picture changed.
 FRAME_INTERVAL = 1 / 64
 IDLE_INTERVAL = 0.1              # how often a writer without readers looks for one
+RENDER_FAILURES = 64             # consecutive failed frames (a second's worth) after which the console stops
 MAX_SIDE = 16384                 # the reader's bounds on a hostile header (Bochs VBE allows 16000 x 12000)
 MAX_CAPACITY = 256 * 1024 * 1024
 MAX_RECTS = 16                   # more rectangles than this are sent as their bounding box
@@ -171,14 +172,24 @@ class SharedConsoleWriter:
 
     def _loop(self) -> None:
         due = time.monotonic()
+        failures = 0
         while not self._stop.is_set():
+            active = False
             try:
                 active = self.reader_active()
                 if active:
                     self.poll()
+                failures = 0
             except Exception:          # the screen must never take the VM down
-                log.exception("rendering the shared console failed; it stops updating")
-                return
+                # The renderer reads the adapter without its vCPU's lock (core.devices.vga): a frame caught in
+                # the middle of a mode change may fail once; the next one is tried. Only a failure that repeats
+                # for every frame of RENDER_FAILURES in a row stops the console.
+                failures += 1
+                if failures == 1:
+                    log.exception("rendering the shared console failed; trying the next frame")
+                if failures >= RENDER_FAILURES:
+                    log.error("rendering the shared console failed %d times in a row; it stops updating", failures)
+                    return
             # A fixed schedule (not a sleep after each frame), so the rate does not sink by the render time.
             now = time.monotonic()
             due = max(due + (FRAME_INTERVAL if active else IDLE_INTERVAL), now)

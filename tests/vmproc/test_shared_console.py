@@ -1,6 +1,6 @@
 """The shared-memory console (core/vmproc/shared_console.py): every reader gets exact pictures and the right dirty
 rectangles whatever its polling rate, a hostile file never crashes a reader, the writer renders only while someone
-watches, and a reader keeps up with 60 frames/s at 1024x768."""
+watches and goes on after a frame that failed to render, and a reader keeps up with 60 frames/s at 1024x768."""
 from __future__ import annotations
 
 import os
@@ -198,3 +198,55 @@ def test_a_reader_keeps_up_with_60_full_frames_a_second_at_1024x768(console):
     rate = frames / (time.perf_counter() - start)
     print(f"shared console: {rate:.0f} full 1024x768 frames/s published and read")
     assert rate >= 60
+
+
+class _FlakySource:
+    """A frame source whose render() raises for its first `failures` calls (a frame caught mid-mode-change), then
+    draws a picture."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def render(self, force: bool = False) -> Frame | None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise IndexError("a frame caught mid-mode-change")
+        pixels = np.full((8, 8), 0xFF00FF00, np.uint32)
+        return Frame(8, 8, pixels, [(0, 0, 8, 8)], "vbe test") if self.calls == self.failures + 1 else None
+
+
+def _watch(path: str, seconds: float) -> Frame | None:
+    """A reader watching for `seconds`: the last frame it got."""
+    frame = None
+    with SharedConsoleReader(path) as reader:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            frame = reader.render() or frame
+            time.sleep(0.01)
+    return frame
+
+
+def test_a_frame_that_fails_to_render_is_followed_by_the_next(tmp_path):
+    source = _FlakySource(failures=3)
+    writer = SharedConsoleWriter(str(tmp_path / "c"), source, capacity_for(1 << 20))
+    writer.start()
+    try:
+        frame = _watch(writer.path, 1.0)
+        assert frame is not None and int(frame.pixels[0, 0]) == 0xFF00FF00
+        assert writer._thread.is_alive()
+    finally:
+        writer.close()
+
+
+def test_rendering_that_always_fails_stops_the_console_not_the_process(tmp_path):
+    from core.vmproc.shared_console import RENDER_FAILURES
+    source = _FlakySource(failures=10**9)
+    writer = SharedConsoleWriter(str(tmp_path / "c"), source, capacity_for(1 << 20))
+    writer.start()
+    try:
+        assert _watch(writer.path, 2.5) is None
+        writer._thread.join(2)
+        assert not writer._thread.is_alive() and source.calls == RENDER_FAILURES
+    finally:
+        writer.close()
