@@ -21,6 +21,7 @@ extension (sample rates 200, 100, 80 -> ID 3), and reports `mouse_event` movemen
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from core.devices import i8042_state as ps2
 from core.irq import IrqLine
 from core.platform import I8042_CMD_PORT, I8042_DATA_PORT
 from core.timers import TimerQueue, now_ns
+
+log = logging.getLogger(__name__)
 
 # Status register bits.
 ST_OBF, ST_IBF, ST_SYS, ST_CMD, ST_UNLOCKED, ST_AUX = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -371,6 +374,9 @@ class I8042:
         with self._lock:
             if not self.keyboard.key(bytes(set2_scancode_bytes)):
                 self.dropped_keys += 1
+                if self.dropped_keys == 1 or self.dropped_keys % 1000 == 0:
+                    why = "the type-ahead queue is full" if self.keyboard.scanning else "the guest disabled scanning"
+                    log.warning("keyboard: a typed key was dropped (%s; %d so far)", why, self.dropped_keys)
             self._feed_typeahead()
             self._pump()
 
