@@ -255,3 +255,15 @@ def test_typing_ahead_never_fills_linux_probe_flush_and_loses_nothing() -> None:
     timers.stop()
     assert bytes(flushed + rest) == expected
     assert dev.dropped_keys == 0
+
+
+def test_a_key_the_keyboard_refuses_is_counted_and_logged_with_the_reason(caplog):
+    dev, bus, _, _, _ = make()
+    bus.write(0x60, 1, 0xF5)                  # the guest disables scanning
+    assert drain(bus) == [0xFA]
+    with caplog.at_level("WARNING", logger="core.devices.i8042"):
+        dev.press_key(b"\x1c")
+        dev.press_key(b"\xf0\x1c")
+    assert dev.dropped_keys == 2 and drain(bus) == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "keyboard: a typed key was dropped (the guest disabled scanning; 1 so far)"]
