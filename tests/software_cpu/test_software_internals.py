@@ -120,6 +120,9 @@ def test_cpuid_policy_describes_the_machine():
     assert crystal * num // den == 2_600_000_000
     assert p.query(0, 0x8000_0007, 0, False)[3] & (1 << 8)  # invariant TSC
     assert p.query(1, 0xB, 1, False)[1] == 2 and p.query(1, 0xB, 0, False)[3] == 1
+    l3 = p.query(1, 4, 3, False)[0]
+    assert l3 & 0x1F == 3 and (l3 >> 5) & 7 == 3 and (l3 >> 14) & 0xFFF == 1   # unified L3, shared by 2 IDs
+    assert p.query(1, 4, 4, False) == (0, 0, 0, 0)         # the list ends after it
 
 
 TSC_ADJUST_GUEST = r"""

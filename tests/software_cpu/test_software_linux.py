@@ -47,6 +47,8 @@ def test_two_vcpus_hash_and_fork_exec_storm_without_lockups_or_wrong_sums(debian
     assert [s for _, s in sums] == [expected], out[-3000:]
     assert int(sums[0][0]) >= 2, out[-3000:]                # both jobs finished at least one sum
     assert int(re.search(r"VIREO-STRESS-EXECS=(\d+)", out).group(1)) >= 50, out[-3000:]
+    # CPUID leaf 4: an L3 shared by both vCPUs, so Linux wakes a task on the other vCPU without an IPI each time
+    assert "VIREO-STRESS-LLC=L3:0-1" in out, out[-3000:]
 
 
 def _shell(kernel, initrd, *extra: str, timeout: float = 120) -> tuple[int, str, str]:
