@@ -385,6 +385,7 @@ class PciBus:
                     if bar.is_io:
                         self.pio.unregister(bar.mapped_at, bar.size)
                     else:
+                        self._bind_doorbells(bar, False)
                         if bar.ram_mapped:
                             self._unmap_ram(bar)
                         self.mmio.unregister(bar.mapped_at)
@@ -404,6 +405,7 @@ class PciBus:
                     continue
                 if not bar.is_io:
                     self._map_ram(bar)
+                    self._bind_doorbells(bar, True)
 
     def _map_ram(self, bar: Bar) -> None:
         backing = getattr(bar.handler, "ram_backing", None)
@@ -431,6 +433,24 @@ class PciBus:
         except Exception:
             log.exception("unmapping the RAM behind the BAR at %#x failed", bar.mapped_at)
         self._notify_ram_mapping(bar, False)
+
+    def _bind_doorbells(self, bar: Bar, bind: bool) -> None:
+        """Hand the accelerator the doorbells of a BAR's notification addresses (core/devices/doorbell.py), or
+        take them back before the BAR moves. One it refuses (no such support, a full table) is still rung from
+        Python when the write reaches the BAR's MMIO handler."""
+        doorbells = getattr(bar.handler, "doorbells", None)
+        if doorbells is None or self.ram_mapper is None or bar.mapped_at is None:
+            return
+        for offset, fd in doorbells():
+            try:
+                if bind:
+                    self.ram_mapper.add_ioeventfd(bar.mapped_at + offset, fd)
+                else:
+                    self.ram_mapper.remove_ioeventfd(bar.mapped_at + offset)
+            except NotImplementedError:
+                return
+            except (OSError, ValueError) as exc:
+                log.info("the doorbell at %#x stays an MMIO exit: %s", bar.mapped_at + offset, exc)
 
     @staticmethod
     def _notify_ram_mapping(bar: Bar, mapped: bool) -> None:

@@ -193,6 +193,17 @@ class Accelerator(ABC):
         """Undo map_ram at `gpa`: the range is MMIO again. ValueError if nothing is mapped there."""
         raise NotImplementedError(f"the {self.name} backend cannot map device memory as RAM")
 
+    def add_ioeventfd(self, gpa: int, fd: int) -> None:
+        """Ring the eventfd `fd` (write 1 to it) for a guest write of 2 bytes to guest-physical `gpa`, instead of
+        an MMIO exit: a device's queue doorbell (core/devices/doorbell.py, KVM API doc 4.59 KVM_IOEVENTFD). Other
+        widths still exit. The backend keeps its own reference to the eventfd. Raises NotImplementedError if
+        unsupported, OSError or ValueError if refused."""
+        raise NotImplementedError(f"the {self.name} backend has no ioeventfds")
+
+    def remove_ioeventfd(self, gpa: int) -> None:
+        """Undo add_ioeventfd at `gpa`: writes there exit as MMIO again."""
+        raise NotImplementedError(f"the {self.name} backend has no ioeventfds")
+
     def ram_mappings_settled(self) -> bool:
         """Whether every map_ram/unmap_ram asked so far is in effect for the vCPUs. Reliable on a vCPU thread (a
         device callback): a backend that applies them late does so on that thread, between runs. A backend that

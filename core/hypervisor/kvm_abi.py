@@ -170,6 +170,14 @@ class kvm_irq_level(Structure):
     _fields_ = [("irq", c_uint32), ("level", c_uint32)]
 
 
+class kvm_ioeventfd(Structure):
+    _fields_ = [("datamatch", c_uint64), ("addr", c_uint64), ("len", c_uint32), ("fd", c_int),
+                ("flags", c_uint32), ("pad", c_uint8 * 36)]
+
+
+KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+
+
 class kvm_pit_config(Structure):
     _fields_ = [("flags", c_uint32), ("pad", c_uint32 * 15)]
 
@@ -401,6 +409,7 @@ KVM_CAP_MP_STATE = 14
 KVM_CAP_IRQ_ROUTING = 25
 KVM_CAP_PIT2 = 33
 KVM_CAP_PIT_STATE2 = 35
+KVM_CAP_IOEVENTFD = 36
 KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
 KVM_CAP_VCPU_EVENTS = 41
 KVM_CAP_DEBUGREGS = 50
@@ -429,6 +438,7 @@ KVM_GET_IRQCHIP = _IOWR(KVMIO, 0x62, kvm_irqchip)
 KVM_SET_IRQCHIP = _IOR(KVMIO, 0x63, kvm_irqchip)      # (sic) _IOR in the header
 KVM_SET_GSI_ROUTING = _IOW(KVMIO, 0x6A, kvm_irq_routing)
 KVM_CREATE_PIT2 = _IOW(KVMIO, 0x77, kvm_pit_config)
+KVM_IOEVENTFD = _IOW(KVMIO, 0x79, kvm_ioeventfd)
 KVM_SIGNAL_MSI = _IOW(KVMIO, 0xA5, kvm_msi)
 KVM_GET_PIT2 = _IOR(KVMIO, 0x9F, kvm_pit_state2)
 KVM_SET_PIT2 = _IOW(KVMIO, 0xA0, kvm_pit_state2)

@@ -217,6 +217,7 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
         if not stopped:
             log.error("software CPU: a vCPU is still inside emulation; its guest RAM stays mapped")
             return
+        self.doorbells.close()
         for gpa, size in [(r.gpa, r.size) for r in self.ram_mappings] + \
                 [(gpa, size) for gpa, (_, size) in self._device_ram.items()]:
             try:

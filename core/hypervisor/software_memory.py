@@ -47,6 +47,7 @@ import unicorn
 from core.bus import MmioBus
 from core.hypervisor import uc_internals as ui
 from core.hypervisor.base import AcceleratorUnavailable, fault_line
+from core.hypervisor.uc_doorbells import DoorbellTable
 from core.hypervisor.uc_fast_eoi import FastEoiBlock
 from core.hypervisor.uc_native import _Natives
 from core.hypervisor.uc_native_tick import NativeTick
@@ -126,7 +127,8 @@ class SoftwareMemoryMap:
         self._hole_write = write_cb = _MMIO_WRITE_CFUNC(self._mmio_write)
         self._callbacks += [read_cb, write_cb]
         # Writes to the holes go through the native EOI stub first; all but an armed EOI reach _mmio_write.
-        self.fast_eoi = FastEoiBlock(ui.addr_of(write_cb))
+        self.doorbells = DoorbellTable()
+        self.fast_eoi = FastEoiBlock(ui.addr_of(write_cb), self.doorbells.address)
         for start, size in holes:
             for piece, piece_size in _pieces(start, start + size):
                 self._map_hole(piece, piece_size)
@@ -224,6 +226,13 @@ class SoftwareMemoryMap:
             self._mmio_pieces[gpa] = size
             self._pending_map_ops += [("unmap_ram", gpa, size, host_addr), ("mmio", gpa, size)]
         self._request_map_apply()
+
+    def add_ioeventfd(self, gpa: int, fd: int) -> None:
+        """A 2-byte write to `gpa` rings eventfd `fd` in the native MMIO write stub (uc_doorbells); at once."""
+        self.doorbells.add(gpa, fd)
+
+    def remove_ioeventfd(self, gpa: int) -> None:
+        self.doorbells.remove(gpa)
 
     def ram_mappings_settled(self) -> bool:
         """No request is waiting for _apply_map_ops (which runs on the owner thread, between slices)."""

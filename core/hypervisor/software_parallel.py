@@ -238,6 +238,14 @@ class ParallelSoftwareAccelerator(Accelerator):
         for core in self.cores:
             core.unmap_ram(gpa)
 
+    def add_ioeventfd(self, gpa: int, fd: int) -> None:
+        for core in self.cores:
+            core.add_ioeventfd(gpa, fd)
+
+    def remove_ioeventfd(self, gpa: int) -> None:
+        for core in self.cores:
+            core.remove_ioeventfd(gpa)
+
     def ram_mappings_settled(self) -> bool:
         me = threading.current_thread()
         for core in self.cores:

@@ -14,8 +14,9 @@ only empties the ISR, nothing becomes deliverable and nothing goes to the I/O AP
   holds: bit 63 (FAST) set, count 0, and points the instance's block at the word and at the EOI register's
   guest-physical address.
 * The MMIO write callback of the instance's holes is a native stub (WRITE_STUB below). A 4-byte write to that
-  address while FAST is set adds one to the count with a locked compare-and-exchange, and returns. Every other
-  write tail-calls the Python callback, exactly as before.
+  address while FAST is set adds one to the count with a locked compare-and-exchange, and returns. A 2-byte write
+  to a queue doorbell's address rings its eventfd (uc_doorbells). Every other write tail-calls the Python
+  callback, exactly as before.
 * Any use of the model takes the word first (`take`: an atomic exchange with 0, which also clears FAST) under
   the model's lock, and applies the EOIs it counted. A stub that loses that race sees FAST clear and takes the
   Python path, so an EOI is applied exactly once, before the model next looks at its ISR -- before an
@@ -40,16 +41,27 @@ NOT_ARMED = 0xFFFF_FFFF_FFFF_FFFF     # no guest-physical address a 4-byte write
 EOI_REGISTER = 0xB0                   # offset in the xAPIC page (SDM vol. 3, table 10-1)
 
 # void write(uc_engine *uc, uint64_t offset, unsigned size, uint64_t value, struct {piece, block} *user),
-# unicorn's MMIO write callback; block = {armed EOI address, &word, the Python callback}:
+# unicorn's MMIO write callback; block = {armed EOI address, &word, the Python callback, &doorbell table}; a write
+# that is not an armed EOI rings the doorbell bound at its address, if any (uc_doorbells), before it goes to Python:
 #     mov r9, [r8+8]; mov r8, [r8]          ; the block; the piece's base, which the Python callback takes
-#     lea rax, [r8+rsi]; cmp rax, [r9]; jne slow
+#     lea rax, [r8+rsi]; cmp rax, [r9]; jne bell
 #     cmp edx, 4; jne slow
 #     mov r10, [r9+8]; mov rax, [r10]
 #   retry: bt rax, 63; jnc slow             ; not armed (any use of the model since the acknowledge clears it)
 #     lea r11, [rax+1]; lock cmpxchg [r10], r11; jne retry; ret
+#   bell: cmp edx, 2; jne slow              ; a virtio notification is 2 bytes
+#     mov r10, [r9+24]; mov r11, [r10]      ; the table; its count
+#   next: test r11, r11; jz slow
+#     cmp rax, [r10+16]; je ring
+#     add r10, 16; dec r11; jmp next
+#   ring: mov edi, [r10+24]                 ; write(fd, &table[1], 8): the eventfd's counter + 1
+#     mov rsi, [r9+24]; add rsi, 8; mov edx, 8; mov eax, 1; syscall; ret
 #   slow: jmp [r9+16]
-WRITE_STUB = bytes.fromhex("4d8b4808 4d8b00 498d0430 493b01 751f 83fa04 751a 4d8b5108 498b02"
-                           "480fbae03f 730c 4c8d5801 f04d0fb11a 75ee c3 41ff6110")
+WRITE_STUB = bytes.fromhex("4d8b4808 4d8b00 498d0430 493b01 751f 83fa04 7553 4d8b5108 498b02"
+                           "480fbae03f 7345 4c8d5801 f04d0fb11a 75ee c3"
+                           "83fa02 7534 4d8b5118 4d8b1a 4d85db 7428 493b4210 7409 4983c210 49ffcb ebec"
+                           "418b7a18 498b7118 4883c608 ba08000000 b801000000 0f05 c3"
+                           "41ff6110")
 # uint64_t xchg(uint64_t *word, uint64_t value): mov rax, rsi; xchg [rdi], rax; ret
 XCHG_STUB = bytes.fromhex("4889f0 488707 c3")
 
@@ -67,8 +79,8 @@ class FastEoiStubs:
 class FastEoiBlock:
     """One unicorn instance's block, and the per-piece records its MMIO holes' write callback receives."""
 
-    def __init__(self, python_write: int) -> None:
-        self.block = (c_uint64 * 3)(NOT_ARMED, 0, python_write)
+    def __init__(self, python_write: int, doorbells: int) -> None:
+        self.block = (c_uint64 * 4)(NOT_ARMED, 0, python_write, doorbells)
         self._records: dict[int, ctypes.Array] = {}
 
     def user_for(self, piece: int) -> int:

@@ -7,7 +7,8 @@ from typing import Any
 from core.vmproc.wire import MAX_NICS, MAX_REASON
 
 _NIC_TEXT = ("mac", "model", "backend", "link_reason")
-_NIC_COUNTS = ("mtu", "rx_bytes", "rx_packets", "tx_bytes", "tx_packets", "rx_dropped", "tx_dropped")
+_NIC_COUNTS = ("mtu", "rx_bytes", "rx_packets", "tx_bytes", "tx_packets", "rx_dropped", "tx_dropped",
+               "notifies_native", "notify_exits")
 
 
 def checked_nics(value: Any) -> list[dict[str, Any]]:

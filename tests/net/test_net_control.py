@@ -50,6 +50,11 @@ def test_link_switch_and_forwards_on_a_running_vm(spawner, debian_kernel, initrd
     rec.expect(re.compile(rb"# "), 20)
     assert b"VIREO-HTTPD-PAGE" in _fetch(f"http://127.0.0.1:{old_port}/")
 
+    # The driver's notifications were rung by the software CPU's native stub, none through Python
+    # (core/hypervisor/uc_doorbells.py).
+    status = process.net_status()[0]
+    assert status["notifies_native"] > 0 and status["notify_exits"] == 0, status
+
     process.net_set(0, link=False)
     _carrier(process, rec, "0")
     status = process.net_status()[0]

@@ -26,11 +26,20 @@ APIC = 0xFEE0_0000
 def test_stubs_match_their_assembly(tmp_path) -> None:
     assert uc_fast_eoi.WRITE_STUB == gas(tmp_path, """
             mov 8(%r8), %r9; mov (%r8), %r8
-            lea (%r8,%rsi), %rax; cmp (%r9), %rax; jne slow
+            lea (%r8,%rsi), %rax; cmp (%r9), %rax; jne bell
             cmp $4, %edx; jne slow
             mov 8(%r9), %r10; mov (%r10), %rax
         retry: bt $63, %rax; jnc slow
             lea 1(%rax), %r11; lock cmpxchg %r11, (%r10); jne retry
+            ret
+        bell: cmp $2, %edx; jne slow
+            mov 24(%r9), %r10; mov (%r10), %r11
+        next: test %r11, %r11; jz slow
+            cmp 16(%r10), %rax; je ring
+            add $16, %r10; dec %r11; jmp next
+        ring: mov 24(%r10), %edi
+            mov 24(%r9), %rsi; add $8, %rsi
+            mov $8, %edx; mov $1, %eax; syscall
             ret
         slow: jmp *16(%r9)""")
     assert uc_fast_eoi.XCHG_STUB == gas(tmp_path, "mov %rsi, %rax; xchg %rax, (%rdi); ret")

@@ -9,12 +9,14 @@ backend takes partial checksums) and GUEST_CSUM (received frames are marked DATA
 frames whose checksums the host already made or checked). No segmentation offload is offered: with the 65520-byte
 MTU a TCP segment of 64 KiB is already one frame. With VERSION_1 the header is always 12 bytes (5.1.6).
 
-Nothing runs on a vCPU thread but a wake-up: a notification of the transmit queue wakes the card's transmit
-thread, which takes the frames, returns the buffers and sends the frames to the backend; a receive thread reads
-frames from the backend and writes them into the driver's receive buffers, waiting (and so not reading, which
-pushes back on passt) when there are none. Ring work happens under the transport lock, so a reset never meets a
-half-written buffer. For a state capture (save, live snapshot) quiesce() holds both threads off the rings and guest
-RAM until thaw(): frames from the host wait in the backend's socket meanwhile (docs/machine-state.md).
+Nothing runs on a vCPU thread but a wake-up: a notification of the transmit queue rings the transmit thread's
+doorbell (core/devices/doorbell.py; the accelerator rings it natively, without an exit into Python), and the
+thread takes the frames, returns the buffers and sends the frames to the backend; a receive thread reads frames
+from the backend and writes them into the driver's receive buffers, waiting (and so not reading, which pushes
+back on passt) when there are none, and the receive queue's notification rings the drain thread that delivers
+what waited. Ring work happens under the transport lock, so a reset never meets a half-written buffer. For a
+state capture (save, live snapshot) quiesce() holds both threads off the rings and guest RAM until thaw(): frames
+from the host wait in the backend's socket meanwhile (docs/machine-state.md).
 
 Everything the driver wrote is untrusted: a transmit chain shorter than the header plus an Ethernet header or
 longer than the largest frame, a segmentation request that was never offered, a checksum position outside the
@@ -29,6 +31,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
+from core.devices.doorbell import Doorbell
 from core.devices.virtio.pci import Handoff, VirtioDevice, VirtioPciDevice
 from core.devices.virtio.queue import DescriptorChain, Virtqueue, VirtqueueError, gather
 from core.memory import GuestMemory, GuestMemoryError
@@ -52,31 +55,6 @@ RX_BACKLOG_BYTES = 16 << 20   # frames held for the driver while it has no recei
 
 Connect = Callable[[], NetBackend]
 LinkListener = Callable[[bool, str], None]
-
-
-class Wakeup:
-    """A wake-up that cannot be lost: a counter every wake() bumps, and a wait for it to move past a value the
-    waiter read *before* it looked at the ring. A driver that adds buffers and notifies between the receive
-    thread's look at the ring and its wait has already moved the counter, so the wait returns at once; nothing
-    depends on a poll timeout to recover (the earlier Event-with-timeout let a lost wake-up cost up to 0.5 s)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._count = 0
-
-    def wake(self) -> None:
-        with self._cond:
-            self._count += 1
-            self._cond.notify_all()
-
-    def mark(self) -> int:
-        """The counter now: read it, then check the condition, then wait_past(mark)."""
-        return self._count             # one int read: atomic under the GIL, and wake() only ever increments
-
-    def wait_past(self, mark: int, timeout: float | None = None) -> bool:
-        """Wait until some wake() came after `mark` was read; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._count != mark, timeout)
 
 
 class RxBacklog:
@@ -143,8 +121,9 @@ class VirtioNet(VirtioDevice):
         self.backend: NetBackend | None = None
         self._held: list[DescriptorChain] = []      # receive buffers taken for a frame that did not fit yet
         self._backend_lock = threading.Lock()       # one connect/disconnect at a time
-        self._rx_kick = Wakeup()                    # the driver added receive buffers (or the state changed)
-        self._tx_kick = Wakeup()                    # the driver added frames to send
+        self._rx_kick = Doorbell()                  # the driver added receive buffers (or the state changed)
+        self._tx_kick = Doorbell()                  # the driver added frames to send
+        self._notify_exits = 0                      # notifications that reached process() (not rung natively)
         self._stopping = False
         self._rx_threads: list[threading.Thread] = []     # the backend's reader and the backlog's drain
         self._backlog: RxBacklog | None = None
@@ -173,14 +152,19 @@ class VirtioNet(VirtioDevice):
         return self.transport.driver_features if self.transport is not None else 0
 
     def activate(self, driver_features: int) -> None:
-        self._rx_kick.wake()
+        self._rx_kick.ring()
 
     def reset(self) -> None:
         self._held = []                # the rings are gone: nothing taken from them is ours any more
 
     def process(self, queue: Virtqueue, memory: GuestMemory, handoff: Handoff | None = None) -> None:
-        # On the vCPU thread: only wake the thread that owns the queue.
-        (self._rx_kick if queue.index == RX else self._tx_kick).wake()
+        # On the vCPU thread, for a notification the accelerator did not ring natively: only wake the thread that
+        # owns the queue.
+        self._notify_exits += 1
+        (self._rx_kick if queue.index == RX else self._tx_kick).ring()
+
+    def doorbell(self, index: int) -> Doorbell | None:
+        return self._rx_kick if index == RX else self._tx_kick
 
     # -- the backend ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -220,7 +204,7 @@ class VirtioNet(VirtioDevice):
         threads, self._rx_threads = self._rx_threads, []
         if self._backlog is not None:
             self._backlog.close()
-        self._rx_kick.wake()
+        self._rx_kick.ring()
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(5)
@@ -230,9 +214,15 @@ class VirtioNet(VirtioDevice):
         with self._backend_lock:
             self._stopping = True
             self._disconnect()
-        self._tx_kick.wake()
+        self._tx_kick.ring()
         if self._tx_thread is not None and self._tx_thread is not threading.current_thread():
             self._tx_thread.join(5)
+        # Closed once nothing waits on them (a close does not wake a read); an accelerator that bound them holds
+        # its own reference for the rest of the machine's life.
+        if self._tx_thread is None or not self._tx_thread.is_alive():
+            self._tx_kick.close()
+        if not any(thread.is_alive() for thread in self._rx_threads):
+            self._rx_kick.close()
 
     def set_switch(self, up: bool) -> None:
         """Plug or unplug the virtual cable: the STATUS field's LINK_UP follows (with the backend's state) and a
@@ -243,7 +233,7 @@ class VirtioNet(VirtioDevice):
             self.switch_up = bool(up)
             if before != (self.link_up and self.switch_up):
                 self._config_changed()
-        self._rx_kick.wake()
+        self._rx_kick.ring()
 
     def _set_link(self, up: bool, reason: str) -> None:
         changed = up != self.link_up
@@ -301,8 +291,8 @@ class VirtioNet(VirtioDevice):
             self._thawed.notify_all()
         if pending and self.transport is not None:
             self.transport.config_changed()
-        self._rx_kick.wake()            # the drain thread delivers what waited; the driver's buffers are there
-        self._tx_kick.wake()            # frames the driver queued before the pause and we did not take
+        self._rx_kick.ring()            # the drain thread delivers what waited; the driver's buffers are there
+        self._tx_kick.ring()            # frames the driver queued before the pause and we did not take
 
     @property
     def frozen(self) -> bool:
@@ -356,7 +346,7 @@ class VirtioNet(VirtioDevice):
                         continue
                 if not backlog.put(frame):
                     return                               # disconnected while waiting for room
-                self._rx_kick.wake()                     # the drain thread looks again (buffers may be there now)
+                self._rx_kick.ring()                     # the drain thread looks again (buffers may be there now)
         except Exception as exc:                # a device-model bug stops this card, not the VM
             log.exception("%s: receive failed", self.name)
             self._fail(f"device model failed: {type(exc).__name__}: {exc}")
@@ -366,13 +356,13 @@ class VirtioNet(VirtioDevice):
         """The drain thread: moves backlogged frames into the ring as the driver adds buffers."""
         try:
             while self.backend is backend:
-                seen = self._rx_kick.mark()      # before the look at the ring: a notify after it is not lost
                 with self._rx_order:
                     while backlog.frames and self._deliver(backlog.frames[0]):
                         backlog.pop()
                 # Nothing backlogged, or no receive buffers: wait for a frame or the driver's notify (activate,
-                # a reset, the link switch and a disconnect wake this too).
-                self._rx_kick.wait_past(seen)
+                # a reset, the link switch and a disconnect ring this too). A ring during the look above makes
+                # this return at once: the wait consumes only rings made before it.
+                self._rx_kick.wait()
         except Exception as exc:
             log.exception("%s: receive failed", self.name)
             self._fail(f"device model failed: {type(exc).__name__}: {exc}")
@@ -447,10 +437,8 @@ class VirtioNet(VirtioDevice):
 
     # -- transmit ---------------------------------------------------------------------------------------------
     def _tx_loop(self) -> None:
-        seen = self._tx_kick.mark()
         while True:
-            self._tx_kick.wait_past(seen)
-            seen = self._tx_kick.mark()         # before the pass: a notify during it brings another pass
+            self._tx_kick.wait()                # a notify during the pass below brings another pass
             if self._stopping:
                 return
             try:
@@ -527,7 +515,10 @@ class VirtioNet(VirtioDevice):
         return bytes(frame)
 
     def counters(self) -> dict[str, int]:
-        return dict(self.stats)
+        """The traffic counters, and how the driver's notifications arrived: rung by the accelerator without an
+        exit, or through the notification register's MMIO handler."""
+        return {**self.stats, "notifies_native": self._rx_kick.rung_natively + self._tx_kick.rung_natively,
+                "notify_exits": self._notify_exits}
 
 
 def _scatter_frame(memory: GuestMemory, q: Virtqueue, chains: list[DescriptorChain], data: memoryview,

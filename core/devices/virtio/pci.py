@@ -23,6 +23,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
+from core.devices.doorbell import Doorbell
 from core.devices.pci import Bar, PciDevice
 from core.devices.virtio import state as virtio_state
 from core.devices.virtio.queue import DescriptorChain, Virtqueue, VirtqueueError
@@ -94,6 +95,12 @@ class VirtioDevice(ABC):
     def reset(self) -> None:
         """The driver (or a machine reset) reset the device."""
 
+    def doorbell(self, index: int) -> Doorbell | None:
+        """The doorbell of queue `index` when its work runs on a thread of the device's own (core/devices/doorbell.py):
+        the transport offers it for the queue's notification address, and the accelerator rings it without a
+        Python exit. None: notifications reach process() on the vCPU thread."""
+        return None
+
 
 class VirtioPciDevice(PciDevice):
     """A modern virtio-pci function wrapping one VirtioDevice."""
@@ -111,8 +118,8 @@ class VirtioPciDevice(PciDevice):
         self._generation = 0          # bumped at every reset: a completion from before it is dropped
         self._worker: _QueueWorker | None = None
         self.queues = [Virtqueue(memory, i, device.queue_size) for i in range(device.num_queues)]
-        self.add_bar(VIRTIO_BAR, Bar(VIRTIO_BAR_SIZE, False, _BarWindow(self, self._bar_read, self._bar_write),
-                                     is_64bit=True))
+        self.add_bar(VIRTIO_BAR, Bar(VIRTIO_BAR_SIZE, False, _BarWindow(self, self._bar_read, self._bar_write,
+                                                                        self._notify_doorbells), is_64bit=True))
         self._add_virtio_cap(CAP_COMMON, COMMON_OFF, COMMON_LEN)
         self._add_virtio_cap(CAP_NOTIFY, NOTIFY_OFF, NOTIFY_MULTIPLIER * len(self.queues),
                              struct.pack("<I", NOTIFY_MULTIPLIER))
@@ -320,6 +327,15 @@ class VirtioPciDevice(PciDevice):
         elif NOTIFY_OFF <= off < NOTIFY_OFF + NOTIFY_MULTIPLIER * len(self.queues):
             self.notify((off - NOTIFY_OFF) // NOTIFY_MULTIPLIER)
 
+    def _notify_doorbells(self) -> list[tuple[int, int]]:
+        """(offset in BAR 4, eventfd) of each queue's notification address that has a doorbell."""
+        bells = []
+        for index in range(len(self.queues)):
+            bell = self.device.doorbell(index)
+            if bell is not None:
+                bells.append((NOTIFY_OFF + NOTIFY_MULTIPLIER * index, bell.fd))
+        return bells
+
     def notify(self, index: int) -> None:
         """The driver kicked queue `index`."""
         if not self.status & STATUS_DRIVER_OK or self.status & STATUS_NEEDS_RESET or index >= len(self.queues):
@@ -525,10 +541,12 @@ class _QueueWorker:
 class _BarWindow:
     """Adapts a BAR's absolute MMIO addresses to offsets, under the device lock."""
 
-    def __init__(self, dev: VirtioPciDevice, read, write) -> None:
+    def __init__(self, dev: VirtioPciDevice, read, write, doorbells=None) -> None:
         self.dev = dev
         self._read = read
         self._write = write
+        if doorbells is not None:
+            self.doorbells = doorbells      # PciBus binds them to the accelerator where the BAR is mapped
 
     def _bar_base(self, addr: int) -> int:
         for bar in self.dev.bars.values():
