@@ -218,6 +218,8 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
             log.error("software CPU: a vCPU is still inside emulation; its guest RAM stays mapped")
             return
         self.doorbells.close()
+        if self.natives.block_cache is not None:
+            self.natives.block_cache.unregister(self.uch)     # no vCPU can be inside its lookup any more
         for gpa, size in [(r.gpa, r.size) for r in self.ram_mappings] + \
                 [(gpa, size) for gpa, (_, size) in self._device_ram.items()]:
             try:

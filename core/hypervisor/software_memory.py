@@ -296,6 +296,8 @@ class SoftwareMemoryMap:
             if last != 0xFFFF_FFFF_FFFF_FFFF:
                 top = max(top, last + 1)
         self.natives.code_tracking.register(self.uch, top + (64 << 20))   # headroom for RAM mapped later
+        if self.natives.block_cache is not None:
+            self.natives.block_cache.register(self.uch)                  # uc_tb_cache
         bitmap = self.natives.code_tracking.bitmap(self.uch)
         if bitmap is not None:
             spans = []

@@ -23,10 +23,13 @@ wrappers interposed in front of QEMU's x86 helpers, and RDTSC.
   translated block (uc_tbstart), page-table reads straight from guest RAM (uc_physread), the native EOI
   (uc_fast_eoi) and the native timer tick (uc_native_tick: its acknowledge stub, and a stub in front of the
   WRMSR wrapper), in the same page.
+* A second-level cache of translated blocks in front of QEMU's hash table (uc_tb_cache), in the GOT slot of
+  tb_htable_lookup.
 """
 from __future__ import annotations
 
 import ctypes
+import logging
 import struct
 import threading
 from collections.abc import Callable
@@ -35,13 +38,17 @@ from ctypes import c_int, c_uint64, c_void_p
 from core.hypervisor import uc_sysentry
 from core.hypervisor.uc_codetrack import CodeDirtyTracking
 from core.hypervisor.uc_fast_eoi import FastEoiStubs
-from core.hypervisor.uc_internals import UC_CPU, addr_of, qemu
+from core.hypervisor.uc_internals import UC_CPU, UnicornInternalsError, addr_of, qemu
 from core.hypervisor.uc_native_tick import NativeTickStubs, wrmsr_stub_code
 from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _poke_pointer
 from core.hypervisor.uc_physread import PageTableReads
+from core.hypervisor.uc_tb_cache import BlockCache
+from core.hypervisor.uc_tb_cache import wanted as block_cache_wanted
 from core.hypervisor.uc_tbstart import InlineExitCheck
 from core.hypervisor.vcpu_signal_timer import HANDLER_STUB as TIMER_SIGNAL_HANDLER
 from core.pio_lanes import LANES, WRITE_KEY
+
+log = logging.getLogger(__name__)
 
 
 def intr_hook_code(counters: int, do_interrupt: int) -> bytes:
@@ -179,6 +186,12 @@ class _Natives:
         self.page_table_reads = PageTableReads(self.page)
         self.fast_eoi = FastEoiStubs(self.page)
         self.timer_signal_handler = self.page.add(TIMER_SIGNAL_HANDLER)     # vcpu_signal_timer
+        self.block_cache: BlockCache | None = None                          # uc_tb_cache
+        if block_cache_wanted():
+            try:
+                self.block_cache = BlockCache(self.page)
+            except UnicornInternalsError as exc:
+                log.warning("software CPU: QEMU's block lookup stays as it is: %s", exc)
         self.page.seal()
 
     def _make_dispatch(self, name: str) -> Callable[[int, int], int]:

@@ -90,4 +90,5 @@ def test_a_fresh_process_runs_a_guest_from_the_cache(cache_dir):
                              env={**os.environ, "VIREO_CACHE_DIR": str(cache_dir)})
         assert run.returncode == 0, run.stderr[-3000:]
         outs.append(run.stdout.strip().splitlines()[-1])
-    assert outs == ["searched 4", "searched 0"]   # uc_native, uc_codetrack, uc_tbstart, uc_physread; then none
+    # uc_native, uc_codetrack, uc_tbstart, uc_physread, uc_tb_cache; then none
+    assert outs == ["searched 5", "searched 0"]
