@@ -7,23 +7,33 @@ calls `tb_htable_lookup`: the physical page of the PC through the soft TLB, an x
 cflags), and a walk of a bucket in the global `qht` comparing each candidate field by field (`tb_lookup_cmp`).
 
 The jump cache misses a great deal. Its hash XORs the PC with itself shifted by 6, so blocks a few dozen bytes
-apart can share an entry; and many hot kernel blocks exist twice, because x86 hflags carry SS32, which a 64-bit
+apart can share an entry; and many hot kernel blocks existed twice, because x86 hflags carry SS32, which a 64-bit
 kernel entered by SYSCALL has set (SS from STAR) and one entered by an interrupt from user mode has clear (SS
-loaded with a null selector), though 64-bit code never reads it -- the jump cache, indexed by the PC alone, swaps
-the two back and forth. Measured in the network benchmark's request phase (a Debian guest serving HTTP): ~3
-million lookups a second reached the hash table, mostly hot pairs of kernel blocks 0x35-0xB3 bytes apart or one
-PC under both flags, and the walk took about a quarter of the vCPU thread (perf: qht_lookup_custom, tb_lookup_cmp,
-tb_htable_lookup).
+loaded with a null selector) -- the jump cache, indexed by the PC alone, swapped the two back and forth. Measured
+in the network benchmark's request phase (a Debian guest serving HTTP): ~3 million lookups a second reached the
+hash table, mostly hot pairs of kernel blocks 0x35-0xB3 bytes apart or one PC under both flags, and the walk took
+about a quarter of the vCPU thread (perf: qht_lookup_custom, tb_lookup_cmp, tb_htable_lookup).
 
-So a wrapper sits in the GOT slot of `tb_htable_lookup_x86_64` (the jump cache inlined in its callers stays as
-it is): for a registered instance it first looks in a direct-mapped table of 65,536 entries {PC, block, flush
-count} indexed by a multiplicative hash of the PC and the flags, and accepts the block only if it passes every test
-`tb_lookup_cmp` makes -- same PC, CS base, flags, cflags under CF_HASH_MASK without CF_INVALID, trace state,
-one page only, and its first page the physical page the PC maps to now (the soft TLB's answer, as the original
-asks for) -- and the entry was made since the instance's last `tb_flush` (TBContext.tb_flush_count: a flush
-frees every block, so an older pointer may point anywhere in the code buffer). Anything else goes to the original
-lookup, whose answer fills the entry. An invalidated block (a write to its code) carries CF_INVALID before it
-leaves the hash table (do_tb_phys_invalidate), so the table never returns a block the original would not.
+Two changes, installed together once per process before any instance exists (VIREO_TB_CACHE=0 leaves QEMU alone):
+
+* One block per PC in 64-bit code. 64-bit code never reads SS32 (target/i386/translate.c: the stack size there
+  is 64 bits; only PUSHA/POPA and a real-mode LRET, none valid in 64-bit code, look at it), so SS32 is set in
+  the flags of every block of 64-bit code (HF_CS64): a wrapper in the GOT slot of `tb_gen_code_x86_64` sets it
+  in the flags it translates under, the lookup wrapper below in the flags it looks for, and a wrapper in front of
+  the `lookup_tb_ptr` helper (its GOT slot and its `all_helpers` entry, as uc_native interposes helpers) sets it
+  in the CPU's own hflags, from which QEMU's inlined jump-cache check takes the flags. That bit of hflags is
+  derived state: any load of CS recomputes it from SS's descriptor (cpu_x86_load_seg_cache), so leaving 64-bit
+  code restores the real value; nothing else reads it.
+* A second-level table. A wrapper sits in the GOT slot of `tb_htable_lookup_x86_64` (the jump cache inlined in
+  its callers stays as it is): for a registered instance it first looks in a direct-mapped table of 65,536
+  entries {PC, block, flush count} indexed by a multiplicative hash of the PC and the flags, and accepts the
+  block only if it passes every test `tb_lookup_cmp` makes -- same PC, CS base, flags, cflags under CF_HASH_MASK
+  without CF_INVALID, trace state, one page only, and its first page the physical page the PC maps to now (the
+  soft TLB's answer, as the original asks for) -- and the entry was made since the instance's last `tb_flush`
+  (TBContext.tb_flush_count: a flush frees every block, so an older pointer may point anywhere in the code
+  buffer). Anything else goes to the original lookup, whose answer fills the entry. An invalidated block (a
+  write to its code) carries CF_INVALID before it leaves the hash table (do_tb_phys_invalidate), so the table
+  never returns a block the original would not.
 
 Each instance's table is its own and is only written by the thread running that instance; an instance is taken out
 of the registry before it is closed, and one registered again gets a new, empty table.
@@ -31,7 +41,8 @@ of the registry before it is closed, and one registered again gets a new, empty 
 Offsets, read from the disassembly of the pinned library (unicorn 2.1.4) and checked at install: CPUState.uc
 (+0x81a8), CPUState.env_ptr (+0x128), the first word of CPUState.trace_dstate (+0x8188); TranslationBlock.pc
 (+0), cs_base (+8), flags (+0x10), cflags (+0x18), trace_vcpu_dstate (+0x1c), page_addr[0] (+0x48),
-page_addr[1] (+0x50); uc_struct.tcg_ctx (+0x300) and TCGContext.tb_ctx.tb_flush_count (+0x98d0).
+page_addr[1] (+0x50); uc_struct.tcg_ctx (+0x300) and TCGContext.tb_ctx.tb_flush_count (+0x98d0);
+CPUX86State.hflags (+0xb0).
 """
 from __future__ import annotations
 
@@ -64,8 +75,12 @@ _LOOKUP_CMP_CHECKS = ((0x06, "483906"), (0x18, "48397e48"), (0x2C, "48394e08"), 
 # tb_flush: `addl $0x1,0x98d0(%rax)` (tb_ctx.tb_flush_count += 1)
 _TB_FLUSH_COUNT = (0xF5, bytes.fromhex("8380d098000001"))
 
+NORMALIZE = "f7c100800000 7403 83c920"      # test ecx, HF_CS64; jz 1f; or ecx, HF_SS32; 1:
+ENV_HFLAGS = 0xB0
+# helper_lookup_tb_ptr: `or 0xb0(%rax),%ecx` (flags |= env->hflags) at +0x36
+_LOOKUP_TB_PTR_HFLAGS = (0x36, bytes.fromhex("0b88b0000000"))
 TEMPLATE = (
-    "488b87a8810000 49b9{registry} 4d8b11 4d85d2 0f84ed000000 4c39d0 7406 4983c120 ebe9"
+    NORMALIZE + " 488b87a8810000 49b9{registry} 4d8b11 4d85d2 0f84ed000000 4c39d0 7406 4983c120 ebe9"
     " 4d8b5108 4d8b5910 458b1b 89c8 48c1e020 4831f0 49b9157c4a7fb979379e 490fafc1 48c1e8{shift:02x} 488d0440 4d8d14c2"
     " 493b32 0f8584000000 4d3b5a10 757e 4d8b4a08 4d85c9 7475 493b31 7570 493b5108 756a 413b4910 7564"
     " 418b4118 25ffff0eff 4439c0 7556 8b8788810000 413b411c 754a 49837950ff 7543"
@@ -78,7 +93,8 @@ TEMPLATE = (
 def wrapper_code(registry: int, get_page_addr_code: int, original: int) -> bytes:
     """TranslationBlock *wrapper(CPUState *cpu, target_ulong pc, target_ulong cs_base, uint32_t flags,
                                   uint32_t cf_mask):
-         mov rax, [rdi+0x81a8]; movabs r9, registry            ; cpu->uc
+         test ecx, HF_CS64; jz 0f; or ecx, HF_SS32             ; as the blocks are made (see above)
+       0: mov rax, [rdi+0x81a8]; movabs r9, registry            ; cpu->uc
        1: mov r10, [r9]; test r10, r10; jz orig; cmp rax, r10; je 2f; add r9, 32; jmp 1b
        2: mov r10, [r9+8]; mov r11, [r9+16]; mov r11d, [r11]    ; the table; tb_flush_count now
          mov eax, ecx; shl rax, 32; xor rax, rsi                  ; the PC and the flags (see below)
@@ -101,6 +117,23 @@ def wrapper_code(registry: int, get_page_addr_code: int, original: int) -> bytes
         original=_imm64(original).hex()))
 
 
+def gen_wrapper_code(original: int) -> bytes:
+    """TranslationBlock *wrapper(CPUState *cpu, target_ulong pc, target_ulong cs_base, uint32_t flags,
+                                  int cflags):
+         test ecx, HF_CS64; jz 1f; or ecx, HF_SS32          ; 64-bit code: SS32 in the block's flags
+       1: movabs rax, original; jmp rax"""
+    return bytes.fromhex(NORMALIZE.replace(" ", "") + "48b8" + _imm64(original).hex() + "ffe0")
+
+
+def lookup_wrapper_code(original: int) -> bytes:
+    """const void *wrapper(CPUX86State *env)   -- lookup_tb_ptr, reached from translated code:
+         mov eax, [rdi+0xb0]; test eax, HF_CS64; jz 1f       ; env->hflags
+         or eax, HF_SS32; mov [rdi+0xb0], eax                ; 64-bit code: the CPU's flags say SS32 too
+       1: movabs rax, original; jmp rax"""
+    return bytes.fromhex("8b87b0000000 a900800000 7409 83c820 8987b0000000 48b8".replace(" ", "")
+                         + _imm64(original).hex() + "ffe0")
+
+
 def wanted() -> bool:
     """VIREO_TB_CACHE=0 leaves QEMU's lookup alone (for comparisons)."""
     return os.environ.get("VIREO_TB_CACHE", "1") != "0"
@@ -116,17 +149,27 @@ class BlockCache:
         lookup = addr_of(_fn("tb_htable_lookup_x86_64", None))
         flush = addr_of(_fn("tb_flush_x86_64", None))
         at, want = _HTABLE_LOOKUP_FIELDS
-        checks = [(lookup + at, want), (flush + _TB_FLUSH_COUNT[0], _TB_FLUSH_COUNT[1])]
+        lookup_tb_ptr = addr_of(_fn("helper_lookup_tb_ptr_x86_64", None))
+        checks = [(lookup + at, want), (flush + _TB_FLUSH_COUNT[0], _TB_FLUSH_COUNT[1]),
+                  (lookup_tb_ptr + _LOOKUP_TB_PTR_HFLAGS[0], _LOOKUP_TB_PTR_HFLAGS[1])]
         cmp = _local_tb_lookup_cmp(lookup)
         checks += [(cmp + off, bytes.fromhex(code)) for off, code in _LOOKUP_CMP_CHECKS]
         for where, code in checks:
             if ctypes.string_at(where, len(code)) != code:
                 raise UnicornInternalsError("tb_htable_lookup/tb_lookup_cmp/tb_flush are not the unicorn 2.1.4 "
                                             "build the block cache was derived from")
-        slots = _find_helper_slots(["tb_htable_lookup_x86_64"])
+        names = ["tb_htable_lookup_x86_64", "tb_gen_code_x86_64", "helper_lookup_tb_ptr_x86_64"]
+        slots = _find_helper_slots(names)
         original, pointer_slots = slots["tb_htable_lookup_x86_64"]
         get_page = addr_of(_fn("get_page_addr_code_x86_64", None))
         self.wrapper = page.add(wrapper_code(ctypes.addressof(self.registry), get_page, original))
+        # The blocks' flags first, then the lookups (before any instance exists, so every block is made so).
+        for name, make in (("tb_gen_code_x86_64", gen_wrapper_code),
+                           ("helper_lookup_tb_ptr_x86_64", lookup_wrapper_code)):
+            name_original, name_slots = slots[name]
+            stub = page.add(make(name_original))
+            for slot in name_slots:
+                _poke_pointer(slot, name_original, stub)
         for slot in pointer_slots:
             _poke_pointer(slot, original, self.wrapper)
 

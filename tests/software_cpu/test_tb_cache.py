@@ -1,10 +1,12 @@
-"""The software CPU's second-level cache of translated blocks (core/hypervisor/uc_tb_cache.py): its bytes against
-GNU as, and a 64-bit guest whose two hot blocks share a jump-cache entry (QEMU's hash of 0x101001 and 0x101040
-is the same), so every call between them is a lookup the cache answers -- with the right code after the guest
-rewrites one of them (the stale block carries CF_INVALID and must not be returned), and after every translated
-block was flushed (tb_flush: the entries filled before it must not be used)."""
+"""The software CPU's block lookup (core/hypervisor/uc_tb_cache.py): the stubs' bytes against GNU as; a 64-bit guest
+whose two hot blocks share a jump-cache entry (QEMU's hash of 0x101001 and 0x101040 is the same), so every call
+between them is a lookup the second-level table answers -- with the right code after the guest rewrites one of
+them (the stale block carries CF_INVALID and must not be returned), and after every translated block was flushed
+(tb_flush); and one block, not two, for kernel code run with SS from a descriptor and with a null SS (the CPU's
+SS32 differs, which 64-bit code never reads)."""
 from __future__ import annotations
 
+import ctypes
 import shutil
 
 import pytest
@@ -63,7 +65,8 @@ def _jump_cache_hash(pc: int) -> int:
 def test_the_wrapper_matches_its_assembly(tmp_path) -> None:
     registry, get_page, original = 0x1111111111111111, 0x2222222222222222, 0x3333333333333333
     assert uc_tb_cache.wrapper_code(registry, get_page, original) == gas(tmp_path, f"""
-            mov 0x81a8(%rdi), %rax
+            test $0x8000, %ecx; jz 0f; or $0x20, %ecx
+        0:  mov 0x81a8(%rdi), %rax
             movabs ${registry}, %r9
         1:  mov (%r9), %r10
             test %r10, %r10; jz orig
@@ -103,6 +106,14 @@ def test_the_wrapper_matches_its_assembly(tmp_path) -> None:
             mov %rsi, (%r10); mov %rax, 8(%r10); mov %r11, 16(%r10)
         3:  ret
         orig: movabs ${original}, %rax; jmp *%rax""")
+    assert uc_tb_cache.gen_wrapper_code(original) == gas(tmp_path, f"""
+            test $0x8000, %ecx; jz 1f; or $0x20, %ecx
+        1:  movabs ${original}, %rax; jmp *%rax""")
+    assert uc_tb_cache.lookup_wrapper_code(original) == gas(tmp_path, f"""
+            mov 0xb0(%rdi), %eax
+            test $0x8000, %eax; jz 1f
+            or $0x20, %eax; mov %eax, 0xb0(%rdi)
+        1:  movabs ${original}, %rax; jmp *%rax""")
 
 
 def _cached_pcs(rig: Rig) -> set[int]:
@@ -130,5 +141,50 @@ def test_colliding_blocks_rewritten_code_and_a_flush() -> None:
         assert rig.done, ex.detail
         final = rig.vcpus[0].get_state()
         assert (final.regs["r8"], final.regs["r9"]) == (ROUNDS + 10 * ROUNDS, 6 * ROUNDS)
+    finally:
+        rig.close()
+
+
+SS_GUEST = f"""
+        .code64
+        mov ${A:#x}, %rax
+        mov ${B:#x}, %rbx
+        xor %r8, %r8
+        mov ${ROUNDS}, %rcx
+1:      call *%rax                    # SS = 0x18, a flat data descriptor: SS32 set
+        call *%rbx                    # (A and B share a jump-cache entry: the lookups reach the table)
+        dec %rcx
+        jnz 1b
+        xor %edx, %edx
+        mov %edx, %ss                 # a null SS, as an interrupt from user mode leaves it: SS32 clear
+        mov ${ROUNDS}, %rcx
+2:      call *%rax
+        call *%rbx
+        dec %rcx
+        jnz 2b
+        mov $0x510, %dx
+        out %al, %dx
+        hlt
+        .org {A - 0x100000:#x}
+        add $1, %r8
+        ret
+        .org {B - 0x100000:#x}
+        ret
+"""
+
+
+def test_one_block_for_64_bit_code_under_either_ss() -> None:
+    rig = Rig(mem_mib=16)
+    try:
+        state = long_mode_setup(rig, assemble(SS_GUEST, 64, 0x100000))
+        ex = rig.run(state)
+        assert rig.done, ex.detail
+        after = rig.vcpus[0].get_state()
+        assert after.regs["r8"] == 2 * ROUNDS and after.ss.selector == 0
+        cache = rig.accel.natives.block_cache
+        table = cache._tables[rig.accel.uch]
+        blocks = {table[3 * i + 1] for i in range(uc_tb_cache.CACHE_ENTRIES) if table[3 * i] == A and table[3 * i + 1]}
+        flags = {ctypes.c_uint32.from_address(tb + 0x10).value for tb in blocks}
+        assert len(blocks) == 1 and all(f & 0x20 for f in flags), [hex(f) for f in flags]
     finally:
         rig.close()
