@@ -26,14 +26,14 @@ Two changes, installed together once per process before any instance exists (VIR
   code restores the real value; nothing else reads it.
 * A second-level table. A wrapper sits in the GOT slot of `tb_htable_lookup_x86_64` (the jump cache inlined in
   its callers stays as it is): for a registered instance it first looks in a direct-mapped table of 65,536
-  entries {PC, block, flush count} indexed by a multiplicative hash of the PC and the flags, and accepts the
-  block only if it passes every test `tb_lookup_cmp` makes -- same PC, CS base, flags, cflags under CF_HASH_MASK
-  without CF_INVALID, trace state, one page only, and its first page the physical page the PC maps to now (the
-  soft TLB's answer, as the original asks for) -- and the entry was made since the instance's last `tb_flush`
-  (TBContext.tb_flush_count: a flush frees every block, so an older pointer may point anywhere in the code
-  buffer). Anything else goes to the original lookup, whose answer fills the entry. An invalidated block (a
-  write to its code) carries CF_INVALID before it leaves the hash table (do_tb_phys_invalidate), so the table
-  never returns a block the original would not.
+  blocks indexed by a multiplicative hash of the PC and the flags, and accepts the block only if it passes every
+  test `tb_lookup_cmp` makes -- same PC, CS base, flags, cflags under CF_HASH_MASK without CF_INVALID, trace
+  state, one page only, and its first page the physical page the PC maps to now (the soft TLB's answer, as the
+  original asks for). Anything else goes to the original lookup, whose answer fills the entry. An invalidated
+  block (a write to its code) carries CF_INVALID before it leaves the hash table (do_tb_phys_invalidate), so the
+  table never returns a block the original would not. A `tb_flush` frees every block, so an older pointer may
+  point anywhere in the code buffer: the stub compares TBContext.tb_flush_count with the count at which it last
+  emptied the table, and empties it again when they differ.
 
 Each instance's table is its own and is only written by the thread running that instance; an instance is taken out
 of the registry before it is closed, and one registered again gets a new, empty table.
@@ -60,8 +60,7 @@ log = logging.getLogger(__name__)
 
 CACHE_BITS = 16
 CACHE_ENTRIES = 1 << CACHE_BITS
-ENTRY_WORDS = 3                     # PC, block, the flush count when it was filled
-REGISTRY_WORDS = 4                  # uc, table, &tb_flush_count, unused
+REGISTRY_WORDS = 4                  # uc, table, &tb_flush_count, the flush count when the table was last emptied
 MAX_INSTANCES = 256
 UC_TCG_CTX = 0x300
 TB_FLUSH_COUNT = 0x98D0
@@ -80,13 +79,15 @@ ENV_HFLAGS = 0xB0
 # helper_lookup_tb_ptr: `or 0xb0(%rax),%ecx` (flags |= env->hflags) at +0x36
 _LOOKUP_TB_PTR_HFLAGS = (0x36, bytes.fromhex("0b88b0000000"))
 TEMPLATE = (
-    NORMALIZE + " 488b87a8810000 49b9{registry} 4d8b11 4d85d2 0f84ed000000 4c39d0 7406 4983c120 ebe9"
-    " 4d8b5108 4d8b5910 458b1b 89c8 48c1e020 4831f0 49b9157c4a7fb979379e 490fafc1 48c1e8{shift:02x} 488d0440 4d8d14c2"
-    " 493b32 0f8584000000 4d3b5a10 757e 4d8b4a08 4d85c9 7475 493b31 7570 493b5108 756a 413b4910 7564"
-    " 418b4118 25ffff0eff 4439c0 7556 8b8788810000 413b411c 754a 49837950ff 7543"
-    " 5756525141504151415241534883ec08 488bbf28010000 48b8{get_page} ffd0 4883c408"
-    " 415b415a41594158595a5e5f 482500f0ffff 493b4148 7504 4c89c8 c3"
-    " 4152 4153 56 48b8{original} ffd0 5e 415b 415a 4885c0 740b 498932 49894208 4d895a10 c3"
+    NORMALIZE + " 488b87a8810000 49b9{registry} 4d8b11 4d85d2 0f84e8000000 4c39d0 7406 4983c120 ebe9"
+    " 4d8b5108 4d8b5910 458b1b 4d3b5918 0f85b3000000"
+    " 89c8 48c1e020 4831f0 49b9157c4a7fb979379e 490fafc1 48c1e8{shift:02x} 4d8d14c2"
+    " 4d8b0a 4d85c9 7469 493b31 7564 493b5108 755e 413b4910 7558"
+    " 418b4118 25ffff0eff 4439c0 754a 8b8788810000 413b411c 753e 49837950ff 7537"
+    " 57565251415041514152 488bbf28010000 48b8{get_page} ffd0"
+    " 415a41594158595a5e5f 482500f0ffff 493b4148 7504 4c89c8 c3"
+    " 4152 56 4883ec08 48b8{original} ffd0 4883c408 5e 415a 4885c0 7403 498902 c3"
+    " 4d895918 57 51 4c89d7 b9{entries} 31c0 f348ab 59 5f"
     " 48b8{original} ffe0")
 
 
@@ -97,24 +98,25 @@ def wrapper_code(registry: int, get_page_addr_code: int, original: int) -> bytes
        0: mov rax, [rdi+0x81a8]; movabs r9, registry            ; cpu->uc
        1: mov r10, [r9]; test r10, r10; jz orig; cmp rax, r10; je 2f; add r9, 32; jmp 1b
        2: mov r10, [r9+8]; mov r11, [r9+16]; mov r11d, [r11]    ; the table; tb_flush_count now
-         mov eax, ecx; shl rax, 32; xor rax, rsi                  ; the PC and the flags (see below)
+         cmp r11, [r9+24]; jne flushed                          ; a flush since the table was last emptied
+         mov eax, ecx; shl rax, 32; xor rax, rsi                ; the PC and the flags
          movabs r9, 0x9e3779b97f4a7c15; imul rax, r9; shr rax, 64-CACHE_BITS
-         lea rax, [rax+rax*2]; lea r10, [r10+rax*8]              ; the entry
-         cmp rsi, [r10]; jne miss; cmp r11, [r10+16]; jne miss   ; this PC, filled since the last flush
-         mov r9, [r10+8]; test r9, r9; jz miss
+         lea r10, [r10+rax*8]; mov r9, [r10]; test r9, r9; jz miss     ; the entry: a block, or none
          cmp rsi, [r9]; jne miss; cmp rdx, [r9+8]; jne miss; cmp ecx, [r9+0x10]; jne miss
          mov eax, [r9+0x18]; and eax, 0xff0effff; cmp eax, r8d; jne miss          ; CF_HASH_MASK | CF_INVALID
          mov eax, [rdi+0x8188]; cmp eax, [r9+0x1c]; jne miss; cmp qword [r9+0x50], -1; jne miss
-         push rdi..r11 (8); sub rsp, 8; mov rdi, [rdi+0x128]; movabs rax, get_page_addr_code; call rax
-         add rsp, 8; pop r11..rdi; and rax, -4096; cmp rax, [r9+0x48]; jne miss    ; same physical page
+         push rdi..r10 (7); mov rdi, [rdi+0x128]; movabs rax, get_page_addr_code; call rax
+         pop r10..rdi; and rax, -4096; cmp rax, [r9+0x48]; jne miss                ; same physical page
          mov rax, r9; ret
-       miss: push r10; push r11; push rsi; movabs rax, original; call rax; pop rsi; pop r11; pop r10
-         test rax, rax; jz 3f; mov [r10], rsi; mov [r10+8], rax; mov [r10+16], r11
+       miss: push r10; push rsi; sub rsp, 8; movabs rax, original; call rax; add rsp, 8; pop rsi; pop r10
+         test rax, rax; jz 3f; mov [r10], rax
        3: ret
+       flushed: mov [r9+24], r11; push rdi; push rcx                 ; empty the table, note the count
+         mov rdi, r10; mov ecx, CACHE_ENTRIES; xor eax, eax; rep stosq; pop rcx; pop rdi
        orig: movabs rax, original; jmp rax"""
     return bytes.fromhex(TEMPLATE.replace(" ", "").format(
         registry=_imm64(registry).hex(), shift=64 - CACHE_BITS, get_page=_imm64(get_page_addr_code).hex(),
-        original=_imm64(original).hex()))
+        original=_imm64(original).hex(), entries=struct.pack("<I", CACHE_ENTRIES).hex()))
 
 
 def gen_wrapper_code(original: int) -> bytes:
@@ -184,10 +186,12 @@ class BlockCache:
                     break
             else:
                 raise UnicornInternalsError(f"more than {MAX_INSTANCES} unicorn instances in one process")
-            table = (c_uint64 * (ENTRY_WORDS * CACHE_ENTRIES))()
+            table = (c_uint64 * CACHE_ENTRIES)()
             self._tables[uch] = table
+            count = tcg_ctx + TB_FLUSH_COUNT
             self.registry[e + 1] = ctypes.addressof(table)
-            self.registry[e + 2] = tcg_ctx + TB_FLUSH_COUNT
+            self.registry[e + 2] = count
+            self.registry[e + 3] = ctypes.c_uint32.from_address(count).value
             self.registry[e] = uch
 
     def unregister(self, uch: int) -> None:

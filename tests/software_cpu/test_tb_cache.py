@@ -74,15 +74,13 @@ def test_the_wrapper_matches_its_assembly(tmp_path) -> None:
             add $32, %r9; jmp 1b
         2:  mov 8(%r9), %r10
             mov 16(%r9), %r11; mov (%r11), %r11d
+            cmp 24(%r9), %r11; jne flushed
             mov %ecx, %eax; shl $32, %rax; xor %rsi, %rax
             movabs $0x9e3779b97f4a7c15, %r9
             imul %r9, %rax
             shr ${64 - uc_tb_cache.CACHE_BITS}, %rax
-            lea (%rax,%rax,2), %rax
             lea (%r10,%rax,8), %r10
-            cmp (%r10), %rsi; jne miss
-            cmp 16(%r10), %r11; jne miss
-            mov 8(%r10), %r9
+            mov (%r10), %r9
             test %r9, %r9; jz miss
             cmp (%r9), %rsi; jne miss
             cmp 8(%r9), %rdx; jne miss
@@ -90,21 +88,23 @@ def test_the_wrapper_matches_its_assembly(tmp_path) -> None:
             mov 0x18(%r9), %eax; and $0xff0effff, %eax; cmp %r8d, %eax; jne miss
             mov 0x8188(%rdi), %eax; cmp 0x1c(%r9), %eax; jne miss
             cmpq $-1, 0x50(%r9); jne miss
-            push %rdi; push %rsi; push %rdx; push %rcx; push %r8; push %r9; push %r10; push %r11
-            sub $8, %rsp
+            push %rdi; push %rsi; push %rdx; push %rcx; push %r8; push %r9; push %r10
             mov 0x128(%rdi), %rdi
             movabs ${get_page}, %rax; call *%rax
-            add $8, %rsp
-            pop %r11; pop %r10; pop %r9; pop %r8; pop %rcx; pop %rdx; pop %rsi; pop %rdi
+            pop %r10; pop %r9; pop %r8; pop %rcx; pop %rdx; pop %rsi; pop %rdi
             and $-4096, %rax
             cmp 0x48(%r9), %rax; jne miss
             mov %r9, %rax; ret
-        miss: push %r10; push %r11; push %rsi
+        miss: push %r10; push %rsi; sub $8, %rsp
             movabs ${original}, %rax; call *%rax
-            pop %rsi; pop %r11; pop %r10
+            add $8, %rsp; pop %rsi; pop %r10
             test %rax, %rax; jz 3f
-            mov %rsi, (%r10); mov %rax, 8(%r10); mov %r11, 16(%r10)
+            mov %rax, (%r10)
         3:  ret
+        flushed: mov %r11, 24(%r9)
+            push %rdi; push %rcx
+            mov %r10, %rdi; mov ${uc_tb_cache.CACHE_ENTRIES}, %ecx; xor %eax, %eax; rep stosq
+            pop %rcx; pop %rdi
         orig: movabs ${original}, %rax; jmp *%rax""")
     assert uc_tb_cache.gen_wrapper_code(original) == gas(tmp_path, f"""
             test $0x8000, %ecx; jz 1f; or $0x20, %ecx
@@ -116,10 +116,14 @@ def test_the_wrapper_matches_its_assembly(tmp_path) -> None:
         1:  movabs ${original}, %rax; jmp *%rax""")
 
 
-def _cached_pcs(rig: Rig) -> set[int]:
-    cache = rig.accel.natives.block_cache
-    table = cache._tables[rig.accel.uch]
-    return {table[3 * i] for i in range(uc_tb_cache.CACHE_ENTRIES) if table[3 * i + 1]}
+def _cached_blocks(rig: Rig) -> dict[int, set[int]]:
+    """PC -> the blocks the instance's table holds for it."""
+    table = rig.accel.natives.block_cache._tables[rig.accel.uch]
+    found: dict[int, set[int]] = {}
+    for i in range(uc_tb_cache.CACHE_ENTRIES):
+        if table[i]:
+            found.setdefault(ctypes.c_uint64.from_address(table[i]).value, set()).add(table[i])
+    return found
 
 
 def test_colliding_blocks_rewritten_code_and_a_flush() -> None:
@@ -134,13 +138,17 @@ def test_colliding_blocks_rewritten_code_and_a_flush() -> None:
         after = rig.vcpus[0].get_state()
         # The rewritten block ran from the first call after the store, not the stale one the table still held.
         assert (after.regs["r8"], after.regs["r9"]) == (ROUNDS + 5 * ROUNDS, 4 * ROUNDS)
-        assert {A, B} <= _cached_pcs(rig)                     # the lookups went through the table
+        assert {A, B} <= set(_cached_blocks(rig))             # the lookups went through the table
         rig.accel.uc.ctl_flush_tb()                           # every block freed: older entries are void
         rig._done.done.clear()
         ex = rig.run(after)
         assert rig.done, ex.detail
         final = rig.vcpus[0].get_state()
         assert (final.regs["r8"], final.regs["r9"]) == (ROUNDS + 10 * ROUNDS, 6 * ROUNDS)
+        # The stub saw the flush (TBContext.tb_flush_count moved) and emptied the table before using it again.
+        registry = rig.accel.natives.block_cache.registry
+        e = next(i for i in range(0, len(registry), uc_tb_cache.REGISTRY_WORDS) if registry[i] == rig.accel.uch)
+        assert registry[e + 3] == ctypes.c_uint32.from_address(registry[e + 2]).value >= 1
     finally:
         rig.close()
 
@@ -181,9 +189,7 @@ def test_one_block_for_64_bit_code_under_either_ss() -> None:
         assert rig.done, ex.detail
         after = rig.vcpus[0].get_state()
         assert after.regs["r8"] == 2 * ROUNDS and after.ss.selector == 0
-        cache = rig.accel.natives.block_cache
-        table = cache._tables[rig.accel.uch]
-        blocks = {table[3 * i + 1] for i in range(uc_tb_cache.CACHE_ENTRIES) if table[3 * i] == A and table[3 * i + 1]}
+        blocks = _cached_blocks(rig)[A]
         flags = {ctypes.c_uint32.from_address(tb + 0x10).value for tb in blocks}
         assert len(blocks) == 1 and all(f & 0x20 for f in flags), [hex(f) for f in flags]
     finally:
