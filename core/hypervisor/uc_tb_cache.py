@@ -47,7 +47,6 @@ CPUX86State.hflags (+0xb0).
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import struct
 import threading
@@ -55,8 +54,6 @@ from ctypes import c_uint64
 
 from core.hypervisor.uc_internals import UnicornInternalsError, _fn, addr_of
 from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _poke_pointer
-
-log = logging.getLogger(__name__)
 
 CACHE_BITS = 16
 CACHE_ENTRIES = 1 << CACHE_BITS
@@ -76,7 +73,7 @@ _TB_FLUSH_COUNT = (0xF5, bytes.fromhex("8380d098000001"))
 
 NORMALIZE = "f7c100800000 7403 83c920"      # test ecx, HF_CS64; jz 1f; or ecx, HF_SS32; 1:
 ENV_HFLAGS = 0xB0
-# helper_lookup_tb_ptr: `or 0xb0(%rax),%ecx` (flags |= env->hflags) at +0x36
+# helper_lookup_tb_ptr: `or 0xb0(%rax),%ecx` (flags |= env->hflags) at +0x36; lookup_wrapper_code writes there
 _LOOKUP_TB_PTR_HFLAGS = (0x36, bytes.fromhex("0b88b0000000"))
 TEMPLATE = (
     NORMALIZE + " 488b87a8810000 49b9{registry} 4d8b11 4d85d2 0f84e8000000 4c39d0 7406 4983c120 ebe9"
