@@ -159,7 +159,11 @@ def test_a_host_without_unicorn_is_asked_about_once(qtbot, tmp_path, server, loc
     assert remembered(window.settings)[0][1] is None        # the setting is "ask"; the answer is kept apart
     # Connected again: the answer stands, nothing is asked.
     window.remote_hosts.disconnect(index)
-    qtbot.waitUntil(lambda: not host.connected, timeout=10_000)
+    # The Disconnect job finished, not only its stream closed: a Connect begun while close() is still running on
+    # its worker can lose the new stream (state 'failed', error 'closed'; seen once in CI in session 15, a known
+    # race left open in ServiceClient.close/connect). This test is about the remembered answer.
+    bridge = window.bridges[index]
+    qtbot.waitUntil(lambda: not host.connected and not bridge._jobs, timeout=10_000)
     window.remote_hosts.connect(index)
     try:
         qtbot.waitUntil(lambda: host.connected, timeout=60_000)
