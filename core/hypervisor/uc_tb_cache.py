@@ -72,7 +72,6 @@ _LOOKUP_CMP_CHECKS = ((0x06, "483906"), (0x18, "48397e48"), (0x2C, "48394e08"), 
 _TB_FLUSH_COUNT = (0xF5, bytes.fromhex("8380d098000001"))
 
 NORMALIZE = "f7c100800000 7403 83c920"      # test ecx, HF_CS64; jz 1f; or ecx, HF_SS32; 1:
-ENV_HFLAGS = 0xB0
 # helper_lookup_tb_ptr: `or 0xb0(%rax),%ecx` (flags |= env->hflags) at +0x36; lookup_wrapper_code writes there
 _LOOKUP_TB_PTR_HFLAGS = (0x36, bytes.fromhex("0b88b0000000"))
 TEMPLATE = (

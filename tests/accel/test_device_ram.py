@@ -10,9 +10,9 @@ import struct
 
 import pytest
 
-from core.hypervisor.base import CpuState, DescriptorTable, Segment
+from core.hypervisor.base import CpuState, Segment
 from tests.helpers.accel import ACCELS, require_accel, require_guest
-from tests.helpers.software_guest import Rig, assemble
+from tests.helpers.software_guest import Rig, assemble, boot_sector_state
 
 pytestmark = pytest.mark.parametrize("accel", ACCELS)
 
@@ -86,12 +86,7 @@ def test_map_ram_from_an_exit_then_unmap(accel: str) -> None:
         rig.mmio.register(DEV, DEV_SIZE, fallback)
         rig.pio.register(MAP_PORT, 2, MapPorts(rig.accel, DEV, _host(buf), DEV_SIZE))
         rig.memory.write(0x7C00, assemble(REAL_MODE, 16, 0x7C00))
-        s = CpuState()
-        s.cs = Segment(selector=0, base=0, limit=0xFFFF, type=0xB)
-        s.rip = 0x7C00
-        s.regs["rsp"] = 0x7000
-        s.idt = DescriptorTable(0, 0x3FF)
-        ex = rig.run(s)
+        ex = rig.run(boot_sector_state())
         assert rig.done, ex.detail
         assert buf[0x10:0x14] == struct.pack("<I", 0x11223344)       # straight into the memory, no exit
         assert rig.memory.read_u32(0x6000) == 0x11223344
@@ -270,12 +265,7 @@ def test_read_only_shadow_discards_writes_and_the_hook_follows_it(accel: str) ->
         rig.pio.register(0x600, 4, ports)
         assert rig.accel._write_prot_low is None                    # nothing read-only below 1 MiB yet
         rig.memory.write(0x7C00, assemble(SHADOW_GUEST, 16, 0x7C00))
-        s = CpuState()
-        s.cs = Segment(selector=0, base=0, limit=0xFFFF, type=0xB)
-        s.rip = 0x7C00
-        s.regs["rsp"] = 0x7000
-        s.idt = DescriptorTable(0, 0x3FF)
-        ex = rig.run(s)
+        ex = rig.run(boot_sector_state())
         assert rig.done, ex.detail
         assert buf[0x10:0x14] == bytes(4)                           # the read-only store was discarded...
         assert ("w", SHADOW + 0x10, 4) in fallback.accesses         # ...and reached the bus

@@ -10,9 +10,8 @@ import os
 
 import pytest
 
-from core.hypervisor.base import CpuState, DescriptorTable, Segment
 from tests.helpers.accel import ACCELS, require_accel, require_guest
-from tests.helpers.software_guest import Rig, assemble
+from tests.helpers.software_guest import Rig, assemble, boot_sector_state
 
 pytestmark = pytest.mark.parametrize("accel", ACCELS)
 
@@ -81,12 +80,7 @@ def test_a_two_byte_write_rings_the_eventfd_without_an_exit(accel: str) -> None:
         with pytest.raises(ValueError):
             rig.accel.add_ioeventfd(DEV + 0x10, fd)          # one doorbell per address
         rig.memory.write(0x7C00, assemble(GUEST, 16, 0x7C00))
-        s = CpuState()
-        s.cs = Segment(selector=0, base=0, limit=0xFFFF, type=0xB)
-        s.rip = 0x7C00
-        s.regs["rsp"] = 0x7000
-        s.idt = DescriptorTable(0, 0x3FF)
-        ex = rig.run(s)
+        ex = rig.run(boot_sector_state())
         assert rig.done, ex.detail
         assert _count(fd) == 2
         assert handler.writes == [(DEV + 0x10, 4, 7), (DEV + 0x20, 2, 2), (DEV + 0x10, 1, 5), (DEV + 0x10, 2, 3)]

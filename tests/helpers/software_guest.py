@@ -129,6 +129,16 @@ PML4, PDPT, PD, PT, GDT, TSS, IDT = 0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x60
 RSP0, IST1, USER_STACK = 0x80000, 0x90000, 0x70000
 
 
+def boot_sector_state(rip: int = 0x7C00) -> CpuState:
+    """Real mode entered the way a boot sector is: CS:IP = 0000:rip, the IVT at 0, a stack below 0x7000."""
+    s = CpuState()
+    s.cs = Segment(selector=0, base=0, limit=0xFFFF, type=0xB)
+    s.rip = rip
+    s.regs["rsp"] = 0x7000
+    s.idt = DescriptorTable(0, 0x3FF)
+    return s
+
+
 def long_mode_setup(rig: Rig, code: bytes, pf_handler: int | None = None) -> CpuState:
     """Identity map of 0-16 MiB (user-accessible 2 MiB pages, 8-10 MiB in 4 KiB pages with 0x800000 absent),
     Linux's GDT layout, a TSS with RSP0 and IST1, an IDT with #PF on IST1."""
