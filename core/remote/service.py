@@ -41,18 +41,17 @@ from core.host.api import (
     HostError,
     HostEvent,
     KeptDisk,
-    Progress,
     SerialListener,
     VmConsole,
     VmInfo,
     VmStats,
 )
 from core.host.hostload import HostCounters
-from core.host.images import ImageEntry
 from core.hoststats import HostInfo
 from core.protocol import ProtocolError
 from core.remote.client import AgentClient, AgentGone
 from core.remote.copies import ServiceCopies
+from core.remote.image_client import ImageClient
 from core.remote.snapshot_client import SnapshotClient
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ class ServiceInputSink:
                            "buttons": int(buttons), "dz": int(dz)})
 
 
-class ServiceClient(SnapshotClient, ServiceCopies, Host):  # SnapshotClient brings NetClient (the line limit)
+class ServiceClient(SnapshotClient, ServiceCopies, ImageClient, Host):  # SnapshotClient brings NetClient
     remote = True          # the VMs run in the service: closing this client leaves them running
     shared_console = False  # ask the service for the VM process's shared console instead of a stream
 
@@ -429,15 +428,6 @@ class ServiceClient(SnapshotClient, ServiceCopies, Host):  # SnapshotClient brin
         except wire.WireError as exc:
             raise HostError(f"the service sent malformed statistics: {exc}") from None
 
-    def create_disk(self, path: str, size_bytes: int, fmt: str = "raw", preallocate: bool = False,
-                    progress: Progress | None = None) -> None:
-        client = self._agent()
-        try:
-            client.call("create_disk", path=path, size_bytes=int(size_bytes), fmt=fmt,
-                        preallocate=bool(preallocate), progress=progress, timeout=3600)
-        except AgentGone as exc:
-            raise HostError(f"{self.name}: {exc}") from None
-
     def accel_preview(self, requested: str) -> tuple[str, str]:
         cached = self._accel_cache.get(requested)
         if cached is not None:
@@ -455,39 +445,12 @@ class ServiceClient(SnapshotClient, ServiceCopies, Host):  # SnapshotClient brin
         except wire.WireError as exc:
             raise HostError(f"the service sent a malformed file probe: {exc}") from None
 
-    def list_images(self) -> list[ImageEntry]:
-        value, _ = self._call("list_images")
-        if not isinstance(value, list):
-            raise HostError("the service sent a malformed image list")
-        try:
-            return [wire.image_from(v) for v in value]
-        except wire.WireError as exc:
-            raise HostError(f"the service sent a malformed image list: {exc}") from None
-
-    def delete_image(self, path: str) -> None:
-        self._call("delete_image", path=path)
-
-    def resize_image(self, path: str, new_size: int) -> None:
-        self._call("resize_image", path=path, new_size=int(new_size))
-
     def host_counters(self) -> HostCounters:
         value, _ = self._call("host_counters", reconnect=False)
         try:
             return HostCounters(**{k: value[k] for k in HostCounters.__dataclass_fields__})
         except (TypeError, KeyError) as exc:
             raise HostError(f"the service sent malformed host counters: {exc}") from None
-
-    def run_img(self, fields: dict[str, object]) -> tuple[int, str, str]:
-        client = self._agent()
-        try:
-            # A check or a preallocated create may take long on a big image.
-            value, _ = client.call("run_img", fields=fields, timeout=3600)
-        except AgentGone as exc:
-            raise HostError(f"{self.name}: {exc}") from None
-        if not (isinstance(value, list) and len(value) == 3 and isinstance(value[0], int)
-                and all(isinstance(v, str) for v in value[1:])):
-            raise HostError("the service sent a malformed img result")
-        return value[0], value[1], value[2]
 
     def ping(self) -> float:
         """One control-call round trip in seconds."""
