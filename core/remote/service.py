@@ -10,6 +10,8 @@ thread and never touch the stream (the GUI calls them on its event loop).
 When the connection drops the mirror stays (marked by `error`), connection listeners hear about it, and the next
 request that needs the service (start, define, ...) reconnects first — "on demand"; statistics polling does not, so
 a service that is down is not hammered. Closing the object only disconnects: the VMs run on (`remote` is True).
+connect() and close() may run at once (the GUI's Connect and Disconnect are pool jobs): close() ends the attempt
+current when called (a connect() under way raises) and never a later one; `connected` waits for connect() to end.
 
 The console: the service either streams a VM's screen as dirty rectangles (core/agent/console.py: what crosses a
 network) or, when the client shares the machine and asks for it, answers the path of the VM process's shared
@@ -90,9 +92,11 @@ class ServiceClient(SnapshotClient, ServiceCopies, ImageClient, Host):  # Snapsh
         self.error = "not connected"
         self.state = "disconnected"
         self.agent_version = ""
-        self._client: AgentClient | None = None
+        self._client: AgentClient | None = None     # the current attempt's stream, from _attach on
+        self._ready: AgentClient | None = None      # the same once connect() has finished with it
         self._connect_lock = threading.Lock()
-        self._attempt, self._attempt_lock = 0, threading.RLock()    # connect() counts attempts (disconnect())
+        self._attempt, self._attempt_lock = 0, threading.RLock()    # connect() counts attempts
+        self._ended = (0, "")               # the attempt disconnect() last ended, and why
         self._closed_on_request = False     # close() was called: only connect() reconnects
         self._lock = threading.RLock()
         self._vms: dict[str, VmInfo] = {}
@@ -128,14 +132,16 @@ class ServiceClient(SnapshotClient, ServiceCopies, ImageClient, Host):  # Snapsh
     # -- connection ------------------------------------------------------------------------------------------
     @property
     def connected(self) -> bool:
-        client = self._client
+        # Not while connect() still reads the service's state: a Disconnect taken then failed that Connect, and the
+        # GUI dropped the Connect clicked next as one under way.
+        client = self._ready
         return client is not None and not client.closed
 
     def add_connection_listener(self, listener: ConnectionListener) -> None:
         self._conn_listeners.append(listener)
 
-    def _set_connection(self, state: str, message: str) -> None:
-        self.state = state
+    def _tell(self, state: str, message: str) -> None:
+        # Called with no lock held: a listener may call back into this object.
         for listener in list(self._conn_listeners):
             try:
                 listener(state, message)
@@ -143,31 +149,54 @@ class ServiceClient(SnapshotClient, ServiceCopies, ImageClient, Host):  # Snapsh
                 log.exception("connection listener failed")
 
     def connect(self, progress: Callable[[str, int, int], None] | None = None) -> None:
-        """Connect (or do nothing when connected). Blocks until the service answers; may prompt or upload."""
+        """Connect (or do nothing when connected). Blocks until the service answers; may prompt or upload.
+        HostError when it cannot, or when disconnect() or close() was called meanwhile."""
         with self._connect_lock:
             if self.connected:
                 return
-            self._closed_on_request = False
-            self._set_connection("connecting", f"connecting to {self.name}…")
-            try:
-                with self._attempt_lock:
-                    self._attempt += 1
-                self._client = None
-                self._connect(progress)
-            except HostError as exc:
-                self.error = str(exc)
+            with self._attempt_lock:
+                self._attempt += 1
+                attempt = self._attempt
+                self._closed_on_request = False
+                self._client = self._ready = None
+                # A disconnect() still closing the previous stream leaves its transport to an attempt begun since.
                 self._drop_transport()
-                self._set_connection("failed", self.error)
+                self.state = "connecting"
+            self._tell("connecting", f"connecting to {self.name}…")
+            try:
+                self._connect(progress)
+                self._finish_attempt(attempt)
+            except HostError as exc:
+                self._fail_attempt(attempt, str(exc))
                 raise
             except Exception as exc:     # paramiko and sockets raise more kinds than they document
                 log.exception("connecting to %s failed", self.name)
-                self.error = f"{type(exc).__name__}: {exc}"
-                self._drop_transport()
-                self._set_connection("failed", self.error)
-                raise HostError(self.error) from None
-            self.error = ""
-            self._set_connection("connected", f"connected to {self.name}")
+                message = f"{type(exc).__name__}: {exc}"
+                self._fail_attempt(attempt, message)
+                raise HostError(message) from None
+            self._tell("connected", f"connected to {self.name}")
         self._after_connect()
+
+    def _finish_attempt(self, attempt: int) -> None:
+        with self._attempt_lock:
+            if self._ended[0] == attempt:
+                raise HostError(self._ended[1])     # disconnect() was called meanwhile
+            client = self._client
+            if client is None or client.closed:
+                raise HostError(self.error or "the connection closed")
+            self._ready, self.error, self.state = client, "", "connected"
+
+    def _fail_attempt(self, attempt: int, message: str) -> None:
+        """Nothing of a failed attempt stays; one that disconnect() ended is disconnected, for its reason."""
+        with self._attempt_lock:
+            ended, reason = self._ended
+            state, error = ("disconnected", reason) if ended == attempt else ("failed", message)
+            self.state, self.error = state, error
+            client, self._client = self._client, None     # its close callback then finds it superseded
+            self._drop_transport()
+        if client is not None:
+            client.close(error)
+        self._tell(state, error)
 
     def _attach(self) -> None:
         """Open the stream; a service of another engine version is asked to make way for this one (it refuses
@@ -234,13 +263,21 @@ class ServiceClient(SnapshotClient, ServiceCopies, ImageClient, Host):  # Snapsh
             if client is not self._client or attempt != self._attempt:
                 return
             self._drop_transport()
-        self.error = reason
-        self._set_connection("disconnected", reason)
+            self.error, self.state = reason, "disconnected"
+        self._tell("disconnected", reason)
 
     def disconnect(self, reason: str = "disconnected") -> None:
-        """Close the connection, or cancel the attempt under way; one begun since keeps its transport."""
-        attempt = self._attempt
-        client = self._client
+        """Close the connection, or cancel the attempt under way (its connect() raises HostError); a connect()
+        begun after this was called is left alone."""
+        self._end_attempt(reason, on_request=False)
+
+    def _end_attempt(self, reason: str, on_request: bool) -> None:
+        # Which attempt this ends is settled in one step under the lock: a connect() is either wholly before it
+        # (and ended) or wholly after it (and left alone, even while this still closes the old stream).
+        with self._attempt_lock:
+            self._closed_on_request = self._closed_on_request or on_request
+            attempt, client = self._attempt, self._client
+            self._ended, self._ready = (attempt, reason), None
         if client is not None:
             client.close(reason)
         with self._attempt_lock:
@@ -251,8 +288,7 @@ class ServiceClient(SnapshotClient, ServiceCopies, ImageClient, Host):  # Snapsh
         """Disconnect; the VMs keep running in the service. Calls made after this (a refresh or a statistics
         sample already queued when the user clicked Disconnect) fail instead of connecting again: only connect()
         reconnects a host that was closed on request."""
-        self._closed_on_request = True
-        self.disconnect("closed")
+        self._end_attempt("closed", on_request=True)
         with self._lock:
             shared, self._shared = self._shared, {}
         for readers in shared.values():
@@ -266,7 +302,8 @@ class ServiceClient(SnapshotClient, ServiceCopies, ImageClient, Host):  # Snapsh
                 raise HostError(f"{self.name} is not connected: {self.error}")
             self.connect()
             client = self._client
-            assert client is not None
+            if client is None:      # a failed attempt since, on another thread
+                raise HostError(f"{self.name} is not connected: {self.error}")
         return client
 
     def _call(self, method: str, payload: bytes = b"", reconnect: bool = True, **args: Any) -> tuple[Any, bytes]:
