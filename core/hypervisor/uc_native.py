@@ -25,6 +25,7 @@ wrappers interposed in front of QEMU's x86 helpers, and RDTSC.
   WRMSR wrapper), in the same page.
 * A second-level cache of translated blocks in front of QEMU's hash table (uc_tb_cache), in the GOT slot of
   tb_htable_lookup.
+* A floor of 1024 entries under QEMU's resizing of the soft TLB (uc_tlb_floor), rewritten in place.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from core.hypervisor.uc_physread import PageTableReads
 from core.hypervisor.uc_tb_cache import BlockCache
 from core.hypervisor.uc_tb_cache import wanted as block_cache_wanted
 from core.hypervisor.uc_tbstart import InlineExitCheck
+from core.hypervisor.uc_tlb_floor import install_tlb_floor, wanted_floor
 from core.hypervisor.vcpu_signal_timer import HANDLER_STUB as TIMER_SIGNAL_HANDLER
 from core.pio_lanes import LANES, WRITE_KEY
 
@@ -192,6 +194,10 @@ class _Natives:
                 self.block_cache = BlockCache(self.page)
             except UnicornInternalsError as exc:
                 log.warning("software CPU: QEMU's block lookup stays as it is: %s", exc)
+        try:
+            install_tlb_floor(wanted_floor())
+        except UnicornInternalsError as exc:
+            log.warning("software CPU: the soft TLB keeps QEMU's 64-entry floor: %s", exc)
         self.page.seal()
 
     def _make_dispatch(self, name: str) -> Callable[[int, int], int]:
