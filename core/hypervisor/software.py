@@ -220,6 +220,7 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
         self.doorbells.close()
         if self.natives.block_cache is not None:
             self.natives.block_cache.unregister(self.uch)     # no vCPU can be inside its lookup any more
+        self.natives.region_lookup.unregister(self.uch)       # before the regions it names are unmapped
         for gpa, size in [(r.gpa, r.size) for r in self.ram_mappings] + \
                 [(gpa, size) for gpa, (_, size) in self._device_ram.items()]:
             try:

@@ -260,6 +260,7 @@ class SoftwareMemoryMap:
         try:
             for op in ops:
                 kind, start, size = op[:3]
+                self.natives.region_lookup.forget_overlapping(self.uch, start, size)
                 if kind == "unmap":
                     uc.mem_unmap(start, size)
                 elif kind == "mmio":
@@ -311,6 +312,8 @@ class SoftwareMemoryMap:
         # Page-table walks read RAM directly (uc_physread); RAM mapped later (map_ram) keeps QEMU's path.
         self.natives.page_table_reads.register(self.view.cpu, [(r.gpa, r.size, self.memory.host_address(r))
                                                                for r in self.ram_mappings])
+        # The slow path's region lookup answers guest RAM from a table (uc_region_lookup), likewise.
+        self.natives.region_lookup.register(self.uch, [(r.gpa, r.size) for r in self.ram_mappings])
 
     def _map_hole(self, start: int, size: int) -> None:
         self._mmio_map(start, size, self._hole_read, self.natives.fast_eoi.write_stub, start,

@@ -26,6 +26,8 @@ wrappers interposed in front of QEMU's x86 helpers, and RDTSC.
 * A second-level cache of translated blocks in front of QEMU's hash table (uc_tb_cache), in the GOT slot of
   tb_htable_lookup.
 * A floor of 1024 entries under QEMU's resizing of the soft TLB (uc_tlb_floor), rewritten in place.
+* The slow path's memory-region lookup answered from a table for guest RAM (uc_region_lookup), through each
+  registered instance's `uc->memory_mapping` pointer.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from core.hypervisor.uc_internals import UC_CPU, UnicornInternalsError, addr_of,
 from core.hypervisor.uc_native_tick import NativeTickStubs, wrmsr_stub_code
 from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _poke_pointer
 from core.hypervisor.uc_physread import PageTableReads
+from core.hypervisor.uc_region_lookup import RegionLookup
 from core.hypervisor.uc_tb_cache import BlockCache
 from core.hypervisor.uc_tb_cache import wanted as block_cache_wanted
 from core.hypervisor.uc_tbstart import InlineExitCheck
@@ -186,6 +189,7 @@ class _Natives:
         self.code_tracking = CodeDirtyTracking(self.page)
         self.exit_check = InlineExitCheck(self.page)
         self.page_table_reads = PageTableReads(self.page)
+        self.region_lookup = RegionLookup(self.page)
         self.fast_eoi = FastEoiStubs(self.page)
         self.timer_signal_handler = self.page.add(TIMER_SIGNAL_HANDLER)     # vcpu_signal_timer
         self.block_cache: BlockCache | None = None                          # uc_tb_cache
