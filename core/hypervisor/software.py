@@ -61,6 +61,16 @@ MISC_ENABLE_DEFAULT = 0
 # (300-500 ppm of a 2-3 GHz TSC).
 TSC_CALIBRATION_NS = 10_000_000
 
+# Each instance's translation buffer. Unicorn's default is 1 GiB, mapped by mmap one below the other. With that
+# default, from the second instance on (the second vCPU of a parallel VM) the buffer's low end, where blocks are
+# allocated first, is more than 2 GiB from libunicorn. Every helper call of its blocks is then an indirect
+# `call *disp32(%rip)` through the constant pool, not `call rel32` (tcg/i386 tcg_out_branch). perf of the 2-job
+# --smp run showed that vCPU's thread with 3 points more outside translated code than the first vCPU's, the
+# lookup_tb_ptr wrapper alone 1.7 % against under 0.3 %. With 256 MiB, four instances and the guest's RAM stay
+# within reach, and the two threads profile the same. A Linux boot and its workloads use a few tens of MiB; a
+# full buffer is flushed (tb_flush) and refilled, as before.
+CODE_BUFFER_BYTES = 256 << 20
+
 _tsc_hz: int | None = None
 _tsc_first: tuple[int, int] | None = None
 
@@ -115,6 +125,7 @@ class SoftwareAccelerator(X86HelperInterposition, SoftwareMemoryMap, VcpuSchedul
             raise AcceleratorUnavailable(f"the software CPU cannot start: {exc}") from exc
         start_tsc_calibration()                       # finished at the first use of tsc_hz (create_vcpu)
         self.uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64, cpu=X.UC_CPU_X86_HASWELL)
+        self.uc.ctl_set_tcg_buffer_size(CODE_BUFFER_BYTES)   # before the lazy initialisation maps it
         self.uc.reg_read(X.UC_X86_REG_RAX)            # forces the engine's lazy initialisation
         self.uc.ctl_exits_enabled(True)               # no exit addresses: emu_start's `until` is ignored
         self.view = v = ui.CpuView(self.uc)

@@ -95,9 +95,12 @@ SPIN = r"""
 KICK_SPIN = """
 import sys, time
 sys.path.insert(0, {root!r})
-from core.hypervisor import uc_native
+from core.hypervisor import software, uc_native
 from core.hypervisor.base import ExitReason
 from tests.helpers.software_guest import Rig, assemble, long_mode_setup
+# Unicorn's default buffer of 1 GiB: the second instance's then starts more than 2 GiB below the library, so its
+# blocks call helpers through the constant pool -- the form this test must also see rewritten.
+software.CODE_BUFFER_BYTES = 1 << 30
 from tests.software_cpu.test_software_fastpaths import SPIN
 exit_check = uc_native.natives().exit_check
 assert exit_check.active, exit_check.reason
@@ -119,9 +122,10 @@ rig.close()
 
 def test_kick_stops_a_self_chained_block():
     """In a fresh process, as a VM process is: the inline check is written into the first unicorn instance's
-    blocks, and into a second instance's too (its code buffer is mapped 1 GiB further away, out of rel32 reach of
-    the library: its helper calls go through the constant pool, and the stub lies below 2 GiB; before that fix
-    it kept unicorn's call, which made this test depend on what ran before it in an xdist worker)."""
+    blocks, and into a second instance's too. The script gives both unicorn's 1 GiB buffer, so the second one is
+    out of rel32 reach of the library: its helper calls go through the constant pool, and the stub lies below
+    2 GiB. Before that fix it kept unicorn's call, which made this test depend on what ran before it in an xdist
+    worker. Vireo's own 256 MiB buffers keep every vCPU within reach (test_code_buffer_reach.py)."""
     from tests.helpers.runner import REPO_ROOT
     run = subprocess.run([sys.executable, "-c", KICK_SPIN.format(root=str(REPO_ROOT))], capture_output=True,
                          text=True, timeout=120)
