@@ -66,9 +66,10 @@ TSC_CALIBRATION_NS = 10_000_000
 # allocated first, is more than 2 GiB from libunicorn. Every helper call of its blocks is then an indirect
 # `call *disp32(%rip)` through the constant pool, not `call rel32` (tcg/i386 tcg_out_branch). perf of the 2-job
 # --smp run showed that vCPU's thread with 3 points more outside translated code than the first vCPU's, the
-# lookup_tb_ptr wrapper alone 1.7 % against under 0.3 %. With 256 MiB, four instances and the guest's RAM stay
-# within reach, and the two threads profile the same. A Linux boot and its workloads use a few tens of MiB; a
-# full buffer is flushed (tb_flush) and refilled, as before.
+# lookup_tb_ptr wrapper alone 1.7 % against under 0.3 %. With 256 MiB the buffers of four instances stay within
+# reach in a VM process (one VM each; a crowded address space may still place them further), and the two threads
+# profile the same. A Linux boot and its workloads use a few tens of MiB; a full buffer is flushed (tb_flush)
+# and refilled, as before.
 CODE_BUFFER_BYTES = 256 << 20
 
 _tsc_hz: int | None = None
