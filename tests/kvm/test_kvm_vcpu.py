@@ -22,6 +22,7 @@ from core.hypervisor.kvm_cpuid import KVM_FEATURE_MSI_EXT_DEST_ID, CpuidEntry, b
 from core.hypervisor.kvm_vcpu import MSR_IA32_MISC_ENABLE, MSR_IA32_PAT, PAT_POWER_ON
 from core.memory import GuestMemory
 from core.timers import TimerQueue
+from tests.helpers.software_guest import boot_sector_state
 
 _STATUS = kvm_status()
 needs_kvm = pytest.mark.skipif(not _STATUS.usable, reason=f"KVM not usable here: {_STATUS.reason}")
@@ -42,12 +43,7 @@ def assemble16(source: str, org: int = CODE_ADDR) -> bytes:
 
 
 def real_mode_state(ip: int = CODE_ADDR) -> CpuState:
-    st = CpuState()
-    st.cs = Segment(selector=0, base=0, limit=0xFFFF, type=0xB)
-    st.rip = ip
-    st.regs["rsp"] = 0x7000
-    st.idt = DescriptorTable(0, 0x3FF)
-    return st
+    return boot_sector_state(ip)
 
 
 class Ports:
