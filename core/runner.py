@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 ESCAPE_PREFIX = 0x01  # Ctrl-A, then 'x' quits — QEMU's -serial stdio habit
 MAX_TIMEOUT = 365 * 86400.0   # a year: far beyond any run, well inside what a lock's wait accepts
+SIGNAL_LATENCY = 0.25          # s: the longest a SIGTERM or Ctrl-C waits for the main thread (see _wait_for_end)
 
 
 class BadInput(Exception):
@@ -303,7 +304,7 @@ class RunSession:
             if self.vnc is not None:
                 self.vnc.start()
                 print(f"vireo: VNC console on {self.vnc.address.uri()}", file=err, flush=True)
-            state = machine.wait(self.args.timeout)
+            state = self._wait_for_end(self.args.timeout)
             if state not in (MachineState.SHUTOFF, MachineState.CRASHED):
                 timed_out = True
                 machine.power_off()
@@ -332,6 +333,20 @@ class RunSession:
         if os.environ.get("VIREO_VERBOSE"):
             print(f"vireo: powered off after {time.monotonic() - machine.started_at:.2f} s", file=err)
         return EXIT_OK
+
+    def _wait_for_end(self, timeout: float | None) -> MachineState:
+        """Wait for the machine to end (or the timeout), in short slices. CPython runs a signal handler in the
+        main thread only, and a SIGTERM or SIGINT that the kernel hands to another of the process's threads
+        (a vCPU's, say) does not interrupt the main thread's lock wait: with one long wait the power button was
+        pressed only when the run timed out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = SIGNAL_LATENCY if deadline is None else min(SIGNAL_LATENCY, deadline - time.monotonic())
+            state = self.machine.wait(max(left, 0.0))
+            if state in (MachineState.SHUTOFF, MachineState.CRASHED):
+                return state
+            if deadline is not None and time.monotonic() >= deadline:
+                return state
 
     def _install_sigterm(self) -> None:
         """SIGTERM asks the guest to shut down (the ACPI power button, as `virsh shutdown` does); a second
