@@ -85,8 +85,9 @@ def test_keys_typed_into_the_console_reach_a_shell_on_tty1(qtbot, guest):
     qtbot.waitUntil(lambda: "42" in screen(machine), timeout=30_000)
     lines = screen(machine)
     assert lines[lines.index("42") - 1].endswith("# echo $((6*7))")
-    row = lines.index("42")
-    qtbot.waitUntil(lambda: shows_text(view.frame, row, 0, "42"), timeout=5_000)
+    # The row is read again at each check: the newline after "42" (or the prompt) scrolls a full screen by one.
+    qtbot.waitUntil(lambda: "42" in screen(machine) and shows_text(view.frame, screen(machine).index("42"), 0, "42"),
+                    timeout=5_000)
 
     # "Type clipboard text" path: the widget types a string as key events on a timer.
     view.type_text("uname -m\n")
