@@ -28,6 +28,7 @@ wrappers interposed in front of QEMU's x86 helpers, and RDTSC.
 * A floor of 1024 entries under QEMU's resizing of the soft TLB (uc_tlb_floor), rewritten in place.
 * The slow path's memory-region lookup answered from a table for guest RAM (uc_region_lookup), through each
   registered instance's `uc->memory_mapping` pointer.
+* Global pages kept in the soft TLB across CR3 writes (uc_global_tlb).
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ from ctypes import c_int, c_uint64, c_void_p
 from core.hypervisor import uc_sysentry
 from core.hypervisor.uc_codetrack import CodeDirtyTracking
 from core.hypervisor.uc_fast_eoi import FastEoiStubs
+from core.hypervisor.uc_global_tlb import GlobalPageTlb
+from core.hypervisor.uc_global_tlb import wanted as global_tlb_wanted
 from core.hypervisor.uc_internals import UC_CPU, UnicornInternalsError, addr_of, qemu
 from core.hypervisor.uc_native_tick import NativeTickStubs, wrmsr_stub_code
 from core.hypervisor.uc_patch import _find_helper_slots, _imm64, _NativePage, _poke_pointer
@@ -202,6 +205,12 @@ class _Natives:
             install_tlb_floor(wanted_floor())
         except UnicornInternalsError as exc:
             log.warning("software CPU: the soft TLB keeps QEMU's 64-entry floor: %s", exc)
+        self.global_tlb: GlobalPageTlb | None = None                        # uc_global_tlb
+        if global_tlb_wanted():
+            try:
+                self.global_tlb = GlobalPageTlb(self.page)
+            except UnicornInternalsError as exc:
+                log.warning("software CPU: a CR3 write flushes global pages too, as in QEMU: %s", exc)
         self.page.seal()
 
     def _make_dispatch(self, name: str) -> Callable[[int, int], int]:
