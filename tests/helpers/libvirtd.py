@@ -120,8 +120,8 @@ class PrivateLibvirtd:
         finally:
             conn.close()
 
-    def stop(self) -> None:
-        """Destroy every running domain (session domains outlive their daemon), then stop the daemon."""
+    def destroy_running(self) -> None:
+        """Pull the plug on every running domain: what a test left running must not fail the next one."""
         if self.proc.poll() is None and self.socket.exists():
             try:
                 libvirt = libvirt_module()
@@ -131,6 +131,10 @@ class PrivateLibvirtd:
                 conn.close()
             except Exception:
                 pass
+
+    def stop(self) -> None:
+        """Destroy every running domain (session domains outlive their daemon), then stop the daemon."""
+        self.destroy_running()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

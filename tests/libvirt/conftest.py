@@ -8,7 +8,7 @@ from tests.helpers.service import local_service  # noqa: F401  (the GUI tests: t
 
 
 @pytest.fixture(scope="session")
-def libvirtd(debian_kernel, busybox_initramfs):
+def libvirtd_session(debian_kernel, busybox_initramfs):
     require_libvirt()
     daemon = PrivateLibvirtd(debian_kernel, busybox_initramfs)
     try:
@@ -16,3 +16,11 @@ def libvirtd(debian_kernel, busybox_initramfs):
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture
+def libvirtd(libvirtd_session):
+    """The session's daemon, with no domain left running after each test (one that failed half-way would
+    otherwise fail the next test's start)."""
+    yield libvirtd_session
+    libvirtd_session.destroy_running()
