@@ -256,34 +256,44 @@ def run_one(t: Target, data: bytes, cov: Coverage | None = None) -> tuple[Findin
     if cov:
         cov.start()
     finding = None
+    caught: BaseException | None = None
     _logged.records = []
     _logged.active = True
     try:
-        t.func(data)
-        if _logged.records:
-            rec = _logged.records[0]
-            raise LoggedError(f"logged by {rec.name}: {rec.getMessage()[:100]}") from rec.exc_info[1]
-    except Hang:
-        finding = Finding(t.name, data, "hang", f"ran longer than {t.hang_seconds}s", traceback.format_exc())
-    except t.allowed as exc:
-        if "\n" in str(exc):
-            finding = Finding(t.name, data, "multiline", f"{type(exc).__name__} spans lines",
-                              f"{type(exc).__name__}: {exc}")
+        # The timer is disarmed as soon as the target returns or raises: classifying what it raised reads source
+        # files for the traceback, and on a loaded host that alone can outlast a short hang limit (a CI run
+        # reported its own traceback extraction as the target's hang).
+        try:
+            t.func(data)
+            if _logged.records:
+                rec = _logged.records[0]
+                raise LoggedError(f"logged by {rec.name}: {rec.getMessage()[:100]}") from rec.exc_info[1]
+        finally:
+            if use_alarm:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            _logged.active = False
     except BaseException as exc:  # noqa: BLE001 - anything else is what we are looking for
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        cause = exc.__cause__ if isinstance(exc, LoggedError) and exc.__cause__ else exc
+        caught = exc
+    finally:
+        new = cov.stop() if cov else set()
+        if use_alarm:
+            signal.signal(signal.SIGALRM, old)
+    if isinstance(caught, KeyboardInterrupt):
+        raise caught
+    if isinstance(caught, Hang):
+        finding = Finding(t.name, data, "hang", f"ran longer than {t.hang_seconds}s",
+                          "".join(traceback.format_exception(caught)))
+    elif isinstance(caught, t.allowed):
+        if "\n" in str(caught):
+            finding = Finding(t.name, data, "multiline", f"{type(caught).__name__} spans lines",
+                              f"{type(caught).__name__}: {caught}")
+    elif caught is not None:
+        cause = caught.__cause__ if isinstance(caught, LoggedError) and caught.__cause__ else caught
         tb = traceback.extract_tb(cause.__traceback__)
         where = next((f"{Path(fr.filename).name}:{fr.lineno}" for fr in reversed(tb)
                       if fr.filename.startswith(CORE)), "?")
-        finding = Finding(t.name, data, "exception", f"{type(cause).__name__} at {where}: {str(exc)[:120]}",
-                          "".join(traceback.format_exception(exc)))
-    finally:
-        _logged.active = False
-        new = cov.stop() if cov else set()
-        if use_alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old)
+        finding = Finding(t.name, data, "exception", f"{type(cause).__name__} at {where}: {str(caught)[:120]}",
+                          "".join(traceback.format_exception(caught)))
     if finding is None and _rss_mib() - before > t.rss_mib:
         finding = Finding(t.name, data, "memory", f"RSS grew by more than {t.rss_mib} MiB", "")
     return finding, new

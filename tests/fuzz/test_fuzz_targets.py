@@ -48,6 +48,27 @@ def test_harness_reports_an_undeclared_exception() -> None:
     assert harness.replay(t, b"h").kind == "hang"
 
 
+def test_hang_limit_covers_the_target_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Classifying what the target raised is the harness's own work: a slow traceback extraction (source files
+    read on a loaded host) is not the target's hang. A CI run once reported it as one."""
+    import time
+    import traceback
+
+    real_extract = traceback.extract_tb
+
+    def slow_extract(tb, limit=None):  # noqa: ANN001, ANN202
+        time.sleep(0.3)
+        return real_extract(tb, limit)
+
+    monkeypatch.setattr(traceback, "extract_tb", slow_extract)
+
+    def boom(data: bytes) -> None:
+        raise KeyError("x")
+
+    t = harness.Target("selftest", boom, (ValueError,), lambda: [b"a"], hang_seconds=0.1)
+    assert harness.replay(t, b"x").kind == "exception"
+
+
 def test_coverage_guides_the_search() -> None:
     """Inputs that reach new code in core/ join the corpus: from its two seeds, the ELF target's corpus grows."""
     from fuzz.targets import boot
