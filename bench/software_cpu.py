@@ -32,6 +32,11 @@ vCPUs ("vireo-parallel", VIREO_PARALLEL_VCPUS=1, the default for 2+ vCPUs). The 
 N x (time of 1 job on 1 vCPU) / (time of N jobs on N vCPUs): N would be perfect, 1 means N vCPUs do no
 more work than one. Only the in-guest time of the jobs counts.
 
+Both modes end with the host's steadiness: each contender's slowest run over its fastest, per measurement. The
+same build on a quiet 2-core host repeats within about 10 %; when the reference's own runs (QEMU's) spread by
+more than STEADY_SPREAD, the host was busy under the run and its ratios say more about the neighbours than about
+the engines, which the report says in as many words.
+
     .venv/bin/python bench/software_cpu.py --smp [--runs 3]
 """
 from __future__ import annotations
@@ -53,6 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "out"
 MARKER = b"VIREO-BOOT-OK"
 MEMORY_MIB = 256
+STEADY_SPREAD = 1.25     # slowest / fastest run of one contender and measurement, above which the host was busy
 sys.path.insert(0, str(ROOT))
 
 from bench.bytecode import ensure_bytecode  # noqa: E402
@@ -162,6 +168,21 @@ def unpack_vmlinux(bzimage: Path, into: Path) -> Path:
     return path
 
 
+def steadiness(cells: dict[str, list[float]], reference: str | None) -> None:
+    """Print each cell's spread (slowest / fastest run) and whether the reference's own runs were steady."""
+    spreads = {name: max(v) / min(v) for name, v in cells.items() if len(v) >= 2 and min(v) > 0}
+    if not spreads:
+        return
+    print("spread (slowest / fastest run): " + ", ".join(f"{k} {v:.2f}" for k, v in spreads.items()))
+    ref = {k: v for k, v in spreads.items() if reference and k.startswith(reference)}
+    worst = max(ref.items(), key=lambda kv: kv[1]) if ref else None
+    if worst and worst[1] > STEADY_SPREAD:
+        print(f"HOST NOT STEADY: {worst[0]} varied {worst[1]:.2f}x between its own runs (steady: under "
+              f"{STEADY_SPREAD}); the ratios above reflect the host's load as much as the engines")
+    elif worst:
+        print(f"host steady: the reference's runs varied at most {worst[1]:.2f}x")
+
+
 def workload_seconds(out: bytes) -> float | None:
     m = re.search(rb"VIREO-WORKLOAD-SECONDS=([0-9.]+)", out)
     return float(m.group(1)) if m else None
@@ -205,6 +226,8 @@ def bench(title: str, contenders: dict[str, Callable[[str], list[str]]], runs: i
         row = f"{metric:<8}" + "".join(f"{(medians[n] or float('nan')):>18.2f}" for n in names)
         row += "".join(f"{(medians[n] / medians[base] if medians[n] else float('nan')):>24.2f}" for n in names[1:])
         print(row)
+    steadiness({f"{n} {m}": results[n][m] for n in names for m in ("marker", "sha256") if results[n].get(m)},
+               "qemu")
     print(flush=True)
 
 
@@ -269,6 +292,7 @@ def bench_smp(runs: int) -> int:
             for c in ("vireo", "vireo-parallel"):
                 row += f"{scal[c] / scal['qemu-mttcg']:>20.2f}" if scal[c] else f"{'nan':>20}"
         print(row)
+    steadiness({f"{c} N={n}": v for (c, n), v in times.items()}, "qemu" if qemu else None)
     return 0
 
 
