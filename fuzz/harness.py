@@ -275,6 +275,7 @@ def run_one(t: Target, data: bytes, cov: Coverage | None = None) -> tuple[Findin
     except BaseException as exc:  # noqa: BLE001 - anything else is what we are looking for
         caught = exc
     finally:
+        _logged.active = False          # again: an alarm due just as the target ended may skip the inner finally
         new = cov.stop() if cov else set()
         if use_alarm:
             signal.signal(signal.SIGALRM, old)

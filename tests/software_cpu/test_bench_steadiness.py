@@ -8,7 +8,7 @@ from bench.software_cpu import steadiness
 
 
 def test_a_busy_host_is_called_out(capsys: pytest.CaptureFixture[str]) -> None:
-    # session 18's first --smp run: QEMU's 1-job time went from 3.14 to 4.45 s between runs
+    # session 18's 21:27 --smp run: QEMU's 1-job time went from 3.14 to 4.45 s between runs
     steadiness({"vireo-parallel N=1": [2.72, 3.04, 2.70, 2.95, 2.59],
                 "qemu-mttcg N=1": [3.25, 4.45, 3.76, 3.62, 3.14]}, "qemu")
     out = capsys.readouterr().out
