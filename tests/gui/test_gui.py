@@ -89,6 +89,14 @@ def vm_rows(window) -> dict[str, str]:
     return rows
 
 
+def press(qtbot, action, timeout: int = 15_000) -> None:
+    """Click an action as a person does: once it is enabled. The row can show a new state (the host's state
+    event) while the request that caused it is still in flight, and the VM's actions stay off until its reply;
+    QAction.trigger() on a disabled action does nothing at all."""
+    qtbot.waitUntil(action.isEnabled, timeout=timeout)
+    action.trigger()
+
+
 def error_dialogs() -> list[QMessageBox]:
     return [w for w in QApplication.topLevelWidgets()
             if isinstance(w, QMessageBox) and w.objectName() == "errorDialog" and w.isVisible()]
@@ -384,9 +392,11 @@ def _debian_journey(qtbot, host, bridge, window, debian_kernel, busybox_initramf
     assert worst < 0.1, f"event loop stalled {worst * 1000:.0f} ms"
     term = vm_window.console.terminal
     qtbot.waitUntil(lambda: "VIREO-BOOT-OK" in "\n".join(term.screen.display), timeout=240000)
-    window.vm_actions.pause.trigger()
+    press(qtbot, window.vm_actions.pause)
     qtbot.waitUntil(lambda: vm_rows(window)["debian"] == "Paused", timeout=15000)
-    window.vm_actions.run.trigger()   # Resume
+    qtbot.waitUntil(window.vm_actions.run.isEnabled, timeout=15000)   # once the pause request's reply is in
+    assert window.vm_actions.run.text() == "&Resume"
+    press(qtbot, window.vm_actions.run)
     qtbot.waitUntil(lambda: vm_rows(window)["debian"] == "Running", timeout=15000)
     asked: list[str] = []
     answer_question(qtbot, "Force Off", asked)
