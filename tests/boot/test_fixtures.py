@@ -143,7 +143,7 @@ def test_build_is_cached() -> None:
     elapsed = time.monotonic() - start
     assert done.returncode == 0, done.stderr
     assert "up to date" in done.stdout
-    assert elapsed < 2.0
+    assert elapsed < 10.0, elapsed      # an interpreter start and hashing the inputs; a build takes minutes
 
 
 def _qemu_boot(qemu: str, kernel: Path, initrd: Path, action: str, timeout: float = 120) -> str:

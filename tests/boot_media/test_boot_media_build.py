@@ -124,5 +124,5 @@ def test_second_build_does_no_work(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     built = {n: (tmp_path / n).stat().st_mtime_ns for n in names}
     start = time.monotonic()
     assert builder.build_all(FIXTURES_OUT, only=names) == 0
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 5.0      # checking the inputs, with room for a loaded host
     assert {n: (tmp_path / n).stat().st_mtime_ns for n in names} == built

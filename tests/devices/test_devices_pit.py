@@ -211,10 +211,12 @@ def test_refresh_bit_toggles(timers: TimerQueue) -> None:
 def test_mode2_irq0_rate(timers: TimerQueue) -> None:
     pit, bus, sink = make(timers)
     bus.write(0x43, 1, 0x34)
+    started = time.monotonic()
     write_count(bus, 0x40, PIT_HZ // 100)        # 100 Hz, as a HZ=100 kernel programs it
     time.sleep(0.3)
     n = sink.rising_edges()
-    assert 25 <= n <= 31, n
+    periods = (time.monotonic() - started) * 100    # the window actually slept, which a loaded host stretches
+    assert periods - 4 <= n <= periods + 1, (n, periods)
     assert all(gsi == 0 for gsi, _ in sink.calls)
     bus.write(0x43, 1, 0x30)                     # reprogramming to mode 0 without a count stops the ticks
     time.sleep(0.05)
@@ -228,7 +230,10 @@ def test_mode4_one_shot_irq(timers: TimerQueue) -> None:
     pit, bus, sink = make(timers)
     bus.write(0x43, 1, 0x38)
     write_count(bus, 0x40, PIT_HZ // 1000)       # 1 ms
-    time.sleep(0.05)
+    end = time.monotonic() + 5
+    while not sink.rising_edges() and time.monotonic() < end:
+        time.sleep(0.001)
+    time.sleep(0.05)                             # and no second edge: it is a one-shot
     assert sink.rising_edges() == 1
     assert pit.irqs_raised == 1
 

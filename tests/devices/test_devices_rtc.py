@@ -1,6 +1,7 @@
 """MC146818 RTC / CMOS: host time in BCD and binary, 12-hour mode, SET, UIP, interrupts, memory-size bytes."""
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 
@@ -140,7 +141,7 @@ def test_update_ended_interrupt(timers: TimerQueue) -> None:
     _, bus, sink = make(timers)
     cmos(bus, 0x0C)
     cmos_write(bus, 0x0B, 0x12)              # UIE
-    deadline = time.monotonic() + 1.5
+    deadline = time.monotonic() + 5               # the next second's update, with room for a loaded host
     while not sink.level and time.monotonic() < deadline:
         time.sleep(0.01)
     assert sink.level
@@ -154,14 +155,18 @@ def test_periodic_interrupt_rate(timers: TimerQueue) -> None:
     cmos_write(bus, 0x0A, 0x2A)              # RS = 10: 64 Hz
     cmos(bus, 0x0C)
     cmos_write(bus, 0x0B, 0x42)              # PIE
-    count = 0
-    end = time.monotonic() + 0.5
-    while time.monotonic() < end:
+    count = lost = 0
+    last = time.monotonic()
+    end = last + 0.5
+    while (now := time.monotonic()) < end:
+        # A poll that comes more than a period after the last one (a preempted test) sees several interrupts as one.
+        lost += max(0, math.ceil((now - last) * 64) - 1)
+        last = now
         if sink.level:
             assert cmos(bus, 0x0C) & 0xC0 == 0xC0
             count += 1
         time.sleep(0.001)
-    assert 26 <= count <= 34, count
+    assert 26 - lost <= count <= 34, (count, lost)
     cmos_write(bus, 0x0B, 0x02)
 
 

@@ -52,7 +52,7 @@ def test_shows_the_text_frame(console, qtbot, tmp_path):
     window, vga, _ = console
     put_text(vga, 0, 0, "Vireo console", 0x4F)                     # bright white on red
     put_text(vga, 12, 30, "\u2588" * 20, 0x0A)                      # a light green bar in the middle
-    qtbot.waitUntil(lambda: window.view.frame is not None and window.view.frame.mode == "text 80x25")
+    qtbot.waitUntil(lambda: window.view.frame is not None and window.view.frame.mode == "text 80x25", timeout=15_000)
     window.view.refresh(force=True)
     window.view.repaint()
     shot = tmp_path / "widget.png"
@@ -128,12 +128,12 @@ def test_type_clipboard_text(console, qtbot):
 
 def test_follows_mode_change_and_one_to_one(console, qtbot):
     window, vga, _ = console
-    qtbot.waitUntil(lambda: window.view.frame is not None)
+    qtbot.waitUntil(lambda: window.view.frame is not None, timeout=15_000)
     sizes = []
     window.view.frameSizeChanged.connect(lambda w, h: sizes.append((w, h)))
     for index, value in ((3, 32), (1, 640), (2, 480), (4, 0x41)):
         vga.vbe.write_reg(index, value)
-    qtbot.waitUntil(lambda: sizes == [(640, 480)])
+    qtbot.waitUntil(lambda: sizes == [(640, 480)], timeout=15_000)
     assert "vbe 640x480x32" in window.status.text()
     window.one_to_one_action.trigger()
     target = window.view.target_rect()

@@ -64,7 +64,7 @@ def test_scale_mode_changes_the_drawn_pixels_at_the_letterbox_edge(qtbot, vga) -
     view.resize(1280, 720)
     view.show()
     qtbot.waitExposed(view)
-    qtbot.waitUntil(lambda: view.frame is not None and view.frame.mode == "text 80x25")
+    qtbot.waitUntil(lambda: view.frame is not None and view.frame.mode == "text 80x25", timeout=15_000)
     assert view.scale_mode == "keep"                   # the default keeps the guest's shape
 
     def pixel(x: int, y: int) -> tuple[int, int, int]:

@@ -13,13 +13,13 @@ def test_timers_fire_in_deadline_order_and_cancel_works():
     b = q.timer(lambda: fired.append("b"))
     c = q.timer(lambda: (fired.append("c"), done.set()))
     t0 = now_ns()
-    c.arm(t0 + 30_000_000)
-    b.arm(t0 + 10_000_000)
-    a.arm(t0 + 5_000_000)
+    c.arm(t0 + 300_000_000)          # far enough apart that a preempted test thread still cancels b in time
+    b.arm(t0 + 100_000_000)
+    a.arm(t0 + 50_000_000)
     b.cancel()
-    assert done.wait(2)
+    assert done.wait(5)
     assert fired == ["a", "c"]
-    assert now_ns() - t0 >= 30_000_000
+    assert now_ns() - t0 >= 300_000_000
     q.stop()
 
 
@@ -27,11 +27,14 @@ def test_rearm_replaces_previous_deadline():
     q = TimerQueue()
     hits = []
     t = q.timer(lambda: hits.append(time.monotonic()))
-    t.arm_after(5_000_000)
-    t.arm_after(50_000_000)
-    time.sleep(0.03)
-    assert hits == []
-    time.sleep(0.06)
+    t.arm_after(100_000_000)
+    armed = time.monotonic()
+    t.arm_after(300_000_000)
+    end = armed + 5
+    while not hits and time.monotonic() < end:
+        time.sleep(0.002)
+    assert len(hits) == 1 and hits[0] - armed >= 0.3 - 0.001, "the first deadline still fired"
+    time.sleep(0.1)
     assert len(hits) == 1
     q.stop()
 

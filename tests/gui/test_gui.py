@@ -152,7 +152,7 @@ def test_wizard_defines_a_vm_with_a_new_disk(qtbot, app_parts, debian_kernel, xd
     wizard.finish_page.name.setText("lab")
     wizard.finish_page.customize.setChecked(True)   # do not start: Details opens instead
     assert "300 MiB" in wizard.finish_page.summary.text()
-    with qtbot.waitSignal(wizard.created, timeout=5000) as created:
+    with qtbot.waitSignal(wizard.created, timeout=30_000) as created:
         wizard.button(QWizard.WizardButton.FinishButton).click()
     uuid, start = created.args
     assert start is False
@@ -163,7 +163,7 @@ def test_wizard_defines_a_vm_with_a_new_disk(qtbot, app_parts, debian_kernel, xd
     assert saved["cdroms"] == []
     disk = Path(saved["disks"][0]["path"])
     assert disk.parent == xdg / "data" / "vireo" / "images" and disk.stat().st_size == int(0.1 * 1024 ** 3) // 512 * 512
-    qtbot.waitUntil(lambda: "lab" in vm_rows(window))
+    qtbot.waitUntil(lambda: "lab" in vm_rows(window), timeout=15_000)
     # "Customize before install" opened the VM window on Details.
     vm_window = window.vm_windows[uuid]
     assert vm_window.tabs.currentWidget() is vm_window.details
@@ -216,9 +216,9 @@ def test_vm_window_tabs_details_apply_and_revert(qtbot, app_parts) -> None:
     assert details.memory.value() == 256
     details.memory.setValue(640)
     details.apply_button.click()
-    qtbot.waitUntil(lambda: host.get(cfg.uuid).config.memory_mib == 640)
+    qtbot.waitUntil(lambda: host.get(cfg.uuid).config.memory_mib == 640, timeout=15_000)
     assert json.loads(ConfigStore().path_for(cfg.uuid).read_text())["memory_mib"] == 640
-    qtbot.waitUntil(lambda: not details.apply_button.isEnabled())
+    qtbot.waitUntil(lambda: not details.apply_button.isEnabled(), timeout=15_000)
     # A bad MAC is refused on the NIC page as it is typed, in one line, and keeps Apply disabled with the reason.
     nic = details.nic_page
     assert not nic.mac.isEnabled() and "no network card" in nic.status.text()
@@ -241,7 +241,7 @@ def test_serial_console_renders_guest_output_and_sends_keys(qtbot, app_parts) ->
     reload(qtbot, bridge)
     vm_window = window.open_vm((bridge, cfg.uuid))
     term = vm_window.console.terminal
-    qtbot.waitUntil(lambda: cfg.uuid in bridge._serial_open)    # subscribed on a bridge worker
+    qtbot.waitUntil(lambda: cfg.uuid in bridge._serial_open, timeout=15_000)    # subscribed on a bridge worker
     # Output arriving on the service connection's reader thread reaches the widget through the bridge's queued
     # signal (a guest really printing is the journey tests'; this is the terminal's rendering).
     import threading
@@ -250,7 +250,7 @@ def test_serial_console_renders_guest_output_and_sends_keys(qtbot, app_parts) ->
                                          b"\x1b[2Jcleared\r\n$ "))
     t.start()
     t.join()
-    qtbot.waitUntil(lambda: "cleared" in term.text())
+    qtbot.waitUntil(lambda: "cleared" in term.text(), timeout=15_000)
     assert "VIREO-BOOT-OK" not in term.text()        # ESC[2J really cleared the screen
     assert term.screen.cursor.x == 2
     # Keys become VT100 bytes; nothing is sent while the VM is shut off.
@@ -280,12 +280,12 @@ def test_delete_removes_definition_and_disk_when_asked(qtbot, app_parts, xdg, mo
     monkeypatch.setattr(mw, "confirm_delete", lambda parent, info, used_by: (True, False))
     window.select_vm(keep.uuid)
     window.vm_actions.delete.trigger()
-    qtbot.waitUntil(lambda: "keep-disk" not in vm_rows(window))
+    qtbot.waitUntil(lambda: "keep-disk" not in vm_rows(window), timeout=15_000)
     assert disk.exists()
     monkeypatch.setattr(mw, "confirm_delete", lambda parent, info, used_by: (True, True))
     window.select_vm(drop.uuid)
     window.vm_actions.delete.trigger()
-    qtbot.waitUntil(lambda: "drop-disk" not in vm_rows(window))
+    qtbot.waitUntil(lambda: "drop-disk" not in vm_rows(window), timeout=15_000)
     assert not disk.exists()
     assert ConfigStore().load_all() == ([], [])
 
@@ -320,7 +320,7 @@ def test_delete_dialog_offers_each_disk_and_keeps_the_one_another_vm_uses(qtbot,
     assert seen == [(f"{shared} (used by web)", False, False, True), (str(own), True, True, True),
                     (str(spare), True, True, True)]
     assert shared.exists() and spare.exists() and not own.exists()
-    qtbot.waitUntil(lambda: window.statusBar().currentMessage().startswith("Deleted imported"))
+    qtbot.waitUntil(lambda: window.statusBar().currentMessage().startswith("Deleted imported"), timeout=15_000)
     assert window.statusBar().currentMessage() == "Deleted imported (2 files removed)"
 
 
@@ -339,7 +339,7 @@ def test_delete_reports_a_disk_the_host_kept(qtbot, app_parts, xdg, monkeypatch)
     window.select_vm(stale.uuid)
     window.vm_actions.delete.trigger()
     qtbot.waitUntil(lambda: "stale" not in vm_rows(window), timeout=10_000)
-    qtbot.waitUntil(lambda: "kept" in window.statusBar().currentMessage())
+    qtbot.waitUntil(lambda: "kept" in window.statusBar().currentMessage(), timeout=15_000)
     assert window.statusBar().currentMessage() == f"Deleted stale (1 file removed); kept {shared}: used by VM 'web'"
     assert shared.exists()
 
@@ -350,13 +350,13 @@ def test_a_failed_start_shows_one_line_and_the_vm_stays_shut_off(qtbot, app_part
     reload(qtbot, bridge)
     window.select_vm(cfg.uuid)
     window.vm_actions.run.trigger()
-    qtbot.waitUntil(lambda: bool(error_dialogs()))
+    qtbot.waitUntil(lambda: bool(error_dialogs()), timeout=15_000)
     dialog = error_dialogs()[-1]
     assert dialog.text() == "Starting nokernel failed"
     assert "no such file" in dialog.informativeText()
     # The reason reaches the row with the host's state event, which may come after the start call's error reply
     # (a loaded CI run read the tooltip between the two); the row was "Shut off" before the start as well.
-    qtbot.waitUntil(lambda: "failed to start" in window.vm_items[cfg.uuid].toolTip(1))
+    qtbot.waitUntil(lambda: "failed to start" in window.vm_items[cfg.uuid].toolTip(1), timeout=15_000)
     assert vm_rows(window)["nokernel"] == "Shut off"
 
 

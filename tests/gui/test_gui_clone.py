@@ -42,7 +42,8 @@ def _open(qtbot, window, uuid: str) -> CloneDialog:
     assert "Clo&ne…" in [a.text() for a in window.vm_menu.actions()]      # in the menu a VM row right-click shows
     assert window.clone_move.clone.isEnabled()
     window.clone_move.clone.trigger()
-    qtbot.waitUntil(lambda: window.clone_move.dialog is not None and window.clone_move.dialog.isVisible())
+    qtbot.waitUntil(lambda: window.clone_move.dialog is not None and window.clone_move.dialog.isVisible(),
+                    timeout=15_000)
     return window.clone_move.dialog
 
 

@@ -178,11 +178,11 @@ def test_wizard_to_delete_with_a_debian_guest(qtbot, start_app, debian_kernel, b
     assert finish.customize.isChecked()
     summary = finish.summary.text()
     assert "256 MiB" in summary and CMDLINE in summary and "vmlinuz-amd64 + initramfs-amd64.cpio.gz" in summary
-    with qtbot.waitSignal(wizard.created, timeout=5000) as created:
+    with qtbot.waitSignal(wizard.created, timeout=30_000) as created:
         click(qtbot, wizard.button(QWizard.WizardButton.FinishButton))
     uuid, start = created.args
     assert start is False
-    qtbot.waitUntil(lambda: vm_rows(window).get("journey") == "Shut off")
+    qtbot.waitUntil(lambda: vm_rows(window).get("journey") == "Shut off", timeout=15_000)
     cfg = host.get(uuid).config
     assert (cfg.memory_mib, cfg.vcpus, cfg.accel) == (256, 1, "software")
     assert [(d.format, d.bus) for d in cfg.disks] == [("qcow2", "virtio")], cfg.disks
@@ -221,7 +221,8 @@ def test_wizard_to_delete_with_a_debian_guest(qtbot, start_app, debian_kernel, b
     click(qtbot, toolbar_button(window, window.vm_actions.pause))
     qtbot.waitUntil(lambda: vm_rows(window)["journey"] == "Paused", timeout=STATE_TIMEOUT_MS)
     assert host.get(uuid).state == VmState.PAUSED
-    qtbot.waitUntil(lambda: window.vm_actions.run.text() == "&Resume" and window.vm_actions.run.isEnabled())
+    qtbot.waitUntil(lambda: window.vm_actions.run.text() == "&Resume" and window.vm_actions.run.isEnabled(),
+                    timeout=15_000)
     click(qtbot, toolbar_button(window, window.vm_actions.run))
     qtbot.waitUntil(lambda: vm_rows(window)["journey"] == "Running", timeout=STATE_TIMEOUT_MS)
     assert host.get(uuid).state == VmState.RUNNING
@@ -229,7 +230,7 @@ def test_wizard_to_delete_with_a_debian_guest(qtbot, start_app, debian_kernel, b
     # 3. Shut Down (the toolbar button's default action is the graceful one): the guest powers itself off.
     shutdown_button = window.findChild(type(toolbar_button(window, window.vm_actions.run)), "shutdownButton")
     assert shutdown_button.defaultAction() is window.vm_actions.shutdown
-    qtbot.waitUntil(lambda: shutdown_button.isEnabled())
+    qtbot.waitUntil(lambda: shutdown_button.isEnabled(), timeout=15_000)
     click(qtbot, shutdown_button)
     qtbot.waitUntil(lambda: vm_rows(window)["journey"] == "Shut off", timeout=STATE_TIMEOUT_MS)
     info = host.get(uuid)
@@ -243,7 +244,7 @@ def test_wizard_to_delete_with_a_debian_guest(qtbot, start_app, debian_kernel, b
     wait_serial(qtbot, term, "vireo:~#", BOOT_TIMEOUT_MS)
     type_line(qtbot, term, LOAD_DISK + "; " + READ_FILE)
     wait_serial(qtbot, term, "VIREO-READ=journey-was-here", 60_000)
-    qtbot.waitUntil(lambda: window.vm_actions.off.isEnabled())
+    qtbot.waitUntil(lambda: window.vm_actions.off.isEnabled(), timeout=15_000)
     asked: list[str] = []
     answer_question(qtbot, "Force Off", asked)              # Force Off asks first; the answer is Force Off
     window.vm_actions.off.trigger()                         # Force Off, from the Shut Down button's menu

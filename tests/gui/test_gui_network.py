@@ -292,7 +292,7 @@ def test_the_wizard_default_network_gets_a_dhcp_lease(qtbot, app_parts, debian_k
     type_into(qtbot, finish.name, "wiznet")
     finish.accel.setCurrentIndex(finish.accel.findData("software"))
     _shot(wizard, "wizard-network")
-    with qtbot.waitSignal(wizard.created, timeout=5000) as created:
+    with qtbot.waitSignal(wizard.created, timeout=30_000) as created:
         click(qtbot, wizard.button(QWizard.WizardButton.FinishButton))
     uuid, start = created.args
     assert start is True
@@ -338,7 +338,8 @@ def test_a_second_card_on_tap_added_on_the_page_and_its_error_in_one_line(qtbot,
     assert (first.backend, first.mac) == ("user", first_mac)
     assert (card.backend, card.tap, card.bridge, card.forwards) == ("tap", "vtapgui9", "nosuchbr9", [])
     assert card.mac.startswith("52:54:00:") and card.mac != first_mac
-    qtbot.waitUntil(lambda: page.card.count() == 2 and page.card.currentText() == f"2 \u00b7 {card.mac}")
+    qtbot.waitUntil(lambda: page.card.count() == 2 and page.card.currentText() == f"2 \u00b7 {card.mac}",
+                    timeout=15_000)
     _start(qtbot, window, vm_window, cfg.uuid, "nettap")
     vm_window.show_tab("details")
     qtbot.waitUntil(lambda: "Link down: tap vtapgui9" in page.status.text(), timeout=STATE_MS)

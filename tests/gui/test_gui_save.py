@@ -48,7 +48,7 @@ def test_shut_down_menu_save_then_run_resumes_the_counter(qtbot, app_parts, xdg)
     reload(qtbot, bridge)
     window.select_vm(cfg.uuid)
     actions = window.vm_actions
-    qtbot.waitUntil(lambda: actions.run.isEnabled())
+    qtbot.waitUntil(lambda: actions.run.isEnabled(), timeout=15_000)
     click(qtbot, toolbar_button(window, actions.run))
     qtbot.waitUntil(lambda: vm_rows(window)["saver"] == "Running", timeout=STATE_MS)
     qtbot.waitUntil(lambda: _last(log) >= 5, timeout=STATE_MS)

@@ -69,11 +69,12 @@ def _rows(tab) -> list[tuple[str, str, str, bool]]:
 def _select(qtbot, tab, name: str) -> None:
     """Click the row of snapshot `name` (once the list shows it)."""
     tree = tab.tree
-    qtbot.waitUntil(lambda: name in [tree.topLevelItem(i).text(0) for i in range(tree.topLevelItemCount())])
+    qtbot.waitUntil(lambda: name in [tree.topLevelItem(i).text(0) for i in range(tree.topLevelItemCount())],
+                    timeout=15_000)
     for i in range(tree.topLevelItemCount()):
         if tree.topLevelItem(i).text(0) == name:
             tree.setCurrentItem(tree.topLevelItem(i))
-    qtbot.waitUntil(lambda: tab.selected() == name and tab.delete_button.isEnabled())
+    qtbot.waitUntil(lambda: tab.selected() == name and tab.delete_button.isEnabled(), timeout=15_000)
 
 
 def _idle(qtbot, tab) -> None:
@@ -105,7 +106,8 @@ def test_snapshots_tab_create_revert_delete(qtbot, app_parts, xdg, debian_kernel
     _fill_create_dialog("cold", "before the first boot", seen)
     click(qtbot, tab.create_button)
     _idle(qtbot, tab)
-    qtbot.waitUntil(lambda: [r[:3] for r in _rows(tab)] == [("cold", "Shut off", "before the first boot")])
+    qtbot.waitUntil(lambda: [r[:3] for r in _rows(tab)] == [("cold", "Shut off", "before the first boot")],
+                    timeout=15_000)
     assert seen == ["snapshot1"]
 
     bridge.lifecycle("start", cfg.uuid)
@@ -117,7 +119,7 @@ def test_snapshots_tab_create_revert_delete(qtbot, app_parts, xdg, debian_kernel
     _fill_create_dialog("warm", "shell at its prompt", [])
     click(qtbot, tab.create_button)
     _idle(qtbot, tab)
-    qtbot.waitUntil(lambda: len(_rows(tab)) == 2)
+    qtbot.waitUntil(lambda: len(_rows(tab)) == 2, timeout=15_000)
     name, state, description, thumbnail = _rows(tab)[1]
     assert (name, state, description, thumbnail) == ("warm", "Running", "shell at its prompt", True)
     assert "created" in tab.status.text()

@@ -135,7 +135,7 @@ def test_error_dialog_reason_starts_with_a_capital_letter(qtbot, app_parts, xdg)
     details = vm_window.details
     details.name.setText("one")          # the host refuses it: "a VM named 'one' already exists on …"
     details.apply_button.click()
-    qtbot.waitUntil(lambda: bool(error_dialogs()))
+    qtbot.waitUntil(lambda: bool(error_dialogs()), timeout=15_000)
     dialog = error_dialogs()[-1]
     reason = dialog.informativeText()
     assert reason.startswith("A VM named 'one' already exists"), reason
@@ -146,7 +146,7 @@ def test_error_dialog_reason_starts_with_a_capital_letter(qtbot, app_parts, xdg)
     reload(qtbot, bridge)
     window.select_vm(cfg.uuid)
     window.vm_actions.run.trigger()
-    qtbot.waitUntil(lambda: bool(error_dialogs()))
+    qtbot.waitUntil(lambda: bool(error_dialogs()), timeout=15_000)
     dialog = error_dialogs()[-1]
     assert dialog.informativeText().startswith("nokernel failed to start: kernel "), dialog.informativeText()
     dialog.close()

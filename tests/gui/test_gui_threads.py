@@ -75,7 +75,8 @@ def test_no_host_call_runs_on_the_gui_thread(qtbot, xdg, debian_kernel, busybox_
 
         # The wizard, with a new qcow2 disk; Finish defines the VM, starts it and opens its window.
         click(qtbot, toolbar_button(window, window.new_action))
-        qtbot.waitUntil(lambda: getattr(window, "wizard", None) is not None and window.wizard.isVisible())
+        qtbot.waitUntil(lambda: getattr(window, "wizard", None) is not None and window.wizard.isVisible(),
+                        timeout=15_000)
         wizard = window.wizard
         next_button = wizard.button(QWizard.WizardButton.NextButton)
         click(qtbot, wizard.source_page.kernel)
@@ -130,7 +131,7 @@ def test_no_host_call_runs_on_the_gui_thread(qtbot, xdg, debian_kernel, busybox_
         qtbot.waitUntil(lambda: window.vm_actions.pause.isEnabled(), timeout=TIMEOUT_MS)
         click(qtbot, toolbar_button(window, window.vm_actions.pause))
         qtbot.waitUntil(lambda: vm_rows(window)["threads-renamed"] == "Paused", timeout=TIMEOUT_MS)
-        qtbot.waitUntil(lambda: window.vm_actions.run.isEnabled())
+        qtbot.waitUntil(lambda: window.vm_actions.run.isEnabled(), timeout=15_000)
         click(qtbot, toolbar_button(window, window.vm_actions.run))
         qtbot.waitUntil(lambda: vm_rows(window)["threads-renamed"] == "Running", timeout=TIMEOUT_MS)
         import app.ui.actions as actions
@@ -140,7 +141,7 @@ def test_no_host_call_runs_on_the_gui_thread(qtbot, xdg, debian_kernel, busybox_
         vm_window.close()
         import app.ui.main_window as main_window
         monkeypatch.setattr(main_window, "confirm_delete", lambda parent, info, used_by: (True, True))
-        qtbot.waitUntil(lambda: window.vm_actions.delete.isEnabled())
+        qtbot.waitUntil(lambda: window.vm_actions.delete.isEnabled(), timeout=15_000)
         click(qtbot, toolbar_button(window, window.vm_actions.delete))
         qtbot.waitUntil(lambda: "threads-renamed" not in vm_rows(window), timeout=TIMEOUT_MS)
 

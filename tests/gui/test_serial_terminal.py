@@ -62,9 +62,9 @@ def test_drag_selects_text_and_copy_takes_just_that(qtbot, term) -> None:
 
 def test_grid_follows_the_pane_and_scrollback_keeps_old_lines(qtbot, term) -> None:
     term.resize(term.cell_w * 120 + 8, term.cell_h * 40 + 8)
-    qtbot.waitUntil(lambda: (term.screen.columns, term.screen.lines) == (120, 40))
+    qtbot.waitUntil(lambda: (term.screen.columns, term.screen.lines) == (120, 40), timeout=15_000)
     term.resize(term.cell_w * 30 + 8, term.cell_h * 10 + 8)
-    qtbot.waitUntil(lambda: (term.screen.columns, term.screen.lines) == (MIN_COLUMNS, MIN_ROWS))
+    qtbot.waitUntil(lambda: (term.screen.columns, term.screen.lines) == (MIN_COLUMNS, MIN_ROWS), timeout=15_000)
     term.feed(b"".join(b"line %03d\r\n" % n for n in range(300)))
     assert "line 000" not in term.text() and "line 299" in term.text()
     for _ in range(40):

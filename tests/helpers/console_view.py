@@ -27,13 +27,16 @@ def type_keys(view, text: str) -> None:
 
 
 def event_loop_worst(qtbot, rounds: int = 20, pause_ms: int = 20) -> float:
-    """The longest wait, in seconds, for a zero-delay timer over `rounds` tries `pause_ms` apart."""
-    worst = 0.0
+    """The second-longest wait, in seconds, for a zero-delay timer over `rounds` tries `pause_ms` apart.
+
+    One preemption of the test process by the host (a loaded 2-core CI runner) is forgiven; a GUI thread that our
+    code blocks, or a vCPU thread that keeps the interpreter lock, shows in more than one try."""
+    waits = []
     for _ in range(rounds):
         stamps: list[float] = []
         t0 = time.monotonic()
         QTimer.singleShot(0, lambda s=stamps: s.append(time.monotonic()))
         qtbot.waitUntil(lambda s=stamps: bool(s), timeout=2000)
-        worst = max(worst, stamps[0] - t0)
+        waits.append(stamps[0] - t0)
         qtbot.wait(pause_ms)
-    return worst
+    return sorted(waits)[-2]

@@ -322,8 +322,8 @@ def test_kick_from_another_thread_and_before_run(vm) -> None:
     vcpu = m.vcpus[0]
     for _ in range(2):     # the kick is consumed: the second run needs its own
         timer = threading.Timer(0.1, vcpu.kick)
-        timer.start()
         t0 = time.monotonic()
+        timer.start()
         ex = vcpu.run()
         assert ex.reason == ExitReason.KICKED
         assert 0.05 < time.monotonic() - t0 < 5

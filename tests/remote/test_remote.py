@@ -181,7 +181,7 @@ def test_another_users_agent_socket_is_not_reachable(server):
         finally:
             transport.close()
         assert status != 0 and b"PermissionError" in err
-        assert host.ping() < 1.0                # and ours still answers
+        assert host.ping() < 5.0                # and ours still answers
     finally:
         host.close()
 
@@ -214,7 +214,7 @@ def test_agent_is_uploaded_on_first_connect_and_reused_on_the_second(server):
     try:
         second.connect()
         assert second.report.uploaded == []
-        assert second.ping() < 1.0
+        assert second.ping() < 5.0
         print(f"\nfirst connect {first.timing.total:.2f} s (upload {first.report.upload_bytes / 1e6:.1f} MB: "
               f"{', '.join(first.report.uploaded)}), second {second.timing.total:.2f} s")
     finally:
@@ -333,7 +333,7 @@ def test_malformed_frame_closes_only_that_connection(server, garbage):
         header, _ = read_message(recv)
         assert header["t"] == "fatal" and "protocol error" in header["e"]
         assert recv(4) == b""                               # and the agent closed that connection
-        assert host.ping() < 1.0                             # the daemon and other connections carry on
+        assert host.ping() < 5.0                             # the daemon and other connections carry on
         assert host.agent_status()["version"] == engine_version()
     finally:
         transport.close()

@@ -163,7 +163,8 @@ def test_ticks_eois_and_deadlines_natively_then_applied_by_the_model(tick_rig) -
     request = c_uint32.from_address(rig.accel._interrupt_request_addr)
 
     def body(r: dict) -> None:
-        first = rig.tsc_after(0.02)
+        # Deadlines far enough ahead that a preempted thread (tens of ms on a loaded CI host) still acts before them.
+        first = rig.tsc_after(0.3)
         rig.lapic.msr_write(0x6E0, first)                       # through the model, as a slow WRMSR would
         r["armed"] = rig.word
         r["early"] = rig.acknowledge()                          # not due yet: Python's
@@ -177,7 +178,7 @@ def test_ticks_eois_and_deadlines_natively_then_applied_by_the_model(tick_rig) -
         r["again"] = rig.acknowledge()                          # in service: Python's
         rig.eoi()                                               # the handler's EOI, natively
         request.value = 0
-        second = rig.tsc_after(0.03)
+        second = rig.tsc_after(0.3)
         rig.wrmsr_deadline(second)                              # and its next deadline, natively
         r["after wrmsr"] = rig.word
         r["guest deadline"] = rig.tick.guest_deadline
@@ -209,7 +210,8 @@ def test_a_device_interrupt_from_another_thread_is_acknowledged_natively_the_tic
     result: dict = {}
 
     def body(r: dict) -> None:
-        deadline = rig.tsc_after(0.01)
+        # The other thread must accept 0x41 before this deadline: leave room for its wake-up on a loaded host.
+        deadline = rig.tsc_after(0.5)
         rig.lapic.msr_write(0x6E0, deadline)
         r["armed"] = rig.word
         ready.set()

@@ -23,7 +23,7 @@ def rig():
 
 LOCKED = r"""
         .code64
-start:  mov $400000, %rcx
+start:  mov $2000000, %rcx
 1:      lock incq counter(%rip)
         mov counter2(%rip), %rax
 2:      lea 1(%rax), %rdx
@@ -62,7 +62,7 @@ def test_locked_instructions_stay_atomic_under_slice_stops(rig):
     finally:
         done.set()
         t.join()
-    assert rig.debug.words == [400000, 400000]
+    assert rig.debug.words == [2000000, 2000000]
     assert vcpu.stats_slices > 10 and stops[0] > 10
     assert ex.reason == ExitReason.HALTED
 
