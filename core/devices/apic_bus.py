@@ -87,7 +87,7 @@ class ApicBus:
         return list(self.apics)
 
     def match(self, dest: int, logical: bool, x2apic: bool = False) -> list[LocalApic]:
-        return [a for a in self.apics if a.matches(dest, logical, x2apic or a.x2apic)]
+        return [a for a in self.apics if destination_matches(a, dest, logical, x2apic or a.x2apic)]
 
     def deliver(self, dest: int, logical: bool, mode: int, vector: int, level: bool) -> None:
         """A message from the I/O APIC (redirection entry), as the IoApic `deliver` callback."""
@@ -117,3 +117,23 @@ class ApicBus:
         """The PIC's INTR output rose: an interrupt for every APIC whose LINT0 is in ExtINT mode."""
         for apic in self.apics:
             apic.pic_changed()
+
+
+def destination_matches(apic: LocalApic, dest: int, logical: bool, x2apic: bool) -> bool:
+    """Does a message with this destination address reach `apic` (SDM 10.6.2)?"""
+    if not apic.hw_enabled:
+        return False
+    if not logical:
+        broadcast = 0xFFFF_FFFF if x2apic else 0xFF
+        return dest == broadcast or dest == apic.apic_id
+    if apic.x2apic:
+        ldr = ((apic.apic_id >> 4) << 16) | (1 << (apic.apic_id & 0xF))
+        if dest == 0xFFFF_FFFF:
+            return True
+        return (dest >> 16) == (ldr >> 16) and bool(dest & ldr & 0xFFFF)
+    ldr = apic.ldr >> 24
+    if dest == 0xFF:
+        return True
+    if (apic.dfr >> 28) == 0xF:                 # flat model
+        return bool(dest & ldr)
+    return (dest >> 4) == (ldr >> 4) and bool(dest & ldr & 0xF)   # cluster model
