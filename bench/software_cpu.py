@@ -38,6 +38,13 @@ more than STEADY_SPREAD, the host was busy under the run and its ratios say more
 the engines, which the report says in as many words.
 
     .venv/bin/python bench/software_cpu.py --smp [--runs 3]
+
+`--pipe` runs one job -- `dd | sha256sum`, whose two ends the guest's scheduler puts on different vCPUs when it
+has two -- on 1 and 2 vCPUs. Its "scaling" is the speed-up the second vCPU gives that one job (time on 1 vCPU
+over time on 2): QEMU's MTTCG runs the pipe's ends at once, and every wake-up of the reader is an IPI, so this
+measures the cost of IPIs and halts between vCPUs, which `--smp`'s independent jobs hardly use.
+
+    .venv/bin/python bench/software_cpu.py --pipe [--runs 5]
 """
 from __future__ import annotations
 
@@ -234,8 +241,8 @@ def bench(title: str, contenders: dict[str, Callable[[str], list[str]]], runs: i
 SMP_JOB_MIB = 64
 
 
-def smp_cmd(contender: str, kernel: Path, initrd: Path, n: int) -> list[str]:
-    append = f"console=ttyS0 quiet vireo.action=sha256-jobs vireo.jobs={n} vireo.mib={SMP_JOB_MIB}"
+def smp_cmd(contender: str, kernel: Path, initrd: Path, n: int, jobs: int) -> list[str]:
+    append = f"console=ttyS0 quiet vireo.action=sha256-jobs vireo.jobs={jobs} vireo.mib={SMP_JOB_MIB}"
     if contender in ("vireo", "vireo-parallel"):
         # vireo-parallel: one unicorn instance per vCPU (VIREO_PARALLEL_VCPUS=1, docs/software-cpu.md)
         env = ["env", f"VIREO_PARALLEL_VCPUS={int(contender == 'vireo-parallel')}"]
@@ -246,8 +253,9 @@ def smp_cmd(contender: str, kernel: Path, initrd: Path, n: int) -> list[str]:
             "-nographic", "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
 
 
-def bench_smp(runs: int) -> int:
-    """N parallel hashing jobs on N vCPUs: Vireo's and QEMU MTTCG's scaling, side by side (see the docstring)."""
+def bench_smp(runs: int, pipe: bool = False) -> int:
+    """N parallel hashing jobs on N vCPUs: Vireo's and QEMU MTTCG's scaling, side by side (see the docstring).
+    `pipe`: one job (a dd | sha256sum pipeline) on 1 and 2 vCPUs instead, and the speed-up of the second vCPU."""
     import hashlib
 
     from tests.helpers.initrd import initrd_with_current_init
@@ -260,20 +268,22 @@ def bench_smp(runs: int) -> int:
     contenders = ["vireo", "vireo-parallel"] + (["qemu-mttcg"] if shutil.which("qemu-system-x86_64") else [])
     if "qemu-mttcg" not in contenders:
         print("(QEMU not installed: Vireo alone)")
-    counts = sorted({1, 2, os.cpu_count() or 1})
+    counts = [1, 2] if pipe else sorted({1, 2, os.cpu_count() or 1})
     want = hashlib.sha256(bytes(SMP_JOB_MIB << 20)).hexdigest()
     times: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="vireo-bench-") as tmp:
         initrd = initrd_with_current_init(base, Path(tmp))
-        print(f"== amd64 --smp: N jobs of sha256 over {SMP_JOB_MIB} MiB on N vCPUs, N in {counts}, "
+        what = "one dd | sha256sum job" if pipe else "N jobs of sha256"
+        print(f"== amd64 --{'pipe' if pipe else 'smp'}: {what} over {SMP_JOB_MIB} MiB on N vCPUs, N in {counts}, "
               f"host cores {os.cpu_count()}", flush=True)
         for run in range(runs):
             for n in counts:
                 for c in contenders:
-                    _, total, out, _ = timed(smp_cmd(c, kernel, initrd, n), 600)
+                    jobs = 1 if pipe else n
+                    _, total, out, _ = timed(smp_cmd(c, kernel, initrd, n, jobs), 600)
                     w = workload_seconds(out)
                     sums = re.findall(rb"VIREO-SHA256-JOB=(\w+)", out)
-                    ok = len(sums) == n and all(s.decode() == want for s in sums)
+                    ok = len(sums) == jobs and all(s.decode() == want for s in sums)
                     if w is not None and ok:
                         times.setdefault((c, n), []).append(w)
                     print(f"run {run + 1} {c:<11} N={n}: jobs {w} s, exit {total:.2f} s"
@@ -286,7 +296,7 @@ def bench_smp(runs: int) -> int:
         for c in contenders:
             med = statistics.median(times[(c, n)]) if times.get((c, n)) else None
             one = statistics.median(times[(c, 1)]) if times.get((c, 1)) else None
-            scal[c] = n * one / med if med and one else None
+            scal[c] = (1 if pipe else n) * one / med if med and one else None
             row += f"{(med or float('nan')):>24.2f}{(scal[c] or float('nan')):>24.2f}"
         if qemu and scal["qemu-mttcg"]:
             for c in ("vireo", "vireo-parallel"):
@@ -302,10 +312,11 @@ def main() -> int:
     ap.add_argument("--guest", choices=("i386", "amd64", "all"), default="all")
     ap.add_argument("--no-workload", action="store_true")
     ap.add_argument("--smp", action="store_true", help="parallel vCPUs: N hashing jobs on N vCPUs (amd64)")
+    ap.add_argument("--pipe", action="store_true", help="one dd | sha256sum job on 1 and 2 vCPUs (amd64)")
     args = ap.parse_args()
     ensure_bytecode()
-    if args.smp:
-        return bench_smp(args.runs)
+    if args.smp or args.pipe:
+        return bench_smp(args.runs, pipe=args.pipe)
     needed = {"i386": ("vmlinuz-686", "initramfs-i386.cpio.gz"), "amd64": ("vmlinuz-amd64", "initramfs-amd64.cpio.gz")}
     guests = ["i386", "amd64"] if args.guest == "all" else [args.guest]
     for g in guests:
