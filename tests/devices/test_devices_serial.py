@@ -164,7 +164,9 @@ def test_host_queue_keeps_pasted_text() -> None:
     fast(bus)
     text = bytes(range(256)) * 8
     uart.receive(text)
-    time.sleep(0.05)                         # the guest is not reading: the FIFO fills and the rest waits
+    end = time.monotonic() + 5               # the guest is not reading: the FIFO fills and the rest waits
+    while uart.pending_input != len(text) - FIFO_SIZE and time.monotonic() < end:
+        time.sleep(0.005)
     assert uart.pending_input == len(text) - FIFO_SIZE
     assert drain(bus, len(text)) == text
     assert uart.dropped_input == 0 and uart.overruns == 0

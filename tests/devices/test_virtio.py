@@ -226,12 +226,13 @@ def test_msix_delivery_when_enabled():
 
 def test_flush_runs_on_the_worker_and_a_reset_waits_for_it():
     import threading
-    import time
+
+    release = threading.Event()
 
     class SlowFlushDisk(MemDisk):
         def flush(self):
             self.flush_thread = threading.current_thread()
-            time.sleep(0.3)
+            release.wait(10)                                       # an fsync that lasts until the test says
             self.flushes += 1
 
     disk = SlowFlushDisk(64 * 512)
@@ -241,9 +242,9 @@ def test_flush_runs_on_the_worker_and_a_reset_waits_for_it():
     status = d.buf(1)
     d.mem.write_u8(status[0], 0xFF)
     d.submit([(*hdr, False), (*status, True)])
-    start = time.monotonic()
     d.mmio.write(d.notify, 2, 0)
-    assert time.monotonic() - start < 0.2                      # the notify exit does not wait for the fsync
+    assert disk.flushes == 0                                   # the notify exit does not wait for the fsync
+    threading.Timer(0.1, release.set).start()
     d.mmio.write(d.common + 0x14, 1, 0)                        # driver reset while the flush is in flight
     assert disk.flushes == 1                                   # ...returns only after it finished
     assert disk.flush_thread is not threading.current_thread()
