@@ -473,11 +473,11 @@ class LocalApic:
         return True
 
     def _write_icr(self, reg: int, value: int) -> bool:
-        """ICR and ICR2 in xAPIC mode, outside the model's lock. Only this CPU's own accesses write the ICR (an
-        INIT clears it while the CPU waits for a SIPI, so it cannot race them), and it holds no interrupt state, so
-        there is nothing to catch up on first. Linux sends an IPI as a read (wait_icr_idle), an ICR2 write and an
-        ICR write; with two vCPUs a pipe's every wake-up is one, and taking the lock for each made them several
-        times dearer (docs/software-cpu.md, "Session 20")."""
+        """ICR and ICR2 in xAPIC mode, outside the model's lock (x2APIC's ICR MSR likewise). Only this CPU's own
+        accesses write the ICR (an INIT clears it while the CPU waits for a SIPI, so it cannot race them), and it
+        holds no interrupt state, so there is nothing to catch up on first. Linux sends an IPI as a read
+        (wait_icr_idle), an ICR2 write and an ICR write; with two vCPUs a pipe's every wake-up is one, and taking
+        the lock for each made them several times dearer (docs/software-cpu.md, "Session 20")."""
         if reg == REG_ICR_HI:
             if self.x2apic:
                 return False
@@ -566,9 +566,8 @@ class LocalApic:
             return False
         reg = (msr - MSR_X2APIC_FIRST) << 4
         if reg == REG_ICR_LO:
-            with self._lock:
-                self.icr = value & 0xFFFF_FFFF_000C_CFFF
-            self._send_ipi(self.icr)
+            self.icr = icr = value & 0xFFFF_FFFF_000C_CFFF     # outside the lock, as in _write_icr
+            self._send_ipi(icr)
             return True
         if value >> 32:
             return False

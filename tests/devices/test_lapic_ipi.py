@@ -89,3 +89,12 @@ def test_the_icr_does_not_wait_for_the_senders_own_lock(apics) -> None:
     finally:
         release.set()
         holder.join()
+
+
+def test_an_x2apic_icr_write_sends_the_ipi_too(apics) -> None:
+    """x2APIC mode (SDM 10.12.9): one 64-bit ICR MSR write, the destination in bits 63:32."""
+    (sender, _), (target, target_cpu) = apics
+    assert sender.msr_write(0x1B, sender.base_msr | 1 << 10)            # IA32_APIC_BASE.EXTD
+    assert sender.msr_write(0x830, 1 << 32 | DM_FIXED << 8 | 0xFC)
+    assert target.irr == 1 << 0xFC and target_cpu.wakes == 1
+    assert sender.msr_read(0x830) == 1 << 32 | DM_FIXED << 8 | 0xFC

@@ -21,7 +21,7 @@ from PyQt6.QtWidgets import QApplication, QCheckBox, QMessageBox, QWizard  # noq
 
 from core.config import BootConfig, ConfigStore, DiskConfig, VmConfig  # noqa: E402
 from core.host import VmState  # noqa: E402
-from tests.helpers.console_view import event_loop_worst  # noqa: E402
+from tests.helpers.console_view import event_loop_stall  # noqa: E402
 from tests.helpers.dialogs import answer_question  # noqa: E402
 from tests.helpers.wizard import wizard_of
 
@@ -388,8 +388,8 @@ def _debian_journey(qtbot, host, bridge, window, debian_kernel, busybox_initramf
     window.vm_actions.run.trigger()
     qtbot.waitUntil(lambda: vm_rows(window)["debian"] == "Running", timeout=30000)
     # The GUI thread keeps answering while the vCPU boots the kernel.
-    worst = event_loop_worst(qtbot, pause_ms=50)
-    assert worst < 0.1, f"event loop stalled {worst * 1000:.0f} ms"
+    stall = event_loop_stall(qtbot, pause_ms=50)
+    assert stall < 0.1, f"event loop stalled {stall * 1000:.0f} ms"
     term = vm_window.console.terminal
     qtbot.waitUntil(lambda: "VIREO-BOOT-OK" in "\n".join(term.screen.display), timeout=240000)
     press(qtbot, window.vm_actions.pause)

@@ -26,7 +26,7 @@ def type_keys(view, text: str) -> None:
         QTest.keyClick(view, _KEYS[ch])
 
 
-def event_loop_worst(qtbot, rounds: int = 20, pause_ms: int = 20) -> float:
+def event_loop_stall(qtbot, rounds: int = 20, pause_ms: int = 20) -> float:
     """The second-longest wait, in seconds, for a zero-delay timer over `rounds` tries `pause_ms` apart.
 
     One preemption of the test process by the host (a loaded 2-core CI runner) is forgiven; a GUI thread that our
